@@ -1,0 +1,108 @@
+"""The topic catalogue: every topic of the platform declared once, and provisioning from it.
+
+Broker auto-creation is off, so a topic exists only because it is declared here. Each declaration
+carries the Avro record file of its value (``schemas/<file>.avsc``), whose subject is ``<topic>-value``
+(Confluent's TopicNameStrategy). Keys are plain UTF-8 strings, so they need no subject.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
+
+DAY_MS = 24 * 60 * 60 * 1000
+
+CleanupPolicy = Literal["delete", "compact", "compact,delete"]
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic: its name, size, value schema and retention."""
+
+    name: str
+    partitions: int
+    value_schema: str | None
+    cleanup_policy: CleanupPolicy = "delete"
+    retention_ms: int | None = 7 * DAY_MS
+    description: str = ""
+    config: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def value_subject(self) -> str:
+        return f"{self.name}-value"
+
+    @property
+    def schema_path(self) -> Path | None:
+        return SCHEMAS_DIR / f"{self.value_schema}.avsc" if self.value_schema else None
+
+    def broker_config(self) -> dict[str, str]:
+        config = {"cleanup.policy": self.cleanup_policy}
+        if self.retention_ms is not None:
+            config["retention.ms"] = str(self.retention_ms)
+        config.update(self.config)
+        return config
+
+    def prefixed(self, prefix: str) -> TopicSpec:
+        return replace(self, name=f"{prefix}{self.name}") if prefix else self
+
+
+USAGE_EVENTS = "usage-events"
+USAGE_EVENTS_ENRICHED = "usage-events-enriched"
+USAGE_EVENTS_DLQ = "usage-events-dlq"
+USAGE_AGGREGATES = "usage-aggregates"
+ENTITLEMENT_EVENTS = "entitlement-events"
+BILLING_REPORTS = "billing-reports"
+CUSTOMER_HEALTH = "customer-health"
+IDENTITY_LINKS = "identity-links"
+
+# Compacted topics keep the latest value per key forever; "delete" topics keep records for retention.ms.
+PLATFORM_TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec(USAGE_EVENTS, 6, "usage_event", retention_ms=35 * DAY_MS,
+              description="Raw usage and telemetry events from ingest and direct producers (key customer_id)."),
+    TopicSpec(USAGE_EVENTS_ENRICHED, 6, "enriched_usage_event", retention_ms=35 * DAY_MS,
+              description="Validated, identity-resolved, PII-scrubbed events for CS dashboards."),
+    TopicSpec(USAGE_EVENTS_DLQ, 3, "dead_letter", retention_ms=35 * DAY_MS,
+              description="Records a service could not process, with the original bytes and the reason."),
+    TopicSpec(USAGE_AGGREGATES, 6, "usage_aggregate", cleanup_policy="compact", retention_ms=None,
+              description="Exactly-once running totals per customer, meter and window."),
+    TopicSpec(ENTITLEMENT_EVENTS, 3, "entitlement_event", retention_ms=35 * DAY_MS,
+              description="Plan-limit threshold crossings (80/90/100 %)."),
+    TopicSpec(BILLING_REPORTS, 3, "billing_report", retention_ms=400 * DAY_MS,
+              description="Usage reported to Stripe."),
+    TopicSpec(CUSTOMER_HEALTH, 3, "customer_health", cleanup_policy="compact", retention_ms=None,
+              description="Latest health score per customer."),
+    TopicSpec(IDENTITY_LINKS, 3, "identity_link", cleanup_policy="compact", retention_ms=None,
+              description="anonymous_id -> user_id links from identify calls."),
+)
+
+_REGISTRY: dict[str, TopicSpec] = {t.name: t for t in PLATFORM_TOPICS}
+
+
+def declare(spec: TopicSpec) -> TopicSpec:
+    """Add a service-owned topic (e.g. a changelog) to the catalogue; declaring it twice is an error."""
+    existing = _REGISTRY.get(spec.name)
+    if existing is not None and existing != spec:
+        raise ValueError(f"topic {spec.name!r} is already declared differently")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def catalogue(prefix: str = "") -> list[TopicSpec]:
+    """Every declared topic, with ``prefix`` applied to the names."""
+    return [t.prefixed(prefix) for t in _REGISTRY.values()]
+
+
+def topic(name: str, prefix: str = "") -> TopicSpec:
+    """The declaration of one topic by its unprefixed name."""
+    try:
+        return _REGISTRY[name].prefixed(prefix)
+    except KeyError:
+        raise KeyError(f"topic {name!r} is not declared in the catalogue") from None
+
+
+def with_schemas(specs: Iterable[TopicSpec]) -> list[TopicSpec]:
+    return [t for t in specs if t.value_schema]
