@@ -1,0 +1,98 @@
+"""Load and validate the meters-and-plans file, reporting every error in it at once.
+
+Each meter and plan is validated on its own, so one bad entry does not hide the errors of the next, and
+the cross-references (plans naming meters, upgrade paths) are checked on whatever parsed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from services.plans.model import Meter, Plan, PlansConfig, cross_reference_errors
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "deploy" / "config" / "metering.yaml"
+# The one variable every service reads to find the file (billing and the CLI use the same one).
+CONFIG_PATH_ENV = "PLG_METERING_CONFIG"
+
+
+class ConfigError(ValueError):
+    """The file is invalid; ``errors`` lists every problem found, each with its location."""
+
+    def __init__(self, source: str, errors: list[str]) -> None:
+        self.source = source
+        self.errors = errors
+        lines = "\n".join(f"  - {e}" for e in errors)
+        super().__init__(f"{source}: {len(errors)} error(s) in the meters-and-plans config:\n{lines}")
+
+
+def _format(prefix: str, exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        where = f"{prefix}.{loc}" if loc else prefix
+        out.append(f"{where}: {err['msg']}")
+    return out
+
+
+def _validate_items(
+    raw: Any, key: str, model: type[BaseModel], errors: list[str]
+) -> list[Any]:
+    if raw is None:
+        errors.append(f"{key}: missing (a list is required)")
+        return []
+    if not isinstance(raw, list):
+        errors.append(f"{key}: must be a list, got {type(raw).__name__}")
+        return []
+    if not raw:
+        errors.append(f"{key}: must not be empty")
+    parsed = []
+    adapter: TypeAdapter[Any] = TypeAdapter(model)
+    for i, item in enumerate(raw):
+        label = f"{key}[{i}]"
+        if isinstance(item, dict) and isinstance(item.get("slug"), str):
+            label += f" ({item['slug']})"
+        try:
+            parsed.append(adapter.validate_python(item))
+        except ValidationError as exc:
+            errors.extend(_format(label, exc))
+    return parsed
+
+
+def parse_config(data: Any, source: str = "<config>") -> PlansConfig:
+    """Validate an already-parsed document (a dict); raises ``ConfigError`` listing all problems."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, [f"the document must be a mapping, got {type(data).__name__}"])
+    errors: list[str] = []
+    known = {"version", "effective_date", "currency", "meters", "plans"}
+    errors.extend(f"{k}: unknown key" for k in sorted(set(data) - known, key=str))
+    meters = _validate_items(data.get("meters"), "meters", Meter, errors)
+    plans = _validate_items(data.get("plans"), "plans", Plan, errors)
+    header = {k: data.get(k) for k in ("version", "effective_date", "currency") if k in data}
+    try:
+        config = PlansConfig.model_validate({**header, "meters": meters, "plans": plans})
+    except ValidationError as exc:
+        errors.extend(_format("", exc))
+        raise ConfigError(source, [e.lstrip(".") for e in errors]) from None
+    errors.extend(cross_reference_errors(config))
+    if errors:
+        raise ConfigError(source, errors)
+    return config
+
+
+def load_config(path: str | Path | None = None) -> PlansConfig:
+    """Read the YAML (or JSON, a subset of YAML) file at ``path``, ``$PLG_METERING_CONFIG`` or the default."""
+    resolved = Path(path or os.environ.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH)
+    try:
+        text = resolved.read_text()
+    except OSError as exc:
+        raise ConfigError(str(resolved), [f"cannot read the file: {exc.strerror or exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(resolved), [f"not valid YAML: {exc}"]) from None
+    return parse_config(data, str(resolved))
