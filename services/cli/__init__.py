@@ -1,0 +1,1 @@
+"""The ``plg`` operator CLI: tenants and their API keys."""

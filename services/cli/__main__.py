@@ -1,0 +1,183 @@
+"""``plg``: manage customers (tenants) and their ingest API keys in PostgreSQL (``DATABASE_URL``).
+
+    plg customers create <id> --plan <plan> [--name N] [--anchor-day D] [--stripe-customer-id X]
+    plg customers list | show <id>
+    plg keys create <customer-id> [--description D]   # prints the key once: it is not stored
+    plg keys list <customer-id>
+    plg keys revoke <key-id>
+
+Add ``--json`` before the command for machine-readable output. Migrations are applied first (idempotent),
+so the CLI works on a fresh database. Plan names are checked against the meters-and-plans config
+(``PLG_METERING_CONFIG``, default ``deploy/config/metering.yaml``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+import psycopg
+
+from services.ingest import store
+from services.kernel.db import migrate
+from services.kernel.settings import DatabaseSettings
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed without a traceback, exit status 1."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="plg", description="Manage plg customers and ingest API keys.")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--database-url", help="PostgreSQL URL (default: $DATABASE_URL)")
+    groups = p.add_subparsers(dest="group", required=True)
+
+    customers = groups.add_parser("customers", help="tenants").add_subparsers(dest="command", required=True)
+    create = customers.add_parser("create", help="create a customer")
+    create.add_argument("customer_id")
+    create.add_argument("--plan", required=True, help="plan slug from the meters-and-plans config")
+    create.add_argument("--name")
+    create.add_argument("--anchor-day", type=int, default=1, help="billing anchor day of month (1-31)")
+    create.add_argument("--stripe-customer-id")
+    create.add_argument(
+        "--no-plan-check", action="store_true", help="accept a plan the config does not (yet) list"
+    )
+    customers.add_parser("list", help="list customers")
+    show = customers.add_parser("show", help="one customer and its keys")
+    show.add_argument("customer_id")
+
+    keys = groups.add_parser("keys", help="ingest API keys").add_subparsers(dest="command", required=True)
+    kcreate = keys.add_parser("create", help="create a key and print it (once)")
+    kcreate.add_argument("customer_id")
+    kcreate.add_argument("--description")
+    klist = keys.add_parser("list", help="list a customer's keys (ids only; secrets are never stored)")
+    klist.add_argument("customer_id")
+    krevoke = keys.add_parser("revoke", help="revoke a key (ingest refuses it within its cache TTL)")
+    krevoke.add_argument("key_id")
+    return p
+
+
+def _check_plan(plan: str) -> None:
+    from services.plans.loader import ConfigError, load_config
+
+    if not plan.strip():
+        raise CliError("the plan name must not be empty")
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        raise CliError(f"cannot check the plan: {exc}\n(use --no-plan-check to skip the check)") from None
+    if config.plan(plan) is None:
+        known = ", ".join(p.slug for p in config.plans)
+        raise CliError(f"unknown plan {plan!r}; the config has: {known}")
+
+
+def _jsonable(obj: Any) -> Any:
+    return asdict(obj) if hasattr(obj, "__dataclass_fields__") else obj
+
+
+def _print(args: argparse.Namespace, rows: Sequence[Any], columns: Sequence[str]) -> None:
+    if args.json:
+        sys.stdout.write(
+            orjson.dumps([_jsonable(r) for r in rows], option=orjson.OPT_INDENT_2).decode() + "\n"
+        )
+        return
+    table = [[_cell(getattr(r, c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in table]) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if hasattr(value, "isoformat"):
+        return str(value.isoformat(timespec="seconds"))
+    return str(value)
+
+
+_CUSTOMER_COLS = ("customer_id", "plan", "name", "billing_anchor_day", "stripe_customer_id", "created_at")
+_KEY_COLS = ("key_id", "customer_id", "description", "created_at", "revoked_at")
+
+
+def run(args: argparse.Namespace) -> int:
+    url = args.database_url or DatabaseSettings().url.get_secret_value()
+    if args.group == "customers" and args.command == "create" and not args.no_plan_check:
+        _check_plan(args.plan)
+    try:
+        migrate(url)
+        conn = psycopg.connect(url, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise CliError(f"cannot reach PostgreSQL at DATABASE_URL: {exc}".strip()) from None
+    with conn:
+        try:
+            return _dispatch(args, conn)
+        except store.StoreError as exc:
+            raise CliError(str(exc)) from None
+
+
+def _dispatch(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
+    if args.group == "customers":
+        if args.command == "create":
+            customer = store.create_customer(
+                conn,
+                args.customer_id,
+                args.plan,
+                name=args.name,
+                billing_anchor_day=args.anchor_day,
+                stripe_customer_id=args.stripe_customer_id,
+            )
+            _print(args, [customer], _CUSTOMER_COLS)
+        elif args.command == "list":
+            _print(args, store.list_customers(conn), _CUSTOMER_COLS)
+        elif args.command == "show":
+            found = store.get_customer(conn, args.customer_id)
+            if found is None:
+                raise CliError(f"no customer {args.customer_id!r}")
+            if args.json:
+                doc = {**asdict(found), "keys": [asdict(k) for k in store.list_keys(conn, found.customer_id)]}
+                sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+            else:
+                _print(args, [found], _CUSTOMER_COLS)
+                print()
+                _print(args, store.list_keys(conn, found.customer_id), _KEY_COLS)
+        return 0
+    if args.command == "create":
+        key, token = store.create_key(conn, args.customer_id, args.description)
+        if args.json:
+            sys.stdout.write(orjson.dumps({**asdict(key), "key": token}).decode() + "\n")
+        else:
+            print(token)
+            print(
+                f"key id {key.key_id} for customer {key.customer_id}: store this key now; plg keeps only "
+                "its hash and cannot show it again.",
+                file=sys.stderr,
+            )
+    elif args.command == "list":
+        if store.get_customer(conn, args.customer_id) is None:
+            raise CliError(f"no customer {args.customer_id!r}")
+        _print(args, store.list_keys(conn, args.customer_id), _KEY_COLS)
+    elif args.command == "revoke":
+        revoked = store.revoke_key(conn, args.key_id)
+        if revoked is None:
+            raise CliError(f"no API key {args.key_id!r}")
+        _print(args, [revoked], _KEY_COLS)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return run(args)
+    except CliError as exc:
+        print(f"plg: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
