@@ -1,0 +1,112 @@
+"""``python -m services.devstack up|down|run|status|provision|install``: the local stack's command line.
+
+Flags override the ``PLG_STACK_*`` environment, which overrides the defaults (Kafka 127.0.0.1:9092,
+registry :8081, PostgreSQL :5433, files under ``.plg/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from services.devstack import kafka as kafka_mod
+from services.devstack import postgres as pg
+from services.devstack.config import StackSettings
+from services.devstack.processes import StartError
+from services.devstack.stack import Stack
+from services.kernel.provision import provision_all
+from services.kernel.settings import KafkaSettings, SchemaRegistrySettings
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m services.devstack", description=__doc__)
+    parser.add_argument(
+        "command",
+        choices=["up", "down", "run", "status", "provision", "install"],
+        help="up: start in the background; down: stop; run: foreground until Ctrl-C; status; "
+        "provision: create topics and register schemas; install: fetch Kafka jars and PostgreSQL",
+    )
+    parser.add_argument("--root", type=Path, help="data, logs and pid files (default .plg)")
+    parser.add_argument("--kafka-port", type=int)
+    parser.add_argument("--kafka-controller-port", type=int)
+    parser.add_argument("--postgres-port", type=int)
+    parser.add_argument("--registry-port", type=int)
+    parser.add_argument(
+        "--service-port",
+        action="append",
+        default=[],
+        metavar="NAME=PORT",
+        help="port of an app service, e.g. --service-port ingest=18080",
+    )
+    parser.add_argument("--no-apps", action="store_true", help="only Kafka, PostgreSQL and the registry")
+    parser.add_argument("--prefix", default="", help="topic prefix for `provision`")
+    return parser.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> StackSettings:
+    settings = StackSettings()
+    update: dict[str, object] = {}
+    for field in ("root", "kafka_port", "kafka_controller_port", "postgres_port", "registry_port"):
+        value = getattr(args, field)
+        if value is not None:
+            update[field] = value.resolve() if isinstance(value, Path) else value
+    if args.service_port:
+        ports = dict(settings.service_ports)
+        for item in args.service_port:
+            name, _, port = item.partition("=")
+            if not port.isdigit():
+                raise SystemExit(f"--service-port wants NAME=PORT, not {item!r}")
+            ports[name] = int(port)
+        update["service_ports"] = ports
+    if args.no_apps:
+        update["with_apps"] = False
+    return settings.model_copy(update=update)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = settings_from(args)
+    stack = Stack(settings)
+    try:
+        if args.command == "install":
+            took = kafka_mod.ensure_jars(settings.kafka_libs)
+            print("Kafka jars: " + ("already current" if took is None else f"fetched in {took:.1f}s"))
+            print(f"PostgreSQL: {pg.ensure_installed()}")
+            return 0
+        if args.command == "up":
+            elapsed = stack.up()
+            print(f"plg stack up in {elapsed:.1f}s:")
+            print("\n".join(row.line() for row in stack.status()))
+            print(f"logs in {settings.logs_dir}; stop with `make down`")
+            return 0
+        if args.command == "run":
+            return stack.run()
+        if args.command == "down":
+            started = time.monotonic()
+            stack.down()
+            print(f"plg stack stopped in {time.monotonic() - started:.1f}s")
+            return 0
+        if args.command == "status":
+            rows = stack.status()
+            print("\n".join(row.line() for row in rows))
+            return 0 if all(r.healthy for r in rows if r.pid is not None) else 1
+        if args.command == "provision":
+            created, ids = provision_all(
+                KafkaSettings(bootstrap_servers=stack.kafka_bootstrap),
+                SchemaRegistrySettings(url=stack.registry_url),
+                prefix=args.prefix,
+            )
+            print(f"created topics: {', '.join(created) or 'none (all existed)'}")
+            for subject, schema_id in ids.items():
+                print(f"  {subject}: id {schema_id}")
+            return 0
+    except StartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

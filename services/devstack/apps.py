@@ -1,0 +1,52 @@
+"""The plg processes the local stack runs with ``python -m``: the schema registry and the app services.
+
+To add a service to ``make run`` / ``make up``, append ONE line to ``APP_SERVICES``, e.g.::
+
+    AppService("ingest", "services.ingest", port=8080, env_prefix="INGEST_"),
+
+It is started after Kafka, Postgres, the registry and topic provisioning, with ``KAFKA_BOOTSTRAP_SERVERS``,
+``SCHEMA_REGISTRY_URL`` and ``DATABASE_URL`` of the stack plus ``<env_prefix>HOST`` / ``<env_prefix>PORT``
+set, and counts as up when ``GET http://host:port<health_path>`` answers 2xx. A service whose package
+does not exist yet is skipped with a note, so the list can name work in progress.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class AppService:
+    name: str
+    module: str
+    port: int
+    env_prefix: str
+    health_path: str = "/healthz"
+    # Extra environment for this service only.
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def host_env(self) -> str:
+        return f"{self.env_prefix}HOST"
+
+    @property
+    def port_env(self) -> str:
+        return f"{self.env_prefix}PORT"
+
+    def implemented(self) -> bool:
+        """True when ``python -m <module>`` can run (the package and its ``__main__`` exist)."""
+        try:
+            return importlib.util.find_spec(f"{self.module}.__main__") is not None
+        except ModuleNotFoundError:
+            return False
+
+
+# Infrastructure: started before topic provisioning, which registers the schemas in it.
+SCHEMA_REGISTRY = AppService("schema-registry", "services.schema_registry", port=8081, env_prefix="REGISTRY_")
+
+# App services, started in this order after provisioning and stopped in reverse. One line each.
+APP_SERVICES: list[AppService] = [
+    # one AppService(...) per line, in start order
+]

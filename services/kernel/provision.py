@@ -1,0 +1,163 @@
+"""Provisioning from the topic catalogue: create the declared topics, register their value schemas.
+
+Idempotent, so every start-up (``make up``, each test's prefixed catalogue, a service's own start) can
+run it: topics that exist are left alone (a warning if they have fewer partitions than declared, since
+partitions can only be added deliberately), and registering an unchanged schema returns its existing id.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+from services.kernel.settings import KafkaSettings, SchemaRegistrySettings
+from services.kernel.topics import TopicSpec, catalogue, with_schemas
+
+log = logging.getLogger(__name__)
+
+
+class ProvisioningError(RuntimeError):
+    """A topic could not be created or a schema could not be registered."""
+
+
+def admin_client(kafka: KafkaSettings) -> AdminClient:
+    conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers, **kafka.extra}
+    if kafka.client_id:
+        conf["client.id"] = kafka.client_id
+    return AdminClient(conf)
+
+
+def wait_for_broker(kafka: KafkaSettings, timeout: float = 60.0) -> int:
+    """Block until the cluster answers a metadata request naming at least one broker; returns their count.
+
+    An open port is not enough: a KRaft broker accepts connections before it has caught up with the
+    metadata log, and until then it answers with no brokers.
+    """
+    admin = admin_client(kafka)
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            metadata = admin.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+            if metadata.brokers:
+                return len(metadata.brokers)
+        except KafkaException as exc:
+            last_error = exc
+        time.sleep(0.2)
+    raise ProvisioningError(
+        f"Kafka at {kafka.bootstrap_servers} not ready after {timeout:.0f}s: {last_error}"
+    )
+
+
+def provision_topics(
+    kafka: KafkaSettings, specs: Sequence[TopicSpec], *, replication_factor: int = 1, timeout: float = 30.0
+) -> list[str]:
+    """Create every topic in ``specs`` that does not exist yet; returns the names created now."""
+    admin = admin_client(kafka)
+    existing = admin.list_topics(timeout=timeout).topics
+    to_create: list[NewTopic] = []
+    for spec in specs:
+        found = existing.get(spec.name)
+        if found is None:
+            to_create.append(
+                NewTopic(
+                    spec.name,
+                    num_partitions=spec.partitions,
+                    replication_factor=replication_factor,
+                    config=spec.broker_config(),
+                )
+            )
+        elif len(found.partitions) < spec.partitions:
+            log.warning(
+                "topic %s has %d partitions but the catalogue declares %d; left as is (adding partitions "
+                "moves keys to other partitions, do it deliberately)",
+                spec.name,
+                len(found.partitions),
+                spec.partitions,
+            )
+    if not to_create:
+        return []
+    created: list[str] = []
+    errors: list[str] = []
+    for name, future in admin.create_topics(to_create, request_timeout=timeout).items():
+        try:
+            future.result()
+            created.append(str(name))
+        except KafkaException as exc:
+            error = exc.args[0]
+            if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue  # created concurrently by another process: that's the state we want
+            errors.append(f"{name}: {exc}")
+    if errors:
+        raise ProvisioningError("could not create topics: " + "; ".join(errors))
+    _wait_for_leaders(admin, created, timeout)
+    log.info("created topics %s", ", ".join(created))
+    return created
+
+
+def _wait_for_leaders(admin: AdminClient, names: Iterable[str], timeout: float) -> None:
+    """Wait until every partition of ``names`` has a leader, so producing right away doesn't fail."""
+    pending = set(names)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        topics = admin.list_topics(timeout=timeout).topics
+        for name in list(pending):
+            meta = topics.get(name)
+            if (
+                meta is not None
+                and meta.error is None
+                and meta.partitions
+                and all(p.leader >= 0 for p in meta.partitions.values())
+            ):
+                pending.discard(name)
+        if pending:
+            time.sleep(0.05)
+    if pending:
+        raise ProvisioningError(f"topics without leaders after {timeout:.0f}s: {sorted(pending)}")
+
+
+def registry_client(registry: SchemaRegistrySettings) -> SchemaRegistryClient:
+    """A Confluent client for our registry, sending the admin token as a bearer token when set."""
+    conf: dict[str, Any] = {"url": registry.url}
+    if registry.admin_token is not None:
+        conf.update(
+            {
+                "bearer.auth.credentials.source": "STATIC_TOKEN",
+                "bearer.auth.token": registry.admin_token.get_secret_value(),
+                # Required by the client for static tokens (a Confluent Cloud header); ours ignores it.
+                "bearer.auth.logical.cluster": "plg",
+            }
+        )
+    return SchemaRegistryClient(conf)
+
+
+def register_schemas(registry: SchemaRegistrySettings, specs: Sequence[TopicSpec]) -> dict[str, int]:
+    """Register each spec's value schema under ``<topic>-value``; returns ``{subject: schema id}``."""
+    client = registry_client(registry)
+    ids: dict[str, int] = {}
+    for spec in with_schemas(specs):
+        path = spec.schema_path
+        assert path is not None  # with_schemas keeps only specs that have one
+        try:
+            schema_id = client.register_schema(spec.value_subject, Schema(path.read_text(), "AVRO"))
+        except Exception as exc:  # the client raises SchemaRegistryError and transport errors alike
+            raise ProvisioningError(f"could not register {path.name} as {spec.value_subject}: {exc}") from exc
+        ids[spec.value_subject] = int(schema_id)
+    return ids
+
+
+def provision_all(
+    kafka: KafkaSettings, registry: SchemaRegistrySettings, prefix: str = "", *, replication_factor: int = 1
+) -> tuple[list[str], dict[str, int]]:
+    """The whole catalogue with ``prefix``: topics created, schemas registered."""
+    specs = catalogue(prefix)
+    created = provision_topics(kafka, specs, replication_factor=replication_factor)
+    ids = register_schemas(registry, specs)
+    return created, ids
