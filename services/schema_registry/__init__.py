@@ -1,0 +1,1 @@
+"""Confluent-compatible schema registry backed by PostgreSQL (see docs/schema-registry.md)."""

@@ -1,0 +1,419 @@
+"""Composition root of the schema registry: ``build_app(settings)`` wires the HTTP API (Confluent's REST
+surface, as confluent-kafka's ``SchemaRegistryClient`` and Avro serdes use it) to the PostgreSQL store.
+
+The lifespan applies the migrations, opens the connection pool and closes it on shutdown; every request
+handler runs its blocking work (SQL, Avro parsing and compatibility checks) on the thread pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any, TypeVar
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.kernel import db
+from services.schema_registry import model
+from services.schema_registry.auth import WWW_AUTHENTICATE, AdminGuard
+from services.schema_registry.config import RegistrySettings
+from services.schema_registry.model import ErrorCode, RegistryError
+from services.schema_registry.registry import Registry
+from services.schema_registry.store import Store
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+T = TypeVar("T")
+
+
+class RegistryJSONResponse(JSONResponse):
+    media_type = CONTENT_TYPE
+
+
+def error_response(error: RegistryError) -> JSONResponse:
+    headers = {"WWW-Authenticate": WWW_AUTHENTICATE} if error.code is ErrorCode.UNAUTHORIZED else None
+    return RegistryJSONResponse(error.body(), status_code=error.http_status, headers=headers)
+
+
+class RegistryMetrics:
+    """Request counts and latencies, on a registry of their own so several apps can live in one process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "schema_registry_requests_total",
+            "HTTP requests answered",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "schema_registry_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+        self.registrations = Counter(
+            "schema_registry_registrations_total",
+            "Schema registrations by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+
+
+def build_app(settings: RegistrySettings) -> FastAPI:
+    metrics = RegistryMetrics()
+    guard = AdminGuard(settings.admin_token, settings.protect_reads)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = settings.database.url.get_secret_value()
+        if settings.migrate:
+            applied = await run_in_threadpool(db.migrate, url)
+            if applied:
+                log.info("applied migrations %s", applied)
+        pool = await run_in_threadpool(db.open_pool, settings.database, "schema-registry")
+        app.state.store = Store(pool)
+        app.state.registry = Registry(app.state.store, settings.default_compatibility, settings.cache_size)
+        log.info(
+            "schema registry ready on %s:%s (writes %s)",
+            settings.host,
+            settings.port,
+            "need the admin token" if guard.enabled else "open",
+        )
+        try:
+            yield
+        finally:
+            await run_in_threadpool(pool.close)
+            log.info("schema registry stopped")
+
+    app = FastAPI(
+        title="plg schema registry",
+        description="Confluent-compatible schema registry backed by PostgreSQL",
+        lifespan=lifespan,
+        default_response_class=RegistryJSONResponse,
+        openapi_url=None,  # the API is Confluent's; its docs are docs/schema-registry.md
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.guard = guard
+
+    # -- errors: always Confluent's {"error_code", "message"} ------------------------------------------
+
+    @app.exception_handler(RegistryError)
+    async def _registry_error(request: Request, exc: RegistryError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = f"HTTP {exc.status_code} {exc.detail}" if exc.detail else f"HTTP {exc.status_code}"
+        return RegistryJSONResponse(
+            {"error_code": exc.status_code, "message": message}, status_code=exc.status_code
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return RegistryJSONResponse({"error_code": 422, "message": str(exc.errors())}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return RegistryJSONResponse(
+            {"error_code": int(ErrorCode.STORE_ERROR), "message": f"Internal error: {type(exc).__name__}"},
+            status_code=500,
+        )
+
+    # -- metrics ------------------------------------------------------------------------------------------
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.requests.labels(request.method, route, str(response.status_code)).inc()
+        metrics.latency.labels(request.method, route).observe(time.perf_counter() - started)
+        return response
+
+    # -- helpers ------------------------------------------------------------------------------------------
+
+    def reader(request: Request) -> None:
+        guard.check(request.headers.get("authorization"), write=False)
+
+    def writer(request: Request) -> None:
+        guard.check(request.headers.get("authorization"), write=True)
+
+    read = [Depends(reader)]
+    write = [Depends(writer)]
+
+    def registry_of(request: Request) -> Registry:
+        registry: Registry = request.app.state.registry
+        return registry
+
+    async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await run_in_threadpool(partial(fn, *args, **kwargs))
+
+    async def json_body(request: Request) -> Any:
+        return model.parse_json_body(await request.body())
+
+    def flag(request: Request, name: str, default: bool = False) -> bool:
+        return model.parse_bool(request.query_params.get(name), name, default)
+
+    def schema_id(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise RegistryError(
+                ErrorCode.SCHEMA_NOT_FOUND, f"Schema {raw!r} not found: ids are integers"
+            ) from None
+        if not 0 < value < 2**31:
+            raise RegistryError(ErrorCode.SCHEMA_NOT_FOUND, f"Schema {value} not found")
+        return value
+
+    def paged(request: Request, items: list[Any]) -> list[Any]:
+        offset = model.parse_int(request.query_params.get("offset"), "offset", 0)
+        limit = model.parse_int(request.query_params.get("limit"), "limit", -1)
+        return model.paginate(items, offset, limit)
+
+    # -- operations ---------------------------------------------------------------------------------------
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> Response:
+        try:
+            await call(request.app.state.store.ping)
+        except Exception as exc:  # any failure to reach the database means "not ready"
+            return RegistryJSONResponse({"status": "unavailable", "reason": str(exc)}, status_code=503)
+        return RegistryJSONResponse({"status": "ready"})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # -- Confluent API: root, schemas ---------------------------------------------------------------------
+
+    @app.get("/", dependencies=read)
+    async def root() -> dict[str, Any]:
+        return {}
+
+    @app.get("/contexts", dependencies=read)
+    async def contexts(request: Request) -> list[str]:
+        return paged(request, ["."])
+
+    @app.get("/schemas/types", dependencies=read)
+    async def schema_types() -> list[str]:
+        return list(model.SUPPORTED_SCHEMA_TYPES)
+
+    @app.get("/schemas", dependencies=read)
+    async def list_schemas(request: Request) -> list[dict[str, Any]]:
+        q = request.query_params
+        items = await call(
+            registry_of(request).list_schemas,
+            q.get("subjectPrefix", ""),
+            flag(request, "deleted"),
+            flag(request, "latestOnly"),
+        )
+        return paged(request, items)
+
+    @app.get("/schemas/ids/{sid}", dependencies=read)
+    async def get_schema(request: Request, sid: str) -> dict[str, Any]:
+        return await call(
+            registry_of(request).schema_by_id,
+            schema_id(sid),
+            request.query_params.get("format"),
+            flag(request, "fetchMaxId"),
+        )
+
+    @app.get("/schemas/ids/{sid}/schema", dependencies=read)
+    async def get_schema_text(request: Request, sid: str) -> Response:
+        text = await call(registry_of(request).schema_text_by_id, schema_id(sid))
+        return Response(text, media_type=CONTENT_TYPE)
+
+    @app.get("/schemas/ids/{sid}/subjects", dependencies=read)
+    async def get_schema_subjects(request: Request, sid: str) -> list[str]:
+        items = await call(
+            registry_of(request).subjects_of_schema,
+            schema_id(sid),
+            request.query_params.get("subject"),
+            flag(request, "deleted"),
+        )
+        return paged(request, items)
+
+    @app.get("/schemas/ids/{sid}/versions", dependencies=read)
+    async def get_schema_versions(request: Request, sid: str) -> list[dict[str, Any]]:
+        items = await call(
+            registry_of(request).versions_of_schema,
+            schema_id(sid),
+            request.query_params.get("subject"),
+            flag(request, "deleted"),
+        )
+        return paged(request, items)
+
+    @app.get("/schemas/guids/{guid}", dependencies=read)
+    async def get_schema_by_guid(request: Request, guid: str) -> dict[str, Any]:
+        return await call(registry_of(request).schema_by_guid, guid)
+
+    # -- subjects -----------------------------------------------------------------------------------------
+
+    @app.get("/subjects", dependencies=read)
+    async def list_subjects(request: Request) -> list[str]:
+        items = await call(
+            registry_of(request).subjects,
+            request.query_params.get("subjectPrefix", ""),
+            flag(request, "deleted"),
+            flag(request, "deleted_only"),
+        )
+        return paged(request, items)
+
+    @app.get("/subjects/{subject}/versions", dependencies=read)
+    async def list_versions(request: Request, subject: str) -> list[int]:
+        items = await call(
+            registry_of(request).versions, subject, flag(request, "deleted"), flag(request, "deleted_only")
+        )
+        return paged(request, items)
+
+    @app.post("/subjects/{subject}/versions", dependencies=write)
+    async def register(request: Request, subject: str) -> dict[str, Any]:
+        body = await json_body(request)
+        try:
+            result = await call(registry_of(request).register, subject, body, flag(request, "normalize"))
+        except RegistryError as exc:
+            metrics.registrations.labels(f"refused_{int(exc.code)}").inc()
+            raise
+        metrics.registrations.labels("ok").inc()
+        return result
+
+    @app.get("/subjects/{subject}/versions/{version}", dependencies=read)
+    async def get_version(request: Request, subject: str, version: str) -> dict[str, Any]:
+        return await call(
+            registry_of(request).version, subject, model.parse_version(version), flag(request, "deleted")
+        )
+
+    @app.get("/subjects/{subject}/versions/{version}/schema", dependencies=read)
+    async def get_version_schema(request: Request, subject: str, version: str) -> Response:
+        found = await call(
+            registry_of(request).version, subject, model.parse_version(version), flag(request, "deleted")
+        )
+        return Response(found["schema"], media_type=CONTENT_TYPE)
+
+    @app.get("/subjects/{subject}/versions/{version}/referencedby", dependencies=read)
+    async def get_referenced_by(request: Request, subject: str, version: str) -> list[int]:
+        items = await call(registry_of(request).referenced_by, subject, model.parse_version(version))
+        return paged(request, items)
+
+    @app.get("/subjects/{subject}/metadata", dependencies=read)
+    async def get_latest_with_metadata(request: Request, subject: str) -> dict[str, Any]:
+        keys = request.query_params.getlist("key")
+        values = request.query_params.getlist("value")
+        if len(keys) != len(values):
+            raise RegistryError(
+                ErrorCode.BAD_REQUEST, "Query parameters 'key' and 'value' must come in pairs"
+            )
+        return await call(
+            registry_of(request).latest_with_metadata,
+            subject,
+            dict(zip(keys, values, strict=True)),
+            flag(request, "deleted"),
+        )
+
+    @app.post("/subjects/{subject}", dependencies=read)
+    async def lookup(request: Request, subject: str) -> dict[str, Any]:
+        body = await json_body(request)
+        return await call(registry_of(request).lookup, subject, body, flag(request, "deleted"))
+
+    @app.delete("/subjects/{subject}", dependencies=write)
+    async def delete_subject(request: Request, subject: str) -> list[int]:
+        return await call(registry_of(request).delete_subject, subject, flag(request, "permanent"))
+
+    @app.delete("/subjects/{subject}/versions/{version}", dependencies=write)
+    async def delete_version(request: Request, subject: str, version: str) -> int:
+        return await call(
+            registry_of(request).delete_version,
+            subject,
+            model.parse_version(version),
+            flag(request, "permanent"),
+        )
+
+    # -- compatibility ------------------------------------------------------------------------------------
+
+    @app.post("/compatibility/subjects/{subject}/versions/{version}", dependencies=read)
+    async def test_compatibility(request: Request, subject: str, version: str) -> dict[str, Any]:
+        spec = model.parse_version(version)
+        body = await json_body(request)
+        return await call(
+            registry_of(request).test_compatibility, subject, spec, body, flag(request, "verbose")
+        )
+
+    @app.post("/compatibility/subjects/{subject}/versions", dependencies=read)
+    async def test_compatibility_all(request: Request, subject: str) -> dict[str, Any]:
+        body = await json_body(request)
+        return await call(
+            registry_of(request).test_compatibility, subject, None, body, flag(request, "verbose")
+        )
+
+    # -- config -------------------------------------------------------------------------------------------
+
+    @app.get("/config", dependencies=read)
+    async def get_global_config(request: Request) -> dict[str, Any]:
+        return await call(registry_of(request).get_config, None, True)
+
+    @app.put("/config", dependencies=write)
+    async def put_global_config(request: Request) -> dict[str, Any]:
+        body = await json_body(request)
+        return await call(registry_of(request).set_config, None, body)
+
+    @app.delete("/config", dependencies=write)
+    async def delete_global_config(request: Request) -> dict[str, Any]:
+        return await call(registry_of(request).delete_config, None)
+
+    @app.get("/config/{subject}", dependencies=read)
+    async def get_subject_config(request: Request, subject: str) -> dict[str, Any]:
+        return await call(registry_of(request).get_config, subject, flag(request, "defaultToGlobal"))
+
+    @app.put("/config/{subject}", dependencies=write)
+    async def put_subject_config(request: Request, subject: str) -> dict[str, Any]:
+        body = await json_body(request)
+        return await call(registry_of(request).set_config, subject, body)
+
+    @app.delete("/config/{subject}", dependencies=write)
+    async def delete_subject_config(request: Request, subject: str) -> dict[str, Any]:
+        return await call(registry_of(request).delete_config, subject)
+
+    # -- mode ---------------------------------------------------------------------------------------------
+
+    @app.get("/mode", dependencies=read)
+    async def get_global_mode(request: Request) -> dict[str, Any]:
+        return await call(registry_of(request).get_mode, None, True)
+
+    @app.put("/mode", dependencies=write)
+    async def put_global_mode(request: Request) -> dict[str, Any]:
+        body = await json_body(request)
+        return await call(registry_of(request).set_mode, None, body, flag(request, "force"))
+
+    @app.get("/mode/{subject}", dependencies=read)
+    async def get_subject_mode(request: Request, subject: str) -> dict[str, Any]:
+        return await call(registry_of(request).get_mode, subject, flag(request, "defaultToGlobal"))
+
+    @app.put("/mode/{subject}", dependencies=write)
+    async def put_subject_mode(request: Request, subject: str) -> dict[str, Any]:
+        body = await json_body(request)
+        return await call(registry_of(request).set_mode, subject, body, flag(request, "force"))
+
+    @app.delete("/mode/{subject}", dependencies=write)
+    async def delete_subject_mode(request: Request, subject: str) -> dict[str, Any]:
+        return await call(registry_of(request).delete_mode, subject)
+
+    return app

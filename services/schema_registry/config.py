@@ -1,0 +1,51 @@
+"""Settings of the schema registry: ``REGISTRY_*`` for the service itself, ``DATABASE_URL`` for its store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.kernel.settings import DatabaseSettings
+from services.schema_registry.model import Compatibility
+
+
+class RegistrySettings(BaseSettings):
+    """``REGISTRY_HOST``, ``REGISTRY_PORT``, ``REGISTRY_ADMIN_TOKEN``... and the kernel's ``DATABASE_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="REGISTRY_", env_nested_delimiter="__", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8081, ge=1, le=65535)
+    # When set, writes (register, delete, config, mode) need it as a Bearer token or as the password of
+    # HTTP Basic auth (Confluent clients send ``basic.auth.user.info``); unset = open registry (local dev).
+    admin_token: SecretStr | None = None
+    # Also require the token on reads (schemas, subjects, config); health and metrics stay open.
+    protect_reads: bool = False
+    # Compatibility level while no global one has been PUT (Confluent's default is BACKWARD).
+    default_compatibility: Compatibility = Compatibility.BACKWARD
+    # Apply the SQL migrations at start-up (safe with several instances: the runner takes a lock).
+    migrate: bool = True
+    # Schemas (and their parsed form) kept in memory per instance; ids are immutable, so never stale.
+    cache_size: int = Field(default=10_000, ge=1)
+    log_level: str = "INFO"
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+
+    @field_validator("admin_token")
+    @classmethod
+    def _non_empty_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty REGISTRY_ADMIN_TOKEN= would otherwise "protect" writes with the empty password.
+        if value is not None and not value.get_secret_value().strip():
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _reads_need_token(self) -> RegistrySettings:
+        if self.protect_reads and self.admin_token is None:
+            raise ValueError("REGISTRY_PROTECT_READS=true needs REGISTRY_ADMIN_TOKEN to be set")
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        """The settings with secrets hidden, for logs and ``--check-config``."""
+        return self.model_dump(mode="json")
