@@ -1,0 +1,548 @@
+"""The aggregator's state for one input partition, and the rules that change it (pure, no I/O).
+
+One :class:`PartitionState` per assigned ``usage-events`` partition holds everything needed to count each
+unique event exactly once:
+
+* the **dedup index** — every (customer, event_id) seen whose event time is within the horizon, exact,
+  bucketed by expiry minute so eviction is cheap;
+* the **windows** — per customer, meter and group: minute, hour, day and billing-period running values;
+* the **thresholds fired** — the highest of 80/90/100 % already announced per customer, meter and period.
+
+Events are applied one by one (:meth:`PartitionState.apply`); after a batch, :meth:`PartitionState.drain`
+returns what must be written in the same Kafka transaction as the input offsets: the changed aggregates,
+the changelog records that let another instance rebuild this state, and the threshold events.
+
+Exactness argument for dedup: an id is kept until ``event_time + horizon``; an event is accepted only while
+``event_time >= now - grace``; with ``horizon >= grace`` every duplicate that could still be accepted finds
+its id (``now <= event_time + grace <= event_time + horizon``), and any later one is late and dead-lettered.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.metering_aggregator.values import (
+    SCALE,
+    InvalidValue,
+    compact_event_id,
+    decimal_to_nanounits,
+    group_key,
+    group_value,
+    member_of,
+    to_nanounits,
+)
+from services.plans.model import THRESHOLD_PERCENTS, Aggregation, Meter, PlansConfig
+from services.plans.periods import DAY_MS, HOUR_MS, MINUTE_MS, Granularity, billing_period
+
+GRANULARITIES = (Granularity.MINUTE, Granularity.HOUR, Granularity.DAY, Granularity.BILLING_PERIOD)
+# Kept in memory a little past the last instant an event can still land in them, so a slightly different
+# clock after a restart or rebalance never evicts something still writable.
+EVICTION_MARGIN_MS = MINUTE_MS
+
+# Why an event was not counted. Values are the dead-letter ``error_code``s where the event is dead-lettered.
+LATE_EVENT = "late_event"
+FUTURE_EVENT = "future_event"
+UNKNOWN_CUSTOMER = "unknown_customer"
+INVALID_METER_VALUE = "invalid_meter_value"
+INVALID_EVENT = "invalid_event"
+DUPLICATE = "duplicate"
+UNMETERED = "unmetered"
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The time rules of metering (milliseconds)."""
+
+    grace_ms: int = HOUR_MS
+    dedup_horizon_ms: int = DAY_MS
+    future_tolerance_ms: int = 5 * MINUTE_MS
+
+    def __post_init__(self) -> None:
+        if self.grace_ms < 0 or self.future_tolerance_ms < 0:
+            raise ValueError("grace and future tolerance must not be negative")
+        if self.dedup_horizon_ms < self.grace_ms:
+            # Otherwise a duplicate could arrive after its id was forgotten but before it counts as late.
+            raise ValueError(
+                f"the dedup horizon ({self.dedup_horizon_ms} ms) must be at least the late-event grace "
+                f"({self.grace_ms} ms), or late duplicates would be counted twice"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    """What metering needs to know about a customer (from the ``customers`` table)."""
+
+    customer_id: str
+    plan: str
+    anchor_day: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An event that is not counted: ``code`` (a dead-letter reason or duplicate/unmetered) and why."""
+
+    code: str
+    message: str
+
+    @property
+    def dead_letter(self) -> bool:
+        return self.code not in (DUPLICATE, UNMETERED)
+
+
+def crossed_thresholds(
+    usage: int, limit: int, already_fired: int, percents: Iterable[int] = THRESHOLD_PERCENTS
+) -> list[int]:
+    """Thresholds (percent) reached by ``usage`` of ``limit`` (both nanounits) not yet fired, in order."""
+    return [p for p in percents if p > already_fired and usage * 100 >= p * limit]
+
+
+# ------------------------------------------------------------------------------------------- dedup
+
+
+class DedupIndex:
+    """Exact set of (customer, event_id) with time-bucketed expiry.
+
+    Ids are held in one ``set`` per customer (lookups) and in per-minute expiry buckets (eviction). New ids
+    also wait in ``pending`` until the next changelog write, which stores one record per expiry bucket per
+    transaction instead of one per event.
+    """
+
+    __slots__ = ("bucket_records", "buckets", "pending", "seen")
+
+    def __init__(self) -> None:
+        self.seen: dict[str, set[int | str]] = {}
+        # expiry minute -> customer -> compact ids expiring then
+        self.buckets: dict[int, dict[str, list[int | str]]] = {}
+        # expiry minute -> customer -> original ids added since the last changelog write
+        self.pending: dict[int, dict[str, list[str]]] = {}
+        # expiry minute -> keys of the changelog records holding its ids (tombstoned on expiry)
+        self.bucket_records: dict[int, list[bytes]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.seen.values())
+
+    def contains(self, customer_id: str, event_id: str) -> bool:
+        ids = self.seen.get(customer_id)
+        return ids is not None and compact_event_id(event_id) in ids
+
+    def add(self, customer_id: str, event_id: str, expiry_minute: int, *, pending: bool = True) -> bool:
+        """Remember an id; False if it was already there."""
+        compact = compact_event_id(event_id)
+        ids = self.seen.get(customer_id)
+        if ids is None:
+            ids = self.seen[customer_id] = set()
+        elif compact in ids:
+            return False
+        ids.add(compact)
+        bucket = self.buckets.get(expiry_minute)
+        if bucket is None:
+            bucket = self.buckets[expiry_minute] = {}
+        lst = bucket.get(customer_id)
+        if lst is None:
+            bucket[customer_id] = [compact]
+        else:
+            lst.append(compact)
+        if pending:
+            pend = self.pending.get(expiry_minute)
+            if pend is None:
+                pend = self.pending[expiry_minute] = {}
+            plst = pend.get(customer_id)
+            if plst is None:
+                pend[customer_id] = [event_id]
+            else:
+                plst.append(event_id)
+        return True
+
+    def take_pending(self) -> dict[int, dict[str, list[str]]]:
+        pending, self.pending = self.pending, {}
+        return pending
+
+    def evict(self, now_minute: int) -> list[int]:
+        """Forget every bucket that expired before ``now_minute``; returns the expired bucket minutes."""
+        expired = [b for b in self.buckets if b < now_minute]
+        for minute in expired:
+            for customer_id, compacts in self.buckets.pop(minute).items():
+                ids = self.seen.get(customer_id)
+                if ids is None:
+                    continue
+                ids.difference_update(compacts)
+                if not ids:
+                    del self.seen[customer_id]
+            self.pending.pop(minute, None)
+        return expired
+
+
+# ------------------------------------------------------------------------------------------ windows
+
+
+class Window:
+    """The running value of one meter for one customer and group in one window."""
+
+    __slots__ = (
+        "dirty",
+        "end_ms",
+        "event_count",
+        "granularity",
+        "key",
+        "latest_ms",
+        "member_records",
+        "members",
+        "new_members",
+        "series",
+        "start_ms",
+        "value",
+    )
+
+    def __init__(self, series: Series, granularity: Granularity, start_ms: int, end_ms: int) -> None:
+        self.series = series
+        self.granularity = granularity
+        self.start_ms = start_ms
+        self.end_ms = end_ms
+        self.key = f"{series.customer_id}|{series.meter.slug}|{granularity.value}|{start_ms}|{series.group}"
+        self.value = 0  # nanounits
+        self.event_count = 0
+        self.latest_ms = -(2**62)  # event time of the value LATEST holds
+        self.dirty = False
+        unique = series.meter.aggregation is Aggregation.UNIQUE_COUNT
+        self.members: set[str] | None = set() if unique else None
+        self.new_members: list[str] | None = [] if unique else None
+        self.member_records: list[bytes] | None = [] if unique else None
+
+
+class Series:
+    """All windows of one (customer, meter, group), with the current minute's four windows cached."""
+
+    __slots__ = ("cur", "cur_minute", "customer_id", "group", "group_values", "meter", "windows")
+
+    def __init__(self, customer_id: str, meter: Meter, group: str, group_values: dict[str, str]) -> None:
+        self.customer_id = customer_id
+        self.meter = meter
+        self.group = group
+        self.group_values = group_values
+        self.windows: dict[tuple[Granularity, int], Window] = {}
+        self.cur_minute = -1
+        self.cur: tuple[Window, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdCrossing:
+    customer: Customer
+    meter: str
+    percent: int
+    usage: int  # nanounits
+    limit: int  # nanounits
+    hard_limit: bool
+    period_start_ms: int
+    period_end_ms: int
+
+
+@dataclass
+class Drained:
+    """What one batch produced for one partition, to be written in the batch's transaction."""
+
+    aggregates: list[Window] = field(default_factory=list)
+    changelog: list[tuple[bytes, Any]] = field(default_factory=list)  # (key, JSON-able value)
+    thresholds: list[ThresholdCrossing] = field(default_factory=list)
+
+
+class PartitionState:
+    """Everything the aggregator knows for one input partition."""
+
+    def __init__(self, partition: int, config: PlansConfig, rules: Rules) -> None:
+        self.partition = partition
+        self.config = config
+        self.rules = rules
+        self.meters_by_event: dict[str, tuple[Meter, ...]] = {}
+        for meter in config.meters:
+            self.meters_by_event[meter.event] = (*self.meters_by_event.get(meter.event, ()), meter)
+        self.dedup = DedupIndex()
+        self.series: dict[tuple[str, str, str], Series] = {}
+        self.dirty: list[Window] = []
+        # (customer, meter, period_start) -> (highest percent fired, period end)
+        self.thresholds: dict[tuple[str, str, int], tuple[int, int]] = {}
+        self.dirty_thresholds: set[tuple[str, str, int]] = set()
+        # eviction minute -> windows to drop then
+        self.expiry: dict[int, list[Window]] = {}
+        self.counted = 0
+        self.duplicates = 0
+        self.unmetered = 0
+
+    # -- applying events ------------------------------------------------------------------------------
+
+    def apply(self, event: dict[str, Any], now_ms: int, customer: Customer | None) -> Rejection | None:
+        """Count one decoded usage event, or say why not. Idempotent per (customer, event_id)."""
+        meters = self.meters_by_event.get(event["name"])
+        if meters is None:
+            self.unmetered += 1
+            return Rejection(UNMETERED, f"no meter counts events named {event['name']!r}")
+        customer_id: str = event["customer_id"]
+        event_id: str = event["event_id"]
+        if not customer_id or not event_id:
+            return Rejection(INVALID_EVENT, "customer_id and event_id must not be empty")
+        if self.dedup.contains(customer_id, event_id):
+            self.duplicates += 1
+            return Rejection(DUPLICATE, "event_id already counted")
+        ts: int = event["timestamp"]
+        rules = self.rules
+        if ts < now_ms - rules.grace_ms:
+            return Rejection(
+                LATE_EVENT,
+                f"event time {ts} is {(now_ms - ts) // 1000} s old, "
+                f"beyond the {rules.grace_ms // 1000} s grace",
+            )
+        if ts > now_ms + rules.future_tolerance_ms:
+            return Rejection(
+                FUTURE_EVENT,
+                f"event time {ts} is {(ts - now_ms) // 1000} s in the future "
+                f"(tolerance {rules.future_tolerance_ms // 1000} s)",
+            )
+        if customer is None:
+            return Rejection(UNKNOWN_CUSTOMER, f"customer {customer_id!r} does not exist")
+        # Extract every meter's value first: an event is counted into all its meters or none.
+        values: list[Any] = []
+        for meter in meters:
+            try:
+                values.append(self._value(meter, event))
+            except InvalidValue as exc:
+                return Rejection(
+                    INVALID_METER_VALUE, f"meter {meter.slug} ({meter.value_property}): {exc}"
+                )
+        self.dedup.add(customer_id, event_id, (ts + rules.dedup_horizon_ms) // MINUTE_MS + 1)
+        minute = ts - ts % MINUTE_MS
+        for meter, value in zip(meters, values, strict=True):
+            self._count(customer, meter, value, ts, minute, "", None)
+            if meter.group_by:
+                props = event.get("properties") or {}
+                gvalues = tuple(group_value(props.get(name)) for name in meter.group_by)
+                gkey = group_key(meter.group_by, gvalues)
+                self._count(customer, meter, value, ts, minute, gkey, (meter.group_by, gvalues))
+        self.counted += 1
+        return None
+
+    @staticmethod
+    def _value(meter: Meter, event: dict[str, Any]) -> Any:
+        agg = meter.aggregation
+        if agg is Aggregation.COUNT:
+            return None
+        prop = meter.value_property
+        assert prop is not None
+        raw = event.get(prop[1:]) if prop[0] == "$" else (event.get("properties") or {}).get(prop)
+        if agg is Aggregation.UNIQUE_COUNT:
+            return member_of(raw)
+        return to_nanounits(raw)
+
+    def _count(
+        self,
+        customer: Customer,
+        meter: Meter,
+        value: Any,
+        ts: int,
+        minute: int,
+        gkey: str,
+        group: tuple[tuple[str, ...], tuple[str, ...]] | None,
+    ) -> None:
+        skey = (customer.customer_id, meter.slug, gkey)
+        series = self.series.get(skey)
+        if series is None:
+            gvals = dict(zip(group[0], group[1], strict=True)) if group else {}
+            series = self.series[skey] = Series(customer.customer_id, meter, gkey, gvals)
+        if series.cur_minute != minute:
+            series.cur = self._windows_at(series, minute, customer.anchor_day)
+            series.cur_minute = minute
+        agg = meter.aggregation
+        dirty = self.dirty
+        for w in series.cur:
+            w.event_count += 1
+            if agg is Aggregation.COUNT:
+                w.value += SCALE
+            elif agg is Aggregation.SUM:
+                w.value += value
+            elif agg is Aggregation.MAX:
+                if w.event_count == 1 or value > w.value:
+                    w.value = value
+            elif agg is Aggregation.LATEST:
+                # Latest by event time; on a tie the later-processed event wins (deterministic on replay).
+                if ts >= w.latest_ms:
+                    w.value = value
+                    w.latest_ms = ts
+            else:  # UNIQUE_COUNT
+                members = w.members
+                assert members is not None
+                assert w.new_members is not None
+                if value not in members:
+                    members.add(value)
+                    w.new_members.append(value)
+                    w.value = len(members) * SCALE
+            if not w.dirty:
+                w.dirty = True
+                dirty.append(w)
+
+    def _windows_at(self, series: Series, minute: int, anchor_day: int) -> tuple[Window, ...]:
+        period = billing_period(minute, anchor_day)
+        spans = (
+            (Granularity.MINUTE, minute, minute + MINUTE_MS),
+            (Granularity.HOUR, minute - minute % HOUR_MS, minute - minute % HOUR_MS + HOUR_MS),
+            (Granularity.DAY, minute - minute % DAY_MS, minute - minute % DAY_MS + DAY_MS),
+            (Granularity.BILLING_PERIOD, period.start_ms, period.end_ms),
+        )
+        return tuple(self._window(series, g, start, end) for g, start, end in spans)
+
+    def _window(self, series: Series, granularity: Granularity, start: int, end: int) -> Window:
+        w = series.windows.get((granularity, start))
+        if w is None:
+            w = series.windows[(granularity, start)] = Window(series, granularity, start, end)
+            evict_at = (end + self.rules.grace_ms + EVICTION_MARGIN_MS) // MINUTE_MS
+            self.expiry.setdefault(evict_at, []).append(w)
+        return w
+
+    # -- after a batch -----------------------------------------------------------------------------------
+
+    def drain(self, txn_seq: int, customer_of: Callable[[str], Customer | None]) -> Drained:
+        """The records this batch must write: changed aggregates, changelog deltas, threshold events.
+
+        ``txn_seq`` (the batch's first input offset on this partition) makes the changelog keys of
+        append-style records (dedup ids, unique members) unique per transaction; each such record is
+        remembered so it can be tombstoned when its state expires.
+        """
+        out = Drained()
+        for minute, by_customer in self.dedup.take_pending().items():
+            keys = self.dedup.bucket_records.setdefault(minute, [])
+            for i, chunk in enumerate(_chunk_by_customer(by_customer)):
+                key = b"D|%d|%d.%d" % (minute, txn_seq, i)
+                out.changelog.append((key, chunk))
+                keys.append(key)
+        for w in self.dirty:
+            w.dirty = False
+            out.aggregates.append(w)
+            out.changelog.append((b"W|" + w.key.encode(), window_changelog_value(w)))
+            if w.new_members:
+                assert w.member_records is not None
+                for i, members in enumerate(_chunk(w.new_members)):
+                    key = b"U|%d.%d|" % (txn_seq, i) + w.key.encode()
+                    out.changelog.append((key, members))
+                    w.member_records.append(key)
+                w.new_members = []
+            if w.granularity is Granularity.BILLING_PERIOD and not w.series.group:
+                out.thresholds.extend(self._thresholds_for(w, customer_of))
+        self.dirty = []
+        for tkey in self.dirty_thresholds:
+            percent, end = self.thresholds[tkey]
+            out.changelog.append((threshold_changelog_key(*tkey), {"p": percent, "e": end}))
+        self.dirty_thresholds.clear()
+        return out
+
+    def _thresholds_for(
+        self, w: Window, customer_of: Callable[[str], Customer | None]
+    ) -> list[ThresholdCrossing]:
+        customer = customer_of(w.series.customer_id)
+        if customer is None:
+            return []
+        plan = self.config.plan(customer.plan)
+        allowance = plan.meters.get(w.series.meter.slug) if plan is not None else None
+        if allowance is None or allowance.limit is None:
+            return []
+        limit = decimal_to_nanounits(allowance.limit)
+        tkey = (customer.customer_id, w.series.meter.slug, w.start_ms)
+        fired = self.thresholds.get(tkey, (0, w.end_ms))[0]
+        percents = crossed_thresholds(w.value, limit, fired)
+        if not percents:
+            return []
+        self.thresholds[tkey] = (percents[-1], w.end_ms)
+        self.dirty_thresholds.add(tkey)
+        return [
+            ThresholdCrossing(customer, w.series.meter.slug, p, w.value, limit, allowance.hard_limit,
+                              w.start_ms, w.end_ms)
+            for p in percents
+        ]
+
+    def evict(self, now_ms: int) -> list[bytes]:
+        """Drop state no event can change any more; returns the changelog keys to tombstone."""
+        now_minute = now_ms // MINUTE_MS
+        tombstones: list[bytes] = []
+        for minute in [m for m in self.expiry if m < now_minute]:
+            for w in self.expiry.pop(minute):
+                series = w.series
+                if series.windows.pop((w.granularity, w.start_ms), None) is None:
+                    continue
+                tombstones.append(b"W|" + w.key.encode())
+                tombstones.extend(w.member_records or ())
+                series.cur_minute = -1
+                series.cur = ()
+                if not series.windows:
+                    self.series.pop((series.customer_id, series.meter.slug, series.group), None)
+        dedup_horizon_minutes = now_minute - EVICTION_MARGIN_MS // MINUTE_MS
+        for minute in self.dedup.evict(dedup_horizon_minutes):
+            tombstones.extend(self.dedup.bucket_records.pop(minute, ()))
+        expired = [k for k, (_, end) in self.thresholds.items()
+                   if end + self.rules.grace_ms + EVICTION_MARGIN_MS < now_ms]
+        for tkey in expired:
+            del self.thresholds[tkey]
+            self.dirty_thresholds.discard(tkey)
+            tombstones.append(threshold_changelog_key(*tkey))
+        return tombstones
+
+    # -- introspection ------------------------------------------------------------------------------------
+
+    def windows(self) -> Iterator[Window]:
+        for series in self.series.values():
+            yield from series.windows.values()
+
+    def window_count(self) -> int:
+        return sum(len(s.windows) for s in self.series.values())
+
+
+def threshold_changelog_key(customer_id: str, meter: str, period_start_ms: int) -> bytes:
+    return f"T|{customer_id}|{meter}|{period_start_ms}".encode()
+
+
+# Changelog values stay well under the broker's default 1 MiB record limit.
+CHUNK_CHARS = 256 * 1024
+
+
+def _chunk(items: list[str]) -> Iterator[list[str]]:
+    part: list[str] = []
+    size = 0
+    for item in items:
+        part.append(item)
+        size += len(item) + 3
+        if size >= CHUNK_CHARS:
+            yield part
+            part, size = [], 0
+    if part:
+        yield part
+
+
+def _chunk_by_customer(by_customer: dict[str, list[str]]) -> Iterator[dict[str, list[str]]]:
+    part: dict[str, list[str]] = {}
+    size = 0
+    for customer_id, ids in by_customer.items():
+        for chunk in _chunk(ids) if len(ids) > 1000 else (ids,):
+            part.setdefault(customer_id, []).extend(chunk)
+            size += len(customer_id) + sum(len(i) + 3 for i in chunk)
+            if size >= CHUNK_CHARS:
+                yield part
+                part, size = {}, 0
+    if part:
+        yield part
+
+
+def window_changelog_value(w: Window) -> dict[str, Any]:
+    # The value as text: totals can outgrow the 64-bit integers JSON libraries handle.
+    return {"v": str(w.value), "n": w.event_count, "t": w.latest_ms, "e": w.end_ms}
+
+
+def deep_size(obj: Any, seen: set[int] | None = None) -> int:
+    """Approximate bytes held by ``obj`` and what it references (for the memory figures in the docs)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    size = sys.getsizeof(obj)
+    if isinstance(obj, dict):
+        size += sum(deep_size(k, seen) + deep_size(v, seen) for k, v in obj.items())
+    elif isinstance(obj, list | tuple | set | frozenset):
+        size += sum(deep_size(i, seen) for i in obj)
+    return size

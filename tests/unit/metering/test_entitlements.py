@@ -1,0 +1,77 @@
+"""The entitlement decision: limits, soft limits, unlimited meters, boolean features, upgrade paths."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from services.metering_aggregator.handlers import PlanNotConfigured, UnknownFeature, decide
+from services.plans.periods import billing_period
+
+from .conftest import NOW, customer
+
+BASE = "https://app.example/billing/upgrade"
+N = 10**9
+
+
+def test_hard_limit_allows_until_the_limit_is_reached(config):
+    d = decide(config, customer(), "api_requests", 9 * N, NOW, BASE)
+    assert (d.allowed, d.usage, d.limit, d.remaining, d.upgrade) == (True, 9, 10, 1, None)
+    d = decide(config, customer(), "api_requests", 10 * N, NOW, BASE)
+    assert not d.allowed
+    assert d.remaining == 0
+    assert d.upgrade is not None
+    assert d.upgrade.code == "usage_limit_exceeded"
+    assert d.upgrade.suggested_plan == "pro"
+    assert d.upgrade.upgrade_url == f"{BASE}?customer_id=acme&feature=api_requests&plan=pro"
+
+
+def test_soft_limit_stays_allowed_beyond_the_limit(config):
+    d = decide(config, customer(plan="pro"), "api_requests", 60_000 * N, NOW, BASE)
+    assert d.allowed
+    assert d.remaining == 0
+    assert d.limit == 50_000
+    assert not d.hard_limit
+
+
+def test_unlimited_meters_have_no_limit(config):
+    d = decide(config, customer(plan="enterprise"), "api_requests", 10**7 * N, NOW, BASE)
+    assert (d.allowed, d.limit, d.remaining) == (True, None, None)
+
+
+def test_a_meter_the_plan_lacks_is_not_in_plan(config):
+    d = decide(config, customer(), "storage_gb", 0, NOW, BASE)
+    assert not d.allowed
+    assert d.upgrade is not None
+    assert d.upgrade.code == "feature_not_in_plan"
+    assert d.upgrade.suggested_plan == "pro"
+
+
+def test_boolean_features_answer_from_the_plan(config):
+    d = decide(config, customer(), "api_access", 0, NOW, BASE)
+    assert d.allowed
+    assert d.kind == "feature"
+    assert d.usage is None
+    d = decide(config, customer(), "sso", 0, NOW, BASE)
+    assert not d.allowed
+    assert d.upgrade is not None
+    assert d.upgrade.code == "feature_not_in_plan"
+    assert d.upgrade.suggested_plan == "pro"
+    # audit_log is absent from free and pro: the suggestion walks the chain to enterprise.
+    d = decide(config, customer(), "audit_log", 0, NOW, BASE)
+    assert d.upgrade is not None
+    assert d.upgrade.suggested_plan == "enterprise"
+
+
+def test_the_answer_carries_the_customers_current_billing_period(config):
+    d = decide(config, customer(anchor_day=31), "api_requests", 0, NOW, BASE)
+    assert d.period == billing_period(NOW, 31)
+    assert d.usage == Decimal(0)
+
+
+def test_unknown_features_and_unconfigured_plans_are_errors(config):
+    with pytest.raises(UnknownFeature):
+        decide(config, customer(), "teleportation", 0, NOW, BASE)
+    with pytest.raises(PlanNotConfigured, match="platinum"):
+        decide(config, customer(plan="platinum"), "api_requests", 0, NOW, BASE)
