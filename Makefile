@@ -1,0 +1,83 @@
+# plg — `make help` lists the targets. Everything a run needs is installed by `make install`, which the
+# other targets depend on: a fresh clone needs only `make run` or `make test`.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_BOOT ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+DEVSTACK := $(PY) -m services.devstack
+# Code that lint and format look at.
+SRC := services tests $(wildcard bench) $(wildcard sdk/plg_sdk) $(wildcard sdk/tests)
+
+# The virtualenv is rebuilt when the dependency lists change (the stamp is newer than both otherwise).
+VENV_STAMP := $(VENV)/.plg-installed
+SDK_PYPROJECT := $(wildcard sdk/pyproject.toml)
+
+.PHONY: help
+help: ## Show this help
+	@echo "plg: usage events -> Kafka -> exactly-once metering -> billing. Targets:"
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
+
+$(VENV_STAMP): pyproject.toml $(SDK_PYPROJECT)
+	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PIP) install -q -e '.[dev]'
+	@if [ -f sdk/pyproject.toml ]; then $(PIP) install -q -e sdk; fi
+	@touch $@
+
+.PHONY: install
+install: $(VENV_STAMP) ## Install what is missing: virtualenv + packages, Kafka jars, PostgreSQL
+	@command -v mvn >/dev/null || { echo "installing maven and a JRE (Debian)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q maven openjdk-17-jre-headless; }
+	@$(DEVSTACK) install
+
+.PHONY: run
+run: install ## Start Kafka, PostgreSQL, the registry and every service in the foreground; Ctrl-C stops all
+	@$(DEVSTACK) run
+
+.PHONY: up
+up: install ## Start the same stack in the background (Kafka 127.0.0.1:9092, registry :8081, Postgres :5433)
+	@$(DEVSTACK) up
+
+.PHONY: down
+down: ## Stop the background stack (only processes it started, in reverse order)
+	@if [ -x $(PY) ]; then $(DEVSTACK) down; fi
+
+.PHONY: status
+status: ## Show what runs where
+	@$(DEVSTACK) status
+
+.PHONY: test
+test: install ## Whole suite: unit + integration (starts and stops a private stack unless KAFKA_BOOTSTRAP_SERVERS, SCHEMA_REGISTRY_URL and DATABASE_URL are set)
+	$(VENV)/bin/pytest
+
+.PHONY: test-unit
+test-unit: install ## Unit tests only (no broker, registry or database)
+	$(VENV)/bin/pytest -m "not integration"
+
+.PHONY: test-integration
+test-integration: install ## Integration and end-to-end tests against the real stack
+	$(VENV)/bin/pytest -m integration
+
+.PHONY: lint
+lint: install ## ruff check, ruff format --check, mypy
+	$(VENV)/bin/ruff check $(SRC)
+	$(VENV)/bin/ruff format --check $(SRC)
+	$(VENV)/bin/mypy services
+
+.PHONY: fmt
+fmt: install ## Format the code and apply ruff's safe fixes
+	$(VENV)/bin/ruff format $(SRC)
+	$(VENV)/bin/ruff check --fix $(SRC)
+
+.PHONY: bench
+bench: $(shell grep -hoE '^bench-[a-zA-Z0-9_-]+' $(MAKEFILE_LIST) | sort -u) ## Run every benchmark (each bench-* target)
+	@echo "benchmarks done"
+
+.PHONY: clean
+clean: down ## Stop the stack and delete its data and logs (keeps the virtualenv and the Kafka jars)
+	rm -rf .plg/postgres .plg/kafka/data .plg/kafka/server.properties .plg/logs .plg/run
+	rm -rf .pytest_cache .mypy_cache .ruff_cache
