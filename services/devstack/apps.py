@@ -6,8 +6,8 @@ To add a service to ``make run`` / ``make up``, append ONE line to ``APP_SERVICE
 
 It is started after Kafka, Postgres, the registry and topic provisioning, with ``KAFKA_BOOTSTRAP_SERVERS``,
 ``SCHEMA_REGISTRY_URL`` and ``DATABASE_URL`` of the stack plus ``<env_prefix>HOST`` / ``<env_prefix>PORT``
-set, and counts as up when ``GET http://host:port<health_path>`` answers 2xx. A service whose package
-does not exist yet is skipped with a note, so the list can name work in progress.
+set, and counts as up when ``GET http://host:port<health_path>`` (``/readyz`` unless given) answers 2xx.
+A service whose package does not exist yet is skipped with a note, so the list can name work in progress.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ class AppService:
     module: str
     port: int
     env_prefix: str
-    health_path: str = "/healthz"
+    # Readiness, as services.kernel.ops serves it: 200 once the service can do its work.
+    health_path: str = "/readyz"
     # Extra environment for this service only.
     env: Mapping[str, str] = field(default_factory=dict)
 
@@ -44,7 +45,9 @@ class AppService:
 
 
 # Infrastructure: started before topic provisioning, which registers the schemas in it.
-SCHEMA_REGISTRY = AppService("schema-registry", "services.schema_registry", port=8081, env_prefix="REGISTRY_")
+SCHEMA_REGISTRY = AppService(
+    "schema-registry", "services.schema_registry", port=8081, env_prefix="REGISTRY_", health_path="/readyz"
+)
 
 # App services, started in this order after provisioning and stopped in reverse. One line each.
 APP_SERVICES: list[AppService] = [

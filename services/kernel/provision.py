@@ -17,7 +17,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
-from services.kernel.settings import KafkaSettings, SchemaRegistrySettings
+from services.kernel.settings import KafkaSettings, PlatformSettings, SchemaRegistrySettings
 from services.kernel.topics import TopicSpec, catalogue, with_schemas
 
 log = logging.getLogger(__name__)
@@ -161,3 +161,22 @@ def provision_all(
     created = provision_topics(kafka, specs, replication_factor=replication_factor)
     ids = register_schemas(registry, specs)
     return created, ids
+
+
+def main() -> int:
+    """``python -m services.kernel.provision``: provision the catalogue from the environment's settings.
+
+    The one-shot provisioning step of docker-compose.yml and of deployments; locally ``make up`` does it.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    kafka, registry = KafkaSettings(), SchemaRegistrySettings()
+    wait_for_broker(kafka, timeout=120)
+    created, ids = provision_all(kafka, registry, prefix=PlatformSettings().topic_prefix)
+    log.info("topics created: %s", ", ".join(created) or "none (all existed)")
+    for subject, schema_id in ids.items():
+        log.info("schema %s: id %d", subject, schema_id)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
