@@ -106,3 +106,21 @@ def topic(name: str, prefix: str = "") -> TopicSpec:
 
 def with_schemas(specs: Iterable[TopicSpec]) -> list[TopicSpec]:
     return [t for t in specs if t.value_schema]
+
+
+# The metering aggregator's state changelog (JSON, not Avro: internal, never read by other services).
+# Partition p holds the state of usage-events partition p, so it has the same partition count; compaction
+# keeps the latest value per key, tombstones drop expired state. See docs/metering.md.
+METERING_CHANGELOG = "metering-aggregator-changelog"
+declare(
+    TopicSpec(
+        METERING_CHANGELOG,
+        _REGISTRY[USAGE_EVENTS].partitions,
+        None,
+        cleanup_policy="compact",
+        retention_ms=None,
+        description="Metering aggregator state (dedup ids, windows, thresholds fired) per input partition.",
+        # Roll segments hourly so compaction (which never touches the active segment) keeps restores short.
+        config={"segment.ms": str(60 * 60 * 1000), "min.cleanable.dirty.ratio": "0.25"},
+    )
+)
