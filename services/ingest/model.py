@@ -94,6 +94,10 @@ class Code(StrEnum):
     TOO_MANY_EVENTS = "too_many_events"
     FORBIDDEN_CUSTOMER = "forbidden_customer"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    UNAUTHORIZED = "unauthorized"
+    RATE_LIMITED = "rate_limited"
+    KAFKA_UNAVAILABLE = "kafka_unavailable"
+    SERVICE_UNAVAILABLE = "service_unavailable"
 
 
 class RequestError(Exception):

@@ -1,0 +1,514 @@
+"""Composition root of the ingest service: ``build_app(settings)`` wires the HTTP API to Postgres (API
+keys), the schema registry (encoders) and Kafka (the idempotent producer), and owns them all.
+
+The request path, in order: authenticate (401) → read the body within the size limit, gunzip (413/400) →
+check and normalise every event (400/403/413, per-event codes) → rate limit per key (429) → encode and
+produce, then wait for every broker acknowledgement (503 when Kafka cannot take it) → 202 with one result
+per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+import zlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from psycopg_pool import ConnectionPool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from services.ingest import metrics as m
+from services.ingest.apikeys import AuthError, KeyCache, KeyRecord
+from services.ingest.config import IngestSettings
+from services.ingest.handlers import KafkaBreaker, accepted_body, error_body, rejection_counts
+from services.ingest.model import (
+    CE_BATCH_CONTENT_TYPE,
+    CE_CONTENT_TYPE,
+    Code,
+    Limits,
+    Normalised,
+    Rejection,
+    RequestContext,
+    RequestError,
+    identity_link_key,
+    normalise_batch,
+    normalise_cloudevents,
+    normalise_single,
+)
+from services.ingest.openapi import REQUEST_BODIES, RESPONSES, component_schemas
+from services.ingest.ratelimit import RateLimiter
+from services.ingest.store import lookup_key
+from services.ingest.writer import EventWriter
+from services.kernel.db import migrate, open_pool
+from services.kernel.errors import KafkaUnavailableError, SerializationError
+from services.kernel.kafka import Producer, check_reachable
+from services.kernel.ops import ops_routes
+from services.kernel.serde import SchemaRegistry, ValueEncoder
+from services.kernel.topics import IDENTITY_LINKS, USAGE_EVENTS, topic
+
+log = logging.getLogger(__name__)
+
+SERVICE = "ingest"
+VERSION = "0.1.0"
+
+Normaliser = Callable[[bytes, RequestContext], Normalised]
+
+
+class Ingest:
+    """The running service: the resources ``build_app`` opened and the request handling over them."""
+
+    def __init__(self, settings: IngestSettings, pool: ConnectionPool, writer: EventWriter) -> None:
+        self.settings = settings
+        self.limits: Limits = settings.limits()
+        self.pool = pool
+        self.writer = writer
+        self.keys = KeyCache(
+            self._lookup_key, settings.key_cache_ttl_seconds, settings.key_negative_cache_ttl_seconds
+        )
+        self.limiter = RateLimiter(
+            settings.rate_limit_events_per_second, settings.rate_limit_burst, settings.max_batch_events
+        )
+        self.breaker = KafkaBreaker(settings.breaker_probe_interval_seconds)
+        self._kafka_checked_at = 0.0
+        self._kafka_reachable = False
+
+    # -- adapters -------------------------------------------------------------------------------------
+
+    async def _lookup_key(self, key_id: str) -> KeyRecord | None:
+        return await asyncio.to_thread(self._lookup_key_sync, key_id)
+
+    def _lookup_key_sync(self, key_id: str) -> KeyRecord | None:
+        with self.pool.connection(timeout=5) as conn:
+            return lookup_key(conn, key_id)
+
+    def database_ready(self) -> bool:
+        with self.pool.connection(timeout=2) as conn:
+            conn.execute("SELECT 1")
+        return True
+
+    def kafka_ready(self) -> bool:
+        """Not while the breaker is open; otherwise a metadata round trip, at most every 5 s."""
+        if self.breaker.is_open:
+            return False
+        now = time.monotonic()
+        if now - self._kafka_checked_at > 5.0:
+            try:
+                check_reachable(self.settings.kafka, timeout=2.0)
+                self._kafka_reachable = True
+            except KafkaUnavailableError:
+                self._kafka_reachable = False
+            self._kafka_checked_at = now
+        return self._kafka_reachable
+
+    # -- the request path -----------------------------------------------------------------------------
+
+    async def handle(
+        self, request: Request, endpoint: str, normalise: Normaliser, *, single: bool, source: str = "http"
+    ) -> Response:
+        started = time.perf_counter()
+        request_id = _request_id(request)
+        try:
+            response = await self._handle(request, request_id, normalise, single=single, source=source)
+        except RequestError as exc:
+            response = _json(exc.status, {**exc.body(), "request_id": request_id})
+        m.REQUESTS.labels(endpoint, str(response.status_code)).inc()
+        m.REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+        response.headers["X-Request-Id"] = request_id
+        return response
+
+    async def _handle(
+        self, request: Request, request_id: str, normalise: Normaliser, *, single: bool, source: str
+    ) -> Response:
+        try:
+            principal = await self.keys.authenticate(request.headers.get("authorization"))
+        except AuthError as exc:
+            return _json(
+                401,
+                error_body(Code.UNAUTHORIZED, str(exc), request_id),
+                {"WWW-Authenticate": 'Bearer realm="plg"'},
+            )
+        if single:
+            body = await _read_body(request, self.limits.max_event_bytes, Code.EVENT_TOO_LARGE)
+        else:
+            body = await _read_body(request, self.limits.max_batch_bytes, Code.BATCH_TOO_LARGE)
+        user_agent = request.headers.get("user-agent")
+        if source == "http" and user_agent and user_agent.startswith("plg-sdk"):
+            source = "sdk"
+        ctx = RequestContext(
+            customer_id=principal.customer_id,
+            api_key_id=principal.key_id,
+            request_id=request_id,
+            received_at_ms=time.time_ns() // 1_000_000,
+            source=source,
+            library=user_agent[:128] if user_agent else None,
+        )
+        outcome = normalise(body, ctx)
+        m.BATCH_EVENTS.observe(outcome.total)
+
+        retry_after = self.limiter.retry_after(principal.key_id, outcome.total, time.monotonic())
+        if retry_after:
+            return _json(
+                429,
+                error_body(
+                    Code.RATE_LIMITED,
+                    f"API key {principal.key_id} is over its rate of "
+                    f"{self.settings.rate_limit_events_per_second:g} events/s; retry after "
+                    f"{retry_after} s",
+                    request_id,
+                ),
+                {"Retry-After": str(retry_after)},
+            )
+
+        values = self._encode(outcome)
+        if values:
+            if not self.breaker.allow():
+                return self._unavailable(request_id, outcome, "Kafka is unavailable")
+            links = [
+                (identity_link_key(link), self.writer.links.encode(link)) for link in outcome.identity_links
+            ]
+            produce_started = time.perf_counter()
+            try:
+                await self.writer.write(principal.customer_id, values, links)
+            except KafkaUnavailableError as exc:
+                self.breaker.failed()
+                m.KAFKA_BREAKER_OPEN.set(1)
+                log.warning(
+                    "kafka could not take a write", extra={"error": str(exc), "request_id": request_id}
+                )
+                return self._unavailable(request_id, outcome, str(exc))
+            m.PRODUCE_SECONDS.observe(time.perf_counter() - produce_started)
+            if self.breaker.is_open:
+                self.breaker.succeeded()
+                m.KAFKA_BREAKER_OPEN.set(0)
+                log.info("kafka writes succeed again")
+            m.ACCEPTED.inc(len(values))
+        for code, n in rejection_counts(outcome).items():
+            m.EVENTS.labels("rejected", code).inc(n)
+
+        if single and outcome.rejections:
+            r = outcome.rejections[0]
+            return _json(400, {**error_body(r.code, r.message, request_id), "results": outcome.results()})
+        return _json(202, accepted_body(request_id, outcome))
+
+    def _encode(self, outcome: Normalised) -> list[bytes]:
+        """Avro-encode the valid records. One that the schema still refuses (a case the checks missed) is
+        rejected on its own rather than failing the request."""
+        encode = self.writer.events.encode
+        try:
+            return [encode(record) for _, record in outcome.records]
+        except SerializationError:
+            pass
+        values: list[bytes] = []
+        kept: list[tuple[int, dict[str, Any]]] = []
+        for index, record in outcome.records:
+            try:
+                values.append(encode(record))
+                kept.append((index, record))
+            except SerializationError as exc:
+                log.error("a checked event did not encode", extra={"error": str(exc)})
+                outcome.rejections.append(Rejection(index, record["event_id"], Code.INVALID_EVENT, str(exc)))
+        ids = {r["event_id"] for _, r in kept}
+        outcome.records = kept
+        outcome.identity_links = [link for link in outcome.identity_links if link["event_id"] in ids]
+        return values
+
+    def _unavailable(self, request_id: str, outcome: Normalised, reason: str) -> Response:
+        m.EVENTS.labels("failed", "kafka_unavailable").inc(len(outcome.records))
+        retry = self.settings.unavailable_retry_after_seconds
+        return _json(
+            503,
+            error_body(
+                Code.KAFKA_UNAVAILABLE,
+                f"events cannot be written now ({reason}); nothing of this request was "
+                f"accepted: retry the same events (same event_id) after {retry} s",
+                request_id,
+            ),
+            {"Retry-After": str(retry)},
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def _request_id(request: Request) -> str:
+    given = request.headers.get("x-request-id")
+    if given and len(given) <= 128 and given.isascii() and given.isprintable():
+        return given
+    return uuid.uuid4().hex
+
+
+async def _read_body(request: Request, limit: int, too_large: Code) -> bytes:
+    """The body, decompressed when gzip'd, refusing (413) anything over ``limit`` without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(
+            413, too_large, f"the body is {declared} bytes; at most {limit} are allowed"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, too_large, f"the body is over {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = (request.headers.get("content-encoding") or "identity").strip().lower()
+    if encoding in ("identity", ""):
+        return body
+    if encoding != "gzip":
+        raise RequestError(
+            415, Code.UNSUPPORTED_MEDIA_TYPE, f"Content-Encoding {encoding!r}: only gzip is supported"
+        )
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        # max_length bounds the memory a small "zip bomb" could make us allocate.
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise RequestError(400, Code.INVALID_BODY, f"the body is not valid gzip: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise RequestError(413, too_large, f"the decompressed body is over {limit} bytes")
+    if not inflater.eof:
+        raise RequestError(400, Code.INVALID_BODY, "the gzip body is truncated")
+    return out
+
+
+def _media_type(request: Request) -> str:
+    return (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+
+
+def _require_json(request: Request) -> None:
+    media = _media_type(request)
+    if media not in ("", "application/json"):
+        raise RequestError(
+            415,
+            Code.UNSUPPORTED_MEDIA_TYPE,
+            f"Content-Type {media!r}: send application/json (CloudEvents go to /v1/events)",
+        )
+
+
+@dataclass
+class _Resources:
+    ingest: Ingest | None = None
+
+
+def open_ingest(settings: IngestSettings) -> tuple[Ingest, Callable[[], None]]:
+    """Open everything the service needs; returns it and the function that closes it all (reverse order)."""
+    closers: list[Callable[[], None]] = []
+
+    def close() -> None:
+        for closer in reversed(closers):
+            try:
+                closer()
+            except Exception:
+                log.exception("error while closing")
+
+    try:
+        migrate(settings.database.url.get_secret_value())
+        pool = open_pool(settings.database, name="ingest")
+        closers.append(pool.close)
+        registry = SchemaRegistry(settings.registry)
+        closers.append(registry.close)
+        prefix = settings.platform.topic_prefix
+        events_spec, links_spec = topic(USAGE_EVENTS, prefix), topic(IDENTITY_LINKS, prefix)
+        encoders: list[ValueEncoder] = []
+        for spec in (events_spec, links_spec):
+            assert spec.schema_path is not None
+            encoders.append(
+                registry.encoder(
+                    spec.value_subject, spec.schema_path, auto_register=settings.auto_register_schemas
+                )
+            )
+        producer = Producer(
+            settings.kafka,
+            client_id="plg-ingest",
+            # Never block the event loop waiting for room in librdkafka's queue: full means 503 now.
+            max_block=0.0,
+            message_timeout_ms=settings.produce_timeout_ms,
+        )
+
+        def close_producer() -> None:
+            producer.close(timeout=10.0)
+
+        closers.append(close_producer)
+        writer = EventWriter(
+            producer,
+            events_topic=events_spec.name,
+            links_topic=links_spec.name,
+            events=encoders[0],
+            links=encoders[1],
+            timeout=settings.produce_timeout_ms / 1000,
+        )
+        return Ingest(settings, pool, writer), close
+    except BaseException:
+        close()
+        raise
+
+
+def build_app(settings: IngestSettings | None = None) -> FastAPI:
+    """The ingest ASGI app. Resources open when the app starts (lifespan) and close when it stops."""
+    settings = settings or IngestSettings()
+    state = _Resources()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        ingest, close = await asyncio.to_thread(open_ingest, settings)
+        state.ingest = ingest
+        log.info(
+            "ingest ready",
+            extra={"host": settings.host, "port": settings.port, "topic": ingest.writer.events_topic},
+        )
+        try:
+            yield
+        finally:
+            state.ingest = None
+            await asyncio.to_thread(close)
+
+    app = FastAPI(
+        title="plg ingest",
+        version=VERSION,
+        description=(
+            "The front door of plg: product and usage events in, durably. An event is reported accepted only "
+            "after Kafka acknowledged it. Authenticate with `Authorization: Bearer plg_<key-id>_<secret>`."
+        ),
+        lifespan=lifespan,
+        default_response_class=Response,
+    )
+
+    def service() -> Ingest:
+        if state.ingest is None:
+            raise RequestError(503, Code.SERVICE_UNAVAILABLE, "ingest is starting or stopping")
+        return state.ingest
+
+    limits = settings.limits()
+
+    def batch(body: bytes, ctx: RequestContext) -> Normalised:
+        return normalise_batch(body, ctx, limits)
+
+    def track(body: bytes, ctx: RequestContext) -> Normalised:
+        return normalise_single(body, ctx, limits, kind="track")
+
+    def identify(body: bytes, ctx: RequestContext) -> Normalised:
+        return normalise_single(body, ctx, limits, kind="identify")
+
+    def ce_one(body: bytes, ctx: RequestContext) -> Normalised:
+        return normalise_cloudevents(body, ctx, limits, batch=False)
+
+    def ce_many(body: bytes, ctx: RequestContext) -> Normalised:
+        return normalise_cloudevents(body, ctx, limits, batch=True)
+
+    async def run(request: Request, fn: Callable[[Ingest], Any]) -> Response:
+        try:
+            return await fn(service())  # type: ignore[no-any-return]
+        except RequestError as exc:
+            return _json(exc.status, {**exc.body(), "request_id": _request_id(request)})
+
+    @app.post(
+        "/v1/batch",
+        status_code=202,
+        summary="Send a batch of events",
+        responses=RESPONSES,
+        openapi_extra=REQUEST_BODIES["batch"],
+    )
+    async def post_batch(request: Request) -> Response:
+        """Up to 500 events (500 KB). Each event is accepted or rejected on its own; see `results`."""
+        _require_json(request)
+        return await run(request, lambda s: s.handle(request, "batch", batch, single=False))
+
+    @app.post(
+        "/v1/track",
+        status_code=202,
+        summary="Send one event",
+        responses=RESPONSES,
+        openapi_extra=REQUEST_BODIES["track"],
+    )
+    async def post_track(request: Request) -> Response:
+        """One event (32 KB). An event that is refused answers 400 with its code."""
+        _require_json(request)
+        return await run(request, lambda s: s.handle(request, "track", track, single=True))
+
+    @app.post(
+        "/v1/identify",
+        status_code=202,
+        summary="Link an anonymous id to a user id",
+        responses=RESPONSES,
+        openapi_extra=REQUEST_BODIES["identify"],
+    )
+    async def post_identify(request: Request) -> Response:
+        """Writes an `identity-links` record (anonymous_id → user_id) and a `$identify` event."""
+        _require_json(request)
+        return await run(request, lambda s: s.handle(request, "identify", identify, single=True))
+
+    async def post_cloudevents(request: Request) -> Response:
+        """CloudEvents 1.0 in structured mode: `application/cloudevents+json` (one event) or
+        `application/cloudevents-batch+json` (a JSON array). `id` → event_id, `type` → name, `time` →
+        timestamp, `data` (JSON object) → properties; `subject` (OpenMeter's convention) or the `customerid`
+        extension, when present, must be the API key's own customer."""
+        media = _media_type(request)
+        if media == CE_CONTENT_TYPE:
+            fn = ce_one
+        elif media == CE_BATCH_CONTENT_TYPE:
+            fn = ce_many
+        else:
+            return _json(
+                415,
+                error_body(
+                    Code.UNSUPPORTED_MEDIA_TYPE,
+                    f"Content-Type {media!r}: send {CE_CONTENT_TYPE} or {CE_BATCH_CONTENT_TYPE}",
+                    _request_id(request),
+                ),
+            )
+        return await run(
+            request, lambda s: s.handle(request, "events", fn, single=False, source="cloudevents")
+        )
+
+    for path in ("/v1/events", "/api/v1/events"):
+        app.add_api_route(
+            path,
+            post_cloudevents,
+            methods=["POST"],
+            status_code=202,
+            responses=RESPONSES,
+            summary="Send CloudEvents",
+            openapi_extra=REQUEST_BODIES["cloudevents"],
+            include_in_schema=path == "/v1/events",
+        )
+
+    def readiness_db() -> bool:
+        return state.ingest is not None and state.ingest.database_ready()
+
+    def readiness_kafka() -> bool:
+        return state.ingest is not None and state.ingest.kafka_ready()
+
+    ops_routes(app, {"database": readiness_db, "kafka": readiness_kafka})
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(component_schemas())
+            schema["components"]["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer"}}
+            schema["security"] = [{"apiKey": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def create_app() -> FastAPI:
+    """Factory for ``uvicorn --factory`` (several workers): settings from the environment."""
+    return build_app(IngestSettings())
