@@ -77,6 +77,14 @@ fmt: install ## Format the code and apply ruff's safe fixes
 bench: $(shell grep -hoE '^bench-[a-zA-Z0-9_-]+' $(MAKEFILE_LIST) | sort -u) ## Run every benchmark (each bench-* target)
 	@echo "benchmarks done"
 
+.PHONY: run-ingest
+run-ingest: install ## Run only the ingest API (:8080) in the foreground, against the stack of `make up`
+	$(PY) -m services.ingest
+
+.PHONY: bench-ingest
+bench-ingest: install ## Ingest throughput and ack latency (batches of 100) vs producing straight to Kafka
+	$(PY) -m bench.ingest
+
 .PHONY: clean
 clean: down ## Stop the stack and delete its data and logs (keeps the virtualenv and the Kafka jars)
 	rm -rf .plg/postgres .plg/kafka/data .plg/kafka/server.properties .plg/logs .plg/run

@@ -52,4 +52,5 @@ SCHEMA_REGISTRY = AppService(
 # App services, started in this order after provisioning and stopped in reverse. One line each.
 APP_SERVICES: list[AppService] = [
     # one AppService(...) per line, in start order
+    AppService("ingest", "services.ingest", port=8080, env_prefix="INGEST_"),
 ]
