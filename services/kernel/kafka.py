@@ -83,8 +83,12 @@ class _RepeatFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         # librdkafka records come as ("%s [%s] %s", facility, client name, text); ours carry a ``code``.
         args = record.args if isinstance(record.args, tuple) else ()
-        key = (record.name, record.levelno, *(args[:2] if len(args) >= 2 else (record.msg,)),
-               getattr(record, "code", None))
+        key = (
+            record.name,
+            record.levelno,
+            *(args[:2] if len(args) >= 2 else (record.msg,)),
+            getattr(record, "code", None),
+        )
         now = time.monotonic()
         with self._lock:
             last, suppressed = self._seen.get(key, (0.0, 0))
@@ -216,7 +220,13 @@ class _ErrorState:
             log.error("kafka fatal error", extra={"code": err.name(), "reason": err.str()})
         elif is_transient(err):
             record = log.makeRecord(
-                log.name, logging.WARNING, __file__, 0, "kafka transient error", (), None,
+                log.name,
+                logging.WARNING,
+                __file__,
+                0,
+                "kafka transient error",
+                (),
+                None,
                 extra={"code": err.name(), "reason": err.str(), "client": self.client_id},
             )
             if log.isEnabledFor(logging.WARNING) and _repeat_filter.filter(record):
@@ -320,8 +330,13 @@ class Producer:
     ) -> None:
         """Enqueue one record. ``on_delivery(error_or_None, record)`` runs on the poll thread."""
         self._produce(
-            topic, value, key, headers, None if on_delivery is None else _wrap_callback(on_delivery),
-            partition, timestamp,
+            topic,
+            value,
+            key,
+            headers,
+            None if on_delivery is None else _wrap_callback(on_delivery),
+            partition,
+            timestamp,
         )
 
     def send(
@@ -833,9 +848,10 @@ class Consumer:
 
     def caught_up(self, end_offsets: Mapping[tuple[str, int], int]) -> bool:
         """True once the position on each partition has reached the given end offset."""
-        positions = {(tp.topic, tp.partition): tp.offset for tp in self.position(
-            [TopicPartition(t, p) for t, p in end_offsets]
-        )}
+        positions = {
+            (tp.topic, tp.partition): tp.offset
+            for tp in self.position([TopicPartition(t, p) for t, p in end_offsets])
+        }
         return all(end <= 0 or positions.get(key, -1) >= end for key, end in end_offsets.items())
 
     # -- lifecycle ------------------------------------------------------------------------------------

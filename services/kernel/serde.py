@@ -89,7 +89,6 @@ def load_schema(source: SchemaSource) -> tuple[str, Any]:
         text = source
     else:
         text = Path(source).read_text()
-    text = text.strip()
     try:
         return text, json.loads(text)
     except json.JSONDecodeError as exc:
@@ -383,4 +382,3 @@ class SchemaRegistry:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
