@@ -291,6 +291,10 @@ class Registry:
     def schema_by_id(
         self, schema_id: int, fmt: str | None = None, fetch_max_id: bool = False
     ) -> dict[str, Any]:
+        # The deserializers' hot path: answered from memory once seen, without borrowing a connection.
+        cached = self._schemas.get(schema_id)
+        if cached is not None and not fetch_max_id and not (fmt == "resolved" and cached.references):
+            return {"id": cached.id, "guid": cached.guid, **self._schema_response(cached)}
         with self.store.transaction() as tx:
             stored = self._stored(tx, schema_id)
             if stored is None:

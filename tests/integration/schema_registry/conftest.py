@@ -4,15 +4,11 @@ suite's stack), the registry app in-process on it, and real registry processes o
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import psycopg
@@ -20,15 +16,15 @@ import pytest
 from fastapi.testclient import TestClient
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from pydantic import SecretStr
 
-from services.kernel.settings import DatabaseSettings
 from services.schema_registry.app import build_app
-from services.schema_registry.config import RegistrySettings
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
-CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
-ADMIN_TOKEN = "sr-test-admin-token"
+from tests.integration.schema_registry.support import (
+    CONTENT_TYPE,
+    REPO_ROOT,
+    RegistryProcess,
+    free_port,
+    registry_settings_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +40,6 @@ def registry_database(stack) -> Iterator[str]:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def registry_settings_for(database_url: str, **overrides: object) -> RegistrySettings:
-    return RegistrySettings(
-        database=DatabaseSettings(url=SecretStr(database_url), pool_min_size=1, pool_max_size=4),
-        **overrides,  # type: ignore[arg-type]
-    )
-
-
 @pytest.fixture(scope="module")
 def api(registry_database) -> Iterator[TestClient]:
     """The registry app in-process (lifespan run: migrations applied, pool open), writes unprotected."""
@@ -64,30 +53,6 @@ def api(registry_database) -> Iterator[TestClient]:
 @pytest.fixture
 def subject() -> str:
     return f"sr-{uuid.uuid4().hex[:10]}-value"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class RegistryProcess:
-    """``python -m services.schema_registry`` running on a free loopback port."""
-
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
 
 
 @pytest.fixture(scope="module")
