@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
 import uvicorn
 from pydantic import ValidationError
 
+from services.kernel.logs import configure_logging
 from services.schema_registry.app import build_app
 from services.schema_registry.config import RegistrySettings
 
@@ -30,15 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         print(json.dumps(settings.describe(), indent=2))
         return 0
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging("schema-registry", settings.platform.log_level, settings.platform.log_format)
     uvicorn.run(
         build_app(settings),
         host=settings.host,
         port=settings.port,
-        log_level=settings.log_level.lower(),
+        loop="uvloop",
+        http="httptools",
+        log_config=None,  # keep the kernel's structured logging
         access_log=False,  # request counts and latencies are on /metrics
         timeout_graceful_shutdown=10,
     )

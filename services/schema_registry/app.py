@@ -17,11 +17,12 @@ from typing import Any, TypeVar
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.kernel import db
+from services.kernel.metrics import CollectorRegistry, counter, histogram
+from services.kernel.ops import ops_routes
 from services.schema_registry import model
 from services.schema_registry.auth import WWW_AUTHENTICATE, AdminGuard
 from services.schema_registry.config import RegistrySettings
@@ -49,24 +50,24 @@ class RegistryMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "schema_registry_requests_total",
-            "HTTP requests answered",
-            ["method", "route", "status"],
-            registry=self.registry,
+        self.requests = counter(
+            "plg_schema_registry_requests",
+            "HTTP requests answered, by method, route template and status.",
+            ("method", "route", "status"),
+            self.registry,
         )
-        self.latency = Histogram(
-            "schema_registry_request_duration_seconds",
-            "HTTP request latency",
-            ["method", "route"],
-            registry=self.registry,
+        self.latency = histogram(
+            "plg_schema_registry_request_duration_seconds",
+            "HTTP request latency, by method and route template.",
+            ("method", "route"),
+            self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
-        self.registrations = Counter(
-            "schema_registry_registrations_total",
-            "Schema registrations by outcome",
-            ["outcome"],
-            registry=self.registry,
+        self.registrations = counter(
+            "plg_schema_registry_registrations",
+            "Schema registrations: ok, or refused_<error_code>.",
+            ("outcome",),
+            self.registry,
         )
 
 
@@ -187,21 +188,20 @@ def build_app(settings: RegistrySettings) -> FastAPI:
 
     # -- operations ---------------------------------------------------------------------------------------
 
+    def database_ready() -> bool:
+        store: Store | None = getattr(app.state, "store", None)
+        if store is None:
+            return False
+        store.ping()
+        return True
+
+    # /metrics, /livez and /readyz (database reachable) as every plg service has them.
+    ops_routes(app, {"database": database_ready}, registry=metrics.registry)
+
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
+        """Liveness under the name the local stack's launcher polls (same as /livez)."""
         return {"status": "ok"}
-
-    @app.get("/readyz", include_in_schema=False)
-    async def readyz(request: Request) -> Response:
-        try:
-            await call(request.app.state.store.ping)
-        except Exception as exc:  # any failure to reach the database means "not ready"
-            return RegistryJSONResponse({"status": "unavailable", "reason": str(exc)}, status_code=503)
-        return RegistryJSONResponse({"status": "ready"})
-
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics_endpoint() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # -- Confluent API: root, schemas ---------------------------------------------------------------------
 

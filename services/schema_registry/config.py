@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.kernel.settings import DatabaseSettings
+from services.kernel.settings import DatabaseSettings, PlatformSettings
 from services.schema_registry.model import Compatibility
 
 
@@ -29,8 +29,9 @@ class RegistrySettings(BaseSettings):
     migrate: bool = True
     # Schemas (and their parsed form) kept in memory per instance; ids are immutable, so never stale.
     cache_size: int = Field(default=10_000, ge=1)
-    log_level: str = "INFO"
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    # PLG_LOG_LEVEL / PLG_LOG_FORMAT, shared by every service.
+    platform: PlatformSettings = Field(default_factory=PlatformSettings)
 
     @field_validator("admin_token")
     @classmethod
