@@ -1,0 +1,83 @@
+"""Settings of the metering aggregator (env prefix ``METERING_``; Kafka, registry and Postgres use theirs)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.kernel.settings import DatabaseSettings, KafkaSettings, PlatformSettings, SchemaRegistrySettings
+from services.metering_aggregator.model import Rules
+
+
+class MeteringSettings(BaseSettings):
+    """``METERING_INSTANCE_ID=agg-1``, ``METERING_GRACE_SECONDS=3600`` and so on."""
+
+    model_config = SettingsConfigDict(env_prefix="METERING_", env_nested_delimiter="__", extra="ignore")
+
+    # Ops endpoints (/metrics, /livez, /readyz) of the aggregator process.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8092, ge=0, le=65535)
+
+    # Stable identity of this instance across restarts: it becomes the transactional.id (a restarted
+    # instance fences its dead predecessor's open transaction at once) and the static group.instance.id
+    # (a restart takes its partitions back without a rebalance). Give every replica its own, e.g. the
+    # StatefulSet pod name.
+    instance_id: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    group_id: str = "metering-aggregator"
+    # Meters-and-plans file; default $PLG_METERING_CONFIG or deploy/config/metering.yaml.
+    config_path: Path | None = None
+
+    # Events older than this (event time vs. now) are dead-lettered as late_event.
+    grace_seconds: int = Field(default=3600, ge=0)
+    # Event ids are remembered this long after their event time (>= grace: dedup is then exact).
+    dedup_horizon_seconds: int = Field(default=86_400, ge=0)
+    # Events further in the future than this are dead-lettered as future_event (clock skew allowance).
+    future_tolerance_seconds: int = Field(default=300, ge=0)
+
+    # One Kafka transaction per consumed batch: at most this many events, waiting at most this long.
+    max_batch_events: int = Field(default=20_000, ge=1)
+    batch_wait_ms: int = Field(default=100, ge=1)
+    # How often expired state is dropped (and tombstoned in the changelog).
+    eviction_interval_seconds: float = Field(default=10.0, gt=0)
+    # A crashed instance's partitions move after this long (static members do not leave on close).
+    session_timeout_ms: int = Field(default=10_000, ge=6_000)
+    # An open transaction of a dead instance that never comes back is aborted by the broker after this.
+    transaction_timeout_ms: int = Field(default=30_000, ge=1_000)
+
+    # How a producer picks the partition of a customer's events: librdkafka's default (``consistent``,
+    # CRC32 of the key — the kernel producer and confluent-kafka apps) or the Java client's ``murmur2``.
+    # Events found on another partition are moved to their customer's home partition (in the transaction),
+    # so each customer's dedup and totals live in exactly one place.
+    home_partitioner: Literal["consistent", "murmur2"] = "consistent"
+
+    # Customers (plan, anchor day) are re-read this often; unknown ones are looked up at once.
+    customers_refresh_seconds: float = Field(default=30.0, gt=0)
+    # Base of the upgrade link in threshold events and entitlement answers.
+    upgrade_url: str = "http://127.0.0.1:3000/billing/upgrade"
+    # Register our output schemas if missing (provisioning normally has).
+    auto_register_schemas: bool = False
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    platform: PlatformSettings = Field(default_factory=PlatformSettings)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MeteringSettings:
+        self.rules()  # raises when the dedup horizon is shorter than the grace
+        return self
+
+    def rules(self) -> Rules:
+        return Rules(
+            grace_ms=self.grace_seconds * 1000,
+            dedup_horizon_ms=self.dedup_horizon_seconds * 1000,
+            future_tolerance_ms=self.future_tolerance_seconds * 1000,
+        )
+
+    @property
+    def transactional_id(self) -> str:
+        return f"{self.group_id}-{self.instance_id}"

@@ -1,0 +1,113 @@
+"""The customer directory: plan and billing anchor per customer, read from PostgreSQL and cached.
+
+The whole table is re-read every ``refresh_seconds`` (plan changes and new anchors show up within that
+time), and an id the cache does not know is looked up at once, so a customer created a second ago is
+metered and answered for immediately. Lookups of missing ids go to the database in one query per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+
+from psycopg_pool import ConnectionPool
+
+from services.kernel import metrics
+from services.metering_aggregator.model import Customer
+
+log = logging.getLogger(__name__)
+
+LOOKUPS = metrics.counter(
+    "plg_metering_customer_lookups", "Customer directory look-ups that went to PostgreSQL.", ("kind",)
+)
+
+_SELECT = "SELECT customer_id, plan, billing_anchor_day FROM customers"
+
+
+class CustomerDirectory:
+    def __init__(
+        self, pool: ConnectionPool, refresh_seconds: float = 30.0, negative_ttl: float = 1.0
+    ) -> None:
+        self._pool = pool
+        self._refresh_seconds = refresh_seconds
+        self._negative_ttl = negative_ttl
+        self._customers: dict[str, Customer] = {}
+        self._missing: dict[str, float] = {}  # id -> monotonic time until which it is known absent
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.loaded = False
+
+    def __len__(self) -> int:
+        return len(self._customers)
+
+    def get(self, customer_id: str) -> Customer | None:
+        """From the cache only (call :meth:`ensure` first for ids that may be new)."""
+        return self._customers.get(customer_id)
+
+    def lookup(self, customer_id: str) -> Customer | None:
+        """Cache, else the database (one query), remembering an absent id for ``negative_ttl`` seconds."""
+        found = self._customers.get(customer_id)
+        if found is not None:
+            return found
+        until = self._missing.get(customer_id)
+        if until is not None and until > time.monotonic():
+            return None
+        self.ensure([customer_id], negative=True)
+        return self._customers.get(customer_id)
+
+    def ensure(self, customer_ids: Iterable[str], *, negative: bool = False) -> None:
+        """Load every id not cached yet from the database (raises on database errors)."""
+        missing = [c for c in set(customer_ids) if c not in self._customers]
+        if not missing:
+            return
+        LOOKUPS.labels("missing").inc()
+        with self._pool.connection() as conn:
+            rows = conn.execute(_SELECT + " WHERE customer_id = ANY(%s)", (missing,)).fetchall()
+        found = self._store(rows)
+        if negative:
+            until = time.monotonic() + self._negative_ttl
+            for cid in missing:
+                if cid not in found:
+                    self._missing[cid] = until
+            if len(self._missing) > 100_000:
+                now = time.monotonic()
+                self._missing = {k: v for k, v in self._missing.items() if v > now}
+
+    def refresh(self) -> None:
+        """Re-read the whole table."""
+        LOOKUPS.labels("refresh").inc()
+        with self._pool.connection() as conn:
+            rows = conn.execute(_SELECT).fetchall()
+        fresh = {cid: Customer(cid, plan, int(anchor)) for cid, plan, anchor in rows}
+        with self._lock:
+            self._customers = fresh
+        self.loaded = True
+
+    def _store(self, rows: list[tuple[str, str, int]]) -> set[str]:
+        # Single-key inserts are atomic under the GIL; readers on other threads only call get().
+        with self._lock:
+            customers = self._customers
+            for cid, plan, anchor in rows:
+                customers[cid] = Customer(cid, plan, int(anchor))
+        return {row[0] for row in rows}
+
+    def start(self) -> CustomerDirectory:
+        self.refresh()
+        self._thread = threading.Thread(target=self._run, name="customer-directory", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._refresh_seconds):
+            try:
+                self.refresh()
+            except Exception:
+                log.warning("customer directory refresh failed; keeping the cached copy", exc_info=True)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

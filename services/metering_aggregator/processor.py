@@ -1,0 +1,363 @@
+"""The exactly-once loop: consume a batch of usage events, update state, write everything in ONE transaction.
+
+Per batch: ``consume`` → decode → look up new customers → ``begin`` → for each event apply it to its
+partition's state (or dead-letter it, or move it to its home partition) → produce the changed aggregates,
+the changelog deltas, the threshold events and the dead letters → ``send_offsets`` → ``commit``.
+
+State lives in memory per assigned partition and is rebuilt from the changelog on assignment (read
+``read_committed`` up to the last stable offset, *after* the group's committed offsets are known to be
+stable), so after any crash, rebalance or abort the state matches the committed offsets exactly. An
+aborted transaction rebuilds the state of every assigned partition and rewinds the consumer.
+
+Zombies are fenced twice: the ``transactional.id`` is the instance's stable id (a restarted instance
+aborts its predecessor's open transaction at ``init_transactions``), and the consumer group metadata
+travels with the offsets (KIP-447), so an instance that lost its partitions cannot commit for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from services.kernel import metrics
+from services.kernel.dlq import UNDECODABLE, DeadLetterPublisher
+from services.kernel.errors import (
+    KafkaFatalError,
+    KafkaUnavailableError,
+    SerializationError,
+    TransactionAbortableError,
+)
+from services.kernel.kafka import OFFSET_BEGINNING, Consumer, Record, TopicPartition, TransactionalProducer
+from services.kernel.serde import ValueDecoder, ValueEncoder
+from services.kernel.settings import KafkaSettings
+from services.metering_aggregator.changelog import encode_value, restore
+from services.metering_aggregator.customers import CustomerDirectory
+from services.metering_aggregator.handlers import aggregate_record, threshold_record
+from services.metering_aggregator.model import PartitionState, Rules
+from services.plans.model import PlansConfig
+
+log = logging.getLogger(__name__)
+
+EVENTS = metrics.counter(
+    "plg_metering_events", "Usage events read by the aggregator, by outcome.", ("outcome",)
+)
+TRANSACTIONS = metrics.counter("plg_metering_transactions", "Kafka transactions, by result.", ("result",))
+BATCH_SECONDS = metrics.histogram(
+    "plg_metering_batch_seconds", "Time to process and commit one batch (one transaction)."
+)
+RESTORE_SECONDS = metrics.histogram(
+    "plg_metering_restore_seconds", "Time to rebuild partition state from the changelog."
+)
+THRESHOLDS = metrics.counter(
+    "plg_metering_threshold_events", "Threshold events emitted, by percent.", ("percent",)
+)
+DEDUP_IDS = metrics.gauge("plg_metering_dedup_ids", "Event ids held for deduplication.")
+WINDOWS = metrics.gauge("plg_metering_windows", "Aggregation windows held in memory.")
+ASSIGNED = metrics.gauge("plg_metering_assigned_partitions", "usage-events partitions this instance owns.")
+
+SERVICE = "metering-aggregator"
+REROUTED = "rerouted"
+
+
+@dataclass(frozen=True)
+class Topics:
+    usage_events: str
+    usage_aggregates: str
+    entitlement_events: str
+    dead_letters: str
+    changelog: str
+
+
+@dataclass(frozen=True)
+class Encoders:
+    aggregate: ValueEncoder
+    entitlement: ValueEncoder
+
+
+class RestoreError(RuntimeError):
+    """The changelog could not be read to its end in time."""
+
+
+def read_changelog(
+    kafka: KafkaSettings, topic: str, partitions: Iterable[int], timeout: float = 120.0
+) -> dict[int, dict[bytes, bytes | None]]:
+    """The latest record per key of each changelog partition (read_committed, up to the stable end)."""
+    parts = sorted(partitions)
+    latest: dict[int, dict[bytes, bytes | None]] = {p: {} for p in parts}
+    if not parts:
+        return latest
+    reader = Consumer(kafka, None, client_id=f"{SERVICE}-restore", fetch_wait_max_ms=10)
+    try:
+        tps = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts]
+        reader.assign(tps)
+        ends = reader.end_offsets([TopicPartition(topic, p) for p in parts])
+        deadline = time.monotonic() + timeout
+        while not reader.caught_up(ends):
+            if time.monotonic() > deadline:
+                raise RestoreError(f"changelog {topic} {parts} not read to its end within {timeout:.0f}s")
+            for record in reader.consume(10_000, 0.2):
+                key = record.key()
+                if key is None:
+                    continue
+                by_key = latest[record.partition()]  # type: ignore[index]
+                value = record.value()
+                if value is None:
+                    by_key.pop(key, None)
+                else:
+                    by_key[key] = value
+    finally:
+        reader.close()
+    return latest
+
+
+class MeteringProcessor:
+    """Owns the partition states and runs batches through Kafka transactions."""
+
+    def __init__(
+        self,
+        *,
+        kafka: KafkaSettings,
+        consumer: Consumer,
+        producer: TransactionalProducer,
+        decoder: ValueDecoder,
+        encoders: Encoders,
+        dead_letters: DeadLetterPublisher,
+        directory: CustomerDirectory,
+        config: PlansConfig,
+        rules: Rules,
+        topics: Topics,
+        home_partition: Callable[[str], int],
+        upgrade_url: str,
+        max_batch_events: int = 20_000,
+        batch_wait: float = 0.1,
+        eviction_interval: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.kafka = kafka
+        self.consumer = consumer
+        self.producer = producer
+        self.decoder = decoder
+        self.encoders = encoders
+        self.dead_letters = dead_letters
+        self.directory = directory
+        self.config = config
+        self.rules = rules
+        self.topics = topics
+        self.home_partition = home_partition
+        self.upgrade_url = upgrade_url
+        self.max_batch_events = max_batch_events
+        self.batch_wait = batch_wait
+        self.eviction_interval = eviction_interval
+        self.clock = clock
+        self.states: dict[int, PartitionState] = {}
+        self._last_eviction = 0.0
+        self._state_changed = False
+        self.running = False
+        self.restoring = False
+        self.batches = 0
+
+    # -- rebalances (called from inside consumer.consume(), between transactions) ---------------------
+
+    def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        mine = [tp for tp in partitions if tp.topic == self.topics.usage_events]
+        if not mine:
+            return
+        self.restoring = True
+        try:
+            # Committed offsets first: under read_committed the broker answers only once no transaction
+            # that carries offsets for these partitions is pending, so the changelog read next is complete.
+            consumer.committed([TopicPartition(tp.topic, tp.partition) for tp in mine], timeout=60)
+            self.states.update(self._restore([tp.partition for tp in mine]))
+        except Exception:
+            # Raising here would leave the assignment undone; the first batch from a partition without
+            # state rebuilds it instead (RetryBatch -> _recover).
+            log.exception("restore on assignment failed; retrying with the first batch")
+        finally:
+            self.restoring = False
+        ASSIGNED.set(len(self.states))
+
+    def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            if tp.topic == self.topics.usage_events:
+                self.states.pop(tp.partition, None)
+        ASSIGNED.set(len(self.states))
+
+    on_lost = on_revoke
+
+    def _restore(self, partitions: list[int]) -> dict[int, PartitionState]:
+        started = time.monotonic()
+        latest = read_changelog(self.kafka, self.topics.changelog, partitions)
+        states = {}
+        for p in partitions:
+            state = PartitionState(p, self.config, self.rules)
+            restore(state, latest[p].items())
+            states[p] = state
+        elapsed = time.monotonic() - started
+        RESTORE_SECONDS.observe(elapsed)
+        log.info(
+            "partition state restored",
+            extra={
+                "partitions": partitions,
+                "seconds": round(elapsed, 3),
+                "records": sum(len(v) for v in latest.values()),
+                "dedup_ids": sum(len(s.dedup) for s in states.values()),
+                "windows": sum(s.window_count() for s in states.values()),
+            },
+        )
+        return states
+
+    # -- the loop -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.producer.init_transactions()
+        self.consumer.subscribe(
+            [self.topics.usage_events], on_assign=self.on_assign, on_revoke=self.on_revoke,
+            on_lost=self.on_lost,
+        )
+        self.running = True
+
+    def run(self, stop: threading.Event) -> None:
+        backoff = 0.2
+        while not stop.is_set():
+            try:
+                self.poll_once()
+                backoff = 0.2
+            except KafkaFatalError:
+                raise
+            except (KafkaUnavailableError, TransactionAbortableError, RetryBatch, RestoreError) as exc:
+                log.warning("batch not committed; state rebuilt and input rewound", extra={"error": str(exc)})
+                if stop.wait(backoff):
+                    break
+                backoff = min(backoff * 2, 5.0)
+        self.running = False
+
+    def poll_once(self) -> int:
+        """Consume, process and commit one batch; returns the number of records consumed."""
+        records = self.consumer.consume(self.max_batch_events, self.batch_wait)
+        now = self.clock()
+        evict = now - self._last_eviction >= self.eviction_interval
+        if not records and not evict:
+            return 0
+        started = time.monotonic()
+        try:
+            self._transaction(records, int(now * 1000), evict)
+        except BaseException:
+            self._recover()
+            raise
+        finally:
+            self._state_changed = False
+        if evict:
+            self._last_eviction = now
+            DEDUP_IDS.set(sum(len(s.dedup) for s in self.states.values()))
+            WINDOWS.set(sum(s.window_count() for s in self.states.values()))
+        BATCH_SECONDS.observe(time.monotonic() - started)
+        self.batches += 1
+        return len(records)
+
+    def _transaction(self, records: list[Record], now_ms: int, evict: bool) -> None:
+        decoded: list[tuple[Record, dict[str, Any] | None, str]] = []
+        decode = self.decoder.decode
+        for record in records:
+            value = record.value()
+            try:
+                if value is None:
+                    raise SerializationError("the record has no value (a tombstone on usage-events)")
+                decoded.append((record, decode(value), ""))
+            except SerializationError as exc:
+                decoded.append((record, None, str(exc)))
+        try:
+            self.directory.ensure(e["customer_id"] for _, e, _ in decoded if e is not None)
+        except Exception as exc:  # database down: nothing applied yet, redo the batch later
+            raise RetryBatch(f"customer directory unavailable: {exc}") from exc
+
+        producer = self.producer
+        producer.begin()
+        outcomes: dict[str, int] = {}
+        first_offsets: dict[int, int] = {}
+        lookup = self.directory.get
+        home = self.home_partition
+        states = self.states
+        for record, event, error in decoded:
+            partition: int = record.partition()  # type: ignore[assignment]
+            if event is None:
+                self.dead_letters.publish(record, UNDECODABLE, error)
+                outcomes[UNDECODABLE] = outcomes.get(UNDECODABLE, 0) + 1
+                continue
+            customer_id = event["customer_id"]
+            if customer_id and home(customer_id) != partition:
+                # Keyed by another partitioner (or not keyed): count it where the customer's state lives.
+                producer.produce(
+                    self.topics.usage_events, record.value(), record.key(), record.headers(),
+                    partition=home(customer_id),
+                )
+                outcomes[REROUTED] = outcomes.get(REROUTED, 0) + 1
+                continue
+            state = states.get(partition)
+            if state is None:  # its restore failed: rebuild it and redo the batch
+                raise RetryBatch(f"partition {partition} has no restored state")
+            if partition not in first_offsets:
+                first_offsets[partition] = record.offset()  # type: ignore[assignment]
+            # The decoder resolved the record to our reader schema, so every field exists with its type;
+            # apply() validates values before it changes anything.
+            self._state_changed = True
+            rejection = state.apply(event, now_ms, lookup(customer_id))
+            if rejection is None:
+                outcomes["counted"] = outcomes.get("counted", 0) + 1
+                continue
+            outcomes[rejection.code] = outcomes.get(rejection.code, 0) + 1
+            if rejection.dead_letter:
+                self.dead_letters.publish(record, rejection.code, rejection.message,
+                                          event_id=event["event_id"], customer_id=customer_id)
+        self._write_state(first_offsets, now_ms, evict)
+        producer.send_offsets(self.consumer)
+        producer.commit()
+        TRANSACTIONS.labels("committed").inc()
+        for outcome, n in outcomes.items():
+            EVENTS.labels(outcome).inc(n)
+
+    def _write_state(self, first_offsets: dict[int, int], now_ms: int, evict: bool) -> None:
+        produce = self.producer.produce
+        topics = self.topics
+        encode_aggregate = self.encoders.aggregate.encode
+        for partition, seq in first_offsets.items():
+            drained = self.states[partition].drain(seq, self.directory.get)
+            for w in drained.aggregates:
+                produce(topics.usage_aggregates, encode_aggregate(aggregate_record(w, now_ms)), w.key)
+            for key, value in drained.changelog:
+                produce(topics.changelog, encode_value(value), key, partition=partition)
+            for crossing in drained.thresholds:
+                record = threshold_record(crossing, now_ms, self.config, self.upgrade_url)
+                produce(topics.entitlement_events, self.encoders.entitlement.encode(record),
+                        crossing.customer.customer_id)
+                THRESHOLDS.labels(str(crossing.percent)).inc()
+        if evict:
+            for partition, state in self.states.items():
+                for key in state.evict(now_ms):
+                    produce(topics.changelog, None, key, partition=partition)
+
+    def _recover(self) -> None:
+        """After a failed batch: drop the uncommitted in-memory changes and rewind to the committed input."""
+        TRANSACTIONS.labels("aborted").inc()
+        if self.producer.in_transaction:
+            try:
+                self.producer.abort()
+            except KafkaFatalError:
+                raise
+            except Exception:
+                log.exception("abort failed; the broker will time the transaction out")
+        assigned = sorted(
+            tp.partition for tp in self.consumer.assignment() if tp.topic == self.topics.usage_events
+        )
+        missing = [p for p in assigned if p not in self.states]
+        rebuild = assigned if self._state_changed else missing
+        if rebuild:
+            self.states.update(self._restore(rebuild))
+        self.consumer.seek_to_committed()
+
+
+class RetryBatch(RuntimeError):
+    """The batch could not be processed now (e.g. database down); it is redone from the committed offset."""

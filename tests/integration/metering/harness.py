@@ -1,0 +1,197 @@
+"""Helpers for the metering tests: customers in PostgreSQL, events on usage-events, reading aggregates,
+threshold events and dead letters back (read_committed), and aggregators run in threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+
+from services.ingest import store
+from services.kernel.kafka import Consumer, Producer, TopicPartition
+from services.kernel.serde import SchemaRegistry
+from services.kernel.settings import DatabaseSettings, KafkaSettings, PlatformSettings, SchemaRegistrySettings
+from services.kernel.topics import (
+    ENTITLEMENT_EVENTS,
+    METERING_CHANGELOG,
+    USAGE_AGGREGATES,
+    USAGE_EVENTS,
+    USAGE_EVENTS_DLQ,
+    topic,
+)
+from services.metering_aggregator.app import AggregatorApp, build_app
+from services.metering_aggregator.config import MeteringSettings
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def usage_event(customer_id: str, name: str = "api_call_made", *, event_id: str | None = None,
+                ts: int | None = None, user_id: str | None = "u1", **properties: Any) -> dict[str, Any]:
+    return {
+        "event_id": event_id or str(uuid.uuid4()),
+        "customer_id": customer_id,
+        "name": name,
+        "timestamp": now_ms() if ts is None else ts,
+        "properties": properties,
+        "user_id": user_id,
+        "anonymous_id": None,
+        "session_id": None,
+        "ingest": None,
+    }
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}: last={last!r}")
+
+
+@dataclass
+class Running:
+    app: AggregatorApp
+    thread: threading.Thread
+    stop: threading.Event
+    errors: list[BaseException] = field(default_factory=list)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
+        self.app.close()
+
+
+@dataclass
+class Metering:
+    """One test's metering world: fresh topics (prefix), its own customers, aggregators in threads."""
+
+    prefix: str
+    kafka: KafkaSettings
+    registry: SchemaRegistrySettings
+    database: DatabaseSettings
+    running: list[Running] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.sr = SchemaRegistry(self.registry)
+        spec = topic(USAGE_EVENTS, self.prefix)
+        assert spec.schema_path is not None
+        self.encoder = self.sr.encoder(spec.value_subject, spec.schema_path, auto_register=False)
+        self.decoder = self.sr.decoder()
+        self.producer = Producer(self.kafka, client_id="metering-test")
+
+    def topic(self, name: str) -> str:
+        return topic(name, self.prefix).name
+
+    # -- customers --------------------------------------------------------------------------------------
+
+    def customer(self, plan: str = "free", anchor_day: int = 1) -> str:
+        customer_id = f"c-{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.database.url.get_secret_value(), autocommit=True) as conn:
+            store.create_customer(conn, customer_id, plan, billing_anchor_day=anchor_day)
+        return customer_id
+
+    # -- events -----------------------------------------------------------------------------------------
+
+    def send(self, events: Iterable[dict[str, Any]], *, partition: int | None = None) -> int:
+        n = 0
+        for e in events:
+            self.producer.produce(self.topic(USAGE_EVENTS), self.encoder.encode(e), e["customer_id"],
+                                  partition=partition)
+            n += 1
+        assert self.producer.flush(30) == 0
+        return n
+
+    # -- aggregators ------------------------------------------------------------------------------------
+
+    def settings(self, **overrides: Any) -> MeteringSettings:
+        values: dict[str, Any] = {
+            "port": 0,
+            "instance_id": f"agg-{uuid.uuid4().hex[:6]}",
+            "kafka": self.kafka,
+            "registry": self.registry,
+            "database": self.database,
+            "platform": PlatformSettings(topic_prefix=self.prefix, log_format="text"),
+            "batch_wait_ms": 50,
+            "session_timeout_ms": 6000,
+            "customers_refresh_seconds": 1.0,
+        }
+        values.update(overrides)
+        return MeteringSettings(**values)
+
+    def start(self, **overrides: Any) -> Running:
+        app = build_app(self.settings(**overrides))
+        stop = threading.Event()
+        running = Running(app, threading.Thread(), stop)
+
+        def run() -> None:
+            try:
+                app.run(stop)
+            except BaseException as exc:
+                running.errors.append(exc)
+                raise
+
+        running.thread = threading.Thread(target=run, name="aggregator", daemon=True)
+        running.thread.start()
+        self.running.append(running)
+        return running
+
+    def close(self) -> None:
+        for r in reversed(self.running):
+            r.close()
+        self.producer.close()
+        self.sr.close()
+
+    # -- reading outputs back ---------------------------------------------------------------------------
+
+    def read_all(self, name: str) -> list[tuple[bytes | None, bytes | None]]:
+        """Every committed record of a topic, in order per partition."""
+        reader = Consumer(self.kafka, None, client_id="metering-test-reader")
+        try:
+            tps = reader.assign_all([self.topic(name)])
+            ends = reader.end_offsets([TopicPartition(tp.topic, tp.partition) for tp in tps])
+            out: list[tuple[bytes | None, bytes | None]] = []
+            deadline = time.monotonic() + 60
+            while not reader.caught_up(ends):
+                assert time.monotonic() < deadline, f"could not read {name} to its end"
+                out.extend((r.key(), r.value()) for r in reader.consume(10_000, 0.2))
+            return out
+        finally:
+            reader.close()
+
+    def aggregates(self) -> dict[str, dict[str, Any]]:
+        """Latest aggregate value per key (what compaction keeps)."""
+        latest: dict[str, dict[str, Any]] = {}
+        for key, value in self.read_all(USAGE_AGGREGATES):
+            assert key is not None
+            if value is not None:
+                latest[key.decode()] = self.decoder.decode(value)
+        return latest
+
+    def period_total(self, customer_id: str, meter: str = "api_requests") -> tuple[Decimal, int] | None:
+        found = [v for k, v in self.aggregates().items()
+                 if v["customer_id"] == customer_id and v["meter"] == meter
+                 and v["granularity"] == "BILLING_PERIOD" and not v["group"]]
+        if not found:
+            return None
+        assert len(found) == 1, found
+        return found[0]["value"], found[0]["event_count"]
+
+    def thresholds(self) -> list[dict[str, Any]]:
+        return [self.decoder.decode(v) for _, v in self.read_all(ENTITLEMENT_EVENTS) if v is not None]
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        return [self.decoder.decode(v) for _, v in self.read_all(USAGE_EVENTS_DLQ) if v is not None]
+
+    def changelog(self) -> list[tuple[bytes | None, bytes | None]]:
+        return self.read_all(METERING_CHANGELOG)
