@@ -168,6 +168,19 @@ def test_writes_without_credentials_are_refused_but_reads_work(client, anonymous
     assert json.loads(anonymous.get_schema(schema_id).schema_str) == json.loads(USER_V1)
 
 
+def test_a_static_bearer_token_as_the_kernel_configures_it_is_accepted(server, topic):
+    conf = {
+        "url": server.url,
+        "bearer.auth.credentials.source": "STATIC_TOKEN",
+        "bearer.auth.token": ADMIN_TOKEN,
+        "bearer.auth.logical.cluster": "plg",
+    }
+    with SchemaRegistryClient(conf) as bearer:
+        schema_id = bearer.register_schema(f"{topic}-value", Schema(USER_V1, "AVRO"))
+        assert bearer.delete_subject(f"{topic}-value") == [1]
+    assert schema_id > 0
+
+
 def test_avro_serializer_and_deserializer_round_trip_through_our_registry(client, topic):
     serializer = AvroSerializer(client, USER_V2)
     value = {"user_id": "u-42", "plan": "growth", "seats": 12}
