@@ -1,0 +1,212 @@
+"""Load generator for ``bench/ingest.py``: POSTs batches to ingest over keep-alive HTTP/1.1 connections.
+
+Runs as its own process (so its CPU is not the server's) on uvloop with a hand-rolled HTTP/1.1 client:
+a general-purpose client (httpx) would spend more CPU per request than the server. Two modes:
+
+* ``closed``: N connections each send the next batch as soon as the previous is answered (full load);
+* ``open``: batches are sent at a fixed rate whatever the answers, and latency is measured from the
+  moment each was *scheduled*, so a stalled server cannot hide its queueing (no coordinated omission).
+
+Prints one JSON object: requests, answers by status, events/s accepted, latency percentiles (ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import sys
+import time
+import uuid
+from typing import Any
+
+import orjson
+import uvloop
+
+
+def make_template(batch: int, run_id: str, timestamp_ms: int) -> bytes:
+    """A batch body whose event ids contain ``REQNUMBR``, replaced per request to keep every id unique."""
+    events = [
+        {
+            "event_id": f"{run_id}-REQNUMBR-{i:03d}",
+            "name": "api_call",
+            "timestamp": timestamp_ms,
+            "properties": {
+                "tokens": 512 + i,
+                "model": "large",
+                "region": "eu-west-1",
+                "ok": True,
+                "latency_ms": 12.5,
+            },
+            "user_id": f"user-{i % 17}",
+            "session_id": "sess-42",
+        }
+        for i in range(batch)
+    ]
+    return orjson.dumps({"batch": events})
+
+
+class Conn:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> Conn:
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer)
+
+    async def request(self, data: bytes) -> tuple[int, bytes]:
+        self.writer.write(data)
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionError("server closed the connection")
+        status = int(status_line.split(b" ", 2)[1])
+        length = 0
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        body = await self.reader.readexactly(length) if length else b""
+        return status, body
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Load:
+    def __init__(self, url: str, key: str, batch: int) -> None:
+        hostport = url.split("://", 1)[1].rstrip("/")
+        host, _, port = hostport.partition(":")
+        self.host, self.port = host, int(port or 80)
+        self.batch = batch
+        self.template = make_template(batch, uuid.uuid4().hex[:10], time.time_ns() // 1_000_000 - 1000)
+        self.head = (
+            f"POST /v1/batch HTTP/1.1\r\nHost: {hostport}\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: application/json\r\nUser-Agent: plg-bench\r\nContent-Length: "
+        ).encode()
+        self.counter = itertools.count()
+        self.latencies: list[float] = []
+        self.statuses: dict[int, int] = {}
+        self.errors = 0
+        self.checked = 0
+        self.recording = False
+
+    def next_request(self) -> bytes:
+        body = self.template.replace(b"REQNUMBR", b"%08x" % next(self.counter))
+        return self.head + str(len(body)).encode() + b"\r\n\r\n" + body
+
+    def record(self, status: int, body: bytes, latency: float) -> None:
+        if not self.recording:
+            return
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        self.latencies.append(latency)
+        # Spot-check that "202" really means all events accepted (parsing every answer would cost CPU).
+        if status == 202 and self.checked < 50 and len(self.latencies) % 97 == 0:
+            doc = orjson.loads(body)
+            if doc["accepted"] != self.batch:
+                raise AssertionError(f"a 202 accepted only {doc['accepted']} of {self.batch}: {body[:300]!r}")
+            self.checked += 1
+
+    async def closed(self, connections: int, duration: float, warmup: float) -> float:
+        conns = [await Conn.open(self.host, self.port) for _ in range(connections)]
+        stop_at = time.perf_counter() + warmup + duration
+
+        async def loop(conn: Conn) -> None:
+            while time.perf_counter() < stop_at:
+                data = self.next_request()
+                t0 = time.perf_counter()
+                status, body = await conn.request(data)
+                self.record(status, body, time.perf_counter() - t0)
+
+        tasks = [asyncio.create_task(loop(c)) for c in conns]
+        await asyncio.sleep(warmup)
+        self.recording = True
+        started = time.perf_counter()
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - started
+        for c in conns:
+            c.close()
+        return elapsed
+
+    async def open_rate(self, rate: float, duration: float, warmup: float, pool_size: int) -> float:
+        pool: asyncio.Queue[Conn] = asyncio.Queue()
+        for _ in range(pool_size):
+            pool.put_nowait(await Conn.open(self.host, self.port))
+        inflight: set[asyncio.Task[None]] = set()
+
+        async def one(scheduled: float, record: bool) -> None:
+            conn = await pool.get()
+            try:
+                status, body = await conn.request(self.next_request())
+                if record:
+                    self.record(status, body, time.perf_counter() - scheduled)
+            finally:
+                pool.put_nowait(conn)
+
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        total = int(rate * (warmup + duration))
+        warm_n = int(rate * warmup)
+        for i in range(total):
+            scheduled = start + i / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if i == warm_n:
+                self.recording = True
+                measured_from = scheduled
+            task = loop.create_task(one(scheduled, i >= warm_n))
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+        await asyncio.gather(*inflight)
+        elapsed = time.perf_counter() - measured_from
+        while not pool.empty():
+            pool.get_nowait().close()
+        return elapsed
+
+    def report(self, elapsed: float) -> dict[str, Any]:
+        lat = sorted(self.latencies)
+
+        def pct(p: float) -> float:
+            return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else float("nan")
+
+        ok = self.statuses.get(202, 0)
+        return {
+            "requests": len(lat),
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "elapsed_s": round(elapsed, 3),
+            "requests_per_s": round(len(lat) / elapsed, 1),
+            "events_per_s": round(ok * self.batch / elapsed, 1),
+            "latency_ms": {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "max": pct(1.0)},
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--url", required=True)
+    p.add_argument("--key", required=True)
+    p.add_argument("--mode", choices=["closed", "open"], required=True)
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--rate", type=float, default=0.0, help="requests/s (open mode)")
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--warmup", type=float, default=2.0)
+    args = p.parse_args(argv)
+    load = Load(args.url, args.key, args.batch)
+
+    async def run() -> float:
+        if args.mode == "closed":
+            return await load.closed(args.connections, args.duration, args.warmup)
+        return await load.open_rate(args.rate, args.duration, args.warmup, max(args.connections, 64))
+
+    elapsed = uvloop.run(run())
+    sys.stdout.write(orjson.dumps(load.report(elapsed)).decode() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
