@@ -12,7 +12,12 @@ import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
-from confluent_kafka.schema_registry.schema_registry_client import ConfigCompatibilityLevel, ServerConfig
+from confluent_kafka.schema_registry.schema_registry_client import (
+    ConfigCompatibilityLevel,
+    Metadata,
+    MetadataProperties,
+    ServerConfig,
+)
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from tests.integration.schema_registry.support import ADMIN_TOKEN
@@ -166,6 +171,20 @@ def test_writes_without_credentials_are_refused_but_reads_work(client, anonymous
     assert refused.value.http_status_code == 401
     assert refused.value.error_code == 40101
     assert json.loads(anonymous.get_schema(schema_id).schema_str) == json.loads(USER_V1)
+
+
+def test_metadata_is_stored_and_found_through_the_client(client, topic):
+    subject = f"{topic}-value"
+    owned = Schema(USER_V1, "AVRO", metadata=Metadata(None, MetadataProperties({"owner": "growth"}), None))
+    first = client.register_schema(subject, owned)
+    second = client.register_schema(subject, Schema(USER_V2, "AVRO"))
+    assert first != second
+    found = client.get_latest_with_metadata(subject, {"owner": "growth"})
+    assert (found.schema_id, found.version) == (first, 1)
+    assert found.schema.metadata.properties.properties == {"owner": "growth"}
+    with pytest.raises(SchemaRegistryError) as missing:
+        client.get_latest_with_metadata(subject, {"owner": "billing"})
+    assert missing.value.error_code == 40402
 
 
 def test_a_static_bearer_token_as_the_kernel_configures_it_is_accepted(server, topic):
