@@ -73,6 +73,7 @@ def stack() -> Iterator[StackEndpoints]:
         components=(POSTGRES, KAFKA, REGISTRY),
         provision=False,
         say=_stack_report.append,
+        tied_to_this_process=True,
     )
     elapsed = private.up()
     _stack_report.append(
@@ -184,7 +185,13 @@ def private_kafka() -> Iterator[Callable[[], PrivateKafka]]:
     def start() -> PrivateKafka:
         root = Path(tempfile.mkdtemp(prefix="plg-test-kafka-"))
         broker = PrivateKafka(
-            Stack(private_settings(root), components=(KAFKA,), provision=False, say=lambda _msg: None)
+            Stack(
+                private_settings(root),
+                components=(KAFKA,),
+                provision=False,
+                say=lambda _msg: None,
+                tied_to_this_process=True,
+            )
         )
         started.append((broker, root))
         broker.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -108,10 +109,19 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     user: str | None = None,
+    die_with_parent: str | None = None,
 ) -> int:
     """Start ``command`` in its own session (so Ctrl-C in a terminal reaches only the supervisor, which
-    then stops everything in order), output appended to the log, pid recorded. Returns the pid."""
+    then stops everything in order), output appended to the log, pid recorded. Returns the pid.
+
+    ``die_with_parent`` names a signal (e.g. ``"TERM"``) the kernel sends the process when this one dies
+    however it dies, for stacks that must not outlive their owner (a test run that is killed outright).
+    It uses util-linux's ``setpriv``, which sets the signal and execs the command under the same pid.
+    """
     managed.log.parent.mkdir(parents=True, exist_ok=True)
+    setpriv = shutil.which("setpriv")
+    if die_with_parent is not None and setpriv is not None:
+        command = [setpriv, f"--pdeathsig={die_with_parent}", "--", *command]
     with managed.log.open("ab") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(command)}\n".encode())
         log.flush()

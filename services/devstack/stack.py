@@ -70,10 +70,13 @@ class Stack:
         components: tuple[str, ...] = ALL_INFRA,
         provision: bool = True,
         say: Callable[[str], None] | None = None,
+        tied_to_this_process: bool = False,
     ) -> None:
         self.settings = settings or StackSettings()
         self.components = components
         self.provision = provision
+        # Tests' stacks die with the test process, even a killed one; `make up`'s outlive the command.
+        self.tied_to_this_process = tied_to_this_process
         self.say = say or (lambda msg: print(msg, flush=True))
         self.timings: dict[str, float] = {}
         self._started_now: list[str] = []
@@ -149,6 +152,9 @@ class Stack:
         action()
         self.timings[step] = time.monotonic() - t0
 
+    def _death_signal(self) -> str | None:
+        return "TERM" if self.tied_to_this_process else None
+
     def _already(self, managed: Managed) -> int | None:
         pid = managed.pid()
         if pid is not None:
@@ -172,7 +178,13 @@ class Stack:
             if not layout.initialised():
                 self.say(f"postgres: initdb {layout.data}")
                 layout.initdb()
-            pid = spawn(managed, layout.server_command(), cwd=layout.data, user=pg.run_as())
+            pid = spawn(
+                managed,
+                layout.server_command(),
+                cwd=layout.data,
+                user=pg.run_as(),
+                die_with_parent="INT" if self.tied_to_this_process else None,
+            )
             self._started_now.append(managed.name)
         wait_until(
             managed,
@@ -198,7 +210,9 @@ class Stack:
             if not layout.formatted():
                 self.say(f"kafka: formatting {layout.data}")
                 _run_logged(managed, layout.format_command())
-            pid = spawn(managed, layout.broker_command(), cwd=layout.dir)
+            pid = spawn(
+                managed, layout.broker_command(), cwd=layout.dir, die_with_parent=self._death_signal()
+            )
             self._started_now.append(managed.name)
         host, port = self.settings.host, self.settings.kafka_port
         wait_until(
@@ -225,7 +239,13 @@ class Stack:
             env.update(app.env)
             env[app.host_env] = self.settings.host
             env[app.port_env] = str(port)
-            pid = spawn(managed, [sys.executable, "-m", app.module], env=env, cwd=REPO_ROOT)
+            pid = spawn(
+                managed,
+                [sys.executable, "-m", app.module],
+                env=env,
+                cwd=REPO_ROOT,
+                die_with_parent=self._death_signal(),
+            )
             self._started_now.append(managed.name)
         url = self.app_url(app) + app.health_path
         wait_until(
