@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, TypeVar
 
+import psycopg
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -123,6 +124,15 @@ def build_app(settings: RegistrySettings) -> FastAPI:
             {"error_code": exc.status_code, "message": message}, status_code=exc.status_code
         )
 
+    @app.exception_handler(psycopg.DataError)
+    async def _data_error(request: Request, exc: psycopg.DataError) -> Response:
+        # Input PostgreSQL refuses to store or compare (bad encoding, U+0000, malformed uuid): the
+        # client's fault, so a 400 naming the reason rather than a 500.
+        return RegistryJSONResponse(
+            {"error_code": int(ErrorCode.BAD_REQUEST), "message": f"Invalid input: {exc}".strip()},
+            status_code=400,
+        )
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         return RegistryJSONResponse({"error_code": 422, "message": str(exc.errors())}, status_code=422)
@@ -148,11 +158,22 @@ def build_app(settings: RegistrySettings) -> FastAPI:
 
     # -- helpers ------------------------------------------------------------------------------------------
 
+    def clean_inputs(request: Request) -> None:
+        # PostgreSQL cannot store U+0000 and subjects may not hold control characters: refuse such input
+        # precisely here instead of failing deep in the driver.
+        if "subject" in request.path_params:
+            model.validate_subject(request.path_params["subject"])
+        for name, value in [*request.path_params.items(), *request.query_params.multi_items()]:
+            if "\x00" in str(value):
+                raise RegistryError(ErrorCode.BAD_REQUEST, f"Parameter {name!r} contains a NUL character")
+
     def reader(request: Request) -> None:
         guard.check(request.headers.get("authorization"), write=False)
+        clean_inputs(request)
 
     def writer(request: Request) -> None:
         guard.check(request.headers.get("authorization"), write=True)
+        clean_inputs(request)
 
     read = [Depends(reader)]
     write = [Depends(writer)]
@@ -165,7 +186,19 @@ def build_app(settings: RegistrySettings) -> FastAPI:
         return await run_in_threadpool(partial(fn, *args, **kwargs))
 
     async def json_body(request: Request) -> Any:
-        return model.parse_json_body(await request.body())
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > settings.max_request_bytes:
+            raise too_large()
+        raw = await request.body()
+        if len(raw) > settings.max_request_bytes:
+            raise too_large()
+        return model.parse_json_body(raw)
+
+    def too_large() -> RegistryError:
+        return RegistryError(
+            ErrorCode.SCHEMA_TOO_LARGE,
+            f"Request body larger than {settings.max_request_bytes} bytes (REGISTRY_MAX_REQUEST_BYTES)",
+        )
 
     def flag(request: Request, name: str, default: bool = False) -> bool:
         return model.parse_bool(request.query_params.get(name), name, default)

@@ -29,6 +29,8 @@ class RegistrySettings(BaseSettings):
     migrate: bool = True
     # Schemas (and their parsed form) kept in memory per instance; ids are immutable, so never stale.
     cache_size: int = Field(default=10_000, ge=1)
+    # Request bodies above this are refused (42209) before being read; real schemas are a few KB.
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     # PLG_LOG_LEVEL / PLG_LOG_FORMAT, shared by every service.
     platform: PlatformSettings = Field(default_factory=PlatformSettings)

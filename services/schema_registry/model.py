@@ -50,6 +50,7 @@ class ErrorCode(IntEnum):
     OPERATION_NOT_PERMITTED = 42205
     REFERENCE_EXISTS = 42206
     INVALID_SUBJECT = 42208
+    SCHEMA_TOO_LARGE = 42209
     STORE_ERROR = 50001
 
     @property
@@ -174,7 +175,8 @@ VersionSpec = int | Literal["latest"]
 
 
 def validate_subject(subject: str) -> str:
-    """Subjects are free text, but control characters would corrupt logs and URLs (Karapace's 42208)."""
+    """Subjects are free text, but control characters (NUL above all, which PostgreSQL cannot store) would
+    corrupt logs and URLs (Karapace's 42208)."""
     if not subject or any(ord(c) <= 31 or 127 <= ord(c) <= 159 for c in subject):
         raise RegistryError(ErrorCode.INVALID_SUBJECT, f"The specified subject {subject!r} is not valid.")
     return subject
@@ -329,6 +331,41 @@ def parse_json_body(raw: bytes) -> Any:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RegistryError(ErrorCode.BAD_REQUEST, f"Malformed JSON request body: {exc}") from None
+    except RecursionError:
+        raise RegistryError(ErrorCode.BAD_REQUEST, "Malformed JSON request body: nested too deeply") from None
+
+
+# Real schemas nest a few levels (a record level is ~3 JSON levels); a bound keeps parsing and Avro's
+# recursive compatibility checker far from Python's recursion limit.
+MAX_SCHEMA_DEPTH = 128
+
+
+def json_depth(value: object) -> int:
+    """Nesting depth of a JSON value, computed without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def has_nul(value: object) -> bool:
+    """PostgreSQL text and jsonb cannot hold U+0000; such input is refused up front."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _optional_object(body: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
@@ -337,6 +374,10 @@ def _optional_object(body: Mapping[str, Any], key: str) -> Mapping[str, Any] | N
         return None
     if not isinstance(value, dict):
         raise invalid_schema(f"'{key}' must be a JSON object, got {type(value).__name__}")
+    if has_nul(value):
+        raise invalid_schema(f"'{key}' must not contain NUL (U+0000) characters")
+    if json_depth(value) > MAX_SCHEMA_DEPTH:
+        raise invalid_schema(f"'{key}' nests more than {MAX_SCHEMA_DEPTH} levels deep")
     return value
 
 
@@ -462,9 +503,18 @@ def parse_avro(schema_text: str, references: Sequence[ResolvedReference] = ()) -
     stay (they matter to readers), and referenced types appear by name.
     """
     try:
+        return _parse_avro(schema_text, references)
+    except RecursionError:
+        raise invalid_schema(f"the schema nests too deeply (more than {MAX_SCHEMA_DEPTH} levels)") from None
+
+
+def _parse_avro(schema_text: str, references: Sequence[ResolvedReference]) -> ParsedSchema:
+    try:
         data = json.loads(schema_text)
     except json.JSONDecodeError as exc:
         raise invalid_schema(f"the schema is not valid JSON: {exc}") from None
+    if json_depth(data) > MAX_SCHEMA_DEPTH:
+        raise invalid_schema(f"the schema nests more than {MAX_SCHEMA_DEPTH} levels deep")
     names = avro.name.Names(validate_names=True)
     for ref in references:
         names.names.update(ref.parsed.named_types)
@@ -481,8 +531,6 @@ def parse_avro(schema_text: str, references: Sequence[ResolvedReference] = ()) -
                 )
     except (avro.errors.AvroException, ValueError, TypeError, AttributeError, KeyError) as exc:
         raise invalid_schema(_describe_exception(exc)) from None
-    except RecursionError:
-        raise invalid_schema("the schema nests too deeply") from None
     validate_defaults(parsed)
     out_names = avro.name.Names(validate_names=False)
     out_names.names.update(from_references)
@@ -633,7 +681,10 @@ def reader_can_read(
     """Apache Avro's own verdict on whether ``reader`` can decode data written with ``writer``."""
     # A fresh checker each time: it memoises by object identity.
     checker = ReaderWriterCompatibilityChecker()  # type: ignore[no-untyped-call]
-    result = checker.get_compatibility(reader, writer)
+    try:
+        result = checker.get_compatibility(reader, writer)
+    except RecursionError:
+        raise invalid_schema("the schema nests too deeply to check its compatibility") from None
     if result.compatibility is SchemaCompatibilityType.compatible:
         return True, [], [], []
     types = sorted({t.name.upper() for t in result.incompatibilities})

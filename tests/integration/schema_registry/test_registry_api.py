@@ -262,6 +262,21 @@ def test_malformed_requests_get_a_clear_4xx_never_a_500(api, subject, body, stat
     assert_error(api.post(f"/subjects/{subject}", content=body), status, code, fragment)
 
 
+def test_hostile_input_gets_a_precise_4xx_never_a_500(api, subject):
+    assert_error(api.get("/subjects/a%00b/versions"), 422, 42208)
+    assert_error(api.post("/subjects/tab%09name/versions", json={"schema": V_A}), 422, 42208)
+    assert_error(api.get("/subjects", params={"subjectPrefix": "a\x00"}), 400, 400, "NUL")
+    nul_metadata = {"schema": V_A, "metadata": {"properties": {"owner": "x\u0000y"}}}
+    assert_error(api.post(f"/subjects/{subject}/versions", json=nul_metadata), 422, 42201, "NUL")
+    deep_body = b'{"schema": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert_error(api.post(f"/subjects/{subject}/versions", content=deep_body), 400, 400, "deeply")
+    deep_schema = '{"type": "array", "items": ' * 300 + '"string"' + "}" * 300
+    assert_error(register(api, subject, deep_schema), 422, 42201, "levels deep")
+    huge = json.dumps({"schema": V_A, "padding": "x" * (5 * 1024 * 1024)})
+    assert_error(api.post(f"/subjects/{subject}/versions", content=huge), 422, 42209, "larger than")
+    assert_error(api.get(f"/subjects/{subject}/versions"), 404, 40401)
+
+
 def test_config_body_must_be_json(api, subject):
     assert_error(api.put(f"/config/{subject}", content=b"FULL"), 400, 400, "Malformed JSON")
 

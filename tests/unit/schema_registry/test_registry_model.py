@@ -420,3 +420,21 @@ def test_subjects_with_control_characters_are_refused(subject):
     with pytest.raises(RegistryError) as exc_info:
         model.validate_subject(subject)
     assert error_code(exc_info) == 42208
+
+
+def test_json_depth_and_nul_detection():
+    assert model.json_depth("x") == 0
+    assert model.json_depth({"a": [1, {"b": []}]}) == 4
+    assert model.has_nul({"k": ["ok", "bad\x00"]})
+    assert model.has_nul({"bad\x00key": 1})
+    assert not model.has_nul({"k": ["ok"]})
+
+
+def test_schemas_nesting_beyond_the_bound_are_refused_not_crashed():
+    deep = '{"type": "array", "items": ' * 200 + '"string"' + "}" * 200
+    with pytest.raises(RegistryError) as exc_info:
+        model.parse_avro(deep)
+    assert error_code(exc_info) == 42201
+    shallow = '{"type": "array", "items": ' * 100 + '"string"' + "}" * 100
+    parsed = model.parse_avro(shallow)
+    assert not model.check_compatibility(Compatibility.FULL, parsed, [(1, parsed)])
