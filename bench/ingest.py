@@ -35,11 +35,12 @@ import psycopg
 from bench.ingest_loadgen import make_template
 from services.devstack.config import free_port, private_settings
 from services.ingest import store
+from services.ingest.avro_usage import UsageEventEncoder
 from services.ingest.model import Limits, RequestContext, normalise_batch
 from services.kernel.db import migrate
 from services.kernel.kafka import Producer
 from services.kernel.provision import admin_client, provision_all
-from services.kernel.serde import SchemaRegistry
+from services.kernel.serde import SchemaRegistry, header
 from services.kernel.settings import KafkaSettings, SchemaRegistrySettings
 from services.kernel.topics import USAGE_EVENTS, topic
 
@@ -168,28 +169,35 @@ def raw_produce(
     with SchemaRegistry(SchemaRegistrySettings(url=registry_url)) as registry:
         encoder = registry.encoder(spec.value_subject, spec.schema_path, auto_register=False)
     producer = Producer(KafkaSettings(bootstrap_servers=kafka), client_id="plg-bench-raw", max_block=30.0)
+    # Ingest's own encoder for these records (the fastest way to make the same bytes), and the kernel's
+    # generic one (what a service producing straight to Kafka uses today).
+    fast = UsageEventEncoder(header(encoder.schema_id)).for_request(customer_id, records[0]["ingest"])
+    name = spec.name
+    rates: dict[str, float] = {}
     try:
-        # warm up the connection and metadata
-        producer.produce(spec.name, encoder.encode(records[0]), customer_id)
+        producer.produce(name, encoder.encode(records[0]), customer_id)  # connection and metadata warm-up
         producer.flush(30)
-        encode, produce, name = encoder.encode, producer.produce, spec.name
-        started = time.perf_counter()
-        for record in records:
-            produce(name, encode(record), customer_id)
-        left = producer.flush(60)
-        elapsed = time.perf_counter() - started
-        assert left == 0, f"{left} records not acknowledged"
-        values = [encode(r) for r in records[:20_000]]
+        for label, encode in (("fast", fast), ("generic", encoder.encode)):
+            produce = producer.produce
+            started = time.perf_counter()
+            for record in records:
+                produce(name, encode(record), customer_id)
+            left = producer.flush(60)
+            rates[label] = len(records) / (time.perf_counter() - started)
+            assert left == 0, f"{left} records not acknowledged"
+        values = [fast(r) for r in records]
+        produce = producer.produce
         started = time.perf_counter()
         for value in values:
             produce(name, value, customer_id)
         producer.flush(60)
-        produce_only = len(values) / (time.perf_counter() - started)
+        rates["pre_encoded"] = len(values) / (time.perf_counter() - started)
     finally:
         producer.close()
     return {
-        "events_per_s": round(len(records) / elapsed, 1),
-        "produce_only_events_per_s": round(produce_only, 1),
+        "events_per_s": round(rates["fast"], 1),
+        "generic_encoder_events_per_s": round(rates["generic"], 1),
+        "pre_encoded_events_per_s": round(rates["pre_encoded"], 1),
     }
 
 
@@ -247,9 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         f"answers {half['statuses']}"
     )
     print(f"  ingest CPU per event at full load: {cpu_us:.1f} µs")
+    print(f"  raw: kernel producer, same events, encode+produce+ack: {raw['events_per_s']:>10,.0f} events/s")
     print(
-        f"  raw kernel producer (encode + produce + ack): {raw['events_per_s']:>10,.0f} events/s "
-        f"(pre-encoded: {raw['produce_only_events_per_s']:,.0f}/s)"
+        f"       (with the kernel's generic Avro encoder: {raw['generic_encoder_events_per_s']:,.0f}/s; "
+        f"pre-encoded, produce + ack only: {raw['pre_encoded_events_per_s']:,.0f}/s)"
     )
     print(f"  ratio ingest / raw: {ratio:.2f}")
     print(

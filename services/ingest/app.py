@@ -28,6 +28,7 @@ from starlette.responses import Response
 
 from services.ingest import metrics as m
 from services.ingest.apikeys import AuthError, KeyCache, KeyRecord
+from services.ingest.avro_usage import UsageEventEncoder, schema_matches
 from services.ingest.config import IngestSettings
 from services.ingest.handlers import KafkaBreaker, accepted_body, error_body, rejection_counts
 from services.ingest.model import (
@@ -52,7 +53,7 @@ from services.kernel.db import migrate, open_pool
 from services.kernel.errors import KafkaUnavailableError, SerializationError
 from services.kernel.kafka import Producer, check_reachable
 from services.kernel.ops import ops_routes
-from services.kernel.serde import SchemaRegistry, ValueEncoder
+from services.kernel.serde import SchemaRegistry, ValueEncoder, header, load_schema
 from services.kernel.topics import IDENTITY_LINKS, USAGE_EVENTS, topic
 
 log = logging.getLogger(__name__)
@@ -204,9 +205,18 @@ class Ingest:
         rejected on its own rather than failing the request."""
         encode = self.writer.events.encode
         try:
+            fast = self.writer.fast
+            if fast is not None and outcome.records:
+                first = outcome.records[0][1]
+                customer, meta = first["customer_id"], first["ingest"]
+                fast_encode = fast.for_request(customer, meta)
+                return [
+                    fast_encode(r) if r["ingest"] is meta and r["customer_id"] is customer else encode(r)
+                    for _, r in outcome.records
+                ]
             return [encode(record) for _, record in outcome.records]
-        except SerializationError:
-            pass
+        except (SerializationError, TypeError, ValueError, KeyError, OverflowError):
+            pass  # find the culprit below with the generic encoder, which names the field
         values: list[bytes] = []
         kept: list[tuple[int, dict[str, Any]]] = []
         for index, record in outcome.records:
@@ -254,9 +264,7 @@ async def _read_body(request: Request, limit: int, too_large: Code) -> bytes:
     """The body, decompressed when gzip'd, refusing (413) anything over ``limit`` without reading it all."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError(
-            413, too_large, f"the body is {declared} bytes; at most {limit} are allowed"
-        )
+        raise RequestError(413, too_large, f"the body is {declared} bytes; at most {limit} are allowed")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -343,11 +351,19 @@ def open_ingest(settings: IngestSettings) -> tuple[Ingest, Callable[[], None]]:
             producer.close(timeout=10.0)
 
         closers.append(close_producer)
+        fast = None
+        if events_spec.schema_path and schema_matches(load_schema(events_spec.schema_path)[1]):
+            fast = UsageEventEncoder(header(encoders[0].schema_id))
+        else:
+            log.warning(
+                "usage-events schema changed since the fast encoder was written; using the generic one"
+            )
         writer = EventWriter(
             producer,
             events_topic=events_spec.name,
             links_topic=links_spec.name,
             events=encoders[0],
+            fast=fast,
             links=encoders[1],
             timeout=settings.produce_timeout_ms / 1000,
         )

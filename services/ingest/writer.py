@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from services.ingest.avro_usage import UsageEventEncoder
 from services.kernel.errors import KafkaClientError, KafkaUnavailableError
 from services.kernel.kafka import Producer, Record
 from services.kernel.serde import ValueEncoder
@@ -62,6 +63,7 @@ class EventWriter:
         events: ValueEncoder,
         links: ValueEncoder,
         timeout: float,
+        fast: UsageEventEncoder | None = None,
     ) -> None:
         self.producer = producer
         self.events_topic = events_topic
@@ -69,6 +71,8 @@ class EventWriter:
         self.events = events
         self.links = links
         self.timeout = timeout
+        # The specialised usage-events encoder, when the registered schema is the one it was written for.
+        self.fast = fast
 
     async def write(self, customer_id: str, values: list[bytes], links: list[tuple[str, bytes]]) -> None:
         """Produce ``values`` (usage-events, keyed by ``customer_id``) and ``links`` (key, value) and wait
