@@ -18,6 +18,7 @@ import psycopg
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from psycopg_pool import PoolTimeout
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -84,7 +85,7 @@ def build_app(settings: RegistrySettings) -> FastAPI:
             if applied:
                 log.info("applied migrations %s", applied)
         pool = await run_in_threadpool(db.open_pool, settings.database, "schema-registry")
-        app.state.store = Store(pool)
+        app.state.store = Store(pool, settings.db_timeout_seconds)
         app.state.registry = Registry(app.state.store, settings.default_compatibility, settings.cache_size)
         log.info(
             "schema registry ready on %s:%s (writes %s)",
@@ -133,6 +134,19 @@ def build_app(settings: RegistrySettings) -> FastAPI:
             status_code=400,
         )
 
+    @app.exception_handler(psycopg.OperationalError)
+    @app.exception_handler(PoolTimeout)
+    async def _database_unavailable(request: Request, exc: Exception) -> Response:
+        # Retriable for clients (confluent-kafka retries 503); the instance's /readyz fails meanwhile.
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return RegistryJSONResponse(
+            {
+                "error_code": int(ErrorCode.STORE_ERROR),
+                "message": "Error in the backend data store: unavailable",
+            },
+            status_code=503,
+        )
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         return RegistryJSONResponse({"error_code": 422, "message": str(exc.errors())}, status_code=422)
@@ -167,11 +181,12 @@ def build_app(settings: RegistrySettings) -> FastAPI:
             if "\x00" in str(value):
                 raise RegistryError(ErrorCode.BAD_REQUEST, f"Parameter {name!r} contains a NUL character")
 
-    def reader(request: Request) -> None:
+    # async: these are cheap, so they run on the event loop rather than costing a thread-pool hop.
+    async def reader(request: Request) -> None:
         guard.check(request.headers.get("authorization"), write=False)
         clean_inputs(request)
 
-    def writer(request: Request) -> None:
+    async def writer(request: Request) -> None:
         guard.check(request.headers.get("authorization"), write=True)
         clean_inputs(request)
 

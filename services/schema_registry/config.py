@@ -29,6 +29,8 @@ class RegistrySettings(BaseSettings):
     migrate: bool = True
     # Schemas (and their parsed form) kept in memory per instance; ids are immutable, so never stale.
     cache_size: int = Field(default=10_000, ge=1)
+    # Seconds a request waits for a database connection before answering 503.
+    db_timeout_seconds: float = Field(default=5.0, gt=0)
     # Request bodies above this are refused (42209) before being read; real schemas are a few KB.
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)

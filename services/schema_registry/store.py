@@ -315,13 +315,16 @@ def _like_prefix(prefix: str) -> str:
 class Store:
     """Owns nothing but borrows connections from the pool handed in (the app owns the pool)."""
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, connection_timeout: float = 5.0) -> None:
         self.pool = pool
+        # How long a request waits for a connection before answering 503: short, so clients retry
+        # (or fail over to another instance) instead of hanging while the database is away.
+        self.connection_timeout = connection_timeout
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         """One read-committed transaction; committed on success, rolled back on any exception."""
-        with self.pool.connection() as conn, conn.transaction():
+        with self.pool.connection(timeout=self.connection_timeout) as conn, conn.transaction():
             yield Tx(conn)
 
     def ping(self, timeout: float = 2.0) -> None:
