@@ -15,7 +15,7 @@ from services.devstack import kafka as kafka_mod
 from services.devstack import postgres as pg
 from services.devstack.config import StackSettings
 from services.devstack.processes import StartError
-from services.devstack.stack import Stack
+from services.devstack.stack import Stack, format_timings
 from services.kernel.provision import provision_all
 from services.kernel.settings import KafkaSettings, SchemaRegistrySettings
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "up":
             elapsed = stack.up()
-            print(f"plg stack up in {elapsed:.1f}s:")
+            print(f"plg stack up in {elapsed:.1f}s ({format_timings(stack.timings)}):")
             print("\n".join(row.line() for row in stack.status()))
             print(f"logs in {settings.logs_dir}; stop with `make down`")
             return 0

@@ -326,7 +326,7 @@ class Stack:
         with _interrupts_raise():
             try:
                 elapsed = self.up()
-                self.say(f"\nplg stack up in {elapsed:.1f}s ({_timings(self.timings)}). Listening:")
+                self.say(f"\nplg stack up in {elapsed:.1f}s ({format_timings(self.timings)}). Listening:")
                 for line in self.endpoints():
                     self.say(line)
                 self.say(f"logs: {self.settings.logs_dir}   stop: Ctrl-C\n")
@@ -345,7 +345,7 @@ class Stack:
                     self.down()
 
 
-def _timings(timings: dict[str, float]) -> str:
+def format_timings(timings: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
 
 
