@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import httpx
 import psycopg
@@ -74,3 +76,38 @@ def test_up_refuses_a_port_taken_by_someone_else(stack_args):
         up = _devstack("up", *args)
     assert up.returncode == 1
     assert "already taken" in up.stderr
+
+
+def test_run_serves_in_the_foreground_until_ctrl_c_then_stops_everything(stack_args):
+    args, ports = stack_args
+    run = subprocess.Popen(
+        [sys.executable, "-m", "services.devstack", "run", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        seen: list[str] = []
+        deadline = time.monotonic() + 180
+        assert run.stdout is not None
+        while time.monotonic() < deadline:
+            line = run.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if "stop: Ctrl-C" in line:
+                break
+        output = "".join(seen)
+        assert "Listening:" in output, output
+        assert f"127.0.0.1:{ports['kafka']}" in output
+        assert f"http://127.0.0.1:{ports['registry']}" in output
+        assert all(port_open("127.0.0.1", port) for port in ports.values())
+
+        run.send_signal(signal.SIGINT)
+        rest, _ = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, rest
+    assert "stopping" in rest
+    assert not any(port_open("127.0.0.1", port) for port in ports.values())
