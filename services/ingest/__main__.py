@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from typing import Any
 
 import uvicorn
@@ -39,8 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         "timeout_graceful_shutdown": 15,
     }
     if settings.workers > 1:
-        # Each worker process builds its own app (producer, caches) from the same environment.
-        uvicorn.run("services.ingest.app:create_app", factory=True, workers=settings.workers, **common)
+        # Each worker process builds its own app (producer, caches) from the same environment. Their
+        # metrics are pooled through files (prometheus-client's multiprocess mode) so /metrics, whichever
+        # worker answers it, reports the whole service. The variable must be set before the workers start.
+        with tempfile.TemporaryDirectory(prefix="plg-ingest-metrics-") as metrics_dir:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+            uvicorn.run("services.ingest.app:create_app", factory=True, workers=settings.workers, **common)
     else:
         from services.ingest.app import build_app
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 import zlib
@@ -22,6 +23,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
 from psycopg_pool import ConnectionPool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -508,7 +510,7 @@ def build_app(settings: IngestSettings | None = None) -> FastAPI:
     def readiness_kafka() -> bool:
         return state.ingest is not None and state.ingest.kafka_ready()
 
-    ops_routes(app, {"database": readiness_db, "kafka": readiness_kafka})
+    ops_routes(app, {"database": readiness_db, "kafka": readiness_kafka}, registry=_metrics_registry())
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -523,6 +525,16 @@ def build_app(settings: IngestSettings | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _metrics_registry() -> CollectorRegistry:
+    """The default registry, or with several workers (``PROMETHEUS_MULTIPROC_DIR`` set by ``__main__``) one
+    that collects every worker's values."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
 
 
 def create_app() -> FastAPI:

@@ -30,7 +30,9 @@ BATCH_EVENTS = metrics.histogram(
     buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500),
 )
 KAFKA_BREAKER_OPEN = metrics.gauge(
-    "plg_ingest_kafka_breaker_open", "1 while ingest answers 503 at once because Kafka was found unavailable."
+    "plg_ingest_kafka_breaker_open",
+    "1 while ingest answers 503 at once because Kafka was found unavailable (with several workers, one "
+    "series per worker pid).",
 )
 
 ACCEPTED = EVENTS.labels("accepted", "accepted")
