@@ -45,5 +45,7 @@ def previous_version(path: Path) -> str | None:
 
 def is_backward_compatible(new: str, old: str) -> tuple[bool, list[str]]:
     """BACKWARD: a reader on ``new`` can read data written with ``old`` (Avro's own checker)."""
-    result = ReaderWriterCompatibilityChecker().get_compatibility(avro.schema.parse(new), avro.schema.parse(old))
+    result = ReaderWriterCompatibilityChecker().get_compatibility(
+        avro.schema.parse(new), avro.schema.parse(old)
+    )
     return result.compatibility is SchemaCompatibilityType.compatible, list(result.messages)

@@ -40,7 +40,7 @@ class TopicSpec:
         return SCHEMAS_DIR / f"{self.value_schema}.avsc" if self.value_schema else None
 
     def broker_config(self) -> dict[str, str]:
-        config = {"cleanup.policy": self.cleanup_policy}
+        config: dict[str, str] = {"cleanup.policy": self.cleanup_policy}
         if self.retention_ms is not None:
             config["retention.ms"] = str(self.retention_ms)
         config.update(self.config)
@@ -61,22 +61,65 @@ IDENTITY_LINKS = "identity-links"
 
 # Compacted topics keep the latest value per key forever; "delete" topics keep records for retention.ms.
 PLATFORM_TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec(USAGE_EVENTS, 6, "usage_event", retention_ms=35 * DAY_MS,
-              description="Raw usage and telemetry events from ingest and direct producers (key customer_id)."),
-    TopicSpec(USAGE_EVENTS_ENRICHED, 6, "enriched_usage_event", retention_ms=35 * DAY_MS,
-              description="Validated, identity-resolved, PII-scrubbed events for CS dashboards."),
-    TopicSpec(USAGE_EVENTS_DLQ, 3, "dead_letter", retention_ms=35 * DAY_MS,
-              description="Records a service could not process, with the original bytes and the reason."),
-    TopicSpec(USAGE_AGGREGATES, 6, "usage_aggregate", cleanup_policy="compact", retention_ms=None,
-              description="Exactly-once running totals per customer, meter and window."),
-    TopicSpec(ENTITLEMENT_EVENTS, 3, "entitlement_event", retention_ms=35 * DAY_MS,
-              description="Plan-limit threshold crossings (80/90/100 %)."),
-    TopicSpec(BILLING_REPORTS, 3, "billing_report", retention_ms=400 * DAY_MS,
-              description="Usage reported to Stripe."),
-    TopicSpec(CUSTOMER_HEALTH, 3, "customer_health", cleanup_policy="compact", retention_ms=None,
-              description="Latest health score per customer."),
-    TopicSpec(IDENTITY_LINKS, 3, "identity_link", cleanup_policy="compact", retention_ms=None,
-              description="anonymous_id -> user_id links from identify calls."),
+    TopicSpec(
+        USAGE_EVENTS,
+        6,
+        "usage_event",
+        retention_ms=35 * DAY_MS,
+        description="Raw usage and telemetry events from ingest and direct producers (key customer_id).",
+    ),
+    TopicSpec(
+        USAGE_EVENTS_ENRICHED,
+        6,
+        "enriched_usage_event",
+        retention_ms=35 * DAY_MS,
+        description="Validated, identity-resolved, PII-scrubbed events for CS dashboards.",
+    ),
+    TopicSpec(
+        USAGE_EVENTS_DLQ,
+        3,
+        "dead_letter",
+        retention_ms=35 * DAY_MS,
+        description="Records a service could not process, with the original bytes and the reason.",
+    ),
+    TopicSpec(
+        USAGE_AGGREGATES,
+        6,
+        "usage_aggregate",
+        cleanup_policy="compact",
+        retention_ms=None,
+        description="Exactly-once running totals per customer, meter and window.",
+    ),
+    TopicSpec(
+        ENTITLEMENT_EVENTS,
+        3,
+        "entitlement_event",
+        retention_ms=35 * DAY_MS,
+        description="Plan-limit threshold crossings (80/90/100 %).",
+    ),
+    TopicSpec(
+        BILLING_REPORTS,
+        3,
+        "billing_report",
+        retention_ms=400 * DAY_MS,
+        description="Usage reported to Stripe.",
+    ),
+    TopicSpec(
+        CUSTOMER_HEALTH,
+        3,
+        "customer_health",
+        cleanup_policy="compact",
+        retention_ms=None,
+        description="Latest health score per customer.",
+    ),
+    TopicSpec(
+        IDENTITY_LINKS,
+        3,
+        "identity_link",
+        cleanup_policy="compact",
+        retention_ms=None,
+        description="anonymous_id -> user_id links from identify calls.",
+    ),
 )
 
 _REGISTRY: dict[str, TopicSpec] = {t.name: t for t in PLATFORM_TOPICS}

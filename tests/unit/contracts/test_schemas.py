@@ -43,8 +43,14 @@ def test_every_schema_file_belongs_to_a_declared_topic():
 def test_issue_named_topics_and_subjects_exist():
     names = {t.name: t for t in catalogue()}
     for required in (
-        "usage-events", "usage-events-enriched", "usage-events-dlq", "usage-aggregates",
-        "entitlement-events", "billing-reports", "customer-health", "identity-links",
+        "usage-events",
+        "usage-events-enriched",
+        "usage-events-dlq",
+        "usage-aggregates",
+        "entitlement-events",
+        "billing-reports",
+        "customer-health",
+        "identity-links",
     ):
         assert required in names
     assert names["usage-events"].value_subject == "usage-events-value"
@@ -63,9 +69,15 @@ def test_working_tree_schema_is_backward_compatible_with_previous_committed_vers
 def test_usage_event_round_trips_every_property_type():
     schema = fastavro.parse_schema(json.loads((schema_files()[0].parent / "usage_event.avsc").read_text()))
     record = {
-        "event_id": "01HZX", "customer_id": "acme", "name": "api_call_made", "timestamp": 1_700_000_000_000,
+        "event_id": "01HZX",
+        "customer_id": "acme",
+        "name": "api_call_made",
+        "timestamp": 1_700_000_000_000,
         "properties": {"n": 3, "ok": True, "ratio": 0.5, "path": "/v1", "none": None},
-        "user_id": "u1", "anonymous_id": None, "session_id": None, "ingest": None,
+        "user_id": "u1",
+        "anonymous_id": None,
+        "session_id": None,
+        "ingest": None,
     }
     import io
 
