@@ -72,7 +72,8 @@ def migrate(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
                 if m.version in done:
                     if done[m.version] != m.checksum:
                         raise RuntimeError(
-                            f"migration {m.path.name} changed after it was applied; add a new migration instead"
+                            f"migration {m.path.name} changed after it was applied; "
+                            "add a new migration instead"
                         )
                     continue
                 with conn.transaction():

@@ -1,4 +1,4 @@
-"""The Avro contracts in schemas/: valid, versioned, covering every topic, and evolving BACKWARD-compatibly."""
+"""The Avro contracts in schemas/: valid, versioned, covering every topic, evolving BACKWARD-compatibly."""
 
 from __future__ import annotations
 
@@ -26,12 +26,14 @@ def test_every_schema_has_a_versioned_namespace(path):
     namespace = json.loads(path.read_text())["namespace"]
     parts = namespace.split(".")
     assert parts[:2] == ["io", "plg"], namespace
-    assert parts[-1].startswith("v") and parts[-1][1:].isdigit(), f"{namespace} must end in a version like v1"
+    assert parts[-1].startswith("v"), f"{namespace} must end in a version like v1"
+    assert parts[-1][1:].isdigit(), f"{namespace} must end in a version like v1"
 
 
 def test_every_platform_topic_has_a_schema_file():
     for spec in PLATFORM_TOPICS:
-        assert spec.schema_path is not None and spec.schema_path.exists(), spec.name
+        assert spec.schema_path is not None, spec.name
+        assert spec.schema_path.exists(), spec.name
 
 
 def test_every_schema_file_belongs_to_a_declared_topic():
