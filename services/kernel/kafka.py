@@ -164,6 +164,9 @@ def producer_config(settings: KafkaSettings, **overrides: Any) -> dict[str, Any]
             # Fail a record after 30 s instead of librdkafka's 5 minutes, so callers (ingest → 503) know.
             "message.timeout.ms": 30_000,
             "queue.buffering.max.messages": 200_000,
+            # Auto-creation is off, so a topic missing from metadata is missing for good (a deployment
+            # error): fail its records with UNKNOWN_TOPIC_OR_PART after 5 s instead of timing out at 30 s.
+            "topic.metadata.propagation.max.ms": 5_000,
         }
     )
     config.update(_dotted(overrides))
@@ -898,14 +901,19 @@ def check_reachable(settings: KafkaSettings, timeout: float = 5.0) -> None:
 
 
 def wait_until_reachable(
-    settings: KafkaSettings, stop: threading.Event, deadline: float = 60.0, interval: float = 1.0
+    settings: KafkaSettings,
+    stop: threading.Event,
+    deadline: float = 60.0,
+    interval: float = 1.0,
+    attempt_timeout: float = 2.0,
 ) -> bool:
     """Retry :func:`check_reachable` until it passes (True), or ``stop`` is set or ``deadline`` seconds
     pass (False)."""
     until = time.monotonic() + deadline
     while not stop.is_set():
         try:
-            check_reachable(settings, timeout=min(5.0, max(0.5, until - time.monotonic())))
+            # Short attempts, so a stop request is seen within ``attempt_timeout``.
+            check_reachable(settings, timeout=min(attempt_timeout, max(0.5, until - time.monotonic())))
             return True
         except KafkaUnavailableError as exc:
             if time.monotonic() >= until:
