@@ -6,8 +6,9 @@ into :mod:`services.kernel.errors`, clean shutdown (flush, leave the group) and 
 through :mod:`logging`. Services import these, never ``confluent_kafka``.
 
 Records: :data:`Record` *is* confluent's ``Message`` (``.topic() .partition() .offset() .key() .value()
-.timestamp() .headers()``). A slotted wrapper measured ~0.35 µs per record extra for nothing services use,
-so the kernel hands out the C object as-is (see ``docs/kernel.md``).
+.timestamp() .headers()``). Measured per record on this machine: checking ``.error()`` 0.02 µs, building a
+slotted wrapper that copies the fields 0.57 µs, a lazy wrapper 0.27 µs — for no capability services need,
+so the kernel hands out the C object as-is.
 """
 
 from __future__ import annotations

@@ -119,6 +119,13 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+def log_settings(logger: logging.Logger, name: str, settings: Any) -> None:
+    """Log a pydantic settings object at start-up, secrets masked (``SecretStr`` dumps as stars, secret
+    field names and URL passwords are masked by :func:`redact`)."""
+    dumped = settings.model_dump(mode="json") if hasattr(settings, "model_dump") else dict(settings)
+    logger.info("settings", extra={"settings_of": name, "settings": redact("settings", dumped)})
+
+
 def configure_logging(
     service: str,
     level: str | int = "INFO",

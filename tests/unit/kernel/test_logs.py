@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 from pydantic import SecretStr
 
-from services.kernel.logs import MASK, configure_logging, redact_text
+from services.kernel.logs import MASK, configure_logging, log_settings, redact_text
+from services.kernel.settings import SchemaRegistrySettings
 
 
 @pytest.fixture
@@ -120,3 +121,15 @@ def test_an_unknown_format_is_refused() -> None:
 def test_redact_text_leaves_urls_without_passwords_alone() -> None:
     assert redact_text("http://127.0.0.1:8081/subjects") == "http://127.0.0.1:8081/subjects"
     assert redact_text("postgresql://plg@127.0.0.1:5433/plg") == "postgresql://plg@127.0.0.1:5433/plg"
+
+
+def test_settings_are_logged_with_secrets_masked(captured: tuple[io.StringIO, logging.Logger]) -> None:
+    stream, log = captured
+
+    log_settings(
+        log, "registry", SchemaRegistrySettings(url="http://u:pw@registry", admin_token=SecretStr("tok-1"))
+    )
+
+    (entry,) = lines(stream)
+    assert entry["settings"] == {"url": f"http://u:{MASK}@registry", "admin_token": MASK}
+    assert "tok-1" not in stream.getvalue()
