@@ -156,7 +156,7 @@ class Metering:
 
     def read_all(self, name: str) -> list[tuple[bytes | None, bytes | None]]:
         """Every committed record of a topic, in order per partition."""
-        reader = Consumer(self.kafka, None, client_id="metering-test-reader")
+        reader = Consumer(self.kafka, None, client_id="metering-test-reader", fetch_wait_max_ms=10)
         try:
             tps = reader.assign_all([self.topic(name)])
             ends = reader.end_offsets([TopicPartition(tp.topic, tp.partition) for tp in tps])

@@ -1,10 +1,20 @@
-"""The aggregator on the real stack: each unique event counted exactly once, into every window."""
+"""The aggregator on the real stack: each unique event counted exactly once, into every window, whatever
+the producer, the partition or the restarts."""
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 
-from .harness import Metering, usage_event, wait_for
+from confluent_kafka import SerializingProducer
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import StringSerializer
+
+from services.kernel.topics import USAGE_EVENTS, topic
+from services.metering_aggregator.routing import consistent
+
+from .harness import Metering, now_ms, usage_event, wait_for
 
 
 def test_duplicate_events_are_counted_once(metering: Metering):
@@ -16,3 +26,77 @@ def test_duplicate_events_are_counted_once(metering: Metering):
     metering.send(events[10:30])  # re-sent later, after they were committed
     metering.send([usage_event(customer)])
     wait_for(lambda: metering.period_total(customer) == (Decimal(51), 51), what="51 unique events")
+
+
+def test_duplicates_resent_after_a_restart_are_still_counted_once(metering: Metering):
+    customer = metering.customer("pro")
+    events = [usage_event(customer) for _ in range(30)]
+    first = metering.start(instance_id="agg-a")
+    metering.send(events)
+    wait_for(lambda: metering.period_total(customer) == (Decimal(30), 30))
+    first.close()
+    # Another instance takes over: its dedup state comes from the changelog, not from memory.
+    metering.start(instance_id="agg-b")
+    metering.send([*events, usage_event(customer)])
+    wait_for(lambda: metering.period_total(customer) == (Decimal(31), 31))
+
+
+def test_events_from_a_confluent_avro_serializer_app_are_metered_like_ingest(metering: Metering):
+    customer = metering.customer("pro")
+    spec = topic(USAGE_EVENTS, metering.prefix)
+    assert spec.schema_path is not None
+    client = SchemaRegistryClient({"url": metering.registry.url})
+    serializer = AvroSerializer(
+        client, spec.schema_path.read_text(),
+        conf={"auto.register.schemas": False, "use.latest.version": True},
+    )
+    app = SerializingProducer({
+        "bootstrap.servers": metering.kafka.bootstrap_servers,
+        "key.serializer": StringSerializer("utf_8"),
+        "value.serializer": serializer,
+        "enable.idempotence": True,
+    })
+    event_ids = [str(uuid.uuid4()) for _ in range(10)]
+    for event_id in event_ids + event_ids[:3]:
+        app.produce(spec.name, key=customer, value={
+            "event_id": event_id, "customer_id": customer, "name": "api_call_made", "timestamp": now_ms(),
+            "properties": {"path": "/v1/things", "latency_ms": 12}, "user_id": "u-9",
+        })
+    app.produce(spec.name, key=customer, value={
+        "event_id": str(uuid.uuid4()), "customer_id": customer, "name": "job_completed",
+        "timestamp": now_ms(), "properties": {"duration_seconds": 2.5, "region": "eu"},
+    })
+    assert app.flush(30) == 0
+    metering.start()
+    wait_for(lambda: metering.period_total(customer) == (Decimal(10), 10))
+    wait_for(lambda: metering.period_total(customer, "compute_seconds") == (Decimal("2.5"), 1))
+
+
+def test_an_event_on_the_wrong_partition_is_counted_once_at_its_customers_home(metering: Metering):
+    customer = metering.customer("pro")
+    home = consistent(customer.encode(), 6)
+    stray = usage_event(customer)
+    metering.send([stray], partition=(home + 1) % 6)  # e.g. a Java producer's murmur2 partitioner
+    metering.send([stray, usage_event(customer)], partition=home)  # and its duplicate at home
+    metering.send([stray], partition=(home + 3) % 6)
+    metering.start()
+    wait_for(lambda: metering.period_total(customer) == (Decimal(2), 2))
+
+
+def test_a_customer_created_after_start_is_metered(metering: Metering):
+    metering.start()
+    customer = metering.customer("free")
+    metering.send([usage_event(customer)])
+    wait_for(lambda: metering.period_total(customer) == (Decimal(1), 1))
+
+
+def test_two_instances_share_the_partitions_and_count_exactly(metering: Metering):
+    customers = [metering.customer("pro") for _ in range(12)]
+    a = metering.start(instance_id="agg-1")
+    metering.send(usage_event(c) for c in customers for _ in range(5))
+    metering.start(instance_id="agg-2")
+    batch = [usage_event(c) for c in customers for _ in range(5)]
+    metering.send(batch + batch[:17])
+    a.close()
+    metering.send(usage_event(c) for c in customers)
+    wait_for(lambda: all(metering.period_total(c) == (Decimal(11), 11) for c in customers), timeout=60)

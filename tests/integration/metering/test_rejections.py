@@ -1,0 +1,48 @@
+"""Nothing is silently dropped: late, future, invalid, undecodable events and unknown customers are
+dead-lettered with a reason and their original bytes; events no meter counts are only counted in a metric."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from services.kernel.topics import USAGE_EVENTS
+
+from .harness import Metering, now_ms, usage_event, wait_for
+
+HOUR = 3600 * 1000
+
+
+def test_late_events_within_grace_count_and_later_ones_are_dead_lettered(metering: Metering):
+    c = metering.customer("pro")
+    on_time = usage_event(c, ts=now_ms() - HOUR // 2)
+    late = usage_event(c, ts=now_ms() - 2 * HOUR)
+    metering.start(grace_seconds=3600)
+    metering.send([on_time, late])
+    wait_for(lambda: metering.period_total(c) == (Decimal(1), 1))
+    letters = wait_for(lambda: [d for d in metering.dead_letters() if d["customer_id"] == c])
+    (letter,) = letters
+    assert letter["error_code"] == "late_event"
+    assert letter["event_id"] == late["event_id"]
+    assert letter["service"] == "metering-aggregator"
+    assert metering.decoder.decode(letter["original_value"])["event_id"] == late["event_id"]
+    assert letter["original_topic"] == metering.topic(USAGE_EVENTS)
+
+
+def test_unknown_customers_bad_values_and_undecodable_bytes_are_dead_lettered(metering: Metering):
+    c = metering.customer("pro")
+    metering.start()
+    ghost = usage_event("nobody-" + c)
+    bad_value = usage_event(c, "job_completed", duration_seconds="a while")
+    future = usage_event(c, ts=now_ms() + 2 * HOUR)
+    metering.send([ghost, bad_value, future, usage_event(c)])
+    metering.producer.produce(metering.topic(USAGE_EVENTS), b"\x00\x00\x00\x00\x01garbage", c)
+    metering.producer.produce(metering.topic(USAGE_EVENTS), b"not avro at all", c)
+    metering.producer.flush(10)
+    wait_for(lambda: len(metering.dead_letters()) == 5, what="five dead letters")
+    codes = sorted(d["error_code"] for d in metering.dead_letters())
+    assert codes == ["future_event", "invalid_meter_value", "undecodable", "undecodable", "unknown_customer"]
+    by_code = {d["error_code"]: d for d in metering.dead_letters()}
+    assert "compute_seconds" in by_code["invalid_meter_value"]["error_message"]
+    assert by_code["unknown_customer"]["customer_id"] == ghost["customer_id"]
+    assert metering.period_total(c) == (Decimal(1), 1)
+    assert metering.period_total(c, "compute_seconds") is None
