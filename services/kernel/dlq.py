@@ -71,6 +71,28 @@ class DeadLetter:
     event_id: str | None = None
     customer_id: str | None = None
 
+    @classmethod
+    def from_record(
+        cls,
+        record: ConsumedRecord,
+        error_code: str,
+        error_message: str,
+        service: str,
+        event_id: str | None = None,
+        customer_id: str | None = None,
+        failed_at_ms: int | None = None,
+    ) -> DeadLetter:
+        """Same as :func:`dead_letter`."""
+        return dead_letter(
+            record,
+            error_code,
+            error_message,
+            service,
+            event_id=event_id,
+            customer_id=customer_id,
+            failed_at_ms=failed_at_ms,
+        )
+
     def to_avro(self) -> dict[str, Any]:
         return {
             "original_topic": self.original_topic,
@@ -143,7 +165,6 @@ class DeadLetterPublisher:
         record: ConsumedRecord,
         error_code: str,
         error_message: str,
-        *,
         event_id: str | None = None,
         customer_id: str | None = None,
     ) -> Future[DeliveryReport] | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE, Message
 
-from services.kernel.dlq import MAX_MESSAGE_CHARS, dead_letter
+from services.kernel.dlq import MAX_MESSAGE_CHARS, DeadLetter, dead_letter
 from services.kernel.serde import ValueDecoder, ValueEncoder
 from services.kernel.topics import SCHEMAS_DIR
 
@@ -77,3 +77,17 @@ def test_dead_letter_encodes_with_the_dead_letter_schema_and_decodes_back() -> N
     decoder = ValueDecoder({5: DEAD_LETTER.read_text()}.__getitem__)
 
     assert decoder.decode(encoder.encode(letter.to_avro())) == letter.to_avro()
+
+
+def test_dead_letter_from_record_is_the_same_builder() -> None:
+    built = DeadLetter.from_record(consumed(), "late_event", "window closed", "metering", "e1", "cus_1", 5)
+
+    assert built == dead_letter(
+        consumed(),
+        "late_event",
+        "window closed",
+        "metering",
+        event_id="e1",
+        customer_id="cus_1",
+        failed_at_ms=5,
+    )
