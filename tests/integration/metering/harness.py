@@ -11,8 +11,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import psycopg
+import uvicorn
 
+from services.devstack.config import free_port
 from services.ingest import store
 from services.kernel.kafka import Consumer, Producer, TopicPartition
 from services.kernel.serde import SchemaRegistry
@@ -27,6 +30,8 @@ from services.kernel.topics import (
 )
 from services.metering_aggregator.app import AggregatorApp, build_app
 from services.metering_aggregator.config import MeteringSettings
+from services.metering_aggregator.entitlements.app import build_app as build_entitlements
+from services.metering_aggregator.entitlements.config import EntitlementsSettings
 
 
 def now_ms() -> int:
@@ -73,6 +78,20 @@ class Running:
 
 
 @dataclass
+class RunningApi:
+    url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10)
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@dataclass
 class Metering:
     """One test's metering world: fresh topics (prefix), its own customers, aggregators in threads."""
 
@@ -81,6 +100,7 @@ class Metering:
     registry: SchemaRegistrySettings
     database: DatabaseSettings
     running: list[Running] = field(default_factory=list)
+    apis: list[RunningApi] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.sr = SchemaRegistry(self.registry)
@@ -146,7 +166,28 @@ class Metering:
         self.running.append(running)
         return running
 
+    def start_entitlements(self, **overrides: Any) -> RunningApi:
+        port = free_port()
+        settings = EntitlementsSettings(
+            port=port, kafka=self.kafka, registry=self.registry, database=self.database,
+            platform=PlatformSettings(topic_prefix=self.prefix, log_format="text"),
+            customers_refresh_seconds=1.0, **overrides,
+        )
+        server = uvicorn.Server(uvicorn.Config(
+            build_entitlements(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, name=f"entitlements-{port}", daemon=True)
+        thread.start()
+        api = RunningApi(f"http://127.0.0.1:{port}", server, thread)
+        self.apis.append(api)
+        wait_for(lambda: server.started or not thread.is_alive(), timeout=60, what="entitlements start")
+        assert thread.is_alive(), "the entitlement API failed to start (see the log)"
+        with api.client() as client:
+            wait_for(lambda: client.get("/readyz").status_code == 200, timeout=60, what="view ready")
+        return api
+
     def close(self) -> None:
+        for api in reversed(self.apis):
+            api.close()
         for r in reversed(self.running):
             r.close()
         self.producer.close()

@@ -1,0 +1,34 @@
+"""Settings of the entitlement API (env prefix ``ENTITLEMENTS_``; Kafka, registry and Postgres use theirs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.kernel.settings import DatabaseSettings, KafkaSettings, PlatformSettings, SchemaRegistrySettings
+
+
+class EntitlementsSettings(BaseSettings):
+    """``ENTITLEMENTS_PORT=8082``, ``ENTITLEMENTS_UPGRADE_URL=https://app.example.com/upgrade`` and so on."""
+
+    model_config = SettingsConfigDict(env_prefix="ENTITLEMENTS_", env_nested_delimiter="__", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8082, ge=0, le=65535)
+    # Meters-and-plans file; default $PLG_METERING_CONFIG or deploy/config/metering.yaml.
+    config_path: Path | None = None
+    # Base of the link the front end opens to upgrade; customer_id, feature and plan are appended.
+    upgrade_url: str = "http://127.0.0.1:3000/billing/upgrade"
+    # Customers (plan, anchor day) are re-read this often; an unknown id is looked up at once.
+    customers_refresh_seconds: float = Field(default=30.0, gt=0)
+    # An id found absent is answered 404 from memory for this long (protects the database).
+    unknown_customer_ttl_seconds: float = Field(default=1.0, ge=0)
+    # How many billing periods per customer and meter the view keeps (current + late updates to previous).
+    periods_kept: int = Field(default=3, ge=1)
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    platform: PlatformSettings = Field(default_factory=PlatformSettings)
