@@ -119,6 +119,7 @@ def spawn(
     It uses util-linux's ``setpriv``, which sets the signal and execs the command under the same pid.
     """
     managed.log.parent.mkdir(parents=True, exist_ok=True)
+    rotate(managed.log)
     setpriv = shutil.which("setpriv")
     if die_with_parent is not None and setpriv is not None:
         command = [setpriv, f"--pdeathsig={die_with_parent}", "--", *command]
@@ -140,6 +141,18 @@ def spawn(
     _CHILDREN[proc.pid] = proc
     write_pidfile(managed.pidfile, proc.pid)
     return int(proc.pid)
+
+
+LOG_ROTATE_BYTES = 20 * 1024 * 1024
+
+
+def rotate(log: Path, max_bytes: int = LOG_ROTATE_BYTES) -> None:
+    """Logs are appended to across restarts; past ``max_bytes`` the old one becomes ``<name>.log.1``."""
+    try:
+        if log.stat().st_size > max_bytes:
+            log.replace(log.with_name(log.name + ".1"))
+    except FileNotFoundError:
+        pass
 
 
 def stop(managed: Managed, *, sig: int = signal.SIGTERM, timeout: float = 30.0) -> str:

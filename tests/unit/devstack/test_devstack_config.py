@@ -13,7 +13,7 @@ import pytest
 from services.devstack import kafka
 from services.devstack.apps import APP_SERVICES, SCHEMA_REGISTRY, AppService
 from services.devstack.config import KAFKA_PROPERTIES_TEMPLATE, StackSettings, free_ports, private_settings
-from services.devstack.processes import running_pid, write_pidfile
+from services.devstack.processes import rotate, running_pid, write_pidfile
 
 
 def _properties(text: str) -> dict[str, str]:
@@ -152,3 +152,13 @@ def test_app_service_env_names_follow_its_prefix():
 
 def test_a_service_without_a_package_counts_as_not_implemented():
     assert not AppService("ghost", "services.no_such_service", port=1, env_prefix="GHOST_").implemented()
+
+
+def test_a_log_past_its_size_limit_is_rotated_once_and_a_small_one_kept(tmp_path):
+    log = tmp_path / "kafka.log"
+    log.write_text("x" * 100)
+    rotate(log, max_bytes=1000)
+    assert log.read_text() == "x" * 100
+    rotate(log, max_bytes=10)
+    assert not log.exists()
+    assert (tmp_path / "kafka.log.1").read_text() == "x" * 100
