@@ -85,6 +85,18 @@ run-ingest: install ## Run only the ingest API (:8080) in the foreground, agains
 bench-ingest: install ## Ingest throughput and ack latency (batches of 100) vs producing straight to Kafka
 	$(PY) -m bench.ingest
 
+.PHONY: run-metering
+run-metering: install ## Run only the metering aggregator (ops :8092) in the foreground, against `make up`'s stack
+	$(PY) -m services.metering_aggregator
+
+.PHONY: run-entitlements
+run-entitlements: install ## Run only the entitlement API (:8082) in the foreground, against `make up`'s stack
+	$(PY) -m services.metering_aggregator.entitlements
+
+.PHONY: bench-metering
+bench-metering: install ## Aggregator events/s with exactly-once vs raw consume+decode; end-to-end and check latency
+	$(PY) -m bench.metering
+
 .PHONY: clean
 clean: down ## Stop the stack and delete its data and logs (keeps the virtualenv and the Kafka jars)
 	rm -rf .plg/postgres .plg/kafka/data .plg/kafka/server.properties .plg/logs .plg/run
