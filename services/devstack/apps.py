@@ -53,8 +53,18 @@ SCHEMA_REGISTRY = AppService(
 APP_SERVICES: list[AppService] = [
     # one AppService(...) per line, in start order
     AppService("ingest", "services.ingest", port=8080, env_prefix="INGEST_"),
-    AppService("metering-aggregator", "services.metering_aggregator", port=8092, env_prefix="METERING_",
-               health_path="/readyz"),
-    AppService("entitlements", "services.metering_aggregator.entitlements", port=8082,
-               env_prefix="ENTITLEMENTS_", health_path="/readyz"),
+    AppService(
+        "metering-aggregator",
+        "services.metering_aggregator",
+        port=8092,
+        env_prefix="METERING_",
+        health_path="/readyz",
+    ),
+    AppService(
+        "entitlements",
+        "services.metering_aggregator.entitlements",
+        port=8082,
+        env_prefix="ENTITLEMENTS_",
+        health_path="/readyz",
+    ),
 ]

@@ -57,7 +57,7 @@ class ComponentStatus:
         state = f"running (pid {self.pid})" if self.pid else "stopped"
         if self.pid and not self.healthy:
             state += ", NOT healthy"
-        return f"{self.name:<16} {state:<28} {self.address}"
+        return f"{self.name:<20} {state:<28} {self.address}"
 
 
 class Stack:
@@ -309,7 +309,7 @@ class Stack:
         return rows
 
     def endpoints(self) -> list[str]:
-        return [f"  {row.name:<16} {row.address}" for row in self.status() if row.pid is not None]
+        return [f"  {row.name:<20} {row.address}" for row in self.status() if row.pid is not None]
 
     def dead_components(self) -> list[str]:
         """Components that were started and have since exited (their pid file outlived them)."""
