@@ -1,0 +1,79 @@
+"""The `plg` CLI against the real PostgreSQL: tenants, keys shown once, revocation."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+
+from services.cli.__main__ import main
+from services.ingest import apikeys, store
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_customers_and_keys_lifecycle(capsys: pytest.CaptureFixture[str], database_settings: Any) -> None:
+    url = database_settings.url.get_secret_value()
+    cid = f"cli-{uuid.uuid4().hex[:8]}"
+    code, out, _ = run(
+        capsys,
+        "--database-url",
+        url,
+        "customers",
+        "create",
+        cid,
+        "--plan",
+        "pro",
+        "--name",
+        "Acme",
+        "--anchor-day",
+        "15",
+        "--stripe-customer-id",
+        "cus_123",
+    )
+    assert code == 0
+    assert cid in out
+    code, _, err = run(capsys, "--database-url", url, "customers", "create", cid, "--plan", "pro")
+    assert code == 1
+    assert "already exists" in err
+    code, _, err = run(capsys, "--database-url", url, "customers", "create", f"{cid}-x", "--plan", "platinum")
+    assert code == 1
+    assert "unknown plan 'platinum'" in err
+
+    code, out, err = run(capsys, "--database-url", url, "keys", "create", cid, "--description", "backend")
+    assert code == 0
+    token = out.strip()
+    key_id, secret = apikeys.parse(token) or ("", "")
+    assert key_id
+    assert "cannot show it again" in err
+    with psycopg.connect(url) as conn:
+        row = store.lookup_key(conn, key_id)
+        assert row is not None
+        assert row.secret_sha256 == apikeys.hash_secret(secret)
+        stored = conn.execute(
+            "SELECT secret_sha256::text FROM api_keys WHERE key_id = %s", (key_id,)
+        ).fetchone()
+    assert secret not in str(stored)  # only the hash is stored
+
+    code, out, _ = run(capsys, "--database-url", url, "--json", "customers", "show", cid)
+    doc = json.loads(out)
+    assert (doc["plan"], doc["billing_anchor_day"], doc["stripe_customer_id"]) == ("pro", 15, "cus_123")
+    assert [k["key_id"] for k in doc["keys"]] == [key_id]
+    assert token not in out
+
+    code, out, _ = run(capsys, "--database-url", url, "keys", "revoke", key_id)
+    assert code == 0
+    code, out, _ = run(capsys, "--database-url", url, "--json", "keys", "list", cid)
+    assert json.loads(out)[0]["revoked_at"] is not None
+    code, _, err = run(capsys, "--database-url", url, "keys", "revoke", "nosuchkey")
+    assert code == 1
+    code, _, err = run(capsys, "--database-url", url, "keys", "create", "no-such-customer")
+    assert code == 1
+    assert "create it first" in err
