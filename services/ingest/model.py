@@ -233,6 +233,18 @@ def _check_customer(named: Any, ctx: RequestContext, where: str) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # field checks shared by both formats
 
+# Event names and property keys that passed their checks (not reserved). They repeat from event to event,
+# so most events skip the checks; bounded so hostile clients cannot grow them without limit.
+_VALID_NAMES: set[str] = set()
+_VALID_KEYS: set[str] = set()
+_MAX_REMEMBERED = 50_000
+
+
+def _remember(cache: set[str], value: str) -> None:
+    if len(cache) >= _MAX_REMEMBERED:
+        cache.clear()
+    cache.add(value)
+
 
 def _string_id(value: Any, label: str, *, max_chars: int = MAX_ID_CHARS) -> str | None:
     if value is None:
@@ -266,6 +278,9 @@ def _event_id(value: Any, label: str) -> str:
 
 
 def _event_name(value: Any, label: str, *, allow_reserved: bool = False) -> str:
+    # The common case: names repeat, checking them again is wasted work.
+    if type(value) is str and value in _VALID_NAMES:
+        return value
     if value is None:
         raise _Reject(Code.MISSING_FIELD, f"{label} is required")
     if (
@@ -281,6 +296,7 @@ def _event_name(value: Any, label: str, *, allow_reserved: bool = False) -> str:
         )
     if value[0] == "$" and not allow_reserved:
         raise _Reject(Code.RESERVED_NAME, f"{label} {value!r}: names starting with '$' are reserved for plg")
+    _remember(_VALID_NAMES, value)
     return value
 
 
@@ -330,17 +346,22 @@ def check_properties(value: Any, label: str = "properties") -> dict[str, Any]:
         return {}
     if type(value) is not dict:
         raise _Reject(Code.INVALID_PROPERTIES, f"{label} must be a JSON object, got {_json_type(value)}")
+    valid_keys = _VALID_KEYS
     for key, v in value.items():
-        if not 0 < len(key) <= MAX_PROPERTY_KEY_CHARS or not key.isprintable():
+        if key in valid_keys:
+            pass
+        elif not 0 < len(key) <= MAX_PROPERTY_KEY_CHARS or not key.isprintable():
             raise _Reject(
                 Code.INVALID_PROPERTY_KEY,
                 f"{label} key {key[:64]!r} must be 1 to {MAX_PROPERTY_KEY_CHARS} printable characters",
             )
-        if key[0] == "$":
+        elif key[0] == "$":
             raise _Reject(
                 Code.RESERVED_PROPERTY_KEY,
                 f"{label} key {key[:64]!r}: keys starting with '$' are reserved for plg",
             )
+        else:
+            _remember(valid_keys, key)
         t = type(v)
         if t is str or t is bool or t is float or v is None:
             continue

@@ -102,6 +102,8 @@ def test_iso_timestamps_with_offset_are_converted_to_epoch_millis() -> None:
         ({"name": "bad\nname"}, Code.INVALID_NAME),
         ({"name": "$identify"}, Code.RESERVED_NAME),
         ({"name": "Order Completed"}, Code.ACCEPTED),
+        ({"name": ["api_call"]}, Code.INVALID_NAME),
+        ({"name": {"a": 1}}, Code.INVALID_NAME),
         ({"properties": {"nested": {"a": 1}}}, Code.UNREPRESENTABLE_PROPERTY),
         ({"properties": {"list": [1, 2]}}, Code.UNREPRESENTABLE_PROPERTY),
         ({"properties": {"big": 2**63}}, Code.UNREPRESENTABLE_PROPERTY),
