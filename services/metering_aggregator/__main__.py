@@ -35,8 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check_config:
         print(settings.model_dump_json(indent=2))
-        print(f"meters-and-plans config version {config.version} ({config.effective_date}): "
-              f"meters {[m.slug for m in config.meters]}, plans {[p.slug for p in config.plans]}")
+        print(
+            f"meters-and-plans config version {config.version} ({config.effective_date}): "
+            f"meters {[m.slug for m in config.meters]}, plans {[p.slug for p in config.plans]}"
+        )
         return 0
     configure_logging(SERVICE, settings.platform.log_level, settings.platform.log_format)
     stop = threading.Event()

@@ -65,10 +65,22 @@ def build_app(settings: MeteringSettings, lifecycle: Lifecycle | None = None) ->
 def _build(settings: MeteringSettings, life: Lifecycle) -> AggregatorApp:
     config = load_config(settings.config_path)
     prefix = settings.platform.topic_prefix
-    specs = {name: topic(name, prefix) for name in (
-        USAGE_EVENTS, USAGE_AGGREGATES, ENTITLEMENT_EVENTS, USAGE_EVENTS_DLQ, METERING_CHANGELOG)}
-    topics = Topics(*(specs[n].name for n in (
-        USAGE_EVENTS, USAGE_AGGREGATES, ENTITLEMENT_EVENTS, USAGE_EVENTS_DLQ, METERING_CHANGELOG)))
+    specs = {
+        name: topic(name, prefix)
+        for name in (USAGE_EVENTS, USAGE_AGGREGATES, ENTITLEMENT_EVENTS, USAGE_EVENTS_DLQ, METERING_CHANGELOG)
+    }
+    topics = Topics(
+        *(
+            specs[n].name
+            for n in (
+                USAGE_EVENTS,
+                USAGE_AGGREGATES,
+                ENTITLEMENT_EVENTS,
+                USAGE_EVENTS_DLQ,
+                METERING_CHANGELOG,
+            )
+        )
+    )
 
     check_reachable(settings.kafka, timeout=10)
     registry = life.push(SchemaRegistry(settings.registry), "schema registry")

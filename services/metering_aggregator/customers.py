@@ -47,6 +47,10 @@ class CustomerDirectory:
         """From the cache only (call :meth:`ensure` first for ids that may be new)."""
         return self._customers.get(customer_id)
 
+    def snapshot(self) -> dict[str, Customer]:
+        """The current cache, for many lookups in a row (treat it as read-only)."""
+        return self._customers
+
     def lookup(self, customer_id: str) -> Customer | None:
         """Cache, else the database (one query), remembering an absent id for ``negative_ttl`` seconds."""
         found = self._customers.get(customer_id)

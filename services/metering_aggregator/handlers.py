@@ -143,22 +143,50 @@ def decide(
     if meter is None:
         enabled = plan.features.get(feature, False)
         upgrade = None if enabled else refuse(FEATURE_NOT_IN_PLAN, suggest_for_feature(config, plan, feature))
-        return make(kind="feature", allowed=enabled, usage=None, limit=None, remaining=None,
-                        hard_limit=True, upgrade=upgrade)
+        return make(
+            kind="feature",
+            allowed=enabled,
+            usage=None,
+            limit=None,
+            remaining=None,
+            hard_limit=True,
+            upgrade=upgrade,
+        )
     usage = nanounits_to_decimal(usage_nanounits)
     allowance = plan.meters.get(feature)
     if allowance is None:
         upgrade = refuse(FEATURE_NOT_IN_PLAN, suggest_for_feature(config, plan, feature))
-        return make(kind="meter", allowed=False, usage=usage, limit=Decimal(0), remaining=Decimal(0),
-                        hard_limit=True, upgrade=upgrade)
+        return make(
+            kind="meter",
+            allowed=False,
+            usage=usage,
+            limit=Decimal(0),
+            remaining=Decimal(0),
+            hard_limit=True,
+            upgrade=upgrade,
+        )
     if allowance.limit is None:
-        return make(kind="meter", allowed=True, usage=usage, limit=None, remaining=None,
-                        hard_limit=False, upgrade=None)
+        return make(
+            kind="meter",
+            allowed=True,
+            usage=usage,
+            limit=None,
+            remaining=None,
+            hard_limit=False,
+            upgrade=None,
+        )
     limit = allowance.limit
     remaining = max(limit - usage, Decimal(0))
     allowed = not allowance.hard_limit or usage < limit
     upgrade = None
     if not allowed:
         upgrade = refuse(USAGE_LIMIT_EXCEEDED, suggest_for_meter(config, plan, feature, usage))
-    return make(kind="meter", allowed=allowed, usage=usage, limit=limit, remaining=remaining,
-                    hard_limit=allowance.hard_limit, upgrade=upgrade)
+    return make(
+        kind="meter",
+        allowed=allowed,
+        usage=usage,
+        limit=limit,
+        remaining=remaining,
+        hard_limit=allowance.hard_limit,
+        upgrade=upgrade,
+    )

@@ -37,6 +37,7 @@ from services.metering_aggregator.values import (
 from services.plans.model import THRESHOLD_PERCENTS, Aggregation, Meter, PlansConfig
 from services.plans.periods import DAY_MS, HOUR_MS, MINUTE_MS, Granularity, billing_period
 
+_COUNT, _SUM, _MAX, _LATEST = Aggregation.COUNT, Aggregation.SUM, Aggregation.MAX, Aggregation.LATEST
 GRANULARITIES = (Granularity.MINUTE, Granularity.HOUR, Granularity.DAY, Granularity.BILLING_PERIOD)
 # Kept in memory a little past the last instant an event can still land in them, so a slightly different
 # clock after a restart or rebalance never evicts something still writable.
@@ -92,6 +93,10 @@ class Rejection:
         return self.code not in (DUPLICATE, UNMETERED)
 
 
+_DUPLICATE = Rejection(DUPLICATE, "event_id already counted")
+_UNMETERED = Rejection(UNMETERED, "no meter counts events of this name")
+
+
 def crossed_thresholds(
     usage: int, limit: int, already_fired: int, percents: Iterable[int] = THRESHOLD_PERCENTS
 ) -> list[int]:
@@ -128,9 +133,18 @@ class DedupIndex:
         ids = self.seen.get(customer_id)
         return ids is not None and compact_event_id(event_id) in ids
 
-    def add(self, customer_id: str, event_id: str, expiry_minute: int, *, pending: bool = True) -> bool:
-        """Remember an id; False if it was already there."""
-        compact = compact_event_id(event_id)
+    def add(
+        self,
+        customer_id: str,
+        event_id: str,
+        expiry_minute: int,
+        *,
+        pending: bool = True,
+        compact: int | str | None = None,
+    ) -> bool:
+        """Remember an id; False if it was already there. ``compact`` saves recomputing its compact form."""
+        if compact is None:
+            compact = compact_event_id(event_id)
         ids = self.seen.get(customer_id)
         if ids is None:
             ids = self.seen[customer_id] = set()
@@ -277,14 +291,16 @@ class PartitionState:
         meters = self.meters_by_event.get(event["name"])
         if meters is None:
             self.unmetered += 1
-            return Rejection(UNMETERED, f"no meter counts events named {event['name']!r}")
+            return _UNMETERED
         customer_id: str = event["customer_id"]
         event_id: str = event["event_id"]
         if not customer_id or not event_id:
             return Rejection(INVALID_EVENT, "customer_id and event_id must not be empty")
-        if self.dedup.contains(customer_id, event_id):
+        compact = compact_event_id(event_id)
+        seen = self.dedup.seen.get(customer_id)
+        if seen is not None and compact in seen:
             self.duplicates += 1
-            return Rejection(DUPLICATE, "event_id already counted")
+            return _DUPLICATE
         ts: int = event["timestamp"]
         rules = self.rules
         if ts < now_ms - rules.grace_ms:
@@ -307,10 +323,8 @@ class PartitionState:
             try:
                 values.append(self._value(meter, event))
             except InvalidValue as exc:
-                return Rejection(
-                    INVALID_METER_VALUE, f"meter {meter.slug} ({meter.value_property}): {exc}"
-                )
-        self.dedup.add(customer_id, event_id, (ts + rules.dedup_horizon_ms) // MINUTE_MS + 1)
+                return Rejection(INVALID_METER_VALUE, f"meter {meter.slug} ({meter.value_property}): {exc}")
+        self.dedup.add(customer_id, event_id, (ts + rules.dedup_horizon_ms) // MINUTE_MS + 1, compact=compact)
         minute = ts - ts % MINUTE_MS
         for meter, value in zip(meters, values, strict=True):
             self._count(customer, meter, value, ts, minute, "", None)
@@ -353,32 +367,41 @@ class PartitionState:
             series.cur = self._windows_at(series, minute, customer.anchor_day)
             series.cur_minute = minute
         agg = meter.aggregation
-        dirty = self.dirty
-        for w in series.cur:
-            w.event_count += 1
-            if agg is Aggregation.COUNT:
+        cur = series.cur
+        # One loop per aggregation (branch hoisted out of the loop): this is the per-event hot path.
+        if agg is _COUNT:
+            for w in cur:
+                w.event_count += 1
                 w.value += SCALE
-            elif agg is Aggregation.SUM:
+        elif agg is _SUM:
+            for w in cur:
+                w.event_count += 1
                 w.value += value
-            elif agg is Aggregation.MAX:
+        elif agg is _MAX:
+            for w in cur:
+                w.event_count += 1
                 if w.event_count == 1 or value > w.value:
                     w.value = value
-            elif agg is Aggregation.LATEST:
-                # Latest by event time; on a tie the later-processed event wins (deterministic on replay).
+        elif agg is _LATEST:
+            # Latest by event time; on a tie the later-processed event wins (deterministic on replay).
+            for w in cur:
+                w.event_count += 1
                 if ts >= w.latest_ms:
                     w.value = value
                     w.latest_ms = ts
-            else:  # UNIQUE_COUNT
+        else:  # UNIQUE_COUNT
+            for w in cur:
+                w.event_count += 1
                 members = w.members
                 assert members is not None
-                assert w.new_members is not None
                 if value not in members:
                     members.add(value)
-                    w.new_members.append(value)
+                    w.new_members.append(value)  # type: ignore[union-attr]
                     w.value = len(members) * SCALE
+        for w in cur:
             if not w.dirty:
                 w.dirty = True
-                dirty.append(w)
+                self.dirty.append(w)
 
     def _windows_at(self, series: Series, minute: int, anchor_day: int) -> tuple[Window, ...]:
         period = billing_period(minute, anchor_day)
@@ -453,8 +476,9 @@ class PartitionState:
         self.thresholds[tkey] = (percents[-1], w.end_ms)
         self.dirty_thresholds.add(tkey)
         return [
-            ThresholdCrossing(customer, w.series.meter.slug, p, w.value, limit, allowance.hard_limit,
-                              w.start_ms, w.end_ms)
+            ThresholdCrossing(
+                customer, w.series.meter.slug, p, w.value, limit, allowance.hard_limit, w.start_ms, w.end_ms
+            )
             for p in percents
         ]
 
@@ -476,8 +500,11 @@ class PartitionState:
         dedup_horizon_minutes = now_minute - EVICTION_MARGIN_MS // MINUTE_MS
         for minute in self.dedup.evict(dedup_horizon_minutes):
             tombstones.extend(self.dedup.bucket_records.pop(minute, ()))
-        expired = [k for k, (_, end) in self.thresholds.items()
-                   if end + self.rules.grace_ms + EVICTION_MARGIN_MS < now_ms]
+        expired = [
+            k
+            for k, (_, end) in self.thresholds.items()
+            if end + self.rules.grace_ms + EVICTION_MARGIN_MS < now_ms
+        ]
         for tkey in expired:
             del self.thresholds[tkey]
             self.dirty_thresholds.discard(tkey)

@@ -215,7 +215,9 @@ class MeteringProcessor:
     def start(self) -> None:
         self.producer.init_transactions()
         self.consumer.subscribe(
-            [self.topics.usage_events], on_assign=self.on_assign, on_revoke=self.on_revoke,
+            [self.topics.usage_events],
+            on_assign=self.on_assign,
+            on_revoke=self.on_revoke,
             on_lost=self.on_lost,
         )
         self.running = True
@@ -259,39 +261,44 @@ class MeteringProcessor:
         return len(records)
 
     def _transaction(self, records: list[Record], now_ms: int, evict: bool) -> None:
-        decoded: list[tuple[Record, dict[str, Any] | None, str]] = []
+        decoded: list[tuple[Record, dict[str, Any]]] = []
+        undecodable: list[tuple[Record, str]] = []
         decode = self.decoder.decode
         for record in records:
             value = record.value()
             try:
                 if value is None:
                     raise SerializationError("the record has no value (a tombstone on usage-events)")
-                decoded.append((record, decode(value), ""))
+                decoded.append((record, decode(value)))
             except SerializationError as exc:
-                decoded.append((record, None, str(exc)))
+                undecodable.append((record, str(exc)))
         try:
-            self.directory.ensure(e["customer_id"] for _, e, _ in decoded if e is not None)
+            self.directory.ensure({e["customer_id"] for _, e in decoded})
         except Exception as exc:  # database down: nothing applied yet, redo the batch later
             raise RetryBatch(f"customer directory unavailable: {exc}") from exc
 
         producer = self.producer
         producer.begin()
         outcomes: dict[str, int] = {}
+        counted = 0
         first_offsets: dict[int, int] = {}
-        lookup = self.directory.get
+        customers = self.directory.snapshot()
         home = self.home_partition
         states = self.states
-        for record, event, error in decoded:
+        publish = self.dead_letters.publish
+        for record, error in undecodable:
+            publish(record, UNDECODABLE, error)
+            outcomes[UNDECODABLE] = outcomes.get(UNDECODABLE, 0) + 1
+        for record, event in decoded:
             partition: int = record.partition()  # type: ignore[assignment]
-            if event is None:
-                self.dead_letters.publish(record, UNDECODABLE, error)
-                outcomes[UNDECODABLE] = outcomes.get(UNDECODABLE, 0) + 1
-                continue
             customer_id = event["customer_id"]
             if customer_id and home(customer_id) != partition:
                 # Keyed by another partitioner (or not keyed): count it where the customer's state lives.
                 producer.produce(
-                    self.topics.usage_events, record.value(), record.key(), record.headers(),
+                    self.topics.usage_events,
+                    record.value(),
+                    record.key(),
+                    record.headers(),
                     partition=home(customer_id),
                 )
                 outcomes[REROUTED] = outcomes.get(REROUTED, 0) + 1
@@ -304,18 +311,25 @@ class MeteringProcessor:
             # The decoder resolved the record to our reader schema, so every field exists with its type;
             # apply() validates values before it changes anything.
             self._state_changed = True
-            rejection = state.apply(event, now_ms, lookup(customer_id))
+            rejection = state.apply(event, now_ms, customers.get(customer_id))
             if rejection is None:
-                outcomes["counted"] = outcomes.get("counted", 0) + 1
+                counted += 1
                 continue
             outcomes[rejection.code] = outcomes.get(rejection.code, 0) + 1
             if rejection.dead_letter:
-                self.dead_letters.publish(record, rejection.code, rejection.message,
-                                          event_id=event["event_id"], customer_id=customer_id)
+                publish(
+                    record,
+                    rejection.code,
+                    rejection.message,
+                    event_id=event["event_id"],
+                    customer_id=customer_id,
+                )
         self._write_state(first_offsets, now_ms, evict)
         producer.send_offsets(self.consumer)
         producer.commit()
         TRANSACTIONS.labels("committed").inc()
+        if counted:
+            EVENTS.labels("counted").inc(counted)
         for outcome, n in outcomes.items():
             EVENTS.labels(outcome).inc(n)
 
@@ -331,8 +345,11 @@ class MeteringProcessor:
                 produce(topics.changelog, encode_value(value), key, partition=partition)
             for crossing in drained.thresholds:
                 record = threshold_record(crossing, now_ms, self.config, self.upgrade_url)
-                produce(topics.entitlement_events, self.encoders.entitlement.encode(record),
-                        crossing.customer.customer_id)
+                produce(
+                    topics.entitlement_events,
+                    self.encoders.entitlement.encode(record),
+                    crossing.customer.customer_id,
+                )
                 THRESHOLDS.labels(str(crossing.percent)).inc()
         if evict:
             for partition, state in self.states.items():

@@ -39,9 +39,7 @@ def _format(prefix: str, exc: ValidationError) -> list[str]:
     return out
 
 
-def _validate_items(
-    raw: Any, key: str, model: type[BaseModel], errors: list[str]
-) -> list[Any]:
+def _validate_items(raw: Any, key: str, model: type[BaseModel], errors: list[str]) -> list[Any]:
     if raw is None:
         errors.append(f"{key}: missing (a list is required)")
         return []

@@ -29,10 +29,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"meters-and-plans config version {config.version}: plans {[p.slug for p in config.plans]}")
         return 0
     configure_logging(SERVICE, settings.platform.log_level, settings.platform.log_format)
+    # The usage view's thread and the request loop share the GIL; handing it over every 0.5 ms instead of
+    # Python's default 5 ms keeps a check from waiting behind a batch of aggregates (p99 latency).
+    sys.setswitchinterval(0.0005)
     # uvicorn handles SIGTERM/SIGINT itself: it stops accepting, drains, then runs the lifespan shutdown.
     uvicorn.run(
-        build_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-        access_log=False, log_config=None,
+        build_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
     )
     return 0
 

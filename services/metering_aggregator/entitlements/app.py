@@ -62,7 +62,9 @@ def decision_body(d: Decision) -> dict[str, Any]:
         "hard_limit": d.hard_limit,
         "period_start": _iso(d.period.start_ms),
         "period_end": _iso(d.period.end_ms),
-        "upgrade": None if d.upgrade is None else {
+        "upgrade": None
+        if d.upgrade is None
+        else {
             "code": d.upgrade.code,
             "upgrade_url": d.upgrade.upgrade_url,
             "suggested_plan": d.upgrade.suggested_plan,
@@ -97,14 +99,18 @@ def build_app(settings: EntitlementsSettings) -> FastAPI:
             life.close()
 
     app = FastAPI(title="plg entitlements", version="1", lifespan=lifespan)
+
     def view_ready() -> bool:
         view: UsageView | None = state.get("view")
         return view is not None and view.ready.is_set() and view.error is None
 
-    ops_routes(app, readiness={
-        "usage_view": view_ready,
-        "customers": lambda: "directory" in state and state["directory"].loaded,
-    })
+    ops_routes(
+        app,
+        readiness={
+            "usage_view": view_ready,
+            "customers": lambda: "directory" in state and state["directory"].loaded,
+        },
+    )
 
     @app.get("/v1/entitlements/{customer_id}/{feature}")
     async def entitlement(customer_id: str, feature: str) -> Response:
@@ -115,9 +121,12 @@ def build_app(settings: EntitlementsSettings) -> FastAPI:
             customer = await run_in_threadpool(directory.lookup, customer_id)
             if customer is None:
                 CHECKS.labels("unknown_customer").inc()
-                return _error(404, "customer_not_found",
-                              f"customer {customer_id!r} does not exist; create it with "
-                              f"`plg customers create {customer_id} --plan <plan>`")
+                return _error(
+                    404,
+                    "customer_not_found",
+                    f"customer {customer_id!r} does not exist; create it with "
+                    f"`plg customers create {customer_id} --plan <plan>`",
+                )
         now_ms = int(time.time() * 1000)
         usage = 0
         if config.meter(feature) is not None:

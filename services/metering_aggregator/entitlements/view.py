@@ -93,7 +93,8 @@ class UsageView:
         apply = self.apply
         while not self._stop.is_set():
             try:
-                records = consumer.consume(5000, 0.05)
+                # Small batches: the GIL is held while a batch is applied, and requests wait for it.
+                records = consumer.consume(500, 0.05)
                 for record in records:
                     apply(record.key(), record.value())  # type: ignore[arg-type]
                 if records:
@@ -101,9 +102,14 @@ class UsageView:
                     self.records += len(records)
                 self.error = None
                 if not self.ready.is_set() and consumer.caught_up(self._ends):
-                    log.info("usage view caught up", extra={
-                        "records": self.records, "seconds": round(time.monotonic() - started, 3),
-                        "series": len(self._usage)})
+                    log.info(
+                        "usage view caught up",
+                        extra={
+                            "records": self.records,
+                            "seconds": round(time.monotonic() - started, 3),
+                            "series": len(self._usage),
+                        },
+                    )
                     self.ready.set()
             except Exception as exc:  # keep serving the last view; readiness reports the failure
                 self.error = exc

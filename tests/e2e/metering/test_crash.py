@@ -35,8 +35,9 @@ class Proc:
 
     def start(self) -> Proc:
         out = self.log.open("ab")
-        self.popen = subprocess.Popen([sys.executable, "-m", self.module], env=self.env, cwd=REPO,
-                                      stdout=out, stderr=subprocess.STDOUT)
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", self.module], env=self.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+        )
         return self
 
     def kill(self) -> None:
@@ -119,15 +120,23 @@ def test_totals_are_exact_after_sigkills_restarts_and_a_rebalance(world: Meterin
             errors.append(exc)
 
     api_port = free_port()
-    api = world.spawn("services.metering_aggregator.entitlements", "entitlements",  # type: ignore[attr-defined]
-                      ENTITLEMENTS_PORT=str(api_port), ENTITLEMENTS_CUSTOMERS_REFRESH_SECONDS="2")
+    api = world.spawn(
+        "services.metering_aggregator.entitlements",
+        "entitlements",  # type: ignore[attr-defined]
+        ENTITLEMENTS_PORT=str(api_port),
+        ENTITLEMENTS_CUSTOMERS_REFRESH_SECONDS="2",
+    )
 
     ports: dict[str, int] = {}
 
     def aggregator(instance: str) -> Proc:
         ports[instance] = free_port()
-        return world.spawn("services.metering_aggregator", f"aggregator-{instance}",  # type: ignore[attr-defined]
-                           METERING_INSTANCE_ID=instance, METERING_PORT=str(ports[instance]))
+        return world.spawn(
+            "services.metering_aggregator",
+            f"aggregator-{instance}",  # type: ignore[attr-defined]
+            METERING_INSTANCE_ID=instance,
+            METERING_PORT=str(ports[instance]),
+        )
 
     def owns_partitions(instance: str) -> bool:
         try:
@@ -163,15 +172,24 @@ def test_totals_are_exact_after_sigkills_restarts_and_a_rebalance(world: Meterin
 
     def totals_match() -> bool:
         aggregates = world.aggregates()
-        found = {v["customer_id"]: (v["value"], v["event_count"]) for v in aggregates.values()
-                 if v["granularity"] == "BILLING_PERIOD" and v["meter"] == "api_requests" and not v["group"]}
+        found = {
+            v["customer_id"]: (v["value"], v["event_count"])
+            for v in aggregates.values()
+            if v["granularity"] == "BILLING_PERIOD" and v["meter"] == "api_requests" and not v["group"]
+        }
         return all(found.get(c) == (Decimal(n), n) for c, n in unique.items())
 
     wait_for(totals_match, timeout=60, interval=1.0, what="aggregate totals = unique events")
     with httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=10) as client:
         wait_for(lambda: client.get("/readyz").status_code == 200, timeout=30, what="entitlement API")
-        wait_for(lambda: all(client.get(f"/v1/entitlements/{c}/api_requests").json()["usage"] == n
-                             for c, n in unique.items()), timeout=30, what="entitlement usage = unique")
+        wait_for(
+            lambda: all(
+                client.get(f"/v1/entitlements/{c}/api_requests").json()["usage"] == n
+                for c, n in unique.items()
+            ),
+            timeout=30,
+            what="entitlement usage = unique",
+        )
     thresholds = Counter((t["customer_id"], t["threshold_percent"]) for t in world.thresholds())
     assert all(n == 1 for n in thresholds.values()), thresholds
     for c in free:
@@ -179,5 +197,7 @@ def test_totals_are_exact_after_sigkills_restarts_and_a_rebalance(world: Meterin
         assert {p for (cid, p) in thresholds if cid == c} == expected
     assert {cid for cid, _ in thresholds} <= set(free)
     assert api.alive()
-    print(f"crash test: {total_unique} unique events, {sent[0]} sent with duplicates, "
-          f"{time.monotonic() - started:.0f}s")
+    print(
+        f"crash test: {total_unique} unique events, {sent[0]} sent with duplicates, "
+        f"{time.monotonic() - started:.0f}s"
+    )

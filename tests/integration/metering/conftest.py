@@ -14,7 +14,9 @@ from .harness import Metering
 
 @pytest.fixture
 def metering(
-    provisioned, kafka_settings: KafkaSettings, registry_settings: SchemaRegistrySettings,
+    provisioned,
+    kafka_settings: KafkaSettings,
+    registry_settings: SchemaRegistrySettings,
     database_settings: DatabaseSettings,
 ) -> Iterator[Metering]:
     migrate(database_settings.url.get_secret_value())

@@ -38,8 +38,15 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def usage_event(customer_id: str, name: str = "api_call_made", *, event_id: str | None = None,
-                ts: int | None = None, user_id: str | None = "u1", **properties: Any) -> dict[str, Any]:
+def usage_event(
+    customer_id: str,
+    name: str = "api_call_made",
+    *,
+    event_id: str | None = None,
+    ts: int | None = None,
+    user_id: str | None = "u1",
+    **properties: Any,
+) -> dict[str, Any]:
     return {
         "event_id": event_id or str(uuid.uuid4()),
         "customer_id": customer_id,
@@ -126,8 +133,9 @@ class Metering:
     def send(self, events: Iterable[dict[str, Any]], *, partition: int | None = None) -> int:
         n = 0
         for e in events:
-            self.producer.produce(self.topic(USAGE_EVENTS), self.encoder.encode(e), e["customer_id"],
-                                  partition=partition)
+            self.producer.produce(
+                self.topic(USAGE_EVENTS), self.encoder.encode(e), e["customer_id"], partition=partition
+            )
             n += 1
         assert self.producer.flush(30) == 0
         return n
@@ -169,12 +177,19 @@ class Metering:
     def start_entitlements(self, **overrides: Any) -> RunningApi:
         port = free_port()
         settings = EntitlementsSettings(
-            port=port, kafka=self.kafka, registry=self.registry, database=self.database,
+            port=port,
+            kafka=self.kafka,
+            registry=self.registry,
+            database=self.database,
             platform=PlatformSettings(topic_prefix=self.prefix, log_format="text"),
-            customers_refresh_seconds=1.0, **overrides,
+            customers_refresh_seconds=1.0,
+            **overrides,
         )
-        server = uvicorn.Server(uvicorn.Config(
-            build_entitlements(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+        server = uvicorn.Server(
+            uvicorn.Config(
+                build_entitlements(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+            )
+        )
         thread = threading.Thread(target=server.run, name=f"entitlements-{port}", daemon=True)
         thread.start()
         api = RunningApi(f"http://127.0.0.1:{port}", server, thread)
@@ -220,9 +235,14 @@ class Metering:
         return latest
 
     def period_total(self, customer_id: str, meter: str = "api_requests") -> tuple[Decimal, int] | None:
-        found = [v for k, v in self.aggregates().items()
-                 if v["customer_id"] == customer_id and v["meter"] == meter
-                 and v["granularity"] == "BILLING_PERIOD" and not v["group"]]
+        found = [
+            v
+            for k, v in self.aggregates().items()
+            if v["customer_id"] == customer_id
+            and v["meter"] == meter
+            and v["granularity"] == "BILLING_PERIOD"
+            and not v["group"]
+        ]
         if not found:
             return None
         assert len(found) == 1, found

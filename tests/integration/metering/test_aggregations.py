@@ -14,8 +14,10 @@ def windows(
     metering: Metering, customer: str, meter: str, granularity: str
 ) -> dict[tuple[int, int, str], tuple]:
     return {
-        (v["window_start"], v["window_end"], ",".join(f"{k}={x}" for k, x in sorted(v["group"].items()))):
-            (v["value"], v["event_count"])
+        (v["window_start"], v["window_end"], ",".join(f"{k}={x}" for k, x in sorted(v["group"].items()))): (
+            v["value"],
+            v["event_count"],
+        )
         for v in metering.aggregates().values()
         if v["customer_id"] == customer and v["meter"] == meter and v["granularity"] == granularity
     }
@@ -24,21 +26,26 @@ def windows(
 def test_every_aggregation_is_exact(metering: Metering):
     c = metering.customer("pro")
     t = now_ms() - 1000
-    metering.send([
-        usage_event(c, user_id="ann", ts=t), usage_event(c, user_id="bob", ts=t),
-        usage_event(c, user_id="ann", ts=t),
-        usage_event(c, "job_completed", duration_seconds=0.1, region="eu", ts=t),
-        usage_event(c, "job_completed", duration_seconds=0.2, region="eu", ts=t),
-        usage_event(c, "job_completed", duration_seconds=3, region="us", ts=t),
-        usage_event(c, "storage_measured", gb=12.5, ts=t), usage_event(c, "storage_measured", gb=40, ts=t),
-        usage_event(c, "storage_measured", gb=7, ts=t),
-        usage_event(c, "seats_changed", seats=5, ts=t - 500), usage_event(c, "seats_changed", seats=8, ts=t),
-        usage_event(c, "seats_changed", seats=6, ts=t - 200),  # arrives last but is older
-        usage_event(c, "user_signed_in", user_id="ann", ts=t),
-        usage_event(c, "user_signed_in", user_id="cy", ts=t),
-        usage_event(c, "user_signed_in", user_id="ann", ts=t),
-        usage_event(c, "page_viewed", ts=t),  # no meter counts it
-    ])
+    metering.send(
+        [
+            usage_event(c, user_id="ann", ts=t),
+            usage_event(c, user_id="bob", ts=t),
+            usage_event(c, user_id="ann", ts=t),
+            usage_event(c, "job_completed", duration_seconds=0.1, region="eu", ts=t),
+            usage_event(c, "job_completed", duration_seconds=0.2, region="eu", ts=t),
+            usage_event(c, "job_completed", duration_seconds=3, region="us", ts=t),
+            usage_event(c, "storage_measured", gb=12.5, ts=t),
+            usage_event(c, "storage_measured", gb=40, ts=t),
+            usage_event(c, "storage_measured", gb=7, ts=t),
+            usage_event(c, "seats_changed", seats=5, ts=t - 500),
+            usage_event(c, "seats_changed", seats=8, ts=t),
+            usage_event(c, "seats_changed", seats=6, ts=t - 200),  # arrives last but is older
+            usage_event(c, "user_signed_in", user_id="ann", ts=t),
+            usage_event(c, "user_signed_in", user_id="cy", ts=t),
+            usage_event(c, "user_signed_in", user_id="ann", ts=t),
+            usage_event(c, "page_viewed", ts=t),  # no meter counts it
+        ]
+    )
     metering.start()
     wait_for(lambda: metering.period_total(c, "active_users") is not None)
     wait_for(lambda: metering.period_total(c, "seats") == (Decimal(8), 3))
@@ -48,9 +55,12 @@ def test_every_aggregation_is_exact(metering: Metering):
     assert metering.period_total(c, "active_users") == (Decimal(2), 3)
     by_region = windows(metering, c, "compute_seconds", "DAY")
     assert {g: v for (_, _, g), v in by_region.items()} == {
-        "": (Decimal("3.3"), 3), "region=eu": (Decimal("0.3"), 2), "region=us": (Decimal(3), 1)}
+        "": (Decimal("3.3"), 3),
+        "region=eu": (Decimal("0.3"), 2),
+        "region=us": (Decimal(3), 1),
+    }
     for granularity in ("MINUTE", "HOUR", "DAY", "BILLING_PERIOD"):
-        ((start, end, _), value), = windows(metering, c, "api_requests", granularity).items()
+        (((start, end, _), value),) = windows(metering, c, "api_requests", granularity).items()
         assert value == (Decimal(3), 3)
         assert start <= t < end
     metered = {v["meter"] for v in metering.aggregates().values() if v["customer_id"] == c}
@@ -75,8 +85,11 @@ def test_billing_periods_follow_anchors_across_month_ends_and_leap_years(meterin
     metering.send(usage_event(c, ts=ts) for c, times in stamps.items() for ts in times)
     expected = {
         first: {(ms(2024, 2, 1), ms(2024, 3, 1)): 1, (ms(2024, 3, 1), ms(2024, 4, 1)): 1},
-        last: {(ms(2024, 1, 31), ms(2024, 2, 29)): 1, (ms(2024, 2, 29), ms(2024, 3, 31)): 2,
-               (ms(2024, 3, 31), ms(2024, 4, 30)): 1},
+        last: {
+            (ms(2024, 1, 31), ms(2024, 2, 29)): 1,
+            (ms(2024, 2, 29), ms(2024, 3, 31)): 2,
+            (ms(2024, 3, 31), ms(2024, 4, 30)): 1,
+        },
         leap: {(ms(2025, 2, 28), ms(2025, 3, 29)): 2, (ms(2025, 3, 29), ms(2025, 4, 29)): 1},
     }
 
@@ -84,8 +97,11 @@ def test_billing_periods_follow_anchors_across_month_ends_and_leap_years(meterin
         found = windows(metering, c, "api_requests", "BILLING_PERIOD")
         return {(s, e): v[1] for (s, e, _), v in found.items()}
 
-    wait_for(lambda: all(periods(c) == want for c, want in expected.items()),
-             what="billing periods", timeout=30)
+    wait_for(
+        lambda: all(periods(c) == want for c, want in expected.items()), what="billing periods", timeout=30
+    )
     days = windows(metering, first, "api_requests", "DAY")
     assert {(s, e) for s, e, _ in days} == {
-        (ms(2024, 2, 29), ms(2024, 3, 1)), (ms(2024, 3, 1), ms(2024, 3, 2))}
+        (ms(2024, 2, 29), ms(2024, 3, 1)),
+        (ms(2024, 3, 1), ms(2024, 3, 2)),
+    }

@@ -48,6 +48,7 @@ def test_soft_limits_unlimited_meters_and_boolean_features_answer_from_the_plan(
     )
     api = metering.start_entitlements()
     with api.client() as client:
+
         def get(c: str, feature: str) -> dict:
             response = client.get(f"/v1/entitlements/{c}/{feature}")
             assert response.status_code == 200, response.text
@@ -55,7 +56,11 @@ def test_soft_limits_unlimited_meters_and_boolean_features_answer_from_the_plan(
 
         body = wait_for(lambda: (b := get(pro, "compute_seconds"))["usage"] == 1.25 and b)
         assert (body["allowed"], body["limit"], body["remaining"], body["hard_limit"]) == (
-            True, 360000, 359998.75, False)
+            True,
+            360000,
+            359998.75,
+            False,
+        )
         body = wait_for(lambda: (b := get(enterprise, "compute_seconds"))["usage"] == 1.25 and b)
         assert (body["allowed"], body["limit"], body["remaining"]) == (True, None, None)
 

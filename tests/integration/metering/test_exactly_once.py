@@ -47,25 +47,43 @@ def test_events_from_a_confluent_avro_serializer_app_are_metered_like_ingest(met
     assert spec.schema_path is not None
     client = SchemaRegistryClient({"url": metering.registry.url})
     serializer = AvroSerializer(
-        client, spec.schema_path.read_text(),
+        client,
+        spec.schema_path.read_text(),
         conf={"auto.register.schemas": False, "use.latest.version": True},
     )
-    app = SerializingProducer({
-        "bootstrap.servers": metering.kafka.bootstrap_servers,
-        "key.serializer": StringSerializer("utf_8"),
-        "value.serializer": serializer,
-        "enable.idempotence": True,
-    })
+    app = SerializingProducer(
+        {
+            "bootstrap.servers": metering.kafka.bootstrap_servers,
+            "key.serializer": StringSerializer("utf_8"),
+            "value.serializer": serializer,
+            "enable.idempotence": True,
+        }
+    )
     event_ids = [str(uuid.uuid4()) for _ in range(10)]
     for event_id in event_ids + event_ids[:3]:
-        app.produce(spec.name, key=customer, value={
-            "event_id": event_id, "customer_id": customer, "name": "api_call_made", "timestamp": now_ms(),
-            "properties": {"path": "/v1/things", "latency_ms": 12}, "user_id": "u-9",
-        })
-    app.produce(spec.name, key=customer, value={
-        "event_id": str(uuid.uuid4()), "customer_id": customer, "name": "job_completed",
-        "timestamp": now_ms(), "properties": {"duration_seconds": 2.5, "region": "eu"},
-    })
+        app.produce(
+            spec.name,
+            key=customer,
+            value={
+                "event_id": event_id,
+                "customer_id": customer,
+                "name": "api_call_made",
+                "timestamp": now_ms(),
+                "properties": {"path": "/v1/things", "latency_ms": 12},
+                "user_id": "u-9",
+            },
+        )
+    app.produce(
+        spec.name,
+        key=customer,
+        value={
+            "event_id": str(uuid.uuid4()),
+            "customer_id": customer,
+            "name": "job_completed",
+            "timestamp": now_ms(),
+            "properties": {"duration_seconds": 2.5, "region": "eu"},
+        },
+    )
     assert app.flush(30) == 0
     metering.start()
     wait_for(lambda: metering.period_total(customer) == (Decimal(10), 10))
@@ -100,3 +118,10 @@ def test_two_instances_share_the_partitions_and_count_exactly(metering: Metering
     a.close()
     metering.send(usage_event(c) for c in customers)
     wait_for(lambda: all(metering.period_total(c) == (Decimal(11), 11) for c in customers), timeout=60)
+
+
+def test_the_home_partition_is_where_producers_put_a_customers_events(metering: Metering):
+    # If this drifted (another default partitioner), every event would take a detour through rerouting.
+    reports = [metering.producer.send(metering.topic(USAGE_EVENTS), b"x", f"customer-{i}") for i in range(50)]
+    for i, future in enumerate(reports):
+        assert future.result(timeout=30).partition == consistent(f"customer-{i}".encode(), 6)

@@ -19,29 +19,66 @@ CONFIG = {
     "currency": "USD",
     "meters": [
         {"slug": "api_requests", "event": "api_call_made", "aggregation": "COUNT", "unit": "request"},
-        {"slug": "api_users", "event": "api_call_made", "aggregation": "UNIQUE_COUNT",
-         "value_property": "$user_id", "unit": "user"},
-        {"slug": "compute_seconds", "event": "job_completed", "aggregation": "SUM",
-         "value_property": "duration_seconds", "group_by": ["region"], "unit": "second"},
-        {"slug": "storage_gb", "event": "storage_measured", "aggregation": "MAX", "value_property": "gb",
-         "unit": "GB"},
-        {"slug": "seats", "event": "seats_changed", "aggregation": "LATEST", "value_property": "seats",
-         "unit": "seat"},
+        {
+            "slug": "api_users",
+            "event": "api_call_made",
+            "aggregation": "UNIQUE_COUNT",
+            "value_property": "$user_id",
+            "unit": "user",
+        },
+        {
+            "slug": "compute_seconds",
+            "event": "job_completed",
+            "aggregation": "SUM",
+            "value_property": "duration_seconds",
+            "group_by": ["region"],
+            "unit": "second",
+        },
+        {
+            "slug": "storage_gb",
+            "event": "storage_measured",
+            "aggregation": "MAX",
+            "value_property": "gb",
+            "unit": "GB",
+        },
+        {
+            "slug": "seats",
+            "event": "seats_changed",
+            "aggregation": "LATEST",
+            "value_property": "seats",
+            "unit": "seat",
+        },
     ],
     "plans": [
-        {"slug": "free", "name": "Free", "upgrade_to": "pro",
-         "features": {"sso": False, "api_access": True},
-         "meters": {"api_requests": {"limit": 10, "hard_limit": True},
-                    "seats": {"limit": 3, "hard_limit": True},
-                    "compute_seconds": {"limit": 100, "hard_limit": True}}},
-        {"slug": "pro", "name": "Pro", "upgrade_to": "enterprise",
-         "features": {"sso": True, "api_access": True},
-         "meters": {"api_requests": {"included": 50000, "limit": 50000, "overage_unit_price": "0.001"},
-                    "seats": {"limit": 50, "hard_limit": True}, "compute_seconds": {},
-                    "storage_gb": {"limit": 100}}},
-        {"slug": "enterprise", "name": "Enterprise", "features": {"sso": True, "api_access": True,
-                                                                   "audit_log": True},
-         "meters": {"api_requests": {}, "seats": {}, "compute_seconds": {}, "storage_gb": {}}},
+        {
+            "slug": "free",
+            "name": "Free",
+            "upgrade_to": "pro",
+            "features": {"sso": False, "api_access": True},
+            "meters": {
+                "api_requests": {"limit": 10, "hard_limit": True},
+                "seats": {"limit": 3, "hard_limit": True},
+                "compute_seconds": {"limit": 100, "hard_limit": True},
+            },
+        },
+        {
+            "slug": "pro",
+            "name": "Pro",
+            "upgrade_to": "enterprise",
+            "features": {"sso": True, "api_access": True},
+            "meters": {
+                "api_requests": {"included": 50000, "limit": 50000, "overage_unit_price": "0.001"},
+                "seats": {"limit": 50, "hard_limit": True},
+                "compute_seconds": {},
+                "storage_gb": {"limit": 100},
+            },
+        },
+        {
+            "slug": "enterprise",
+            "name": "Enterprise",
+            "features": {"sso": True, "api_access": True, "audit_log": True},
+            "meters": {"api_requests": {}, "seats": {}, "compute_seconds": {}, "storage_gb": {}},
+        },
     ],
 }
 
@@ -63,8 +100,15 @@ def customer(customer_id: str = "acme", plan: str = "free", anchor_day: int = 1)
     return Customer(customer_id, plan, anchor_day)
 
 
-def event(name: str = "api_call_made", *, customer_id: str = "acme", event_id: str | None = None,
-          ts: int = NOW, user_id: str | None = "u1", **properties: Any) -> dict[str, Any]:
+def event(
+    name: str = "api_call_made",
+    *,
+    customer_id: str = "acme",
+    event_id: str | None = None,
+    ts: int = NOW,
+    user_id: str | None = "u1",
+    **properties: Any,
+) -> dict[str, Any]:
     return {
         "event_id": event_id or str(uuid.uuid4()),
         "customer_id": customer_id,

@@ -20,8 +20,9 @@ from services.plans.periods import DAY_MS, HOUR_MS, MINUTE_MS, Granularity
 from .conftest import NOW, customer, event
 
 
-def totals(state: PartitionState, meter: str, granularity: Granularity = Granularity.BILLING_PERIOD,
-           group: str = "") -> dict[int, tuple[Decimal, int]]:
+def totals(
+    state: PartitionState, meter: str, granularity: Granularity = Granularity.BILLING_PERIOD, group: str = ""
+) -> dict[int, tuple[Decimal, int]]:
     return {
         w.start_ms: (nanounits_to_decimal(w.value), w.event_count)
         for w in state.windows()

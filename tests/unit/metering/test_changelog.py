@@ -32,8 +32,10 @@ class Topic:
 
 def snapshot(state: PartitionState) -> dict[str, Any]:
     return {
-        "windows": {w.key: (w.value, w.event_count, w.latest_ms, w.end_ms, sorted(w.members or []))
-                    for w in state.windows()},
+        "windows": {
+            w.key: (w.value, w.event_count, w.latest_ms, w.end_ms, sorted(w.members or []))
+            for w in state.windows()
+        },
         "dedup": {c: set(ids) for c, ids in state.dedup.seen.items()},
         "thresholds": dict(state.thresholds),
     }
@@ -81,8 +83,11 @@ def test_after_a_restore_redelivered_events_are_duplicates_and_totals_continue(c
         assert (r is None) == (events.index(e) >= 20)
         if r is not None:
             assert r.code == DUPLICATE
-    period = [w for w in restored.windows()
-              if w.granularity is Granularity.BILLING_PERIOD and w.series.meter.slug == "api_requests"]
+    period = [
+        w
+        for w in restored.windows()
+        if w.granularity is Granularity.BILLING_PERIOD and w.series.meter.slug == "api_requests"
+    ]
     assert [(w.event_count, w.value) for w in period] == [(30, 30 * 10**9)]
 
 

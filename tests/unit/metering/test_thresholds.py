@@ -63,7 +63,11 @@ def test_threshold_record_carries_usage_limit_plan_and_upgrade(state, config):
     last = records[-1]
     assert last["threshold_percent"] == 100
     assert (last["usage"], last["limit"], last["plan"], last["hard_limit"]) == (
-        Decimal(10), Decimal(10), "free", True)
+        Decimal(10),
+        Decimal(10),
+        "free",
+        True,
+    )
     assert last["upgrade"]["code"] == "usage_limit_exceeded"
     assert last["upgrade"]["suggested_plan"] == "pro"
     assert last["upgrade"]["upgrade_url"].startswith(UPGRADE + "?")

@@ -21,10 +21,19 @@ VALID = {
         {"slug": "gb", "event": "stored", "aggregation": "MAX", "value_property": "gb", "unit": "GB"},
     ],
     "plans": [
-        {"slug": "free", "name": "Free", "upgrade_to": "pro", "features": {"sso": False},
-         "meters": {"api_requests": {"limit": 1000, "hard_limit": True}}},
-        {"slug": "pro", "name": "Pro", "features": {"sso": True},
-         "meters": {"api_requests": {"included": 50000, "limit": 50000, "overage_unit_price": "0.001"}}},
+        {
+            "slug": "free",
+            "name": "Free",
+            "upgrade_to": "pro",
+            "features": {"sso": False},
+            "meters": {"api_requests": {"limit": 1000, "hard_limit": True}},
+        },
+        {
+            "slug": "pro",
+            "name": "Pro",
+            "features": {"sso": True},
+            "meters": {"api_requests": {"included": 50000, "limit": 50000, "overage_unit_price": "0.001"}},
+        },
     ],
 }
 
@@ -108,8 +117,16 @@ def test_cross_reference_errors_are_all_reported():
         ({"hard_limit": True}, "hard_limit needs a limit"),
         ({"overage_unit_price": "1", "tiers": [{"unit_price": "1"}]}, "either tiers or overage_unit_price"),
         ({"tiers": [{"up_to": 10, "unit_price": "1"}]}, "last tier must have up_to: null"),
-        ({"tiers": [{"up_to": 10, "unit_price": "1"}, {"up_to": 5, "unit_price": "1"},
-                    {"unit_price": "0"}]}, "strictly increasing"),
+        (
+            {
+                "tiers": [
+                    {"up_to": 10, "unit_price": "1"},
+                    {"up_to": 5, "unit_price": "1"},
+                    {"unit_price": "0"},
+                ]
+            },
+            "strictly increasing",
+        ),
         ({"limit": -1}, "greater than or equal to 0"),
     ],
 )
