@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -15,7 +16,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from services.ingest.config import IngestSettings
-from services.kernel.logs import configure_logging
+from services.kernel.logs import configure_logging, log_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         print(settings.model_dump_json(indent=2))
         return 0
     configure_logging("ingest", settings.platform.log_level, settings.platform.log_format)
+    log_settings(logging.getLogger("services.ingest"), "ingest", settings)
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
