@@ -316,6 +316,20 @@ class Bench:
         self.results["e2e_rate"] = achieved
         return latencies, check_latencies
 
+    @staticmethod
+    def histogram_mean(port: int, name: str) -> tuple[float, float]:
+        """(count, mean) of a Prometheus histogram on a service's /metrics."""
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+        values = {}
+        for line in text.splitlines():
+            for suffix in ("_sum", "_count"):
+                if line.startswith(name + suffix + " "):
+                    values[suffix] = float(line.split()[1])
+        count = values.get("_count", 0.0)
+        return count, values.get("_sum", 0.0) / count if count else 0.0
+
     def check_latency(self, api_port: int, n: int) -> list[float]:
         conn = http.client.HTTPConnection("127.0.0.1", api_port, timeout=5)
         rng = random.Random(4)
@@ -352,7 +366,19 @@ class Bench:
                     f"http://127.0.0.1:{api_port}",
                     "entitlements",
                 ):
+                    batches0 = self.histogram_mean(agg_port, "plg_metering_batch_seconds")
+                    cpu0 = cpu_seconds(proc.pid)
                     e2e, under_load = self.end_to_end(api_port)
+                    cpu = cpu_seconds(proc.pid) - cpu0
+                    batches1 = self.histogram_mean(agg_port, "plg_metering_batch_seconds")
+                    n = batches1[0] - batches0[0]
+                    mean = (batches1[0] * batches1[1] - batches0[0] * batches0[1]) / max(n, 1)
+                    view = self.histogram_mean(api_port, "plg_entitlements_view_lag_seconds")
+                    print(
+                        f"  during it: aggregator {cpu / self.args.e2e_seconds:.0%} of a core, {n:.0f} "
+                        f"transactions, {mean * 1000:.0f} ms mean per batch (process + commit); view lag "
+                        f"(commit to visible) mean {view[1] * 1000:.0f} ms"
+                    )
                     idle = self.check_latency(api_port, self.args.checks)
         finally:
             self.teardown()

@@ -39,7 +39,7 @@ class MeteringSettings(BaseSettings):
     future_tolerance_seconds: int = Field(default=300, ge=0)
 
     # One Kafka transaction per consumed batch: at most this many events, waiting at most this long.
-    max_batch_events: int = Field(default=20_000, ge=1)
+    max_batch_events: int = Field(default=50_000, ge=1)
     batch_wait_ms: int = Field(default=100, ge=1)
     # How often expired state is dropped (and tombstoned in the changelog).
     eviction_interval_seconds: float = Field(default=10.0, gt=0)
