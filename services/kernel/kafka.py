@@ -438,6 +438,12 @@ class TransactionalProducer:
     consumer with ``consumer.seek_to_committed()`` and redo the batch), :class:`KafkaUnavailableError`
     (retriable; ``commit``/``abort`` retry internally until their timeout), :class:`KafkaFatalError`
     (fenced by a newer instance with the same ``transactional.id``: close and exit).
+
+    A ``commit`` that times out leaves the transaction *in doubt*: the broker may already have committed
+    it, and librdkafka refuses ``begin_transaction``/``abort_transaction`` (``_CONFLICT``) until
+    ``commit_transaction`` is called again. So the next ``begin()`` or ``abort()`` first finishes that
+    commit (``commit_pending`` tells whether one is waiting); either way the caller rewinds to the
+    committed offsets, which say what really happened.
     """
 
     def __init__(
@@ -463,11 +469,28 @@ class TransactionalProducer:
         self._producer = confluent_kafka.Producer(config)
         self._max_block = max_block
         self._in_transaction = False
+        self._commit_pending = False
         self._closed = False
 
     @property
     def in_transaction(self) -> bool:
         return self._in_transaction
+
+    @property
+    def commit_pending(self) -> bool:
+        """True after ``commit()`` timed out: the transaction's outcome is still being decided."""
+        return self._commit_pending
+
+    def _finish_pending_commit(self, timeout: float) -> bool:
+        """Resume an in-doubt commit (librdkafka allows nothing else). True if it committed, False if it
+        turned out abortable and was aborted; raises if it is still undecided or the producer is fenced."""
+        try:
+            self.commit(timeout)
+        except TransactionAbortableError:
+            log.warning("a timed-out commit failed after all; its transaction was aborted")
+            return False
+        log.warning("a timed-out commit completed; its transaction is committed")
+        return True
 
     def _call(self, what: str, fn: Callable[[], None]) -> None:
         self._errors.raise_if_fatal()
@@ -480,7 +503,10 @@ class TransactionalProducer:
         """Register the transactional id with the coordinator, fencing older instances; once at start-up."""
         self._call("init_transactions", lambda: self._producer.init_transactions(timeout))
 
-    def begin(self) -> None:
+    def begin(self, timeout: float = 30.0) -> None:
+        """Start a transaction (first finishing a commit that timed out, see the class docs)."""
+        if self._commit_pending:
+            self._finish_pending_commit(timeout)
         self._producer.poll(0)  # serve delivery reports of the previous transaction
         self._call("begin_transaction", self._producer.begin_transaction)
         self._in_transaction = True
@@ -545,7 +571,10 @@ class TransactionalProducer:
             raise
 
     def commit(self, timeout: float = 30.0) -> None:
-        """Commit the transaction, retrying retriable errors until ``timeout``; aborts on abortable ones."""
+        """Commit the transaction, retrying retriable errors until ``timeout``; aborts on abortable ones.
+
+        :class:`KafkaUnavailableError` after ``timeout`` means the outcome is unknown (``commit_pending``):
+        rewind to the committed offsets; the next ``begin()``/``abort()``/``commit()`` finishes it."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -554,17 +583,29 @@ class TransactionalProducer:
                     lambda: self._producer.commit_transaction(max(0.1, deadline - time.monotonic())),
                 )
                 self._in_transaction = False
+                self._commit_pending = False
                 return
             except TransactionAbortableError:
+                self._commit_pending = False
                 self.abort(timeout)
                 raise
             except KafkaUnavailableError:
+                # The commit has started and continues in the background; only commit_transaction may
+                # be called until it is resolved.
+                self._commit_pending = True
                 if time.monotonic() >= deadline:
                     raise
                 log.warning("commit_transaction retriable error; retrying", exc_info=True)
 
     def abort(self, timeout: float = 30.0) -> None:
-        """Abort the transaction: its records are never visible to ``read_committed`` consumers."""
+        """Abort the transaction: its records are never visible to ``read_committed`` consumers.
+
+        Exception: after a ``commit()`` that timed out, the commit has already begun and can only be
+        finished — ``abort()`` does that (logging a warning), so the transaction is over either way and the
+        caller's rewind to the committed offsets lands after it if it committed, before it if not."""
+        if self._commit_pending:
+            self._finish_pending_commit(timeout)
+            return
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -582,7 +623,7 @@ class TransactionalProducer:
     @contextmanager
     def transaction(self, timeout: float = 30.0) -> Iterator[TransactionalProducer]:
         """``with txn.transaction(): ...`` — begin; commit on success; abort on any exception."""
-        self.begin()
+        self.begin(timeout)
         try:
             yield self
         except BaseException:
@@ -597,10 +638,13 @@ class TransactionalProducer:
     def flush(self, timeout: float = 30.0) -> int:
         return self._producer.flush(timeout)
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Abort an open transaction (its work was not committed, so it will be redone), then stop."""
+    def close(self, timeout: float = 30.0) -> int:
+        """Abort an open transaction (its work was not committed, so it will be redone), then stop.
+
+        Returns how many records were still undelivered and had to be purged (logged as an error; they
+        belonged to a transaction that never committed, so no reader ever sees them)."""
         if self._closed:
-            return
+            return 0
         self._closed = True
         if self._in_transaction and self._errors.fatal is None:
             try:
@@ -609,8 +653,12 @@ class TransactionalProducer:
                 log.exception("abort on close failed")
         remaining = self._producer.flush(timeout)
         if remaining:
+            log.error(
+                "transactional producer closed with undelivered records", extra={"undelivered": remaining}
+            )
             self._producer.purge(in_queue=True, in_flight=True, blocking=False)
             self._producer.poll(0)
+        return remaining
 
     @property
     def last_error(self) -> KafkaClientError | None:

@@ -7,9 +7,12 @@ from collections.abc import Callable
 
 import pytest
 
-from services.kernel.errors import KafkaFatalError
+from services.kernel.errors import KafkaFatalError, KafkaUnavailableError
 from services.kernel.kafka import Consumer, Producer, TransactionalProducer
+from services.kernel.provision import provision_topics
 from services.kernel.settings import KafkaSettings
+from services.kernel.topics import TopicSpec
+from tests.conftest import PrivateKafka
 from tests.integration.kernel.helpers import consume_for, consume_n
 
 
@@ -139,3 +142,64 @@ def test_a_second_instance_with_the_same_transactional_id_fences_the_first(
     finally:
         old.close(timeout=5)
         new.close(timeout=5)
+
+
+def _in_doubt_commit(broker: PrivateKafka, topic: str, value: bytes) -> TransactionalProducer:
+    """A producer whose commit of ``value`` timed out because the broker went away; the broker is back."""
+    producer = TransactionalProducer(broker.settings, f"txn-{uuid.uuid4().hex}")
+    producer.init_transactions()
+    producer.begin()
+    producer.produce(topic, value, "k")
+    assert producer.flush(10) == 0
+    broker.stop()
+    with pytest.raises(KafkaUnavailableError):
+        producer.commit(timeout=2)
+    broker.start()
+    return producer
+
+
+def _private_topic(broker: PrivateKafka) -> str:
+    topic = f"txn-doubt-{uuid.uuid4().hex[:8]}"
+    provision_topics(broker.settings, [TopicSpec(topic, 1, None)])
+    return topic
+
+
+def test_after_a_commit_timed_out_the_next_transaction_finishes_it_instead_of_failing_forever(
+    private_kafka: Callable[[], PrivateKafka],
+) -> None:
+    # librdkafka refuses begin/abort with _CONFLICT until commit_transaction is called again, so a loop
+    # that only ever retries begin() (as its KafkaUnavailableError invites) would stall for good.
+    broker = private_kafka()
+    topic = _private_topic(broker)
+    producer = _in_doubt_commit(broker, topic, b"in-doubt")
+    try:
+        with producer.transaction():
+            producer.produce(topic, b"next", "k")
+    finally:
+        producer.close(timeout=10)
+
+    with Consumer(broker.settings, f"reader-{uuid.uuid4().hex}") as reader:
+        reader.subscribe([topic])
+        seen = values(consume_n(reader, 2)) + values(consume_for(reader, 1.0))
+    assert seen == [b"in-doubt", b"next"]  # the timed-out commit completed once the broker was back
+
+
+def test_abort_after_a_commit_timed_out_ends_the_transaction_and_the_producer_goes_on(
+    private_kafka: Callable[[], PrivateKafka],
+) -> None:
+    broker = private_kafka()
+    topic = _private_topic(broker)
+    producer = _in_doubt_commit(broker, topic, b"in-doubt")
+    try:
+        producer.abort(timeout=30)  # the commit had begun: librdkafka can only finish it
+        assert not producer.in_transaction
+        with producer.transaction():
+            producer.produce(topic, b"after", "k")
+    finally:
+        producer.close(timeout=10)
+
+    with Consumer(broker.settings, f"reader-{uuid.uuid4().hex}") as reader:
+        reader.subscribe([topic])
+        seen = values(consume_n(reader, 1)) + values(consume_for(reader, 1.0))
+    assert seen[-1] == b"after"
+    assert seen.count(b"in-doubt") <= 1
