@@ -41,14 +41,20 @@ def install_signal_handlers(
     stop: threading.Event, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
 ) -> None:
     """SIGTERM/SIGINT set ``stop`` so loops finish their batch and shut down cleanly. A second signal
-    while stopping raises ``KeyboardInterrupt`` — the way out when shutdown itself hangs.
+    raises ``KeyboardInterrupt`` — the way out when shutdown itself hangs.
+
+    Signals are counted, not inferred from ``stop``: the process may already be stopping for its own
+    reasons (``Lifecycle.close()`` sets ``stop``), and the orchestrator's first SIGTERM must then let the
+    cleanups finish rather than cut a producer flush in half.
 
     Must be called from the main thread (Python delivers signals there only).
     """
+    received: list[str] = []
 
     def handler(signum: int, _frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
-        if stop.is_set():
+        received.append(name)
+        if len(received) > 1:
             log.warning("second signal while stopping; exiting now", extra={"signal": name})
             raise KeyboardInterrupt
         log.info("stopping", extra={"signal": name})

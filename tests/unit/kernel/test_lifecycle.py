@@ -115,3 +115,22 @@ def test_sigterm_sets_the_stop_event_and_a_second_signal_interrupts() -> None:
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+def test_the_first_signal_during_a_shutdown_begun_for_another_reason_lets_the_cleanups_finish() -> None:
+    # Lifecycle.close() (or a fatal error path) sets the stop event itself; the orchestrator's SIGTERM
+    # that follows is the first signal, not the impatient second one, and must not cut the cleanups short.
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    stop = threading.Event()
+    try:
+        install_signal_handlers(stop)
+        stop.set()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the handler runs here; a KeyboardInterrupt would fail the test
+        assert stop.is_set()
+        with pytest.raises(KeyboardInterrupt):  # noqa: PT012 - the handler raises during the sleep
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1.0)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
