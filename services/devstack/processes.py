@@ -156,7 +156,8 @@ def rotate(log: Path, max_bytes: int = LOG_ROTATE_BYTES) -> None:
 
 
 def stop(managed: Managed, *, sig: int = signal.SIGTERM, timeout: float = 30.0) -> str:
-    """Stop the recorded process: ``sig``, wait up to ``timeout`` s, then SIGKILL. Returns what happened."""
+    """Stop the recorded process: ``sig``, wait up to ``timeout`` s, then SIGKILL to it and the process
+    group it leads. Returns what happened."""
     pid = managed.pid()
     if pid is None:
         managed.pidfile.unlink(missing_ok=True)
@@ -172,14 +173,28 @@ def stop(managed: Managed, *, sig: int = signal.SIGTERM, timeout: float = 30.0) 
             managed.pidfile.unlink(missing_ok=True)
             return f"stopped (pid {pid})"
         time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+    _kill_hard(pid)
     for _ in range(50):
         if not is_alive(pid):
             break
         time.sleep(0.1)
     managed.pidfile.unlink(missing_ok=True)
     return f"killed after {timeout:.0f}s (pid {pid})"
+
+
+def _kill_hard(pid: int) -> None:
+    """SIGKILL ``pid`` and, when it leads its own process group (``spawn`` starts every component in a
+    session of its own), the whole group: a killed supervisor cannot stop its workers (uvicorn's, a
+    postmaster's backends), which would otherwise live on holding the component's port."""
+    try:
+        group = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        if group == pid and group != os.getpgrp():
+            os.killpg(group, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
