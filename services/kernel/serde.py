@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.read import SchemaResolutionError
 from fastavro.validation import ValidationError, validate
 
 from services.kernel.errors import (
@@ -64,6 +65,8 @@ def header(schema_id: int) -> bytes:
 
 def schema_id_of(data: bytes) -> int:
     """The writer schema id of a Confluent-framed value; :class:`SerializationError` if it is not one."""
+    if data is None:
+        raise SerializationError("the record has no value (a tombstone): nothing to decode")
     if len(data) < HEADER_SIZE:
         raise SerializationError(
             f"value is {len(data)} bytes, shorter than the 5-byte Confluent header: truncated or not Avro"
@@ -196,6 +199,10 @@ class ValueDecoder:
         buf.seek(HEADER_SIZE)
         try:
             value = schemaless_reader(buf, plan.writer, plan.reader)
+        except SchemaResolutionError as exc:  # a valid value, but of a schema ours cannot read
+            raise SerializationError(
+                f"value with writer schema id {schema_id} cannot be read with the reader schema: {exc}"
+            ) from exc
         except Exception as exc:  # EOF shows up as StopIteration/IndexError/ReadError; bad UTF-8, bad union
             raise SerializationError(
                 f"cannot decode value with writer schema id {schema_id} ({len(data)} bytes): truncated or "

@@ -201,6 +201,26 @@ def test_a_value_shorter_than_the_header_is_refused_clearly() -> None:
         decoder.decode(b"\x00\x00\x01")
 
 
+def test_a_tombstone_is_a_serialization_error_not_a_crash() -> None:
+    # A null value (a delete marker, or a stray producer) must reach the dead-letter path like any other
+    # undecodable record, not escape as a TypeError that kills the consumer loop.
+    decoder = ValueDecoder({1: USAGE_EVENT.read_text()}.__getitem__)
+
+    with pytest.raises(SerializationError, match="no value"):
+        decoder.decode(None)  # type: ignore[arg-type]
+
+
+def test_a_writer_the_reader_schema_cannot_resolve_is_named_as_such() -> None:
+    writer = {"type": "record", "name": "X", "fields": [{"name": "a", "type": "string"}]}
+    reader = {"type": "record", "name": "X", "fields": [{"name": "b", "type": "long"}]}
+    decoder = ValueDecoder({7: json.dumps(writer)}.__getitem__, reader)
+
+    with pytest.raises(SerializationError, match="cannot be read with the reader schema") as info:
+        decoder.decode(ValueEncoder(writer, 7).encode({"a": "x"}))
+    assert "No default value for field b" in str(info.value)
+    assert "truncated" not in str(info.value)
+
+
 def test_a_value_naming_an_unknown_schema_id_is_a_serialization_error(registry: SchemaRegistry) -> None:
     decoder = registry.decoder()
 
