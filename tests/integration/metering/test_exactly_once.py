@@ -3,14 +3,23 @@ the producer, the partition or the restarts."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from decimal import Decimal
 
+import httpx
+import psycopg
+import uvicorn
 from confluent_kafka import SerializingProducer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import StringSerializer
 
+from services.devstack.config import free_port
+from services.ingest import store
+from services.ingest.app import build_app as build_ingest
+from services.ingest.config import IngestSettings
+from services.kernel.settings import PlatformSettings
 from services.kernel.topics import USAGE_EVENTS, topic
 from services.metering_aggregator.routing import consistent
 
@@ -41,8 +50,8 @@ def test_duplicates_resent_after_a_restart_are_still_counted_once(metering: Mete
     wait_for(lambda: metering.period_total(customer) == (Decimal(31), 31))
 
 
-def test_events_from_a_confluent_avro_serializer_app_are_metered_like_ingest(metering: Metering):
-    customer = metering.customer("pro")
+def avro_app(metering: Metering) -> tuple[SerializingProducer, str]:
+    """An app producing straight to usage-events with confluent-kafka's own AvroSerializer."""
     spec = topic(USAGE_EVENTS, metering.prefix)
     assert spec.schema_path is not None
     client = SchemaRegistryClient({"url": metering.registry.url})
@@ -59,10 +68,16 @@ def test_events_from_a_confluent_avro_serializer_app_are_metered_like_ingest(met
             "enable.idempotence": True,
         }
     )
+    return app, spec.name
+
+
+def test_events_from_a_confluent_avro_serializer_app_are_metered_like_ingest(metering: Metering):
+    customer = metering.customer("pro")
+    app, name = avro_app(metering)
     event_ids = [str(uuid.uuid4()) for _ in range(10)]
     for event_id in event_ids + event_ids[:3]:
         app.produce(
-            spec.name,
+            name,
             key=customer,
             value={
                 "event_id": event_id,
@@ -74,7 +89,7 @@ def test_events_from_a_confluent_avro_serializer_app_are_metered_like_ingest(met
             },
         )
     app.produce(
-        spec.name,
+        name,
         key=customer,
         value={
             "event_id": str(uuid.uuid4()),
@@ -88,6 +103,66 @@ def test_events_from_a_confluent_avro_serializer_app_are_metered_like_ingest(met
     metering.start()
     wait_for(lambda: metering.period_total(customer) == (Decimal(10), 10))
     wait_for(lambda: metering.period_total(customer, "compute_seconds") == (Decimal("2.5"), 1))
+
+
+def test_the_same_events_via_the_ingest_api_and_straight_from_an_app_count_once(metering: Metering):
+    customer = metering.customer("pro")
+    with psycopg.connect(metering.database.url.get_secret_value(), autocommit=True) as conn:
+        _, api_key = store.create_key(conn, customer, "metering test")
+    port = free_port()
+    settings = IngestSettings(
+        port=port,
+        kafka=metering.kafka,
+        registry=metering.registry,
+        database=metering.database,
+        platform=PlatformSettings(topic_prefix=metering.prefix),
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            build_ingest(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, timeout=60, what="ingest")
+        ids = [str(uuid.uuid4()) for _ in range(10)]
+        batch = {
+            "batch": [
+                {
+                    "event_id": i,
+                    "name": "api_call_made",
+                    "timestamp": now_ms(),
+                    "properties": {"path": "/v1/x"},
+                }
+                for i in ids[:6]
+            ]
+        }
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/v1/batch",
+            json=batch,
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=30,
+        )
+        assert response.status_code == 202, response.text
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    app, name = avro_app(metering)
+    for event_id in ids[4:]:  # ids[4] and ids[5] went through ingest too: the same events, twice
+        app.produce(
+            name,
+            key=customer,
+            value={
+                "event_id": event_id,
+                "customer_id": customer,
+                "name": "api_call_made",
+                "timestamp": now_ms(),
+            },
+        )
+    assert app.flush(30) == 0
+    metering.start()
+    wait_for(lambda: metering.period_total(customer) == (Decimal(10), 10))
 
 
 def test_an_event_on_the_wrong_partition_is_counted_once_at_its_customers_home(metering: Metering):
