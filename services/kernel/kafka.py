@@ -14,6 +14,7 @@ so the kernel hands out the C object as-is.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -73,35 +74,44 @@ REPEAT_LOG_INTERVAL = 30.0
 
 
 class _RepeatFilter(logging.Filter):
-    """Lets the first of a run of identical complaints through, then one per ``interval`` with a count."""
+    """Lets the first of a run of identical complaints through, then one per ``interval`` with a count.
 
-    def __init__(self, interval: float = REPEAT_LOG_INTERVAL) -> None:
+    "Identical" means same logger, level, librdkafka facility and client, and the same text once its
+    numbers are blanked (they carry elapsed milliseconds and counters that change on every repeat); a
+    different complaint — an authentication failure after a run of refused connections — always passes.
+    """
+
+    def __init__(
+        self, interval: float = REPEAT_LOG_INTERVAL, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         super().__init__()
         self.interval = interval
+        self._clock = clock
         self._seen: dict[tuple[object, ...], tuple[float, int]] = {}
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
         # librdkafka records come as ("%s [%s] %s", facility, client name, text); ours carry a ``code``.
         args = record.args if isinstance(record.args, tuple) else ()
-        key = (
-            record.name,
-            record.levelno,
-            *(args[:2] if len(args) >= 2 else (record.msg,)),
-            getattr(record, "code", None),
-        )
-        now = time.monotonic()
+        if len(args) >= 3:
+            what: tuple[object, ...] = (*args[:2], _DIGITS.sub("#", str(args[2])))
+        else:
+            what = (record.msg,)
+        key = (record.name, record.levelno, *what, getattr(record, "code", None))
+        now = self._clock()
         with self._lock:
-            last, suppressed = self._seen.get(key, (0.0, 0))
-            if now - last < self.interval:
-                self._seen[key] = (last, suppressed + 1)
+            seen = self._seen.get(key)
+            if seen is not None and now - seen[0] < self.interval:
+                self._seen[key] = (seen[0], seen[1] + 1)
                 return False
             self._seen[key] = (now, 0)
+            suppressed = seen[1] if seen is not None else 0
         if suppressed:
             record.suppressed_repeats = suppressed
         return True
 
 
+_DIGITS = re.compile(r"\d+")
 _repeat_filter = _RepeatFilter()
 _librdkafka_log.addFilter(_repeat_filter)
 
