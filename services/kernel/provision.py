@@ -1,8 +1,10 @@
 """Provisioning from the topic catalogue: create the declared topics, register their value schemas.
 
 Idempotent, so every start-up (``make up``, each test's prefixed catalogue, a service's own start) can
-run it: topics that exist are left alone (a warning if they have fewer partitions than declared, since
-partitions can only be added deliberately), and registering an unchanged schema returns its existing id.
+run it: topics that exist are left alone — with a warning when they differ from their declaration (fewer
+partitions, or a config such as ``cleanup.policy`` the broker holds differently: a state topic created
+with ``delete`` instead of ``compact`` would lose its state after the retention period), since changing a
+live topic is a deliberate act — and registering an unchanged schema returns its existing id.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource  # re-exported by .admin, but not for mypy
+from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
@@ -82,6 +86,16 @@ def provision_topics(
                 len(found.partitions),
                 spec.partitions,
             )
+    existing_specs = [spec for spec in specs if spec.name in existing]
+    for name, differences in _config_drift(admin, existing_specs, timeout).items():
+        log.warning(
+            "topic %s exists with a config that differs from the catalogue: %s; left as is (change it "
+            "deliberately, e.g. with kafka-configs --alter)",
+            name,
+            "; ".join(
+                f"{key}={actual} (declared {declared})" for key, (declared, actual) in differences.items()
+            ),
+        )
     if not to_create:
         return []
     created: list[str] = []
@@ -100,6 +114,40 @@ def provision_topics(
     _wait_for_leaders(admin, created, timeout)
     log.info("created topics %s", ", ".join(created))
     return created
+
+
+def config_drift(
+    kafka: KafkaSettings, specs: Sequence[TopicSpec], timeout: float = 30.0
+) -> dict[str, dict[str, tuple[str, str | None]]]:
+    """For each declared topic that exists: the declared config values the broker holds differently, as
+    ``{topic: {key: (declared, actual)}}`` (topics that match, or do not exist, are left out)."""
+    admin = admin_client(kafka)
+    existing = admin.list_topics(timeout=timeout).topics
+    return _config_drift(admin, [spec for spec in specs if spec.name in existing], timeout)
+
+
+def _config_drift(
+    admin: AdminClient, specs: Sequence[TopicSpec], timeout: float
+) -> dict[str, dict[str, tuple[str, str | None]]]:
+    if not specs:
+        return {}
+    declared = {spec.name: spec.broker_config() for spec in specs}
+    resources = [ConfigResource(ResourceType.TOPIC, name) for name in declared]
+    drift: dict[str, dict[str, tuple[str, str | None]]] = {}
+    for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
+        try:
+            actual = future.result()
+        except KafkaException as exc:  # e.g. no DescribeConfigs permission: a check, not a blocker
+            log.warning("could not read the config of topic %s: %s", resource.name, exc)
+            continue
+        differences = {
+            key: (value, actual[key].value if key in actual else None)
+            for key, value in declared[resource.name].items()
+            if key not in actual or actual[key].value != value
+        }
+        if differences:
+            drift[resource.name] = differences
+    return drift
 
 
 def _wait_for_leaders(admin: AdminClient, names: Iterable[str], timeout: float) -> None:

@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import ConfigResource, ResourceType
 
-from services.kernel.provision import admin_client, provision_topics, register_schemas
+from services.kernel.provision import admin_client, config_drift, provision_topics, register_schemas
 from services.kernel.topics import USAGE_EVENTS, TopicSpec, catalogue
 
 
@@ -100,6 +100,29 @@ def test_provisioned_topics_carry_their_declared_cleanup_policy(kafka_settings, 
         resource = ConfigResource(ResourceType.TOPIC, spec.name)
         config = admin.describe_configs([resource])[resource].result(30)
         assert config["cleanup.policy"].value == spec.cleanup_policy, spec.name
+
+
+def test_provisioning_an_existing_topic_whose_config_drifted_warns_and_names_the_difference(
+    kafka_settings, topic_prefix, caplog
+):
+    # A state topic created (by hand, or by an older catalogue) with `delete` instead of `compact` loses
+    # its state after the retention period: provisioning must not call that "already exists, fine".
+    created_as = TopicSpec(f"{topic_prefix}state", 1, None, cleanup_policy="delete")
+    declared = TopicSpec(f"{topic_prefix}state", 1, None, cleanup_policy="compact", retention_ms=None)
+    provision_topics(kafka_settings, [created_as])
+    try:
+        with caplog.at_level("WARNING", logger="services.kernel.provision"):
+            assert provision_topics(kafka_settings, [declared]) == []
+
+        assert config_drift(kafka_settings, [declared]) == {
+            declared.name: {"cleanup.policy": ("compact", "delete")}
+        }
+        assert any(
+            declared.name in r.getMessage() and "cleanup.policy" in r.getMessage() for r in caplog.records
+        ), [r.getMessage() for r in caplog.records]
+        assert config_drift(kafka_settings, [created_as]) == {}
+    finally:
+        admin_client(kafka_settings).delete_topics([declared.name])
 
 
 def test_registering_the_catalogue_twice_gives_the_same_ids(registry_settings, provisioned):
