@@ -4,8 +4,11 @@ Partition *p* of the changelog topic holds the state of partition *p* of ``usage
 only in the transactions that also commit *p*'s input offsets, so the committed changelog always matches
 the committed offsets exactly. Record keys (UTF-8) and JSON values:
 
-* ``W|<aggregate key>`` -> ``{"v": nanounits, "n": events, "t": latest event time, "e": window end}``
-  — one per changed window per transaction, compaction keeps the latest;
+* ``B|<txn>.<chunk>`` -> ``[[aggregate key, nanounits, events, latest event time, window end], ...]`` —
+  the states of the windows a transaction changed, packed into one record per partition per transaction
+  (chunks of ~256 KiB) instead of one per window. The state keeps, per record, the windows whose latest
+  state it holds: a record left with none is tombstoned, a sparse old one has its live windows rewritten
+  into a newer record (see ``PartitionState.records``). Restore applies them in transaction order;
 * ``U|<txn>.<chunk>|<aggregate key>`` -> ``[member, ...]`` — unique-count members added by transaction
   ``txn`` (the batch's first input offset);
 * ``D|<expiry minute>|<txn>.<chunk>`` -> ``{customer: [event_id, ...]}`` — dedup ids added by transaction
@@ -23,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from services.metering_aggregator.model import PartitionState, Series
+from services.metering_aggregator.model import EVICTION_MARGIN_MS, PartitionState, Series, Window
 from services.metering_aggregator.values import parse_group_key
 from services.plans.periods import Granularity
 
@@ -32,13 +35,19 @@ def encode_value(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
-def restore(state: PartitionState, records: Iterable[tuple[bytes, bytes | None]]) -> int:
+def restore(
+    state: PartitionState, records: Iterable[tuple[bytes, bytes | None]], now_ms: int | None = None
+) -> int:
     """Rebuild ``state`` from its changelog partition read from the beginning; returns records applied.
 
     Records are folded into latest-value-per-key first (the topic may not be compacted yet), then turned
     into windows, unique members, dedup ids and fired thresholds. State of meters that are no longer in
-    the configuration is skipped.
+    the configuration is skipped, and so are windows already past eviction at ``now_ms`` (a packed record
+    can outlive some of the windows it holds, while others in it are still live).
     """
+    evicted_before = None
+    if now_ms is not None:
+        evicted_before = now_ms - state.rules.grace_ms - EVICTION_MARGIN_MS
     latest: dict[bytes, bytes] = {}
     count = 0
     for key, value in records:
@@ -48,11 +57,12 @@ def restore(state: PartitionState, records: Iterable[tuple[bytes, bytes | None]]
         else:
             latest[key] = value
     members: dict[str, list[tuple[bytes, list[str]]]] = {}
-    windows: list[tuple[str, dict[str, Any]]] = []
+    packed: list[tuple[tuple[int, int], bytes]] = []
     for key, value in latest.items():
         kind = key[:2]
-        if kind == b"W|":
-            windows.append((key[2:].decode(), orjson.loads(value)))
+        if kind == b"B|":
+            seq, _, chunk = key[2:].partition(b".")
+            packed.append(((int(seq), int(chunk)), key))
         elif kind == b"U|":
             wkey = key[2:].decode().partition("|")[2]
             members.setdefault(wkey, []).append((key, orjson.loads(value)))
@@ -66,28 +76,48 @@ def restore(state: PartitionState, records: Iterable[tuple[bytes, bytes | None]]
             _, customer_id, meter, start = key.decode().split("|")
             fired = orjson.loads(value)
             state.thresholds[(customer_id, meter, int(start))] = (int(fired["p"]), int(fired["e"]))
-    for wkey, data in windows:
-        _restore_window(state, wkey, data, members.get(wkey, []))
+    # Later transactions override earlier ones: apply the packed records in transaction order.
+    latest_entry: dict[str, tuple[bytes, list[Any]]] = {}
+    sizes: dict[bytes, int] = {}
+    for _, key in sorted(packed):
+        entries = orjson.loads(latest[key])
+        sizes[key] = len(entries)
+        for entry in entries:
+            latest_entry[entry[0]] = (key, entry)
+    for wkey, (key, entry) in latest_entry.items():
+        if evicted_before is not None and int(entry[4]) < evicted_before:
+            state.pending_tombstones.extend(key for key, _ in members.get(wkey, []))
+            continue
+        w = _restore_window(state, entry, members.get(wkey, []))
+        if w is not None:
+            w.record = key
+            state.records.setdefault(key, set()).add(w)
+    for key, size in sizes.items():
+        if key in state.records:
+            state.record_sizes[key] = size
+        else:  # superseded everywhere but not yet tombstoned (a crash came first): do it now
+            state.pending_tombstones.append(key)
     return count
 
 
 def _restore_window(
-    state: PartitionState, wkey: str, data: dict[str, Any], member_records: list[tuple[bytes, list[str]]]
-) -> None:
+    state: PartitionState, entry: list[Any], member_records: list[tuple[bytes, list[str]]]
+) -> Window | None:
+    wkey, value, events, latest_ms, end = entry
     customer_id, meter_slug, granularity, start, group = wkey.split("|", 4)
     meter = state.config.meter(meter_slug)
     if meter is None:
-        return
+        return None
     skey = (customer_id, meter_slug, group)
     series = state.series.get(skey)
     if series is None:
         series = state.series[skey] = Series(customer_id, meter, group, parse_group_key(group))
-    gran = Granularity(granularity)
-    w = state._window(series, gran, int(start), int(data["e"]))
-    w.value = int(data["v"])
-    w.event_count = int(data["n"])
-    w.latest_ms = int(data["t"])
+    w = state._window(series, Granularity(granularity), int(start), int(end))
+    w.value = int(value)
+    w.event_count = int(events)
+    w.latest_ms = int(latest_ms)
     if w.members is not None and w.member_records is not None:
         for key, new in member_records:
             w.members.update(new)
             w.member_records.append(key)
+    return w

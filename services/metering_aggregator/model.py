@@ -19,7 +19,6 @@ its id (``now <= event_time + grace <= event_time + horizon``), and any later on
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -205,6 +204,7 @@ class Window:
         "member_records",
         "members",
         "new_members",
+        "record",
         "series",
         "start_ms",
         "value",
@@ -224,6 +224,8 @@ class Window:
         self.members: set[str] | None = set() if unique else None
         self.new_members: list[str] | None = [] if unique else None
         self.member_records: list[bytes] | None = [] if unique else None
+        # The packed changelog record holding this window's latest state (see PartitionState.records).
+        self.record: bytes | None = None
 
 
 class Series:
@@ -280,6 +282,13 @@ class PartitionState:
         self.dirty_thresholds: set[tuple[str, str, int]] = set()
         # eviction minute -> windows to drop then
         self.expiry: dict[int, list[Window]] = {}
+        # Packed window records ("B|<txn>.<chunk>") -> the windows whose latest state each one holds, and
+        # how many it was written with. A record no window points at any more is tombstoned; a sparse old
+        # one has its few live windows rewritten into the current transaction's record, so idle windows
+        # never pin many dead bytes in the changelog.
+        self.records: dict[bytes, set[Window]] = {}
+        self.record_sizes: dict[bytes, int] = {}
+        self.pending_tombstones: list[bytes] = []
         self.counted = 0
         self.duplicates = 0
         self.unmetered = 0
@@ -437,10 +446,11 @@ class PartitionState:
                 key = b"D|%d|%d.%d" % (minute, txn_seq, i)
                 out.changelog.append((key, chunk))
                 keys.append(key)
+        rewrite = self._sparse_record_windows()
+        self._write_window_records(txn_seq, [*self.dirty, *rewrite], out)
         for w in self.dirty:
             w.dirty = False
             out.aggregates.append(w)
-            out.changelog.append((b"W|" + w.key.encode(), window_changelog_value(w)))
             if w.new_members:
                 assert w.member_records is not None
                 for i, members in enumerate(_chunk(w.new_members)):
@@ -455,7 +465,61 @@ class PartitionState:
             percent, end = self.thresholds[tkey]
             out.changelog.append((threshold_changelog_key(*tkey), {"p": percent, "e": end}))
         self.dirty_thresholds.clear()
+        if self.pending_tombstones:
+            out.changelog.extend((key, None) for key in self.pending_tombstones)
+            self.pending_tombstones = []
         return out
+
+    def _write_window_records(self, txn_seq: int, windows: list[Window], out: Drained) -> None:
+        """Pack the states of ``windows`` into this transaction's ``B|`` records and move their references."""
+        chunk: list[list[Any]] = []
+        members: list[Window] = []
+        size = 0
+        index = 0
+        for w in windows:
+            entry = window_changelog_entry(w)
+            chunk.append(entry)
+            members.append(w)
+            size += len(entry[0]) + 48
+            if size >= CHUNK_CHARS:
+                self._emit_record(b"B|%d.%d" % (txn_seq, index), chunk, members, out)
+                chunk, members, size = [], [], 0
+                index += 1
+        if chunk:
+            self._emit_record(b"B|%d.%d" % (txn_seq, index), chunk, members, out)
+
+    def _emit_record(self, key: bytes, entries: list[list[Any]], windows: list[Window], out: Drained) -> None:
+        out.changelog.append((key, entries))
+        live = self.records[key] = set()
+        self.record_sizes[key] = len(entries)
+        for w in windows:
+            self._release(w)
+            w.record = key
+            live.add(w)
+
+    def _release(self, w: Window) -> None:
+        """``w`` no longer lives in its record; tombstone the record once nothing does."""
+        old = w.record
+        if old is None:
+            return
+        w.record = None
+        live = self.records.get(old)
+        if live is None:
+            return
+        live.discard(w)
+        if not live:
+            del self.records[old]
+            self.record_sizes.pop(old, None)
+            self.pending_tombstones.append(old)
+
+    def _sparse_record_windows(self, max_windows: int = 2000, scan: int = 8) -> list[Window]:
+        """Live windows of the oldest records that are less than a quarter full, to be rewritten now."""
+        picked: list[Window] = []
+        for key in list(self.records)[:scan]:  # insertion order: oldest first
+            live = self.records[key]
+            if len(live) * 4 < self.record_sizes.get(key, 0) and len(picked) + len(live) <= max_windows:
+                picked.extend(w for w in live if not w.dirty)
+        return picked
 
     def _thresholds_for(
         self, w: Window, customer_of: Callable[[str], Customer | None]
@@ -491,7 +555,7 @@ class PartitionState:
                 series = w.series
                 if series.windows.pop((w.granularity, w.start_ms), None) is None:
                     continue
-                tombstones.append(b"W|" + w.key.encode())
+                self._release(w)
                 tombstones.extend(w.member_records or ())
                 series.cur_minute = -1
                 series.cur = ()
@@ -509,6 +573,8 @@ class PartitionState:
             del self.thresholds[tkey]
             self.dirty_thresholds.discard(tkey)
             tombstones.append(threshold_changelog_key(*tkey))
+        tombstones.extend(self.pending_tombstones)
+        self.pending_tombstones = []
         return tombstones
 
     # -- introspection ------------------------------------------------------------------------------------
@@ -556,20 +622,6 @@ def _chunk_by_customer(by_customer: dict[str, list[str]]) -> Iterator[dict[str, 
         yield part
 
 
-def window_changelog_value(w: Window) -> dict[str, Any]:
+def window_changelog_entry(w: Window) -> list[Any]:
     # The value as text: totals can outgrow the 64-bit integers JSON libraries handle.
-    return {"v": str(w.value), "n": w.event_count, "t": w.latest_ms, "e": w.end_ms}
-
-
-def deep_size(obj: Any, seen: set[int] | None = None) -> int:
-    """Approximate bytes held by ``obj`` and what it references (for the memory figures in the docs)."""
-    seen = set() if seen is None else seen
-    if id(obj) in seen:
-        return 0
-    seen.add(id(obj))
-    size = sys.getsizeof(obj)
-    if isinstance(obj, dict):
-        size += sum(deep_size(k, seen) + deep_size(v, seen) for k, v in obj.items())
-    elif isinstance(obj, list | tuple | set | frozenset):
-        size += sum(deep_size(i, seen) for i in obj)
-    return size
+    return [w.key, str(w.value), w.event_count, w.latest_ms, w.end_ms]

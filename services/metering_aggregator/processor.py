@@ -194,7 +194,7 @@ class MeteringProcessor:
         states = {}
         for p in partitions:
             state = PartitionState(p, self.config, self.rules)
-            restore(state, latest[p].items())
+            restore(state, latest[p].items(), int(self.clock() * 1000))
             states[p] = state
         elapsed = time.monotonic() - started
         RESTORE_SECONDS.observe(elapsed)
@@ -342,7 +342,9 @@ class MeteringProcessor:
             for w in drained.aggregates:
                 produce(topics.usage_aggregates, encode_aggregate(aggregate_record(w, now_ms)), w.key)
             for key, value in drained.changelog:
-                produce(topics.changelog, encode_value(value), key, partition=partition)
+                # None is a tombstone (a superseded packed record), not the JSON null.
+                encoded = None if value is None else encode_value(value)
+                produce(topics.changelog, encoded, key, partition=partition)
             for crossing in drained.thresholds:
                 record = threshold_record(crossing, now_ms, self.config, self.upgrade_url)
                 produce(

@@ -111,7 +111,7 @@ def test_expired_state_is_evicted_and_tombstoned(config):
     assert grans == {Granularity.DAY, Granularity.BILLING_PERIOD}  # minute and hour windows are final
     assert not state.dedup.seen  # the id is past its horizon
     restored = PartitionState(0, config, rules)
-    restore(restored, topic.compacted())
+    restore(restored, topic.compacted(), later)
     assert snapshot(restored) == snapshot(state)
     # Unique-count members of evicted windows are tombstoned too.
     live_keys = {k for k, _ in topic.compacted()}
@@ -127,3 +127,33 @@ def test_changelog_values_are_plain_json(config):
     for key, value in state.drain(1, lambda cid: customer(cid)).changelog:
         assert key.decode()
         orjson.loads(encode_value(value))
+
+
+def test_window_states_are_packed_into_one_record_per_transaction(config):
+    state = PartitionState(0, config, Rules())
+    for i in range(300):
+        state.apply(event(customer_id=f"c{i}"), NOW, customer(f"c{i}"))
+    changelog = state.drain(1, lambda cid: customer(cid)).changelog
+    packed = [k for k, _ in changelog if k.startswith(b"B|")]
+    assert len(packed) == 1  # 300 customers x 2 meters x 4 windows, one record
+    assert len(state.records[packed[0]]) == 300 * 2 * 4
+
+
+def test_superseded_records_are_tombstoned_and_sparse_ones_rewritten(config):
+    state, topic = PartitionState(0, config, Rules()), Topic()
+    for i in range(40):  # 40 customers in the first transaction
+        state.apply(event(customer_id=f"c{i}"), NOW, customer(f"c{i}"))
+    topic.write(state.drain(1, lambda cid: customer(cid)).changelog)
+    first = next(iter(state.records))
+    # 35 of the 40 customers are active again: the first record keeps only 5 x 8 of its 320 windows.
+    for i in range(35):
+        state.apply(event(customer_id=f"c{i}"), NOW, customer(f"c{i}"))
+    topic.write(state.drain(2, lambda cid: customer(cid)).changelog)
+    assert first in state.records  # not empty, so not tombstoned yet
+    topic.write(state.drain(3, lambda cid: customer(cid)).changelog)  # the sparse record is rewritten
+    assert first not in state.records
+    assert (first, None) in topic.log  # and tombstoned
+    restored = PartitionState(0, config, Rules())
+    restore(restored, topic.compacted())
+    assert snapshot(restored) == snapshot(state)
+    assert {k for k, _ in topic.compacted() if k.startswith(b"B|")} == set(state.records)
