@@ -80,6 +80,7 @@ def restore(
     latest_entry: dict[str, tuple[bytes, list[Any]]] = {}
     sizes: dict[bytes, int] = {}
     for _, key in sorted(packed):
+        state.records[key] = set()  # in transaction order, so "oldest first" holds after a restore
         entries = orjson.loads(latest[key])
         sizes[key] = len(entries)
         for entry in entries:
@@ -91,11 +92,12 @@ def restore(
         w = _restore_window(state, entry, members.get(wkey, []))
         if w is not None:
             w.record = key
-            state.records.setdefault(key, set()).add(w)
+            state.records[key].add(w)
     for key, size in sizes.items():
-        if key in state.records:
+        if state.records[key]:
             state.record_sizes[key] = size
         else:  # superseded everywhere but not yet tombstoned (a crash came first): do it now
+            del state.records[key]
             state.pending_tombstones.append(key)
     return count
 

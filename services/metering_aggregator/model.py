@@ -512,12 +512,14 @@ class PartitionState:
             self.record_sizes.pop(old, None)
             self.pending_tombstones.append(old)
 
-    def _sparse_record_windows(self, max_windows: int = 2000, scan: int = 8) -> list[Window]:
-        """Live windows of the oldest records that are less than a quarter full, to be rewritten now."""
+    def _sparse_record_windows(self, max_windows: int = 2000) -> list[Window]:
+        """Live windows of records that are less than a quarter full, oldest first, to be rewritten now."""
         picked: list[Window] = []
-        for key in list(self.records)[:scan]:  # insertion order: oldest first
-            live = self.records[key]
-            if len(live) * 4 < self.record_sizes.get(key, 0) and len(picked) + len(live) <= max_windows:
+        sizes = self.record_sizes
+        for key, live in self.records.items():  # insertion order: oldest first
+            if len(live) * 4 < sizes.get(key, 0):
+                if len(picked) + len(live) > max_windows:
+                    break
                 picked.extend(w for w in live if not w.dirty)
         return picked
 
