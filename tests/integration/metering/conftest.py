@@ -8,8 +8,7 @@ import pytest
 
 from services.kernel.db import migrate
 from services.kernel.settings import DatabaseSettings, KafkaSettings, SchemaRegistrySettings
-
-from .harness import Metering
+from tests.integration.metering.harness import Metering
 
 
 @pytest.fixture

@@ -6,8 +6,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from services.plans.periods import datetime_to_ms
-
-from .harness import Metering, now_ms, usage_event, wait_for
+from tests.integration.metering.harness import Metering, now_ms, usage_event, wait_for
 
 
 def windows(

@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from services.plans.periods import billing_period
-
-from .harness import Metering, now_ms, usage_event, wait_for
+from tests.integration.metering.harness import Metering, now_ms, usage_event, wait_for
 
 
 def test_a_hard_limit_is_enforced_from_live_usage_with_an_upgrade_path(metering: Metering):

@@ -22,8 +22,7 @@ from services.ingest.config import IngestSettings
 from services.kernel.settings import PlatformSettings
 from services.kernel.topics import USAGE_EVENTS, topic
 from services.metering_aggregator.routing import consistent
-
-from .harness import Metering, now_ms, usage_event, wait_for
+from tests.integration.metering.harness import Metering, now_ms, usage_event, wait_for
 
 
 def test_duplicate_events_are_counted_once(metering: Metering):

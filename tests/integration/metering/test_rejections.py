@@ -6,8 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from services.kernel.topics import USAGE_EVENTS
-
-from .harness import Metering, now_ms, usage_event, wait_for
+from tests.integration.metering.harness import Metering, now_ms, usage_event, wait_for
 
 HOUR = 3600 * 1000
 

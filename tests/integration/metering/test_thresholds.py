@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from .harness import Metering, usage_event, wait_for
+from tests.integration.metering.harness import Metering, usage_event, wait_for
 
 
 def test_threshold_events_fire_once_each_per_period_even_after_a_restart(metering: Metering):
