@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from services.kernel.db import open_pool
 from services.kernel.dlq import DeadLetterPublisher
@@ -99,18 +100,21 @@ def _build(settings: MeteringSettings, life: Lifecycle) -> AggregatorApp:
     pool = life.push(open_pool(settings.database, name=SERVICE), "database pool")
     directory = life.push(CustomerDirectory(pool, settings.customers_refresh_seconds).start(), "customers")
 
+    group: dict[str, Any] = {
+        # Cooperative: a rebalance moves only the partitions that change owner, the rest keep their
+        # in-memory state instead of being restored from the changelog.
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": settings.session_timeout_ms,
+        "heartbeat.interval.ms": max(1000, settings.session_timeout_ms // 5),
+    }
+    if settings.static_membership:
+        group["group.instance.id"] = settings.instance_id
     consumer = life.push(
         Consumer(
             settings.kafka,
             f"{prefix}{settings.group_id}",
             client_id=f"{SERVICE}-{settings.instance_id}",
-            # Static membership: a restarted instance takes its partitions back without a rebalance.
-            group_instance_id=settings.instance_id,
-            # Cooperative: a rebalance moves only the partitions that change owner, the rest keep their
-            # in-memory state instead of being restored from the changelog.
-            partition_assignment_strategy="cooperative-sticky",
-            session_timeout_ms=settings.session_timeout_ms,
-            heartbeat_interval_ms=max(1000, settings.session_timeout_ms // 5),
+            **group,
         ),
         "consumer",
     )
@@ -121,14 +125,17 @@ def _build(settings: MeteringSettings, life: Lifecycle) -> AggregatorApp:
             f"{topics.changelog} has {changelog_partitions} partitions but {topics.usage_events} has "
             f"{partitions}: the changelog must be co-partitioned with the input"
         )
-    producer = life.push(
-        TransactionalProducer(
+
+    def new_producer() -> TransactionalProducer:
+        return TransactionalProducer(
             settings.kafka,
             f"{prefix}{settings.transactional_id}",
             transaction_timeout_ms=settings.transaction_timeout_ms,
-        ),
-        "transactional producer",
-    )
+            # librdkafka requires a record's delivery timeout to fit in the transaction's.
+            message_timeout_ms=min(30_000, settings.transaction_timeout_ms),
+        )
+
+    producer = new_producer()
     dead_letters = DeadLetterPublisher(producer, encoder(USAGE_EVENTS_DLQ), topics.dead_letters, SERVICE)
     processor = MeteringProcessor(
         kafka=settings.kafka,
@@ -146,7 +153,11 @@ def _build(settings: MeteringSettings, life: Lifecycle) -> AggregatorApp:
         max_batch_events=settings.max_batch_events,
         batch_wait=settings.batch_wait_ms / 1000,
         eviction_interval=settings.eviction_interval_seconds,
+        kafka_timeout=settings.commit_timeout_seconds,
+        producer_factory=new_producer,
     )
+    # Closes whichever producer the processor holds by then (it replaces one that hit a fatal error).
+    life.callback(lambda: processor.producer.close(timeout=10), "transactional producer")
     life.push(ConsumerLagTracker(consumer).start(), "lag tracker")
     ops = life.push(
         OpsServer(

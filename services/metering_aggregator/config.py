@@ -23,9 +23,8 @@ class MeteringSettings(BaseSettings):
     port: int = Field(default=8092, ge=0, le=65535)
 
     # Stable identity of this instance across restarts: it becomes the transactional.id (a restarted
-    # instance fences its dead predecessor's open transaction at once) and the static group.instance.id
-    # (a restart takes its partitions back without a rebalance). Give every replica its own, e.g. the
-    # StatefulSet pod name.
+    # instance fences its dead predecessor's open transaction at once) and, with static_membership, the
+    # group.instance.id. Give every replica its own, e.g. the StatefulSet pod name.
     instance_id: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9._-]{1,100}$")
     group_id: str = "metering-aggregator"
     # Meters-and-plans file; default $PLG_METERING_CONFIG or deploy/config/metering.yaml.
@@ -43,10 +42,17 @@ class MeteringSettings(BaseSettings):
     batch_wait_ms: int = Field(default=100, ge=1)
     # How often expired state is dropped (and tombstoned in the changelog).
     eviction_interval_seconds: float = Field(default=10.0, gt=0)
-    # A crashed instance's partitions move after this long (static members do not leave on close).
+    # A crashed instance's partitions move after this long.
     session_timeout_ms: int = Field(default=10_000, ge=6_000)
+    # Static group membership (group.instance.id = instance_id): a restart takes its partitions back
+    # without a rebalance. Off by default: with librdkafka, a static member whose session times out during
+    # a coordinator outage is fenced for good on rejoin (librdkafka issue #3437) and the process must exit.
+    static_membership: bool = False
     # An open transaction of a dead instance that never comes back is aborted by the broker after this.
     transaction_timeout_ms: int = Field(default=30_000, ge=1_000)
+    # How long a commit (or send_offsets, abort) retries while the broker is away before the batch is
+    # given up and retried with back-off.
+    commit_timeout_seconds: float = Field(default=30.0, gt=0)
 
     # How a producer picks the partition of a customer's events: librdkafka's default (``consistent``,
     # CRC32 of the key — the kernel producer and confluent-kafka apps) or the Java client's ``murmur2``.

@@ -135,6 +135,8 @@ class MeteringProcessor:
         max_batch_events: int = 20_000,
         batch_wait: float = 0.1,
         eviction_interval: float = 10.0,
+        kafka_timeout: float = 30.0,
+        producer_factory: Callable[[], TransactionalProducer] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.kafka = kafka
@@ -152,10 +154,17 @@ class MeteringProcessor:
         self.max_batch_events = max_batch_events
         self.batch_wait = batch_wait
         self.eviction_interval = eviction_interval
+        # How long one transactional call (begin, send_offsets, commit, abort) may retry before the batch is
+        # given up (and, for a commit, left in doubt until the next attempt).
+        self.kafka_timeout = kafka_timeout
+        self.producer_factory = producer_factory
+        self._broken_producer: KafkaFatalError | None = None
+        self._replacements: list[float] = []
         self.clock = clock
         self.states: dict[int, PartitionState] = {}
         self._last_eviction = 0.0
         self._state_changed = False
+        self._needs_recovery = False
         self.running = False
         self.restoring = False
         self.batches = 0
@@ -239,6 +248,8 @@ class MeteringProcessor:
 
     def poll_once(self) -> int:
         """Consume, process and commit one batch; returns the number of records consumed."""
+        if self._needs_recovery:  # a failed batch whose recovery could not finish yet
+            self._recover()
         records = self.consumer.consume(self.max_batch_events, self.batch_wait)
         now = self.clock()
         evict = now - self._last_eviction >= self.eviction_interval
@@ -247,11 +258,16 @@ class MeteringProcessor:
         started = time.monotonic()
         try:
             self._transaction(records, int(now * 1000), evict)
-        except BaseException:
+        except BaseException as exc:
+            TRANSACTIONS.labels("aborted").inc()
+            self._needs_recovery = True
+            if isinstance(exc, KafkaFatalError) and self._replaceable(exc):
+                self._broken_producer = exc
             self._recover()
+            if self._broken_producer is None and isinstance(exc, KafkaFatalError) and self._replaceable(exc):
+                raise RetryBatch(f"transactional producer replaced after: {exc}") from exc
             raise
-        finally:
-            self._state_changed = False
+        self._state_changed = False
         if evict:
             self._last_eviction = now
             DEDUP_IDS.set(sum(len(s.dedup) for s in self.states.values()))
@@ -278,7 +294,7 @@ class MeteringProcessor:
             raise RetryBatch(f"customer directory unavailable: {exc}") from exc
 
         producer = self.producer
-        producer.begin()
+        producer.begin(self.kafka_timeout)
         outcomes: dict[str, int] = {}
         counted = 0
         first_offsets: dict[int, int] = {}
@@ -325,8 +341,8 @@ class MeteringProcessor:
                     customer_id=customer_id,
                 )
         self._write_state(first_offsets, now_ms, evict)
-        producer.send_offsets(self.consumer)
-        producer.commit()
+        producer.send_offsets(self.consumer, timeout=self.kafka_timeout)
+        producer.commit(self.kafka_timeout)
         TRANSACTIONS.labels("committed").inc()
         if counted:
             EVENTS.labels("counted").inc(counted)
@@ -359,15 +375,23 @@ class MeteringProcessor:
                     produce(topics.changelog, None, key, partition=partition)
 
     def _recover(self) -> None:
-        """After a failed batch: drop the uncommitted in-memory changes and rewind to the committed input."""
-        TRANSACTIONS.labels("aborted").inc()
-        if self.producer.in_transaction:
+        """After a failed batch: end its transaction, then drop the uncommitted in-memory changes and rewind
+        to the committed input.
+
+        The order matters. A commit that timed out is *in doubt* — it may still commit — and the kernel's
+        ``abort()`` finishes it either way; only once its outcome is known do the changelog and the
+        committed offsets agree, so only then is the state rebuilt and the consumer rewound. If the outcome
+        cannot be learnt yet (broker away), this raises and is tried again before the next batch.
+        """
+        if self._broken_producer is None and (self.producer.in_transaction or self.producer.commit_pending):
             try:
-                self.producer.abort()
-            except KafkaFatalError:
-                raise
-            except Exception:
-                log.exception("abort failed; the broker will time the transaction out")
+                self.producer.abort(self.kafka_timeout)
+            except KafkaFatalError as exc:
+                if not self._replaceable(exc):
+                    raise
+                self._broken_producer = exc
+        if self._broken_producer is not None:
+            self._replace_producer(self._broken_producer)
         assigned = sorted(
             tp.partition for tp in self.consumer.assignment() if tp.topic == self.topics.usage_events
         )
@@ -376,6 +400,49 @@ class MeteringProcessor:
         if rebuild:
             self.states.update(self._restore(rebuild))
         self.consumer.seek_to_committed()
+        self._state_changed = False
+        self._needs_recovery = False
+
+    # Fatal errors that mean another instance owns our transactional.id or group.instance.id, or we lack
+    # the rights: fighting back would fence it in turn, so these end the process instead.
+    _NOT_REPLACEABLE = frozenset(
+        {
+            "_FENCED",
+            "PRODUCER_FENCED",
+            "INVALID_PRODUCER_EPOCH",
+            "FENCED_INSTANCE_ID",
+            "TRANSACTIONAL_ID_AUTHORIZATION_FAILED",
+            "CLUSTER_AUTHORIZATION_FAILED",
+        }
+    )
+
+    def _replaceable(self, exc: KafkaFatalError) -> bool:
+        return (
+            self.producer_factory is not None
+            and exc.code_name not in self._NOT_REPLACEABLE
+            and "fenced" not in str(exc).lower()
+        )
+
+    def _replace_producer(self, cause: KafkaFatalError) -> None:
+        """A fatal, non-fencing producer error (e.g. INVALID_TXN_STATE after a broker restart): start a new
+        producer with the same transactional.id. Its ``init_transactions`` bumps the epoch and lets the
+        coordinator finish or abort the old transaction, so the changelog and offsets read next are final.
+        More than 5 replacements in 10 minutes end the process instead (something is persistently wrong)."""
+        now = time.monotonic()
+        self._replacements = [t for t in self._replacements if now - t < 600]
+        if len(self._replacements) >= 5:
+            raise cause
+        assert self.producer_factory is not None
+        log.error("transactional producer hit a fatal error; replacing it", extra={"error": str(cause)})
+        try:
+            self.producer.close(timeout=1)
+        except Exception:
+            log.exception("closing the broken producer failed")
+        self.producer = self.producer_factory()
+        self.dead_letters.producer = self.producer
+        self.producer.init_transactions(self.kafka_timeout)  # raises while the broker is away: retried
+        self._replacements.append(now)
+        self._broken_producer = None
 
 
 class RetryBatch(RuntimeError):
