@@ -88,8 +88,15 @@ def render_server_properties(
 
 
 def new_cluster_id() -> str:
-    """A KRaft cluster id: a random UUID in unpadded base64url (22 characters), as kafka-storage makes."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A KRaft cluster id: a random UUID in unpadded base64url (22 characters), as kafka-storage makes.
+
+    Like Kafka's own ``Uuid.randomUuid()``, ids starting with ``-`` are drawn again: StorageTool would read
+    ``-t -abc...`` as an option (about one start in 64 failed before this).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def java() -> str:

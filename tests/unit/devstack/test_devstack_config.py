@@ -162,3 +162,15 @@ def test_a_log_past_its_size_limit_is_rotated_once_and_a_small_one_kept(tmp_path
     rotate(log, max_bytes=10)
     assert not log.exists()
     assert (tmp_path / "kafka.log.1").read_text() == "x" * 100
+
+
+def test_cluster_ids_never_start_with_a_dash_which_storage_tool_would_read_as_an_option(monkeypatch):
+    import uuid
+
+    # The first UUID encodes to "-" + 21 chars (0xf8 -> '-' in base64url); the second does not.
+    dashed = uuid.UUID(bytes=b"\xf8" + b"\x00" * 15)
+    plain = uuid.UUID(bytes=b"\x00" * 16)
+    draws = iter([dashed, plain])
+    monkeypatch.setattr(kafka.uuid, "uuid4", lambda: next(draws))
+    assert base64.urlsafe_b64encode(dashed.bytes).decode().startswith("-")
+    assert kafka.new_cluster_id() == "AAAAAAAAAAAAAAAAAAAAAA"
