@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
 from starlette.responses import Response
 
 from services.kernel import metrics
@@ -72,8 +73,9 @@ def decision_body(d: Decision) -> dict[str, Any]:
     }
 
 
-def _error(status: int, code: str, message: str) -> Response:
-    return Response(orjson.dumps({"code": code, "message": message}), status_code=status, media_type=_JSON)
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    body = orjson.dumps({"code": code, "message": message})
+    return Response(body, status_code=status, media_type=_JSON, headers=headers)
 
 
 def build_app(settings: EntitlementsSettings) -> FastAPI:
@@ -82,7 +84,7 @@ def build_app(settings: EntitlementsSettings) -> FastAPI:
     state: dict[str, Any] = {}
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(fastapi_app: FastAPI) -> AsyncIterator[None]:
         try:
             registry = life.push(SchemaRegistry(settings.registry), "schema registry")
             pool = life.push(open_pool(settings.database, name=SERVICE), "database pool")
@@ -92,7 +94,8 @@ def build_app(settings: EntitlementsSettings) -> FastAPI:
             state["directory"] = life.push(directory.start(), "customers")
             aggregates = topic(USAGE_AGGREGATES, settings.platform.topic_prefix).name
             view = UsageView(settings.kafka, aggregates, registry.decoder(), settings.periods_kept)
-            state["view"] = life.push(view.start(), "usage view")
+            # On the app's state: the readiness check and every request read it from there.
+            fastapi_app.state.usage_view = life.push(view.start(), "usage view")
             log.info("entitlement API starting", extra={"aggregates": aggregates, "config": config.version})
             yield
         finally:
@@ -101,7 +104,7 @@ def build_app(settings: EntitlementsSettings) -> FastAPI:
     app = FastAPI(title="plg entitlements", version="1", lifespan=lifespan)
 
     def view_ready() -> bool:
-        view: UsageView | None = state.get("view")
+        view: UsageView | None = getattr(app.state, "usage_view", None)
         return view is not None and view.ready.is_set() and view.error is None
 
     ops_routes(
@@ -113,7 +116,7 @@ def build_app(settings: EntitlementsSettings) -> FastAPI:
     )
 
     @app.get("/v1/entitlements/{customer_id}/{feature}")
-    async def entitlement(customer_id: str, feature: str) -> Response:
+    async def entitlement(customer_id: str, feature: str, request: Request) -> Response:
         """May ``customer_id`` use ``feature`` (a meter slug or a boolean feature) now?"""
         directory: CustomerDirectory = state["directory"]
         customer = directory.get(customer_id)
@@ -130,8 +133,20 @@ def build_app(settings: EntitlementsSettings) -> FastAPI:
         now_ms = int(time.time() * 1000)
         usage = 0
         if config.meter(feature) is not None:
+            view: UsageView = request.app.state.usage_view
+            if not view.ready.is_set():
+                # Until the view has read the topic up to where it stood at start, a missing total means
+                # "not read yet", not "no usage": answering would allow a customer far over a hard limit
+                # (every restart would open the gates). Boolean features need no usage and still answer.
+                CHECKS.labels("not_ready").inc()
+                return _error(
+                    503,
+                    "usage_view_not_ready",
+                    "the usage view is still catching up with usage-aggregates; retry shortly",
+                    {"Retry-After": "1"},
+                )
             period = billing_period(now_ms, customer.anchor_day)
-            usage = state["view"].usage(customer_id, feature, period.start_ms)
+            usage = view.usage(customer_id, feature, period.start_ms)
         try:
             decision = decide(config, customer, feature, usage, now_ms, settings.upgrade_url)
         except UnknownFeature as exc:

@@ -17,6 +17,7 @@ import uvicorn
 
 from services.devstack.config import free_port
 from services.ingest import store
+from services.kernel.errors import KafkaUnavailableError
 from services.kernel.kafka import Consumer, Producer, TopicPartition
 from services.kernel.serde import SchemaRegistry
 from services.kernel.settings import DatabaseSettings, KafkaSettings, PlatformSettings, SchemaRegistrySettings
@@ -215,9 +216,16 @@ class Metering:
         reader = Consumer(self.kafka, None, client_id="metering-test-reader", fetch_wait_max_ms=10)
         try:
             tps = reader.assign_all([self.topic(name)])
-            ends = reader.end_offsets([TopicPartition(tp.topic, tp.partition) for tp in tps])
-            out: list[tuple[bytes | None, bytes | None]] = []
             deadline = time.monotonic() + 60
+            while True:
+                try:
+                    ends = reader.end_offsets([TopicPartition(tp.topic, tp.partition) for tp in tps])
+                    break
+                except KafkaUnavailableError:
+                    # e.g. NOT_LEADER_FOR_PARTITION while a just-created topic or a restarted broker settles
+                    assert time.monotonic() < deadline, f"could not read the end offsets of {name}"
+                    time.sleep(0.2)
+            out: list[tuple[bytes | None, bytes | None]] = []
             while not reader.caught_up(ends):
                 assert time.monotonic() < deadline, f"could not read {name} to its end"
                 out.extend((r.key(), r.value()) for r in reader.consume(10_000, 0.2))

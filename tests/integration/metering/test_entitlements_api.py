@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 
+from services.kernel.topics import USAGE_AGGREGATES
+from services.metering_aggregator.entitlements.view import UsageView
 from services.plans.periods import billing_period
 from tests.integration.metering.harness import Metering, now_ms, usage_event, wait_for
 
@@ -86,3 +89,27 @@ def test_unknown_customers_and_features_are_404_with_a_clear_message(metering: M
         assert response.status_code == 404
         assert response.json()["code"] == "unknown_feature"
         assert "api_requests" in response.json()["message"]
+
+
+def test_meter_checks_are_refused_not_allowed_while_the_usage_view_is_still_catching_up(metering: Metering):
+    c = metering.customer("free")  # api_requests: 1000 per period, hard limit
+    metering.start()
+    metering.send(usage_event(c) for _ in range(1000))
+    wait_for(lambda: metering.period_total(c) == (Decimal(1000), 1000), what="1000 counted")
+    api = metering.start_entitlements()
+    app = api.server.config.app
+    with api.client() as client:
+        assert client.get(f"/v1/entitlements/{c}/api_requests").json()["allowed"] is False
+        # A replica whose view has not read the topic yet (e.g. just restarted): an empty view must not
+        # turn "over the hard limit" into "allowed, usage 0".
+        caught_up = app.state.usage_view
+        app.state.usage_view = UsageView(metering.kafka, metering.topic(USAGE_AGGREGATES), metering.decoder)
+        response = client.get(f"/v1/entitlements/{c}/api_requests")
+        assert response.status_code == 503, response.text
+        assert response.json()["code"] == "usage_view_not_ready"
+        assert response.headers["retry-after"] == "1"
+        assert client.get("/readyz").status_code == 503
+        # Boolean features answer from the plan alone, view or not.
+        assert client.get(f"/v1/entitlements/{c}/sso").json()["allowed"] is False
+        app.state.usage_view = caught_up
+        assert client.get(f"/v1/entitlements/{c}/api_requests").json()["usage"] == 1000
