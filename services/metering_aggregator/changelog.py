@@ -14,7 +14,10 @@ the committed offsets exactly. Record keys (UTF-8) and JSON values:
 * ``D|<expiry minute>|<txn>.<chunk>`` -> ``{customer: [event_id, ...]}`` — dedup ids added by transaction
   ``txn`` that expire at that minute (one record per bucket per transaction, not one per event; big
   deltas are split in chunks of ~256 KiB);
-* ``T|<customer>|<meter>|<period start>`` -> ``{"p": highest percent fired, "e": period end}``.
+* ``T|<customer>|<meter>|<period start>`` -> ``{"p": highest percent fired, "e": period end}``;
+* ``C`` -> ``{"o": next input offset}`` — the checkpoint: the input offset this state is complete up to,
+  written with every transaction that moves the partition's committed offset, to the same value. A restore
+  compares it with the group's committed offset (see :func:`changelog_behind`).
 
 Evicted state is tombstoned (null value), so compaction keeps the topic about as big as the live state.
 """
@@ -26,13 +29,32 @@ from typing import Any
 
 import orjson
 
-from services.metering_aggregator.model import EVICTION_MARGIN_MS, PartitionState, Series, Window
+from services.metering_aggregator.model import (
+    CHECKPOINT_KEY,
+    EVICTION_MARGIN_MS,
+    PartitionState,
+    Series,
+    Window,
+)
 from services.metering_aggregator.values import parse_group_key
 from services.plans.periods import Granularity
 
 
 def encode_value(value: Any) -> bytes:
     return orjson.dumps(value)
+
+
+def changelog_behind(checkpoint: int | None, committed: int) -> bool:
+    """True when a restored state misses a transaction whose offsets the group has already committed.
+
+    It happens for a moment after a commit: the transaction coordinator writes the commit markers to every
+    partition of the transaction in parallel, so the group's offsets can be stable (the marker reached
+    ``__consumer_offsets``) while the changelog's last stable offset still stops before the transaction
+    (its marker has not landed on that partition's leader yet). Reading again shortly after completes it.
+    A changelog without a checkpoint (written before checkpoints existed) or a partition without committed
+    offsets cannot be checked and counts as complete.
+    """
+    return checkpoint is not None and committed >= 0 and checkpoint < committed
 
 
 def restore(
@@ -60,7 +82,9 @@ def restore(
     packed: list[tuple[tuple[int, int], bytes]] = []
     for key, value in latest.items():
         kind = key[:2]
-        if kind == b"B|":
+        if key == CHECKPOINT_KEY:
+            state.checkpoint_offset = int(orjson.loads(value)["o"])
+        elif kind == b"B|":
             seq, _, chunk = key[2:].partition(b".")
             packed.append(((int(seq), int(chunk)), key))
         elif kind == b"U|":

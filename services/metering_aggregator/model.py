@@ -289,6 +289,9 @@ class PartitionState:
         self.records: dict[bytes, set[Window]] = {}
         self.record_sizes: dict[bytes, int] = {}
         self.pending_tombstones: list[bytes] = []
+        # The input offset this state is complete up to (the next offset to read): restored from the
+        # changelog's checkpoint record, or the last one written in a transaction. None: never written.
+        self.checkpoint_offset: int | None = None
         self.counted = 0
         self.duplicates = 0
         self.unmetered = 0
@@ -579,6 +582,18 @@ class PartitionState:
         self.pending_tombstones = []
         return tombstones
 
+    def checkpoint(self, next_offset: int) -> tuple[bytes, dict[str, int]] | None:
+        """The changelog record "this state is complete up to input offset ``next_offset``", written in the
+        transaction that commits that offset; None when the last one written says the same already."""
+        if next_offset == self.checkpoint_offset:
+            return None
+        self.checkpoint_offset = next_offset
+        return CHECKPOINT_KEY, {"o": next_offset}
+
+    def forget_checkpoint(self) -> None:
+        """The last checkpoint written may have been aborted: write one again with the next transaction."""
+        self.checkpoint_offset = None
+
     # -- introspection ------------------------------------------------------------------------------------
 
     def windows(self) -> Iterator[Window]:
@@ -587,6 +602,10 @@ class PartitionState:
 
     def window_count(self) -> int:
         return sum(len(s.windows) for s in self.series.values())
+
+
+# One record per changelog partition, overwritten by every transaction that moves its input offset.
+CHECKPOINT_KEY = b"C"
 
 
 def threshold_changelog_key(customer_id: str, meter: str, period_start_ms: int) -> bytes:

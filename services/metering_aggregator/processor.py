@@ -6,8 +6,9 @@ the changelog deltas, the threshold events and the dead letters → ``send_offse
 
 State lives in memory per assigned partition and is rebuilt from the changelog on assignment (read
 ``read_committed`` up to the last stable offset, *after* the group's committed offsets are known to be
-stable), so after any crash, rebalance or abort the state matches the committed offsets exactly. An
-aborted transaction rebuilds the state of every assigned partition and rewinds the consumer.
+stable, and until the changelog's checkpoint has reached them), so after any crash, rebalance or abort the
+state matches the committed offsets exactly. An aborted transaction rebuilds the state of every assigned
+partition and rewinds the consumer.
 
 Zombies are fenced twice: the ``transactional.id`` is the instance's stable id (a restarted instance
 aborts its predecessor's open transaction at ``init_transactions``), and the consumer group metadata
@@ -34,7 +35,7 @@ from services.kernel.errors import (
 from services.kernel.kafka import OFFSET_BEGINNING, Consumer, Record, TopicPartition, TransactionalProducer
 from services.kernel.serde import ValueDecoder, ValueEncoder
 from services.kernel.settings import KafkaSettings
-from services.metering_aggregator.changelog import encode_value, restore
+from services.metering_aggregator.changelog import changelog_behind, encode_value, restore
 from services.metering_aggregator.customers import CustomerDirectory
 from services.metering_aggregator.handlers import aggregate_record, threshold_record
 from services.metering_aggregator.model import PartitionState, Rules
@@ -137,6 +138,7 @@ class MeteringProcessor:
         eviction_interval: float = 10.0,
         kafka_timeout: float = 30.0,
         producer_factory: Callable[[], TransactionalProducer] | None = None,
+        checkpoint_wait: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.kafka = kafka
@@ -158,6 +160,8 @@ class MeteringProcessor:
         # given up (and, for a commit, left in doubt until the next attempt).
         self.kafka_timeout = kafka_timeout
         self.producer_factory = producer_factory
+        # How long a restore waits for the changelog to reach the committed offsets (see _restore).
+        self.checkpoint_wait = checkpoint_wait
         self._broken_producer: KafkaFatalError | None = None
         self._replacements: list[float] = []
         self.clock = clock
@@ -177,9 +181,6 @@ class MeteringProcessor:
             return
         self.restoring = True
         try:
-            # Committed offsets first: under read_committed the broker answers only once no transaction
-            # that carries offsets for these partitions is pending, so the changelog read next is complete.
-            consumer.committed([TopicPartition(tp.topic, tp.partition) for tp in mine], timeout=60)
             self.states.update(self._restore([tp.partition for tp in mine]))
         except Exception:
             # Raising here would leave the assignment undone; the first batch from a partition without
@@ -198,13 +199,54 @@ class MeteringProcessor:
     on_lost = on_revoke
 
     def _restore(self, partitions: list[int]) -> dict[int, PartitionState]:
+        """Rebuild the state of ``partitions`` as of the group's committed offsets.
+
+        Every path that (re)builds state goes through here — assignment, and recovery after a failed batch
+        or a failed restore — so every one first asks for the committed offsets: under ``read_committed``
+        librdkafka asks for *stable* offsets (KIP-447), and the broker answers only once no transaction
+        carrying offsets for these partitions is pending (e.g. the previous owner's, still in flight).
+        The changelog is then read to its last stable offset, and its checkpoint must have reached the
+        committed offset; if it has not, the commit markers are still landing and it is read again.
+        """
         started = time.monotonic()
-        latest = read_changelog(self.kafka, self.topics.changelog, partitions)
-        states = {}
-        for p in partitions:
-            state = PartitionState(p, self.config, self.rules)
-            restore(state, latest[p].items(), int(self.clock() * 1000))
-            states[p] = state
+        committed = {
+            tp.partition: tp.offset
+            for tp in self.consumer.committed(
+                [TopicPartition(self.topics.usage_events, p) for p in partitions], timeout=60
+            )
+        }
+        states: dict[int, PartitionState] = {}
+        records = 0
+        pending = list(partitions)
+        while True:
+            latest = read_changelog(self.kafka, self.topics.changelog, pending)
+            behind: dict[int, PartitionState] = {}
+            for p in pending:
+                state = PartitionState(p, self.config, self.rules)
+                restore(state, latest[p].items(), int(self.clock() * 1000))
+                records += len(latest[p])
+                if changelog_behind(state.checkpoint_offset, committed.get(p, -1)):
+                    behind[p] = state
+                else:
+                    states[p] = state
+            if not behind:
+                break
+            gaps = {p: (s.checkpoint_offset, committed[p]) for p, s in behind.items()}
+            if time.monotonic() - started > self.checkpoint_wait:
+                # Markers land in milliseconds: this gap is offsets moved outside a transaction (a manual
+                # reset forward). The state is still the last committed one; say so loudly and go on rather
+                # than stall the partitions for good.
+                log.error(
+                    "changelog checkpoint stays behind the committed offset (reset by hand?); going on",
+                    extra={"partitions": gaps},
+                )
+                states.update(behind)
+                break
+            log.warning(
+                "changelog behind the committed offsets; reading it again", extra={"partitions": gaps}
+            )
+            pending = list(behind)
+            time.sleep(0.1)
         elapsed = time.monotonic() - started
         RESTORE_SECONDS.observe(elapsed)
         log.info(
@@ -212,7 +254,7 @@ class MeteringProcessor:
             extra={
                 "partitions": partitions,
                 "seconds": round(elapsed, 3),
-                "records": sum(len(v) for v in latest.values()),
+                "records": records,
                 "dedup_ids": sum(len(s.dedup) for s in states.values()),
                 "windows": sum(s.window_count() for s in states.values()),
             },
@@ -277,6 +319,11 @@ class MeteringProcessor:
         return len(records)
 
     def _transaction(self, records: list[Record], now_ms: int, evict: bool) -> None:
+        # Every partition whose offset this transaction moves must have its state, so that its checkpoint
+        # moves with it — also when its records are only rerouted or undecodable.
+        missing = {r.partition() for r in records} - self.states.keys()
+        if missing:  # its restore failed: rebuild it and redo the batch
+            raise RetryBatch(f"partitions {missing} have no restored state")
         decoded: list[tuple[Record, dict[str, Any]]] = []
         undecodable: list[tuple[Record, str]] = []
         decode = self.decoder.decode
@@ -319,9 +366,7 @@ class MeteringProcessor:
                 )
                 outcomes[REROUTED] = outcomes.get(REROUTED, 0) + 1
                 continue
-            state = states.get(partition)
-            if state is None:  # its restore failed: rebuild it and redo the batch
-                raise RetryBatch(f"partition {partition} has no restored state")
+            state = states[partition]
             if partition not in first_offsets:
                 first_offsets[partition] = record.offset()  # type: ignore[assignment]
             # The decoder resolved the record to our reader schema, so every field exists with its type;
@@ -341,7 +386,9 @@ class MeteringProcessor:
                     customer_id=customer_id,
                 )
         self._write_state(first_offsets, now_ms, evict)
-        producer.send_offsets(self.consumer, timeout=self.kafka_timeout)
+        positions = self.consumer.position()
+        self._write_checkpoints(positions)
+        producer.send_offsets(self.consumer, positions, timeout=self.kafka_timeout)
         producer.commit(self.kafka_timeout)
         TRANSACTIONS.labels("committed").inc()
         if counted:
@@ -374,6 +421,18 @@ class MeteringProcessor:
                 for key in state.evict(now_ms):
                     produce(topics.changelog, None, key, partition=partition)
 
+    def _write_checkpoints(self, positions: list[TopicPartition]) -> None:
+        """Each partition's changelog says which input offset its state is complete up to: the very offset
+        committed with it in this transaction (a restore checks one against the other)."""
+        for tp in positions:
+            state = self.states.get(tp.partition)
+            if state is None or tp.offset < 0 or tp.topic != self.topics.usage_events:
+                continue
+            record = state.checkpoint(tp.offset)
+            if record is not None:
+                key, value = record
+                self.producer.produce(self.topics.changelog, encode_value(value), key, partition=tp.partition)
+
     def _recover(self) -> None:
         """After a failed batch: end its transaction, then drop the uncommitted in-memory changes and rewind
         to the committed input.
@@ -399,6 +458,8 @@ class MeteringProcessor:
         rebuild = assigned if self._state_changed else missing
         if rebuild:
             self.states.update(self._restore(rebuild))
+        for state in self.states.values():
+            state.forget_checkpoint()  # it may have gone with the aborted transaction
         self.consumer.seek_to_committed()
         self._state_changed = False
         self._needs_recovery = False

@@ -4,6 +4,7 @@ the producer, the partition or the restarts."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from decimal import Decimal
 
@@ -19,9 +20,14 @@ from services.devstack.config import free_port
 from services.ingest import store
 from services.ingest.app import build_app as build_ingest
 from services.ingest.config import IngestSettings
+from services.kernel.kafka import Consumer, TopicPartition
 from services.kernel.settings import PlatformSettings
-from services.kernel.topics import USAGE_EVENTS, topic
+from services.kernel.topics import METERING_CHANGELOG, USAGE_EVENTS, topic
+from services.metering_aggregator.changelog import encode_value, restore
+from services.metering_aggregator.model import Customer, PartitionState
+from services.metering_aggregator.processor import read_changelog
 from services.metering_aggregator.routing import consistent
+from services.plans.loader import load_config
 from tests.integration.metering.harness import Metering, now_ms, usage_event, wait_for
 
 
@@ -199,3 +205,38 @@ def test_the_home_partition_is_where_producers_put_a_customers_events(metering: 
     reports = [metering.producer.send(metering.topic(USAGE_EVENTS), b"x", f"customer-{i}") for i in range(50)]
     for i, future in enumerate(reports):
         assert future.result(timeout=30).partition == consistent(f"customer-{i}".encode(), 6)
+
+
+def test_a_new_owner_waits_for_the_changelog_to_catch_up_with_the_committed_offsets(metering: Metering):
+    # After a commit the transaction coordinator writes its markers to every partition in parallel: for a
+    # moment the group's offsets can already include a transaction whose changelog records the new owner
+    # of the partition cannot read yet. Restoring then would lose that transaction's counts and ids.
+    customer = metering.customer("pro")
+    home = consistent(customer.encode(), 6)
+    first, second, third = (usage_event(customer) for _ in range(3))
+    metering.send([first])
+    previous = metering.start(instance_id="agg-previous")
+    wait_for(lambda: metering.period_total(customer) == (Decimal(1), 1), what="the first event")
+    previous.close()
+    metering.send([second])
+    # The previous owner's last transaction counted `second`: its offsets are committed ...
+    usage_events, changelog = metering.topic(USAGE_EVENTS), metering.topic(METERING_CHANGELOG)
+    with Consumer(metering.kafka, f"{metering.prefix}metering-aggregator") as group:
+        group.commit([TopicPartition(usage_events, home, 2)])
+    # ... and its changelog records (what that owner would have written) land only a moment later.
+    settings = metering.settings()
+    state = PartitionState(home, load_config(), settings.rules())
+    restore(state, read_changelog(metering.kafka, changelog, [home])[home].items())
+    who = Customer(customer, "pro", 1)
+    assert state.apply(second, now_ms(), who) is None
+    records = [*state.drain(1, lambda _c: who).changelog, state.checkpoint(2)]
+    metering.start(instance_id="agg-next")
+    time.sleep(1.5)
+    for record in records:
+        assert record is not None
+        key, value = record
+        encoded = None if value is None else encode_value(value)
+        metering.producer.produce(changelog, encoded, key, partition=home)
+    assert metering.producer.flush(10) == 0
+    metering.send([third])
+    wait_for(lambda: metering.period_total(customer) == (Decimal(3), 3), what="all three events")

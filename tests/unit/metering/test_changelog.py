@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from services.metering_aggregator.changelog import encode_value, restore
+from services.metering_aggregator.changelog import changelog_behind, encode_value, restore
 from services.metering_aggregator.model import DUPLICATE, PartitionState, Rules
 from services.plans.periods import DAY_MS, HOUR_MS, MINUTE_MS, Granularity
 
@@ -157,3 +157,28 @@ def test_superseded_records_are_tombstoned_and_sparse_ones_rewritten(config):
     restore(restored, topic.compacted())
     assert snapshot(restored) == snapshot(state)
     assert {k for k, _ in topic.compacted() if k.startswith(b"B|")} == set(state.records)
+
+
+def test_a_restored_state_knows_the_input_offset_it_is_complete_up_to(config):
+    state, topic = PartitionState(0, config, Rules()), Topic()
+    feed(state, topic, [[event(customer_id="c")]], NOW)
+    key, value = state.checkpoint(17) or (b"", {})
+    topic.write([(key, value)])
+    assert state.checkpoint(17) is None  # unchanged: nothing more to write
+    restored = PartitionState(0, config, Rules())
+    restore(restored, topic.compacted())
+    assert restored.checkpoint_offset == 17
+    assert snapshot(restored) == snapshot(state)
+    restored.forget_checkpoint()  # after an aborted transaction the next one writes it again
+    assert restored.checkpoint(17) is not None
+
+
+def test_a_changelog_that_stops_before_the_committed_offset_is_behind():
+    # The group's offsets are stable but this partition's commit marker has not landed: read it again.
+    assert changelog_behind(checkpoint=17, committed=20)
+    assert not changelog_behind(checkpoint=20, committed=20)
+    # Offsets moved back by hand: the state has seen more, redelivered events are duplicates.
+    assert not changelog_behind(checkpoint=25, committed=20)
+    # Nothing committed yet, or a changelog written before checkpoints existed: nothing to compare.
+    assert not changelog_behind(checkpoint=17, committed=-1001)
+    assert not changelog_behind(checkpoint=None, committed=20)
