@@ -15,9 +15,10 @@ the committed offsets exactly. Record keys (UTF-8) and JSON values:
   ``txn`` that expire at that minute (one record per bucket per transaction, not one per event; big
   deltas are split in chunks of ~256 KiB);
 * ``T|<customer>|<meter>|<period start>`` -> ``{"p": highest percent fired, "e": period end}``;
-* ``C`` -> ``{"o": next input offset}`` — the checkpoint: the input offset this state is complete up to,
-  written with every transaction that moves the partition's committed offset, to the same value. A restore
-  compares it with the group's committed offset (see :func:`changelog_behind`).
+* ``C`` -> ``{"o": next input offset, "t": clock}`` — the checkpoint: the input offset this state is
+  complete up to, written with every transaction that moves the partition's committed offset, to the same
+  value (a restore compares them, see :func:`changelog_behind`), and the partition's clock, so that it
+  never goes back when another instance takes over.
 
 Evicted state is tombstoned (null value), so compaction keeps the topic about as big as the live state.
 """
@@ -32,6 +33,7 @@ import orjson
 from services.metering_aggregator.model import (
     CHECKPOINT_KEY,
     EVICTION_MARGIN_MS,
+    NO_CLOCK,
     PartitionState,
     Series,
     Window,
@@ -57,19 +59,14 @@ def changelog_behind(checkpoint: int | None, committed: int) -> bool:
     return checkpoint is not None and committed >= 0 and checkpoint < committed
 
 
-def restore(
-    state: PartitionState, records: Iterable[tuple[bytes, bytes | None]], now_ms: int | None = None
-) -> int:
+def restore(state: PartitionState, records: Iterable[tuple[bytes, bytes | None]]) -> int:
     """Rebuild ``state`` from its changelog partition read from the beginning; returns records applied.
 
     Records are folded into latest-value-per-key first (the topic may not be compacted yet), then turned
-    into windows, unique members, dedup ids and fired thresholds. State of meters that are no longer in
-    the configuration is skipped, and so are windows already past eviction at ``now_ms`` (a packed record
-    can outlive some of the windows it holds, while others in it are still live).
+    into windows, unique members, dedup ids, fired thresholds and the checkpoint. State of meters that are
+    no longer in the configuration is skipped, and so are windows already past eviction at the restored
+    clock (a packed record can outlive some of the windows it holds, while others in it are still live).
     """
-    evicted_before = None
-    if now_ms is not None:
-        evicted_before = now_ms - state.rules.grace_ms - EVICTION_MARGIN_MS
     latest: dict[bytes, bytes] = {}
     count = 0
     for key, value in records:
@@ -83,7 +80,9 @@ def restore(
     for key, value in latest.items():
         kind = key[:2]
         if key == CHECKPOINT_KEY:
-            state.checkpoint_offset = int(orjson.loads(value)["o"])
+            checkpoint = orjson.loads(value)
+            state.checkpoint_offset = int(checkpoint["o"])
+            state.advance_clock(int(checkpoint.get("t", NO_CLOCK)))
         elif kind == b"B|":
             seq, _, chunk = key[2:].partition(b".")
             packed.append(((int(seq), int(chunk)), key))
@@ -100,6 +99,9 @@ def restore(
             _, customer_id, meter, start = key.decode().split("|")
             fired = orjson.loads(value)
             state.thresholds[(customer_id, meter, int(start))] = (int(fired["p"]), int(fired["e"]))
+    evicted_before = None
+    if state.clock_ms != NO_CLOCK:
+        evicted_before = state.clock_ms - state.rules.grace_ms - EVICTION_MARGIN_MS
     # Later transactions override earlier ones: apply the packed records in transaction order.
     latest_entry: dict[str, tuple[bytes, list[Any]]] = {}
     sizes: dict[bytes, int] = {}

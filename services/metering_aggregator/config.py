@@ -30,11 +30,14 @@ class MeteringSettings(BaseSettings):
     # Meters-and-plans file; default $PLG_METERING_CONFIG or deploy/config/metering.yaml.
     config_path: Path | None = None
 
-    # Events older than this (event time vs. now) are dead-lettered as late_event.
+    # Events older than this when they reached Kafka (event time vs. the partition's clock: the records'
+    # Kafka timestamps, never ahead of the wall clock) are dead-lettered as late_event. A backlog after an
+    # outage is judged by when it arrived, not by when the aggregator gets to it.
     grace_seconds: int = Field(default=3600, ge=0)
-    # Event ids are remembered this long after their event time (>= grace: dedup is then exact).
+    # Event ids are remembered this long after their event time, on the same clock (>= grace: dedup is
+    # then exact).
     dedup_horizon_seconds: int = Field(default=86_400, ge=0)
-    # Events further in the future than this are dead-lettered as future_event (clock skew allowance).
+    # Events further ahead of their arrival than this are dead-lettered as future_event (clock skew).
     future_tolerance_seconds: int = Field(default=300, ge=0)
 
     # One Kafka transaction per consumed batch: at most this many events, waiting at most this long.

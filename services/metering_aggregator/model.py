@@ -12,9 +12,16 @@ Events are applied one by one (:meth:`PartitionState.apply`); after a batch, :me
 returns what must be written in the same Kafka transaction as the input offsets: the changed aggregates,
 the changelog records that let another instance rebuild this state, and the threshold events.
 
-Exactness argument for dedup: an id is kept until ``event_time + horizon``; an event is accepted only while
-``event_time >= now - grace``; with ``horizon >= grace`` every duplicate that could still be accepted finds
-its id (``now <= event_time + grace <= event_time + horizon``), and any later one is late and dead-lettered.
+Time is the partition's own **clock**: the latest arrival time seen on it — each record's Kafka timestamp
+(when the producer handed it to Kafka), never ahead of the wall clock, and never going back. Lateness and
+eviction both read it, so an aggregator that was down or lagging for hours counts its backlog exactly as it
+would have live, a replay judges every event the same way, and hosts with different clocks agree (the
+clock is part of the changelog).
+
+Exactness argument for dedup: an id is kept until ``event_time + horizon`` on the clock; an event is
+accepted only while ``event_time >= clock - grace``; the clock never goes back, so with ``horizon >= grace``
+every duplicate that could still be accepted finds its id (``clock <= event_time + grace <= event_time +
+horizon``), and any later one is late and dead-lettered.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ from services.plans.periods import DAY_MS, HOUR_MS, MINUTE_MS, Granularity, bill
 
 _COUNT, _SUM, _MAX, _LATEST = Aggregation.COUNT, Aggregation.SUM, Aggregation.MAX, Aggregation.LATEST
 GRANULARITIES = (Granularity.MINUTE, Granularity.HOUR, Granularity.DAY, Granularity.BILLING_PERIOD)
+# A partition that has seen no record yet has no time.
+NO_CLOCK = -(2**62)
 # Kept in memory a little past the last instant an event can still land in them, so a slightly different
 # clock after a restart or rebalance never evicts something still writable.
 EVICTION_MARGIN_MS = MINUTE_MS
@@ -292,14 +301,24 @@ class PartitionState:
         # The input offset this state is complete up to (the next offset to read): restored from the
         # changelog's checkpoint record, or the last one written in a transaction. None: never written.
         self.checkpoint_offset: int | None = None
+        # The partition's clock (see the module docs): the latest arrival time seen, epoch ms.
+        self.clock_ms = NO_CLOCK
+        self._checkpoint_clock = NO_CLOCK
         self.counted = 0
         self.duplicates = 0
         self.unmetered = 0
 
     # -- applying events ------------------------------------------------------------------------------
 
-    def apply(self, event: dict[str, Any], now_ms: int, customer: Customer | None) -> Rejection | None:
-        """Count one decoded usage event, or say why not. Idempotent per (customer, event_id)."""
+    def apply(self, event: dict[str, Any], arrival_ms: int, customer: Customer | None) -> Rejection | None:
+        """Count one decoded usage event, or say why not. Idempotent per (customer, event_id).
+
+        ``arrival_ms`` is when the event reached Kafka (its record's timestamp, at most the wall clock): it
+        moves the partition's clock forward, and the event is judged against that clock.
+        """
+        if arrival_ms > self.clock_ms:
+            self.clock_ms = arrival_ms
+        now_ms = self.clock_ms
         meters = self.meters_by_event.get(event["name"])
         if meters is None:
             self.unmetered += 1
@@ -318,13 +337,13 @@ class PartitionState:
         if ts < now_ms - rules.grace_ms:
             return Rejection(
                 LATE_EVENT,
-                f"event time {ts} is {(now_ms - ts) // 1000} s old, "
+                f"event time {ts} is {(now_ms - ts) // 1000} s older than its arrival in Kafka, "
                 f"beyond the {rules.grace_ms // 1000} s grace",
             )
         if ts > now_ms + rules.future_tolerance_ms:
             return Rejection(
                 FUTURE_EVENT,
-                f"event time {ts} is {(ts - now_ms) // 1000} s in the future "
+                f"event time {ts} is {(ts - now_ms) // 1000} s ahead of its arrival in Kafka "
                 f"(tolerance {rules.future_tolerance_ms // 1000} s)",
             )
         if customer is None:
@@ -551,8 +570,16 @@ class PartitionState:
             for p in percents
         ]
 
-    def evict(self, now_ms: int) -> list[bytes]:
-        """Drop state no event can change any more; returns the changelog keys to tombstone."""
+    def advance_clock(self, arrival_ms: int) -> None:
+        """Move the clock forward as if a record had arrived at ``arrival_ms`` (never back)."""
+        self.clock_ms = max(self.clock_ms, arrival_ms)
+
+    def evict(self) -> list[bytes]:
+        """Drop state no event can change any more at the partition's clock; returns the changelog keys to
+        tombstone. Eviction never runs ahead of the clock lateness is judged on (that keeps dedup exact)."""
+        now_ms = self.clock_ms
+        if now_ms == NO_CLOCK:
+            return []
         now_minute = now_ms // MINUTE_MS
         tombstones: list[bytes] = []
         for minute in [m for m in self.expiry if m < now_minute]:
@@ -583,16 +610,18 @@ class PartitionState:
         return tombstones
 
     def checkpoint(self, next_offset: int) -> tuple[bytes, dict[str, int]] | None:
-        """The changelog record "this state is complete up to input offset ``next_offset``", written in the
-        transaction that commits that offset; None when the last one written says the same already."""
-        if next_offset == self.checkpoint_offset:
+        """The changelog record "this state is complete up to input offset ``next_offset``, at this clock",
+        written in the transaction that commits that offset; None when the last one written says the same."""
+        if next_offset == self.checkpoint_offset and self.clock_ms == self._checkpoint_clock:
             return None
         self.checkpoint_offset = next_offset
-        return CHECKPOINT_KEY, {"o": next_offset}
+        self._checkpoint_clock = self.clock_ms
+        return CHECKPOINT_KEY, {"o": next_offset, "t": self.clock_ms}
 
     def forget_checkpoint(self) -> None:
         """The last checkpoint written may have been aborted: write one again with the next transaction."""
         self.checkpoint_offset = None
+        self._checkpoint_clock = NO_CLOCK
 
     # -- introspection ------------------------------------------------------------------------------------
 

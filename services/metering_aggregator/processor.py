@@ -223,7 +223,7 @@ class MeteringProcessor:
             behind: dict[int, PartitionState] = {}
             for p in pending:
                 state = PartitionState(p, self.config, self.rules)
-                restore(state, latest[p].items(), int(self.clock() * 1000))
+                restore(state, latest[p].items())
                 records += len(latest[p])
                 if changelog_behind(state.checkpoint_offset, committed.get(p, -1)):
                     behind[p] = state
@@ -355,14 +355,21 @@ class MeteringProcessor:
         for record, event in decoded:
             partition: int = record.partition()  # type: ignore[assignment]
             customer_id = event["customer_id"]
+            # When the event reached Kafka (the producer's timestamp), never ahead of our own clock: the
+            # partition's clock, which lateness is judged on, whatever our lag (see model.py).
+            arrival = record.timestamp()[1]
+            if arrival <= 0 or arrival > now_ms:
+                arrival = now_ms
             if customer_id and home(customer_id) != partition:
-                # Keyed by another partitioner (or not keyed): count it where the customer's state lives.
+                # Keyed by another partitioner (or not keyed): count it where the customer's state lives,
+                # keeping its arrival time.
                 producer.produce(
                     self.topics.usage_events,
                     record.value(),
                     record.key(),
                     record.headers(),
                     partition=home(customer_id),
+                    timestamp=arrival,
                 )
                 outcomes[REROUTED] = outcomes.get(REROUTED, 0) + 1
                 continue
@@ -372,7 +379,7 @@ class MeteringProcessor:
             # The decoder resolved the record to our reader schema, so every field exists with its type;
             # apply() validates values before it changes anything.
             self._state_changed = True
-            rejection = state.apply(event, now_ms, customers.get(customer_id))
+            rejection = state.apply(event, arrival, customers.get(customer_id))
             if rejection is None:
                 counted += 1
                 continue
@@ -418,7 +425,7 @@ class MeteringProcessor:
                 THRESHOLDS.labels(str(crossing.percent)).inc()
         if evict:
             for partition, state in self.states.items():
-                for key in state.evict(now_ms):
+                for key in state.evict():
                     produce(topics.changelog, None, key, partition=partition)
 
     def _write_checkpoints(self, positions: list[TopicPartition]) -> None:

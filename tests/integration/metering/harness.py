@@ -131,11 +131,18 @@ class Metering:
 
     # -- events -----------------------------------------------------------------------------------------
 
-    def send(self, events: Iterable[dict[str, Any]], *, partition: int | None = None) -> int:
+    def send(
+        self, events: Iterable[dict[str, Any]], *, partition: int | None = None, arrival: int | None = None
+    ) -> int:
+        """Produce events; ``arrival`` sets their records' Kafka timestamp (as if produced back then)."""
         n = 0
         for e in events:
             self.producer.produce(
-                self.topic(USAGE_EVENTS), self.encoder.encode(e), e["customer_id"], partition=partition
+                self.topic(USAGE_EVENTS),
+                self.encoder.encode(e),
+                e["customer_id"],
+                partition=partition,
+                timestamp=arrival,
             )
             n += 1
         assert self.producer.flush(30) == 0

@@ -240,3 +240,24 @@ def test_a_new_owner_waits_for_the_changelog_to_catch_up_with_the_committed_offs
     assert metering.producer.flush(10) == 0
     metering.send([third])
     wait_for(lambda: metering.period_total(customer) == (Decimal(3), 3), what="all three events")
+
+
+def test_a_duplicate_resent_minutes_later_is_counted_once_after_eviction_and_a_restart(metering: Metering):
+    # Kafka time stands in for waiting: the original arrived 20 minutes ago, the re-send arrives now. In
+    # between, later traffic moved the partition's clock past the original's minute and hour windows, and
+    # (with a 5-minute grace) eviction dropped them; then the instance is replaced.
+    customer = metering.customer("pro")
+    earlier = now_ms() - 20 * 60_000
+    original, later = usage_event(customer, ts=earlier), usage_event(customer)
+    fast_eviction = {"grace_seconds": 300, "eviction_interval_seconds": 0.2}
+    first = metering.start(instance_id="agg-minutes-1", **fast_eviction)
+    metering.send([original], arrival=earlier + 1000)
+    wait_for(lambda: metering.period_total(customer) == (Decimal(1), 1), what="the original")
+    metering.send([later])
+    wait_for(lambda: metering.period_total(customer) == (Decimal(2), 2), what="later traffic")
+    time.sleep(1)  # a few eviction rounds at the new clock
+    first.close()
+    metering.start(instance_id="agg-minutes-2", **fast_eviction)
+    metering.send([original, usage_event(customer)])  # the re-send (and one new event)
+    wait_for(lambda: metering.period_total(customer) == (Decimal(3), 3), what="three unique events")
+    assert not [d for d in metering.dead_letters() if d["customer_id"] == customer]  # a duplicate, not late

@@ -45,3 +45,17 @@ def test_unknown_customers_bad_values_and_undecodable_bytes_are_dead_lettered(me
     assert by_code["unknown_customer"]["customer_id"] == ghost["customer_id"]
     assert metering.period_total(c) == (Decimal(1), 1)
     assert metering.period_total(c, "compute_seconds") is None
+
+
+def test_a_backlog_older_than_the_grace_is_counted_when_the_aggregator_catches_up(metering: Metering):
+    # Events that reached Kafka two hours ago, on time, while no aggregator ran (an outage, a long lag):
+    # lateness is about the event's arrival, not about when we got round to it.
+    c = metering.customer("pro")
+    then = now_ms() - 2 * HOUR
+    backlog = [usage_event(c, ts=then - 60_000 + i) for i in range(20)]
+    already_late = usage_event(c, ts=then - 2 * HOUR)  # two hours old when it arrived back then
+    metering.send([*backlog, already_late], arrival=then)
+    metering.start(grace_seconds=3600)
+    wait_for(lambda: metering.period_total(c) == (Decimal(20), 20), what="the backlog counted")
+    letters = wait_for(lambda: [d for d in metering.dead_letters() if d["customer_id"] == c])
+    assert [(d["error_code"], d["event_id"]) for d in letters] == [("late_event", already_late["event_id"])]

@@ -166,3 +166,49 @@ def test_events_no_meter_counts_are_ignored_and_counted_in_a_metric(state):
     assert not r.dead_letter
     assert state.unmetered == 1
     assert state.window_count() == 0
+
+
+def test_lateness_is_judged_on_arrival_in_kafka_so_a_backlog_counts_as_it_would_have_live(config):
+    # The aggregator was down for three hours: the events arrived in Kafka on time, and are counted now.
+    state = PartitionState(0, config, Rules(grace_ms=HOUR_MS, dedup_horizon_ms=DAY_MS))
+    acme = customer()
+    arrived = NOW - 3 * HOUR_MS
+    assert state.apply(event(ts=arrived - 10 * MINUTE_MS), arrived, acme) is None
+    late = state.apply(event(ts=arrived - 2 * HOUR_MS), arrived, acme)
+    assert late is not None
+    assert late.code == LATE_EVENT
+    assert "arrival" in late.message
+
+
+def test_the_clock_never_goes_back_so_an_old_arrival_cannot_smuggle_in_a_late_event(config):
+    state = PartitionState(0, config, Rules(grace_ms=HOUR_MS, dedup_horizon_ms=DAY_MS))
+    acme = customer()
+    assert state.apply(event(ts=NOW), NOW, acme) is None
+    # A producer whose clock is three hours behind: its record does not move the partition's clock back.
+    late = state.apply(event(ts=NOW - 3 * HOUR_MS), NOW - 3 * HOUR_MS, acme)
+    assert late is not None
+    assert late.code == LATE_EVENT
+    assert state.clock_ms == NOW
+
+
+def test_dedup_stays_exact_when_a_duplicate_arrives_after_its_id_was_evicted(config):
+    rules = Rules(grace_ms=HOUR_MS, dedup_horizon_ms=2 * HOUR_MS)
+    state = PartitionState(0, config, rules)
+    acme = customer()
+    assert state.apply(event(event_id="e1", ts=NOW), NOW, acme) is None
+    state.advance_clock(NOW + 2 * HOUR_MS + 5 * MINUTE_MS)
+    state.evict()
+    assert not state.dedup.seen  # forgotten ...
+    # ... so a re-send, even one whose record carries an old timestamp, is judged late, never counted again.
+    again = state.apply(event(event_id="e1", ts=NOW), NOW + MINUTE_MS, acme)
+    assert again is not None
+    assert again.code == LATE_EVENT
+    assert list(totals(state, "api_requests").values()) == [(Decimal(1), 1)]
+
+
+def test_eviction_follows_the_partitions_clock_not_the_processing_hosts(config):
+    state = PartitionState(0, config, Rules(grace_ms=HOUR_MS, dedup_horizon_ms=DAY_MS))
+    assert state.apply(event(event_id="e1", ts=NOW), NOW, customer()) is None
+    assert state.evict() == []  # however late the host thinks it is, no record has arrived since
+    assert state.window_count() == 8
+    assert state.dedup.contains("acme", "e1")

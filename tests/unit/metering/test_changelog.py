@@ -106,17 +106,21 @@ def test_expired_state_is_evicted_and_tombstoned(config):
     state, topic = PartitionState(0, config, rules), Topic()
     feed(state, topic, [[event(customer_id="c", ts=NOW, user_id="u1", event_id="e1")]], NOW)
     later = NOW + 2 * HOUR_MS + 3 * MINUTE_MS
-    topic.write([(k, None) for k in state.evict(later)])
+    state.advance_clock(later)  # records arrived until `later`
+    topic.write([(k, None) for k in state.evict()])
+    topic.write([state.checkpoint(5) or (b"", None)])
     grans = {w.granularity for w in state.windows()}
     assert grans == {Granularity.DAY, Granularity.BILLING_PERIOD}  # minute and hour windows are final
     assert not state.dedup.seen  # the id is past its horizon
     restored = PartitionState(0, config, rules)
-    restore(restored, topic.compacted(), later)
+    restore(restored, topic.compacted())
+    assert restored.clock_ms == later
     assert snapshot(restored) == snapshot(state)
     # Unique-count members of evicted windows are tombstoned too.
     live_keys = {k for k, _ in topic.compacted()}
     assert not any(k.startswith(b"U|") and b"|MINUTE|" in k for k in live_keys)
-    state.evict(later + 40 * DAY_MS)
+    state.advance_clock(later + 40 * DAY_MS)
+    state.evict()
     assert state.window_count() == 0
     assert not state.series
 
