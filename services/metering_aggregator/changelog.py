@@ -14,7 +14,8 @@ the committed offsets exactly. Record keys (UTF-8) and JSON values:
 * ``D|<expiry minute>|<txn>.<chunk>`` -> ``{customer: [event_id, ...]}`` — dedup ids added by transaction
   ``txn`` that expire at that minute (one record per bucket per transaction, not one per event; big
   deltas are split in chunks of ~256 KiB);
-* ``T|<customer>|<meter>|<period start>`` -> ``{"p": highest percent fired, "e": period end}``;
+* ``T|<customer>|<meter>|<period start>`` -> ``{"p": highest percent fired, "e": period end, "l": the limit
+  (nanounits, as text) it was a percentage of}``;
 * ``C`` -> ``{"o": next input offset, "t": clock}`` — the checkpoint: the input offset this state is
   complete up to, written with every transaction that moves the partition's committed offset, to the same
   value (a restore compares them, see :func:`changelog_behind`), and the partition's clock, so that it
@@ -98,7 +99,12 @@ def restore(state: PartitionState, records: Iterable[tuple[bytes, bytes | None]]
         elif kind == b"T|":
             _, customer_id, meter, start = key.decode().split("|")
             fired = orjson.loads(value)
-            state.thresholds[(customer_id, meter, int(start))] = (int(fired["p"]), int(fired["e"]))
+            limit = fired.get("l")
+            state.thresholds[(customer_id, meter, int(start))] = (
+                int(fired["p"]),
+                int(fired["e"]),
+                None if limit is None else int(limit),
+            )
     evicted_before = None
     if state.clock_ms != NO_CLOCK:
         evicted_before = state.clock_ms - state.rules.grace_ms - EVICTION_MARGIN_MS

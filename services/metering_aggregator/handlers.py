@@ -56,8 +56,12 @@ def threshold_record(
     suggested = suggest_for_meter(config, plan, crossing.meter, usage) if plan is not None else None
     customer_id = crossing.customer.customer_id
     return {
-        # Deterministic, so consumers can deduplicate even if they read a topic twice.
-        "event_id": f"{customer_id}|{crossing.meter}|{crossing.period_start_ms}|{crossing.percent}",
+        # Deterministic, so consumers can deduplicate even if they read a topic twice; with the limit, as a
+        # plan change mid-period starts the thresholds of the new limit.
+        "event_id": (
+            f"{customer_id}|{crossing.meter}|{crossing.period_start_ms}|"
+            f"{format(limit.normalize(), 'f')}|{crossing.percent}"
+        ),
         "customer_id": customer_id,
         "meter": crossing.meter,
         "plan": crossing.customer.plan,

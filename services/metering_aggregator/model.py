@@ -286,8 +286,9 @@ class PartitionState:
         self.dedup = DedupIndex()
         self.series: dict[tuple[str, str, str], Series] = {}
         self.dirty: list[Window] = []
-        # (customer, meter, period_start) -> (highest percent fired, period end)
-        self.thresholds: dict[tuple[str, str, int], tuple[int, int]] = {}
+        # (customer, meter, period_start) -> (highest percent fired, period end, the limit it was of; None
+        # when restored from a changelog written before limits were kept)
+        self.thresholds: dict[tuple[str, str, int], tuple[int, int, int | None]] = {}
         self.dirty_thresholds: set[tuple[str, str, int]] = set()
         # eviction minute -> windows to drop then
         self.expiry: dict[int, list[Window]] = {}
@@ -484,8 +485,9 @@ class PartitionState:
                 out.thresholds.extend(self._thresholds_for(w, customer_of))
         self.dirty = []
         for tkey in self.dirty_thresholds:
-            percent, end = self.thresholds[tkey]
-            out.changelog.append((threshold_changelog_key(*tkey), {"p": percent, "e": end}))
+            percent, end, limit = self.thresholds[tkey]
+            fired = {"p": percent, "e": end, "l": None if limit is None else str(limit)}
+            out.changelog.append((threshold_changelog_key(*tkey), fired))
         self.dirty_thresholds.clear()
         if self.pending_tombstones:
             out.changelog.extend((key, None) for key in self.pending_tombstones)
@@ -557,11 +559,15 @@ class PartitionState:
             return []
         limit = decimal_to_nanounits(allowance.limit)
         tkey = (customer.customer_id, w.series.meter.slug, w.start_ms)
-        fired = self.thresholds.get(tkey, (0, w.end_ms))[0]
+        fired, _, fired_limit = self.thresholds.get(tkey, (0, w.end_ms, limit))
+        if fired_limit is not None and fired_limit != limit:
+            # The plan changed mid-period (an upgrade, say): 80 % of the new limit is a new threshold, and
+            # those of the old limit say nothing about it.
+            fired = 0
         percents = crossed_thresholds(w.value, limit, fired)
         if not percents:
             return []
-        self.thresholds[tkey] = (percents[-1], w.end_ms)
+        self.thresholds[tkey] = (percents[-1], w.end_ms, limit)
         self.dirty_thresholds.add(tkey)
         return [
             ThresholdCrossing(
@@ -598,7 +604,7 @@ class PartitionState:
             tombstones.extend(self.dedup.bucket_records.pop(minute, ()))
         expired = [
             k
-            for k, (_, end) in self.thresholds.items()
+            for k, (_, end, _) in self.thresholds.items()
             if end + self.rules.grace_ms + EVICTION_MARGIN_MS < now_ms
         ]
         for tkey in expired:

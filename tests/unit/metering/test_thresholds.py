@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from services.metering_aggregator.changelog import encode_value, restore
 from services.metering_aggregator.handlers import threshold_record
-from services.metering_aggregator.model import PartitionState, crossed_thresholds
+from services.metering_aggregator.model import PartitionState, ThresholdCrossing, crossed_thresholds
+from services.metering_aggregator.values import SCALE, nanounits_to_decimal
 from services.plans.periods import DAY_MS, billing_period
 
 from .conftest import NOW, customer, event
@@ -74,3 +76,35 @@ def test_threshold_record_carries_usage_limit_plan_and_upgrade(state, config):
     assert records[0]["upgrade"]["code"] == "usage_limit_approaching"
     assert len({r["event_id"] for r in records}) == 3
     assert last["period_start"] == billing_period(NOW, 1).start_ms
+
+
+def test_after_an_upgrade_mid_period_the_new_plans_thresholds_fire_too(state, config):
+    # seats (LATEST): free allows 3, pro 50. The customer hits free's limit, upgrades, then grows into pro's.
+    written: list[tuple[bytes, bytes | None]] = []
+
+    def seats(n: int, who, seq: int) -> list[tuple[int, Decimal]]:
+        assert state.apply(event("seats_changed", seats=n), NOW, who) is None
+        drained = state.drain(seq, lambda _cid: who)
+        written.extend((k, None if v is None else encode_value(v)) for k, v in drained.changelog)
+        return [(c.percent, nanounits_to_decimal(c.limit)) for c in drained.thresholds]
+
+    free, pro = customer(plan="free"), customer(plan="pro")
+    assert seats(3, free, 1) == [(80, 3), (90, 3), (100, 3)]
+    assert seats(10, pro, 2) == []
+    assert seats(40, pro, 3) == [(80, 50)]
+    # What was fired, and of which limit, survives a restart in the middle.
+    restored = PartitionState(0, config, state.rules)
+    restore(restored, written)
+    assert restored.thresholds == state.thresholds
+    state = restored
+    assert seats(50, pro, 4) == [(90, 50), (100, 50)]
+    assert seats(50, pro, 5) == []  # still once each per limit
+
+
+def test_threshold_events_of_two_limits_in_one_period_have_different_ids(config):
+    def hundred(who, limit: int) -> str:
+        crossing = ThresholdCrossing(who, "seats", 100, limit * SCALE, limit * SCALE, True, 0, 1)
+        return threshold_record(crossing, NOW, config, UPGRADE)["event_id"]
+
+    assert hundred(customer(plan="free"), 3) != hundred(customer(plan="pro"), 50)
+    assert hundred(customer(plan="free"), 3) == hundred(customer(plan="free"), 3)
