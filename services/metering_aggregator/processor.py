@@ -183,9 +183,10 @@ class MeteringProcessor:
         try:
             self.states.update(self._restore([tp.partition for tp in mine]))
         except Exception:
-            # Raising here would leave the assignment undone; the first batch from a partition without
-            # state rebuilds it instead (RetryBatch -> _recover).
-            log.exception("restore on assignment failed; retrying with the first batch")
+            # Raising here would leave the assignment undone; the next poll rebuilds what is missing
+            # instead (_recover), and no offset of a partition without state is committed meanwhile.
+            log.exception("restore on assignment failed; retrying before the next batch")
+            self._needs_recovery = True
         finally:
             self.restoring = False
         ASSIGNED.set(len(self.states))
@@ -394,8 +395,8 @@ class MeteringProcessor:
                 )
         self._write_state(first_offsets, now_ms, evict)
         positions = self.consumer.position()
-        self._write_checkpoints(positions)
-        producer.send_offsets(self.consumer, positions, timeout=self.kafka_timeout)
+        offsets = self._write_checkpoints(positions)
+        producer.send_offsets(self.consumer, offsets, timeout=self.kafka_timeout)
         producer.commit(self.kafka_timeout)
         TRANSACTIONS.labels("committed").inc()
         if counted:
@@ -428,17 +429,22 @@ class MeteringProcessor:
                 for key in state.evict():
                     produce(topics.changelog, None, key, partition=partition)
 
-    def _write_checkpoints(self, positions: list[TopicPartition]) -> None:
+    def _write_checkpoints(self, positions: list[TopicPartition]) -> list[TopicPartition]:
         """Each partition's changelog says which input offset its state is complete up to: the very offset
-        committed with it in this transaction (a restore checks one against the other)."""
+        committed with it in this transaction (a restore checks one against the other). Returns the offsets
+        to commit: only those of partitions with state (a position can move over transaction markers
+        without a record, and must not be committed for a partition whose restore failed)."""
+        offsets = []
         for tp in positions:
             state = self.states.get(tp.partition)
             if state is None or tp.offset < 0 or tp.topic != self.topics.usage_events:
                 continue
+            offsets.append(tp)
             record = state.checkpoint(tp.offset)
             if record is not None:
                 key, value = record
                 self.producer.produce(self.topics.changelog, encode_value(value), key, partition=tp.partition)
+        return offsets
 
     def _recover(self) -> None:
         """After a failed batch: end its transaction, then drop the uncommitted in-memory changes and rewind
