@@ -3,7 +3,8 @@
 Every replica reads the whole compacted topic (``read_committed``, all partitions assigned by hand, from
 the beginning) and keeps, per customer and meter, the running total of the last few billing periods. Only
 ``BILLING_PERIOD`` records of the ungrouped series matter here; the others are skipped by their key,
-without decoding. The view is ready once it has read up to the end offsets it saw at start.
+without decoding. The view is ready once it has read up to the end offsets it first saw; until then the
+API refuses meter checks rather than answer from a partial view.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class UsageView:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._consumer: Consumer | None = None
+        self._partitions: list[TopicPartition] = []
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self.records = 0
@@ -80,8 +82,9 @@ class UsageView:
         consumer = self._consumer = Consumer(
             self.kafka, None, client_id="entitlements-view", fetch_wait_max_ms=20
         )
-        partitions = consumer.assign_all([self.topic])
-        self._ends = consumer.end_offsets([TopicPartition(tp.topic, tp.partition) for tp in partitions])
+        self._partitions = [
+            TopicPartition(tp.topic, tp.partition) for tp in consumer.assign_all([self.topic])
+        ]
         self._thread = threading.Thread(target=self._run, name="usage-view", daemon=True)
         self._thread.start()
         return self
@@ -91,8 +94,13 @@ class UsageView:
         consumer = self._consumer
         started = time.monotonic()
         apply = self.apply
+        ends: dict[tuple[str, int], int] | None = None
         while not self._stop.is_set():
             try:
+                if ends is None:
+                    # Asked here, not in start(): a partition without a leader for a moment (a topic just
+                    # created, a broker restarting) delays readiness instead of failing the API's start-up.
+                    ends = consumer.end_offsets(self._partitions)
                 # Small batches: the GIL is held while a batch is applied, and requests wait for it.
                 records = consumer.consume(500, 0.05)
                 for record in records:
@@ -101,7 +109,7 @@ class UsageView:
                     VIEW_RECORDS.inc(len(records))
                     self.records += len(records)
                 self.error = None
-                if not self.ready.is_set() and consumer.caught_up(self._ends):
+                if not self.ready.is_set() and consumer.caught_up(ends):
                     log.info(
                         "usage view caught up",
                         extra={
