@@ -19,11 +19,24 @@ timestamps (our direct producers may send event time), and a compacted topic may
 The interpolation needs nothing but the offsets we fetch anyway; its cost is resolution (the refresh
 interval) and a short warm-up after start-up, during which the estimate is a lower bound.
 
-**Not on the hot path**: a background thread refreshes every ``interval`` seconds. It asks the broker for
-end offsets through its own small client (so it never waits behind or delays the service's consumer); it
-reads the service consumer's assignment and positions, which are local calls. ``update()`` from the poll
-loop only pokes the thread. End offsets are the last stable offset under ``read_committed`` (librdkafka
-honours ``isolation.level``), so an open transaction is not counted as lag.
+**Where positions come from**: the thread that polls the consumer hands them over —
+``tracker.observe(positions)`` with the list it just sent with a transaction's offsets, or
+``tracker.update()`` after any other poll (it reads ``consumer.position()``, a ~20 µs local call, on the
+calling thread). The tracker's background thread never calls the service consumer: confluent-kafka 2.16
+lets one thread at a time into a Consumer, and a caller that finds it busy sleeps and retries (usleep, no
+queue). Against a loop calling ``consume(n, 0.1)`` back to back such a caller gets in only while the loop
+is doing something else, e.g. in a transaction (measured: a refresh waited 36 s), and meanwhile the gauges
+showed a lag the loop had long cleared. The background thread only asks the broker for end offsets (and,
+before the first record, committed offsets) through its own small client, every ``interval`` seconds, or
+at most every ``min_interval`` after an observation shows the consumer moved, so a cleared lag reads 0
+within about a second. End offsets are the last stable offset under ``read_committed`` (librdkafka honours
+``isolation.level``), so an open transaction is not counted as lag.
+
+**Transaction markers**: a transaction ends with a control record the consumer never returns, and an
+aborted transaction's records are skipped; librdkafka steps the position over them while serving a poll.
+When a batch ends exactly on a transaction's last record, the positions committed with it stop short and
+only the next poll moves on, so ``update()`` belongs after empty polls too: a loop that observed only at
+commits would show those skipped offsets as lag on an idle partition until its next commit.
 """
 
 from __future__ import annotations
@@ -86,16 +99,25 @@ class OffsetHistory:
     A run of samples with the same end offset is kept as its first and last point only: the last tells
     when the partition was still at that offset (the interpolation's lower bound), the first when it got
     there. So an idle partition costs two entries however long it idles.
+
+    With a ``resolution``, a sample that came less than ``resolution`` seconds after the one before it is
+    replaced by the next sample instead of kept: refreshes brought forward by a moving consumer then keep
+    the table's span at about ``capacity * resolution`` seconds, while the newest sample is always the
+    latest end offset. The estimate's error grows by at most the resolution.
     """
 
-    def __init__(self, capacity: int = 360) -> None:
+    def __init__(self, capacity: int = 360, resolution: float = 0.0) -> None:
         self._samples: deque[Sample] = deque(maxlen=max(3, capacity))
+        self.resolution = resolution
 
     def add(self, end_offset: int, at: float) -> None:
         samples = self._samples
         if samples and end_offset < samples[-1][0]:
             samples.clear()  # topic recreated or truncated: the old table describes another log
-        if len(samples) >= 2 and samples[-1][0] == end_offset and samples[-2][0] == end_offset:
+        if len(samples) >= 2 and (
+            (samples[-1][0] == end_offset and samples[-2][0] == end_offset)
+            or samples[-1][1] - samples[-2][1] < self.resolution
+        ):
             samples[-1] = (end_offset, at)
         else:
             samples.append((end_offset, at))
@@ -157,9 +179,12 @@ LAST_UPDATE = metrics.gauge(
 class ConsumerLagTracker:
     """Computes and exports the lag of one consumer's assigned partitions.
 
-    ``start()`` runs it every ``interval`` seconds on a daemon thread; ``refresh()`` runs it once, now;
-    ``update()`` (cheap, from the poll loop) asks the thread for an early refresh; ``close()`` stops it and
-    removes this group's series.
+    The thread that polls the consumer feeds it: ``observe(positions)`` after each commit (the positions
+    it committed), ``update()`` after any other poll. ``start()`` runs the broker side every ``interval``
+    seconds on a daemon thread, sooner (at most every ``min_interval``) after the consumer moved;
+    ``refresh()`` observes and computes once, now, on the calling thread; ``close()`` stops it and removes
+    this group's series. Until the first observation nothing is exported: only the polling thread knows
+    the assignment.
     """
 
     def __init__(
@@ -191,52 +216,97 @@ class ConsumerLagTracker:
             client_id=f"{self.group}-lag-probe",
             isolation_level=consumer.isolation_level,
         )
+        # The latest positions the polling thread handed over, replaced whole (one reference store, so the
+        # background thread reads a consistent snapshot without a lock on the hot path).
+        self._observed: dict[tuple[str, int], int] | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_refresh = 0.0
+        self._started_at = time.monotonic()
+        self._warned_unobserved = False
         self.last: list[PartitionLag] = []
+
+    # -- fed by the thread that polls the consumer ------------------------------------------------------
+
+    def observe(self, positions: Sequence[TopicPartition]) -> None:
+        """Hand over the consumer's positions on its whole assignment (e.g. the list just sent with the
+        transaction's offsets). Call it from the thread that polls the consumer; never blocks."""
+        snapshot = {(tp.topic, tp.partition): tp.offset for tp in positions}
+        moved = snapshot != self._observed
+        self._observed = snapshot
+        if moved:
+            self._wake.set()  # the thread keeps refreshes ``min_interval`` apart
+
+    def update(self) -> None:
+        """Observe the consumer's current positions (a local call, no broker round trip). Call it from the
+        thread that polls the consumer, after a poll that did not end in :meth:`observe` — an empty poll
+        too: that is when librdkafka steps over a transaction's commit marker."""
+        if self.consumer.closed:
+            return
+        try:
+            positions = self.consumer.position()
+        except (KafkaException, RuntimeError):  # consumer closing under us during shutdown
+            return
+        self.observe(positions)
 
     # -- running ------------------------------------------------------------------------------------
 
     def start(self) -> ConsumerLagTracker:
         if self._thread is None:
+            self._started_at = time.monotonic()
             self._thread = threading.Thread(target=self._run, name=f"lag-{self.group}", daemon=True)
             self._thread.start()
         return self
 
-    def update(self) -> None:
-        """Ask for a refresh soon (never blocks; rate-limited to one per ``min_interval``)."""
-        if time.monotonic() - self._last_refresh >= self.min_interval:
-            self._wake.set()
-
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.refresh()
+                self._compute()
             except Exception:
                 log.exception("consumer lag refresh failed", extra={"group": self.group})
-            self._wake.wait(self.interval)
+            woken = self._wake.wait(self.interval)
             self._wake.clear()
+            if woken:
+                # Brought forward by an observation: still at most one round of broker calls per
+                # min_interval, however often the loop commits.
+                delay = self._last_refresh + self.min_interval - time.monotonic()
+                if delay > 0:
+                    self._stop.wait(delay)
 
     # -- computing ----------------------------------------------------------------------------------
 
     def refresh(self) -> list[PartitionLag]:
-        """Compute the lag of every assigned partition now and export it."""
+        """Observe the consumer's positions and compute the lag of every assigned partition now, on the
+        calling thread (which must be the one polling the consumer)."""
+        if self.consumer.closed:
+            return []
+        try:
+            self._observed = {(tp.topic, tp.partition): tp.offset for tp in self.consumer.position()}
+        except (KafkaException, RuntimeError):  # consumer closed under us during shutdown
+            return []
+        return self._compute()
+
+    def _compute(self) -> list[PartitionLag]:
+        """Lag of the observed positions against the end offsets asked of the broker now; exported."""
         with self._lock:
             self._last_refresh = time.monotonic()
-            if self.consumer.closed:
+            if self.consumer.closed:  # shutting down: the owner is past its last poll
                 return []
-            try:
-                assignment = self.consumer.assignment()
-                positions = self.consumer.position(assignment) if assignment else []
-            except (KafkaException, RuntimeError):  # consumer closed under us during shutdown
+            observed = self._observed
+            if observed is None:
+                self._warn_if_never_observed()
                 return []
+            positions = [
+                TopicPartition(topic, partition, offset) for (topic, partition), offset in observed.items()
+            ]
             starts = self._start_offsets(positions)
             now = self._clock()
             result: list[PartitionLag] = []
             for tp in positions:
+                if self._stop.is_set():  # closing: with the broker away each ask below can take `timeout`
+                    return []
                 key = (tp.topic, tp.partition)
                 try:
                     low, high = self._probe.watermark_offsets(tp.topic, tp.partition, self.timeout)
@@ -247,7 +317,7 @@ class ConsumerLagTracker:
                     continue
                 history = self._histories.get(key)
                 if history is None:
-                    history = self._histories[key] = OffsetHistory(self._history_capacity)
+                    history = self._histories[key] = OffsetHistory(self._history_capacity, self.interval)
                 history.add(high, now)
                 result.append(
                     compute_partition_lag(
@@ -264,6 +334,17 @@ class ConsumerLagTracker:
             self._export(result)
             self.last = result
             return result
+
+    def _warn_if_never_observed(self) -> None:
+        # A service that never feeds the tracker exports no lag at all; say so once, after a grace period
+        # long enough for the first assignment and a state restore.
+        waited = time.monotonic() - self._started_at
+        if not self._warned_unobserved and self._thread is not None and waited > max(60.0, 3 * self.interval):
+            self._warned_unobserved = True
+            log.warning(
+                "no consumer positions observed yet: call tracker.update() or observe() from the poll loop",
+                extra={"group": self.group, "waited_seconds": round(waited)},
+            )
 
     def _start_offsets(self, positions: list[TopicPartition]) -> dict[tuple[str, int], int]:
         # Before its first record on a partition the consumer has no position; it will start from the
