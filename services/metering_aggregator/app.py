@@ -136,6 +136,8 @@ def _build(settings: MeteringSettings, life: Lifecycle) -> AggregatorApp:
         )
 
     producer = new_producer()
+    # Before the processor, which feeds it positions from its poll loop; closed before the consumer.
+    lag = life.push(ConsumerLagTracker(consumer).start(), "lag tracker")
     dead_letters = DeadLetterPublisher(producer, encoder(USAGE_EVENTS_DLQ), topics.dead_letters, SERVICE)
     processor = MeteringProcessor(
         kafka=settings.kafka,
@@ -155,10 +157,10 @@ def _build(settings: MeteringSettings, life: Lifecycle) -> AggregatorApp:
         eviction_interval=settings.eviction_interval_seconds,
         kafka_timeout=settings.commit_timeout_seconds,
         producer_factory=new_producer,
+        lag=lag,
     )
     # Closes whichever producer the processor holds by then (it replaces one that hit a fatal error).
     life.callback(lambda: processor.producer.close(timeout=10), "transactional producer")
-    life.push(ConsumerLagTracker(consumer).start(), "lag tracker")
     ops = life.push(
         OpsServer(
             settings.host,

@@ -33,6 +33,7 @@ from services.kernel.errors import (
     TransactionAbortableError,
 )
 from services.kernel.kafka import OFFSET_BEGINNING, Consumer, Record, TopicPartition, TransactionalProducer
+from services.kernel.lag import ConsumerLagTracker
 from services.kernel.serde import ValueDecoder, ValueEncoder
 from services.kernel.settings import KafkaSettings
 from services.metering_aggregator.changelog import changelog_behind, encode_value, restore
@@ -139,6 +140,7 @@ class MeteringProcessor:
         kafka_timeout: float = 30.0,
         producer_factory: Callable[[], TransactionalProducer] | None = None,
         checkpoint_wait: float = 30.0,
+        lag: ConsumerLagTracker | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.kafka = kafka
@@ -162,6 +164,8 @@ class MeteringProcessor:
         self.producer_factory = producer_factory
         # How long a restore waits for the changelog to reach the committed offsets (see _restore).
         self.checkpoint_wait = checkpoint_wait
+        # Fed from this (the polling) thread: its own thread must not call into the consumer (kernel.lag).
+        self.lag = lag
         self._broken_producer: KafkaFatalError | None = None
         self._replacements: list[float] = []
         self.clock = clock
@@ -297,6 +301,8 @@ class MeteringProcessor:
         now = self.clock()
         evict = now - self._last_eviction >= self.eviction_interval
         if not records and not evict:
+            if self.lag is not None:
+                self.lag.update()  # an empty poll may have stepped over a transaction marker
             return 0
         started = time.monotonic()
         try:
@@ -398,6 +404,8 @@ class MeteringProcessor:
         offsets = self._write_checkpoints(positions)
         producer.send_offsets(self.consumer, offsets, timeout=self.kafka_timeout)
         producer.commit(self.kafka_timeout)
+        if self.lag is not None:
+            self.lag.observe(positions)
         TRANSACTIONS.labels("committed").inc()
         if counted:
             EVENTS.labels("counted").inc(counted)
