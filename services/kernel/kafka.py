@@ -440,6 +440,10 @@ class Producer:
         self.close()
 
 
+#: How long past its own timeout a transactional call may block before the producer counts as wedged.
+WEDGED_GRACE = 15.0
+
+
 class TransactionalProducer:
     """Producer for consume-transform-produce loops with exactly-once output.
 
@@ -572,13 +576,49 @@ class TransactionalProducer:
             return
         metadata = consumer.group_metadata()
         try:
-            self._call(
+            self._call_guarded(
                 "send_offsets_to_transaction",
                 lambda: self._producer.send_offsets_to_transaction(valid, metadata, timeout),
+                timeout,
             )
         except TransactionAbortableError:
             self.abort(timeout)
             raise
+
+    def _call_guarded(self, what: str, fn: Callable[[], None], timeout: float) -> None:
+        """:meth:`_call` on a helper thread, given up ``WEDGED_GRACE`` seconds after its own timeout.
+
+        librdkafka's ``send_offsets_to_transaction`` can block for good, past its timeout, when the group
+        coordinator is away (librdkafka issue #5456, fix pending in PR #5457; seen here after a broker
+        restart). The producer is then unusable — every other transactional call answers ``_CONFLICT``
+        while that one is in progress — so this raises :class:`KafkaFatalError` (``_WEDGED``) and marks the
+        producer fatal: replace it (a new one with the same ``transactional.id`` fences it and aborts its
+        transaction) or exit. The blocked thread is left behind, a daemon.
+        """
+        outcome: list[BaseException | None] = []
+
+        def call() -> None:
+            try:
+                self._call(what, fn)
+                outcome.append(None)
+            except BaseException as exc:  # handed to the caller's thread
+                outcome.append(exc)
+
+        worker = threading.Thread(target=call, name=f"{self._client_id}-{what}", daemon=True)
+        worker.start()
+        worker.join(timeout + WEDGED_GRACE)
+        if not outcome:
+            wedged = KafkaFatalError(
+                f"{what} ({self.transactional_id}) still blocked {WEDGED_GRACE:.0f} s past its "
+                f"{timeout:.0f} s timeout (librdkafka #5456): the producer is unusable",
+                code_name="_WEDGED",
+                fatal=True,
+            )
+            log.error("transactional producer wedged", extra={"call": what, "reason": str(wedged)})
+            self._errors.fatal = wedged
+            raise wedged
+        if outcome[0] is not None:
+            raise outcome[0]
 
     def commit(self, timeout: float = 30.0) -> None:
         """Commit the transaction, retrying retriable errors until ``timeout``; aborts on abortable ones.
@@ -606,6 +646,7 @@ class TransactionalProducer:
                 if time.monotonic() >= deadline:
                     raise
                 log.warning("commit_transaction retriable error; retrying", exc_info=True)
+                time.sleep(0.05)  # some answers (_CONFLICT, _STATE) come at once: do not spin
 
     def abort(self, timeout: float = 30.0) -> None:
         """Abort the transaction: its records are never visible to ``read_committed`` consumers.
@@ -629,6 +670,7 @@ class TransactionalProducer:
                 if time.monotonic() >= deadline:
                     raise
                 log.warning("abort_transaction retriable error; retrying", exc_info=True)
+                time.sleep(0.05)  # some answers (_CONFLICT, _STATE) come at once: do not spin
 
     @contextmanager
     def transaction(self, timeout: float = 30.0) -> Iterator[TransactionalProducer]:

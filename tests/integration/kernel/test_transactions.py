@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from services.kernel.errors import KafkaFatalError, KafkaUnavailableError
-from services.kernel.kafka import Consumer, Producer, TransactionalProducer
+from services.kernel.kafka import Consumer, Producer, TopicPartition, TransactionalProducer
 from services.kernel.provision import provision_topics
 from services.kernel.settings import KafkaSettings
 from services.kernel.topics import TopicSpec
@@ -203,3 +203,36 @@ def test_abort_after_a_commit_timed_out_ends_the_transaction_and_the_producer_go
         seen = values(consume_n(reader, 1)) + values(consume_for(reader, 1.0))
     assert seen[-1] == b"after"
     assert seen.count(b"in-doubt") <= 1
+
+
+
+def test_abort_after_send_offsets_timed_out_resumes_it_and_the_producer_goes_on(
+    private_kafka: Callable[[], PrivateKafka],
+) -> None:
+    # Unlike commit_transaction, send_offsets_to_transaction is not resumable in librdkafka: once it has
+    # returned (here: timed out before the coordinator could answer), abort() must end the transaction and
+    # the producer go on. (Its other failure, blocking past its timeout, is librdkafka #5456: see
+    # TransactionalProducer._call_guarded and tests/unit/kernel/test_transactional_guard.py.)
+    broker = private_kafka()
+    topic = _private_topic(broker)
+    group = Consumer(broker.settings, f"group-{uuid.uuid4().hex}")  # its metadata goes with the offsets
+    producer = TransactionalProducer(broker.settings, f"txn-{uuid.uuid4().hex}")
+    try:
+        producer.init_transactions()
+        producer.begin()
+        producer.produce(topic, b"aborted", "k")
+        assert producer.flush(10) == 0
+        with pytest.raises(KafkaUnavailableError):
+            producer.send_offsets(group, [TopicPartition(topic, 0, 1)], timeout=0.001)
+        producer.abort(timeout=10)
+        assert not producer.in_transaction
+        with producer.transaction():
+            producer.produce(topic, b"after", "k")
+    finally:
+        producer.close(timeout=10)
+        group.close()
+
+    with Consumer(broker.settings, f"reader-{uuid.uuid4().hex}") as reader:
+        reader.subscribe([topic])
+        seen = values(consume_n(reader, 1)) + values(consume_for(reader, 1.0))
+    assert seen == [b"after"]
