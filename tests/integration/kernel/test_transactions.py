@@ -205,7 +205,6 @@ def test_abort_after_a_commit_timed_out_ends_the_transaction_and_the_producer_go
     assert seen.count(b"in-doubt") <= 1
 
 
-
 def test_abort_after_send_offsets_timed_out_resumes_it_and_the_producer_goes_on(
     private_kafka: Callable[[], PrivateKafka],
 ) -> None:
