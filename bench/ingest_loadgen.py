@@ -6,8 +6,11 @@ a general-purpose client (httpx) would spend more CPU per request than the serve
 * ``closed``: N connections each send the next batch as soon as the previous is answered (full load);
 * ``open``: batches are sent at a fixed rate whatever the answers, and latency is measured from the
   moment each was *scheduled*, so a stalled server cannot hide its queueing (no coordinated omission).
+  The *send lag* (scheduled → written to a connection) is reported too: when it is large, the generator
+  itself (or a lack of free connections) made the latency, not the server.
 
-Prints one JSON object: requests, answers by status, events/s accepted, latency percentiles (ms).
+Prints one JSON object: requests, answers by status, events/s accepted, latency percentiles (ms), and the
+generator's own CPU use and time spent waiting for a CPU, so a starved generator shows.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import itertools
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -91,6 +95,7 @@ class Load:
         ).encode()
         self.counter = itertools.count()
         self.latencies: list[float] = []
+        self.send_lags: list[float] = []
         self.statuses: dict[int, int] = {}
         self.errors = 0
         self.checked = 0
@@ -142,9 +147,12 @@ class Load:
         async def one(scheduled: float, record: bool) -> None:
             conn = await pool.get()
             try:
-                status, body = await conn.request(self.next_request())
+                data = self.next_request()
+                sent = time.perf_counter()
+                status, body = await conn.request(data)
                 if record:
                     self.record(status, body, time.perf_counter() - scheduled)
+                    self.send_lags.append(sent - scheduled)
             finally:
                 pool.put_nowait(conn)
 
@@ -169,21 +177,48 @@ class Load:
             pool.get_nowait().close()
         return elapsed
 
-    def report(self, elapsed: float) -> dict[str, Any]:
+    def report(self, elapsed: float, generator: dict[str, float]) -> dict[str, Any]:
         lat = sorted(self.latencies)
-
-        def pct(p: float) -> float:
-            return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else float("nan")
-
         ok = self.statuses.get(202, 0)
-        return {
+        result: dict[str, Any] = {
             "requests": len(lat),
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "elapsed_s": round(elapsed, 3),
             "requests_per_s": round(len(lat) / elapsed, 1),
             "events_per_s": round(ok * self.batch / elapsed, 1),
-            "latency_ms": {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "max": pct(1.0)},
+            "latency_ms": percentiles(lat),
+            "generator": generator,
         }
+        if self.send_lags:
+            result["send_lag_ms"] = percentiles(sorted(self.send_lags))
+        return result
+
+
+def percentiles(ordered: list[float]) -> dict[str, float]:
+    """p50/p90/p99/max in ms of sorted seconds."""
+
+    def pct(p: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 2)
+
+    if not ordered:
+        return {}
+    return {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "max": pct(1.0)}
+
+
+def sched_wait_seconds(pid: int | str = "self") -> float:
+    """Time the threads of ``pid`` have spent runnable but waiting for a CPU (Linux schedstat; 0 elsewhere).
+    The benchmark's view of contention: it grows when other processes keep the cores busy."""
+    total = 0.0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0.0
+    for task in tasks:
+        try:
+            total += int((task / "schedstat").read_text().split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,8 +243,15 @@ def main(argv: list[str] | None = None) -> int:
     # measured as server latency.
     gc.collect()
     gc.disable()
+    cpu0, wait0, wall0 = time.process_time(), sched_wait_seconds(), time.perf_counter()
     elapsed = uvloop.run(run())
-    sys.stdout.write(orjson.dumps(load.report(elapsed)).decode() + "\n")
+    wall = time.perf_counter() - wall0
+    generator = {
+        # Over the whole run, warm-up included: a generator near one core would be measuring itself.
+        "cpu_cores": round((time.process_time() - cpu0) / wall, 3),
+        "sched_wait_ms_per_s": round((sched_wait_seconds() - wait0) / wall * 1000, 1),
+    }
+    sys.stdout.write(orjson.dumps(load.report(elapsed, generator)).decode() + "\n")
     return 0
 
 

@@ -78,14 +78,11 @@ class EventWriter:
         """Produce ``values`` (usage-events, keyed by ``customer_id``) and ``links`` (key, value) and wait
         for every acknowledgement. Raises :class:`KafkaUnavailableError` when Kafka cannot take them."""
         acks = _Acks(len(values) + len(links), asyncio.get_running_loop())
-        produce = self.producer.produce
-        topic = self.events_topic
         on_delivery = acks.on_delivery
         try:
-            for value in values:
-                produce(topic, value, customer_id, None, on_delivery)
+            self.producer.produce_many(self.events_topic, values, customer_id, on_delivery)
             for key, value in links:
-                produce(self.links_topic, value, key, None, on_delivery)
+                self.producer.produce(self.links_topic, value, key, None, on_delivery)
         except KafkaClientError as exc:
             acks.future.cancel()
             raise _unavailable(exc) from exc

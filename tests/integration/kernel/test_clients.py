@@ -66,6 +66,26 @@ def test_produce_calls_back_on_the_poll_thread_and_flush_waits_for_all(
     assert all(err is None for err, _ in delivered)
 
 
+def test_produce_many_stores_every_record_in_order_and_reports_each_one(
+    kafka_settings: KafkaSettings, make_topic: Callable[..., str]
+) -> None:
+    topic = make_topic("produce-many", partitions=3)
+    delivered: list[tuple[object, int | None, bytes | None]] = []
+    # A local queue of 50 records with 200 to write: produce_many must wait for room, not fail or drop.
+    with Producer(kafka_settings, max_block=30.0, queue_buffering_max_messages=50) as producer:
+        producer.produce_many(
+            topic,
+            [f"v{i}".encode() for i in range(200)],
+            "one-customer",
+            lambda err, rec: delivered.append((err, rec.partition(), rec.value())),
+        )
+        assert producer.flush(30) == 0
+
+    assert all(err is None for err, _, _ in delivered)
+    assert len({partition for _, partition, _ in delivered}) == 1  # one key, one partition
+    assert [value for _, _, value in delivered] == [f"v{i}".encode() for i in range(200)]
+
+
 def test_records_to_an_undeclared_topic_fail_with_topic_not_found(kafka_settings: KafkaSettings) -> None:
     with Producer(kafka_settings) as producer:
         future = producer.send(f"undeclared-{uuid.uuid4().hex}", b"x")
