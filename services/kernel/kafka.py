@@ -354,7 +354,7 @@ class Producer:
         )
 
     def produce_many(
-        self, topic: str, values: Iterable[bytes], key: Key, on_delivery: DeliveryCallback
+        self, topic: str, values: Iterable[bytes], key: Key, on_delivery: DeliveryCallback | None = None
     ) -> None:
         """Enqueue records that share a topic, a key and a delivery callback (one request's worth): the same
         as ``produce()`` for each, at about a third of its cost per record (measured 1.1 µs against 3.0 µs:
@@ -363,7 +363,7 @@ class Producer:
         if self._closed:
             raise KafkaClientError(f"producer {self._client_id} is closed")
         self._errors.raise_if_fatal()
-        callback = _wrap_callback(on_delivery)
+        callback = None if on_delivery is None else _wrap_callback(on_delivery)
         produce = self._producer.produce
         for value in values:
             try:
