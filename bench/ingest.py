@@ -7,12 +7,13 @@ listens on loopback; each phase is bounded in time. Steps:
 
 1. provision a fresh topic prefix, create a tenant and an API key;
 2. start ingest as its own process (``python -m services.ingest``), rate limit off;
-3. for each of ``--rounds`` rounds:
+3. warm up (``--warmup`` seconds of full load, not measured: a private broker's JVM is still compiling);
+4. for each of ``--rounds`` rounds:
    a. full load: a load-generator process keeps ``--connections`` batches of 100 in flight;
    b. half load: the generator sends at half that round's full-load rate, open loop;
    c. raw: encode the same events with the registered schema and produce them with the kernel producer
       (idempotent, acks=all), timing until every record is acknowledged;
-4. print each round, then the range over the rounds.
+5. print each round, then the range over the rounds.
 
 On a 2-core machine the half-load tail is set by how long ingest's event loop waits for a CPU when other
 processes keep the cores busy (docs/ingest.md). So each phase also reports that wait (from the kernel's
@@ -338,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n")[0])
     p.add_argument("--duration", type=float, default=10.0, help="seconds measured per load phase")
     p.add_argument("--rounds", type=int, default=3, help="full/half/raw rounds; ranges are printed")
+    p.add_argument("--warmup", type=float, default=8.0, help="seconds of unmeasured full load first")
     p.add_argument("--connections", type=int, default=16, help="batches in flight at full load")
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--workers", type=int, default=int(os.environ.get("INGEST_WORKERS", "1")))
@@ -358,8 +360,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with ingest_process(s.kafka, s.registry, s.database, prefix, args.workers) as (url, pid):
                 common = ["--batch", str(args.batch), "--duration", str(args.duration)]
+                closed = ["--mode", "closed", "--connections", str(args.connections)]
+                if args.warmup > 0:
+                    # The first round ran measurably slower without it (the broker JIT-compiling meanwhile).
+                    loadgen(url, key, *closed, "--batch", str(args.batch), "--duration", str(args.warmup))
                 for n in range(1, args.rounds + 1):
-                    closed = ["--mode", "closed", "--connections", str(args.connections)]
                     full = phase(url, key, pid, s.broker_pid, *closed, *common)
                     half_rate = full["requests_per_s"] / 2
                     opened = ["--mode", "open", "--rate", f"{half_rate:.1f}"]
