@@ -55,6 +55,7 @@ from services.ingest.writer import EventWriter
 from services.kernel.db import migrate, open_pool
 from services.kernel.errors import KafkaUnavailableError, SerializationError
 from services.kernel.kafka import Producer, check_reachable
+from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ops_routes
 from services.kernel.serde import SchemaRegistry, ValueEncoder, header, load_schema
 from services.kernel.topics import IDENTITY_LINKS, USAGE_EVENTS, topic
@@ -315,90 +316,72 @@ class _Resources:
     ingest: Ingest | None = None
 
 
-def open_ingest(settings: IngestSettings) -> tuple[Ingest, Callable[[], None]]:
-    """Open everything the service needs; returns it and the function that closes it all (reverse order)."""
-    closers: list[Callable[[], None]] = []
-
-    def close() -> None:
-        for closer in reversed(closers):
-            try:
-                closer()
-            except Exception:
-                log.exception("error while closing")
-
-    try:
-        migrate(settings.database.url.get_secret_value())
-        pool = open_pool(settings.database, name="ingest")
-        closers.append(pool.close)
-        registry = SchemaRegistry(settings.registry)
-        closers.append(registry.close)
-        prefix = settings.platform.topic_prefix
-        events_spec, links_spec = topic(USAGE_EVENTS, prefix), topic(IDENTITY_LINKS, prefix)
-        encoders: list[ValueEncoder] = []
-        for spec in (events_spec, links_spec):
-            assert spec.schema_path is not None
-            encoders.append(
-                registry.encoder(
-                    spec.value_subject, spec.schema_path, auto_register=settings.auto_register_schemas
-                )
+def open_ingest(settings: IngestSettings, life: Lifecycle) -> Ingest:
+    """Open everything the service needs, each resource registered on ``life`` (closed in reverse order)."""
+    migrate(settings.database.url.get_secret_value())
+    pool = life.push(open_pool(settings.database, name=SERVICE), "database pool")
+    registry = life.push(SchemaRegistry(settings.registry), "schema registry")
+    prefix = settings.platform.topic_prefix
+    events_spec, links_spec = topic(USAGE_EVENTS, prefix), topic(IDENTITY_LINKS, prefix)
+    encoders: list[ValueEncoder] = []
+    for spec in (events_spec, links_spec):
+        assert spec.schema_path is not None
+        encoders.append(
+            registry.encoder(
+                spec.value_subject, spec.schema_path, auto_register=settings.auto_register_schemas
             )
-        producer = Producer(
-            settings.kafka,
-            client_id="plg-ingest",
-            # Never block the event loop waiting for room in librdkafka's queue: full means 503 now.
-            max_block=0.0,
-            message_timeout_ms=settings.produce_timeout_ms,
-            linger_ms=settings.producer_linger_ms,
         )
+    producer = Producer(
+        settings.kafka,
+        client_id="plg-ingest",
+        # Never block the event loop waiting for room in librdkafka's queue: full means 503 now.
+        max_block=0.0,
+        message_timeout_ms=settings.produce_timeout_ms,
+        linger_ms=settings.producer_linger_ms,
+    )
+    life.callback(lambda: producer.close(timeout=10.0), "producer")
+    fast = None
+    if events_spec.schema_path and schema_matches(load_schema(events_spec.schema_path)[1]):
+        fast = UsageEventEncoder(header(encoders[0].schema_id))
+    else:
+        log.warning("usage-events schema changed since the fast encoder was written; using the generic one")
+    writer = EventWriter(
+        producer,
+        events_topic=events_spec.name,
+        links_topic=links_spec.name,
+        events=encoders[0],
+        fast=fast,
+        links=encoders[1],
+        timeout=settings.produce_timeout_ms / 1000,
+    )
+    return Ingest(settings, pool, writer)
 
-        def close_producer() -> None:
-            producer.close(timeout=10.0)
 
-        closers.append(close_producer)
-        fast = None
-        if events_spec.schema_path and schema_matches(load_schema(events_spec.schema_path)[1]):
-            fast = UsageEventEncoder(header(encoders[0].schema_id))
-        else:
-            log.warning(
-                "usage-events schema changed since the fast encoder was written; using the generic one"
-            )
-        writer = EventWriter(
-            producer,
-            events_topic=events_spec.name,
-            links_topic=links_spec.name,
-            events=encoders[0],
-            fast=fast,
-            links=encoders[1],
-            timeout=settings.produce_timeout_ms / 1000,
-        )
-        return Ingest(settings, pool, writer), close
-    except BaseException:
-        close()
-        raise
-
-
-def build_app(settings: IngestSettings | None = None) -> FastAPI:
-    """The ingest ASGI app. Resources open when the app starts (lifespan) and close when it stops."""
+def build_app(settings: IngestSettings | None = None, lifecycle: Lifecycle | None = None) -> FastAPI:
+    """The ingest ASGI app. Resources open on ``lifecycle`` when the app starts (lifespan) and the
+    lifecycle closes when it stops."""
     settings = settings or IngestSettings()
+    life = lifecycle or Lifecycle(SERVICE)
     state = _Resources()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        ingest, close = await asyncio.to_thread(open_ingest, settings)
-        state.ingest = ingest
-        # Everything allocated so far lives as long as the process: move it out of the collector's sight,
-        # so full collections (tens of ms on a big heap, felt as p99 latency) only walk request garbage.
-        gc.collect()
-        gc.freeze()
-        log.info(
-            "ingest ready",
-            extra={"host": settings.host, "port": settings.port, "topic": ingest.writer.events_topic},
-        )
         try:
+            ingest = await asyncio.to_thread(open_ingest, settings, life)
+            state.ingest = ingest
+            # Everything allocated so far lives as long as the process: move it out of the collector's
+            # sight, so full collections (tens of ms on a big heap, felt as p99 latency) only walk request
+            # garbage.
+            gc.collect()
+            gc.freeze()
+            log.info(
+                "ingest ready",
+                extra={"host": settings.host, "port": settings.port, "topic": ingest.writer.events_topic},
+            )
             yield
         finally:
             state.ingest = None
-            await asyncio.to_thread(close)
+            await asyncio.to_thread(life.close)
 
     app = FastAPI(
         title="plg ingest",
@@ -544,5 +527,6 @@ def _metrics_registry() -> CollectorRegistry:
 
 
 def create_app() -> FastAPI:
-    """Factory for ``uvicorn --factory`` (several workers): settings from the environment."""
-    return build_app(IngestSettings())
+    """Factory for ``uvicorn --factory`` (several workers): settings from the environment, and a lifecycle
+    of the worker process's own."""
+    return build_app(IngestSettings(), Lifecycle(SERVICE))

@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.kernel import db
+from services.kernel.lifecycle import Lifecycle
 from services.kernel.metrics import CollectorRegistry, counter, histogram
 from services.kernel.ops import ops_routes
 from services.schema_registry import model
@@ -34,6 +35,7 @@ from services.schema_registry.store import Store
 
 log = logging.getLogger(__name__)
 
+SERVICE = "schema-registry"
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 T = TypeVar("T")
 
@@ -73,30 +75,36 @@ class RegistryMetrics:
         )
 
 
-def build_app(settings: RegistrySettings) -> FastAPI:
+def build_app(settings: RegistrySettings, lifecycle: Lifecycle | None = None) -> FastAPI:
+    """The registry's ASGI app; its lifespan opens the store on ``lifecycle`` and closes the lifecycle."""
     metrics = RegistryMetrics()
     guard = AdminGuard(settings.admin_token, settings.protect_reads)
+    life = lifecycle or Lifecycle(SERVICE)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        url = settings.database.url.get_secret_value()
-        if settings.migrate:
-            applied = await run_in_threadpool(db.migrate, url)
-            if applied:
-                log.info("applied migrations %s", applied)
-        pool = await run_in_threadpool(db.open_pool, settings.database, "schema-registry")
-        app.state.store = Store(pool, settings.db_timeout_seconds)
-        app.state.registry = Registry(app.state.store, settings.default_compatibility, settings.cache_size)
-        log.info(
-            "schema registry ready on %s:%s (writes %s)",
-            settings.host,
-            settings.port,
-            "need the admin token" if guard.enabled else "open",
-        )
         try:
+            url = settings.database.url.get_secret_value()
+            if settings.migrate:
+                applied = await run_in_threadpool(db.migrate, url)
+                if applied:
+                    log.info("applied migrations %s", applied)
+            pool = life.push(
+                await run_in_threadpool(db.open_pool, settings.database, SERVICE), "database pool"
+            )
+            app.state.store = Store(pool, settings.db_timeout_seconds)
+            app.state.registry = Registry(
+                app.state.store, settings.default_compatibility, settings.cache_size
+            )
+            log.info(
+                "schema registry ready on %s:%s (writes %s)",
+                settings.host,
+                settings.port,
+                "need the admin token" if guard.enabled else "open",
+            )
             yield
         finally:
-            await run_in_threadpool(pool.close)
+            await run_in_threadpool(life.close)
             log.info("schema registry stopped")
 
     app = FastAPI(
