@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from services.ingest.model import Limits
-from services.kernel.settings import DatabaseSettings, KafkaSettings, PlatformSettings, SchemaRegistrySettings
+from services.kernel.settings import StreamServiceSettings
 
 
-class IngestSettings(BaseSettings):
+class IngestSettings(StreamServiceSettings):
     """``INGEST_PORT=8080``, ``INGEST_RATE_LIMIT_EVENTS_PER_SECOND=...`` and so on."""
 
-    model_config = SettingsConfigDict(env_prefix="INGEST_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="INGEST_")
 
-    host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     # uvicorn worker processes; each has its own producer, key cache and rate-limit buckets.
     workers: int = Field(default=1, ge=1, le=64)
@@ -47,13 +46,12 @@ class IngestSettings(BaseSettings):
     # After a broker outage is detected, fail fast (503 at once) except one probe request per interval.
     breaker_probe_interval_seconds: float = Field(default=1.0, ge=0)
 
+    # A request body not fully received this long after ingest started reading it is answered 408 and its
+    # connection closed: a client trickling bytes ("slowloris") cannot hold a connection for long.
+    body_read_timeout_seconds: float = Field(default=30.0, gt=0)
+
     # Register the usage-events / identity-links schemas if missing (provisioning normally has).
     auto_register_schemas: bool = False
-
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
-    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
-    platform: PlatformSettings = Field(default_factory=PlatformSettings)
 
     @model_validator(mode="after")
     def _consistent(self) -> IngestSettings:

@@ -3,10 +3,12 @@
 Each line carries ``ts`` (UTC, ISO 8601 with milliseconds), ``level``, ``service``, ``logger``, ``msg``,
 every ``extra={...}`` field given to the call, and ``exc`` with the traceback when there is one.
 
-Secrets never reach the output: values of fields whose name looks secret (``password``, ``token``,
-``secret``, ``api_key``, ``authorization``, ``dsn``...) are replaced by ``"**********"``, pydantic
-``SecretStr`` values print masked by themselves, and passwords embedded in URLs
-(``postgresql://user:pw@host``) are masked in messages and field values alike.
+Secrets never reach the output: values of fields and keys whose name looks secret (``password``,
+``token``, ``secret``, ``credentials``, ``api_key``, ``ssl.key``, every ``sasl.*``...) are replaced by
+``"**********"`` at any depth (``KAFKA_EXTRA='{"sasl.password": ...}'`` included), pydantic ``SecretStr``
+values are masked by type, and passwords embedded in URLs (``postgresql://user:pw@host``) or connection
+strings (``password=pw``) are masked in messages and values alike. :func:`redact_model` is what
+``--check-config`` prints and what a service logs at start.
 """
 
 from __future__ import annotations
@@ -20,15 +22,37 @@ from collections.abc import Mapping
 from typing import Any, Literal, TextIO
 
 import orjson
+from pydantic import BaseModel, SecretBytes, SecretStr
 
 MASK = "**********"
 
+# Names of fields and keys whose values are secret wherever they appear: settings, dicts such as
+# KAFKA_EXTRA's librdkafka properties, log ``extra=`` fields. Matching over-masks rather than leaks:
+# "bypass_cache" is masked too, which costs a look at the config, never a credential.
 _SECRET_NAME = re.compile(
-    r"pass(word|wd)?|secret|token|api[_-]?key|authorization|credential|private[_-]?key|dsn|cookie",
+    r"pass(word|wd|phrase)?|pwd|secret|token|credential|authori[sz]ation|cookie|dsn|"
+    r"api[_.-]?key|private[_.-]?key|access[_.-]?key|signing[_.-]?key|jaas",
     re.IGNORECASE,
 )
-# scheme://user:password@host  →  scheme://user:**********@host
-_URL_PASSWORD = re.compile(r"(?P<prefix>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)(?P<pw>[^@\s/]+)(?P<at>@)")
+# ``key`` alone is secret as the last word of a name (``ssl.key``, ``client_key``) or before ``pem`` /
+# ``password`` (``ssl.key.pem``); ``key_cache_ttl_seconds`` and ``key.serializer`` are not.
+_KEY_WORD = re.compile(r"(^|[^a-z0-9])key([^a-z0-9]+(pem|password|data))?$", re.IGNORECASE)
+# Every librdkafka ``sasl.*`` property (username, password, jaas config, oauthbearer secrets...).
+_SECRET_PREFIX = re.compile(r"^sasl[._]", re.IGNORECASE)
+
+# scheme://user:password@host  →  scheme://user:**********@host. The password runs to the last "@" of
+# the word, so an unencoded "@" in it (p@ss) is masked whole rather than half shown.
+_URL_PASSWORD = re.compile(
+    r"(?P<prefix>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@\"'<>]*:)(?P<pw>[^\s\"'<>]*)(?P<at>@)"
+)
+# password=... in libpq keyword strings ("host=h password=pw") and URL queries (?password=pw&...).
+_KEYWORD_PASSWORD = re.compile(
+    r"(?P<prefix>\b(?:password|passwd|pwd|sslpassword|secret|token|api_key)\s*=\s*)"
+    r"(?P<pw>'(?:[^'\\]|\\.)*'|[^\s&;,\"']+)",
+    re.IGNORECASE,
+)
+
+_Secret = (SecretStr, SecretBytes)
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD_ATTRS = frozenset(
@@ -36,24 +60,49 @@ _STANDARD_ATTRS = frozenset(
 )
 
 
+def is_secret_name(name: str) -> bool:
+    """True when a field or key called ``name`` holds a secret (its value is never shown)."""
+    return bool(_SECRET_NAME.search(name) or _KEY_WORD.search(name) or _SECRET_PREFIX.search(name))
+
+
 def redact_text(text: str) -> str:
-    """Mask passwords embedded in URLs."""
-    if "://" not in text:
-        return text
-    return _URL_PASSWORD.sub(lambda m: f"{m.group('prefix')}{MASK}{m.group('at')}", text)
+    """Mask passwords embedded in URLs and ``password=`` pairs of connection strings."""
+    if "://" in text:
+        text = _URL_PASSWORD.sub(lambda m: f"{m.group('prefix')}{MASK}{m.group('at')}", text)
+    if "=" in text:
+        text = _KEYWORD_PASSWORD.sub(lambda m: f"{m.group('prefix')}{MASK}", text)
+    return text
 
 
 def redact(name: str, value: Any) -> Any:
-    """The value to log for field ``name``: masked if the name looks secret, URL passwords masked."""
-    if _SECRET_NAME.search(name):
+    """The value to log for field ``name``: masked if the name looks secret or the value is a pydantic
+    ``SecretStr``/``SecretBytes``; inside mappings and lists each key is judged by its own name; strings
+    have URL and connection-string passwords masked. The result is plain JSON-able data."""
+    if value is None:
+        return None
+    if is_secret_name(name) or isinstance(value, _Secret):
         return MASK
     if isinstance(value, str):
         return redact_text(value)
+    if isinstance(value, BaseModel):
+        return redact_model(value)
     if isinstance(value, Mapping):
         return {str(k): redact(str(k), v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | set | frozenset):
         return [redact(name, v) for v in value]
-    return value
+    if isinstance(value, bool | int | float):
+        return value
+    return redact_text(str(value))
+
+
+def redact_model(model: BaseModel) -> dict[str, Any]:
+    """A pydantic model (settings) as a JSON-able dict with every secret masked, for logs and
+    ``--check-config``. Walks the model itself, not a dump, so a ``SecretStr`` anywhere is masked by
+    type and every other value by its field's or key's name and its text."""
+    out: dict[str, Any] = {}
+    for field in type(model).model_fields:
+        out[field] = redact(field, getattr(model, field))
+    return out
 
 
 def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -120,10 +169,9 @@ class TextFormatter(logging.Formatter):
 
 
 def log_settings(logger: logging.Logger, name: str, settings: Any) -> None:
-    """Log a pydantic settings object at start-up, secrets masked (``SecretStr`` dumps as stars, secret
-    field names and URL passwords are masked by :func:`redact`)."""
-    dumped = settings.model_dump(mode="json") if hasattr(settings, "model_dump") else dict(settings)
-    logger.info("settings", extra={"settings_of": name, "settings": redact("settings", dumped)})
+    """Log a pydantic settings object at start-up, secrets masked (:func:`redact_model`)."""
+    redacted = redact_model(settings) if isinstance(settings, BaseModel) else redact("settings", settings)
+    logger.info("settings", extra={"settings_of": name, "settings": redacted})
 
 
 def configure_logging(

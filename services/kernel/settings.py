@@ -1,13 +1,24 @@
-"""Settings shared by every plg service: Kafka, the schema registry, PostgreSQL, observability.
+"""Settings shared by every plg service: Kafka, the schema registry, PostgreSQL, the platform.
 
 Each group reads its own environment prefix (``KAFKA_``, ``SCHEMA_REGISTRY_``, ``DATABASE_``, ``PLG_``)
-so the same variables configure every service; a service nests these groups in its own settings class
-with its own prefix (``INGEST_``, ``METERING_``...). Nested values can also be set with ``__``.
+so the same variables configure every service. A service's settings extend :class:`ServiceSettings`
+(database + platform + its own ``host``/``port``) or :class:`StreamServiceSettings` (plus Kafka and the
+registry) and add only their own fields under their own prefix (``INGEST_``, ``METERING_``...)::
+
+    class EntitlementsSettings(StreamServiceSettings):
+        model_config = SettingsConfigDict(env_prefix="ENTITLEMENTS_")
+        port: int = Field(default=8082, ge=0, le=65535)
+        upgrade_url: str = "http://127.0.0.1:3000/billing/upgrade"
+
+Nested values can also be set through the service's prefix with ``__`` (``INGEST_KAFKA__CLIENT_ID``).
 """
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+import logging
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
@@ -22,7 +33,8 @@ class KafkaSettings(BaseSettings):
 
     bootstrap_servers: str = DEFAULT_KAFKA_BOOTSTRAP
     client_id: str | None = None
-    # Extra librdkafka properties, e.g. KAFKA_EXTRA='{"security.protocol": "SASL_SSL"}'.
+    # Extra librdkafka properties, e.g. KAFKA_EXTRA='{"security.protocol": "SASL_SSL"}'. Logged and
+    # printed with secret-looking keys (sasl.*, *password*, ...) masked: see services/kernel/logs.py.
     extra: dict[str, str] = Field(default_factory=dict)
 
 
@@ -55,5 +67,39 @@ class PlatformSettings(BaseSettings):
     # run its own topics on a shared broker.
     topic_prefix: str = ""
     log_level: str = "INFO"
-    log_format: str = "json"  # json | text
+    log_format: Literal["json", "text"] = "json"
     environment: str = "local"
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        # Checked here so a typo is an invalid-config exit (2) listed with the other errors, not a crash
+        # in logging.setLevel after start-up began.
+        level = value.strip().upper()
+        if level not in logging.getLevelNamesMapping():
+            raise ValueError(f"unknown log level {value!r}; use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
+
+
+class ServiceSettings(BaseSettings):
+    """Base of every service's settings: where it listens, its database, the platform group.
+
+    ``host``/``port`` are the service's HTTP API, or for a worker its ops endpoints (``/metrics``,
+    ``/livez``, ``/readyz``); a subclass redeclares ``port`` with its own default.
+    """
+
+    model_config = SettingsConfigDict(env_nested_delimiter="__", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)
+
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    # PLG_LOG_LEVEL / PLG_LOG_FORMAT / PLG_TOPIC_PREFIX, shared by every service.
+    platform: PlatformSettings = Field(default_factory=PlatformSettings)
+
+
+class StreamServiceSettings(ServiceSettings):
+    """A service on Kafka: adds the broker (``KAFKA_*``) and the schema registry (``SCHEMA_REGISTRY_*``)."""
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)

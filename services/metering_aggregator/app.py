@@ -8,24 +8,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.kernel.db import open_pool
-from services.kernel.dlq import DeadLetterPublisher
-from services.kernel.kafka import Consumer, TransactionalProducer, check_reachable
-from services.kernel.lag import ConsumerLagTracker
+from services.kernel.kafka import Consumer, check_reachable
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import OpsServer
+from services.kernel.processing import ExactlyOnceLoop, exactly_once
 from services.kernel.provision import admin_client
-from services.kernel.serde import SchemaRegistry, ValueEncoder
-from services.kernel.topics import (
-    ENTITLEMENT_EVENTS,
-    METERING_CHANGELOG,
-    USAGE_AGGREGATES,
-    USAGE_EVENTS,
-    USAGE_EVENTS_DLQ,
-    topic,
-)
+from services.kernel.serde import SchemaRegistry
+from services.kernel.topics import METERING_CHANGELOG, USAGE_EVENTS, USAGE_EVENTS_DLQ, topic
 from services.metering_aggregator.config import MeteringSettings
 from services.metering_aggregator.customers import CustomerDirectory
-from services.metering_aggregator.processor import SERVICE, Encoders, MeteringProcessor, Topics
+from services.metering_aggregator.processor import INPUTS, OUTPUTS, SERVICE, MeteringHandler, Topics
 from services.metering_aggregator.routing import home_partitioner
 from services.plans.loader import load_config
 
@@ -34,13 +26,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class AggregatorApp:
-    processor: MeteringProcessor
+    loop: ExactlyOnceLoop
+    handler: MeteringHandler
     lifecycle: Lifecycle
     ops: OpsServer
 
     def run(self, stop: threading.Event | None = None) -> None:
-        self.processor.start()
-        self.processor.run(stop or self.lifecycle.stop)
+        self.loop.run(stop or self.lifecycle.stop)
 
     def close(self) -> None:
         self.lifecycle.close()
@@ -66,58 +58,13 @@ def build_app(settings: MeteringSettings, lifecycle: Lifecycle | None = None) ->
 def _build(settings: MeteringSettings, life: Lifecycle) -> AggregatorApp:
     config = load_config(settings.config_path)
     prefix = settings.platform.topic_prefix
-    specs = {
-        name: topic(name, prefix)
-        for name in (USAGE_EVENTS, USAGE_AGGREGATES, ENTITLEMENT_EVENTS, USAGE_EVENTS_DLQ, METERING_CHANGELOG)
-    }
-    topics = Topics(
-        *(
-            specs[n].name
-            for n in (
-                USAGE_EVENTS,
-                USAGE_AGGREGATES,
-                ENTITLEMENT_EVENTS,
-                USAGE_EVENTS_DLQ,
-                METERING_CHANGELOG,
-            )
-        )
-    )
+    topics = Topics(topic(USAGE_EVENTS, prefix).name, topic(METERING_CHANGELOG, prefix).name)
 
     check_reachable(settings.kafka, timeout=10)
     registry = life.push(SchemaRegistry(settings.registry), "schema registry")
-
-    def encoder(name: str) -> ValueEncoder:
-        spec = specs[name]
-        assert spec.schema_path is not None
-        return registry.encoder(
-            spec.value_subject, spec.schema_path, auto_register=settings.auto_register_schemas
-        )
-
-    usage_schema = specs[USAGE_EVENTS].schema_path
-    decoder = registry.decoder(reader_schema=usage_schema)
-    encoders = Encoders(aggregate=encoder(USAGE_AGGREGATES), entitlement=encoder(ENTITLEMENT_EVENTS))
-
     pool = life.push(open_pool(settings.database, name=SERVICE), "database pool")
     directory = life.push(CustomerDirectory(pool, settings.customers_refresh_seconds).start(), "customers")
 
-    group: dict[str, Any] = {
-        # Cooperative: a rebalance moves only the partitions that change owner, the rest keep their
-        # in-memory state instead of being restored from the changelog.
-        "partition.assignment.strategy": "cooperative-sticky",
-        "session.timeout.ms": settings.session_timeout_ms,
-        "heartbeat.interval.ms": max(1000, settings.session_timeout_ms // 5),
-    }
-    if settings.static_membership:
-        group["group.instance.id"] = settings.instance_id
-    consumer = life.push(
-        Consumer(
-            settings.kafka,
-            f"{prefix}{settings.group_id}",
-            client_id=f"{SERVICE}-{settings.instance_id}",
-            **group,
-        ),
-        "consumer",
-    )
     partitions = partition_count(settings, topics.usage_events)
     changelog_partitions = partition_count(settings, topics.changelog)
     if changelog_partitions < partitions:
@@ -126,49 +73,54 @@ def _build(settings: MeteringSettings, life: Lifecycle) -> AggregatorApp:
             f"{partitions}: the changelog must be co-partitioned with the input"
         )
 
-    def new_producer() -> TransactionalProducer:
-        return TransactionalProducer(
-            settings.kafka,
-            f"{prefix}{settings.transactional_id}",
-            transaction_timeout_ms=settings.transaction_timeout_ms,
-            # librdkafka requires a record's delivery timeout to fit in the transaction's.
-            message_timeout_ms=min(30_000, settings.transaction_timeout_ms),
-        )
+    group: dict[str, Any] = {
+        "session.timeout.ms": settings.session_timeout_ms,
+        "heartbeat.interval.ms": max(1000, settings.session_timeout_ms // 5),
+    }
+    if settings.static_membership:
+        group["group.instance.id"] = settings.instance_id
+    loop: ExactlyOnceLoop | None = None
 
-    producer = new_producer()
-    # Before the processor, which feeds it positions from its poll loop; closed before the consumer.
-    lag = life.push(ConsumerLagTracker(consumer).start(), "lag tracker")
-    dead_letters = DeadLetterPublisher(producer, encoder(USAGE_EVENTS_DLQ), topics.dead_letters, SERVICE)
-    processor = MeteringProcessor(
+    def consumer() -> Consumer:
+        assert loop is not None
+        return loop.consumer
+
+    handler = MeteringHandler(
         kafka=settings.kafka,
         consumer=consumer,
-        producer=producer,
-        decoder=decoder,
-        encoders=encoders,
-        dead_letters=dead_letters,
         directory=directory,
         config=config,
         rules=settings.rules(),
         topics=topics,
         home_partition=home_partitioner(settings.home_partitioner, partitions),
         upgrade_url=settings.upgrade_url,
-        max_batch_events=settings.max_batch_events,
-        batch_wait=settings.batch_wait_ms / 1000,
         eviction_interval=settings.eviction_interval_seconds,
-        kafka_timeout=settings.commit_timeout_seconds,
-        producer_factory=new_producer,
-        lag=lag,
     )
-    # Closes whichever producer the processor holds by then (it replaces one that hit a fatal error).
-    life.callback(lambda: processor.producer.close(timeout=10), "transactional producer")
+    loop = exactly_once(
+        service=SERVICE,
+        kafka=settings.kafka,
+        registry=registry,
+        lifecycle=life,
+        handler=handler,
+        inputs=INPUTS,
+        outputs=OUTPUTS,
+        dead_letters=USAGE_EVENTS_DLQ,
+        # Without the prefix: the builder applies it to the group and transactional ids too.
+        group_id=settings.group_id,
+        transactional_id=settings.transactional_id,
+        topic_prefix=prefix,
+        auto_register=settings.auto_register_schemas,
+        consumer_config=group,
+        transaction_timeout_ms=settings.transaction_timeout_ms,
+        max_batch=settings.max_batch_events,
+        batch_wait=settings.batch_wait_ms / 1000,
+        kafka_timeout=settings.commit_timeout_seconds,
+    )
     ops = life.push(
         OpsServer(
             settings.host,
             settings.port,
-            readiness={
-                "aggregator": lambda: processor.running and not processor.restoring,
-                "customers": lambda: directory.loaded,
-            },
+            readiness={"aggregator": loop.ready, "customers": lambda: directory.loaded},
         ).start(),
         "ops server",
     )
@@ -183,4 +135,4 @@ def _build(settings: MeteringSettings, life: Lifecycle) -> AggregatorApp:
             "ops": ops.url,
         },
     )
-    return AggregatorApp(processor, life, ops)
+    return AggregatorApp(loop, handler, life, ops)

@@ -7,19 +7,18 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from services.kernel.settings import DatabaseSettings, KafkaSettings, PlatformSettings, SchemaRegistrySettings
+from services.kernel.settings import StreamServiceSettings
 from services.metering_aggregator.model import Rules
 
 
-class MeteringSettings(BaseSettings):
+class MeteringSettings(StreamServiceSettings):
     """``METERING_INSTANCE_ID=agg-1``, ``METERING_GRACE_SECONDS=3600`` and so on."""
 
-    model_config = SettingsConfigDict(env_prefix="METERING_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="METERING_")
 
-    # Ops endpoints (/metrics, /livez, /readyz) of the aggregator process.
-    host: str = "127.0.0.1"
+    # Ops endpoints (/metrics, /livez, /readyz) of the aggregator process (``host`` from the base).
     port: int = Field(default=8092, ge=0, le=65535)
 
     # Stable identity of this instance across restarts: it becomes the transactional.id (a restarted
@@ -69,11 +68,6 @@ class MeteringSettings(BaseSettings):
     upgrade_url: str = "http://127.0.0.1:3000/billing/upgrade"
     # Register our output schemas if missing (provisioning normally has).
     auto_register_schemas: bool = False
-
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
-    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
-    platform: PlatformSettings = Field(default_factory=PlatformSettings)
 
     @model_validator(mode="after")
     def _consistent(self) -> MeteringSettings:

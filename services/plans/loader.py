@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from services.plans.model import Meter, Plan, PlansConfig, cross_reference_errors
+
+if TYPE_CHECKING:
+    from services.kernel.service import ConfigFile
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "deploy" / "config" / "metering.yaml"
 # The one variable every service reads to find the file (billing and the CLI use the same one).
@@ -39,7 +42,9 @@ def _format(prefix: str, exc: ValidationError) -> list[str]:
     return out
 
 
-def _validate_items(raw: Any, key: str, model: type[BaseModel], errors: list[str]) -> list[Any]:
+def _validate_items(
+    raw: Any, key: str, model: type[BaseModel], errors: list[str], failed: set[str] | None = None
+) -> list[Any]:
     if raw is None:
         errors.append(f"{key}: missing (a list is required)")
         return []
@@ -58,6 +63,8 @@ def _validate_items(raw: Any, key: str, model: type[BaseModel], errors: list[str
             parsed.append(adapter.validate_python(item))
         except ValidationError as exc:
             errors.extend(_format(label, exc))
+            if failed is not None and isinstance(item, dict) and isinstance(item.get("slug"), str):
+                failed.add(item["slug"])
     return parsed
 
 
@@ -66,25 +73,32 @@ def parse_config(data: Any, source: str = "<config>") -> PlansConfig:
     if not isinstance(data, dict):
         raise ConfigError(source, [f"the document must be a mapping, got {type(data).__name__}"])
     errors: list[str] = []
-    known = {"version", "effective_date", "currency", "meters", "plans"}
+    known = {"version", "effective_date", "currency", "rounding", "tax", "meters", "plans"}
     errors.extend(f"{k}: unknown key" for k in sorted(set(data) - known, key=str))
     meters = _validate_items(data.get("meters"), "meters", Meter, errors)
-    plans = _validate_items(data.get("plans"), "plans", Plan, errors)
-    header = {k: data.get(k) for k in ("version", "effective_date", "currency") if k in data}
+    # A plan with errors of its own is not also reported as an unknown upgrade target.
+    unparsed_plans: set[str] = set()
+    plans = _validate_items(data.get("plans"), "plans", Plan, errors, unparsed_plans)
+    header = {k: data[k] for k in ("version", "effective_date", "currency", "rounding", "tax") if k in data}
     try:
         config = PlansConfig.model_validate({**header, "meters": meters, "plans": plans})
     except ValidationError as exc:
         errors.extend(_format("", exc))
         raise ConfigError(source, [e.lstrip(".") for e in errors]) from None
-    errors.extend(cross_reference_errors(config))
+    errors.extend(cross_reference_errors(config, unparsed_plans))
     if errors:
         raise ConfigError(source, errors)
     return config
 
 
+def config_path(path: str | Path | None = None) -> Path:
+    """The file :func:`load_config` reads: ``path``, else ``$PLG_METERING_CONFIG``, else the default."""
+    return Path(path or os.environ.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH)
+
+
 def load_config(path: str | Path | None = None) -> PlansConfig:
     """Read the YAML (or JSON, a subset of YAML) file at ``path``, ``$PLG_METERING_CONFIG`` or the default."""
-    resolved = Path(path or os.environ.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH)
+    resolved = config_path(path)
     try:
         text = resolved.read_text()
     except OSError as exc:
@@ -94,3 +108,25 @@ def load_config(path: str | Path | None = None) -> PlansConfig:
     except yaml.YAMLError as exc:
         raise ConfigError(str(resolved), [f"not valid YAML: {exc}"]) from None
     return parse_config(data, str(resolved))
+
+
+def summary(config: PlansConfig) -> dict[str, Any]:
+    """What a service's ``--check-config`` and start-up log show of the file."""
+    return {
+        "version": config.version,
+        "effective_date": str(config.effective_date),
+        "meters": [m.slug for m in config.meters],
+        "plans": [p.slug for p in config.plans],
+    }
+
+
+def plans_file() -> ConfigFile[Any]:
+    """The meters-and-plans file as a config file of a service whose settings have ``config_path``
+    (metering, entitlements): validated before the service builds, every error listed (exit 2), and
+    summarised by ``--check-config``."""
+    from services.kernel.service import ConfigFile  # lazily: the pure plans model needs no kernel
+
+    def load(settings: Any) -> PlansConfig:
+        return load_config(getattr(settings, "config_path", None))
+
+    return ConfigFile("meters-and-plans", load, summary)

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from services.kernel.settings import DatabaseSettings, PlatformSettings
+from services.kernel.settings import ServiceSettings
 from services.schema_registry.model import Compatibility
 
 
-class RegistrySettings(BaseSettings):
+class RegistrySettings(ServiceSettings):
     """``REGISTRY_HOST``, ``REGISTRY_PORT``, ``REGISTRY_ADMIN_TOKEN``... and the kernel's ``DATABASE_*``."""
 
-    model_config = SettingsConfigDict(env_prefix="REGISTRY_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="REGISTRY_")
 
-    host: str = "127.0.0.1"
     port: int = Field(default=8081, ge=1, le=65535)
     # When set, writes (register, delete, config, mode) need it as a Bearer token or as the password of
     # HTTP Basic auth (Confluent clients send ``basic.auth.user.info``); unset = open registry (local dev).
@@ -33,9 +30,9 @@ class RegistrySettings(BaseSettings):
     db_timeout_seconds: float = Field(default=5.0, gt=0)
     # Request bodies above this are refused (42209) before being read; real schemas are a few KB.
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
-    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
-    # PLG_LOG_LEVEL / PLG_LOG_FORMAT, shared by every service.
-    platform: PlatformSettings = Field(default_factory=PlatformSettings)
+    # A request body not fully received this long after the registry started reading it is answered 408
+    # (and the connection closed), so a client trickling bytes cannot hold a connection.
+    body_read_timeout_seconds: float = Field(default=30.0, gt=0)
 
     @field_validator("admin_token")
     @classmethod
@@ -50,7 +47,3 @@ class RegistrySettings(BaseSettings):
         if self.protect_reads and self.admin_token is None:
             raise ValueError("REGISTRY_PROTECT_READS=true needs REGISTRY_ADMIN_TOKEN to be set")
         return self
-
-    def describe(self) -> dict[str, Any]:
-        """The settings with secrets hidden, for logs and ``--check-config``."""
-        return self.model_dump(mode="json")

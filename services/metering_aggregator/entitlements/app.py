@@ -78,9 +78,9 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return Response(body, status_code=status, media_type=_JSON, headers=headers)
 
 
-def build_app(settings: EntitlementsSettings) -> FastAPI:
+def build_app(settings: EntitlementsSettings, lifecycle: Lifecycle | None = None) -> FastAPI:
     config = load_config(settings.config_path)
-    life = Lifecycle(SERVICE)
+    life = lifecycle or Lifecycle(SERVICE)
     state: dict[str, Any] = {}
 
     @asynccontextmanager

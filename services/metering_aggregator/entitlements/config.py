@@ -5,17 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from services.kernel.settings import DatabaseSettings, KafkaSettings, PlatformSettings, SchemaRegistrySettings
+from services.kernel.settings import StreamServiceSettings
 
 
-class EntitlementsSettings(BaseSettings):
+class EntitlementsSettings(StreamServiceSettings):
     """``ENTITLEMENTS_PORT=8082``, ``ENTITLEMENTS_UPGRADE_URL=https://app.example.com/upgrade`` and so on."""
 
-    model_config = SettingsConfigDict(env_prefix="ENTITLEMENTS_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="ENTITLEMENTS_")
 
-    host: str = "127.0.0.1"
     port: int = Field(default=8082, ge=0, le=65535)
     # Meters-and-plans file; default $PLG_METERING_CONFIG or deploy/config/metering.yaml.
     config_path: Path | None = None
@@ -27,8 +26,3 @@ class EntitlementsSettings(BaseSettings):
     unknown_customer_ttl_seconds: float = Field(default=1.0, ge=0)
     # How many billing periods per customer and meter the view keeps (current + late updates to previous).
     periods_kept: int = Field(default=3, ge=1)
-
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
-    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
-    platform: PlatformSettings = Field(default_factory=PlatformSettings)

@@ -1,0 +1,166 @@
+"""What both loops share: the retry-with-backoff driver, readiness, ticks, and poison-record isolation."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+from services.kernel import metrics
+from services.kernel.errors import KafkaClientError, KafkaFatalError
+from services.kernel.kafka import TopicPartition
+from services.kernel.processing.handler import StreamHandler
+from services.kernel.processing.messages import Batch, Emit, Message, RetryBatch, failure_detail
+
+log = logging.getLogger(__name__)
+
+RECORDS = metrics.counter(
+    "plg_stream_records", "Records consumed by a stream loop, by service and outcome.", ("service", "outcome")
+)
+
+#: Backoff between failed batches: doubling from the first to the last.
+BACKOFF_FIRST = 0.2
+BACKOFF_MAX = 5.0
+
+PoisonKey = tuple[str, int, int]
+
+
+class HandlerFailed(RuntimeError):
+    """``process`` raised something other than :class:`RetryBatch` or a Kafka error: the record's fault."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(failure_detail(cause))
+        self.cause = cause
+
+
+def call_process(handler: StreamHandler, batch: Batch, out: Emit) -> None:
+    """``handler.process``, with the record's faults told apart from the batch's (retried as they are)."""
+    try:
+        handler.process(batch, out)
+    except (RetryBatch, KafkaClientError):
+        raise
+    except Exception as exc:
+        raise HandlerFailed(exc) from exc
+
+
+def poison_key(message: Message) -> PoisonKey:
+    return (message.topic, message.partition, message.offset)
+
+
+class PoisonGuard:
+    """Remembers the records a handler raised on, so that the redone batch dead-letters them instead.
+
+    When ``process`` raises while iterating the batch, the message it was on is the culprit. When it
+    raises after the iteration, no message can be blamed: the loop then reads these records one per batch
+    (``batch_size``) until it is past them, where the blame is certain.
+    """
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.poison: dict[PoisonKey, str] = {}
+        self.singles_until: dict[tuple[str, int], int] = {}
+
+    def batch_size(self, maximum: int) -> int:
+        return 1 if self.singles_until else maximum
+
+    def split(self, messages: list[Message]) -> tuple[list[Message], list[Message]]:
+        """``(to process, to dead-letter)``."""
+        if not self.poison:
+            return messages, []
+        poison = self.poison
+        keep = [m for m in messages if poison_key(m) not in poison]
+        return keep, [m for m in messages if poison_key(m) in poison]
+
+    def reason(self, message: Message) -> str:
+        return self.poison.get(poison_key(message), "")
+
+    def settled(self, failed: list[Message], positions: Sequence[TopicPartition]) -> None:
+        """A batch committed: its dead-lettered records are done; single-record mode ends once every
+        partition is past the records it was for."""
+        for message in failed:
+            self.poison.pop(poison_key(message), None)
+        if self.singles_until:
+            at = {(tp.topic, tp.partition): tp.offset for tp in positions}
+            self.singles_until = {k: end for k, end in self.singles_until.items() if at.get(k, end) < end}
+
+    def forget(self, partitions: Sequence[TopicPartition]) -> None:
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self.poison = {k: v for k, v in self.poison.items() if k[:2] not in gone}
+        self.singles_until = {k: v for k, v in self.singles_until.items() if k not in gone}
+
+    def blame(self, batch: Batch, exc: Exception) -> None:
+        culprit = batch.culprit()
+        if culprit is None and len(batch) == 1:
+            culprit = batch[0]
+        if culprit is not None:
+            key = poison_key(culprit)
+            self.poison[key] = failure_detail(exc)
+            log.error(
+                "handler failed on a record; it goes to the dead-letter topic",
+                exc_info=exc,
+                extra={"service": self.service, "record": f"{key[0]}[{key[1]}]@{key[2]}"},
+            )
+            return
+        for message in batch:
+            where = (message.topic, message.partition)
+            self.singles_until[where] = max(self.singles_until.get(where, -1), message.offset + 1)
+        log.error(
+            "handler failed on a batch without pointing at a record; redoing it one record at a time",
+            exc_info=exc,
+            extra={"service": self.service, "records": len(batch)},
+        )
+
+
+class LoopBase:
+    """Drives ``poll_once`` until stopped: a failed batch (already recovered from by ``poll_once``) is
+    retried after a backoff; only :class:`KafkaFatalError` ends the loop."""
+
+    service: str
+    running: bool
+    restoring: bool
+
+    def __init__(self, handler: StreamHandler, clock: Callable[[], float]) -> None:
+        self.handler = handler
+        self.clock = clock
+        self.running = False
+        self.restoring = False
+        self.batches = 0
+        self._last_tick = clock()
+
+    def ready(self) -> bool:
+        """Started, and not restoring state (the ops server's readiness check)."""
+        return self.running and not self.restoring
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def poll_once(self) -> int:
+        raise NotImplementedError
+
+    def tick_due(self, now: float) -> bool:
+        interval = self.handler.tick_interval
+        return interval is not None and now - self._last_tick >= interval
+
+    def run(self, stop: threading.Event) -> None:
+        """Start (if not yet) and process batches until ``stop`` is set. Returns on ``stop``; raises
+        :class:`KafkaFatalError` when this instance is fenced or its clients keep breaking."""
+        if not self.running:
+            self.start()
+        backoff = BACKOFF_FIRST
+        try:
+            while not stop.is_set():
+                try:
+                    self.poll_once()
+                    backoff = BACKOFF_FIRST
+                except KafkaFatalError:
+                    raise
+                except Exception as exc:  # recovered from already (or retried before the next batch)
+                    log.warning(
+                        "batch not committed; input rewound",
+                        extra={"service": self.service, "error": str(exc)[:500]},
+                    )
+                    if stop.wait(backoff):
+                        break
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+        finally:
+            self.running = False

@@ -1,0 +1,222 @@
+"""run_service: --check-config, exit statuses, start-up logs and the ops endpoints of a worker."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.devstack.config import free_port
+from services.kernel.errors import KafkaFatalError
+from services.kernel.lifecycle import Lifecycle
+from services.kernel.logs import MASK, configure_logging
+from services.kernel.service import (
+    EXIT_CRASH,
+    EXIT_FATAL_KAFKA,
+    EXIT_INVALID_CONFIG,
+    EXIT_OK,
+    ConfigFile,
+    run_service,
+)
+from services.kernel.settings import StreamServiceSettings
+
+
+class DemoSettings(StreamServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="DEMO_")
+
+    port: int = Field(default=0, ge=0, le=65535)
+    batch: int = Field(default=10, ge=1)
+    api_token: str = ""
+
+
+SECRETS = {
+    "KAFKA_EXTRA": '{"sasl.password": "kafka-pw-1", "sasl.username": "svc", "security.protocol": "SASL_SSL"}',
+    "DATABASE_URL": "postgresql://plg:db-pw-2@db.internal:5432/plg",
+    "SCHEMA_REGISTRY_ADMIN_TOKEN": "registry-token-3",
+    "DEMO_API_TOKEN": "plain-str-token-4",
+}
+
+
+@pytest.fixture(autouse=True)
+def _restore_signals() -> Iterator[None]:
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+@pytest.fixture
+def secrets(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    return SECRETS
+
+
+def _no_secret_in(text: str) -> None:
+    for leaked in ("kafka-pw-1", "db-pw-2", "registry-token-3", "plain-str-token-4"):
+        assert leaked not in text
+
+
+class Worker:
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error
+        self.ran = threading.Event()
+        self.readiness = {"demo": self.ran.is_set}
+
+    def run(self, stop: threading.Event) -> None:
+        self.ran.set()
+        if self.error is not None:
+            raise self.error
+        while not stop.wait(0.05):  # like a poll loop: back in Python often, where signal handlers run
+            pass
+
+
+def test_check_config_prints_the_settings_with_every_secret_masked(
+    secrets: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    built: list[Any] = []
+
+    code = run_service("demo", DemoSettings, lambda s, life: built.append(s), argv=["--check-config"])
+
+    out, err = capsys.readouterr()
+    assert code == EXIT_OK
+    assert built == []  # nothing is opened by a check
+    _no_secret_in(out + err)
+    doc = json.loads(out)["settings"]
+    assert doc["kafka"]["extra"]["sasl.password"] == MASK
+    assert doc["kafka"]["extra"]["security.protocol"] == "SASL_SSL"
+    assert doc["database"]["url"] == MASK
+    assert doc["registry"]["admin_token"] == MASK
+    assert doc["api_token"] == MASK  # a plain str, masked by its name
+    assert doc["batch"] == 10
+
+
+def test_invalid_settings_exit_2_listing_every_error_without_the_secret(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KAFKA_EXTRA", '{"sasl.password": 987654321}')  # not a string: invalid
+    monkeypatch.setenv("DEMO_BATCH", "0")
+    monkeypatch.setenv("PLG_LOG_LEVEL", "LOUD")
+
+    code = run_service("demo", DemoSettings, lambda s, life: None, argv=["--check-config"])
+
+    _, err = capsys.readouterr()
+    assert code == EXIT_INVALID_CONFIG
+    assert "987654321" not in err
+    assert "kafka.extra.sasl.password (KAFKA_EXTRA)" in err
+    assert "batch (DEMO_BATCH)" in err
+    assert "platform.log_level (PLG_LOG_LEVEL)" in err
+
+
+def test_an_invalid_config_file_exits_2_with_all_its_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from services.plans.loader import load_config, summary
+
+    bad = tmp_path / "plans.yaml"
+    bad.write_text("version: 0\n")
+    spec: ConfigFile[DemoSettings] = ConfigFile("meters-and-plans", lambda s: load_config(bad), summary)
+
+    code = run_service("demo", DemoSettings, lambda s, life: Worker(), config_files=[spec], argv=[])
+
+    _, err = capsys.readouterr()
+    assert code == EXIT_INVALID_CONFIG
+    for problem in ("meters: missing", "plans: missing", "version:", "effective_date:"):
+        assert problem in err
+
+
+def test_check_config_summarises_the_config_files(capsys: pytest.CaptureFixture[str]) -> None:
+    from services.plans.loader import plans_file
+
+    code = run_service(
+        "demo", DemoSettings, lambda s, life: None, config_files=[plans_file()], argv=["--check-config"]
+    )
+
+    summary = json.loads(capsys.readouterr().out)["files"]["meters-and-plans"]
+    assert code == EXIT_OK
+    assert "api_requests" in summary["meters"]
+    assert "free" in summary["plans"]
+
+
+def _run_worker(worker: Worker, secrets: dict[str, str] | None = None) -> tuple[int, str]:
+    stream = io.StringIO()
+    original = configure_logging
+
+    def to_stream(service: str, level: Any = "INFO", fmt: Any = "json", stream_: Any = None) -> Any:
+        return original(service, level, fmt, stream=stream)
+
+    import services.kernel.service as service_mod
+
+    service_mod.configure_logging = to_stream  # type: ignore[assignment]
+    try:
+        code = run_service("demo", DemoSettings, lambda s, life: worker, argv=[])
+    finally:
+        service_mod.configure_logging = original
+    return code, stream.getvalue()
+
+
+def test_start_up_logs_the_settings_masked(secrets: dict[str, str]) -> None:
+    worker = Worker(error=RuntimeError("boom"))
+
+    code, logs = _run_worker(worker)
+
+    _no_secret_in(logs)
+    (settings_line,) = [json.loads(line) for line in logs.splitlines() if '"msg":"settings"' in line]
+    assert settings_line["settings"]["kafka"]["extra"]["sasl.password"] == MASK
+    assert code == EXIT_CRASH
+
+
+def test_a_worker_crash_exits_1_and_is_logged_with_its_traceback() -> None:
+    code, logs = _run_worker(Worker(error=RuntimeError("boom")))
+
+    assert code == EXIT_CRASH
+    crash = [json.loads(line) for line in logs.splitlines() if "service crashed" in line]
+    assert crash
+    assert "RuntimeError: boom" in crash[0]["exc"]
+
+
+def test_a_fatal_kafka_error_exits_3() -> None:
+    code, logs = _run_worker(Worker(error=KafkaFatalError("fenced")))
+
+    assert code == EXIT_FATAL_KAFKA
+    assert "fatal Kafka error" in logs
+
+
+def test_a_worker_gets_ops_endpoints_with_its_readiness_and_stops_on_sigterm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    port = free_port()
+    monkeypatch.setenv("DEMO_PORT", str(port))
+    worker = Worker()
+    closed: list[str] = []
+    answers: dict[str, int] = {}
+
+    def build(settings: DemoSettings, life: Lifecycle) -> Worker:
+        life.callback(lambda: closed.append("resource"), "resource")
+        return worker
+
+    def probe() -> None:
+        worker.ran.wait(5)
+        for path in ("/livez", "/readyz", "/metrics"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+                answers[path] = response.status
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    code = run_service("demo", DemoSettings, build, argv=[])
+    prober.join()
+
+    assert code == EXIT_OK
+    assert answers == {"/livez": 200, "/readyz": 200, "/metrics": 200}
+    assert closed == ["resource"]
