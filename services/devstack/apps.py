@@ -67,4 +67,6 @@ APP_SERVICES: list[AppService] = [
         env_prefix="ENTITLEMENTS_",
         health_path="/readyz",
     ),
+    # Needs stripe-mock (or STRIPE_API_BASE): the stack starts it before the app services.
+    AppService("billing-reporter", "services.billing_reporter", port=8083, env_prefix="BILLING_"),
 ]
