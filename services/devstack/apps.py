@@ -67,4 +67,5 @@ APP_SERVICES: list[AppService] = [
         env_prefix="ENTITLEMENTS_",
         health_path="/readyz",
     ),
+    AppService("enrichment", "services.enrichment", port=8093, env_prefix="ENRICHMENT_"),
 ]
