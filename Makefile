@@ -97,6 +97,14 @@ run-entitlements: install ## Run only the entitlement API (:8082) in the foregro
 bench-metering: install ## Aggregator events/s with exactly-once vs raw consume+decode; end-to-end and check latency
 	$(PY) -m bench.metering
 
+.PHONY: run-enrichment
+run-enrichment: install ## Run only the enrichment service (ops :8093) in the foreground, against `make up`'s stack
+	$(PY) -m services.enrichment
+
+.PHONY: bench-enrichment
+bench-enrichment: install ## Enrichment events/s (exactly-once) vs raw consume+decode+encode+produce; p99 added latency at 5k/s
+	$(PY) -m bench.enrichment
+
 .PHONY: clean
 clean: down ## Stop the stack and delete its data and logs (keeps the virtualenv and the Kafka jars)
 	rm -rf .plg/postgres .plg/kafka/data .plg/kafka/server.properties .plg/logs .plg/run

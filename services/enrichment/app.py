@@ -43,7 +43,13 @@ class EnrichmentApp:
         }
 
     def run(self, stop: threading.Event | None = None) -> None:
-        self.loop.run(stop or self.lifecycle.stop)
+        stop = stop or self.lifecycle.stop
+        # Events enriched with a half-restored graph would carry wrong persons: start consuming once the
+        # identity view has read identity-links up to where it stood at start (the handler checks it too).
+        while not self.identity_view.ready.wait(0.1):
+            if stop.is_set():
+                return
+        self.loop.run(stop)
 
     def close(self) -> None:
         self.lifecycle.close()

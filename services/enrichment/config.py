@@ -42,7 +42,7 @@ class EnrichmentSettings(StreamServiceSettings):
 
     # One Kafka transaction per batch: at most this many records, waiting at most this long for them.
     max_batch_events: int = Field(default=5_000, ge=1)
-    batch_wait_ms: int = Field(default=50, ge=1)
+    batch_wait_ms: int = Field(default=20, ge=1)
     transaction_timeout_ms: int = Field(default=30_000, ge=1_000)
     commit_timeout_seconds: float = Field(default=30.0, gt=0)
     session_timeout_ms: int = Field(default=10_000, ge=6_000)

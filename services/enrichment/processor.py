@@ -16,15 +16,18 @@ with a half-restored graph.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from services.enrichment.avro_enriched import EnrichedEventEncoder, schema_matches
 from services.enrichment.handlers import Enricher, Rejected, SampledOut
 from services.enrichment.tenants import TenantCache
 from services.kernel import metrics
 from services.kernel.dlq import INVALID_EVENT
 from services.kernel.processing import Batch, Emit, Message, RetryBatch, StreamHandler
+from services.kernel.serde import header
 from services.kernel.topics import IDENTITY_LINKS, USAGE_EVENTS, USAGE_EVENTS_ENRICHED
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,8 @@ class EnrichmentHandler(StreamHandler):
             o: EVENTS.labels(o) for o in ("enriched", "flagged", "dead_lettered", "sampled_out")
         }
         self._merges = EVENTS.labels("merge_announced")
+        self._encoder_for: int | None = None
+        self._encode: Callable[[Mapping[str, Any]], bytes] = lambda _r: b""
 
     def process(self, batch: Batch, out: Emit) -> None:
         if not self.graph_ready():
@@ -76,7 +81,7 @@ class EnrichmentHandler(StreamHandler):
         except Exception as exc:  # PostgreSQL away: nothing of the batch is the records' fault
             raise RetryBatch(f"tenant context unavailable: {type(exc).__name__}: {exc}") from exc
         enrich = self.enricher.enrich
-        encode = out.encoder(USAGE_EVENTS_ENRICHED).encode
+        encode = self._encoder(out)
         now = out.now_ms
         counts = {"enriched": 0, "flagged": 0, "dead_lettered": 0, "sampled_out": 0}
         scrubbed = 0
@@ -121,6 +126,16 @@ class EnrichmentHandler(StreamHandler):
                 self._outcomes[name].inc(n)
         if scrubbed:
             SCRUBBED.inc(scrubbed)
+
+    def _encoder(self, out: Emit) -> Callable[[Mapping[str, Any]], bytes]:
+        """The fast encoder for the output's schema id when it is the schema it was written for, else the
+        kernel's generic one (built once per schema id)."""
+        generic = out.encoder(USAGE_EVENTS_ENRICHED)
+        if generic.schema_id != self._encoder_for:
+            self._encoder_for = generic.schema_id
+            fast = schema_matches(json.loads(generic.schema_str))
+            self._encode = EnrichedEventEncoder(header(generic.schema_id)).encode if fast else generic.encode
+        return self._encode
 
     def _link(
         self, message: Message, value: dict[str, Any] | None, tenants: dict[str, Any], out: Emit
