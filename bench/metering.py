@@ -414,7 +414,7 @@ class Bench:
                     print("  WARNING: events were dead-lettered or skipped: the rate is not of counting")
                 api_env = {**self.env, "ENTITLEMENTS_PORT": str(api_port)}
                 with service(
-                    "services.metering_aggregator.entitlements",
+                    "services.entitlements",
                     api_env,
                     f"http://127.0.0.1:{api_port}",
                     "entitlements",
