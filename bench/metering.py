@@ -374,7 +374,8 @@ class Bench:
         values = {}
         for line in text.splitlines():
             for suffix in ("_sum", "_count"):
-                if line.startswith(name + suffix + " "):
+                # Labelled or not (the runtime's histograms carry a service label).
+                if line.startswith((name + suffix + " ", name + suffix + "{")):
                     values[suffix] = float(line.split()[1])
         count = values.get("_count", 0.0)
         return count, values.get("_sum", 0.0) / count if count else 0.0
@@ -419,12 +420,12 @@ class Bench:
                     f"http://127.0.0.1:{api_port}",
                     "entitlements",
                 ):
-                    batches0 = self.histogram_mean(agg_port, "plg_metering_batch_seconds")
+                    batches0 = self.histogram_mean(agg_port, "plg_stream_batch_seconds")
                     cpu0 = cpu_seconds(proc.pid)
                     view0 = self.histogram_mean(api_port, "plg_entitlements_view_lag_seconds")
                     e2e, under_load = self.end_to_end(api_port)
                     cpu = cpu_seconds(proc.pid) - cpu0
-                    batches1 = self.histogram_mean(agg_port, "plg_metering_batch_seconds")
+                    batches1 = self.histogram_mean(agg_port, "plg_stream_batch_seconds")
                     n = batches1[0] - batches0[0]
                     mean = (batches1[0] * batches1[1] - batches0[0] * batches0[1]) / max(n, 1)
                     view1 = self.histogram_mean(api_port, "plg_entitlements_view_lag_seconds")

@@ -14,7 +14,6 @@ import gc
 import logging
 import os
 import time
-import uuid
 import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -54,6 +53,7 @@ from services.ingest.store import lookup_key
 from services.ingest.writer import EventWriter
 from services.kernel.db import migrate, open_pool
 from services.kernel.errors import KafkaUnavailableError, SerializationError
+from services.kernel.http import HttpError, RequestOutcome, install_error_handlers, request_id_of
 from services.kernel.kafka import Producer, check_reachable
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ops_routes
@@ -117,22 +117,11 @@ class Ingest:
     # -- the request path -----------------------------------------------------------------------------
 
     async def handle(
-        self, request: Request, endpoint: str, normalise: Normaliser, *, single: bool, source: str = "http"
+        self, request: Request, normalise: Normaliser, *, single: bool, source: str = "http"
     ) -> Response:
-        started = time.perf_counter()
-        request_id = _request_id(request)
-        try:
-            response = await self._handle(request, request_id, normalise, single=single, source=source)
-        except RequestError as exc:
-            response = _json(exc.status, {**exc.body(), "request_id": request_id})
-        m.REQUESTS.labels(endpoint, str(response.status_code)).inc()
-        m.REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
-        response.headers["X-Request-Id"] = request_id
-        return response
-
-    async def _handle(
-        self, request: Request, request_id: str, normalise: Normaliser, *, single: bool, source: str
-    ) -> Response:
+        """One API request. A :class:`RequestError` raised on the way is answered by the kernel's error
+        mapping (installed in ``build_app``), which also counts every answer in the request metrics."""
+        request_id = request_id_of(request)
         try:
             principal = await self.keys.authenticate(request.headers.get("authorization"))
         except AuthError as exc:
@@ -257,13 +246,6 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Resp
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
-def _request_id(request: Request) -> str:
-    given = request.headers.get("x-request-id")
-    if given and len(given) <= 128 and given.isascii() and given.isprintable():
-        return given
-    return uuid.uuid4().hex
-
-
 async def _read_body(request: Request, limit: int, too_large: Code) -> bytes:
     """The body, decompressed when gzip'd, refusing (413) anything over ``limit`` without reading it all."""
     declared = request.headers.get("content-length")
@@ -284,17 +266,42 @@ async def _read_body(request: Request, limit: int, too_large: Code) -> bytes:
         raise RequestError(
             415, Code.UNSUPPORTED_MEDIA_TYPE, f"Content-Encoding {encoding!r}: only gzip is supported"
         )
-    inflater = zlib.decompressobj(wbits=31)
-    try:
-        # max_length bounds the memory a small "zip bomb" could make us allocate.
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise RequestError(400, Code.INVALID_BODY, f"the body is not valid gzip: {exc}") from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise RequestError(413, too_large, f"the decompressed body is over {limit} bytes")
-    if not inflater.eof:
-        raise RequestError(400, Code.INVALID_BODY, "the gzip body is truncated")
-    return out
+    return gunzip(body, limit, too_large)
+
+
+def gunzip(body: bytes, limit: int, too_large: Code) -> bytes:
+    """Every member of a gzip body (RFC 1952: concatenated members are one stream, as ``gzip -d`` reads
+    them), at most ``limit`` bytes of output; anything after the last member but another member is
+    refused rather than silently dropped."""
+    if not body:
+        raise RequestError(400, Code.INVALID_BODY, "the body is empty but Content-Encoding says gzip")
+    parts: list[bytes] = []
+    room = limit
+    rest = body
+    member = 0
+    while rest:
+        member += 1
+        if member > 1 and rest[:2] != b"\x1f\x8b":
+            raise RequestError(
+                400,
+                Code.INVALID_BODY,
+                f"{len(rest)} bytes follow the gzip data and are not a gzip member; send only gzip data",
+            )
+        inflater = zlib.decompressobj(wbits=31)
+        try:
+            # max_length bounds the memory a small "zip bomb" could make us allocate.
+            out = inflater.decompress(rest, room + 1)
+        except zlib.error as exc:
+            where = "the body" if member == 1 else f"gzip member {member}"
+            raise RequestError(400, Code.INVALID_BODY, f"{where} is not valid gzip: {exc}") from None
+        if len(out) > room or inflater.unconsumed_tail:
+            raise RequestError(413, too_large, f"the decompressed body is over {limit} bytes")
+        if not inflater.eof:
+            raise RequestError(400, Code.INVALID_BODY, "the gzip body is truncated")
+        parts.append(out)
+        room -= len(out)
+        rest = inflater.unused_data
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _media_type(request: Request) -> str:
@@ -304,11 +311,34 @@ def _media_type(request: Request) -> str:
 def _require_json(request: Request) -> None:
     media = _media_type(request)
     if media not in ("", "application/json"):
-        raise RequestError(
-            415,
-            Code.UNSUPPORTED_MEDIA_TYPE,
-            f"Content-Type {media!r}: send application/json (CloudEvents go to /v1/events)",
+        message = wrong_json_media_message(request.url.path, media)
+        raise RequestError(415, Code.UNSUPPORTED_MEDIA_TYPE, message)
+
+
+def wrong_json_media_message(path: str, media: str) -> str:
+    """Why ``POST <path>`` (a plg JSON endpoint) refuses ``media``, and where such a body belongs."""
+    if media in (CE_CONTENT_TYPE, CE_BATCH_CONTENT_TYPE):
+        return (
+            f"Content-Type {media!r} is for CloudEvents: send them to POST /v1/events; "
+            f"POST {path} takes application/json"
         )
+    return (
+        f"Content-Type {media!r}: POST {path} takes application/json (CloudEvents go to POST /v1/events "
+        f"as {CE_CONTENT_TYPE} or {CE_BATCH_CONTENT_TYPE})"
+    )
+
+
+def wrong_cloudevents_media_message(path: str, media: str) -> str:
+    """Why ``POST <path>`` (the CloudEvents endpoint) refuses ``media``."""
+    got = f"Content-Type {media!r}" if media else "no Content-Type"
+    hint = (
+        "; plg's own JSON events go to POST /v1/batch, /v1/track or /v1/identify"
+        if media in ("", "application/json")
+        else ""
+    )
+    return (
+        f"{got}: POST {path} takes {CE_CONTENT_TYPE} (one event) or {CE_BATCH_CONTENT_TYPE} (an array){hint}"
+    )
 
 
 @dataclass
@@ -417,10 +447,7 @@ def build_app(settings: IngestSettings | None = None, lifecycle: Lifecycle | Non
         return normalise_cloudevents(body, ctx, limits, batch=True)
 
     async def run(request: Request, fn: Callable[[Ingest], Any]) -> Response:
-        try:
-            return await fn(service())  # type: ignore[no-any-return]
-        except RequestError as exc:
-            return _json(exc.status, {**exc.body(), "request_id": _request_id(request)})
+        return await fn(service())  # type: ignore[no-any-return]
 
     @app.post(
         "/v1/batch",
@@ -432,7 +459,7 @@ def build_app(settings: IngestSettings | None = None, lifecycle: Lifecycle | Non
     async def post_batch(request: Request) -> Response:
         """Up to 500 events (500 KB). Each event is accepted or rejected on its own; see `results`."""
         _require_json(request)
-        return await run(request, lambda s: s.handle(request, "batch", batch, single=False))
+        return await run(request, lambda s: s.handle(request, batch, single=False))
 
     @app.post(
         "/v1/track",
@@ -444,7 +471,7 @@ def build_app(settings: IngestSettings | None = None, lifecycle: Lifecycle | Non
     async def post_track(request: Request) -> Response:
         """One event (32 KB). An event that is refused answers 400 with its code."""
         _require_json(request)
-        return await run(request, lambda s: s.handle(request, "track", track, single=True))
+        return await run(request, lambda s: s.handle(request, track, single=True))
 
     @app.post(
         "/v1/identify",
@@ -456,7 +483,7 @@ def build_app(settings: IngestSettings | None = None, lifecycle: Lifecycle | Non
     async def post_identify(request: Request) -> Response:
         """Writes an `identity-links` record (anonymous_id → user_id) and a `$identify` event."""
         _require_json(request)
-        return await run(request, lambda s: s.handle(request, "identify", identify, single=True))
+        return await run(request, lambda s: s.handle(request, identify, single=True))
 
     async def post_cloudevents(request: Request) -> Response:
         """CloudEvents 1.0 in structured mode: `application/cloudevents+json` (one event) or
@@ -469,17 +496,10 @@ def build_app(settings: IngestSettings | None = None, lifecycle: Lifecycle | Non
         elif media == CE_BATCH_CONTENT_TYPE:
             fn = ce_many
         else:
-            return _json(
-                415,
-                error_body(
-                    Code.UNSUPPORTED_MEDIA_TYPE,
-                    f"Content-Type {media!r}: send {CE_CONTENT_TYPE} or {CE_BATCH_CONTENT_TYPE}",
-                    _request_id(request),
-                ),
+            raise RequestError(
+                415, Code.UNSUPPORTED_MEDIA_TYPE, wrong_cloudevents_media_message(request.url.path, media)
             )
-        return await run(
-            request, lambda s: s.handle(request, "events", fn, single=False, source="cloudevents")
-        )
+        return await run(request, lambda s: s.handle(request, fn, single=False, source="cloudevents"))
 
     for path in ("/v1/events", "/api/v1/events"):
         app.add_api_route(
@@ -513,7 +533,40 @@ def build_app(settings: IngestSettings | None = None, lifecycle: Lifecycle | Non
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    install_error_handlers(
+        app,
+        service=SERVICE,
+        errors={RequestError: _request_error},
+        observe=_observe,
+        body_timeout_seconds=settings.body_read_timeout_seconds,
+    )
     return app
+
+
+def _request_error(exc: RequestError) -> HttpError:
+    return HttpError(exc.status, exc.code.value, exc.message)
+
+
+# Route template -> the ``endpoint`` label of the request metrics.
+_ENDPOINTS = {
+    "/v1/batch": "batch",
+    "/v1/track": "track",
+    "/v1/identify": "identify",
+    "/v1/events": "events",
+    "/api/v1/events": "events",
+}
+
+
+def _observe(outcome: RequestOutcome) -> None:
+    """Every answer of the API endpoints, 415s and 500s included, in ``plg_ingest_requests_total``;
+    requests for no route at all as ``endpoint="unmatched"``; the ops endpoints are left out."""
+    endpoint = _ENDPOINTS.get(outcome.route or outcome.path)
+    if endpoint is None:
+        if outcome.route is not None or outcome.status != 404:
+            return
+        endpoint = "unmatched"
+    m.REQUESTS.labels(endpoint, str(outcome.status)).inc()
+    m.REQUEST_SECONDS.labels(endpoint).observe(outcome.seconds)
 
 
 def _metrics_registry() -> CollectorRegistry:

@@ -46,6 +46,10 @@ class IngestSettings(StreamServiceSettings):
     # After a broker outage is detected, fail fast (503 at once) except one probe request per interval.
     breaker_probe_interval_seconds: float = Field(default=1.0, ge=0)
 
+    # A request body not fully received this long after ingest started reading it is answered 408 and its
+    # connection closed: a client trickling bytes ("slowloris") cannot hold a connection for long.
+    body_read_timeout_seconds: float = Field(default=30.0, gt=0)
+
     # Register the usage-events / identity-links schemas if missing (provisioning normally has).
     auto_register_schemas: bool = False
 

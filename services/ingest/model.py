@@ -17,7 +17,8 @@ code and a message, and the other events of the batch go on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -28,6 +29,9 @@ import orjson
 # Avro ``long`` is a signed 64-bit integer.
 _LONG_MIN = -(2**63)
 _LONG_MAX = 2**63 - 1
+# orjson parses an integer literal beyond the 64-bit range as a float; a float this large may be one, so
+# such a body is parsed again exactly (see :func:`parse_json_exact`).
+_INEXACT_FLOAT = 2.0**63
 
 MAX_ID_CHARS = 255
 MAX_EVENT_ID_CHARS = 128
@@ -200,6 +204,39 @@ def parse_json(body: bytes) -> Any:
         raise RequestError(400, Code.INVALID_JSON, f"the body is not valid JSON: {exc}") from None
 
 
+class _ExactFloat(float):
+    """A float written as a float literal (from :func:`parse_json_exact`), as opposed to an integer literal
+    too big for 64 bits that orjson turned into a float."""
+
+    __slots__ = ()
+
+
+class _InexactNumbers(Exception):
+    """Internal: a property holds a float of 2^63 or more, which may be an out-of-range integer literal
+    that orjson silently made a float; the request is checked again from :func:`parse_json_exact`."""
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def parse_json_exact(body: bytes) -> Any:
+    """The slow, exact parse, only for bodies :func:`parse_json` already accepted that hold huge numbers:
+    integers stay Python ints of any size (so an out-of-range one is refused naming its field, not stored
+    as a double), float literals become :class:`_ExactFloat`."""
+    try:
+        return json.loads(body, parse_float=_ExactFloat, parse_constant=_not_json)
+    except (ValueError, RecursionError) as exc:
+        raise RequestError(400, Code.INVALID_JSON, f"the body is not valid JSON: {exc}"[:300]) from None
+
+
+def _checked_exactly(check: Callable[[Any], Normalised], body: bytes) -> Normalised:
+    try:
+        return check(parse_json(body))
+    except _InexactNumbers:
+        return check(parse_json_exact(body))
+
+
 def check_body_size(length: int, limits: Limits, *, single_event: bool) -> None:
     limit = limits.max_event_bytes if single_event else limits.max_batch_bytes
     if length > limit:
@@ -305,6 +342,10 @@ def parse_timestamp(value: Any, label: str = "timestamp") -> int:
     if type(value) is int:
         return value
     if type(value) is str:
+        # fromisoformat takes any character between date and time, NUL included, and ignores some
+        # trailing ones: only printable ASCII with RFC 3339's separators is a timestamp.
+        if not (value.isascii() and value.isprintable()) or (len(value) > 10 and value[10] not in "Tt "):
+            raise _Reject(Code.INVALID_TIMESTAMP, f"{label} {value[:64]!r} is not an ISO-8601 date-time")
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:
@@ -319,6 +360,8 @@ def parse_timestamp(value: Any, label: str = "timestamp") -> int:
         return (parsed - _EPOCH) // _ONE_MS
     if value is None:
         raise _Reject(Code.MISSING_FIELD, f"{label} is required (ISO-8601 string or epoch milliseconds)")
+    if type(value) is float and not -_INEXACT_FLOAT < value < _INEXACT_FLOAT:
+        raise _InexactNumbers  # maybe an integer beyond 64 bits: say what is wrong with it exactly
     raise _Reject(
         Code.INVALID_TIMESTAMP,
         f"{label} must be an ISO-8601 string or an integer of epoch milliseconds, got {_json_type(value)}",
@@ -363,15 +406,24 @@ def check_properties(value: Any, label: str = "properties") -> dict[str, Any]:
         else:
             _remember(valid_keys, key)
         t = type(v)
-        if t is str or t is bool or t is float or v is None:
+        if t is str or t is bool or v is None:
             continue
+        if t is float:
+            if -_INEXACT_FLOAT < v < _INEXACT_FLOAT:
+                continue
+            raise _InexactNumbers
         if t is int:
             if _LONG_MIN <= v <= _LONG_MAX:
                 continue
+            digits = str(v)
+            shown = digits if len(digits) <= 40 else f"{digits[:20]}...({len(digits)} digits)"
             raise _Reject(
                 Code.UNREPRESENTABLE_PROPERTY,
-                f"{label}.{key[:64]} = {v} does not fit a signed 64-bit integer; send it as a string",
+                f"{label}.{key[:64]} = {shown} does not fit a signed 64-bit integer; send it as a string",
             )
+        if t is _ExactFloat:
+            value[key] = float(v)
+            continue
         raise _Reject(
             Code.UNREPRESENTABLE_PROPERTY,
             f"{label}.{key[:64]} is {_json_type(v)}; properties are flat: values must be null, "
@@ -464,7 +516,10 @@ def identity_link_key(link: Mapping[str, Any]) -> str:
 
 
 def _event_too_large(raw: Any, limits: Limits) -> int | None:
-    size = len(orjson.dumps(raw))
+    try:
+        size = len(orjson.dumps(raw))
+    except TypeError:  # from parse_json_exact: an int beyond 64 bits, an _ExactFloat
+        size = len(json.dumps(raw, ensure_ascii=False, separators=(",", ":")).encode())
     return size if size > limits.max_event_bytes else None
 
 
@@ -513,7 +568,10 @@ def _event_id_of(raw: Any) -> str | None:
 def normalise_batch(body: bytes, ctx: RequestContext, limits: Limits) -> Normalised:
     """``POST /v1/batch``: ``{"batch": [event, ...]}``."""
     check_body_size(len(body), limits, single_event=False)
-    doc = parse_json(body)
+    return _checked_exactly(lambda doc: _normalise_batch_doc(doc, len(body), ctx, limits), body)
+
+
+def _normalise_batch_doc(doc: Any, body_len: int, ctx: RequestContext, limits: Limits) -> Normalised:
     if type(doc) is not dict or type(doc.get("batch")) is not list:
         raise RequestError(400, Code.INVALID_BODY, 'the body must be a JSON object {"batch": [event, ...]}')
     if not doc.keys() <= _BATCH_FIELDS:
@@ -525,13 +583,18 @@ def normalise_batch(body: bytes, ctx: RequestContext, limits: Limits) -> Normali
         )
     _check_customer(doc.get("customer_id"), ctx, "the batch")
     _check_event_customers(doc["batch"], ctx, "customer_id")
-    return _normalise_many(doc["batch"], len(body), ctx, limits, _normalise_plg_event)
+    return _normalise_many(doc["batch"], body_len, ctx, limits, _normalise_plg_event)
 
 
 def normalise_single(body: bytes, ctx: RequestContext, limits: Limits, *, kind: str) -> Normalised:
     """``POST /v1/track`` and ``POST /v1/identify``: one event object."""
     check_body_size(len(body), limits, single_event=True)
-    doc = parse_json(body)
+    return _checked_exactly(lambda doc: _normalise_single_doc(doc, len(body), ctx, limits, kind), body)
+
+
+def _normalise_single_doc(
+    doc: Any, body_len: int, ctx: RequestContext, limits: Limits, kind: str
+) -> Normalised:
     if type(doc) is not dict:
         raise RequestError(400, Code.INVALID_BODY, "the body must be one JSON event object")
     if "type" in doc and doc["type"] != kind:
@@ -541,7 +604,7 @@ def normalise_single(body: bytes, ctx: RequestContext, limits: Limits, *, kind: 
     def one(raw: Any, c: RequestContext, lim: Limits, meta: dict[str, Any]) -> Any:
         return _normalise_plg_event(raw, c, lim, meta, default_type=kind)
 
-    return _normalise_many([doc], len(body), ctx, limits, one)
+    return _normalise_many([doc], body_len, ctx, limits, one)
 
 
 def _check_event_customers(events: list[Any], ctx: RequestContext, attr: str) -> None:
@@ -626,7 +689,12 @@ def _normalise_cloudevent(
 def normalise_cloudevents(body: bytes, ctx: RequestContext, limits: Limits, *, batch: bool) -> Normalised:
     """``application/cloudevents+json`` (one event) or ``application/cloudevents-batch+json`` (an array)."""
     check_body_size(len(body), limits, single_event=not batch)
-    doc = parse_json(body)
+    return _checked_exactly(lambda doc: _normalise_cloudevents_doc(doc, len(body), ctx, limits, batch), body)
+
+
+def _normalise_cloudevents_doc(
+    doc: Any, body_len: int, ctx: RequestContext, limits: Limits, batch: bool
+) -> Normalised:
     if batch:
         if type(doc) is not list:
             raise RequestError(
@@ -639,4 +707,4 @@ def normalise_cloudevents(body: bytes, ctx: RequestContext, limits: Limits, *, b
         events = [doc]
     _check_event_customers(events, ctx, "subject")
     _check_event_customers(events, ctx, _CE_CUSTOMER_ID)
-    return _normalise_many(events, len(body), ctx, limits, _normalise_cloudevent)
+    return _normalise_many(events, body_len, ctx, limits, _normalise_cloudevent)

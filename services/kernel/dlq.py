@@ -22,8 +22,10 @@ from services.kernel import metrics
 from services.kernel.kafka import DeliveryReport, Producer, TransactionalProducer
 from services.kernel.serde import ValueEncoder
 
-#: Longest error message kept; a dead letter explains, it does not archive stack traces.
-MAX_MESSAGE_CHARS = 2000
+#: Longest error message kept: a dead letter explains, it does not archive stack traces or the parsed
+#: schemas some library errors embed (a fastavro resolution error quoted both schemas: 2 KB and more). The
+#: original bytes are in the letter, so the full story can always be re-derived by replaying it.
+MAX_MESSAGE_CHARS = 500
 
 # Machine-readable reasons shared by the services (free-form codes are allowed too).
 UNDECODABLE = "undecodable"

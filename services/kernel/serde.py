@@ -119,6 +119,18 @@ def _parse(schema_json: Any, timestamps: TimestampMode = "datetime") -> Any:
         raise SerializationError(f"invalid Avro schema: {type(exc).__name__}: {exc}") from exc
 
 
+#: How much of a library's error text a SerializationError quotes. fastavro's messages embed whole parsed
+#: schemas ("Schema mismatch: {...} is not {...}"); their start names the types, the rest is noise that
+#: ends up in logs and dead letters.
+BRIEF_CHARS = 200
+
+
+def brief(error: object, limit: int = BRIEF_CHARS) -> str:
+    """``str(error)`` cut to ``limit`` characters."""
+    text = str(error)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 class ValueEncoder:
     """Encodes dicts with one schema into Confluent-framed Avro. Cheap to call; safe to share."""
 
@@ -155,10 +167,10 @@ class ValueEncoder:
         try:
             validate(record, self.parsed_schema, raise_errors=True)
         except ValidationError as verr:
-            return f"record does not match {self.name}: " + "; ".join(map(str, verr.errors))
+            return f"record does not match {self.name}: " + "; ".join(brief(e) for e in verr.errors[:5])
         except Exception:  # noqa: S110 - fall through to the writer's own message
             pass
-        return f"record does not match {self.name}: {type(exc).__name__}: {exc}"
+        return f"record does not match {self.name}: {type(exc).__name__}: {brief(exc)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,12 +213,12 @@ class ValueDecoder:
             value = schemaless_reader(buf, plan.writer, plan.reader)
         except SchemaResolutionError as exc:  # a valid value, but of a schema ours cannot read
             raise SerializationError(
-                f"value with writer schema id {schema_id} cannot be read with the reader schema: {exc}"
+                f"value with writer schema id {schema_id} cannot be read with the reader schema: {brief(exc)}"
             ) from exc
         except Exception as exc:  # EOF shows up as StopIteration/IndexError/ReadError; bad UTF-8, bad union
             raise SerializationError(
                 f"cannot decode value with writer schema id {schema_id} ({len(data)} bytes): truncated or "
-                f"corrupt body ({type(exc).__name__}: {exc})"
+                f"corrupt body ({type(exc).__name__}: {brief(exc)})"
             ) from exc
         if buf.tell() != len(data):
             raise SerializationError(

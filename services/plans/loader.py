@@ -42,7 +42,9 @@ def _format(prefix: str, exc: ValidationError) -> list[str]:
     return out
 
 
-def _validate_items(raw: Any, key: str, model: type[BaseModel], errors: list[str]) -> list[Any]:
+def _validate_items(
+    raw: Any, key: str, model: type[BaseModel], errors: list[str], failed: set[str] | None = None
+) -> list[Any]:
     if raw is None:
         errors.append(f"{key}: missing (a list is required)")
         return []
@@ -61,6 +63,8 @@ def _validate_items(raw: Any, key: str, model: type[BaseModel], errors: list[str
             parsed.append(adapter.validate_python(item))
         except ValidationError as exc:
             errors.extend(_format(label, exc))
+            if failed is not None and isinstance(item, dict) and isinstance(item.get("slug"), str):
+                failed.add(item["slug"])
     return parsed
 
 
@@ -69,17 +73,19 @@ def parse_config(data: Any, source: str = "<config>") -> PlansConfig:
     if not isinstance(data, dict):
         raise ConfigError(source, [f"the document must be a mapping, got {type(data).__name__}"])
     errors: list[str] = []
-    known = {"version", "effective_date", "currency", "meters", "plans"}
+    known = {"version", "effective_date", "currency", "rounding", "tax", "meters", "plans"}
     errors.extend(f"{k}: unknown key" for k in sorted(set(data) - known, key=str))
     meters = _validate_items(data.get("meters"), "meters", Meter, errors)
-    plans = _validate_items(data.get("plans"), "plans", Plan, errors)
-    header = {k: data.get(k) for k in ("version", "effective_date", "currency") if k in data}
+    # A plan with errors of its own is not also reported as an unknown upgrade target.
+    unparsed_plans: set[str] = set()
+    plans = _validate_items(data.get("plans"), "plans", Plan, errors, unparsed_plans)
+    header = {k: data[k] for k in ("version", "effective_date", "currency", "rounding", "tax") if k in data}
     try:
         config = PlansConfig.model_validate({**header, "meters": meters, "plans": plans})
     except ValidationError as exc:
         errors.extend(_format("", exc))
         raise ConfigError(source, [e.lstrip(".") for e in errors]) from None
-    errors.extend(cross_reference_errors(config))
+    errors.extend(cross_reference_errors(config, unparsed_plans))
     if errors:
         raise ConfigError(source, errors)
     return config

@@ -24,6 +24,25 @@ EVENT_FIELDS = frozenset({"$user_id", "$anonymous_id", "$session_id"})
 
 THRESHOLD_PERCENTS = (80, 90, 100)
 
+VERSION_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+
+# Decimal places of each currency's minor unit (ISO 4217), the unit every invoice line is rounded to
+# once. A currency missing here is a configuration error, not a silent 2.
+CURRENCY_MINOR_UNITS: dict[str, int] = {
+    "USD": 2, "EUR": 2, "GBP": 2, "CHF": 2, "CAD": 2, "AUD": 2, "NZD": 2, "SEK": 2, "NOK": 2, "DKK": 2,
+    "PLN": 2, "CZK": 2, "BRL": 2, "MXN": 2, "INR": 2, "SGD": 2, "HKD": 2, "CNY": 2, "ZAR": 2,
+    "JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "ISK": 0, "HUF": 2,
+    "KWD": 3, "BHD": 3, "JOD": 3, "OMR": 3, "TND": 3,
+}  # fmt: skip
+
+
+class Rounding(StrEnum):
+    """How a line's exact amount becomes money: to the currency's minor unit, once per line."""
+
+    CEIL = "ceil"
+    FLOOR = "floor"
+    NEAREST = "nearest"  # half away from zero (0.005 -> 0.01), the way card networks and Stripe round
+
 
 class Aggregation(StrEnum):
     """How a meter folds events into a value (the Avro ``Aggregation`` symbols)."""
@@ -85,26 +104,32 @@ class Tier(_Strict):
     flat_price: Decimal = Field(default=Decimal(0), ge=0)
 
 
-class PlanMeter(_Strict):
-    """What a plan allows and charges for one meter in one billing period."""
+class Package(_Strict):
+    """Package pricing: ``unit_price`` per started block of ``size`` billable units (Stripe's
+    ``transform_quantity`` with ``round: up``): 1 001 units at size 1 000 are two packages."""
+
+    size: Decimal = Field(gt=0)
+    unit_price: Decimal = Field(ge=0)
+
+
+class MeterPrice(_Strict):
+    """How one meter's usage in one billing period is charged: included usage, then exactly one of an
+    overage unit price, tiers (graduated or volume) or packages. No price at all means no charge."""
 
     included: Decimal = Field(default=Decimal(0), ge=0, description="Usage included in the base price.")
-    limit: Decimal | None = Field(
-        default=None, ge=0, description="Usage the plan allows per period; null = unlimited."
-    )
-    hard_limit: bool = Field(default=False, description="Refuse usage beyond the limit (else bill overage).")
     overage_unit_price: Decimal | None = Field(
         default=None, ge=0, description="Price per unit above the included usage."
     )
     tiers: tuple[Tier, ...] = ()
     tiers_mode: Literal["graduated", "volume"] = "graduated"
+    package: Package | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> PlanMeter:
-        if self.hard_limit and self.limit is None:
-            raise ValueError("hard_limit needs a limit")
+    def _one_price_model(self) -> MeterPrice:
         if self.tiers and self.overage_unit_price is not None:
             raise ValueError("give either tiers or overage_unit_price, not both")
+        if self.package is not None and (self.tiers or self.overage_unit_price is not None):
+            raise ValueError("package pricing excludes tiers and overage_unit_price")
         if self.tiers and self.included:
             raise ValueError("with tiers, express included usage as a first tier at unit_price 0")
         if self.tiers:
@@ -117,8 +142,87 @@ class PlanMeter(_Strict):
         return self
 
     @property
+    def priced(self) -> bool:
+        return bool(self.tiers) or self.overage_unit_price is not None or self.package is not None
+
+    def price_only(self) -> MeterPrice:
+        """The pricing part alone (a plan meter also carries limits)."""
+        return MeterPrice.model_validate(self.model_dump(include=set(MeterPrice.model_fields)))
+
+
+class PlanMeter(MeterPrice):
+    """What a plan allows for one meter in one billing period, and (in a plan without ``prices``, the
+    short form) what it charges."""
+
+    limit: Decimal | None = Field(
+        default=None, ge=0, description="Usage the plan allows per period; null = unlimited."
+    )
+    hard_limit: bool = Field(default=False, description="Refuse usage beyond the limit (else bill overage).")
+
+    @model_validator(mode="after")
+    def _limit_consistent(self) -> PlanMeter:
+        if self.hard_limit and self.limit is None:
+            raise ValueError("hard_limit needs a limit")
+        return self
+
+    @property
     def unlimited(self) -> bool:
         return self.limit is None
+
+
+class TaxRule(_Strict):
+    """Tax behaviour: Stripe Tax on (Stripe computes the tax on its invoice; ours shows
+    ``default_rate`` as an estimate) or off (``default_rate`` applies), and regions exempt from tax
+    (ISO 3166-2 codes like ``US-DE`` or countries like ``DE``)."""
+
+    stripe_tax: bool = False
+    default_rate: Decimal = Field(default=Decimal(0), ge=0, lt=1)
+    # Whether prices include the tax (``inclusive``) or it is added on top (``exclusive``, Stripe's
+    # default for usage prices).
+    behavior: Literal["exclusive", "inclusive"] = "exclusive"
+    exempt_regions: tuple[str, ...] = ()
+
+    @field_validator("exempt_regions")
+    @classmethod
+    def _region_codes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [r for r in value if not re.fullmatch(r"[A-Z]{2}(-[A-Z0-9]{1,3})?", r)]
+        if bad:
+            raise ValueError(f"exempt regions must be ISO 3166 codes like 'US-DE' or 'DE': {bad}")
+        return value
+
+    def exempt(self, region: str | None) -> bool:
+        """A customer in ``US-DE`` is exempt when ``US-DE`` or ``US`` is listed."""
+        if region is None:
+            return False
+        return region in self.exempt_regions or region.split("-", 1)[0] in self.exempt_regions
+
+
+class PriceVersion(_Strict):
+    """One version of a plan's price, in effect from ``effective_date`` (UTC) for new subscriptions.
+    Customers subscribed under an older version keep it (grandfathering) until moved. Unset
+    ``currency``, ``rounding`` and ``tax`` come from the file's top level."""
+
+    version: str = Field(pattern=VERSION_PATTERN, description="Unique in the file, e.g. pro-2025-06.")
+    effective_date: date
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+    base_price: Decimal = Field(default=Decimal(0), ge=0)
+    rounding: Rounding | None = None
+    tax: TaxRule | None = None
+    meters: dict[str, MeterPrice] = Field(default_factory=dict)
+
+
+class ResolvedPrice(_Strict):
+    """A price version with every default filled in: what the invoice calculator takes."""
+
+    plan: str
+    version: str
+    effective_date: date
+    currency: str
+    minor_unit: int
+    base_price: Decimal
+    rounding: Rounding
+    tax: TaxRule
+    meters: dict[str, MeterPrice]
 
 
 class Plan(_Strict):
@@ -130,6 +234,24 @@ class Plan(_Strict):
     upgrade_to: str | None = Field(default=None, description="The plan to suggest when this one runs out.")
     meters: dict[str, PlanMeter] = Field(default_factory=dict)
     features: dict[str, bool] = Field(default_factory=dict)
+    # The long form: price versions by effective date. Without it the plan's own base_price and meter
+    # prices are its one version (in effect from the file's effective_date).
+    prices: tuple[PriceVersion, ...] = ()
+    # Sales-negotiated plans (the seeds' enterprise): no self-serve checkout to them.
+    custom_contract: bool = False
+
+    @model_validator(mode="after")
+    def _prices_given_once(self) -> Plan:
+        if not self.prices:
+            return self
+        twice = [slug for slug, m in self.meters.items() if m.priced or m.included]
+        if self.base_price or twice:
+            where = ", ".join(["base_price"] * bool(self.base_price) + [f"meters.{s}" for s in twice])
+            raise ValueError(f"the plan has prices: give its pricing only there, not also in {where}")
+        dates = [p.effective_date for p in self.prices]
+        if dates != sorted(set(dates)):
+            raise ValueError("prices must be listed by strictly increasing effective_date")
+        return self
 
     @field_validator("features")
     @classmethod
@@ -146,6 +268,8 @@ class PlansConfig(_Strict):
     version: int = Field(ge=1)
     effective_date: date
     currency: str = Field(pattern=r"^[A-Z]{3}$")
+    rounding: Rounding = Rounding.NEAREST
+    tax: TaxRule = Field(default_factory=TaxRule)
     meters: tuple[Meter, ...]
     plans: tuple[Plan, ...]
 
@@ -162,9 +286,55 @@ class PlansConfig(_Strict):
     def feature_names(self) -> frozenset[str]:
         return frozenset(name for p in self.plans for name in p.features)
 
+    def price_versions(self, plan_slug: str) -> tuple[ResolvedPrice, ...]:
+        """The plan's price versions, oldest first, defaults resolved (unknown plan: empty)."""
+        plan = self.plan(plan_slug)
+        if plan is None:
+            return ()
+        if plan.prices:
+            versions = plan.prices
+        else:
+            short = PriceVersion(
+                version=f"{plan.slug}-v{self.version}",
+                effective_date=self.effective_date,
+                base_price=plan.base_price,
+                meters={slug: m.price_only() for slug, m in plan.meters.items()},
+            )
+            versions = (short,)
+        return tuple(self._resolve(plan.slug, v) for v in versions)
 
-def cross_reference_errors(config: PlansConfig) -> list[str]:
-    """Errors that span several entries (unknown references, duplicates); empty when consistent."""
+    def _resolve(self, plan_slug: str, v: PriceVersion) -> ResolvedPrice:
+        currency = v.currency or self.currency
+        return ResolvedPrice(
+            plan=plan_slug,
+            version=v.version,
+            effective_date=v.effective_date,
+            currency=currency,
+            minor_unit=CURRENCY_MINOR_UNITS.get(currency, 2),
+            base_price=v.base_price,
+            rounding=v.rounding or self.rounding,
+            tax=v.tax or self.tax,
+            meters=dict(v.meters),
+        )
+
+    def price_for(self, plan_slug: str, on: date, pinned_version: str | None = None) -> ResolvedPrice | None:
+        """The price a customer of ``plan_slug`` pays for a period starting ``on``: the version they are
+        pinned to (grandfathered) if it belongs to the plan, else the newest one in effect by ``on``
+        (before the first version: the first). None for an unknown plan."""
+        versions = self.price_versions(plan_slug)
+        if not versions:
+            return None
+        if pinned_version is not None:
+            for v in versions:
+                if v.version == pinned_version:
+                    return v
+        in_effect = [v for v in versions if v.effective_date <= on]
+        return in_effect[-1] if in_effect else versions[0]
+
+
+def cross_reference_errors(config: PlansConfig, unparsed_plans: set[str] | None = None) -> list[str]:
+    """Errors that span several entries (unknown references, duplicates); empty when consistent.
+    ``unparsed_plans``: plans that failed validation (already reported), not unknown upgrade targets."""
     errors: list[str] = []
     meter_slugs = [m.slug for m in config.meters]
     plan_slugs = [p.slug for p in config.plans]
@@ -183,9 +353,29 @@ def cross_reference_errors(config: PlansConfig) -> list[str]:
         if plan.upgrade_to is not None:
             if plan.upgrade_to == plan.slug:
                 errors.append(f"{where}.upgrade_to: a plan cannot upgrade to itself")
-            elif plan.upgrade_to not in plan_slugs:
+            elif plan.upgrade_to not in plan_slugs and plan.upgrade_to not in (unparsed_plans or set()):
                 errors.append(f"{where}.upgrade_to: unknown plan {plan.upgrade_to!r}")
     for i, meter in enumerate(config.meters):
         if meter.value_property is not None and meter.value_property in meter.group_by:
             errors.append(f"meters[{i}] ({meter.slug}): value_property is also a group_by property")
+    errors.extend(_price_errors(config))
+    return errors
+
+
+def _price_errors(config: PlansConfig) -> list[str]:
+    errors: list[str] = []
+    if config.currency not in CURRENCY_MINOR_UNITS:
+        errors.append(f"currency: {config.currency!r} has no known minor unit (see CURRENCY_MINOR_UNITS)")
+    seen: dict[str, str] = {}
+    for i, plan in enumerate(config.plans):
+        for j, price in enumerate(plan.prices):
+            where = f"plans[{i}] ({plan.slug}).prices[{j}] ({price.version})"
+            if price.version in seen:
+                errors.append(f"{where}.version: already used by plan {seen[price.version]!r}")
+            seen[price.version] = plan.slug
+            if price.currency is not None and price.currency not in CURRENCY_MINOR_UNITS:
+                errors.append(f"{where}.currency: {price.currency!r} has no known minor unit")
+            for slug in price.meters:
+                if slug not in plan.meters:
+                    errors.append(f"{where}.meters.{slug}: the plan does not list this meter")
     return errors

@@ -8,21 +8,20 @@ handler runs its blocking work (SQL, Avro parsing and compatibility checks) on t
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, TypeVar
+from urllib.parse import unquote_to_bytes
 
 import psycopg
 from fastapi import Depends, FastAPI, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from psycopg_pool import PoolTimeout
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.kernel import db
+from services.kernel import http as kernel_http
+from services.kernel.http import HttpError, RequestOutcome, install_error_handlers
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.metrics import CollectorRegistry, counter, histogram
 from services.kernel.ops import ops_routes
@@ -42,6 +41,40 @@ T = TypeVar("T")
 
 class RegistryJSONResponse(JSONResponse):
     media_type = CONTENT_TYPE
+
+
+# Confluent error codes for the kernel's answers (see services.kernel.http); the rest use the HTTP status.
+_CONFLUENT_CODES = {
+    kernel_http.DATABASE_UNAVAILABLE: int(ErrorCode.STORE_ERROR),
+    kernel_http.INTERNAL_ERROR: 500,
+    "too_large": int(ErrorCode.SCHEMA_TOO_LARGE),
+}
+
+
+def confluent_error_body(status: int, code: str, message: str, request_id: str) -> dict[str, Any]:
+    """The kernel's error answers in Confluent's ``{"error_code", "message"}``, plus the request id (which
+    Confluent's clients ignore and the logs carry)."""
+    if code in (kernel_http.NOT_FOUND, kernel_http.METHOD_NOT_ALLOWED):
+        message = f"HTTP {status} {message}"
+    elif code == kernel_http.DATABASE_UNAVAILABLE:
+        message = f"Error in the backend data store: unavailable; {message}"
+    return {"error_code": _CONFLUENT_CODES.get(code, status), "message": message, "request_id": request_id}
+
+
+def _too_big_for_the_store(exc: Exception) -> HttpError:
+    # PostgreSQL's index on subjects/fingerprints refuses keys over ~2.7 KB (SQLSTATE 54000): the input is
+    # too large, not the database down (psycopg classes it as an OperationalError).
+    return HttpError(
+        422, "too_large", f"Input too large for the schema store: {str(exc).splitlines()[0][:200]}"
+    )
+
+
+def _path_is_utf8(request: Request) -> bool:
+    try:
+        unquote_to_bytes(request.scope.get("raw_path") or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def error_response(error: RegistryError) -> JSONResponse:
@@ -126,13 +159,6 @@ def build_app(settings: RegistrySettings, lifecycle: Lifecycle | None = None) ->
     async def _registry_error(request: Request, exc: RegistryError) -> Response:
         return error_response(exc)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        message = f"HTTP {exc.status_code} {exc.detail}" if exc.detail else f"HTTP {exc.status_code}"
-        return RegistryJSONResponse(
-            {"error_code": exc.status_code, "message": message}, status_code=exc.status_code
-        )
-
     @app.exception_handler(psycopg.DataError)
     async def _data_error(request: Request, exc: psycopg.DataError) -> Response:
         # Input PostgreSQL refuses to store or compare (bad encoding, U+0000, malformed uuid): the
@@ -142,41 +168,24 @@ def build_app(settings: RegistrySettings, lifecycle: Lifecycle | None = None) ->
             status_code=400,
         )
 
-    @app.exception_handler(psycopg.OperationalError)
-    @app.exception_handler(PoolTimeout)
-    async def _database_unavailable(request: Request, exc: Exception) -> Response:
-        # Retriable for clients (confluent-kafka retries 503); the instance's /readyz fails meanwhile.
-        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
-        return RegistryJSONResponse(
-            {
-                "error_code": int(ErrorCode.STORE_ERROR),
-                "message": "Error in the backend data store: unavailable",
-            },
-            status_code=503,
-        )
+    # Everything else — unknown routes and methods, a database that is down (503, retried by
+    # confluent-kafka's client; /readyz fails meanwhile), a body that never arrives (408), our own bugs
+    # (500, logged with the request id) — is the kernel's HTTP error discipline, in Confluent's shape.
+    # Every answer, 500s included, is counted by ``observe``.
+    def observe(outcome: RequestOutcome) -> None:
+        route = outcome.route or "unmatched"
+        metrics.requests.labels(outcome.method, route, str(outcome.status)).inc()
+        metrics.latency.labels(outcome.method, route).observe(outcome.seconds)
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return RegistryJSONResponse({"error_code": 422, "message": str(exc.errors())}, status_code=422)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return RegistryJSONResponse(
-            {"error_code": int(ErrorCode.STORE_ERROR), "message": f"Internal error: {type(exc).__name__}"},
-            status_code=500,
-        )
-
-    # -- metrics ------------------------------------------------------------------------------------------
-
-    @app.middleware("http")
-    async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        metrics.requests.labels(request.method, route, str(response.status_code)).inc()
-        metrics.latency.labels(request.method, route).observe(time.perf_counter() - started)
-        return response
+    install_error_handlers(
+        app,
+        service=SERVICE,
+        error_body=confluent_error_body,
+        media_type=CONTENT_TYPE,
+        errors={psycopg.errors.ProgramLimitExceeded: _too_big_for_the_store},
+        observe=observe,
+        body_timeout_seconds=settings.body_read_timeout_seconds,
+    )
 
     # -- helpers ------------------------------------------------------------------------------------------
 
@@ -184,7 +193,12 @@ def build_app(settings: RegistrySettings, lifecycle: Lifecycle | None = None) ->
         # PostgreSQL cannot store U+0000 and subjects may not hold control characters: refuse such input
         # precisely here instead of failing deep in the driver.
         if "subject" in request.path_params:
-            model.validate_subject(request.path_params["subject"])
+            subject = request.path_params["subject"]
+            if "\ufffd" in subject and not _path_is_utf8(request):
+                # The server decoded invalid UTF-8 (%ED%A0%80...) into U+FFFD: storing that would silently
+                # register another subject than the one asked for.
+                raise RegistryError(ErrorCode.INVALID_SUBJECT, "The specified subject is not valid UTF-8.")
+            model.validate_subject(subject)
         for name, value in [*request.path_params.items(), *request.query_params.multi_items()]:
             if "\x00" in str(value):
                 raise RegistryError(ErrorCode.BAD_REQUEST, f"Parameter {name!r} contains a NUL character")

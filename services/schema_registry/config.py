@@ -30,6 +30,9 @@ class RegistrySettings(ServiceSettings):
     db_timeout_seconds: float = Field(default=5.0, gt=0)
     # Request bodies above this are refused (42209) before being read; real schemas are a few KB.
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # A request body not fully received this long after the registry started reading it is answered 408
+    # (and the connection closed), so a client trickling bytes cannot hold a connection.
+    body_read_timeout_seconds: float = Field(default=30.0, gt=0)
 
     @field_validator("admin_token")
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -174,11 +175,30 @@ LATEST: Literal["latest"] = "latest"
 VersionSpec = int | Literal["latest"]
 
 
+#: Longest subject, in UTF-8 bytes. Kafka topic names stop at 249 characters, so even a record-name
+#: strategy subject (topic + full record name) stays far below; PostgreSQL's index on the subject cannot
+#: hold keys much over 2.7 KB, and a longer one would fail deep in the store.
+MAX_SUBJECT_BYTES = 1024
+
+
 def validate_subject(subject: str) -> str:
     """Subjects are free text, but control characters (NUL above all, which PostgreSQL cannot store) would
-    corrupt logs and URLs (Karapace's 42208)."""
+    corrupt logs and URLs (Karapace's 42208), and they are bounded in length."""
     if not subject or any(ord(c) <= 31 or 127 <= ord(c) <= 159 for c in subject):
-        raise RegistryError(ErrorCode.INVALID_SUBJECT, f"The specified subject {subject!r} is not valid.")
+        raise RegistryError(
+            ErrorCode.INVALID_SUBJECT, f"The specified subject {subject[:200]!r} is not valid."
+        )
+    try:
+        size = len(subject.encode())
+    except UnicodeEncodeError:  # a lone surrogate (from %ED%A0%80 in the URL)
+        raise RegistryError(
+            ErrorCode.INVALID_SUBJECT, f"The specified subject {subject[:200]!r} is not valid Unicode."
+        ) from None
+    if size > MAX_SUBJECT_BYTES:
+        raise RegistryError(
+            ErrorCode.INVALID_SUBJECT,
+            f"The specified subject is {size} bytes long; at most {MAX_SUBJECT_BYTES} are allowed.",
+        )
     return subject
 
 
@@ -323,14 +343,37 @@ class SchemaRequest:
     version: int | None = None
 
 
+class NotJSONError(ValueError):
+    """Python's json module takes NaN, Infinity and overflowing floats; JSON (and Java's Jackson, which
+    Confluent parses with) does not."""
+
+
+def _no_constant(name: str) -> Any:
+    raise NotJSONError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NotJSONError(f"{text[:40]} overflows a double")
+    return value
+
+
+def strict_json(text: str | bytes) -> Any:
+    """``json.loads`` refusing what is not JSON: NaN, Infinity, numbers that overflow a double. Raises
+    ValueError (a JSONDecodeError, NotJSONError, or the integer-digits limit), RecursionError or
+    UnicodeDecodeError."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+
+
 def parse_json_body(raw: bytes) -> Any:
     """A request body as JSON; malformed JSON is a 400 naming the parser's complaint, never a 500."""
     if not raw.strip():
         raise RegistryError(ErrorCode.BAD_REQUEST, "Request body is empty; expected a JSON object")
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RegistryError(ErrorCode.BAD_REQUEST, f"Malformed JSON request body: {exc}") from None
+        return strict_json(raw)
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, NotJSONError, the int-digits limit
+        raise RegistryError(ErrorCode.BAD_REQUEST, f"Malformed JSON request body: {exc}"[:500]) from None
     except RecursionError:
         raise RegistryError(ErrorCode.BAD_REQUEST, "Malformed JSON request body: nested too deeply") from None
 
@@ -510,9 +553,9 @@ def parse_avro(schema_text: str, references: Sequence[ResolvedReference] = ()) -
 
 def _parse_avro(schema_text: str, references: Sequence[ResolvedReference]) -> ParsedSchema:
     try:
-        data = json.loads(schema_text)
-    except json.JSONDecodeError as exc:
-        raise invalid_schema(f"the schema is not valid JSON: {exc}") from None
+        data = strict_json(schema_text)
+    except ValueError as exc:  # JSONDecodeError, NaN/Infinity/overflow, the int-digits limit
+        raise invalid_schema(f"the schema is not valid JSON: {exc}"[:500]) from None
     if json_depth(data) > MAX_SCHEMA_DEPTH:
         raise invalid_schema(f"the schema nests more than {MAX_SCHEMA_DEPTH} levels deep")
     names = avro.name.Names(validate_names=True)
@@ -589,7 +632,13 @@ def _valid_default(s: avro.schema.Schema, value: object) -> bool:
         bound = 2**31 if kind == "int" else 2**63
         return -bound <= value < bound
     if kind in ("float", "double"):
-        return isinstance(value, int | float) and not isinstance(value, bool)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        try:
+            # NaN/Infinity cannot come from strict JSON, but a 400-digit integer overflows a double.
+            return math.isfinite(float(value))
+        except OverflowError:
+            return False
     if kind in ("string", "bytes", "fixed"):
         return isinstance(value, str)
     if kind == "enum":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -177,3 +178,10 @@ def test_decode_batch_separates_undecodable_records_and_tombstones() -> None:
 def test_next_offsets_are_one_past_the_last_record_per_partition() -> None:
     records = [FakeRecord("in", 0, 4, b""), FakeRecord("in", 0, 9, b""), FakeRecord("in", 3, 1, b"")]
     assert next_offsets(records) == {("in", 0): 10, ("in", 3): 2}  # type: ignore[arg-type]
+
+
+def test_the_kernel_docs_show_the_example_service_verbatim() -> None:
+    root = Path(__file__).resolve().parents[3]
+    docs = (root / "docs" / "kernel.md").read_text()
+    shown = docs.split("<!-- example:start -->\n```python\n", 1)[1].split("```\n<!-- example:end -->", 1)[0]
+    assert shown == (root / "services" / "kernel" / "processing" / "example.py").read_text()

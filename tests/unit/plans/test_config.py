@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
@@ -50,9 +51,22 @@ def test_default_config_mirrors_the_seed_plans():
     assert pro is not None
     assert free.meters["api_requests"].limit == 1000
     assert free.meters["api_requests"].hard_limit
-    pro_api = pro.meters["api_requests"]
-    assert (pro_api.included, pro_api.hard_limit) == (50000, False)
-    assert pro_api.overage_unit_price == Decimal("0.001")
+    assert (pro.meters["api_requests"].limit, pro.meters["api_requests"].hard_limit) == (50000, False)
+    pro_price = config.price_for("pro", date(2025, 7, 1))
+    assert pro_price is not None
+    pro_api = pro_price.meters["api_requests"]
+    assert (pro_api.included, pro_api.overage_unit_price) == (50000, Decimal("0.001"))
+    # The seeds' pricing-config-v2 set, priced.
+    for slug, base, included, rate in (
+        ("starter", "29.00", 10000, "0.005"),
+        ("growth", "99.00", 100000, "0.003"),
+    ):
+        price = config.price_for(slug, date(2025, 7, 1))
+        assert price is not None
+        assert price.base_price == Decimal(base)
+        assert price.meters["api_requests"].included == included
+        assert price.meters["api_requests"].overage_unit_price == Decimal(rate)
+    assert config.tax.exempt_regions == ("US-DE", "US-OR")
     # Every aggregation is exercised by the default meters.
     assert {m.aggregation for m in config.meters} == set(Aggregation)
 

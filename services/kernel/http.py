@@ -1,0 +1,363 @@
+"""HTTP error discipline every plg API installs with one call: ``install_error_handlers(app, service=...)``.
+
+The rule (DEVELOPERS.md): bad input gets a precise 4xx, never a 500; a 500 means a bug of ours. So, for
+every request of a FastAPI/Starlette app, this module
+
+* gives it a **request id** — the client's ``X-Request-Id`` when it is sane, else a fresh one — readable as
+  ``request.state.request_id`` and sent back in the ``X-Request-Id`` header of every answer;
+* bounds the **body read**: a body that has not fully arrived ``body_timeout_seconds`` after the app first
+  asked for it is answered 408 and the connection closed (otherwise one client trickling bytes holds a
+  connection and its buffers for as long as it likes — "slowloris");
+* answers the framework's own refusals (404 no such route, 405 wrong method, 422 bad path/query parameter)
+  in the service's error shape instead of Starlette's ``{"detail": ...}``;
+* answers 503 with ``Retry-After`` when a dependency is down (PostgreSQL pool exhausted or unreachable,
+  Kafka or the schema registry unavailable): retriable, and not the client's fault;
+* maps the service's own exceptions through ``errors`` (exception type → :class:`HttpError`);
+* and turns **anything else** into a 500 that is logged with its traceback and the request id, carries
+  the request id in its body (never the exception text: it may hold internals), and is reported to
+  ``observe`` like every other answer, so the service's request metrics count it.
+
+The middleware is plain ASGI (no ``BaseHTTPMiddleware``): a few microseconds per request, nothing per
+event. Install it last in ``build_app`` so it wraps everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg_pool import PoolTimeout
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.kernel.errors import KafkaUnavailableError, SchemaRegistryUnavailableError
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-Id"
+MAX_REQUEST_ID_CHARS = 128
+DEFAULT_BODY_TIMEOUT_SECONDS = 30.0
+DEFAULT_RETRY_AFTER_SECONDS = 5
+
+# Codes of the answers this module writes itself (services may use them too).
+NOT_FOUND = "not_found"
+METHOD_NOT_ALLOWED = "method_not_allowed"
+INVALID_PARAMETER = "invalid_parameter"
+REQUEST_TIMEOUT = "request_timeout"
+CLIENT_DISCONNECTED = "client_disconnected"
+DATABASE_UNAVAILABLE = "database_unavailable"
+KAFKA_UNAVAILABLE = "kafka_unavailable"
+REGISTRY_UNAVAILABLE = "schema_registry_unavailable"
+INTERNAL_ERROR = "internal_error"
+
+_HTTP_CODES = {404: NOT_FOUND, 405: METHOD_NOT_ALLOWED, 408: REQUEST_TIMEOUT}
+
+
+class HttpError(Exception):
+    """A refusal with its status, machine-readable code and message; raise it anywhere in a request."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+class BodyReadTimeout(HttpError):
+    """The request body did not arrive in time (raised from ``receive``)."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(
+            408,
+            REQUEST_TIMEOUT,
+            f"the request body did not arrive within {timeout:g} s; send the whole body at once",
+            {"Connection": "close"},
+        )
+
+
+#: ``(status, code, message, request_id) -> JSON body``: the service's error shape.
+ErrorBody = Callable[[int, str, str, str], Any]
+#: Exception → the answer; services map their own domain exceptions with these.
+ErrorMapper = Callable[[Any], HttpError]
+
+
+def plg_error_body(status: int, code: str, message: str, request_id: str) -> dict[str, Any]:
+    """The shape of plg's own APIs: ``{"code", "message", "request_id"}``."""
+    return {"code": code, "message": message, "request_id": request_id}
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOutcome:
+    """One answered request, as ``observe`` sees it. ``route`` is the matched route's template
+    (``/subjects/{subject}/versions``), or None when no route matched (a 404)."""
+
+    method: str
+    path: str
+    route: str | None
+    status: int
+    seconds: float
+
+
+Observe = Callable[[RequestOutcome], None]
+
+
+def request_id_of(request: Request) -> str:
+    """The request id the middleware gave this request (a fresh one if it is not installed)."""
+    state = request.scope.get("state")
+    if isinstance(state, dict):
+        rid = state.get("request_id")
+        if isinstance(rid, str):
+            return rid
+    return _request_id_from(request.scope.get("headers", ()))
+
+
+def _request_id_from(headers: Any) -> str:
+    for name, value in headers:
+        if name == b"x-request-id":
+            given: str = value.decode("latin-1")
+            # Echoed into logs and headers: only short printable ASCII is taken as it is.
+            if 0 < len(given) <= MAX_REQUEST_ID_CHARS and given.isascii() and given.isprintable():
+                return given
+            break
+    return uuid.uuid4().hex
+
+
+def _unavailable(code: str, what: str) -> Callable[[Exception], HttpError]:
+    def mapper(_exc: Exception) -> HttpError:
+        return HttpError(
+            503,
+            code,
+            f"{what} is unavailable right now; nothing was changed, retry in {DEFAULT_RETRY_AFTER_SECONDS} s",
+            {"Retry-After": str(DEFAULT_RETRY_AFTER_SECONDS)},
+        )
+
+    return mapper
+
+
+def _client_disconnected(_exc: Exception) -> HttpError:
+    # Nobody reads this answer; it exists so the request is counted as the client's doing, not ours.
+    return HttpError(400, CLIENT_DISCONNECTED, "the client closed the connection before sending the body")
+
+
+def _http_exception(exc: HTTPException) -> HttpError:
+    status = exc.status_code
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    return HttpError(status, _HTTP_CODES.get(status, f"http_{status}"), detail, exc.headers)
+
+
+#: Dependency outages every service maps the same way (services may override with ``errors``).
+DEFAULT_ERRORS: Mapping[type[BaseException], ErrorMapper] = {
+    ClientDisconnect: _client_disconnected,
+    PoolTimeout: _unavailable(DATABASE_UNAVAILABLE, "the database"),
+    psycopg.OperationalError: _unavailable(DATABASE_UNAVAILABLE, "the database"),
+    KafkaUnavailableError: _unavailable(KAFKA_UNAVAILABLE, "Kafka"),
+    SchemaRegistryUnavailableError: _unavailable(REGISTRY_UNAVAILABLE, "the schema registry"),
+    HTTPException: _http_exception,
+}
+
+
+@dataclass
+class _Config:
+    service: str
+    error_body: ErrorBody
+    media_type: str
+    observe: Observe | None
+    body_timeout: float | None
+    errors: dict[type[BaseException], ErrorMapper] = field(default_factory=dict)
+
+    def mapped(self, exc: BaseException) -> HttpError | None:
+        if isinstance(exc, HttpError):
+            return exc
+        for cls in type(exc).__mro__:
+            mapper = self.errors.get(cls)
+            if mapper is not None:
+                return mapper(exc)
+        return None
+
+    def response(self, error: HttpError, request_id: str) -> Response:
+        body = orjson.dumps(self.error_body(error.status, error.code, error.message, request_id))
+        return Response(body, status_code=error.status, media_type=self.media_type, headers=error.headers)
+
+
+def _timed_receive(receive: Receive, timeout: float) -> Receive:
+    """``receive`` with one deadline for the whole body, counted from the app's first read; messages after
+    the body (the wait for ``http.disconnect``) are not timed."""
+    deadline: float | None = None
+    done = False
+
+    async def timed() -> Message:
+        nonlocal deadline, done
+        if done:
+            return await receive()
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                message = await receive()
+        except TimeoutError:
+            raise BodyReadTimeout(timeout) from None
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            done = True
+        return message
+
+    return timed
+
+
+class ErrorDisciplineMiddleware:
+    """The ASGI middleware :func:`install_error_handlers` adds (see the module docstring)."""
+
+    def __init__(self, app: ASGIApp, config: _Config) -> None:
+        self.app = app
+        self.config = config
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        config = self.config
+        started = time.perf_counter()
+        request_id = _request_id_from(scope["headers"])
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
+        state["request_id"] = request_id
+        id_header = (b"x-request-id", request_id.encode())
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), id_header]
+            await send(message)
+
+        if config.body_timeout is not None:
+            receive = _timed_receive(receive, config.body_timeout)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            error = config.mapped(exc)
+            if status:
+                # The answer has begun: nothing more can be said to the client; the server drops the
+                # connection when we return.
+                log.exception(
+                    "error after the answer started",
+                    extra={"service": config.service, "request_id": request_id, "path": scope.get("path")},
+                )
+            elif error is not None:
+                if error.status >= 500:
+                    log.warning(
+                        "answering %s: %s",
+                        error.status,
+                        error.code,
+                        extra={"service": config.service, "request_id": request_id, "error": repr(exc)},
+                    )
+                await config.response(error, request_id)(scope, receive, send_with_id)
+            else:
+                log.error(
+                    "unhandled error answering %s %s",
+                    scope.get("method"),
+                    scope.get("path"),
+                    exc_info=exc,
+                    extra={"service": config.service, "request_id": request_id},
+                )
+                internal = HttpError(
+                    500,
+                    INTERNAL_ERROR,
+                    f"internal error in {config.service}: this is a bug of ours, not your request's; it was "
+                    f"logged with request id {request_id} (quote it when you report it)",
+                )
+                await config.response(internal, request_id)(scope, receive, send_with_id)
+        finally:
+            if config.observe is not None:
+                route = scope.get("route")
+                outcome = RequestOutcome(
+                    scope.get("method", ""),
+                    scope.get("path", ""),
+                    getattr(route, "path", None),
+                    status or 500,
+                    time.perf_counter() - started,
+                )
+                try:
+                    config.observe(outcome)
+                except Exception:
+                    log.exception("observing a request failed", extra={"service": config.service})
+
+
+def install_error_handlers(
+    app: Any,
+    *,
+    service: str,
+    error_body: ErrorBody = plg_error_body,
+    media_type: str = "application/json",
+    errors: Mapping[type[BaseException], ErrorMapper] | None = None,
+    observe: Observe | None = None,
+    body_timeout_seconds: float | None = DEFAULT_BODY_TIMEOUT_SECONDS,
+) -> None:
+    """Install plg's HTTP error discipline on a FastAPI/Starlette ``app`` (before it starts).
+
+    ``error_body`` shapes every error this installs (plg's ``{"code", "message", "request_id"}`` unless the
+    API has its own, like the registry's Confluent ``{"error_code", "message"}``); ``errors`` maps the
+    service's exceptions to answers (added to, and overriding, :data:`DEFAULT_ERRORS`); ``observe`` is
+    called once per answered request, 500s included (request metrics); ``body_timeout_seconds=None``
+    turns the body deadline off.
+    """
+    config = _Config(
+        service=service,
+        error_body=error_body,
+        media_type=media_type,
+        observe=observe,
+        body_timeout=body_timeout_seconds,
+        errors={**DEFAULT_ERRORS, **(errors or {})},
+    )
+
+    async def framework_error(request: Request, exc: Exception) -> Response:
+        error = config.mapped(exc)
+        assert error is not None
+        return config.response(error, request_id_of(request))
+
+    # Raised inside the router, these reach Starlette's ExceptionMiddleware before ours: answer there.
+    app.add_exception_handler(HTTPException, framework_error)
+    try:
+        from fastapi.exceptions import RequestValidationError
+    except ImportError:  # pragma: no cover - a plain Starlette app
+        pass
+    else:
+
+        def validation_error(exc: RequestValidationError) -> HttpError:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()[:5]
+            )
+            return HttpError(422, INVALID_PARAMETER, f"invalid request parameters: {problems}"[:1000])
+
+        config.errors[RequestValidationError] = validation_error
+        app.add_exception_handler(RequestValidationError, framework_error)
+    app.add_middleware(ErrorDisciplineMiddleware, config=config)
+
+
+__all__ = [
+    "DEFAULT_ERRORS",
+    "REQUEST_ID_HEADER",
+    "BodyReadTimeout",
+    "ErrorBody",
+    "ErrorDisciplineMiddleware",
+    "ErrorMapper",
+    "HttpError",
+    "Observe",
+    "RequestOutcome",
+    "install_error_handlers",
+    "plg_error_body",
+    "request_id_of",
+]

@@ -1,0 +1,205 @@
+"""The invoice calculator: one customer's usage per meter for one billing period and a price version in,
+an invoice that explains itself line by line out. Pure and deterministic (no clock, no I/O, ``Decimal``
+throughout), so the running invoice, the final one and a re-computation months later agree to the cent.
+
+Each line's exact amount is rounded once, to the currency's minor unit, with the price's rule; the
+subtotal is the sum of the rounded lines (so the lines add up on paper), and the tax is computed on the
+subtotal and rounded to the nearest minor unit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
+from typing import Any, Literal
+
+from services.plans.model import MeterPrice, ResolvedPrice, Rounding
+from services.plans.periods import Period
+from services.plans.pricing import TierCharge, explain_charge
+
+ZERO = Decimal(0)
+_MODES = {Rounding.CEIL: ROUND_CEILING, Rounding.FLOOR: ROUND_FLOOR, Rounding.NEAREST: ROUND_HALF_UP}
+
+
+def round_money(amount: Decimal, minor_unit: int, rule: Rounding) -> Decimal:
+    """``amount`` rounded to ``minor_unit`` decimal places (2 for cents, 0 for yen) by ``rule``."""
+    return amount.quantize(Decimal(1).scaleb(-minor_unit), rounding=_MODES[rule])
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceLine:
+    kind: Literal["base", "usage"]
+    description: str
+    exact_amount: Decimal
+    amount: Decimal  # rounded once
+    meter: str | None = None
+    usage: Decimal = ZERO
+    included: Decimal = ZERO
+    billable: Decimal = ZERO
+    unit_price: Decimal | None = None
+    package_size: Decimal | None = None
+    package_price: Decimal | None = None
+    packages: Decimal | None = None
+    tiers_mode: str | None = None
+    tiers: tuple[TierCharge, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TaxLine:
+    rate: Decimal
+    amount: Decimal
+    behavior: str  # exclusive: added on top; inclusive: part of the subtotal
+    exempt: bool
+    calculated_by: Literal["plg", "stripe"]  # stripe: Stripe Tax decides, ours is the estimate
+
+
+@dataclass(frozen=True, slots=True)
+class Invoice:
+    customer_id: str
+    plan: str
+    price_version: str
+    currency: str
+    period: Period
+    lines: tuple[InvoiceLine, ...]
+    subtotal: Decimal
+    tax: TaxLine
+    total: Decimal
+    status: Literal["draft", "final"] = "draft"
+
+    def line(self, meter: str) -> InvoiceLine | None:
+        return next((ln for ln in self.lines if ln.meter == meter), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: amounts as strings (exact, no float), times as ISO 8601 UTC."""
+        return {
+            "customer_id": self.customer_id,
+            "plan": self.plan,
+            "price_version": self.price_version,
+            "currency": self.currency,
+            "status": self.status,
+            "period": {
+                "start": self.period.start.isoformat().replace("+00:00", "Z"),
+                "end": self.period.end.isoformat().replace("+00:00", "Z"),
+            },
+            "lines": [_line_dict(ln) for ln in self.lines],
+            "subtotal": str(self.subtotal),
+            "tax": {
+                "rate": str(self.tax.rate),
+                "amount": str(self.tax.amount),
+                "behavior": self.tax.behavior,
+                "exempt": self.tax.exempt,
+                "calculated_by": self.tax.calculated_by,
+            },
+            "total": str(self.total),
+        }
+
+
+def _line_dict(line: InvoiceLine) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "kind": line.kind,
+        "description": line.description,
+        "amount": str(line.amount),
+        "exact_amount": str(line.exact_amount),
+    }
+    if line.kind == "usage":
+        out.update(
+            meter=line.meter,
+            usage=str(line.usage),
+            included=str(line.included),
+            billable=str(line.billable),
+        )
+        if line.unit_price is not None:
+            out["unit_price"] = str(line.unit_price)
+        if line.packages is not None:
+            out["package"] = {"size": str(line.package_size), "unit_price": str(line.package_price)}
+            out["packages"] = str(line.packages)
+        if line.tiers_mode is not None:
+            out["tiers_mode"] = line.tiers_mode
+            out["tiers"] = [
+                {
+                    "from": str(t.first_unit),
+                    "up_to": None if t.up_to is None else str(t.up_to),
+                    "quantity": str(t.quantity),
+                    "unit_price": str(t.unit_price),
+                    "flat_price": str(t.flat_price),
+                    "amount": str(t.amount),
+                }
+                for t in line.tiers
+            ]
+    return out
+
+
+def _usage_line(meter: str, price: MeterPrice | None, usage: Decimal, resolved: ResolvedPrice) -> InvoiceLine:
+    if price is None:
+        # Metered but not priced by this version (e.g. seats): shown, never charged.
+        return InvoiceLine("usage", f"{meter} (not billed)", ZERO, ZERO, meter=meter, usage=usage)
+    charge = explain_charge(price, usage)
+    return InvoiceLine(
+        "usage",
+        meter,
+        charge.amount,
+        round_money(charge.amount, resolved.minor_unit, resolved.rounding),
+        meter=meter,
+        usage=charge.usage,
+        included=charge.included,
+        billable=charge.billable,
+        unit_price=charge.unit_price,
+        package_size=price.package.size if price.package is not None else None,
+        package_price=price.package.unit_price if price.package is not None else None,
+        packages=charge.packages,
+        tiers_mode=price.tiers_mode if price.tiers else None,
+        tiers=charge.tiers,
+    )
+
+
+def calculate_invoice(
+    *,
+    customer_id: str,
+    period: Period,
+    price: ResolvedPrice,
+    usage: Mapping[str, Decimal],
+    tax_region: str | None = None,
+    status: Literal["draft", "final"] = "draft",
+) -> Invoice:
+    """The invoice of ``customer_id`` for ``period`` under ``price``; ``usage`` is each meter's value for
+    the period (a meter missing from it had no usage). The base price is charged per period, whatever
+    the period's length (a 28-day February costs what a 31-day March does, as with Stripe)."""
+    base_exact = price.base_price
+    lines = [
+        InvoiceLine(
+            "base",
+            f"{price.plan} base price ({price.version})",
+            base_exact,
+            round_money(base_exact, price.minor_unit, price.rounding),
+        )
+    ]
+    # Sorted: the same inputs give the same invoice, whatever order the usage arrived in.
+    for meter in sorted(set(price.meters) | set(usage)):
+        lines.append(_usage_line(meter, price.meters.get(meter), usage.get(meter, ZERO), price))
+    subtotal = sum((ln.amount for ln in lines), ZERO)
+    tax = _tax(price, subtotal, tax_region)
+    total = subtotal + tax.amount if tax.behavior == "exclusive" else subtotal
+    return Invoice(
+        customer_id=customer_id,
+        plan=price.plan,
+        price_version=price.version,
+        currency=price.currency,
+        period=period,
+        lines=tuple(lines),
+        subtotal=subtotal,
+        tax=tax,
+        total=total,
+        status=status,
+    )
+
+
+def _tax(price: ResolvedPrice, subtotal: Decimal, region: str | None) -> TaxLine:
+    rule = price.tax
+    by: Literal["plg", "stripe"] = "stripe" if rule.stripe_tax else "plg"
+    if rule.exempt(region):
+        return TaxLine(ZERO, round_money(ZERO, price.minor_unit, Rounding.NEAREST), rule.behavior, True, by)
+    rate = rule.default_rate
+    # Inclusive: the prices already contain the tax, so it is the part of the subtotal above net.
+    exact = subtotal - subtotal / (1 + rate) if rule.behavior == "inclusive" else subtotal * rate
+    return TaxLine(rate, round_money(exact, price.minor_unit, Rounding.NEAREST), rule.behavior, False, by)
