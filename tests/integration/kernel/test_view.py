@@ -6,9 +6,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from prometheus_client import REGISTRY
 
 from services.kernel.kafka import Producer, TransactionalProducer
@@ -58,104 +61,110 @@ class Latest:
             self.values[key] = int(message.value["value"])
 
 
-def _setup(
-    kafka: KafkaSettings, registry: SchemaRegistrySettings, provisioned: Provisioned
-) -> tuple[str, Any, ValueEncoder]:
+@dataclass
+class Topic:
+    """A fresh compacted usage-aggregates topic, a producer and Avro encoder for it; views made with
+    :meth:`view` are closed after the test."""
+
+    name: str
+    prefix: str
+    kafka: KafkaSettings
+    registry: SchemaRegistry
+    encoder: ValueEncoder
+    producer: Producer
+    views: list[MaterializedView] = field(default_factory=list)
+
+    def send(self, key: str, value: dict[str, Any] | bytes | None) -> None:
+        raw = self.encoder.encode(value) if isinstance(value, dict) else value
+        self.producer.produce(self.name, raw, key=key)
+
+    def view(self, apply: Any, name: str, **options: Any) -> MaterializedView:
+        self.producer.flush()
+        view = MaterializedView(
+            self.kafka, self.name, self.registry.decoder(), apply, name=self.prefix + name, **options
+        )
+        self.views.append(view)
+        return view.start()
+
+
+@pytest.fixture
+def aggregates(
+    kafka_settings: KafkaSettings, registry_settings: SchemaRegistrySettings, provisioned: Provisioned
+) -> Iterator[Topic]:
     spec = topic(USAGE_AGGREGATES, provisioned.prefix)
-    sr = SchemaRegistry(registry)
     assert spec.schema_path is not None
-    return spec.name, sr, sr.encoder(spec.value_subject, spec.schema_path, auto_register=False)
+    sr = SchemaRegistry(registry_settings)
+    encoder = sr.encoder(spec.value_subject, spec.schema_path, auto_register=False)
+    t = Topic(spec.name, provisioned.prefix, kafka_settings, sr, encoder, Producer(kafka_settings))
+    try:
+        yield t
+    finally:
+        for view in t.views:
+            view.close()
+        t.producer.close()
+        sr.close()
 
 
 def test_the_view_reads_to_the_end_then_is_ready_and_follows_with_tombstones_and_only_committed_records(
-    kafka_settings: KafkaSettings, registry_settings: SchemaRegistrySettings, provisioned: Provisioned
+    aggregates: Topic, kafka_settings: KafkaSettings
 ) -> None:
-    name, sr, encoder = _setup(kafka_settings, registry_settings, provisioned)
-    producer = Producer(kafka_settings)
     for i in range(300):
-        producer.produce(name, encoder.encode(aggregate(f"c{i % 30}", i)), key=f"c{i % 30}")
-    producer.produce(name, None, key="c0")  # a tombstone: c0 deleted
-    producer.flush()
-    txn = TransactionalProducer(kafka_settings, f"{provisioned.prefix}view-test-{uuid.uuid4().hex[:6]}")
-    txn.init_transactions()
-    txn.begin()
-    txn.produce(name, encoder.encode(aggregate("aborted", 1)), key="aborted")
-    txn.abort()  # read_committed: the view never sees it
-    latest = Latest()
-    view = MaterializedView(
-        kafka_settings, name, sr.decoder(), latest.apply, name=f"{provisioned.prefix}view"
-    )
+        aggregates.send(f"c{i % 30}", aggregate(f"c{i % 30}", i))
+    aggregates.send("c0", None)  # a tombstone: c0 deleted
+    txn = TransactionalProducer(kafka_settings, f"{aggregates.prefix}view-test-{uuid.uuid4().hex[:6]}")
     try:
-        view.start()
-        assert view.ready.wait(60), "the view never caught up"
-        assert view.healthy()
-        # Everything written before start is in at the moment it is ready.
-        assert latest.values == {f"c{k}".encode(): 270 + k for k in range(1, 30)}
-        assert latest.thread == f"{provisioned.prefix}view"
-        assert b"aborted" not in latest.seen
-
-        # ...and it follows what comes after.
-        producer.produce(name, encoder.encode(aggregate("late", 7)), key="late")
-        producer.produce(name, None, key="c1")
-        producer.flush()
-        wait_for(lambda: latest.values.get(b"late") == 7 and b"c1" not in latest.values, timeout=30)
+        txn.init_transactions()
+        txn.begin()
+        txn.produce(aggregates.name, aggregates.encoder.encode(aggregate("aborted", 1)), key="aborted")
+        txn.abort()  # read_committed: the view never sees it
     finally:
-        view.close()
-        producer.close()
         txn.close()
-        sr.close()
+    latest = Latest()
+
+    view = aggregates.view(latest.apply, "view")
+
+    assert view.ready.wait(60), "the view never caught up"
+    assert view.healthy()
+    # Everything written before start is in at the moment it is ready.
+    assert latest.values == {f"c{k}".encode(): 270 + k for k in range(1, 30)}
+    assert latest.thread == f"{aggregates.prefix}view"
+    assert b"aborted" not in latest.seen
+    # ...and it follows what comes after.
+    aggregates.send("late", aggregate("late", 7))
+    aggregates.send("c1", None)
+    aggregates.producer.flush()
+    wait_for(lambda: latest.values.get(b"late") == 7 and b"c1" not in latest.values, timeout=30)
 
 
 def test_a_poison_record_is_skipped_and_the_view_goes_on_and_filtered_keys_are_never_decoded(
-    kafka_settings: KafkaSettings, registry_settings: SchemaRegistrySettings, provisioned: Provisioned
+    aggregates: Topic,
 ) -> None:
-    name, sr, encoder = _setup(kafka_settings, registry_settings, provisioned)
-    producer = Producer(kafka_settings)
-    producer.produce(name, encoder.encode(aggregate("a", 1)), key="a")
-    producer.produce(name, b"not avro at all", key="garbage")  # cannot be decoded
-    producer.produce(name, encoder.encode(aggregate("boom", 2)), key="boom")  # apply() raises on it
-    producer.produce(name, b"also not avro", key="skip-me")  # filtered out by key: never decoded
-    producer.produce(name, encoder.encode(aggregate("b", 3)), key="b")
-    producer.flush()
+    aggregates.send("a", aggregate("a", 1))
+    aggregates.send("garbage", b"not avro at all")  # cannot be decoded
+    aggregates.send("boom", aggregate("boom", 2))  # apply() raises on it
+    aggregates.send("skip-me", b"also not avro")  # filtered out by key: never decoded
+    aggregates.send("b", aggregate("b", 3))
     latest = Latest(fail_on={b"boom"})
-    view = MaterializedView(
-        kafka_settings,
-        name,
-        sr.decoder(),
-        latest.apply,
-        name=f"{provisioned.prefix}poison-view",
-        key_filter=lambda key: key is not None and not key.startswith(b"skip"),
+
+    view = aggregates.view(
+        latest.apply, "poison-view", key_filter=lambda key: key is not None and not key.startswith(b"skip")
     )
-    try:
-        view.start()
-        assert view.ready.wait(60)
-        assert latest.values == {b"a": 1, b"b": 3}  # the records after the poison ones were applied
-        # garbage never reached apply(), skip-me was not even decoded (keys spread over partitions: any order)
-        assert sorted(latest.seen) == [b"a", b"b", b"boom"]
-        assert view.records == 5
 
-        def count(outcome: str) -> float | None:
-            labels = {"view": f"{provisioned.prefix}poison-view", "outcome": outcome}
-            return REGISTRY.get_sample_value("plg_view_records_total", labels)
+    assert view.ready.wait(60)
+    assert latest.values == {b"a": 1, b"b": 3}  # the records after the poison ones were applied
+    # garbage never reached apply(), skip-me was not even decoded (keys spread over partitions: any order)
+    assert sorted(latest.seen) == [b"a", b"b", b"boom"]
+    assert view.records == 5
 
-        assert (count("applied"), count("undecodable"), count("failed"), count("skipped")) == (2, 1, 1, 1)
-        assert view.error is None  # poison records are the records' fault, not the view's
-    finally:
-        view.close()
-        producer.close()
-        sr.close()
+    def count(outcome: str) -> float | None:
+        labels = {"view": f"{aggregates.prefix}poison-view", "outcome": outcome}
+        return REGISTRY.get_sample_value("plg_view_records_total", labels)
+
+    assert (count("applied"), count("undecodable"), count("failed"), count("skipped")) == (2, 1, 1, 1)
+    assert view.error is None  # poison records are the records' fault, not the view's
 
 
-def test_an_empty_topic_is_ready_at_once(
-    kafka_settings: KafkaSettings, registry_settings: SchemaRegistrySettings, provisioned: Provisioned
-) -> None:
-    name, sr, _ = _setup(kafka_settings, registry_settings, provisioned)
-    view = MaterializedView(
-        kafka_settings, name, sr.decoder(), Latest().apply, name=f"{provisioned.prefix}empty"
-    )
-    try:
-        view.start()
-        assert view.ready.wait(30)
-    finally:
-        view.close()
-        sr.close()
+def test_an_empty_topic_is_ready_at_once(aggregates: Topic) -> None:
+    view = aggregates.view(Latest().apply, "empty")
+
+    assert view.ready.wait(30)
