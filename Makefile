@@ -91,7 +91,7 @@ run-metering: install ## Run only the metering aggregator (ops :8092) in the for
 
 .PHONY: run-entitlements
 run-entitlements: install ## Run only the entitlement API (:8082) in the foreground, against `make up`'s stack
-	$(PY) -m services.metering_aggregator.entitlements
+	$(PY) -m services.entitlements
 
 .PHONY: bench-metering
 bench-metering: install ## Aggregator events/s with exactly-once vs raw consume+decode; end-to-end and check latency

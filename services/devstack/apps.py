@@ -62,7 +62,7 @@ APP_SERVICES: list[AppService] = [
     ),
     AppService(
         "entitlements",
-        "services.metering_aggregator.entitlements",
+        "services.entitlements",
         port=8082,
         env_prefix="ENTITLEMENTS_",
         health_path="/readyz",

@@ -16,6 +16,8 @@ import psycopg
 import uvicorn
 
 from services.devstack.config import free_port
+from services.entitlements.app import build_app as build_entitlements
+from services.entitlements.config import EntitlementsSettings
 from services.ingest import store
 from services.kernel.errors import KafkaUnavailableError
 from services.kernel.kafka import Consumer, Producer, TopicPartition
@@ -31,8 +33,6 @@ from services.kernel.topics import (
 )
 from services.metering_aggregator.app import AggregatorApp, build_app
 from services.metering_aggregator.config import MeteringSettings
-from services.metering_aggregator.entitlements.app import build_app as build_entitlements
-from services.metering_aggregator.entitlements.config import EntitlementsSettings
 
 
 def now_ms() -> int:
