@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from services.enrichment.config import EnrichmentSettings
 from services.enrichment.handlers import merge_link_key
 from services.kernel.settings import PlatformSettings
 from services.kernel.topics import IDENTITY_LINKS, USAGE_EVENTS_DLQ, USAGE_EVENTS_ENRICHED, topic
-from tests.integration.metering.harness import Metering, now_ms, wait_for
+from tests.integration.metering.harness import Metering, Running, now_ms, run_in_thread, wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -38,21 +37,8 @@ def event(customer_id: str, name: str = "core_action_completed", *, user_id=None
 
 
 @dataclass
-class RunningEnrichment:
-    app: EnrichmentApp
-    thread: threading.Thread
-    stop: threading.Event
-    errors: list[BaseException] = field(default_factory=list)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=60)
-        self.app.close()
-
-
-@dataclass
 class EnrichmentWorld(Metering):
-    enrichers: list[RunningEnrichment] = field(default_factory=list)
+    enrichers: list[Running] = field(default_factory=list)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -76,20 +62,9 @@ class EnrichmentWorld(Metering):
         values.update(overrides)
         return EnrichmentSettings(**values)
 
-    def start_enrichment(self, **overrides: Any) -> RunningEnrichment:
-        app = build_app(self.enrichment_settings(**overrides))
-        stop = threading.Event()
-        running = RunningEnrichment(app, threading.Thread(), stop)
-
-        def run() -> None:
-            try:
-                app.run(stop)
-            except BaseException as exc:
-                running.errors.append(exc)
-                raise
-
-        running.thread = threading.Thread(target=run, name="enrichment", daemon=True)
-        running.thread.start()
+    def start_enrichment(self, **overrides: Any) -> Running:
+        running = run_in_thread(build_app(self.enrichment_settings(**overrides)), "enrichment")
+        app: EnrichmentApp = running.app
         self.enrichers.append(running)
         wait_for(
             lambda: all(check() for check in app.readiness.values()), timeout=60, what="enrichment ready"
@@ -161,7 +136,7 @@ class EnrichmentWorld(Metering):
         self.producer.produce(self.topic(IDENTITY_LINKS), self.links_encoder.encode(link), key)
         assert self.producer.flush(30) == 0
 
-    def wait_graph(self, running: RunningEnrichment, check) -> None:
+    def wait_graph(self, running: Running, check) -> None:
         wait_for(lambda: check(running.app.handler.enricher.graph), timeout=30, what="identity graph")
 
     # -- outputs --------------------------------------------------------------------------------------------
