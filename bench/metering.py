@@ -64,7 +64,7 @@ GOAL_EVENTS_PER_S = 50_000
 GOAL_RATIO = 0.5
 GOAL_E2E_P99_MS = 1000.0
 GOAL_CHECK_P99_MS = 5.0
-ENTITLEMENTS_MODULE = "services.metering_aggregator.entitlements"
+ENTITLEMENTS_MODULE = "services.entitlements"
 
 
 def generate_load(
