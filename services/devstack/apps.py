@@ -67,4 +67,5 @@ APP_SERVICES: list[AppService] = [
         env_prefix="ENTITLEMENTS_",
         health_path="/readyz",
     ),
+    AppService("growth", "services.growth", port=8085, env_prefix="GROWTH_"),
 ]
