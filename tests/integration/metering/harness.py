@@ -31,7 +31,7 @@ from services.kernel.topics import (
     USAGE_EVENTS_DLQ,
     topic,
 )
-from services.metering_aggregator.app import AggregatorApp, build_app
+from services.metering_aggregator.app import build_app
 from services.metering_aggregator.config import MeteringSettings
 
 
@@ -74,7 +74,7 @@ def wait_for(check: Callable[[], Any], timeout: float = 30.0, interval: float = 
 
 @dataclass
 class Running:
-    app: AggregatorApp
+    app: Any  # AggregatorApp, or another service's app with run(stop) and close()
     thread: threading.Thread
     stop: threading.Event
     errors: list[BaseException] = field(default_factory=list)
@@ -83,6 +83,23 @@ class Running:
         self.stop.set()
         self.thread.join(timeout=60)
         self.app.close()
+
+
+def run_in_thread(app: Any, name: str) -> Running:
+    """``app.run(stop)`` on a daemon thread; what it raises is kept in ``errors`` (enrichment tests too)."""
+    stop = threading.Event()
+    running = Running(app, threading.Thread(), stop)
+
+    def run() -> None:
+        try:
+            app.run(stop)
+        except BaseException as exc:
+            running.errors.append(exc)
+            raise
+
+    running.thread = threading.Thread(target=run, name=name, daemon=True)
+    running.thread.start()
+    return running
 
 
 @dataclass
@@ -97,6 +114,22 @@ class RunningApi:
     def close(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+def serve(app: Any, port: int, name: str) -> RunningApi:
+    """Run an ASGI app under uvicorn in a thread on ``port`` until its ``/readyz`` answers 200."""
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, name=f"{name}-{port}", daemon=True)
+    thread.start()
+    api = RunningApi(f"http://127.0.0.1:{port}", server, thread)
+    wait_for(lambda: server.started or not thread.is_alive(), timeout=60, what=f"{name} start")
+    if not thread.is_alive():
+        raise AssertionError(f"{name} failed to start (see the log)")
+    with api.client() as client:
+        wait_for(lambda: client.get("/readyz").status_code == 200, timeout=60, what=f"{name} ready")
+    return api
 
 
 @dataclass
@@ -166,19 +199,7 @@ class Metering:
         return MeteringSettings(**values)
 
     def start(self, **overrides: Any) -> Running:
-        app = build_app(self.settings(**overrides))
-        stop = threading.Event()
-        running = Running(app, threading.Thread(), stop)
-
-        def run() -> None:
-            try:
-                app.run(stop)
-            except BaseException as exc:
-                running.errors.append(exc)
-                raise
-
-        running.thread = threading.Thread(target=run, name="aggregator", daemon=True)
-        running.thread.start()
+        running = run_in_thread(build_app(self.settings(**overrides)), "aggregator")
         self.running.append(running)
         return running
 
@@ -193,19 +214,8 @@ class Metering:
             customers_refresh_seconds=1.0,
             **overrides,
         )
-        server = uvicorn.Server(
-            uvicorn.Config(
-                build_entitlements(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-            )
-        )
-        thread = threading.Thread(target=server.run, name=f"entitlements-{port}", daemon=True)
-        thread.start()
-        api = RunningApi(f"http://127.0.0.1:{port}", server, thread)
+        api = serve(build_entitlements(settings), port, "entitlements")
         self.apis.append(api)
-        wait_for(lambda: server.started or not thread.is_alive(), timeout=60, what="entitlements start")
-        assert thread.is_alive(), "the entitlement API failed to start (see the log)"
-        with api.client() as client:
-            wait_for(lambda: client.get("/readyz").status_code == 200, timeout=60, what="view ready")
         return api
 
     def close(self) -> None:
