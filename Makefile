@@ -91,11 +91,19 @@ run-metering: install ## Run only the metering aggregator (ops :8092) in the for
 
 .PHONY: run-entitlements
 run-entitlements: install ## Run only the entitlement API (:8082) in the foreground, against `make up`'s stack
-	$(PY) -m services.metering_aggregator.entitlements
+	$(PY) -m services.entitlements
 
 .PHONY: bench-metering
 bench-metering: install ## Aggregator events/s with exactly-once vs raw consume+decode; end-to-end and check latency
 	$(PY) -m bench.metering
+
+.PHONY: run-enrichment
+run-enrichment: install ## Run only the enrichment service (ops :8093) in the foreground, against `make up`'s stack
+	$(PY) -m services.enrichment
+
+.PHONY: bench-enrichment
+bench-enrichment: install ## Enrichment events/s (exactly-once) vs raw consume+decode+encode+produce; p99 added latency at 5k/s
+	$(PY) -m bench.enrichment
 
 .PHONY: clean
 clean: down ## Stop the stack and delete its data and logs (keeps the virtualenv and the Kafka jars)

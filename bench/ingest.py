@@ -25,25 +25,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import psycopg
 
+from bench.common import ROOT, load_average, machine_busy, service, span, stack, threads
 from bench.ingest_loadgen import make_template
-from services.devstack.config import free_port, private_settings
+from services.devstack.config import free_port
 from services.ingest import store
 from services.ingest.avro_usage import UsageEventEncoder
 from services.ingest.model import Limits, RequestContext, normalise_batch
@@ -54,89 +49,11 @@ from services.kernel.serde import SchemaRegistry, header
 from services.kernel.settings import KafkaSettings, SchemaRegistrySettings
 from services.kernel.topics import USAGE_EVENTS, topic
 
-ROOT = Path(__file__).resolve().parents[1]
-STACK_ENV = ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "DATABASE_URL")
 GOAL_EVENTS_PER_S = 50_000
 GOAL_HALF_P99_MS = 50.0
 
 
-@dataclass(frozen=True)
-class StackInfo:
-    kafka: str
-    registry: str
-    database: str
-    broker_pid: int | None  # known for a private stack: its CPU is then not counted as "other processes"
-
-
-@contextmanager
-def stack() -> Iterator[StackInfo]:
-    if all(os.environ.get(k) for k in STACK_ENV):
-        print(f"using the stack at Kafka {os.environ['KAFKA_BOOTSTRAP_SERVERS']}")
-        yield StackInfo(
-            os.environ["KAFKA_BOOTSTRAP_SERVERS"],
-            os.environ["SCHEMA_REGISTRY_URL"],
-            os.environ["DATABASE_URL"],
-            None,
-        )
-        return
-    from services.devstack.stack import KAFKA, POSTGRES, REGISTRY, Stack
-
-    root = Path(tempfile.mkdtemp(prefix="plg-bench-"))
-    private = Stack(
-        private_settings(root), components=(POSTGRES, KAFKA, REGISTRY), provision=False, say=lambda _m: None
-    )
-    print("starting a private stack (Postgres, Kafka, registry) ...")
-    elapsed = private.up()
-    print(f"private stack up in {elapsed:.1f} s")
-    try:
-        yield StackInfo(
-            private.kafka_bootstrap, private.registry_url, private.database_url, private.managed(KAFKA).pid()
-        )
-    finally:
-        private.down()
-        shutil.rmtree(root, ignore_errors=True)
-
-
 # ------------------------------------------------------------------------------ what the machine did
-
-
-def _family(pid: int) -> list[int]:
-    """``pid`` and its descendants (uvicorn workers)."""
-    pids, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        pids.append(p)
-        try:
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo.extend(int(c) for c in (task / "children").read_text().split())
-        except OSError:
-            continue
-    return pids
-
-
-def _threads(pid: int) -> dict[int, tuple[float, float]]:
-    """Per thread of ``pid``'s family: (CPU seconds, seconds spent runnable but waiting for a CPU)."""
-    out: dict[int, tuple[float, float]] = {}
-    for p in _family(pid):
-        try:
-            tasks = list(Path(f"/proc/{p}/task").iterdir())
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                cpu_ns, wait_ns, _ = (task / "schedstat").read_text().split()
-            except (OSError, ValueError):
-                continue
-            out[int(task.name)] = (int(cpu_ns) / 1e9, int(wait_ns) / 1e9)
-    return out
-
-
-def _machine_busy() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields) - idle) / ticks, sum(fields) / ticks
 
 
 class Usage:
@@ -148,17 +65,17 @@ class Usage:
         self.broker_pid = broker_pid
 
     def __enter__(self) -> Usage:
-        self._ingest = _threads(self.ingest_pid)
-        self._broker = _threads(self.broker_pid) if self.broker_pid else {}
-        self._machine = _machine_busy()
+        self._ingest = threads(self.ingest_pid)
+        self._broker = threads(self.broker_pid) if self.broker_pid else {}
+        self._machine = machine_busy()
         self._t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
         wall = time.perf_counter() - self._t0
-        ingest = _threads(self.ingest_pid)
-        broker = _threads(self.broker_pid) if self.broker_pid else {}
-        busy, total = _machine_busy()
+        ingest = threads(self.ingest_pid)
+        broker = threads(self.broker_pid) if self.broker_pid else {}
+        busy, total = machine_busy()
         cores = os.cpu_count() or 1
 
         def cpu(now: dict[int, tuple[float, float]], before: dict[int, tuple[float, float]]) -> float:
@@ -197,34 +114,8 @@ def ingest_process(
         "INGEST_WORKERS": str(workers),
         "INGEST_RATE_LIMIT_EVENTS_PER_SECOND": "0",
     }
-    log = tempfile.NamedTemporaryFile(prefix="plg-bench-ingest-", suffix=".log", delete=False)  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.ingest"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"ingest exited with {proc.returncode}; log: {log.name}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"ingest not ready after 60 s; log: {log.name}")
-            time.sleep(0.2)
-        yield url, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        os.unlink(log.name)
+    with service("services.ingest", env, port, "ingest") as proc:
+        yield f"http://127.0.0.1:{port}", proc.pid
 
 
 def loadgen(url: str, key: str, *args: str) -> dict[str, Any]:
@@ -305,20 +196,6 @@ def raw_produce(
 # ---------------------------------------------------------------------------------------- report
 
 
-def _span(values: list[float], fmt: str = "{:,.0f}") -> str:
-    """'a to b (median m)' over the rounds, or the one value."""
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return (
-        f"{fmt.format(min(values))} to {fmt.format(max(values))} "
-        f"(median {fmt.format(statistics.median(values))})"
-    )
-
-
-def _load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
 def _round_line(n: int, connections: int, r: dict[str, Any]) -> str:
     full, half, raw = r["full"], r["half"], r["raw"]
     lag = half.get("send_lag_ms", {}).get("p99", float("nan"))
@@ -346,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--raw-events", type=int, default=300_000)
     args = p.parse_args(argv)
 
-    load_before = _load_average()
+    load_before = load_average()
     rounds: list[dict[str, Any]] = []
     with stack() as s:
         prefix = f"bench{uuid.uuid4().hex[:6]}-"
@@ -395,36 +272,36 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"ingest benchmark: batches of {args.batch}, {args.workers} worker(s), {os.cpu_count()} CPUs, "
-        f"{len(rounds)} round(s); load average {load_before} before, {_load_average()} after"
+        f"{len(rounds)} round(s); load average {load_before} before, {load_average()} after"
     )
-    print(f"  full load ({args.connections} in flight): {_span([f['events_per_s'] for f in fulls])} events/s")
+    print(f"  full load ({args.connections} in flight): {span([f['events_per_s'] for f in fulls])} events/s")
     print(
-        f"     ack latency p50 {_span([f['latency_ms']['p50'] for f in fulls], '{:.1f}')} ms, "
-        f"p99 {_span([f['latency_ms']['p99'] for f in fulls], '{:.1f}')} ms"
+        f"     ack latency p50 {span([f['latency_ms']['p50'] for f in fulls], '{:.1f}')} ms, "
+        f"p99 {span([f['latency_ms']['p99'] for f in fulls], '{:.1f}')} ms"
     )
     print(
         f"  half load (open loop, half each round's full rate): "
-        f"{_span([h['events_per_s'] for h in halves])} events/s"
+        f"{span([h['events_per_s'] for h in halves])} events/s"
     )
     print(
-        f"     ack latency p50 {_span([h['latency_ms']['p50'] for h in halves], '{:.1f}')} ms, "
-        f"p99 {_span([h['latency_ms']['p99'] for h in halves], '{:.1f}')} ms"
+        f"     ack latency p50 {span([h['latency_ms']['p50'] for h in halves], '{:.1f}')} ms, "
+        f"p99 {span([h['latency_ms']['p99'] for h in halves], '{:.1f}')} ms"
     )
     waits = [h["ingest_sched_wait_ms_per_s"] for h in halves]
     others = [h["others_cpu_cores"] for h in halves]
     print(
-        f"     ingest's event loop waited for a CPU {_span(waits)} ms per s; "
-        f"other processes used {_span(others, '{:.2f}')} cores"
+        f"     ingest's event loop waited for a CPU {span(waits)} ms per s; "
+        f"other processes used {span(others, '{:.2f}')} cores"
     )
-    print(f"  ingest CPU per event at full load: {_span(cpu_us, '{:.1f}')} µs")
+    print(f"  ingest CPU per event at full load: {span(cpu_us, '{:.1f}')} µs")
     raw_rates = [r["events_per_s"] for r in raws]
-    print(f"  raw: kernel producer, same events, encode+produce+ack: {_span(raw_rates)} events/s")
+    print(f"  raw: kernel producer, same events, encode+produce+ack: {span(raw_rates)} events/s")
     print(
         f"       (with the kernel's generic Avro encoder: "
-        f"{_span([r['generic_encoder_events_per_s'] for r in raws])}/s; "
-        f"pre-encoded, produce + ack only: {_span([r['pre_encoded_events_per_s'] for r in raws])}/s)"
+        f"{span([r['generic_encoder_events_per_s'] for r in raws])}/s; "
+        f"pre-encoded, produce + ack only: {span([r['pre_encoded_events_per_s'] for r in raws])}/s)"
     )
-    print(f"  ratio ingest / raw: {_span(ratios, '{:.2f}')}")
+    print(f"  ratio ingest / raw: {span(ratios, '{:.2f}')}")
     print(
         f"  goal (≥ {GOAL_EVENTS_PER_S:,} events/s at full load and p99 < {GOAL_HALF_P99_MS:.0f} ms at half "
         f"load) met in {met} of {len(rounds)} round(s)"

@@ -21,7 +21,7 @@ import pytest
 from pydantic import SecretStr
 
 from services.devstack.config import private_settings
-from services.devstack.stack import KAFKA, POSTGRES, REGISTRY, Stack
+from services.devstack.stack import KAFKA, POSTGRES, REGISTRY, STRIPE_MOCK, Stack
 from services.kernel.provision import admin_client, provision_all
 from services.kernel.settings import DatabaseSettings, KafkaSettings, SchemaRegistrySettings
 from services.kernel.topics import TopicSpec, catalogue
@@ -29,6 +29,8 @@ from services.kernel.topics import TopicSpec, catalogue
 TESTS_DIR = Path(__file__).resolve().parent
 INTEGRATION_DIRS = (TESTS_DIR / "integration", TESTS_DIR / "e2e")
 STACK_ENV = ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "DATABASE_URL")
+# stripe-mock of the stack; an external stack without it set gets a private stripe-mock of its own.
+STRIPE_MOCK_ENV = "STRIPE_MOCK_URL"
 
 _stack_report: list[str] = []
 
@@ -55,6 +57,7 @@ class StackEndpoints:
     registry_url: str
     database_url: str
     data_dir: Path | None = None
+    stripe_mock_url: str | None = None
 
 
 def _keep_dirs() -> bool:
@@ -70,7 +73,7 @@ def stack() -> Iterator[StackEndpoints]:
     root = Path(tempfile.mkdtemp(prefix="plg-test-stack-"))
     private = Stack(
         private_settings(root),
-        components=(POSTGRES, KAFKA, REGISTRY),
+        components=(POSTGRES, KAFKA, REGISTRY, STRIPE_MOCK),
         provision=False,
         say=_stack_report.append,
         tied_to_this_process=True,
@@ -80,7 +83,9 @@ def stack() -> Iterator[StackEndpoints]:
         f"private stack in {root}: up in {elapsed:.1f}s "
         f"({', '.join(f'{k} {v:.1f}s' for k, v in private.timings.items())})"
     )
-    endpoints = StackEndpoints(private.kafka_bootstrap, private.registry_url, private.database_url, root)
+    endpoints = StackEndpoints(
+        private.kafka_bootstrap, private.registry_url, private.database_url, root, private.stripe_api_base
+    )
     # Code under test that reads its settings from the environment (and services started as processes)
     # must find this stack, not whatever the developer's shell points at.
     saved = {k: os.environ.get(k) for k in STACK_ENV}
@@ -100,6 +105,33 @@ def stack() -> Iterator[StackEndpoints]:
             else:
                 os.environ[k] = v
         private.down()
+        if not _keep_dirs():
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stripe_mock_url(stack: StackEndpoints) -> Iterator[str]:
+    """stripe-mock's base URL: the private stack's, ``$STRIPE_MOCK_URL``, or one of our own on free ports
+    (an external stack, e.g. `make up`'s, on someone else's port block)."""
+    if stack.stripe_mock_url is not None:
+        yield stack.stripe_mock_url
+        return
+    if os.environ.get(STRIPE_MOCK_ENV):
+        yield os.environ[STRIPE_MOCK_ENV]
+        return
+    root = Path(tempfile.mkdtemp(prefix="plg-test-stripe-mock-"))
+    own = Stack(
+        private_settings(root),
+        components=(STRIPE_MOCK,),
+        provision=False,
+        say=_stack_report.append,
+        tied_to_this_process=True,
+    )
+    own.up()
+    try:
+        yield own.stripe_api_base
+    finally:
+        own.down()
         if not _keep_dirs():
             shutil.rmtree(root, ignore_errors=True)
 

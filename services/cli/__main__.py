@@ -5,6 +5,10 @@
     plg keys create <customer-id> [--description D]   # prints the key once: it is not stored
     plg keys list <customer-id>
     plg keys revoke <key-id>
+    plg customers update <id> [--support-tier T] [--csm NAME | --no-csm] [--billing-status S]
+    plg tickets open <customer-id> <subject> [--priority P] | close <customer-id> [<ticket-id>...|--all]
+    plg tickets list <customer-id> [--all]
+    plg dlq list [--reason R] [--since T] | show <[partition:]offset> | replay [--reason R] [--since T]
 
 Add ``--json`` before the command for machine-readable output. Migrations are applied first (idempotent),
 so the CLI works on a fresh database. Plan names are checked against the meters-and-plans config
@@ -22,9 +26,11 @@ from typing import Any
 import orjson
 import psycopg
 
+from services.cli import dlq as dead_letters
+from services.enrichment import store as success
 from services.ingest import store
 from services.kernel.db import migrate
-from services.kernel.settings import DatabaseSettings
+from services.kernel.settings import DatabaseSettings, KafkaSettings, PlatformSettings, SchemaRegistrySettings
 
 
 class CliError(Exception):
@@ -50,6 +56,40 @@ def _parser() -> argparse.ArgumentParser:
     customers.add_parser("list", help="list customers")
     show = customers.add_parser("show", help="one customer and its keys")
     show.add_argument("customer_id")
+    update = customers.add_parser("update", help="change the customer-success context (enrichment)")
+    update.add_argument("customer_id")
+    update.add_argument("--support-tier", help="e.g. standard, gold, premium")
+    csm = update.add_mutually_exclusive_group()
+    csm.add_argument("--csm", help="the customer-success manager who owns the account")
+    csm.add_argument("--no-csm", action="store_true", help="remove the CSM owner")
+    update.add_argument("--billing-status", choices=success.BILLING_STATUSES)
+
+    tickets = groups.add_parser("tickets", help="support tickets").add_subparsers(
+        dest="command", required=True
+    )
+    topen = tickets.add_parser("open", help="open a support ticket")
+    topen.add_argument("customer_id")
+    topen.add_argument("subject")
+    topen.add_argument("--priority", choices=success.PRIORITIES, default="normal")
+    tclose = tickets.add_parser("close", help="close tickets (by id, or --all open ones)")
+    tclose.add_argument("customer_id")
+    tclose.add_argument("ticket_ids", nargs="*", type=int)
+    tclose.add_argument("--all", action="store_true", help="close every open ticket of the customer")
+    tlist = tickets.add_parser("list", help="a customer's open tickets")
+    tlist.add_argument("customer_id")
+    tlist.add_argument("--all", action="store_true", help="closed ones too")
+
+    dlq = groups.add_parser("dlq", help="dead letters (usage-events-dlq)").add_subparsers(
+        dest="command", required=True
+    )
+    dlist = dlq.add_parser("list", help="list dead letters, oldest first")
+    dshow = dlq.add_parser("show", help="one dead letter in full")
+    dshow.add_argument("position", help="<partition>:<offset>, or <offset> if only one partition has it")
+    dreplay = dlq.add_parser("replay", help="re-produce dead letters to their source topic (idempotent)")
+    for sub in (dlist, dreplay):
+        sub.add_argument("--reason", help="only this error code, e.g. late_event")
+        sub.add_argument("--since", help="failed at or after: 90s, 15m, 2h, 7d or an ISO 8601 time")
+    dreplay.add_argument("--force", action="store_true", help="also re-produce letters replayed before")
 
     keys = groups.add_parser("keys", help="ingest API keys").add_subparsers(dest="command", required=True)
     kcreate = keys.add_parser("create", help="create a key and print it (once)")
@@ -122,6 +162,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _dispatch(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
+    if args.group == "tickets":
+        return _tickets(args, conn)
+    if args.group == "dlq":
+        return _dlq(args, conn)
+    if args.group == "customers" and args.command == "update":
+        context = success.update_customer(
+            conn,
+            args.customer_id,
+            support_tier=args.support_tier,
+            csm_owner=args.csm,
+            clear_csm=args.no_csm,
+            billing_status=args.billing_status,
+        )
+        _print(args, [context], _CONTEXT_COLS)
+        return 0
     if args.group == "customers":
         if args.command == "create":
             customer = store.create_customer(
@@ -167,6 +222,73 @@ def _dispatch(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
         if revoked is None:
             raise CliError(f"no API key {args.key_id!r}")
         _print(args, [revoked], _KEY_COLS)
+    return 0
+
+
+_CONTEXT_COLS = ("customer_id", "plan", "support_tier", "csm_owner", "billing_status", "open_tickets")
+_TICKET_COLS = ("ticket_id", "customer_id", "status", "priority", "subject", "opened_at", "closed_at")
+_LETTER_COLS = ("position", "failed_at", "service", "reason", "event_id", "customer_id", "source", "message")
+
+
+def _tickets(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
+    if args.command == "open":
+        _print(args, [success.open_ticket(conn, args.customer_id, args.subject, args.priority)], _TICKET_COLS)
+    elif args.command == "close":
+        if bool(args.ticket_ids) == bool(args.all):
+            raise CliError("give the ticket ids to close, or --all")
+        closed = success.close_tickets(conn, args.customer_id, None if args.all else args.ticket_ids)
+        _print(args, closed, _TICKET_COLS)
+    else:
+        _print(args, success.list_tickets(conn, args.customer_id, include_closed=args.all), _TICKET_COLS)
+    return 0
+
+
+class _Row:
+    """A dict as the attribute row ``_print`` expects."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+
+def _dlq(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
+    kafka, registry = KafkaSettings(), SchemaRegistrySettings()
+    letters = dead_letters.DeadLetters(kafka, registry, PlatformSettings().topic_prefix)
+    try:
+        if args.command == "show":
+            letter = letters.find(args.position)
+            doc = {**letter.summary(), "value": letter.value}
+            doc["failed_at"] = doc["failed_at"].isoformat()
+            for name in ("original_key", "original_value"):
+                raw = doc["value"].get(name)
+                doc["value"][name] = None if raw is None else raw.hex()
+            sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+            return 0
+        since = dead_letters.parse_since(args.since) if args.since else None
+        found = letters.read(args.reason, since)
+        if args.command == "list":
+            rows = [_Row(letter.summary()) for letter in found]
+            if args.json:
+                sys.stdout.write(
+                    orjson.dumps([r.__dict__ for r in rows], option=orjson.OPT_INDENT_2).decode() + "\n"
+                )
+            else:
+                _print(args, rows, _LETTER_COLS)
+            return 0
+        report = dead_letters.replay(found, letters.topic, kafka, conn, force=args.force)
+    except dead_letters.DlqError as exc:
+        raise CliError(str(exc)) from None
+    doc = report.to_json()
+    if args.json:
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(
+            f"replayed {doc['replayed']} dead letter(s) to {doc['to_topics'] or 'no topic'}; "
+            f"skipped {doc['already_replayed']} replayed before (--force replays them again) and "
+            f"{doc['not_replayable']} without original bytes"
+        )
+        for outcome, reasons in doc["by_reason"].items():
+            for reason, n in sorted(reasons.items()):
+                print(f"  {outcome:16} {reason:24} {n}")
     return 0
 
 

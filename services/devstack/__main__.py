@@ -13,6 +13,7 @@ from pathlib import Path
 
 from services.devstack import kafka as kafka_mod
 from services.devstack import postgres as pg
+from services.devstack import stripe_mock
 from services.devstack.config import StackSettings
 from services.devstack.processes import StartError
 from services.devstack.stack import Stack, format_timings
@@ -26,13 +27,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "command",
         choices=["up", "down", "run", "status", "provision", "install"],
         help="up: start in the background; down: stop; run: foreground until Ctrl-C; status; "
-        "provision: create topics and register schemas; install: fetch Kafka jars and PostgreSQL",
+        "provision: create topics and register schemas; install: fetch Kafka jars, PostgreSQL, stripe-mock",
     )
     parser.add_argument("--root", type=Path, help="data, logs and pid files (default .plg)")
     parser.add_argument("--kafka-port", type=int)
     parser.add_argument("--kafka-controller-port", type=int)
     parser.add_argument("--postgres-port", type=int)
     parser.add_argument("--registry-port", type=int)
+    parser.add_argument("--stripe-mock-port", type=int)
+    parser.add_argument("--stripe-mock-https-port", type=int)
     parser.add_argument(
         "--service-port",
         action="append",
@@ -48,7 +51,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def settings_from(args: argparse.Namespace) -> StackSettings:
     settings = StackSettings()
     update: dict[str, object] = {}
-    for field in ("root", "kafka_port", "kafka_controller_port", "postgres_port", "registry_port"):
+    for field in (
+        "root",
+        "kafka_port",
+        "kafka_controller_port",
+        "postgres_port",
+        "registry_port",
+        "stripe_mock_port",
+        "stripe_mock_https_port",
+    ):
         value = getattr(args, field)
         if value is not None:
             update[field] = value.resolve() if isinstance(value, Path) else value
@@ -74,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
             took = kafka_mod.ensure_jars(settings.kafka_libs)
             print("Kafka jars: " + ("already current" if took is None else f"fetched in {took:.1f}s"))
             print(f"PostgreSQL: {pg.ensure_installed()}")
+            took = stripe_mock.ensure_installed(settings.bin_dir)
+            print(
+                f"stripe-mock {stripe_mock.VERSION}: "
+                + ("present" if took is None else f"installed in {took:.1f}s")
+            )
             return 0
         if args.command == "up":
             elapsed = stack.up()

@@ -62,9 +62,10 @@ APP_SERVICES: list[AppService] = [
     ),
     AppService(
         "entitlements",
-        "services.metering_aggregator.entitlements",
+        "services.entitlements",
         port=8082,
         env_prefix="ENTITLEMENTS_",
         health_path="/readyz",
     ),
+    AppService("enrichment", "services.enrichment", port=8093, env_prefix="ENRICHMENT_"),
 ]

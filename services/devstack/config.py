@@ -29,12 +29,17 @@ class StackSettings(BaseSettings):
     # The broker's jars are shared by every stack on the machine (tests' private stacks included), so they
     # are downloaded once, not once per temporary directory.
     kafka_libs: Path = DEFAULT_ROOT / "kafka" / "libs"
+    # Binaries built for the stack (stripe-mock), shared like the jars.
+    bin_dir: Path = DEFAULT_ROOT / "bin"
     host: str = "127.0.0.1"
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
     kafka_heap: str = "1g"
     postgres_port: int = 5433
     registry_port: int = 8081
+    # stripe-mock's two listeners (it always serves both HTTP and HTTPS).
+    stripe_mock_port: int = 12111
+    stripe_mock_https_port: int = 12112
     # Port overrides for app services by name, e.g. PLG_STACK_SERVICE_PORTS='{"ingest": 18080}'.
     service_ports: dict[str, int] = Field(default_factory=dict)
     # Start the app services (ingest, metering, ...) after the registry; tests' private stacks don't.
@@ -55,6 +60,10 @@ class StackSettings(BaseSettings):
     @property
     def database_url(self) -> str:
         return f"postgresql://plg@{self.host}:{self.postgres_port}/plg"
+
+    @property
+    def stripe_mock_url(self) -> str:
+        return f"http://{self.host}:{self.stripe_mock_port}"
 
     @property
     def logs_dir(self) -> Path:
@@ -94,16 +103,18 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 def private_settings(root: Path, *, with_apps: bool = False, **overrides: object) -> StackSettings:
     """Settings for a throwaway stack under ``root`` on free ports (tests), sharing the broker's jars."""
-    kafka, controller, postgres, registry = free_ports(4)
+    kafka, controller, postgres, registry, stripe_http, stripe_https = free_ports(6)
     values: dict[str, object] = {
         "root": root,
         "kafka_port": kafka,
         "kafka_controller_port": controller,
         "postgres_port": postgres,
         "registry_port": registry,
+        "stripe_mock_port": stripe_http,
+        "stripe_mock_https_port": stripe_https,
         "with_apps": with_apps,
         "kafka_heap": "512m",
     }
     values.update(overrides)
-    # Start from the environment's settings so e.g. PLG_STACK_KAFKA_LIBS still applies.
+    # Start from the environment's settings so e.g. PLG_STACK_KAFKA_LIBS and _BIN_DIR still apply.
     return StackSettings().model_copy(update=values)

@@ -1,7 +1,8 @@
 """The local stack as one object: start in order, wait for health, report, stop in reverse order.
 
-Order: PostgreSQL -> migrations -> Kafka -> schema registry -> provisioning (topics + schemas) -> app
-services. Each step waits for its component to be healthy, so whatever comes next can rely on it.
+Order: PostgreSQL -> migrations -> Kafka -> schema registry -> stripe-mock -> provisioning (topics +
+schemas) -> app services. Each step waits for its component to be healthy, so whatever comes next can
+rely on it.
 The same object backs ``python -m services.devstack`` (``make up/down/run/status``) and the test
 fixtures, which start a private stack on free ports in a temporary directory.
 """
@@ -22,6 +23,7 @@ from types import FrameType
 
 from services.devstack import kafka as kafka_mod
 from services.devstack import postgres as pg
+from services.devstack import stripe_mock
 from services.devstack.apps import APP_SERVICES, SCHEMA_REGISTRY, AppService
 from services.devstack.config import REPO_ROOT, StackSettings
 from services.devstack.processes import (
@@ -42,7 +44,11 @@ from services.kernel.topics import catalogue
 POSTGRES = "postgres"
 KAFKA = "kafka"
 REGISTRY = SCHEMA_REGISTRY.name
-ALL_INFRA = (POSTGRES, KAFKA, REGISTRY)
+STRIPE_MOCK = "stripe-mock"
+ALL_INFRA = (POSTGRES, KAFKA, REGISTRY, STRIPE_MOCK)
+# Local defaults of the Stripe settings every billing process reads (docs/billing.md). The key is
+# stripe-mock's accepted test key, the secret signs the stack's own test webhooks; neither is a secret.
+STRIPE_LOCAL_DEFAULTS = {"STRIPE_API_KEY": "sk_test_plglocal", "STRIPE_WEBHOOK_SECRET": "whsec_plg_local"}
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,10 @@ class Stack:
         return self.settings.database_url
 
     @property
+    def stripe_api_base(self) -> str:
+        return self.settings.stripe_mock_url
+
+    @property
     def data_dir(self) -> Path:
         return self.settings.root
 
@@ -121,6 +131,12 @@ class Stack:
             DATABASE_URL=self.database_url,
             PYTHONUNBUFFERED="1",
         )
+        # Unlike Kafka's address, Stripe's comes from the environment first: a developer may point the
+        # stack at Stripe's test mode (STRIPE_API_BASE=https://api.stripe.com, a real sk_test_ key).
+        if STRIPE_MOCK in self.components:
+            env.setdefault("STRIPE_API_BASE", self.stripe_api_base)
+        for name, value in STRIPE_LOCAL_DEFAULTS.items():
+            env.setdefault(name, value)
         return env
 
     # -- start ---------------------------------------------------------------------------------------
@@ -137,6 +153,8 @@ class Stack:
                 self._timed("kafka", self._up_kafka)
             if REGISTRY in self.components:
                 self._timed("registry", partial(self._up_app, SCHEMA_REGISTRY))
+            if STRIPE_MOCK in self.components:
+                self._timed("stripe-mock", self._up_stripe_mock)
             if self.provision and KAFKA in self.components:
                 self._timed("provision", self._provision)
             for app in self.apps():
@@ -226,6 +244,32 @@ class Stack:
             KafkaSettings(bootstrap_servers=self.kafka_bootstrap), timeout=self.settings.start_timeout
         )
 
+    def _up_stripe_mock(self) -> None:
+        managed = self.managed(STRIPE_MOCK)
+        stripe_mock.ensure_installed(self.settings.bin_dir, say=self.say)
+        host, port, https_port = (
+            self.settings.host,
+            self.settings.stripe_mock_port,
+            self.settings.stripe_mock_https_port,
+        )
+        pid = self._already(managed)
+        if pid is None:
+            self._refuse_foreign_port(STRIPE_MOCK, port)
+            self._refuse_foreign_port(STRIPE_MOCK, https_port)
+            pid = spawn(
+                managed,
+                stripe_mock.command(self.settings.bin_dir, host, port, https_port),
+                die_with_parent=self._death_signal(),
+            )
+            self._started_now.append(managed.name)
+        wait_until(
+            managed,
+            lambda: port_open(host, port),
+            timeout=self.settings.start_timeout,
+            what="open port",
+            pid=pid,
+        )
+
     def _up_app(self, app: AppService) -> None:
         if not app.implemented():
             self.say(f"{app.name}: {app.module} is not implemented yet, skipped")
@@ -273,7 +317,7 @@ class Stack:
     # -- stop and inspect ----------------------------------------------------------------------------
     def stop_order(self) -> list[str]:
         order = [a.name for a in reversed(self.apps())]
-        order += [c for c in (REGISTRY, KAFKA, POSTGRES) if c in self.components]
+        order += [c for c in (STRIPE_MOCK, REGISTRY, KAFKA, POSTGRES) if c in self.components]
         return order
 
     def down(self) -> None:
@@ -301,6 +345,8 @@ class Stack:
                 address, healthy = self.database_url, port_open(host, self.settings.postgres_port)
             elif name == KAFKA:
                 address, healthy = self.kafka_bootstrap, port_open(host, self.settings.kafka_port)
+            elif name == STRIPE_MOCK:
+                address, healthy = self.stripe_api_base, port_open(host, self.settings.stripe_mock_port)
             else:
                 app = SCHEMA_REGISTRY if name == REGISTRY else next(a for a in self.apps() if a.name == name)
                 address = self.app_url(app)

@@ -57,8 +57,38 @@ def string_bytes(s: str) -> bytes:
     return (_BYTE[n << 1] if n < 64 else long_bytes(n)) + b
 
 
-def _optional_string(s: str | None) -> bytes:
+def optional_string(s: str | None) -> bytes:
+    """Avro ``["null", "string"]``."""
     return _NULL if s is None else _BRANCH1 + string_bytes(s)
+
+
+def properties_bytes(props: Mapping[str, Any], keys: dict[str, bytes]) -> bytes:
+    """The ``map<null|boolean|long|double|string>`` of event properties (``keys`` caches encoded keys; the
+    caller bounds it). Shared with the enrichment service's encoder of enriched events."""
+    if not props:
+        return _NULL
+    parts = [long_bytes(len(props))]
+    append = parts.append
+    for key, value in props.items():
+        key_b = keys.get(key)
+        if key_b is None:
+            key_b = keys[key] = string_bytes(key)
+        append(key_b)
+        t = type(value)
+        if t is str:
+            append(_STRING + string_bytes(value))
+        elif t is int:
+            append(_LONG + long_bytes(value))
+        elif t is float:
+            append(_DOUBLE_TAG + _DOUBLE(value))
+        elif t is bool:
+            append(_TRUE if value else _FALSE)
+        elif value is None:
+            append(_NULL)
+        else:
+            raise TypeError(f"property {key!r} has unsupported type {t.__name__}")
+    append(_NULL)
+    return b"".join(parts)
 
 
 def schema_matches(schema_json: Any) -> bool:
@@ -86,9 +116,9 @@ class UsageEventEncoder:
                     _BRANCH1,
                     long_bytes(ingest["received_at"]),
                     string_bytes(ingest["source"]),
-                    _optional_string(ingest["api_key_id"]),
-                    _optional_string(ingest["request_id"]),
-                    _optional_string(ingest["library"]),
+                    optional_string(ingest["api_key_id"]),
+                    optional_string(ingest["request_id"]),
+                    optional_string(ingest["library"]),
                 )
             )
         header = self._header
@@ -104,31 +134,7 @@ class UsageEventEncoder:
             if name_b is None:
                 name_b = names[name] = string_bytes(name)
             props = record["properties"]
-            if props:
-                parts = [long_bytes(len(props))]
-                append = parts.append
-                for key, value in props.items():
-                    key_b = keys.get(key)
-                    if key_b is None:
-                        key_b = keys[key] = string_bytes(key)
-                    append(key_b)
-                    t = type(value)
-                    if t is str:
-                        append(_STRING + string_bytes(value))
-                    elif t is int:
-                        append(_LONG + long_bytes(value))
-                    elif t is float:
-                        append(_DOUBLE_TAG + _DOUBLE(value))
-                    elif t is bool:
-                        append(_TRUE if value else _FALSE)
-                    elif value is None:
-                        append(_NULL)
-                    else:
-                        raise TypeError(f"property {key!r} has unsupported type {t.__name__}")
-                append(_NULL)
-                props_b = b"".join(parts)
-            else:
-                props_b = _NULL
+            props_b = properties_bytes(props, keys) if props else _NULL
             user_id, anonymous_id, session_id = (
                 record["user_id"],
                 record["anonymous_id"],

@@ -12,21 +12,12 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from services.customers import COLUMNS, Customer
 from services.ingest import apikeys
 
 
 class StoreError(Exception):
     """A request the database refused for a reason the user can fix (duplicate id, unknown customer)."""
-
-
-@dataclass(frozen=True)
-class Customer:
-    customer_id: str
-    name: str | None
-    plan: str
-    billing_anchor_day: int
-    stripe_customer_id: str | None
-    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -38,7 +29,7 @@ class ApiKey:
     revoked_at: datetime | None
 
 
-_CUSTOMER_COLUMNS = "customer_id, name, plan, billing_anchor_day, stripe_customer_id, created_at"
+_CUSTOMER_COLUMNS = COLUMNS
 _KEY_COLUMNS = "key_id, customer_id, description, created_at, revoked_at"
 
 

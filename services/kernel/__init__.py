@@ -1,6 +1,10 @@
 """The shared kernel: the plumbing every plg service uses, so services hold only their own logic.
 
-* ``settings`` — pydantic-settings groups (``KAFKA_*``, ``SCHEMA_REGISTRY_*``, ``DATABASE_*``, ``PLG_*``).
+* ``settings`` — pydantic-settings groups (``KAFKA_*``, ``SCHEMA_REGISTRY_*``, ``DATABASE_*``, ``PLG_*``)
+  and the base classes every service's settings extend (``ServiceSettings``, ``StreamServiceSettings``).
+* ``service`` — ``run_service(...)``, every ``__main__``: ``--check-config``, redacted settings, signals,
+  lifecycle, ops endpoints, exit status.
+* ``processing`` — the stream runtime; ``processing.view``: materialised views of compacted topics.
 * ``topics`` / ``provision`` — the topic catalogue and creating topics + registering schemas from it.
 * ``kafka`` — idempotent ``Producer``, ``TransactionalProducer``, ``Consumer``; error translation;
   ``check_reachable``. Services never import ``confluent_kafka``.

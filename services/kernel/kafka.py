@@ -292,7 +292,54 @@ def _headers(headers: Headers | None) -> Any:
 # ---------------------------------------------------------------------------------------- producer
 
 
-class Producer:
+class _Enqueuer:
+    """``produce`` into librdkafka's local queue, waiting up to ``_max_block`` seconds while it is full."""
+
+    _producer: confluent_kafka.Producer
+    _max_block: float
+    _errors: _ErrorState
+
+    def _wait_for_room(self) -> None:
+        raise NotImplementedError
+
+    def _check_usable(self) -> None:
+        self._errors.raise_if_fatal()
+
+    def _enqueue(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: Key,
+        headers: Headers | None,
+        callback: Callable[[KafkaError | None, Message], None] | None,
+        partition: int | None,
+        timestamp: int | None,
+    ) -> None:
+        self._check_usable()
+        deadline: float | None = None
+        while True:
+            try:
+                self._producer.produce(
+                    topic,
+                    value,
+                    key,
+                    partition=-1 if partition is None else partition,
+                    on_delivery=callback,
+                    timestamp=timestamp or 0,
+                    headers=_headers(headers),
+                )
+                return
+            except BufferError as exc:
+                now = time.monotonic()
+                deadline = deadline or now + self._max_block
+                if now >= deadline:
+                    raise translate_kafka_error(exc, f"produce to {topic}") from exc
+                self._wait_for_room()
+            except KafkaException as exc:
+                raise translate_kafka_error(exc, f"produce to {topic}") from exc
+
+
+class Producer(_Enqueuer):
     """Idempotent producer with a background poll thread that serves delivery reports.
 
     ``send()`` returns a ``Future[DeliveryReport]`` (for request/response paths: ingest waits on it);
@@ -343,7 +390,7 @@ class Producer:
         timestamp: int | None = None,
     ) -> None:
         """Enqueue one record. ``on_delivery(error_or_None, record)`` runs on the poll thread."""
-        self._produce(
+        self._enqueue(
             topic,
             value,
             key,
@@ -369,7 +416,7 @@ class Producer:
             try:
                 produce(topic, value, key, on_delivery=callback)
             except BufferError:
-                self._produce(topic, value, key, None, callback, None, None)
+                self._enqueue(topic, value, key, None, callback, None, None)
             except KafkaException as exc:
                 raise translate_kafka_error(exc, f"produce to {topic}") from exc
 
@@ -385,44 +432,16 @@ class Producer:
     ) -> Future[DeliveryReport]:
         """Enqueue one record; the future resolves when the broker acknowledged it (or fails translated)."""
         future: Future[DeliveryReport] = Future()
-        self._produce(topic, value, key, headers, _future_callback(future), partition, timestamp)
+        self._enqueue(topic, value, key, headers, _future_callback(future), partition, timestamp)
         return future
 
-    def _produce(
-        self,
-        topic: str,
-        value: bytes | None,
-        key: Key,
-        headers: Headers | None,
-        callback: Callable[[KafkaError | None, Message], None] | None,
-        partition: int | None,
-        timestamp: int | None,
-    ) -> None:
+    def _check_usable(self) -> None:
         if self._closed:
             raise KafkaClientError(f"producer {self._client_id} is closed")
         self._errors.raise_if_fatal()
-        deadline: float | None = None
-        while True:
-            try:
-                self._producer.produce(
-                    topic,
-                    value,
-                    key,
-                    partition=-1 if partition is None else partition,
-                    on_delivery=callback,
-                    timestamp=timestamp or 0,
-                    headers=_headers(headers),
-                )
-                return
-            except BufferError as exc:
-                # The queue drains as the poll thread serves delivery reports; wait a little for room.
-                now = time.monotonic()
-                deadline = deadline or now + self._max_block
-                if now >= deadline:
-                    raise translate_kafka_error(exc, f"produce to {topic}") from exc
-                time.sleep(0.005)
-            except KafkaException as exc:
-                raise translate_kafka_error(exc, f"produce to {topic}") from exc
+
+    def _wait_for_room(self) -> None:
+        time.sleep(0.005)  # the poll thread serves delivery reports, which drains the queue
 
     def flush(self, timeout: float = 30.0) -> int:
         """Wait until every queued record is acknowledged or failed; returns how many are still queued."""
@@ -464,7 +483,7 @@ class Producer:
 WEDGED_GRACE = 15.0
 
 
-class TransactionalProducer:
+class TransactionalProducer(_Enqueuer):
     """Producer for consume-transform-produce loops with exactly-once output.
 
     ``begin()`` → ``produce(...)``… → ``send_offsets(consumer)`` → ``commit()``. Failures come out as:
@@ -557,29 +576,11 @@ class TransactionalProducer:
         timestamp: int | None = None,
     ) -> None:
         """Enqueue one record in the current transaction (delivered or discarded with it)."""
-        self._errors.raise_if_fatal()
-        deadline: float | None = None
         callback = None if on_delivery is None else _wrap_callback(on_delivery)
-        while True:
-            try:
-                self._producer.produce(
-                    topic,
-                    value,
-                    key,
-                    partition=-1 if partition is None else partition,
-                    on_delivery=callback,
-                    timestamp=timestamp or 0,
-                    headers=_headers(headers),
-                )
-                return
-            except BufferError as exc:
-                now = time.monotonic()
-                deadline = deadline or now + self._max_block
-                if now >= deadline:
-                    raise translate_kafka_error(exc, f"produce to {topic}") from exc
-                self._producer.poll(0.01)
-            except KafkaException as exc:
-                raise translate_kafka_error(exc, f"produce to {topic}") from exc
+        self._enqueue(topic, value, key, headers, callback, partition, timestamp)
+
+    def _wait_for_room(self) -> None:
+        self._producer.poll(0.01)  # no poll thread here: serving delivery reports makes room
 
     def send_offsets(
         self, consumer: Consumer, positions: Sequence[TopicPartition] | None = None, timeout: float = 30.0

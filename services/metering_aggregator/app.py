@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from services.customers import CustomerDirectory
 from services.kernel.db import open_pool
 from services.kernel.kafka import Consumer, check_reachable
 from services.kernel.lifecycle import Lifecycle
@@ -16,7 +17,6 @@ from services.kernel.provision import admin_client
 from services.kernel.serde import SchemaRegistry
 from services.kernel.topics import METERING_CHANGELOG, USAGE_EVENTS, USAGE_EVENTS_DLQ, topic
 from services.metering_aggregator.config import MeteringSettings
-from services.metering_aggregator.customers import CustomerDirectory
 from services.metering_aggregator.processor import INPUTS, OUTPUTS, SERVICE, MeteringHandler, Topics
 from services.metering_aggregator.routing import home_partitioner
 from services.plans.loader import load_config

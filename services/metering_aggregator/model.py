@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.customers.model import Customer
 from services.metering_aggregator.values import (
     SCALE,
     InvalidValue,
@@ -78,15 +79,6 @@ class Rules:
                 f"the dedup horizon ({self.dedup_horizon_ms} ms) must be at least the late-event grace "
                 f"({self.grace_ms} ms), or late duplicates would be counted twice"
             )
-
-
-@dataclass(frozen=True, slots=True)
-class Customer:
-    """What metering needs to know about a customer (from the ``customers`` table)."""
-
-    customer_id: str
-    plan: str
-    anchor_day: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,7 +388,7 @@ class PartitionState:
             gvals = dict(zip(group[0], group[1], strict=True)) if group else {}
             series = self.series[skey] = Series(customer.customer_id, meter, gkey, gvals)
         if series.cur_minute != minute:
-            series.cur = self._windows_at(series, minute, customer.anchor_day)
+            series.cur = self._windows_at(series, minute, customer.billing_anchor_day)
             series.cur_minute = minute
         agg = meter.aggregation
         cur = series.cur

@@ -21,13 +21,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from services.customers import CustomerDirectory
 from services.kernel import metrics
 from services.kernel.kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from services.kernel.processing import Batch, Emit, RetryBatch, StreamHandler
 from services.kernel.settings import KafkaSettings
 from services.kernel.topics import ENTITLEMENT_EVENTS, METERING_CHANGELOG, USAGE_AGGREGATES, USAGE_EVENTS
 from services.metering_aggregator.changelog import changelog_behind, encode_value, restore
-from services.metering_aggregator.customers import CustomerDirectory
 from services.metering_aggregator.handlers import aggregate_record, threshold_record
 from services.metering_aggregator.model import PartitionState, Rules
 from services.plans.model import PlansConfig

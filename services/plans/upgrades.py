@@ -8,8 +8,22 @@ next plan in the chain is still suggested (sales can talk), and ``None`` is retu
 from __future__ import annotations
 
 from decimal import Decimal
+from urllib.parse import urlencode
 
 from services.plans.model import Plan, PlansConfig
+
+# The ``code`` of an upgrade path, in entitlement answers and threshold events alike.
+USAGE_LIMIT_EXCEEDED = "usage_limit_exceeded"
+USAGE_LIMIT_APPROACHING = "usage_limit_approaching"
+FEATURE_NOT_IN_PLAN = "feature_not_in_plan"
+
+
+def upgrade_url(base: str, customer_id: str, feature: str, suggested_plan: str | None) -> str:
+    """The link a front end opens to upgrade: ``base`` with the customer, the feature and the suggestion."""
+    query = {"customer_id": customer_id, "feature": feature}
+    if suggested_plan:
+        query["plan"] = suggested_plan
+    return f"{base}{'&' if '?' in base else '?'}{urlencode(query)}"
 
 
 def _chain(config: PlansConfig, plan: Plan) -> list[Plan]:

@@ -26,7 +26,7 @@ MODULES = (
     "services.ingest",
     "services.schema_registry",
     "services.metering_aggregator",
-    "services.metering_aggregator.entitlements",
+    "services.entitlements",
 )
 
 

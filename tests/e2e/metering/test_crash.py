@@ -121,7 +121,7 @@ def test_totals_are_exact_after_sigkills_restarts_and_a_rebalance(world: Meterin
 
     api_port = free_port()
     api = world.spawn(
-        "services.metering_aggregator.entitlements",
+        "services.entitlements",
         "entitlements",  # type: ignore[attr-defined]
         ENTITLEMENTS_PORT=str(api_port),
         ENTITLEMENTS_CUSTOMERS_REFRESH_SECONDS="2",

@@ -16,6 +16,8 @@ import psycopg
 import uvicorn
 
 from services.devstack.config import free_port
+from services.entitlements.app import build_app as build_entitlements
+from services.entitlements.config import EntitlementsSettings
 from services.ingest import store
 from services.kernel.errors import KafkaUnavailableError
 from services.kernel.kafka import Consumer, Producer, TopicPartition
@@ -29,10 +31,8 @@ from services.kernel.topics import (
     USAGE_EVENTS_DLQ,
     topic,
 )
-from services.metering_aggregator.app import AggregatorApp, build_app
+from services.metering_aggregator.app import build_app
 from services.metering_aggregator.config import MeteringSettings
-from services.metering_aggregator.entitlements.app import build_app as build_entitlements
-from services.metering_aggregator.entitlements.config import EntitlementsSettings
 
 
 def now_ms() -> int:
@@ -74,7 +74,7 @@ def wait_for(check: Callable[[], Any], timeout: float = 30.0, interval: float = 
 
 @dataclass
 class Running:
-    app: AggregatorApp
+    app: Any  # AggregatorApp, or another service's app with run(stop) and close()
     thread: threading.Thread
     stop: threading.Event
     errors: list[BaseException] = field(default_factory=list)
@@ -83,6 +83,23 @@ class Running:
         self.stop.set()
         self.thread.join(timeout=60)
         self.app.close()
+
+
+def run_in_thread(app: Any, name: str) -> Running:
+    """``app.run(stop)`` on a daemon thread; what it raises is kept in ``errors`` (enrichment tests too)."""
+    stop = threading.Event()
+    running = Running(app, threading.Thread(), stop)
+
+    def run() -> None:
+        try:
+            app.run(stop)
+        except BaseException as exc:
+            running.errors.append(exc)
+            raise
+
+    running.thread = threading.Thread(target=run, name=name, daemon=True)
+    running.thread.start()
+    return running
 
 
 @dataclass
@@ -166,19 +183,7 @@ class Metering:
         return MeteringSettings(**values)
 
     def start(self, **overrides: Any) -> Running:
-        app = build_app(self.settings(**overrides))
-        stop = threading.Event()
-        running = Running(app, threading.Thread(), stop)
-
-        def run() -> None:
-            try:
-                app.run(stop)
-            except BaseException as exc:
-                running.errors.append(exc)
-                raise
-
-        running.thread = threading.Thread(target=run, name="aggregator", daemon=True)
-        running.thread.start()
+        running = run_in_thread(build_app(self.settings(**overrides)), "aggregator")
         self.running.append(running)
         return running
 

@@ -16,6 +16,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import StringSerializer
 
+from services.customers import Customer
 from services.devstack.config import free_port
 from services.ingest import store
 from services.ingest.app import build_app as build_ingest
@@ -24,7 +25,7 @@ from services.kernel.kafka import Consumer, TopicPartition
 from services.kernel.settings import PlatformSettings
 from services.kernel.topics import METERING_CHANGELOG, USAGE_EVENTS, topic
 from services.metering_aggregator.changelog import encode_value, restore
-from services.metering_aggregator.model import Customer, PartitionState
+from services.metering_aggregator.model import PartitionState
 from services.metering_aggregator.processor import read_changelog
 from services.metering_aggregator.routing import consistent
 from services.plans.loader import load_config

@@ -220,3 +220,40 @@ def test_a_worker_gets_ops_endpoints_with_its_readiness_and_stops_on_sigterm(
     assert code == EXIT_OK
     assert answers == {"/livez": 200, "/readyz": 200, "/metrics": 200}
     assert closed == ["resource"]
+
+
+def _failing_http_app(error: BaseException, closed: list[str]) -> Any:
+    from contextlib import asynccontextmanager
+
+    from starlette.applications import Starlette
+
+    def build(settings: DemoSettings, life: Lifecycle) -> Any:
+        @asynccontextmanager
+        async def lifespan(_app: Any) -> Any:
+            try:
+                life.callback(lambda: closed.append("pool"), "pool")
+                raise error
+                yield  # pragma: no cover
+            finally:
+                life.close()
+
+        return Starlette(lifespan=lifespan)
+
+    return build
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [(KafkaFatalError("fenced"), EXIT_FATAL_KAFKA), (RuntimeError("database away"), EXIT_CRASH)],
+)
+def test_an_http_service_whose_start_up_fails_exits_with_the_status_of_what_failed(
+    error: BaseException, expected: int
+) -> None:
+    from services.kernel.service import HttpOptions
+
+    closed: list[str] = []
+
+    code = run_service("demo", DemoSettings, _failing_http_app(error, closed), http=HttpOptions(), argv=[])
+
+    assert code == expected  # not uvicorn's own 3 for every failed start-up
+    assert closed == ["pool"]

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from services.metering_aggregator.model import Customer, PartitionState, Rules
+from services.customers import Customer
+from services.metering_aggregator.model import PartitionState, Rules
 from services.plans import parse_config
 from services.plans.periods import datetime_to_ms
 

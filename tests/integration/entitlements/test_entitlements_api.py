@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from services.entitlements.view import UsageView
 from services.kernel.topics import USAGE_AGGREGATES
-from services.metering_aggregator.entitlements.view import UsageView
 from services.plans.periods import billing_period
 from tests.integration.metering.harness import Metering, now_ms, usage_event, wait_for
 

@@ -11,19 +11,21 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from psycopg_pool import ConnectionPool
 
+from services.customers.model import COLUMNS, Customer
 from services.kernel import metrics
-from services.metering_aggregator.model import Customer
 
 log = logging.getLogger(__name__)
 
+# The name predates the directory's move out of metering; kept so dashboards keep their series.
 LOOKUPS = metrics.counter(
     "plg_metering_customer_lookups", "Customer directory look-ups that went to PostgreSQL.", ("kind",)
 )
 
-_SELECT = "SELECT customer_id, plan, billing_anchor_day FROM customers"
+_SELECT = f"SELECT {COLUMNS} FROM customers"
 
 
 class CustomerDirectory:
@@ -85,17 +87,17 @@ class CustomerDirectory:
         LOOKUPS.labels("refresh").inc()
         with self._pool.connection() as conn:
             rows = conn.execute(_SELECT).fetchall()
-        fresh = {cid: Customer(cid, plan, int(anchor)) for cid, plan, anchor in rows}
+        fresh = {row[0]: Customer(*row) for row in rows}
         with self._lock:
             self._customers = fresh
         self.loaded = True
 
-    def _store(self, rows: list[tuple[str, str, int]]) -> set[str]:
+    def _store(self, rows: list[tuple[Any, ...]]) -> set[str]:
         # Single-key inserts are atomic under the GIL; readers on other threads only call get().
         with self._lock:
             customers = self._customers
-            for cid, plan, anchor in rows:
-                customers[cid] = Customer(cid, plan, int(anchor))
+            for row in rows:
+                customers[row[0]] = Customer(*row)
         return {row[0] for row in rows}
 
     def start(self) -> CustomerDirectory:

@@ -1,4 +1,4 @@
-"""Composition root of the entitlement API: ``build_app(settings)`` returns the FastAPI app.
+"""Composition root of the entitlement API: ``build_app(settings, lifecycle)`` returns the FastAPI app.
 
 ``GET /v1/entitlements/{customer_id}/{feature}`` answers from memory (the usage view, the customer cache
 and the plans config); only an id the cache has never seen costs a database round trip.
@@ -10,27 +10,27 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from fastapi import FastAPI
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from services.customers import CustomerDirectory
+from services.entitlements.config import EntitlementsSettings
+from services.entitlements.handlers import PlanNotConfigured, UnknownFeature, decide, decision_body
+from services.entitlements.view import ZERO, UsageView
 from services.kernel import metrics
 from services.kernel.db import open_pool
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ops_routes
 from services.kernel.serde import SchemaRegistry
 from services.kernel.topics import USAGE_AGGREGATES, topic
-from services.metering_aggregator.customers import CustomerDirectory
-from services.metering_aggregator.entitlements.config import EntitlementsSettings
-from services.metering_aggregator.entitlements.view import UsageView
-from services.metering_aggregator.handlers import Decision, PlanNotConfigured, UnknownFeature, decide
 from services.plans.loader import load_config
-from services.plans.periods import billing_period, ms_to_datetime
+from services.plans.periods import billing_period
 
 log = logging.getLogger(__name__)
 
@@ -39,38 +39,64 @@ CHECKS = metrics.counter("plg_entitlement_checks", "Entitlement checks answered,
 _JSON = "application/json"
 
 
-def _number(value: Decimal | None) -> Any:
-    # Exact JSON numbers (orjson cannot encode Decimal): "1000" not 1000.0, "0.001" not 0.0010000000000.
-    if value is None:
-        return None
-    return orjson.Fragment(format(value.normalize(), "f").encode())
+# -- OpenAPI: the answers' shapes (documentation only; the handler writes the bytes itself with orjson) ----
 
 
-def _iso(ms: int) -> str:
-    return ms_to_datetime(ms).isoformat().replace("+00:00", "Z")
+class UpgradeBody(BaseModel):
+    code: Literal["usage_limit_exceeded", "feature_not_in_plan"]
+    upgrade_url: str
+    suggested_plan: str | None = Field(description="null at the top of the plans' upgrade chain")
 
 
-def decision_body(d: Decision) -> dict[str, Any]:
-    return {
-        "customer_id": d.customer_id,
-        "feature": d.feature,
-        "type": d.kind,
-        "plan": d.plan,
-        "allowed": d.allowed,
-        "usage": _number(d.usage),
-        "limit": _number(d.limit),
-        "remaining": _number(d.remaining),
-        "hard_limit": d.hard_limit,
-        "period_start": _iso(d.period.start_ms),
-        "period_end": _iso(d.period.end_ms),
-        "upgrade": None
-        if d.upgrade is None
-        else {
-            "code": d.upgrade.code,
-            "upgrade_url": d.upgrade.upgrade_url,
-            "suggested_plan": d.upgrade.suggested_plan,
-        },
-    }
+class EntitlementBody(BaseModel):
+    customer_id: str
+    feature: str
+    type: Literal["meter", "feature"]
+    plan: str
+    allowed: bool
+    usage: float | None = Field(description="exact decimal; null for a boolean feature")
+    limit: float | None = Field(description="null when unlimited, and for a boolean feature")
+    remaining: float | None = Field(description="null when unlimited, and for a boolean feature")
+    hard_limit: bool
+    period_start: str = Field(description="current billing period start, UTC, ISO 8601")
+    period_end: str = Field(description="current billing period end (exclusive), UTC, ISO 8601")
+    upgrade: UpgradeBody | None = Field(description="null when allowed")
+
+
+class NotFoundBody(BaseModel):
+    code: Literal["customer_not_found", "unknown_feature"]
+    message: str = Field(
+        description="what is missing and how to fix it (create the customer, known features)"
+    )
+
+
+class PlanNotConfiguredBody(BaseModel):
+    code: Literal["plan_not_configured"]
+    message: str
+
+
+class NotReadyBody(BaseModel):
+    code: Literal["usage_view_not_ready"]
+    message: str
+
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": EntitlementBody, "description": "The decision, with an upgrade path when not allowed."},
+    404: {
+        "model": NotFoundBody,
+        "description": "No such customer, or a feature that is neither a meter nor a feature of any plan.",
+    },
+    409: {
+        "model": PlanNotConfiguredBody,
+        "description": "The customer's plan is not in the meters-and-plans config.",
+    },
+    503: {
+        "model": NotReadyBody,
+        "description": "A meter check before this replica's usage view has caught up (just started); retry "
+        "after Retry-After seconds. Boolean features still answer.",
+        "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+    },
+}
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -105,7 +131,7 @@ def build_app(settings: EntitlementsSettings, lifecycle: Lifecycle | None = None
 
     def view_ready() -> bool:
         view: UsageView | None = getattr(app.state, "usage_view", None)
-        return view is not None and view.ready.is_set() and view.error is None
+        return view is not None and view.healthy()
 
     ops_routes(
         app,
@@ -115,7 +141,12 @@ def build_app(settings: EntitlementsSettings, lifecycle: Lifecycle | None = None
         },
     )
 
-    @app.get("/v1/entitlements/{customer_id}/{feature}")
+    @app.get(
+        "/v1/entitlements/{customer_id}/{feature}",
+        responses=RESPONSES,
+        response_class=Response,
+        summary="May this customer use this feature now?",
+    )
     async def entitlement(customer_id: str, feature: str, request: Request) -> Response:
         """May ``customer_id`` use ``feature`` (a meter slug or a boolean feature) now?"""
         directory: CustomerDirectory = state["directory"]
@@ -131,7 +162,7 @@ def build_app(settings: EntitlementsSettings, lifecycle: Lifecycle | None = None
                     f"`plg customers create {customer_id} --plan <plan>`",
                 )
         now_ms = int(time.time() * 1000)
-        usage = 0
+        usage = ZERO
         if config.meter(feature) is not None:
             view: UsageView = request.app.state.usage_view
             if not view.ready.is_set():
@@ -145,7 +176,7 @@ def build_app(settings: EntitlementsSettings, lifecycle: Lifecycle | None = None
                     "the usage view is still catching up with usage-aggregates; retry shortly",
                     {"Retry-After": "1"},
                 )
-            period = billing_period(now_ms, customer.anchor_day)
+            period = billing_period(now_ms, customer.billing_anchor_day)
             usage = view.usage(customer_id, feature, period.start_ms)
         try:
             decision = decide(config, customer, feature, usage, now_ms, settings.upgrade_url)

@@ -1,4 +1,4 @@
-"""``python -m services.metering_aggregator.entitlements``: serve the entitlement API (default port 8082).
+"""``python -m services.entitlements``: serve the entitlement API (default port 8082).
 
 ``--check-config`` validates the settings and the meters-and-plans file, prints them and exits.
 """
@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import sys
 
+from services.entitlements.app import SERVICE, build_app
+from services.entitlements.config import EntitlementsSettings
 from services.kernel.service import HttpOptions, run_service
-from services.metering_aggregator.entitlements.app import SERVICE, build_app
-from services.metering_aggregator.entitlements.config import EntitlementsSettings
 from services.plans.loader import plans_file
 
 

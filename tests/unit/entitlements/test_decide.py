@@ -6,19 +6,17 @@ from decimal import Decimal
 
 import pytest
 
-from services.metering_aggregator.handlers import PlanNotConfigured, UnknownFeature, decide
+from services.entitlements.handlers import PlanNotConfigured, UnknownFeature, decide
 from services.plans.periods import billing_period
-
-from .conftest import NOW, customer
+from tests.unit.metering.conftest import NOW, customer
 
 BASE = "https://app.example/billing/upgrade"
-N = 10**9
 
 
 def test_hard_limit_allows_until_the_limit_is_reached(config):
-    d = decide(config, customer(), "api_requests", 9 * N, NOW, BASE)
+    d = decide(config, customer(), "api_requests", Decimal(9), NOW, BASE)
     assert (d.allowed, d.usage, d.limit, d.remaining, d.upgrade) == (True, 9, 10, 1, None)
-    d = decide(config, customer(), "api_requests", 10 * N, NOW, BASE)
+    d = decide(config, customer(), "api_requests", Decimal(10), NOW, BASE)
     assert not d.allowed
     assert d.remaining == 0
     assert d.upgrade is not None
@@ -28,7 +26,7 @@ def test_hard_limit_allows_until_the_limit_is_reached(config):
 
 
 def test_soft_limit_stays_allowed_beyond_the_limit(config):
-    d = decide(config, customer(plan="pro"), "api_requests", 60_000 * N, NOW, BASE)
+    d = decide(config, customer(plan="pro"), "api_requests", Decimal(60_000), NOW, BASE)
     assert d.allowed
     assert d.remaining == 0
     assert d.limit == 50_000
@@ -36,7 +34,7 @@ def test_soft_limit_stays_allowed_beyond_the_limit(config):
 
 
 def test_unlimited_meters_have_no_limit(config):
-    d = decide(config, customer(plan="enterprise"), "api_requests", 10**7 * N, NOW, BASE)
+    d = decide(config, customer(plan="enterprise"), "api_requests", Decimal(10**7), NOW, BASE)
     assert (d.allowed, d.limit, d.remaining) == (True, None, None)
 
 

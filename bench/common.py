@@ -1,0 +1,206 @@
+"""What every benchmark needs: a stack, service processes, CPU accounting, percentiles and ranges, and
+scraping a service's /metrics. Each bench is a ``python -m bench.<name>`` script built from these.
+
+Figures from a 2-core machine vary with whatever else runs, so every bench prints, beside its rates,
+the CPU seconds each process spent per event (much steadier than events/s), the median and range over
+its rounds, and the load average before and after.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STACK_ENV = ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "DATABASE_URL")
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    kafka: str
+    registry: str
+    database: str
+    broker_pid: int | None  # known for a private stack: its CPU is then not counted as "other processes"
+
+
+@contextmanager
+def stack() -> Iterator[StackInfo]:
+    """The stack named by the environment when all three variables are set, otherwise a private one
+    (temporary directory, free ports, loopback), stopped afterwards."""
+    if all(os.environ.get(k) for k in STACK_ENV):
+        print(f"using the stack at Kafka {os.environ['KAFKA_BOOTSTRAP_SERVERS']}")
+        yield StackInfo(
+            os.environ["KAFKA_BOOTSTRAP_SERVERS"],
+            os.environ["SCHEMA_REGISTRY_URL"],
+            os.environ["DATABASE_URL"],
+            None,
+        )
+        return
+    from services.devstack.config import private_settings
+    from services.devstack.stack import KAFKA, POSTGRES, REGISTRY, Stack
+
+    root = Path(tempfile.mkdtemp(prefix="plg-bench-"))
+    private = Stack(
+        private_settings(root), components=(POSTGRES, KAFKA, REGISTRY), provision=False, say=lambda _m: None
+    )
+    print("starting a private stack (Postgres, Kafka, registry) ...")
+    elapsed = private.up()
+    print(f"private stack up in {elapsed:.1f} s")
+    try:
+        yield StackInfo(
+            private.kafka_bootstrap, private.registry_url, private.database_url, private.managed(KAFKA).pid()
+        )
+    finally:
+        private.down()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], port: int, name: str, log: str, timeout: float = 90.0) -> None:
+    """Until ``GET /readyz`` on ``port`` answers 200; raises if the process exits or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}; log: {log}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/readyz")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} not ready after {timeout:.0f} s; log: {log}")
+        time.sleep(0.2)
+
+
+@contextmanager
+def service(
+    module: str, env: Mapping[str, str], port: int, name: str, cwd: Path = ROOT
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m module`` as its own process until the block ends (SIGTERM, then SIGKILL after 30 s),
+    once its ``/readyz`` on ``port`` says ready. ``cwd`` picks the source tree (another checkout runs
+    that checkout's code: before/after comparisons in one run)."""
+    log = tempfile.NamedTemporaryFile(prefix=f"plg-bench-{name}-", suffix=".log", delete=False)  # noqa: SIM115
+    env = {**env, "PYTHONPATH": str(cwd)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module], env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        wait_ready(proc, port, name, log.name)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        os.unlink(log.name)
+
+
+# ------------------------------------------------------------------------------ what the machine did
+
+
+def family(pid: int) -> list[int]:
+    """``pid`` and its descendants (uvicorn workers)."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return pids
+
+
+def threads(pid: int) -> dict[int, tuple[float, float]]:
+    """Per thread of ``pid``'s family: (CPU seconds, seconds spent runnable but waiting for a CPU)."""
+    out: dict[int, tuple[float, float]] = {}
+    for p in family(pid):
+        try:
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                cpu_ns, wait_ns, _ = (task / "schedstat").read_text().split()
+            except (OSError, ValueError):
+                continue
+            out[int(task.name)] = (int(cpu_ns) / 1e9, int(wait_ns) / 1e9)
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) ``pid`` and its descendants have used so far."""
+    return sum(cpu for cpu, _wait in threads(pid).values())
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / ticks, sum(fields) / ticks
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+# ---------------------------------------------------------------------------------------- figures
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def span(values: list[float], fmt: str = "{:,.0f}") -> str:
+    """'a to b (median m)' over the rounds, or the one value."""
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return (
+        f"{fmt.format(min(values))} to {fmt.format(max(values))} "
+        f"(median {fmt.format(statistics.median(values))})"
+    )
+
+
+def metrics_text(port: int) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/metrics")
+    return conn.getresponse().read().decode()
+
+
+def counter_values(port: int, name: str, label: str) -> dict[str, float]:
+    """A Prometheus counter on a service's /metrics, by the value of one of its labels."""
+    out: dict[str, float] = {}
+    needle = f'{label}="'
+    for line in metrics_text(port).splitlines():
+        if line.startswith(name + "{") and needle in line:
+            value = line.split(needle, 1)[1].split('"', 1)[0]
+            out[value] = out.get(value, 0.0) + float(line.split()[-1])
+    return out
+
+
+def histogram_mean(port: int, name: str) -> tuple[float, float]:
+    """(count, mean) of a Prometheus histogram on a service's /metrics, summed over its labels."""
+    values = {"_sum": 0.0, "_count": 0.0}
+    for line in metrics_text(port).splitlines():
+        for suffix in values:
+            if line.startswith((name + suffix + " ", name + suffix + "{")):
+                values[suffix] += float(line.split()[-1])
+    count = values["_count"]
+    return count, values["_sum"] / count if count else 0.0

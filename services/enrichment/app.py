@@ -1,0 +1,160 @@
+"""Composition root of the enrichment service: ``build_app(settings, lifecycle)`` wires everything."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from services.enrichment.config import DEV_PII_KEY, EnrichmentSettings
+from services.enrichment.handlers import Enricher
+from services.enrichment.identity import IdentityGraph
+from services.enrichment.pii import Scrubber
+from services.enrichment.plan import TrackingPlan, load_plan
+from services.enrichment.processor import INPUTS, OUTPUTS, SERVICE, EnrichmentHandler, apply_identity
+from services.enrichment.tenants import PostgresTenants
+from services.kernel.kafka import check_reachable
+from services.kernel.lifecycle import Lifecycle
+from services.kernel.processing import ExactlyOnceLoop, exactly_once
+from services.kernel.processing.view import MaterializedView
+from services.kernel.serde import SchemaRegistry
+from services.kernel.service import ConfigFile
+from services.kernel.topics import IDENTITY_LINKS, USAGE_EVENTS, USAGE_EVENTS_DLQ, topic
+from services.plans.loader import load_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EnrichmentApp:
+    loop: ExactlyOnceLoop
+    handler: EnrichmentHandler
+    identity_view: MaterializedView
+    tenants: PostgresTenants
+    lifecycle: Lifecycle
+
+    @property
+    def readiness(self) -> dict[str, Any]:
+        return {
+            "loop": self.loop.ready,
+            "identity_view": self.identity_view.healthy,
+            "tenant_invalidation": self.tenants.listening.is_set,
+        }
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        stop = stop or self.lifecycle.stop
+        # Events enriched with a half-restored graph would carry wrong persons: start consuming once the
+        # identity view has read identity-links up to where it stood at start (the handler checks it too).
+        while not self.identity_view.ready.wait(0.1):
+            if stop.is_set():
+                return
+        self.loop.run(stop)
+
+    def close(self) -> None:
+        self.lifecycle.close()
+
+
+def _plan(settings: EnrichmentSettings) -> TrackingPlan:
+    return load_plan(settings.plan_path, load_config(settings.config_path))
+
+
+def plan_file() -> ConfigFile[EnrichmentSettings]:
+    """The tracking plan as a config file: validated (with the meters it is checked against) before the
+    service builds, every error listed (exit 2), summarised by ``--check-config``."""
+
+    def summary(plan: TrackingPlan) -> dict[str, Any]:
+        return {
+            "version": plan.version,
+            "effective_date": str(plan.effective_date),
+            "mode": plan.mode.value,
+            "unplanned_events": plan.unplanned_events.value,
+            "events": sorted(plan.events),
+            "pii_action": plan.pii.action.value,
+            "sampling": {s.event: s.rate for s in plan.sampling},
+        }
+
+    return ConfigFile("tracking-plan", _plan, summary)
+
+
+def build_app(settings: EnrichmentSettings, lifecycle: Lifecycle | None = None) -> EnrichmentApp:
+    life = lifecycle or Lifecycle(SERVICE)
+    try:
+        return _build(settings, life)
+    except BaseException:
+        life.close()
+        raise
+
+
+def _build(settings: EnrichmentSettings, life: Lifecycle) -> EnrichmentApp:
+    metering = load_config(settings.config_path)
+    plan = load_plan(settings.plan_path, metering)
+    prefix = settings.platform.topic_prefix
+    key = settings.pii_key.get_secret_value()
+    if key == DEV_PII_KEY and settings.platform.environment != "local":
+        log.warning("ENRICHMENT_PII_KEY is the developer default: pseudonyms are guessable; set a secret key")
+    scrubber = Scrubber(key.encode(), plan.pii.action, plan.pii.detect, plan.pii.scan_ids)
+    enricher = Enricher(plan, frozenset(m.event for m in metering.meters), scrubber, IdentityGraph())
+
+    check_reachable(settings.kafka, timeout=10)
+    registry = life.push(SchemaRegistry(settings.registry), "schema registry")
+    tenants = life.push(
+        PostgresTenants(
+            settings.database.url.get_secret_value(),
+            settings.tenant_cache_size,
+            settings.tenant_cache_ttl_seconds,
+        ).start(),
+        "tenant context",
+    )
+    links = topic(IDENTITY_LINKS, prefix)
+    view = life.push(
+        MaterializedView(
+            settings.kafka,
+            links.name,
+            registry.decoder(reader_schema=links.schema_path),
+            apply_identity(enricher),
+            name=f"{SERVICE}-identity",
+        ).start(),
+        "identity view",
+    )
+    handler = EnrichmentHandler(
+        enricher,
+        tenants.cache,
+        input_topic=topic(USAGE_EVENTS, prefix).name,
+        links_topic=links.name,
+        graph_ready=view.ready.is_set,
+    )
+    loop = exactly_once(
+        service=SERVICE,
+        kafka=settings.kafka,
+        registry=registry,
+        lifecycle=life,
+        handler=handler,
+        inputs=INPUTS,
+        outputs=OUTPUTS,
+        dead_letters=USAGE_EVENTS_DLQ,
+        group_id=settings.group_id,
+        transactional_id=settings.transactional_id,
+        topic_prefix=prefix,
+        auto_register=settings.auto_register_schemas,
+        consumer_config={
+            "session.timeout.ms": settings.session_timeout_ms,
+            "heartbeat.interval.ms": max(1000, settings.session_timeout_ms // 5),
+        },
+        transaction_timeout_ms=settings.transaction_timeout_ms,
+        max_batch=settings.max_batch_events,
+        batch_wait=settings.batch_wait_ms / 1000,
+        kafka_timeout=settings.commit_timeout_seconds,
+        tombstones=True,  # identity-links tombstones erase links; usage-events ones are dead-lettered
+    )
+    log.info(
+        "enrichment ready",
+        extra={
+            "instance_id": settings.instance_id,
+            "tracking_plan_version": plan.version,
+            "events": len(plan.events),
+            "mode": plan.mode.value,
+            "pii_action": plan.pii.action.value,
+        },
+    )
+    return EnrichmentApp(loop, handler, view, tenants, life)

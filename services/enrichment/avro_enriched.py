@@ -1,0 +1,146 @@
+"""A specialised Avro encoder for ``usage-events-enriched`` records: the hot spot of enrichment.
+
+fastavro takes 11-15 µs for one enriched record (about 0.5 µs per string field and more per union value,
+measured), four times the enrichment logic itself. Written field by field in the schema's order, with the
+strings every event repeats (customer ids, event names, plans, property keys, tenant contexts) encoded
+once and cached, it takes a fraction of that. Like ingest's usage-events encoder
+(services/ingest/avro_usage.py, whose primitives it shares): used only while the schema's Parsing
+Canonical Form has the fingerprint this code was written for (:data:`WRITTEN_FOR`), otherwise the kernel's
+generic encoder is used; unit tests check the bytes are identical to fastavro's.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from services.ingest.avro_usage import long_bytes, optional_string, properties_bytes, string_bytes
+
+# SHA-256 of the Parsing Canonical Form of schemas/enriched_usage_event.avsc as of this encoder (docs and
+# defaults are not part of it; adding or changing a field turns the fast path off until this is updated).
+WRITTEN_FOR = "578b59a89a96be55eade31a77cac33dc8cffa7363eb718a755cf05984569959b"
+
+_NULL = b"\x00"
+_BRANCH1 = b"\x02"
+_EMPTY = b"\x00"  # an empty array or map
+_DOUBLE = struct.Struct("<d").pack
+_ONE = _DOUBLE(1.0)
+_MAX_CACHE = 10_000
+
+
+def schema_matches(schema_json: Any) -> bool:
+    return bool(fingerprint(to_parsing_canonical_form(schema_json), "SHA-256") == WRITTEN_FOR)
+
+
+def _strings(items: list[str]) -> bytes:
+    if not items:
+        return _EMPTY
+    return b"".join((long_bytes(len(items)), *(string_bytes(s) for s in items), _EMPTY))
+
+
+class EnrichedEventEncoder:
+    """Encodes enriched records for one schema id, in the Confluent wire format (magic byte, id)."""
+
+    def __init__(self, header: bytes) -> None:
+        self._header = header
+        self._cache: dict[str, bytes] = {}  # customer ids, names, plans: strings every event repeats
+        self._keys: dict[str, bytes] = {}  # property keys
+        self._tenants: dict[tuple[Any, ...], bytes] = {}
+
+    def _cached(self, s: str) -> bytes:
+        b = self._cache.get(s)
+        if b is None:
+            if len(self._cache) > _MAX_CACHE:
+                self._cache.clear()
+            b = self._cache[s] = string_bytes(s)
+        return b
+
+    def _tenant(self, tenant: Mapping[str, Any] | None) -> bytes:
+        if tenant is None:
+            return _NULL
+        key = (
+            tenant["plan"],
+            tenant["support_tier"],
+            tenant["open_tickets"],
+            tenant["csm_owner"],
+            tenant["billing_status"],
+        )
+        b = self._tenants.get(key)
+        if b is None:
+            if len(self._tenants) > _MAX_CACHE:
+                self._tenants.clear()
+            b = self._tenants[key] = b"".join(
+                (
+                    _BRANCH1,
+                    optional_string(key[0]),
+                    optional_string(key[1]),
+                    long_bytes(key[2]),
+                    optional_string(key[3]),
+                    optional_string(key[4]),
+                )
+            )
+        return b
+
+    def encode(self, r: Mapping[str, Any]) -> bytes:
+        keys = self._keys
+        if len(keys) > _MAX_CACHE:
+            keys.clear()
+        cached = self._cached
+        plan, received_at, version, plan_version = (
+            r["plan"],
+            r["received_at"],
+            r["schema_version"],
+            r["tracking_plan_version"],
+        )
+        violations = r["violations"]
+        if violations:
+            parts = [long_bytes(len(violations))]
+            for v in violations:
+                parts.append(cached(v["code"]))
+                parts.append(string_bytes(v["path"]))
+                parts.append(string_bytes(v["message"]))
+            parts.append(_EMPTY)
+            violations_b = b"".join(parts)
+        else:
+            violations_b = _EMPTY
+        rate = r["sample_rate"]
+        merge = r["merge"]
+        return b"".join(
+            (
+                self._header,
+                string_bytes(r["event_id"]),
+                cached(r["customer_id"]),
+                cached(r["name"]),
+                long_bytes(r["timestamp"]),
+                properties_bytes(r["properties"], keys),
+                optional_string(r["user_id"]),
+                optional_string(r["anonymous_id"]),
+                optional_string(r["session_id"]),
+                optional_string(r["resolved_user_id"]),
+                _NULL if plan is None else _BRANCH1 + cached(plan),
+                _strings(r["scrubbed_properties"]),
+                _NULL if received_at is None else _BRANCH1 + long_bytes(received_at),
+                long_bytes(r["enriched_at"]),
+                optional_string(r["person_id"]),
+                _NULL if version is None else _BRANCH1 + long_bytes(version),
+                _NULL if plan_version is None else _BRANCH1 + long_bytes(plan_version),
+                violations_b,
+                _ONE if rate == 1.0 else _DOUBLE(rate),
+                self._tenant(r["tenant"]),
+                _NULL
+                if merge is None
+                else b"".join(
+                    (
+                        _BRANCH1,
+                        string_bytes(merge["merged_id"]),
+                        string_bytes(merge["survivor_id"]),
+                        _strings(merge["replaced_person_ids"]),
+                    )
+                ),
+            )
+        )
+
+    __call__ = encode

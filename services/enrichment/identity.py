@@ -1,0 +1,124 @@
+"""The identity graph: which person an event belongs to, from identify links and merges. Pure, in memory.
+
+Per tenant (customer_id), two kinds of facts, both read from the compacted ``identity-links`` topic:
+
+* **identify** ``anonymous_id → user_id``: the anonymous visitor is that user. The last link written for an
+  anonymous id wins — the same rule compaction applies (the topic is keyed ``customer|anonymous_id``), so
+  a graph restored from the compacted topic equals the one built live.
+* **merge** ``merged_id → survivor_id``: two user ids are one person. Merges are unions: the merged ids
+  form a set whose canonical ``person_id`` is chosen by a deterministic rule that depends only on the set
+  of merges, never on the order they were read (identity-links has several partitions, so two instances —
+  or a restore and the live run — can see merges in different orders): the members never merged away
+  come first, then the smallest id. A chain a→b, b→c resolves to c; a cycle a→b, b→a to min(a, b).
+
+Sets keep their member list and every member points straight at its set's root (union by size, and the
+path compression done eagerly at each union), so a look-up on the hot path is one dict ``get``. Writers
+(the view thread, the handler applying a merge) take the lock; readers do not need it, because each
+pointer is replaced atomically and a reader racing a merge sees the person before or after it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+Node = tuple[str, str]  # (customer_id, id)
+
+
+@dataclass(frozen=True, slots=True)
+class MergeOutcome:
+    """What a merge did: the set's canonical person now, and the canonical ids that stopped being one."""
+
+    person_id: str
+    replaced: tuple[str, ...]
+
+
+class IdentityGraph:
+    __slots__ = ("_anon", "_flagged", "_lock", "_members", "_parent", "identifies", "merges")
+
+    def __init__(self) -> None:
+        self._anon: dict[Node, str] = {}
+        self._parent: dict[Node, Node] = {}
+        self._members: dict[Node, list[Node]] = {}
+        self._flagged: set[Node] = set()  # ids some merge merged away
+        self._lock = threading.Lock()
+        self.identifies = 0
+        self.merges = 0
+
+    # -- reads (hot path) ------------------------------------------------------------------------------
+
+    def canonical(self, customer_id: str, user_id: str) -> str:
+        root = self._parent.get((customer_id, user_id))
+        return user_id if root is None else root[1]
+
+    def user_of(self, customer_id: str, anonymous_id: str) -> str | None:
+        return self._anon.get((customer_id, anonymous_id))
+
+    def resolve(
+        self, customer_id: str, user_id: str | None, anonymous_id: str | None
+    ) -> tuple[str | None, bool]:
+        """The event's ``person_id`` and whether it is an identified user. A user id resolves through merges;
+        an anonymous id through its identify link, else it stands for itself until identified; an event
+        naming neither has no person (None)."""
+        if user_id is not None:
+            root = self._parent.get((customer_id, user_id))
+            return (user_id if root is None else root[1]), True
+        if anonymous_id is not None:
+            user = self._anon.get((customer_id, anonymous_id))
+            if user is not None:
+                root = self._parent.get((customer_id, user))
+                return (user if root is None else root[1]), True
+            return anonymous_id, False
+        return None, False
+
+    # -- writes ----------------------------------------------------------------------------------------
+
+    def identify(self, customer_id: str, anonymous_id: str, user_id: str) -> None:
+        with self._lock:
+            self._anon[(customer_id, anonymous_id)] = user_id
+            self.identifies += 1
+
+    def forget_anonymous(self, customer_id: str, anonymous_id: str) -> None:
+        """A tombstone on identity-links: the link was erased (e.g. a deletion request)."""
+        with self._lock:
+            self._anon.pop((customer_id, anonymous_id), None)
+
+    def merge(self, customer_id: str, merged_id: str, survivor_id: str) -> MergeOutcome:
+        """Record that ``merged_id`` is the same person as ``survivor_id``. Idempotent, and the final
+        graph does not depend on the order of merges."""
+        a: Node = (customer_id, merged_id)
+        b: Node = (customer_id, survivor_id)
+        with self._lock:
+            self.merges += 1
+            if a == b:
+                root = self._parent.get(a, a)
+                return MergeOutcome(root[1], ())
+            self._flagged.add(a)
+            root_a = self._parent.get(a, a)
+            root_b = self._parent.get(b, b)
+            members_a = self._members.get(root_a, [root_a])
+            if root_a == root_b:
+                members = members_a
+                old_roots = {root_a}
+            else:
+                members_b = self._members.pop(root_b, [root_b])
+                self._members.pop(root_a, None)
+                # Union by size: extend the longer list.
+                if len(members_a) >= len(members_b):
+                    members_a.extend(members_b)
+                    members = members_a
+                else:
+                    members_b.extend(members_a)
+                    members = members_b
+                old_roots = {root_a, root_b}
+            flagged = self._flagged
+            root = min(members, key=lambda n: (n in flagged, n[1]))
+            for node in members:
+                self._parent[node] = root
+            self._members.pop(root_a, None)
+            self._members[root] = members
+            replaced = tuple(sorted(r[1] for r in old_roots if r != root))
+            return MergeOutcome(root[1], replaced)
+
+    def __len__(self) -> int:
+        return len(self._anon) + len(self._parent)

@@ -1,0 +1,162 @@
+"""The enrichment handler on the stream runtime: ``usage-events`` (+ ``identity-links``) →
+``usage-events-enriched``, exactly once, with dead letters to ``usage-events-dlq``.
+
+Per batch (one Kafka transaction): the tenant contexts of the batch's customers are fetched in one call
+(from the cache, one query for the misses), then each event is enriched (:class:`Enricher`), each merge on
+identity-links becomes a ``$person_merged`` record, and plan violations in ``enforce`` mode become dead
+letters with the first violation's code as the reason and every ``code at path: why`` as the detail.
+
+The identity graph itself is fed by a materialised view of the whole identity-links topic (every
+instance holds every tenant's graph, since an event and its identify link are keyed differently and can
+live on partitions owned by different instances); the loop also reads identity-links in its group so that
+each merge is announced downstream exactly once, by the instance that owns its partition. Events wait
+(RetryBatch) until the view has read the topic up to where it stood at start, so a restart never enriches
+with a half-restored graph.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from services.enrichment.avro_enriched import EnrichedEventEncoder, schema_matches
+from services.enrichment.handlers import Enricher, Rejected, SampledOut
+from services.enrichment.tenants import TenantCache
+from services.kernel import metrics
+from services.kernel.dlq import INVALID_EVENT
+from services.kernel.processing import Batch, Emit, Message, RetryBatch, StreamHandler
+from services.kernel.serde import header
+from services.kernel.topics import IDENTITY_LINKS, USAGE_EVENTS, USAGE_EVENTS_ENRICHED
+
+log = logging.getLogger(__name__)
+
+SERVICE = "enrichment"
+INPUTS = [USAGE_EVENTS, IDENTITY_LINKS]
+OUTPUTS = [USAGE_EVENTS_ENRICHED]
+
+EVENTS = metrics.counter(
+    "plg_enrichment_events",
+    "Events through enrichment by outcome: enriched, flagged (enriched with violations), dead_lettered, "
+    "sampled_out; and merges announced.",
+    ("outcome",),
+)
+VIOLATIONS = metrics.counter(
+    "plg_enrichment_violations", "Tracking-plan violations found, by code.", ("code", "enforced")
+)
+SCRUBBED = metrics.counter("plg_enrichment_scrubbed_fields", "Fields pseudonymised or dropped as PII.")
+
+
+class EnrichmentHandler(StreamHandler):
+    def __init__(
+        self,
+        enricher: Enricher,
+        tenants: TenantCache,
+        *,
+        input_topic: str,
+        links_topic: str,
+        graph_ready: Callable[[], bool],
+    ) -> None:
+        self.enricher = enricher
+        self.tenants = tenants
+        self.input_topic = input_topic
+        self.links_topic = links_topic
+        self.graph_ready = graph_ready
+        self._outcomes = {
+            o: EVENTS.labels(o) for o in ("enriched", "flagged", "dead_lettered", "sampled_out")
+        }
+        self._merges = EVENTS.labels("merge_announced")
+        self._encoder_for: int | None = None
+        self._encode: Callable[[Mapping[str, Any]], bytes] = lambda _r: b""
+
+    def process(self, batch: Batch, out: Emit) -> None:
+        if not self.graph_ready():
+            raise RetryBatch("the identity graph is still being restored from identity-links")
+        customers = {
+            m.value["customer_id"] for m in batch if m.value is not None and "customer_id" in m.value
+        }
+        try:
+            tenants = self.tenants.get_many(customers)
+        except Exception as exc:  # PostgreSQL away: nothing of the batch is the records' fault
+            raise RetryBatch(f"tenant context unavailable: {type(exc).__name__}: {exc}") from exc
+        enrich = self.enricher.enrich
+        encode = self._encoder(out)
+        now = out.now_ms
+        counts = {"enriched": 0, "flagged": 0, "dead_lettered": 0, "sampled_out": 0}
+        scrubbed = 0
+        for message in batch:
+            value = message.value
+            if message.topic == self.links_topic:
+                self._link(message, value, tenants, out)
+                continue
+            if value is None:
+                # The loop lets tombstones through for identity-links; on usage-events one is no event.
+                out.dead_letter(
+                    message, INVALID_EVENT, "a record without a value (tombstone) on usage-events"
+                )
+                counts["dead_lettered"] += 1
+                continue
+            outcome = enrich(value, tenants.get(value["customer_id"]), now)
+            if type(outcome) is dict:
+                out.send_raw(USAGE_EVENTS_ENRICHED, encode(outcome), message.key)
+                if outcome["violations"]:
+                    counts["flagged"] += 1
+                    for v in outcome["violations"]:
+                        VIOLATIONS.labels(v["code"], "false").inc()
+                else:
+                    counts["enriched"] += 1
+                scrubbed += len(outcome["scrubbed_properties"])
+            elif isinstance(outcome, Rejected):
+                out.dead_letter(
+                    message,
+                    outcome.reason,
+                    outcome.detail,
+                    event_id=value.get("event_id"),
+                    customer_id=value.get("customer_id"),
+                )
+                counts["dead_lettered"] += 1
+                for v in outcome.violations:
+                    VIOLATIONS.labels(v.code, "true").inc()
+            else:
+                assert isinstance(outcome, SampledOut)
+                counts["sampled_out"] += 1
+        for name, n in counts.items():
+            if n:
+                self._outcomes[name].inc(n)
+        if scrubbed:
+            SCRUBBED.inc(scrubbed)
+
+    def _encoder(self, out: Emit) -> Callable[[Mapping[str, Any]], bytes]:
+        """The fast encoder for the output's schema id when it is the schema it was written for, else the
+        kernel's generic one (built once per schema id)."""
+        generic = out.encoder(USAGE_EVENTS_ENRICHED)
+        if generic.schema_id != self._encoder_for:
+            self._encoder_for = generic.schema_id
+            fast = schema_matches(json.loads(generic.schema_str))
+            self._encode = EnrichedEventEncoder(header(generic.schema_id)).encode if fast else generic.encode
+        return self._encode
+
+    def _link(
+        self, message: Message, value: dict[str, Any] | None, tenants: dict[str, Any], out: Emit
+    ) -> None:
+        # Identify links are applied by the view (every instance needs them); a merge is applied here too —
+        # merges are idempotent and order-independent, so applying one twice (loop and view) is harmless
+        # — so that its announcement carries the person it resolves to now.
+        if value is None or value.get("kind") != "merge":
+            return
+        customer_id = value["customer_id"]
+        record = self.enricher.apply_link(value, message.key, tenants.get(customer_id), out.now_ms)
+        if record is not None:
+            out.send(USAGE_EVENTS_ENRICHED, record, key=customer_id)
+            self._merges.inc()
+
+
+def apply_identity(enricher: Enricher) -> Callable[[Message], None]:
+    """The identity view's ``apply``: every identity-links record (identify, merge, tombstone) into the
+    graph."""
+
+    def apply(message: Message) -> None:
+        enricher.apply_link(message.value, message.key, None, 0)
+
+    return apply

@@ -1,0 +1,156 @@
+"""PostgreSQL adapter for the customer-success context: support tier, CSM owner, billing status, tickets.
+
+What ``plg customers update`` and ``plg tickets`` write (migration 0030). Every write fires the
+``plg_customer_changed`` notification (a trigger), which makes enrichment reload that customer's context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from services.ingest.store import StoreError
+
+BILLING_STATUSES = ("active", "trialing", "past_due", "unpaid", "canceled")
+PRIORITIES = ("low", "normal", "high", "urgent")
+
+
+@dataclass(frozen=True)
+class SuccessContext:
+    customer_id: str
+    plan: str
+    support_tier: str
+    csm_owner: str | None
+    billing_status: str
+    open_tickets: int
+
+
+@dataclass(frozen=True)
+class Ticket:
+    ticket_id: int
+    customer_id: str
+    subject: str
+    priority: str
+    status: str
+    opened_at: datetime
+    closed_at: datetime | None
+
+
+_TICKET_COLUMNS = "ticket_id, customer_id, subject, priority, status, opened_at, closed_at"
+
+
+def get_context(conn: psycopg.Connection[Any], customer_id: str) -> SuccessContext | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT customer_id, plan, support_tier, csm_owner, billing_status,"
+            " (SELECT count(*) FROM support_tickets t WHERE t.customer_id = c.customer_id"
+            "  AND t.status = 'open')::int AS open_tickets"
+            " FROM customers c WHERE customer_id = %s",
+            (customer_id,),
+        )
+        row = cur.fetchone()
+    return SuccessContext(**row) if row else None
+
+
+def update_customer(
+    conn: psycopg.Connection[Any],
+    customer_id: str,
+    *,
+    support_tier: str | None = None,
+    csm_owner: str | None = None,
+    clear_csm: bool = False,
+    billing_status: str | None = None,
+) -> SuccessContext:
+    """Change what is given (``clear_csm`` removes the owner); one UPDATE, so one notification."""
+    sets: list[str] = []
+    params: list[Any] = []
+    if support_tier is not None:
+        sets.append("support_tier = %s")
+        params.append(support_tier)
+    if clear_csm:
+        sets.append("csm_owner = NULL")
+    elif csm_owner is not None:
+        sets.append("csm_owner = %s")
+        params.append(csm_owner)
+    if billing_status is not None:
+        sets.append("billing_status = %s")
+        params.append(billing_status)
+    if not sets:
+        raise StoreError("nothing to update: give --support-tier, --csm, --no-csm or --billing-status")
+    sets.append("updated_at = now()")
+    try:
+        with conn.transaction():
+            updated = conn.execute(
+                f"UPDATE customers SET {', '.join(sets)} WHERE customer_id = %s",
+                (*params, customer_id),
+            ).rowcount
+    except psycopg.errors.CheckViolation as exc:
+        raise StoreError(
+            f"invalid value ({exc.diag.constraint_name}): a support tier is 1-40 lower-case letters, digits, "
+            f"_ or -; a CSM name 1-200 characters; a billing status one of {', '.join(BILLING_STATUSES)}"
+        ) from None
+    if not updated:
+        raise StoreError(f"no customer {customer_id!r}")
+    context = get_context(conn, customer_id)
+    assert context is not None
+    return context
+
+
+def open_ticket(
+    conn: psycopg.Connection[Any], customer_id: str, subject: str, priority: str = "normal"
+) -> Ticket:
+    try:
+        with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                f"INSERT INTO support_tickets (customer_id, subject, priority) VALUES (%s, %s, %s)"
+                f" RETURNING {_TICKET_COLUMNS}",
+                (customer_id, subject, priority),
+            )
+            row = cur.fetchone()
+    except psycopg.errors.ForeignKeyViolation:
+        raise StoreError(f"no customer {customer_id!r}") from None
+    except psycopg.errors.CheckViolation:
+        raise StoreError(
+            f"a subject is 1-500 characters; a priority one of {', '.join(PRIORITIES)}"
+        ) from None
+    assert row is not None
+    return Ticket(**row)
+
+
+def close_tickets(
+    conn: psycopg.Connection[Any], customer_id: str, ticket_ids: list[int] | None = None
+) -> list[Ticket]:
+    """Close the given open tickets of the customer (None: all of them); returns those closed now."""
+    query = (
+        "UPDATE support_tickets SET status = 'closed', closed_at = now()"
+        " WHERE customer_id = %s AND status = 'open'"
+    )
+    params: list[Any] = [customer_id]
+    if ticket_ids is not None:
+        query += " AND ticket_id = ANY(%s)"
+        params.append(ticket_ids)
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        if conn.execute("SELECT 1 FROM customers WHERE customer_id = %s", (customer_id,)).fetchone() is None:
+            raise StoreError(f"no customer {customer_id!r}")
+        cur.execute(query + f" RETURNING {_TICKET_COLUMNS}", params)
+        rows = cur.fetchall()
+        if ticket_ids is not None and len(rows) != len(set(ticket_ids)):
+            # Raised inside the transaction: all or nothing, so a typo closes no ticket.
+            missing = sorted(set(ticket_ids) - {r["ticket_id"] for r in rows})
+            raise StoreError(f"not open tickets of {customer_id!r}: {missing}; nothing was closed")
+    return [Ticket(**r) for r in rows]
+
+
+def list_tickets(
+    conn: psycopg.Connection[Any], customer_id: str, include_closed: bool = False
+) -> list[Ticket]:
+    where = "customer_id = %s" + ("" if include_closed else " AND status = 'open'")
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            f"SELECT {_TICKET_COLUMNS} FROM support_tickets WHERE {where} ORDER BY ticket_id", (customer_id,)
+        )
+        return [Ticket(**r) for r in cur.fetchall()]

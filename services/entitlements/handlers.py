@@ -1,0 +1,169 @@
+"""The entitlement decision (pure): may this customer use this feature now, and if not, which upgrade
+solves it; and the JSON body of the answer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import partial
+from typing import Any
+
+import orjson
+
+from services.customers import Customer
+from services.plans.model import PlansConfig
+from services.plans.periods import Period, billing_period, ms_to_datetime
+from services.plans.upgrades import (
+    FEATURE_NOT_IN_PLAN,
+    USAGE_LIMIT_EXCEEDED,
+    suggest_for_feature,
+    suggest_for_meter,
+    upgrade_url,
+)
+
+
+class UnknownFeature(LookupError):
+    """Neither a meter nor a boolean feature of any plan has this name."""
+
+
+class PlanNotConfigured(LookupError):
+    """The customer's plan (from the database) is not in the meters-and-plans config."""
+
+
+@dataclass(frozen=True, slots=True)
+class Upgrade:
+    code: str
+    upgrade_url: str
+    suggested_plan: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer to "may this customer use this feature now?"."""
+
+    customer_id: str
+    feature: str
+    kind: str  # "meter" | "feature"
+    plan: str
+    allowed: bool
+    usage: Decimal | None
+    limit: Decimal | None  # None = unlimited (or a boolean feature)
+    remaining: Decimal | None
+    hard_limit: bool
+    period: Period
+    upgrade: Upgrade | None
+
+
+def decide(
+    config: PlansConfig,
+    customer: Customer,
+    feature: str,
+    usage: Decimal,
+    now_ms: int,
+    upgrade_base: str,
+) -> Decision:
+    """Decide from the plan and the current period's ``usage`` of the meter (0 when none yet).
+
+    Hard limit: allowed while usage < limit. Soft limit: always allowed (usage beyond it is billed as
+    overage), with ``remaining`` counting down to 0. Unlimited: allowed, ``limit`` and ``remaining`` null.
+    A meter the plan does not list, or a boolean feature that is off or absent, is ``feature_not_in_plan``.
+    """
+    plan = config.plan(customer.plan)
+    if plan is None:
+        raise PlanNotConfigured(
+            f"customer {customer.customer_id!r} is on plan {customer.plan!r}, which the meters-and-plans "
+            f"config (version {config.version}) does not define"
+        )
+    period = billing_period(now_ms, customer.billing_anchor_day)
+    meter = config.meter(feature)
+    if meter is None and feature not in config.feature_names:
+        raise UnknownFeature(f"{feature!r} is neither a meter nor a feature of any plan")
+
+    def refuse(code: str, suggested: str | None) -> Upgrade:
+        return Upgrade(code, upgrade_url(upgrade_base, customer.customer_id, feature, suggested), suggested)
+
+    make = partial(Decision, customer_id=customer.customer_id, feature=feature, plan=plan.slug, period=period)
+    if meter is None:
+        enabled = plan.features.get(feature, False)
+        upgrade = None if enabled else refuse(FEATURE_NOT_IN_PLAN, suggest_for_feature(config, plan, feature))
+        return make(
+            kind="feature",
+            allowed=enabled,
+            usage=None,
+            limit=None,
+            remaining=None,
+            hard_limit=True,
+            upgrade=upgrade,
+        )
+    allowance = plan.meters.get(feature)
+    if allowance is None:
+        upgrade = refuse(FEATURE_NOT_IN_PLAN, suggest_for_feature(config, plan, feature))
+        return make(
+            kind="meter",
+            allowed=False,
+            usage=usage,
+            limit=Decimal(0),
+            remaining=Decimal(0),
+            hard_limit=True,
+            upgrade=upgrade,
+        )
+    if allowance.limit is None:
+        return make(
+            kind="meter",
+            allowed=True,
+            usage=usage,
+            limit=None,
+            remaining=None,
+            hard_limit=False,
+            upgrade=None,
+        )
+    limit = allowance.limit
+    remaining = max(limit - usage, Decimal(0))
+    allowed = not allowance.hard_limit or usage < limit
+    upgrade = None
+    if not allowed:
+        upgrade = refuse(USAGE_LIMIT_EXCEEDED, suggest_for_meter(config, plan, feature, usage))
+    return make(
+        kind="meter",
+        allowed=allowed,
+        usage=usage,
+        limit=limit,
+        remaining=remaining,
+        hard_limit=allowance.hard_limit,
+        upgrade=upgrade,
+    )
+
+
+def _number(value: Decimal | None) -> Any:
+    # Exact JSON numbers (orjson cannot encode Decimal): "1000" not 1000.0, "0.001" not 0.0010000000000.
+    if value is None:
+        return None
+    return orjson.Fragment(format(value.normalize(), "f").encode())
+
+
+def _iso(ms: int) -> str:
+    return ms_to_datetime(ms).isoformat().replace("+00:00", "Z")
+
+
+def decision_body(d: Decision) -> dict[str, Any]:
+    """The answer's JSON body (``orjson.dumps`` it)."""
+    return {
+        "customer_id": d.customer_id,
+        "feature": d.feature,
+        "type": d.kind,
+        "plan": d.plan,
+        "allowed": d.allowed,
+        "usage": _number(d.usage),
+        "limit": _number(d.limit),
+        "remaining": _number(d.remaining),
+        "hard_limit": d.hard_limit,
+        "period_start": _iso(d.period.start_ms),
+        "period_end": _iso(d.period.end_ms),
+        "upgrade": None
+        if d.upgrade is None
+        else {
+            "code": d.upgrade.code,
+            "upgrade_url": d.upgrade.upgrade_url,
+            "suggested_plan": d.upgrade.suggested_plan,
+        },
+    }
