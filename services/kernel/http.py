@@ -371,6 +371,19 @@ class ErrorDisciplineMiddleware:
                     log.exception("observing a request failed", extra={"service": config.service})
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path. Starlette's 405 names only the first route that
+    matched the path, so with ``@app.get`` and ``@app.put`` on one path it answered ``Allow: GET``."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        route_methods = getattr(route, "methods", None)
+        if route_methods and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= set(route_methods)
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(
     app: Any,
     *,
@@ -401,6 +414,8 @@ def install_error_handlers(
     async def framework_error(request: Request, exc: Exception) -> Response:
         error = config.mapped(exc)
         assert error is not None
+        if error.status == 405:
+            error.headers["Allow"] = _allowed_methods(request)
         return config.response(error, request_id_of(request))
 
     # Raised inside the router, these reach Starlette's ExceptionMiddleware before ours: answer there.

@@ -156,6 +156,23 @@ def test_wrong_method_is_405_with_allow(client: TestClient) -> None:
     assert "GET" in response.headers["allow"]
 
 
+def test_405_allow_names_the_methods_of_every_route_on_the_path() -> None:
+    app = FastAPI()
+
+    @app.get("/config")
+    async def get_config() -> Response:
+        return Response()
+
+    @app.put("/config")
+    async def put_config() -> Response:
+        return Response()
+
+    install_error_handlers(app, service="unit")
+    response = TestClient(app).delete("/config")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, PUT"
+
+
 def test_a_custom_error_shape_is_used_everywhere(outcomes: list[RequestOutcome]) -> None:
     app = FastAPI()
 
