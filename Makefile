@@ -93,6 +93,10 @@ run-metering: install ## Run only the metering aggregator (ops :8092) in the for
 run-entitlements: install ## Run only the entitlement API (:8082) in the foreground, against `make up`'s stack
 	$(PY) -m services.entitlements
 
+.PHONY: run-billing
+run-billing: install ## Run only the billing reporter (:8083) in the foreground, against `make up`'s stack
+	$(PY) -m services.billing_reporter
+
 .PHONY: bench-metering
 bench-metering: install ## Aggregator events/s with exactly-once vs raw consume+decode; end-to-end and check latency
 	$(PY) -m bench.metering

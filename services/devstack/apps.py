@@ -68,4 +68,6 @@ APP_SERVICES: list[AppService] = [
         health_path="/readyz",
     ),
     AppService("enrichment", "services.enrichment", port=8093, env_prefix="ENRICHMENT_"),
+    # Needs stripe-mock (or STRIPE_API_BASE): the stack starts it before the app services.
+    AppService("billing-reporter", "services.billing_reporter", port=8083, env_prefix="BILLING_"),
 ]

@@ -116,6 +116,22 @@ class RunningApi:
         self.thread.join(timeout=30)
 
 
+def serve(app: Any, port: int, name: str) -> RunningApi:
+    """Run an ASGI app under uvicorn in a thread on ``port`` until its ``/readyz`` answers 200."""
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, name=f"{name}-{port}", daemon=True)
+    thread.start()
+    api = RunningApi(f"http://127.0.0.1:{port}", server, thread)
+    wait_for(lambda: server.started or not thread.is_alive(), timeout=60, what=f"{name} start")
+    if not thread.is_alive():
+        raise AssertionError(f"{name} failed to start (see the log)")
+    with api.client() as client:
+        wait_for(lambda: client.get("/readyz").status_code == 200, timeout=60, what=f"{name} ready")
+    return api
+
+
 @dataclass
 class Metering:
     """One test's metering world: fresh topics (prefix), its own customers, aggregators in threads."""
@@ -198,19 +214,8 @@ class Metering:
             customers_refresh_seconds=1.0,
             **overrides,
         )
-        server = uvicorn.Server(
-            uvicorn.Config(
-                build_entitlements(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-            )
-        )
-        thread = threading.Thread(target=server.run, name=f"entitlements-{port}", daemon=True)
-        thread.start()
-        api = RunningApi(f"http://127.0.0.1:{port}", server, thread)
+        api = serve(build_entitlements(settings), port, "entitlements")
         self.apis.append(api)
-        wait_for(lambda: server.started or not thread.is_alive(), timeout=60, what="entitlements start")
-        assert thread.is_alive(), "the entitlement API failed to start (see the log)"
-        with api.client() as client:
-            wait_for(lambda: client.get("/readyz").status_code == 200, timeout=60, what="view ready")
         return api
 
     def close(self) -> None:

@@ -1,0 +1,74 @@
+"""Customers as billing sees them (plan, anchor, pinned price version, tax region, Stripe id) and the
+running invoice of their current period."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from psycopg_pool import ConnectionPool
+
+from services.plans.invoice import Invoice, calculate_invoice
+from services.plans.model import PlansConfig
+from services.plans.periods import billing_period
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    customer_id: str
+    plan: str
+    anchor_day: int
+    price_version: str | None
+    tax_region: str | None
+    stripe_customer_id: str | None
+    name: str | None
+
+
+def get_account(pool: ConnectionPool, customer_id: str) -> Account | None:
+    with pool.connection() as conn:
+        row = conn.execute(
+            "SELECT customer_id, plan, billing_anchor_day, price_version, tax_region, stripe_customer_id,"
+            " name"
+            " FROM customers WHERE customer_id = %s",
+            (customer_id,),
+        ).fetchone()
+    return None if row is None else Account(*row)
+
+
+def period_usage(pool: ConnectionPool, customer_id: str, period_start_ms: int) -> dict[str, Decimal]:
+    """Each meter's total for the billing period starting at ``period_start_ms``, as consumed so far."""
+    with pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT meter, value FROM billing_usage WHERE customer_id = %s AND granularity = 'BILLING_PERIOD'"
+            " AND window_start = %s",
+            (customer_id, period_start_ms),
+        ).fetchall()
+    return {meter: plain(Decimal(value)) for meter, value in rows}
+
+
+def plain(value: Decimal) -> Decimal:
+    """Without the column's trailing zeros: 51234.000000000 -> 51234, 1.250000000 -> 1.25."""
+    return value.quantize(Decimal(1)) if value == value.to_integral_value() else value.normalize()
+
+
+def upcoming_invoice(
+    pool: ConnectionPool, config: PlansConfig, customer_id: str, now_ms: int
+) -> Invoice | str | None:
+    """The draft invoice of the period containing ``now_ms``; None for an unknown customer, a message for
+    a plan the config does not price."""
+    account = get_account(pool, customer_id)
+    if account is None:
+        return None
+    period = billing_period(now_ms, account.anchor_day)
+    price = config.price_for(account.plan, period.start.date(), account.price_version)
+    if price is None:
+        return (
+            f"customer {customer_id!r} is on plan {account.plan!r}, which the meters-and-plans config lacks"
+        )
+    return calculate_invoice(
+        customer_id=customer_id,
+        period=period,
+        price=price,
+        usage=period_usage(pool, customer_id, period.start_ms),
+        tax_region=account.tax_region,
+    )

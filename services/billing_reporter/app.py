@@ -1,0 +1,209 @@
+"""Composition root of the billing reporter: ``build_app(settings)`` returns the FastAPI app (HTTP :8083)
+whose lifespan runs the two workers:
+
+* the **ledger writer**: the kernel's at-least-once loop over ``usage-aggregates`` (read_committed) into
+  :class:`~services.billing_reporter.sink.AggregateSink` (usage, offsets and reports in one transaction);
+* the **outbox sender**: :class:`~services.billing_reporter.sender.OutboxSender`, reports to Stripe and
+  then to ``billing-reports``.
+
+Routes: ``GET /v1/invoices/{customer}/upcoming``, ``POST /v1/checkout/{customer}``,
+``POST /v1/stripe/webhooks``, and the ops endpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from functools import partial
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from services.billing_reporter import accounts, subscriptions
+from services.billing_reporter.config import BillingSettings
+from services.billing_reporter.ledger import Ledger, ReportRow
+from services.billing_reporter.publish import ReportPublisher
+from services.billing_reporter.sender import OutboxSender, SenderOptions
+from services.billing_reporter.sink import AggregateSink
+from services.billing_reporter.stripe_gateway import StripeGateway
+from services.kernel import db
+from services.kernel.kafka import Producer
+from services.kernel.lifecycle import Lifecycle
+from services.kernel.ops import ops_routes
+from services.kernel.processing import AtLeastOnceLoop, at_least_once
+from services.kernel.serde import SchemaRegistry
+from services.kernel.topics import USAGE_AGGREGATES
+from services.plans.loader import load_config
+from services.plans.model import Aggregation, PlansConfig
+
+log = logging.getLogger(__name__)
+
+SERVICE = "billing-reporter"
+_JSON = "application/json"
+
+
+def reportable_meters(config: PlansConfig) -> dict[str, str]:
+    """plg meter → Stripe event name, for the meters whose windows add up (SUM, COUNT): their per-window
+    differences are what Stripe's ``sum`` meters add. Level meters (MAX, LATEST, UNIQUE_COUNT) are billed
+    from plg's own invoice (docs/billing.md)."""
+    return {m.slug: m.slug for m in config.meters if m.aggregation in (Aggregation.SUM, Aggregation.COUNT)}
+
+
+def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps({"code": code, "message": message}),
+        status_code=status,
+        media_type=_JSON,
+        headers=headers,
+    )
+
+
+class Workers:
+    """The two background threads and their stop event, closed in reverse of start by the lifecycle."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.threads: dict[str, threading.Thread] = {}
+        self.errors: dict[str, BaseException] = {}
+
+    def start(self, name: str, target: Callable[[threading.Event], None]) -> None:
+        def run() -> None:
+            try:
+                target(self.stop)
+            except BaseException as exc:  # a dead worker shows in /readyz, with its reason logged
+                self.errors[name] = exc
+                log.exception("%s stopped", name)
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        self.threads[name] = thread
+        thread.start()
+
+    def alive(self, name: str) -> bool:
+        thread = self.threads.get(name)
+        return thread is not None and thread.is_alive()
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in reversed(list(self.threads.values())):
+            thread.join(timeout=30)
+
+
+def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> FastAPI:
+    config = load_config(settings.config_path)
+    life = lifecycle or Lifecycle(SERVICE)
+    prefix = settings.platform.topic_prefix
+    event_names = reportable_meters(config)
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(fastapi_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            if settings.migrate:
+                await run_in_threadpool(db.migrate, settings.database.url.get_secret_value())
+            registry = life.push(SchemaRegistry(settings.registry), "schema registry")
+            pool = life.push(db.open_pool(settings.database, name=SERVICE), "database pool")
+            gateway = StripeGateway(
+                settings.stripe.api_base, settings.stripe.api_key, timeout=settings.stripe.timeout_seconds
+            )
+            ledger = Ledger(
+                pool,
+                consumer_group=f"{prefix}{settings.group_id}",
+                report_granularity=settings.report_granularity,
+                reportable_meters=event_names,
+                settle_ms=int(settings.settle_seconds * 1000),
+            )
+            state.update(pool=pool, gateway=gateway, ledger=ledger)
+            loop: AtLeastOnceLoop = at_least_once(
+                service=SERVICE,
+                kafka=settings.kafka,
+                registry=registry,
+                lifecycle=life,
+                handler=AggregateSink(ledger, settings.plan_interval_seconds),
+                inputs=[USAGE_AGGREGATES],
+                group_id=settings.group_id,
+                instance_id=settings.instance_id,
+                topic_prefix=prefix,
+                tombstones=True,
+            )
+            state["loop"] = loop
+            workers = Workers()
+            publisher: Callable[[list[ReportRow]], None] | None = None
+            if settings.send:
+                producer = life.push(
+                    Producer(settings.kafka, client_id=f"{SERVICE}-{settings.instance_id}"), "producer"
+                )
+                publisher = ReportPublisher(producer, registry, prefix, config).publish
+            sender = OutboxSender(
+                ledger,
+                gateway,
+                event_names,
+                SenderOptions(
+                    requests_per_second=settings.requests_per_second,
+                    batch_size=settings.send_batch,
+                    backoff_base=settings.backoff_base_seconds,
+                    backoff_cap=settings.backoff_cap_seconds,
+                    failure_threshold=settings.breaker_failures,
+                    breaker_cooldown=settings.breaker_cooldown_seconds,
+                ),
+                publish=publisher,
+            )
+            state["sender"] = sender
+            # Pushed last: stopped (and joined) first, before the clients they use are closed.
+            life.push(workers, "workers")
+            state["workers"] = workers
+            subs = subscriptions.SubscriptionStore(
+                pool, config, timedelta(seconds=settings.past_due_grace_seconds), settings.free_plan
+            )
+            state["subscriptions"] = subs
+            workers.start("ledger-writer", loop.run)
+            if settings.send:
+                workers.start("outbox-sender", sender.run)
+            workers.start(
+                "grace-keeper", partial(subscriptions.keep_grace, subs, settings.grace_check_seconds)
+            )
+            log.info(
+                "billing reporter starting",
+                extra={
+                    "granularity": settings.report_granularity,
+                    "meters": sorted(event_names),
+                    "stripe": settings.stripe.api_base,
+                },
+            )
+            yield
+        finally:
+            life.close()
+
+    app = FastAPI(title="plg billing reporter", version="1", lifespan=lifespan)
+
+    def loop_ready() -> bool:
+        loop = state.get("loop")
+        workers: Workers | None = state.get("workers")
+        return loop is not None and workers is not None and workers.alive("ledger-writer") and loop.ready()
+
+    def sender_ready() -> bool:
+        workers: Workers | None = state.get("workers")
+        return workers is not None and (not settings.send or workers.alive("outbox-sender"))
+
+    ops_routes(app, readiness={"ledger_writer": loop_ready, "outbox_sender": sender_ready})
+
+    @app.get("/v1/invoices/{customer_id}/upcoming")
+    async def upcoming_invoice(customer_id: str) -> Response:
+        """The running invoice of the customer's current period, from the usage consumed so far."""
+        found = await run_in_threadpool(
+            accounts.upcoming_invoice, state["pool"], config, customer_id, int(time.time() * 1000)
+        )
+        if found is None:
+            return error(404, "customer_not_found", f"customer {customer_id!r} does not exist")
+        if isinstance(found, str):
+            return error(409, "plan_not_configured", found)
+        return Response(orjson.dumps(found.to_dict()), media_type=_JSON)
+
+    subscriptions.routes(app, settings, config, state, error)
+    return app

@@ -1,0 +1,302 @@
+"""The billing ledger in PostgreSQL: the truth of what plg bills and what it told Stripe.
+
+* ``apply`` (the sink, one transaction per consumed batch): the aggregates' latest totals, the consumed
+  offsets, and the reports of every closed window whose total grew (late corrections as new revisions)
+  — so a crash anywhere leaves offsets, usage and ledger agreeing, and a redelivered batch is skipped.
+* ``plan`` (a timer, one transaction): the reports of windows that closed since, without new records.
+* ``claim_due`` / ``mark_*`` / ``release`` (the outbox sender): lease due reports, record outcomes.
+
+Windows are identified by (customer, meter, window start); each report row carries its revision, the
+whole units it adds, the window total it brings Stripe to, and its deterministic identifier.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, cast
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from services.billing_reporter.planning import next_revision, report_identifier
+from services.kernel import metrics
+
+log = logging.getLogger(__name__)
+
+PLANNED = metrics.counter(
+    "plg_billing_reports_planned", "Report rows written to the ledger, by kind.", ("kind",)
+)
+TOO_OLD = metrics.counter(
+    "plg_billing_windows_too_old",
+    "Closed windows older than Stripe accepts (35 days) when first planned: left to reconciliation.",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """One aggregate's latest state (the ungrouped series of a customer's meter in one window)."""
+
+    customer_id: str
+    meter: str
+    granularity: str
+    window_start: int
+    window_end: int
+    value: Decimal
+    event_count: int
+    updated_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRow:
+    customer_id: str
+    meter: str
+    window_start: int
+    window_end: int
+    revision: int
+    quantity: Decimal
+    window_total: Decimal
+    identifier: str
+    stripe_customer_id: str
+    status: str
+    attempts: int
+    created_at: float  # epoch seconds
+    delivered_at: float | None = None
+
+
+_REPORT_COLUMNS = (
+    "customer_id, meter, window_start, window_end, revision, quantity, window_total, identifier,"
+    " stripe_customer_id, status, attempts, extract(epoch FROM created_at)::float8,"
+    " extract(epoch FROM delivered_at)::float8"
+)
+
+
+def _report(row: Sequence[object]) -> ReportRow:
+    return ReportRow(*row)  # type: ignore[arg-type]
+
+
+class Ledger:
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        *,
+        consumer_group: str,
+        report_granularity: str,
+        reportable_meters: Iterable[str],
+        settle_ms: int,
+        max_age_ms: int = 34 * 86_400_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.pool = pool
+        self.consumer_group = consumer_group
+        self.report_granularity = report_granularity
+        self.reportable_meters = sorted(reportable_meters)
+        self.settle_ms = settle_ms
+        self.max_age_ms = max_age_ms
+        self.clock = clock
+
+    # -- the sink ---------------------------------------------------------------------------------------
+    def stored_offsets(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        wanted = list(partitions)
+        if not wanted:
+            return {}
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT topic, partition, next_offset FROM billing_offsets WHERE consumer_group = %s",
+                (self.consumer_group,),
+            ).fetchall()
+        keep = set(wanted)
+        return {(t, p): o for t, p, o in rows if (t, p) in keep}
+
+    def apply(self, usage: Sequence[UsageRow], offsets: Mapping[tuple[str, int], int]) -> int:
+        """Usage, offsets and the reports they make due, in one transaction. Returns reports planned."""
+        with self.pool.connection() as conn, conn.transaction():
+            if usage:
+                self._upsert_usage(conn, usage)
+            if offsets:
+                conn.cursor().executemany(
+                    "INSERT INTO billing_offsets (consumer_group, topic, partition, next_offset)"
+                    " VALUES (%s, %s, %s, %s) ON CONFLICT (consumer_group, topic, partition)"
+                    " DO UPDATE SET next_offset = GREATEST(billing_offsets.next_offset,"
+                    " EXCLUDED.next_offset)",
+                    [(self.consumer_group, t, p, o) for (t, p), o in offsets.items()],
+                )
+            return self._plan(conn) if usage else 0
+
+    def _upsert_usage(self, conn: psycopg.Connection[tuple[object, ...]], usage: Sequence[UsageRow]) -> None:
+        reportable = set(self.reportable_meters)
+        rows = [
+            (
+                u.customer_id, u.meter, u.granularity, u.window_start, u.window_end, u.value, u.event_count,
+                u.updated_at, u.granularity == self.report_granularity and u.meter in reportable,
+            )
+            for u in usage
+        ]  # fmt: skip
+        # A compacted topic read again from the start replays older totals: never go back in time.
+        conn.cursor().executemany(
+            "INSERT INTO billing_usage (customer_id, meter, granularity, window_start, window_end, value,"
+            " event_count, updated_at, dirty) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (customer_id, meter, granularity, window_start) DO UPDATE SET"
+            " value = EXCLUDED.value, event_count = EXCLUDED.event_count, updated_at = EXCLUDED.updated_at,"
+            " window_end = EXCLUDED.window_end,"
+            " dirty = billing_usage.dirty OR (EXCLUDED.dirty AND billing_usage.value <> EXCLUDED.value)"
+            " WHERE billing_usage.updated_at <= EXCLUDED.updated_at",
+            rows,
+        )
+
+    # -- planning -----------------------------------------------------------------------------------------
+    def plan(self) -> int:
+        """Reports for windows that closed since the last look (the timer's transaction)."""
+        with self.pool.connection() as conn, conn.transaction():
+            return self._plan(conn)
+
+    def _plan(self, conn: psycopg.Connection[tuple[object, ...]]) -> int:
+        now_ms = int(self.clock() * 1000)
+        # Locks the windows it plans (FOR UPDATE): two reporters never give one window the same revision.
+        due = conn.execute(
+            "SELECT u.customer_id, u.meter, u.window_start, u.window_end, u.value, c.stripe_customer_id,"
+            " COALESCE(r.reported, 0), COALESCE(r.revisions, 0)"
+            " FROM billing_usage u"
+            " LEFT JOIN customers c ON c.customer_id = u.customer_id"
+            " LEFT JOIN LATERAL (SELECT sum(quantity) AS reported, count(*) AS revisions FROM"
+            " billing_reports b"
+            "   WHERE b.customer_id = u.customer_id AND b.meter = u.meter AND b.window_start ="
+            " u.window_start) r"
+            "   ON true"
+            " WHERE u.dirty AND u.granularity = %s AND u.window_end + %s <= %s"
+            " ORDER BY u.window_end FOR UPDATE OF u",
+            (self.report_granularity, self.settle_ms, now_ms),
+        ).fetchall()
+        if not due:
+            return 0
+        reports = []
+        for customer, meter, start, end, value, stripe_id, reported, revisions in cast(
+            list[tuple[Any, ...]], due
+        ):
+            if stripe_id is None:
+                continue  # not linked to Stripe: nothing to bill there; linking marks its windows dirty again
+            if now_ms - int(start) > self.max_age_ms:
+                TOO_OLD.inc()
+                continue
+            rev = next_revision(Decimal(value), Decimal(reported), int(revisions))
+            if rev is None:
+                continue
+            ident = report_identifier(customer, meter, int(start), rev.revision)
+            reports.append(
+                (customer, meter, start, end, rev.revision, rev.quantity, rev.window_total, ident, stripe_id)
+            )
+            PLANNED.labels("correction" if rev.revision else "window").inc()
+        if reports:
+            conn.cursor().executemany(
+                "INSERT INTO billing_reports (customer_id, meter, window_start, window_end, revision,"
+                " quantity,"
+                " window_total, identifier, stripe_customer_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                reports,
+            )
+        conn.cursor().executemany(
+            "UPDATE billing_usage SET dirty = false WHERE customer_id = %s AND meter = %s AND granularity ="
+            " %s"
+            " AND window_start = %s",
+            [(c, m, self.report_granularity, s) for c, m, s, *_ in due],
+        )
+        return len(reports)
+
+    def mark_customer_dirty(self, customer_id: str) -> None:
+        """A customer just linked to Stripe: look at their windows again (within Stripe's 35 days)."""
+        with self.pool.connection() as conn:
+            conn.execute(
+                "UPDATE billing_usage SET dirty = true WHERE customer_id = %s AND granularity = %s"
+                " AND meter = ANY(%s)",
+                (customer_id, self.report_granularity, self.reportable_meters),
+            )
+
+    # -- the outbox ---------------------------------------------------------------------------------------
+    def claim_due(self, limit: int, lease_seconds: float) -> list[ReportRow]:
+        """Pending reports whose time has come, leased for ``lease_seconds`` (a sender that dies holding
+        them leaves them to the next one; two senders never hold one report at once)."""
+        with self.pool.connection() as conn, conn.transaction():
+            rows = conn.execute(
+                f"UPDATE billing_reports SET next_attempt_at = now() + make_interval(secs => %s)"
+                f" WHERE identifier IN (SELECT identifier FROM billing_reports"
+                f"   WHERE status = 'pending' AND next_attempt_at <= now()"
+                f"   ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+                f" RETURNING {_REPORT_COLUMNS}",
+                (lease_seconds, limit),
+            ).fetchall()
+        return sorted((_report(r) for r in rows), key=lambda r: (r.window_start, r.identifier))
+
+    def release(self, identifiers: Sequence[str]) -> None:
+        if not identifiers:
+            return
+        with self.pool.connection() as conn:
+            conn.execute(
+                "UPDATE billing_reports SET next_attempt_at = now() WHERE identifier = ANY(%s) AND status ="
+                " 'pending'",
+                (list(identifiers),),
+            )
+
+    def mark_delivered(self, identifier: str, how: str = "delivered") -> None:
+        with self.pool.connection() as conn:
+            conn.execute(
+                "UPDATE billing_reports SET status = 'delivered', delivered_at = now(), attempts = attempts"
+                " + 1,"
+                " last_error = %s WHERE identifier = %s AND status = 'pending'",
+                (None if how == "delivered" else "already at Stripe (identifier seen before)", identifier),
+            )
+
+    def mark_retry(self, identifier: str, delay_seconds: float, error: str) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(
+                "UPDATE billing_reports SET attempts = attempts + 1, last_error = %s,"
+                " next_attempt_at = now() + make_interval(secs => %s) WHERE identifier = %s AND status ="
+                " 'pending'",
+                (error[:1000], delay_seconds, identifier),
+            )
+
+    def mark_rejected(self, identifier: str, error: str) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(
+                "UPDATE billing_reports SET status = 'rejected', attempts = attempts + 1, last_error = %s"
+                " WHERE identifier = %s AND status = 'pending'",
+                (error[:1000], identifier),
+            )
+
+    def unpublished(self, limit: int) -> list[ReportRow]:
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                f"SELECT {_REPORT_COLUMNS} FROM billing_reports WHERE status = 'delivered' AND published_at"
+                f" IS NULL"
+                f" ORDER BY delivered_at LIMIT %s",
+                (limit,),
+            ).fetchall()
+        return [_report(r) for r in rows]
+
+    def mark_published(self, identifiers: Sequence[str]) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(
+                "UPDATE billing_reports SET published_at = now() WHERE identifier = ANY(%s)",
+                (list(identifiers),),
+            )
+
+    # -- reading ----------------------------------------------------------------------------------------
+    def totals(self, customer_id: str | None = None) -> dict[tuple[str, str], dict[str, Decimal]]:
+        """Per (customer, meter): usage consumed (report granularity), planned, delivered, rejected."""
+        where, args = ("WHERE customer_id = %s", (customer_id,)) if customer_id else ("", ())
+        out: dict[tuple[str, str], dict[str, Decimal]] = {}
+        with self.pool.connection() as conn:
+            for c, m, v in conn.execute(
+                f"SELECT customer_id, meter, sum(value) FROM billing_usage {where}"
+                f"{' AND' if where else ' WHERE'} granularity = %s GROUP BY 1, 2",
+                (*args, self.report_granularity),
+            ).fetchall():
+                out.setdefault((c, m), {})["usage"] = Decimal(v)
+            for c, m, status, q in conn.execute(
+                f"SELECT customer_id, meter, status, sum(quantity) FROM billing_reports {where} GROUP BY 1,"
+                f" 2, 3",
+                args,
+            ).fetchall():
+                out.setdefault((c, m), {})[status] = Decimal(q)
+        return out

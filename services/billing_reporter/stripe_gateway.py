@@ -1,0 +1,140 @@
+"""The one place billing talks to Stripe, through Stripe's own SDK (``stripe`` 16.1.0).
+
+Every call turns Stripe's answer into an :class:`Outcome` the sender can act on without knowing the SDK:
+delivered, already there (a repeated identifier is Stripe's proof the first copy landed), retry (429,
+5xx, timeouts, connection errors; with ``Retry-After`` when given) or rejected (a request Stripe will
+never accept, e.g. a timestamp older than 35 days). The SDK's own retries are off: its keys are new on
+every call, ours are deterministic, and it does not retry 429s; the sender retries with our key.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import stripe
+from pydantic import SecretStr
+
+log = logging.getLogger(__name__)
+
+OutcomeKind = Literal["delivered", "duplicate", "retry", "rejected"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    kind: OutcomeKind
+    detail: str = ""
+    retry_after: float | None = None  # seconds, from Stripe's Retry-After
+    # A failure of Stripe (5xx, timeout, connection) rather than of the request or its rate: what the
+    # circuit breaker counts.
+    stripe_failing: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.kind in ("delivered", "duplicate")
+
+
+def _retry_after(exc: stripe.StripeError) -> float | None:
+    headers = exc.headers or {}
+    value = headers.get("retry-after") or headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def classify(exc: stripe.StripeError) -> Outcome:
+    """What a failed call means for the report it carried."""
+    status = exc.http_status
+    message = (exc.user_message or str(exc))[:500]
+    if isinstance(exc, stripe.RateLimitError) or status == 429:
+        return Outcome("retry", f"429: {message}", _retry_after(exc))
+    if isinstance(exc, stripe.APIConnectionError):
+        return Outcome("retry", f"connection: {message}", None, stripe_failing=True)
+    if isinstance(exc, stripe.IdempotencyError):
+        if status == 409:  # our key's first request is still running at Stripe: ask again later
+            return Outcome("retry", f"409: {message}", _retry_after(exc))
+        return Outcome("rejected", f"idempotency: {message}")
+    if status is not None and status >= 500:
+        return Outcome("retry", f"{status}: {message}", _retry_after(exc), stripe_failing=True)
+    if status == 409:
+        return Outcome("retry", f"409: {message}", _retry_after(exc))
+    if status in (401, 403):
+        # Our key, not the report: keep it pending (and let the breaker stop hammering Stripe).
+        return Outcome("retry", f"{status}: {message}", None, stripe_failing=True)
+    if status == 400 and "already exists with identifier" in message:
+        return Outcome("duplicate", message)
+    return Outcome("rejected", f"{status}: {message}")
+
+
+class StripeGateway:
+    """Stripe's API at ``api_base`` with ``api_key`` (never logged), each call bounded by ``timeout``."""
+
+    def __init__(self, api_base: str, api_key: SecretStr, *, timeout: float = 10.0) -> None:
+        self.api_base = api_base.rstrip("/")
+        self._client = stripe.StripeClient(
+            api_key.get_secret_value(),
+            base_addresses={"api": self.api_base},
+            max_network_retries=0,
+            http_client=stripe.RequestsClient(timeout=timeout),
+        )
+
+    # -- meter events ---------------------------------------------------------------------------------
+    def send_meter_event(
+        self, *, event_name: str, stripe_customer_id: str, value: int, timestamp: int, identifier: str
+    ) -> Outcome:
+        """One meter event, keyed by ``identifier`` both as Stripe's dedup identifier and as the
+        Idempotency-Key, so a retry after a timeout is either replayed or refused as a duplicate."""
+        try:
+            self._client.v1.billing.meter_events.create(
+                {
+                    "event_name": event_name,
+                    "payload": {"stripe_customer_id": stripe_customer_id, "value": str(value)},
+                    "timestamp": timestamp,
+                    "identifier": identifier,
+                },
+                {"idempotency_key": identifier},
+            )
+        except stripe.StripeError as exc:
+            return classify(exc)
+        return Outcome("delivered")
+
+    # -- meters ---------------------------------------------------------------------------------------
+    def list_meters(self) -> list[dict[str, Any]]:
+        meters = self._client.v1.billing.meters.list({"limit": 100})
+        return [m.to_dict() for m in meters.auto_paging_iter()]
+
+    def create_meter(
+        self, *, display_name: str, event_name: str, formula: str, idempotency_key: str
+    ) -> dict[str, Any]:
+        meter = self._client.v1.billing.meters.create(
+            {
+                "display_name": display_name,
+                "event_name": event_name,
+                "default_aggregation": {"formula": formula},
+                "customer_mapping": {"event_payload_key": "stripe_customer_id", "type": "by_id"},
+                "value_settings": {"event_payload_key": "value"},
+            },
+            {"idempotency_key": idempotency_key},
+        )
+        return meter.to_dict()
+
+    def meter_event_total(self, stripe_meter_id: str, stripe_customer_id: str, start: int, end: int) -> int:
+        """Stripe's summed value of a meter for a customer over ``[start, end)`` (epoch seconds)."""
+        summaries = self._client.v1.billing.meters.event_summaries.list(
+            stripe_meter_id, {"customer": stripe_customer_id, "start_time": start, "end_time": end}
+        )
+        return int(sum(s.aggregated_value for s in summaries.auto_paging_iter()))
+
+    # -- customers and checkout -----------------------------------------------------------------------
+    def create_customer(self, *, customer_id: str, name: str | None, idempotency_key: str) -> str:
+        params: dict[str, Any] = {"metadata": {"plg_customer_id": customer_id}}
+        if name:
+            params["name"] = name
+        customer = self._client.v1.customers.create(params, {"idempotency_key": idempotency_key})  # type: ignore[arg-type]
+        return str(customer.id)
+
+    def create_checkout_session(self, params: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
+        session = self._client.v1.checkout.sessions.create(params, {"idempotency_key": idempotency_key})  # type: ignore[arg-type]
+        return session.to_dict()

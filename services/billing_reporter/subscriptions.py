@@ -1,0 +1,479 @@
+"""Subscriptions and upgrades: Checkout sessions, Stripe webhooks and the grace-period state machine.
+
+State per customer (``subscriptions``): the plan paid for and its status —
+``active`` (the plan applies), ``past_due`` (a payment failed: the plan still applies until
+``grace_until``, then the customer drops to the free plan until paid), ``canceled`` (free). The plan a
+customer *has* is ``customers.plan``, what metering and entitlements read; every change of it is also a
+``customer_changes`` row and, through the customers trigger, a ``plg_customer_changed`` notification the
+entitlement view follows within a second (not at a cache's TTL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+import orjson
+import psycopg
+import stripe
+from fastapi import FastAPI
+from psycopg_pool import ConnectionPool
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from services.billing_reporter.accounts import get_account
+from services.billing_reporter.config import BillingSettings
+from services.kernel import metrics
+from services.plans.model import PlansConfig
+
+log = logging.getLogger(__name__)
+
+WEBHOOKS = metrics.counter(
+    "plg_billing_webhooks", "Stripe webhooks received, by type and result.", ("type", "result")
+)
+Status = Literal["active", "past_due", "canceled"]
+HANDLED = (
+    "checkout.session.completed",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "invoice.paid",
+    "invoice.payment_failed",
+)
+
+
+# -- the state machine (pure) ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    customer_id: str
+    plan: str
+    status: Status
+    stripe_customer_id: str | None = None
+    stripe_subscription_id: str | None = None
+    past_due_since: datetime | None = None
+    grace_until: datetime | None = None
+
+
+def effective_plan(sub: Subscription | None, now: datetime, free_plan: str) -> str | None:
+    """The plan the customer has now (None: no subscription, leave ``customers.plan`` alone)."""
+    if sub is None:
+        return None
+    if sub.status == "active":
+        return sub.plan
+    if sub.status == "past_due" and sub.grace_until is not None and now < sub.grace_until:
+        return sub.plan  # grace: access stays while the customer fixes their payment
+    return free_plan
+
+
+_STRIPE_STATUS: dict[str, Status] = {
+    "active": "active",
+    "trialing": "active",
+    "past_due": "past_due",
+    "unpaid": "past_due",
+    "incomplete": "past_due",
+    "canceled": "canceled",
+    "incomplete_expired": "canceled",
+}
+
+
+def transition(
+    sub: Subscription, status: Status, now: datetime, grace: timedelta, **changes: Any
+) -> Subscription:
+    """``sub`` moved to ``status``: a first move to past_due starts the grace, leaving it clears it."""
+    fields: dict[str, Any] = {
+        "customer_id": sub.customer_id,
+        "plan": sub.plan,
+        "status": status,
+        "stripe_customer_id": sub.stripe_customer_id,
+        "stripe_subscription_id": sub.stripe_subscription_id,
+        "past_due_since": sub.past_due_since,
+        "grace_until": sub.grace_until,
+    }
+    fields.update({k: v for k, v in changes.items() if v is not None})
+    if status == "past_due":
+        if sub.status != "past_due" or sub.past_due_since is None:
+            fields["past_due_since"], fields["grace_until"] = now, now + grace
+    else:
+        fields["past_due_since"] = fields["grace_until"] = None
+    return Subscription(**fields)
+
+
+# -- Postgres ------------------------------------------------------------------------------------------------
+
+_SUB_COLUMNS = (
+    "customer_id, plan, status, stripe_customer_id, stripe_subscription_id, past_due_since, grace_until"
+)
+
+
+def _load(conn: psycopg.Connection[Any], where: str, value: str) -> Subscription | None:
+    row = conn.execute(
+        f"SELECT {_SUB_COLUMNS} FROM subscriptions WHERE {where} = %s FOR UPDATE", (value,)
+    ).fetchone()
+    return None if row is None else Subscription(*row)
+
+
+def _save(
+    conn: psycopg.Connection[Any], sub: Subscription, free_plan: str, reason: str, now: datetime,
+    price_version: str | None = None,
+) -> None:  # fmt: skip
+    conn.execute(
+        f"INSERT INTO subscriptions ({_SUB_COLUMNS}, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, now())"
+        " ON CONFLICT (customer_id) DO UPDATE SET plan = EXCLUDED.plan, status = EXCLUDED.status,"
+        " stripe_customer_id = EXCLUDED.stripe_customer_id, stripe_subscription_id ="
+        " EXCLUDED.stripe_subscription_id,"
+        " past_due_since = EXCLUDED.past_due_since, grace_until = EXCLUDED.grace_until, updated_at = now()",
+        (sub.customer_id, sub.plan, sub.status, sub.stripe_customer_id, sub.stripe_subscription_id,
+         sub.past_due_since, sub.grace_until),
+    )  # fmt: skip
+    plan = effective_plan(sub, now, free_plan)
+    apply_plan(conn, sub.customer_id, plan, reason, sub.status, sub.stripe_customer_id, price_version)
+
+
+def apply_plan(
+    conn: psycopg.Connection[Any], customer_id: str, plan: str | None, reason: str, status: Status,
+    stripe_customer_id: str | None = None, price_version: str | None = None,
+) -> bool:  # fmt: skip
+    """Set the customer's plan and billing status; record the change if the plan changed."""
+    if plan is None:
+        return False
+    row = conn.execute(
+        "SELECT plan FROM customers WHERE customer_id = %s FOR UPDATE", (customer_id,)
+    ).fetchone()
+    if row is None:
+        return False
+    old_plan = row[0]
+    # Grandfathering: a pin holds only while the customer stays on its plan; a new plan pins anew.
+    conn.execute(
+        "UPDATE customers SET plan = %s, billing_status = %s, updated_at = now(),"
+        " stripe_customer_id = COALESCE(stripe_customer_id, %s),"
+        " price_version = CASE WHEN %s THEN COALESCE(%s, price_version) ELSE %s END"
+        " WHERE customer_id = %s",
+        (plan, status, stripe_customer_id, old_plan == plan, price_version, price_version, customer_id),
+    )
+    if old_plan == plan:
+        return False
+    conn.execute(
+        "INSERT INTO customer_changes (customer_id, plan, reason) VALUES (%s, %s, %s)",
+        (customer_id, plan, reason),
+    )
+    log.info(
+        "plan changed", extra={"customer_id": customer_id, "plan": plan, "from": old_plan, "reason": reason}
+    )
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookResult:
+    status: Literal["applied", "duplicate", "ignored"]
+    detail: str = ""
+
+
+class SubscriptionStore:
+    def __init__(self, pool: ConnectionPool, config: PlansConfig, grace: timedelta, free_plan: str) -> None:
+        self.pool = pool
+        self.config = config
+        self.grace = grace
+        self.free_plan = free_plan
+
+    def handle(self, event: dict[str, Any], now: datetime | None = None) -> WebhookResult:
+        """Apply one verified Stripe event, at most once by its id (the id and the effect commit together)."""
+        now = now or datetime.now(UTC)
+        with self.pool.connection() as conn, conn.transaction():
+            first = conn.execute(
+                "INSERT INTO stripe_webhook_events (event_id, type) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+                " RETURNING 1",
+                (event["id"], event["type"]),
+            ).fetchone()
+            if first is None:
+                return WebhookResult("duplicate")
+            if event["type"] not in HANDLED:
+                return WebhookResult("ignored", f"{event['type']} is not an event plg acts on")
+            obj = event["data"]["object"]
+            apply: Callable[[psycopg.Connection[Any], dict[str, Any], datetime], WebhookResult]
+            apply = getattr(self, "_" + event["type"].replace(".", "_"))
+            return apply(conn, obj, now)
+
+    def _checkout_session_completed(
+        self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime
+    ) -> WebhookResult:
+        customer_id = obj.get("client_reference_id")
+        plan = (obj.get("metadata") or {}).get("plg_plan")
+        if not customer_id or not plan:
+            return WebhookResult("ignored", "session without client_reference_id or metadata[plg_plan]")
+        if self.config.plan(plan) is None:
+            return WebhookResult("ignored", f"unknown plan {plan!r}")
+        exists = conn.execute(
+            "SELECT 1 FROM customers WHERE customer_id = %s FOR UPDATE", (customer_id,)
+        ).fetchone()
+        if exists is None:
+            return WebhookResult("ignored", f"unknown customer {customer_id!r}")
+        sub = Subscription(customer_id, plan, "active", obj.get("customer"), obj.get("subscription"))
+        # Grandfathering starts here: the customer is pinned to the price version in effect today.
+        price = self.config.price_for(plan, now.date())
+        _save(conn, sub, self.free_plan, "checkout completed", now, None if price is None else price.version)
+        return WebhookResult("applied", f"{customer_id} -> {plan}")
+
+    def _find(
+        self, conn: psycopg.Connection[Any], obj: dict[str, Any], subscription_id: str | None
+    ) -> Subscription | None:
+        if subscription_id:
+            found = _load(conn, "stripe_subscription_id", subscription_id)
+            if found is not None:
+                return found
+        customer_id = (obj.get("metadata") or {}).get("plg_customer_id")
+        if customer_id:
+            return _load(conn, "customer_id", customer_id)
+        if obj.get("customer"):
+            return _load(conn, "stripe_customer_id", obj["customer"])
+        return None
+
+    def _customer_subscription_updated(
+        self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime
+    ) -> WebhookResult:
+        sub = self._find(conn, obj, obj.get("id"))
+        if sub is None:
+            return WebhookResult("ignored", "no plg subscription for it")
+        status = _STRIPE_STATUS.get(str(obj.get("status")), sub.status)
+        plan = (obj.get("metadata") or {}).get("plg_plan")
+        if plan is not None and self.config.plan(plan) is None:
+            plan = None
+        new = transition(sub, status, now, self.grace, plan=plan, stripe_subscription_id=obj.get("id"))
+        _save(conn, new, self.free_plan, f"subscription {status}", now)
+        return WebhookResult("applied", f"{sub.customer_id}: {status}")
+
+    def _customer_subscription_deleted(
+        self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime
+    ) -> WebhookResult:
+        sub = self._find(conn, obj, obj.get("id"))
+        if sub is None:
+            return WebhookResult("ignored", "no plg subscription for it")
+        _save(
+            conn, transition(sub, "canceled", now, self.grace), self.free_plan, "subscription canceled", now
+        )
+        return WebhookResult("applied", f"{sub.customer_id}: canceled")
+
+    def _invoice_paid(
+        self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime
+    ) -> WebhookResult:
+        return self._invoice(conn, obj, now, "active", "invoice paid")
+
+    def _invoice_payment_failed(
+        self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime
+    ) -> WebhookResult:
+        return self._invoice(conn, obj, now, "past_due", "payment failed")
+
+    def _invoice(
+        self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime, status: Status, reason: str
+    ) -> WebhookResult:
+        sub = self._find(conn, obj, _invoice_subscription(obj))
+        if sub is None:
+            return WebhookResult("ignored", "no plg subscription for it")
+        if sub.status == "canceled":
+            return WebhookResult("ignored", "subscription already canceled")
+        _save(conn, transition(sub, status, now, self.grace), self.free_plan, reason, now)
+        return WebhookResult("applied", f"{sub.customer_id}: {status}")
+
+    def expire_grace(self, now: datetime | None = None) -> int:
+        """Past-due customers whose grace ran out lose their plan (to free). Returns how many."""
+        now = now or datetime.now(UTC)
+        with self.pool.connection() as conn, conn.transaction():
+            rows = conn.execute(
+                f"SELECT {_SUB_COLUMNS} FROM subscriptions s WHERE status = 'past_due' AND grace_until <= %s"
+                " AND EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = s.customer_id AND c.plan <> %s)"
+                " FOR UPDATE SKIP LOCKED",
+                (now, self.free_plan),
+            ).fetchall()
+            for row in rows:
+                sub = Subscription(*row)
+                apply_plan(conn, sub.customer_id, self.free_plan, "grace period over", "past_due")
+        return len(rows)
+
+
+def _invoice_subscription(obj: dict[str, Any]) -> str | None:
+    # API 2025+: invoice.parent.subscription_details.subscription; older: invoice.subscription.
+    parent = (obj.get("parent") or {}).get("subscription_details") or {}
+    value = parent.get("subscription") or obj.get("subscription")
+    return str(value) if value else None
+
+
+def keep_grace(store: SubscriptionStore, interval: float, stop: threading.Event) -> None:
+    """Every ``interval`` seconds, past-due customers whose grace ended lose their plan."""
+    while not stop.wait(interval):
+        try:
+            store.expire_grace()
+        except psycopg.Error:
+            log.exception("grace check failed; retrying")
+
+
+# -- checkout ------------------------------------------------------------------------------------------------
+
+
+def minor_units(amount: Decimal, minor_unit: int) -> int:
+    return int((amount * (10**minor_unit)).to_integral_value())
+
+
+def checkout_params(
+    config: PlansConfig,
+    customer_id: str,
+    stripe_customer_id: str | None,
+    target: str,
+    settings: BillingSettings,
+    today: Any,
+) -> dict[str, Any]:
+    """A subscription-mode Checkout Session for ``target``, priced from our price book (no second copy
+    of prices in Stripe), carrying what ``checkout.session.completed`` needs to apply the upgrade alone."""
+    plan = config.plan(target)
+    price = config.price_for(target, today)
+    assert plan is not None
+    assert price is not None
+    params: dict[str, Any] = {
+        "mode": "subscription",
+        "client_reference_id": customer_id,
+        "metadata": {"plg_plan": target, "plg_customer_id": customer_id},
+        "subscription_data": {"metadata": {"plg_plan": target, "plg_customer_id": customer_id}},
+        "line_items": [
+            {
+                "quantity": 1,
+                "price_data": {
+                    "currency": price.currency.lower(),
+                    "unit_amount": minor_units(price.base_price, price.minor_unit),
+                    "recurring": {"interval": "month"},
+                    "product_data": {
+                        "name": f"plg {plan.name}",
+                        "metadata": {"plg_price_version": price.version},
+                    },
+                },
+            }
+        ],
+        "success_url": settings.checkout_success_url,
+        "cancel_url": settings.checkout_cancel_url,
+    }
+    if stripe_customer_id:
+        params["customer"] = stripe_customer_id
+    if price.tax.stripe_tax:
+        params["automatic_tax"] = {"enabled": True}
+    return params
+
+
+def routes(
+    app: FastAPI,
+    settings: BillingSettings,
+    config: PlansConfig,
+    state: dict[str, Any],
+    error: Callable[..., Response],
+) -> None:
+    grace = timedelta(seconds=settings.past_due_grace_seconds)
+
+    def store() -> SubscriptionStore:
+        if "subscriptions" not in state:
+            state["subscriptions"] = SubscriptionStore(state["pool"], config, grace, settings.free_plan)
+        return state["subscriptions"]  # type: ignore[no-any-return]
+
+    @app.post("/v1/checkout/{customer_id}")
+    async def checkout(customer_id: str, request: Request) -> Response:
+        """A Stripe Checkout Session for the customer's upgrade (``{"plan": ...}`` to choose another)."""
+        body: dict[str, Any] = {}
+        raw = await request.body()
+        if raw:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                return error(400, "invalid_json", 'the body must be JSON, e.g. {"plan": "pro"}')
+            if not isinstance(body, dict) or not isinstance(body.get("plan", ""), str):
+                return error(400, "invalid_body", "the body must be an object with an optional string plan")
+        account = await run_in_threadpool(get_account, state["pool"], customer_id)
+        if account is None:
+            return error(404, "customer_not_found", f"customer {customer_id!r} does not exist")
+        current = config.plan(account.plan)
+        target = body.get("plan") or (current.upgrade_to if current is not None else None)
+        if target is None:
+            return error(409, "no_upgrade", f"plan {account.plan!r} has no upgrade path")
+        target_plan = config.plan(target)
+        if target_plan is None:
+            return error(
+                400, "unknown_plan", f"no plan {target!r}; known: {', '.join(p.slug for p in config.plans)}"
+            )
+        if target == account.plan:
+            return error(409, "already_on_plan", f"customer {customer_id!r} is already on {target!r}")
+        if target_plan.custom_contract:
+            return error(409, "contact_sales", f"plan {target!r} is sold by contract, not by checkout")
+        params = checkout_params(
+            config, customer_id, account.stripe_customer_id, target, settings, datetime.now(UTC).date()
+        )
+        # The same click twice within ten minutes gets the same session.
+        bucket = int(time.time() // 600)
+        key = "checkout_" + hashlib.sha256(f"{customer_id}\x1f{target}\x1f{bucket}".encode()).hexdigest()[:40]
+        try:
+            session = await run_in_threadpool(state["gateway"].create_checkout_session, params, key)
+        except stripe.StripeError as exc:
+            log.warning("checkout session failed: %s", exc.user_message or type(exc).__name__)
+            return error(
+                502,
+                "stripe_unavailable",
+                "Stripe did not create the session; try again",
+                {"Retry-After": "5"},
+            )
+        return Response(
+            orjson.dumps(
+                {
+                    "url": session.get("url"),
+                    "session_id": session.get("id"),
+                    "plan": target,
+                    "customer_id": customer_id,
+                }
+            ),
+            media_type="application/json",
+        )
+
+    @app.post("/v1/stripe/webhooks")
+    async def webhook(request: Request) -> Response:
+        """Stripe's events, verified with ``STRIPE_WEBHOOK_SECRET``; idempotent by event id."""
+        payload = await request.body()
+        signature = request.headers.get("stripe-signature")
+        if not signature:
+            WEBHOOKS.labels("unknown", "unsigned").inc()
+            return error(400, "missing_signature", "the Stripe-Signature header is required")
+        try:
+            secret = settings.stripe.webhook_secret.get_secret_value()
+            stripe.Webhook.construct_event(
+                payload.decode("utf-8", "replace"),
+                signature,
+                secret,
+                tolerance=settings.stripe.webhook_tolerance_seconds,
+            )
+            event = json.loads(payload)
+        except stripe.SignatureVerificationError:
+            WEBHOOKS.labels("unknown", "bad_signature").inc()
+            return error(400, "invalid_signature", "the signature does not match or its timestamp is too old")
+        except ValueError:
+            WEBHOOKS.labels("unknown", "invalid_json").inc()
+            return error(400, "invalid_json", "the body is not a Stripe event")
+        if (
+            not isinstance(event, dict)
+            or not isinstance(event.get("id"), str)
+            or not isinstance(event.get("type"), str)
+        ):
+            return error(400, "invalid_event", "an event needs id, type and data.object")
+        if not isinstance((event.get("data") or {}).get("object"), dict):
+            return error(400, "invalid_event", "an event needs id, type and data.object")
+        try:
+            result = await run_in_threadpool(store().handle, event)
+        except psycopg.Error:
+            log.exception("webhook %s not applied", event["id"])
+            # Stripe retries a non-2xx: nothing was recorded, so the retry applies it.
+            return error(503, "database_unavailable", "try again", {"Retry-After": "5"})
+        WEBHOOKS.labels(event["type"], result.status).inc()
+        return Response(
+            orjson.dumps({"received": True, "result": result.status, "detail": result.detail}),
+            media_type="application/json",
+        )

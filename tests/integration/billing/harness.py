@@ -1,0 +1,133 @@
+"""Helpers for the billing tests: the metering world plus a Stripe double, the billing reporter run
+in-process under uvicorn, aggregates produced straight onto usage-aggregates, the ledger read back."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from pydantic import SecretStr
+
+from services.billing_reporter.app import build_app
+from services.billing_reporter.config import BillingSettings, StripeSettings
+from services.devstack.config import free_port
+from services.ingest import store
+from services.kernel.settings import PlatformSettings
+from services.kernel.topics import BILLING_REPORTS, USAGE_AGGREGATES, topic
+from tests.integration.metering.harness import Metering, RunningApi, now_ms, serve
+from tests.stripe_double import StripeDouble
+
+WEBHOOK_SECRET = "whsec_test_billing"
+MINUTE = 60_000
+
+
+@dataclass
+class Billing:
+    metering: Metering
+    double: StripeDouble
+    reporters: list[RunningApi] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        spec = topic(USAGE_AGGREGATES, self.metering.prefix)
+        assert spec.schema_path is not None
+        self.aggregate_encoder = self.metering.sr.encoder(
+            spec.value_subject, spec.schema_path, auto_register=False
+        )
+
+    @property
+    def db_url(self) -> str:
+        return self.metering.database.url.get_secret_value()
+
+    def customer(self, plan: str = "pro", *, stripe: bool = True, anchor_day: int = 1) -> str:
+        customer_id = f"c-{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.db_url, autocommit=True) as conn:
+            store.create_customer(
+                conn, customer_id, plan, billing_anchor_day=anchor_day,
+                stripe_customer_id=f"cus_{customer_id}" if stripe else None,
+            )  # fmt: skip
+        return customer_id
+
+    def aggregate(
+        self, customer_id: str, value: int | Decimal, *, window_start: int, meter: str = "api_requests",
+        granularity: str = "MINUTE", width: int = MINUTE, count: int | None = None,
+        group: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        record = {
+            "customer_id": customer_id,
+            "meter": meter,
+            "aggregation": "COUNT",
+            "group": group or {},
+            "granularity": granularity,
+            "window_start": window_start,
+            "window_end": window_start + width,
+            "value": Decimal(value),
+            "event_count": int(value) if count is None else count,
+            "updated_at": now_ms(),
+        }
+        key = f"{customer_id}|{meter}|{granularity}|{window_start}|"
+        self.metering.producer.produce(
+            self.metering.topic(USAGE_AGGREGATES), self.aggregate_encoder.encode(record), key
+        )
+        assert self.metering.producer.flush(30) == 0
+
+    def settings(self, **overrides: Any) -> BillingSettings:
+        stripe_overrides = overrides.pop("stripe", {})
+        values: dict[str, Any] = {
+            "port": free_port(),
+            "kafka": self.metering.kafka,
+            "registry": self.metering.registry,
+            "database": self.metering.database,
+            "platform": PlatformSettings(topic_prefix=self.metering.prefix, log_format="text"),
+            "report_granularity": "MINUTE",
+            "settle_seconds": 0.0,
+            "plan_interval_seconds": 0.2,
+            "requests_per_second": 200.0,
+            "backoff_base_seconds": 0.05,
+            "backoff_cap_seconds": 1.0,
+            "breaker_cooldown_seconds": 0.2,
+            "stripe": StripeSettings(
+                api_base=self.double.url,
+                api_key=SecretStr("sk_test_billing"),
+                webhook_secret=SecretStr(WEBHOOK_SECRET),
+                timeout_seconds=1.0,
+                **stripe_overrides,
+            ),
+        }
+        values.update(overrides)
+        return BillingSettings(**values)
+
+    def start_reporter(self, **overrides: Any) -> RunningApi:
+        settings = self.settings(**overrides)
+        api = serve(build_app(settings), settings.port, "billing-reporter")
+        self.reporters.append(api)
+        return api
+
+    def stop_reporters(self) -> None:
+        for api in reversed(self.reporters):
+            api.close()
+        self.reporters.clear()
+
+    # -- reading back ---------------------------------------------------------------------------------------
+    def ledger(self, customer_id: str) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.db_url) as conn:
+            return conn.execute(
+                "SELECT meter, window_start, revision, quantity, window_total, status, identifier"
+                " FROM billing_reports WHERE customer_id = %s ORDER BY window_start, revision",
+                (customer_id,),
+            ).fetchall()
+
+    def published(self) -> list[dict[str, Any]]:
+        return [
+            self.metering.decoder.decode(v)
+            for _, v in self.metering.read_all(BILLING_REPORTS)
+            if v is not None
+        ]
+
+    def stripe_total(self, customer_id: str, meter: str = "api_requests") -> int:
+        return self.double.summed(f"cus_{customer_id}", meter)
+
+    def close(self) -> None:
+        self.stop_reporters()
