@@ -77,3 +77,94 @@ def raw_request(
                 break
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+@dataclass
+class SchemathesisReport:
+    """What one engine run (the same phases and checks as ``st run``) found."""
+
+    requests: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    operations: set[str] = field(default_factory=set)
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    stop_reason: str = ""
+
+    def server_errors(self, allowed: frozenset[int] = frozenset()) -> int:
+        return sum(n for status, n in self.statuses.items() if status >= 500 and status not in allowed)
+
+    def summary(self) -> str:
+        phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.phase_seconds.items())
+        return (
+            f"{self.requests} requests to {len(self.operations)} operations ({phases}; {self.stop_reason}), "
+            f"statuses {sorted(self.statuses.items())}; {len(self.failures)} failures, "
+            f"{len(self.errors)} errors:\n" + "\n".join(self.failures + self.errors)
+        )
+
+    def assert_clean(self, min_requests: int, allowed: frozenset[int] = frozenset()) -> None:
+        assert not self.failures, self.summary()
+        assert not self.errors, self.summary()
+        assert self.server_errors(allowed) == 0, self.summary()
+        assert self.requests >= min_requests, self.summary()
+        assert self.stop_reason == "completed", self.summary()
+
+
+def run_schemathesis(
+    openapi_url: str,
+    *,
+    base_url: str,
+    max_examples: int,
+    headers: dict[str, str] | None = None,
+    **project: Any,
+) -> SchemathesisReport:
+    """Run schemathesis' engine against a live service: every operation of its OpenAPI document, the
+    default phases (examples, coverage, fuzzing, stateful links), every default check, at most
+    ``max_examples`` generated cases per operation and phase, a fixed seed, no example database."""
+    import schemathesis
+    from schemathesis.engine import Status, events, from_schema
+
+    config = schemathesis.Config.from_dict(
+        {
+            "seed": 20251009,
+            "base-url": base_url,
+            "headers": headers or {},
+            "generation": {"max-examples": max_examples, "database": "none", "deterministic": True},
+            **project,
+        }
+    )
+    schema = schemathesis.openapi.from_url(openapi_url, config=config)
+    report = SchemathesisReport()
+    phase_started: dict[str, float] = {}
+    for event in from_schema(schema).execute():
+        if isinstance(event, events.PhaseStarted):
+            phase_started[event.phase.name.value] = time.monotonic()
+        elif isinstance(event, events.PhaseFinished) and event.phase.name.value in phase_started:
+            name = event.phase.name.value
+            elapsed = time.monotonic() - phase_started.pop(name)
+            report.phase_seconds[name] = report.phase_seconds.get(name, 0.0) + elapsed
+        elif isinstance(event, events.EngineFinished):
+            report.stop_reason = str(event.stop_reason.value if event.stop_reason else "")
+        elif isinstance(event, events.ScenarioFinished | events.FuzzScenarioFinished):
+            recorder = event.recorder
+            report.operations.add(recorder.label)
+            for interaction in recorder.interactions.values():
+                report.requests += 1
+                if interaction.response is not None:
+                    code = interaction.response.status_code
+                    report.statuses[code] = report.statuses.get(code, 0) + 1
+            for case_id, checks in recorder.checks.items():
+                for check in checks:
+                    if check.status == Status.FAILURE and check.failure_info is not None:
+                        failure = check.failure_info.failure
+                        interaction = recorder.interactions.get(case_id)
+                        request = interaction.request if interaction else None
+                        where = f"{request.method} {request.uri}" if request else recorder.label
+                        report.failures.append(
+                            f"[{check.name}] {where}: {failure.title}: {str(failure.message)[:300]}"
+                        )
+        elif isinstance(event, events.NonFatalError | events.FatalError):
+            report.errors.append(
+                f"{type(event).__name__}: {getattr(event, 'label', '')}: {event.info.message}"
+            )
+    return report

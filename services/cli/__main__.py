@@ -149,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
     url = args.database_url or DatabaseSettings().url.get_secret_value()
     if args.group == "customers" and args.command == "create" and not args.no_plan_check:
         _check_plan(args.plan)
+    if args.group == "tickets" and args.command == "close" and bool(args.ticket_ids) == bool(args.all):
+        raise CliError("give the ticket ids to close, or --all")
     try:
         migrate(url)
         conn = psycopg.connect(url, autocommit=True)
@@ -234,8 +236,6 @@ def _tickets(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
     if args.command == "open":
         _print(args, [success.open_ticket(conn, args.customer_id, args.subject, args.priority)], _TICKET_COLS)
     elif args.command == "close":
-        if bool(args.ticket_ids) == bool(args.all):
-            raise CliError("give the ticket ids to close, or --all")
         closed = success.close_tickets(conn, args.customer_id, None if args.all else args.ticket_ids)
         _print(args, closed, _TICKET_COLS)
     else:

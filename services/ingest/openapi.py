@@ -7,75 +7,146 @@ from them pass the real checks.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-Scalar = bool | int | float | str | None
+# Avro ``long``: properties hold 64-bit integers; a bigger one is refused (``unrepresentable_property``).
+Long = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+Scalar = bool | Long | float | str | None
 _REF = "#/components/schemas/{model}"
-
-
-class Event(BaseModel):
-    """One event. The customer is the API key's tenant; `customer_id`, if sent, must be that tenant."""
-
-    event_id: str = Field(
+# What the checks in model.py enforce and JSON Schema can state exactly. "Printable" (Python's
+# str.isprintable: no control, format, private-use or unassigned characters) is stated in prose only.
+EVENT_ID_PATTERN = r"^[!-~]+$"  # printable ASCII, no spaces
+NAME_PATTERN = r"^[^$\s](.*\S)?$"  # not '$'-prefixed (reserved), no surrounding spaces
+EventId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        pattern=EVENT_ID_PATTERN,
         description="Client-generated unique id (UUIDv7 recommended); the dedup key. "
         "1-128 printable ASCII characters without spaces.",
         examples=["01890f6e-7d4c-7cc2-9b51-6b1c9f7e6a10"],
-    )
+    ),
+]
+Id = Annotated[str, Field(min_length=1, max_length=255, description="1-255 printable characters.")]
+Timestamp = Annotated[
+    str | int,
+    Field(
+        description="ISO-8601 / RFC 3339 with a UTC offset (date and time separated by 'T' or a space), or "
+        "integer epoch milliseconds. At most 5 minutes in the future and 35 days in the past: "
+        "others are refused with timestamp_in_future / timestamp_too_old.",
+        examples=["2025-10-09T08:53:20Z"],
+    ),
+]
+_SCALAR_SCHEMA = {
+    "anyOf": [
+        {"type": "null"},
+        {"type": "boolean"},
+        {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
+        {"type": "number"},
+        {"type": "string"},
+    ]
+}
+Properties = Annotated[
+    dict[str, Scalar],
+    WithJsonSchema(
+        {
+            "type": "object",
+            # Keys: 1-255 printable characters, not starting with '$' (reserved for plg).
+            "propertyNames": {"minLength": 1, "maxLength": 255, "pattern": "^[^$]"},
+            "additionalProperties": _SCALAR_SCHEMA,
+        }
+    ),
+]
+
+
+class _Strict(BaseModel):
+    # Unknown fields are refused (unknown_field), not dropped.
+    model_config = ConfigDict(extra="forbid")
+
+
+class Event(_Strict):
+    """One event. The customer is the API key's tenant; `customer_id`, if sent, must be that tenant."""
+
+    event_id: EventId
     name: str = Field(
-        description="Event name, 1-200 printable characters; names starting with '$' are reserved.",
+        min_length=1,
+        max_length=200,
+        pattern=NAME_PATTERN,
+        description="Event name, 1-200 printable characters without surrounding spaces; names starting "
+        "with '$' are reserved.",
         examples=["api_call"],
     )
-    timestamp: str | int = Field(
-        description="ISO-8601 with a UTC offset, or epoch milliseconds. At most 5 "
-        "minutes in the future and 35 days in the past.",
-        examples=["2025-10-09T08:53:20Z"],
+    timestamp: Timestamp
+    properties: Properties | None = Field(
+        default=None,
+        description="Flat object: values are null, boolean, number (64-bit integers or doubles) or string; "
+        "keys are 1-255 printable characters, not starting with '$' (reserved).",
     )
-    properties: dict[str, Scalar] = Field(
-        default_factory=dict,
-        description="Flat object: values are null, boolean, number (64-bit integers or doubles) or string.",
-    )
-    user_id: str | None = None
-    anonymous_id: str | None = None
-    session_id: str | None = None
-    type: Literal["track", "identify"] = Field(
-        default="track",
-        description="identify links anonymous_id to user_id (both required) and takes no name.",
+    user_id: Id | None = None
+    anonymous_id: Id | None = None
+    session_id: Id | None = None
+    type: Literal["track"] = Field(
+        default="track", description="An identify event in a batch is a `BatchIdentify`."
     )
     customer_id: str | None = Field(
         default=None, description="Optional; refused with 403 unless it is the key's."
     )
 
 
-class Batch(BaseModel):
-    batch: list[Event] = Field(max_length=500)
+class Identify(_Strict):
+    event_id: EventId
+    timestamp: Timestamp
+    anonymous_id: Id
+    user_id: Id
+    properties: Properties | None = Field(default=None, description="Traits of the user.")
+    session_id: Id | None = None
+    type: Literal["identify"] = "identify"
+    name: Literal["$identify"] = Field(default="$identify", description="Omit it; $identify if given.")
+    customer_id: str | None = Field(default=None, description="Optional; refused with 403 unless the key's.")
 
 
-class Identify(BaseModel):
-    event_id: str
-    timestamp: str | int
-    anonymous_id: str
-    user_id: str
-    properties: dict[str, Scalar] = Field(default_factory=dict, description="Traits of the user.")
+class BatchIdentify(Identify):
+    """An identify event inside a batch: links anonymous_id to user_id (both required), takes no name."""
+
+    type: Literal["identify"]
+
+
+class Batch(_Strict):
+    """Each event is accepted or rejected on its own: an event that does not match `Event` is listed as
+    rejected (with its code) in the 202's results, and the others go on."""
+
+    batch: list[Event | BatchIdentify] = Field(
+        max_length=500, description="At most 500 events (413 too_many_events)."
+    )
+    customer_id: str | None = Field(default=None, description="Optional; refused with 403 unless the key's.")
 
 
 class CloudEvent(BaseModel):
-    """CloudEvents 1.0, structured JSON mode."""
+    """CloudEvents 1.0, structured JSON mode. Extension attributes other than those below are accepted
+    and not stored."""
 
     specversion: Literal["1.0"]
-    id: str
-    source: str = Field(description="Stored as the property `$ce_source`.")
-    type: str = Field(description="The event name.")
-    time: str | None = Field(default=None, description="RFC 3339; the receive time when absent.")
+    id: EventId
+    source: str = Field(
+        min_length=1, max_length=1024, description="A URI-reference; stored as the property `$ce_source`."
+    )
+    type: str = Field(min_length=1, max_length=200, pattern=NAME_PATTERN, description="The event name.")
+    time: str | None = Field(
+        default=None, description="RFC 3339; the receive time when absent. Same window as `timestamp`."
+    )
     subject: str | None = Field(
         default=None, description="The customer (OpenMeter's convention): must be the key's."
     )
-    datacontenttype: str | None = Field(default=None, description="application/json when given.")
-    data: dict[str, Scalar] | None = Field(default=None, description="The properties (a flat JSON object).")
-    userid: str | None = None
-    anonymousid: str | None = None
-    sessionid: str | None = None
+    datacontenttype: Literal["application/json", "text/json"] | None = Field(
+        default=None, description="JSON only (parameters such as charset allowed) when given."
+    )
+    data: Properties | None = Field(default=None, description="The properties (a flat JSON object).")
+    userid: Id | None = None
+    anonymousid: Id | None = None
+    sessionid: Id | None = None
     customerid: str | None = None
 
 
@@ -104,7 +175,16 @@ class Error(BaseModel):
     request_id: str
 
 
-_MODELS: tuple[type[BaseModel], ...] = (Event, Batch, Identify, CloudEvent, EventResult, Accepted, Error)
+_MODELS: tuple[type[BaseModel], ...] = (
+    Event,
+    Batch,
+    Identify,
+    BatchIdentify,
+    CloudEvent,
+    EventResult,
+    Accepted,
+    Error,
+)
 
 
 def component_schemas() -> dict[str, Any]:
@@ -142,14 +222,22 @@ REQUEST_BODIES: dict[str, dict[str, Any]] = {
 }
 
 
+_REQUEST_ID = {
+    "X-Request-Id": {
+        "description": "The request's id: the one the client sent (up to 128 printable ASCII characters) "
+        "or a fresh one. Also in the body of every error.",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
+
+
 def _answer(description: str, name: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {
+    return {
         "description": description,
         "content": {"application/json": {"schema": _ref(name)}},
+        "headers": {**_REQUEST_ID, **(headers or {})},
     }
-    if headers:
-        out["headers"] = headers
-    return out
 
 
 _RETRY_AFTER = {
@@ -166,11 +254,17 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     401: _answer("Missing, malformed, unknown or revoked API key.", "Error"),
     403: _answer("The body names another customer than the key's.", "Error"),
     413: _answer("Over the size limits (500 KB / 500 events per batch, 32 KB per event).", "Error"),
-    415: _answer("Unsupported Content-Type or Content-Encoding.", "Error"),
+    408: _answer("The body did not fully arrive in time (INGEST_BODY_READ_TIMEOUT_SECONDS).", "Error"),
+    415: _answer(
+        "Unsupported Content-Type or Content-Encoding; the message names the type this endpoint takes.",
+        "Error",
+    ),
     429: _answer("The key is over its rate.", "Error", _RETRY_AFTER),
     503: _answer(
-        "Kafka cannot take the write now; nothing of the request was accepted. Retry the same events.",
+        "Kafka (kafka_unavailable) or PostgreSQL (database_unavailable) cannot serve the request now; "
+        "nothing of the request was accepted. Retry the same events.",
         "Error",
         _RETRY_AFTER,
     ),
+    500: _answer("A bug of ours, logged with the request id the body carries.", "Error"),
 }

@@ -25,7 +25,7 @@ from services.kernel.http import HttpError, RequestOutcome, install_error_handle
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.metrics import CollectorRegistry, counter, histogram
 from services.kernel.ops import ops_routes
-from services.schema_registry import model
+from services.schema_registry import model, openapi
 from services.schema_registry.auth import WWW_AUTHENTICATE, AdminGuard
 from services.schema_registry.config import RegistrySettings
 from services.schema_registry.model import ErrorCode, RegistryError
@@ -145,7 +145,7 @@ def build_app(settings: RegistrySettings, lifecycle: Lifecycle | None = None) ->
         description="Confluent-compatible schema registry backed by PostgreSQL",
         lifespan=lifespan,
         default_response_class=RegistryJSONResponse,
-        openapi_url=None,  # the API is Confluent's; its docs are docs/schema-registry.md
+        openapi_url=None,  # hand-written in openapi.py: the handlers read raw requests
         docs_url=None,
         redoc_url=None,
     )
@@ -267,6 +267,13 @@ def build_app(settings: RegistrySettings, lifecycle: Lifecycle | None = None) ->
 
     # /metrics, /livez and /readyz (database reachable) as every plg service has them.
     ops_routes(app, {"database": database_ready}, registry=metrics.registry)
+
+    openapi_document = openapi.document(app.version)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_json() -> Response:
+        """The registry's OpenAPI document (services/schema_registry/openapi.py)."""
+        return JSONResponse(openapi_document)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

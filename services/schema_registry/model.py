@@ -175,10 +175,11 @@ LATEST: Literal["latest"] = "latest"
 VersionSpec = int | Literal["latest"]
 
 
-#: Longest subject, in UTF-8 bytes. Kafka topic names stop at 249 characters, so even a record-name
-#: strategy subject (topic + full record name) stays far below; PostgreSQL's index on the subject cannot
-#: hold keys much over 2.7 KB, and a longer one would fail deep in the store.
-MAX_SUBJECT_BYTES = 1024
+#: Longest subject, in characters. Kafka topic names stop at 249 characters, so even a record-name
+#: strategy subject (topic + full record name) fits; PostgreSQL's index on the subject cannot hold keys
+#: much over 2.7 KB, and 512 characters are at most 2 KB of UTF-8. (Characters, not bytes, so the OpenAPI
+#: document can state the limit exactly: ``maxLength``.)
+MAX_SUBJECT_CHARS = 512
 
 
 def validate_subject(subject: str) -> str:
@@ -188,17 +189,14 @@ def validate_subject(subject: str) -> str:
         raise RegistryError(
             ErrorCode.INVALID_SUBJECT, f"The specified subject {subject[:200]!r} is not valid."
         )
-    try:
-        size = len(subject.encode())
-    except UnicodeEncodeError:  # a lone surrogate (from %ED%A0%80 in the URL)
-        raise RegistryError(
-            ErrorCode.INVALID_SUBJECT, f"The specified subject {subject[:200]!r} is not valid Unicode."
-        ) from None
-    if size > MAX_SUBJECT_BYTES:
+    if len(subject) > MAX_SUBJECT_CHARS:
         raise RegistryError(
             ErrorCode.INVALID_SUBJECT,
-            f"The specified subject is {size} bytes long; at most {MAX_SUBJECT_BYTES} are allowed.",
+            f"The specified subject is {len(subject)} characters long; "
+            f"at most {MAX_SUBJECT_CHARS} are allowed.",
         )
+    if any("\ud800" <= c <= "\udfff" for c in subject):  # a lone surrogate cannot be stored as UTF-8
+        raise RegistryError(ErrorCode.INVALID_SUBJECT, "The specified subject is not valid Unicode.")
     return subject
 
 
@@ -207,10 +205,8 @@ def parse_version(raw: str | int) -> VersionSpec:
     text = str(raw).strip()
     if text.lower() == LATEST or text == "-1":
         return LATEST
-    try:
-        number = int(text)
-    except ValueError:
-        number = 0
+    # ASCII digits only: int() would also take "+1", "1_0" and other scripts' digits (U+0661...).
+    number = int(text) if text.isascii() and text.isdigit() and len(text) <= 10 else 0
     if 1 <= number <= MAX_VERSION:
         return number
     raise RegistryError(
@@ -221,21 +217,25 @@ def parse_version(raw: str | int) -> VersionSpec:
 
 
 def parse_bool(raw: str | None, name: str, default: bool = False) -> bool:
-    """Query flags. The Python client sends both ``false`` (httpx params) and ``False`` (str.format)."""
-    if raw is None or raw == "":
+    """Query flags: ``true`` or ``false`` in any case (the Python client sends both ``false`` from httpx
+    params and ``False`` from str.format), as the OpenAPI document's ``boolean`` says; anything else,
+    the empty string included, is refused rather than guessed."""
+    if raw is None:
         return default
     lowered = raw.strip().lower()
-    if lowered in ("true", "1", "yes"):
+    if lowered == "true":
         return True
-    if lowered in ("false", "0", "no"):
+    if lowered == "false":
         return False
     raise RegistryError(ErrorCode.BAD_REQUEST, f"Query parameter {name!r} must be true or false, got {raw!r}")
 
 
 def parse_int(raw: str | None, name: str, default: int) -> int:
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
+        if not raw.strip().lstrip("-").isdigit() or not raw.isascii():
+            raise ValueError(raw)
         return int(raw)
     except ValueError:
         raise RegistryError(
@@ -446,7 +446,9 @@ def parse_schema_request(body: Any) -> SchemaRequest:
             '\'schema\' must be a string holding the schema\'s JSON (e.g. "{\\"type\\": \\"string\\"}"), '
             f"got a JSON {type(schema).__name__}"
         )
-    schema_type = body.get("schemaType") or "AVRO"
+    schema_type = body.get("schemaType")
+    if schema_type is None:
+        schema_type = "AVRO"
     if not isinstance(schema_type, str):
         raise invalid_schema(f"'schemaType' must be a string, got {schema_type!r}")
     schema_type = schema_type.upper()
@@ -454,7 +456,9 @@ def parse_schema_request(body: Any) -> SchemaRequest:
         raise invalid_schema(
             f"schemaType {schema_type} is not supported by this registry; it stores AVRO schemas only"
         )
-    raw_refs = body.get("references") or []
+    raw_refs = body.get("references")
+    if raw_refs is None:
+        raw_refs = []
     if not isinstance(raw_refs, list):
         raise invalid_schema("'references' must be a list of {name, subject, version}")
     refs: list[SchemaReference] = []
@@ -495,7 +499,15 @@ def parse_config_request(body: Any) -> Compatibility:
         raise not_permitted(
             f"Config fields {unsupported} are not supported by this registry; only 'compatibility'"
         )
-    return parse_compatibility(body.get("compatibility", body.get("compatibilityLevel")))
+    given = [parse_compatibility(body[k]) for k in ("compatibility", "compatibilityLevel") if k in body]
+    if not given:
+        return parse_compatibility(None)
+    if len(given) > 1:
+        raise RegistryError(
+            ErrorCode.INVALID_COMPATIBILITY_LEVEL,
+            "Send one of 'compatibility' and 'compatibilityLevel', not both",
+        )
+    return given[0]
 
 
 def parse_mode_request(body: Any) -> Mode:

@@ -67,6 +67,12 @@ def make_app(outcomes: list[RequestOutcome], **kw: object) -> FastAPI:
     async def echo(request: Request) -> Response:
         return Response(await request.body())
 
+    @app.post("/dawdle")
+    async def dawdle(request: Request) -> Response:
+        async for _chunk in request.stream():
+            await asyncio.sleep(10)  # the deadline strikes here, not inside receive
+        return Response(b"done")
+
     install_error_handlers(
         app,
         service="unit",
@@ -150,6 +156,23 @@ def test_wrong_method_is_405_with_allow(client: TestClient) -> None:
     assert "GET" in response.headers["allow"]
 
 
+def test_405_allow_names_the_methods_of_every_route_on_the_path() -> None:
+    app = FastAPI()
+
+    @app.get("/config")
+    async def get_config() -> Response:
+        return Response()
+
+    @app.put("/config")
+    async def put_config() -> Response:
+        return Response()
+
+    install_error_handlers(app, service="unit")
+    response = TestClient(app).delete("/config")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, PUT"
+
+
 def test_a_custom_error_shape_is_used_everywhere(outcomes: list[RequestOutcome]) -> None:
     app = FastAPI()
 
@@ -165,8 +188,9 @@ def test_a_custom_error_shape_is_used_everywhere(outcomes: list[RequestOutcome])
     assert client.get("/nope").json()["error_code"] == 404
 
 
+@pytest.mark.parametrize("path", ["/echo", "/dawdle"])
 def test_a_body_that_does_not_arrive_in_time_is_408_and_closes_the_connection(
-    outcomes: list[RequestOutcome],
+    outcomes: list[RequestOutcome], path: str
 ) -> None:
     app = make_app(outcomes, body_timeout_seconds=0.2)
 
@@ -188,8 +212,8 @@ def test_a_body_that_does_not_arrive_in_time_is_408_and_closes_the_connection(
         scope = {
             "type": "http",
             "method": "POST",
-            "path": "/echo",
-            "raw_path": b"/echo",
+            "path": path,
+            "raw_path": path.encode(),
             "query_string": b"",
             "headers": [(b"content-type", b"application/json")],
             "http_version": "1.1",
