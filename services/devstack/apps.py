@@ -70,4 +70,5 @@ APP_SERVICES: list[AppService] = [
     AppService("enrichment", "services.enrichment", port=8093, env_prefix="ENRICHMENT_"),
     # Needs stripe-mock (or STRIPE_API_BASE): the stack starts it before the app services.
     AppService("billing-reporter", "services.billing_reporter", port=8083, env_prefix="BILLING_"),
+    AppService("growth", "services.growth", port=8085, env_prefix="GROWTH_"),
 ]

@@ -27,6 +27,7 @@ MODULES = (
     "services.schema_registry",
     "services.metering_aggregator",
     "services.entitlements",
+    "services.growth",
 )
 
 
@@ -45,10 +46,11 @@ def _env() -> dict[str, str]:
             "SCHEMA_REGISTRY_URL": f"http://127.0.0.1:{closed}",
             "SCHEMA_REGISTRY_ADMIN_TOKEN": SECRETS[2],
             "REGISTRY_ADMIN_TOKEN": SECRETS[3],
+            "GROWTH_ADMIN_TOKEN": SECRETS[3],
             "PLG_LOG_FORMAT": "json",
         }
     )
-    for prefix in ("INGEST_", "REGISTRY_", "METERING_", "ENTITLEMENTS_"):
+    for prefix in ("INGEST_", "REGISTRY_", "METERING_", "ENTITLEMENTS_", "GROWTH_"):
         env[f"{prefix}PORT"] = str(free_port())
     return env
 

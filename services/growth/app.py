@@ -1,0 +1,413 @@
+"""Composition root of the growth service: ``build_app(settings, lifecycle)`` returns the FastAPI app whose
+lifespan opens PostgreSQL (flags, audit, onboarding progress), the producer of its telemetry and the
+activation loop, all on the lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Body, FastAPI, Header
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from services.growth.api_models import (
+    AdminFlag,
+    ErrorBody,
+    EvaluateRequest,
+    EvaluationDetails,
+    EvaluationList,
+    FlagDefinition,
+    FlagHistory,
+    FlagsDocument,
+    FlagWritten,
+)
+from services.growth.config import GrowthSettings
+from services.growth.flags import Broadcaster, Evaluator, ExposureLog, FlagsRuntime, StickyAssignments
+from services.growth.flagstore import (
+    ChangeListener,
+    FlagConflict,
+    FlagNotFound,
+    FlagStore,
+    InvalidFlag,
+    load_flags_file,
+)
+from services.growth.telemetry import TelemetryWriter
+from services.kernel.db import migrate, open_pool
+from services.kernel.http import HttpError, install_error_handlers, request_id_of
+from services.kernel.kafka import Producer
+from services.kernel.lifecycle import Lifecycle
+from services.kernel.ops import ops_routes
+from services.kernel.serde import SchemaRegistry
+from services.kernel.topics import USAGE_EVENTS, topic
+
+log = logging.getLogger(__name__)
+
+SERVICE = "growth"
+VERSION = "0.1.0"
+_JSON = "application/json"
+
+ACTOR_HEADER = "X-Plg-Actor"
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Malformed request."},
+    422: {"model": ErrorBody, "description": "Invalid parameters or body."},
+    503: {"model": ErrorBody, "description": "A dependency (PostgreSQL, Kafka) is unavailable; retry."},
+}
+_ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    401: {"model": ErrorBody, "description": "Missing or wrong admin token."},
+    404: {"model": ErrorBody, "description": "No such flag."},
+    409: {"model": ErrorBody, "description": "If-Match names another version than the current one."},
+}
+
+
+@dataclass
+class Growth:
+    """The resources the lifespan opened."""
+
+    settings: GrowthSettings
+    store: FlagStore
+    runtime: FlagsRuntime
+    evaluator: Evaluator
+    listener: ChangeListener
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type=_JSON, headers=headers)
+
+
+def open_growth(settings: GrowthSettings, life: Lifecycle, flags_broadcaster: Broadcaster) -> Growth:
+    """Open everything (blocking; from the lifespan's worker thread), each resource on ``life``."""
+    document = load_flags_file(settings.flags_path)
+    dsn = settings.database.url.get_secret_value()
+    migrate(dsn)
+    pool = life.push(open_pool(settings.database, name=SERVICE), "database pool")
+    store = FlagStore(pool, document.get("segments"))
+    seeded = store.seed(document)
+    if seeded:
+        log.info("flags seeded from the file", extra={"flags": seeded})
+    runtime = FlagsRuntime(store, flags_broadcaster)
+    registry = life.push(SchemaRegistry(settings.registry), "schema registry")
+    events = topic(USAGE_EVENTS, settings.platform.topic_prefix)
+    assert events.schema_path is not None
+    encoder = registry.encoder(
+        events.value_subject, events.schema_path, auto_register=settings.auto_register_schemas
+    )
+    # Never block a request on a full local queue: an exposure is dropped (and counted) instead.
+    producer = Producer(settings.kafka, client_id="plg-growth", max_block=0.0, linger_ms=5)
+    life.callback(lambda: producer.close(timeout=10.0), "producer")
+    telemetry = TelemetryWriter(producer, events.name, encoder)
+    sticky = StickyAssignments(pool, settings.sticky_cache_size)
+    evaluator = Evaluator(runtime, telemetry, ExposureLog(settings.exposure_memory), sticky)
+    listener = ChangeListener(dsn, runtime.reload, settings.flags_poll_seconds)
+    life.push(listener.start(), "flag change listener")
+    return Growth(settings, store, runtime, evaluator, listener)
+
+
+def build_app(settings: GrowthSettings, lifecycle: Lifecycle | None = None) -> FastAPI:
+    life = lifecycle or Lifecycle(SERVICE)
+    flags_broadcaster = Broadcaster("flags")
+    state: dict[str, Growth] = {}
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            flags_broadcaster.bind(asyncio.get_running_loop())
+            state["growth"] = await asyncio.to_thread(open_growth, settings, life, flags_broadcaster)
+            log.info("growth ready", extra={"host": settings.host, "port": settings.port})
+            yield
+        finally:
+            state.pop("growth", None)
+            await asyncio.to_thread(life.close)
+
+    app = FastAPI(
+        title="plg growth",
+        version=VERSION,
+        description=(
+            "Feature flags (definitions for local evaluation, SSE changes, server-side evaluation in "
+            "OpenFeature's shape, a token-protected admin API with versions and audit), activation "
+            "thresholds and the onboarding engine. docs/growth.md."
+        ),
+        lifespan=lifespan,
+    )
+
+    def growth() -> Growth:
+        g = state.get("growth")
+        if g is None:
+            raise HttpError(
+                503, "starting", "the growth service is starting or stopping", {"Retry-After": "1"}
+            )
+        return g
+
+    # -- flags -----------------------------------------------------------------------------------------------
+
+    @app.get(
+        "/v1/flags",
+        response_model=FlagsDocument,
+        summary="Every flag definition, for local evaluation",
+        responses={304: {"description": "Not modified since the ETag given in If-None-Match."}, **_ERRORS},
+    )
+    async def get_flags(request: Request) -> Response:
+        """The flags document the SDKs compile and evaluate locally. Send the last `ETag` back in
+        `If-None-Match`: an unchanged document answers 304 with no body (poll as often as you like)."""
+        snapshot = growth().runtime.snapshot
+        headers = {"ETag": snapshot.etag, "Cache-Control": "no-cache"}
+        if _etag_matches(request.headers.get("if-none-match"), snapshot.etag):
+            return Response(status_code=304, headers=headers)
+        return Response(snapshot.body, media_type=_JSON, headers=headers)
+
+    @app.get(
+        "/v1/flags/stream",
+        summary="Flag changes as server-sent events",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "description": "`text/event-stream`: an `event: flags` with the whole document (as GET "
+                "/v1/flags) at once and after every change, `id:` its revision; a comment every "
+                "GROWTH_SSE_HEARTBEAT_SECONDS.",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            **_ERRORS,
+        },
+    )
+    async def stream_flags() -> StreamingResponse:
+        runtime = growth().runtime
+        return _sse_response(
+            flags_broadcaster, runtime.message(runtime.snapshot), settings.sse_heartbeat_seconds
+        )
+
+    @app.post(
+        "/v1/flags/evaluate",
+        summary="Evaluate flags server-side (OpenFeature evaluation details)",
+        responses={200: {"model": EvaluationDetails | EvaluationList}, **_ERRORS},
+    )
+    async def evaluate(body: EvaluateRequest) -> Response:
+        """One flag (`flag_key`) answers its evaluation details; `flag_keys` or neither answers
+        `{revision, flags: [details...]}`. An unknown flag or a wrong `type` is not an HTTP error: its
+        details say reason `ERROR` with the error code and `default_value` as the value, as OpenFeature
+        providers do. Security-critical flags should be evaluated here, not in clients."""
+        g = growth()
+        context = body.context.model_dump(exclude_none=True)
+        if "user_id" not in context and "targetingKey" in context:
+            context["user_id"] = context["targetingKey"]
+        keys = [body.flag_key] if body.flag_key is not None else body.flag_keys
+        if g.evaluator.needs_database(keys, context):
+            results = await run_in_threadpool(
+                g.evaluator.evaluate, keys, context, body.default_value, body.type
+            )
+        else:
+            results = g.evaluator.evaluate(keys, context, body.default_value, body.type)
+        if body.flag_key is not None:
+            return _json(results[0].as_dict())
+        return _json({"revision": g.runtime.snapshot.revision, "flags": [r.as_dict() for r in results]})
+
+    # -- admin -----------------------------------------------------------------------------------------------
+
+    def admin(request: Request) -> str:
+        """Checks the bearer token; returns the actor the change is audited under."""
+        token = settings.admin_token
+        if token is None:
+            raise HttpError(
+                503, "admin_disabled", "the admin API is off: set GROWTH_ADMIN_TOKEN to enable it"
+            )
+        given = request.headers.get("authorization", "")
+        scheme, _, secret = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            secret.strip().encode(), token.get_secret_value().encode()
+        ):
+            raise HttpError(
+                401,
+                "unauthorized",
+                "admin calls need Authorization: Bearer <GROWTH_ADMIN_TOKEN>",
+                {"WWW-Authenticate": 'Bearer realm="plg-growth-admin"'},
+            )
+        actor = (request.headers.get(ACTOR_HEADER) or "").strip()
+        if not actor or len(actor) > 200 or not actor.isprintable():
+            raise HttpError(
+                400, "actor_required", f"say who makes the change in {ACTOR_HEADER} (1-200 characters)"
+            )
+        return actor
+
+    def expected_version(if_match: str | None) -> int | None:
+        if if_match is None:
+            return None
+        text = if_match.strip().strip('"')
+        if not text.isdigit():
+            raise HttpError(400, "invalid_if_match", 'If-Match is the flag version, e.g. If-Match: "3"')
+        return int(text)
+
+    @app.get(
+        "/v1/admin/flags/{key}",
+        response_model=AdminFlag,
+        summary="One flag as stored, with its version (ETag)",
+        responses=_ADMIN_ERRORS,
+    )
+    async def admin_get(key: str, request: Request) -> Response:
+        admin(request)
+        found = await run_in_threadpool(growth().store.get, key)
+        if found is None:
+            raise HttpError(404, "flag_not_found", f"no flag {key!r}")
+        version, definition, source, updated_by = found
+        body = {
+            "key": key,
+            "version": version,
+            "source": source,
+            "updated_by": updated_by,
+            "definition": definition,
+        }
+        return _json(body, headers={"ETag": f'"{version}"'})
+
+    @app.put(
+        "/v1/admin/flags/{key}",
+        response_model=FlagWritten,
+        summary="Create or replace a flag",
+        responses={**_ADMIN_ERRORS, 201: {"model": FlagWritten, "description": "Created."}},
+    )
+    async def admin_put(
+        key: str,
+        request: Request,
+        definition: Annotated[FlagDefinition, Body()],
+        if_match: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        """The whole definition (as in flags.yaml, without `key`); validated against every other flag
+        (422 lists every problem). Versioned and audited under `X-Plg-Actor`; every SSE subscriber gets the
+        new document within a second. `If-Match: "<version>"` refuses (409) if the flag moved meanwhile."""
+        actor = admin(request)
+        return await _write(
+            key, definition.model_dump(exclude_none=True), actor, expected_version(if_match), request
+        )
+
+    @app.patch(
+        "/v1/admin/flags/{key}",
+        response_model=FlagWritten,
+        summary='Change some fields of a flag (e.g. the kill switch: {"enabled": false})',
+        responses=_ADMIN_ERRORS,
+    )
+    async def admin_patch(
+        key: str,
+        request: Request,
+        changes: Annotated[FlagDefinition, Body()],
+        if_match: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        """Top-level fields given replace the stored ones; the rest stays."""
+        actor = admin(request)
+        g = growth()
+        found = await run_in_threadpool(g.store.get, key)
+        if found is None:
+            raise HttpError(404, "flag_not_found", f"no flag {key!r}")
+        version, current, _, _ = found
+        merged = {**current, **changes.model_dump(exclude_none=True)}
+        wanted = expected_version(if_match)
+        return await _write(key, merged, actor, version if wanted is None else wanted, request)
+
+    async def _write(
+        key: str, definition: dict[str, Any], actor: str, version: int | None, request: Request
+    ) -> Response:
+        g = growth()
+        try:
+            new_version, created = await run_in_threadpool(
+                lambda: g.store.put(
+                    key, definition, actor, expected_version=version, request_id=request_id_of(request)
+                )
+            )
+        except InvalidFlag as exc:
+            raise HttpError(422, "invalid_flag", "; ".join(exc.errors)[:4000]) from None
+        except FlagConflict as exc:
+            raise HttpError(409, "version_conflict", str(exc)) from None
+        # This replica answers with the new revision at once (the NOTIFY reaches the others).
+        await run_in_threadpool(g.runtime.reload)
+        body = {
+            "key": key,
+            "version": new_version,
+            "created": created,
+            "revision": g.runtime.snapshot.revision,
+        }
+        return _json(body, 201 if created else 200, {"ETag": f'"{new_version}"'})
+
+    @app.delete(
+        "/v1/admin/flags/{key}",
+        response_model=FlagWritten,
+        summary="Delete a flag (audited; refused while another flag has it as a prerequisite)",
+        responses=_ADMIN_ERRORS,
+    )
+    async def admin_delete(
+        key: str, request: Request, if_match: Annotated[str | None, Header()] = None
+    ) -> Response:
+        actor = admin(request)
+        g = growth()
+        try:
+            version = await run_in_threadpool(
+                lambda: g.store.delete(
+                    key, actor, expected_version=expected_version(if_match), request_id=request_id_of(request)
+                )
+            )
+        except FlagNotFound:
+            raise HttpError(404, "flag_not_found", f"no flag {key!r}") from None
+        except FlagConflict as exc:
+            raise HttpError(409, "version_conflict", str(exc)) from None
+        except InvalidFlag as exc:
+            raise HttpError(409, "flag_in_use", "; ".join(exc.errors)) from None
+        await run_in_threadpool(g.runtime.reload)
+        return _json(
+            {"key": key, "version": version, "created": False, "revision": g.runtime.snapshot.revision}
+        )
+
+    @app.get(
+        "/v1/admin/flags/{key}/history",
+        response_model=FlagHistory,
+        summary="Who changed the flag, when, and what (newest first)",
+        responses=_ADMIN_ERRORS,
+    )
+    async def admin_history(key: str, request: Request) -> Response:
+        admin(request)
+        changes = await run_in_threadpool(growth().store.history, key)
+        if not changes:
+            raise HttpError(404, "flag_not_found", f"no flag {key!r} was ever written")
+        return _json({"flag_key": key, "changes": [c.__dict__ for c in changes]})
+
+    # -- ops -------------------------------------------------------------------------------------------------
+
+    def database_ready() -> bool:
+        g = state.get("growth")
+        return g is not None and g.listener.listening.is_set()
+
+    ops_routes(app, {"database": database_ready, "flags": lambda: "growth" in state})
+    install_error_handlers(app, service=SERVICE)
+    return app
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    return header.strip() == "*" or etag in [t.strip().removeprefix("W/") for t in header.split(",")]
+
+
+def _sse_response(broadcaster: Broadcaster, first: bytes, heartbeat: float) -> StreamingResponse:
+    queue = broadcaster.subscribe()
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            # Reconnect after a second when the connection drops (EventSource's retry field).
+            yield b"retry: 1000\n\n" + first
+            while True:
+                try:
+                    message = await asyncio.wait_for(queue.get(), heartbeat)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+                yield message
+        finally:
+            broadcaster.unsubscribe(queue)
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,53 @@
+"""Settings of the growth service (env prefix ``GROWTH_``; Kafka, registry and Postgres use theirs)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from services.kernel.settings import StreamServiceSettings
+
+
+class GrowthSettings(StreamServiceSettings):
+    """``GROWTH_PORT=8085``, ``GROWTH_ADMIN_TOKEN=...`` and so on."""
+
+    model_config = SettingsConfigDict(env_prefix="GROWTH_")
+
+    port: int = Field(default=8085, ge=0, le=65535)
+    # Bearer token of the admin API (flag changes). Unset: the admin API answers 503 admin_disabled, so a
+    # deployment that forgot it is closed, not open.
+    admin_token: SecretStr | None = None
+
+    # Config files; default $PLG_FLAGS_CONFIG / $PLG_ONBOARDING_CONFIG / $PLG_ACTIVATION_CONFIG or
+    # deploy/config/{flags,onboarding,activation}.yaml.
+    flags_path: Path | None = None
+    onboarding_path: Path | None = None
+    activation_path: Path | None = None
+
+    # SSE: a comment line this often keeps proxies from closing an idle stream.
+    sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    # Flags are re-read this often even without a NOTIFY (a lost LISTEN connection heals within this).
+    flags_poll_seconds: float = Field(default=30.0, gt=0)
+    # Exposure events ($flag_exposure on usage-events) are sent once per identity, flag version and
+    # variant per process, remembering this many.
+    exposure_memory: int = Field(default=100_000, ge=0)
+    # Server-side sticky assignments kept in memory (the table holds them all).
+    sticky_cache_size: int = Field(default=100_000, ge=0)
+
+    # The activation loop (usage-events-enriched -> activation-events), run in this process.
+    activation_enabled: bool = True
+    # Stable identity of this instance: the loop's transactional.id is <group_id>-<instance_id>.
+    instance_id: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    group_id: str = "growth-activation"
+    transaction_timeout_ms: int = Field(default=30_000, ge=1_000)
+    max_batch_events: int = Field(default=10_000, ge=1)
+    batch_wait_ms: int = Field(default=100, ge=1)
+    # Register our output schemas if missing (provisioning normally has).
+    auto_register_schemas: bool = False
+
+    @property
+    def transactional_id(self) -> str:
+        return f"{self.group_id}-{self.instance_id}"
