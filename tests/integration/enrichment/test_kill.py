@@ -19,7 +19,9 @@ def test_sigkill_during_a_stream_loses_and_duplicates_nothing(world):
     instance = "enr-kill"
     # Small transactions, so the stream takes many of them and the kill lands between two (or inside one).
     proc = world.spawn_enrichment(instance, ENRICHMENT_MAX_BATCH_EVENTS="100")
-    events = [event(customer, "core_action_completed", anonymous_id=f"a{i % 50}", action="x") for i in range(N)]
+    events = [
+        event(customer, "core_action_completed", anonymous_id=f"a{i % 50}", action="x") for i in range(N)
+    ]
     world.send(events[: N // 2])
     wait_for(lambda: len(world.enriched_raw()) >= 100, timeout=60, interval=0.05, what="first transactions")
     proc.send_signal(signal.SIGKILL)
