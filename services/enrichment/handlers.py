@@ -51,6 +51,12 @@ def merge_link_key(customer_id: str, merged_id: str, survivor_id: str) -> str:
     return f"{customer_id}|merge|{merged_id}|{survivor_id}"
 
 
+def _rename_path(violation: Violation, renamed: Mapping[str, str]) -> Violation:
+    key = violation.path.removeprefix("properties.")
+    new = renamed.get(key)
+    return violation if new is None else violation._replace(path=f"properties.{new}")
+
+
 class Enricher:
     """Everything the hot path needs, compiled once."""
 
@@ -85,7 +91,10 @@ class Enricher:
             return Rejected(violations[0].code, describe(violations), tuple(violations))
         properties = checked.properties
         scrubber = self.scrubber
-        scrubbed = scrubber.scrub_properties(properties, self.plan.pii_properties(name))
+        scrubbed, renamed = scrubber.scrub_properties(properties, self.plan.pii_properties(name))
+        if renamed and violations:
+            # A key that held PII is renamed on the record; the paths naming it must not keep the raw key.
+            violations = [_rename_path(v, renamed) for v in violations]
 
         customer_id: str = event["customer_id"]
         user_id = event.get("user_id")
