@@ -1,8 +1,11 @@
 """The customer directory: plan and billing anchor per customer, read from PostgreSQL and cached.
 
-The whole table is re-read every ``refresh_seconds`` (plan changes and new anchors show up within that
-time), and an id the cache does not know is looked up at once, so a customer created a second ago is
-metered and answered for immediately. Lookups of missing ids go to the database in one query per batch.
+The whole table is re-read every ``refresh_seconds``, and an id the cache does not know is looked up at
+once, so a customer created a second ago is metered and answered for immediately. Lookups of missing ids
+go to the database in one query per batch. A change to a customer (an upgrade applied by billing, a
+plan set by the CLI) is reloaded within about a second: the ``customers`` trigger notifies
+``plg_customer_changed`` with its id and the directory listens (the periodic refresh stays as the
+safety net for a lost listening connection).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import psycopg
 from psycopg_pool import ConnectionPool
 
 from services.customers.model import COLUMNS, Customer
@@ -26,11 +30,17 @@ LOOKUPS = metrics.counter(
 )
 
 _SELECT = f"SELECT {COLUMNS} FROM customers"
+# NOTIFY'd by the customers trigger (migration 0030) with the changed customer's id.
+CHANGED_CHANNEL = "plg_customer_changed"
 
 
 class CustomerDirectory:
     def __init__(
-        self, pool: ConnectionPool, refresh_seconds: float = 30.0, negative_ttl: float = 1.0
+        self,
+        pool: ConnectionPool,
+        refresh_seconds: float = 30.0,
+        negative_ttl: float = 1.0,
+        listen: bool = True,
     ) -> None:
         self._pool = pool
         self._refresh_seconds = refresh_seconds
@@ -40,6 +50,9 @@ class CustomerDirectory:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._listen = listen
+        self._listener: threading.Thread | None = None
+        self.listening = threading.Event()
         self.loaded = False
 
     def __len__(self) -> int:
@@ -100,11 +113,43 @@ class CustomerDirectory:
                 customers[row[0]] = Customer(*row)
         return {row[0] for row in rows}
 
+    def reload(self, customer_id: str) -> None:
+        """Re-read one customer (dropped from the cache if it no longer exists)."""
+        LOOKUPS.labels("changed").inc()
+        with self._pool.connection() as conn:
+            rows = conn.execute(_SELECT + " WHERE customer_id = %s", (customer_id,)).fetchall()
+        if not self._store(rows):
+            with self._lock:
+                self._customers.pop(customer_id, None)
+        self._missing.pop(customer_id, None)
+
     def start(self) -> CustomerDirectory:
         self.refresh()
         self._thread = threading.Thread(target=self._run, name="customer-directory", daemon=True)
         self._thread.start()
+        if self._listen:
+            self._listener = threading.Thread(
+                target=self._follow_changes, name="customer-changes", daemon=True
+            )
+            self._listener.start()
         return self
+
+    def _follow_changes(self) -> None:
+        info = self._pool.conninfo
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(info() if callable(info) else info, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {CHANGED_CHANNEL}")
+                    self.refresh()  # whatever changed while nobody listened
+                    self.listening.set()
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=1.0):
+                            if note.payload:
+                                self.reload(note.payload)
+            except Exception as exc:
+                self.listening.clear()
+                log.warning("customer change listener lost its connection: %s", exc)
+                self._stop.wait(2.0)
 
     def _run(self) -> None:
         while not self._stop.wait(self._refresh_seconds):
@@ -115,5 +160,6 @@ class CustomerDirectory:
 
     def close(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        for thread in (self._thread, self._listener):
+            if thread is not None:
+                thread.join(timeout=5)

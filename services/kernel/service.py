@@ -222,11 +222,7 @@ def _run_worker(service: str, settings: ServiceSettings, build: Callable[[Any, L
     life = Lifecycle(service, stop)
     try:
         worker = build(settings, life)
-        if not isinstance(getattr(worker, "ops", None), OpsServer):
-            # A worker that still serves its own ops endpoints (``.ops``) keeps them; the others get ours.
-            life.push(
-                OpsServer(settings.host, settings.port, readiness=_readiness(worker)).start(), "ops server"
-            )
+        life.push(OpsServer(settings.host, settings.port, readiness=_readiness(worker)).start(), "ops server")
         worker.run(stop)
     except Exception as exc:
         _log_fatal(service, exc)

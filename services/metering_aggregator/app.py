@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ from services.customers import CustomerDirectory
 from services.kernel.db import open_pool
 from services.kernel.kafka import Consumer, check_reachable
 from services.kernel.lifecycle import Lifecycle
-from services.kernel.ops import OpsServer
+from services.kernel.ops import ReadinessCheck
 from services.kernel.processing import ExactlyOnceLoop, exactly_once
 from services.kernel.provision import admin_client
 from services.kernel.serde import SchemaRegistry
@@ -26,10 +27,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class AggregatorApp:
+    """The worker ``run_service`` runs (it serves the ops endpoints with ``readiness``)."""
+
     loop: ExactlyOnceLoop
     handler: MeteringHandler
     lifecycle: Lifecycle
-    ops: OpsServer
+    readiness: Mapping[str, ReadinessCheck]
 
     def run(self, stop: threading.Event | None = None) -> None:
         self.loop.run(stop or self.lifecycle.stop)
@@ -116,14 +119,7 @@ def _build(settings: MeteringSettings, life: Lifecycle) -> AggregatorApp:
         batch_wait=settings.batch_wait_ms / 1000,
         kafka_timeout=settings.commit_timeout_seconds,
     )
-    ops = life.push(
-        OpsServer(
-            settings.host,
-            settings.port,
-            readiness={"aggregator": loop.ready, "customers": lambda: directory.loaded},
-        ).start(),
-        "ops server",
-    )
+    readiness: dict[str, ReadinessCheck] = {"aggregator": loop.ready, "customers": lambda: directory.loaded}
     log.info(
         "metering aggregator ready",
         extra={
@@ -132,7 +128,6 @@ def _build(settings: MeteringSettings, life: Lifecycle) -> AggregatorApp:
             "partitions": partitions,
             "config_version": config.version,
             "meters": [m.slug for m in config.meters],
-            "ops": ops.url,
         },
     )
-    return AggregatorApp(loop, handler, life, ops)
+    return AggregatorApp(loop, handler, life, readiness)

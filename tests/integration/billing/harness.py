@@ -3,6 +3,10 @@ in-process under uvicorn, aggregates produced straight onto usage-aggregates, th
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -89,11 +93,13 @@ class Billing:
             "backoff_cap_seconds": 1.0,
             "breaker_cooldown_seconds": 0.2,
             "stripe": StripeSettings(
-                api_base=self.double.url,
-                api_key=SecretStr("sk_test_billing"),
-                webhook_secret=SecretStr(WEBHOOK_SECRET),
-                timeout_seconds=1.0,
-                **stripe_overrides,
+                **{
+                    "api_base": self.double.url,
+                    "api_key": SecretStr("sk_test_billing"),
+                    "webhook_secret": SecretStr(WEBHOOK_SECRET),
+                    "timeout_seconds": 1.0,
+                    **stripe_overrides,
+                }
             ),
         }
         values.update(overrides)
@@ -131,3 +137,18 @@ class Billing:
 
     def close(self) -> None:
         self.stop_reporters()
+
+
+def signed(
+    event: dict[str, Any], secret: str = WEBHOOK_SECRET, at: int | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """A webhook body and its ``Stripe-Signature`` header, signed the way Stripe signs (v1: HMAC-SHA256
+    of ``"<t>.<body>"``)."""
+    body = json.dumps(event).encode()
+    t = int(time.time()) if at is None else at
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return body, {"Stripe-Signature": f"t={t},v1={mac}", "Content-Type": "application/json"}
+
+
+def stripe_event(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+    return {"id": f"evt_{uuid.uuid4().hex[:16]}", "object": "event", "type": kind, "data": {"object": obj}}

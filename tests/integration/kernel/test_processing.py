@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from services.kernel.errors import KafkaFatalError
 from services.kernel.kafka import Consumer, Producer
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.processing import (
@@ -297,4 +298,44 @@ def test_the_at_least_once_loop_applies_each_record_once_when_the_sink_stores_it
         wait_for(lambda: ledger.count() == 60)
     letters = events.read(USAGE_EVENTS_DLQ, 1)
     assert [d["error_code"] for d in letters] == ["undecodable"]
+    registry.close()
+
+
+def test_a_zombie_with_the_same_transactional_id_is_fenced_and_nothing_is_written_twice(
+    events: Events, kafka_settings: KafkaSettings, registry_settings: SchemaRegistrySettings
+) -> None:
+    registry = SchemaRegistry(registry_settings)
+    calls = [usage_event(f"c{i % 7}") for i in range(60)]
+
+    def make(life: Lifecycle) -> ExactlyOnceLoop:
+        return build_example(kafka_settings, registry, life, EXAMPLE_OUTPUT, prefix=events.prefix)
+
+    zombie_life = Lifecycle("zombie")
+    zombie = make(zombie_life)
+    stop = threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def run_zombie() -> None:
+        try:
+            zombie.run(stop)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+        zombie_life.close()  # as the process would on exit: leave the group, its partitions move on
+
+    thread = threading.Thread(target=run_zombie, daemon=True)
+    thread.start()
+    events.send(calls[:20])
+    events.read(EXAMPLE_OUTPUT, 20)
+    # A new incarnation under the same transactional.id (a restarted pod while the old one hangs on).
+    with running(make) as successor:
+        wait_for(lambda: successor.running)  # its init_transactions has fenced the zombie's epoch
+        events.send(calls[20:])
+        thread.join(60)
+        out = events.read(EXAMPLE_OUTPUT, 60)
+    stop.set()
+    thread.join(30)
+    assert outcome, "the zombie never stopped"
+    assert isinstance(outcome[0], KafkaFatalError), outcome
+    assert sorted(e["event_id"] for e in out) == sorted(e["event_id"] for e in calls)
     registry.close()

@@ -211,8 +211,7 @@ class Metering:
             registry=self.registry,
             database=self.database,
             platform=PlatformSettings(topic_prefix=self.prefix, log_format="text"),
-            customers_refresh_seconds=1.0,
-            **overrides,
+            **{"customers_refresh_seconds": 1.0, **overrides},
         )
         api = serve(build_entitlements(settings), port, "entitlements")
         self.apis.append(api)
