@@ -139,7 +139,13 @@ class Enricher:
         }
 
     def apply_link(
-        self, link: Mapping[str, Any] | None, key: bytes | None, tenant: TenantContext | None, now_ms: int
+        self,
+        link: Mapping[str, Any] | None,
+        key: bytes | None,
+        tenant: TenantContext | None,
+        now_ms: int,
+        *,
+        announce: bool = True,
     ) -> dict[str, Any] | None:
         """Apply one identity-links record to the graph. A merge also returns its ``$person_merged``
         record for the enriched topic; an identify returns None (its ``$identify`` event travels on
@@ -157,6 +163,8 @@ class Enricher:
             return None
         merged_id, survivor_id = link["anonymous_id"], link["user_id"]
         outcome = graph.merge(customer_id, merged_id, survivor_id)
+        if not announce:
+            return None
         scrub = self.scrubber.scrub_id
         person_id = scrub(outcome.person_id)[0] or ""
         return {
