@@ -9,6 +9,7 @@
     plg tickets open <customer-id> <subject> [--priority P] | close <customer-id> [<ticket-id>...|--all]
     plg tickets list <customer-id> [--all]
     plg dlq list [--reason R] [--since T] | show <[partition:]offset> | replay [--reason R] [--since T]
+    plg identity merge <customer-id> <merged-user-id> <survivor-user-id>
 
 Add ``--json`` before the command for machine-readable output. Migrations are applied first (idempotent),
 so the CLI works on a fresh database. Plan names are checked against the meters-and-plans config
@@ -27,6 +28,7 @@ import orjson
 import psycopg
 
 from services.cli import dlq as dead_letters
+from services.cli import identity
 from services.enrichment import store as success
 from services.ingest import store
 from services.kernel.db import migrate
@@ -91,6 +93,14 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--since", help="failed at or after: 90s, 15m, 2h, 7d or an ISO 8601 time")
     dreplay.add_argument("--force", action="store_true", help="also re-produce letters replayed before")
 
+    identity = groups.add_parser("identity", help="identity graph (enrichment)").add_subparsers(
+        dest="command", required=True
+    )
+    imerge = identity.add_parser("merge", help="two user ids of a tenant are one person")
+    imerge.add_argument("customer_id")
+    imerge.add_argument("merged_id", help="the user id merged away")
+    imerge.add_argument("survivor_id", help="the user id that survives")
+
     keys = groups.add_parser("keys", help="ingest API keys").add_subparsers(dest="command", required=True)
     kcreate = keys.add_parser("create", help="create a key and print it (once)")
     kcreate.add_argument("customer_id")
@@ -146,6 +156,8 @@ _KEY_COLS = ("key_id", "customer_id", "description", "created_at", "revoked_at")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.group == "identity":
+        return _identity(args)
     url = args.database_url or DatabaseSettings().url.get_secret_value()
     if args.group == "customers" and args.command == "create" and not args.no_plan_check:
         _check_plan(args.plan)
@@ -289,6 +301,27 @@ def _dlq(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
         for outcome, reasons in doc["by_reason"].items():
             for reason, n in sorted(reasons.items()):
                 print(f"  {outcome:16} {reason:24} {n}")
+    return 0
+
+
+def _identity(args: argparse.Namespace) -> int:
+    try:
+        link = identity.merge(
+            KafkaSettings(),
+            SchemaRegistrySettings(),
+            PlatformSettings().topic_prefix,
+            args.customer_id,
+            args.merged_id,
+            args.survivor_id,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        sys.stdout.write(orjson.dumps(link).decode() + "\n")
+    else:
+        print(
+            f"merged {args.merged_id} into {args.survivor_id} of {args.customer_id} (link {link['event_id']})"
+        )
     return 0
 
 

@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+from services.devstack import chromium, stripe_mock
 from services.devstack import kafka as kafka_mod
 from services.devstack import postgres as pg
-from services.devstack import stripe_mock
 from services.devstack.config import StackSettings
 from services.devstack.processes import StartError
 from services.devstack.stack import Stack, format_timings
@@ -27,7 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "command",
         choices=["up", "down", "run", "status", "provision", "install"],
         help="up: start in the background; down: stop; run: foreground until Ctrl-C; status; "
-        "provision: create topics and register schemas; install: fetch Kafka jars, PostgreSQL, stripe-mock",
+        "provision: create topics and register schemas; "
+        "install: fetch Kafka jars, PostgreSQL, stripe-mock, Chromium",
     )
     parser.add_argument("--root", type=Path, help="data, logs and pid files (default .plg)")
     parser.add_argument("--kafka-port", type=int)
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"stripe-mock {stripe_mock.VERSION}: "
                 + ("present" if took is None else f"installed in {took:.1f}s")
             )
+            print(f"Chromium (browser tests): {chromium.ensure_installed() or 'not installed'}")
             return 0
         if args.command == "up":
             elapsed = stack.up()

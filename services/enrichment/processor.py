@@ -46,6 +46,13 @@ VIOLATIONS = metrics.counter(
     "plg_enrichment_violations", "Tracking-plan violations found, by code.", ("code", "enforced")
 )
 SCRUBBED = metrics.counter("plg_enrichment_scrubbed_fields", "Fields pseudonymised or dropped as PII.")
+TENANT_LOOKUPS = metrics.counter(
+    "plg_enrichment_tenant_lookups", "Tenant contexts asked of the cache, by result: hit, miss.", ("result",)
+)
+TENANT_CACHE = metrics.gauge("plg_enrichment_tenant_cache_entries", "Tenant contexts in the cache.")
+IDENTITY_NODES = metrics.gauge(
+    "plg_enrichment_identity_nodes", "Anonymous ids and merged user ids in the identity graph."
+)
 
 
 class EnrichmentHandler(StreamHandler):
@@ -67,6 +74,7 @@ class EnrichmentHandler(StreamHandler):
             o: EVENTS.labels(o) for o in ("enriched", "flagged", "dead_lettered", "sampled_out")
         }
         self._merges = EVENTS.labels("merge_announced")
+        self._hits, self._misses = TENANT_LOOKUPS.labels("hit"), TENANT_LOOKUPS.labels("miss")
         self._encoder_for: int | None = None
         self._encode: Callable[[Mapping[str, Any]], bytes] = lambda _r: b""
 
@@ -76,8 +84,10 @@ class EnrichmentHandler(StreamHandler):
         customers = {
             m.value["customer_id"] for m in batch if m.value is not None and "customer_id" in m.value
         }
+        cache = self.tenants
+        hits, misses = cache.hits, cache.misses
         try:
-            tenants = self.tenants.get_many(customers)
+            tenants = cache.get_many(customers)
         except Exception as exc:  # PostgreSQL away: nothing of the batch is the records' fault
             raise RetryBatch(f"tenant context unavailable: {type(exc).__name__}: {exc}") from exc
         enrich = self.enricher.enrich
@@ -126,6 +136,10 @@ class EnrichmentHandler(StreamHandler):
                 self._outcomes[name].inc(n)
         if scrubbed:
             SCRUBBED.inc(scrubbed)
+        self._hits.inc(cache.hits - hits)
+        self._misses.inc(cache.misses - misses)
+        TENANT_CACHE.set(len(cache))
+        IDENTITY_NODES.set(len(self.enricher.graph))
 
     def _encoder(self, out: Emit) -> Callable[[Mapping[str, Any]], bytes]:
         """The fast encoder for the output's schema id when it is the schema it was written for, else the
@@ -157,6 +171,6 @@ def apply_identity(enricher: Enricher) -> Callable[[Message], None]:
     graph."""
 
     def apply(message: Message) -> None:
-        enricher.apply_link(message.value, message.key, None, 0)
+        enricher.apply_link(message.value, message.key, None, 0, announce=False)
 
     return apply

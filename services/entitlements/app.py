@@ -25,6 +25,7 @@ from services.entitlements.handlers import PlanNotConfigured, UnknownFeature, de
 from services.entitlements.view import ZERO, UsageView
 from services.kernel import metrics
 from services.kernel.db import open_pool
+from services.kernel.http import RequestOutcome, install_error_handlers
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ops_routes
 from services.kernel.serde import SchemaRegistry
@@ -76,8 +77,14 @@ class PlanNotConfiguredBody(BaseModel):
 
 
 class NotReadyBody(BaseModel):
-    code: Literal["usage_view_not_ready"]
+    code: Literal["usage_view_not_ready", "database_unavailable"]
     message: str
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="internal_error, database_unavailable, ...")
+    message: str
+    request_id: str = Field(description="Also in the X-Request-Id header; quote it when reporting a 500.")
 
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -96,6 +103,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         "after Retry-After seconds. Boolean features still answer.",
         "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
     },
+    500: {"model": ErrorBody, "description": "A bug of ours, logged with the request id the body carries."},
 }
 
 
@@ -152,7 +160,9 @@ def build_app(settings: EntitlementsSettings, lifecycle: Lifecycle | None = None
         directory: CustomerDirectory = state["directory"]
         customer = directory.get(customer_id)
         if customer is None:
-            customer = await run_in_threadpool(directory.lookup, customer_id)
+            # PostgreSQL cannot hold U+0000, so no customer id has one: not found, without asking it.
+            if "\x00" not in customer_id:
+                customer = await run_in_threadpool(directory.lookup, customer_id)
             if customer is None:
                 CHECKS.labels("unknown_customer").inc()
                 return _error(
@@ -190,4 +200,13 @@ def build_app(settings: EntitlementsSettings, lifecycle: Lifecycle | None = None
         CHECKS.labels("allowed" if decision.allowed else "denied").inc()
         return Response(orjson.dumps(decision_body(decision)), media_type=_JSON)
 
+    # The kernel's HTTP error discipline: request ids, 404/405 in this API's {"code", "message"} shape,
+    # a database outage as 503, a bug as a logged 500 — counted as a check result like every answer.
+    install_error_handlers(app, service=SERVICE, observe=_count_internal_errors)
     return app
+
+
+def _count_internal_errors(outcome: RequestOutcome) -> None:
+    # Every other answer of the check endpoint already counts itself in CHECKS; a 500 never reaches that.
+    if outcome.status == 500 and outcome.route is not None:
+        CHECKS.labels("internal_error").inc()

@@ -58,6 +58,7 @@ DATABASE_UNAVAILABLE = "database_unavailable"
 KAFKA_UNAVAILABLE = "kafka_unavailable"
 REGISTRY_UNAVAILABLE = "schema_registry_unavailable"
 INTERNAL_ERROR = "internal_error"
+INVALID_INPUT = "invalid_input"
 
 _HTTP_CODES = {404: NOT_FOUND, 405: METHOD_NOT_ALLOWED, 408: REQUEST_TIMEOUT}
 
@@ -147,6 +148,13 @@ def _unavailable(code: str, what: str) -> Callable[[Exception], HttpError]:
     return mapper
 
 
+def _invalid_input(exc: Exception) -> HttpError:
+    # PostgreSQL refused a value from the request (U+0000 in text, an out-of-range number, bad
+    # encoding): the input's fault. Services that can tell which parameter should check it first.
+    first_line = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return HttpError(400, INVALID_INPUT, f"the request holds a value the database cannot take: {first_line}")
+
+
 def _client_disconnected(_exc: Exception) -> HttpError:
     # Nobody reads this answer; it exists so the request is counted as the client's doing, not ours.
     return HttpError(400, CLIENT_DISCONNECTED, "the client closed the connection before sending the body")
@@ -163,6 +171,7 @@ DEFAULT_ERRORS: Mapping[type[BaseException], ErrorMapper] = {
     ClientDisconnect: _client_disconnected,
     PoolTimeout: _unavailable(DATABASE_UNAVAILABLE, "the database"),
     psycopg.OperationalError: _unavailable(DATABASE_UNAVAILABLE, "the database"),
+    psycopg.DataError: _invalid_input,
     KafkaUnavailableError: _unavailable(KAFKA_UNAVAILABLE, "Kafka"),
     SchemaRegistryUnavailableError: _unavailable(REGISTRY_UNAVAILABLE, "the schema registry"),
     HTTPException: _http_exception,

@@ -101,3 +101,16 @@ def test_a_late_event_dead_lettered_then_replayed_twice_after_raising_the_grace_
     assert forced["replayed"] == 1
     wait_for(lambda: world.period_total(customer) == (Decimal(1), 1), what="late event counted")
     wait_for(lambda: world.period_total(customer) == (Decimal(1), 1), timeout=3, what="still once")
+
+
+def test_a_merge_made_with_the_cli_is_announced_and_applied(world):
+    customer = world.customer("pro")
+    running = world.start_enrichment()
+    link = json.loads(plg(world, "--json", "identity", "merge", customer, "old-account", "new-account"))
+    announced = world.wait_enriched([link["event_id"]])[link["event_id"]]
+    assert announced["name"] == "$person_merged"
+    assert announced["person_id"] == "new-account"
+    world.wait_graph(running, lambda g: g.canonical(customer, "old-account") == "new-account")
+    e = event(customer, user_id="old-account")
+    world.send([e])
+    assert world.wait_enriched([e["event_id"]])[e["event_id"]]["person_id"] == "new-account"

@@ -20,7 +20,8 @@ def test_the_check_documents_its_200_404_409_and_503_answers_with_their_bodies()
     for status in ("404", "409", "503"):
         assert set(body(status)["required"]) == {"code", "message"}
     assert body("404")["properties"]["code"]["enum"] == ["customer_not_found", "unknown_feature"]
-    assert body("503")["properties"]["code"]["const"] == "usage_view_not_ready"
+    assert body("503")["properties"]["code"]["enum"] == ["usage_view_not_ready", "database_unavailable"]
+    assert set(body("500")["required"]) == {"code", "message", "request_id"}
     assert "Retry-After" in responses["503"]["headers"]
     ok = body("200")
     assert {"allowed", "usage", "limit", "remaining", "upgrade", "period_start"} <= set(ok["properties"])
