@@ -28,6 +28,7 @@ MODULES = (
     "services.metering_aggregator",
     "services.entitlements",
     "services.growth",
+    "services.health_score",
 )
 
 
@@ -50,7 +51,7 @@ def _env() -> dict[str, str]:
             "PLG_LOG_FORMAT": "json",
         }
     )
-    for prefix in ("INGEST_", "REGISTRY_", "METERING_", "ENTITLEMENTS_", "GROWTH_"):
+    for prefix in ("INGEST_", "REGISTRY_", "METERING_", "ENTITLEMENTS_", "GROWTH_", "HEALTH_"):
         env[f"{prefix}PORT"] = str(free_port())
     return env
 
