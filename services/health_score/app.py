@@ -33,8 +33,7 @@ from services.health_score.model import day_of
 from services.health_score.processor import FactsBuilder, HealthSink
 from services.health_score.registry import HealthConfig, load_config, summary
 from services.health_score.sender import AlertSender
-from services.health_score.serving import Hub, ServingCache
-from services.health_score.serving import summary as score_summary
+from services.health_score.serving import Hub, ServingCache, detail
 from services.health_score.store import HealthStore
 from services.kernel import db
 from services.kernel.http import HttpError, install_error_handlers
@@ -135,34 +134,6 @@ class ErrorOut(BaseModel):
     code: str
     message: str
     request_id: str
-
-
-def health_body(record: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "customer_id": record["customer_id"],
-        "score": record["score"],
-        "band": record.get("band"),
-        "segment": record.get("segment"),
-        "plan": record.get("plan"),
-        "components": record.get("components") or {},
-        "churn_risk": record.get("churn_risk_probability"),
-        "trend": {
-            "previous_score": record.get("previous_score"),
-            "change": record.get("trend", 0),
-            "direction": record.get("trend_direction"),
-        },
-        "explanation": {
-            "contributions": record.get("contributions") or {},
-            "top_factors": record.get("top_factors") or [],
-            "factors": record.get("factors") or [],
-        },
-        "history": history,
-        "active_users": record.get("active_users"),
-        "seats": record.get("seats"),
-        "computed_at": record["computed_at"],
-        "path": record.get("path"),
-        "config_version": record.get("config_version"),
-    }
 
 
 def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> FastAPI:
@@ -343,9 +314,7 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
         record = cache.latest.get(customer_id)
         if record is None:
             raise HttpError(404, "customer_not_found", f"no health score for customer {customer_id!r}")
-        return Response(
-            orjson.dumps(health_body(record, cache.history.get(customer_id, []))), media_type=_JSON
-        )
+        return Response(orjson.dumps(detail(record, cache.history.get(customer_id, []))), media_type=_JSON)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def overview() -> HTMLResponse:
@@ -366,5 +335,4 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
         )
 
     install_error_handlers(app, service=SERVICE)
-    _ = score_summary  # re-exported for tools
     return app

@@ -79,18 +79,49 @@ def _offer(queue: asyncio.Queue[tuple[str, Any]], item: tuple[str, Any]) -> None
         queue.put_nowait(item)
 
 
-def summary(record: Mapping[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+def _identity(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What every answer about a customer's score starts with."""
     return {
         "customer_id": record["customer_id"],
         "score": record["score"],
         "band": record.get("band"),
         "segment": record.get("segment"),
         "plan": record.get("plan"),
-        "trend": record.get("trend", 0),
-        "trend_direction": record.get("trend_direction"),
         "churn_risk": record.get("churn_risk_probability"),
         "computed_at": record["computed_at"],
+    }
+
+
+def summary(record: Mapping[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+    """A row of the overview and of ``GET /v1/health``."""
+    return {
+        **_identity(record),
+        "trend": record.get("trend", 0),
+        "trend_direction": record.get("trend_direction"),
         "sparkline": [h["score"] for h in history],
+    }
+
+
+def detail(record: Mapping[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+    """``GET /v1/health/{customer}``: the score with its trend, explanation and history."""
+    return {
+        **_identity(record),
+        "components": record.get("components") or {},
+        "trend": {
+            "previous_score": record.get("previous_score"),
+            "change": record.get("trend", 0),
+            "direction": record.get("trend_direction"),
+        },
+        "explanation": {
+            "contributions": record.get("contributions") or {},
+            "top_factors": record.get("top_factors") or [],
+            "factors": record.get("factors") or [],
+        },
+        "history": history,
+        "active_users": record.get("active_users"),
+        "seats": record.get("seats"),
+        "path": record.get("path"),
+        "config_version": record.get("config_version"),
     }
 
 
