@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -18,6 +18,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from services.growth.activation import load_activation
+from services.growth.activation_view import ActivationView
+from services.growth.api_activation import activation_routes, crossing_message
 from services.growth.api_models import (
     AdminFlag,
     ErrorBody,
@@ -29,6 +32,7 @@ from services.growth.api_models import (
     FlagsDocument,
     FlagWritten,
 )
+from services.growth.api_onboarding import onboarding_routes
 from services.growth.config import GrowthSettings
 from services.growth.flags import Broadcaster, Evaluator, ExposureLog, FlagsRuntime, StickyAssignments
 from services.growth.flagstore import (
@@ -39,6 +43,9 @@ from services.growth.flagstore import (
     InvalidFlag,
     load_flags_file,
 )
+from services.growth.loop import ActivationLoop
+from services.growth.onboarding import OnboardingConfig, load_onboarding
+from services.growth.progress import ProgressStore
 from services.growth.telemetry import TelemetryWriter
 from services.kernel.db import migrate, open_pool
 from services.kernel.http import HttpError, install_error_handlers, request_id_of
@@ -46,7 +53,7 @@ from services.kernel.kafka import Producer
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ops_routes
 from services.kernel.serde import SchemaRegistry
-from services.kernel.topics import USAGE_EVENTS, topic
+from services.kernel.topics import GROWTH_CHANGELOG, USAGE_EVENTS, topic
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +84,29 @@ class Growth:
     runtime: FlagsRuntime
     evaluator: Evaluator
     listener: ChangeListener
+    telemetry: TelemetryWriter
+    onboarding: OnboardingConfig
+    progress: ProgressStore
+    activation: ActivationView
+    loop: ActivationLoop | None
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type=_JSON, headers=headers)
 
 
-def open_growth(settings: GrowthSettings, life: Lifecycle, flags_broadcaster: Broadcaster) -> Growth:
+def open_growth(
+    settings: GrowthSettings,
+    life: Lifecycle,
+    flags_broadcaster: Broadcaster,
+    activation_broadcaster: Broadcaster,
+) -> Growth:
     """Open everything (blocking; from the lifespan's worker thread), each resource on ``life``."""
     document = load_flags_file(settings.flags_path)
+    onboarding = load_onboarding(settings.onboarding_path)
+    activation_config = load_activation(settings.activation_path).with_events(
+        onboarding.person_events | onboarding.customer_events
+    )
     dsn = settings.database.url.get_secret_value()
     migrate(dsn)
     pool = life.push(open_pool(settings.database, name=SERVICE), "database pool")
@@ -108,19 +129,33 @@ def open_growth(settings: GrowthSettings, life: Lifecycle, flags_broadcaster: Br
     evaluator = Evaluator(runtime, telemetry, ExposureLog(settings.exposure_memory), sticky)
     listener = ChangeListener(dsn, runtime.reload, settings.flags_poll_seconds)
     life.push(listener.start(), "flag change listener")
-    return Growth(settings, store, runtime, evaluator, listener)
+    prefix = settings.platform.topic_prefix
+    view = ActivationView(
+        activation_config, lambda record: activation_broadcaster.publish(crossing_message(record))
+    )
+    life.push(view.start(settings.kafka, topic(GROWTH_CHANGELOG, prefix).name), "activation view")
+    loop = None
+    if settings.activation_enabled:
+        loop = life.push(ActivationLoop.build(settings, activation_config, registry, life), "activation loop")
+    return Growth(
+        settings, store, runtime, evaluator, listener, telemetry, onboarding, ProgressStore(pool), view, loop
+    )
 
 
 def build_app(settings: GrowthSettings, lifecycle: Lifecycle | None = None) -> FastAPI:
     life = lifecycle or Lifecycle(SERVICE)
     flags_broadcaster = Broadcaster("flags")
+    activation_broadcaster = Broadcaster("activation", queue_size=256)
     state: dict[str, Growth] = {}
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         try:
             flags_broadcaster.bind(asyncio.get_running_loop())
-            state["growth"] = await asyncio.to_thread(open_growth, settings, life, flags_broadcaster)
+            activation_broadcaster.bind(asyncio.get_running_loop())
+            state["growth"] = await asyncio.to_thread(
+                open_growth, settings, life, flags_broadcaster, activation_broadcaster
+            )
             log.info("growth ready", extra={"host": settings.host, "port": settings.port})
             yield
         finally:
@@ -179,7 +214,7 @@ def build_app(settings: GrowthSettings, lifecycle: Lifecycle | None = None) -> F
     )
     async def stream_flags() -> StreamingResponse:
         runtime = growth().runtime
-        return _sse_response(
+        return sse_response(
             flags_broadcaster, runtime.message(runtime.snapshot), settings.sse_heartbeat_seconds
         )
 
@@ -372,13 +407,22 @@ def build_app(settings: GrowthSettings, lifecycle: Lifecycle | None = None) -> F
             raise HttpError(404, "flag_not_found", f"no flag {key!r} was ever written")
         return _json({"flag_key": key, "changes": [c.__dict__ for c in changes]})
 
+    onboarding_routes(app, growth, _ERRORS)
+    activation_routes(app, growth, activation_broadcaster, _ERRORS)
+
     # -- ops -------------------------------------------------------------------------------------------------
 
     def database_ready() -> bool:
         g = state.get("growth")
         return g is not None and g.listener.listening.is_set()
 
-    ops_routes(app, {"database": database_ready, "flags": lambda: "growth" in state})
+    def activation_ready() -> bool:
+        g = state.get("growth")
+        return g is not None and g.activation.healthy() and (g.loop is None or g.loop.ready())
+
+    ops_routes(
+        app, {"database": database_ready, "flags": lambda: "growth" in state, "activation": activation_ready}
+    )
     install_error_handlers(app, service=SERVICE)
     return app
 
@@ -389,7 +433,14 @@ def _etag_matches(header: str | None, etag: str) -> bool:
     return header.strip() == "*" or etag in [t.strip().removeprefix("W/") for t in header.split(",")]
 
 
-def _sse_response(broadcaster: Broadcaster, first: bytes, heartbeat: float) -> StreamingResponse:
+def sse_response(
+    broadcaster: Broadcaster,
+    first: bytes,
+    heartbeat: float,
+    select: Callable[[Any], bytes | None] | None = None,
+) -> StreamingResponse:
+    """A ``text/event-stream`` of what ``broadcaster`` publishes (``select`` picks and renders this
+    stream's share of it), ``first`` at once, a comment every ``heartbeat`` seconds."""
     queue = broadcaster.subscribe()
 
     async def events() -> AsyncIterator[bytes]:
@@ -398,11 +449,13 @@ def _sse_response(broadcaster: Broadcaster, first: bytes, heartbeat: float) -> S
             yield b"retry: 1000\n\n" + first
             while True:
                 try:
-                    message = await asyncio.wait_for(queue.get(), heartbeat)
+                    item = await asyncio.wait_for(queue.get(), heartbeat)
                 except TimeoutError:
                     yield b": keep-alive\n\n"
                     continue
-                yield message
+                message = item if select is None else select(item)
+                if message is not None:
+                    yield message
         finally:
             broadcaster.unsubscribe(queue)
 

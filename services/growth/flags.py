@@ -35,32 +35,33 @@ class Broadcaster:
     subscriber has a small queue of its own, and one that falls behind keeps only the newest message (a
     flags stream needs the latest document, not every intermediate one)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, queue_size: int = 4) -> None:
         self.name = name
+        self.queue_size = queue_size
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queues: set[asyncio.Queue[bytes]] = set()
+        self._queues: set[asyncio.Queue[Any]] = set()
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
-    def subscribe(self) -> asyncio.Queue[bytes]:
-        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
+    def subscribe(self) -> asyncio.Queue[Any]:
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=self.queue_size)
         self._queues.add(queue)
         SUBSCRIBERS.labels(self.name).set(len(self._queues))
         return queue
 
-    def unsubscribe(self, queue: asyncio.Queue[bytes]) -> None:
+    def unsubscribe(self, queue: asyncio.Queue[Any]) -> None:
         self._queues.discard(queue)
         SUBSCRIBERS.labels(self.name).set(len(self._queues))
 
-    def publish(self, message: bytes) -> None:
+    def publish(self, message: Any) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(self._deliver, message)
 
-    def _deliver(self, message: bytes) -> None:
+    def _deliver(self, message: Any) -> None:
         for queue in list(self._queues):
             if queue.full():
                 with contextlib.suppress(asyncio.QueueEmpty):

@@ -59,6 +59,7 @@ BILLING_REPORTS = "billing-reports"
 CUSTOMER_HEALTH = "customer-health"
 CUSTOMER_ALERTS = "customer-alerts"
 IDENTITY_LINKS = "identity-links"
+ACTIVATION_EVENTS = "activation-events"
 
 # Compacted topics keep the latest value per key forever; "delete" topics keep records for retention.ms.
 PLATFORM_TOPICS: tuple[TopicSpec, ...] = (
@@ -128,6 +129,13 @@ PLATFORM_TOPICS: tuple[TopicSpec, ...] = (
         retention_ms=None,
         description="anonymous_id -> user_id links from identify calls.",
     ),
+    TopicSpec(
+        ACTIVATION_EVENTS,
+        3,
+        "activation_event",
+        retention_ms=35 * DAY_MS,
+        description="Activation thresholds crossed, once per person (or customer) and threshold (growth).",
+    ),
 )
 
 _REGISTRY: dict[str, TopicSpec] = {t.name: t for t in PLATFORM_TOPICS}
@@ -173,6 +181,22 @@ declare(
         description="Metering aggregator state (dedup ids, windows, thresholds fired) per input partition.",
         # Roll segments every 10 minutes: compaction never touches the active segment, and everything not
         # compacted yet is read again by a restore.
+        config={"segment.ms": str(10 * 60 * 1000), "min.cleanable.dirty.ratio": "0.25"},
+    )
+)
+
+
+# The growth service's activation state (counts per person/customer and event, thresholds fired), JSON,
+# co-partitioned with its input usage-events-enriched like the metering changelog. See docs/growth.md.
+GROWTH_CHANGELOG = "growth-activation-changelog"
+declare(
+    TopicSpec(
+        GROWTH_CHANGELOG,
+        _REGISTRY[USAGE_EVENTS_ENRICHED].partitions,
+        None,
+        cleanup_policy="compact",
+        retention_ms=None,
+        description="Growth activation state (counts, day buckets, thresholds fired) per input partition.",
         config={"segment.ms": str(10 * 60 * 1000), "min.cleanable.dirty.ratio": "0.25"},
     )
 )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 
@@ -12,24 +11,24 @@ from tests.integration.metering.harness import wait_for
 
 pytestmark = pytest.mark.integration
 
-N = 3000
+N = 6000
 
 
 def test_sigkill_during_a_stream_loses_and_duplicates_nothing(world):
     customer = world.customer("pro")
     instance = "enr-kill"
-    proc = world.spawn_enrichment(instance)
+    # Small transactions, so the stream takes many of them and the kill lands between two (or inside one).
+    proc = world.spawn_enrichment(instance, ENRICHMENT_MAX_BATCH_EVENTS="100")
     events = [
         event(customer, "core_action_completed", anonymous_id=f"a{i % 50}", action="x") for i in range(N)
     ]
-    world.send(events[: N // 3])
-    # Killed while it is working through the stream (some batches committed, one likely open).
-    wait_for(lambda: len(world.enriched_raw()) > 0, timeout=60, what="first enriched records")
-    world.send(events[N // 3 : 2 * N // 3])
-    time.sleep(0.3)
+    world.send(events[: N // 2])
+    wait_for(lambda: len(world.enriched_raw()) >= 100, timeout=60, interval=0.05, what="first transactions")
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
-    world.send(events[2 * N // 3 :])
+    at_kill = len(world.enriched_raw())
+    assert at_kill < N // 2, "the stream was over before the kill: the test proves nothing"
+    world.send(events[N // 2 :])
     # Same instance id: its transactional.id fences and aborts whatever the dead process left open.
     world.spawn_enrichment(instance)
     got = world.wait_enriched([e["event_id"] for e in events], timeout=120)  # asserts no duplicates

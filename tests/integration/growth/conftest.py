@@ -131,3 +131,76 @@ class SseReader:
     def close(self) -> None:
         self._stop.set()
         self._client.close()
+
+
+class EnrichedProducer:
+    """Writes usage-events-enriched records as the enrichment service would (tests of activation)."""
+
+    def __init__(self, kafka: KafkaSettings, registry: SchemaRegistrySettings, prefix: str) -> None:
+        from services.kernel.kafka import Producer
+        from services.kernel.serde import SchemaRegistry
+        from services.kernel.topics import USAGE_EVENTS_ENRICHED, topic
+
+        spec = topic(USAGE_EVENTS_ENRICHED, prefix)
+        assert spec.schema_path is not None
+        self.registry = SchemaRegistry(registry)
+        self.encoder = self.registry.encoder(spec.value_subject, spec.schema_path, auto_register=False)
+        self.topic = spec.name
+        self.producer = Producer(kafka, client_id="test-enriched")
+
+    def send(
+        self,
+        customer: str,
+        person: str | None,
+        name: str,
+        *,
+        plan: str | None = "free",
+        timestamp_ms: int | None = None,
+        count: int = 1,
+    ) -> None:
+        import uuid as _uuid
+
+        now = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
+        for _ in range(count):
+            record = {
+                "event_id": str(_uuid.uuid4()),
+                "customer_id": customer,
+                "name": name,
+                "timestamp": now,
+                "properties": {},
+                "user_id": person,
+                "anonymous_id": None,
+                "session_id": None,
+                "resolved_user_id": person,
+                "plan": plan,
+                "scrubbed_properties": [],
+                "received_at": now,
+                "enriched_at": now,
+                "person_id": person,
+            }
+            self.producer.send(self.topic, self.encoder.encode(record), customer)
+        assert self.producer.flush(30) == 0
+
+    def close(self) -> None:
+        self.producer.close()
+        self.registry.close()
+
+
+@pytest.fixture
+def enriched(
+    provisioned: Any, kafka_settings: KafkaSettings, registry_settings: SchemaRegistrySettings
+) -> Iterator[EnrichedProducer]:
+    producer = EnrichedProducer(kafka_settings, registry_settings, provisioned.prefix)
+    yield producer
+    producer.close()
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s (last: {value!r})")
+        time.sleep(0.1)

@@ -18,6 +18,11 @@ def test_openapi_lists_every_endpoint_with_its_answers() -> None:
         ("/v1/admin/flags/{key}", "patch"),
         ("/v1/admin/flags/{key}", "delete"),
         ("/v1/admin/flags/{key}/history", "get"),
+        ("/v1/onboarding/{customer_id}/{person_id}/next", "get"),
+        ("/v1/onboarding/{customer_id}/{person_id}/progress", "get"),
+        ("/v1/onboarding/{customer_id}/{person_id}/steps/{step_id}/complete", "post"),
+        ("/v1/activation/{customer_id}/{person_id}", "get"),
+        ("/v1/activation/{customer_id}/{person_id}/stream", "get"),
     }
     present = {(p, m) for p, ops in paths.items() for m in ops}
     assert expected <= present, expected - present

@@ -1,0 +1,99 @@
+"""``/v1/activation/{customer}/{person}``: thresholds, counts and crossings; and their SSE stream."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
+
+import orjson
+from fastapi import FastAPI, Path
+from pydantic import BaseModel
+from starlette.responses import Response, StreamingResponse
+
+from services.growth.flags import Broadcaster, sse
+
+if TYPE_CHECKING:
+    from services.growth.app import Growth
+
+PROMPT_EVENT = "show-upgrade-prompt"
+UPGRADE_FLAG = "growth_upgrade_prompt"
+Id = Annotated[str, Path(min_length=1, max_length=200)]
+
+
+class ThresholdStatus(BaseModel):
+    threshold: str
+    event: str
+    required: int
+    window_days: int | None
+    north_star: bool
+    count: int
+    crossed: bool
+    crossed_at: int | None
+
+
+class ActivationStatus(BaseModel):
+    customer_id: str
+    person_id: str
+    complete: bool
+    show_upgrade_prompt: bool
+    plans: list[str]
+    person: list[ThresholdStatus]
+    customer: list[ThresholdStatus]
+
+
+def crossing_message(record: dict[str, Any]) -> tuple[str, str | None, bytes]:
+    """What the activation broadcaster carries: (customer, person or None, the SSE bytes)."""
+    return (
+        record["customer_id"],
+        record.get("person_id"),
+        sse(PROMPT_EVENT, orjson.dumps(record), record["event_id"]),
+    )
+
+
+def activation_routes(
+    app: FastAPI,
+    growth: Callable[[], Growth],
+    broadcaster: Broadcaster,
+    errors: dict[int | str, dict[str, Any]],
+) -> None:
+    from services.growth.app import sse_response
+
+    @app.get(
+        "/v1/activation/{customer_id}/{person_id}",
+        response_model=ActivationStatus,
+        summary="Activation thresholds for a person and their customer: counts, crossings, prompt",
+        responses=errors,
+    )
+    async def status(customer_id: Id, person_id: Id) -> Response:
+        """Counts per threshold in its window (now), whether it was crossed (once, for good), and
+        `show_upgrade_prompt`: something was crossed and the `growth_upgrade_prompt` flag is on for this
+        person. `complete` is false while the service is still reading its state after a start."""
+        g = growth()
+        body = g.activation.status(customer_id, person_id)
+        engine = g.runtime.snapshot.engine
+        if UPGRADE_FLAG in engine:
+            flag = engine.evaluate(UPGRADE_FLAG, {"user_id": person_id, "customer_id": customer_id})
+            body["show_upgrade_prompt"] = body["show_upgrade_prompt"] and flag.value is True
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    @app.get(
+        "/v1/activation/{customer_id}/{person_id}/stream",
+        summary="Crossings for this person (and their customer) as server-sent events",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "description": f"`text/event-stream`: `event: {PROMPT_EVENT}` with the activation-events "
+                "record (schemas/activation_event.avsc) per crossing of this person or of their customer.",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            **errors,
+        },
+    )
+    async def stream(customer_id: Id, person_id: Id) -> StreamingResponse:
+        g = growth()
+
+        def mine(item: tuple[str, str | None, bytes]) -> bytes | None:
+            customer, person, message = item
+            return message if customer == customer_id and person in (None, person_id) else None
+
+        return sse_response(broadcaster, b": activation stream\n\n", g.settings.sse_heartbeat_seconds, mine)

@@ -1,0 +1,214 @@
+"""``/v1/onboarding/{customer}/{person}/...``: the next step, completion (idempotent), progress."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
+
+import orjson
+from fastapi import FastAPI, Path, Query
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from services.growth.onboarding import Recommendation, StepState, recommend
+from services.growth.telemetry import stable_event_id, usage_event
+from services.kernel import metrics
+from services.kernel.http import HttpError
+
+if TYPE_CHECKING:
+    from services.growth.app import Growth
+
+COMPLETED_EVENT = "onboarding_step_completed"
+NEXT_SECONDS = metrics.histogram(
+    "plg_growth_onboarding_next_seconds", "Time to answer GET /v1/onboarding/.../next (in the handler)."
+)
+
+Id = Annotated[str, Path(min_length=1, max_length=200)]
+
+
+class StepBody(BaseModel):
+    id: str
+    title: str
+    intent: str | None
+    priority: int
+
+
+class StepStatus(BaseModel):
+    step: StepBody
+    status: str
+    why: str
+
+
+class NextStep(BaseModel):
+    customer_id: str
+    person_id: str
+    flow: str
+    step: StepBody | None
+    why: str
+    counts_complete: bool
+
+
+class Progress(BaseModel):
+    customer_id: str
+    person_id: str
+    flow: str
+    done: int
+    total: int
+    steps: list[StepStatus]
+
+
+class Completed(BaseModel):
+    customer_id: str
+    person_id: str
+    step_id: str
+    flow: str
+    first: bool
+    completed_at: str
+
+
+def _step(state: StepState) -> dict[str, Any]:
+    s = state.step
+    return {"id": s.id, "title": s.title, "intent": s.intent, "priority": s.priority}
+
+
+def onboarding_routes(
+    app: FastAPI, growth: Callable[[], Growth], errors: dict[int | str, dict[str, Any]]
+) -> None:
+    def context(
+        g: Growth, customer: str, person: str, intent: str | None, plan: str | None
+    ) -> dict[str, Any]:
+        ctx: dict[str, Any] = {"user_id": person, "person_id": person, "customer_id": customer}
+        if plan:
+            ctx["plan"] = plan
+        engine = g.runtime.snapshot.engine
+        ctx["flags"] = {k: engine.evaluate(k, ctx).value for k in engine.flags}
+        ctx["counts"] = g.activation.counts("person", customer, person)
+        ctx["customer_counts"] = g.activation.counts("customer", customer, "")
+        if intent:
+            ctx["intent"] = intent
+        return ctx
+
+    def flow_of(g: Growth, ctx: dict[str, Any]) -> str:
+        flag = g.onboarding.flow_flag
+        if flag is not None:
+            value = g.runtime.snapshot.engine.evaluate(flag, ctx).value
+            if isinstance(value, str) and value in g.onboarding.flows:
+                return value
+        return g.onboarding.default_flow
+
+    async def recommendation(
+        customer: str, person: str, intent: str | None, plan: str | None
+    ) -> tuple[Growth, Recommendation]:
+        g = growth()
+        completed = await run_in_threadpool(g.progress.completed, customer, person)
+        ctx = context(g, customer, person, intent, plan)
+        ctx["completed"] = completed
+        return g, recommend(g.onboarding, flow_of(g, ctx), ctx, completed)
+
+    @app.get(
+        "/v1/onboarding/{customer_id}/{person_id}/next",
+        response_model=NextStep,
+        summary="The recommended next onboarding step (or none), with why",
+        responses=errors,
+    )
+    async def next_step(
+        customer_id: Id,
+        person_id: Id,
+        intent: Annotated[
+            str | None, Query(max_length=100, description="The person's goal, e.g. import_data")
+        ] = None,
+        plan: Annotated[str | None, Query(max_length=100)] = None,
+    ) -> Response:
+        """Steps already completed, or already done in the product (their `done_when` holds on the
+        person's and customer's telemetry), are skipped; steps for another intent or whose condition does
+        not hold are hidden. `step` is null when nothing is left. SDKs treat any failure as "no step"."""
+        started = asyncio.get_running_loop().time()
+        g, rec = await recommendation(customer_id, person_id, intent, plan)
+        body = {
+            "customer_id": customer_id,
+            "person_id": person_id,
+            "flow": rec.flow,
+            "step": None if rec.next is None else _step(rec.next),
+            "why": rec.why,
+            "counts_complete": g.activation.healthy(),
+        }
+        NEXT_SECONDS.observe(asyncio.get_running_loop().time() - started)
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    @app.get(
+        "/v1/onboarding/{customer_id}/{person_id}/progress",
+        response_model=Progress,
+        summary="Every step of the person's flow with its status",
+        responses=errors,
+    )
+    async def progress(
+        customer_id: Id,
+        person_id: Id,
+        intent: Annotated[str | None, Query(max_length=100)] = None,
+        plan: Annotated[str | None, Query(max_length=100)] = None,
+    ) -> Response:
+        """Statuses: `completed`, `done_in_product` (skipped), `next`, `pending`, `hidden`."""
+        _, rec = await recommendation(customer_id, person_id, intent, plan)
+        done = sum(s.status in ("completed", "done_in_product") for s in rec.steps)
+        body = {
+            "customer_id": customer_id,
+            "person_id": person_id,
+            "flow": rec.flow,
+            "done": done,
+            "total": len(rec.steps),
+            "steps": [{"step": _step(s), "status": s.status, "why": s.why} for s in rec.steps],
+        }
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    @app.post(
+        "/v1/onboarding/{customer_id}/{person_id}/steps/{step_id}/complete",
+        response_model=Completed,
+        summary="Record a completed step (idempotent) and emit onboarding_step_completed",
+        responses={
+            **errors,
+            201: {"model": Completed, "description": "Recorded now."},
+            404: {"description": "No such step in any flow."},
+        },
+    )
+    async def complete(customer_id: Id, person_id: Id, step_id: Id) -> Response:
+        """The first call records it (201) and writes one `onboarding_step_completed` event; repeats answer
+        200 with the first completion and write nothing (a repeat after a Kafka failure writes the event
+        then, with the same event_id)."""
+        g = growth()
+        if step_id not in g.onboarding.step_ids():
+            raise HttpError(404, "step_not_found", f"no step {step_id!r} in any onboarding flow")
+        ctx = context(g, customer_id, person_id, None, None)
+        flow = flow_of(g, ctx)
+        done = await run_in_threadpool(g.progress.complete, customer_id, person_id, step_id, flow)
+        if not done.emitted:
+            step = g.onboarding.flows[flow].step(step_id)
+            record = usage_event(
+                event_id=stable_event_id("onboarding", customer_id, person_id, step_id),
+                customer_id=customer_id,
+                name=COMPLETED_EVENT,
+                properties={"step_id": step_id, "flow": done.flow, "intent": step.intent if step else None},
+                user_id=person_id,
+            )
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(g.telemetry.send(record)), 10)
+            except Exception:
+                raise HttpError(
+                    503,
+                    "kafka_unavailable",
+                    "the step is recorded but its event could not be written; call again to retry it",
+                    {"Retry-After": "5"},
+                ) from None
+            await run_in_threadpool(g.progress.mark_emitted, customer_id, person_id, step_id)
+        body = {
+            "customer_id": customer_id,
+            "person_id": person_id,
+            "step_id": step_id,
+            "flow": done.flow,
+            "first": done.first,
+            "completed_at": done.completed_at.isoformat().replace("+00:00", "Z"),
+        }
+        return Response(
+            orjson.dumps(body), status_code=201 if done.first else 200, media_type="application/json"
+        )

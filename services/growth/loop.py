@@ -1,0 +1,81 @@
+"""The activation loop inside the growth process: the kernel's exactly-once loop over
+:class:`~services.growth.processor.ActivationHandler`, run on a thread of its own."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from services.growth.activation import ActivationConfig
+from services.growth.config import GrowthSettings
+from services.growth.processor import INPUTS, OUTPUTS, SERVICE, ActivationHandler
+from services.kernel.kafka import Consumer
+from services.kernel.lifecycle import Lifecycle
+from services.kernel.processing import ExactlyOnceLoop, exactly_once
+from services.kernel.serde import SchemaRegistry
+from services.kernel.topics import GROWTH_CHANGELOG, USAGE_EVENTS_DLQ, USAGE_EVENTS_ENRICHED, topic
+
+log = logging.getLogger(__name__)
+
+
+class ActivationLoop:
+    def __init__(self, loop: ExactlyOnceLoop, handler: ActivationHandler) -> None:
+        self.loop = loop
+        self.handler = handler
+        self.stop = threading.Event()
+        self.failed: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="growth-activation-loop", daemon=True)
+
+    @classmethod
+    def build(
+        cls, settings: GrowthSettings, config: ActivationConfig, registry: SchemaRegistry, life: Lifecycle
+    ) -> ActivationLoop:
+        prefix = settings.platform.topic_prefix
+        built: ExactlyOnceLoop | None = None
+
+        def consumer() -> Consumer:
+            assert built is not None
+            return built.consumer
+
+        handler = ActivationHandler(
+            kafka=settings.kafka,
+            consumer=consumer,
+            config=config,
+            input_topic=topic(USAGE_EVENTS_ENRICHED, prefix).name,
+            changelog_topic=topic(GROWTH_CHANGELOG, prefix).name,
+        )
+        built = exactly_once(
+            service=SERVICE,
+            kafka=settings.kafka,
+            registry=registry,
+            lifecycle=life,
+            handler=handler,
+            inputs=INPUTS,
+            outputs=OUTPUTS,
+            dead_letters=USAGE_EVENTS_DLQ,
+            group_id=settings.group_id,
+            transactional_id=settings.transactional_id,
+            topic_prefix=prefix,
+            auto_register=settings.auto_register_schemas,
+            transaction_timeout_ms=settings.transaction_timeout_ms,
+            max_batch=settings.max_batch_events,
+            batch_wait=settings.batch_wait_ms / 1000,
+        )
+        runner = cls(built, handler)
+        runner._thread.start()
+        return runner
+
+    def _run(self) -> None:
+        try:
+            self.loop.run(self.stop)
+        except BaseException as exc:  # fenced, or the clients keep breaking: readiness says so
+            self.failed = exc
+            log.error("the activation loop stopped; /readyz reports it", exc_info=exc)
+
+    def ready(self) -> bool:
+        return self.failed is None and self.loop.ready()
+
+    def close(self) -> None:
+        """Before the loop's clients close (pushed after them on the lifecycle, so closed first)."""
+        self.stop.set()
+        self._thread.join(timeout=30)

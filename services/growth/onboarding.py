@@ -1,0 +1,250 @@
+"""The onboarding engine: flows from ``deploy/config/onboarding.yaml`` and the pure choice of the next step.
+
+Conditions are the flag engine's structured conditions (``plg_sdk.flags.compile_condition``: data, never
+``eval``) over a context of the person's and customer's event counts, flag values, intent and plan.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from plg_sdk.flags import Condition, compile_condition
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_ONBOARDING_FILE = REPO / "deploy" / "config" / "onboarding.yaml"
+
+COMPLETED = "completed"  # recorded through POST .../complete
+DONE_IN_PRODUCT = "done_in_product"  # done_when holds: skipped
+HIDDEN = "hidden"  # when does not hold, or another intent
+PENDING = "pending"  # would be shown after the next one
+NEXT = "next"
+
+
+class OnboardingConfigError(ValueError):
+    def __init__(self, errors: list[str], source: str | None = None) -> None:
+        self.errors = errors
+        self.source = source
+        super().__init__(
+            f"invalid onboarding config {source or ''}:\n" + "\n".join(f"  - {e}" for e in errors)
+        )
+
+
+@dataclass(frozen=True)
+class Step:
+    id: str
+    title: str
+    intent: str | None
+    priority: int
+    when: Condition | None
+    done_when: Condition | None
+    order: int
+
+
+@dataclass(frozen=True)
+class Flow:
+    name: str
+    steps: tuple[Step, ...]  # by priority, highest first (ties: listed order)
+
+    def step(self, step_id: str) -> Step | None:
+        return next((s for s in self.steps if s.id == step_id), None)
+
+
+@dataclass(frozen=True)
+class OnboardingConfig:
+    version: int
+    flow_flag: str | None
+    default_flow: str
+    flows: Mapping[str, Flow]
+    #: Event names the conditions count (counts.X / customer_counts.X): the activation loop counts them.
+    person_events: frozenset[str]
+    customer_events: frozenset[str]
+
+    def step_ids(self) -> set[str]:
+        return {s.id for f in self.flows.values() for s in f.steps}
+
+
+def _attributes(spec: Any) -> Iterator[str]:
+    if isinstance(spec, list):
+        for s in spec:
+            yield from _attributes(s)
+    elif isinstance(spec, Mapping):
+        if isinstance(spec.get("attribute"), str):
+            yield spec["attribute"]
+        for k in ("all", "any", "not"):
+            if k in spec:
+                yield from _attributes(spec[k])
+
+
+def onboarding_path(path: Path | None = None) -> Path:
+    return path or Path(os.environ.get("PLG_ONBOARDING_CONFIG", DEFAULT_ONBOARDING_FILE))
+
+
+def load_onboarding(path: Path | None = None) -> OnboardingConfig:
+    source = onboarding_path(path)
+    try:
+        doc = yaml.safe_load(source.read_text())
+    except yaml.YAMLError as exc:
+        raise OnboardingConfigError([f"not valid YAML: {exc}"], str(source)) from None
+    return parse_onboarding(doc, str(source))
+
+
+def parse_onboarding(doc: Any, source: str | None = None) -> OnboardingConfig:
+    """Every error at once (:class:`OnboardingConfigError`)."""
+    errors: list[str] = []
+    if not isinstance(doc, Mapping):
+        raise OnboardingConfigError(["the file must be a mapping with flows"], source)
+    unknown = set(doc) - {"version", "flow_flag", "default_flow", "flows"}
+    if unknown:
+        errors.append(f"unknown keys {sorted(unknown)}")
+    raw_flows = doc.get("flows")
+    if not isinstance(raw_flows, Mapping) or not raw_flows:
+        raise OnboardingConfigError([*errors, "flows: a mapping of flow name -> {steps: [...]}"], source)
+    flows: dict[str, Flow] = {}
+    person_events: set[str] = set()
+    customer_events: set[str] = set()
+    for name, flow in raw_flows.items():
+        at = f"flows.{name}"
+        steps_raw = flow.get("steps") if isinstance(flow, Mapping) else None
+        if not isinstance(steps_raw, list) or not steps_raw:
+            errors.append(f"{at}.steps: a non-empty list of steps")
+            continue
+        steps: list[Step] = []
+        ids: set[str] = set()
+        for i, spec in enumerate(steps_raw):
+            sat = f"{at}.steps[{i}]"
+            if not isinstance(spec, Mapping):
+                errors.append(f"{sat}: a mapping")
+                continue
+            extra = set(spec) - {
+                "id",
+                "title",
+                "intent",
+                "goal",
+                "priority",
+                "when",
+                "done_when",
+                "description",
+            }
+            if extra:
+                errors.append(f"{sat}: unknown keys {sorted(extra)}")
+            step_id = spec.get("id")
+            if not isinstance(step_id, str) or not step_id or len(step_id) > 100:
+                errors.append(f"{sat}.id: a step id (1-100 characters)")
+                continue
+            if step_id in ids:
+                errors.append(f"{sat}.id: {step_id!r} twice in flow {name}")
+            ids.add(step_id)
+            priority = spec.get("priority", 0)
+            if not isinstance(priority, int) or isinstance(priority, bool):
+                errors.append(f"{sat}.priority: a whole number")
+                priority = 0
+            intent = spec.get("intent", spec.get("goal"))
+            if intent is not None and not isinstance(intent, str):
+                errors.append(f"{sat}.intent: a string")
+                intent = None
+            if spec.get("done_when") is None:
+                errors.append(
+                    f"{sat}.done_when: how the product shows the step is done (so it can be skipped)"
+                )
+            conditions: dict[str, Condition | None] = {}
+            for key in ("when", "done_when"):
+                cond = spec.get(key)
+                conditions[key] = None if cond is None else compile_condition(cond, f"{sat}.{key}", errors)
+                for attribute in _attributes(cond):
+                    head, _, rest = attribute.partition(".")
+                    if head == "counts" and rest:
+                        person_events.add(rest)
+                    elif head == "customer_counts" and rest:
+                        customer_events.add(rest)
+            steps.append(
+                Step(
+                    step_id,
+                    str(spec.get("title") or step_id),
+                    intent,
+                    priority,
+                    conditions["when"],
+                    conditions["done_when"],
+                    i,
+                )
+            )
+        steps.sort(key=lambda s: (-s.priority, s.order))
+        flows[str(name)] = Flow(str(name), tuple(steps))
+    default_flow = doc.get("default_flow")
+    if default_flow not in raw_flows:
+        errors.append(
+            f"default_flow: one of the flows ({', '.join(map(str, raw_flows))}), got {default_flow!r}"
+        )
+    flow_flag = doc.get("flow_flag")
+    if flow_flag is not None and not isinstance(flow_flag, str):
+        errors.append("flow_flag: a flag key")
+    if errors:
+        raise OnboardingConfigError(errors, source)
+    return OnboardingConfig(
+        int(doc.get("version", 1)),
+        flow_flag,
+        str(default_flow),
+        flows,
+        frozenset(person_events),
+        frozenset(customer_events),
+    )
+
+
+@dataclass(frozen=True)
+class StepState:
+    step: Step
+    status: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    flow: str
+    next: StepState | None
+    steps: tuple[StepState, ...]
+
+    @property
+    def why(self) -> str:
+        if self.next is not None:
+            return self.next.why
+        done = sum(s.status in (COMPLETED, DONE_IN_PRODUCT) for s in self.steps)
+        return f"no step to show: {done} of {len(self.steps)} done, the others hidden by their conditions"
+
+
+def recommend(
+    config: OnboardingConfig,
+    flow_name: str,
+    context: Mapping[str, Any],
+    completed: Sequence[str],
+) -> Recommendation:
+    """The next step of ``flow_name`` for ``context`` (see deploy/config/onboarding.yaml), with every
+    step's status and why."""
+    flow = config.flows.get(flow_name) or config.flows[config.default_flow]
+    done = set(completed)
+    intent = context.get("intent")
+    states: list[StepState] = []
+    chosen: StepState | None = None
+    for step in flow.steps:
+        if step.id in done:
+            states.append(StepState(step, COMPLETED, "completed"))
+        elif step.done_when is not None and step.done_when(context):
+            states.append(StepState(step, DONE_IN_PRODUCT, "already done in the product (done_when holds)"))
+        elif intent and step.intent and step.intent != intent:
+            states.append(StepState(step, HIDDEN, f"for intent {step.intent!r}, the person's is {intent!r}"))
+        elif step.when is not None and not step.when(context):
+            states.append(StepState(step, HIDDEN, "its condition does not hold"))
+        elif chosen is None:
+            chosen = StepState(
+                step,
+                NEXT,
+                f"highest priority ({step.priority}) step of flow {flow.name!r} not done yet"
+                + (" whose condition holds" if step.when is not None else ""),
+            )
+            states.append(chosen)
+        else:
+            states.append(StepState(step, PENDING, "after the next one"))
+    return Recommendation(flow.name, chosen, tuple(states))

@@ -1,0 +1,219 @@
+"""Activation on the kernel's exactly-once loop: ``usage-events-enriched`` in; ``activation-events``, the
+``activation_threshold_crossed`` telemetry event (``usage-events``) and the state changelog out, all in the
+batch's transaction — so a crossing is written exactly once, also across crashes and restarts.
+
+State (:class:`~services.growth.activation.Tracker`, one per input partition) lives in memory and is
+rebuilt on assignment from the compacted changelog ``growth-activation-changelog`` (co-partitioned with the
+input), read ``read_committed`` after the group's committed offsets are known stable, until the
+partition's checkpoint (the input offset committed with the state) has reached them — the metering
+aggregator's restore protocol, whose changelog reader this reuses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from services.growth.activation import (
+    ActivationConfig,
+    Tracker,
+    activation_record,
+    fired_key,
+)
+from services.growth.telemetry import stable_event_id, usage_event
+from services.kernel import metrics
+from services.kernel.kafka import Consumer, TopicPartition
+from services.kernel.processing import Batch, Emit, RetryBatch, StreamHandler
+from services.kernel.settings import KafkaSettings
+from services.kernel.topics import ACTIVATION_EVENTS, GROWTH_CHANGELOG, USAGE_EVENTS, USAGE_EVENTS_ENRICHED
+
+# The metering aggregator's changelog reader and checkpoint rule, reused as they are (they belong in the
+# kernel's processing package; see the report of issue 11).
+from services.metering_aggregator.changelog import changelog_behind
+from services.metering_aggregator.processor import read_changelog
+
+log = logging.getLogger(__name__)
+
+SERVICE = "growth-activation"
+INPUTS = (USAGE_EVENTS_ENRICHED,)
+OUTPUTS = (ACTIVATION_EVENTS, USAGE_EVENTS, GROWTH_CHANGELOG)
+CHECKPOINT_KEY = b"__checkpoint__"
+TELEMETRY_EVENT = "activation_threshold_crossed"
+
+CROSSINGS = metrics.counter(
+    "plg_growth_activation_crossings",
+    "Activation thresholds crossed, by threshold and scope.",
+    ("threshold", "scope"),
+)
+COUNTED = metrics.counter(
+    "plg_growth_activation_events", "Enriched events the activation loop read, by outcome.", ("outcome",)
+)
+
+
+def encode(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+class ActivationHandler(StreamHandler):
+    def __init__(
+        self,
+        *,
+        kafka: KafkaSettings,
+        consumer: Callable[[], Consumer],
+        config: ActivationConfig,
+        input_topic: str,
+        changelog_topic: str,
+        checkpoint_wait: float = 30.0,
+    ) -> None:
+        self.kafka = kafka
+        self.consumer = consumer
+        self.config = config
+        self.input_topic = input_topic
+        self.changelog_topic = changelog_topic
+        self.checkpoint_wait = checkpoint_wait
+        self.trackers: dict[int, Tracker] = {}
+        self._changed = False
+        self._pending: list[tuple[str, str]] = []
+        self._outcomes: dict[str, int] = {}
+
+    # -- state hooks --------------------------------------------------------------------------------------
+
+    def assigned(self, partitions: Sequence[TopicPartition]) -> None:
+        mine = [tp.partition for tp in partitions if tp.topic == self.input_topic]
+        if mine:
+            self.trackers.update(self._restore(mine))
+
+    def revoked(self, partitions: Sequence[TopicPartition]) -> None:
+        for tp in partitions:
+            if tp.topic == self.input_topic:
+                self.trackers.pop(tp.partition, None)
+
+    def rollback(self, assigned: Sequence[TopicPartition]) -> None:
+        partitions = sorted(tp.partition for tp in assigned if tp.topic == self.input_topic)
+        rebuild = partitions if self._changed else [p for p in partitions if p not in self.trackers]
+        if rebuild:
+            self.trackers.update(self._restore(rebuild))
+        self._changed = False
+        self._pending.clear()
+        self._outcomes.clear()
+
+    def committed(self, positions: Sequence[TopicPartition]) -> None:
+        self._changed = False
+        for threshold, scope in self._pending:
+            CROSSINGS.labels(threshold, scope).inc()
+        self._pending.clear()
+        for outcome, n in self._outcomes.items():
+            COUNTED.labels(outcome).inc(n)
+        self._outcomes.clear()
+
+    def _restore(self, partitions: list[int]) -> dict[int, Tracker]:
+        started = time.monotonic()
+        committed = {
+            tp.partition: tp.offset
+            for tp in self.consumer().committed(
+                [TopicPartition(self.input_topic, p) for p in partitions], timeout=60
+            )
+        }
+        trackers: dict[int, Tracker] = {}
+        pending = list(partitions)
+        while True:
+            latest = read_changelog(self.kafka, self.changelog_topic, pending)
+            behind = []
+            for p in pending:
+                state: dict[str, dict[str, Any]] = {}
+                checkpoint = None
+                for key, raw in latest[p].items():
+                    if raw is None:
+                        continue
+                    if key == CHECKPOINT_KEY:
+                        checkpoint = int(json.loads(raw)["offset"])
+                    else:
+                        state[key.decode()] = json.loads(raw)
+                if changelog_behind(checkpoint, committed.get(p, -1)) and (
+                    time.monotonic() - started < self.checkpoint_wait
+                ):
+                    behind.append(p)
+                else:
+                    trackers[p] = Tracker(self.config, state)
+            if not behind:
+                break
+            pending = behind
+            time.sleep(0.1)
+        log.info(
+            "activation state restored",
+            extra={
+                "partitions": partitions,
+                "keys": sum(len(t.state) for t in trackers.values()),
+                "seconds": round(time.monotonic() - started, 3),
+            },
+        )
+        return trackers
+
+    # -- a batch ------------------------------------------------------------------------------------------
+
+    def process(self, batch: Batch, out: Emit) -> None:
+        missing = {m.partition for m in batch} - self.trackers.keys()
+        if missing:
+            raise RetryBatch(f"partitions {missing} have no restored state")
+        now_ms = out.now_ms
+        outcomes = self._outcomes
+        touched: set[int] = set()
+        for message in batch:
+            event: dict[str, Any] = message.value  # type: ignore[assignment]
+            if event.get("merge") is not None:  # a $person_merged record: history is not re-attributed
+                outcomes["merge"] = outcomes.get("merge", 0) + 1
+                continue
+            tracker = self.trackers[message.partition]
+            self._changed = True
+            crossings = tracker.apply(event)
+            if tracker.dirty:
+                touched.add(message.partition)
+                outcomes["counted"] = outcomes.get("counted", 0) + 1
+            else:
+                outcomes["ignored"] = outcomes.get("ignored", 0) + 1
+            for c in crossings:
+                record = activation_record(c, now_ms)
+                out.send(ACTIVATION_EVENTS, record, key=c.customer)
+                out.send(USAGE_EVENTS, crossing_telemetry(record, now_ms), key=c.customer)
+                tracker.state[fired_key(c.scope, c.customer, c.person or "", c.threshold.name)]["record"] = (
+                    record
+                )
+                self._pending.append((c.threshold.name, c.scope))
+        for partition in touched:
+            for key, value in self.trackers[partition].take_dirty():
+                out.send_raw(GROWTH_CHANGELOG, encode(value), key.encode(), partition=partition)
+
+    def prepare_commit(self, positions: Sequence[TopicPartition], out: Emit) -> list[TopicPartition]:
+        """Each partition's checkpoint is the input offset this transaction commits for it."""
+        offsets = []
+        for tp in positions:
+            if tp.topic != self.input_topic or tp.offset < 0 or tp.partition not in self.trackers:
+                continue
+            offsets.append(tp)
+            out.send_raw(
+                GROWTH_CHANGELOG, encode({"offset": tp.offset}), CHECKPOINT_KEY, partition=tp.partition
+            )
+        return offsets
+
+
+def crossing_telemetry(record: dict[str, Any], now_ms: int) -> dict[str, Any]:
+    """The ``activation_threshold_crossed`` telemetry event (the seeds' name) of an activation record."""
+    return usage_event(
+        event_id=stable_event_id("activation", record["event_id"]),
+        customer_id=record["customer_id"],
+        name=TELEMETRY_EVENT,
+        properties={
+            "threshold": record["threshold"],
+            "event": record["event"],
+            "count": record["count"],
+            "required": record["required"],
+            "scope": record["scope"],
+            "north_star": record["north_star"],
+            "prompt": record["prompt"],
+        },
+        user_id=record["person_id"],
+        now_ms=now_ms,
+    )

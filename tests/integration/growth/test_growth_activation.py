@@ -1,0 +1,123 @@
+"""Activation on the real stack: enriched events cross thresholds and produce exactly one activation
+event per subject and threshold — also across a restart — with the telemetry event and the SSE push."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from services.kernel.topics import ACTIVATION_EVENTS, USAGE_EVENTS, topic
+from tests.integration.growth.conftest import EnrichedProducer, GrowthFactory, SseReader, wait_for
+from tests.integration.ingest.conftest import read_topic
+
+DAY_MS = 86_400_000
+
+
+def activation_events(growth, prefix: str, expected: int, customer: str) -> list[dict]:
+    s = growth.settings
+    name = topic(ACTIVATION_EVENTS, prefix).name
+    records = read_topic(s.kafka.bootstrap_servers, s.registry.url, name, expected, settle=2.0)
+    return [r.value() for r in records if r.value()["customer_id"] == customer]
+
+
+def test_a_threshold_crossed_produces_one_event_each_also_after_a_restart(
+    start_growth: GrowthFactory, enriched: EnrichedProducer, provisioned
+) -> None:
+    customer, person = f"cust-{uuid.uuid4().hex[:8]}", "user-1"
+    growth = start_growth(instance_id="activation-test")
+    status_url = f"/v1/activation/{customer}/{person}"
+    reader = SseReader(f"{growth.url}{status_url}/stream")
+    try:
+        with growth.client() as client:
+            wait_for(lambda: client.get("/readyz").status_code == 200, what="readiness")
+            enriched.send(customer, person, "project_created", count=2)
+            enriched.send(customer, "user-2", "team_invite_sent")  # 1 of 2
+            wait_for(lambda: client.get(status_url).json()["person"][0]["count"] == 2, what="2 counted")
+            assert not client.get(status_url).json()["show_upgrade_prompt"]
+            enriched.send(customer, person, "project_created")  # the third: person and customer cross
+            prompt, _ = reader.next("show-upgrade-prompt", timeout=20)
+            assert (prompt["threshold"], prompt["customer_id"]) == ("project_created", customer)
+            status = wait_for(lambda: (b := client.get(status_url).json())["person"][0]["crossed"] and b)
+            assert status["person"][0]["count"] == 3
+            assert status["customer"][0]["crossed"]
+            enriched.send(customer, person, "project_created", count=2)  # beyond it: nothing new
+        events = activation_events(growth, provisioned.prefix, 2, customer)
+        assert sorted((e["scope"], e["threshold"], e["person_id"]) for e in events) == [
+            ("customer", "project_created", None),
+            ("person", "project_created", person),
+        ]
+        assert all(
+            e["count"] == 3 and e["required"] == 3 and e["prompt"] == "show-upgrade-prompt" for e in events
+        )
+    finally:
+        reader.close()
+        growth.stop()
+
+    # A new process restores the counts and what fired from the changelog: more events cross nothing again,
+    # and the customer's team invites keep counting from where they were.
+    growth = start_growth(instance_id="activation-test")
+    with growth.client() as client:
+        enriched.send(customer, person, "project_created")
+        enriched.send(customer, "user-3", "team_invite_sent")  # the customer's second: it crosses now
+        wait_for(
+            lambda: client.get(status_url).json()["person"][0]["count"] == 6,
+            what="counts restored and continued",
+        )
+    events = activation_events(growth, provisioned.prefix, 3, customer)
+    assert sorted((e["scope"], e["threshold"]) for e in events) == [
+        ("customer", "project_created"),
+        ("customer", "team_invites"),
+        ("person", "project_created"),
+    ]
+    s = growth.settings
+    usage = read_topic(
+        s.kafka.bootstrap_servers, s.registry.url, topic(USAGE_EVENTS, provisioned.prefix).name, 3
+    )
+    telemetry = [r.value() for r in usage if r.value()["customer_id"] == customer]
+    assert sorted(
+        t["properties"]["threshold"] for t in telemetry if t["name"] == "activation_threshold_crossed"
+    ) == [
+        "project_created",
+        "project_created",
+        "team_invites",
+    ]
+
+
+def test_only_the_configured_plans_cross_and_windows_count_recent_days(
+    growth, enriched: EnrichedProducer, provisioned
+) -> None:
+    paying, windowed = f"cust-{uuid.uuid4().hex[:8]}", f"cust-{uuid.uuid4().hex[:8]}"
+    now = int(time.time() * 1000)
+    with growth.client() as client:
+        wait_for(lambda: client.get("/readyz").status_code == 200, what="readiness")
+        enriched.send(paying, "p", "project_created", plan="pro", count=3)  # counted, never crossed
+        # The North Star: 10 core actions in 30 days. 9 of them 40 days ago do not help today's one.
+        enriched.send(windowed, "w", "core_action_completed", timestamp_ms=now - 40 * DAY_MS, count=9)
+        enriched.send(windowed, "w", "core_action_completed", timestamp_ms=now)
+        north = wait_for(
+            lambda: next(
+                (
+                    t
+                    for t in client.get(f"/v1/activation/{windowed}/w").json()["person"]
+                    if t["north_star"] and t["count"]
+                ),
+                None,
+            ),
+            what="north star counted",
+        )
+        assert (north["count"], north["crossed"], north["window_days"]) == (1, False, 30)
+        enriched.send(windowed, "w", "core_action_completed", timestamp_ms=now - 29 * DAY_MS, count=9)
+        wait_for(
+            lambda: any(
+                t["north_star"] and t["crossed"]
+                for t in client.get(f"/v1/activation/{windowed}/w").json()["person"]
+            ),
+            what="north star crossed",
+        )
+        pro = client.get(f"/v1/activation/{paying}/p").json()
+        assert pro["person"][0]["count"] == 3
+        assert not pro["person"][0]["crossed"]
+    assert activation_events(growth, provisioned.prefix, 2, paying) == []
+    crossed = activation_events(growth, provisioned.prefix, 2, windowed)
+    assert sorted(e["scope"] for e in crossed) == ["customer", "person"]
+    assert all(e["north_star"] and e["window_days"] == 30 for e in crossed)
