@@ -88,6 +88,7 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
                 report_granularity=settings.report_granularity,
                 reportable_meters=event_names,
                 settle_ms=int(settings.settle_seconds * 1000),
+                correction_interval=settings.correction_interval_seconds,
             )
             state.update(pool=pool, gateway=gateway, ledger=ledger)
             loop: AtLeastOnceLoop = at_least_once(
@@ -117,6 +118,7 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
                 SenderOptions(
                     requests_per_second=settings.requests_per_second,
                     batch_size=settings.send_batch,
+                    lease_seconds=settings.lease_seconds,
                     backoff_base=settings.backoff_base_seconds,
                     backoff_cap=settings.backoff_cap_seconds,
                     failure_threshold=settings.breaker_failures,
@@ -167,7 +169,12 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
     async def upcoming_invoice(customer_id: str) -> Response:
         """The running invoice of the customer's current period, from the usage consumed so far."""
         found = await run_in_threadpool(
-            accounts.upcoming_invoice, state["pool"], config, customer_id, int(time.time() * 1000)
+            accounts.upcoming_invoice,
+            state["pool"],
+            state["ledger"].ledger,
+            config,
+            customer_id,
+            int(time.time() * 1000),
         )
         if found is None:
             return error(404, "customer_not_found", f"customer {customer_id!r} does not exist")
