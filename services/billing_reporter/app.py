@@ -13,7 +13,6 @@ Routes: ``GET /v1/invoices/{customer}/upcoming``, ``POST /v1/checkout/{customer}
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -43,6 +42,7 @@ from services.kernel.ops import ops_routes
 from services.kernel.processing import AtLeastOnceLoop, at_least_once
 from services.kernel.serde import SchemaRegistry
 from services.kernel.topics import USAGE_AGGREGATES
+from services.kernel.workers import Workers
 from services.plans.loader import load_config
 from services.plans.model import Aggregation, PlansConfig
 
@@ -77,36 +77,6 @@ def _sync_meters(gateway: StripeGateway, pool: ConnectionPool, event_names: dict
         log.info("Stripe meters", extra={"meters": {s.meter: s.action for s in synced}})
     except stripe.StripeError as exc:
         log.warning("could not sync Stripe meters at start: %s", exc.user_message or type(exc).__name__)
-
-
-class Workers:
-    """The two background threads and their stop event, closed in reverse of start by the lifecycle."""
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.threads: dict[str, threading.Thread] = {}
-        self.errors: dict[str, BaseException] = {}
-
-    def start(self, name: str, target: Callable[[threading.Event], None]) -> None:
-        def run() -> None:
-            try:
-                target(self.stop)
-            except BaseException as exc:  # a dead worker shows in /readyz, with its reason logged
-                self.errors[name] = exc
-                log.exception("%s stopped", name)
-
-        thread = threading.Thread(target=run, name=name, daemon=True)
-        self.threads[name] = thread
-        thread.start()
-
-    def alive(self, name: str) -> bool:
-        thread = self.threads.get(name)
-        return thread is not None and thread.is_alive()
-
-    def close(self) -> None:
-        self.stop.set()
-        for thread in reversed(list(self.threads.values())):
-            thread.join(timeout=30)
 
 
 def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> FastAPI:
