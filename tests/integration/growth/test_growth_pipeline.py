@@ -9,13 +9,7 @@ import uuid
 from services.kernel.topics import ACTIVATION_EVENTS, topic
 from tests.integration.enrichment.harness import EnrichmentWorld
 from tests.integration.growth.conftest import GrowthFactory, wait_for
-from tests.integration.ingest.conftest import (  # the ingest fixtures, shared
-    RunningIngest,
-    new_tenant,  # noqa: F401
-    read_topic,
-    start_ingest,  # noqa: F401
-    tenant,  # noqa: F401
-)
+from tests.integration.ingest.conftest import RunningIngest, Tenant, read_topic
 
 
 def test_events_through_ingest_cross_a_threshold_once(
@@ -24,7 +18,7 @@ def test_events_through_ingest_cross_a_threshold_once(
     registry_settings,
     database_settings,
     start_ingest,
-    tenant,
+    tenant: Tenant,
     start_growth: GrowthFactory,
 ) -> None:
     world = EnrichmentWorld(provisioned.prefix, kafka_settings, registry_settings, database_settings)
