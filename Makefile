@@ -105,6 +105,10 @@ bench-metering: install ## Aggregator events/s with exactly-once vs raw consume+
 run-enrichment: install ## Run only the enrichment service (ops :8093) in the foreground, against `make up`'s stack
 	$(PY) -m services.enrichment
 
+.PHONY: run-health
+run-health: install ## Run only the health-score service and CS dashboard (:8084) in the foreground, against `make up`'s stack
+	$(PY) -m services.health_score
+
 .PHONY: bench-enrichment
 bench-enrichment: install ## Enrichment events/s (exactly-once) vs raw consume+decode+encode+produce; p99 added latency at 5k/s
 	$(PY) -m bench.enrichment

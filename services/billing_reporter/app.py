@@ -13,7 +13,6 @@ Routes: ``GET /v1/invoices/{customer}/upcoming``, ``POST /v1/checkout/{customer}
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -40,6 +39,7 @@ from services.kernel.ops import ops_routes
 from services.kernel.processing import AtLeastOnceLoop, at_least_once
 from services.kernel.serde import SchemaRegistry
 from services.kernel.topics import USAGE_AGGREGATES
+from services.kernel.workers import Workers
 from services.plans.loader import load_config
 from services.plans.model import Aggregation, PlansConfig
 
@@ -65,36 +65,6 @@ def error(status: int, code: str, message: str, headers: dict[str, str] | None =
     )
 
 
-class Workers:
-    """The two background threads and their stop event, closed in reverse of start by the lifecycle."""
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.threads: dict[str, threading.Thread] = {}
-        self.errors: dict[str, BaseException] = {}
-
-    def start(self, name: str, target: Callable[[threading.Event], None]) -> None:
-        def run() -> None:
-            try:
-                target(self.stop)
-            except BaseException as exc:  # a dead worker shows in /readyz, with its reason logged
-                self.errors[name] = exc
-                log.exception("%s stopped", name)
-
-        thread = threading.Thread(target=run, name=name, daemon=True)
-        self.threads[name] = thread
-        thread.start()
-
-    def alive(self, name: str) -> bool:
-        thread = self.threads.get(name)
-        return thread is not None and thread.is_alive()
-
-    def close(self) -> None:
-        self.stop.set()
-        for thread in reversed(list(self.threads.values())):
-            thread.join(timeout=30)
-
-
 def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> FastAPI:
     config = load_config(settings.config_path)
     life = lifecycle or Lifecycle(SERVICE)
@@ -118,6 +88,7 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
                 report_granularity=settings.report_granularity,
                 reportable_meters=event_names,
                 settle_ms=int(settings.settle_seconds * 1000),
+                correction_interval=settings.correction_interval_seconds,
             )
             state.update(pool=pool, gateway=gateway, ledger=ledger)
             loop: AtLeastOnceLoop = at_least_once(
@@ -147,6 +118,7 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
                 SenderOptions(
                     requests_per_second=settings.requests_per_second,
                     batch_size=settings.send_batch,
+                    lease_seconds=settings.lease_seconds,
                     backoff_base=settings.backoff_base_seconds,
                     backoff_cap=settings.backoff_cap_seconds,
                     failure_threshold=settings.breaker_failures,
@@ -197,7 +169,12 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
     async def upcoming_invoice(customer_id: str) -> Response:
         """The running invoice of the customer's current period, from the usage consumed so far."""
         found = await run_in_threadpool(
-            accounts.upcoming_invoice, state["pool"], config, customer_id, int(time.time() * 1000)
+            accounts.upcoming_invoice,
+            state["pool"],
+            state["ledger"].ledger,
+            config,
+            customer_id,
+            int(time.time() * 1000),
         )
         if found is None:
             return error(404, "customer_not_found", f"customer {customer_id!r} does not exist")

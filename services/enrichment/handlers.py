@@ -51,6 +51,12 @@ def merge_link_key(customer_id: str, merged_id: str, survivor_id: str) -> str:
     return f"{customer_id}|merge|{merged_id}|{survivor_id}"
 
 
+def _rename_path(violation: Violation, renamed: Mapping[str, str]) -> Violation:
+    key = violation.path.removeprefix("properties.")
+    new = renamed.get(key)
+    return violation if new is None else violation._replace(path=f"properties.{new}")
+
+
 class Enricher:
     """Everything the hot path needs, compiled once."""
 
@@ -85,7 +91,10 @@ class Enricher:
             return Rejected(violations[0].code, describe(violations), tuple(violations))
         properties = checked.properties
         scrubber = self.scrubber
-        scrubbed = scrubber.scrub_properties(properties, self.plan.pii_properties(name))
+        scrubbed, renamed = scrubber.scrub_properties(properties, self.plan.pii_properties(name))
+        if renamed and violations:
+            # A key that held PII is renamed on the record; the paths naming it must not keep the raw key.
+            violations = [_rename_path(v, renamed) for v in violations]
 
         customer_id: str = event["customer_id"]
         user_id = event.get("user_id")
@@ -130,7 +139,13 @@ class Enricher:
         }
 
     def apply_link(
-        self, link: Mapping[str, Any] | None, key: bytes | None, tenant: TenantContext | None, now_ms: int
+        self,
+        link: Mapping[str, Any] | None,
+        key: bytes | None,
+        tenant: TenantContext | None,
+        now_ms: int,
+        *,
+        announce: bool = True,
     ) -> dict[str, Any] | None:
         """Apply one identity-links record to the graph. A merge also returns its ``$person_merged``
         record for the enriched topic; an identify returns None (its ``$identify`` event travels on
@@ -148,6 +163,8 @@ class Enricher:
             return None
         merged_id, survivor_id = link["anonymous_id"], link["user_id"]
         outcome = graph.merge(customer_id, merged_id, survivor_id)
+        if not announce:
+            return None
         scrub = self.scrubber.scrub_id
         person_id = scrub(outcome.person_id)[0] or ""
         return {

@@ -159,11 +159,23 @@ class Scrubber:
         digits = str(value)
         return len(digits) <= 19 and luhn_ok(digits)
 
-    def scrub_properties(self, properties: dict[str, Any], pii: frozenset[str]) -> list[str]:
-        """Scrub ``properties`` in place; returns the keys scrubbed, in order."""
+    def scrub_properties(
+        self, properties: dict[str, Any], pii: frozenset[str]
+    ) -> tuple[list[str], dict[str, str] | None]:
+        """Scrub ``properties`` in place. Returns the keys scrubbed, in order, and — only when some key
+        itself held PII (``{"invited:bob@x.io": true}``) — how those keys were renamed (raw → pseudonymised,
+        so the caller can fix paths that name them). A key is always listed by its scrubbed name."""
         scrubbed: list[str] = []
+        renames: dict[str, str] | None = None
         drop = self.action is PiiAction.DROP
+        clean = self._clean
         for key, value in properties.items():
+            if key not in clean:
+                replaced_key = self._scan_string(key)
+                if replaced_key is not None:
+                    if renames is None:
+                        renames = {}
+                    renames[key] = replaced_key
             if value is None:
                 continue
             if key in pii:
@@ -185,7 +197,15 @@ class Scrubber:
         if drop:
             for key in scrubbed:
                 del properties[key]
-        return scrubbed
+        if renames:
+            for old, new in renames.items():
+                if drop:
+                    properties.pop(old, None)
+                elif old in properties:
+                    properties[new] = properties.pop(old)
+            scrubbed = [renames.get(k, k) for k in scrubbed]
+            scrubbed.extend(new for old, new in renames.items() if new not in scrubbed)
+        return scrubbed, renames
 
     def scrub_id(self, value: str | None) -> tuple[str | None, bool]:
         """An id field (user_id, anonymous_id, session_id, person_id): pseudonymised whole — or dropped —

@@ -171,6 +171,6 @@ def apply_identity(enricher: Enricher) -> Callable[[Message], None]:
     graph."""
 
     def apply(message: Message) -> None:
-        enricher.apply_link(message.value, message.key, None, 0)
+        enricher.apply_link(message.value, message.key, None, 0, announce=False)
 
     return apply

@@ -175,7 +175,7 @@ class CompiledPlan:
                     Violation(
                         UNSUPPORTED_SCHEMA_VERSION,
                         f"properties.{version_property}",
-                        f"version {str(raw_version)[:40]!r} is not one of {sorted(event.accepted)}",
+                        f"not one of the accepted versions {sorted(event.accepted)}",
                     )
                 )
                 version = event.current_version
@@ -211,18 +211,17 @@ class CompiledPlan:
                 )
                 continue
             if spec.enum is not None and value not in spec.enum:
+                # Never a value in a message: it may be PII (the properties are scrubbed, not the messages).
                 violations.append(
-                    Violation(
-                        ENUM_MISMATCH, f"properties.{key}", f"{str(value)[:60]!r} is not an allowed value"
-                    )
+                    Violation(ENUM_MISMATCH, f"properties.{key}", "not one of the allowed values")
                 )
             if spec.min is not None and value < spec.min:
                 violations.append(
-                    Violation(OUT_OF_RANGE, f"properties.{key}", f"{value} is below {spec.min}")
+                    Violation(OUT_OF_RANGE, f"properties.{key}", f"below the minimum {spec.min}")
                 )
             elif spec.max is not None and value > spec.max:
                 violations.append(
-                    Violation(OUT_OF_RANGE, f"properties.{key}", f"{value} is above {spec.max}")
+                    Violation(OUT_OF_RANGE, f"properties.{key}", f"above the maximum {spec.max}")
                 )
         if event.required:
             missing = [k for k in event.required if props.get(k) is None]

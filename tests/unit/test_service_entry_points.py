@@ -21,13 +21,15 @@ from services.devstack.config import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
-SECRETS = ("kafka-sasl-pw-1", "db-pw-2", "registry-token-3", "admin-token-4")
+SECRETS = ("kafka-sasl-pw-1", "db-pw-2", "registry-token-3", "admin-token-4", "pii-key-5")
 MODULES = (
     "services.ingest",
     "services.schema_registry",
     "services.metering_aggregator",
     "services.entitlements",
     "services.growth",
+    "services.enrichment",
+    "services.health_score",
 )
 
 
@@ -47,10 +49,11 @@ def _env() -> dict[str, str]:
             "SCHEMA_REGISTRY_ADMIN_TOKEN": SECRETS[2],
             "REGISTRY_ADMIN_TOKEN": SECRETS[3],
             "GROWTH_ADMIN_TOKEN": SECRETS[3],
+            "ENRICHMENT_PII_KEY": SECRETS[4],
             "PLG_LOG_FORMAT": "json",
         }
     )
-    for prefix in ("INGEST_", "REGISTRY_", "METERING_", "ENTITLEMENTS_", "GROWTH_"):
+    for prefix in ("INGEST_", "REGISTRY_", "METERING_", "ENTITLEMENTS_", "GROWTH_", "ENRICHMENT_", "HEALTH_"):
         env[f"{prefix}PORT"] = str(free_port())
     return env
 

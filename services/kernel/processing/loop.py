@@ -131,6 +131,11 @@ class LoopBase:
         """Started, and not restoring state (the ops server's readiness check)."""
         return self.running and not self.restoring
 
+    @property
+    def readiness(self) -> dict[str, Callable[[], bool]]:
+        """What ``run_service`` serves on ``/readyz`` when a service's ``build`` returns the loop itself."""
+        return {self.service: self.ready}
+
     def start(self) -> None:
         raise NotImplementedError
 

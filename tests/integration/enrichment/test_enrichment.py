@@ -25,6 +25,8 @@ def test_planted_pii_never_appears_in_the_enriched_topic_bytes(world):
     events = [
         event(customer, "signup_completed", plan="pro", **PLANTED),
         event(customer, "unplanned_thing", contact="JANE.DOE@example.org", ip="2001:db8::7334"),
+        # In a key, and as a value that violates the plan (violation messages must not quote it).
+        event(customer, "signup_completed", plan="jane.doe@example.org", **{"to:jane.doe@example.org": True}),
         event(customer, "core_action_completed", user_id="jane.doe@example.org", card=4111111111111111),
     ]
     world.send(events)
@@ -44,10 +46,10 @@ def test_planted_pii_never_appears_in_the_enriched_topic_bytes(world):
     first = got[events[0]["event_id"]]
     assert set(first["scrubbed_properties"]) == {"email", "note", "source", "referral_code"}
     assert first["properties"]["note"].startswith("call me at pii:")
-    third = got[events[2]["event_id"]]
-    assert "$user_id" in third["scrubbed_properties"]
+    with_user = got[events[3]["event_id"]]
+    assert "$user_id" in with_user["scrubbed_properties"]
     # Pseudonyms join: the same address gives the same value wherever it was.
-    assert third["user_id"] == third["person_id"] == first["properties"]["email"]
+    assert with_user["user_id"] == with_user["person_id"] == first["properties"]["email"]
     assert not running.errors
 
 

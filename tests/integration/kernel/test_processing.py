@@ -4,14 +4,20 @@ poison records, restarts, and the at-least-once loop with offsets kept beside th
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
+from services.devstack.config import free_port
 from services.kernel.errors import KafkaFatalError
 from services.kernel.kafka import Consumer, Producer
 from services.kernel.lifecycle import Lifecycle
@@ -26,10 +32,11 @@ from services.kernel.processing import (
     at_least_once,
     exactly_once,
 )
+from services.kernel.processing.example import ApiCallsSettings
 from services.kernel.processing.example import build as build_example
 from services.kernel.provision import admin_client, provision_all
 from services.kernel.serde import SchemaRegistry
-from services.kernel.settings import DatabaseSettings, KafkaSettings, SchemaRegistrySettings
+from services.kernel.settings import DatabaseSettings, KafkaSettings, PlatformSettings, SchemaRegistrySettings
 from services.kernel.topics import _REGISTRY, USAGE_EVENTS, USAGE_EVENTS_DLQ, TopicSpec, topic
 from tests.integration.kernel.helpers import wait_for
 
@@ -65,6 +72,17 @@ def usage_event(customer: str, name: str = "api_call_made", **properties: str) -
         "session_id": None,
         "ingest": None,
     }
+
+
+def example_settings(
+    events: Events, kafka: KafkaSettings, registry: SchemaRegistrySettings
+) -> ApiCallsSettings:
+    return ApiCallsSettings(
+        kafka=kafka,
+        registry=registry,
+        platform=PlatformSettings(topic_prefix=events.prefix),
+        output=EXAMPLE_OUTPUT,
+    )
 
 
 class Events:
@@ -146,14 +164,13 @@ def running(
 def test_the_documented_example_keeps_api_calls_exactly_once_and_dead_letters_the_rest(
     events: Events, kafka_settings: KafkaSettings, registry_settings: SchemaRegistrySettings
 ) -> None:
-    registry = SchemaRegistry(registry_settings)
     calls = [usage_event("acme") for _ in range(40)]
     others = [usage_event("acme", "page_viewed") for _ in range(10)]
     nobody = usage_event("", "api_call_made")
     events.send(calls[:20] + others + [nobody], raw=[b"\x00\x00\x00\x00\x01garbage"])
 
     def make(life: Lifecycle) -> ExactlyOnceLoop:
-        return build_example(kafka_settings, registry, life, EXAMPLE_OUTPUT, prefix=events.prefix)
+        return build_example(example_settings(events, kafka_settings, registry_settings), life)
 
     with running(make):
         out = events.read(EXAMPLE_OUTPUT, 20)
@@ -165,7 +182,6 @@ def test_the_documented_example_keeps_api_calls_exactly_once_and_dead_letters_th
     letters = events.read(USAGE_EVENTS_DLQ, 2)
     assert sorted(letter["error_code"] for letter in letters) == ["invalid_event", "undecodable"]
     assert all(len(letter["error_message"]) < 300 for letter in letters)
-    registry.close()
 
 
 class FailsOn(StreamHandler):
@@ -304,11 +320,10 @@ def test_the_at_least_once_loop_applies_each_record_once_when_the_sink_stores_it
 def test_a_zombie_with_the_same_transactional_id_is_fenced_and_nothing_is_written_twice(
     events: Events, kafka_settings: KafkaSettings, registry_settings: SchemaRegistrySettings
 ) -> None:
-    registry = SchemaRegistry(registry_settings)
     calls = [usage_event(f"c{i % 7}") for i in range(60)]
 
     def make(life: Lifecycle) -> ExactlyOnceLoop:
-        return build_example(kafka_settings, registry, life, EXAMPLE_OUTPUT, prefix=events.prefix)
+        return build_example(example_settings(events, kafka_settings, registry_settings), life)
 
     zombie_life = Lifecycle("zombie")
     zombie = make(zombie_life)
@@ -338,4 +353,47 @@ def test_a_zombie_with_the_same_transactional_id_is_fenced_and_nothing_is_writte
     assert outcome, "the zombie never stopped"
     assert isinstance(outcome[0], KafkaFatalError), outcome
     assert sorted(e["event_id"] for e in out) == sorted(e["event_id"] for e in calls)
-    registry.close()
+
+
+def test_the_example_runs_as_a_service_process_and_stops_cleanly_on_sigterm(
+    events: Events, stack: Any
+) -> None:
+    """``python -m services.kernel.processing.example``: run_service, ops endpoints, SIGTERM → exit 0."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
+        "SCHEMA_REGISTRY_URL": stack.registry_url,
+        "DATABASE_URL": stack.database_url,
+        "PLG_TOPIC_PREFIX": events.prefix,
+        "PLG_LOG_FORMAT": "text",
+        "API_CALLS_PORT": str(port),
+        "API_CALLS_OUTPUT": EXAMPLE_OUTPUT,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.kernel.processing.example"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout=60)
+        calls = [usage_event("acme") for _ in range(5)]
+        events.send(calls)
+        out = events.read(EXAMPLE_OUTPUT, 5)
+        assert sorted(e["event_id"] for e in out) == sorted(e["event_id"] for e in calls)
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert 'plg_stream_transactions_total{result="committed",service="api-calls"}' in metrics
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -167,3 +167,19 @@ def test_per_event_cost_is_a_few_microseconds(enricher):
     per_event_us = (time.perf_counter() - start) / len(events) * 1e6
     # Generous bound for a shared CI machine; a quiet core measures ~3 µs.
     assert per_event_us < 40, per_event_us
+
+
+def test_violations_never_carry_pii_values_or_keys(default_plan, metered):
+    plan = plan_of(
+        {"e": {"properties": {"kind": {"type": "string", "enum": ["a"]}, "n": {"type": "integer", "max": 5}}}}
+    )
+    enricher = Enricher(plan, metered, Scrubber(b"k"))
+    out = enricher.enrich(
+        event("e", properties={"kind": "bob@example.com", "n": 4111111111111111, "to:eve@example.com": 1}),
+        None,
+        5,
+    )
+    raw = json.dumps(out)
+    for needle in ("bob@example.com", "4111111111111111", "eve@example.com"):
+        assert needle not in raw
+    assert {v["code"] for v in out["violations"]} == {"enum_mismatch", "out_of_range", "additional_property"}

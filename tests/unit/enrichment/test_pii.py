@@ -79,7 +79,8 @@ def test_plan_marked_and_detected_properties_are_pseudonymised_and_listed():
         "n": 3,
         "none": None,
     }
-    scrubbed = scrubber.scrub_properties(props, frozenset({"email"}))
+    scrubbed, renamed = scrubber.scrub_properties(props, frozenset({"email"}))
+    assert renamed is None
     assert scrubbed == ["email", "note", "ip", "card"]
     # The same address gives the same pseudonym whether planned or detected, so joins work.
     assert props["email"] == pseudonym("bob@example.com")
@@ -93,14 +94,14 @@ def test_plan_marked_and_detected_properties_are_pseudonymised_and_listed():
 def test_drop_removes_the_properties():
     scrubber = Scrubber(KEY, PiiAction.DROP)
     props = {"email": "x", "note": "bob@example.com", "plan": "pro"}
-    assert scrubber.scrub_properties(props, frozenset({"email"})) == ["email", "note"]
+    assert scrubber.scrub_properties(props, frozenset({"email"}))[0] == ["email", "note"]
     assert props == {"plan": "pro"}
 
 
 def test_disabled_detectors_do_not_scrub():
     scrubber = Scrubber(KEY, detectors=[Detector.EMAIL])
     props = {"ip": "10.1.2.3", "mail": "a@b.io"}
-    assert scrubber.scrub_properties(props, frozenset()) == ["mail"]
+    assert scrubber.scrub_properties(props, frozenset())[0] == ["mail"]
     assert props["ip"] == "10.1.2.3"
 
 
@@ -122,4 +123,17 @@ def test_clean_value_cache_does_not_change_answers():
     scrubber = Scrubber(KEY)
     for _ in range(3):
         props = {"a": "pro", "b": "bob@example.com"}
-        assert scrubber.scrub_properties(props, frozenset()) == ["b"]
+        assert scrubber.scrub_properties(props, frozenset())[0] == ["b"]
+
+
+def test_keys_that_hold_pii_are_renamed_and_listed_by_their_scrubbed_name():
+    scrubber = Scrubber(KEY)
+    props = {"invited:bob@example.com": True, "plan": "pro"}
+    scrubbed, renamed = scrubber.scrub_properties(props, frozenset())
+    new_key = f"invited:{pseudonym('bob@example.com')}"
+    assert renamed == {"invited:bob@example.com": new_key}
+    assert props == {new_key: True, "plan": "pro"}
+    assert scrubbed == [new_key]
+    dropped = {"invited:bob@example.com": True, "plan": "pro"}
+    assert Scrubber(KEY, PiiAction.DROP).scrub_properties(dropped, frozenset())[0] == [new_key]
+    assert dropped == {"plan": "pro"}
