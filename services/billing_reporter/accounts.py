@@ -35,13 +35,15 @@ def get_account(pool: ConnectionPool, customer_id: str) -> Account | None:
     return None if row is None else Account(*row)
 
 
-def period_usage(pool: ConnectionPool, customer_id: str, period_start_ms: int) -> dict[str, Decimal]:
+def period_usage(
+    pool: ConnectionPool, ledger: str, customer_id: str, period_start_ms: int
+) -> dict[str, Decimal]:
     """Each meter's total for the billing period starting at ``period_start_ms``, as consumed so far."""
     with pool.connection() as conn:
         rows = conn.execute(
-            "SELECT meter, value FROM billing_usage WHERE customer_id = %s AND granularity = 'BILLING_PERIOD'"
-            " AND window_start = %s",
-            (customer_id, period_start_ms),
+            "SELECT meter, value FROM billing_usage WHERE ledger = %s AND customer_id = %s"
+            " AND granularity = 'BILLING_PERIOD' AND window_start = %s",
+            (ledger, customer_id, period_start_ms),
         ).fetchall()
     return {meter: plain(Decimal(value)) for meter, value in rows}
 
@@ -52,7 +54,7 @@ def plain(value: Decimal) -> Decimal:
 
 
 def upcoming_invoice(
-    pool: ConnectionPool, config: PlansConfig, customer_id: str, now_ms: int
+    pool: ConnectionPool, ledger: str, config: PlansConfig, customer_id: str, now_ms: int
 ) -> Invoice | str | None:
     """The draft invoice of the period containing ``now_ms``; None for an unknown customer, a message for
     a plan the config does not price."""
@@ -69,6 +71,6 @@ def upcoming_invoice(
         customer_id=customer_id,
         period=period,
         price=price,
-        usage=period_usage(pool, customer_id, period.start_ms),
+        usage=period_usage(pool, ledger, customer_id, period.start_ms),
         tax_region=account.tax_region,
     )

@@ -13,7 +13,6 @@ Routes: ``GET /v1/invoices/{customer}/upcoming``, ``POST /v1/checkout/{customer}
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,13 +21,16 @@ from functools import partial
 from typing import Any
 
 import orjson
+import stripe
 from fastapi import FastAPI
+from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from services.billing_reporter import accounts, subscriptions
 from services.billing_reporter.config import BillingSettings
 from services.billing_reporter.ledger import Ledger, ReportRow
+from services.billing_reporter.meters import sync_meters
 from services.billing_reporter.publish import ReportPublisher
 from services.billing_reporter.sender import OutboxSender, SenderOptions
 from services.billing_reporter.sink import AggregateSink
@@ -40,6 +42,7 @@ from services.kernel.ops import ops_routes
 from services.kernel.processing import AtLeastOnceLoop, at_least_once
 from services.kernel.serde import SchemaRegistry
 from services.kernel.topics import USAGE_AGGREGATES
+from services.kernel.workers import Workers
 from services.plans.loader import load_config
 from services.plans.model import Aggregation, PlansConfig
 
@@ -65,34 +68,15 @@ def error(status: int, code: str, message: str, headers: dict[str, str] | None =
     )
 
 
-class Workers:
-    """The two background threads and their stop event, closed in reverse of start by the lifecycle."""
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.threads: dict[str, threading.Thread] = {}
-        self.errors: dict[str, BaseException] = {}
-
-    def start(self, name: str, target: Callable[[threading.Event], None]) -> None:
-        def run() -> None:
-            try:
-                target(self.stop)
-            except BaseException as exc:  # a dead worker shows in /readyz, with its reason logged
-                self.errors[name] = exc
-                log.exception("%s stopped", name)
-
-        thread = threading.Thread(target=run, name=name, daemon=True)
-        self.threads[name] = thread
-        thread.start()
-
-    def alive(self, name: str) -> bool:
-        thread = self.threads.get(name)
-        return thread is not None and thread.is_alive()
-
-    def close(self) -> None:
-        self.stop.set()
-        for thread in reversed(list(self.threads.values())):
-            thread.join(timeout=30)
+def _sync_meters(gateway: StripeGateway, pool: ConnectionPool, event_names: dict[str, str]) -> None:
+    """Create missing Stripe meters at start; Stripe being away must not keep the ledger from filling (the
+    sender retries what it cannot deliver, and `plg billing sync-meters` does the same by hand)."""
+    try:
+        with pool.connection() as conn:
+            synced = sync_meters(gateway, conn, event_names)
+        log.info("Stripe meters", extra={"meters": {s.meter: s.action for s in synced}})
+    except stripe.StripeError as exc:
+        log.warning("could not sync Stripe meters at start: %s", exc.user_message or type(exc).__name__)
 
 
 def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> FastAPI:
@@ -118,8 +102,10 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
                 report_granularity=settings.report_granularity,
                 reportable_meters=event_names,
                 settle_ms=int(settings.settle_seconds * 1000),
+                correction_interval=settings.correction_interval_seconds,
             )
             state.update(pool=pool, gateway=gateway, ledger=ledger)
+            await run_in_threadpool(_sync_meters, gateway, pool, event_names)
             loop: AtLeastOnceLoop = at_least_once(
                 service=SERVICE,
                 kafka=settings.kafka,
@@ -147,6 +133,7 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
                 SenderOptions(
                     requests_per_second=settings.requests_per_second,
                     batch_size=settings.send_batch,
+                    lease_seconds=settings.lease_seconds,
                     backoff_base=settings.backoff_base_seconds,
                     backoff_cap=settings.backoff_cap_seconds,
                     failure_threshold=settings.breaker_failures,
@@ -197,7 +184,12 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
     async def upcoming_invoice(customer_id: str) -> Response:
         """The running invoice of the customer's current period, from the usage consumed so far."""
         found = await run_in_threadpool(
-            accounts.upcoming_invoice, state["pool"], config, customer_id, int(time.time() * 1000)
+            accounts.upcoming_invoice,
+            state["pool"],
+            state["ledger"].ledger,
+            config,
+            customer_id,
+            int(time.time() * 1000),
         )
         if found is None:
             return error(404, "customer_not_found", f"customer {customer_id!r} does not exist")

@@ -47,6 +47,8 @@ class BillingSettings(StreamServiceSettings):
     report_granularity: Literal["MINUTE", "HOUR", "DAY"] = "HOUR"
     # A window is reported this long after it ends (late events inside it come as corrections later).
     settle_seconds: float = Field(default=60.0, ge=0)
+    # Late corrections of one window are coalesced: at most one revision per this many seconds.
+    correction_interval_seconds: float = Field(default=300.0, ge=0)
     # How often closed windows are looked for when no aggregates arrive.
     plan_interval_seconds: float = Field(default=5.0, gt=0)
 
@@ -58,6 +60,8 @@ class BillingSettings(StreamServiceSettings):
     breaker_failures: int = Field(default=5, ge=1)
     breaker_cooldown_seconds: float = Field(default=1.0, gt=0)
     send_batch: int = Field(default=200, ge=1)
+    # A claimed report is the claimer's this long: a sender killed mid-call leaves it to the next after it.
+    lease_seconds: float = Field(default=30.0, gt=0)
     # Run the sender in this process (off: only the API and the ledger writer).
     send: bool = True
 

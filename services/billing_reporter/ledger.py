@@ -87,14 +87,20 @@ class Ledger:
         report_granularity: str,
         reportable_meters: Iterable[str],
         settle_ms: int,
+        correction_interval: float = 0.0,
         max_age_ms: int = 34 * 86_400_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.pool = pool
         self.consumer_group = consumer_group
+        # The ledger is its consumer group's: one database may hold several deployments' ledgers.
+        self.ledger = consumer_group
         self.report_granularity = report_granularity
         self.reportable_meters = sorted(reportable_meters)
         self.settle_ms = settle_ms
+        # A window keeps getting late events while they arrive: its corrections are coalesced into at most
+        # one per this many seconds (the window stays dirty meanwhile), so Stripe sees O(windows) calls.
+        self.correction_interval = correction_interval
         self.max_age_ms = max_age_ms
         self.clock = clock
 
@@ -130,16 +136,17 @@ class Ledger:
         reportable = set(self.reportable_meters)
         rows = [
             (
-                u.customer_id, u.meter, u.granularity, u.window_start, u.window_end, u.value, u.event_count,
-                u.updated_at, u.granularity == self.report_granularity and u.meter in reportable,
+                self.ledger, u.customer_id, u.meter, u.granularity, u.window_start, u.window_end,
+                u.value, u.event_count, u.updated_at,
+                u.granularity == self.report_granularity and u.meter in reportable,
             )
             for u in usage
         ]  # fmt: skip
         # A compacted topic read again from the start replays older totals: never go back in time.
         conn.cursor().executemany(
-            "INSERT INTO billing_usage (customer_id, meter, granularity, window_start, window_end, value,"
-            " event_count, updated_at, dirty) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (customer_id, meter, granularity, window_start) DO UPDATE SET"
+            "INSERT INTO billing_usage (ledger, customer_id, meter, granularity, window_start, window_end,"
+            " value, event_count, updated_at, dirty) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (ledger, customer_id, meter, granularity, window_start) DO UPDATE SET"
             " value = EXCLUDED.value, event_count = EXCLUDED.event_count, updated_at = EXCLUDED.updated_at,"
             " window_end = EXCLUDED.window_end,"
             " dirty = billing_usage.dirty OR (EXCLUDED.dirty AND billing_usage.value <> EXCLUDED.value)"
@@ -157,18 +164,22 @@ class Ledger:
         now_ms = int(self.clock() * 1000)
         # Locks the windows it plans (FOR UPDATE): two reporters never give one window the same revision.
         due = conn.execute(
-            "SELECT u.customer_id, u.meter, u.window_start, u.window_end, u.value, c.stripe_customer_id,"
-            " COALESCE(r.reported, 0), COALESCE(r.revisions, 0)"
-            " FROM billing_usage u"
-            " LEFT JOIN customers c ON c.customer_id = u.customer_id"
-            " LEFT JOIN LATERAL (SELECT sum(quantity) AS reported, count(*) AS revisions FROM"
-            " billing_reports b"
-            "   WHERE b.customer_id = u.customer_id AND b.meter = u.meter AND b.window_start ="
-            " u.window_start) r"
-            "   ON true"
-            " WHERE u.dirty AND u.granularity = %s AND u.window_end + %s <= %s"
-            " ORDER BY u.window_end FOR UPDATE OF u",
-            (self.report_granularity, self.settle_ms, now_ms),
+            """
+            SELECT u.customer_id, u.meter, u.window_start, u.window_end, u.value, c.stripe_customer_id,
+                   COALESCE(r.reported, 0), COALESCE(r.revisions, 0)
+            FROM billing_usage u
+            LEFT JOIN customers c ON c.customer_id = u.customer_id
+            LEFT JOIN LATERAL (
+                SELECT sum(quantity) AS reported, count(*) AS revisions, max(created_at) AS last_planned
+                FROM billing_reports b
+                WHERE b.ledger = u.ledger AND b.customer_id = u.customer_id AND b.meter = u.meter
+                  AND b.window_start = u.window_start
+            ) r ON true
+            WHERE u.ledger = %s AND u.dirty AND u.granularity = %s AND u.window_end + %s <= %s
+              AND (r.last_planned IS NULL OR r.last_planned <= now() - make_interval(secs => %s))
+            ORDER BY u.window_end FOR UPDATE OF u
+            """,
+            (self.ledger, self.report_granularity, self.settle_ms, now_ms, self.correction_interval),
         ).fetchall()
         if not due:
             return 0
@@ -186,21 +197,23 @@ class Ledger:
                 continue
             ident = report_identifier(customer, meter, int(start), rev.revision)
             reports.append(
-                (customer, meter, start, end, rev.revision, rev.quantity, rev.window_total, ident, stripe_id)
-            )
+                (self.ledger, customer, meter, start, end, rev.revision, rev.quantity, rev.window_total,
+                 ident, stripe_id)
+            )  # fmt: skip
             PLANNED.labels("correction" if rev.revision else "window").inc()
         if reports:
             conn.cursor().executemany(
-                "INSERT INTO billing_reports (customer_id, meter, window_start, window_end, revision,"
-                " quantity,"
-                " window_total, identifier, stripe_customer_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                """
+                INSERT INTO billing_reports (ledger, customer_id, meter, window_start, window_end, revision,
+                                             quantity, window_total, identifier, stripe_customer_id)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                """,
                 reports,
             )
         conn.cursor().executemany(
-            "UPDATE billing_usage SET dirty = false WHERE customer_id = %s AND meter = %s AND granularity ="
-            " %s"
-            " AND window_start = %s",
-            [(c, m, self.report_granularity, s) for c, m, s, *_ in due],
+            "UPDATE billing_usage SET dirty = false WHERE ledger = %s AND customer_id = %s AND meter = %s"
+            " AND granularity = %s AND window_start = %s",
+            [(self.ledger, c, m, self.report_granularity, s) for c, m, s, *_ in due],
         )
         return len(reports)
 
@@ -208,9 +221,9 @@ class Ledger:
         """A customer just linked to Stripe: look at their windows again (within Stripe's 35 days)."""
         with self.pool.connection() as conn:
             conn.execute(
-                "UPDATE billing_usage SET dirty = true WHERE customer_id = %s AND granularity = %s"
-                " AND meter = ANY(%s)",
-                (customer_id, self.report_granularity, self.reportable_meters),
+                "UPDATE billing_usage SET dirty = true"
+                " WHERE ledger = %s AND customer_id = %s AND granularity = %s AND meter = ANY(%s)",
+                (self.ledger, customer_id, self.report_granularity, self.reportable_meters),
             )
 
     # -- the outbox ---------------------------------------------------------------------------------------
@@ -221,10 +234,10 @@ class Ledger:
             rows = conn.execute(
                 f"UPDATE billing_reports SET next_attempt_at = now() + make_interval(secs => %s)"
                 f" WHERE identifier IN (SELECT identifier FROM billing_reports"
-                f"   WHERE status = 'pending' AND next_attempt_at <= now()"
+                f"   WHERE ledger = %s AND status = 'pending' AND next_attempt_at <= now()"
                 f"   ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED)"
                 f" RETURNING {_REPORT_COLUMNS}",
-                (lease_seconds, limit),
+                (lease_seconds, self.ledger, limit),
             ).fetchall()
         return sorted((_report(r) for r in rows), key=lambda r: (r.window_start, r.identifier))
 
@@ -267,10 +280,10 @@ class Ledger:
     def unpublished(self, limit: int) -> list[ReportRow]:
         with self.pool.connection() as conn:
             rows = conn.execute(
-                f"SELECT {_REPORT_COLUMNS} FROM billing_reports WHERE status = 'delivered' AND published_at"
-                f" IS NULL"
+                f"SELECT {_REPORT_COLUMNS} FROM billing_reports"
+                f" WHERE ledger = %s AND status = 'delivered' AND published_at IS NULL"
                 f" ORDER BY delivered_at LIMIT %s",
-                (limit,),
+                (self.ledger, limit),
             ).fetchall()
         return [_report(r) for r in rows]
 
@@ -283,20 +296,21 @@ class Ledger:
 
     # -- reading ----------------------------------------------------------------------------------------
     def totals(self, customer_id: str | None = None) -> dict[tuple[str, str], dict[str, Decimal]]:
-        """Per (customer, meter): usage consumed (report granularity), planned, delivered, rejected."""
-        where, args = ("WHERE customer_id = %s", (customer_id,)) if customer_id else ("", ())
+        """Per (customer, meter): usage consumed (report granularity) and report quantities by status."""
+        only = " AND customer_id = %s" if customer_id else ""
+        args: tuple[Any, ...] = (customer_id,) if customer_id else ()
         out: dict[tuple[str, str], dict[str, Decimal]] = {}
         with self.pool.connection() as conn:
             for c, m, v in conn.execute(
-                f"SELECT customer_id, meter, sum(value) FROM billing_usage {where}"
-                f"{' AND' if where else ' WHERE'} granularity = %s GROUP BY 1, 2",
-                (*args, self.report_granularity),
+                f"SELECT customer_id, meter, sum(value) FROM billing_usage"
+                f" WHERE ledger = %s AND granularity = %s AND meter = ANY(%s){only} GROUP BY 1, 2",
+                (self.ledger, self.report_granularity, self.reportable_meters, *args),
             ).fetchall():
                 out.setdefault((c, m), {})["usage"] = Decimal(v)
             for c, m, status, q in conn.execute(
-                f"SELECT customer_id, meter, status, sum(quantity) FROM billing_reports {where} GROUP BY 1,"
-                f" 2, 3",
-                args,
+                f"SELECT customer_id, meter, status, sum(quantity) FROM billing_reports"
+                f" WHERE ledger = %s{only} GROUP BY 1, 2, 3",
+                (self.ledger, *args),
             ).fetchall():
                 out.setdefault((c, m), {})[status] = Decimal(q)
         return out

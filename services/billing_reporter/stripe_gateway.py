@@ -17,6 +17,8 @@ import stripe
 from pydantic import SecretStr
 
 log = logging.getLogger(__name__)
+# The SDK logs every request and response at INFO: a line per meter event is noise at our volume.
+logging.getLogger("stripe").setLevel(logging.WARNING)
 
 OutcomeKind = Literal["delivered", "duplicate", "retry", "rejected"]
 

@@ -68,6 +68,8 @@ APP_SERVICES: list[AppService] = [
         health_path="/readyz",
     ),
     AppService("enrichment", "services.enrichment", port=8093, env_prefix="ENRICHMENT_"),
+    # Reads enrichment's output; serves the CS dashboard at http://127.0.0.1:8084/.
+    AppService("health-score", "services.health_score", port=8084, env_prefix="HEALTH_"),
     # Needs stripe-mock (or STRIPE_API_BASE): the stack starts it before the app services.
     AppService("billing-reporter", "services.billing_reporter", port=8083, env_prefix="BILLING_"),
     AppService("growth", "services.growth", port=8085, env_prefix="GROWTH_"),

@@ -57,6 +57,7 @@ USAGE_AGGREGATES = "usage-aggregates"
 ENTITLEMENT_EVENTS = "entitlement-events"
 BILLING_REPORTS = "billing-reports"
 CUSTOMER_HEALTH = "customer-health"
+CUSTOMER_ALERTS = "customer-alerts"
 IDENTITY_LINKS = "identity-links"
 ACTIVATION_EVENTS = "activation-events"
 
@@ -112,6 +113,13 @@ PLATFORM_TOPICS: tuple[TopicSpec, ...] = (
         cleanup_policy="compact",
         retention_ms=None,
         description="Latest health score per customer.",
+    ),
+    TopicSpec(
+        CUSTOMER_ALERTS,
+        3,
+        "customer_alert",
+        retention_ms=90 * DAY_MS,
+        description="Health alerts: churn risk, band dropped, usage anomaly, with hysteresis.",
     ),
     TopicSpec(
         IDENTITY_LINKS,

@@ -29,6 +29,7 @@ MODULES = (
     "services.entitlements",
     "services.growth",
     "services.enrichment",
+    "services.health_score",
 )
 
 
@@ -52,7 +53,7 @@ def _env() -> dict[str, str]:
             "PLG_LOG_FORMAT": "json",
         }
     )
-    for prefix in ("INGEST_", "REGISTRY_", "METERING_", "ENTITLEMENTS_", "GROWTH_", "ENRICHMENT_"):
+    for prefix in ("INGEST_", "REGISTRY_", "METERING_", "ENTITLEMENTS_", "GROWTH_", "ENRICHMENT_", "HEALTH_"):
         env[f"{prefix}PORT"] = str(free_port())
     return env
 

@@ -87,6 +87,7 @@ class Billing:
             "platform": PlatformSettings(topic_prefix=self.metering.prefix, log_format="text"),
             "report_granularity": "MINUTE",
             "settle_seconds": 0.0,
+            "correction_interval_seconds": 0.0,
             "plan_interval_seconds": 0.2,
             "requests_per_second": 200.0,
             "backoff_base_seconds": 0.05,

@@ -1,0 +1,27 @@
+"""``python -m services.health_score``: the health-score service, its API and the CS dashboard (port 8084).
+
+``--check-config`` validates the settings and the metric registry (deploy/config/health.yaml), prints them
+and exits.
+"""
+
+from __future__ import annotations
+
+from services.health_score.app import SERVICE, build_app, registry_file
+from services.health_score.config import HealthSettings
+from services.kernel.service import HttpOptions, run_service
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_service(
+        SERVICE,
+        HealthSettings,
+        build_app,
+        http=HttpOptions(),
+        config_files=[registry_file()],
+        argv=argv,
+        description=__doc__,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

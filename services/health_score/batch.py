@@ -1,0 +1,36 @@
+"""The batch path: every customer's score recomputed from the history in PostgreSQL (not from the
+real-time path's memory), on a schedule — scores move as days pass even when no event arrives, which is
+how a customer who went quiet (silent churn) turns red and alerts. Same facts, same function, same number
+as the real-time path (tested)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from services.health_score.model import HealthScore, day_of
+from services.health_score.processor import FactsBuilder, health_record
+from services.health_score.registry import HealthConfig
+from services.health_score.scoring import compute_score
+from services.health_score.store import CustomerState, HealthStore
+
+
+def recompute(
+    store: HealthStore,
+    config: HealthConfig,
+    builder: FactsBuilder,
+    as_of: int,
+    customers: Iterable[str] | None = None,
+    chunk: int = 500,
+) -> list[tuple[HealthScore, dict[str, Any], CustomerState]]:
+    """Scores as of ``as_of`` (ms) for ``customers`` (default: every customer with history)."""
+    ids = list(customers) if customers is not None else store.customers()
+    since = day_of(as_of) - config.history_days - 1
+    out = []
+    for i in range(0, len(ids), chunk):
+        for cid, state in store.load(ids[i : i + chunk], since).items():
+            score = compute_score(config, cid, state.facts, state.context, as_of)
+            out.append(
+                (score, health_record(score, state.context.plan, builder.activated(state), "batch"), state)
+            )
+    return out

@@ -1,0 +1,35 @@
+"""Settings of the health-score service (env prefix ``HEALTH_``; Kafka, registry and Postgres use theirs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.kernel.settings import StreamServiceSettings
+
+
+class HealthSettings(StreamServiceSettings):
+    """``HEALTH_PORT=8084``, ``HEALTH_BATCH_INTERVAL_SECONDS=300`` and so on."""
+
+    model_config = SettingsConfigDict(env_prefix="HEALTH_")
+
+    port: int = Field(default=8084, ge=0, le=65535)
+    group_id: str = "health-score"
+    instance_id: str = "0"
+    # The metric registry; default $HEALTH_CONFIG_PATH or deploy/config/health.yaml.
+    config_path: Path | None = None
+    # Meters-and-plans file (seats per plan); default $PLG_METERING_CONFIG or deploy/config/metering.yaml.
+    plans_path: Path | None = None
+    # The batch path: every customer recomputed from PostgreSQL's history this often.
+    batch_interval_seconds: float = Field(default=300.0, gt=0)
+    # Webhook URLs that receive every alert (added to health.yaml's `webhooks`).
+    webhook_urls: list[str] = Field(default_factory=list)
+    # The real-time path's batches: the latency of a changed score is about batch_wait plus one transaction.
+    batch_wait_seconds: float = Field(default=0.05, gt=0)
+    max_batch: int = Field(default=5000, ge=1)
+    # Days of daily scores the API and the sparklines show.
+    history_days: int = Field(default=56, ge=1, le=400)
+    # Apply migrations at start (the stack does it too; safe to repeat).
+    migrate: bool = True

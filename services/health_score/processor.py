@@ -1,0 +1,299 @@
+"""The real-time path: the kernel's at-least-once loop over ``usage-events-enriched`` and
+``entitlement-events`` into daily facts per customer (in memory and, with the offsets, in PostgreSQL in one
+transaction), a fresh score for every customer a batch touched on ``customer-health``, and the alerts it
+fires into the outbox (docs/health-score.md says why this is not faust).
+
+The same facts feed the batch path (:mod:`services.health_score.batch`), so both give the same number."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import psycopg
+
+from services.health_score.alerts import Alert, evaluate
+from services.health_score.model import Context, DayFacts, HealthScore, day_of
+from services.health_score.registry import HealthConfig
+from services.health_score.scoring import compute_score, usage_zscore
+from services.health_score.store import CustomerState, HealthStore, ScoreRow
+from services.kernel.kafka import TopicPartition
+from services.kernel.processing import Batch, Emit, Message, RetryBatch, SinkHandler
+from services.kernel.topics import CUSTOMER_HEALTH, ENTITLEMENT_EVENTS
+
+log = logging.getLogger(__name__)
+
+MERGE_EVENT = "$person_merged"
+RISK_LEVEL = {"red": "HIGH", "yellow": "MEDIUM", "green": "LOW"}
+
+
+def health_record(score: HealthScore, plan: str | None, activated: bool, path: str) -> dict[str, Any]:
+    """The ``customer-health`` value (schemas/customer_health.avsc) of a score."""
+    return {
+        "customer_id": score.customer_id,
+        "score": score.score,
+        "components": score.components,
+        "activated": activated,
+        "churn_risk": RISK_LEVEL[score.band],
+        "computed_at": score.as_of,
+        "band": score.band,
+        "segment": score.segment,
+        "plan": plan,
+        "churn_risk_probability": score.churn_risk,
+        "previous_score": score.previous_score,
+        "trend": score.trend,
+        "trend_direction": score.trend_direction,
+        "contributions": score.contributions,
+        "factors": [
+            {
+                "name": f.name,
+                "component": f.component,
+                "value": f.value,
+                "points": f.points,
+                "max_points": f.max_points,
+                "change": f.change,
+                "detail": f.detail,
+            }
+            for f in score.factors
+        ],
+        "top_factors": [f.name for f in score.top_factors()],
+        "active_users": score.active_users,
+        "seats": score.seats,
+        "config_version": score.config_version,
+        "path": path,
+    }
+
+
+class FactsBuilder:
+    """Folds enriched events into a customer's daily facts and context (pure; shared by tests and bench)."""
+
+    def __init__(self, config: HealthConfig, seats_limits: Mapping[str, int]) -> None:
+        self.config = config
+        self.seats_limits = dict(seats_limits)
+        self.key_names = {n for s in config.segments.values() for n in s.key_actions}
+        self.onboarding = (
+            set(config.metrics["customer.onboarded"].source_events)
+            if "customer.onboarded" in config.metrics
+            else set()
+        )
+        self.nps_event = config.sentiment.nps_event
+        self.csat_event = config.sentiment.csat_event
+        self.payment_failed = config.financial.payment_failure_event
+        self.downgraded = config.financial.downgrade_event
+
+    def add_event(self, state: CustomerState, event: Mapping[str, Any]) -> tuple[int | None, str | None]:
+        """Applies one enriched event; returns (the day it touched, or None for a merge that rewrote
+        days; a problem worth a dead letter, or None)."""
+        name = event["name"]
+        if name == MERGE_EVENT:
+            merge = event.get("merge")
+            if merge:
+                survivor = event.get("person_id") or merge["survivor_id"]
+                for old in {merge["merged_id"], *merge.get("replaced_person_ids", [])} - {survivor}:
+                    for day_facts in state.facts.values():
+                        day_facts.rename_person(old, survivor)
+            return None, None
+        ts = int(event["timestamp"])
+        day = day_of(ts)
+        weight = 1.0 / (event.get("sample_rate") or 1.0)
+        facts = state.facts.get(day)
+        if facts is None:
+            facts = state.facts[day] = DayFacts()
+        facts.actions[name] = facts.actions.get(name, 0.0) + weight
+        person = event.get("person_id") or event.get("resolved_user_id") or event.get("user_id")
+        if person and name in self.key_names:
+            mine = facts.people.setdefault(person, {})
+            mine[name] = mine.get(name, 0.0) + weight
+        props = event.get("properties") or {}
+        problem = None
+        if name == self.nps_event or name == self.csat_event:
+            lo, hi, into = (0, 10, facts.nps) if name == self.nps_event else (1, 5, facts.csat)
+            value = props.get("score")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+                problem = f"{name}: properties.score must be a number {lo}..{hi}, got {value!r}"
+            else:
+                key = str(round(value))
+                into[key] = into.get(key, 0.0) + 1.0
+        elif name == self.payment_failed:
+            facts.payment_failures += weight
+        elif name == self.downgraded:
+            facts.downgrades += 1.0
+        self._context(state.context, event, ts, props)
+        return day, problem
+
+    def _context(self, context: Context, event: Mapping[str, Any], ts: int, props: Mapping[str, Any]) -> None:
+        if ts < context.as_of:
+            return  # an older event does not overwrite a newer state (event time, not arrival)
+        context.as_of = ts
+        tenant = event.get("tenant")
+        plan = (tenant or {}).get("plan") or event.get("plan")
+        if plan:
+            context.plan = plan
+            context.seats_limit = self.seats_limits.get(plan)
+        if tenant:
+            context.billing_status = tenant.get("billing_status") or context.billing_status
+            context.open_tickets = int(tenant.get("open_tickets") or 0)
+            context.csm_owner = tenant.get("csm_owner") or context.csm_owner
+        if event["name"] == "seats_changed":
+            seats = props.get("seats")
+            if isinstance(seats, (int, float)) and not isinstance(seats, bool) and seats >= 1:
+                context.seats = int(seats)
+
+    def add_entitlement(self, state: CustomerState, event: Mapping[str, Any]) -> int:
+        ts = int(event["occurred_at"])
+        day = day_of(ts)
+        facts = state.facts.setdefault(day, DayFacts())
+        pressure = (
+            1.0
+            if event["threshold_percent"] >= 100 and event["hard_limit"]
+            else (0.5 if event["threshold_percent"] >= 90 else 0.0)
+        )
+        facts.plan_limits = max(facts.plan_limits, pressure)
+        return day
+
+    def activated(self, state: CustomerState) -> bool:
+        return any(n in self.onboarding and c > 0 for f in state.facts.values() for n, c in f.actions.items())
+
+
+#: Called with the scores of every committed batch (the dashboard's live events and cache hooks).
+Listener = Callable[[list[Mapping[str, Any]]], None]
+
+
+class HealthSink(SinkHandler):
+    """Facts, scores and alerts from each poll; PostgreSQL first (with the offsets), then Kafka."""
+
+    def __init__(
+        self,
+        config: HealthConfig,
+        store: HealthStore,
+        builder: FactsBuilder,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_events: Listener | None = None,
+        on_entitlements: Listener | None = None,
+        cache_limit: int = 100_000,
+        tick_interval: float | None = 300.0,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.builder = builder
+        self.clock = clock
+        self.on_events = on_events
+        self.on_entitlements = on_entitlements
+        self.cache: dict[str, CustomerState] = {}
+        self.cache_limit = cache_limit
+        self.entitlement_topic = ENTITLEMENT_EVENTS
+        self.tick_interval = tick_interval
+
+    def _states(self, customer_ids: set[str], now_ms: int) -> dict[str, CustomerState]:
+        missing = customer_ids - self.cache.keys()
+        if missing:
+            if len(self.cache) + len(missing) > self.cache_limit:
+                self.cache.clear()  # reloaded from PostgreSQL on demand: the facts there are the truth
+                missing = set(customer_ids)
+            since = day_of(now_ms) - self.config.history_days - 1
+            self.cache.update(self.store.load(missing, since))
+        return {c: self.cache[c] for c in customer_ids}
+
+    def process(self, batch: Batch, out: Emit) -> None:
+        now_ms = int(self.clock() * 1000)
+        usable: list[Message] = []
+        for message in batch:
+            value = message.value
+            if value is None or not value.get("customer_id"):
+                if value is not None:
+                    out.dead_letter(message, "invalid_event", "customer_id is empty")
+                continue
+            usable.append(message)
+        try:
+            states = self._states({m.value["customer_id"] for m in usable}, now_ms)  # type: ignore[index]
+        except psycopg.Error as exc:
+            raise RetryBatch(f"health store unavailable: {exc}") from exc
+        touched: dict[str, set[int]] = {}
+        live: list[Mapping[str, Any]] = []
+        limits: list[Mapping[str, Any]] = []
+        for message in usable:
+            value = message.value
+            assert value is not None
+            cid = value["customer_id"]
+            state = states[cid]
+            days = touched.setdefault(cid, set())
+            if message.topic.endswith(self.entitlement_topic):
+                days.add(self.builder.add_entitlement(state, value))
+                limits.append(value)
+                continue
+            day, problem = self.builder.add_event(state, value)
+            if problem:
+                out.dead_letter(message, "invalid_event", problem)
+            if day is None:
+                days.update(state.facts)  # a merge rewrote the customer's history
+            else:
+                days.add(day)
+            live.append(value)
+        scores, alerts = self._score(states, now_ms)
+        try:
+            self.store.save(
+                states, touched, [ScoreRow(s, r, "realtime") for s, r in scores], alerts, batch.next_offsets
+            )
+        except psycopg.Error as exc:
+            raise RetryBatch(f"health store unavailable: {exc}") from exc
+        for score, record in scores:
+            out.send(CUSTOMER_HEALTH, record, key=score.customer_id)
+        if self.on_events is not None and live:
+            self.on_events(live)
+        if self.on_entitlements is not None and limits:
+            self.on_entitlements(limits)
+
+    def _score(
+        self, states: Mapping[str, CustomerState], now_ms: int
+    ) -> tuple[list[tuple[HealthScore, dict[str, Any]]], list[Alert]]:
+        scores = []
+        alerts: list[Alert] = []
+        for cid, state in states.items():
+            score = compute_score(self.config, cid, state.facts, state.context, now_ms)
+            z = usage_zscore(self.config, state.facts, now_ms, score.segment)
+            alerts.extend(evaluate(self.config, state.alerts, score, z))
+            record = health_record(score, state.context.plan, self.builder.activated(state), "realtime")
+            scores.append((score, record))
+        return scores, alerts
+
+    def tick(self, out: Emit) -> None:
+        """The batch path on its schedule: every customer recomputed from PostgreSQL's history, its
+        alerts evaluated (scores decay as days pass without events), history and topic updated."""
+        from services.health_score.batch import recompute  # the batch path builds on this module
+
+        now_ms = int(self.clock() * 1000)
+        try:
+            results = recompute(self.store, self.config, self.builder, now_ms)
+        except psycopg.Error:
+            log.exception("scheduled recompute failed; the next tick retries")
+            return
+        alerts: list[Alert] = []
+        states: dict[str, CustomerState] = {}
+        for score, _record, loaded in results:
+            state = self.cache.get(score.customer_id, loaded)  # the alert state this thread owns
+            z = usage_zscore(self.config, loaded.facts, now_ms, score.segment)
+            alerts.extend(evaluate(self.config, state.alerts, score, z))
+            states[score.customer_id] = state
+        try:
+            self.store.save(states, {}, [ScoreRow(s, r, "batch") for s, r, _ in results], alerts, {})
+            self.store.prune(day_of(now_ms) - self.config.retention_days)
+        except psycopg.Error:
+            log.exception("saving the scheduled recompute failed; the next tick retries")
+            self.cache.clear()
+            return
+        for score, record, _ in results:
+            out.send(CUSTOMER_HEALTH, record, key=score.customer_id)
+        log.info("scheduled recompute", extra={"customers": len(results), "alerts": len(alerts)})
+
+    def rollback(self, assigned: Sequence[TopicPartition]) -> None:
+        # The memory may hold a failed batch's facts: PostgreSQL has exactly the committed ones.
+        self.cache.clear()
+
+    def revoked(self, partitions: Sequence[TopicPartition]) -> None:
+        self.cache.clear()
+
+    def stored_offsets(self, partitions: Sequence[TopicPartition]) -> Mapping[tuple[str, int], int]:
+        return self.store.stored_offsets((tp.topic, tp.partition) for tp in partitions)

@@ -1,0 +1,95 @@
+"""The alert outbox sender: alerts written with the state that fired them (PostgreSQL) go to
+``customer-alerts`` and to every configured webhook, each at least once (``alert_id`` deduplicates)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from services.health_score.store import HealthStore
+from services.kernel.kafka import Producer
+from services.kernel.lifecycle import wait_or_stop
+from services.kernel.serde import ValueEncoder
+
+log = logging.getLogger(__name__)
+
+MAX_WEBHOOK_ATTEMPTS = 10
+
+
+class AlertSender:
+    def __init__(
+        self,
+        store: HealthStore,
+        producer: Producer,
+        encoder: ValueEncoder,
+        topic: str,
+        webhooks: Sequence[str],
+        interval: float = 0.25,
+        timeout: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.producer = producer
+        self.encoder = encoder
+        self.topic = topic
+        self.webhooks = list(webhooks)
+        self.interval = interval
+        self.client = httpx.Client(timeout=timeout)
+        self.healthy = False
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            while True:
+                try:
+                    self.publish_once()
+                    self.webhooks_once()
+                    self.healthy = True
+                except Exception:  # database or broker trouble: logged, retried on the next round
+                    self.healthy = False
+                    log.exception("alert sender round failed; retrying")
+                if wait_or_stop(stop, self.interval):
+                    return
+        finally:
+            self.client.close()
+
+    def publish_once(self) -> int:
+        alerts = self.store.unpublished_alerts()
+        if not alerts:
+            return 0
+        futures = [
+            self.producer.send(self.topic, self.encoder.encode(a), key=a["customer_id"]) for a in alerts
+        ]
+        for f in futures:
+            f.result(timeout=30)
+        self.store.mark_published([a["alert_id"] for a in alerts])
+        return len(alerts)
+
+    def webhooks_once(self) -> int:
+        due = self.store.due_webhooks()
+        for payload, done, attempts in due:
+            remaining = [u for u in self.webhooks if u not in done]
+            for url in remaining:
+                if self._post(url, payload):
+                    done.append(url)
+            all_done = all(u in done for u in self.webhooks)
+            retry: float | None = None
+            if not all_done and attempts + 1 < MAX_WEBHOOK_ATTEMPTS:
+                retry = min(300.0, 2.0**attempts)
+            elif not all_done:
+                log.error("alert webhook gave up", extra={"alert_id": payload["alert_id"]})
+            self.store.webhook_result(payload["alert_id"], done, all_done, retry)
+        return len(due)
+
+    def _post(self, url: str, payload: dict[str, Any]) -> bool:
+        try:
+            response = self.client.post(url, json=payload, headers={"Idempotency-Key": payload["alert_id"]})
+        except httpx.HTTPError as exc:
+            log.warning("alert webhook failed", extra={"url": url, "error": type(exc).__name__})
+            return False
+        if response.status_code >= 300:
+            log.warning("alert webhook refused", extra={"url": url, "status": response.status_code})
+            return False
+        return True

@@ -1,0 +1,1 @@
+from tests.integration.health_score.harness import health  # noqa: F401 - the fixture
