@@ -250,7 +250,17 @@ def _dispatch(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
 
 _CONTEXT_COLS = ("customer_id", "plan", "support_tier", "csm_owner", "billing_status", "open_tickets")
 _TICKET_COLS = ("ticket_id", "customer_id", "status", "priority", "subject", "opened_at", "closed_at")
-_LETTER_COLS = ("position", "failed_at", "service", "reason", "event_id", "customer_id", "source", "message")
+_LETTER_COLS = (
+    "position",
+    "failed_at",
+    "service",
+    "reason",
+    "path",
+    "event_id",
+    "customer_id",
+    "source",
+    "message",
+)
 
 
 def _tickets(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
