@@ -117,6 +117,14 @@ bench-health: install ## Health scorer events/s; event -> changed score served p
 bench-enrichment: install ## Enrichment events/s (exactly-once) vs raw consume+decode+encode+produce; p99 added latency at 5k/s
 	$(PY) -m bench.enrichment
 
+.PHONY: run-growth
+run-growth: install ## Run only the growth service (flags, activation, onboarding; :8085) against `make up`'s stack
+	$(PY) -m services.growth
+
+.PHONY: bench-growth
+bench-growth: install ## Growth: server-side flag evaluations/s + p99, SDK µs per local evaluation, admin change -> 100 SSE subscribers p99, onboarding next p99
+	$(PY) -m bench.growth
+
 .PHONY: clean
 clean: down ## Stop the stack and delete its data and logs (keeps the virtualenv and the Kafka jars)
 	rm -rf .plg/postgres .plg/kafka/data .plg/kafka/server.properties .plg/logs .plg/run

@@ -21,13 +21,16 @@ from functools import partial
 from typing import Any
 
 import orjson
+import stripe
 from fastapi import FastAPI
+from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from services.billing_reporter import accounts, subscriptions
 from services.billing_reporter.config import BillingSettings
 from services.billing_reporter.ledger import Ledger, ReportRow
+from services.billing_reporter.meters import sync_meters
 from services.billing_reporter.publish import ReportPublisher
 from services.billing_reporter.sender import OutboxSender, SenderOptions
 from services.billing_reporter.sink import AggregateSink
@@ -65,6 +68,17 @@ def error(status: int, code: str, message: str, headers: dict[str, str] | None =
     )
 
 
+def _sync_meters(gateway: StripeGateway, pool: ConnectionPool, event_names: dict[str, str]) -> None:
+    """Create missing Stripe meters at start; Stripe being away must not keep the ledger from filling (the
+    sender retries what it cannot deliver, and `plg billing sync-meters` does the same by hand)."""
+    try:
+        with pool.connection() as conn:
+            synced = sync_meters(gateway, conn, event_names)
+        log.info("Stripe meters", extra={"meters": {s.meter: s.action for s in synced}})
+    except stripe.StripeError as exc:
+        log.warning("could not sync Stripe meters at start: %s", exc.user_message or type(exc).__name__)
+
+
 def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> FastAPI:
     config = load_config(settings.config_path)
     life = lifecycle or Lifecycle(SERVICE)
@@ -91,6 +105,7 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
                 correction_interval=settings.correction_interval_seconds,
             )
             state.update(pool=pool, gateway=gateway, ledger=ledger)
+            await run_in_threadpool(_sync_meters, gateway, pool, event_names)
             loop: AtLeastOnceLoop = at_least_once(
                 service=SERVICE,
                 kafka=settings.kafka,

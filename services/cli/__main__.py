@@ -1,6 +1,6 @@
 """``plg``: manage customers (tenants) and their ingest API keys in PostgreSQL (``DATABASE_URL``).
 
-    plg customers create <id> --plan <plan> [--name N] [--anchor-day D] [--stripe-customer-id X]
+    plg customers create <id> --plan <plan> [--name N] [--anchor-day D] [--stripe-customer-id X | --stripe]
     plg customers list | show <id>
     plg keys create <customer-id> [--description D]   # prints the key once: it is not stored
     plg keys list <customer-id>
@@ -10,6 +10,7 @@
     plg tickets list <customer-id> [--all]
     plg dlq list [--reason R] [--since T] | show <[partition:]offset> | replay [--reason R] [--since T]
     plg identity merge <customer-id> <merged-user-id> <survivor-user-id>
+    plg billing sync-meters | reconcile [--customer C] [--period YYYY-MM] [--no-stripe] [--all]
 
 Add ``--json`` before the command for machine-readable output. Migrations are applied first (idempotent),
 so the CLI works on a fresh database. Plan names are checked against the meters-and-plans config
@@ -27,8 +28,8 @@ from typing import Any
 import orjson
 import psycopg
 
+from services.cli import billing, identity
 from services.cli import dlq as dead_letters
-from services.cli import identity
 from services.enrichment import store as success
 from services.ingest import store
 from services.kernel.db import migrate
@@ -52,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--name")
     create.add_argument("--anchor-day", type=int, default=1, help="billing anchor day of month (1-31)")
     create.add_argument("--stripe-customer-id")
+    create.add_argument("--stripe", action="store_true", help="create the Stripe customer and link it")
     create.add_argument(
         "--no-plan-check", action="store_true", help="accept a plan the config does not (yet) list"
     )
@@ -100,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     imerge.add_argument("customer_id")
     imerge.add_argument("merged_id", help="the user id merged away")
     imerge.add_argument("survivor_id", help="the user id that survives")
+
+    billing.add_parser(groups)
 
     keys = groups.add_parser("keys", help="ingest API keys").add_subparsers(dest="command", required=True)
     kcreate = keys.add_parser("create", help="create a key and print it (once)")
@@ -176,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _dispatch(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
+    if args.group == "billing":
+        return billing.run(args, conn)
     if args.group == "tickets":
         return _tickets(args, conn)
     if args.group == "dlq":
@@ -193,13 +199,16 @@ def _dispatch(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
         return 0
     if args.group == "customers":
         if args.command == "create":
+            stripe_id = args.stripe_customer_id
+            if args.stripe and stripe_id is None:
+                stripe_id = billing.create_stripe_customer(args.customer_id, args.name)
             customer = store.create_customer(
                 conn,
                 args.customer_id,
                 args.plan,
                 name=args.name,
                 billing_anchor_day=args.anchor_day,
-                stripe_customer_id=args.stripe_customer_id,
+                stripe_customer_id=stripe_id,
             )
             _print(args, [customer], _CUSTOMER_COLS)
         elif args.command == "list":
@@ -241,7 +250,17 @@ def _dispatch(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
 
 _CONTEXT_COLS = ("customer_id", "plan", "support_tier", "csm_owner", "billing_status", "open_tickets")
 _TICKET_COLS = ("ticket_id", "customer_id", "status", "priority", "subject", "opened_at", "closed_at")
-_LETTER_COLS = ("position", "failed_at", "service", "reason", "event_id", "customer_id", "source", "message")
+_LETTER_COLS = (
+    "position",
+    "failed_at",
+    "service",
+    "reason",
+    "path",
+    "event_id",
+    "customer_id",
+    "source",
+    "message",
+)
 
 
 def _tickets(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:

@@ -74,6 +74,7 @@ class Letter:
             "failed_at": datetime.fromtimestamp(v["failed_at"] / 1000, UTC),
             "service": v["service"],
             "reason": v["error_code"],
+            "path": v.get("error_path"),
             "event_id": v.get("event_id"),
             "customer_id": v.get("customer_id"),
             "source": f"{v['original_topic']}[{v['original_partition']}]@{v['original_offset']}",

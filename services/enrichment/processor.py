@@ -124,6 +124,7 @@ class EnrichmentHandler(StreamHandler):
                     outcome.detail,
                     event_id=value.get("event_id"),
                     customer_id=value.get("customer_id"),
+                    path=outcome.violations[0].path,
                 )
                 counts["dead_lettered"] += 1
                 for v in outcome.violations:

@@ -72,6 +72,7 @@ class DeadLetter:
     failed_at: int
     event_id: str | None = None
     customer_id: str | None = None
+    error_path: str | None = None
 
     @classmethod
     def from_record(
@@ -83,6 +84,7 @@ class DeadLetter:
         event_id: str | None = None,
         customer_id: str | None = None,
         failed_at_ms: int | None = None,
+        error_path: str | None = None,
     ) -> DeadLetter:
         """Same as :func:`dead_letter`."""
         return dead_letter(
@@ -93,6 +95,7 @@ class DeadLetter:
             event_id=event_id,
             customer_id=customer_id,
             failed_at_ms=failed_at_ms,
+            error_path=error_path,
         )
 
     def to_avro(self) -> dict[str, Any]:
@@ -109,6 +112,7 @@ class DeadLetter:
             "failed_at": self.failed_at,
             "event_id": self.event_id,
             "customer_id": self.customer_id,
+            "error_path": self.error_path,
         }
 
 
@@ -121,6 +125,7 @@ def dead_letter(
     event_id: str | None = None,
     customer_id: str | None = None,
     failed_at_ms: int | None = None,
+    error_path: str | None = None,
 ) -> DeadLetter:
     """The dead letter for ``record``: its bytes untouched (so it can be replayed), where it came from,
     and why it failed."""
@@ -143,6 +148,7 @@ def dead_letter(
         failed_at=failed_at_ms if failed_at_ms is not None else int(time.time() * 1000),
         event_id=event_id,
         customer_id=customer_id,
+        error_path=error_path,
     )
 
 
@@ -169,11 +175,18 @@ class DeadLetterPublisher:
         error_message: str,
         event_id: str | None = None,
         customer_id: str | None = None,
+        error_path: str | None = None,
     ) -> Future[DeliveryReport] | None:
         """Dead-letter ``record``. Returns the delivery future with a plain producer; ``None`` inside a
         transaction (the transaction's commit is the acknowledgement)."""
         letter = dead_letter(
-            record, error_code, error_message, self.service, event_id=event_id, customer_id=customer_id
+            record,
+            error_code,
+            error_message,
+            self.service,
+            event_id=event_id,
+            customer_id=customer_id,
+            error_path=error_path,
         )
         value = self.encoder.encode(letter.to_avro())
         headers = [("plg-error-code", error_code.encode()), ("plg-service", self.service.encode())]

@@ -232,13 +232,17 @@ class Emit:
         *,
         event_id: str | None = None,
         customer_id: str | None = None,
+        path: str | None = None,
     ) -> None:
-        """Move a record to the dead-letter topic with a short machine-readable ``reason`` and a human
-        ``detail``, its bytes untouched so that it can be replayed."""
+        """Move a record to the dead-letter topic with a short machine-readable ``reason``, a human
+        ``detail`` and, when one place of the record is to blame, its ``path`` (``properties.plan``), its
+        bytes untouched so that it can be replayed."""
         if self._dead_letters is None:
             raise RuntimeError("this loop has no dead-letter topic")
         record = message.record if isinstance(message, Message) else message
-        self._dead_letters.publish(record, reason, detail, event_id=event_id, customer_id=customer_id)
+        self._dead_letters.publish(
+            record, reason, detail, event_id=event_id, customer_id=customer_id, error_path=path
+        )
         self.dead_lettered[reason] = self.dead_lettered.get(reason, 0) + 1
 
 

@@ -8,6 +8,10 @@ import threading
 import time
 from typing import Any
 
+from services.kernel.kafka import Consumer, TopicPartition
+from services.kernel.settings import KafkaSettings
+from services.kernel.topics import USAGE_EVENTS
+from services.kernel.topics import topic as catalogue_topic
 from tests.e2e.ingest.conftest import IngestProcess, SdkRun
 from tests.integration.ingest.conftest import Tenant, read_topic
 
@@ -44,8 +48,15 @@ def test_retries_through_an_ingest_crash_never_send_an_event_under_a_new_id(
     first = run_sdk("track", "http://127.0.0.1:9", tenant.key, "3000")  # queue 3000 (+1) events offline
 
     def crash_and_restart() -> None:
-        time.sleep(0.3)
-        ingest_process.stop(signal.SIGKILL)  # mid-delivery: some batches written but never answered
+        # Mid-delivery: once the first batch is on the topic (a fixed sleep raced a fast machine, which
+        # had delivered everything before the kill), some batches written but never answered.
+        with Consumer(KafkaSettings(bootstrap_servers=stack.kafka_bootstrap)) as probe:
+            topic = provisioned.topic("usage-events")
+            partitions = [TopicPartition(topic, p) for p in range(catalogue_topic(USAGE_EVENTS).partitions)]
+            deadline = time.monotonic() + 30
+            while sum(probe.end_offsets(partitions).values()) == 0 and time.monotonic() < deadline:
+                time.sleep(0.005)
+        ingest_process.stop(signal.SIGKILL)
         time.sleep(1.0)
         ingest_process.start()
 

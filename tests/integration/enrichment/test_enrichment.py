@@ -130,6 +130,7 @@ def test_each_violation_is_dead_lettered_in_enforce_mode_with_reason_and_path(wo
         assert letter["error_code"] == code
         path = CASES[code][1] if code in CASES else "name"
         assert f"{code} at {path}" in letter["error_message"]
+        assert letter["error_path"] == path
         assert letter["service"] == "enrichment"
         assert letter["customer_id"] == customer
     got = world.wait_enriched([bad_metered["event_id"]])

@@ -20,6 +20,9 @@ from services.growth.app import build_app
 from services.growth.config import GrowthSettings
 from services.kernel.settings import DatabaseSettings, KafkaSettings, PlatformSettings, SchemaRegistrySettings
 
+# The ingest tests' fixtures (a tenant with an API key, ingest in a thread) for the whole-path test.
+from tests.integration.ingest.conftest import new_tenant, start_ingest, tenant  # noqa: F401
+
 ADMIN_TOKEN = "test-admin-token"
 
 

@@ -135,3 +135,37 @@ def test_sticky_assignments_survive_sign_up_server_side(growth: RunningGrowth) -
             before = variant({"anonymous_id": anon})
             assert variant({"anonymous_id": anon, "user_id": user}) == before
             assert variant({"user_id": user}) == before
+
+
+def test_the_sdk_evaluates_locally_and_follows_admin_changes(growth: RunningGrowth) -> None:
+    from plg_sdk import FlagsClient, Onboarding
+
+    client = FlagsClient(growth.url)
+    try:
+        assert client.wait_ready(10)
+        key = new_key()
+        assert client.evaluate(key, {}).error_code == "FLAG_NOT_FOUND"
+        with growth.admin() as admin:
+            assert admin.put(f"/v1/admin/flags/{key}", json={"rollout": 100}).status_code == 201
+            deadline = time.monotonic() + 2
+            while not client.is_enabled(key, {"user_id": "u"}) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert client.is_enabled(key, {"user_id": "u"})
+            assert admin.patch(f"/v1/admin/flags/{key}", json={"enabled": False}).status_code == 200
+            deadline = time.monotonic() + 2
+            while client.is_enabled(key, {"user_id": "u"}) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert client.evaluate(key, {"user_id": "u"}).reason == "DISABLED"
+        # The same answers as the service's for the same context.
+        for i in range(20):
+            ctx = {"user_id": f"u{i}", "plan": "pro", "country": "NZ"}
+            with growth.client() as http:
+                server = http.post(
+                    "/v1/flags/evaluate", json={"flag_key": "new_dashboard", "context": ctx}
+                ).json()
+            assert client.variant("new_dashboard", ctx) == server["variant"]
+        step = Onboarding(growth.url).next_step(f"c-{uuid.uuid4().hex[:6]}", "u-1", intent="import_data")
+        assert step is not None
+        assert step["id"] == "create-project"
+    finally:
+        client.close()

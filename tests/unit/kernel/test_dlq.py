@@ -48,6 +48,7 @@ def test_dead_letter_carries_the_original_bytes_position_and_reason() -> None:
         "failed_at": 1_717_000_001_000,
         "event_id": "e1",
         "customer_id": "cus_1",
+        "error_path": None,
     }
 
 
