@@ -93,6 +93,10 @@ run-metering: install ## Run only the metering aggregator (ops :8092) in the for
 run-entitlements: install ## Run only the entitlement API (:8082) in the foreground, against `make up`'s stack
 	$(PY) -m services.entitlements
 
+.PHONY: bench-billing
+bench-billing: install ## Usage events -> metering -> billing reporter -> Stripe double: calls per event, ledger rows/s, commit-to-Stripe p50/p99
+	$(PY) -m bench.billing
+
 .PHONY: run-billing
 run-billing: install ## Run only the billing reporter (:8083) in the foreground, against `make up`'s stack
 	$(PY) -m services.billing_reporter

@@ -28,10 +28,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from services.billing_reporter import accounts, subscriptions
+from services.billing_reporter.closing import FinalInvoice, PeriodCloser
 from services.billing_reporter.config import BillingSettings
 from services.billing_reporter.ledger import Ledger, ReportRow
 from services.billing_reporter.meters import sync_meters
-from services.billing_reporter.publish import ReportPublisher
+from services.billing_reporter.publish import InvoicePublisher, ReportPublisher
 from services.billing_reporter.sender import OutboxSender, SenderOptions
 from services.billing_reporter.sink import AggregateSink
 from services.billing_reporter.stripe_gateway import StripeGateway
@@ -121,11 +122,13 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
             state["loop"] = loop
             workers = Workers()
             publisher: Callable[[list[ReportRow]], None] | None = None
+            invoice_publisher: Callable[[list[FinalInvoice]], None] | None = None
             if settings.send:
                 producer = life.push(
                     Producer(settings.kafka, client_id=f"{SERVICE}-{settings.instance_id}"), "producer"
                 )
                 publisher = ReportPublisher(producer, registry, prefix, config).publish
+                invoice_publisher = InvoicePublisher(producer, registry, prefix).publish
             sender = OutboxSender(
                 ledger,
                 gateway,
@@ -149,7 +152,17 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
                 pool, config, timedelta(seconds=settings.past_due_grace_seconds), settings.free_plan
             )
             state["subscriptions"] = subs
+            closer = PeriodCloser(
+                pool,
+                config,
+                ledger=ledger.ledger,
+                report_granularity=settings.report_granularity,
+                grace_ms=int(settings.close_grace_seconds * 1000),
+                publish=invoice_publisher,
+            )
+            state["closer"] = closer
             workers.start("ledger-writer", loop.run)
+            workers.start("period-closer", partial(closer.run, settings.close_check_seconds))
             if settings.send:
                 workers.start("outbox-sender", sender.run)
             workers.start(

@@ -65,6 +65,11 @@ class BillingSettings(StreamServiceSettings):
     # Run the sender in this process (off: only the API and the ledger writer).
     send: bool = True
 
+    # Period close: a period's final invoice is written this long after the period ended (late events
+    # within the aggregator's grace, 1 h by default, and the settle delay must have been reported first).
+    close_grace_seconds: float = Field(default=2 * 3600.0, ge=0)
+    close_check_seconds: float = Field(default=60.0, gt=0)
+
     # Subscriptions: how long a past_due customer keeps their plan before dropping to free.
     past_due_grace_seconds: float = Field(default=7 * 86_400.0, ge=0)
     # How often past-due customers whose grace ran out are moved to the free plan.

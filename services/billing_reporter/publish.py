@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.billing_reporter.closing import FinalInvoice
 from services.billing_reporter.ledger import ReportRow
 from services.kernel.kafka import Producer
 from services.kernel.serde import SchemaRegistry
-from services.kernel.topics import BILLING_REPORTS, topic
+from services.kernel.topics import BILLING_INVOICES, BILLING_REPORTS, topic
 from services.plans.model import PlansConfig
 
 
@@ -30,6 +31,26 @@ def report_record(row: ReportRow, currency: str) -> dict[str, Any]:
         "revision": row.revision,
         "window_total": row.window_total,
     }
+
+
+class InvoicePublisher:
+    """Final invoices onto ``billing-invoices`` (key = customer id), acknowledged before marked published."""
+
+    def __init__(self, producer: Producer, registry: SchemaRegistry, prefix: str, timeout: float = 30.0):
+        spec = topic(BILLING_INVOICES, prefix)
+        assert spec.schema_path is not None
+        self.topic = spec.name
+        self.producer = producer
+        self.encoder = registry.encoder(spec.value_subject, spec.schema_path, auto_register=False)
+        self.timeout = timeout
+
+    def publish(self, invoices: list[FinalInvoice]) -> None:
+        futures = [
+            self.producer.send(self.topic, self.encoder.encode(inv.record()), key=inv.customer_id)
+            for inv in invoices
+        ]
+        for future in futures:
+            future.result(timeout=self.timeout)
 
 
 class ReportPublisher:

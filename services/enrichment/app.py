@@ -16,7 +16,7 @@ from services.enrichment.processor import INPUTS, OUTPUTS, SERVICE, EnrichmentHa
 from services.enrichment.tenants import PostgresTenants
 from services.kernel.kafka import check_reachable
 from services.kernel.lifecycle import Lifecycle
-from services.kernel.processing import ExactlyOnceLoop, exactly_once
+from services.kernel.processing import ExactlyOnceLoop, exactly_once_service
 from services.kernel.processing.view import MaterializedView
 from services.kernel.serde import SchemaRegistry
 from services.kernel.service import ConfigFile
@@ -124,27 +124,15 @@ def _build(settings: EnrichmentSettings, life: Lifecycle) -> EnrichmentApp:
         links_topic=links.name,
         graph_ready=view.ready.is_set,
     )
-    loop = exactly_once(
+    loop = exactly_once_service(
+        settings,
         service=SERVICE,
-        kafka=settings.kafka,
         registry=registry,
         lifecycle=life,
         handler=handler,
         inputs=INPUTS,
         outputs=OUTPUTS,
         dead_letters=USAGE_EVENTS_DLQ,
-        group_id=settings.group_id,
-        transactional_id=settings.transactional_id,
-        topic_prefix=prefix,
-        auto_register=settings.auto_register_schemas,
-        consumer_config={
-            "session.timeout.ms": settings.session_timeout_ms,
-            "heartbeat.interval.ms": max(1000, settings.session_timeout_ms // 5),
-        },
-        transaction_timeout_ms=settings.transaction_timeout_ms,
-        max_batch=settings.max_batch_events,
-        batch_wait=settings.batch_wait_ms / 1000,
-        kafka_timeout=settings.commit_timeout_seconds,
         tombstones=True,  # identity-links tombstones erase links; usage-events ones are dead-lettered
     )
     log.info(

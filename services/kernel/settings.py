@@ -16,6 +16,7 @@ Nested values can also be set through the service's prefix with ``__`` (``INGEST
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -103,3 +104,48 @@ class StreamServiceSettings(ServiceSettings):
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
+
+
+class ExactlyOnceSettings(StreamServiceSettings):
+    """A service that runs the kernel's exactly-once loop: its identity in the group and the loop's knobs.
+
+    A subclass sets ``group_id``'s default (the service's name) and, if it wants, other defaults; every
+    field reads the service's own prefix (``METERING_INSTANCE_ID``, ``ENRICHMENT_MAX_BATCH_EVENTS``...).
+    ``services.kernel.processing.exactly_once_service(settings, ...)`` builds the loop from it.
+    """
+
+    # Stable identity of this instance across restarts: it becomes the transactional.id (a restarted
+    # instance fences its dead predecessor's open transaction at once) and, with static_membership, the
+    # group.instance.id. Give every replica its own, e.g. the StatefulSet pod name.
+    instance_id: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    group_id: str = Field(default="", pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    # One Kafka transaction per consumed batch: at most this many records, waiting at most this long.
+    max_batch_events: int = Field(default=10_000, ge=1)
+    batch_wait_ms: int = Field(default=100, ge=1)
+    # A crashed instance's partitions move after this long.
+    session_timeout_ms: int = Field(default=10_000, ge=6_000)
+    # Static group membership (group.instance.id = instance_id): a restart takes its partitions back
+    # without a rebalance. Off by default: with librdkafka, a static member whose session times out during
+    # a coordinator outage is fenced for good on rejoin (librdkafka issue #3437) and the process must exit.
+    static_membership: bool = False
+    # An open transaction of a dead instance that never comes back is aborted by the broker after this.
+    transaction_timeout_ms: int = Field(default=30_000, ge=1_000)
+    # How long a commit (or send_offsets, abort) retries while the broker is away before the batch is
+    # given up and retried with back-off.
+    commit_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Register our output schemas if missing (provisioning normally has).
+    auto_register_schemas: bool = False
+
+    @property
+    def transactional_id(self) -> str:
+        return f"{self.group_id}-{self.instance_id}"
+
+    def consumer_config(self) -> dict[str, int | str]:
+        """The group settings the loop's consumer gets from these fields."""
+        config: dict[str, int | str] = {
+            "session.timeout.ms": self.session_timeout_ms,
+            "heartbeat.interval.ms": max(1000, self.session_timeout_ms // 5),
+        }
+        if self.static_membership:
+            config["group.instance.id"] = self.instance_id
+        return config

@@ -56,6 +56,7 @@ USAGE_EVENTS_DLQ = "usage-events-dlq"
 USAGE_AGGREGATES = "usage-aggregates"
 ENTITLEMENT_EVENTS = "entitlement-events"
 BILLING_REPORTS = "billing-reports"
+BILLING_INVOICES = "billing-invoices"
 CUSTOMER_HEALTH = "customer-health"
 CUSTOMER_ALERTS = "customer-alerts"
 IDENTITY_LINKS = "identity-links"
@@ -105,6 +106,13 @@ PLATFORM_TOPICS: tuple[TopicSpec, ...] = (
         "billing_report",
         retention_ms=400 * DAY_MS,
         description="Usage reported to Stripe.",
+    ),
+    TopicSpec(
+        BILLING_INVOICES,
+        3,
+        "billing_invoice",
+        retention_ms=400 * DAY_MS,
+        description="Final invoices, one per customer and closed billing period.",
     ),
     TopicSpec(
         CUSTOMER_HEALTH,

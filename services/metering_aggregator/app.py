@@ -6,14 +6,13 @@ import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from services.customers import CustomerDirectory
 from services.kernel.db import open_pool
 from services.kernel.kafka import Consumer, check_reachable
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ReadinessCheck
-from services.kernel.processing import ExactlyOnceLoop, exactly_once
+from services.kernel.processing import ExactlyOnceLoop, exactly_once_service
 from services.kernel.provision import admin_client
 from services.kernel.serde import SchemaRegistry
 from services.kernel.topics import METERING_CHANGELOG, USAGE_EVENTS, USAGE_EVENTS_DLQ, topic
@@ -76,12 +75,6 @@ def _build(settings: MeteringSettings, life: Lifecycle) -> AggregatorApp:
             f"{partitions}: the changelog must be co-partitioned with the input"
         )
 
-    group: dict[str, Any] = {
-        "session.timeout.ms": settings.session_timeout_ms,
-        "heartbeat.interval.ms": max(1000, settings.session_timeout_ms // 5),
-    }
-    if settings.static_membership:
-        group["group.instance.id"] = settings.instance_id
     loop: ExactlyOnceLoop | None = None
 
     def consumer() -> Consumer:
@@ -99,25 +92,15 @@ def _build(settings: MeteringSettings, life: Lifecycle) -> AggregatorApp:
         upgrade_url=settings.upgrade_url,
         eviction_interval=settings.eviction_interval_seconds,
     )
-    loop = exactly_once(
+    loop = exactly_once_service(
+        settings,
         service=SERVICE,
-        kafka=settings.kafka,
         registry=registry,
         lifecycle=life,
         handler=handler,
         inputs=INPUTS,
         outputs=OUTPUTS,
         dead_letters=USAGE_EVENTS_DLQ,
-        # Without the prefix: the builder applies it to the group and transactional ids too.
-        group_id=settings.group_id,
-        transactional_id=settings.transactional_id,
-        topic_prefix=prefix,
-        auto_register=settings.auto_register_schemas,
-        consumer_config=group,
-        transaction_timeout_ms=settings.transaction_timeout_ms,
-        max_batch=settings.max_batch_events,
-        batch_wait=settings.batch_wait_ms / 1000,
-        kafka_timeout=settings.commit_timeout_seconds,
     )
     readiness: dict[str, ReadinessCheck] = {"aggregator": loop.ready, "customers": lambda: directory.loaded}
     log.info(

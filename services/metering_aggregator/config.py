@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.kernel.settings import StreamServiceSettings
+from services.kernel.settings import ExactlyOnceSettings
 from services.metering_aggregator.model import Rules
 
 
-class MeteringSettings(StreamServiceSettings):
+class MeteringSettings(ExactlyOnceSettings):
     """``METERING_INSTANCE_ID=agg-1``, ``METERING_GRACE_SECONDS=3600`` and so on."""
 
     model_config = SettingsConfigDict(env_prefix="METERING_")
@@ -21,10 +20,6 @@ class MeteringSettings(StreamServiceSettings):
     # Ops endpoints (/metrics, /livez, /readyz) of the aggregator process (``host`` from the base).
     port: int = Field(default=8092, ge=0, le=65535)
 
-    # Stable identity of this instance across restarts: it becomes the transactional.id (a restarted
-    # instance fences its dead predecessor's open transaction at once) and, with static_membership, the
-    # group.instance.id. Give every replica its own, e.g. the StatefulSet pod name.
-    instance_id: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9._-]{1,100}$")
     group_id: str = "metering-aggregator"
     # Meters-and-plans file; default $PLG_METERING_CONFIG or deploy/config/metering.yaml.
     config_path: Path | None = None
@@ -39,22 +34,10 @@ class MeteringSettings(StreamServiceSettings):
     # Events further ahead of their arrival than this are dead-lettered as future_event (clock skew).
     future_tolerance_seconds: int = Field(default=300, ge=0)
 
-    # One Kafka transaction per consumed batch: at most this many events, waiting at most this long.
+    # One Kafka transaction per consumed batch (the loop's other knobs: ExactlyOnceSettings).
     max_batch_events: int = Field(default=50_000, ge=1)
-    batch_wait_ms: int = Field(default=100, ge=1)
     # How often expired state is dropped (and tombstoned in the changelog).
     eviction_interval_seconds: float = Field(default=10.0, gt=0)
-    # A crashed instance's partitions move after this long.
-    session_timeout_ms: int = Field(default=10_000, ge=6_000)
-    # Static group membership (group.instance.id = instance_id): a restart takes its partitions back
-    # without a rebalance. Off by default: with librdkafka, a static member whose session times out during
-    # a coordinator outage is fenced for good on rejoin (librdkafka issue #3437) and the process must exit.
-    static_membership: bool = False
-    # An open transaction of a dead instance that never comes back is aborted by the broker after this.
-    transaction_timeout_ms: int = Field(default=30_000, ge=1_000)
-    # How long a commit (or send_offsets, abort) retries while the broker is away before the batch is
-    # given up and retried with back-off.
-    commit_timeout_seconds: float = Field(default=30.0, gt=0)
 
     # How a producer picks the partition of a customer's events: librdkafka's default (``consistent``,
     # CRC32 of the key — the kernel producer and confluent-kafka apps) or the Java client's ``murmur2``.
@@ -66,8 +49,6 @@ class MeteringSettings(StreamServiceSettings):
     customers_refresh_seconds: float = Field(default=30.0, gt=0)
     # Base of the upgrade link in threshold events and entitlement answers.
     upgrade_url: str = "http://127.0.0.1:3000/billing/upgrade"
-    # Register our output schemas if missing (provisioning normally has).
-    auto_register_schemas: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> MeteringSettings:
@@ -80,7 +61,3 @@ class MeteringSettings(StreamServiceSettings):
             dedup_horizon_ms=self.dedup_horizon_seconds * 1000,
             future_tolerance_ms=self.future_tolerance_seconds * 1000,
         )
-
-    @property
-    def transactional_id(self) -> str:
-        return f"{self.group_id}-{self.instance_id}"

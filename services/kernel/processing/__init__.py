@@ -14,7 +14,7 @@ dead letters for records that cannot be decoded or that the handler raises on. S
 """
 
 from services.kernel.processing.at_least_once import AtLeastOnceLoop, SinkHandler
-from services.kernel.processing.build import at_least_once, exactly_once
+from services.kernel.processing.build import at_least_once, exactly_once, exactly_once_service
 from services.kernel.processing.exactly_once import ExactlyOnceLoop
 from services.kernel.processing.handler import StreamHandler
 from services.kernel.processing.loop import HandlerFailed
@@ -33,4 +33,5 @@ __all__ = [
     "StreamHandler",
     "at_least_once",
     "exactly_once",
+    "exactly_once_service",
 ]

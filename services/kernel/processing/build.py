@@ -21,7 +21,7 @@ from services.kernel.processing.exactly_once import ExactlyOnceLoop
 from services.kernel.processing.handler import StreamHandler
 from services.kernel.processing.messages import OutputTopic
 from services.kernel.serde import SchemaRegistry, SchemaSource, ValueDecoder
-from services.kernel.settings import KafkaSettings
+from services.kernel.settings import ExactlyOnceSettings, KafkaSettings
 from services.kernel.topics import USAGE_EVENTS_DLQ, topic
 
 #: Consumer settings every stream loop gets unless it overrides them. Cooperative: a rebalance moves only
@@ -190,3 +190,43 @@ def at_least_once(
     )
     lifecycle.callback(loop.close, "producer")
     return loop
+
+
+def exactly_once_service(
+    settings: ExactlyOnceSettings,
+    *,
+    service: str,
+    registry: SchemaRegistry,
+    lifecycle: Lifecycle,
+    handler: StreamHandler,
+    inputs: Sequence[str],
+    outputs: Sequence[str] = (),
+    dead_letters: str | None = USAGE_EVENTS_DLQ,
+    **loop_options: Any,
+) -> ExactlyOnceLoop:
+    """:func:`exactly_once` with the group, instance, timeouts and batch size taken from a service's
+    :class:`~services.kernel.settings.ExactlyOnceSettings`; ``loop_options`` override or add loop
+    options (``tombstones``, ``clock``...)."""
+    options: dict[str, Any] = {
+        "max_batch": settings.max_batch_events,
+        "batch_wait": settings.batch_wait_ms / 1000,
+        "kafka_timeout": settings.commit_timeout_seconds,
+        **loop_options,
+    }
+    return exactly_once(
+        service=service,
+        kafka=settings.kafka,
+        registry=registry,
+        lifecycle=lifecycle,
+        handler=handler,
+        inputs=inputs,
+        outputs=outputs,
+        dead_letters=dead_letters,
+        group_id=settings.group_id,
+        transactional_id=settings.transactional_id,
+        topic_prefix=settings.platform.topic_prefix,
+        auto_register=settings.auto_register_schemas,
+        consumer_config=settings.consumer_config(),
+        transaction_timeout_ms=settings.transaction_timeout_ms,
+        **options,
+    )

@@ -1,0 +1,178 @@
+"""Period close: once a customer's billing period has ended and a grace for late events has passed, and
+the ledger holds every report of it (no window still to plan, no report still to deliver), its final
+invoice is computed, written once (``billing_invoices``, keyed by ledger, customer and period) and
+published on ``billing-invoices`` through that table as an outbox. Stripe's side needs no action: every
+report of the period went out under its identifier already, so nothing is sent twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from services.billing_reporter.accounts import period_usage
+from services.kernel import metrics
+from services.plans.invoice import Invoice, calculate_invoice
+from services.plans.model import PlansConfig
+from services.plans.periods import billing_period
+
+log = logging.getLogger(__name__)
+
+CLOSED = metrics.counter("plg_billing_periods_closed", "Billing periods closed with a final invoice.")
+WAITING = metrics.gauge("plg_billing_periods_waiting", "Ended periods whose ledger is not complete yet.")
+
+
+@dataclass(frozen=True, slots=True)
+class FinalInvoice:
+    """A written final invoice as the outbox hands it to publishing: the stored document (to_dict())."""
+
+    customer_id: str
+    period_start: int
+    period_end: int
+    document: dict[str, Any]
+    finalized_at: float
+
+    def record(self) -> dict[str, Any]:
+        from decimal import Decimal
+
+        doc = self.document
+        return {
+            "invoice_id": f"{self.customer_id}:{self.period_start}",
+            "customer_id": self.customer_id,
+            "period_start": self.period_start,
+            "period_end": self.period_end,
+            "plan": doc["plan"],
+            "price_version": doc["price_version"],
+            "currency": doc["currency"],
+            "subtotal": Decimal(doc["subtotal"]),
+            "tax": Decimal(doc["tax"]["amount"]),
+            "total": Decimal(doc["total"]),
+            "lines_json": json.dumps(doc["lines"], sort_keys=True),
+            "finalized_at": int(self.finalized_at * 1000),
+        }
+
+
+class PeriodCloser:
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        config: PlansConfig,
+        *,
+        ledger: str,
+        report_granularity: str,
+        grace_ms: int,
+        publish: Callable[[list[FinalInvoice]], None] | None = None,
+    ) -> None:
+        self.pool = pool
+        self.config = config
+        self.ledger = ledger
+        self.report_granularity = report_granularity
+        self.grace_ms = grace_ms
+        self.publish = publish
+
+    def close_due(self, now_ms: int | None = None) -> list[Invoice]:
+        """Close every customer's last period that ended more than the grace ago; returns the invoices
+        written now (a period already closed, or whose ledger is incomplete, is skipped)."""
+        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        written: list[Invoice] = []
+        waiting = 0
+        with self.pool.connection() as conn:
+            customers = conn.execute(
+                "SELECT customer_id, plan, billing_anchor_day, price_version, tax_region,"
+                " (extract(epoch FROM created_at) * 1000)::bigint FROM customers"
+            ).fetchall()
+        for customer_id, plan, anchor, pinned, region, created_ms in customers:
+            current = billing_period(now_ms - self.grace_ms, anchor)
+            ended = billing_period(current.start_ms - 1, anchor)
+            if ended.end_ms <= created_ms:
+                continue  # the customer did not exist yet
+            price = self.config.price_for(plan, ended.start.date(), pinned)
+            if price is None:
+                continue
+            with self.pool.connection() as conn, conn.transaction():
+                if self._closed(conn, customer_id, ended.start_ms):
+                    continue
+                if not self._complete(conn, customer_id, ended.start_ms, ended.end_ms):
+                    waiting += 1
+                    continue
+                usage = period_usage(self.pool, self.ledger, customer_id, ended.start_ms)
+                if not usage and not price.base_price:
+                    continue  # a free customer without usage: no invoice to write
+                invoice = calculate_invoice(
+                    customer_id=customer_id,
+                    period=ended,
+                    price=price,
+                    usage=usage,
+                    tax_region=region,
+                    status="final",
+                )
+                conn.execute(
+                    "INSERT INTO billing_invoices (ledger, customer_id, period_start, period_end, plan,"
+                    " price_version,"
+                    " currency, total, invoice) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT DO NOTHING",
+                    (self.ledger, customer_id, ended.start_ms, ended.end_ms, invoice.plan,
+                     invoice.price_version, invoice.currency, invoice.total, json.dumps(invoice.to_dict())),
+                )  # fmt: skip
+                written.append(invoice)
+                CLOSED.inc()
+        WAITING.set(waiting)
+        self.publish_pending()
+        return written
+
+    def _closed(self, conn: psycopg.Connection[Any], customer_id: str, start_ms: int) -> bool:
+        return (
+            conn.execute(
+                "SELECT 1 FROM billing_invoices WHERE ledger = %s AND customer_id = %s AND period_start = %s",
+                (self.ledger, customer_id, start_ms),
+            ).fetchone()
+            is not None
+        )
+
+    def _complete(self, conn: psycopg.Connection[Any], customer_id: str, start_ms: int, end_ms: int) -> bool:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM billing_usage WHERE ledger = %s AND customer_id = %s AND dirty"
+            "        AND granularity = %s AND window_start >= %s AND window_start < %s),"
+            "       (SELECT count(*) FROM billing_reports WHERE ledger = %s AND customer_id = %s"
+            "        AND status = 'pending' AND window_start >= %s AND window_start < %s)",
+            (self.ledger, customer_id, self.report_granularity, start_ms, end_ms,
+             self.ledger, customer_id, start_ms, end_ms),
+        ).fetchone()  # fmt: skip
+        return row is not None and row[0] == 0 and row[1] == 0
+
+    def publish_pending(self) -> None:
+        if self.publish is None:
+            return
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT customer_id, period_start, period_end, invoice, extract(epoch FROM"
+                " finalized_at)::float8"
+                " FROM billing_invoices WHERE ledger = %s AND published_at IS NULL ORDER BY finalized_at"
+                " LIMIT 500",
+                (self.ledger,),
+            ).fetchall()
+        if not rows:
+            return
+        finals = [FinalInvoice(c, int(s), int(e), doc, at) for c, s, e, doc, at in rows]
+        self.publish(finals)
+        with self.pool.connection() as conn:
+            conn.cursor().executemany(
+                "UPDATE billing_invoices SET published_at = now() WHERE ledger = %s AND customer_id = %s"
+                " AND period_start = %s",
+                [(self.ledger, f.customer_id, f.period_start) for f in finals],
+            )
+
+    def run(self, interval: float, stop: threading.Event) -> None:
+        while not stop.wait(interval):
+            try:
+                self.close_due()
+            except Exception:
+                log.exception("period close round failed; retrying")
