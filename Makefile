@@ -113,6 +113,10 @@ run-enrichment: install ## Run only the enrichment service (ops :8093) in the fo
 run-health: install ## Run only the health-score service and CS dashboard (:8084) in the foreground, against `make up`'s stack
 	$(PY) -m services.health_score
 
+.PHONY: bench-health
+bench-health: install ## Health scorer events/s; event -> changed score served p50/p99 at 5k/s; API p99 (idle and under load)
+	$(PY) -m bench.health
+
 .PHONY: bench-enrichment
 bench-enrichment: install ## Enrichment events/s (exactly-once) vs raw consume+decode+encode+produce; p99 added latency at 5k/s
 	$(PY) -m bench.enrichment
