@@ -93,6 +93,10 @@ run-metering: install ## Run only the metering aggregator (ops :8092) in the for
 run-entitlements: install ## Run only the entitlement API (:8082) in the foreground, against `make up`'s stack
 	$(PY) -m services.entitlements
 
+.PHONY: bench-billing
+bench-billing: install ## Usage events -> metering -> billing reporter -> Stripe double: calls per event, ledger rows/s, commit-to-Stripe p50/p99
+	$(PY) -m bench.billing
+
 .PHONY: run-billing
 run-billing: install ## Run only the billing reporter (:8083) in the foreground, against `make up`'s stack
 	$(PY) -m services.billing_reporter
@@ -108,6 +112,10 @@ run-enrichment: install ## Run only the enrichment service (ops :8093) in the fo
 .PHONY: run-health
 run-health: install ## Run only the health-score service and CS dashboard (:8084) in the foreground, against `make up`'s stack
 	$(PY) -m services.health_score
+
+.PHONY: bench-health
+bench-health: install ## Health scorer events/s; event -> changed score served p50/p99 at 5k/s; API p99 (idle and under load)
+	$(PY) -m bench.health
 
 .PHONY: bench-enrichment
 bench-enrichment: install ## Enrichment events/s (exactly-once) vs raw consume+decode+encode+produce; p99 added latency at 5k/s

@@ -1,9 +1,9 @@
 """``make bench-growth``: the growth service's four figures.
 
-1. server-side flag evaluations/s and latency (``POST /v1/flags/evaluate``, ``--clients`` keep-alive
-   connections for ``--seconds``), with the service's CPU per evaluation;
-2. the Python SDK's local evaluation cost per flag of deploy/config/flags.yaml (µs per call; a warm
+1. the Python SDK's local evaluation cost per flag of deploy/config/flags.yaml (µs per call; a warm
    identity — its buckets cached — and a first-seen identity), goal < 2 µs;
+2. server-side flag evaluations/s and latency (``POST /v1/flags/evaluate``, ``--clients`` keep-alive
+   connections for ``--seconds``), with the service's CPU per evaluation;
 3. the time from an admin change to every one of ``--subscribers`` SSE subscribers seeing it (p50/p99 over
    ``--changes`` changes);
 4. ``GET /v1/onboarding/.../next`` latency (p50/p99), goal p99 < 10 ms.
@@ -51,7 +51,7 @@ def request(
     return response.status, response.read()
 
 
-# -- 1. server-side evaluations -------------------------------------------------------------------------
+# -- 2. server-side evaluations -------------------------------------------------------------------------
 
 
 def server_evaluations(port: int, pid: int, clients: int, seconds: float) -> None:
@@ -89,13 +89,13 @@ def server_evaluations(port: int, pid: int, clients: int, seconds: float) -> Non
     cpu = cpu_seconds(pid) - cpu_before
     every = [x for xs in latencies for x in xs]
     print(
-        f"1. server-side evaluations: {len(every) / elapsed:,.0f}/s over {elapsed:.1f} s with {clients} "
+        f"2. server-side evaluations: {len(every) / elapsed:,.0f}/s over {elapsed:.1f} s with {clients} "
         f"connections; latency p50 {pct(every, 50) * 1e3:.2f} ms, p99 {pct(every, 99) * 1e3:.2f} ms; "
         f"service CPU {cpu / max(1, len(every)) * 1e6:.0f} µs per evaluation; errors {len(errors)}"
     )
 
 
-# -- 2. SDK local evaluation ------------------------------------------------------------------------------
+# -- 1. SDK local evaluation ------------------------------------------------------------------------------
 
 
 def sdk_local(calls: int) -> None:
@@ -104,7 +104,7 @@ def sdk_local(calls: int) -> None:
         {"user_id": f"user-{i}", "anonymous_id": f"anon-{i}", "plan": "free", "country": "NZ"}
         for i in range(1000)
     ]
-    print("2. SDK local evaluation (µs per call; warm: identity seen before, cold: first-seen identity)")
+    print("1. SDK local evaluation (µs per call; warm: identity seen before, cold: first-seen identity)")
     worst = 0.0
     for key in engine.flags:
         for ctx in warm:  # warm the bucket cache

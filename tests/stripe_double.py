@@ -111,6 +111,8 @@ class StripeDouble:
         self.fault_plan = Faults()
         self.stats = Stats()
         self.accepted_identifiers: list[str] = []
+        # identifier -> wall-clock time it was accepted (benchmarks measure report latency from it).
+        self.accepted_at: dict[str, float] = {}
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -377,6 +379,7 @@ class StripeDouble:
             }
             self.events.append(event)
             self.accepted_identifiers.append(identifier)
+            self.accepted_at[identifier] = time.time()
             self.stats.accepted_events += 1
         return event
 

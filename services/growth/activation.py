@@ -4,9 +4,10 @@ windowed thresholds, and each (subject, threshold) crossed once.
 
 The state is a flat mapping of changelog keys to JSON-able values (what the changelog topic holds):
 
-* ``c|<scope>|<customer>|<subject>|<event>`` → ``{"scope", "customer", "subject", "event", "n", "d"}``: the
-  count since the first event (``n``) and per event-time day (``d``, only for events a windowed threshold
-  counts, days older than the longest window dropped);
+* ``c|<scope>|<customer>|<subject>|<event>`` → ``{"scope", "customer", "subject", "event", "n", "d", "r"}``:
+  the count since the first event (``n``), per event-time day (``d``, only for events a windowed threshold
+  counts, days older than the longest window dropped) and the last event ids counted (``r``: a duplicate
+  of one of them — a client retry — is not counted again);
 * ``f|<scope>|<customer>|<subject>|<threshold>`` → ``{"scope", "customer", "subject", "threshold", "at",
   "record"}``: the threshold was crossed, with the activation record written then.
 
@@ -29,6 +30,8 @@ DEFAULT_ACTIVATION_FILE = REPO / "deploy" / "config" / "activation.yaml"
 DAY_MS = 86_400_000
 SCOPES = ("person", "customer")
 PROMPT = "show-upgrade-prompt"
+#: Event ids remembered per counter to drop duplicates (client retries).
+RECENT_IDS = 16
 
 
 class ActivationConfigError(ValueError):
@@ -267,6 +270,16 @@ class Tracker:
             if counter is None:
                 counter = {"scope": scope, "customer": customer, "subject": subject, "event": name, "n": 0}
                 self.state[key] = counter
+            event_id = event.get("event_id")
+            if event_id:
+                # A client retry that reached Kafka twice carries the same event_id, moments apart: the last
+                # few ids per counter (kept in the changelog, so across restarts too) catch it.
+                recent: list[str] = counter.setdefault("r", [])
+                if event_id in recent:
+                    continue
+                recent.append(str(event_id))
+                if len(recent) > RECENT_IDS:
+                    del recent[0]
             counter["n"] += 1
             latest = day
             if keep:

@@ -72,9 +72,11 @@ class EvaluationList(BaseModel):
 
 
 class FlagDefinition(BaseModel):
-    """A flag as in deploy/config/flags.yaml (docs/growth.md); validated against every other flag."""
+    """A flag as in deploy/config/flags.yaml without its key (docs/growth.md). Whether it is valid also
+    depends on the other flags (prerequisites) and on its own parts agreeing (variants named by rules):
+    those checks answer 422 ``invalid_flag`` with every problem."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
     enabled: bool | None = None
     description: str | None = None
     variants: dict[str, Any] | None = None
@@ -86,6 +88,7 @@ class FlagDefinition(BaseModel):
     salt: str | None = None
     sticky: bool | None = None
     prerequisites: list[dict[str, Any]] | None = None
+    tags: list[str] | None = None
 
 
 class AdminFlag(BaseModel):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Body, FastAPI, Header
+from fastapi import Body, FastAPI, Header, Path
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -62,6 +62,12 @@ VERSION = "0.1.0"
 _JSON = "application/json"
 
 ACTOR_HEADER = "X-Plg-Actor"
+FlagKey = Annotated[
+    str, Path(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$", description="The flag key (as in flags.yaml).")
+]
+IfMatch = Annotated[
+    str | None, Header(pattern=r'^"?[0-9]{1,9}"?$', description='The version the change is based on: "3".')
+]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Malformed request."},
     422: {"model": ErrorBody, "description": "Invalid parameters or body."},
@@ -284,7 +290,7 @@ def build_app(settings: GrowthSettings, lifecycle: Lifecycle | None = None) -> F
         summary="One flag as stored, with its version (ETag)",
         responses=_ADMIN_ERRORS,
     )
-    async def admin_get(key: str, request: Request) -> Response:
+    async def admin_get(key: FlagKey, request: Request) -> Response:
         admin(request)
         found = await run_in_threadpool(growth().store.get, key)
         if found is None:
@@ -306,10 +312,10 @@ def build_app(settings: GrowthSettings, lifecycle: Lifecycle | None = None) -> F
         responses={**_ADMIN_ERRORS, 201: {"model": FlagWritten, "description": "Created."}},
     )
     async def admin_put(
-        key: str,
+        key: FlagKey,
         request: Request,
         definition: Annotated[FlagDefinition, Body()],
-        if_match: Annotated[str | None, Header()] = None,
+        if_match: IfMatch = None,
     ) -> Response:
         """The whole definition (as in flags.yaml, without `key`); validated against every other flag
         (422 lists every problem). Versioned and audited under `X-Plg-Actor`; every SSE subscriber gets the
@@ -326,10 +332,10 @@ def build_app(settings: GrowthSettings, lifecycle: Lifecycle | None = None) -> F
         responses=_ADMIN_ERRORS,
     )
     async def admin_patch(
-        key: str,
+        key: FlagKey,
         request: Request,
         changes: Annotated[FlagDefinition, Body()],
-        if_match: Annotated[str | None, Header()] = None,
+        if_match: IfMatch = None,
     ) -> Response:
         """Top-level fields given replace the stored ones; the rest stays."""
         actor = admin(request)
@@ -372,9 +378,7 @@ def build_app(settings: GrowthSettings, lifecycle: Lifecycle | None = None) -> F
         summary="Delete a flag (audited; refused while another flag has it as a prerequisite)",
         responses=_ADMIN_ERRORS,
     )
-    async def admin_delete(
-        key: str, request: Request, if_match: Annotated[str | None, Header()] = None
-    ) -> Response:
+    async def admin_delete(key: FlagKey, request: Request, if_match: IfMatch = None) -> Response:
         actor = admin(request)
         g = growth()
         try:
@@ -400,7 +404,7 @@ def build_app(settings: GrowthSettings, lifecycle: Lifecycle | None = None) -> F
         summary="Who changed the flag, when, and what (newest first)",
         responses=_ADMIN_ERRORS,
     )
-    async def admin_history(key: str, request: Request) -> Response:
+    async def admin_history(key: FlagKey, request: Request) -> Response:
         admin(request)
         changes = await run_in_threadpool(growth().store.history, key)
         if not changes:

@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> int:
         SERVICE,
         HealthSettings,
         build_app,
-        http=HttpOptions(),
+        # SSE connections (the dashboard) never end by themselves: after 3 s of draining they are cut.
+        http=HttpOptions(timeout_graceful_shutdown=3),
         config_files=[registry_file()],
         argv=argv,
         description=__doc__,

@@ -31,5 +31,8 @@ class HealthSettings(StreamServiceSettings):
     max_batch: int = Field(default=5000, ge=1)
     # Days of daily scores the API and the sparklines show.
     history_days: int = Field(default=56, ge=1, le=400)
+    # Python's GIL switch interval for this process (sys.setswitchinterval): the API's tail latency while
+    # the scorer computes. Python's default is 0.005.
+    gil_switch_interval_seconds: float = Field(default=0.001, gt=0, le=0.1)
     # Apply migrations at start (the stack does it too; safe to repeat).
     migrate: bool = True

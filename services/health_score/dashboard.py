@@ -19,11 +19,26 @@ STYLE = (STATIC / "dashboard.css").read_text()
 SCRIPT = (STATIC / "dashboard.js").read_text()
 
 
+def _spark_range(values: Sequence[int]) -> tuple[float, float]:
+    """The y range: the values' own (so a 5-point slide is visible), at least 20 points tall, within 0-100."""
+    lo, hi = float(min(values)), float(max(values))
+    pad = max(0.0, (20 - (hi - lo)) / 2)
+    lo, hi = max(0.0, lo - pad), min(100.0, hi + pad)
+    return (lo, hi) if hi > lo else (0.0, 100.0)
+
+
 def sparkline(values: Sequence[int], width: int = 120, height: int = 24) -> str:
     if not values:
         return ""
+    if len(values) == 1:  # one day of history: a dot, not an invisible line
+        y = height - values[0] / 100 * height
+        dot = f'<circle cx="{width}" cy="{y:.1f}" r="2" fill="#4a67d6"/>'
+        return f'<svg width="{width}" height="{height}">{dot}</svg>'
     step = width / (len(values) - 1) if len(values) > 1 else 0
-    points = " ".join(f"{i * step:.1f},{height - v / 100 * height:.1f}" for i, v in enumerate(values))
+    lo, hi = _spark_range(values)
+    points = " ".join(
+        f"{i * step:.1f},{height - (v - lo) / (hi - lo) * height:.1f}" for i, v in enumerate(values)
+    )
     line = f'<polyline fill="none" stroke="#4a67d6" points="{points}"/>'
     return f'<svg width="{width}" height="{height}">{line}</svg>'
 
@@ -70,7 +85,7 @@ def _head(record: Mapping[str, Any] | None, cid: str, history: Sequence[Mapping[
     if record is None:
         return (
             f'<section><h2>{cid}</h2><div id="score" class="big">-</div><span id="band">no score yet</span>'
-            '<span id="trend"></span><div id="spark"></div></section>'
+            '<span id="trend"></span><span id="meta"></span><div id="spark"></div></section>'
         )
     band = escape(record.get("band") or "")
     direction = record.get("trend_direction")
@@ -80,8 +95,8 @@ def _head(record: Mapping[str, Any] | None, cid: str, history: Sequence[Mapping[
         f'<section><h2>{cid} <span class="muted">{where}</span></h2>'
         f'<div id="score" class="big {band}">{record["score"]}</div> band <b id="band">{band}</b>'
         f' · trend <b id="trend" class="{escape(direction or "")}">{arrow}</b>'
-        f" · churn risk {record.get('churn_risk_probability')}"
-        f" · {record.get('active_users')} active of {record.get('seats')} seats"
+        f'<span id="meta"> · churn risk {record.get("churn_risk_probability")}'
+        f" · {record.get('active_users')} active of {record.get('seats')} seats</span>"
         f'<div id="spark">{sparkline([h["score"] for h in history])}</div>'
         f'<p class="muted">computed {_when(record["computed_at"])} UTC'
         f" ({escape(record.get('path') or '')})</p>"
@@ -102,8 +117,7 @@ def _factor_row(f: Mapping[str, Any]) -> str:
 
 
 def _explanation(record: Mapping[str, Any] | None) -> str:
-    if record is None:
-        return ""
+    record = record or {}
     contributions = "".join(
         f"<tr><td>{escape(k)}</td><td>{v:.1f}</td></tr>"
         for k, v in (record.get("contributions") or {}).items()
@@ -111,9 +125,11 @@ def _explanation(record: Mapping[str, Any] | None) -> str:
     factors = "".join(_factor_row(f) for f in record.get("factors") or [])
     top = ", ".join(escape(t) for t in record.get("top_factors") or []) or "none"
     return (
-        f"<section><h2>Components (points of 100)</h2><table>{contributions}</table>"
-        f"<p>Top factors: <b>{top}</b></p><table><thead><tr><th>factor</th><th>value</th><th></th>"
-        f"<th>points</th><th>vs previous</th><th></th></tr></thead>{factors}</table></section>"
+        "<section><h2>Components (points of 100)</h2>"
+        f'<table><tbody id="contributions">{contributions}</tbody></table>'
+        f'<p>Top factors: <b id="top">{top}</b></p><table><thead><tr><th>factor</th><th>value</th>'
+        "<th></th><th>points</th><th>vs previous</th><th></th></tr></thead>"
+        f'<tbody id="factors">{factors}</tbody></table></section>'
     )
 
 

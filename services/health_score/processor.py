@@ -175,7 +175,9 @@ class HealthSink(SinkHandler):
         on_entitlements: Listener | None = None,
         cache_limit: int = 100_000,
         tick_interval: float | None = 300.0,
+        history_days: int = 56,
     ) -> None:
+        self.history_days = history_days
         self.config = config
         self.store = store
         self.builder = builder
@@ -214,6 +216,7 @@ class HealthSink(SinkHandler):
         touched: dict[str, set[int]] = {}
         live: list[Mapping[str, Any]] = []
         limits: list[Mapping[str, Any]] = []
+        merged: set[str] = set()
         for message in usable:
             value = message.value
             assert value is not None
@@ -229,14 +232,22 @@ class HealthSink(SinkHandler):
                 out.dead_letter(message, "invalid_event", problem)
             if day is None:
                 days.update(state.facts)  # a merge rewrote the customer's history
+                merged.add(cid)
             else:
                 days.add(day)
             live.append(value)
         scores, alerts = self._score(states, now_ms)
+        rows = [ScoreRow(s, r, "realtime") for s, r in scores]
+        if merged:
+            from services.health_score.batch import history_scores  # the batch path builds on this module
+
+            for cid in merged:  # the daily history of the merged people is re-attributed too
+                history = history_scores(
+                    self.config, self.builder, cid, states[cid], now_ms, self.history_days
+                )
+                rows += [ScoreRow(s, r, "batch") for s, r in history]
         try:
-            self.store.save(
-                states, touched, [ScoreRow(s, r, "realtime") for s, r in scores], alerts, batch.next_offsets
-            )
+            self.store.save(states, touched, rows, alerts, batch.next_offsets)
         except psycopg.Error as exc:
             raise RetryBatch(f"health store unavailable: {exc}") from exc
         for score, record in scores:

@@ -130,7 +130,8 @@ def sentiment_parts(
         for score, n in day.csat.items():
             csat_sum += (int(score) - 3) / 2 * n
             csat_n += n
-    parts: dict[str, float] = {"tickets": -_clamp(context.open_tickets / rules.open_tickets_saturation)}
+    # 0.0 - x: no "-0.0" for a customer without tickets.
+    parts: dict[str, float] = {"tickets": 0.0 - _clamp(context.open_tickets / rules.open_tickets_saturation)}
     if answers:
         parts["nps"] = (promoters - detractors) / answers
     if csat_n:

@@ -68,6 +68,8 @@ class AlertSender:
         return len(alerts)
 
     def webhooks_once(self) -> int:
+        if not self.webhooks:
+            return 0
         due = self.store.due_webhooks()
         for payload, done, attempts in due:
             remaining = [u for u in self.webhooks if u not in done]

@@ -146,9 +146,20 @@ class HealthStore:
             self._save_scores(cur, scores)
             if alerts:
                 cur.executemany(
-                    "INSERT INTO health_alerts (alert_id, customer_id, rule, payload, fired_at)"
-                    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (alert_id) DO NOTHING",
-                    [(a.alert_id, a.customer_id, a.rule, Jsonb(a.to_record()), a.fired_at) for a in alerts],
+                    "INSERT INTO health_alerts"
+                    " (alert_id, customer_id, rule, payload, fired_at, consumer_group)"
+                    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (alert_id) DO NOTHING",
+                    [
+                        (
+                            a.alert_id,
+                            a.customer_id,
+                            a.rule,
+                            Jsonb(a.to_record()),
+                            a.fired_at,
+                            self.consumer_group,
+                        )
+                        for a in alerts
+                    ],
                 )
             if offsets:
                 cur.executemany(
@@ -203,8 +214,9 @@ class HealthStore:
     def unpublished_alerts(self, limit: int = 200) -> list[dict[str, Any]]:
         with self.pool.connection() as conn:
             rows = conn.execute(
-                "SELECT payload FROM health_alerts WHERE published_at IS NULL ORDER BY fired_at LIMIT %s",
-                (limit,),
+                "SELECT payload FROM health_alerts WHERE consumer_group = %s AND published_at IS NULL"
+                " ORDER BY fired_at LIMIT %s",
+                (self.consumer_group, limit),
             ).fetchall()
         return [r[0] for r in rows]
 
@@ -218,8 +230,9 @@ class HealthStore:
         with self.pool.connection() as conn:
             rows = conn.execute(
                 "SELECT payload, webhooks_done, webhook_attempts FROM health_alerts"
-                " WHERE webhooks_finished_at IS NULL AND next_attempt_at <= now() ORDER BY fired_at LIMIT %s",
-                (limit,),
+                " WHERE consumer_group = %s AND webhooks_finished_at IS NULL AND next_attempt_at <= now()"
+                " ORDER BY fired_at LIMIT %s",
+                (self.consumer_group, limit),
             ).fetchall()
         return [(p, list(d), a) for p, d, a in rows]
 

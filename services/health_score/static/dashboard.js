@@ -6,9 +6,35 @@
   const arrow = {up:'\u25b2', down:'\u25bc', flat:'\u25ac'};
   function spark(values){
     if(!values.length) return '';
+    if(values.length === 1) return '<svg width="120" height="24"><circle cx="120" cy="' + (24 - values[0] / 100 * 24).toFixed(1) + '" r="2" fill="#4a67d6"/></svg>';
     const w=120,h=24,n=values.length, step = n>1 ? w/(n-1) : 0;
-    const pts = values.map((v,i)=>(i*step).toFixed(1)+','+(h-v/100*h).toFixed(1)).join(' ');
+    // The values' own range, at least 20 points tall (as dashboard.py's _spark_range).
+    let lo = Math.min(...values), hi = Math.max(...values);
+    const pad = Math.max(0, (20 - (hi - lo)) / 2);
+    lo = Math.max(0, lo - pad); hi = Math.min(100, hi + pad);
+    if(hi <= lo){ lo = 0; hi = 100; }
+    const pts = values.map((v,i)=>(i*step).toFixed(1)+','+(h-(v-lo)/(hi-lo)*h).toFixed(1)).join(' ');
     return '<svg width="'+w+'" height="'+h+'"><polyline fill="none" stroke="#4a67d6" points="'+pts+'"/></svg>';
+  }
+  function esc(s){return String(s == null ? '' : s).replace(/[&<>"]/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));}
+  // The customer page: the score event says "changed"; the explanation comes from the API (one fetch).
+  function explain(id){
+    fetch('/v1/health/' + encodeURIComponent(id)).then(r => r.ok ? r.json() : null).then(h => {
+      if(!h) return;
+      document.getElementById('meta').textContent =
+        ' \u00b7 churn risk ' + h.churn_risk + ' \u00b7 ' + h.active_users + ' active of ' + h.seats + ' seats';
+      document.getElementById('contributions').innerHTML = Object.entries(h.explanation.contributions)
+        .map(([k, v]) => '<tr><td>' + esc(k) + '</td><td>' + v.toFixed(1) + '</td></tr>').join('');
+      document.getElementById('top').textContent = h.explanation.top_factors.join(', ') || 'none';
+      document.getElementById('factors').innerHTML = h.explanation.factors.map(f => {
+        const filled = f.max_points ? f.points / f.max_points * 100 : 0;
+        const moved = f.change > 0 ? 'up' : f.change < 0 ? 'down' : 'flat';
+        return '<tr><td>' + esc(f.name) + '</td><td>' + f.value.toFixed(2) + '</td><td><div class="bar"><i style="width:'
+          + filled.toFixed(0) + '%"></i></div></td><td>' + f.points.toFixed(1) + ' / ' + f.max_points.toFixed(1)
+          + '</td><td class="' + moved + '">' + (f.change >= 0 ? '+' : '') + f.change.toFixed(1) + '</td><td class="muted">'
+          + esc(f.detail) + '</td></tr>';
+      }).join('');
+    });
   }
   function flash(el){el.classList.remove('flash'); void el.offsetWidth; el.classList.add('flash');}
   es.addEventListener('score', e => {
@@ -21,6 +47,7 @@
       const t = document.getElementById('trend');
       t.textContent = (arrow[s.trend_direction]||'') + ' ' + (s.trend>0?'+':'') + s.trend; t.className = s.trend_direction;
       document.getElementById('spark').innerHTML = spark(s.sparkline);
+      explain(page);
       return;
     }
     let row = document.getElementById('c-' + s.customer_id);

@@ -133,8 +133,16 @@ def test_an_identity_merge_re_attributes_history(health: Health) -> None:
         )
     with db.open_pool(health.database) as pool, pool.connection() as conn:
         rows = conn.execute("SELECT facts FROM health_daily_facts WHERE customer_id = %s", (c,)).fetchall()
+        history = conn.execute(
+            "SELECT day, path, record FROM health_scores_daily WHERE customer_id = %s AND day < current_date",
+            (c,),
+        ).fetchall()
     people = {p for (facts,) in rows for p in facts["people"]}
     assert people == {"user-1"}, "the merged person's past days now belong to the survivor"
+    assert len(history) == 56, "the daily score history was rebuilt from the re-attributed facts"
+    assert {path for _, path, _ in history} == {"batch"}
+    yesterday = max(history, key=lambda h: h[0])[2]
+    assert yesterday["active_users"] == 1
 
 
 def test_a_replay_older_than_the_window_lands_in_its_days_and_leaves_the_score(health: Health) -> None:

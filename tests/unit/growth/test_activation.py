@@ -3,6 +3,7 @@ customer, windows, once-only crossings, the plans rule."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -17,13 +18,14 @@ from services.growth.activation import (
 )
 
 NOW = 1_800_000_000_000
+_IDS = itertools.count()
 
 
 def event(
     name: str, person: str | None = "p1", customer: str = "c1", plan: str | None = "free", ts: int = NOW
 ):
     return {
-        "event_id": f"e-{name}-{ts}",
+        "event_id": f"e-{next(_IDS)}",
         "customer_id": customer,
         "name": name,
         "timestamp": ts,
@@ -142,3 +144,15 @@ def test_state_restored_from_the_changelog_does_not_cross_again() -> None:
     restored = Tracker(CONFIG, {k: dict(v) for k, v in changelog.items()})
     assert restored.apply(event("project_created")) == []
     assert restored.state["c|person|c1|p1|project_created"]["n"] == 4
+
+
+def test_a_duplicate_event_id_is_not_counted_twice() -> None:
+    tracker = Tracker(CONFIG)
+    first = event("project_created")
+    for _ in range(5):  # one event, retried: it counts once and crosses nothing
+        assert tracker.apply(first) == []
+    assert tracker.state["c|person|c1|p1|project_created"]["n"] == 1
+    second = {**first, "event_id": "another"}
+    third = {**first, "event_id": "and-another"}
+    assert tracker.apply(second) == []
+    assert [c.scope for c in tracker.apply(third)] == ["person", "customer"]
