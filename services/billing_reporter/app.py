@@ -117,6 +117,7 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
                 group_id=settings.group_id,
                 instance_id=settings.instance_id,
                 topic_prefix=prefix,
+                consumer_config={"session.timeout.ms": settings.session_timeout_ms},
                 tombstones=True,
             )
             state["loop"] = loop

@@ -40,6 +40,8 @@ class BillingSettings(StreamServiceSettings):
     port: int = Field(default=8083, ge=0, le=65535)
     group_id: str = "billing-reporter"
     instance_id: str = "0"
+    # A crashed reporter's partitions move to another after this long (librdkafka's default is 45 s).
+    session_timeout_ms: int = Field(default=10_000, ge=6_000)
     # Meters-and-plans file; default $PLG_METERING_CONFIG or deploy/config/metering.yaml.
     config_path: Path | None = None
 

@@ -75,6 +75,7 @@ def test_stripe_ledger_and_aggregates_agree_exactly_after_sigkills_and_stripe_fa
         "BILLING_BACKOFF_CAP_SECONDS": "1",
         "BILLING_BREAKER_COOLDOWN_SECONDS": "0.3",
         "BILLING_LEASE_SECONDS": "2",
+        "BILLING_SESSION_TIMEOUT_MS": "6000",
     }
     log = tmp_path / "reporter.log"
     stop = threading.Event()
