@@ -19,26 +19,23 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from services.kernel import metrics
-from services.kernel.dlq import UNDECODABLE, DeadLetterPublisher
+from services.kernel.dlq import UNDECODABLE
 from services.kernel.errors import KafkaUnavailableError
 from services.kernel.kafka import Consumer, DeliveryReport, Headers, Key, Producer, TopicPartition
-from services.kernel.lag import ConsumerLagTracker
 from services.kernel.processing.handler import StreamHandler
-from services.kernel.processing.loop import RECORDS, HandlerFailed, LoopBase, PoisonGuard, call_process
+from services.kernel.processing.loop import RECORDS, HandlerFailed, LoopBase, LoopParts, call_process
 from services.kernel.processing.messages import (
     PROCESSING_FAILED,
     Batch,
     Emit,
-    OutputTopic,
     decode_batch,
     next_offsets,
 )
-from services.kernel.serde import ValueDecoder
 
 log = logging.getLogger(__name__)
 
@@ -63,48 +60,16 @@ class AtLeastOnceLoop(LoopBase):
 
     handler: SinkHandler
 
-    def __init__(
-        self,
-        *,
-        service: str,
-        consumer: Consumer,
-        producer: Producer | None,
-        inputs: Sequence[str],
-        decoders: Mapping[str, ValueDecoder],
-        outputs: Mapping[str, OutputTopic],
-        handler: SinkHandler,
-        dead_letters: DeadLetterPublisher | None,
-        max_batch: int = 1_000,
-        batch_wait: float = 0.2,
-        ack_timeout: float = 30.0,
-        tombstones: bool = False,
-        lag: ConsumerLagTracker | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        super().__init__(handler, clock)
-        self.service = service
-        self.consumer = consumer
+    def __init__(self, parts: LoopParts, producer: Producer | None, *, ack_timeout: float = 30.0) -> None:
+        super().__init__(parts)
         self.producer = producer
-        self.inputs = list(inputs)
-        self.decoders = dict(decoders)
-        self.outputs = dict(outputs)
-        self.dead_letters = dead_letters
-        self.max_batch = max_batch
-        self.batch_wait = batch_wait
         self.ack_timeout = ack_timeout
-        self.tombstones = tombstones
-        self.lag = lag
-        self.poison = PoisonGuard(service)
-        self._needs_recovery = False
         # (topic, partition) → the next offset whose effect has not happened yet (stored_offsets()).
         self._floor: dict[tuple[str, int], int] = {}
         self._pending: list[Future[DeliveryReport]] = []
-        self._processed = RECORDS.labels(service, "processed")
-        self._skipped = RECORDS.labels(service, "already_applied")
-        self._undecodable = RECORDS.labels(service, UNDECODABLE)
-        self._failed = RECORDS.labels(service, PROCESSING_FAILED)
-        self._ok = BATCHES.labels(service, "committed")
-        self._retried = BATCHES.labels(service, "retried")
+        self._skipped = RECORDS.labels(self.service, "already_applied")
+        self._ok = BATCHES.labels(self.service, "committed")
+        self._retried = BATCHES.labels(self.service, "retried")
 
     # -- rebalances -------------------------------------------------------------------------------------
 

@@ -29,25 +29,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 
 from services.kernel import metrics
-from services.kernel.dlq import UNDECODABLE, DeadLetterPublisher
+from services.kernel.dlq import UNDECODABLE
 from services.kernel.errors import KafkaFatalError
 from services.kernel.kafka import Consumer, Headers, Key, Record, TopicPartition, TransactionalProducer
-from services.kernel.lag import ConsumerLagTracker
-from services.kernel.processing.handler import StreamHandler
-from services.kernel.processing.loop import RECORDS, HandlerFailed, LoopBase, PoisonGuard, call_process
+from services.kernel.processing.loop import HandlerFailed, LoopBase, LoopParts, call_process
 from services.kernel.processing.messages import (
     PROCESSING_FAILED,
     Batch,
     Emit,
     Message,
-    OutputTopic,
     RetryBatch,
     decode_batch,
 )
-from services.kernel.serde import ValueDecoder
 
 log = logging.getLogger(__name__)
 
@@ -88,51 +84,24 @@ class ExactlyOnceLoop(LoopBase):
 
     def __init__(
         self,
-        *,
-        service: str,
-        consumer: Consumer,
+        parts: LoopParts,
         producer_factory: Callable[[], TransactionalProducer],
-        inputs: Sequence[str],
-        decoders: Mapping[str, ValueDecoder],
-        outputs: Mapping[str, OutputTopic],
-        handler: StreamHandler,
-        dead_letters: DeadLetterPublisher | None,
-        max_batch: int = 10_000,
-        batch_wait: float = 0.1,
+        *,
         kafka_timeout: float = 30.0,
-        tombstones: bool = False,
-        lag: ConsumerLagTracker | None = None,
-        clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(handler, clock)
-        self.service = service
-        self.consumer = consumer
+        super().__init__(parts)
         self.producer_factory = producer_factory
         self.producer = producer_factory()
-        self.inputs = list(inputs)
-        self.decoders = dict(decoders)
-        self.outputs = dict(outputs)
-        self.dead_letters = dead_letters
-        if dead_letters is not None:
-            dead_letters.producer = self.producer
-        self.max_batch = max_batch
-        self.batch_wait = batch_wait
+        if self.dead_letters is not None:
+            self.dead_letters.producer = self.producer
         # How long one transactional call (begin, send_offsets, commit, abort) may retry before the batch
         # is given up (and, for a commit, left in doubt until the next attempt).
         self.kafka_timeout = kafka_timeout
-        self.tombstones = tombstones
-        # Fed from this (the polling) thread: its own thread must not call into the consumer (kernel.lag).
-        self.lag = lag
-        self.poison = PoisonGuard(service)
-        self._needs_recovery = False
         self._broken_producer: KafkaFatalError | None = None
         self._replacements: list[float] = []
-        self._processed = RECORDS.labels(service, "processed")
-        self._undecodable = RECORDS.labels(service, UNDECODABLE)
-        self._failed = RECORDS.labels(service, PROCESSING_FAILED)
-        self._committed = TRANSACTIONS.labels(service, "committed")
-        self._aborted = TRANSACTIONS.labels(service, "aborted")
-        self._batch_seconds = BATCH_SECONDS.labels(service)
+        self._committed = TRANSACTIONS.labels(self.service, "committed")
+        self._aborted = TRANSACTIONS.labels(self.service, "aborted")
+        self._batch_seconds = BATCH_SECONDS.labels(self.service)
 
     # -- rebalances (called from inside consumer.consume(), between transactions) ---------------------
 

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from services.kernel import metrics
+from services.kernel.dlq import PROCESSING_FAILED, UNDECODABLE, DeadLetterPublisher
 from services.kernel.errors import KafkaClientError, KafkaFatalError
-from services.kernel.kafka import TopicPartition
+from services.kernel.kafka import Consumer, TopicPartition
+from services.kernel.lag import ConsumerLagTracker
 from services.kernel.processing.handler import StreamHandler
-from services.kernel.processing.messages import Batch, Emit, Message, RetryBatch, failure_detail
+from services.kernel.processing.messages import (
+    Batch,
+    Emit,
+    Message,
+    OutputTopic,
+    RetryBatch,
+    failure_detail,
+)
+from services.kernel.serde import ValueDecoder
 
 log = logging.getLogger(__name__)
 
@@ -111,21 +123,54 @@ class PoisonGuard:
         )
 
 
+@dataclass
+class LoopParts:
+    """What both loops are wired from (``build.py`` makes it from the settings and the catalogue)."""
+
+    service: str
+    consumer: Consumer
+    #: Physical input topic names, and the decoder of each one's values.
+    inputs: Sequence[str]
+    decoders: Mapping[str, ValueDecoder]
+    #: Catalogue name → where it goes and its encoder.
+    outputs: Mapping[str, OutputTopic]
+    handler: StreamHandler
+    dead_letters: DeadLetterPublisher | None = None
+    max_batch: int = 10_000
+    batch_wait: float = 0.1
+    #: Pass tombstones to the handler (``value`` None) instead of dead-lettering them.
+    tombstones: bool = False
+    #: Fed from the polling thread: its own thread must not call into the consumer (kernel.lag).
+    lag: ConsumerLagTracker | None = None
+    clock: Callable[[], float] = time.time
+
+
 class LoopBase:
     """Drives ``poll_once`` until stopped: a failed batch (already recovered from by ``poll_once``) is
     retried after a backoff; only :class:`KafkaFatalError` ends the loop."""
 
-    service: str
-    running: bool
-    restoring: bool
-
-    def __init__(self, handler: StreamHandler, clock: Callable[[], float]) -> None:
-        self.handler = handler
-        self.clock = clock
+    def __init__(self, parts: LoopParts) -> None:
+        self.service = parts.service
+        self.consumer = parts.consumer
+        self.inputs = list(parts.inputs)
+        self.decoders = dict(parts.decoders)
+        self.outputs = dict(parts.outputs)
+        self.handler = parts.handler
+        self.dead_letters = parts.dead_letters
+        self.max_batch = parts.max_batch
+        self.batch_wait = parts.batch_wait
+        self.tombstones = parts.tombstones
+        self.lag = parts.lag
+        self.clock = parts.clock
+        self.poison = PoisonGuard(parts.service)
         self.running = False
         self.restoring = False
         self.batches = 0
-        self._last_tick = clock()
+        self._needs_recovery = False
+        self._last_tick = parts.clock()
+        self._processed = RECORDS.labels(parts.service, "processed")
+        self._undecodable = RECORDS.labels(parts.service, UNDECODABLE)
+        self._failed = RECORDS.labels(parts.service, PROCESSING_FAILED)
 
     def ready(self) -> bool:
         """Started, and not restoring state (the ops server's readiness check)."""
