@@ -17,8 +17,7 @@ from typing import Any
 import psycopg
 
 from services.billing_reporter.stripe_gateway import StripeGateway
-from services.kernel.errors import KafkaUnavailableError
-from services.kernel.kafka import Consumer, TopicPartition
+from services.kernel.reading import read_to_end
 from services.kernel.serde import SchemaRegistry
 from services.kernel.settings import KafkaSettings, SchemaRegistrySettings
 from services.kernel.topics import USAGE_AGGREGATES, topic
@@ -84,31 +83,14 @@ def read_aggregates(
     """The latest total of every ungrouped window of ``granularity`` on usage-aggregates (read_committed)."""
     name = topic(USAGE_AGGREGATES, prefix).name
     decoder = SchemaRegistry(registry).decoder()
-    reader = Consumer(kafka, None, client_id="plg-billing-reconcile", fetch_wait_max_ms=10)
     latest: dict[tuple[str, str, int], Decimal] = {}
-    try:
-        tps = reader.assign_all([name])
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                ends = reader.end_offsets([TopicPartition(tp.topic, tp.partition) for tp in tps])
-                break
-            except KafkaUnavailableError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        while not reader.caught_up(ends):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {name} to its end within {timeout:.0f}s")
-            for record in reader.consume(10_000, 0.2):
-                raw = record.value()
-                if raw is None:
-                    continue
-                v = decoder.decode(raw)
-                if v["granularity"] == granularity and not v["group"]:
-                    latest[(v["customer_id"], v["meter"], int(v["window_start"]))] = v["value"]
-    finally:
-        reader.close()
+    for record in read_to_end(kafka, name, timeout, "plg-billing-reconcile"):
+        raw = record.value()
+        if raw is None:
+            continue
+        v = decoder.decode(raw)
+        if v["granularity"] == granularity and not v["group"]:
+            latest[(v["customer_id"], v["meter"], int(v["window_start"]))] = v["value"]
     return latest
 
 

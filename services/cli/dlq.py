@@ -20,8 +20,8 @@ from typing import Any
 
 import psycopg
 
-from services.kernel.errors import KafkaUnavailableError
-from services.kernel.kafka import Consumer, Producer, TopicPartition
+from services.kernel.kafka import Producer
+from services.kernel.reading import read_to_end
 from services.kernel.serde import SchemaRegistry
 from services.kernel.settings import KafkaSettings, SchemaRegistrySettings
 from services.kernel.topics import USAGE_EVENTS_DLQ, topic
@@ -131,24 +131,10 @@ class DeadLetters:
 
 
 def _read_to_end(kafka: KafkaSettings, name: str, timeout: float) -> Iterable[Any]:
-    reader = Consumer(kafka, None, client_id="plg-cli-dlq", fetch_wait_max_ms=10)
     try:
-        tps = reader.assign_all([name])
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                ends = reader.end_offsets([TopicPartition(tp.topic, tp.partition) for tp in tps])
-                break
-            except KafkaUnavailableError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        while not reader.caught_up(ends):
-            if time.monotonic() > deadline:
-                raise DlqError(f"could not read {name} to its end within {timeout:.0f}s")
-            yield from reader.consume(10_000, 0.2)
-    finally:
-        reader.close()
+        yield from read_to_end(kafka, name, timeout, "plg-cli-dlq")
+    except TimeoutError as exc:
+        raise DlqError(str(exc)) from None
 
 
 @dataclass
