@@ -27,13 +27,12 @@ from services.growth.telemetry import stable_event_id, usage_event
 from services.kernel import metrics
 from services.kernel.kafka import Consumer, TopicPartition
 from services.kernel.processing import Batch, Emit, RetryBatch, StreamHandler
-from services.kernel.settings import KafkaSettings
-from services.kernel.topics import ACTIVATION_EVENTS, GROWTH_CHANGELOG, USAGE_EVENTS, USAGE_EVENTS_ENRICHED
 
 # The metering aggregator's changelog reader and checkpoint rule, reused as they are (they belong in the
 # kernel's processing package; see the report of issue 11).
-from services.metering_aggregator.changelog import changelog_behind
-from services.metering_aggregator.processor import read_changelog
+from services.kernel.processing.state import restore_partitions
+from services.kernel.settings import KafkaSettings
+from services.kernel.topics import ACTIVATION_EVENTS, GROWTH_CHANGELOG, USAGE_EVENTS, USAGE_EVENTS_ENRICHED
 
 log = logging.getLogger(__name__)
 
@@ -111,37 +110,26 @@ class ActivationHandler(StreamHandler):
 
     def _restore(self, partitions: list[int]) -> dict[int, Tracker]:
         started = time.monotonic()
-        committed = {
-            tp.partition: tp.offset
-            for tp in self.consumer().committed(
-                [TopicPartition(self.input_topic, p) for p in partitions], timeout=60
-            )
-        }
-        trackers: dict[int, Tracker] = {}
-        pending = list(partitions)
-        while True:
-            latest = read_changelog(self.kafka, self.changelog_topic, pending)
-            behind = []
-            for p in pending:
-                state: dict[str, dict[str, Any]] = {}
-                checkpoint = None
-                for key, raw in latest[p].items():
-                    if raw is None:
-                        continue
-                    if key == CHECKPOINT_KEY:
-                        checkpoint = int(json.loads(raw)["offset"])
-                    else:
-                        state[key.decode()] = json.loads(raw)
-                if changelog_behind(checkpoint, committed.get(p, -1)) and (
-                    time.monotonic() - started < self.checkpoint_wait
-                ):
-                    behind.append(p)
+
+        def build(partition: int, latest: dict[bytes, bytes]) -> tuple[Tracker, int | None]:
+            state: dict[str, dict[str, Any]] = {}
+            checkpoint = None
+            for key, raw in latest.items():
+                if key == CHECKPOINT_KEY:
+                    checkpoint = int(json.loads(raw)["offset"])
                 else:
-                    trackers[p] = Tracker(self.config, state)
-            if not behind:
-                break
-            pending = behind
-            time.sleep(0.1)
+                    state[key.decode()] = json.loads(raw)
+            return Tracker(self.config, state), checkpoint
+
+        trackers = restore_partitions(
+            kafka=self.kafka,
+            consumer=self.consumer(),
+            input_topic=self.input_topic,
+            changelog_topic=self.changelog_topic,
+            partitions=partitions,
+            build=build,
+            checkpoint_wait=self.checkpoint_wait,
+        )
         log.info(
             "activation state restored",
             extra={

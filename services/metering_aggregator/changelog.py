@@ -18,8 +18,8 @@ the committed offsets exactly. Record keys (UTF-8) and JSON values:
   (nanounits, as text) it was a percentage of}``;
 * ``C`` -> ``{"o": next input offset, "t": clock}`` — the checkpoint: the input offset this state is
   complete up to, written with every transaction that moves the partition's committed offset, to the same
-  value (a restore compares them, see :func:`changelog_behind`), and the partition's clock, so that it
-  never goes back when another instance takes over.
+  value (a restore compares them: ``services.kernel.processing.state``), and the partition's clock, so
+  that it never goes back when another instance takes over.
 
 Evicted state is tombstoned (null value), so compaction keeps the topic about as big as the live state.
 """
@@ -45,19 +45,6 @@ from services.plans.periods import Granularity
 
 def encode_value(value: Any) -> bytes:
     return orjson.dumps(value)
-
-
-def changelog_behind(checkpoint: int | None, committed: int) -> bool:
-    """True when a restored state misses a transaction whose offsets the group has already committed.
-
-    It happens for a moment after a commit: the transaction coordinator writes the commit markers to every
-    partition of the transaction in parallel, so the group's offsets can be stable (the marker reached
-    ``__consumer_offsets``) while the changelog's last stable offset still stops before the transaction
-    (its marker has not landed on that partition's leader yet). Reading again shortly after completes it.
-    A changelog without a checkpoint (written before checkpoints existed) or a partition without committed
-    offsets cannot be checked and counts as complete.
-    """
-    return checkpoint is not None and committed >= 0 and checkpoint < committed
 
 
 def restore(state: PartitionState, records: Iterable[tuple[bytes, bytes | None]]) -> int:

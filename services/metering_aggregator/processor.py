@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from services.customers import CustomerDirectory
 from services.kernel import metrics
-from services.kernel.kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from services.kernel.kafka import Consumer, TopicPartition
 from services.kernel.processing import Batch, Emit, RetryBatch, StreamHandler
+from services.kernel.processing.state import restore_partitions
 from services.kernel.settings import KafkaSettings
 from services.kernel.topics import ENTITLEMENT_EVENTS, METERING_CHANGELOG, USAGE_AGGREGATES, USAGE_EVENTS
-from services.metering_aggregator.changelog import changelog_behind, encode_value, restore
+from services.metering_aggregator.changelog import encode_value, restore
 from services.metering_aggregator.handlers import aggregate_record, threshold_record
 from services.metering_aggregator.model import PartitionState, Rules
 from services.plans.model import PlansConfig
@@ -52,42 +53,6 @@ REROUTED = "rerouted"
 #: What the loop reads and writes (catalogue names; the changelog is schemaless JSON).
 INPUTS = (USAGE_EVENTS,)
 OUTPUTS = (USAGE_EVENTS, USAGE_AGGREGATES, ENTITLEMENT_EVENTS, METERING_CHANGELOG)
-
-
-class RestoreError(RuntimeError):
-    """The changelog could not be read to its end in time."""
-
-
-def read_changelog(
-    kafka: KafkaSettings, topic: str, partitions: Iterable[int], timeout: float = 120.0
-) -> dict[int, dict[bytes, bytes | None]]:
-    """The latest record per key of each changelog partition (read_committed, up to the stable end)."""
-    parts = sorted(partitions)
-    latest: dict[int, dict[bytes, bytes | None]] = {p: {} for p in parts}
-    if not parts:
-        return latest
-    reader = Consumer(kafka, None, client_id=f"{SERVICE}-restore", fetch_wait_max_ms=10)
-    try:
-        tps = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts]
-        reader.assign(tps)
-        ends = reader.end_offsets([TopicPartition(topic, p) for p in parts])
-        deadline = time.monotonic() + timeout
-        while not reader.caught_up(ends):
-            if time.monotonic() > deadline:
-                raise RestoreError(f"changelog {topic} {parts} not read to its end within {timeout:.0f}s")
-            for record in reader.consume(10_000, 0.2):
-                key = record.key()
-                if key is None:
-                    continue
-                by_key = latest[record.partition()]  # type: ignore[index]
-                value = record.value()
-                if value is None:
-                    by_key.pop(key, None)
-                else:
-                    by_key[key] = value
-    finally:
-        reader.close()
-    return latest
 
 
 @dataclass(frozen=True)
@@ -187,44 +152,24 @@ class MeteringHandler(StreamHandler):
         committed offset; if it has not, the commit markers are still landing and it is read again.
         """
         started = time.monotonic()
-        committed = {
-            tp.partition: tp.offset
-            for tp in self.consumer().committed(
-                [TopicPartition(self.topics.usage_events, p) for p in partitions], timeout=60
-            )
-        }
-        states: dict[int, PartitionState] = {}
         records = 0
-        pending = list(partitions)
-        while True:
-            latest = read_changelog(self.kafka, self.topics.changelog, pending)
-            behind: dict[int, PartitionState] = {}
-            for p in pending:
-                state = PartitionState(p, self.config, self.rules)
-                restore(state, latest[p].items())
-                records += len(latest[p])
-                if changelog_behind(state.checkpoint_offset, committed.get(p, -1)):
-                    behind[p] = state
-                else:
-                    states[p] = state
-            if not behind:
-                break
-            gaps = {p: (s.checkpoint_offset, committed[p]) for p, s in behind.items()}
-            if time.monotonic() - started > self.checkpoint_wait:
-                # Markers land in milliseconds: this gap is offsets moved outside a transaction (a manual
-                # reset forward). The state is still the last committed one; say so loudly and go on rather
-                # than stall the partitions for good.
-                log.error(
-                    "changelog checkpoint stays behind the committed offset (reset by hand?); going on",
-                    extra={"partitions": gaps},
-                )
-                states.update(behind)
-                break
-            log.warning(
-                "changelog behind the committed offsets; reading it again", extra={"partitions": gaps}
-            )
-            pending = list(behind)
-            time.sleep(0.1)
+
+        def build(partition: int, latest: dict[bytes, bytes]) -> tuple[PartitionState, int | None]:
+            nonlocal records
+            state = PartitionState(partition, self.config, self.rules)
+            restore(state, latest.items())
+            records += len(latest)
+            return state, state.checkpoint_offset
+
+        states = restore_partitions(
+            kafka=self.kafka,
+            consumer=self.consumer(),
+            input_topic=self.topics.usage_events,
+            changelog_topic=self.topics.changelog,
+            partitions=partitions,
+            build=build,
+            checkpoint_wait=self.checkpoint_wait,
+        )
         elapsed = time.monotonic() - started
         RESTORE_SECONDS.observe(elapsed)
         log.info(

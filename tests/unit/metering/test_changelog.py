@@ -7,7 +7,8 @@ from typing import Any
 
 import orjson
 
-from services.metering_aggregator.changelog import changelog_behind, encode_value, restore
+from services.kernel.processing.state import changelog_behind
+from services.metering_aggregator.changelog import encode_value, restore
 from services.metering_aggregator.model import DUPLICATE, PartitionState, Rules
 from services.plans.periods import DAY_MS, HOUR_MS, MINUTE_MS, Granularity
 

@@ -1,0 +1,131 @@
+"""State that a stream handler keeps in memory, backed by a changelog it writes in its own transactions.
+
+The pattern (the metering aggregator and growth's activation counters both use it): partition *p* of a
+compacted changelog topic holds the state of input partition *p*, written only in the transactions that
+also commit *p*'s input offsets, together with a **checkpoint** record — the input offset that transaction
+commits. On assignment (and after an abort) the state is rebuilt with :func:`restore_partitions`: the
+group's committed offsets first (under ``read_committed`` librdkafka asks for *stable* offsets, KIP-447,
+so the answer waits for a previous owner's pending transaction), then the changelog read to its last
+stable offset, again until each partition's checkpoint has reached its committed offset (the commit
+markers land on the changelog and on ``__consumer_offsets`` in parallel).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from services.kernel.kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from services.kernel.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S")
+
+
+class RestoreError(RuntimeError):
+    """The changelog could not be read to its end in time."""
+
+
+def read_changelog(
+    kafka: KafkaSettings,
+    topic: str,
+    partitions: Iterable[int],
+    timeout: float = 120.0,
+    client_id: str = "changelog-restore",
+) -> dict[int, dict[bytes, bytes]]:
+    """The latest value per key of each changelog partition (read_committed, up to the stable end;
+    tombstoned keys left out)."""
+    parts = sorted(partitions)
+    latest: dict[int, dict[bytes, bytes]] = {p: {} for p in parts}
+    if not parts:
+        return latest
+    reader = Consumer(kafka, None, client_id=client_id, fetch_wait_max_ms=10)
+    try:
+        reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        ends = reader.end_offsets([TopicPartition(topic, p) for p in parts])
+        deadline = time.monotonic() + timeout
+        while not reader.caught_up(ends):
+            if time.monotonic() > deadline:
+                raise RestoreError(f"changelog {topic} {parts} not read to its end within {timeout:.0f}s")
+            for record in reader.consume(10_000, 0.2):
+                key = record.key()
+                if key is None:
+                    continue
+                by_key = latest[record.partition()]  # type: ignore[index]
+                value = record.value()
+                if value is None:
+                    by_key.pop(key, None)
+                else:
+                    by_key[key] = value
+    finally:
+        reader.close()
+    return latest
+
+
+def changelog_behind(checkpoint: int | None, committed: int) -> bool:
+    """True when a restored state misses a transaction whose offsets the group has already committed.
+
+    It happens for a moment after a commit: the transaction coordinator writes the commit markers to every
+    partition of the transaction in parallel, so the group's offsets can be stable (the marker reached
+    ``__consumer_offsets``) while the changelog's last stable offset still stops before the transaction
+    (its marker has not landed on that partition's leader yet). Reading again shortly after completes it.
+    A changelog without a checkpoint (written before checkpoints existed) or a partition without committed
+    offsets cannot be checked and counts as complete.
+    """
+    return checkpoint is not None and committed >= 0 and checkpoint < committed
+
+
+def restore_partitions(
+    *,
+    kafka: KafkaSettings,
+    consumer: Consumer,
+    input_topic: str,
+    changelog_topic: str,
+    partitions: list[int],
+    build: Callable[[int, dict[bytes, bytes]], tuple[S, int | None]],
+    checkpoint_wait: float = 30.0,
+) -> dict[int, S]:
+    """Rebuild the state of ``partitions`` as of the group's committed offsets.
+
+    ``build(partition, latest records by key)`` makes one partition's state and says its checkpoint (the
+    input offset it is complete up to, None when it has none). A partition whose checkpoint is behind its
+    committed offset is read again; past ``checkpoint_wait`` seconds the gap can only be offsets moved by
+    hand (markers land in milliseconds), so it is logged as an error and the state taken as it is rather
+    than stalling the partition for good.
+    """
+    started = time.monotonic()
+    committed = {
+        tp.partition: tp.offset
+        for tp in consumer.committed([TopicPartition(input_topic, p) for p in partitions], timeout=60)
+    }
+    states: dict[int, S] = {}
+    pending = list(partitions)
+    while pending:
+        latest = read_changelog(kafka, changelog_topic, pending)
+        behind: dict[int, tuple[S, int | None]] = {}
+        for p in pending:
+            state, checkpoint = build(p, latest[p])
+            if changelog_behind(checkpoint, committed.get(p, -1)):
+                behind[p] = (state, checkpoint)
+            else:
+                states[p] = state
+        if not behind:
+            break
+        gaps = {p: (checkpoint, committed[p]) for p, (_, checkpoint) in behind.items()}
+        if time.monotonic() - started > checkpoint_wait:
+            log.error(
+                "changelog checkpoint stays behind the committed offset (reset by hand?); going on",
+                extra={"changelog": changelog_topic, "partitions": gaps},
+            )
+            states.update({p: state for p, (state, _) in behind.items()})
+            break
+        log.warning(
+            "changelog behind the committed offsets; reading it again",
+            extra={"changelog": changelog_topic, "partitions": gaps},
+        )
+        pending = list(behind)
+        time.sleep(0.1)
+    return states
