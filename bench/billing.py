@@ -5,12 +5,13 @@ from an aggregate's commit to its Stripe report (p50/p99).
 
 Uses the stack named by ``KAFKA_BOOTSTRAP_SERVERS``/``SCHEMA_REGISTRY_URL``/``DATABASE_URL`` when all are
 set, otherwise a private one. Steps: fresh topic prefix; ``--customers`` pro customers linked to Stripe;
-``--events`` events (``api_call_made``, ``job_completed`` and ``storage_measured``: three meters, the first
-two billed by sum and so reported) with event times over the last minutes; the aggregator and the
-reporter as processes (reporting window ``--window``, MINUTE by default so windows close during the run;
-production reports hourly); the Stripe double in this process (tests/stripe_double.py) with no faults and
-no rate limit, so the reporter's own budget (``--rps``) is what paces it. Ends when the double's totals
-equal the usage-aggregates totals for every customer and meter.
+``--events`` events (``api_call_made``, ``job_completed`` and ``storage_measured``: three meters; the
+first two are reported as window differences and compared here, storage as its period level) with event
+times over the last minutes; the aggregator and the reporter as processes (reporting window ``--window``,
+MINUTE by default so windows close during the run; production reports hourly); the Stripe double in this
+process (tests/stripe_double.py) with no faults and no rate limit, so the reporter's own budget (``--rps``)
+is what paces it. Ends when the double's totals equal the usage-aggregates totals for every customer and
+sum meter.
 """
 
 from __future__ import annotations
@@ -143,7 +144,8 @@ def main() -> int:
             ) as rep,
         ):
             deadline = time.monotonic() + args.timeout
-            samples: list[tuple[float, float]] = []  # (time, aggregates the reporter processed)
+            # (time, aggregates the reporter processed), from the reporter's start
+            samples: list[tuple[float, float]] = [(started, 0.0)]
             while True:
                 time.sleep(5)
                 processed = counter_values(rep_port, "plg_stream_records_total", "outcome").get(
@@ -151,7 +153,7 @@ def main() -> int:
                 )
                 samples.append((time.monotonic(), processed))
                 want = aggregate_totals(kafka, sr, prefix, args.window)
-                got = {(cus[4:], m): Decimal(v) for (cus, m), v in double.totals().items()}
+                got = {(cus[4:], m): Decimal(v) for (cus, m), v in double.totals().items() if m in REPORTED}
                 agreed = sum(1 for k, v in want.items() if got.get(k) == v)
                 elapsed = time.monotonic() - started
                 print(f"  {elapsed:6.0f} s: {agreed}/{len(want)} customer-meters agree at Stripe")
@@ -172,6 +174,9 @@ def main() -> int:
                 " WHERE r.ledger = %s",
                 (args.window, f"{prefix}billing-reporter"),
             ).fetchall()
+            ledger_rows = conn.execute(
+                "SELECT count(*) FROM billing_reports WHERE ledger = %s", (f"{prefix}billing-reporter",)
+            ).fetchone()
         calls = double.stats.requests
         accepted = double.accepted_at
         planned_to_stripe, commit_to_stripe = [], []
@@ -189,11 +194,12 @@ def main() -> int:
             f"\nbilling bench ({args.events:,} events, {args.customers:,} customers, window {args.window}, "
             f"load {load_before} -> {load_average()}):\n"
             f"  Stripe calls: {calls:,} for {args.events:,} events (ratio {calls / args.events:.5f}; "
-            f"{len(accepted):,} meter events accepted; {len(rows):,} ledger rows)\n"
+            f"{len(accepted):,} meter events accepted; {ledger_rows[0] if ledger_rows else 0:,} ledger rows,"
+            f" of them {len(rows):,} for sum meters)\n"
             f"  all customers and meters agreed at Stripe after {took:.0f} s\n"
             f"  ledger writer: {aggregates_seen:,.0f} aggregates consumed (every granularity and group), best"
             f" {ledger_rate:,.0f} aggregates/s into the ledger in one transaction with their offsets\n"
-            f"  aggregate commit -> Stripe report: p50 {pct(commit_to_stripe, 50):.1f} s,"
+            f"  aggregate commit -> Stripe report (sum meters): p50 {pct(commit_to_stripe, 50):.1f} s,"
             f" p99 {pct(commit_to_stripe, 99):.1f} s"
             f" (includes the window closing and the {env['BILLING_SETTLE_SECONDS']} s settle)\n"
             f"  ledger row -> Stripe report: p50 {pct(planned_to_stripe, 50) * 1000:.0f} ms, "

@@ -50,14 +50,19 @@ from services.plans.model import Aggregation, PlansConfig
 log = logging.getLogger(__name__)
 
 SERVICE = "billing-reporter"
+WINDOW_SECONDS = {"MINUTE": 60.0, "HOUR": 3600.0, "DAY": 86_400.0}
 _JSON = "application/json"
 
 
 def reportable_meters(config: PlansConfig) -> dict[str, str]:
-    """plg meter → Stripe event name, for the meters whose windows add up (SUM, COUNT): their per-window
-    differences are what Stripe's ``sum`` meters add. Level meters (MAX, LATEST, UNIQUE_COUNT) are billed
-    from plg's own invoice (docs/billing.md)."""
-    return {m.slug: m.slug for m in config.meters if m.aggregation in (Aggregation.SUM, Aggregation.COUNT)}
+    """plg meter → Stripe event name, for every meter (the event name is the meter's slug)."""
+    return {m.slug: m.slug for m in config.meters}
+
+
+def level_meters(config: PlansConfig) -> set[str]:
+    """Meters whose windows do not add up (MAX, LATEST, UNIQUE_COUNT): reported as the period-to-date level
+    to a Stripe ``last`` meter; SUM and COUNT meters send per-window differences to a ``sum`` meter."""
+    return {m.slug for m in config.meters if m.aggregation not in (Aggregation.SUM, Aggregation.COUNT)}
 
 
 def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -69,12 +74,14 @@ def error(status: int, code: str, message: str, headers: dict[str, str] | None =
     )
 
 
-def _sync_meters(gateway: StripeGateway, pool: ConnectionPool, event_names: dict[str, str]) -> None:
+def _sync_meters(
+    gateway: StripeGateway, pool: ConnectionPool, event_names: dict[str, str], levels: set[str]
+) -> None:
     """Create missing Stripe meters at start; Stripe being away must not keep the ledger from filling (the
     sender retries what it cannot deliver, and `plg billing sync-meters` does the same by hand)."""
     try:
         with pool.connection() as conn:
-            synced = sync_meters(gateway, conn, event_names)
+            synced = sync_meters(gateway, conn, event_names, levels)
         log.info("Stripe meters", extra={"meters": {s.meter: s.action for s in synced}})
     except stripe.StripeError as exc:
         log.warning("could not sync Stripe meters at start: %s", exc.user_message or type(exc).__name__)
@@ -85,6 +92,7 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
     life = lifecycle or Lifecycle(SERVICE)
     prefix = settings.platform.topic_prefix
     event_names = reportable_meters(config)
+    levels = level_meters(config)
     state: dict[str, Any] = {}
 
     @asynccontextmanager
@@ -102,11 +110,17 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
                 consumer_group=f"{prefix}{settings.group_id}",
                 report_granularity=settings.report_granularity,
                 reportable_meters=event_names,
+                level_meters=levels,
+                level_interval=(
+                    WINDOW_SECONDS[settings.report_granularity]
+                    if settings.level_interval_seconds is None
+                    else settings.level_interval_seconds
+                ),
                 settle_ms=int(settings.settle_seconds * 1000),
                 correction_interval=settings.correction_interval_seconds,
             )
             state.update(pool=pool, gateway=gateway, ledger=ledger)
-            await run_in_threadpool(_sync_meters, gateway, pool, event_names)
+            await run_in_threadpool(_sync_meters, gateway, pool, event_names, levels)
             loop: AtLeastOnceLoop = at_least_once(
                 service=SERVICE,
                 kafka=settings.kafka,
@@ -135,6 +149,7 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
                 gateway,
                 event_names,
                 SenderOptions(
+                    level_meters=frozenset(levels),
                     requests_per_second=settings.requests_per_second,
                     batch_size=settings.send_batch,
                     lease_seconds=settings.lease_seconds,

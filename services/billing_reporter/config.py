@@ -49,6 +49,9 @@ class BillingSettings(StreamServiceSettings):
     report_granularity: Literal["MINUTE", "HOUR", "DAY"] = "HOUR"
     # A window is reported this long after it ends (late events inside it come as corrections later).
     settle_seconds: float = Field(default=60.0, ge=0)
+    # Level meters (MAX, LATEST, UNIQUE_COUNT) send their period-to-date value at most this often
+    # (default: once per reporting window).
+    level_interval_seconds: float | None = Field(default=None, ge=0)
     # Late corrections of one window are coalesced: at most one revision per this many seconds.
     correction_interval_seconds: float = Field(default=300.0, ge=0)
     # How often closed windows are looked for when no aggregates arrive.

@@ -22,10 +22,12 @@ from typing import Any, cast
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from services.billing_reporter.planning import next_revision, report_identifier
+from services.billing_reporter.planning import next_revision, report_identifier, whole_units
 from services.kernel import metrics
 
 log = logging.getLogger(__name__)
+
+PERIOD = "BILLING_PERIOD"
 
 PLANNED = metrics.counter(
     "plg_billing_reports_planned", "Report rows written to the ledger, by kind.", ("kind",)
@@ -87,6 +89,8 @@ class Ledger:
         report_granularity: str,
         reportable_meters: Iterable[str],
         settle_ms: int,
+        level_meters: Iterable[str] = (),
+        level_interval: float = 3600.0,
         correction_interval: float = 0.0,
         max_age_ms: int = 34 * 86_400_000,
         clock: Callable[[], float] = time.time,
@@ -96,7 +100,11 @@ class Ledger:
         # The ledger is its consumer group's: one database may hold several deployments' ledgers.
         self.ledger = consumer_group
         self.report_granularity = report_granularity
-        self.reportable_meters = sorted(reportable_meters)
+        self.level_meters = sorted(set(level_meters))
+        # Meters whose per-window differences are reported (SUM, COUNT); level meters report their
+        # period-to-date value at most once per ``level_interval`` seconds instead.
+        self.reportable_meters = sorted(set(reportable_meters) - set(self.level_meters))
+        self.level_interval = level_interval
         self.settle_ms = settle_ms
         # A window keeps getting late events while they arrive: its corrections are coalesced into at most
         # one per this many seconds (the window stays dirty meanwhile), so Stripe sees O(windows) calls.
@@ -133,12 +141,13 @@ class Ledger:
             return self._plan(conn) if usage else 0
 
     def _upsert_usage(self, conn: psycopg.Connection[tuple[object, ...]], usage: Sequence[UsageRow]) -> None:
-        reportable = set(self.reportable_meters)
+        reportable, levels = set(self.reportable_meters), set(self.level_meters)
         rows = [
             (
                 self.ledger, u.customer_id, u.meter, u.granularity, u.window_start, u.window_end,
                 u.value, u.event_count, u.updated_at,
-                u.granularity == self.report_granularity and u.meter in reportable,
+                (u.granularity == self.report_granularity and u.meter in reportable)
+                or (u.granularity == PERIOD and u.meter in levels),
             )
             for u in usage
         ]  # fmt: skip
@@ -161,6 +170,69 @@ class Ledger:
             return self._plan(conn)
 
     def _plan(self, conn: psycopg.Connection[tuple[object, ...]]) -> int:
+        planned = self._plan_windows(conn)
+        if self.level_meters:
+            planned += self._plan_levels(conn)
+        return planned
+
+    def _plan_levels(self, conn: psycopg.Connection[tuple[object, ...]]) -> int:
+        """Level meters: a period's value changed since its last report, which is at least a reporting
+        window old: report the new level (a revision of the period; ``quantity`` is the level itself)."""
+        due = conn.execute(
+            """
+            SELECT u.customer_id, u.meter, u.window_start, u.window_end, u.value, c.stripe_customer_id,
+                   r.quantity, COALESCE(r.revision + 1, 0)
+            FROM billing_usage u
+            LEFT JOIN customers c ON c.customer_id = u.customer_id
+            LEFT JOIN LATERAL (
+                SELECT quantity, revision, created_at FROM billing_reports b
+                WHERE b.ledger = u.ledger AND b.customer_id = u.customer_id AND b.meter = u.meter
+                  AND b.window_start = u.window_start
+                ORDER BY revision DESC LIMIT 1
+            ) r ON true
+            WHERE u.ledger = %s AND u.dirty AND u.granularity = %s AND u.meter = ANY(%s)
+              AND (r.created_at IS NULL OR r.created_at <= now() - make_interval(secs => %s))
+            FOR UPDATE OF u
+            """,
+            (self.ledger, PERIOD, self.level_meters, self.level_interval),
+        ).fetchall()
+        reports = []
+        for customer, meter, start, end, value, stripe_id, last, revision in cast(list[tuple[Any, ...]], due):
+            level = whole_units(Decimal(value))
+            if stripe_id is None or level <= 0 or (last is not None and Decimal(last) == level):
+                continue
+            ident = report_identifier(customer, meter, int(start), int(revision))
+            reports.append(
+                (self.ledger, customer, meter, start, end, revision, level, level, ident, stripe_id)
+            )
+            PLANNED.labels("level").inc()
+        self._insert_reports(conn, reports)
+        self._clean(conn, PERIOD, [(c, m, s) for c, m, s, *_ in due])
+        return len(reports)
+
+    def _insert_reports(
+        self, conn: psycopg.Connection[tuple[object, ...]], reports: list[tuple[Any, ...]]
+    ) -> None:
+        if reports:
+            conn.cursor().executemany(
+                """
+                INSERT INTO billing_reports (ledger, customer_id, meter, window_start, window_end, revision,
+                                             quantity, window_total, identifier, stripe_customer_id)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                """,
+                reports,
+            )
+
+    def _clean(
+        self, conn: psycopg.Connection[tuple[object, ...]], granularity: str, keys: list[tuple[Any, ...]]
+    ) -> None:
+        conn.cursor().executemany(
+            "UPDATE billing_usage SET dirty = false WHERE ledger = %s AND customer_id = %s AND meter = %s"
+            " AND granularity = %s AND window_start = %s",
+            [(self.ledger, c, m, granularity, s) for c, m, s in keys],
+        )
+
+    def _plan_windows(self, conn: psycopg.Connection[tuple[object, ...]]) -> int:
         now_ms = int(self.clock() * 1000)
         # Locks the windows it plans (FOR UPDATE): two reporters never give one window the same revision.
         due = conn.execute(
@@ -176,10 +248,18 @@ class Ledger:
                   AND b.window_start = u.window_start
             ) r ON true
             WHERE u.ledger = %s AND u.dirty AND u.granularity = %s AND u.window_end + %s <= %s
+              AND u.meter = ANY(%s)
               AND (r.last_planned IS NULL OR r.last_planned <= now() - make_interval(secs => %s))
             ORDER BY u.window_end FOR UPDATE OF u
             """,
-            (self.ledger, self.report_granularity, self.settle_ms, now_ms, self.correction_interval),
+            (
+                self.ledger,
+                self.report_granularity,
+                self.settle_ms,
+                now_ms,
+                self.reportable_meters,
+                self.correction_interval,
+            ),
         ).fetchall()
         if not due:
             return 0
@@ -201,30 +281,19 @@ class Ledger:
                  ident, stripe_id)
             )  # fmt: skip
             PLANNED.labels("correction" if rev.revision else "window").inc()
-        if reports:
-            conn.cursor().executemany(
-                """
-                INSERT INTO billing_reports (ledger, customer_id, meter, window_start, window_end, revision,
-                                             quantity, window_total, identifier, stripe_customer_id)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-                """,
-                reports,
-            )
-        conn.cursor().executemany(
-            "UPDATE billing_usage SET dirty = false WHERE ledger = %s AND customer_id = %s AND meter = %s"
-            " AND granularity = %s AND window_start = %s",
-            [(self.ledger, c, m, self.report_granularity, s) for c, m, s, *_ in due],
-        )
+        self._insert_reports(conn, reports)
+        self._clean(conn, self.report_granularity, [(c, m, s) for c, m, s, *_ in due])
         return len(reports)
 
     def mark_customer_dirty(self, customer_id: str) -> None:
         """A customer just linked to Stripe: look at their windows again (within Stripe's 35 days)."""
         with self.pool.connection() as conn:
             conn.execute(
-                "UPDATE billing_usage SET dirty = true"
-                " WHERE ledger = %s AND customer_id = %s AND granularity = %s AND meter = ANY(%s)",
-                (self.ledger, customer_id, self.report_granularity, self.reportable_meters),
-            )
+                "UPDATE billing_usage SET dirty = true WHERE ledger = %s AND customer_id = %s"
+                " AND ((granularity = %s AND meter = ANY(%s)) OR (granularity = %s AND meter = ANY(%s)))",
+                (self.ledger, customer_id, self.report_granularity, self.reportable_meters, PERIOD,
+                 self.level_meters),
+            )  # fmt: skip
 
     # -- the outbox ---------------------------------------------------------------------------------------
     def claim_due(self, limit: int, lease_seconds: float) -> list[ReportRow]:
@@ -239,7 +308,7 @@ class Ledger:
                 f" RETURNING {_REPORT_COLUMNS}",
                 (lease_seconds, self.ledger, limit),
             ).fetchall()
-        return sorted((_report(r) for r in rows), key=lambda r: (r.window_start, r.identifier))
+        return sorted((_report(r) for r in rows), key=lambda r: (r.window_start, r.revision, r.identifier))
 
     def release(self, identifiers: Sequence[str]) -> None:
         if not identifiers:
@@ -293,24 +362,3 @@ class Ledger:
                 "UPDATE billing_reports SET published_at = now() WHERE identifier = ANY(%s)",
                 (list(identifiers),),
             )
-
-    # -- reading ----------------------------------------------------------------------------------------
-    def totals(self, customer_id: str | None = None) -> dict[tuple[str, str], dict[str, Decimal]]:
-        """Per (customer, meter): usage consumed (report granularity) and report quantities by status."""
-        only = " AND customer_id = %s" if customer_id else ""
-        args: tuple[Any, ...] = (customer_id,) if customer_id else ()
-        out: dict[tuple[str, str], dict[str, Decimal]] = {}
-        with self.pool.connection() as conn:
-            for c, m, v in conn.execute(
-                f"SELECT customer_id, meter, sum(value) FROM billing_usage"
-                f" WHERE ledger = %s AND granularity = %s AND meter = ANY(%s){only} GROUP BY 1, 2",
-                (self.ledger, self.report_granularity, self.reportable_meters, *args),
-            ).fetchall():
-                out.setdefault((c, m), {})["usage"] = Decimal(v)
-            for c, m, status, q in conn.execute(
-                f"SELECT customer_id, meter, status, sum(quantity) FROM billing_reports"
-                f" WHERE ledger = %s{only} GROUP BY 1, 2, 3",
-                (self.ledger, *args),
-            ).fetchall():
-                out.setdefault((c, m), {})[status] = Decimal(q)
-        return out

@@ -1,9 +1,11 @@
-"""One Stripe meter per plg meter billed by sum (``plg billing sync-meters``; the reporter also runs it at
-start): missing ones are created (``sum`` over ``payload[value]``, customer by ``stripe_customer_id``),
-existing ones found by event name, and the mapping kept in ``billing_stripe_meters``."""
+"""One Stripe meter per plg meter (``plg billing sync-meters``; the reporter also runs it at start):
+missing ones are created (``sum`` for SUM/COUNT meters, ``last`` for level meters, over ``payload[value]``,
+customer by ``stripe_customer_id``), existing ones found by event name, the mapping kept in
+``billing_stripe_meters``."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +23,10 @@ class SyncedMeter:
 
 
 def sync_meters(
-    gateway: StripeGateway, conn: psycopg.Connection[Any], event_names: dict[str, str]
+    gateway: StripeGateway,
+    conn: psycopg.Connection[Any],
+    event_names: dict[str, str],
+    levels: Collection[str] = (),
 ) -> list[SyncedMeter]:
     existing = {
         m.get("event_name"): m for m in gateway.list_meters() if m.get("status", "active") == "active"
@@ -36,7 +41,7 @@ def sync_meters(
             found = gateway.create_meter(
                 display_name=f"plg {meter}",
                 event_name=event_name,
-                formula="sum",
+                formula="last" if meter in levels else "sum",
                 idempotency_key=f"plg_meter_{event_name}",
             )
             action = "created"

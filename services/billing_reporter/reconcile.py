@@ -8,7 +8,7 @@ any does. Pending reports (not delivered yet) count as a difference: the run is 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal
@@ -24,6 +24,7 @@ from services.kernel.topics import USAGE_AGGREGATES, topic
 from services.plans.periods import Period, billing_period, datetime_to_ms
 
 ZERO = Decimal(0)
+PERIOD = "BILLING_PERIOD"
 
 
 @dataclass
@@ -79,33 +80,37 @@ def read_aggregates(
     prefix: str,
     granularity: str,
     timeout: float = 120.0,
-) -> dict[tuple[str, str, int], Decimal]:
-    """The latest total of every ungrouped window of ``granularity`` on usage-aggregates (read_committed)."""
+) -> dict[tuple[str, str, str, int], Decimal]:
+    """The latest value of every ungrouped window of ``granularity`` and of every billing period on
+    usage-aggregates (read_committed), by (customer, meter, granularity, window start)."""
     name = topic(USAGE_AGGREGATES, prefix).name
     decoder = SchemaRegistry(registry).decoder()
-    latest: dict[tuple[str, str, int], Decimal] = {}
+    latest: dict[tuple[str, str, str, int], Decimal] = {}
     for record in read_to_end(kafka, name, timeout, "plg-billing-reconcile"):
         raw = record.value()
         if raw is None:
             continue
         v = decoder.decode(raw)
-        if v["granularity"] == granularity and not v["group"]:
-            latest[(v["customer_id"], v["meter"], int(v["window_start"]))] = v["value"]
+        if v["granularity"] in (granularity, PERIOD) and not v["group"]:
+            latest[(v["customer_id"], v["meter"], v["granularity"], int(v["window_start"]))] = v["value"]
     return latest
 
 
 def reconcile(
     conn: psycopg.Connection[Any],
-    aggregates: dict[tuple[str, str, int], Decimal],
+    aggregates: dict[tuple[str, str, str, int], Decimal],
     *,
     ledger: str,
     granularity: str,
     meters: Iterable[str],
     gateway: StripeGateway | None,
+    levels: Collection[str] = (),
     customer: str | None = None,
     month: str | None = None,
     now_ms: int | None = None,
 ) -> list[Line]:
+    """Sum meters compare window totals and delivered differences; level meters (``levels``) compare the
+    period's value with the last delivered level (what Stripe's ``last`` meter holds)."""
     now_ms = now_ms or int(time.time() * 1000)
     wanted = sorted(meters)
     customers = conn.execute(
@@ -121,27 +126,24 @@ def reconcile(
         usage = dict(
             conn.execute(
                 "SELECT meter, sum(floor(value)) FROM billing_usage WHERE ledger = %s AND customer_id = %s"
-                " AND granularity = %s AND window_start >= %s AND window_start < %s GROUP BY 1",
-                (ledger, customer_id, granularity, period.start_ms, period.end_ms),
+                " AND ((granularity = %s AND meter <> ALL(%s)) OR (granularity = %s AND meter = ANY(%s)))"
+                " AND window_start >= %s AND window_start < %s GROUP BY 1",
+                (ledger, customer_id, granularity, list(levels), PERIOD, list(levels),
+                 period.start_ms, period.end_ms),
             ).fetchall()
-        )
-        reports: dict[tuple[str, str], Decimal] = {
-            (m, s): Decimal(q)
-            for m, s, q in conn.execute(
-                "SELECT meter, status, sum(quantity) FROM billing_reports WHERE ledger = %s"
-                " AND customer_id = %s AND window_start >= %s AND window_start < %s GROUP BY 1, 2",
-                (ledger, customer_id, period.start_ms, period.end_ms),
-            ).fetchall()
-        }
+        )  # fmt: skip
+        reports = _reports(conn, ledger, customer_id, period, levels)
         for meter in wanted:
+            level = meter in levels
             counted = sum(
                 (
                     whole(v)
-                    for (c, m, s), v in aggregates.items()
-                    if c == customer_id and m == meter and period.contains(s)
+                    for (c, m, g, s), v in aggregates.items()
+                    if c == customer_id and m == meter and g == (PERIOD if level else granularity)
+                    and period.contains(s)
                 ),
                 ZERO,
-            )
+            )  # fmt: skip
             line = Line(
                 customer_id,
                 meter,
@@ -150,13 +152,9 @@ def reconcile(
                 ledger_usage=Decimal(usage.get(meter) or 0),
                 delivered=reports.get((meter, "delivered"), ZERO),
                 pending=reports.get((meter, "pending"), ZERO),
+                linked=bool(stripe_id),
             )
-            if not stripe_id:
-                # Not billed on Stripe: nothing is reported, the ledger's reports must be empty.
-                line.delivered = (
-                    line.ledger_usage if line.delivered == 0 and line.pending == 0 else line.delivered
-                )
-            elif gateway is not None and meter in stripe_meters:
+            if stripe_id and gateway is not None and meter in stripe_meters:
                 line.stripe = Decimal(
                     gateway.meter_event_total(
                         stripe_meters[meter], stripe_id, period.start_ms // 1000, period.end_ms // 1000
@@ -165,3 +163,20 @@ def reconcile(
             if line.aggregates or line.ledger_usage or line.delivered or line.pending or line.stripe:
                 lines.append(line)
     return lines
+
+
+def _reports(
+    conn: psycopg.Connection[Any], ledger: str, customer_id: str, period: Period, levels: Collection[str]
+) -> dict[tuple[str, str], Decimal]:
+    """(meter, status) → what the ledger says Stripe has: the sum of differences for sum meters, the
+    latest level for level meters (pending: the level still to deliver)."""
+    out: dict[tuple[str, str], Decimal] = {}
+    rows = conn.execute(
+        "SELECT meter, status, revision, quantity FROM billing_reports WHERE ledger = %s AND customer_id = %s"
+        " AND window_start >= %s AND window_start < %s ORDER BY meter, revision",
+        (ledger, customer_id, period.start_ms, period.end_ms),
+    ).fetchall()
+    for meter, status, _revision, quantity in rows:
+        key = (meter, status)
+        out[key] = Decimal(quantity) if meter in levels else out.get(key, ZERO) + Decimal(quantity)
+    return out

@@ -130,6 +130,9 @@ def backoff_delay(attempts: int, base: float, cap: float, rng: random.Random) ->
 
 @dataclass(frozen=True)
 class SenderOptions:
+    # Meters reported as levels: their events carry the time they were planned (Stripe's ``last`` keeps
+    # the latest by timestamp), not their window's start.
+    level_meters: frozenset[str] = frozenset()
     requests_per_second: float = 20.0
     batch_size: int = 200
     lease_seconds: float = 30.0
@@ -226,8 +229,7 @@ class OutboxSender:
             event_name=event_name,
             stripe_customer_id=row.stripe_customer_id,
             value=int(row.quantity),
-            # The window's start: inside the same Stripe billing period as all of the window's usage.
-            timestamp=row.window_start // 1000,
+            timestamp=self._timestamp(row),
             identifier=row.identifier,
         )
         CALLS.labels(outcome.kind).inc()
@@ -249,6 +251,13 @@ class OutboxSender:
             delay = max(delay, outcome.retry_after)
             self.budget.pause_until(self.clock() + outcome.retry_after)
         self.ledger.mark_retry(row.identifier, delay, outcome.detail)
+
+    def _timestamp(self, row: ReportRow) -> int:
+        if row.meter in self.options.level_meters:
+            # The level as of planning, inside its period (so Stripe's `last` orders the revisions).
+            return int(min(max(row.created_at, row.window_start / 1000), row.window_end / 1000 - 1))
+        # The window's start: inside the same Stripe billing period as all of the window's usage.
+        return row.window_start // 1000
 
     def _publish(self) -> bool:
         if self.publish is None:

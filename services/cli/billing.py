@@ -12,7 +12,7 @@ import orjson
 import psycopg
 import stripe
 
-from services.billing_reporter.app import reportable_meters
+from services.billing_reporter.app import level_meters, reportable_meters
 from services.billing_reporter.config import BillingSettings
 from services.billing_reporter.meters import sync_meters
 from services.billing_reporter.reconcile import read_aggregates, reconcile
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
     events = reportable_meters(config)
     try:
         if args.command == "sync-meters":
-            synced = sync_meters(gateway(settings), conn, events)
+            synced = sync_meters(gateway(settings), conn, events, level_meters(config))
             if args.json:
                 sys.stdout.write(orjson.dumps([s.__dict__ for s in synced]).decode() + "\n")
             for s in synced if not args.json else ():
@@ -68,6 +68,7 @@ def run(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
             ledger=f"{settings.platform.topic_prefix}{settings.group_id}",
             granularity=settings.report_granularity,
             meters=events,
+            levels=level_meters(config),
             gateway=None if args.no_stripe else gateway(settings),
             customer=args.customer,
             month=args.period,

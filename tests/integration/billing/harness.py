@@ -57,12 +57,12 @@ class Billing:
     def aggregate(
         self, customer_id: str, value: int | Decimal, *, window_start: int, meter: str = "api_requests",
         granularity: str = "MINUTE", width: int = MINUTE, count: int | None = None,
-        group: dict[str, str] | None = None,
+        group: dict[str, str] | None = None, aggregation: str = "COUNT",
     ) -> None:  # fmt: skip
         record = {
             "customer_id": customer_id,
             "meter": meter,
-            "aggregation": "COUNT",
+            "aggregation": aggregation,
             "group": group or {},
             "granularity": granularity,
             "window_start": window_start,
@@ -88,6 +88,7 @@ class Billing:
             "report_granularity": "MINUTE",
             "settle_seconds": 0.0,
             "correction_interval_seconds": 0.0,
+            "level_interval_seconds": 0.0,
             "plan_interval_seconds": 0.2,
             "requests_per_second": 200.0,
             "backoff_base_seconds": 0.05,

@@ -35,7 +35,14 @@ def test_reconcile_agrees_after_delivery_and_names_the_difference_when_stripe_ha
     billing.aggregate(acme, 5, window_start=start + MINUTE)
     billing.aggregate(beta, 7, window_start=start)
     billing.start_reporter()  # it syncs the meters at start too
-    assert {m["event_name"] for m in billing.double.meters.values()} == {"api_requests", "compute_seconds"}
+    formulas = {m["event_name"]: m["default_aggregation"]["formula"] for m in billing.double.meters.values()}
+    assert formulas == {
+        "api_requests": "sum",
+        "compute_seconds": "sum",
+        "storage_gb": "last",
+        "seats": "last",
+        "active_users": "last",
+    }
     wait_for(
         lambda: (
             all(r[5] == "delivered" for r in billing.ledger(acme) + billing.ledger(beta))
@@ -45,7 +52,7 @@ def test_reconcile_agrees_after_delivery_and_names_the_difference_when_stripe_ha
     )
     assert plg(["billing", "sync-meters"]) == 0
     assert "found" in capsys.readouterr().out
-    assert len(billing.double.meters) == 2  # nothing created twice
+    assert len(billing.double.meters) == 5  # nothing created twice
     assert plg(["billing", "reconcile", "--customer", acme]) == 0
     assert "0 differ" in capsys.readouterr().err
     # Someone else sent Stripe one more event for acme: reconciliation says so and fails.

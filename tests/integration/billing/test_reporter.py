@@ -105,3 +105,45 @@ def test_the_upcoming_invoice_prices_the_period_so_far(billing: Billing):
         assert body["plan"] == "pro"
         assert body["total"] == "50.24"  # 49.00 + 1 234 x 0.001 = 1.234 -> ceil 1.24
         assert client.get("/v1/invoices/nobody/upcoming").status_code == 404
+
+
+def test_a_level_meter_reports_its_period_value_as_it_changes(billing: Billing):
+    from services.plans.periods import billing_period
+
+    acme = billing.customer("pro")
+    period = billing_period(now_ms(), 1)
+    width = period.end_ms - period.start_ms
+
+    def peak(gb: int) -> None:
+        billing.aggregate(acme, gb, meter="storage_gb", aggregation="MAX", granularity="BILLING_PERIOD",
+                          window_start=period.start_ms, width=width)  # fmt: skip
+
+    peak(5)
+    # Levels at most every 1.5 s here (a reporting window in production): each has its own second, which
+    # is how Stripe's `last` tells the latest.
+    billing.start_reporter(level_interval_seconds=1.5)
+    meter = wait_for(
+        lambda: next((m for m in billing.double.meters.values() if m["event_name"] == "storage_gb"), None),
+        what="the storage meter",
+    )
+    assert meter["default_aggregation"]["formula"] == "last"
+    wait_for(lambda: [r[3] for r in billing.ledger(acme)] == [5], what="level 5 reported")
+    peak(9)
+    wait_for(lambda: [r[3] for r in billing.ledger(acme)] == [5, 9], what="level 9")
+    rows = billing.ledger(acme)
+    assert [r[2] for r in rows] == [0, 1]
+    assert [r[1] for r in rows] == [period.start_ms] * 2
+    wait_for(lambda: len(billing.double.events) == 2, what="both at Stripe")
+    # Stripe's `last` meter holds the latest level, not a sum.
+    import httpx
+
+    summary = httpx.get(
+        f"{billing.double.url}/v1/billing/meters/{meter['id']}/event_summaries",
+        params={
+            "customer": f"cus_{acme}",
+            "start_time": period.start_ms // 1000,
+            "end_time": period.end_ms // 1000,
+        },
+        headers={"Authorization": "Bearer sk_test_x"},
+    ).json()
+    assert [s["aggregated_value"] for s in summary["data"]] == [9]
