@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from services.kernel.settings import StreamServiceSettings
+from services.kernel.settings import ExactlyOnceSettings
 
 
-class GrowthSettings(StreamServiceSettings):
+class GrowthSettings(ExactlyOnceSettings):
     """``GROWTH_PORT=8085``, ``GROWTH_ADMIN_TOKEN=...`` and so on."""
 
     model_config = SettingsConfigDict(env_prefix="GROWTH_")
@@ -39,15 +38,5 @@ class GrowthSettings(StreamServiceSettings):
 
     # The activation loop (usage-events-enriched -> activation-events), run in this process.
     activation_enabled: bool = True
-    # Stable identity of this instance: the loop's transactional.id is <group_id>-<instance_id>.
-    instance_id: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    # Its group (the loop's other knobs, instance id and transactional.id: ExactlyOnceSettings).
     group_id: str = "growth-activation"
-    transaction_timeout_ms: int = Field(default=30_000, ge=1_000)
-    max_batch_events: int = Field(default=10_000, ge=1)
-    batch_wait_ms: int = Field(default=100, ge=1)
-    # Register our output schemas if missing (provisioning normally has).
-    auto_register_schemas: bool = False
-
-    @property
-    def transactional_id(self) -> str:
-        return f"{self.group_id}-{self.instance_id}"

@@ -9,9 +9,8 @@ import threading
 from services.growth.activation import ActivationConfig
 from services.growth.config import GrowthSettings
 from services.growth.processor import INPUTS, OUTPUTS, SERVICE, ActivationHandler
-from services.kernel.kafka import Consumer
 from services.kernel.lifecycle import Lifecycle
-from services.kernel.processing import ExactlyOnceLoop, exactly_once
+from services.kernel.processing import ExactlyOnceLoop, exactly_once_service
 from services.kernel.serde import SchemaRegistry
 from services.kernel.topics import GROWTH_CHANGELOG, USAGE_EVENTS_DLQ, USAGE_EVENTS_ENRICHED, topic
 
@@ -31,35 +30,21 @@ class ActivationLoop:
         cls, settings: GrowthSettings, config: ActivationConfig, registry: SchemaRegistry, life: Lifecycle
     ) -> ActivationLoop:
         prefix = settings.platform.topic_prefix
-        built: ExactlyOnceLoop | None = None
-
-        def consumer() -> Consumer:
-            assert built is not None
-            return built.consumer
-
         handler = ActivationHandler(
             kafka=settings.kafka,
-            consumer=consumer,
             config=config,
             input_topic=topic(USAGE_EVENTS_ENRICHED, prefix).name,
             changelog_topic=topic(GROWTH_CHANGELOG, prefix).name,
         )
-        built = exactly_once(
+        built = exactly_once_service(
+            settings,
             service=SERVICE,
-            kafka=settings.kafka,
             registry=registry,
             lifecycle=life,
             handler=handler,
             inputs=INPUTS,
             outputs=OUTPUTS,
             dead_letters=USAGE_EVENTS_DLQ,
-            group_id=settings.group_id,
-            transactional_id=settings.transactional_id,
-            topic_prefix=prefix,
-            auto_register=settings.auto_register_schemas,
-            transaction_timeout_ms=settings.transaction_timeout_ms,
-            max_batch=settings.max_batch_events,
-            batch_wait=settings.batch_wait_ms / 1000,
         )
         runner = cls(built, handler)
         runner._thread.start()

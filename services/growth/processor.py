@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from services.growth.activation import (
@@ -25,7 +25,7 @@ from services.growth.activation import (
 )
 from services.growth.telemetry import stable_event_id, usage_event
 from services.kernel import metrics
-from services.kernel.kafka import Consumer, TopicPartition
+from services.kernel.kafka import TopicPartition
 from services.kernel.processing import Batch, Emit, RetryBatch, StreamHandler
 
 # The metering aggregator's changelog reader and checkpoint rule, reused as they are (they belong in the
@@ -61,14 +61,12 @@ class ActivationHandler(StreamHandler):
         self,
         *,
         kafka: KafkaSettings,
-        consumer: Callable[[], Consumer],
         config: ActivationConfig,
         input_topic: str,
         changelog_topic: str,
         checkpoint_wait: float = 30.0,
     ) -> None:
         self.kafka = kafka
-        self.consumer = consumer
         self.config = config
         self.input_topic = input_topic
         self.changelog_topic = changelog_topic
@@ -123,7 +121,7 @@ class ActivationHandler(StreamHandler):
 
         trackers = restore_partitions(
             kafka=self.kafka,
-            consumer=self.consumer(),
+            consumer=self.consumer,
             input_topic=self.input_topic,
             changelog_topic=self.changelog_topic,
             partitions=partitions,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from services.customers import CustomerDirectory
 from services.kernel.db import open_pool
-from services.kernel.kafka import Consumer, check_reachable
+from services.kernel.kafka import check_reachable
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ReadinessCheck
 from services.kernel.processing import ExactlyOnceLoop, exactly_once_service
@@ -75,15 +75,8 @@ def _build(settings: MeteringSettings, life: Lifecycle) -> AggregatorApp:
             f"{partitions}: the changelog must be co-partitioned with the input"
         )
 
-    loop: ExactlyOnceLoop | None = None
-
-    def consumer() -> Consumer:
-        assert loop is not None
-        return loop.consumer
-
     handler = MeteringHandler(
         kafka=settings.kafka,
-        consumer=consumer,
         directory=directory,
         config=config,
         rules=settings.rules(),

@@ -23,7 +23,7 @@ from typing import Any
 
 from services.customers import CustomerDirectory
 from services.kernel import metrics
-from services.kernel.kafka import Consumer, TopicPartition
+from services.kernel.kafka import TopicPartition
 from services.kernel.processing import Batch, Emit, RetryBatch, StreamHandler
 from services.kernel.processing.state import restore_partitions
 from services.kernel.settings import KafkaSettings
@@ -70,7 +70,6 @@ class MeteringHandler(StreamHandler):
         self,
         *,
         kafka: KafkaSettings,
-        consumer: Callable[[], Consumer],
         directory: CustomerDirectory,
         config: PlansConfig,
         rules: Rules,
@@ -81,8 +80,6 @@ class MeteringHandler(StreamHandler):
         checkpoint_wait: float = 30.0,
     ) -> None:
         self.kafka = kafka
-        # The loop's consumer, asked for the group's committed offsets when state is restored.
-        self.consumer = consumer
         self.directory = directory
         self.config = config
         self.rules = rules
@@ -163,7 +160,7 @@ class MeteringHandler(StreamHandler):
 
         states = restore_partitions(
             kafka=self.kafka,
-            consumer=self.consumer(),
+            consumer=self.consumer,
             input_topic=self.topics.usage_events,
             changelog_topic=self.topics.changelog,
             partitions=partitions,

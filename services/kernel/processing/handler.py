@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from services.kernel.kafka import TopicPartition
+from services.kernel.kafka import Consumer, TopicPartition
 from services.kernel.processing.messages import Batch, Emit
 
 
@@ -20,6 +20,19 @@ class StreamHandler:
     #: Seconds between calls to :meth:`tick` (``None``: never). A tick runs inside a transaction of its
     #: own when no records arrive, or inside the batch's transaction when they do.
     tick_interval: float | None = None
+    _consumer: Consumer | None = None
+
+    def bind(self, consumer: Consumer) -> None:
+        """Called by the loop that runs this handler, with its consumer (before any hook)."""
+        self._consumer = consumer
+
+    @property
+    def consumer(self) -> Consumer:
+        """The loop's consumer, for hooks that ask the group's committed offsets (a state restore).
+        Only for that: polling, seeking and committing are the loop's."""
+        if self._consumer is None:
+            raise RuntimeError(f"{type(self).__name__} is not run by a loop yet")
+        return self._consumer
 
     def process(self, batch: Batch, out: Emit) -> None:
         """Handle one batch: write outputs and dead letters with ``out``. Raise

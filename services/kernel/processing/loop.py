@@ -156,6 +156,7 @@ class LoopBase:
         self.decoders = dict(parts.decoders)
         self.outputs = dict(parts.outputs)
         self.handler = parts.handler
+        parts.handler.bind(parts.consumer)
         self.dead_letters = parts.dead_letters
         self.max_batch = parts.max_batch
         self.batch_wait = parts.batch_wait
