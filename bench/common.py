@@ -95,9 +95,11 @@ def service(
     proc = subprocess.Popen(
         [sys.executable, "-m", module], env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
     )
+    failed = True
     try:
         wait_ready(proc, port, name, log.name)
         yield proc
+        failed = False
     finally:
         proc.terminate()
         try:
@@ -106,7 +108,10 @@ def service(
             proc.kill()
             proc.wait()
         log.close()
-        os.unlink(log.name)
+        if failed:
+            print(f"{name}: its log is kept in {log.name}")
+        else:
+            os.unlink(log.name)
 
 
 # ------------------------------------------------------------------------------ what the machine did

@@ -187,11 +187,12 @@ class MeteringHandler(StreamHandler):
         states = self.states
         # Every partition whose offset this transaction moves must have its state, so that its checkpoint
         # moves with it — also when its records are only rerouted.
-        missing = {m.partition for m in batch} - states.keys()
+        messages = batch.messages
+        missing = {m.record.partition() for m in messages} - states.keys()
         if missing:  # its restore failed: rebuild it and redo the batch
             raise RetryBatch(f"partitions {missing} have no restored state")
         try:
-            self.directory.ensure({m.value["customer_id"] for m in batch})  # type: ignore[index]
+            self.directory.ensure({m.value["customer_id"] for m in messages})  # type: ignore[index]
         except Exception as exc:  # database down: nothing applied yet, redo the batch later
             raise RetryBatch(f"customer directory unavailable: {exc}") from exc
 
@@ -205,7 +206,7 @@ class MeteringHandler(StreamHandler):
         for message in batch:
             event: dict[str, Any] = message.value  # type: ignore[assignment]
             record = message.record
-            partition = message.partition
+            partition: int = record.partition()  # type: ignore[assignment]
             customer_id = event["customer_id"]
             # When the event reached Kafka (the producer's timestamp), never ahead of our own clock: the
             # partition's clock, which lateness is judged on, whatever our lag (see model.py).

@@ -115,6 +115,12 @@ class Batch(Sequence[Message]):
     def __len__(self) -> int:
         return len(self._messages)
 
+    @property
+    def messages(self) -> list[Message]:
+        """The messages as a plain list, for a quick pre-pass that cannot fail on one record (collecting
+        keys, partitions): iterating it is not tracked, so a failure there blames no record."""
+        return self._messages
+
     @overload
     def __getitem__(self, index: int) -> Message: ...
     @overload
