@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 import stripe
@@ -27,7 +27,7 @@ from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from services.billing_reporter import accounts, subscriptions
+from services.billing_reporter import accounts, openapi, subscriptions
 from services.billing_reporter.closing import FinalInvoice, PeriodCloser
 from services.billing_reporter.config import BillingSettings
 from services.billing_reporter.ledger import Ledger, ReportRow
@@ -37,6 +37,7 @@ from services.billing_reporter.sender import OutboxSender, SenderOptions
 from services.billing_reporter.sink import AggregateSink
 from services.billing_reporter.stripe_gateway import StripeGateway
 from services.kernel import db
+from services.kernel.http import HttpError, install_error_handlers
 from services.kernel.kafka import Producer
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ops_routes
@@ -65,13 +66,10 @@ def level_meters(config: PlansConfig) -> set[str]:
     return {m.slug for m in config.meters if m.aggregation not in (Aggregation.SUM, Aggregation.COUNT)}
 
 
-def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        orjson.dumps({"code": code, "message": message}),
-        status_code=status,
-        media_type=_JSON,
-        headers=headers,
-    )
+def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> NoReturn:
+    """Refuse the request: the kernel's error discipline answers it in plg's shape, with the request id
+    (``return error(...)`` reads as the answer it is)."""
+    raise HttpError(status, code, message, headers)
 
 
 def _sync_meters(
@@ -209,7 +207,7 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
 
     ops_routes(app, readiness={"ledger_writer": loop_ready, "outbox_sender": sender_ready})
 
-    @app.get("/v1/invoices/{customer_id}/upcoming")
+    @app.get("/v1/invoices/{customer_id}/upcoming", responses=openapi.UPCOMING_INVOICE)
     async def upcoming_invoice(customer_id: str) -> Response:
         """The running invoice of the customer's current period, from the usage consumed so far."""
         found = await run_in_threadpool(
@@ -227,4 +225,6 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
         return Response(orjson.dumps(found.to_dict()), media_type=_JSON)
 
     subscriptions.routes(app, settings, config, state, error)
+    # Last, so it wraps everything: no user error becomes a 500, and a 500 carries its request id.
+    install_error_handlers(app, service=SERVICE)
     return app

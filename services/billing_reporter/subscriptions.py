@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import orjson
 import psycopg
@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from services.billing_reporter import openapi
 from services.billing_reporter.accounts import get_account
 from services.billing_reporter.config import BillingSettings
 from services.kernel import metrics
@@ -370,7 +371,7 @@ def routes(
     settings: BillingSettings,
     config: PlansConfig,
     state: dict[str, Any],
-    error: Callable[..., Response],
+    error: Callable[..., NoReturn],
 ) -> None:
     grace = timedelta(seconds=settings.past_due_grace_seconds)
 
@@ -379,7 +380,7 @@ def routes(
             state["subscriptions"] = SubscriptionStore(state["pool"], config, grace, settings.free_plan)
         return state["subscriptions"]  # type: ignore[no-any-return]
 
-    @app.post("/v1/checkout/{customer_id}")
+    @app.post("/v1/checkout/{customer_id}", responses=openapi.CHECKOUT, openapi_extra=openapi.CHECKOUT_BODY)
     async def checkout(customer_id: str, request: Request) -> Response:
         """A Stripe Checkout Session for the customer's upgrade (``{"plan": ...}`` to choose another)."""
         body: dict[str, Any] = {}
@@ -387,7 +388,7 @@ def routes(
         if raw:
             try:
                 body = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
                 return error(400, "invalid_json", 'the body must be JSON, e.g. {"plan": "pro"}')
             if not isinstance(body, dict) or not isinstance(body.get("plan", ""), str):
                 return error(400, "invalid_body", "the body must be an object with an optional string plan")
@@ -435,7 +436,7 @@ def routes(
             media_type="application/json",
         )
 
-    @app.post("/v1/stripe/webhooks")
+    @app.post("/v1/stripe/webhooks", responses=openapi.WEBHOOK, openapi_extra=openapi.WEBHOOK_BODY)
     async def webhook(request: Request) -> Response:
         """Stripe's events, verified with ``STRIPE_WEBHOOK_SECRET``; idempotent by event id."""
         payload = await request.body()
@@ -445,7 +446,9 @@ def routes(
             return error(400, "missing_signature", "the Stripe-Signature header is required")
         try:
             secret = settings.stripe.webhook_secret.get_secret_value()
-            stripe.Webhook.construct_event(
+            # Only the signature is Stripe's to check; the body is parsed and validated here (construct_event
+            # would also build a StripeObject, and fail with a TypeError on a validly signed "[]").
+            stripe.WebhookSignature.verify_header(
                 payload.decode("utf-8", "replace"),
                 signature,
                 secret,
@@ -455,7 +458,7 @@ def routes(
         except stripe.SignatureVerificationError:
             WEBHOOKS.labels("unknown", "bad_signature").inc()
             return error(400, "invalid_signature", "the signature does not match or its timestamp is too old")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             WEBHOOKS.labels("unknown", "invalid_json").inc()
             return error(400, "invalid_json", "the body is not a Stripe event")
         if (
@@ -464,7 +467,8 @@ def routes(
             or not isinstance(event.get("type"), str)
         ):
             return error(400, "invalid_event", "an event needs id, type and data.object")
-        if not isinstance((event.get("data") or {}).get("object"), dict):
+        data = event.get("data")
+        if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
             return error(400, "invalid_event", "an event needs id, type and data.object")
         try:
             result = await run_in_threadpool(store().handle, event)

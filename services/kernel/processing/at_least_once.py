@@ -76,6 +76,7 @@ class AtLeastOnceLoop(LoopBase):
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if not partitions:
             return
+        self._track(partitions, owned=True)
         self.restoring = True
         try:
             self.handler.assigned(partitions)
@@ -87,6 +88,7 @@ class AtLeastOnceLoop(LoopBase):
             self.restoring = False
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._track(partitions, owned=False)
         gone = {(tp.topic, tp.partition) for tp in partitions}
         self._floor = {k: v for k, v in self._floor.items() if k not in gone}
         self.poison.forget(partitions)

@@ -108,6 +108,7 @@ class ExactlyOnceLoop(LoopBase):
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if not partitions:
             return
+        self._track(partitions, owned=True)
         self.restoring = True
         try:
             self.handler.assigned(partitions)
@@ -120,6 +121,7 @@ class ExactlyOnceLoop(LoopBase):
             self.restoring = False
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._track(partitions, owned=False)
         self.poison.forget(partitions)
         self.handler.revoked(partitions)
 

@@ -169,9 +169,16 @@ class LoopBase:
         self.batches = 0
         self._needs_recovery = False
         self._last_tick = parts.clock()
+        #: (topic, partition) this instance owns now: a snapshot replaced whole on every rebalance, so any
+        #: thread may read it (the consumer itself must only be called from the polling thread).
+        self.assigned: frozenset[tuple[str, int]] = frozenset()
         self._processed = RECORDS.labels(parts.service, "processed")
         self._undecodable = RECORDS.labels(parts.service, UNDECODABLE)
         self._failed = RECORDS.labels(parts.service, PROCESSING_FAILED)
+
+    def _track(self, partitions: Sequence[TopicPartition], *, owned: bool) -> None:
+        changed = {(tp.topic, tp.partition) for tp in partitions}
+        self.assigned = self.assigned | changed if owned else self.assigned - changed
 
     def ready(self) -> bool:
         """Started, and not restoring state (the ops server's readiness check)."""
