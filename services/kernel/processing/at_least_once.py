@@ -96,28 +96,12 @@ class AtLeastOnceLoop(LoopBase):
 
     # -- the loop -------------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        self.consumer.subscribe(
-            self.inputs, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
-        )
-        self.running = True
-
     def poll_once(self) -> int:
         """Consume a batch, have the sink apply it, commit its offsets; returns the records consumed."""
-        if self._needs_recovery:
-            self._recover()
-        records = self.consumer.consume(self.poison.batch_size(self.max_batch), self.batch_wait)
-        if self._needs_recovery:
-            # An assignment inside this very poll failed to set up: nothing of this batch may be processed
-            # before that is repaired (its records are read again after the rewind).
-            self._recover()
+        polled = self._next_batch()
+        if polled is None:
             return 0
-        now = self.clock()
-        tick = self.tick_due(now)
-        if not records and not tick:
-            if self.lag is not None:
-                self.lag.update()
-            return 0
+        records, now, tick = polled
         ends = next_offsets(records)
         consumed = len(records)
         if self._floor:  # redelivered records whose effect the sink has stored already

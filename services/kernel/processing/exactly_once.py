@@ -129,27 +129,14 @@ class ExactlyOnceLoop(LoopBase):
 
     def start(self) -> None:
         self.producer.init_transactions(self.kafka_timeout)
-        self.consumer.subscribe(
-            self.inputs, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
-        )
-        self.running = True
+        super().start()
 
     def poll_once(self) -> int:
         """Consume, process and commit one batch; returns the number of records consumed."""
-        if self._needs_recovery:  # a failed batch whose recovery could not finish yet
-            self._recover()
-        records = self.consumer.consume(self.poison.batch_size(self.max_batch), self.batch_wait)
-        if self._needs_recovery:
-            # An assignment inside this very poll failed to set up: nothing of this batch may be processed
-            # before that is repaired (its records are read again after the rewind).
-            self._recover()
+        polled = self._next_batch()
+        if polled is None:
             return 0
-        now = self.clock()
-        tick = self.tick_due(now)
-        if not records and not tick:
-            if self.lag is not None:
-                self.lag.update()  # an empty poll may have stepped over a transaction marker
-            return 0
+        records, now, tick = polled
         started = time.monotonic()
         messages, undecodable = decode_batch(records, self.decoders, tombstones=self.tombstones)
         keep, failed = self.poison.split(messages)

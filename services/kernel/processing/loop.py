@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from services.kernel import metrics
 from services.kernel.dlq import PROCESSING_FAILED, UNDECODABLE, DeadLetterPublisher
 from services.kernel.errors import KafkaClientError, KafkaFatalError
-from services.kernel.kafka import Consumer, TopicPartition
+from services.kernel.kafka import Consumer, Record, TopicPartition
 from services.kernel.lag import ConsumerLagTracker
 from services.kernel.processing.handler import StreamHandler
 from services.kernel.processing.messages import (
@@ -190,10 +190,41 @@ class LoopBase:
         return {self.service: self.ready}
 
     def start(self) -> None:
-        raise NotImplementedError
+        self.consumer.subscribe(
+            self.inputs, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
+        self.running = True
 
     def poll_once(self) -> int:
         raise NotImplementedError
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        raise NotImplementedError
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        raise NotImplementedError
+
+    def _recover(self) -> None:
+        raise NotImplementedError
+
+    def _next_batch(self) -> tuple[list[Record], float, bool] | None:
+        """Consume the next batch: ``(records, now, tick due)``, or None when there is nothing to do (an
+        empty poll with no tick due, or a batch that must wait for a repair)."""
+        if self._needs_recovery:  # a failed batch whose recovery could not finish yet
+            self._recover()
+        records = self.consumer.consume(self.poison.batch_size(self.max_batch), self.batch_wait)
+        if self._needs_recovery:
+            # An assignment inside this very poll failed to set up: nothing of this batch may be processed
+            # before that is repaired (its records are read again after the rewind).
+            self._recover()
+            return None
+        now = self.clock()
+        tick = self.tick_due(now)
+        if not records and not tick:
+            if self.lag is not None:
+                self.lag.update()  # an empty poll may have stepped over a transaction marker
+            return None
+        return records, now, tick
 
     def tick_due(self, now: float) -> bool:
         interval = self.handler.tick_interval
