@@ -209,3 +209,24 @@ def histogram_mean(port: int, name: str) -> tuple[float, float]:
                 values[suffix] += float(line.split()[-1])
     count = values["_count"]
     return count, values["_sum"] / count if count else 0.0
+
+
+def report_against_raw(
+    rounds: list[dict[str, float]], raw_label: str, label: str, goal_events_per_s: float, goal_ratio: float
+) -> None:
+    """Print a loop's rounds against the raw baseline measured in each round (``raw``/``raw_us`` and
+    ``eos``/``eos_us``: events/s and CPU µs per event), and the goals' verdict on the medians."""
+    raw = [r["raw"] for r in rounds]
+    eos = [r["eos"] for r in rounds]
+    ratios = [r["eos"] / r["raw"] for r in rounds]
+    width = max(len(raw_label), len(label), len(label) + 6)
+    raw_us = span([r["raw_us"] for r in rounds], "{:.1f}")
+    eos_us = span([r["eos_us"] for r in rounds], "{:.1f}")
+    print(f"  {raw_label:<{width}} {span(raw)} events/s, {raw_us} µs CPU/event")
+    print(f"  {label:<{width}} {span(eos)} events/s, {eos_us} µs CPU/event")
+    met = statistics.median(eos) >= goal_events_per_s and statistics.median(ratios) >= goal_ratio
+    ratio_label = label.split(",")[0] + " / raw"
+    print(
+        f"  {ratio_label:<{width}} {span(ratios, '{:.0%}')}  (goal ≥ {goal_events_per_s:,.0f}/s "
+        f"and ≥ {goal_ratio:.0%} of raw, on the medians: {'met' if met else 'NOT met'})"
+    )

@@ -21,7 +21,6 @@ import argparse
 import multiprocessing
 import os
 import random
-import statistics
 import subprocess
 import time
 import uuid
@@ -35,8 +34,8 @@ from bench.common import (
     histogram_mean,
     load_average,
     pct,
+    report_against_raw,
     service,
-    span,
     stack,
 )
 from bench.metering import generate_load
@@ -359,21 +358,12 @@ class Bench:
 
     @staticmethod
     def report_rounds(rounds: list[dict[str, Any]]) -> None:
-        raw = [r["raw"] for r in rounds]
-        eos = [r["eos"] for r in rounds]
-        ratios = [r["eos"] / r["raw"] for r in rounds]
-        print(
-            f"  raw consume+decode+encode+produce  {span(raw)} events/s, "
-            f"{span([r['raw_us'] for r in rounds], '{:.1f}')} µs CPU/event"
-        )
-        print(
-            f"  enrichment, exactly-once           {span(eos)} events/s, "
-            f"{span([r['eos_us'] for r in rounds], '{:.1f}')} µs CPU/event"
-        )
-        met = statistics.median(eos) >= GOAL_EVENTS_PER_S and statistics.median(ratios) >= GOAL_RATIO
-        print(
-            f"  enrichment / raw                   {span(ratios, '{:.0%}')} (goal ≥ {GOAL_EVENTS_PER_S:,}/s "
-            f"and ≥ {GOAL_RATIO:.0%} of raw, on the medians: {'met' if met else 'NOT met'})"
+        report_against_raw(
+            rounds,
+            "raw consume+decode+encode+produce",
+            "enrichment, exactly-once",
+            GOAL_EVENTS_PER_S,
+            GOAL_RATIO,
         )
 
 

@@ -47,8 +47,8 @@ from bench.common import (
     histogram_mean,
     load_average,
     pct,
+    report_against_raw,
     service,
-    span,
     stack,
 )
 from services.devstack.config import free_port
@@ -400,19 +400,9 @@ class Bench:
             f"{self.args.customers} customers); load average {load_before} before, {load_average()} after"
         )
         for label, results in arms.items():
-            raw = [r["raw"] for r in results]
-            eos = [r["eos"] for r in results]
-            ratios = [r["eos"] / r["raw"] for r in results]
             print(f"[{label}: {roots[label]}]")
-            raw_us = span([r["raw_us"] for r in results], "{:.1f}")
-            eos_us = span([r["eos_us"] for r in results], "{:.1f}")
-            print(f"  raw consume + decode         {span(raw)} events/s, {raw_us} µs CPU/event")
-            print(f"  aggregator, exactly-once     {span(eos)} events/s, {eos_us} µs CPU/event")
-            met = statistics.median(ratios) >= GOAL_RATIO and statistics.median(eos) >= GOAL_EVENTS_PER_S
-            verdict = "met" if met else "NOT met"
-            print(
-                f"  aggregator / raw             {span(ratios, '{:.0%}')}  "
-                f"(goal ≥ {GOAL_EVENTS_PER_S:,}/s and ≥ {GOAL_RATIO:.0%} of raw, on the medians: {verdict})"
+            report_against_raw(
+                results, "raw consume + decode", "aggregator, exactly-once", GOAL_EVENTS_PER_S, GOAL_RATIO
             )
         if "compare" in arms:
             this = statistics.median(r["eos_us"] for r in arms["this"])
