@@ -17,8 +17,9 @@ N = 6000
 def test_sigkill_during_a_stream_loses_and_duplicates_nothing(world):
     customer = world.customer("pro")
     instance = "enr-kill"
-    # Small transactions, so the stream takes many of them and the kill lands between two (or inside one).
-    proc = world.spawn_enrichment(instance, ENRICHMENT_MAX_BATCH_EVENTS="100")
+    # Small transactions, so the stream takes many of them (150 for the first half) and the kill lands
+    # between two or inside one; with 100 a quiet machine had finished the first half before the kill.
+    proc = world.spawn_enrichment(instance, ENRICHMENT_MAX_BATCH_EVENTS="20")
     events = [
         event(customer, "core_action_completed", anonymous_id=f"a{i % 50}", action="x") for i in range(N)
     ]
