@@ -74,7 +74,7 @@ def build_app(settings: AnalyticsSettings, lifecycle: Lifecycle | None = None) -
     app = FastAPI(
         title="plg analytics",
         version="1",
-        description="Funnels, retention, the north star, activation rates and timelines over enriched events.",
+        description="Funnels, retention, the north star, activation rates, timelines of enriched events.",
         lifespan=lifespan,
     )
 

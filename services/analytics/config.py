@@ -24,7 +24,7 @@ class AnalyticsSettings(StreamServiceSettings):
     store: Literal["chdb", "clickhouse"] = "chdb"
     path: Path = Path(".plg/analytics")
     clickhouse_url: SecretStr | None = None
-    # activation.yaml (north star, thresholds); default $PLG_ACTIVATION_CONFIG or deploy/config/activation.yaml.
+    # activation.yaml (north star, thresholds); default $PLG_ACTIVATION_CONFIG, else deploy/config/.
     activation_path: Path | None = None
     # Freshness: an event is queryable about one batch_wait after enrichment wrote it.
     batch_wait_seconds: float = Field(default=0.2, gt=0)

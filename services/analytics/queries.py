@@ -29,7 +29,7 @@ _PROPERTY_NAME_MAX = 200
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """Which events a question looks at: a time range (epoch ms, end exclusive) and optionally one customer."""
+    """Which events a question looks at: a time range (epoch ms, end exclusive), optionally one customer."""
 
     since_ms: int
     until_ms: int
@@ -124,7 +124,8 @@ def retention(
         f" WHERE person != '' AND {scope.where(params)} GROUP BY customer_id, person)"
         f" SELECT toString(c.cohort) AS cohort, dateDiff('week', c.cohort, toMonday(e.ts)) AS week,"
         f" uniqExact(e.customer_id, e.person) AS persons"
-        f" FROM {store.events} AS e INNER JOIN cohorts AS c ON e.customer_id = c.customer_id AND e.person = c.person"
+        f" FROM {store.events} AS e INNER JOIN cohorts AS c"
+        f" ON e.customer_id = c.customer_id AND e.person = c.person"
         f" WHERE {scope.where(params, 'e')}{activity}"
         f" GROUP BY cohort, week ORDER BY cohort, week"
     )
@@ -147,7 +148,8 @@ def _crossings_sql(
     )
     return (
         f"SELECT customer_id, person, arraySort(groupArray(toUnixTimestamp64Milli(ts))) AS t,"
-        f" arrayFilter(i -> i >= {{x_count:UInt32}} AND t[i] - t[i - {{x_count:UInt32}} + 1] <= {{x_window:Int64}},"
+        f" arrayFilter(i -> i >= {{x_count:UInt32}}"
+        f" AND t[i] - t[i - {{x_count:UInt32}} + 1] <= {{x_window:Int64}},"
         f" arrayEnumerate(t)) AS hits, if(length(hits) > 0, t[hits[1]], 0) AS crossed_ms"
         f" FROM {events} WHERE name = {{x_event:String}} AND person != '' AND {scope.where(params)}"
         f" GROUP BY customer_id, person"
@@ -162,13 +164,15 @@ def north_star(
     params: dict[str, Any] = {"event": event}
     weekly = store.engine.rows(
         f"SELECT toString(toMonday(ts)) AS week, count() AS events, uniqExact(customer_id, person) AS persons"
-        f" FROM {store.events} WHERE name = {{event:String}} AND {scope.where(params)} GROUP BY week ORDER BY week",
+        f" FROM {store.events} WHERE name = {{event:String}} AND {scope.where(params)}"
+        f" GROUP BY week ORDER BY week",
         params,
     )
     cparams: dict[str, Any] = {}
     crossed = store.engine.rows(
         f"SELECT toString(toMonday(fromUnixTimestamp64Milli(crossed_ms, 'UTC'))) AS week, count() AS persons"
-        f" FROM ({_crossings_sql(store.events, cparams, scope, event, count, window_days)}) WHERE crossed_ms > 0"
+        f" FROM ({_crossings_sql(store.events, cparams, scope, event, count, window_days)})"
+        f" WHERE crossed_ms > 0"
         f" GROUP BY week ORDER BY week",
         cparams,
     )
@@ -202,7 +206,8 @@ def activation_rates(
     """For each activation threshold: persons seen in the scope, how many crossed it, and the rate."""
     params: dict[str, Any] = {}
     seen_rows = store.engine.rows(
-        f"SELECT uniqExact(customer_id, person) AS n FROM {store.events} WHERE person != '' AND {scope.where(params)}",
+        f"SELECT uniqExact(customer_id, person) AS n FROM {store.events}"
+        f" WHERE person != '' AND {scope.where(params)}",
         params,
     )
     seen = int(seen_rows[0]["n"]) if seen_rows else 0
@@ -243,7 +248,8 @@ def timeline(
         params["person"] = person
         who = " AND (person = {person:String} OR user_id = {person:String} OR anonymous_id = {person:String})"
     rows = store.engine.rows(
-        f"SELECT event_id, name, toUnixTimestamp64Milli(ts) AS timestamp, person, plan, properties, historical"
+        f"SELECT event_id, name, toUnixTimestamp64Milli(ts) AS timestamp, person, plan, properties,"
+        f" historical"
         f" FROM {store.events} WHERE {Scope(scope.since_ms, scope.until_ms, customer).where(params)}{who}"
         f" ORDER BY ts DESC, event_id LIMIT {{limit:UInt32}}",
         params,

@@ -17,6 +17,7 @@ batch's offset ranges, so a retried insert of the same batch is dropped by the e
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -59,8 +60,8 @@ def ddl(database: str) -> tuple[str, ...]:
     ) ENGINE = MergeTree
     ORDER BY (customer_id, name, ts, person)
     SETTINGS non_replicated_deduplication_window = 10000""",
-        # Where each (group, topic, partition) resumes when the batch's last records wrote no row (dead letters,
-        # events kept out of analytics by consent): the next offset, newest version wins.
+        # Where each (group, topic, partition) resumes when the batch's last records wrote no row (dead
+        # letters, events kept out of analytics by consent): the next offset, newest version wins.
         f"""CREATE TABLE IF NOT EXISTS {database}.offsets (
         consumer_group String,
         topic String,
@@ -114,11 +115,12 @@ class _Shared:
     that directory shares it (tests give each store its own database instead of its own directory)."""
 
     def __init__(self, path: Path) -> None:
-        from chdb import session  # imported here: a ClickHouse-server deployment never loads chDB
+        # Imported here: a ClickHouse-server deployment never loads chDB (nor its 900 MB of wheels' code).
+        chdb_session: Any = importlib.import_module("chdb.session")
 
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.session = session.Session(str(path))
+        self.session: Any = chdb_session.Session(str(path))
         # chDB runs one query at a time per session: the sink's inserts and the API's queries (from a
         # thread pool) take turns instead of failing.
         self.lock = threading.Lock()
