@@ -21,14 +21,14 @@ from services.analytics import queries
 from services.analytics.model import QueryError, parse_duration
 from services.analytics.resources import AnalyticsResources
 from services.analytics.store import StoreError
-from services.kernel import auth
+from services.kernel.auth import Role, operator
 from services.kernel.http import HttpError
 
 _JSON = "application/json"
 _T = TypeVar("_T")
 
 router = APIRouter(prefix="/v1/analytics", tags=["analytics"])
-VIEWER = Depends(auth.operator(auth.Role.viewer))
+VIEWER = Depends(operator(Role.viewer))
 
 
 def resources(request: Request) -> AnalyticsResources:

@@ -52,6 +52,10 @@ def open_resources(settings: AnalyticsSettings, life: Lifecycle, app: FastAPI) -
         topic_prefix=settings.platform.topic_prefix,
         max_batch=settings.max_batch,
         batch_wait=settings.batch_wait_seconds,
+        consumer_config={
+            "group.instance.id": f"{group}-{settings.instance_id}",
+            "session.timeout.ms": settings.session_timeout_ms,
+        },
     )
     workers = life.push(Workers(), "workers")  # stopped first, before the store it writes to closes
     workers.start("sink", loop.run)

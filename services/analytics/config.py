@@ -18,7 +18,10 @@ class AnalyticsSettings(StreamServiceSettings):
 
     port: int = Field(default=8086, ge=0, le=65535)
     group_id: str = "analytics"
+    # Stable per replica: static group membership, so a restarted replica takes its partitions back at once
+    # instead of after the session timeout.
     instance_id: str = "0"
+    session_timeout_ms: int = Field(default=10_000, ge=6_000)
     # chdb: ClickHouse's engine in this process, data under `path` (one process owns it);
     # clickhouse: a ClickHouse server at `clickhouse_url` (http://user:password@host:8123/), same SQL.
     store: Literal["chdb", "clickhouse"] = "chdb"
