@@ -91,6 +91,10 @@ def test_each_service_matches_the_devstack_module_port_environment_and_health(
     for name, value in {**STACK_ENV, **app.env}.items():
         assert env[name] == value, name
     assert env["DATABASE_URL"] == f"postgresql://plg:{SECRETS['POSTGRES_PASSWORD']}@postgres:5432/plg"
+    if app.data_dir_env is not None:
+        # The devstack gives it a directory of its own; compose a volume mounted there.
+        mounts = {v["target"] for v in service.get("volumes", []) if v["type"] == "volume"}
+        assert env[app.data_dir_env] in mounts
     health = " ".join(service["healthcheck"]["test"])
     assert f"http://127.0.0.1:{app.port}{app.health_path}" in health
 
