@@ -21,6 +21,7 @@ from services.analytics import queries
 from services.analytics.model import QueryError, parse_duration
 from services.analytics.resources import AnalyticsResources
 from services.analytics.store import StoreError
+from services.analytics.suggest import suggest
 from services.kernel.auth import Role, operator
 from services.kernel.http import HttpError
 
@@ -208,5 +209,45 @@ async def timeline(
 
     def ask() -> dict[str, Any]:
         return queries.timeline(res.store, customer_id, person, limit, scope_of(res, since, until, None))
+
+    return await answer(ask)
+
+
+@router.get("/activation/suggest", dependencies=[VIEWER], response_model=None, responses=ERRORS)
+async def activation_suggest(
+    res: Resources,
+    within: Annotated[str, Query(max_length=10, description="an account's first days counted (14d)")] = "14d",
+    retained_after: Annotated[
+        str, Query(max_length=10, description="retained: still active this long after its first event")
+    ] = "30d",
+    churn_event: Annotated[
+        list[str] | None, Query(max_length=200, description="events that mean churned (canceled, downgraded)")
+    ] = None,
+    min_accounts: Annotated[int, Query(ge=2, le=1_000_000)] = 50,
+    min_group: Annotated[int, Query(ge=1, le=1_000_000)] = 10,
+    since: Since = None,
+    until: Until = None,
+) -> Response:
+    """For every event accounts do: the count within their first days that best separates retained from
+    churned accounts, with lift, a 95 % interval and sample sizes — or why the data cannot tell."""
+
+    def ask() -> dict[str, Any]:
+        scope = scope_of(res, since, until, None)
+        within_days = max(1, parse_duration(within) // 86400)
+        after_days = max(1, parse_duration(retained_after) // 86400)
+        accounts = queries.accounts_for_suggestion(
+            res.store, scope, within_days, after_days, churn_event or []
+        )
+        events = sorted({name for a in accounts for name in a.counts})
+        found = suggest(accounts, events, min_accounts=min_accounts, min_group=min_group)
+        return {
+            "accounts": len(accounts),
+            "retained": sum(a.retained for a in accounts),
+            "within_days": within_days,
+            "retained_after_days": after_days,
+            "suggestions": [s.as_dict() for s in found],
+            "since": scope.since_ms,
+            "until": scope.until_ms,
+        }
 
     return await answer(ask)
