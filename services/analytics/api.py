@@ -15,8 +15,9 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 
+from services.analytics import pages as pages_html
 from services.analytics import queries
 from services.analytics.model import QueryError, parse_duration
 from services.analytics.resources import AnalyticsResources
@@ -251,3 +252,78 @@ async def activation_suggest(
         }
 
     return await answer(ask)
+
+
+# -- the console's pages -----------------------------------------------------------------------------------
+
+pages = APIRouter(prefix="/analytics", include_in_schema=False)
+
+
+async def _page(question: Callable[[], str]) -> HTMLResponse:
+    """A page; a question the operator can fix is shown on the page (400), a store problem too (503)."""
+    try:
+        return HTMLResponse(await run_in_threadpool(question))
+    except QueryError as exc:
+        return HTMLResponse(pages_html.error(str(exc)), status_code=400)
+    except StoreError as exc:
+        return HTMLResponse(pages_html.error(f"the analytics store failed: {exc}"), status_code=503)
+
+
+@pages.get("/funnel", dependencies=[VIEWER], response_class=HTMLResponse)
+async def funnel_page(
+    res: Resources,
+    steps: Annotated[str, Query(max_length=2000)] = "signed_up,project_created,team_invite_sent",
+    window: Annotated[str, Query(max_length=20)] = "7d",
+    breakdown: Annotated[str | None, Query(max_length=210)] = None,
+    customer: Customer = None,
+    since: Since = None,
+    until: Until = None,
+) -> HTMLResponse:
+    customer = customer or None
+    breakdown = breakdown or None
+
+    def render() -> str:
+        form = pages_html.funnel_form(steps, window, customer, breakdown)
+        try:
+            scope = scope_of(res, since, until, customer)
+            answer = queries.funnel(res.store, steps.split(","), parse_duration(window), scope, breakdown)
+        except QueryError as exc:
+            return pages_html.page("Funnel", "funnel", form + pages_html.error(str(exc)), res.health_url)
+        return pages_html.page("Funnel", "funnel", form + pages_html.funnel_chart(answer), res.health_url)
+
+    return await _page(render)
+
+
+@pages.get("/retention", dependencies=[VIEWER], response_class=HTMLResponse)
+async def retention_page(
+    res: Resources,
+    weeks: Annotated[int, Query(ge=1, le=52)] = 8,
+    customer: Customer = None,
+    since: Since = None,
+    until: Until = None,
+) -> HTMLResponse:
+    def render() -> str:
+        answer = queries.retention(res.store, scope_of(res, since, until, customer or None), weeks)
+        return pages_html.page(
+            "Weekly retention", "retention", pages_html.retention_heatmap(answer), res.health_url
+        )
+
+    return await _page(render)
+
+
+@pages.get("/north-star", dependencies=[VIEWER], response_class=HTMLResponse)
+async def north_star_page(
+    res: Resources, customer: Customer = None, since: Since = None, until: Until = None
+) -> HTMLResponse:
+    star = res.north_star()
+
+    def render() -> str:
+        if star is None:
+            body = pages_html.error("activation.yaml names no north_star threshold")
+        else:
+            scope = scope_of(res, since, until, customer or None)
+            answer = queries.north_star(res.store, scope, star.event, star.count, star.window_days, star.name)
+            body = pages_html.north_star_chart(answer)
+        return pages_html.page("North star", "north-star", body, res.health_url)
+
+    return await _page(render)
