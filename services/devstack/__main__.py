@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from services.devstack import chromium, stripe_mock
+from services.devstack import chromium, oidc_provider, stripe_mock
 from services.devstack import kafka as kafka_mod
 from services.devstack import postgres as pg
 from services.devstack.config import StackSettings
@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["up", "down", "run", "status", "provision", "install"],
         help="up: start in the background; down: stop; run: foreground until Ctrl-C; status; "
         "provision: create topics and register schemas; "
-        "install: fetch Kafka jars, PostgreSQL, stripe-mock, Chromium",
+        "install: fetch Kafka jars, PostgreSQL, stripe-mock, the tests' OIDC provider, Chromium",
     )
     parser.add_argument("--root", type=Path, help="data, logs and pid files (default .plg)")
     parser.add_argument("--kafka-port", type=int)
@@ -89,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
             took = stripe_mock.ensure_installed(settings.bin_dir)
             print(
                 f"stripe-mock {stripe_mock.VERSION}: "
+                + ("present" if took is None else f"installed in {took:.1f}s")
+            )
+            took = oidc_provider.ensure_installed(settings.bin_dir)
+            print(
+                f"OIDC provider for tests (zitadel/oidc example OP {oidc_provider.VERSION}): "
                 + ("present" if took is None else f"installed in {took:.1f}s")
             )
             print(f"Chromium (browser tests): {chromium.ensure_installed() or 'not installed'}")
