@@ -22,10 +22,9 @@ help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
 
-$(VENV_STAMP): pyproject.toml $(SDK_PYPROJECT)
+$(VENV_STAMP): pyproject.toml $(SDK_PYPROJECT) deploy/install-python.sh
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
-	$(PIP) install -q -e '.[dev]'
-	@if [ -f sdk/pyproject.toml ]; then $(PIP) install -q -e sdk; fi
+	sh deploy/install-python.sh $(PIP) dev
 	@touch $@
 
 .PHONY: install
@@ -45,6 +44,10 @@ up: install ## Start the same stack in the background (Kafka 127.0.0.1:9092, reg
 .PHONY: down
 down: ## Stop the background stack (only processes it started, in reverse order)
 	@if [ -x $(PY) ]; then $(DEVSTACK) down; fi
+
+.PHONY: monitor
+monitor: install ## Prometheus (:9090) and Alertmanager (:9095) scraping `make up`'s services, config in deploy/prometheus; `make down` stops them
+	@$(DEVSTACK) monitor
 
 .PHONY: status
 status: ## Show what runs where

@@ -13,6 +13,8 @@
     plg dlq list [--reason R] [--since T] | show <[partition:]offset> | replay [--reason R] [--since T]
     plg identity merge <customer-id> <merged-user-id> <survivor-user-id>
     plg billing sync-meters | reconcile [--customer C] [--period YYYY-MM] [--no-stripe] [--all]
+    plg analytics funnel --steps a,b,c [--customer C] [--window 7d] [--breakdown plan] [--format json]
+    plg analytics retention | north-star | activation | timeline <customer-id>   (PLG_OPERATOR_TOKEN)
 
 Add ``--json`` before the command for machine-readable output. Migrations are applied first (idempotent),
 so the CLI works on a fresh database. Plan names are checked against the meters-and-plans config
@@ -30,7 +32,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from services.cli import billing, identity
+from services.cli import analytics, billing, identity
 from services.cli import dlq as dead_letters
 from services.enrichment import store as success
 from services.ingest import store
@@ -109,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     imerge.add_argument("survivor_id", help="the user id that survives")
 
     billing.add_parser(groups)
+    analytics.add_parser(groups)
 
     keys = groups.add_parser("keys", help="ingest API keys").add_subparsers(dest="command", required=True)
     kcreate = keys.add_parser("create", help="create a key and print it (once)")
@@ -189,6 +192,11 @@ _OPERATOR_COLS = ("operator_id", "name", "role", "created_at", "revoked_at")
 def run(args: argparse.Namespace) -> int:
     if args.group == "identity":
         return _identity(args)
+    if args.group == "analytics":  # asks the analytics service over HTTP: no database here
+        try:
+            return analytics.run(args)
+        except analytics.AnalyticsCliError as exc:
+            raise CliError(str(exc)) from None
     url = args.database_url or DatabaseSettings().url.get_secret_value()
     if args.group == "customers" and args.command == "create" and not args.no_plan_check:
         _check_plan(args.plan)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from services.devstack import chromium, oidc_provider, stripe_mock
+from services.devstack import chromium, gotools, monitoring, stripe_mock
 from services.devstack import kafka as kafka_mod
 from services.devstack import postgres as pg
 from services.devstack.config import StackSettings
@@ -25,10 +26,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m services.devstack", description=__doc__)
     parser.add_argument(
         "command",
-        choices=["up", "down", "run", "status", "provision", "install"],
+        choices=["up", "down", "run", "status", "provision", "install", "monitor"],
         help="up: start in the background; down: stop; run: foreground until Ctrl-C; status; "
         "provision: create topics and register schemas; "
-        "install: fetch Kafka jars, PostgreSQL, stripe-mock, the tests' OIDC provider, Chromium",
+        "monitor: start Prometheus and Alertmanager scraping the running stack; "
+        "install: fetch Kafka jars, PostgreSQL, stripe-mock, Chromium, the Go tools (compose-go, helm, the tests' OIDC provider)",
     )
     parser.add_argument("--root", type=Path, help="data, logs and pid files (default .plg)")
     parser.add_argument("--kafka-port", type=int)
@@ -83,20 +85,23 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(settings)
     try:
         if args.command == "install":
-            took = kafka_mod.ensure_jars(settings.kafka_libs)
-            print("Kafka jars: " + ("already current" if took is None else f"fetched in {took:.1f}s"))
-            print(f"PostgreSQL: {pg.ensure_installed()}")
-            took = stripe_mock.ensure_installed(settings.bin_dir)
-            print(
-                f"stripe-mock {stripe_mock.VERSION}: "
-                + ("present" if took is None else f"installed in {took:.1f}s")
-            )
-            took = oidc_provider.ensure_installed(settings.bin_dir)
-            print(
-                f"OIDC provider for tests (zitadel/oidc example OP {oidc_provider.VERSION}): "
-                + ("present" if took is None else f"installed in {took:.1f}s")
-            )
-            print(f"Chromium (browser tests): {chromium.ensure_installed() or 'not installed'}")
+            # The Go builds (stripe-mock, compose-go's loader, helm) are CPU and download bound and
+            # independent of the JVM/apt steps: they run in the background while those go on.
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                stripe = pool.submit(stripe_mock.ensure_installed, settings.bin_dir)
+                tools = pool.submit(gotools.ensure_all, settings.bin_dir)
+                took = kafka_mod.ensure_jars(settings.kafka_libs)
+                print("Kafka jars: " + ("already current" if took is None else f"fetched in {took:.1f}s"))
+                print(f"PostgreSQL: {pg.ensure_installed()}")
+                print(f"Chromium (browser tests): {chromium.ensure_installed() or 'not installed'}")
+                print(f"Prometheus, Alertmanager (monitoring): {monitoring.ensure_installed()}")
+                took = stripe.result()
+                print(
+                    f"stripe-mock {stripe_mock.VERSION}: "
+                    + ("present" if took is None else f"installed in {took:.1f}s")
+                )
+                for name, built in tools.result().items():
+                    print(f"{name}: " + ("present" if built is None else f"built in {built:.1f}s"))
             return 0
         if args.command == "up":
             elapsed = stack.up()
@@ -106,8 +111,21 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "run":
             return stack.run()
+        if args.command == "monitor":
+            monitor = monitoring.Monitor(stack, monitoring.ports_of(settings))
+            monitor.up()
+            targets = monitor.wait_all_up(timeout=settings.start_timeout)
+            print(
+                f"Prometheus {monitor.prometheus_url} (alerts: {monitor.prometheus_url}/alerts), "
+                f"Alertmanager {monitor.alertmanager_url}; every target up:"
+            )
+            for target in sorted(targets, key=lambda t: str(t["labels"]["job"])):
+                print(f"  {target['labels']['job']:<20} {target['scrapeUrl']}")
+            print("stop with `make down`")
+            return 0
         if args.command == "down":
             started = time.monotonic()
+            monitoring.Monitor(stack, monitoring.ports_of(settings)).down()
             stack.down()
             print(f"plg stack stopped in {time.monotonic() - started:.1f}s")
             return 0
