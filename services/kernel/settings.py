@@ -202,6 +202,20 @@ class PlatformSettings(PlgSettings):
         return found
 
 
+class AuthSettings(PlgSettings):
+    """``PLG_AUTH_*``: how every HTTP service checks credentials (services/kernel/auth.py)."""
+
+    model_config = SettingsConfigDict(env_prefix="PLG_AUTH_", extra="ignore")
+
+    # How long a key's or operator token's row is trusted before it is read again: revocation takes
+    # effect within this time.
+    key_cache_ttl_seconds: float = Field(default=30.0, ge=0)
+    # How long an unknown id is remembered as unknown (a new key is usable at once unless tried before).
+    key_negative_cache_ttl_seconds: float = Field(default=5.0, ge=0)
+    # While PostgreSQL is down, a key seen less than this long ago keeps working from the cache.
+    key_stale_ttl_seconds: float = Field(default=3600.0, ge=0)
+
+
 class ServiceSettings(PlgSettings):
     """Base of every service's settings: where it listens, its database, the platform group.
 
@@ -217,6 +231,8 @@ class ServiceSettings(PlgSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     # PLG_LOG_LEVEL / PLG_LOG_FORMAT / PLG_TOPIC_PREFIX, shared by every service.
     platform: PlatformSettings = Field(default_factory=PlatformSettings)
+    # PLG_AUTH_*: the credential cache of every HTTP service.
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     def development_defaults(self) -> list[DevDefault]:
         """Every development default these settings still use (production refuses them, other

@@ -32,6 +32,7 @@ DEFAULTS: dict[str, tuple[str, ...]] = {
     "services.enrichment": ("ENRICHMENT_PII_KEY",),
     "services.health_score": (),
     "services.billing_reporter": ("STRIPE_WEBHOOK_SECRET", "STRIPE_API_KEY", "STRIPE_API_BASE"),
+    "services.analytics": (),
 }
 # Public development values a deployment might still carry: each is named, none is printed.
 PUBLIC = {
