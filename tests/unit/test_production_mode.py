@@ -172,3 +172,9 @@ def test_the_provisioner_refuses_a_single_copy_of_each_topic_in_production() -> 
 
     assert done.returncode == 2
     assert _listed(done.stderr) == set(PLATFORM)
+
+
+def test_every_service_is_checked_here() -> None:
+    tools = {"services.cli", "services.devstack"}  # commands, not services
+    mains = {f"services.{p.parent.name}" for p in (REPO / "services").glob("*/__main__.py")} - tools
+    assert mains == set(DEFAULTS)
