@@ -45,6 +45,10 @@ up: install ## Start the same stack in the background (Kafka 127.0.0.1:9092, reg
 down: ## Stop the background stack (only processes it started, in reverse order)
 	@if [ -x $(PY) ]; then $(DEVSTACK) down; fi
 
+.PHONY: monitor
+monitor: install ## Prometheus (:9090) and Alertmanager (:9095) scraping `make up`'s services, config in deploy/prometheus; `make down` stops them
+	@$(DEVSTACK) monitor
+
 .PHONY: status
 status: ## Show what runs where
 	@$(DEVSTACK) status

@@ -25,6 +25,7 @@ from services.devstack.stack import KAFKA, POSTGRES, REGISTRY, STRIPE_MOCK, Stac
 from services.kernel.provision import admin_client, provision_all
 from services.kernel.settings import DatabaseSettings, KafkaSettings, SchemaRegistrySettings
 from services.kernel.topics import TopicSpec, catalogue
+from tests.browser import browser  # noqa: F401 - the shared headless-Chromium fixture
 
 TESTS_DIR = Path(__file__).resolve().parent
 INTEGRATION_DIRS = (TESTS_DIR / "integration", TESTS_DIR / "e2e")

@@ -40,6 +40,9 @@ class StackSettings(BaseSettings):
     # stripe-mock's two listeners (it always serves both HTTP and HTTPS).
     stripe_mock_port: int = 12111
     stripe_mock_https_port: int = 12112
+    # `make monitor`: Prometheus and Alertmanager (9093 is Kafka's controller port, hence 9095).
+    prometheus_port: int = 9090
+    alertmanager_port: int = 9095
     # Port overrides for app services by name, e.g. PLG_STACK_SERVICE_PORTS='{"ingest": 18080}'.
     service_ports: dict[str, int] = Field(default_factory=dict)
     # Start the app services (ingest, metering, ...) after the registry; tests' private stacks don't.
