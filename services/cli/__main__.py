@@ -10,6 +10,7 @@
     plg tickets list <customer-id> [--all]
     plg dlq list [--reason R] [--since T] | show <[partition:]offset> | replay [--reason R] [--since T]
     plg identity merge <customer-id> <merged-user-id> <survivor-user-id>
+    plg privacy forget --customer C --person P [--requested-by NAME]   # erasure: docs/privacy.md
     plg billing sync-meters | reconcile [--customer C] [--period YYYY-MM] [--no-stripe] [--all]
 
 Add ``--json`` before the command for machine-readable output. Migrations are applied first (idempotent),
@@ -28,7 +29,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from services.cli import billing, identity
+from services.cli import billing, identity, privacy
 from services.cli import dlq as dead_letters
 from services.enrichment import store as success
 from services.ingest import store
@@ -104,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     imerge.add_argument("survivor_id", help="the user id that survives")
 
     billing.add_parser(groups)
+    privacy.add_parser(groups)
 
     keys = groups.add_parser("keys", help="ingest API keys").add_subparsers(dest="command", required=True)
     kcreate = keys.add_parser("create", help="create a key and print it (once)")
@@ -182,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
 def _dispatch(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
     if args.group == "billing":
         return billing.run(args, conn)
+    if args.group == "privacy":
+        return _privacy(args, conn)
     if args.group == "tickets":
         return _tickets(args, conn)
     if args.group == "dlq":
@@ -321,6 +325,13 @@ def _dlq(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
             for reason, n in sorted(reasons.items()):
                 print(f"  {outcome:16} {reason:24} {n}")
     return 0
+
+
+def _privacy(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
+    try:
+        return privacy.run(args, conn, PlatformSettings().topic_prefix)
+    except privacy.PrivacyError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _identity(args: argparse.Namespace) -> int:

@@ -41,6 +41,7 @@ from services.kernel.http import HttpError, install_error_handlers
 from services.kernel.kafka import Producer
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ops_routes
+from services.kernel.privacy import APPLIED, Erasure, ErasureFollower
 from services.kernel.processing import AtLeastOnceLoop, at_least_once
 from services.kernel.processing.view import MaterializedView
 from services.kernel.serde import SchemaRegistry
@@ -190,6 +191,20 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
         )
         sink.entitlement_topic = topic(ENTITLEMENT_EVENTS, prefix).name
         state["loop"] = loop
+
+        def forget(erasure: Erasure, new: bool) -> None:
+            # Older requests were applied to PostgreSQL, where the facts are loaded from, before this start.
+            if new:
+                sink.forget(erasure)
+                cache.forget(erasure.customer_id, erasure.matches)
+                APPLIED.labels(SERVICE, "memory").inc()
+
+        state["erasures"] = life.push(
+            ErasureFollower(
+                settings.kafka, registry, service=SERVICE, topic_prefix=prefix, on_erasure=[forget]
+            ).start(),
+            "privacy erasures",
+        )
         views = []
         for name, apply in ((CUSTOMER_HEALTH, cache.apply_health), (CUSTOMER_ALERTS, cache.apply_alert)):
             spec = topic(name, prefix)
@@ -243,7 +258,14 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
         views: list[MaterializedView] = state.get("views") or []
         return bool(views) and all(v.healthy() for v in views)
 
-    ops_routes(app, readiness={"scorer": scorer_ready, "serving_views": views_ready})
+    def erasures_ready() -> bool:
+        erasures: ErasureFollower | None = state.get("erasures")
+        return erasures is not None and erasures.healthy()
+
+    ops_routes(
+        app,
+        readiness={"scorer": scorer_ready, "serving_views": views_ready, "privacy_erasures": erasures_ready},
+    )
     errors: dict[int | str, dict[str, Any]] = {
         404: {"model": ErrorOut, "description": "Unknown customer (no score yet)"}
     }

@@ -1,0 +1,4 @@
+"""The privacy tests run ingest, enrichment, growth and the health score together: their fixtures."""
+
+from tests.integration.growth.conftest import start_growth  # noqa: F401
+from tests.integration.ingest.conftest import new_tenant, start_ingest, tenant  # noqa: F401
