@@ -1,10 +1,12 @@
-"""``plg``: manage customers (tenants) and their ingest API keys in PostgreSQL (``DATABASE_URL``).
+"""``plg``: manage customers (tenants), their API keys and operator tokens in PostgreSQL (``DATABASE_URL``).
 
     plg customers create <id> --plan <plan> [--name N] [--anchor-day D] [--stripe-customer-id X | --stripe]
     plg customers list | show <id>
-    plg keys create <customer-id> [--description D]   # prints the key once: it is not stored
+    plg keys create <customer-id> [--publishable [--origin URL]...] [--description D]   # printed once
     plg keys list <customer-id>
     plg keys revoke <key-id>
+    plg operators create <name> --role viewer|editor|admin   # prints the token once: it is not stored
+    plg operators list | revoke <name-or-id>
     plg customers update <id> [--support-tier T] [--csm NAME | --no-csm] [--billing-status S]
     plg tickets open <customer-id> <subject> [--priority P] | close <customer-id> [<ticket-id>...|--all]
     plg tickets list <customer-id> [--all]
@@ -33,6 +35,7 @@ from services.cli import billing, identity, privacy
 from services.cli import dlq as dead_letters
 from services.enrichment import store as success
 from services.ingest import store
+from services.kernel import apikeys
 from services.kernel.db import migrate
 from services.kernel.settings import DatabaseSettings, KafkaSettings, PlatformSettings, SchemaRegistrySettings
 
@@ -42,7 +45,9 @@ class CliError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="plg", description="Manage plg customers and ingest API keys.")
+    p = argparse.ArgumentParser(
+        prog="plg", description="Manage plg customers, their API keys and operator tokens."
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--database-url", help="PostgreSQL URL (default: $DATABASE_URL)")
     groups = p.add_subparsers(dest="group", required=True)
@@ -111,10 +116,31 @@ def _parser() -> argparse.ArgumentParser:
     kcreate = keys.add_parser("create", help="create a key and print it (once)")
     kcreate.add_argument("customer_id")
     kcreate.add_argument("--description")
+    kcreate.add_argument(
+        "--publishable",
+        action="store_true",
+        help="a publishable key (safe in a browser: events, flags, own entitlements and onboarding only)",
+    )
+    kcreate.add_argument(
+        "--origin",
+        action="append",
+        dest="origins",
+        metavar="URL",
+        help="a browser origin allowed to use the publishable key (CORS); repeat for several",
+    )
     klist = keys.add_parser("list", help="list a customer's keys (ids only; secrets are never stored)")
     klist.add_argument("customer_id")
     krevoke = keys.add_parser("revoke", help="revoke a key (ingest refuses it within its cache TTL)")
     krevoke.add_argument("key_id")
+
+    ops = groups.add_parser("operators", help="operator tokens (CS team, admins, internal callers)")
+    operators = ops.add_subparsers(dest="command", required=True)
+    ocreate = operators.add_parser("create", help="create an operator token and print it (once)")
+    ocreate.add_argument("name", help="who: an e-mail address or a service name (audit rows show it)")
+    ocreate.add_argument("--role", required=True, choices=apikeys.ROLES)
+    operators.add_parser("list", help="list operators (ids only; tokens are never stored)")
+    orevoke = operators.add_parser("revoke", help="revoke an operator's token (refused within the cache TTL)")
+    orevoke.add_argument("name_or_id")
     return p
 
 
@@ -158,7 +184,8 @@ def _cell(value: Any) -> str:
 
 
 _CUSTOMER_COLS = ("customer_id", "plan", "name", "billing_anchor_day", "stripe_customer_id", "created_at")
-_KEY_COLS = ("key_id", "customer_id", "description", "created_at", "revoked_at")
+_KEY_COLS = ("key_id", "customer_id", "kind", "description", "created_at", "revoked_at")
+_OPERATOR_COLS = ("operator_id", "name", "role", "created_at", "revoked_at")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -190,6 +217,8 @@ def _dispatch(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
         return _tickets(args, conn)
     if args.group == "dlq":
         return _dlq(args, conn)
+    if args.group == "operators":
+        return _operators(args, conn)
     if args.group == "customers" and args.command == "update":
         context = success.update_customer(
             conn,
@@ -222,15 +251,26 @@ def _dispatch(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
             if found is None:
                 raise CliError(f"no customer {args.customer_id!r}")
             if args.json:
-                doc = {**asdict(found), "keys": [asdict(k) for k in store.list_keys(conn, found.customer_id)]}
+                keys = apikeys.list_keys(conn, found.customer_id)
+                doc = {**asdict(found), "keys": [asdict(k) for k in keys]}
                 sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
             else:
                 _print(args, [found], _CUSTOMER_COLS)
                 print()
-                _print(args, store.list_keys(conn, found.customer_id), _KEY_COLS)
+                _print(args, apikeys.list_keys(conn, found.customer_id), _KEY_COLS)
         return 0
     if args.command == "create":
-        key, token = store.create_key(conn, args.customer_id, args.description)
+        if args.origins and not args.publishable:
+            raise CliError("--origin is for publishable keys (browsers): add --publishable")
+        for origin in args.origins or ():
+            _check_origin(origin)
+        key, token = apikeys.create_key(
+            conn,
+            args.customer_id,
+            args.description,
+            kind="publishable" if args.publishable else "secret",
+            allowed_origins=args.origins,
+        )
         if args.json:
             sys.stdout.write(orjson.dumps({**asdict(key), "key": token}).decode() + "\n")
         else:
@@ -243,12 +283,45 @@ def _dispatch(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
     elif args.command == "list":
         if store.get_customer(conn, args.customer_id) is None:
             raise CliError(f"no customer {args.customer_id!r}")
-        _print(args, store.list_keys(conn, args.customer_id), _KEY_COLS)
+        _print(args, apikeys.list_keys(conn, args.customer_id), _KEY_COLS)
     elif args.command == "revoke":
-        revoked = store.revoke_key(conn, args.key_id)
+        revoked = apikeys.revoke_key(conn, args.key_id)
         if revoked is None:
             raise CliError(f"no API key {args.key_id!r}")
         _print(args, [revoked], _KEY_COLS)
+    return 0
+
+
+def _check_origin(origin: str) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(origin)
+    bad_shape = parts.path not in ("", "/") or parts.query or parts.fragment
+    if parts.scheme not in ("http", "https") or not parts.netloc or bad_shape:
+        raise CliError(
+            f"--origin {origin!r}: an origin is scheme://host[:port], e.g. https://app.example.com"
+        )
+
+
+def _operators(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
+    if args.command == "create":
+        row, token = apikeys.create_operator(conn, args.name, args.role)
+        if args.json:
+            sys.stdout.write(orjson.dumps({**asdict(row), "token": token}).decode() + "\n")
+        else:
+            print(token)
+            print(
+                f"operator {row.name} ({row.role}), token id {row.operator_id}: store this token now; plg "
+                "keeps only its hash and cannot show it again. Send it as 'Authorization: Bearer <token>'.",
+                file=sys.stderr,
+            )
+    elif args.command == "list":
+        _print(args, apikeys.list_operators(conn), _OPERATOR_COLS)
+    else:
+        revoked = apikeys.revoke_operator(conn, args.name_or_id)
+        if not revoked:
+            raise CliError(f"no active operator {args.name_or_id!r}")
+        _print(args, revoked, _OPERATOR_COLS)
     return 0
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
 from psycopg_pool import ConnectionPool
@@ -29,7 +29,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.ingest import metrics as m
-from services.ingest.apikeys import AuthError, KeyCache, KeyRecord
 from services.ingest.avro_usage import UsageEventEncoder, schema_matches
 from services.ingest.config import IngestSettings
 from services.ingest.handlers import KafkaBreaker, accepted_body, error_body, rejection_counts
@@ -49,8 +48,9 @@ from services.ingest.model import (
 )
 from services.ingest.openapi import REQUEST_BODIES, RESPONSES, component_schemas
 from services.ingest.ratelimit import RateLimiter
-from services.ingest.store import lookup_key
 from services.ingest.writer import EventWriter
+from services.kernel import auth
+from services.kernel.auth import Authenticator, Caller, CustomerKey
 from services.kernel.db import migrate, open_pool
 from services.kernel.errors import KafkaUnavailableError, SerializationError
 from services.kernel.http import HttpError, RequestOutcome, install_error_handlers, request_id_of
@@ -58,6 +58,7 @@ from services.kernel.kafka import Producer, check_reachable
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ops_routes
 from services.kernel.serde import SchemaRegistry, ValueEncoder, header, load_schema
+from services.kernel.settings import AuthSettings
 from services.kernel.topics import IDENTITY_LINKS, USAGE_EVENTS, topic
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,14 @@ class Ingest:
         self.limits: Limits = settings.limits()
         self.pool = pool
         self.writer = writer
-        self.keys = KeyCache(
-            self._lookup_key, settings.key_cache_ttl_seconds, settings.key_negative_cache_ttl_seconds
+        # Ingest keeps its own cache TTLs (INGEST_KEY_CACHE_TTL_SECONDS, ...): it is the hot path.
+        self.auth: Authenticator = auth.open_authenticator(
+            lambda: pool.connection(timeout=5),
+            AuthSettings(
+                key_cache_ttl_seconds=settings.key_cache_ttl_seconds,
+                key_negative_cache_ttl_seconds=settings.key_negative_cache_ttl_seconds,
+                key_stale_ttl_seconds=settings.auth.key_stale_ttl_seconds,
+            ),
         )
         self.limiter = RateLimiter(
             settings.rate_limit_events_per_second, settings.rate_limit_burst, settings.max_batch_events
@@ -87,13 +94,6 @@ class Ingest:
         self._kafka_reachable = False
 
     # -- adapters -------------------------------------------------------------------------------------
-
-    async def _lookup_key(self, key_id: str) -> KeyRecord | None:
-        return await asyncio.to_thread(self._lookup_key_sync, key_id)
-
-    def _lookup_key_sync(self, key_id: str) -> KeyRecord | None:
-        with self.pool.connection(timeout=5) as conn:
-            return lookup_key(conn, key_id)
 
     def database_ready(self) -> bool:
         with self.pool.connection(timeout=2) as conn:
@@ -117,19 +117,20 @@ class Ingest:
     # -- the request path -----------------------------------------------------------------------------
 
     async def handle(
-        self, request: Request, normalise: Normaliser, *, single: bool, source: str = "http"
+        self,
+        request: Request,
+        caller: Caller,
+        normalise: Normaliser,
+        *,
+        single: bool,
+        source: str = "http",
     ) -> Response:
-        """One API request. A :class:`RequestError` raised on the way is answered by the kernel's error
-        mapping (installed in ``build_app``), which also counts every answer in the request metrics."""
+        """One API request by ``caller`` (the route's policy authenticated it). A :class:`RequestError`
+        raised on the way is answered by the kernel's error mapping (installed in ``build_app``), which also
+        counts every answer in the request metrics."""
         request_id = request_id_of(request)
-        try:
-            principal = await self.keys.authenticate(request.headers.get("authorization"))
-        except AuthError as exc:
-            return _json(
-                401,
-                error_body(Code.UNAUTHORIZED, str(exc), request_id),
-                {"WWW-Authenticate": 'Bearer realm="plg"'},
-            )
+        principal = caller.principal
+        assert isinstance(principal, CustomerKey)  # INGEST_POLICY admits customer keys only
         if single:
             body = await _read_body(request, self.limits.max_event_bytes, Code.EVENT_TOO_LARGE)
         else:
@@ -315,6 +316,20 @@ def _require_json(request: Request) -> None:
         raise RequestError(415, Code.UNSUPPORTED_MEDIA_TYPE, message)
 
 
+def _require_cloudevents(request: Request) -> None:
+    media = _media_type(request)
+    if media not in (CE_CONTENT_TYPE, CE_BATCH_CONTENT_TYPE):
+        raise RequestError(
+            415, Code.UNSUPPORTED_MEDIA_TYPE, wrong_cloudevents_media_message(request.url.path, media)
+        )
+
+
+# Route-level dependencies run before the parameters' (the policy's): a wrong Content-Type is a 415 with
+# or without a key, and it names where such a body belongs.
+JSON_BODY: Any = Depends(_require_json)
+CLOUDEVENTS_BODY: Any = Depends(_require_cloudevents)
+
+
 def wrong_json_media_message(path: str, media: str) -> str:
     """Why ``POST <path>`` (a plg JSON endpoint) refuses ``media``, and where such a body belongs."""
     if media in (CE_CONTENT_TYPE, CE_BATCH_CONTENT_TYPE):
@@ -399,6 +414,7 @@ def build_app(settings: IngestSettings | None = None, lifecycle: Lifecycle | Non
         try:
             ingest = await asyncio.to_thread(open_ingest, settings, life)
             state.ingest = ingest
+            auth.install(_app, ingest.auth)
             # Everything allocated so far lives as long as the process: move it out of the collector's
             # sight, so full collections (tens of ms on a big heap, felt as p99 latency) only walk request
             # garbage.
@@ -411,6 +427,7 @@ def build_app(settings: IngestSettings | None = None, lifecycle: Lifecycle | Non
             yield
         finally:
             state.ingest = None
+            auth.install(_app, None)
             await asyncio.to_thread(life.close)
 
     app = FastAPI(
@@ -452,54 +469,46 @@ def build_app(settings: IngestSettings | None = None, lifecycle: Lifecycle | Non
     @app.post(
         "/v1/batch",
         status_code=202,
+        dependencies=[JSON_BODY],
         summary="Send a batch of events",
         responses=RESPONSES,
         openapi_extra=REQUEST_BODIES["batch"],
     )
-    async def post_batch(request: Request) -> Response:
+    async def post_batch(request: Request, caller: Caller = SENDER) -> Response:
         """Up to 500 events (500 KB). Each event is accepted or rejected on its own; see `results`."""
-        _require_json(request)
-        return await run(request, lambda s: s.handle(request, batch, single=False))
+        return await run(request, lambda s: s.handle(request, caller, batch, single=False))
 
     @app.post(
         "/v1/track",
         status_code=202,
+        dependencies=[JSON_BODY],
         summary="Send one event",
         responses=RESPONSES,
         openapi_extra=REQUEST_BODIES["track"],
     )
-    async def post_track(request: Request) -> Response:
+    async def post_track(request: Request, caller: Caller = SENDER) -> Response:
         """One event (32 KB). An event that is refused answers 400 with its code."""
-        _require_json(request)
-        return await run(request, lambda s: s.handle(request, track, single=True))
+        return await run(request, lambda s: s.handle(request, caller, track, single=True))
 
     @app.post(
         "/v1/identify",
         status_code=202,
+        dependencies=[JSON_BODY],
         summary="Link an anonymous id to a user id",
         responses=RESPONSES,
         openapi_extra=REQUEST_BODIES["identify"],
     )
-    async def post_identify(request: Request) -> Response:
+    async def post_identify(request: Request, caller: Caller = SENDER) -> Response:
         """Writes an `identity-links` record (anonymous_id → user_id) and a `$identify` event."""
-        _require_json(request)
-        return await run(request, lambda s: s.handle(request, identify, single=True))
+        return await run(request, lambda s: s.handle(request, caller, identify, single=True))
 
-    async def post_cloudevents(request: Request) -> Response:
+    async def post_cloudevents(request: Request, caller: Caller = SENDER) -> Response:
         """CloudEvents 1.0 in structured mode: `application/cloudevents+json` (one event) or
         `application/cloudevents-batch+json` (a JSON array). `id` → event_id, `type` → name, `time` →
         timestamp, `data` (JSON object) → properties; `subject` (OpenMeter's convention) or the `customerid`
         extension, when present, must be the API key's own customer."""
-        media = _media_type(request)
-        if media == CE_CONTENT_TYPE:
-            fn = ce_one
-        elif media == CE_BATCH_CONTENT_TYPE:
-            fn = ce_many
-        else:
-            raise RequestError(
-                415, Code.UNSUPPORTED_MEDIA_TYPE, wrong_cloudevents_media_message(request.url.path, media)
-            )
-        return await run(request, lambda s: s.handle(request, fn, single=False, source="cloudevents"))
+        fn = ce_one if _media_type(request) == CE_CONTENT_TYPE else ce_many  # CLOUDEVENTS_BODY checked it
+        return await run(request, lambda s: s.handle(request, caller, fn, single=False, source="cloudevents"))
 
     for path in ("/v1/events", "/api/v1/events"):
         app.add_api_route(
@@ -507,6 +516,7 @@ def build_app(settings: IngestSettings | None = None, lifecycle: Lifecycle | Non
             post_cloudevents,
             methods=["POST"],
             status_code=202,
+            dependencies=[CLOUDEVENTS_BODY],
             responses=RESPONSES,
             summary="Send CloudEvents",
             openapi_extra=REQUEST_BODIES["cloudevents"],
@@ -541,6 +551,11 @@ def build_app(settings: IngestSettings | None = None, lifecycle: Lifecycle | Non
         body_timeout_seconds=settings.body_read_timeout_seconds,
     )
     return app
+
+
+# Who may send events: a key of either kind (publishable keys live in browsers and send their own customer's
+# events); the customer is the key's. Operators have no customer to send for.
+SENDER: Any = Depends(auth.publishable_key(customer_param=None, operator_role=None))
 
 
 def _request_error(exc: RequestError) -> HttpError:

@@ -24,6 +24,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from services.kernel.auth import declare, public
 from services.kernel.metrics import render
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,9 @@ def ops_routes(
         status, body = await run_in_threadpool(readiness_response, checks)
         return Response(body, status_code=status, media_type="application/json")
 
+    # Public on purpose: probes and Prometheus scrape without credentials; keep the port off the internet.
+    for endpoint in (metrics_endpoint, livez, readyz):
+        declare(endpoint, public("operations endpoint (probes, Prometheus)"))
     app.add_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     app.add_route("/livez", livez, methods=["GET"], include_in_schema=False)
     app.add_route("/readyz", readyz, methods=["GET"], include_in_schema=False)

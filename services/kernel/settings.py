@@ -82,6 +82,20 @@ class PlatformSettings(BaseSettings):
         return level
 
 
+class AuthSettings(BaseSettings):
+    """``PLG_AUTH_*``: how every HTTP service checks credentials (services/kernel/auth.py)."""
+
+    model_config = SettingsConfigDict(env_prefix="PLG_AUTH_", extra="ignore")
+
+    # How long a key's or operator token's row is trusted before it is read again: revocation takes
+    # effect within this time.
+    key_cache_ttl_seconds: float = Field(default=30.0, ge=0)
+    # How long an unknown id is remembered as unknown (a new key is usable at once unless tried before).
+    key_negative_cache_ttl_seconds: float = Field(default=5.0, ge=0)
+    # While PostgreSQL is down, a key seen less than this long ago keeps working from the cache.
+    key_stale_ttl_seconds: float = Field(default=3600.0, ge=0)
+
+
 class ServiceSettings(BaseSettings):
     """Base of every service's settings: where it listens, its database, the platform group.
 
@@ -97,6 +111,8 @@ class ServiceSettings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     # PLG_LOG_LEVEL / PLG_LOG_FORMAT / PLG_TOPIC_PREFIX, shared by every service.
     platform: PlatformSettings = Field(default_factory=PlatformSettings)
+    # PLG_AUTH_*: the credential cache of every HTTP service.
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
 
 class StreamServiceSettings(ServiceSettings):

@@ -10,7 +10,8 @@ import psycopg
 import pytest
 
 from services.cli.__main__ import main
-from services.ingest import apikeys, store
+from services.ingest import store
+from services.kernel import apikeys
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -77,3 +78,53 @@ def test_customers_and_keys_lifecycle(capsys: pytest.CaptureFixture[str], databa
     code, _, err = run(capsys, "--database-url", url, "keys", "create", "no-such-customer")
     assert code == 1
     assert "create it first" in err
+
+
+def test_publishable_keys_and_operator_tokens(
+    capsys: pytest.CaptureFixture[str], database_settings: Any
+) -> None:
+    url = database_settings.url.get_secret_value()
+    cid = f"cli-{uuid.uuid4().hex[:8]}"
+    assert run(capsys, "--database-url", url, "customers", "create", cid, "--plan", "pro")[0] == 0
+    code, out, _ = run(
+        capsys,
+        "--database-url",
+        url,
+        "keys",
+        "create",
+        cid,
+        "--publishable",
+        "--origin",
+        "https://app.example.com",
+    )
+    assert code == 0
+    token = out.strip()
+    assert token.startswith("plgpk_")
+    code, out, _ = run(capsys, "--database-url", url, "--json", "keys", "list", cid)
+    (listed,) = json.loads(out)
+    assert (listed["kind"], listed["allowed_origins"]) == ("publishable", ["https://app.example.com"])
+    code, _, err = run(capsys, "--database-url", url, "keys", "create", cid, "--origin", "https://x.example")
+    assert code == 1
+    assert "--publishable" in err
+    code, _, err = run(capsys, "--database-url", url, "keys", "create", cid, "--publishable", "--origin", "x")
+    assert code == 1
+
+    name = f"ann-{uuid.uuid4().hex[:6]}@example.com"
+    code, out, err = run(capsys, "--database-url", url, "operators", "create", name, "--role", "editor")
+    assert code == 0
+    op_token = out.strip()
+    assert op_token.startswith("plgop_")
+    assert "cannot show it again" in err
+    code, _, err = run(capsys, "--database-url", url, "operators", "create", name, "--role", "admin")
+    assert code == 1
+    assert "already has an active token" in err
+    with psycopg.connect(url) as conn:
+        stored = conn.execute("SELECT secret_sha256 FROM operators WHERE name = %s", (name,)).fetchone()
+    assert stored is not None
+    assert bytes(stored[0]) == apikeys.hash_secret(op_token.split("_", 2)[2])  # hashed at rest
+    code, out, _ = run(capsys, "--database-url", url, "--json", "operators", "list")
+    assert any(o["name"] == name and o["role"] == "editor" for o in json.loads(out))
+    code, out, _ = run(capsys, "--database-url", url, "--json", "operators", "revoke", name)
+    assert code == 0
+    assert json.loads(out)[0]["revoked_at"] is not None
+    assert run(capsys, "--database-url", url, "operators", "revoke", name)[0] == 1

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from services.ingest.apikeys import AuthError, KeyCache, KeyRecord, generate, parse
 from services.ingest.ratelimit import RateLimiter
+from services.kernel.apikeys import AuthError, KeyCache, KeyRecord, generate, parse
 
 
 def test_a_generated_key_shows_its_id_and_parses_back() -> None:

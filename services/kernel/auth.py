@@ -1,0 +1,396 @@
+"""Who may call a route: principals, how a request's credential becomes one, and the route policies.
+
+Every route of every plg HTTP service declares its policy as a FastAPI dependency, next to the route
+(CONVENTIONS.md §21; docs/security.md has the table, generated from the code by ``python -m
+services.kernel.routes``):
+
+    @router.get("/v1/entitlements/{customer_id}/{feature}")
+    async def check(caller: Caller = Depends(publishable_key())) -> ...   # caller.customer_id
+    @router.patch("/v1/admin/flags/{key}")
+    async def patch(op: Operator = Depends(operator(Role.editor))) -> ...
+
+A credential is ``Authorization: Bearer <token>``: a customer key (``plg_…`` secret, ``plgpk_…``
+publishable) or an operator token (``plgop_…``, ``plg operators create``); HTTP Basic with the token as
+password is taken too (Confluent schema-registry clients send that). Without a bearer token, a browser
+session is asked for an operator (``Authenticator.sessions``, filled by ``services/kernel/sessions.py``).
+
+The answers: no credential, or one that is malformed, unknown or revoked → **401** with
+``WWW-Authenticate``; a valid credential that may not do this — another customer's key, a publishable key
+on a secret-only route, a customer key on an operator route, an operator below the role → **403**, before
+anything about the target is looked up, so a 403 never tells whether the other customer exists. The
+customer a request acts for always comes from the key; a customer id in the path must be the key's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import enum
+import hmac
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fastapi.dependencies.models import Dependant
+from starlette.requests import Request
+from starlette.routing import BaseRoute
+
+from services.kernel import apikeys
+from services.kernel.apikeys import CredentialError, KeyKind, OperatorRecord
+from services.kernel.http import HttpError
+from services.kernel.settings import AuthSettings
+
+UNAUTHORIZED = "unauthorized"
+FORBIDDEN = "forbidden"
+WWW_AUTHENTICATE = 'Bearer realm="plg"'
+
+
+class Role(enum.IntEnum):
+    """An operator's role; each includes the ones below it."""
+
+    viewer = 1  # reads: dashboards, health, flags, audit
+    editor = 2  # changes: flags, onboarding on a customer's behalf, registry subjects
+    admin = 3  # destructive and configuration changes: deletes, compatibility, modes, billing admin
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerKey:
+    """A request made with a customer's API key."""
+
+    customer_id: str
+    key_id: str
+    kind: KeyKind
+
+
+@dataclass(frozen=True, slots=True)
+class Operator:
+    """A request made by an operator: ``via`` is how they proved it (``token``, ``session``, ...)."""
+
+    name: str
+    role: Role
+    via: str
+
+
+Principal = CustomerKey | Operator
+
+#: Finds the operator of a browser session (a cookie); None when the request carries no valid session.
+SessionResolver = Callable[[Request], Awaitable[Operator | None]]
+
+
+def presented_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization`` header: the Bearer value, or the password of HTTP Basic."""
+    if not authorization:
+        return None
+    scheme, _, credentials = authorization.strip().partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() == "bearer":
+        return credentials or None
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        _, sep, password = decoded.partition(":")
+        return password if sep and password else None
+    return None
+
+
+class Authenticator:
+    """Turns a request's credential into a :class:`Principal`, from caches of the credential tables.
+
+    One per process, opened with the service's database pool (:func:`open_authenticator`) and put on the
+    app with :func:`install`; the policies find it there.
+    """
+
+    def __init__(
+        self,
+        keys: apikeys.KeyCache,
+        operators: apikeys.CredentialCache[OperatorRecord],
+        sessions: SessionResolver | None = None,
+        static_operators: dict[str, Operator] | None = None,
+    ) -> None:
+        self.keys = keys
+        self.operators = operators
+        self.sessions = sessions
+        # Tokens configured in settings rather than the table (the registry's admin token), compared in
+        # constant time.
+        self._static = dict(static_operators or {})
+
+    async def principal(self, request: Request) -> Principal | None:
+        """The request's principal; None without any credential; CredentialError for a bad one."""
+        token = presented_token(request.headers.get("authorization"))
+        if token is not None:
+            return await self.from_token(token)
+        if self.sessions is not None:
+            return await self.sessions(request)
+        return None
+
+    async def from_token(self, token: str) -> Principal:
+        for static_token, op in self._static.items():
+            if hmac.compare_digest(static_token.encode(), token.encode()):
+                return op
+        parts = apikeys.split(token)
+        if parts is None:
+            raise CredentialError(
+                "malformed credential: expected an API key (plg_<key-id>_<secret>, plgpk_...) or an "
+                "operator token (plgop_<id>_<secret>)"
+            )
+        if parts[0] == apikeys.OPERATOR_PREFIX:
+            record = await self.operators.check(parts[1], parts[2], "operator token")
+            return Operator(record.name, Role[record.role], "token")
+        key = await self.keys.authenticate_token(token)
+        return CustomerKey(key.customer_id, key.key_id, key.kind)
+
+
+def open_authenticator(
+    connection: Callable[[], Any],
+    settings: AuthSettings,
+    *,
+    static_operators: dict[str, Operator] | None = None,
+) -> Authenticator:
+    """An authenticator over the credential tables. ``connection()`` is a context manager giving a
+    PostgreSQL connection (``pool.connection``); ``settings`` the service's ``auth`` settings."""
+
+    def lookup(fn: Callable[[Any, str], Any]) -> Callable[[str], Awaitable[Any]]:
+        def sync(key_id: str) -> Any:
+            with connection() as conn:
+                return fn(conn, key_id)
+
+        async def run(key_id: str) -> Any:
+            return await asyncio.to_thread(sync, key_id)
+
+        return run
+
+    ttl, negative, stale = (
+        settings.key_cache_ttl_seconds,
+        settings.key_negative_cache_ttl_seconds,
+        settings.key_stale_ttl_seconds,
+    )
+    return Authenticator(
+        apikeys.KeyCache(lookup(apikeys.lookup_key), ttl, negative, stale_ttl=stale),
+        apikeys.CredentialCache(lookup(apikeys.lookup_operator), ttl, negative, stale_ttl=stale),
+        static_operators=static_operators,
+    )
+
+
+_STATE = "plg_authenticator"
+
+
+def install(app: Any, authenticator: Authenticator | None) -> None:
+    """Put (or, with None, take away) the app's authenticator, where the policies look for it."""
+    setattr(app.state, _STATE, authenticator)
+
+
+def authenticator_of(request: Request) -> Authenticator:
+    found = getattr(request.app.state, _STATE, None)
+    if found is None:
+        raise HttpError(
+            503,
+            "service_unavailable",
+            "the service is starting or stopping; retry shortly",
+            {"Retry-After": "1"},
+        )
+    return found  # type: ignore[no-any-return]
+
+
+def unauthorized(message: str) -> HttpError:
+    return HttpError(401, UNAUTHORIZED, message, {"WWW-Authenticate": WWW_AUTHENTICATE})
+
+
+def forbidden(message: str) -> HttpError:
+    return HttpError(403, FORBIDDEN, message)
+
+
+async def authenticate(request: Request) -> Principal:
+    """The request's principal, or the 401."""
+    try:
+        principal = await authenticator_of(request).principal(request)
+    except CredentialError as exc:
+        raise unauthorized(str(exc)) from None
+    if principal is None:
+        raise unauthorized(
+            "no credential: send 'Authorization: Bearer <key>' (an API key from `plg keys create`, or an "
+            "operator token from `plg operators create`)"
+        )
+    return principal
+
+
+# -- policies ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who a tenant route acts for: ``customer_id`` from the key (or, for an operator, from the path;
+    None when the route has no customer in its path) and the principal that proved it."""
+
+    customer_id: str | None
+    principal: Principal
+
+    @property
+    def operator(self) -> Operator | None:
+        return self.principal if isinstance(self.principal, Operator) else None
+
+
+class Policy:
+    """A route's declared policy. An instance is the FastAPI dependency (``Depends(policy)``); ``kind`` and
+    ``describe()`` feed the route table in docs/security.md."""
+
+    kind: str = ""
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    async def __call__(self, request: Request) -> Any:
+        raise NotImplementedError
+
+
+class CustomerPolicy(Policy):
+    """A customer's key (of the allowed kinds) for its own customer, or an operator of at least
+    ``operator_role`` (None: operators may not)."""
+
+    def __init__(
+        self,
+        kinds: Iterable[KeyKind],
+        *,
+        customer_param: str | None,
+        operator_role: Role | None,
+    ) -> None:
+        self.kinds = frozenset(kinds)
+        self.customer_param = customer_param
+        self.operator_role = operator_role
+        self.kind = "publishable" if "publishable" in self.kinds else "secret"
+
+    def describe(self) -> str:
+        keys = "publishable or secret key" if self.kind == "publishable" else "secret key"
+        own = f" of the customer in `{{{self.customer_param}}}`" if self.customer_param else " (its customer)"
+        ops = f", or operator ≥ {self.operator_role.name}" if self.operator_role is not None else ""
+        return f"{keys}{own}{ops}"
+
+    async def __call__(self, request: Request) -> Caller:
+        principal = await authenticate(request)
+        target = request.path_params.get(self.customer_param) if self.customer_param else None
+        if isinstance(principal, Operator):
+            if self.operator_role is None:
+                raise forbidden("this route takes a customer's API key, not an operator's credential")
+            if principal.role < self.operator_role:
+                raise forbidden(
+                    f"operator {principal.name} is {principal.role.name}; this needs "
+                    f"{self.operator_role.name} or above"
+                )
+            return Caller(target, principal)
+        if principal.kind not in self.kinds:
+            raise forbidden(
+                f"API key {principal.key_id} is publishable (for browsers); this route needs a secret key"
+            )
+        if self.customer_param is not None and target != principal.customer_id:
+            # The same answer whether or not that customer exists: a 404 here would tell.
+            raise forbidden(f"API key {principal.key_id} may only act for its own customer")
+        return Caller(principal.customer_id, principal)
+
+
+class OperatorPolicy(Policy):
+    kind = "operator"
+
+    def __init__(self, role: Role) -> None:
+        self.role = role
+
+    def describe(self) -> str:
+        return f"operator ≥ {self.role.name}"
+
+    async def __call__(self, request: Request) -> Operator:
+        principal = await authenticate(request)
+        if not isinstance(principal, Operator):
+            raise forbidden("this route is for operators (`plg operators create`), not API keys")
+        if principal.role < self.role:
+            raise forbidden(
+                f"operator {principal.name} is {principal.role.name}; this needs {self.role.name} or above"
+            )
+        return principal
+
+
+class MarkerPolicy(Policy):
+    """A policy the route enforces itself (a Stripe signature over the raw body) or none (public)."""
+
+    def __init__(self, kind: Literal["stripe-signature", "public"], reason: str) -> None:
+        self.kind = kind
+        self.reason = reason
+
+    def describe(self) -> str:
+        return f"{'Stripe signature' if self.kind == 'stripe-signature' else 'public'}: {self.reason}"
+
+    async def __call__(self, request: Request) -> None:
+        return None
+
+
+def secret_key(
+    customer_param: str | None = "customer_id", operator_role: Role | None = Role.viewer
+) -> CustomerPolicy:
+    """A secret key of the customer (the one in ``{customer_param}`` when given), or an operator."""
+    return CustomerPolicy(("secret",), customer_param=customer_param, operator_role=operator_role)
+
+
+def publishable_key(
+    customer_param: str | None = "customer_id", operator_role: Role | None = Role.viewer
+) -> CustomerPolicy:
+    """A publishable or secret key of the customer, or an operator."""
+    return CustomerPolicy(
+        ("secret", "publishable"), customer_param=customer_param, operator_role=operator_role
+    )
+
+
+def operator(role: Role) -> OperatorPolicy:
+    return OperatorPolicy(role)
+
+
+def stripe_signature(reason: str = "Stripe-Signature header verified over the raw body") -> MarkerPolicy:
+    return MarkerPolicy("stripe-signature", reason)
+
+
+def public(reason: str) -> MarkerPolicy:
+    return MarkerPolicy("public", reason)
+
+
+# -- finding a route's policy -------------------------------------------------------------------------------
+
+_POLICY_ATTR = "plg_policy"
+# FastAPI's own documentation routes: the API description is public (it holds no tenant data).
+_DOCS = public("the API description")
+
+
+def declare(target: Any, policy: Policy) -> Any:
+    """Attach a policy to a route that takes no dependencies (a Starlette route, a mount, an endpoint)."""
+    setattr(target, _POLICY_ATTR, policy)
+    return target
+
+
+def _from_dependant(dependant: Dependant) -> list[Policy]:
+    found: list[Policy] = []
+    for sub in dependant.dependencies:
+        if isinstance(sub.call, Policy):
+            found.append(sub.call)
+        found.extend(_from_dependant(sub))
+    return found
+
+
+def policies_of(route: BaseRoute, app: Any = None) -> list[Policy]:
+    """Every policy a route declares (a well-declared route has exactly one)."""
+    declared = getattr(route, _POLICY_ATTR, None) or getattr(
+        getattr(route, "endpoint", None), _POLICY_ATTR, None
+    )
+    if isinstance(declared, Policy):
+        return [declared]
+    dependant = getattr(route, "dependant", None)
+    if isinstance(dependant, Dependant):
+        found = _from_dependant(dependant)
+        if found:
+            return found
+    path = getattr(route, "path", None)
+    if app is not None and path in {
+        app.openapi_url,
+        app.docs_url,
+        app.redoc_url,
+        app.swagger_ui_oauth2_redirect_url,
+    }:
+        return [_DOCS]
+    return []
