@@ -12,6 +12,7 @@ In order, so that a crash half-way leaves nothing a re-run would not finish (eve
    hold in memory, growth tombstones the person's activation state on its changelog in its own
    transaction (docs/growth.md), and any later consumer (the analytics store) can follow it.
 
+It needs an admin operator token in ``PLG_OPERATOR_TOKEN`` (``plg operators create NAME --role admin``).
 Append-only topics are not rewritten: their retention ends the person's records there, and the report
 says by when. docs/privacy.md has the whole list.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hmac
 import os
 import sys
 from collections.abc import Iterable
@@ -32,6 +34,7 @@ from psycopg import sql
 
 from services.enrichment.config import DEV_PII_KEY
 from services.enrichment.pii import Scrubber
+from services.kernel import apikeys
 from services.kernel.kafka import Producer
 from services.kernel.privacy import Erasure
 from services.kernel.reading import read_to_end
@@ -56,6 +59,31 @@ class PrivacyError(Exception):
     """A problem the operator can fix."""
 
 
+OPERATOR_TOKEN_ENV = "PLG_OPERATOR_TOKEN"  # noqa: S105 - the variable's name, not a secret
+
+
+def require_operator(conn: psycopg.Connection[Any], role: str = "admin", doing: str = "this") -> str:
+    """The name of the operator whose token is in ``PLG_OPERATOR_TOKEN`` (from ``plg operators create``),
+    if it is valid, not revoked and has ``role`` or higher; else PrivacyError. The environment only: a
+    token on the command line would stay in the shell's history and the process list."""
+    token = os.environ.get(OPERATOR_TOKEN_ENV, "").strip()
+    if not token:
+        raise PrivacyError(f"{doing} needs an {role} operator token in {OPERATOR_TOKEN_ENV}")
+    parts = apikeys.split(token)
+    if parts is None or parts[0] != apikeys.OPERATOR_PREFIX:
+        raise PrivacyError(f"{OPERATOR_TOKEN_ENV} is not an operator token (plgop_<id>_<secret>)")
+    record = apikeys.lookup_operator(conn, parts[1])
+    if (
+        record is None
+        or record.revoked
+        or not hmac.compare_digest(record.secret_sha256, apikeys.hash_secret(parts[2]))
+    ):
+        raise PrivacyError(f"{OPERATOR_TOKEN_ENV}: unknown, revoked or wrong operator token")
+    if apikeys.ROLES.index(record.role) < apikeys.ROLES.index(role):
+        raise PrivacyError(f"{doing} needs the {role} role; operator {record.name} is {record.role}")
+    return record.name
+
+
 def add_parser(groups: Any) -> None:
     privacy = groups.add_parser("privacy", help="erasure of a person (GDPR/CCPA)").add_subparsers(
         dest="command", required=True
@@ -65,7 +93,9 @@ def add_parser(groups: Any) -> None:
     )
     forget.add_argument("--customer", required=True, help="the customer (tenant) id")
     forget.add_argument("--person", required=True, help="the person's user id (or anonymous id)")
-    forget.add_argument("--requested-by", help="who asked (kept in the audit row)")
+    forget.add_argument(
+        "--requested-by", help="who asked, kept in the audit row (default: the operator of the token)"
+    )
 
 
 @dataclass
@@ -319,6 +349,7 @@ def forget(
 
 
 def run(args: argparse.Namespace, conn: psycopg.Connection[Any], prefix: str) -> int:
+    operator = require_operator(conn, "admin", "plg privacy forget")
     report = forget(
         conn,
         KafkaSettings(),
@@ -326,7 +357,7 @@ def run(args: argparse.Namespace, conn: psycopg.Connection[Any], prefix: str) ->
         prefix,
         args.customer,
         args.person,
-        requested_by=args.requested_by,
+        requested_by=args.requested_by or operator,
     )
     doc = report.to_json()
     if args.json:

@@ -22,6 +22,7 @@ from psycopg import sql
 
 from services.enrichment.app import EnrichmentApp
 from services.enrichment.pii import Scrubber
+from services.kernel import apikeys
 from services.kernel.reading import read_to_end
 from services.kernel.settings import KafkaSettings
 from services.kernel.topics import catalogue
@@ -35,7 +36,12 @@ pytestmark = pytest.mark.integration
 PII_KEY = "test-pii-key"  # the enrichment world's key: the CLI needs it to find the pseudonyms
 
 
-def plg(world: EnrichmentWorld, *args: str) -> str:
+def admin_token(world: EnrichmentWorld, role: str = "admin") -> str:
+    with psycopg.connect(world.database.url.get_secret_value(), autocommit=True) as conn:
+        return apikeys.create_operator(conn, f"privacy-{uuid.uuid4().hex[:8]}", role)[1]
+
+
+def plg(world: EnrichmentWorld, *args: str, token: str | None = None, ok: bool = True) -> str:
     env = {
         **os.environ,
         "DATABASE_URL": world.database.url.get_secret_value(),
@@ -43,6 +49,7 @@ def plg(world: EnrichmentWorld, *args: str) -> str:
         "SCHEMA_REGISTRY_URL": world.registry.url,
         "PLG_TOPIC_PREFIX": world.prefix,
         "ENRICHMENT_PII_KEY": PII_KEY,
+        "PLG_OPERATOR_TOKEN": token or "",
     }
     done = subprocess.run(
         [sys.executable, "-m", "services.cli", *args],
@@ -52,8 +59,8 @@ def plg(world: EnrichmentWorld, *args: str) -> str:
         text=True,
         timeout=120,
     )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    assert (done.returncode == 0) == ok, done.stderr
+    return done.stdout if ok else done.stderr
 
 
 def tables_holding(url: str, needles: Iterable[str]) -> list[str]:
@@ -168,9 +175,11 @@ def test_forget_erases_the_person_everywhere_and_later_events_start_a_new_histor
         assert compacted_latest_holding(kafka_settings, provisioned.prefix, [anon])
 
         # -- the erasure ------------------------------------------------------------------------------
-        report = json.loads(
-            plg(world, "--json", "privacy", "forget", "--customer", customer, "--person", person)
-        )
+        forget = ("--json", "privacy", "forget", "--customer", customer, "--person", person)
+        assert "admin operator token" in plg(world, *forget, ok=False)
+        assert "needs the admin role" in plg(world, *forget, token=admin_token(world, "editor"), ok=False)
+        assert tables_holding(url, [person]), "a refused request must erase nothing"
+        report = json.loads(plg(world, *forget, token=admin_token(world)))
         assert report["ids_erased"] == 3  # the user id, the anonymous id identified as it, the merged id
         assert report["residual"] == []
         places = {p["place"]: p for p in report["places"]}
