@@ -22,10 +22,9 @@ help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
 
-$(VENV_STAMP): pyproject.toml $(SDK_PYPROJECT)
+$(VENV_STAMP): pyproject.toml $(SDK_PYPROJECT) deploy/install-python.sh
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
-	$(PIP) install -q -e '.[dev]'
-	@if [ -f sdk/pyproject.toml ]; then $(PIP) install -q -e sdk; fi
+	sh deploy/install-python.sh $(PIP) dev
 	@touch $@
 
 .PHONY: install

@@ -15,6 +15,8 @@
     plg identity merge <customer-id> <merged-user-id> <survivor-user-id>
     plg privacy forget --customer C --person P [--requested-by NAME]   # erasure: docs/privacy.md
     plg billing sync-meters | reconcile [--customer C] [--period YYYY-MM] [--no-stripe] [--all]
+    plg analytics funnel --steps a,b,c [--customer C] [--window 7d] [--breakdown plan] [--format json]
+    plg analytics retention | north-star | activation | timeline <customer-id>   (PLG_OPERATOR_TOKEN)
 
 Add ``--json`` before the command for machine-readable output. Migrations are applied first (idempotent),
 so the CLI works on a fresh database. Plan names are checked against the meters-and-plans config
@@ -32,7 +34,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from services.cli import billing, identity, privacy
+from services.cli import analytics, billing, identity, privacy
 from services.cli import dlq as dead_letters
 from services.enrichment import store as success
 from services.ingest import store
@@ -120,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
 
     billing.add_parser(groups)
     privacy.add_parser(groups)
+    analytics.add_parser(groups)
 
     keys = groups.add_parser("keys", help="ingest API keys").add_subparsers(dest="command", required=True)
     kcreate = keys.add_parser("create", help="create a key and print it (once)")
@@ -200,6 +203,11 @@ _OPERATOR_COLS = ("operator_id", "name", "role", "created_at", "revoked_at")
 def run(args: argparse.Namespace) -> int:
     if args.group == "identity":
         return _identity(args)
+    if args.group == "analytics":  # asks the analytics service over HTTP: no database here
+        try:
+            return analytics.run(args)
+        except analytics.AnalyticsCliError as exc:
+            raise CliError(str(exc)) from None
     url = args.database_url or DatabaseSettings().url.get_secret_value()
     if args.group == "customers" and args.command == "create" and not args.no_plan_check:
         _check_plan(args.plan)

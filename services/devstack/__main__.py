@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from services.devstack import chromium, stripe_mock
+from services.devstack import chromium, gotools, monitoring, stripe_mock
 from services.devstack import kafka as kafka_mod
 from services.devstack import postgres as pg
 from services.devstack.config import StackSettings
@@ -28,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["up", "down", "run", "status", "provision", "install"],
         help="up: start in the background; down: stop; run: foreground until Ctrl-C; status; "
         "provision: create topics and register schemas; "
-        "install: fetch Kafka jars, PostgreSQL, stripe-mock, Chromium",
+        "install: fetch Kafka jars, PostgreSQL, stripe-mock, Chromium, the Go tools (compose-go, helm)",
     )
     parser.add_argument("--root", type=Path, help="data, logs and pid files (default .plg)")
     parser.add_argument("--kafka-port", type=int)
@@ -83,15 +84,23 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(settings)
     try:
         if args.command == "install":
-            took = kafka_mod.ensure_jars(settings.kafka_libs)
-            print("Kafka jars: " + ("already current" if took is None else f"fetched in {took:.1f}s"))
-            print(f"PostgreSQL: {pg.ensure_installed()}")
-            took = stripe_mock.ensure_installed(settings.bin_dir)
-            print(
-                f"stripe-mock {stripe_mock.VERSION}: "
-                + ("present" if took is None else f"installed in {took:.1f}s")
-            )
-            print(f"Chromium (browser tests): {chromium.ensure_installed() or 'not installed'}")
+            # The Go builds (stripe-mock, compose-go's loader, helm) are CPU and download bound and
+            # independent of the JVM/apt steps: they run in the background while those go on.
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                stripe = pool.submit(stripe_mock.ensure_installed, settings.bin_dir)
+                tools = pool.submit(gotools.ensure_all, settings.bin_dir)
+                took = kafka_mod.ensure_jars(settings.kafka_libs)
+                print("Kafka jars: " + ("already current" if took is None else f"fetched in {took:.1f}s"))
+                print(f"PostgreSQL: {pg.ensure_installed()}")
+                print(f"Chromium (browser tests): {chromium.ensure_installed() or 'not installed'}")
+                print(f"Prometheus, Alertmanager (monitoring): {monitoring.ensure_installed()}")
+                took = stripe.result()
+                print(
+                    f"stripe-mock {stripe_mock.VERSION}: "
+                    + ("present" if took is None else f"installed in {took:.1f}s")
+                )
+                for name, built in tools.result().items():
+                    print(f"{name}: " + ("present" if built is None else f"built in {built:.1f}s"))
             return 0
         if args.command == "up":
             elapsed = stack.up()

@@ -27,6 +27,9 @@ class AppService:
     health_path: str = "/readyz"
     # Extra environment for this service only.
     env: Mapping[str, str] = field(default_factory=dict)
+    # A variable naming a data directory of the service's own, set to ``<stack root>/data/<name>`` (so a
+    # test stack never shares the developer stack's files).
+    data_dir_env: str | None = None
 
     @property
     def host_env(self) -> str:
@@ -73,4 +76,8 @@ APP_SERVICES: list[AppService] = [
     # Needs stripe-mock (or STRIPE_API_BASE): the stack starts it before the app services.
     AppService("billing-reporter", "services.billing_reporter", port=8083, env_prefix="BILLING_"),
     AppService("growth", "services.growth", port=8085, env_prefix="GROWTH_"),
+    # Funnels, retention, the north star: enriched events in ClickHouse's engine (chDB) under its data dir.
+    AppService(
+        "analytics", "services.analytics", port=8086, env_prefix="ANALYTICS_", data_dir_env="ANALYTICS_PATH"
+    ),
 ]

@@ -281,6 +281,8 @@ class Stack:
             self._refuse_foreign_port(app.name, port)
             env = self.child_env()
             env.update(app.env)
+            if app.data_dir_env is not None:
+                env[app.data_dir_env] = str(self.data_dir / "data" / app.name)
             env[app.host_env] = self.settings.host
             env[app.port_env] = str(port)
             pid = spawn(

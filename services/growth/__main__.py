@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.growth.activation import ActivationConfig, load_activation
+from services.activation import ActivationConfig, load_activation
 from services.growth.app import SERVICE, build_app
 from services.growth.config import GrowthSettings
 from services.growth.flagstore import load_flags_file

@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from services.growth.activation import DAY_MS, SCOPES, ActivationConfig, in_window
+from services.activation import SCOPES, ActivationConfig
+from services.growth.activation import DAY_MS, in_window
 from services.growth.processor import CHECKPOINT_KEY, ERASED_PREFIX
 from services.kernel.processing import Message
 from services.kernel.processing.view import MaterializedView

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from services.growth.activation import load_activation
+from services.activation import load_activation
 from services.growth.activation_view import ActivationView
 from services.growth.api_activation import activation_routes, crossing_message
 from services.growth.api_models import (

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from services.growth.activation import ActivationConfig
+from services.activation import ActivationConfig
 from services.growth.config import GrowthSettings
 from services.growth.processor import INPUTS, OUTPUTS, SERVICE, ActivationHandler
 from services.kernel.lifecycle import Lifecycle

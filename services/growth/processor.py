@@ -17,12 +17,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from services.growth.activation import (
-    ActivationConfig,
-    Tracker,
-    activation_record,
-    fired_key,
-)
+from services.activation import ActivationConfig
+from services.growth.activation import Tracker, activation_record, fired_key
 from services.growth.telemetry import stable_event_id, usage_event
 from services.kernel import metrics
 from services.kernel.kafka import TopicPartition

@@ -146,6 +146,7 @@ class AtLeastOnceLoop(LoopBase):
             self._undecodable.inc(len(undecodable))
         if failed:
             self._failed.inc(len(failed))
+        self.stage.settled(batch, failed, (record for record, _ in undecodable))
         self.batches += 1
         self.handler.committed(offsets)
         return consumed

@@ -193,6 +193,7 @@ class ExactlyOnceLoop(LoopBase):
             self._undecodable.inc(len(undecodable))
         if failed:
             self._failed.inc(len(failed))
+        self.stage.settled(batch, failed, (record for record, _ in undecodable))
         self.handler.committed(offsets)
 
     def _produce(

@@ -22,6 +22,7 @@ from services.kernel.processing.messages import (
     RetryBatch,
     failure_detail,
 )
+from services.kernel.processing.stage import StageMetrics
 from services.kernel.serde import ValueDecoder
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,8 @@ class LoopBase:
         self._processed = RECORDS.labels(parts.service, "processed")
         self._undecodable = RECORDS.labels(parts.service, UNDECODABLE)
         self._failed = RECORDS.labels(parts.service, PROCESSING_FAILED)
+        # Events settled per input topic and their delay since ingest (loss and delay alerts).
+        self.stage = StageMetrics(parts.service)
 
     def _track(self, partitions: Sequence[TopicPartition], *, owned: bool) -> None:
         changed = {(tp.topic, tp.partition) for tp in partitions}

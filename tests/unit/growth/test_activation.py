@@ -8,14 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from services.growth.activation import (
-    DAY_MS,
-    ActivationConfigError,
-    Tracker,
-    activation_record,
-    load_activation,
-    parse_activation,
-)
+from services.activation import ActivationConfigError, load_activation, parse_activation
+from services.growth.activation import DAY_MS, Tracker, activation_record
 
 NOW = 1_800_000_000_000
 _IDS = itertools.count()

@@ -8,9 +8,10 @@ import threading
 from collections import deque
 from typing import Any
 
+from services.activation import parse_activation
 from services.enrichment.handlers import merge_link_key
 from services.enrichment.identity import IdentityGraph
-from services.growth.activation import Tracker, parse_activation
+from services.growth.activation import Tracker
 from services.growth.activation_view import ActivationView
 from services.growth.flags import ExposureLog, StickyAssignments
 from services.growth.processor import ERASED_PREFIX, ActivationHandler

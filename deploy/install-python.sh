@@ -1,0 +1,17 @@
+#!/bin/sh
+# Installs plg's Python code and dependencies with the given pip: the one recipe behind both the
+# developer's virtualenv (`make install`: deploy/install-python.sh .venv/bin/pip dev) and the image
+# (deploy/Dockerfile: deploy/install-python.sh pip). Editable, because the services read schemas/ and
+# deploy/ next to their source; the SDK's flag engine (sdk/plg_sdk) is installed the same way.
+# tests/unit/devstack/test_compose_file.py checks that both callers use it.
+set -eu
+pip="$1"
+extras="${2:-}"
+if [ -n "$extras" ]; then
+    "$pip" install -q -e ".[$extras]"
+else
+    "$pip" install -q -e .
+fi
+if [ -f sdk/pyproject.toml ]; then
+    "$pip" install -q -e sdk
+fi

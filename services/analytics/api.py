@@ -1,0 +1,212 @@
+"""The analytics API (``:8086``): funnels, retention, the north star, activation rates and timelines.
+
+Every route is for operators (viewer and up): answers span customers and persons. Queries run in a thread
+(the store's engine blocks), with every value passed as a query parameter.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from services.analytics import queries
+from services.analytics.model import QueryError, parse_duration
+from services.analytics.resources import AnalyticsResources
+from services.analytics.store import StoreError
+from services.kernel.auth import Role, operator
+from services.kernel.http import HttpError
+
+_JSON = "application/json"
+_T = TypeVar("_T")
+
+router = APIRouter(prefix="/v1/analytics", tags=["analytics"])
+VIEWER = Depends(operator(Role.viewer))
+
+
+def resources(request: Request) -> AnalyticsResources:
+    found: AnalyticsResources | None = getattr(request.app.state, "resources", None)
+    if found is None:
+        raise HttpError(
+            503, "starting", "the analytics store is opening; retry shortly", {"Retry-After": "1"}
+        )
+    return found
+
+
+Resources = Annotated[AnalyticsResources, Depends(resources)]
+
+
+class StepOut(BaseModel):
+    name: str
+    count: int = Field(description="distinct persons who reached this step after every earlier one, in order")
+
+
+class FunnelOut(BaseModel):
+    steps: list[StepOut]
+    window_seconds: int
+    since: int
+    until: int
+    customer_id: str | None
+    breakdown_by: str | None = None
+    breakdown: list[dict[str, Any]] | None = None
+
+
+class ErrorOut(BaseModel):
+    code: str
+    message: str
+    request_id: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {
+        "model": ErrorOut,
+        "description": "A question that cannot be answered as asked (bad step list, window)",
+    },
+    401: {"model": ErrorOut, "description": "No credential"},
+    403: {"model": ErrorOut, "description": "Not an operator"},
+    503: {"model": ErrorOut, "description": "The store is opening or unreachable; retry"},
+}
+
+Customer = Annotated[str | None, Query(max_length=200, description="only this customer")]
+Since = Annotated[
+    str | None,
+    Query(
+        max_length=40, description="ISO 8601 date/time (UTC) or a duration back from now (90d); default 90d"
+    ),
+]
+Until = Annotated[
+    str | None, Query(max_length=40, description="ISO 8601 date/time (UTC), exclusive; default now")
+]
+
+
+def parse_instant(text: str, now_ms: int) -> int:
+    """``2026-10-01`` / ``2026-10-01T12:00:00Z`` → epoch ms; ``30d`` → 30 days before now."""
+    if text[:1].isdigit() and not text[-1:].isdigit() and "-" not in text:
+        return now_ms - parse_duration(text) * 1000
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise QueryError(f"{text!r} is neither an ISO 8601 date/time nor a duration like 30d") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp() * 1000)
+
+
+def scope_of(
+    res: AnalyticsResources, since: str | None, until: str | None, customer: str | None
+) -> queries.Scope:
+    now_ms = int(time.time() * 1000)
+    end = parse_instant(until, now_ms) if until else now_ms + 1
+    start = parse_instant(since, now_ms) if since else now_ms - res.default_days * queries.DAY_MS
+    if start >= end:
+        raise QueryError("since must be before until")
+    return queries.Scope(start, end, customer)
+
+
+async def answer(question: Callable[[], _T]) -> Response:
+    """Run a query off the event loop; a question the caller can fix is a 400, a store problem a 503."""
+    try:
+        result = await run_in_threadpool(question)
+    except QueryError as exc:
+        raise HttpError(400, "invalid_query", str(exc)) from None
+    except StoreError as exc:
+        raise HttpError(
+            503, "store_unavailable", f"the analytics store failed: {exc}", {"Retry-After": "5"}
+        ) from None
+    return Response(orjson.dumps(result), media_type=_JSON)
+
+
+@router.get(
+    "/funnel", dependencies=[VIEWER], response_model=None, responses={200: {"model": FunnelOut}, **ERRORS}
+)
+async def funnel(
+    res: Resources,
+    steps: Annotated[str, Query(max_length=2000, description="comma-separated event names, in order")],
+    window: Annotated[str, Query(max_length=20, description="conversion window, e.g. 7d, 12h")] = "7d",
+    breakdown: Annotated[str | None, Query(max_length=210, description="plan, or property:<name>")] = None,
+    customer: Customer = None,
+    since: Since = None,
+    until: Until = None,
+) -> Response:
+    """Ordered funnel: distinct persons per step, each step after the previous one, all within the window."""
+
+    def ask() -> dict[str, Any]:
+        scope = scope_of(res, since, until, customer)
+        return queries.funnel(res.store, steps.split(","), parse_duration(window), scope, breakdown)
+
+    return await answer(ask)
+
+
+@router.get("/retention", dependencies=[VIEWER], response_model=None, responses=ERRORS)
+async def retention(
+    res: Resources,
+    weeks: Annotated[int, Query(ge=1, le=52)] = 8,
+    event: Annotated[
+        str | None, Query(max_length=200, description="activity that counts (default: any)")
+    ] = None,
+    customer: Customer = None,
+    since: Since = None,
+    until: Until = None,
+) -> Response:
+    """Weekly cohorts by first event; persons active in each following week."""
+
+    def ask() -> dict[str, Any]:
+        return queries.retention(res.store, scope_of(res, since, until, customer), weeks, event)
+
+    return await answer(ask)
+
+
+@router.get("/north-star", dependencies=[VIEWER], response_model=None, responses=ERRORS)
+async def north_star(
+    res: Resources, customer: Customer = None, since: Since = None, until: Until = None
+) -> Response:
+    """The north-star metric of activation.yaml per week: events, persons, persons who reached it."""
+    star = res.north_star()
+    if star is None:
+        raise HttpError(404, "no_north_star", "activation.yaml names no north_star threshold")
+
+    def ask() -> dict[str, Any]:
+        scope = scope_of(res, since, until, customer)
+        return queries.north_star(res.store, scope, star.event, star.count, star.window_days, star.name)
+
+    return await answer(ask)
+
+
+@router.get("/activation", dependencies=[VIEWER], response_model=None, responses=ERRORS)
+async def activation(
+    res: Resources, customer: Customer = None, since: Since = None, until: Until = None
+) -> Response:
+    """For each threshold of activation.yaml: persons seen, persons who crossed it, the rate."""
+    thresholds = [
+        {"name": t.name, "event": t.event, "count": t.count, "window_days": t.window_days}
+        for t in res.activation.thresholds
+    ]
+
+    def ask() -> dict[str, Any]:
+        return queries.activation_rates(res.store, scope_of(res, since, until, customer), thresholds)
+
+    return await answer(ask)
+
+
+@router.get("/customers/{customer_id}/timeline", dependencies=[VIEWER], response_model=None, responses=ERRORS)
+async def timeline(
+    res: Resources,
+    customer_id: str,
+    person: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    since: Since = None,
+    until: Until = None,
+) -> Response:
+    """A customer's events (or one person's), newest first."""
+
+    def ask() -> dict[str, Any]:
+        return queries.timeline(res.store, customer_id, person, limit, scope_of(res, since, until, None))
+
+    return await answer(ask)

@@ -1,0 +1,92 @@
+"""Composition root of the analytics service: ``build_app(settings, lifecycle)`` returns the FastAPI app
+(HTTP :8086) whose lifespan opens the store, runs the sink loop over ``usage-events-enriched`` in a worker
+thread, and closes both (newest first) at shutdown."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from services.activation import load_activation
+from services.analytics import api
+from services.analytics.config import AnalyticsSettings
+from services.analytics.resources import AnalyticsResources
+from services.analytics.sink import AnalyticsSink
+from services.analytics.store import open_store
+from services.kernel import auth, db
+from services.kernel.http import install_error_handlers
+from services.kernel.lifecycle import Lifecycle
+from services.kernel.ops import ops_routes
+from services.kernel.processing import at_least_once
+from services.kernel.serde import SchemaRegistry
+from services.kernel.topics import USAGE_EVENTS_ENRICHED
+from services.kernel.workers import Workers
+
+log = logging.getLogger(__name__)
+
+SERVICE = "analytics"
+
+
+def open_resources(settings: AnalyticsSettings, life: Lifecycle, app: FastAPI) -> AnalyticsResources:
+    """Open everything, registering each piece on the lifecycle as it opens (a failure closes the rest)."""
+    activation = load_activation(settings.activation_path)
+    url = settings.clickhouse_url.get_secret_value() if settings.clickhouse_url else None
+    store = life.push(open_store(settings.store, settings.path, url), "analytics store")
+    pool = life.push(db.open_pool(settings.database, name=SERVICE), "database pool")
+    auth.install(app, auth.open_authenticator(pool.connection, settings.auth))
+    registry = life.push(SchemaRegistry(settings.registry), "schema registry")
+    group = f"{settings.platform.topic_prefix}{settings.group_id}"
+    loop = at_least_once(
+        service=SERVICE,
+        kafka=settings.kafka,
+        registry=registry,
+        lifecycle=life,
+        handler=AnalyticsSink(store, group),
+        inputs=[USAGE_EVENTS_ENRICHED],
+        group_id=settings.group_id,
+        instance_id=settings.instance_id,
+        topic_prefix=settings.platform.topic_prefix,
+        max_batch=settings.max_batch,
+        batch_wait=settings.batch_wait_seconds,
+        consumer_config={
+            "group.instance.id": f"{group}-{settings.instance_id}",
+            "session.timeout.ms": settings.session_timeout_ms,
+        },
+    )
+    workers = life.push(Workers(), "workers")  # stopped first, before the store it writes to closes
+    workers.start("sink", loop.run)
+    log.info("analytics starting", extra={"store": settings.store, "group": group})
+    return AnalyticsResources(store, activation, settings.default_days, loop, workers)
+
+
+def build_app(settings: AnalyticsSettings, lifecycle: Lifecycle | None = None) -> FastAPI:
+    life = lifecycle or Lifecycle(SERVICE)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            app.state.resources = await run_in_threadpool(open_resources, settings, life, app)
+            yield
+        finally:
+            app.state.resources = None
+            await run_in_threadpool(life.close)
+
+    app = FastAPI(
+        title="plg analytics",
+        version="1",
+        description="Funnels, retention, the north star, activation rates, timelines of enriched events.",
+        lifespan=lifespan,
+    )
+
+    def sink_ready() -> bool:
+        res: AnalyticsResources | None = getattr(app.state, "resources", None)
+        return res is not None and res.ready()
+
+    ops_routes(app, readiness={"sink": sink_ready})
+    app.include_router(api.router)
+    install_error_handlers(app, service=SERVICE)
+    return app

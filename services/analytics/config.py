@@ -1,0 +1,36 @@
+"""Settings of the analytics service (env prefix ``ANALYTICS_``; Kafka, registry and Postgres use theirs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from services.kernel.settings import StreamServiceSettings
+
+
+class AnalyticsSettings(StreamServiceSettings):
+    """``ANALYTICS_PORT=8086``, ``ANALYTICS_STORE=chdb``, ``ANALYTICS_PATH=.plg/analytics`` and so on."""
+
+    model_config = SettingsConfigDict(env_prefix="ANALYTICS_")
+
+    port: int = Field(default=8086, ge=0, le=65535)
+    group_id: str = "analytics"
+    # Stable per replica: static group membership, so a restarted replica takes its partitions back at once
+    # instead of after the session timeout.
+    instance_id: str = "0"
+    session_timeout_ms: int = Field(default=10_000, ge=6_000)
+    # chdb: ClickHouse's engine in this process, data under `path` (one process owns it);
+    # clickhouse: a ClickHouse server at `clickhouse_url` (http://user:password@host:8123/), same SQL.
+    store: Literal["chdb", "clickhouse"] = "chdb"
+    path: Path = Path(".plg/analytics")
+    clickhouse_url: SecretStr | None = None
+    # activation.yaml (north star, thresholds); default $PLG_ACTIVATION_CONFIG, else deploy/config/.
+    activation_path: Path | None = None
+    # Freshness: an event is queryable about one batch_wait after enrichment wrote it.
+    batch_wait_seconds: float = Field(default=0.2, gt=0)
+    max_batch: int = Field(default=10_000, ge=1)
+    # Default time range of a question without since/until: this many days back from now.
+    default_days: int = Field(default=90, ge=1, le=3660)

@@ -1,0 +1,277 @@
+"""The analytics questions, as ClickHouse SQL over ``plg_analytics.events`` (the same text on chDB and on a
+ClickHouse server). Every value is a query parameter; only identifiers we choose are formatted in.
+
+Persons are per tenant: a person is ``(customer_id, person)``. Account-level events (no person) count
+for customers, not in person questions. Imported history (``historical = 1``) is analytics data like any
+other here: it is only kept away from metering and billing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from services.analytics.model import (
+    MAX_WINDOW_SECONDS,
+    FunnelStep,
+    QueryError,
+    check_steps,
+    funnel_steps,
+    retention_table,
+)
+from services.analytics.store import AnalyticsStore
+
+DAY_MS = 86_400_000
+_PROPERTY_NAME_MAX = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Which events a question looks at: a time range (epoch ms, end exclusive), optionally one customer."""
+
+    since_ms: int
+    until_ms: int
+    customer: str | None = None
+
+    def where(self, params: dict[str, Any], alias: str = "") -> str:
+        a = f"{alias}." if alias else ""
+        params["since"] = self.since_ms
+        params["until"] = self.until_ms
+        clause = (
+            f"{a}ts >= fromUnixTimestamp64Milli({{since:Int64}}, 'UTC') "
+            f"AND {a}ts < fromUnixTimestamp64Milli({{until:Int64}}, 'UTC')"
+        )
+        if self.customer is not None:
+            params["customer"] = self.customer
+            clause += f" AND {a}customer_id = {{customer:String}}"
+        return clause
+
+
+def _breakdown_expr(breakdown: str | None, params: dict[str, Any]) -> str:
+    """The value a person is broken down by: their plan, or a property, as on their first funnel event."""
+    if breakdown is None:
+        return "''"
+    if breakdown == "plan":
+        return "argMin(plan, ts)"
+    if breakdown.startswith("property:"):
+        name = breakdown.removeprefix("property:")
+        if not name or len(name) > _PROPERTY_NAME_MAX:
+            raise QueryError("breakdown property:<name> needs a property name of 1-200 characters")
+        params["breakdown_property"] = name
+        return "argMin(properties[{breakdown_property:String}], ts)"
+    raise QueryError(f"breakdown {breakdown!r}: use plan or property:<name>")
+
+
+def funnel(
+    store: AnalyticsStore,
+    steps: Sequence[str],
+    window_seconds: int,
+    scope: Scope,
+    breakdown: str | None = None,
+) -> dict[str, Any]:
+    """Ordered funnel: for each step, the distinct persons who did every step before it and then this one,
+    in this order, the whole sequence inside ``window_seconds`` from the first step (ClickHouse's
+    ``windowFunnel``). With a breakdown, the same per value."""
+    names = check_steps(steps)
+    if window_seconds > MAX_WINDOW_SECONDS:
+        raise QueryError(f"the conversion window is at most {MAX_WINDOW_SECONDS // 86400} days")
+    params: dict[str, Any] = {"steps": names, "window_ms": window_seconds * 1000}
+    conditions = []
+    for i, name in enumerate(names):
+        params[f"s{i}"] = name
+        conditions.append(f"name = {{s{i}:String}}")
+    by = _breakdown_expr(breakdown, params)
+    sql = (
+        f"SELECT breakdown, level, count() AS persons FROM ("
+        f" SELECT customer_id, person, {by} AS breakdown,"
+        f" windowFunnel({{window_ms:UInt64}})(toUInt64(toUnixTimestamp64Milli(ts)), {', '.join(conditions)})"
+        f" AS level FROM {store.events}"
+        f" WHERE name IN {{steps:Array(String)}} AND person != '' AND {scope.where(params)}"
+        f" GROUP BY customer_id, person) GROUP BY breakdown, level"
+    )
+    by_value: dict[str, list[tuple[int, int]]] = {}
+    for row in store.engine.rows(sql, params):
+        by_value.setdefault(str(row["breakdown"]), []).append((int(row["level"]), int(row["persons"])))
+    total: list[tuple[int, int]] = [pair for pairs in by_value.values() for pair in pairs]
+    answer: dict[str, Any] = {
+        "steps": [_step(s) for s in funnel_steps(names, total)],
+        "window_seconds": window_seconds,
+        **_range(scope),
+    }
+    if breakdown is not None:
+        answer["breakdown_by"] = breakdown
+        answer["breakdown"] = [
+            {"value": value, "steps": [_step(s) for s in funnel_steps(names, pairs)]}
+            for value, pairs in sorted(by_value.items())
+        ]
+    return answer
+
+
+def retention(
+    store: AnalyticsStore, scope: Scope, weeks: int, event: str | None = None, now_ms: int | None = None
+) -> dict[str, Any]:
+    """Weekly retention cohorts: persons by the ISO week (Monday, UTC) of their first event in the scope,
+    and how many of them were active (did ``event``, or anything) in each following week."""
+    params: dict[str, Any] = {}
+    activity = ""
+    if event is not None:
+        params["event"] = event
+        activity = " AND e.name = {event:String}"
+    sql = (
+        f"WITH cohorts AS (SELECT customer_id, person, toMonday(min(ts)) AS cohort FROM {store.events}"
+        f" WHERE person != '' AND {scope.where(params)} GROUP BY customer_id, person)"
+        f" SELECT toString(c.cohort) AS cohort, dateDiff('week', c.cohort, toMonday(e.ts)) AS week,"
+        f" uniqExact(e.customer_id, e.person) AS persons"
+        f" FROM {store.events} AS e INNER JOIN cohorts AS c"
+        f" ON e.customer_id = c.customer_id AND e.person = c.person"
+        f" WHERE {scope.where(params, 'e')}{activity}"
+        f" GROUP BY cohort, week ORDER BY cohort, week"
+    )
+    rows = store.engine.rows(sql, params)
+    table = retention_table(rows, weeks)
+    now = dt.datetime.fromtimestamp((now_ms if now_ms is not None else scope.until_ms) / 1000, dt.UTC)
+    for entry in table:
+        start = dt.datetime.fromisoformat(entry["cohort"]).replace(tzinfo=dt.UTC)
+        entry["observed_weeks"] = max(0, min(weeks, (now - start).days // 7 + 1))
+    return {"weeks": weeks, "event": event, "cohorts": table, **_range(scope)}
+
+
+def _crossings_sql(
+    events: str, params: dict[str, Any], scope: Scope, event: str, count: int, window_days: int | None
+) -> str:
+    """Per person, the epoch ms of the event that made ``count`` occurrences of ``event`` within
+    ``window_days`` (any earlier span; no window = since the first), 0 when never."""
+    params.update(
+        {"x_event": event, "x_count": count, "x_window": (window_days * DAY_MS) if window_days else 2**62}
+    )
+    return (
+        f"SELECT customer_id, person, arraySort(groupArray(toUnixTimestamp64Milli(ts))) AS t,"
+        f" arrayFilter(i -> i >= {{x_count:UInt32}}"
+        f" AND t[i] - t[i - {{x_count:UInt32}} + 1] <= {{x_window:Int64}},"
+        f" arrayEnumerate(t)) AS hits, if(length(hits) > 0, t[hits[1]], 0) AS crossed_ms"
+        f" FROM {events} WHERE name = {{x_event:String}} AND person != '' AND {scope.where(params)}"
+        f" GROUP BY customer_id, person"
+    )
+
+
+def north_star(
+    store: AnalyticsStore, scope: Scope, event: str, count: int, window_days: int | None, name: str
+) -> dict[str, Any]:
+    """The north-star metric per week: the event's count, the persons doing it, and how many persons had
+    reached the threshold (``count`` times within ``window_days``) by the end of each week (cumulative)."""
+    params: dict[str, Any] = {"event": event}
+    weekly = store.engine.rows(
+        f"SELECT toString(toMonday(ts)) AS week, count() AS events, uniqExact(customer_id, person) AS persons"
+        f" FROM {store.events} WHERE name = {{event:String}} AND {scope.where(params)}"
+        f" GROUP BY week ORDER BY week",
+        params,
+    )
+    cparams: dict[str, Any] = {}
+    crossed = store.engine.rows(
+        f"SELECT toString(toMonday(fromUnixTimestamp64Milli(crossed_ms, 'UTC'))) AS week, count() AS persons"
+        f" FROM ({_crossings_sql(store.events, cparams, scope, event, count, window_days)})"
+        f" WHERE crossed_ms > 0"
+        f" GROUP BY week ORDER BY week",
+        cparams,
+    )
+    new_by_week = {r["week"]: int(r["persons"]) for r in crossed}
+    series: dict[str, dict[str, Any]] = {
+        r["week"]: {"week": r["week"], "events": int(r["events"]), "persons": int(r["persons"])}
+        for r in weekly
+    }
+    for week in new_by_week:
+        series.setdefault(week, {"week": week, "events": 0, "persons": 0})
+    running = 0
+    points = []
+    for week in sorted(series):
+        running += new_by_week.get(week, 0)
+        point = series[week]
+        point["newly_reached"] = new_by_week.get(week, 0)
+        point["reached"] = running
+        points.append(point)
+    return {
+        "metric": name,
+        "event": event,
+        "threshold": {"count": count, "window_days": window_days},
+        "weeks": points,
+        **_range(scope),
+    }
+
+
+def activation_rates(
+    store: AnalyticsStore, scope: Scope, thresholds: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """For each activation threshold: persons seen in the scope, how many crossed it, and the rate."""
+    params: dict[str, Any] = {}
+    seen_rows = store.engine.rows(
+        f"SELECT uniqExact(customer_id, person) AS n FROM {store.events}"
+        f" WHERE person != '' AND {scope.where(params)}",
+        params,
+    )
+    seen = int(seen_rows[0]["n"]) if seen_rows else 0
+    out = []
+    for threshold in thresholds:
+        cparams: dict[str, Any] = {}
+        sql = _crossings_sql(
+            store.events,
+            cparams,
+            scope,
+            threshold["event"],
+            int(threshold["count"]),
+            threshold.get("window_days"),
+        )
+        rows = store.engine.rows(f"SELECT countIf(crossed_ms > 0) AS n FROM ({sql})", cparams)
+        activated = int(rows[0]["n"]) if rows else 0
+        out.append(
+            {
+                "name": threshold["name"],
+                "event": threshold["event"],
+                "count": int(threshold["count"]),
+                "window_days": threshold.get("window_days"),
+                "persons": seen,
+                "activated": activated,
+                "rate": round(activated / seen, 4) if seen else 0.0,
+            }
+        )
+    return {"thresholds": out, **_range(scope)}
+
+
+def timeline(
+    store: AnalyticsStore, customer: str, person: str | None, limit: int, scope: Scope
+) -> dict[str, Any]:
+    """A customer's (or one of its persons') events, newest first."""
+    params: dict[str, Any] = {"limit": limit}
+    who = ""
+    if person is not None:
+        params["person"] = person
+        who = " AND (person = {person:String} OR user_id = {person:String} OR anonymous_id = {person:String})"
+    rows = store.engine.rows(
+        f"SELECT event_id, name, toUnixTimestamp64Milli(ts) AS timestamp, person, plan, properties,"
+        f" historical"
+        f" FROM {store.events} WHERE {Scope(scope.since_ms, scope.until_ms, customer).where(params)}{who}"
+        f" ORDER BY ts DESC, event_id LIMIT {{limit:UInt32}}",
+        params,
+    )
+    events = [
+        {
+            "event_id": r["event_id"],
+            "name": r["name"],
+            "timestamp": int(r["timestamp"]),
+            "person": r["person"] or None,
+            "plan": r["plan"] or None,
+            "properties": r["properties"],
+            "historical": bool(r["historical"]),
+        }
+        for r in rows
+    ]
+    return {**_range(scope), "customer_id": customer, "person": person, "events": events}
+
+
+def _step(step: FunnelStep) -> dict[str, Any]:
+    return {"name": step.name, "count": step.count}
+
+
+def _range(scope: Scope) -> dict[str, Any]:
+    return {"since": scope.since_ms, "until": scope.until_ms, "customer_id": scope.customer}

@@ -1,0 +1,32 @@
+"""What the analytics service holds while it runs: the store, its sink loop and the activation config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.activation import ActivationConfig, Threshold
+from services.analytics.store import AnalyticsStore
+from services.kernel.processing import AtLeastOnceLoop
+from services.kernel.workers import Workers
+
+
+@dataclass
+class AnalyticsResources:
+    store: AnalyticsStore
+    activation: ActivationConfig
+    default_days: int
+    loop: AtLeastOnceLoop | None = None
+    workers: Workers | None = None
+
+    def north_star(self) -> Threshold | None:
+        name = self.activation.north_star
+        return next((t for t in self.activation.thresholds if t.name == name), None)
+
+    def ready(self) -> bool:
+        """Queries can run once the store is open; /readyz also wants the sink alive and caught up."""
+        return (
+            self.loop is not None
+            and self.workers is not None
+            and self.workers.alive("sink")
+            and self.loop.ready()
+        )

@@ -1,0 +1,84 @@
+"""The sink that fills the store from ``usage-events-enriched``, exactly once.
+
+Exactly once without a transaction spanning Kafka and the store: the store is the source of truth for
+where to resume. Each batch is one ``INSERT`` (one part, atomic) whose rows carry their partition and
+offset; then the batch's next offsets are saved in the store (they matter only when the batch's last
+records wrote no row). On assignment, and after any failed batch, the loop asks :meth:`stored_offsets` and
+drops every redelivered record below them — so a crash anywhere (before the insert, between the insert
+and the Kafka commit, after it) neither loses nor repeats a row. The insert's deduplication token (the
+batch's offset ranges) also drops a retried insert of the same batch on the engine's side.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from services.analytics.model import dedup_token, row_of
+from services.analytics.store import AnalyticsStore, StoreError
+from services.kernel import metrics
+from services.kernel.kafka import TopicPartition
+from services.kernel.processing import Batch, Emit, RetryBatch, SinkHandler
+
+log = logging.getLogger(__name__)
+
+ROWS = metrics.counter(
+    "plg_analytics_rows", "Enriched events written to the analytics store, by outcome.", ("outcome",)
+)
+FRESHNESS = metrics.gauge(
+    "plg_analytics_freshness_seconds",
+    "Seconds between the newest stored event's enrichment and its insert into the store (last batch).",
+)
+
+
+def analytics_consented(event: Mapping[str, Any]) -> bool:
+    """False when the event says its person refused analytics (``consent.analytics`` false): such events
+    are metered and billed, never kept for analytics."""
+    consent = event.get("consent")
+    if isinstance(consent, Mapping):
+        return consent.get("analytics") is not False
+    return True
+
+
+class AnalyticsSink(SinkHandler):
+    """Enriched events → ``plg_analytics.events``; offsets kept in the store."""
+
+    def __init__(self, store: AnalyticsStore, group: str) -> None:
+        self.store = store
+        self.group = group
+        self._inserted = ROWS.labels("inserted")
+        self._no_consent = ROWS.labels("no_analytics_consent")
+
+    def process(self, batch: Batch, out: Emit) -> None:
+        rows: list[dict[str, Any]] = []
+        firsts: dict[tuple[str, int], int] = {}
+        newest_enriched = 0
+        for message in batch:
+            event = message.value
+            firsts.setdefault((message.topic, message.partition), message.offset)
+            if event is None:
+                continue
+            if not analytics_consented(event):
+                self._no_consent.inc()
+                continue
+            rows.append(row_of(event, message.topic, message.partition, message.offset))
+            newest_enriched = max(newest_enriched, int(event.get("enriched_at") or 0))
+        try:
+            self.store.insert_events(rows, dedup_token(self.group, batch.next_offsets, firsts))
+            self.store.save_offsets(self.group, batch.next_offsets)
+        except StoreError as exc:
+            # The store is down or refused the batch: redo it (nothing of it counts as done).
+            raise RetryBatch(f"analytics store: {exc}") from exc
+        self._inserted.inc(len(rows))
+        if newest_enriched:
+            FRESHNESS.set(max(0.0, time.time() - newest_enriched / 1000))
+
+    def stored_offsets(self, partitions: Sequence[TopicPartition]) -> Mapping[tuple[str, int], int]:
+        wanted = {(tp.topic, tp.partition) for tp in partitions}
+        try:
+            found = self.store.resume_offsets(self.group, sorted({t for t, _ in wanted}))
+        except StoreError as exc:
+            raise RetryBatch(f"analytics store: {exc}") from exc
+        return {key: offset for key, offset in found.items() if key in wanted}

@@ -1,0 +1,158 @@
+"""``plg analytics funnel|retention|north-star|activation|timeline``: questions to the analytics service.
+
+The CLI asks the running service over HTTP (the embedded store belongs to that one process): the URL from
+``--url`` or ``PLG_ANALYTICS_URL`` (default ``http://127.0.0.1:8086``), the operator token from
+``PLG_OPERATOR_TOKEN`` (``plg operators create NAME --role viewer``) — never from a flag, which would land
+in shell history and ``ps``.
+
+``plg analytics funnel --steps a,b,c [--customer C] [--window 7d] --format json`` prints exactly
+``{"steps": [{"name": "a", "count": N}, ...]}`` (plus ``"breakdown"`` when asked): a contract other tools
+read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import orjson
+
+DEFAULT_URL = "http://127.0.0.1:8086"
+
+
+class AnalyticsCliError(Exception):
+    """A problem the user can fix; the CLI prints it and exits 1."""
+
+
+def add_parser(groups: Any) -> None:
+    analytics = groups.add_parser("analytics", help="funnels, retention, north star (the analytics service)")
+    analytics.add_argument(
+        "--url", default=None, help=f"analytics service (default $PLG_ANALYTICS_URL or {DEFAULT_URL})"
+    )
+    commands = analytics.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, customer: bool = True) -> None:
+        if customer:
+            p.add_argument("--customer", help="only this customer")
+        p.add_argument("--since", help="ISO date/time or a duration back from now (90d); default 90d")
+        p.add_argument("--until", help="ISO date/time, exclusive; default now")
+        p.add_argument("--format", choices=("table", "json"), default="table")
+
+    funnel = commands.add_parser("funnel", help="ordered funnel: distinct persons per step")
+    funnel.add_argument("--steps", required=True, help="comma-separated event names, in order")
+    funnel.add_argument("--window", default="7d", help="conversion window (default 7d)")
+    funnel.add_argument("--breakdown", help="plan, or property:<name>")
+    common(funnel)
+    retention = commands.add_parser("retention", help="weekly retention cohorts")
+    retention.add_argument("--weeks", type=int, default=8)
+    retention.add_argument("--event", help="the activity that counts as retained (default: any event)")
+    common(retention)
+    common(commands.add_parser("north-star", help="the north-star metric per week (activation.yaml)"))
+    common(commands.add_parser("activation", help="activation rate per threshold (activation.yaml)"))
+    timeline = commands.add_parser("timeline", help="a customer's or a person's events, newest first")
+    timeline.add_argument("customer_id")
+    timeline.add_argument("--person")
+    timeline.add_argument("--limit", type=int, default=50)
+    common(timeline, customer=False)
+
+
+def request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The route and query parameters of the command."""
+    params: dict[str, Any] = {"since": args.since, "until": args.until}
+    if args.command == "funnel":
+        params |= {"steps": args.steps, "window": args.window, "breakdown": args.breakdown}
+        path = "/v1/analytics/funnel"
+    elif args.command == "retention":
+        params |= {"weeks": args.weeks, "event": args.event}
+        path = "/v1/analytics/retention"
+    elif args.command == "north-star":
+        path = "/v1/analytics/north-star"
+    elif args.command == "activation":
+        path = "/v1/analytics/activation"
+    else:
+        params |= {"person": args.person, "limit": args.limit}
+        return f"/v1/analytics/customers/{quote(args.customer_id, safe='')}/timeline", _clean(params)
+    params["customer"] = args.customer
+    return path, _clean(params)
+
+
+def _clean(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def ask(args: argparse.Namespace) -> dict[str, Any]:
+    token = os.environ.get("PLG_OPERATOR_TOKEN", "").strip()
+    if not token:
+        raise AnalyticsCliError(
+            "set PLG_OPERATOR_TOKEN to an operator token (`plg operators create NAME --role viewer`)"
+        )
+    base = (args.url or os.environ.get("PLG_ANALYTICS_URL") or DEFAULT_URL).rstrip("/")
+    path, params = request(args)
+    try:
+        response = httpx.get(
+            base + path, params=params, headers={"Authorization": f"Bearer {token}"}, timeout=60
+        )
+    except httpx.HTTPError as exc:
+        raise AnalyticsCliError(f"cannot reach the analytics service at {base}: {exc}") from None
+    try:
+        body = response.json()
+    except ValueError:
+        raise AnalyticsCliError(f"{base} answered {response.status_code} without JSON") from None
+    if response.status_code != 200:
+        raise AnalyticsCliError(f"{response.status_code} {body.get('code')}: {body.get('message')}")
+    return body  # type: ignore[no-any-return]
+
+
+def contract(args: argparse.Namespace, body: dict[str, Any]) -> dict[str, Any]:
+    """What ``--format json`` prints: for a funnel exactly its steps (and breakdown when asked)."""
+    if args.command == "funnel":
+        out: dict[str, Any] = {"steps": body["steps"]}
+        if "breakdown" in body:
+            out["breakdown"] = body["breakdown"]
+        return out
+    return body
+
+
+def run(args: argparse.Namespace) -> int:
+    body = ask(args)
+    if args.format == "json":
+        sys.stdout.write(orjson.dumps(contract(args, body)).decode() + "\n")
+        return 0
+    for line in table(args.command, body):
+        print(line)
+    return 0
+
+
+def table(command: str, body: dict[str, Any]) -> list[str]:
+    """A human reading of each answer."""
+    lines: list[str] = []
+    if command == "funnel":
+        first = body["steps"][0]["count"] if body["steps"] else 0
+        for step in body["steps"]:
+            share = f"{100 * step['count'] / first:5.1f} %" if first else "    -"
+            lines.append(f"{step['name']:40} {step['count']:>10}  {share}")
+        for group in body.get("breakdown") or []:
+            counts = " → ".join(str(s["count"]) for s in group["steps"])
+            lines.append(f"  {group['value'] or '(none)':38} {counts}")
+    elif command == "retention":
+        for cohort in body["cohorts"]:
+            shown = cohort["weeks"][: cohort["observed_weeks"]]
+            lines.append(f"{cohort['cohort']}  {cohort['size']:>7}  " + " ".join(f"{n:>6}" for n in shown))
+    elif command == "north-star":
+        lines.append(f"{body['metric']}: {body['event']} x {body['threshold']['count']}")
+        for week in body["weeks"]:
+            lines.append(
+                f"{week['week']}  events {week['events']:>8}  persons {week['persons']:>6}  "
+                f"reached {week['reached']:>6} (+{week['newly_reached']})"
+            )
+    elif command == "activation":
+        for t in body["thresholds"]:
+            lines.append(f"{t['name']:30} {t['activated']:>7} / {t['persons']:<7} {100 * t['rate']:5.1f} %")
+    else:
+        for event in body["events"]:
+            lines.append(f"{event['timestamp']}  {event['name']:32} {event['person'] or '-'}")
+    return lines

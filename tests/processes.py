@@ -1,0 +1,42 @@
+"""Services run as processes by end-to-end tests (``python -m <module>``), to SIGKILL and restart them."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Proc:
+    """A service run as ``python -m <module>`` with its output in a log file."""
+
+    def __init__(self, module: str, env: dict[str, str], log: Path) -> None:
+        self.module, self.env, self.log = module, env, log
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        out = self.log.open("ab")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", self.module], env=self.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+        )
+        return self
+
+    def kill(self) -> None:
+        assert self.popen is not None
+        self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait(10)
+
+    def terminate(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
