@@ -77,6 +77,11 @@ class Erasure:
         """True when ``person_id`` (any value a service holds as a person id) is one of the person's ids."""
         return isinstance(person_id, str) and person_hash(self.salt, person_id) in self.person_hashes
 
+    def matching(self, person_ids: Iterable[Any]) -> list[str]:
+        """The ids among ``person_ids`` (e.g. a store's distinct ids of the customer) that are the
+        person's: what to delete, for a store that deletes by clear id."""
+        return sorted({p for p in person_ids if self.matches(p)})
+
     def record(self) -> dict[str, Any]:
         """The ``privacy-erasures`` value (schemas/privacy_erasure.avsc)."""
         return {

@@ -38,6 +38,7 @@ def test_a_request_names_the_person_only_by_salted_hashes_and_matches_their_ids(
     assert not back.matches("u-2")
     assert not back.matches(None)
     assert not back.matches(42)
+    assert back.matching(["u-2", "u-1", None, "anon-1", "u-1"]) == ["anon-1", "u-1"]
 
 
 def test_the_identity_graph_forgets_the_person_their_links_and_merged_ids_only_for_that_customer() -> None:
