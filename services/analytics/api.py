@@ -15,12 +15,14 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 
+from services.analytics import pages as pages_html
 from services.analytics import queries
 from services.analytics.model import QueryError, parse_duration
 from services.analytics.resources import AnalyticsResources
 from services.analytics.store import StoreError
+from services.analytics.suggest import suggest
 from services.kernel.auth import Role, operator
 from services.kernel.http import HttpError
 
@@ -210,3 +212,118 @@ async def timeline(
         return queries.timeline(res.store, customer_id, person, limit, scope_of(res, since, until, None))
 
     return await answer(ask)
+
+
+@router.get("/activation/suggest", dependencies=[VIEWER], response_model=None, responses=ERRORS)
+async def activation_suggest(
+    res: Resources,
+    within: Annotated[str, Query(max_length=10, description="an account's first days counted (14d)")] = "14d",
+    retained_after: Annotated[
+        str, Query(max_length=10, description="retained: still active this long after its first event")
+    ] = "30d",
+    churn_event: Annotated[
+        list[str] | None, Query(max_length=200, description="events that mean churned (canceled, downgraded)")
+    ] = None,
+    min_accounts: Annotated[int, Query(ge=2, le=1_000_000)] = 50,
+    min_group: Annotated[int, Query(ge=1, le=1_000_000)] = 10,
+    since: Since = None,
+    until: Until = None,
+) -> Response:
+    """For every event accounts do: the count within their first days that best separates retained from
+    churned accounts, with lift, a 95 % interval and sample sizes — or why the data cannot tell."""
+
+    def ask() -> dict[str, Any]:
+        scope = scope_of(res, since, until, None)
+        within_days = max(1, parse_duration(within) // 86400)
+        after_days = max(1, parse_duration(retained_after) // 86400)
+        accounts = queries.accounts_for_suggestion(
+            res.store, scope, within_days, after_days, churn_event or []
+        )
+        events = sorted({name for a in accounts for name in a.counts})
+        found = suggest(accounts, events, min_accounts=min_accounts, min_group=min_group)
+        return {
+            "accounts": len(accounts),
+            "retained": sum(a.retained for a in accounts),
+            "within_days": within_days,
+            "retained_after_days": after_days,
+            "suggestions": [s.as_dict() for s in found],
+            "since": scope.since_ms,
+            "until": scope.until_ms,
+        }
+
+    return await answer(ask)
+
+
+# -- the console's pages -----------------------------------------------------------------------------------
+
+pages = APIRouter(prefix="/analytics", include_in_schema=False)
+
+
+async def _page(question: Callable[[], str]) -> HTMLResponse:
+    """A page; a question the operator can fix is shown on the page (400), a store problem too (503)."""
+    try:
+        return HTMLResponse(await run_in_threadpool(question))
+    except QueryError as exc:
+        return HTMLResponse(pages_html.error(str(exc)), status_code=400)
+    except StoreError as exc:
+        return HTMLResponse(pages_html.error(f"the analytics store failed: {exc}"), status_code=503)
+
+
+@pages.get("/funnel", dependencies=[VIEWER], response_class=HTMLResponse)
+async def funnel_page(
+    res: Resources,
+    steps: Annotated[str, Query(max_length=2000)] = "signed_up,project_created,team_invite_sent",
+    window: Annotated[str, Query(max_length=20)] = "7d",
+    breakdown: Annotated[str | None, Query(max_length=210)] = None,
+    customer: Customer = None,
+    since: Since = None,
+    until: Until = None,
+) -> HTMLResponse:
+    customer = customer or None
+    breakdown = breakdown or None
+
+    def render() -> str:
+        form = pages_html.funnel_form(steps, window, customer, breakdown)
+        try:
+            scope = scope_of(res, since, until, customer)
+            answer = queries.funnel(res.store, steps.split(","), parse_duration(window), scope, breakdown)
+        except QueryError as exc:
+            return pages_html.page("Funnel", "funnel", form + pages_html.error(str(exc)), res.health_url)
+        return pages_html.page("Funnel", "funnel", form + pages_html.funnel_chart(answer), res.health_url)
+
+    return await _page(render)
+
+
+@pages.get("/retention", dependencies=[VIEWER], response_class=HTMLResponse)
+async def retention_page(
+    res: Resources,
+    weeks: Annotated[int, Query(ge=1, le=52)] = 8,
+    customer: Customer = None,
+    since: Since = None,
+    until: Until = None,
+) -> HTMLResponse:
+    def render() -> str:
+        answer = queries.retention(res.store, scope_of(res, since, until, customer or None), weeks)
+        return pages_html.page(
+            "Weekly retention", "retention", pages_html.retention_heatmap(answer), res.health_url
+        )
+
+    return await _page(render)
+
+
+@pages.get("/north-star", dependencies=[VIEWER], response_class=HTMLResponse)
+async def north_star_page(
+    res: Resources, customer: Customer = None, since: Since = None, until: Until = None
+) -> HTMLResponse:
+    star = res.north_star()
+
+    def render() -> str:
+        if star is None:
+            body = pages_html.error("activation.yaml names no north_star threshold")
+        else:
+            scope = scope_of(res, since, until, customer or None)
+            answer = queries.north_star(res.store, scope, star.event, star.count, star.window_days, star.name)
+            body = pages_html.north_star_chart(answer)
+        return pages_html.page("North star", "north-star", body, res.health_url)
+
+    return await _page(render)

@@ -60,7 +60,7 @@ def open_resources(settings: AnalyticsSettings, life: Lifecycle, app: FastAPI) -
     workers = life.push(Workers(), "workers")  # stopped first, before the store it writes to closes
     workers.start("sink", loop.run)
     log.info("analytics starting", extra={"store": settings.store, "group": group})
-    return AnalyticsResources(store, activation, settings.default_days, loop, workers)
+    return AnalyticsResources(store, activation, settings.default_days, settings.health_url, loop, workers)
 
 
 def build_app(settings: AnalyticsSettings, lifecycle: Lifecycle | None = None) -> FastAPI:
@@ -88,5 +88,6 @@ def build_app(settings: AnalyticsSettings, lifecycle: Lifecycle | None = None) -
 
     ops_routes(app, readiness={"sink": sink_ready})
     app.include_router(api.router)
+    app.include_router(api.pages)
     install_error_handlers(app, service=SERVICE)
     return app

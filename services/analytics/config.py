@@ -34,3 +34,5 @@ class AnalyticsSettings(StreamServiceSettings):
     max_batch: int = Field(default=10_000, ge=1)
     # Default time range of a question without since/until: this many days back from now.
     default_days: int = Field(default=90, ge=1, le=3660)
+    # The CS dashboard's address, linked from the console's navigation.
+    health_url: str = "http://127.0.0.1:8084/"

@@ -22,6 +22,7 @@ from services.analytics.model import (
     retention_table,
 )
 from services.analytics.store import AnalyticsStore
+from services.analytics.suggest import Account
 
 DAY_MS = 86_400_000
 _PROPERTY_NAME_MAX = 200
@@ -275,3 +276,40 @@ def _step(step: FunnelStep) -> dict[str, Any]:
 
 def _range(scope: Scope) -> dict[str, Any]:
     return {"since": scope.since_ms, "until": scope.until_ms, "customer_id": scope.customer}
+
+
+def accounts_for_suggestion(
+    store: AnalyticsStore,
+    scope: Scope,
+    within_days: int,
+    retained_after_days: int,
+    churn_events: Sequence[str] = (),
+) -> list[Account]:
+    """One row per account (customer) whose first event lies in the scope and at least
+    ``retained_after_days`` before its end: retained when it was still active that many days after its
+    first event and did none of ``churn_events``; with its event counts in its first ``within_days``."""
+    params: dict[str, Any] = {
+        "within_ms": within_days * DAY_MS,
+        "after_ms": retained_after_days * DAY_MS,
+        "churn": list(churn_events),
+    }
+    where = scope.where(params, "e")
+    rows = store.engine.rows(
+        f"WITH firsts AS (SELECT customer_id, toUnixTimestamp64Milli(min(ts)) AS first_ms,"
+        f" toUnixTimestamp64Milli(max(ts)) AS last_ms, countIf(name IN {{churn:Array(String)}}) AS churned"
+        f" FROM {store.events} GROUP BY customer_id"
+        f" HAVING first_ms >= {{since:Int64}} AND first_ms + {{after_ms:Int64}} <= {{until:Int64}})"
+        f" SELECT f.customer_id AS customer_id,"
+        f" f.last_ms - f.first_ms >= {{after_ms:Int64}} AND f.churned = 0 AS retained, e.name AS name,"
+        f" countIf(toUnixTimestamp64Milli(e.ts) < f.first_ms + {{within_ms:Int64}}) AS n"
+        f" FROM {store.events} AS e INNER JOIN firsts AS f ON e.customer_id = f.customer_id"
+        f" WHERE {where}"
+        f" GROUP BY customer_id, retained, name",
+        params,
+    )
+    by_account: dict[str, tuple[bool, dict[str, int]]] = {}
+    for row in rows:
+        counts = by_account.setdefault(str(row["customer_id"]), (bool(row["retained"]), {}))[1]
+        if int(row["n"]):
+            counts[str(row["name"])] = int(row["n"])
+    return [Account(retained, counts) for retained, counts in by_account.values()]

@@ -15,6 +15,7 @@ class AnalyticsResources:
     store: AnalyticsStore
     activation: ActivationConfig
     default_days: int
+    health_url: str = "/"
     loop: AtLeastOnceLoop | None = None
     workers: Workers | None = None
 

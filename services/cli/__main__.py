@@ -17,6 +17,7 @@
     plg billing sync-meters | reconcile [--customer C] [--period YYYY-MM] [--no-stripe] [--all]
     plg analytics funnel --steps a,b,c [--customer C] [--window 7d] [--breakdown plan] [--format json]
     plg analytics retention | north-star | activation | timeline <customer-id>   (PLG_OPERATOR_TOKEN)
+    plg activation suggest [--since 90d] [--within 14d] [--retained-after 30d] [--churn-event E]
 
 Add ``--json`` before the command for machine-readable output. Migrations are applied first (idempotent),
 so the CLI works on a fresh database. Plan names are checked against the meters-and-plans config
@@ -123,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     billing.add_parser(groups)
     privacy.add_parser(groups)
     analytics.add_parser(groups)
+    analytics.add_activation_parser(groups)
 
     keys = groups.add_parser("keys", help="ingest API keys").add_subparsers(dest="command", required=True)
     kcreate = keys.add_parser("create", help="create a key and print it (once)")
@@ -203,7 +205,7 @@ _OPERATOR_COLS = ("operator_id", "name", "role", "created_at", "revoked_at")
 def run(args: argparse.Namespace) -> int:
     if args.group == "identity":
         return _identity(args)
-    if args.group == "analytics":  # asks the analytics service over HTTP: no database here
+    if args.group in ("analytics", "activation"):  # asks the analytics service over HTTP: no database
         try:
             return analytics.run(args)
         except analytics.AnalyticsCliError as exc:

@@ -1,4 +1,5 @@
-"""``plg analytics funnel|retention|north-star|activation|timeline``: questions to the analytics service.
+"""``plg analytics funnel|retention|north-star|activation|timeline`` and ``plg activation suggest``:
+questions to the analytics service.
 
 The CLI asks the running service over HTTP (the embedded store belongs to that one process): the URL from
 ``--url`` or ``PLG_ANALYTICS_URL`` (default ``http://127.0.0.1:8086``), the operator token from
@@ -13,13 +14,18 @@ read.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import orjson
+
+from services.activation import activation_path, load_activation
+from services.analytics.suggest import proposed_yaml
 
 DEFAULT_URL = "http://127.0.0.1:8086"
 
@@ -60,9 +66,47 @@ def add_parser(groups: Any) -> None:
     common(timeline, customer=False)
 
 
+def add_activation_parser(groups: Any) -> None:
+    activation = groups.add_parser(
+        "activation", help="activation thresholds learned from the analytics store"
+    )
+    activation.add_argument(
+        "--url", default=None, help=f"analytics service (default $PLG_ANALYTICS_URL or {DEFAULT_URL})"
+    )
+    commands = activation.add_subparsers(dest="command", required=True)
+    sug = commands.add_parser(
+        "suggest",
+        help="thresholds that separate retained from churned accounts, as a diff of activation.yaml",
+    )
+    sug.add_argument("--since", default="90d", help="accounts whose first event is this recent (default 90d)")
+    sug.add_argument("--until", help="ISO date/time, exclusive; default now")
+    sug.add_argument(
+        "--within", default="14d", help="an account's first days whose events count (default 14d)"
+    )
+    sug.add_argument("--retained-after", default="30d", help="retained: still active this long after (30d)")
+    sug.add_argument(
+        "--churn-event", action="append", default=[], help="an event that means churned (repeat)"
+    )
+    sug.add_argument("--min-accounts", type=int, default=50)
+    sug.add_argument("--min-group", type=int, default=10)
+    sug.add_argument(
+        "--file", default=None, help="activation.yaml to diff against (default $PLG_ACTIVATION_CONFIG)"
+    )
+    sug.add_argument("--format", choices=("table", "json"), default="table")
+
+
 def request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """The route and query parameters of the command."""
     params: dict[str, Any] = {"since": args.since, "until": args.until}
+    if args.group == "activation":
+        params |= {
+            "within": args.within,
+            "retained_after": args.retained_after,
+            "churn_event": args.churn_event or None,
+            "min_accounts": args.min_accounts,
+            "min_group": args.min_group,
+        }
+        return "/v1/analytics/activation/suggest", _clean(params)
     if args.command == "funnel":
         params |= {"steps": args.steps, "window": args.window, "breakdown": args.breakdown}
         path = "/v1/analytics/funnel"
@@ -122,6 +166,10 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         sys.stdout.write(orjson.dumps(contract(args, body)).decode() + "\n")
         return 0
+    if args.group == "activation":
+        for line in suggestion_report(body, args.file):
+            print(line)
+        return 0
     for line in table(args.command, body):
         print(line)
     return 0
@@ -155,4 +203,48 @@ def table(command: str, body: dict[str, Any]) -> list[str]:
     else:
         for event in body["events"]:
             lines.append(f"{event['timestamp']}  {event['name']:32} {event['person'] or '-'}")
+    return lines
+
+
+def suggestion_report(body: dict[str, Any], file: str | None) -> list[str]:
+    """The evidence per event, then the proposed change to activation.yaml as a unified diff (never
+    applied: a person reviews and commits it)."""
+    path = Path(file) if file else activation_path()
+    lines = [
+        f"{body['accounts']} accounts ({body['retained']} retained after "
+        f"{body['retained_after_days']} days); counts within their first {body['within_days']} days",
+        "",
+        f"{'event':32} {'count':>5} {'reached':>8} {'others':>7} {'kept':>6} {'vs':>6} {'lift':>6}  "
+        "95 % CI      verdict",
+    ]
+    for s in body["suggestions"]:
+        if s["verdict"] == "too_few":
+            lines.append(f"{s['event']:32} {'-':>5}{'':56}too few: {s['reason']}")
+            continue
+        lift = f"{s['lift']:.2f}" if s["lift"] is not None else "-"
+        lines.append(
+            f"{s['event']:32} {s['count']:>5} {s['reached']:>8} {s['not_reached']:>7} "
+            f"{100 * s['retention_reached']:5.1f}% {100 * s['retention_not_reached']:5.1f}% {lift:>6}  "
+            f"[{s['ci_low']:+.2f},{s['ci_high']:+.2f}] {s['verdict']}"
+        )
+    text = path.read_text()
+    config = load_activation(path)
+    current = {t.event for t in config.thresholds}
+    proposed = text
+    suggested = [s for s in body["suggestions"] if s["verdict"] == "suggested"]
+    chosen = [s for s in suggested if s["event"] in current] + [
+        s for s in suggested if s["event"] not in current
+    ][:1]
+    for s in chosen:
+        proposed = proposed_yaml(proposed, s["event"], int(s["count"]), int(body["within_days"]))
+    lines.append("")
+    if proposed == text:
+        lines.append("no change to propose: the data support no threshold (see the verdicts above)")
+        return lines
+    diff = difflib.unified_diff(
+        text.splitlines(), proposed.splitlines(), f"a/{path}", f"b/{path}", lineterm=""
+    )
+    lines.extend(diff)
+    lines.append("")
+    lines.append("Review it, then apply it yourself (this command never changes the file).")
     return lines

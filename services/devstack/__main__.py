@@ -26,9 +26,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m services.devstack", description=__doc__)
     parser.add_argument(
         "command",
-        choices=["up", "down", "run", "status", "provision", "install"],
+        choices=["up", "down", "run", "status", "provision", "install", "monitor"],
         help="up: start in the background; down: stop; run: foreground until Ctrl-C; status; "
         "provision: create topics and register schemas; "
+        "monitor: start Prometheus and Alertmanager scraping the running stack; "
         "install: fetch Kafka jars, PostgreSQL, stripe-mock, Chromium, the Go tools (compose-go, helm)",
     )
     parser.add_argument("--root", type=Path, help="data, logs and pid files (default .plg)")
@@ -38,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--registry-port", type=int)
     parser.add_argument("--stripe-mock-port", type=int)
     parser.add_argument("--stripe-mock-https-port", type=int)
+    parser.add_argument("--stripe-emulator-port", type=int)
     parser.add_argument(
         "--service-port",
         action="append",
@@ -61,6 +63,7 @@ def settings_from(args: argparse.Namespace) -> StackSettings:
         "registry_port",
         "stripe_mock_port",
         "stripe_mock_https_port",
+        "stripe_emulator_port",
     ):
         value = getattr(args, field)
         if value is not None:
@@ -110,8 +113,21 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "run":
             return stack.run()
+        if args.command == "monitor":
+            monitor = monitoring.Monitor(stack, monitoring.ports_of(settings))
+            monitor.up()
+            targets = monitor.wait_all_up(timeout=settings.start_timeout)
+            print(
+                f"Prometheus {monitor.prometheus_url} (alerts: {monitor.prometheus_url}/alerts), "
+                f"Alertmanager {monitor.alertmanager_url}; every target up:"
+            )
+            for target in sorted(targets, key=lambda t: str(t["labels"]["job"])):
+                print(f"  {target['labels']['job']:<20} {target['scrapeUrl']}")
+            print("stop with `make down`")
+            return 0
         if args.command == "down":
             started = time.monotonic()
+            monitoring.Monitor(stack, monitoring.ports_of(settings)).down()
             stack.down()
             print(f"plg stack stopped in {time.monotonic() - started:.1f}s")
             return 0

@@ -39,6 +39,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.kernel import metrics
 from services.kernel.errors import KafkaUnavailableError, SchemaRegistryUnavailableError
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,25 @@ class RequestOutcome:
 
 
 Observe = Callable[[RequestOutcome], None]
+
+# Every HTTP service's answer time by route template (low cardinality: no ids), for the latency panels
+# (e.g. the entitlement check's p99 in deploy/grafana). Unmatched paths share one label.
+REQUEST_SECONDS = metrics.histogram(
+    "plg_http_request_seconds",
+    "Time to answer an HTTP request, by service, route template and status class (2xx, 4xx, 5xx).",
+    ("service", "route", "status"),
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+def _timed(service: str, observe: Observe | None) -> Observe:
+    def record(outcome: RequestOutcome) -> None:
+        route = outcome.route or "unmatched"
+        REQUEST_SECONDS.labels(service, route, f"{outcome.status // 100}xx").observe(outcome.seconds)
+        if observe is not None:
+            observe(outcome)
+
+    return record
 
 
 def request_id_of(request: Request) -> str:
@@ -415,7 +435,7 @@ def install_error_handlers(
         service=service,
         error_body=error_body,
         media_type=media_type,
-        observe=observe,
+        observe=_timed(service, observe),
         body_timeout=body_timeout_seconds,
         errors={**DEFAULT_ERRORS, **(errors or {})},
     )

@@ -256,3 +256,50 @@ def test_routes_are_for_operators_and_the_cli_prints_the_funnel_contract(analyti
     )
     assert no_token.returncode == 1
     assert "PLG_OPERATOR_TOKEN" in no_token.stderr
+
+
+def test_the_console_pages_render_the_answers_in_chromium(
+    analytics: Analytics, stack, browser: Any, tmp_path
+) -> None:
+    customer = f"{analytics.prefix}gamma"
+    day = 86_400_000
+    start = int(time.time() * 1000) - 20 * day
+    events = []
+    # four persons sign up 20 days ago; three create a project, two invite; p1 and p2 come back weeks later
+    for n, person in ((3, "p1"), (3, "p2"), (2, "p3"), (1, "p4")):
+        for i, name in enumerate(["signed_up", "project_created", "team_invite_sent"][:n]):
+            events.append(enriched(customer, name, person=person, ts=start + i * 60_000))
+    for person in ("p1", "p2"):
+        for k in range(10):  # the north star: 10 core actions within 30 days
+            events.append(
+                enriched(customer, "core_action_completed", person=person, ts=start + day + k * 3_600_000)
+            )
+        events.append(enriched(customer, "api_call_made", person=person, ts=start + 15 * day))
+    analytics.start()
+    analytics.send(events)
+    token = operator_token(stack.database_url)
+    wait_for(lambda: analytics.inserted() >= len(events), timeout=30, what="events stored")
+    shots = Path(os.environ.get("ANALYTICS_SCREENSHOTS", str(tmp_path)))
+    context = browser.new_context(extra_http_headers={"Authorization": f"Bearer {token}"})
+    page = context.new_page()
+    page.goto(
+        f"{analytics.url}/analytics/funnel?steps=signed_up,project_created,team_invite_sent&customer={customer}&since=30d"
+    )
+    counts = page.eval_on_selector_all("#funnel g.step", "gs => gs.map(g => Number(g.dataset.count))")
+    assert counts == [4, 3, 2]
+    page.screenshot(path=str(shots / "analytics-funnel.png"), full_page=True)
+    page.goto(f"{analytics.url}/analytics/retention?customer={customer}&since=30d&weeks=4")
+    assert page.locator("#retention tr").count() >= 2
+    assert "100 %" in page.locator("#retention").inner_text()
+    page.screenshot(path=str(shots / "analytics-retention.png"), full_page=True)
+    page.goto(f"{analytics.url}/analytics/north-star?customer={customer}&since=30d")
+    assert page.locator("#north-star").get_attribute("data-reached") == "2"
+    page.screenshot(path=str(shots / "analytics-north-star.png"), full_page=True)
+    # a hostile step name is shown as text, never as markup
+    page.goto(f"{analytics.url}/analytics/funnel?steps=%3Cscript%3Ex%3C/script%3E,b&customer={customer}")
+    assert page.locator("#funnel script").count() == 0
+    context.close()
+    anonymous = browser.new_context().new_page()
+    response = anonymous.goto(f"{analytics.url}/analytics/funnel")
+    assert response is not None
+    assert response.status == 401

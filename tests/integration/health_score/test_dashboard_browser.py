@@ -8,14 +8,12 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from services.devstack import chromium
 from services.devstack.config import free_port
 from services.enrichment.app import build_app as build_enrichment
 from services.enrichment.config import EnrichmentSettings
@@ -30,20 +28,6 @@ pytestmark = pytest.mark.integration
 
 #: Where the screenshot goes (the test's own tmp dir unless HEALTH_SCREENSHOT names a file, e.g. the docs').
 SCREENSHOT_ENV = "HEALTH_SCREENSHOT"
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    path = chromium.find()
-    if path is None:
-        pytest.skip("Debian chromium is not installed (make install installs it as root)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(path), args=list(chromium.ARGS), headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def _event(name: str, user: str, **props: Any) -> dict[str, Any]:

@@ -203,3 +203,36 @@ def test_the_same_batch_inserted_twice_is_stored_once(chdb_path: Path) -> None:
         assert fresh.engine.rows("SELECT count() AS n FROM twice.events")[0]["n"] == 5
     finally:
         fresh.close()
+
+
+def test_accounts_for_suggestion_label_retention_and_count_the_first_days(chdb_path: Path) -> None:
+    fresh = open_store("chdb", chdb_path, None, database="suggestion")
+    try:
+        fresh.engine.command("TRUNCATE TABLE suggestion.events")
+        events = [
+            # stays: active 40 days after its first event; 3 projects in its first 7 days, 1 later
+            event("stays", "u", "signed_up", T),
+            *[event("stays", "u", "project_created", T + i * D) for i in range(3)],
+            event("stays", "u", "project_created", T + 10 * D),
+            event("stays", "u", "api_call_made", T + 40 * D),
+            # leaves: nothing after day 2
+            event("leaves", "u", "signed_up", T),
+            event("leaves", "u", "project_created", T + D),
+            # cancels: active on day 40, but canceled
+            event("cancels", "u", "signed_up", T),
+            event("cancels", "u", "subscription_canceled", T + 40 * D),
+            # too young: its first event is 10 days before the end, retention cannot be known yet
+            event("young", "u", "signed_up", T + 50 * D),
+        ]
+        fresh.insert_events([row_of(e, "t", 0, i) for i, e in enumerate(events)], None)
+        accounts = queries.accounts_for_suggestion(
+            fresh, queries.Scope(T - D, T + 60 * D), 7, 30, ["subscription_canceled"]
+        )
+        by_counts = sorted((a.retained, sorted(a.counts.items())) for a in accounts)
+        assert by_counts == [
+            (False, [("project_created", 1), ("signed_up", 1)]),
+            (False, [("signed_up", 1)]),
+            (True, [("project_created", 3), ("signed_up", 1)]),
+        ]
+    finally:
+        fresh.close()

@@ -1,0 +1,26 @@
+"""Headless Debian Chromium driven by Playwright, for every browser test (``make install`` installs the
+browser; ``playwright install`` cannot download one here). Import the fixture into a test module:
+``from tests.browser import browser  # noqa: F401``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from services.devstack import chromium
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    path = chromium.find()
+    if path is None:
+        pytest.skip("Debian chromium is not installed (make install installs it as root)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(path), args=list(chromium.ARGS), headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
