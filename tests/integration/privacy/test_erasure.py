@@ -124,6 +124,8 @@ def test_forget_erases_the_person_everywhere_and_later_events_start_a_new_histor
         ingest: RunningIngest = start_ingest()
         growth = start_growth()
         scores = health.start()
+        # the CS dashboard shows customers to operators only
+        viewer = {"Authorization": f"Bearer {admin_token(world, 'viewer')}"}
         now = int(time.time() * 1000)
 
         def track(name: str, **ids: str) -> dict[str, Any]:
@@ -164,7 +166,7 @@ def test_forget_erases_the_person_everywhere_and_later_events_start_a_new_histor
                 what="the person's activation crossed (enriched as their pseudonym)",
             )
         wait_for(lambda: tables_holding(url, [pseudonym]), timeout=60, what="the health facts of the person")
-        with httpx.Client(base_url=scores.url, timeout=10) as client:
+        with httpx.Client(base_url=scores.url, timeout=10, headers=viewer) as client:
             wait_for(
                 lambda: pseudonym in client.get(f"/customers/{customer}").text,
                 timeout=30,
@@ -210,7 +212,7 @@ def test_forget_erases_the_person_everywhere_and_later_events_start_a_new_histor
             assert all(s["status"] != "completed" for s in progress["steps"]), progress
             metrics = client.get("/metrics").text
             assert 'plg_privacy_erasures_applied_total{place="memory",service="growth"} 1.0' in metrics
-        with httpx.Client(base_url=scores.url, timeout=10) as client:
+        with httpx.Client(base_url=scores.url, timeout=10, headers=viewer) as client:
             wait_for(
                 lambda: pseudonym not in client.get(f"/customers/{customer}").text,
                 timeout=15,
