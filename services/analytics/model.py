@@ -120,18 +120,22 @@ def check_steps(steps: Sequence[str]) -> list[str]:
 
 
 def retention_table(rows: Iterable[Mapping[str, Any]], weeks: int) -> list[dict[str, Any]]:
-    """``(cohort, week, persons)`` rows → one entry per cohort week with its size and the persons still
-    active in each following week (0 where none were), ``weeks`` columns at most."""
+    """``(cohort, week, persons)`` rows → one entry per cohort week with its size (week ``-1``: every
+    person of the cohort) and the persons active in each week from the first (0 where none were),
+    ``weeks`` columns at most."""
     cohorts: dict[str, list[int]] = {}
+    sizes: dict[str, int] = {}
     for row in rows:
-        week = int(row["week"])
-        if week < 0 or week >= weeks:
-            continue
-        cohorts.setdefault(str(row["cohort"]), [0] * weeks)[week] = int(row["persons"])
+        week, cohort = int(row["week"]), str(row["cohort"])
+        if week == -1:
+            sizes[cohort] = int(row["persons"])
+            cohorts.setdefault(cohort, [0] * weeks)
+        elif 0 <= week < weeks:
+            cohorts.setdefault(cohort, [0] * weeks)[week] = int(row["persons"])
     out = []
     for cohort in sorted(cohorts):
         counts = cohorts[cohort]
-        size = counts[0]
+        size = sizes.get(cohort, counts[0])
         out.append(
             {
                 "cohort": cohort,
