@@ -13,7 +13,7 @@ from services.kernel.settings import StreamServiceSettings
 
 # Local defaults (docs/billing.md): stripe-mock of `make up` and a test-mode-looking key it accepts; the
 # webhook secret signs the local stack's test webhooks. None of them reaches a real Stripe account.
-LOCAL_STRIPE_API_BASE = "http://127.0.0.1:12111"
+LOCAL_STRIPE_API_BASE = "http://127.0.0.1:12120"  # the Stripe emulator of `make up`
 LOCAL_STRIPE_API_KEY = "sk_test_plglocal"  # stripe-mock accepts any sk_test_ key
 LOCAL_STRIPE_WEBHOOK_SECRET = "whsec_plg_local"  # noqa: S105 - a documented local default
 

@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--registry-port", type=int)
     parser.add_argument("--stripe-mock-port", type=int)
     parser.add_argument("--stripe-mock-https-port", type=int)
+    parser.add_argument("--stripe-emulator-port", type=int)
     parser.add_argument(
         "--service-port",
         action="append",
@@ -62,6 +63,7 @@ def settings_from(args: argparse.Namespace) -> StackSettings:
         "registry_port",
         "stripe_mock_port",
         "stripe_mock_https_port",
+        "stripe_emulator_port",
     ):
         value = getattr(args, field)
         if value is not None:

@@ -2,5 +2,5 @@
 
 Runs as its own process (``python -m services.entitlements``, port 8082) so request latency never queues
 behind the aggregator's CPU-bound batches; any number of replicas, each holding the current-period usage
-of every customer (read from ``usage-aggregates`` by the kernel's view reader). See docs/entitlements.md.
+of every customer (read from ``usage-periods`` by the kernel's view reader). See docs/entitlements.md.
 """

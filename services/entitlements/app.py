@@ -29,7 +29,7 @@ from services.kernel.http import RequestOutcome, install_error_handlers
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ops_routes
 from services.kernel.serde import SchemaRegistry
-from services.kernel.topics import USAGE_AGGREGATES, topic
+from services.kernel.topics import USAGE_PERIODS, topic
 from services.plans.loader import load_config
 from services.plans.periods import billing_period
 
@@ -126,7 +126,7 @@ def build_app(settings: EntitlementsSettings, lifecycle: Lifecycle | None = None
                 pool, settings.customers_refresh_seconds, negative_ttl=settings.unknown_customer_ttl_seconds
             )
             state["directory"] = life.push(directory.start(), "customers")
-            aggregates = topic(USAGE_AGGREGATES, settings.platform.topic_prefix).name
+            aggregates = topic(USAGE_PERIODS, settings.platform.topic_prefix).name
             view = UsageView(settings.kafka, aggregates, registry.decoder(), settings.periods_kept)
             # On the app's state: the readiness check and every request read it from there.
             fastapi_app.state.usage_view = life.push(view.start(), "usage view")
@@ -183,7 +183,7 @@ def build_app(settings: EntitlementsSettings, lifecycle: Lifecycle | None = None
                 return _error(
                     503,
                     "usage_view_not_ready",
-                    "the usage view is still catching up with usage-aggregates; retry shortly",
+                    "the usage view is still catching up with usage-periods; retry shortly",
                     {"Retry-After": "1"},
                 )
             period = billing_period(now_ms, customer.billing_anchor_day)

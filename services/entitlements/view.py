@@ -1,4 +1,4 @@
-"""Current billing-period usage of every customer, from ``usage-aggregates``, on the kernel's view reader.
+"""Current billing-period usage of every customer, from ``usage-periods``, on the kernel's view reader.
 
 The kernel's :class:`~services.kernel.processing.view.MaterializedView` reads the whole compacted topic
 (``read_committed``, every partition, from the beginning) and follows it; this module keeps, per customer

@@ -54,6 +54,7 @@ USAGE_EVENTS = "usage-events"
 USAGE_EVENTS_ENRICHED = "usage-events-enriched"
 USAGE_EVENTS_DLQ = "usage-events-dlq"
 USAGE_AGGREGATES = "usage-aggregates"
+USAGE_PERIODS = "usage-periods"
 ENTITLEMENT_EVENTS = "entitlement-events"
 BILLING_REPORTS = "billing-reports"
 BILLING_INVOICES = "billing-invoices"
@@ -91,7 +92,21 @@ PLATFORM_TOPICS: tuple[TopicSpec, ...] = (
         "usage_aggregate",
         cleanup_policy="compact",
         retention_ms=None,
-        description="Exactly-once running totals per customer, meter and window.",
+        description="Exactly-once running totals per customer, meter and window (minute and hour windows "
+        "are tombstoned after their retention by the aggregator's sweeper; see docs/metering.md).",
+    ),
+    TopicSpec(
+        USAGE_PERIODS,
+        6,
+        "usage_aggregate",
+        # Compacted, and deleted by age as a backstop: a period record is written at most ~5 min before
+        # its period starts, periods last at most 31 days, so 40 days never drops a current or just-closed
+        # period's latest total, and the topic holds at most ~3 periods per series whatever its age.
+        cleanup_policy="compact,delete",
+        retention_ms=40 * DAY_MS,
+        description="The ungrouped billing-period totals of usage-aggregates, for readers that need only "
+        "current periods (the entitlement view): bounded whatever the deployment's age.",
+        config={"segment.ms": str(DAY_MS)},
     ),
     TopicSpec(
         ENTITLEMENT_EVENTS,

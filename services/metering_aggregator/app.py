@@ -15,9 +15,10 @@ from services.kernel.ops import ReadinessCheck
 from services.kernel.processing import ExactlyOnceLoop, exactly_once_service
 from services.kernel.provision import admin_client
 from services.kernel.serde import SchemaRegistry
-from services.kernel.topics import METERING_CHANGELOG, USAGE_EVENTS, USAGE_EVENTS_DLQ, topic
+from services.kernel.topics import METERING_CHANGELOG, USAGE_AGGREGATES, USAGE_EVENTS, USAGE_EVENTS_DLQ, topic
 from services.metering_aggregator.config import MeteringSettings
 from services.metering_aggregator.processor import INPUTS, OUTPUTS, SERVICE, MeteringHandler, Topics
+from services.metering_aggregator.retention import RetentionSweeper
 from services.metering_aggregator.routing import home_partitioner
 from services.plans.loader import load_config
 
@@ -33,8 +34,14 @@ class AggregatorApp:
     lifecycle: Lifecycle
     readiness: Mapping[str, ReadinessCheck]
 
+    sweeper: RetentionSweeper | None = None
+
     def run(self, stop: threading.Event | None = None) -> None:
-        self.loop.run(stop or self.lifecycle.stop)
+        stop = stop or self.lifecycle.stop
+        if self.sweeper is not None:
+            sweeper = threading.Thread(target=self.sweeper.run, args=(stop,), name="retention", daemon=True)
+            sweeper.start()
+        self.loop.run(stop)
 
     def close(self) -> None:
         self.lifecycle.close()
@@ -106,4 +113,14 @@ def _build(settings: MeteringSettings, life: Lifecycle) -> AggregatorApp:
             "meters": [m.slug for m in config.meters],
         },
     )
-    return AggregatorApp(loop, handler, life, readiness)
+    sweeper = None
+    if settings.retention_sweep_interval_seconds > 0:
+        # One instance sweeps: the one holding input partition 0 (any other pass would repeat it).
+        sweeper = RetentionSweeper(
+            settings.kafka,
+            topic(USAGE_AGGREGATES, prefix).name,
+            settings.retention(),
+            settings.retention_sweep_interval_seconds,
+            active=lambda: (topics.usage_events, 0) in loop.assigned,
+        )
+    return AggregatorApp(loop, handler, life, readiness, sweeper)

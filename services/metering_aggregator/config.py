@@ -10,6 +10,8 @@ from pydantic_settings import SettingsConfigDict
 
 from services.kernel.settings import ExactlyOnceSettings
 from services.metering_aggregator.model import Rules
+from services.metering_aggregator.retention import RetentionPolicy
+from services.plans.periods import DAY_MS, HOUR_MS, MINUTE_MS
 
 
 class MeteringSettings(ExactlyOnceSettings):
@@ -50,10 +52,34 @@ class MeteringSettings(ExactlyOnceSettings):
     # Base of the upgrade link in threshold events and entitlement answers.
     upgrade_url: str = "http://127.0.0.1:3000/billing/upgrade"
 
+    # Retention by window size on usage-aggregates (docs/metering.md): expired windows are tombstoned by a
+    # sweep every ``retention_sweep_interval_seconds`` (0 turns the sweep off). Counted from the window's
+    # end; unset (null) keeps that size forever. Billing periods are kept by default: invoices need them.
+    minute_retention_hours: float | None = Field(default=48.0, gt=0)
+    hour_retention_days: float | None = Field(default=90.0, gt=0)
+    day_retention_days: float | None = Field(default=None, gt=0)
+    period_retention_days: float | None = Field(default=None, gt=0)
+    retention_sweep_interval_seconds: float = Field(default=3600.0, ge=0)
+
     @model_validator(mode="after")
     def _consistent(self) -> MeteringSettings:
         self.rules()  # raises when the dedup horizon is shorter than the grace
         return self
+
+    def retention(self) -> RetentionPolicy:
+        # A window is still written until its end + grace: expiring it sooner would only make the sweep and
+        # the aggregator take turns, so a retention under the grace (a backfill raises it) is raised to it.
+        floor = self.grace_seconds * 1000 + MINUTE_MS
+
+        def ms(value: float | None, unit_ms: int) -> int | None:
+            return None if value is None else max(floor, int(value * unit_ms))
+
+        return RetentionPolicy(
+            minute_ms=ms(self.minute_retention_hours, HOUR_MS),
+            hour_ms=ms(self.hour_retention_days, DAY_MS),
+            day_ms=ms(self.day_retention_days, DAY_MS),
+            period_ms=ms(self.period_retention_days, DAY_MS),
+        )
 
     def rules(self) -> Rules:
         return Rules(

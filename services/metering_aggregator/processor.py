@@ -27,11 +27,18 @@ from services.kernel.kafka import TopicPartition
 from services.kernel.processing import Batch, Emit, RetryBatch, StreamHandler
 from services.kernel.processing.state import restore_partitions
 from services.kernel.settings import KafkaSettings
-from services.kernel.topics import ENTITLEMENT_EVENTS, METERING_CHANGELOG, USAGE_AGGREGATES, USAGE_EVENTS
+from services.kernel.topics import (
+    ENTITLEMENT_EVENTS,
+    METERING_CHANGELOG,
+    USAGE_AGGREGATES,
+    USAGE_EVENTS,
+    USAGE_PERIODS,
+)
 from services.metering_aggregator.changelog import encode_value, restore
 from services.metering_aggregator.handlers import aggregate_record, threshold_record
 from services.metering_aggregator.model import PartitionState, Rules
 from services.plans.model import PlansConfig
+from services.plans.periods import Granularity
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +59,8 @@ SERVICE = "metering-aggregator"
 REROUTED = "rerouted"
 #: What the loop reads and writes (catalogue names; the changelog is schemaless JSON).
 INPUTS = (USAGE_EVENTS,)
-OUTPUTS = (USAGE_EVENTS, USAGE_AGGREGATES, ENTITLEMENT_EVENTS, METERING_CHANGELOG)
+OUTPUTS = (USAGE_EVENTS, USAGE_AGGREGATES, USAGE_PERIODS, ENTITLEMENT_EVENTS, METERING_CHANGELOG)
+_PERIOD = Granularity.BILLING_PERIOD
 
 
 @dataclass(frozen=True)
@@ -257,7 +265,11 @@ class MeteringHandler(StreamHandler):
         for partition, seq in first_offsets.items():
             drained = self.states[partition].drain(seq, self.directory.get)
             for w in drained.aggregates:
-                send_raw(USAGE_AGGREGATES, encode_aggregate(aggregate_record(w, now_ms)), w.key)
+                value = encode_aggregate(aggregate_record(w, now_ms))
+                send_raw(USAGE_AGGREGATES, value, w.key)
+                if w.granularity is _PERIOD and not w.series.group:
+                    # The small topic the entitlement view reads (current periods only, see topics.py).
+                    send_raw(USAGE_PERIODS, value, w.key)
             for key, value in drained.changelog:
                 # None is a tombstone (a superseded packed record), not the JSON null.
                 encoded = None if value is None else encode_value(value)

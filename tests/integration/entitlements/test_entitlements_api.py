@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from services.entitlements.view import UsageView
-from services.kernel.topics import USAGE_AGGREGATES
+from services.kernel.topics import USAGE_PERIODS
 from services.plans.periods import billing_period
 from tests.integration.metering.harness import Metering, now_ms, usage_event, wait_for
 
@@ -103,7 +103,7 @@ def test_meter_checks_are_refused_not_allowed_while_the_usage_view_is_still_catc
         # A replica whose view has not read the topic yet (e.g. just restarted): an empty view must not
         # turn "over the hard limit" into "allowed, usage 0".
         caught_up = app.state.usage_view
-        app.state.usage_view = UsageView(metering.kafka, metering.topic(USAGE_AGGREGATES), metering.decoder)
+        app.state.usage_view = UsageView(metering.kafka, metering.topic(USAGE_PERIODS), metering.decoder)
         response = client.get(f"/v1/entitlements/{c}/api_requests")
         assert response.status_code == 503, response.text
         assert response.json()["code"] == "usage_view_not_ready"
