@@ -7,13 +7,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from services.kernel.topics import HISTORICAL_PROPERTY
+
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 #: A funnel's conversion window may not exceed a year: longer is a retention question.
 MAX_WINDOW_SECONDS = 366 * 86400
-
-#: The property that marks an event as imported history (``POST /v1/import``): kept for analytics only.
-HISTORICAL_PROPERTY = "$historical"
 
 
 class QueryError(ValueError):

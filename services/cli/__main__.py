@@ -16,6 +16,7 @@
     plg analytics funnel --steps a,b,c [--customer C] [--window 7d] [--breakdown plan] [--format json]
     plg analytics retention | north-star | activation | timeline <customer-id>   (PLG_OPERATOR_TOKEN)
     plg activation suggest [--since 90d] [--within 14d] [--retained-after 30d] [--churn-event E]
+    plg import FILE [--url URL]   (PLG_API_KEY: the customer's secret key; history, never billed)
 
 Add ``--json`` before the command for machine-readable output. Migrations are applied first (idempotent),
 so the CLI works on a fresh database. Plan names are checked against the meters-and-plans config
@@ -33,7 +34,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from services.cli import analytics, billing, identity
+from services.cli import analytics, billing, identity, importing
 from services.cli import dlq as dead_letters
 from services.enrichment import store as success
 from services.ingest import store
@@ -114,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     billing.add_parser(groups)
     analytics.add_parser(groups)
     analytics.add_activation_parser(groups)
+    importing.add_parser(groups)
 
     keys = groups.add_parser("keys", help="ingest API keys").add_subparsers(dest="command", required=True)
     kcreate = keys.add_parser("create", help="create a key and print it (once)")
@@ -194,6 +196,11 @@ _OPERATOR_COLS = ("operator_id", "name", "role", "created_at", "revoked_at")
 def run(args: argparse.Namespace) -> int:
     if args.group == "identity":
         return _identity(args)
+    if args.group == "import":  # through ingest's HTTP API, as the customer's key: no database
+        try:
+            return importing.run(args)
+        except importing.ImportFailed as exc:
+            raise CliError(str(exc)) from None
     if args.group in ("analytics", "activation"):  # asks the analytics service over HTTP: no database
         try:
             return analytics.run(args)
