@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 import orjson
-from fastapi import FastAPI, Query
+from fastapi import Depends, FastAPI, Query
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -36,15 +36,18 @@ from services.health_score.registry import HealthConfig, load_config, summary
 from services.health_score.sender import AlertSender
 from services.health_score.serving import Hub, ServingCache, detail
 from services.health_score.store import HealthStore
-from services.kernel import db
+from services.kernel import auth, db, login
 from services.kernel.http import HttpError, install_error_handlers
 from services.kernel.kafka import Producer
 from services.kernel.lifecycle import Lifecycle
+from services.kernel.login import BrowserLogin, PageCaller
+from services.kernel.oidc import OidcClient
 from services.kernel.ops import ops_routes
 from services.kernel.processing import AtLeastOnceLoop, at_least_once
 from services.kernel.processing.view import MaterializedView
 from services.kernel.serde import SchemaRegistry
 from services.kernel.service import ConfigFile
+from services.kernel.sessions import SessionStore
 from services.kernel.topics import (
     CUSTOMER_ALERTS,
     CUSTOMER_HEALTH,
@@ -137,6 +140,12 @@ class ErrorOut(BaseModel):
     request_id: str
 
 
+# The CS dashboard, its list API and its live stream show every customer: operators only (a token, or the
+# browser session of a signed-in operator). Pages send a browser without a session to the login page.
+CS_VIEWER: Any = Depends(auth.operator(auth.Role.viewer))
+CS_PAGE: Any = Depends(login.operator_page(auth.Role.viewer))
+
+
 def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> FastAPI:
     config: HealthConfig = load_config(settings.config_path)
     life = lifecycle or Lifecycle(SERVICE)
@@ -149,8 +158,15 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
     async def lifespan(fastapi_app: FastAPI) -> AsyncIterator[None]:
         try:
             await run_in_threadpool(start)
+            auth.install(fastapi_app, state["authenticator"])
+            login.install(fastapi_app, state["browser_login"])
             yield
         finally:
+            login.install(fastapi_app, None)
+            auth.install(fastapi_app, None)
+            browser_login: BrowserLogin | None = state.get("browser_login")
+            if browser_login is not None:
+                await browser_login.aclose()
             await run_in_threadpool(life.close)
 
     def start() -> None:
@@ -161,6 +177,12 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
             db.migrate(settings.database.url.get_secret_value())
         registry = life.push(SchemaRegistry(settings.registry), "schema registry")
         pool = life.push(db.open_pool(settings.database, name=SERVICE), "database pool")
+        authenticator = auth.open_authenticator(lambda: pool.connection(timeout=5), settings.auth)
+        sessions = SessionStore(lambda: pool.connection(timeout=5), settings.sessions)
+        authenticator.sessions = sessions.resolve  # a signed-in browser is an operator credential
+        state["authenticator"] = authenticator
+        oidc = OidcClient(settings.oidc) if settings.oidc.enabled else None
+        state["browser_login"] = BrowserLogin(sessions, oidc, settings.oidc)
         store = HealthStore(pool, f"{prefix}{settings.group_id}")
         state["store"] = store
         cache.load_history(store.history(day_of(int(time.time() * 1000)) - settings.history_days))
@@ -253,6 +275,7 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
         response_model=None,
         responses={200: {"model": ListOut}, 422: {"model": ErrorOut, "description": "Invalid parameter"}},
         summary="Customers by risk",
+        dependencies=[CS_VIEWER],
     )
     async def list_health(
         band: Literal["red", "yellow", "green"] | None = None,
@@ -279,6 +302,7 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
             }
         },
         summary="Live updates (SSE)",
+        dependencies=[CS_VIEWER],
     )
     async def stream(
         request: Request, customer: str | None = Query(default=None, max_length=200)
@@ -322,11 +346,11 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
         return Response(orjson.dumps(detail(record, cache.history.get(customer_id, []))), media_type=_JSON)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def overview() -> HTMLResponse:
-        return HTMLResponse(dashboard.overview(cache.ranked()))
+    async def overview(caller: PageCaller = CS_PAGE) -> HTMLResponse:
+        return HTMLResponse(dashboard.overview(cache.ranked(), who=caller.header()))
 
     @app.get("/customers/{customer_id}", response_class=HTMLResponse, include_in_schema=False)
-    async def customer_page(customer_id: str) -> HTMLResponse:
+    async def customer_page(customer_id: str, caller: PageCaller = CS_PAGE) -> HTMLResponse:
         record = cache.latest.get(customer_id)
         return HTMLResponse(
             dashboard.customer_page(
@@ -336,8 +360,12 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
                 list(cache.events.get(customer_id, [])),
                 list(cache.alerts.get(customer_id, [])),
                 list(cache.plan_usage.get(customer_id, {}).values()),
+                who=caller.header(),
             )
         )
+
+    app.include_router(login.router())
+    login.install_handlers(app)
 
     install_error_handlers(app, service=SERVICE)
     return app

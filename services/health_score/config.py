@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from services.kernel.oidc import OidcSettings
+from services.kernel.sessions import SessionSettings
 from services.kernel.settings import StreamServiceSettings
 
 
@@ -36,3 +38,7 @@ class HealthSettings(StreamServiceSettings):
     gil_switch_interval_seconds: float = Field(default=0.001, gt=0, le=0.1)
     # Apply migrations at start (the stack does it too; safe to repeat).
     migrate: bool = True
+    # The CS dashboard's sign-in: browser sessions (PLG_SESSION_*) and single sign-on (PLG_OIDC_*; off
+    # while PLG_OIDC_ISSUER is unset, then operators sign in with a token).
+    sessions: SessionSettings = Field(default_factory=SessionSettings)
+    oidc: OidcSettings = Field(default_factory=OidcSettings)
