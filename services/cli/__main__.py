@@ -8,6 +8,8 @@
     plg operators create <name> --role viewer|editor|admin   # prints the token once: it is not stored
     plg operators list | revoke <name-or-id>
     plg customers update <id> [--support-tier T] [--csm NAME | --no-csm] [--billing-status S]
+    plg customers suspend <id> --reason R [--hours H] | unsuspend <id> [--exempt-hours H]
+    plg customers cost [--plan P] [--cpu-us-per-event US]
     plg tickets open <customer-id> <subject> [--priority P] | close <customer-id> [<ticket-id>...|--all]
     plg tickets list <customer-id> [--all]
     plg dlq list [--reason R] [--since T] | show <[partition:]offset> | replay [--reason R] [--since T]
@@ -33,7 +35,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from services.cli import analytics, billing, identity
+from services.cli import analytics, billing, identity, metering
 from services.cli import dlq as dead_letters
 from services.enrichment import store as success
 from services.ingest import store
@@ -75,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     csm.add_argument("--csm", help="the customer-success manager who owns the account")
     csm.add_argument("--no-csm", action="store_true", help="remove the CSM owner")
     update.add_argument("--billing-status", choices=success.BILLING_STATUSES)
+    metering.add_parsers(customers)
 
     tickets = groups.add_parser("tickets", help="support tickets").add_subparsers(
         dest="command", required=True
@@ -225,6 +228,11 @@ def _dispatch(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
         return _dlq(args, conn)
     if args.group == "operators":
         return _operators(args, conn)
+    if args.group == "customers" and args.command in metering.COMMANDS:
+        try:
+            return metering.run(args, conn)
+        except metering.Refused as exc:
+            raise CliError(str(exc)) from None
     if args.group == "customers" and args.command == "update":
         context = success.update_customer(
             conn,

@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 
+from services.customers import suspension
 from services.health_score import dashboard
 from services.health_score.config import HealthSettings
 from services.health_score.model import day_of
@@ -163,6 +164,7 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
         pool = life.push(db.open_pool(settings.database, name=SERVICE), "database pool")
         store = HealthStore(pool, f"{prefix}{settings.group_id}")
         state["store"] = store
+        state["pool"] = pool
         cache.load_history(store.history(day_of(int(time.time() * 1000)) - settings.history_days))
         builder = FactsBuilder(config, seats_limits(settings.plans_path))
         sink = HealthSink(
@@ -323,7 +325,10 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def overview() -> HTMLResponse:
-        return HTMLResponse(dashboard.overview(cache.ranked()))
+        # The abuse guard's suspended and suspected customers (PostgreSQL, a small indexed read per view).
+        pool = state.get("pool")
+        abuse = [] if pool is None else await run_in_threadpool(_abuse_rows, pool)
+        return HTMLResponse(dashboard.overview(cache.ranked(), abuse))
 
     @app.get("/customers/{customer_id}", response_class=HTMLResponse, include_in_schema=False)
     async def customer_page(customer_id: str) -> HTMLResponse:
@@ -341,3 +346,8 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
 
     install_error_handlers(app, service=SERVICE)
     return app
+
+
+def _abuse_rows(pool: Any) -> list[dict[str, Any]]:
+    with pool.connection() as conn:
+        return suspension.abuse_overview(conn)

@@ -62,6 +62,7 @@ CUSTOMER_HEALTH = "customer-health"
 CUSTOMER_ALERTS = "customer-alerts"
 IDENTITY_LINKS = "identity-links"
 ACTIVATION_EVENTS = "activation-events"
+ABUSE_SIGNALS = "abuse-signals"
 
 # Compacted topics keep the latest value per key forever; "delete" topics keep records for retention.ms.
 PLATFORM_TOPICS: tuple[TopicSpec, ...] = (
@@ -158,6 +159,14 @@ PLATFORM_TOPICS: tuple[TopicSpec, ...] = (
         "activation_event",
         retention_ms=35 * DAY_MS,
         description="Activation thresholds crossed, once per person (or customer) and threshold (growth).",
+    ),
+    TopicSpec(
+        ABUSE_SIGNALS,
+        3,
+        "abuse_signal",
+        retention_ms=90 * DAY_MS,
+        description="Free-tier abuse guard: per-customer anomalies and cap breaches with their evidence "
+        "(metering); a signal whose action is suspend suspends the customer.",
     ),
 )
 
