@@ -21,7 +21,7 @@ import pytest
 from pydantic import SecretStr
 
 from services.devstack.config import private_settings
-from services.devstack.stack import KAFKA, POSTGRES, REGISTRY, STRIPE_MOCK, Stack
+from services.devstack.stack import KAFKA, POSTGRES, REGISTRY, STRIPE_EMULATOR, STRIPE_MOCK, Stack
 from services.kernel.provision import admin_client, provision_all
 from services.kernel.settings import DatabaseSettings, KafkaSettings, SchemaRegistrySettings
 from services.kernel.topics import TopicSpec, catalogue
@@ -59,6 +59,7 @@ class StackEndpoints:
     database_url: str
     data_dir: Path | None = None
     stripe_mock_url: str | None = None
+    stripe_emulator_url: str | None = None
 
 
 def _keep_dirs() -> bool:
@@ -74,7 +75,7 @@ def stack() -> Iterator[StackEndpoints]:
     root = Path(tempfile.mkdtemp(prefix="plg-test-stack-"))
     private = Stack(
         private_settings(root),
-        components=(POSTGRES, KAFKA, REGISTRY, STRIPE_MOCK),
+        components=(POSTGRES, KAFKA, REGISTRY, STRIPE_MOCK, STRIPE_EMULATOR),
         provision=False,
         say=_stack_report.append,
         tied_to_this_process=True,
@@ -85,7 +86,12 @@ def stack() -> Iterator[StackEndpoints]:
         f"({', '.join(f'{k} {v:.1f}s' for k, v in private.timings.items())})"
     )
     endpoints = StackEndpoints(
-        private.kafka_bootstrap, private.registry_url, private.database_url, root, private.stripe_api_base
+        private.kafka_bootstrap,
+        private.registry_url,
+        private.database_url,
+        root,
+        private.stripe_api_base,
+        private.stripe_emulator_url,
     )
     # Code under test that reads its settings from the environment (and services started as processes)
     # must find this stack, not whatever the developer's shell points at.

@@ -3,6 +3,10 @@ was sent, per customer and meter for one billing period, in whole units (what St
 
 ``plg billing reconcile [--customer C] [--period YYYY-MM]`` prints every row that differs and exits 1 if
 any does. Pending reports (not delivered yet) count as a difference: the run is a statement about now.
+Usage that is not due at Stripe yet — a window that has not closed and settled, a window whose late
+correction is still being coalesced, a level that changed within its reporting interval — is shown as
+``open`` and compared on a later run, not counted as a difference (otherwise every run during traffic
+would fail on the current hour).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class Line:
     pending: Decimal = ZERO
     stripe: Decimal | None = None  # None: not asked (no Stripe customer or meter)
     linked: bool = True  # has a Stripe customer: its usage is reported
+    open: Decimal = ZERO  # counted but not due at Stripe yet (left out of the four columns above)
 
     @property
     def agrees(self) -> bool:
@@ -57,6 +62,7 @@ class Line:
             "pending": str(self.pending),
             "stripe": None if self.stripe is None else str(self.stripe),
             "linked": self.linked,
+            "open": str(self.open),
             "agrees": self.agrees,
         }
 
@@ -96,6 +102,20 @@ def read_aggregates(
     return latest
 
 
+WINDOW_MS = {"MINUTE": 60_000, "HOUR": 3_600_000, "DAY": 86_400_000}
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """When counted usage is due at Stripe (the reporter's settings): a window ``settle_ms`` after it
+    ends and ``correction_ms`` after its last change; a level ``level_ms`` + ``settle_ms`` after its last
+    change."""
+
+    settle_ms: int = 0
+    correction_ms: int = 0
+    level_ms: int = 0
+
+
 def reconcile(
     conn: psycopg.Connection[Any],
     aggregates: dict[tuple[str, str, str, int], Decimal],
@@ -108,10 +128,13 @@ def reconcile(
     customer: str | None = None,
     month: str | None = None,
     now_ms: int | None = None,
+    due: Due = Due(),
 ) -> list[Line]:
     """Sum meters compare window totals and delivered differences; level meters (``levels``) compare the
-    period's value with the last delivered level (what Stripe's ``last`` meter holds)."""
+    period's value with the last delivered level (what Stripe's ``last`` meter holds). Usage not due yet
+    (``due``) is left out of the comparison and shown as ``open``."""
     now_ms = now_ms or int(time.time() * 1000)
+    width = WINDOW_MS.get(granularity, 0)
     wanted = sorted(meters)
     customers = conn.execute(
         "SELECT customer_id, billing_anchor_day, stripe_customer_id FROM customers"
@@ -123,60 +146,127 @@ def reconcile(
     lines: list[Line] = []
     for customer_id, anchor, stripe_id in customers:
         period = period_of(month, anchor, now_ms)
-        usage = dict(
-            conn.execute(
-                "SELECT meter, sum(floor(value)) FROM billing_usage WHERE ledger = %s AND customer_id = %s"
+        usage: dict[tuple[str, int], Decimal] = {
+            (meter, int(start)): Decimal(value)
+            for meter, start, value in conn.execute(
+                "SELECT meter, window_start, floor(value) FROM billing_usage WHERE ledger = %s"
+                " AND customer_id = %s"
                 " AND ((granularity = %s AND meter <> ALL(%s)) OR (granularity = %s AND meter = ANY(%s)))"
-                " AND window_start >= %s AND window_start < %s GROUP BY 1",
+                " AND window_start >= %s AND window_start < %s",
                 (ledger, customer_id, granularity, list(levels), PERIOD, list(levels),
                  period.start_ms, period.end_ms),
             ).fetchall()
-        )  # fmt: skip
+        }  # fmt: skip
         reports = _reports(conn, ledger, customer_id, period, levels)
+        changed = _last_changes(conn, ledger, customer_id, period)
         for meter in wanted:
             level = meter in levels
-            counted = sum(
-                (
-                    whole(v)
-                    for (c, m, g, s), v in aggregates.items()
-                    if c == customer_id and m == meter and g == (PERIOD if level else granularity)
-                    and period.contains(s)
-                ),
-                ZERO,
-            )  # fmt: skip
+            wanted_granularity = PERIOD if level else granularity
+            windows = {
+                s: whole(v)
+                for (c, m, g, s), v in aggregates.items()
+                if c == customer_id and m == meter and g == wanted_granularity and period.contains(s)
+            }
+            # Windows (a level: the period) whose usage is not due at Stripe yet.
+            not_due = set()
+            for start in windows.keys() | {s for (m, s) in changed if m == meter}:
+                last_change = changed.get((meter, start), 0)
+                if level:
+                    if linked_level_open(last_change, due, now_ms):
+                        not_due.add(start)
+                elif start + width + due.settle_ms > now_ms or last_change + due.correction_ms > now_ms:
+                    not_due.add(start)
+            open_windows = frozenset(not_due)
             line = Line(
                 customer_id,
                 meter,
                 period,
-                aggregates=counted,
-                ledger_usage=Decimal(usage.get(meter) or 0),
-                delivered=reports.get((meter, "delivered"), ZERO),
-                pending=reports.get((meter, "pending"), ZERO),
+                aggregates=sum((v for s, v in windows.items() if s not in open_windows), ZERO),
+                ledger_usage=Decimal(
+                    sum((v for (m, s), v in usage.items() if m == meter and s not in open_windows), ZERO)
+                ),
+                delivered=_sum(reports, meter, "delivered", open_windows, level),
+                pending=_sum(reports, meter, "pending", open_windows, level),
                 linked=bool(stripe_id),
+                open=sum((v for s, v in windows.items() if s in open_windows), ZERO),
             )
             if stripe_id and gateway is not None and meter in stripe_meters:
-                line.stripe = Decimal(
+                total = Decimal(
                     gateway.meter_event_total(
                         stripe_meters[meter], stripe_id, period.start_ms // 1000, period.end_ms // 1000
                     )
                 )
-            if line.aggregates or line.ledger_usage or line.delivered or line.pending or line.stripe:
+                # What Stripe holds for windows still open is compared on a later run.
+                line.stripe = (
+                    total if level else total - _sum(reports, meter, "delivered", None, level, open_windows)
+                )
+                if level and open_windows:
+                    line.stripe = line.delivered
+            if (
+                line.aggregates
+                or line.ledger_usage
+                or line.delivered
+                or line.pending
+                or line.stripe
+                or line.open
+            ):
                 lines.append(line)
     return lines
 
 
-def _reports(
-    conn: psycopg.Connection[Any], ledger: str, customer_id: str, period: Period, levels: Collection[str]
-) -> dict[tuple[str, str], Decimal]:
-    """(meter, status) → what the ledger says Stripe has: the sum of differences for sum meters, the
-    latest level for level meters (pending: the level still to deliver)."""
-    out: dict[tuple[str, str], Decimal] = {}
+def linked_level_open(last_change_ms: int, due: Due, now_ms: int) -> bool:
+    """A level that changed within its reporting interval (plus the settle delay) is not due yet."""
+    return last_change_ms + due.level_ms + due.settle_ms > now_ms
+
+
+def _last_changes(
+    conn: psycopg.Connection[Any], ledger: str, customer_id: str, period: Period
+) -> dict[tuple[str, int], int]:
+    """(meter, window start) → when the ledger last saw its aggregate change (epoch ms)."""
     rows = conn.execute(
-        "SELECT meter, status, revision, quantity FROM billing_reports WHERE ledger = %s AND customer_id = %s"
-        " AND window_start >= %s AND window_start < %s ORDER BY meter, revision",
+        "SELECT meter, window_start, updated_at FROM billing_usage WHERE ledger = %s AND customer_id = %s"
+        " AND window_start >= %s AND window_start < %s",
         (ledger, customer_id, period.start_ms, period.end_ms),
     ).fetchall()
-    for meter, status, _revision, quantity in rows:
-        key = (meter, status)
-        out[key] = Decimal(quantity) if meter in levels else out.get(key, ZERO) + Decimal(quantity)
+    out: dict[tuple[str, int], int] = {}
+    for meter, start, updated in rows:
+        key = (meter, int(start))
+        out[key] = max(out.get(key, 0), int(updated))
     return out
+
+
+Reports = dict[tuple[str, str, int], list[tuple[int, Decimal]]]
+
+
+def _reports(
+    conn: psycopg.Connection[Any], ledger: str, customer_id: str, period: Period, levels: Collection[str]
+) -> Reports:
+    """(meter, status, window start) → its reports' (revision, quantity), oldest revision first."""
+    out: Reports = {}
+    rows = conn.execute(
+        "SELECT meter, status, window_start, revision, quantity FROM billing_reports WHERE ledger = %s"
+        " AND customer_id = %s AND window_start >= %s AND window_start < %s ORDER BY meter, revision",
+        (ledger, customer_id, period.start_ms, period.end_ms),
+    ).fetchall()
+    for meter, status, start, revision, quantity in rows:
+        out.setdefault((meter, status, int(start)), []).append((int(revision), Decimal(quantity)))
+    return out
+
+
+def _sum(
+    reports: Reports, meter: str, status: str, excluded: Collection[int] | None, level: bool,
+    only: Collection[int] | None = None,
+) -> Decimal:  # fmt: skip
+    """What the ledger says Stripe has (or is still to get): the sum of differences for a sum meter, the
+    latest level for a level meter; windows in ``excluded`` left out, or only those in ``only``."""
+    total = ZERO
+    for (m, st, start), revisions in reports.items():
+        if m != meter or st != status:
+            continue
+        if (excluded is not None and start in excluded) or (only is not None and start not in only):
+            continue
+        if level:
+            total = max(revisions)[1]
+        else:
+            total += sum((q for _, q in revisions), ZERO)
+    return total

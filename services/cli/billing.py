@@ -12,10 +12,10 @@ import orjson
 import psycopg
 import stripe
 
-from services.billing_reporter.app import level_meters, reportable_meters
+from services.billing_reporter.app import WINDOW_SECONDS, level_meters, reportable_meters
 from services.billing_reporter.config import BillingSettings
 from services.billing_reporter.meters import sync_meters
-from services.billing_reporter.reconcile import read_aggregates, reconcile
+from services.billing_reporter.reconcile import Due, read_aggregates, reconcile
 from services.billing_reporter.stripe_gateway import StripeGateway
 from services.plans.loader import load_config
 
@@ -47,6 +47,16 @@ def create_stripe_customer(customer_id: str, name: str | None) -> str:
     )
 
 
+def due_after(settings: BillingSettings) -> Due:
+    """When the reporter sends what it counted: after the settle delay and its next planning pass."""
+    level = settings.level_interval_seconds
+    return Due(
+        settle_ms=int((settings.settle_seconds + settings.plan_interval_seconds) * 1000),
+        correction_ms=int(settings.correction_interval_seconds * 1000),
+        level_ms=int((WINDOW_SECONDS[settings.report_granularity] if level is None else level) * 1000),
+    )
+
+
 def run(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
     settings = BillingSettings()
     config = load_config(settings.config_path)
@@ -72,6 +82,7 @@ def run(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
             gateway=None if args.no_stripe else gateway(settings),
             customer=args.customer,
             month=args.period,
+            due=due_after(settings),
         )
     except stripe.StripeError as exc:
         print(f"error: Stripe: {exc.user_message or type(exc).__name__}", file=sys.stderr)
@@ -92,6 +103,7 @@ def run(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
             "delivered",
             "pending",
             "stripe",
+            "open",
         )
         rows = [[str(ln.to_dict()[c] if ln.to_dict()[c] is not None else "-") for c in cols] for ln in shown]
         widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]

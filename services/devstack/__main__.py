@@ -30,7 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="up: start in the background; down: stop; run: foreground until Ctrl-C; status; "
         "provision: create topics and register schemas; "
         "monitor: start Prometheus and Alertmanager scraping the running stack; "
-        "install: fetch Kafka jars, PostgreSQL, stripe-mock, Chromium, the Go tools (compose-go, helm)",
+        "install: fetch Kafka jars, PostgreSQL, stripe-mock, Chromium, the Go tools (compose-go, helm, "
+        "the tests' OIDC provider)",
     )
     parser.add_argument("--root", type=Path, help="data, logs and pid files (default .plg)")
     parser.add_argument("--kafka-port", type=int)
@@ -39,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--registry-port", type=int)
     parser.add_argument("--stripe-mock-port", type=int)
     parser.add_argument("--stripe-mock-https-port", type=int)
+    parser.add_argument("--stripe-emulator-port", type=int)
     parser.add_argument(
         "--service-port",
         action="append",
@@ -62,6 +64,7 @@ def settings_from(args: argparse.Namespace) -> StackSettings:
         "registry_port",
         "stripe_mock_port",
         "stripe_mock_https_port",
+        "stripe_emulator_port",
     ):
         value = getattr(args, field)
         if value is not None:

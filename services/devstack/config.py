@@ -40,6 +40,8 @@ class StackSettings(BaseSettings):
     # stripe-mock's two listeners (it always serves both HTTP and HTTPS).
     stripe_mock_port: int = 12111
     stripe_mock_https_port: int = 12112
+    # The stateful Stripe emulator (services/stripe_emulator): what the stack's billing talks to.
+    stripe_emulator_port: int = 12120
     # `make monitor`: Prometheus and Alertmanager (9093 is Kafka's controller port, hence 9095).
     prometheus_port: int = 9090
     alertmanager_port: int = 9095
@@ -67,6 +69,10 @@ class StackSettings(BaseSettings):
     @property
     def stripe_mock_url(self) -> str:
         return f"http://{self.host}:{self.stripe_mock_port}"
+
+    @property
+    def stripe_emulator_url(self) -> str:
+        return f"http://{self.host}:{self.stripe_emulator_port}"
 
     @property
     def logs_dir(self) -> Path:
@@ -106,7 +112,7 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 def private_settings(root: Path, *, with_apps: bool = False, **overrides: object) -> StackSettings:
     """Settings for a throwaway stack under ``root`` on free ports (tests), sharing the broker's jars."""
-    kafka, controller, postgres, registry, stripe_http, stripe_https = free_ports(6)
+    kafka, controller, postgres, registry, stripe_http, stripe_https, emulator = free_ports(7)
     values: dict[str, object] = {
         "root": root,
         "kafka_port": kafka,
@@ -115,6 +121,7 @@ def private_settings(root: Path, *, with_apps: bool = False, **overrides: object
         "registry_port": registry,
         "stripe_mock_port": stripe_http,
         "stripe_mock_https_port": stripe_https,
+        "stripe_emulator_port": emulator,
         "with_apps": with_apps,
         "kafka_heap": "512m",
     }

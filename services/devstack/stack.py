@@ -1,8 +1,8 @@
 """The local stack as one object: start in order, wait for health, report, stop in reverse order.
 
-Order: PostgreSQL -> migrations -> Kafka -> schema registry -> stripe-mock -> provisioning (topics +
-schemas) -> app services. Each step waits for its component to be healthy, so whatever comes next can
-rely on it.
+Order: PostgreSQL -> migrations -> Kafka -> schema registry -> stripe-mock -> the Stripe emulator ->
+provisioning (topics + schemas) -> app services. Each step waits for its component to be healthy, so
+whatever comes next can rely on it.
 The same object backs ``python -m services.devstack`` (``make up/down/run/status``) and the test
 fixtures, which start a private stack on free ports in a temporary directory.
 """
@@ -38,14 +38,17 @@ from services.devstack.processes import (
 )
 from services.kernel import db
 from services.kernel.provision import provision_all, provision_topics, wait_for_broker
-from services.kernel.settings import KafkaSettings, SchemaRegistrySettings
+from services.kernel.settings import LOCAL, KafkaSettings, SchemaRegistrySettings
 from services.kernel.topics import catalogue
 
 POSTGRES = "postgres"
 KAFKA = "kafka"
 REGISTRY = SCHEMA_REGISTRY.name
 STRIPE_MOCK = "stripe-mock"
-ALL_INFRA = (POSTGRES, KAFKA, REGISTRY, STRIPE_MOCK)
+# Stateful (services/stripe_emulator): billing's Stripe on the local stack; stripe-mock stays the shape check.
+STRIPE_EMULATOR = "stripe-emulator"
+ALL_INFRA = (POSTGRES, KAFKA, REGISTRY, STRIPE_MOCK, STRIPE_EMULATOR)
+BILLING_APP = "billing-reporter"
 # Local defaults of the Stripe settings every billing process reads (docs/billing.md). The key is
 # stripe-mock's accepted test key, the secret signs the stack's own test webhooks; neither is a secret.
 STRIPE_LOCAL_DEFAULTS = {"STRIPE_API_KEY": "sk_test_plglocal", "STRIPE_WEBHOOK_SECRET": "whsec_plg_local"}
@@ -105,6 +108,15 @@ class Stack:
         return self.settings.stripe_mock_url
 
     @property
+    def stripe_emulator_url(self) -> str:
+        return self.settings.stripe_emulator_url
+
+    def billing_webhook_url(self) -> str:
+        """Where the emulator delivers its events: the billing reporter of this stack."""
+        port = self.settings.service_ports.get(BILLING_APP, 8083)
+        return f"http://{self.settings.host}:{port}/v1/stripe/webhooks"
+
+    @property
     def data_dir(self) -> Path:
         return self.settings.root
 
@@ -133,10 +145,17 @@ class Stack:
         )
         # Unlike Kafka's address, Stripe's comes from the environment first: a developer may point the
         # stack at Stripe's test mode (STRIPE_API_BASE=https://api.stripe.com, a real sk_test_ key).
-        if STRIPE_MOCK in self.components:
+        # Billing talks to the stateful emulator (reconciliation means something there); stripe-mock, which
+        # answers canned fixtures, is only the tests' shape check.
+        if STRIPE_EMULATOR in self.components:
+            env.setdefault("STRIPE_API_BASE", self.stripe_emulator_url)
+        elif STRIPE_MOCK in self.components:
             env.setdefault("STRIPE_API_BASE", self.stripe_api_base)
         for name, value in STRIPE_LOCAL_DEFAULTS.items():
             env.setdefault(name, value)
+        # A developer's stack: its development defaults (those above, the PII key...) are expected here, so
+        # no warnings; a shell that says otherwise (PLG_ENVIRONMENT=staging make up) wins.
+        env.setdefault("PLG_ENVIRONMENT", LOCAL)
         return env
 
     # -- start ---------------------------------------------------------------------------------------
@@ -155,6 +174,8 @@ class Stack:
                 self._timed("registry", partial(self._up_app, SCHEMA_REGISTRY))
             if STRIPE_MOCK in self.components:
                 self._timed("stripe-mock", self._up_stripe_mock)
+            if STRIPE_EMULATOR in self.components:
+                self._timed("stripe-emulator", self._up_stripe_emulator)
             if self.provision and KAFKA in self.components:
                 self._timed("provision", self._provision)
             for app in self.apps():
@@ -270,6 +291,30 @@ class Stack:
             pid=pid,
         )
 
+    def _up_stripe_emulator(self) -> None:
+        managed = self.managed(STRIPE_EMULATOR)
+        host, port = self.settings.host, self.settings.stripe_emulator_port
+        pid = self._already(managed)
+        if pid is None:
+            self._refuse_foreign_port(STRIPE_EMULATOR, port)
+            env = self.child_env()
+            pid = spawn(
+                managed,
+                [sys.executable, "-m", "services.stripe_emulator", "--host", host, "--port", str(port)]
+                + (["--webhook-url", self.billing_webhook_url()] if self.apps() else []),
+                env=env,
+                cwd=REPO_ROOT,
+                die_with_parent=self._death_signal(),
+            )
+            self._started_now.append(managed.name)
+        wait_until(
+            managed,
+            lambda: port_open(host, port),
+            timeout=self.settings.start_timeout,
+            what="open port",
+            pid=pid,
+        )
+
     def _up_app(self, app: AppService) -> None:
         if not app.implemented():
             self.say(f"{app.name}: {app.module} is not implemented yet, skipped")
@@ -319,7 +364,9 @@ class Stack:
     # -- stop and inspect ----------------------------------------------------------------------------
     def stop_order(self) -> list[str]:
         order = [a.name for a in reversed(self.apps())]
-        order += [c for c in (STRIPE_MOCK, REGISTRY, KAFKA, POSTGRES) if c in self.components]
+        order += [
+            c for c in (STRIPE_EMULATOR, STRIPE_MOCK, REGISTRY, KAFKA, POSTGRES) if c in self.components
+        ]
         return order
 
     def down(self) -> None:
@@ -349,6 +396,9 @@ class Stack:
                 address, healthy = self.kafka_bootstrap, port_open(host, self.settings.kafka_port)
             elif name == STRIPE_MOCK:
                 address, healthy = self.stripe_api_base, port_open(host, self.settings.stripe_mock_port)
+            elif name == STRIPE_EMULATOR:
+                address = self.stripe_emulator_url
+                healthy = port_open(host, self.settings.stripe_emulator_port)
             else:
                 app = SCHEMA_REGISTRY if name == REGISTRY else next(a for a in self.apps() if a.name == name)
                 address = self.app_url(app)

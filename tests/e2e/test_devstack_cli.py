@@ -21,16 +21,16 @@ from services.kernel.topics import catalogue
 
 @pytest.fixture
 def stack_args(tmp_path):
-    kafka, controller, postgres, registry, stripe_http, stripe_https = free_ports(6)
+    kafka, controller, postgres, registry, stripe_http, stripe_https, emulator = free_ports(7)
     args = [
         "--root", str(tmp_path / "stack"), "--kafka-port", str(kafka),
         "--kafka-controller-port", str(controller), "--postgres-port", str(postgres),
         "--registry-port", str(registry), "--stripe-mock-port", str(stripe_http),
-        "--stripe-mock-https-port", str(stripe_https), "--no-apps",
+        "--stripe-mock-https-port", str(stripe_https), "--stripe-emulator-port", str(emulator), "--no-apps",
     ]  # fmt: skip
     ports = {
         "kafka": kafka, "postgres": postgres, "registry": registry,
-        "stripe-mock": stripe_http, "stripe-mock-https": stripe_https,
+        "stripe-mock": stripe_http, "stripe-mock-https": stripe_https, "stripe-emulator": emulator,
     }  # fmt: skip
     yield args, ports
     # Whatever the test did, leave nothing running.
@@ -59,12 +59,14 @@ def test_up_starts_a_working_stack_and_down_stops_it(stack_args):
 
     status = _devstack("status", *args)
     assert status.returncode == 0, status.stdout
-    assert status.stdout.count("running (pid") == 4  # postgres, kafka, registry, stripe-mock
+    # postgres, kafka, registry, stripe-mock, the Stripe emulator
+    assert status.stdout.count("running (pid") == 5
     assert f"http://127.0.0.1:{ports['stripe-mock']}" in status.stdout
+    assert f"http://127.0.0.1:{ports['stripe-emulator']}" in status.stdout
 
     again = _devstack("up", *args)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert again.stdout.count("already running") == 4
+    assert again.stdout.count("already running") == 5
 
     down = _devstack("down", *args)
     assert down.returncode == 0, down.stdout + down.stderr

@@ -20,6 +20,11 @@ def cli_env(billing: Billing, monkeypatch: pytest.MonkeyPatch) -> Billing:
         "STRIPE_API_BASE": billing.double.url,
         "STRIPE_API_KEY": "sk_test_reconcile",
         "BILLING_REPORT_GRANULARITY": "MINUTE",
+        # The reporter's (harness) timing, so reconciliation knows what is due at Stripe already.
+        "BILLING_SETTLE_SECONDS": "0",
+        "BILLING_CORRECTION_INTERVAL_SECONDS": "0",
+        "BILLING_LEVEL_INTERVAL_SECONDS": "0",
+        "BILLING_PLAN_INTERVAL_SECONDS": "0.2",
     }.items():
         monkeypatch.setenv(name, value)
     return billing

@@ -70,7 +70,7 @@ def test_a_burst_past_the_cap_suspends_at_once_and_unsuspend_lifts_it(metering: 
         def dashboard_state(customer: str) -> str | None:
             with psycopg.connect(metering.database.url.get_secret_value()) as conn:
                 rows = {r["customer_id"]: r for r in suspension.abuse_overview(conn)}
-            page = overview([], list(rows.values()))
+            page = overview([], abuse=list(rows.values()))
             assert (customer in page) == (customer in rows)
             return rows[customer]["state"] if customer in rows else None
 

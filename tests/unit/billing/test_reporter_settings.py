@@ -13,7 +13,7 @@ def test_stripe_settings_have_documented_local_defaults(monkeypatch: pytest.Monk
         monkeypatch.delenv(name, raising=False)
     settings = BillingSettings()
     assert settings.port == 8083
-    assert settings.stripe.api_base == LOCAL_STRIPE_API_BASE == "http://127.0.0.1:12111"
+    assert settings.stripe.api_base == LOCAL_STRIPE_API_BASE == "http://127.0.0.1:12120"
     assert settings.stripe.api_key.get_secret_value().startswith("sk_test_")
 
 

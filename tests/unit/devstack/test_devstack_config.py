@@ -116,6 +116,7 @@ def test_stack_defaults_match_the_documented_addresses():
     assert settings.kafka_bootstrap == "127.0.0.1:9092"
     assert settings.registry_url == "http://127.0.0.1:8081"
     assert settings.database_url == "postgresql://plg@127.0.0.1:5433/plg"
+    assert settings.stripe_emulator_url == "http://127.0.0.1:12120"
 
 
 def test_pidfile_names_a_live_process(tmp_path):
