@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from services.billing_reporter import accounts, openapi, subscriptions
+from services.billing_reporter.catalog import CatalogError, sync_catalog
 from services.billing_reporter.closing import FinalInvoice, PeriodCloser
 from services.billing_reporter.config import BillingSettings
 from services.billing_reporter.ledger import Ledger, ReportRow
@@ -72,17 +73,26 @@ def error(status: int, code: str, message: str, headers: dict[str, str] | None =
     raise HttpError(status, code, message, headers)
 
 
-def _sync_meters(
-    gateway: StripeGateway, pool: ConnectionPool, event_names: dict[str, str], levels: set[str]
+def _sync_catalog(
+    gateway: StripeGateway,
+    pool: ConnectionPool,
+    config: PlansConfig,
+    event_names: dict[str, str],
+    levels: set[str],
 ) -> None:
-    """Create missing Stripe meters at start; Stripe being away must not keep the ledger from filling (the
-    sender retries what it cannot deliver, and `plg billing sync-meters` does the same by hand)."""
+    """Create missing Stripe meters, products and prices at start; Stripe being away must not keep the
+    ledger from filling (the sender retries what it cannot deliver, checkout syncs again when it needs
+    prices, and `plg billing sync-catalog` does the same by hand)."""
     try:
         with pool.connection() as conn:
-            synced = sync_meters(gateway, conn, event_names, levels)
-        log.info("Stripe meters", extra={"meters": {s.meter: s.action for s in synced}})
+            synced = sync_catalog(gateway, conn, config, event_names, levels)
+        log.info("Stripe catalog", extra={"prices": {s.lookup_key: s.action for s in synced}})
+    except CatalogError as exc:
+        log.warning("the price book has prices Stripe cannot hold: %s", exc)
+        with pool.connection() as conn:
+            sync_meters(gateway, conn, event_names, levels)
     except stripe.StripeError as exc:
-        log.warning("could not sync Stripe meters at start: %s", exc.user_message or type(exc).__name__)
+        log.warning("could not sync the Stripe catalog at start: %s", exc.user_message or type(exc).__name__)
 
 
 def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> FastAPI:
@@ -118,7 +128,8 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
                 correction_interval=settings.correction_interval_seconds,
             )
             state.update(pool=pool, gateway=gateway, ledger=ledger)
-            await run_in_threadpool(_sync_meters, gateway, pool, event_names, levels)
+            state["sync_catalog"] = partial(_sync_catalog, gateway, pool, config, event_names, levels)
+            await run_in_threadpool(state["sync_catalog"])
             loop: AtLeastOnceLoop = at_least_once(
                 service=SERVICE,
                 kafka=settings.kafka,

@@ -62,6 +62,10 @@ WEBHOOK: dict[int | str, dict[str, Any]] = {
     400: _error(
         "Missing or invalid Stripe-Signature (or a timestamp beyond the tolerance), or not a Stripe event."
     ),
+    409: _error(
+        "`not_known_yet`: the event's customer or subscription is not known to plg yet; nothing was"
+        " recorded, so Stripe's retry applies it once the event that introduces it has arrived."
+    ),
     **_COMMON,
 }
 

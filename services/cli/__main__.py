@@ -12,7 +12,7 @@
     plg tickets list <customer-id> [--all]
     plg dlq list [--reason R] [--since T] | show <[partition:]offset> | replay [--reason R] [--since T]
     plg identity merge <customer-id> <merged-user-id> <survivor-user-id>
-    plg billing sync-meters | reconcile [--customer C] [--period YYYY-MM] [--no-stripe] [--all]
+    plg billing sync-catalog | sync-meters | reconcile [--customer C] [--period YYYY-MM] [--no-stripe] [--all]
     plg analytics funnel --steps a,b,c [--customer C] [--window 7d] [--breakdown plan] [--format json]
     plg analytics retention | north-star | activation | timeline <customer-id>   (PLG_OPERATOR_TOKEN)
     plg activation suggest [--since 90d] [--within 14d] [--retained-after 30d] [--churn-event E]

@@ -1,4 +1,4 @@
-"""``plg billing sync-meters`` and ``plg billing reconcile``; ``plg customers create --stripe`` links a
+"""``plg billing sync-catalog``, ``sync-meters`` and ``reconcile``; ``plg customers create --stripe`` links a
 new customer to a Stripe customer it creates. Stripe is reached with ``STRIPE_API_BASE`` /
 ``STRIPE_API_KEY`` (docs/billing.md), only through the billing reporter's gateway."""
 
@@ -13,6 +13,7 @@ import psycopg
 import stripe
 
 from services.billing_reporter.app import WINDOW_SECONDS, level_meters, reportable_meters
+from services.billing_reporter.catalog import CatalogError, sync_catalog
 from services.billing_reporter.config import BillingSettings
 from services.billing_reporter.meters import sync_meters
 from services.billing_reporter.reconcile import Due, read_aggregates, reconcile
@@ -25,6 +26,10 @@ def add_parser(groups: Any) -> None:
         dest="command", required=True
     )
     billing.add_parser("sync-meters", help="create the Stripe meter of every billed plg meter if missing")
+    billing.add_parser(
+        "sync-catalog",
+        help="create the Stripe meters, products and prices of the whole price book if missing (idempotent)",
+    )
     rec = billing.add_parser(
         "reconcile", help="compare usage-aggregates, the ledger and Stripe; exit 1 when they differ"
     )
@@ -62,10 +67,22 @@ def run(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
     config = load_config(settings.config_path)
     events = reportable_meters(config)
     try:
+        if args.command == "sync-catalog":
+            try:
+                prices = sync_catalog(gateway(settings), conn, config, events, level_meters(config))
+            except CatalogError as exc:
+                print(f"error: the price book cannot be expressed at Stripe: {exc}", file=sys.stderr)
+                return 1
+            if args.json:
+                sys.stdout.write(orjson.dumps(prices).decode() + "\n")
+            for p in prices if not args.json else ():
+                exact = "" if p.exact else "  (inexact: docs/billing.md)"
+                print(f"{p.lookup_key:40} {p.stripe_price_id:32} {p.action}{exact}")
+            return 0
         if args.command == "sync-meters":
             synced = sync_meters(gateway(settings), conn, events, level_meters(config))
             if args.json:
-                sys.stdout.write(orjson.dumps([s.__dict__ for s in synced]).decode() + "\n")
+                sys.stdout.write(orjson.dumps(synced).decode() + "\n")
             for s in synced if not args.json else ():
                 print(f"{s.meter:20} {s.event_name:20} {s.stripe_meter_id:32} {s.action}")
             return 0
