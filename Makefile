@@ -27,8 +27,19 @@ $(VENV_STAMP): pyproject.toml $(SDK_PYPROJECT) deploy/install-python.sh
 	sh deploy/install-python.sh $(PIP) dev
 	@touch $@
 
+# The browser SDK's packages (sdk/js/package-lock.json, pinned), installed once: npm ci runs again only
+# when the lockfile changes (npm writes node_modules/.package-lock.json; the stamp is our own touch).
+JS_DIR := sdk/js
+JS_STAMP := $(JS_DIR)/node_modules/.plg-installed
+
+$(JS_STAMP): $(JS_DIR)/package-lock.json
+	@command -v npm >/dev/null || { echo "installing Node.js and npm (Debian)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm; }
+	cd $(JS_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 .PHONY: install
-install: $(VENV_STAMP) ## Install what is missing: virtualenv + packages, Kafka jars, PostgreSQL
+install: $(VENV_STAMP) $(JS_STAMP) ## Install what is missing: virtualenv + packages, npm packages of sdk/js, Kafka jars, PostgreSQL
 	@command -v mvn >/dev/null || { echo "installing maven and a JRE (Debian)"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q maven openjdk-17-jre-headless; }
 	@$(DEVSTACK) install
@@ -53,12 +64,16 @@ monitor: install ## Prometheus (:9090) and Alertmanager (:9095) scraping `make u
 status: ## Show what runs where
 	@$(DEVSTACK) status
 
+.PHONY: test-js
+test-js: $(JS_STAMP) ## Browser SDK: type-check and build sdk/js/dist (esbuild + tsc), then its unit tests (node --test)
+	cd $(JS_DIR) && npm run --silent build && npm test --silent
+
 .PHONY: test
-test: install ## Whole suite: unit + integration (starts and stops a private stack unless KAFKA_BOOTSTRAP_SERVERS, SCHEMA_REGISTRY_URL and DATABASE_URL are set)
+test: install test-js ## Whole suite: unit + integration (starts and stops a private stack unless KAFKA_BOOTSTRAP_SERVERS, SCHEMA_REGISTRY_URL and DATABASE_URL are set)
 	$(VENV)/bin/pytest
 
 .PHONY: test-unit
-test-unit: install ## Unit tests only (no broker, registry or database)
+test-unit: install test-js ## Unit tests only (no broker, registry or database)
 	$(VENV)/bin/pytest -m "not integration"
 
 .PHONY: test-integration

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from services.kernel.settings import StreamServiceSettings
+from services.kernel.settings import DevDefault, PlgSettings, StreamServiceSettings
 
 # Local defaults (docs/billing.md): stripe-mock of `make up` and a test-mode-looking key it accepts; the
 # webhook secret signs the local stack's test webhooks. None of them reaches a real Stripe account.
@@ -18,7 +19,7 @@ LOCAL_STRIPE_API_KEY = "sk_test_plglocal"  # stripe-mock accepts any sk_test_ ke
 LOCAL_STRIPE_WEBHOOK_SECRET = "whsec_plg_local"  # noqa: S105 - a documented local default
 
 
-class StripeSettings(BaseSettings):
+class StripeSettings(PlgSettings):
     """``STRIPE_API_BASE``, ``STRIPE_API_KEY``, ``STRIPE_WEBHOOK_SECRET``."""
 
     model_config = SettingsConfigDict(env_prefix="STRIPE_", extra="ignore")
@@ -30,6 +31,31 @@ class StripeSettings(BaseSettings):
     timeout_seconds: float = Field(default=10.0, gt=0)
     # Signed webhooks older than this are refused (Stripe's SDK default).
     webhook_tolerance_seconds: int = Field(default=300, ge=1)
+
+    def development_defaults(self) -> list[DevDefault]:
+        found = []
+        if self.webhook_secret.get_secret_value() == LOCAL_STRIPE_WEBHOOK_SECRET:
+            found.append(
+                DevDefault(
+                    "STRIPE_WEBHOOK_SECRET",
+                    "is the public development secret: anyone can sign a webhook that grants a plan; use "
+                    "the endpoint's signing secret (whsec_...) from Stripe",
+                )
+            )
+        if self.api_key.get_secret_value().startswith(("sk_test_", "rk_test_")):
+            found.append(DevDefault("STRIPE_API_KEY", "is a Stripe test-mode key: nothing is really billed"))
+        host = urlsplit(self.api_base).hostname or ""
+        if (
+            self.api_base.rstrip("/") == LOCAL_STRIPE_API_BASE
+            or host in ("localhost", "::1")
+            or host.startswith("127.")
+        ):
+            found.append(
+                DevDefault(
+                    "STRIPE_API_BASE", "points at the local Stripe emulator; use https://api.stripe.com"
+                )
+            )
+        return found
 
 
 class BillingSettings(StreamServiceSettings):
@@ -94,3 +120,6 @@ class BillingSettings(StreamServiceSettings):
     migrate: bool = True
 
     stripe: StripeSettings = Field(default_factory=StripeSettings)
+
+    def development_defaults(self) -> list[DevDefault]:
+        return [*super().development_defaults(), *self.stripe.development_defaults()]

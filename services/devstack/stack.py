@@ -38,7 +38,7 @@ from services.devstack.processes import (
 )
 from services.kernel import db
 from services.kernel.provision import provision_all, provision_topics, wait_for_broker
-from services.kernel.settings import KafkaSettings, SchemaRegistrySettings
+from services.kernel.settings import LOCAL, KafkaSettings, SchemaRegistrySettings
 from services.kernel.topics import catalogue
 
 POSTGRES = "postgres"
@@ -153,6 +153,9 @@ class Stack:
             env.setdefault("STRIPE_API_BASE", self.stripe_api_base)
         for name, value in STRIPE_LOCAL_DEFAULTS.items():
             env.setdefault(name, value)
+        # A developer's stack: its development defaults (those above, the PII key...) are expected here, so
+        # no warnings; a shell that says otherwise (PLG_ENVIRONMENT=staging make up) wins.
+        env.setdefault("PLG_ENVIRONMENT", LOCAL)
         return env
 
     # -- start ---------------------------------------------------------------------------------------

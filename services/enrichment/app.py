@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from services.enrichment.config import DEV_PII_KEY, EnrichmentSettings
+from services.enrichment.config import EnrichmentSettings
 from services.enrichment.handlers import Enricher
 from services.enrichment.identity import IdentityGraph
 from services.enrichment.pii import Scrubber
@@ -90,9 +90,7 @@ def _build(settings: EnrichmentSettings, life: Lifecycle) -> EnrichmentApp:
     metering = load_config(settings.config_path)
     plan = load_plan(settings.plan_path, metering)
     prefix = settings.platform.topic_prefix
-    key = settings.pii_key.get_secret_value()
-    if key == DEV_PII_KEY and settings.platform.environment != "local":
-        log.warning("ENRICHMENT_PII_KEY is the developer default: pseudonyms are guessable; set a secret key")
+    key = settings.pii_key.get_secret_value()  # a development key is warned about (or refused) by run_service
     scrubber = Scrubber(key.encode(), plan.pii.action, plan.pii.detect, plan.pii.scan_ids)
     enricher = Enricher(plan, frozenset(m.event for m in metering.meters), scrubber, IdentityGraph())
 

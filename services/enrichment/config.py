@@ -7,9 +7,10 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from services.kernel.settings import ExactlyOnceSettings
+from services.kernel.settings import DevDefault, ExactlyOnceSettings
 
-#: Only for a developer's stack: ``--check-config`` and the start-up log show that it is the default.
+#: Only for a developer's stack: public, so pseudonyms made with it can be reversed by guessing. Production
+#: refuses it; other environments but ``local`` warn (services.kernel.service.check_production).
 DEV_PII_KEY = "plg-dev-only-pii-key-change-me"
 
 
@@ -41,3 +42,14 @@ class EnrichmentSettings(ExactlyOnceSettings):
     # knobs: ExactlyOnceSettings).
     max_batch_events: int = Field(default=5_000, ge=1)
     batch_wait_ms: int = Field(default=20, ge=1)
+
+    def development_defaults(self) -> list[DevDefault]:
+        found = super().development_defaults()
+        if self.pii_key.get_secret_value() == DEV_PII_KEY:
+            found.append(
+                DevDefault(
+                    "ENRICHMENT_PII_KEY",
+                    "is the public development key: pseudonyms can be reversed by guessing",
+                )
+            )
+        return found

@@ -24,6 +24,7 @@ from services.entitlements.config import EntitlementsSettings
 from services.entitlements.handlers import PlanNotConfigured, UnknownFeature, decide, decision_body
 from services.entitlements.view import ZERO, UsageView
 from services.kernel import metrics
+from services.kernel.cors import CorsMiddleware
 from services.kernel.db import open_pool
 from services.kernel.http import RequestOutcome, install_error_handlers
 from services.kernel.lifecycle import Lifecycle
@@ -203,6 +204,9 @@ def build_app(settings: EntitlementsSettings, lifecycle: Lifecycle | None = None
     # The kernel's HTTP error discipline: request ids, 404/405 in this API's {"code", "message"} shape,
     # a database outage as 503, a bug as a logged 500 — counted as a check result like every answer.
     install_error_handlers(app, service=SERVICE, observe=_count_internal_errors)
+    # The browser SDK checks entitlements from the page (sdk/js): CORS on the check route, outermost so
+    # error answers carry it too.
+    app.add_middleware(CorsMiddleware, prefixes=("/v1/entitlements/",), methods=("GET",))
     return app
 
 

@@ -47,6 +47,7 @@ from services.growth.loop import ActivationLoop
 from services.growth.onboarding import OnboardingConfig, load_onboarding
 from services.growth.progress import ProgressStore
 from services.growth.telemetry import TelemetryWriter
+from services.kernel.cors import CorsMiddleware
 from services.kernel.db import migrate, open_pool
 from services.kernel.http import HttpError, install_error_handlers, request_id_of
 from services.kernel.kafka import Producer
@@ -428,6 +429,11 @@ def build_app(settings: GrowthSettings, lifecycle: Lifecycle | None = None) -> F
         app, {"database": database_ready, "flags": lambda: "growth" in state, "activation": activation_ready}
     )
     install_error_handlers(app, service=SERVICE)
+    # The browser SDK reads flags and onboarding from the page (sdk/js): CORS on those routes, not admin;
+    # outermost so error answers carry it too.
+    app.add_middleware(
+        CorsMiddleware, prefixes=("/v1/flags", "/v1/onboarding/", "/v1/activation/"), methods=("GET", "POST")
+    )
     return app
 
 

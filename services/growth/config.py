@@ -7,7 +7,10 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from services.kernel.settings import ExactlyOnceSettings
+from services.kernel.settings import DevDefault, ExactlyOnceSettings
+
+#: The admin token docker-compose.yml once fell back to: public, so never a credential.
+PUBLIC_DEV_ADMIN_TOKEN = "plg-dev-only-admin-token-change-me"  # noqa: S105 - listed to be refused
 
 
 class GrowthSettings(ExactlyOnceSettings):
@@ -40,3 +43,11 @@ class GrowthSettings(ExactlyOnceSettings):
     activation_enabled: bool = True
     # Its group (the loop's other knobs, instance id and transactional.id: ExactlyOnceSettings).
     group_id: str = "growth-activation"
+
+    def development_defaults(self) -> list[DevDefault]:
+        found = super().development_defaults()
+        if self.admin_token is not None and self.admin_token.get_secret_value() == PUBLIC_DEV_ADMIN_TOKEN:
+            found.append(
+                DevDefault("GROWTH_ADMIN_TOKEN", "is the public development token: anyone can change flags")
+            )
+        return found

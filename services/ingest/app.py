@@ -51,6 +51,7 @@ from services.ingest.ratelimit import RateLimiter
 from services.ingest.writer import EventWriter
 from services.kernel import auth
 from services.kernel.auth import Authenticator, Caller, CustomerKey
+from services.kernel.cors import CorsMiddleware, key_origin_check
 from services.kernel.db import migrate, open_pool
 from services.kernel.errors import KafkaUnavailableError, SerializationError
 from services.kernel.http import HttpError, RequestOutcome, install_error_handlers, request_id_of
@@ -549,6 +550,15 @@ def build_app(settings: IngestSettings | None = None, lifecycle: Lifecycle | Non
         errors={RequestError: _request_error},
         observe=_observe,
         body_timeout_seconds=settings.body_read_timeout_seconds,
+    )
+    # Browsers send events with publishable keys (sdk/js): CORS on the event routes, from any origin unless
+    # the key lists its own (services/kernel/cors.py). Added last, so it is outermost: the error
+    # discipline's answers (a 401, a 415) carry CORS headers too, readable by the page.
+    app.add_middleware(
+        CorsMiddleware,
+        prefixes=("/v1/", "/api/v1/"),
+        methods=("POST",),
+        origin_allowed=key_origin_check(lambda: state.ingest.auth.keys if state.ingest else None),
     )
     return app
 

@@ -10,8 +10,10 @@ live topic is a deliberate act — and registering an unchanged schema returns i
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
@@ -20,8 +22,15 @@ from confluent_kafka.admin._config import ConfigResource  # re-exported by .admi
 from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from pydantic import ValidationError
 
-from services.kernel.settings import KafkaSettings, PlatformSettings, SchemaRegistrySettings
+from services.kernel.settings import (
+    LOCAL,
+    PRODUCTION,
+    KafkaSettings,
+    PlatformSettings,
+    SchemaRegistrySettings,
+)
 from services.kernel.topics import TopicSpec, catalogue, with_schemas
 
 log = logging.getLogger(__name__)
@@ -60,10 +69,31 @@ def wait_for_broker(kafka: KafkaSettings, timeout: float = 60.0) -> int:
     )
 
 
+def _with_durability(specs: Sequence[TopicSpec], min_insync_replicas: int | None) -> list[TopicSpec]:
+    # min.insync.replicas is the deployment's (PLG_TOPIC_MIN_INSYNC_REPLICAS), not the catalogue's: the same
+    # topic needs 1 on a laptop's single broker and 2 in production. Applied at creation, compared as drift.
+    if min_insync_replicas is None:
+        return list(specs)
+    return [
+        replace(spec, config={**spec.config, "min.insync.replicas": str(min_insync_replicas)})
+        for spec in specs
+    ]
+
+
 def provision_topics(
-    kafka: KafkaSettings, specs: Sequence[TopicSpec], *, replication_factor: int = 1, timeout: float = 30.0
+    kafka: KafkaSettings,
+    specs: Sequence[TopicSpec],
+    *,
+    replication_factor: int = 1,
+    min_insync_replicas: int | None = None,
+    timeout: float = 30.0,
 ) -> list[str]:
-    """Create every topic in ``specs`` that does not exist yet; returns the names created now."""
+    """Create every topic in ``specs`` that does not exist yet; returns the names created now.
+
+    Topics are created with ``replication_factor`` copies and, when given, ``min.insync.replicas`` (the
+    provisioner's ``PLG_TOPIC_REPLICATION_FACTOR`` / ``PLG_TOPIC_MIN_INSYNC_REPLICAS``).
+    """
+    specs = _with_durability(specs, min_insync_replicas)
     admin = admin_client(kafka)
     existing = admin.list_topics(timeout=timeout).topics
     to_create: list[NewTopic] = []
@@ -78,7 +108,17 @@ def provision_topics(
                     config=spec.broker_config(),
                 )
             )
-        elif len(found.partitions) < spec.partitions:
+        else:
+            replicas = min((len(p.replicas) for p in found.partitions.values()), default=replication_factor)
+            if replicas < replication_factor:
+                log.warning(
+                    "topic %s has %d replicas per partition but %d are configured; left as is (raise it "
+                    "deliberately with a partition reassignment)",
+                    spec.name,
+                    replicas,
+                    replication_factor,
+                )
+        if found is not None and len(found.partitions) < spec.partitions:
             log.warning(
                 "topic %s has %d partitions but the catalogue declares %d; left as is (adding partitions "
                 "moves keys to other partitions, do it deliberately)",
@@ -202,11 +242,18 @@ def register_schemas(registry: SchemaRegistrySettings, specs: Sequence[TopicSpec
 
 
 def provision_all(
-    kafka: KafkaSettings, registry: SchemaRegistrySettings, prefix: str = "", *, replication_factor: int = 1
+    kafka: KafkaSettings,
+    registry: SchemaRegistrySettings,
+    prefix: str = "",
+    *,
+    replication_factor: int = 1,
+    min_insync_replicas: int | None = None,
 ) -> tuple[list[str], dict[str, int]]:
     """The whole catalogue with ``prefix``: topics created, schemas registered."""
     specs = catalogue(prefix)
-    created = provision_topics(kafka, specs, replication_factor=replication_factor)
+    created = provision_topics(
+        kafka, specs, replication_factor=replication_factor, min_insync_replicas=min_insync_replicas
+    )
     ids = register_schemas(registry, specs)
     return created, ids
 
@@ -215,11 +262,34 @@ def main() -> int:
     """``python -m services.kernel.provision``: provision the catalogue from the environment's settings.
 
     The one-shot provisioning step of docker-compose.yml and of deployments; locally ``make up`` does it.
+    Topics get ``PLG_TOPIC_REPLICATION_FACTOR`` copies and ``PLG_TOPIC_MIN_INSYNC_REPLICAS``; with
+    ``PLG_ENVIRONMENT=production`` values below 3 and 2 refuse to run (exit 2), as every service does.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    kafka, registry = KafkaSettings(), SchemaRegistrySettings()
+    try:
+        kafka, registry, platform = KafkaSettings(), SchemaRegistrySettings(), PlatformSettings()
+    except ValidationError as exc:
+        print(f"provision: invalid settings: {len(exc.errors())} error(s)", file=sys.stderr)
+        for err in exc.errors():
+            print(f"  - {'.'.join(str(p) for p in err['loc'])}: {err['msg']}", file=sys.stderr)
+        return 2
+    dev_defaults = platform.development_defaults()
+    if dev_defaults and platform.environment == PRODUCTION:
+        print("provision: PLG_ENVIRONMENT=production refuses development defaults:", file=sys.stderr)
+        for default in dev_defaults:
+            print(f"  - {default}", file=sys.stderr)
+        return 2
+    if platform.environment != LOCAL:
+        for default in dev_defaults:
+            log.warning("development default in use: %s", default)
     wait_for_broker(kafka, timeout=120)
-    created, ids = provision_all(kafka, registry, prefix=PlatformSettings().topic_prefix)
+    created, ids = provision_all(
+        kafka,
+        registry,
+        prefix=platform.topic_prefix,
+        replication_factor=platform.topic_replication_factor,
+        min_insync_replicas=platform.topic_min_insync_replicas,
+    )
     log.info("topics created: %s", ", ".join(created) or "none (all existed)")
     for subject, schema_id in ids.items():
         log.info("schema %s: id %d", subject, schema_id)

@@ -42,7 +42,7 @@ from services.kernel.errors import KafkaFatalError
 from services.kernel.lifecycle import Lifecycle, install_signal_handlers
 from services.kernel.logs import configure_logging, log_settings, redact, redact_model
 from services.kernel.ops import OpsServer, ReadinessCheck
-from services.kernel.settings import ServiceSettings
+from services.kernel.settings import LOCAL, PRODUCTION, DevDefault, ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -176,13 +176,32 @@ def load_config_files(settings: S, files: Sequence[ConfigFile[S]]) -> dict[str, 
     return loaded
 
 
+def check_production(settings: ServiceSettings) -> list[DevDefault]:
+    """The development defaults ``settings`` use; in production they are :class:`ConfigInvalid`, all listed.
+
+    Each service's settings declare theirs (``development_defaults()``: the Stripe test key, the PII key,
+    an open registry...); the kernel adds the platform's (topic replication) and every secret set empty.
+    """
+    found = settings.development_defaults()
+    if found and settings.platform.environment == PRODUCTION:
+        raise ConfigInvalid(
+            "settings for PLG_ENVIRONMENT=production: development defaults in use", [str(d) for d in found]
+        )
+    return found
+
+
 def describe(
-    settings: ServiceSettings, files: Sequence[ConfigFile[Any]], loaded: Mapping[str, Any]
+    settings: ServiceSettings,
+    files: Sequence[ConfigFile[Any]],
+    loaded: Mapping[str, Any],
+    dev_defaults: Sequence[DevDefault] = (),
 ) -> dict[str, Any]:
-    """What ``--check-config`` prints: the settings and a summary of each config file, secrets masked."""
+    """What ``--check-config`` prints: the settings, a summary of each config file (secrets masked) and the
+    development defaults still in use."""
     doc: dict[str, Any] = {"settings": redact_model(settings)}
     if files:
         doc["files"] = {spec.name: redact(spec.name, dict(spec.summary(loaded[spec.name]))) for spec in files}
+    doc["development_defaults"] = [str(d) for d in dev_defaults]
     return doc
 
 
@@ -335,15 +354,42 @@ def run_service(
     args = parser.parse_args(argv)
     try:
         settings = load_settings(settings_type)
-        loaded = load_config_files(settings, config_files)
+        problems: list[str] = []
+        try:
+            loaded = load_config_files(settings, config_files)
+        except ConfigInvalid as exc:
+            problems.extend(exc.errors)
+        try:
+            dev_defaults = check_production(settings)
+        except ConfigInvalid as exc:
+            problems.extend(exc.errors)
+        if problems:  # the files' errors and production's refusals together: one round trip to fix them all
+            what = "configuration" + (
+                f" (PLG_ENVIRONMENT={PRODUCTION} refuses development defaults)"
+                if settings.platform.environment == PRODUCTION
+                else ""
+            )
+            raise ConfigInvalid(what, problems)
     except ConfigInvalid as exc:
         print(f"{service}: {exc}", file=sys.stderr)
         return EXIT_INVALID_CONFIG
+    warn = settings.platform.environment != LOCAL
     if args.check_config:
-        print(json.dumps(describe(settings, config_files, loaded), indent=2))
+        if warn:
+            for default in dev_defaults:
+                print(f"{service}: warning: development default in use: {default}", file=sys.stderr)
+        print(json.dumps(describe(settings, config_files, loaded, dev_defaults), indent=2))
         return EXIT_OK
     configure_logging(service, settings.platform.log_level, settings.platform.log_format)
     log_settings(log, service, settings)
+    if warn:
+        for default in dev_defaults:
+            log.warning(
+                "development default in use (PLG_ENVIRONMENT=%s; production refuses it): %s",
+                settings.platform.environment,
+                default,
+                extra={"variable": default.variable},
+            )
     for spec in config_files:
         log.info(
             "config file",

@@ -17,17 +17,99 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Literal
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_SCHEMA_REGISTRY_URL = "http://127.0.0.1:8081"
 DEFAULT_DATABASE_URL = "postgresql://plg@127.0.0.1:5433/plg"
 
+#: ``PLG_ENVIRONMENT`` of a developer's machine (``make up``/``make run`` and the test stack set it): the
+#: only environment where development defaults pass without a warning.
+LOCAL = "local"
+#: ``PLG_ENVIRONMENT`` in which a service refuses to start while any development default is in use.
+PRODUCTION = "production"
 
-class KafkaSettings(BaseSettings):
+
+@dataclass(frozen=True)
+class DevDefault:
+    """A development default still in use: the variable to set and what it risks, never its value."""
+
+    variable: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.variable}: {self.problem}"
+
+
+def _allows_none(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(
+        annotation
+    )
+
+
+def _is_secret(annotation: Any) -> bool:
+    return annotation is SecretStr or SecretStr in typing.get_args(annotation)
+
+
+class PlgSettings(BaseSettings):
+    """Base of every settings group: a secret given as an empty (or blank) string is never a secret.
+
+    An empty ``GROWTH_ADMIN_TOKEN=`` would otherwise be a token that an empty ``Authorization: Bearer``
+    matches. An optional secret left empty counts as unset (the feature it guards stays closed) and is
+    remembered, so production mode can name it (:meth:`blank_secrets`); a required one (a signing key) is
+    a validation error.
+    """
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    _blank_secrets: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _blank_secrets_are_unset(cls, data: Any, handler: Any) -> Any:
+        if not isinstance(data, dict):  # an instance (a group's default, revalidated): already checked
+            return handler(data)
+        blank: list[str] = []
+        data = dict(data)
+        for name, field in cls.model_fields.items():
+            value = data.get(name)
+            raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+            if not (_is_secret(field.annotation) and isinstance(raw, str) and not raw.strip()):
+                continue
+            if not _allows_none(field.annotation):
+                raise ValueError(f"{cls.env_name(name)} is empty: a secret cannot be empty")
+            data[name] = None
+            blank.append(cls.env_name(name))
+        model = handler(data)
+        if isinstance(model, PlgSettings):
+            model._blank_secrets = blank
+        return model
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        """The environment variable of ``field`` (``STRIPE_WEBHOOK_SECRET``)."""
+        return f"{cls.model_config.get('env_prefix') or ''}{field}".upper()
+
+    def blank_secrets(self) -> list[DevDefault]:
+        """Optional secrets that were set to an empty string, in this group and the groups it holds."""
+        found = [
+            DevDefault(name, "is set but empty, so it is not used; set a real value")
+            for name in self._blank_secrets
+        ]
+        for name in type(self).model_fields:
+            value = getattr(self, name, None)
+            if isinstance(value, PlgSettings):
+                found.extend(value.blank_secrets())
+        return found
+
+
+class KafkaSettings(PlgSettings):
     """``KAFKA_BOOTSTRAP_SERVERS`` and friends."""
 
     model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore")
@@ -39,7 +121,7 @@ class KafkaSettings(BaseSettings):
     extra: dict[str, str] = Field(default_factory=dict)
 
 
-class SchemaRegistrySettings(BaseSettings):
+class SchemaRegistrySettings(PlgSettings):
     """``SCHEMA_REGISTRY_URL`` and the optional admin token for writes."""
 
     model_config = SettingsConfigDict(env_prefix="SCHEMA_REGISTRY_", extra="ignore")
@@ -49,7 +131,7 @@ class SchemaRegistrySettings(BaseSettings):
     admin_token: SecretStr | None = None
 
 
-class DatabaseSettings(BaseSettings):
+class DatabaseSettings(PlgSettings):
     """``DATABASE_URL`` (libpq connection string or URI)."""
 
     model_config = SettingsConfigDict(env_prefix="DATABASE_", extra="ignore")
@@ -59,7 +141,7 @@ class DatabaseSettings(BaseSettings):
     pool_max_size: int = 10
 
 
-class PlatformSettings(BaseSettings):
+class PlatformSettings(PlgSettings):
     """``PLG_*``: settings of the platform as a whole."""
 
     model_config = SettingsConfigDict(env_prefix="PLG_", extra="ignore")
@@ -69,7 +151,16 @@ class PlatformSettings(BaseSettings):
     topic_prefix: str = ""
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
-    environment: str = "local"
+    # Where this runs: ``local`` (a developer's machine: ``make up``/``make run`` and the test stack set it),
+    # ``production`` (every development default refuses the start), anything else (``staging``...: each
+    # development default is warned about). Unset is ``unspecified``, which warns: a deployment that forgot
+    # to say where it runs is not known to be a laptop.
+    environment: str = Field(default="unspecified", pattern=r"^[a-z][a-z0-9_-]{0,39}$")
+    # Topics the provisioner creates: copies of each partition, and how many must have a write before it is
+    # acknowledged (acks=all). The local stack's single broker needs 1 and 1; production at least 3 and 2,
+    # so losing one broker's disk loses no acknowledged event.
+    topic_replication_factor: int = Field(default=1, ge=1, le=32)
+    topic_min_insync_replicas: int = Field(default=1, ge=1, le=32)
 
     @field_validator("log_level")
     @classmethod
@@ -81,8 +172,37 @@ class PlatformSettings(BaseSettings):
             raise ValueError(f"unknown log level {value!r}; use DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return level
 
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> PlatformSettings:
+        if self.topic_min_insync_replicas > self.topic_replication_factor:
+            raise ValueError(
+                "PLG_TOPIC_MIN_INSYNC_REPLICAS cannot exceed PLG_TOPIC_REPLICATION_FACTOR (no write could "
+                "ever be acknowledged)"
+            )
+        return self
 
-class AuthSettings(BaseSettings):
+    def development_defaults(self) -> list[DevDefault]:
+        found = []
+        if self.topic_replication_factor < 3:
+            found.append(
+                DevDefault(
+                    "PLG_TOPIC_REPLICATION_FACTOR",
+                    f"is {self.topic_replication_factor}: losing one broker loses acknowledged events; "
+                    "use at least 3",
+                )
+            )
+        if self.topic_min_insync_replicas < 2:
+            found.append(
+                DevDefault(
+                    "PLG_TOPIC_MIN_INSYNC_REPLICAS",
+                    f"is {self.topic_min_insync_replicas}: a write acknowledged by one replica is lost with "
+                    "it; use at least 2",
+                )
+            )
+        return found
+
+
+class AuthSettings(PlgSettings):
     """``PLG_AUTH_*``: how every HTTP service checks credentials (services/kernel/auth.py)."""
 
     model_config = SettingsConfigDict(env_prefix="PLG_AUTH_", extra="ignore")
@@ -96,7 +216,7 @@ class AuthSettings(BaseSettings):
     key_stale_ttl_seconds: float = Field(default=3600.0, ge=0)
 
 
-class ServiceSettings(BaseSettings):
+class ServiceSettings(PlgSettings):
     """Base of every service's settings: where it listens, its database, the platform group.
 
     ``host``/``port`` are the service's HTTP API, or for a worker its ops endpoints (``/metrics``,
@@ -113,6 +233,12 @@ class ServiceSettings(BaseSettings):
     platform: PlatformSettings = Field(default_factory=PlatformSettings)
     # PLG_AUTH_*: the credential cache of every HTTP service.
     auth: AuthSettings = Field(default_factory=AuthSettings)
+
+    def development_defaults(self) -> list[DevDefault]:
+        """Every development default these settings still use (production refuses them, other
+        environments but ``local`` warn). A service adds its own: ``[*super().development_defaults(), ...]``.
+        """
+        return [*self.platform.development_defaults(), *self.blank_secrets()]
 
 
 class StreamServiceSettings(ServiceSettings):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.kernel.settings import ServiceSettings
+from services.kernel.settings import DevDefault, ServiceSettings
 from services.schema_registry.model import Compatibility
 
 
@@ -16,7 +16,9 @@ class RegistrySettings(ServiceSettings):
 
     port: int = Field(default=8081, ge=1, le=65535)
     # When set, writes (register, delete, config, mode) need it as a Bearer token or as the password of
-    # HTTP Basic auth (Confluent clients send ``basic.auth.user.info``); unset = open registry (local dev).
+    # HTTP Basic auth (Confluent clients send ``basic.auth.user.info``); unset = open registry (local dev;
+    # production refuses it). An empty REGISTRY_ADMIN_TOKEN= counts as unset (kernel PlgSettings), never as
+    # the empty password.
     admin_token: SecretStr | None = None
     # Also require the token on reads (schemas, subjects, config); health and metrics stay open.
     protect_reads: bool = False
@@ -34,16 +36,20 @@ class RegistrySettings(ServiceSettings):
     # (and the connection closed), so a client trickling bytes cannot hold a connection.
     body_read_timeout_seconds: float = Field(default=30.0, gt=0)
 
-    @field_validator("admin_token")
-    @classmethod
-    def _non_empty_token(cls, value: SecretStr | None) -> SecretStr | None:
-        # An empty REGISTRY_ADMIN_TOKEN= would otherwise "protect" writes with the empty password.
-        if value is not None and not value.get_secret_value().strip():
-            return None
-        return value
-
     @model_validator(mode="after")
     def _reads_need_token(self) -> RegistrySettings:
         if self.protect_reads and self.admin_token is None:
             raise ValueError("REGISTRY_PROTECT_READS=true needs REGISTRY_ADMIN_TOKEN to be set")
         return self
+
+    def development_defaults(self) -> list[DevDefault]:
+        found = super().development_defaults()
+        if self.admin_token is None:
+            found.append(
+                DevDefault(
+                    "REGISTRY_ADMIN_TOKEN",
+                    "is not set: registry writes are open, anyone who reaches the port can register or "
+                    "delete schemas",
+                )
+            )
+        return found

@@ -10,7 +10,13 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import ConfigResource, ResourceType
 
-from services.kernel.provision import admin_client, config_drift, provision_topics, register_schemas
+from services.kernel.provision import (
+    ProvisioningError,
+    admin_client,
+    config_drift,
+    provision_topics,
+    register_schemas,
+)
 from services.kernel.topics import USAGE_EVENTS, TopicSpec, catalogue
 
 
@@ -147,3 +153,24 @@ def test_a_stopped_private_broker_refuses_and_a_restarted_one_keeps_its_topics(p
         admin_client(broker.settings).list_topics(timeout=2)
     broker.start()
     assert topic in admin_client(broker.settings).list_topics(timeout=10).topics
+
+
+def test_provisioning_applies_the_configured_min_insync_replicas_and_replication_factor(
+    kafka_settings, topic_prefix
+):
+    # PLG_TOPIC_MIN_INSYNC_REPLICAS / PLG_TOPIC_REPLICATION_FACTOR reach the broker: 2 in-sync replicas is
+    # written as the topic's config (the broker takes it even with one copy), 3 copies cannot be placed on
+    # the test stack's single broker, so the broker refuses the topic instead of creating a weaker one.
+    spec = TopicSpec(f"{topic_prefix}durable", 1, None)
+    provision_topics(kafka_settings, [spec], min_insync_replicas=2)
+    admin = admin_client(kafka_settings)
+    try:
+        resource = ConfigResource(ResourceType.TOPIC, spec.name)
+        config = admin.describe_configs([resource])[resource].result(30)
+        assert config["min.insync.replicas"].value == "2"
+        with pytest.raises(ProvisioningError, match=r"[Rr]eplication factor"):
+            provision_topics(
+                kafka_settings, [TopicSpec(f"{topic_prefix}three-copies", 1, None)], replication_factor=3
+            )
+    finally:
+        admin.delete_topics([spec.name])

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.devstack.config import free_port
@@ -257,3 +257,38 @@ def test_an_http_service_whose_start_up_fails_exits_with_the_status_of_what_fail
 
     assert code == expected  # not uvicorn's own 3 for every failed start-up
     assert closed == ["pool"]
+
+
+def test_a_blank_secret_is_unset_everywhere_and_production_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCHEMA_REGISTRY_ADMIN_TOKEN", " ")
+    monkeypatch.setenv("PLG_TOPIC_REPLICATION_FACTOR", "3")
+    monkeypatch.setenv("PLG_TOPIC_MIN_INSYNC_REPLICAS", "2")
+    settings = DemoSettings()
+
+    assert settings.registry.admin_token is None  # never sent as an empty bearer token
+    assert [d.variable for d in settings.development_defaults()] == ["SCHEMA_REGISTRY_ADMIN_TOKEN"]
+
+    class WithToken(StreamServiceSettings):
+        model_config = SettingsConfigDict(env_prefix="DEMO_")
+        admin_token: SecretStr | None = None
+
+    monkeypatch.setenv("DEMO_ADMIN_TOKEN", "")
+    with_token = WithToken()
+    assert with_token.admin_token is None
+    assert [d.variable for d in with_token.development_defaults()] == [
+        "DEMO_ADMIN_TOKEN",
+        "SCHEMA_REGISTRY_ADMIN_TOKEN",
+    ]
+
+
+def test_production_refuses_development_defaults_with_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PLG_ENVIRONMENT", "production")
+
+    status = run_service("demo", DemoSettings, lambda s, life: None, argv=["--check-config"])
+
+    assert status == EXIT_INVALID_CONFIG
+    err = capsys.readouterr().err
+    assert "PLG_TOPIC_REPLICATION_FACTOR" in err
+    assert "PLG_TOPIC_MIN_INSYNC_REPLICAS" in err
