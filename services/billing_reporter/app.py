@@ -22,12 +22,12 @@ from typing import Any, NoReturn
 
 import orjson
 import stripe
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from services.billing_reporter import accounts, openapi, subscriptions
+from services.billing_reporter import accounts, openapi, previews, subscriptions
 from services.billing_reporter.catalog import CatalogError, sync_catalog
 from services.billing_reporter.closing import FinalInvoice, PeriodCloser
 from services.billing_reporter.config import BillingSettings
@@ -37,7 +37,7 @@ from services.billing_reporter.publish import InvoicePublisher, ReportPublisher
 from services.billing_reporter.sender import OutboxSender, SenderOptions
 from services.billing_reporter.sink import AggregateSink
 from services.billing_reporter.stripe_gateway import StripeGateway
-from services.kernel import db
+from services.kernel import auth, db
 from services.kernel.http import HttpError, install_error_handlers
 from services.kernel.kafka import Producer
 from services.kernel.lifecycle import Lifecycle
@@ -46,6 +46,7 @@ from services.kernel.processing import AtLeastOnceLoop, at_least_once
 from services.kernel.serde import SchemaRegistry
 from services.kernel.topics import USAGE_AGGREGATES
 from services.kernel.workers import Workers
+from services.plans.invoice import Invoice
 from services.plans.loader import load_config
 from services.plans.model import Aggregation, PlansConfig
 
@@ -110,6 +111,7 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
                 await run_in_threadpool(db.migrate, settings.database.url.get_secret_value())
             registry = life.push(SchemaRegistry(settings.registry), "schema registry")
             pool = life.push(db.open_pool(settings.database, name=SERVICE), "database pool")
+            auth.install(fastapi_app, auth.open_authenticator(pool.connection, settings.auth))
             gateway = StripeGateway(
                 settings.stripe.api_base, settings.stripe.api_key, timeout=settings.stripe.timeout_seconds
             )
@@ -203,6 +205,7 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
             )
             yield
         finally:
+            auth.install(fastapi_app, None)
             life.close()
 
     app = FastAPI(title="plg billing reporter", version="1", lifespan=lifespan)
@@ -233,6 +236,35 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
             return error(404, "customer_not_found", f"customer {customer_id!r} does not exist")
         if isinstance(found, str):
             return error(409, "plan_not_configured", found)
+        return Response(orjson.dumps(found.to_dict()), media_type=_JSON)
+
+    @app.get(
+        "/v1/invoices/{customer_id}/preview",
+        responses=openapi.PREVIEW_INVOICE,
+        # The customer's own backend (secret key) or an operator; never a browser's publishable key.
+        dependencies=[Depends(auth.secret_key())],
+    )
+    async def preview_invoice(
+        customer_id: str, plan: str, version: str | None = None, period: str | None = None
+    ) -> Response:
+        """The customer's invoice for the current period (or the one starting in ``period``, YYYY-MM) if
+        they were on ``plan`` (price ``version``): their real usage, the same calculator, exact decimals."""
+
+        def run() -> Invoice | None:
+            with state["pool"].connection() as conn:
+                who = previews.account(conn, customer_id)
+                if who is None:
+                    return None
+                return previews.preview(
+                    conn, state["ledger"].ledger, config, who, plan, version, period, int(time.time() * 1000)
+                )
+
+        try:
+            found = await run_in_threadpool(run)
+        except previews.PreviewError as exc:
+            return error(400, exc.code, str(exc))
+        if found is None:
+            return error(404, "customer_not_found", f"customer {customer_id!r} does not exist")
         return Response(orjson.dumps(found.to_dict()), media_type=_JSON)
 
     subscriptions.routes(app, settings, config, state, error)

@@ -96,3 +96,12 @@ WEBHOOK_BODY: dict[str, Any] = {
         },
     },
 }
+
+PREVIEW_INVOICE: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The invoice the customer would get for the period on that plan (a draft)."},
+    400: _error("`unknown_plan`, `unknown_version` or `invalid_period` (YYYY-MM)."),
+    401: _error("No credential: the customer's secret key or an operator token is needed."),
+    403: _error("Another customer's key, or a publishable key (a preview needs the secret key)."),
+    404: _error("`customer_not_found`."),
+    **_COMMON,
+}

@@ -13,6 +13,8 @@
     plg dlq list [--reason R] [--since T] | show <[partition:]offset> | replay [--reason R] [--since T]
     plg identity merge <customer-id> <merged-user-id> <survivor-user-id>
     plg billing sync-catalog | sync-meters | reconcile [--customer C] [--period YYYY-MM] [--no-stripe] [--all]
+    plg billing preview <customer-id> --plan P [--version V] [--period YYYY-MM]
+    plg billing simulate --price-book FILE [--period YYYY-MM]
     plg analytics funnel --steps a,b,c [--customer C] [--window 7d] [--breakdown plan] [--format json]
     plg analytics retention | north-star | activation | timeline <customer-id>   (PLG_OPERATOR_TOKEN)
     plg activation suggest [--since 90d] [--within 14d] [--retained-after 30d] [--churn-event E]
