@@ -63,6 +63,7 @@ CUSTOMER_ALERTS = "customer-alerts"
 IDENTITY_LINKS = "identity-links"
 ACTIVATION_EVENTS = "activation-events"
 ABUSE_SIGNALS = "abuse-signals"
+PRIVACY_ERASURES = "privacy-erasures"
 
 # Compacted topics keep the latest value per key forever; "delete" topics keep records for retention.ms.
 PLATFORM_TOPICS: tuple[TopicSpec, ...] = (
@@ -167,6 +168,15 @@ PLATFORM_TOPICS: tuple[TopicSpec, ...] = (
         retention_ms=90 * DAY_MS,
         description="Free-tier abuse guard: per-customer anomalies and cap breaches with their evidence "
         "(metering); a signal whose action is suspend suspends the customer.",
+    ),
+    TopicSpec(
+        PRIVACY_ERASURES,
+        3,
+        "privacy_erasure",
+        # Long: a service that was down (or is deployed later, e.g. an analytics store) still applies every
+        # erasure when it comes back. The records name persons only by salted hashes (docs/privacy.md).
+        retention_ms=400 * DAY_MS,
+        description="Erasure requests (plg privacy forget): every service forgets the person they name.",
     ),
 )
 
