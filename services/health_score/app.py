@@ -7,6 +7,10 @@
 * the **alert sender** (outbox → ``customer-alerts`` and webhooks);
 * the **serving views**: ``customer-health`` and ``customer-alerts`` read whole into memory.
 
+``HEALTH_ROLE`` splits them: ``scorer`` runs the loop and the sender without views, ``api`` only the views
+and the routes (any number of API processes, none sharing a GIL with the scorer); ``all`` (the default)
+runs everything in one process.
+
 Routes: ``GET /v1/health/{customer}``, ``GET /v1/health``, ``GET /v1/health/stream`` (SSE), the dashboard
 at ``/`` and ``/customers/{customer}``, and the ops endpoints.
 """
@@ -28,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 
+from services.customers import suspension
 from services.health_score import dashboard
 from services.health_score.config import HealthSettings
 from services.health_score.model import day_of
@@ -43,6 +48,7 @@ from services.kernel.lifecycle import Lifecycle
 from services.kernel.login import BrowserLogin, PageCaller
 from services.kernel.oidc import OidcClient
 from services.kernel.ops import ops_routes
+from services.kernel.privacy import APPLIED, Erasure, ErasureFollower
 from services.kernel.processing import AtLeastOnceLoop, at_least_once
 from services.kernel.processing.view import MaterializedView
 from services.kernel.serde import SchemaRegistry
@@ -169,6 +175,23 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
                 await browser_login.aclose()
             await run_in_threadpool(life.close)
 
+    def start_views(registry: SchemaRegistry) -> None:
+        views = []
+        for name, apply in ((CUSTOMER_HEALTH, cache.apply_health), (CUSTOMER_ALERTS, cache.apply_alert)):
+            spec = topic(name, prefix)
+            view = MaterializedView(
+                settings.kafka,
+                spec.name,
+                registry.decoder(reader_schema=spec.schema_path),
+                apply,
+                name=f"{SERVICE}-{name}",
+                key_filter=lambda key: key is not None,
+                poll_timeout=0.02,
+                fetch_wait_max_ms=5,
+            )
+            views.append(life.push(view.start(), f"{name} view"))
+        state["views"] = views
+
     def start() -> None:
         # The scorer and the views hold the GIL in bursts; a request waiting for it waits up to the switch
         # interval (5 ms by default), which alone would break the API's p99 < 5 ms under load.
@@ -185,7 +208,14 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
         state["browser_login"] = BrowserLogin(sessions, oidc, settings.oidc)
         store = HealthStore(pool, f"{prefix}{settings.group_id}")
         state["store"] = store
+        state["pool"] = pool
         cache.load_history(store.history(day_of(int(time.time() * 1000)) - settings.history_days))
+        if settings.role != "scorer":
+            start_views(registry)
+        if settings.role == "api":
+            # Serving only: every answer comes from the views and the history; no loop, no outbox.
+            log.info("health score API starting (role api)", extra={"config_version": config.version})
+            return
         builder = FactsBuilder(config, seats_limits(settings.plans_path))
         sink = HealthSink(
             config,
@@ -212,21 +242,20 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
         )
         sink.entitlement_topic = topic(ENTITLEMENT_EVENTS, prefix).name
         state["loop"] = loop
-        views = []
-        for name, apply in ((CUSTOMER_HEALTH, cache.apply_health), (CUSTOMER_ALERTS, cache.apply_alert)):
-            spec = topic(name, prefix)
-            view = MaterializedView(
-                settings.kafka,
-                spec.name,
-                registry.decoder(reader_schema=spec.schema_path),
-                apply,
-                name=f"{SERVICE}-{name}",
-                key_filter=lambda key: key is not None,
-                poll_timeout=0.02,
-                fetch_wait_max_ms=5,
-            )
-            views.append(life.push(view.start(), f"{name} view"))
-        state["views"] = views
+
+        def forget(erasure: Erasure, new: bool) -> None:
+            # Older requests were applied to PostgreSQL, where the facts are loaded from, before this start.
+            if new:
+                sink.forget(erasure)
+                cache.forget(erasure.customer_id, erasure.matches)
+                APPLIED.labels(SERVICE, "memory").inc()
+
+        state["erasures"] = life.push(
+            ErasureFollower(
+                settings.kafka, registry, service=SERVICE, topic_prefix=prefix, on_erasure=[forget]
+            ).start(),
+            "privacy erasures",
+        )
         alerts_spec = topic(CUSTOMER_ALERTS, prefix)
         assert alerts_spec.schema_path is not None
         producer = life.push(
@@ -265,7 +294,17 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
         views: list[MaterializedView] = state.get("views") or []
         return bool(views) and all(v.healthy() for v in views)
 
-    ops_routes(app, readiness={"scorer": scorer_ready, "serving_views": views_ready})
+    def erasures_ready() -> bool:
+        erasures: ErasureFollower | None = state.get("erasures")
+        return erasures is not None and erasures.healthy()
+
+    readiness = {"scorer": scorer_ready, "serving_views": views_ready, "privacy_erasures": erasures_ready}
+    if settings.role == "api":
+        # No scorer, so no facts and no live events of persons to forget.
+        del readiness["scorer"], readiness["privacy_erasures"]
+    elif settings.role == "scorer":
+        del readiness["serving_views"]
+    ops_routes(app, readiness=readiness)
     errors: dict[int | str, dict[str, Any]] = {
         404: {"model": ErrorOut, "description": "Unknown customer (no score yet)"}
     }
@@ -347,7 +386,10 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def overview(caller: PageCaller = CS_PAGE) -> HTMLResponse:
-        return HTMLResponse(dashboard.overview(cache.ranked(), who=caller.header()))
+        # The abuse guard's suspended and suspected customers (PostgreSQL, a small indexed read per view).
+        pool = state.get("pool")
+        abuse = [] if pool is None else await run_in_threadpool(_abuse_rows, pool)
+        return HTMLResponse(dashboard.overview(cache.ranked(), who=caller.header(), abuse=abuse))
 
     @app.get("/customers/{customer_id}", response_class=HTMLResponse, include_in_schema=False)
     async def customer_page(customer_id: str, caller: PageCaller = CS_PAGE) -> HTMLResponse:
@@ -369,3 +411,8 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
 
     install_error_handlers(app, service=SERVICE)
     return app
+
+
+def _abuse_rows(pool: Any) -> list[dict[str, Any]]:
+    with pool.connection() as conn:
+        return suspension.abuse_overview(conn)

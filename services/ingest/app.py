@@ -18,6 +18,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -28,6 +29,8 @@ from psycopg_pool import ConnectionPool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from services.customers import CustomerDirectory
+from services.customers.suspension import suspension_notice
 from services.ingest import metrics as m
 from services.ingest.avro_usage import UsageEventEncoder, schema_matches
 from services.ingest.config import IngestSettings
@@ -79,9 +82,13 @@ class Ingest:
         settings: IngestSettings,
         pool: ConnectionPool,
         writer: EventWriter,
+        customers: CustomerDirectory | None = None,
         import_writer: EventWriter | None = None,
     ) -> None:
         self.settings = settings
+        # Only for the abuse guard's notice (a suspended customer's accepted batches say so); reloaded
+        # within a second of a suspension by the customers trigger's notification.
+        self.customers = customers
         self.limits: Limits = settings.limits()
         self.pool = pool
         self.writer = writer
@@ -204,7 +211,16 @@ class Ingest:
         if single and outcome.rejections:
             r = outcome.rejections[0]
             return _json(400, {**error_body(r.code, r.message, request_id), "results": outcome.results()})
-        return _json(202, accepted_body(request_id, outcome))
+        answer = accepted_body(request_id, outcome)
+        customer = self.customers.get(principal.customer_id) if self.customers is not None else None
+        if (
+            customer is not None
+            and customer.suspended_at is not None
+            and customer.suspended(datetime.now(UTC))
+        ):
+            # Still accepted (the events are the evidence and are metered), but the app should know.
+            answer["suspended"] = suspension_notice(customer)
+        return _json(202, answer)
 
     def _encode(self, outcome: Normalised) -> list[bytes]:
         """Avro-encode the valid records. One that the schema still refuses (a case the checks missed) is
@@ -421,7 +437,8 @@ def open_ingest(settings: IngestSettings, life: Lifecycle) -> Ingest:
         links=encoders[1],
         timeout=settings.produce_timeout_ms / 1000,
     )
-    return Ingest(settings, pool, writer, import_writer)
+    customers = life.push(CustomerDirectory(pool, settings.customers_refresh_seconds).start(), "customers")
+    return Ingest(settings, pool, writer, customers, import_writer)
 
 
 def build_app(settings: IngestSettings | None = None, lifecycle: Lifecycle | None = None) -> FastAPI:

@@ -67,6 +67,8 @@ CUSTOMER_HEALTH = "customer-health"
 CUSTOMER_ALERTS = "customer-alerts"
 IDENTITY_LINKS = "identity-links"
 ACTIVATION_EVENTS = "activation-events"
+ABUSE_SIGNALS = "abuse-signals"
+PRIVACY_ERASURES = "privacy-erasures"
 
 # Compacted topics keep the latest value per key forever; "delete" topics keep records for retention.ms.
 PLATFORM_TOPICS: tuple[TopicSpec, ...] = (
@@ -170,6 +172,23 @@ PLATFORM_TOPICS: tuple[TopicSpec, ...] = (
         "activation_event",
         retention_ms=35 * DAY_MS,
         description="Activation thresholds crossed, once per person (or customer) and threshold (growth).",
+    ),
+    TopicSpec(
+        ABUSE_SIGNALS,
+        3,
+        "abuse_signal",
+        retention_ms=90 * DAY_MS,
+        description="Free-tier abuse guard: per-customer anomalies and cap breaches with their evidence "
+        "(metering); a signal whose action is suspend suspends the customer.",
+    ),
+    TopicSpec(
+        PRIVACY_ERASURES,
+        3,
+        "privacy_erasure",
+        # Long: a service that was down (or is deployed later, e.g. an analytics store) still applies every
+        # erasure when it comes back. The records name persons only by salted hashes (docs/privacy.md).
+        retention_ms=400 * DAY_MS,
+        description="Erasure requests (plg privacy forget): every service forgets the person they name.",
     ),
 )
 
