@@ -50,6 +50,7 @@ class AnalyticsSink(SinkHandler):
         self.group = group
         self._inserted = ROWS.labels("inserted")
         self._no_consent = ROWS.labels("no_analytics_consent")
+        self._duplicates = ROWS.labels("duplicate_event_id")
 
     def process(self, batch: Batch, out: Emit) -> None:
         rows: list[dict[str, Any]] = []
@@ -66,6 +67,7 @@ class AnalyticsSink(SinkHandler):
             rows.append(row_of(event, message.topic, message.partition, message.offset))
             newest_enriched = max(newest_enriched, int(event.get("enriched_at") or 0))
         try:
+            rows = self._new_events(rows)
             self.store.insert_events(rows, dedup_token(self.group, batch.next_offsets, firsts))
             self.store.save_offsets(self.group, batch.next_offsets)
         except StoreError as exc:
@@ -74,6 +76,20 @@ class AnalyticsSink(SinkHandler):
         self._inserted.inc(len(rows))
         if newest_enriched:
             FRESHNESS.set(max(0.0, time.time() - newest_enriched / 1000))
+
+    def _new_events(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One row per (customer, event id): a client's retry that reached Kafka twice, or a history file
+        imported twice, is stored once (the event id is the client's deduplication key everywhere in plg)."""
+        seen = self.store.existing_ids([r["customer_id"] for r in rows], [r["event_id"] for r in rows])
+        fresh = []
+        for row in rows:
+            key = (row["customer_id"], row["event_id"])
+            if key in seen:
+                self._duplicates.inc()
+                continue
+            seen.add(key)
+            fresh.append(row)
+        return fresh
 
     def stored_offsets(self, partitions: Sequence[TopicPartition]) -> Mapping[tuple[str, int], int]:
         wanted = {(tp.topic, tp.partition) for tp in partitions}
