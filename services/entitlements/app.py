@@ -64,7 +64,19 @@ class EntitlementBody(BaseModel):
     hard_limit: bool
     period_start: str = Field(description="current billing period start, UTC, ISO 8601")
     period_end: str = Field(description="current billing period end (exclusive), UTC, ISO 8601")
-    upgrade: UpgradeBody | None = Field(description="null when allowed")
+    upgrade: UpgradeBody | None = Field(description="null when allowed, and when suspended")
+    code: Literal["suspended"] | None = Field(
+        default=None,
+        description="Only while the customer is suspended (abuse guard or support): every feature is refused",
+    )
+    reason: str | None = Field(
+        default=None, description="Why the customer is suspended (only when suspended)"
+    )
+    suspended_since: str | None = Field(default=None, description="UTC, ISO 8601 (only when suspended)")
+    suspended_until: str | None = Field(
+        default=None, description="End of the cool-down, UTC, ISO 8601; null: until lifted by support"
+    )
+    appeal: str | None = Field(default=None, description="How to appeal a suspension (only when suspended)")
 
 
 class NotFoundBody(BaseModel):
@@ -91,7 +103,11 @@ class ErrorBody(BaseModel):
 
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"model": EntitlementBody, "description": "The decision, with an upgrade path when not allowed."},
+    200: {
+        "model": EntitlementBody,
+        "description": "The decision, with an upgrade path when not allowed; a suspended customer is refused "
+        'every feature with code "suspended", the reason and how to appeal.',
+    },
     404: {
         "model": NotFoundBody,
         "description": "No such customer, or a feature that is neither a meter nor a feature of any plan.",
@@ -212,7 +228,9 @@ def build_app(settings: EntitlementsSettings, lifecycle: Lifecycle | None = None
         except PlanNotConfigured as exc:
             CHECKS.labels("plan_not_configured").inc()
             return _error(409, "plan_not_configured", str(exc))
-        CHECKS.labels("allowed" if decision.allowed else "denied").inc()
+        CHECKS.labels(
+            "suspended" if decision.suspension else "allowed" if decision.allowed else "denied"
+        ).inc()
         return Response(orjson.dumps(decision_body(decision)), media_type=_JSON)
 
     # The kernel's HTTP error discipline: request ids, 404/405 in this API's {"code", "message"} shape,

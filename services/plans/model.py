@@ -225,6 +225,30 @@ class ResolvedPrice(_Strict):
     meters: dict[str, MeterPrice]
 
 
+class AbusePolicy(_Strict):
+    """The free-tier abuse guard of a plan (metering's detector, docs/metering.md#abuse-guard). Rates are
+    per minute of arrival time; a spike is ``burst_factor`` times the customer's own baseline and above the
+    floor; caps are absolute."""
+
+    suspend_on_abuse: bool = Field(default=False, description="Suspend on a cap (and, if asked, a spike).")
+    suspend_on_spike: bool = Field(default=False, description="Also suspend on a spike against the baseline.")
+    burst_factor: float = Field(default=10.0, gt=1)
+    expected_events_per_minute: float = Field(default=60.0, ge=0, description="Baseline of a new customer.")
+    expected_persons_per_minute: float = Field(default=10.0, ge=0)
+    min_events_per_minute: int = Field(default=600, ge=1, description="No spike below this many events/min.")
+    min_persons_per_minute: int = Field(default=100, ge=1)
+    max_events_per_minute: int | None = Field(default=None, ge=1, description="Hard cap on events/min.")
+    hard_caps: dict[str, Decimal] = Field(
+        default_factory=dict, description="Per meter: period usage beyond which the customer is abusing."
+    )
+    cool_down_hours: float | None = Field(
+        default=24.0, gt=0, description="An automatic suspension ends after this; null: only by hand."
+    )
+
+
+DEFAULT_ABUSE = AbusePolicy()
+
+
 class Plan(_Strict):
     """A plan: its price, its meters' allowances and its boolean features."""
 
@@ -239,6 +263,8 @@ class Plan(_Strict):
     prices: tuple[PriceVersion, ...] = ()
     # Sales-negotiated plans (the seeds' enterprise): no self-serve checkout to them.
     custom_contract: bool = False
+    # The abuse guard (metering): detection always runs; suspension only where configured.
+    abuse: AbusePolicy = DEFAULT_ABUSE
 
     @model_validator(mode="after")
     def _prices_given_once(self) -> Plan:
@@ -367,6 +393,9 @@ def cross_reference_errors(config: PlansConfig, unparsed_plans: set[str] | None 
         for slug in plan.meters:
             if slug not in meter_slugs:
                 errors.append(f"{where}.meters.{slug}: no meter with this slug is defined")
+        for slug in plan.abuse.hard_caps:
+            if slug not in meter_slugs:
+                errors.append(f"{where}.abuse.hard_caps.{slug}: no meter with this slug is defined")
         for name in plan.features:
             if name in meter_slugs:
                 errors.append(f"{where}.features.{name}: a feature cannot share a meter's slug")
