@@ -479,6 +479,10 @@ def test_plg_privacy_forget_erases_the_person_from_the_store_for_good(analytics:
         timeout=30,
     )
     assert [e["name"] for e in answer.json()["events"]] == ["signed_up"]
+    # Requests are applied again at every start: the new history survives another restart.
+    analytics.proc.terminate()
+    analytics.start()
+    wait_for(lambda: persons() == ["gone", "stays"], timeout=30, what="the new history kept across a restart")
 
 
 def test_health_backtest_scores_past_days_against_later_activity(analytics: Analytics, stack) -> None:
