@@ -52,6 +52,11 @@ class TopicSpec:
 
 USAGE_EVENTS = "usage-events"
 USAGE_EVENTS_ENRICHED = "usage-events-enriched"
+# Historical events (POST /v1/import, plg import): enriched and kept for analytics, never metered — the
+# metering aggregator does not read this topic, so nothing on it can be billed or counted by entitlements.
+USAGE_EVENTS_IMPORT = "usage-events-import"
+#: The property enrichment sets on an imported event (boolean true) on ``usage-events-enriched``.
+HISTORICAL_PROPERTY = "$historical"
 USAGE_EVENTS_DLQ = "usage-events-dlq"
 USAGE_AGGREGATES = "usage-aggregates"
 USAGE_PERIODS = "usage-periods"
@@ -73,6 +78,13 @@ PLATFORM_TOPICS: tuple[TopicSpec, ...] = (
         "usage_event",
         retention_ms=35 * DAY_MS,
         description="Raw usage and telemetry events from ingest and direct producers (key customer_id).",
+    ),
+    TopicSpec(
+        USAGE_EVENTS_IMPORT,
+        6,
+        "usage_event",
+        retention_ms=7 * DAY_MS,
+        description="Imported history (POST /v1/import): enriched and stored for analytics, never metered.",
     ),
     TopicSpec(
         USAGE_EVENTS_ENRICHED,
