@@ -13,7 +13,6 @@ at ``/`` and ``/customers/{customer}``, and the ops endpoints.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 import time
@@ -26,7 +25,7 @@ from fastapi import FastAPI, Query
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, Response
 
 from services.health_score import dashboard
 from services.health_score.config import HealthSettings
@@ -45,6 +44,8 @@ from services.kernel.processing import AtLeastOnceLoop, at_least_once
 from services.kernel.processing.view import MaterializedView
 from services.kernel.serde import SchemaRegistry
 from services.kernel.service import ConfigFile
+from services.kernel.sse import StreamLimits, event_stream
+from services.kernel.sse import event as sse_event
 from services.kernel.topics import (
     CUSTOMER_ALERTS,
     CUSTOMER_HEALTH,
@@ -244,6 +245,9 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
         return bool(views) and all(v.healthy() for v in views)
 
     ops_routes(app, readiness={"scorer": scorer_ready, "serving_views": views_ready})
+    sse_limits = StreamLimits(
+        SERVICE, per_key=settings.platform.sse_max_streams_per_key, total=settings.platform.sse_max_streams
+    )
     errors: dict[int | str, dict[str, Any]] = {
         404: {"model": ErrorOut, "description": "Unknown customer (no score yet)"}
     }
@@ -285,27 +289,16 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
     ) -> Response:
         """``score`` events for every customer (or only ``customer``), plus that customer's ``event``
         (recent enriched events) and ``alert`` events. A comment every 15 s keeps proxies from closing it."""
+        slot = sse_limits.acquire(request)  # 503 beyond the per-credential and overall limits
         sub_id, queue = hub.subscribe(customer)
-
-        async def events() -> AsyncIterator[bytes]:
-            try:
-                yield b": connected\n\n"
-                while True:
-                    try:
-                        kind, data = await asyncio.wait_for(queue.get(), timeout=15)
-                    except TimeoutError:
-                        if await request.is_disconnected():
-                            return
-                        yield b": keep-alive\n\n"
-                        continue
-                    yield b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-            finally:
-                hub.unsubscribe(sub_id)
-
-        return StreamingResponse(
-            events(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        return event_stream(
+            request,
+            queue,
+            slot=slot,
+            close=lambda: hub.unsubscribe(sub_id),
+            first=b": connected\n\n",
+            render=lambda item: sse_event(item[0], orjson.dumps(item[1])),
+            heartbeat=15,
         )
 
     @app.get(
