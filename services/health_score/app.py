@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
@@ -218,10 +218,10 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
             alerts_spec.name,
             [*config.webhooks, *settings.webhook_urls],
         )
-        workers = Workers()
+        workers = Workers(readiness)  # scorer, alert_sender: a check each in /readyz
         life.push(workers, "workers")  # stopped and joined first, before the clients they use close
         state["workers"] = workers
-        workers.start("scorer", loop.run)
+        workers.start("scorer", loop.run, ready=loop.ready)
         workers.start("alert-sender", sender.run)
         log.info(
             "health score starting",
@@ -235,16 +235,12 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
         lifespan=lifespan,
     )
 
-    def scorer_ready() -> bool:
-        loop = state.get("loop")
-        workers: Workers | None = state.get("workers")
-        return loop is not None and workers is not None and workers.alive("scorer") and loop.ready()
-
     def views_ready() -> bool:
         views: list[MaterializedView] = state.get("views") or []
         return bool(views) and all(v.healthy() for v in views)
 
-    ops_routes(app, readiness={"scorer": scorer_ready, "serving_views": views_ready})
+    readiness: dict[str, Callable[[], bool]] = {"serving_views": views_ready}
+    ops_routes(app, readiness=readiness)
     sse_limits = StreamLimits(
         SERVICE, per_key=settings.platform.sse_max_streams_per_key, total=settings.platform.sse_max_streams
     )
