@@ -217,6 +217,11 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
             registry.encoder(alerts_spec.value_subject, alerts_spec.schema_path, auto_register=False),
             alerts_spec.name,
             [*config.webhooks, *settings.webhook_urls],
+            signing_secret=(
+                settings.webhook_signing_secret.get_secret_value()
+                if settings.webhook_signing_secret
+                else None
+            ),
         )
         workers = Workers(readiness)  # scorer, alert_sender: a check each in /readyz
         life.push(workers, "workers")  # stopped and joined first, before the clients they use close

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from services.kernel.settings import StreamServiceSettings
+from services.kernel.settings import DevDefault, StreamServiceSettings
 
 
 class HealthSettings(StreamServiceSettings):
@@ -24,8 +24,12 @@ class HealthSettings(StreamServiceSettings):
     plans_path: Path | None = None
     # The batch path: every customer recomputed from PostgreSQL's history this often.
     batch_interval_seconds: float = Field(default=300.0, gt=0)
-    # Webhook URLs that receive every alert (added to health.yaml's `webhooks`).
+    # Webhook URLs that receive every alert (added to health.yaml's `webhooks`). Logged and printed with
+    # their path and query masked (they often hold the receiver's credential).
     webhook_urls: list[str] = Field(default_factory=list)
+    # Signs every alert webhook (HMAC-SHA256, header Plg-Signature: t=...,v1=...; docs/health-score.md).
+    # Unset: webhooks go unsigned, which only the local stack accepts.
+    webhook_signing_secret: SecretStr | None = None
     # The real-time path's batches: the latency of a changed score is about batch_wait plus one transaction.
     batch_wait_seconds: float = Field(default=0.05, gt=0)
     max_batch: int = Field(default=5000, ge=1)
@@ -36,3 +40,14 @@ class HealthSettings(StreamServiceSettings):
     gil_switch_interval_seconds: float = Field(default=0.001, gt=0, le=0.1)
     # Apply migrations at start (the stack does it too; safe to repeat).
     migrate: bool = True
+
+    def development_defaults(self) -> list[DevDefault]:
+        found = super().development_defaults()
+        if self.webhook_signing_secret is None:
+            found.append(
+                DevDefault(
+                    "HEALTH_WEBHOOK_SIGNING_SECRET",
+                    "is not set: alert webhooks go unsigned, a receiver cannot tell them from forgeries",
+                )
+            )
+        return found

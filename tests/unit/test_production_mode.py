@@ -30,7 +30,7 @@ DEFAULTS: dict[str, tuple[str, ...]] = {
     "services.entitlements": (),
     "services.growth": (),
     "services.enrichment": ("ENRICHMENT_PII_KEY",),
-    "services.health_score": (),
+    "services.health_score": ("HEALTH_WEBHOOK_SIGNING_SECRET",),
     "services.billing_reporter": ("STRIPE_WEBHOOK_SECRET", "STRIPE_API_KEY", "STRIPE_API_BASE"),
     "services.analytics": (),
 }
@@ -50,6 +50,7 @@ REAL = {
     "STRIPE_WEBHOOK_SECRET": "whsec_real_5c2e",
     "STRIPE_API_KEY": "sk_live_real_77aa",
     "STRIPE_API_BASE": "https://api.stripe.com",
+    "HEALTH_WEBHOOK_SIGNING_SECRET": "real-alert-signing-3e1f",
 }
 ALL_PREFIXES = ("PLG_", "STRIPE_", "REGISTRY_", "GROWTH_", "ENRICHMENT_", "HEALTH_", "INGEST_", "BILLING_")
 
