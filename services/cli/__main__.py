@@ -15,6 +15,7 @@
     plg billing sync-meters | reconcile [--customer C] [--period YYYY-MM] [--no-stripe] [--all]
     plg analytics funnel --steps a,b,c [--customer C] [--window 7d] [--breakdown plan] [--format json]
     plg analytics retention | north-star | activation | timeline <customer-id>   (PLG_OPERATOR_TOKEN)
+    plg plan codegen --lang ts|python [--out DIR] | check FILE.json   # typed events, the app's CI check
     plg activation suggest [--since 90d] [--within 14d] [--retained-after 30d] [--churn-event E]
 
 Add ``--json`` before the command for machine-readable output. Migrations are applied first (idempotent),
@@ -33,7 +34,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from services.cli import analytics, billing, identity
+from services.cli import analytics, billing, identity, plan
 from services.cli import dlq as dead_letters
 from services.enrichment import store as success
 from services.ingest import store
@@ -117,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
 
     billing.add_parser(groups)
     analytics.add_parser(groups)
+    plan.add_parser(groups)
     analytics.add_activation_parser(groups)
 
     keys = groups.add_parser("keys", help="ingest API keys").add_subparsers(dest="command", required=True)
@@ -204,6 +206,11 @@ _OPERATOR_COLS = ("operator_id", "name", "role", "created_at", "revoked_at")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.group == "plan":  # files and (optionally) the registry: no database
+        try:
+            return plan.run(args)
+        except plan.PlanCliError as exc:
+            raise CliError(str(exc)) from None
     if args.group == "identity":
         return _identity(args)
     if args.group in ("analytics", "activation"):  # asks the analytics service over HTTP: no database
