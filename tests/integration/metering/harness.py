@@ -107,23 +107,27 @@ class RunningApi:
     url: str
     server: uvicorn.Server
     thread: threading.Thread
+    token: str | None = None  # sent by client(): an operator token (tests/auth_support.py)
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=10)
+    def client(self, token: str | None = None) -> httpx.Client:
+        token = token or self.token
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        return httpx.Client(base_url=self.url, timeout=10, headers=headers)
 
     def close(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
 
 
-def serve(app: Any, port: int, name: str) -> RunningApi:
-    """Run an ASGI app under uvicorn in a thread on ``port`` until its ``/readyz`` answers 200."""
+def serve(app: Any, port: int, name: str, token: str | None = None) -> RunningApi:
+    """Run an ASGI app under uvicorn in a thread on ``port`` until its ``/readyz`` answers 200; its
+    ``client()`` sends ``token``."""
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
     thread = threading.Thread(target=server.run, name=f"{name}-{port}", daemon=True)
     thread.start()
-    api = RunningApi(f"http://127.0.0.1:{port}", server, thread)
+    api = RunningApi(f"http://127.0.0.1:{port}", server, thread, token)
     wait_for(lambda: server.started or not thread.is_alive(), timeout=60, what=f"{name} start")
     if not thread.is_alive():
         raise AssertionError(f"{name} failed to start (see the log)")
