@@ -14,7 +14,9 @@
         [--since T]
     plg identity merge <customer-id> <merged-user-id> <survivor-user-id>
     plg privacy forget --customer C --person P [--requested-by NAME]   # erasure: docs/privacy.md
-    plg billing sync-meters | reconcile [--customer C] [--period YYYY-MM] [--no-stripe] [--all]
+    plg billing sync-catalog | sync-meters | reconcile [--customer C] [--period YYYY-MM] [--no-stripe] [--all]
+    plg billing preview <customer-id> --plan P [--version V] [--period YYYY-MM]
+    plg billing simulate --price-book FILE [--period YYYY-MM]
     plg analytics funnel --steps a,b,c [--customer C] [--window 7d] [--breakdown plan] [--format json]
     plg analytics retention | north-star | activation | timeline <customer-id>   (PLG_OPERATOR_TOKEN)
     plg plan codegen --lang ts|python [--out DIR] | check FILE.json   # typed events, the app's CI check
