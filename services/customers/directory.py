@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from psycopg_pool import ConnectionPool
@@ -64,6 +64,9 @@ class CustomerDirectory:
         )
         self.listening = self._listener.listening if self._listener is not None else threading.Event()
         self.loaded = False
+        # Called with a customer's id after a change notification reloaded it: caches of other per-customer
+        # rows (billing's credit grants in the entitlement API) follow the same push, not a TTL.
+        self.on_change: list[Callable[[str], None]] = []
 
     def __len__(self) -> int:
         return len(self._customers)
@@ -132,6 +135,8 @@ class CustomerDirectory:
             with self._lock:
                 self._customers.pop(customer_id, None)
         self._missing.pop(customer_id, None)
+        for follower in self.on_change:
+            follower(customer_id)
 
     def _reload_all(self, customer_ids: list[str]) -> None:
         for customer_id in dict.fromkeys(customer_ids):  # a burst names a customer once
