@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from bench.common import cpu_seconds, load_average, pct, service, stack
+from bench.common import bench_credentials, cpu_seconds, load_average, pct, service, stack
 from services.devstack.config import free_port
 from services.kernel.db import migrate
 from services.kernel.kafka import Producer
@@ -200,7 +200,10 @@ def run(args: argparse.Namespace, bootstrap: str, registry: str, database: str, 
         )
         load.start()
         latencies: list[float] = []
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        # An operator (the list API is for operators); each request's latency includes the token check.
+        _, operator = bench_credentials(database, f"{prefix}operator-home")
+        auth = {"Authorization": f"Bearer {operator}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10, headers=auth) as client:
             time.sleep(1.0)
             deadline = time.monotonic() + args.seconds - 2
             while time.monotonic() < deadline:

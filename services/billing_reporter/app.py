@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 import orjson
 import stripe
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -36,7 +36,7 @@ from services.billing_reporter.publish import InvoicePublisher, ReportPublisher
 from services.billing_reporter.sender import OutboxSender, SenderOptions
 from services.billing_reporter.sink import AggregateSink
 from services.billing_reporter.stripe_gateway import StripeGateway
-from services.kernel import db
+from services.kernel import auth, db
 from services.kernel.http import HttpError, install_error_handlers
 from services.kernel.kafka import Producer
 from services.kernel.lifecycle import Lifecycle
@@ -100,6 +100,7 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
                 await run_in_threadpool(db.migrate, settings.database.url.get_secret_value())
             registry = life.push(SchemaRegistry(settings.registry), "schema registry")
             pool = life.push(db.open_pool(settings.database, name=SERVICE), "database pool")
+            auth.install(fastapi_app, auth.open_authenticator(pool, settings.auth))
             gateway = StripeGateway(
                 settings.stripe.api_base, settings.stripe.api_key, timeout=settings.stripe.timeout_seconds
             )
@@ -192,6 +193,7 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
             )
             yield
         finally:
+            auth.install(fastapi_app, None)
             life.close()
 
     app = FastAPI(title="plg billing reporter", version="1", lifespan=lifespan)
@@ -207,7 +209,11 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
 
     ops_routes(app, readiness={"ledger_writer": loop_ready, "outbox_sender": sender_ready})
 
-    @app.get("/v1/invoices/{customer_id}/upcoming", responses=openapi.UPCOMING_INVOICE)
+    @app.get(
+        "/v1/invoices/{customer_id}/upcoming",
+        responses={**openapi.UPCOMING_INVOICE, **auth.responses()},
+        dependencies=[Depends(auth.secret_key())],  # the customer's backend, or an operator
+    )
     async def upcoming_invoice(customer_id: str) -> Response:
         """The running invoice of the customer's current period, from the usage consumed so far."""
         found = await run_in_threadpool(

@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 import orjson
-from fastapi import FastAPI, Query
+from fastapi import Depends, FastAPI, Query
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -36,7 +36,7 @@ from services.health_score.registry import HealthConfig, load_config, summary
 from services.health_score.sender import AlertSender
 from services.health_score.serving import Hub, ServingCache, detail
 from services.health_score.store import HealthStore
-from services.kernel import db
+from services.kernel import auth, db
 from services.kernel.http import HttpError, install_error_handlers
 from services.kernel.kafka import Producer
 from services.kernel.lifecycle import Lifecycle
@@ -137,6 +137,11 @@ class ErrorOut(BaseModel):
     request_id: str
 
 
+# The CS dashboard, its list API and its live stream show every customer: operators only (a token, or the
+# browser session of a signed-in operator).
+CS_VIEWER: Any = Depends(auth.operator(auth.Role.viewer))
+
+
 def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> FastAPI:
     config: HealthConfig = load_config(settings.config_path)
     life = lifecycle or Lifecycle(SERVICE)
@@ -149,8 +154,10 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
     async def lifespan(fastapi_app: FastAPI) -> AsyncIterator[None]:
         try:
             await run_in_threadpool(start)
+            auth.install(fastapi_app, state["authenticator"])
             yield
         finally:
+            auth.install(fastapi_app, None)
             await run_in_threadpool(life.close)
 
     def start() -> None:
@@ -161,6 +168,7 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
             db.migrate(settings.database.url.get_secret_value())
         registry = life.push(SchemaRegistry(settings.registry), "schema registry")
         pool = life.push(db.open_pool(settings.database, name=SERVICE), "database pool")
+        state["authenticator"] = auth.open_authenticator(pool, settings.auth)
         store = HealthStore(pool, f"{prefix}{settings.group_id}")
         state["store"] = store
         cache.load_history(store.history(day_of(int(time.time() * 1000)) - settings.history_days))
@@ -251,8 +259,13 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
     @app.get(
         "/v1/health",
         response_model=None,
-        responses={200: {"model": ListOut}, 422: {"model": ErrorOut, "description": "Invalid parameter"}},
+        responses={
+            200: {"model": ListOut},
+            422: {"model": ErrorOut, "description": "Invalid parameter"},
+            **auth.responses(),
+        },
         summary="Customers by risk",
+        dependencies=[CS_VIEWER],  # every customer: the CS team's view, never a customer's
     )
     async def list_health(
         band: Literal["red", "yellow", "green"] | None = None,
@@ -279,6 +292,7 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
             }
         },
         summary="Live updates (SSE)",
+        dependencies=[CS_VIEWER],
     )
     async def stream(
         request: Request, customer: str | None = Query(default=None, max_length=200)
@@ -311,8 +325,9 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
     @app.get(
         "/v1/health/{customer_id}",
         response_model=None,
-        responses={200: {"model": HealthOut}, **errors},
+        responses={200: {"model": HealthOut}, **errors, **auth.responses()},
         summary="One customer's health",
+        dependencies=[Depends(auth.secret_key())],  # the customer's own backend, or an operator
     )
     async def get_health(customer_id: str) -> Response:
         """Score, band, components, trend, explanation and daily history, from the serving cache."""
@@ -321,11 +336,16 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
             raise HttpError(404, "customer_not_found", f"no health score for customer {customer_id!r}")
         return Response(orjson.dumps(detail(record, cache.history.get(customer_id, []))), media_type=_JSON)
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False, dependencies=[CS_VIEWER])
     async def overview() -> HTMLResponse:
         return HTMLResponse(dashboard.overview(cache.ranked()))
 
-    @app.get("/customers/{customer_id}", response_class=HTMLResponse, include_in_schema=False)
+    @app.get(
+        "/customers/{customer_id}",
+        response_class=HTMLResponse,
+        include_in_schema=False,
+        dependencies=[CS_VIEWER],
+    )
     async def customer_page(customer_id: str) -> HTMLResponse:
         record = cache.latest.get(customer_id)
         return HTMLResponse(

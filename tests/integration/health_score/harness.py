@@ -20,6 +20,7 @@ from services.kernel.kafka import Consumer, Producer
 from services.kernel.serde import SchemaRegistry
 from services.kernel.settings import DatabaseSettings, KafkaSettings, PlatformSettings, SchemaRegistrySettings
 from services.kernel.topics import USAGE_EVENTS_ENRICHED, topic
+from tests.auth_support import operator_token
 from tests.integration.metering.harness import RunningApi, serve, wait_for
 
 __all__ = ["Health", "WebhookSink", "enriched", "wait_for"]
@@ -117,7 +118,8 @@ class Health:
 
     def start(self, **overrides: Any) -> RunningApi:
         settings = self.settings(**overrides)
-        api = serve(build_app(settings), settings.port, "health-score")
+        token = operator_token(self.database, "viewer")
+        api = serve(build_app(settings), settings.port, "health-score", token)
         self.apis.append(api)
         return api
 

@@ -77,7 +77,10 @@ def test_events_through_ingest_update_the_customer_page_live(
                     what="the first score",
                 )
 
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            # The dashboard is for operators: the page, its fetches and its SSE stream carry the token.
+            assert api.token is not None
+            operator = {"Authorization": f"Bearer {api.token}"}
+            page = browser.new_page(viewport={"width": 1280, "height": 900}, extra_http_headers=operator)
             page.goto(f"{api.url}/customers/{customer}")
             page.evaluate("window.__loadedOnce = true")  # gone if the page reloads
             assert page.locator("#score").inner_text() == str(before["score"])
@@ -101,7 +104,7 @@ def test_events_through_ingest_update_the_customer_page_live(
         shot = tmp_path / "customer.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
-        overview = browser.new_page(viewport={"width": 1280, "height": 720})
+        overview = browser.new_page(viewport={"width": 1280, "height": 720}, extra_http_headers=operator)
         overview.goto(api.url + "/")
         overview.locator(f"#c-{customer}").wait_for(timeout=10_000)
         target = os.environ.get(SCREENSHOT_ENV)

@@ -33,6 +33,7 @@ from services.kernel.topics import (
 )
 from services.metering_aggregator.app import build_app
 from services.metering_aggregator.config import MeteringSettings
+from tests.auth_support import operator_token
 
 
 def now_ms() -> int:
@@ -107,23 +108,27 @@ class RunningApi:
     url: str
     server: uvicorn.Server
     thread: threading.Thread
+    token: str | None = None  # sent by client(): an operator token (tests/auth_support.py)
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=10)
+    def client(self, token: str | None = None) -> httpx.Client:
+        token = token or self.token
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        return httpx.Client(base_url=self.url, timeout=10, headers=headers)
 
     def close(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
 
 
-def serve(app: Any, port: int, name: str) -> RunningApi:
-    """Run an ASGI app under uvicorn in a thread on ``port`` until its ``/readyz`` answers 200."""
+def serve(app: Any, port: int, name: str, token: str | None = None) -> RunningApi:
+    """Run an ASGI app under uvicorn in a thread on ``port`` until its ``/readyz`` answers 200; its
+    ``client()`` sends ``token``."""
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
     thread = threading.Thread(target=server.run, name=f"{name}-{port}", daemon=True)
     thread.start()
-    api = RunningApi(f"http://127.0.0.1:{port}", server, thread)
+    api = RunningApi(f"http://127.0.0.1:{port}", server, thread, token)
     wait_for(lambda: server.started or not thread.is_alive(), timeout=60, what=f"{name} start")
     if not thread.is_alive():
         raise AssertionError(f"{name} failed to start (see the log)")
@@ -213,7 +218,7 @@ class Metering:
             platform=PlatformSettings(topic_prefix=self.prefix, log_format="text"),
             **{"customers_refresh_seconds": 1.0, **overrides},
         )
-        api = serve(build_entitlements(settings), port, "entitlements")
+        api = serve(build_entitlements(settings), port, "entitlements", operator_token(self.database))
         self.apis.append(api)
         return api
 
