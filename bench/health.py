@@ -25,8 +25,9 @@ from typing import Any
 import httpx
 import psycopg
 
-from bench.common import bench_credentials, cpu_seconds, load_average, pct, service, stack
+from bench.common import cpu_seconds, load_average, pct, service, stack
 from services.devstack.config import free_port
+from services.kernel import apikeys
 from services.kernel.db import migrate
 from services.kernel.kafka import Producer
 from services.kernel.provision import admin_client, provision_all
@@ -200,10 +201,11 @@ def run(args: argparse.Namespace, bootstrap: str, registry: str, database: str, 
         )
         load.start()
         latencies: list[float] = []
-        # An operator (the list API is for operators); each request's latency includes the token check.
-        _, operator = bench_credentials(database, f"{prefix}operator-home")
-        auth = {"Authorization": f"Bearer {operator}"}
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10, headers=auth) as client:
+        # The list API is for operators (docs/security.md): the bench signs its requests as one.
+        with psycopg.connect(database, autocommit=True) as conn:
+            token = apikeys.create_operator(conn, f"{prefix}bench-health", "viewer")[1]
+        operator = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10, headers=operator) as client:
             time.sleep(1.0)
             deadline = time.monotonic() + args.seconds - 2
             while time.monotonic() < deadline:

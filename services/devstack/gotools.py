@@ -1,5 +1,5 @@
 """Go programs the test suite runs, built once into ``.plg/bin`` (like stripe-mock): the Compose loader
-(compose-go, our own 40-line ``deploy/compose-config``) and Helm.
+(compose-go, our own 40-line ``deploy/compose-config``), Helm, and the OIDC provider of the sign-in tests.
 
 Each binary sits next to a stamp naming exactly what it was built from (the module version, or a hash of
 the local program's sources), so a checkout that pins another version rebuilds it and an unchanged one
@@ -99,7 +99,9 @@ COMPOSE_CONFIG = GoTool(
     source=REPO_ROOT / "deploy" / "compose-config",
 )
 HELM = GoTool("helm", "helm.sh/helm/v4/cmd/helm", "v4.3.2")
-TOOLS = (COMPOSE_CONFIG, HELM)
+# The OpenID Connect provider the dashboard's sign-in tests use (services/devstack/oidc_provider.py).
+OIDC_PROVIDER = GoTool("zitadel-oidc-example-op", "github.com/zitadel/oidc/v3/example/server", "v3.52.0")
+TOOLS = (COMPOSE_CONFIG, HELM, OIDC_PROVIDER)
 
 
 def ensure_all(bin_dir: Path, say: Callable[[str], None] = print) -> dict[str, float | None]:

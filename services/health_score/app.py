@@ -7,6 +7,10 @@
 * the **alert sender** (outbox → ``customer-alerts`` and webhooks);
 * the **serving views**: ``customer-health`` and ``customer-alerts`` read whole into memory.
 
+``HEALTH_ROLE`` splits them: ``scorer`` runs the loop and the sender without views, ``api`` only the views
+and the routes (any number of API processes, none sharing a GIL with the scorer); ``all`` (the default)
+runs everything in one process.
+
 Routes: ``GET /v1/health/{customer}``, ``GET /v1/health``, ``GET /v1/health/stream`` (SSE), the dashboard
 at ``/`` and ``/customers/{customer}``, and the ops endpoints.
 """
@@ -36,15 +40,19 @@ from services.health_score.registry import HealthConfig, load_config, summary
 from services.health_score.sender import AlertSender
 from services.health_score.serving import Hub, ServingCache, detail
 from services.health_score.store import HealthStore
-from services.kernel import auth, db
+from services.kernel import auth, db, login
 from services.kernel.http import HttpError, install_error_handlers
 from services.kernel.kafka import Producer
 from services.kernel.lifecycle import Lifecycle
+from services.kernel.login import BrowserLogin, PageCaller
+from services.kernel.oidc import OidcClient
 from services.kernel.ops import ops_routes
+from services.kernel.privacy import APPLIED, Erasure, ErasureFollower
 from services.kernel.processing import AtLeastOnceLoop, at_least_once
 from services.kernel.processing.view import MaterializedView
 from services.kernel.serde import SchemaRegistry
 from services.kernel.service import ConfigFile
+from services.kernel.sessions import SessionStore
 from services.kernel.topics import (
     CUSTOMER_ALERTS,
     CUSTOMER_HEALTH,
@@ -138,8 +146,9 @@ class ErrorOut(BaseModel):
 
 
 # The CS dashboard, its list API and its live stream show every customer: operators only (a token, or the
-# browser session of a signed-in operator).
+# browser session of a signed-in operator). Pages send a browser without a session to the login page.
 CS_VIEWER: Any = Depends(auth.operator(auth.Role.viewer))
+CS_PAGE: Any = Depends(login.operator_page(auth.Role.viewer))
 
 
 def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> FastAPI:
@@ -155,10 +164,32 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
         try:
             await run_in_threadpool(start)
             auth.install(fastapi_app, state["authenticator"])
+            login.install(fastapi_app, state["browser_login"])
             yield
         finally:
+            login.install(fastapi_app, None)
             auth.install(fastapi_app, None)
+            browser_login: BrowserLogin | None = state.get("browser_login")
+            if browser_login is not None:
+                await browser_login.aclose()
             await run_in_threadpool(life.close)
+
+    def start_views(registry: SchemaRegistry) -> None:
+        views = []
+        for name, apply in ((CUSTOMER_HEALTH, cache.apply_health), (CUSTOMER_ALERTS, cache.apply_alert)):
+            spec = topic(name, prefix)
+            view = MaterializedView(
+                settings.kafka,
+                spec.name,
+                registry.decoder(reader_schema=spec.schema_path),
+                apply,
+                name=f"{SERVICE}-{name}",
+                key_filter=lambda key: key is not None,
+                poll_timeout=0.02,
+                fetch_wait_max_ms=5,
+            )
+            views.append(life.push(view.start(), f"{name} view"))
+        state["views"] = views
 
     def start() -> None:
         # The scorer and the views hold the GIL in bursts; a request waiting for it waits up to the switch
@@ -168,10 +199,21 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
             db.migrate(settings.database.url.get_secret_value())
         registry = life.push(SchemaRegistry(settings.registry), "schema registry")
         pool = life.push(db.open_pool(settings.database, name=SERVICE), "database pool")
-        state["authenticator"] = auth.open_authenticator(pool, settings.auth)
+        authenticator = auth.open_authenticator(lambda: pool.connection(timeout=5), settings.auth)
+        sessions = SessionStore(lambda: pool.connection(timeout=5), settings.sessions)
+        authenticator.sessions = sessions.resolve  # a signed-in browser is an operator credential
+        state["authenticator"] = authenticator
+        oidc = OidcClient(settings.oidc) if settings.oidc.enabled else None
+        state["browser_login"] = BrowserLogin(sessions, oidc, settings.oidc)
         store = HealthStore(pool, f"{prefix}{settings.group_id}")
         state["store"] = store
         cache.load_history(store.history(day_of(int(time.time() * 1000)) - settings.history_days))
+        if settings.role != "scorer":
+            start_views(registry)
+        if settings.role == "api":
+            # Serving only: every answer comes from the views and the history; no loop, no outbox.
+            log.info("health score API starting (role api)", extra={"config_version": config.version})
+            return
         builder = FactsBuilder(config, seats_limits(settings.plans_path))
         sink = HealthSink(
             config,
@@ -198,21 +240,20 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
         )
         sink.entitlement_topic = topic(ENTITLEMENT_EVENTS, prefix).name
         state["loop"] = loop
-        views = []
-        for name, apply in ((CUSTOMER_HEALTH, cache.apply_health), (CUSTOMER_ALERTS, cache.apply_alert)):
-            spec = topic(name, prefix)
-            view = MaterializedView(
-                settings.kafka,
-                spec.name,
-                registry.decoder(reader_schema=spec.schema_path),
-                apply,
-                name=f"{SERVICE}-{name}",
-                key_filter=lambda key: key is not None,
-                poll_timeout=0.02,
-                fetch_wait_max_ms=5,
-            )
-            views.append(life.push(view.start(), f"{name} view"))
-        state["views"] = views
+
+        def forget(erasure: Erasure, new: bool) -> None:
+            # Older requests were applied to PostgreSQL, where the facts are loaded from, before this start.
+            if new:
+                sink.forget(erasure)
+                cache.forget(erasure.customer_id, erasure.matches)
+                APPLIED.labels(SERVICE, "memory").inc()
+
+        state["erasures"] = life.push(
+            ErasureFollower(
+                settings.kafka, registry, service=SERVICE, topic_prefix=prefix, on_erasure=[forget]
+            ).start(),
+            "privacy erasures",
+        )
         alerts_spec = topic(CUSTOMER_ALERTS, prefix)
         assert alerts_spec.schema_path is not None
         producer = life.push(
@@ -251,7 +292,17 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
         views: list[MaterializedView] = state.get("views") or []
         return bool(views) and all(v.healthy() for v in views)
 
-    ops_routes(app, readiness={"scorer": scorer_ready, "serving_views": views_ready})
+    def erasures_ready() -> bool:
+        erasures: ErasureFollower | None = state.get("erasures")
+        return erasures is not None and erasures.healthy()
+
+    readiness = {"scorer": scorer_ready, "serving_views": views_ready, "privacy_erasures": erasures_ready}
+    if settings.role == "api":
+        # No scorer, so no facts and no live events of persons to forget.
+        del readiness["scorer"], readiness["privacy_erasures"]
+    elif settings.role == "scorer":
+        del readiness["serving_views"]
+    ops_routes(app, readiness=readiness)
     errors: dict[int | str, dict[str, Any]] = {
         404: {"model": ErrorOut, "description": "Unknown customer (no score yet)"}
     }
@@ -259,13 +310,9 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
     @app.get(
         "/v1/health",
         response_model=None,
-        responses={
-            200: {"model": ListOut},
-            422: {"model": ErrorOut, "description": "Invalid parameter"},
-            **auth.responses(),
-        },
+        responses={200: {"model": ListOut}, 422: {"model": ErrorOut, "description": "Invalid parameter"}},
         summary="Customers by risk",
-        dependencies=[CS_VIEWER],  # every customer: the CS team's view, never a customer's
+        dependencies=[CS_VIEWER],
     )
     async def list_health(
         band: Literal["red", "yellow", "green"] | None = None,
@@ -336,17 +383,12 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
             raise HttpError(404, "customer_not_found", f"no health score for customer {customer_id!r}")
         return Response(orjson.dumps(detail(record, cache.history.get(customer_id, []))), media_type=_JSON)
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False, dependencies=[CS_VIEWER])
-    async def overview() -> HTMLResponse:
-        return HTMLResponse(dashboard.overview(cache.ranked()))
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def overview(caller: PageCaller = CS_PAGE) -> HTMLResponse:
+        return HTMLResponse(dashboard.overview(cache.ranked(), who=caller.header()))
 
-    @app.get(
-        "/customers/{customer_id}",
-        response_class=HTMLResponse,
-        include_in_schema=False,
-        dependencies=[CS_VIEWER],
-    )
-    async def customer_page(customer_id: str) -> HTMLResponse:
+    @app.get("/customers/{customer_id}", response_class=HTMLResponse, include_in_schema=False)
+    async def customer_page(customer_id: str, caller: PageCaller = CS_PAGE) -> HTMLResponse:
         record = cache.latest.get(customer_id)
         return HTMLResponse(
             dashboard.customer_page(
@@ -356,8 +398,12 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
                 list(cache.events.get(customer_id, [])),
                 list(cache.alerts.get(customer_id, [])),
                 list(cache.plan_usage.get(customer_id, {}).values()),
+                who=caller.header(),
             )
         )
+
+    app.include_router(login.router())
+    login.install_handlers(app)
 
     install_error_handlers(app, service=SERVICE)
     return app

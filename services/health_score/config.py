@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from services.kernel.oidc import OidcSettings
+from services.kernel.sessions import SessionSettings
 from services.kernel.settings import StreamServiceSettings
 
 
@@ -16,6 +19,11 @@ class HealthSettings(StreamServiceSettings):
     model_config = SettingsConfigDict(env_prefix="HEALTH_")
 
     port: int = Field(default=8084, ge=0, le=65535)
+    # What this process runs: "all" (scorer, alert sender and API, one process), "scorer" (the loop and the
+    # alert sender; its HTTP port serves ops endpoints and the API too), or "api" (only the API and the
+    # dashboard, answered from the compacted customer-health and customer-alerts topics read as views and
+    # the history in PostgreSQL — any number of these, each off the scorer's GIL; docs/health-score.md).
+    role: Literal["all", "scorer", "api"] = "all"
     group_id: str = "health-score"
     instance_id: str = "0"
     # The metric registry; default $HEALTH_CONFIG_PATH or deploy/config/health.yaml.
@@ -36,3 +44,7 @@ class HealthSettings(StreamServiceSettings):
     gil_switch_interval_seconds: float = Field(default=0.001, gt=0, le=0.1)
     # Apply migrations at start (the stack does it too; safe to repeat).
     migrate: bool = True
+    # The CS dashboard's sign-in: browser sessions (PLG_SESSION_*) and single sign-on (PLG_OIDC_*; off
+    # while PLG_OIDC_ISSUER is unset, then operators sign in with a token).
+    sessions: SessionSettings = Field(default_factory=SessionSettings)
+    oidc: OidcSettings = Field(default_factory=OidcSettings)

@@ -43,12 +43,12 @@ def sparkline(values: Sequence[int], width: int = 120, height: int = 24) -> str:
     return f'<svg width="{width}" height="{height}">{line}</svg>'
 
 
-def _page(title: str, body: str, customer: str | None = None) -> str:
+def _page(title: str, body: str, customer: str | None = None, who: str = "") -> str:
     data = f' data-customer="{escape(customer)}"' if customer else ""
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
         f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{STYLE}</style></head>'
-        f'<body{data}><header><a href="/"><b>plg</b> customer health</a></header><main>{body}</main>'
+        f'<body{data}><header><a href="/"><b>plg</b> customer health</a>{who}</header><main>{body}</main>'
         f"<script>{SCRIPT}</script></body></html>"
     )
 
@@ -64,7 +64,8 @@ def _row(s: Mapping[str, Any]) -> str:
     )
 
 
-def overview(ranked: Iterable[Mapping[str, Any]]) -> str:
+def overview(ranked: Iterable[Mapping[str, Any]], who: str = "") -> str:
+    """The customers by band; ``who`` is the signed-in operator's strip (name, role, logout)."""
     by_band: dict[str, list[str]] = {b: [] for b in BANDS}
     for s in ranked:
         by_band.setdefault(s.get("band") or "red", []).append(_row(s))
@@ -74,7 +75,7 @@ def overview(ranked: Iterable[Mapping[str, Any]]) -> str:
         f"<tbody>{''.join(by_band[b])}</tbody></table></section>"
         for b in BANDS
     )
-    return _page("Customer health", f'<div class="cols">{columns}</div>')
+    return _page("Customer health", f'<div class="cols">{columns}</div>', who=who)
 
 
 def _when(ms: int) -> str:
@@ -147,6 +148,7 @@ def customer_page(
     events: Iterable[Mapping[str, Any]],
     alerts: Iterable[Mapping[str, Any]],
     usage: Sequence[Mapping[str, Any]],
+    who: str = "",
 ) -> str:
     cid = escape(customer_id)
     usage_rows = (
@@ -173,4 +175,4 @@ def customer_page(
         + f'<section><h2>Alerts</h2><ul id="alerts">{alert_items}</ul></section>'
         + _table("Recent events (live)", ("time (UTC)", "event", "person"), event_rows, "events")
     )
-    return _page(f"{customer_id} - health", body, customer=customer_id)
+    return _page(f"{customer_id} - health", body, customer=customer_id, who=who)
