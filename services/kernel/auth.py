@@ -150,12 +150,15 @@ def open_authenticator(
     static_operators: dict[str, Operator] | None = None,
 ) -> Authenticator:
     """An authenticator over the credential tables, read through ``pool`` (the service's psycopg
-    ``ConnectionPool``, or its ``connection`` method); ``settings`` are the service's ``auth`` settings
-    (``PLG_AUTH_*``)."""
-    connect = pool.connection if hasattr(pool, "connection") else pool
+    ``ConnectionPool``, or a zero-argument factory of connections); ``settings`` are the service's
+    ``auth`` settings (``PLG_AUTH_*``)."""
+    if hasattr(pool, "connection"):
 
-    def connection() -> Any:
-        return connect(timeout=5)
+        def connection() -> Any:
+            return pool.connection(timeout=5)
+
+    else:  # a zero-argument factory: pool.connection, or lambda: pool.connection(timeout=5)
+        connection = pool
 
     def lookup(fn: Callable[[Any, str], Any]) -> Callable[[str], Awaitable[Any]]:
         def sync(key_id: str) -> Any:

@@ -49,5 +49,5 @@ def test_scores_take_the_customers_secret_key_and_the_dashboard_an_operator(heal
     with httpx.Client(base_url=api.url, timeout=10) as client:
         page = client.get("/")
         assert page.status_code == 303
-        assert page.headers["location"].startswith("/login")
+        assert page.headers["location"].startswith("/auth/login")
         assert a not in page.text
