@@ -147,7 +147,20 @@ run-growth: install ## Run only the growth service (flags, activation, onboardin
 bench-growth: install ## Growth: server-side flag evaluations/s + p99, SDK µs per local evaluation, admin change -> 100 SSE subscribers p99, onboarding next p99
 	$(PY) -m bench.growth
 
+.PHONY: bench-sdk
+bench-sdk: install ## SDKs: µs per local flag evaluation (JS engine in Node, Python engine) and dist/plg.iife.js min+gzip bytes
+	cd $(JS_DIR) && npm run --silent build && node bench/flags.mjs && gzip -9c dist/plg.iife.js | wc -c | sed 's/^/plg.iife.js min+gzip bytes: /'
+	$(PY) sdk/bench_flags.py
+
 .PHONY: clean
 clean: down ## Stop the stack and delete its data and logs (keeps the virtualenv and the Kafka jars)
 	rm -rf .plg/postgres .plg/kafka/data .plg/kafka/server.properties .plg/logs .plg/run
 	rm -rf .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: bench-analytics
+bench-analytics: install ## Analytics: ingest ack -> queryable p50/p99 at 5k events/s (raw: -> enriched topic); funnel/retention p99 on 10 M events; MB per million events
+	$(PY) -m bench.analytics
+
+.PHONY: run-analytics
+run-analytics: install ## Run only the analytics service (:8086: API, console pages) against `make up`'s stack
+	$(PY) -m services.analytics

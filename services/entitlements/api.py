@@ -17,11 +17,13 @@ from starlette.responses import Response
 
 from services.customers import CustomerDirectory
 from services.entitlements.config import EntitlementsSettings
+from services.entitlements.grants import GrantCache
 from services.entitlements.handlers import PlanNotConfigured, UnknownFeature, decide, decision_body
 from services.entitlements.view import ZERO, UsageView
 from services.kernel import metrics
 from services.kernel.auth import Caller, publishable_key, responses
 from services.kernel.http import HttpError
+from services.plans.grants import granted_units
 from services.plans.model import PlansConfig
 from services.plans.periods import billing_period
 
@@ -37,6 +39,7 @@ class Entitlements:
     config: PlansConfig
     directory: CustomerDirectory
     view: UsageView
+    grants: GrantCache
 
 
 def resources(request: Request) -> Entitlements:
@@ -69,7 +72,19 @@ class EntitlementBody(BaseModel):
     hard_limit: bool
     period_start: str = Field(description="current billing period start, UTC, ISO 8601")
     period_end: str = Field(description="current billing period end (exclusive), UTC, ISO 8601")
-    upgrade: UpgradeBody | None = Field(description="null when allowed")
+    upgrade: UpgradeBody | None = Field(description="null when allowed, and when suspended")
+    code: Literal["suspended"] | None = Field(
+        default=None,
+        description="Only while the customer is suspended (abuse guard or support): every feature is refused",
+    )
+    reason: str | None = Field(
+        default=None, description="Why the customer is suspended (only when suspended)"
+    )
+    suspended_since: str | None = Field(default=None, description="UTC, ISO 8601 (only when suspended)")
+    suspended_until: str | None = Field(
+        default=None, description="End of the cool-down, UTC, ISO 8601; null: until lifted by support"
+    )
+    appeal: str | None = Field(default=None, description="How to appeal a suspension (only when suspended)")
 
 
 class NotFoundBody(BaseModel):
@@ -96,7 +111,11 @@ class ErrorBody(BaseModel):
 
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"model": EntitlementBody, "description": "The decision, with an upgrade path when not allowed."},
+    200: {
+        "model": EntitlementBody,
+        "description": "The decision, with an upgrade path when not allowed; a suspended customer is refused "
+        'every feature with code "suspended", the reason and how to appeal.',
+    },
     404: {
         "model": NotFoundBody,
         "description": "No such customer, or a feature that is neither a meter nor a feature of any plan.",
@@ -172,7 +191,16 @@ async def entitlement(
         period = billing_period(now_ms, customer.billing_anchor_day)
         usage = view.usage(customer_id, feature, period.start_ms)
     try:
-        decision = decide(config, customer, feature, usage, now_ms, res.settings.upgrade_url)
+        granted = ZERO
+        if config.meter(feature) is not None:
+            cache = res.grants
+            found = cache.cached(customer_id)
+            if found is None:  # first check of this customer, or just changed: read it off the loop
+                found = await run_in_threadpool(cache.get, customer_id)
+            granted = granted_units(
+                found, feature, billing_period(now_ms, customer.billing_anchor_day), now_ms
+            )
+        decision = decide(config, customer, feature, usage, now_ms, res.settings.upgrade_url, granted)
     except UnknownFeature as exc:
         CHECKS.labels("unknown_feature").inc()
         known = sorted({m.slug for m in config.meters} | config.feature_names)
@@ -180,5 +208,5 @@ async def entitlement(
     except PlanNotConfigured as exc:
         CHECKS.labels("plan_not_configured").inc()
         return _error(409, "plan_not_configured", str(exc))
-    CHECKS.labels("allowed" if decision.allowed else "denied").inc()
+    CHECKS.labels("suspended" if decision.suspension else "allowed" if decision.allowed else "denied").inc()
     return Response(orjson.dumps(decision_body(decision)), media_type=_JSON)

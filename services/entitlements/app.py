@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from services.customers import CustomerDirectory
 from services.entitlements.api import CHECKS, Entitlements, router
 from services.entitlements.config import EntitlementsSettings
+from services.entitlements.grants import GrantCache
 from services.entitlements.view import UsageView
 from services.kernel import auth
 from services.kernel.cors import CorsMiddleware
@@ -43,13 +44,15 @@ def build_app(settings: EntitlementsSettings, lifecycle: Lifecycle | None = None
         directory = CustomerDirectory(
             pool, settings.customers_refresh_seconds, negative_ttl=settings.unknown_customer_ttl_seconds
         )
+        grants = GrantCache(pool, settings.customers_refresh_seconds)
+        directory.on_change.append(grants.invalidate)
         life.push(directory.start(), "customers")
         aggregates = topic(USAGE_PERIODS, settings.platform.topic_prefix).name
         view = UsageView(settings.kafka, aggregates, registry.decoder(), settings.periods_kept)
         life.push(view.start(), "usage view")
         log.info("entitlement API starting", extra={"aggregates": aggregates, "config": config.version})
         authenticator = auth.open_authenticator(pool, settings.auth)
-        return Entitlements(settings, config, directory, view), authenticator
+        return Entitlements(settings, config, directory, view, grants), authenticator
 
     @asynccontextmanager
     async def lifespan(fastapi_app: FastAPI) -> AsyncIterator[None]:
