@@ -9,7 +9,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.kernel.oidc import OidcSettings
 from services.kernel.sessions import SessionSettings
-from services.kernel.settings import StreamServiceSettings
+from services.kernel.settings import DevDefault, StreamServiceSettings
 
 
 class HealthSettings(StreamServiceSettings):
@@ -42,3 +42,10 @@ class HealthSettings(StreamServiceSettings):
     # while PLG_OIDC_ISSUER is unset, then operators sign in with a token).
     sessions: SessionSettings = Field(default_factory=SessionSettings)
     oidc: OidcSettings = Field(default_factory=OidcSettings)
+
+    def development_defaults(self) -> list[DevDefault]:
+        return [
+            *super().development_defaults(),
+            *self.sessions.development_defaults(),
+            *self.oidc.development_defaults(),
+        ]
