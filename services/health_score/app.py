@@ -7,6 +7,10 @@
 * the **alert sender** (outbox → ``customer-alerts`` and webhooks);
 * the **serving views**: ``customer-health`` and ``customer-alerts`` read whole into memory.
 
+``HEALTH_ROLE`` splits them: ``scorer`` runs the loop and the sender without views, ``api`` only the views
+and the routes (any number of API processes, none sharing a GIL with the scorer); ``all`` (the default)
+runs everything in one process.
+
 Routes: ``GET /v1/health/{customer}``, ``GET /v1/health``, ``GET /v1/health/stream`` (SSE), the dashboard
 at ``/`` and ``/customers/{customer}``, and the ops endpoints.
 """
@@ -169,6 +173,23 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
                 await browser_login.aclose()
             await run_in_threadpool(life.close)
 
+    def start_views(registry: SchemaRegistry) -> None:
+        views = []
+        for name, apply in ((CUSTOMER_HEALTH, cache.apply_health), (CUSTOMER_ALERTS, cache.apply_alert)):
+            spec = topic(name, prefix)
+            view = MaterializedView(
+                settings.kafka,
+                spec.name,
+                registry.decoder(reader_schema=spec.schema_path),
+                apply,
+                name=f"{SERVICE}-{name}",
+                key_filter=lambda key: key is not None,
+                poll_timeout=0.02,
+                fetch_wait_max_ms=5,
+            )
+            views.append(life.push(view.start(), f"{name} view"))
+        state["views"] = views
+
     def start() -> None:
         # The scorer and the views hold the GIL in bursts; a request waiting for it waits up to the switch
         # interval (5 ms by default), which alone would break the API's p99 < 5 ms under load.
@@ -186,6 +207,12 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
         store = HealthStore(pool, f"{prefix}{settings.group_id}")
         state["store"] = store
         cache.load_history(store.history(day_of(int(time.time() * 1000)) - settings.history_days))
+        if settings.role != "scorer":
+            start_views(registry)
+        if settings.role == "api":
+            # Serving only: every answer comes from the views and the history; no loop, no outbox.
+            log.info("health score API starting (role api)", extra={"config_version": config.version})
+            return
         builder = FactsBuilder(config, seats_limits(settings.plans_path))
         sink = HealthSink(
             config,
@@ -212,21 +239,6 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
         )
         sink.entitlement_topic = topic(ENTITLEMENT_EVENTS, prefix).name
         state["loop"] = loop
-        views = []
-        for name, apply in ((CUSTOMER_HEALTH, cache.apply_health), (CUSTOMER_ALERTS, cache.apply_alert)):
-            spec = topic(name, prefix)
-            view = MaterializedView(
-                settings.kafka,
-                spec.name,
-                registry.decoder(reader_schema=spec.schema_path),
-                apply,
-                name=f"{SERVICE}-{name}",
-                key_filter=lambda key: key is not None,
-                poll_timeout=0.02,
-                fetch_wait_max_ms=5,
-            )
-            views.append(life.push(view.start(), f"{name} view"))
-        state["views"] = views
         alerts_spec = topic(CUSTOMER_ALERTS, prefix)
         assert alerts_spec.schema_path is not None
         producer = life.push(
@@ -265,7 +277,12 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
         views: list[MaterializedView] = state.get("views") or []
         return bool(views) and all(v.healthy() for v in views)
 
-    ops_routes(app, readiness={"scorer": scorer_ready, "serving_views": views_ready})
+    readiness = {"scorer": scorer_ready, "serving_views": views_ready}
+    if settings.role == "api":
+        del readiness["scorer"]
+    elif settings.role == "scorer":
+        del readiness["serving_views"]
+    ops_routes(app, readiness=readiness)
     errors: dict[int | str, dict[str, Any]] = {
         404: {"model": ErrorOut, "description": "Unknown customer (no score yet)"}
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -18,6 +19,11 @@ class HealthSettings(StreamServiceSettings):
     model_config = SettingsConfigDict(env_prefix="HEALTH_")
 
     port: int = Field(default=8084, ge=0, le=65535)
+    # What this process runs: "all" (scorer, alert sender and API, one process), "scorer" (the loop and the
+    # alert sender; its HTTP port serves ops endpoints and the API too), or "api" (only the API and the
+    # dashboard, answered from the compacted customer-health and customer-alerts topics read as views and
+    # the history in PostgreSQL — any number of these, each off the scorer's GIL; docs/health-score.md).
+    role: Literal["all", "scorer", "api"] = "all"
     group_id: str = "health-score"
     instance_id: str = "0"
     # The metric registry; default $HEALTH_CONFIG_PATH or deploy/config/health.yaml.

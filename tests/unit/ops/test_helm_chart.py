@@ -23,6 +23,8 @@ from services.kernel.topics import catalogue
 
 CHART = REPO_ROOT / "deploy" / "helm" / "plg"
 KUBERNETES_VERSION = "1.37.0"
+# Deployments beyond the devstack's one-per-service: the health API processes (HEALTH_ROLE=api).
+EXTRA = {"health-score-api"}
 SECRET_LOOKING = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)$|^DATABASE_URL$")
 
 
@@ -75,7 +77,9 @@ def test_a_deployment_per_service_runs_its_module_on_its_port_with_probes_and_re
     rendered: list[dict[str, Any]],
 ) -> None:
     deployments = _by_kind(rendered, "Deployment")
-    assert set(deployments) == {f"plg-{app.name}" for app in _apps()}
+    assert set(deployments) == {f"plg-{app.name}" for app in _apps()} | {f"plg-{name}" for name in EXTRA}
+    api = deployments["plg-health-score-api"]["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "HEALTH_ROLE", "value": "api"} in api["env"]
     for app in _apps():
         pod = deployments[f"plg-{app.name}"]["spec"]["template"]["spec"]
         (container,) = pod["containers"]
@@ -161,7 +165,7 @@ def test_a_keda_scaled_object_per_consumer_on_its_real_group_capped_at_partition
 def test_values_name_every_devstack_service_with_its_module_port_and_prefix() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     services = values["services"]
-    assert set(services) == {app.name for app in _apps()}
+    assert set(services) == {app.name for app in _apps()} | set(EXTRA)
     for app in _apps():
         entry = services[app.name]
         assert (entry["module"], entry["port"], entry["envPrefix"]) == (app.module, app.port, app.env_prefix)
