@@ -147,6 +147,11 @@ run-growth: install ## Run only the growth service (flags, activation, onboardin
 bench-growth: install ## Growth: server-side flag evaluations/s + p99, SDK µs per local evaluation, admin change -> 100 SSE subscribers p99, onboarding next p99
 	$(PY) -m bench.growth
 
+.PHONY: bench-sdk
+bench-sdk: install ## SDKs: µs per local flag evaluation (JS engine in Node, Python engine) and dist/plg.iife.js min+gzip bytes
+	cd $(JS_DIR) && npm run --silent build && node bench/flags.mjs && gzip -9c dist/plg.iife.js | wc -c | sed 's/^/plg.iife.js min+gzip bytes: /'
+	$(PY) sdk/bench_flags.py
+
 .PHONY: clean
 clean: down ## Stop the stack and delete its data and logs (keeps the virtualenv and the Kafka jars)
 	rm -rf .plg/postgres .plg/kafka/data .plg/kafka/server.properties .plg/logs .plg/run

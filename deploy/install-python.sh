@@ -7,11 +7,10 @@
 set -eu
 pip="$1"
 extras="${2:-}"
+target="."
 if [ -n "$extras" ]; then
-    "$pip" install -q -e ".[$extras]"
-else
-    "$pip" install -q -e .
+    target=".[$extras]"
 fi
-if [ -f sdk/pyproject.toml ]; then
-    "$pip" install -q -e sdk
-fi
+# One resolution: plg declares plg-sdk (services/growth imports its flag engine), and naming ./sdk in the
+# same command is what satisfies that requirement (never a package index).
+"$pip" install -q -e sdk -e "$target"

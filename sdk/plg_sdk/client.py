@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import random
+import re
 import threading
 import time
 import urllib.parse
@@ -114,6 +115,8 @@ class Client:
             self._anonymous_id = str(uuid7())
             self._queue.set_state("anonymous_id", self._anonymous_id)
         self._user_id = self._queue.get_state("user_id")
+        # Purposes the person agreed to or refused, sent with every later event (docs/ingest.md).
+        self._consent: dict[str, bool] | None = None
 
         self._stats = Stats()
         self._stats_lock = threading.Lock()
@@ -161,6 +164,11 @@ class Client:
         """Events queued and not yet answered by ingest."""
         return len(self._queue)
 
+    def set_consent(self, consent: Mapping[str, bool] | None) -> None:
+        """The person's consent, sent with every later event: ``{"analytics": False}`` keeps the events
+        metered but out of enrichment, health scores and analytics; None stops sending it (not stated)."""
+        self._consent = _check_consent(consent)
+
     def track(
         self,
         name: str,
@@ -171,6 +179,7 @@ class Client:
         session_id: str | None = None,
         timestamp: datetime | int | None = None,
         event_id: str | None = None,
+        consent: Mapping[str, bool] | None = None,
     ) -> str:
         """Queue one event and return its ``event_id``. Raises ``ValueError``/``TypeError`` at once for an
         event ingest would refuse (bad name, nested or non-finite properties, over 32 KB)."""
@@ -188,6 +197,7 @@ class Client:
         }
         if session_id is not None:
             event["session_id"] = session_id
+        self._add_consent(event, consent)
         return self._enqueue(event)
 
     def identify(
@@ -197,6 +207,7 @@ class Client:
         *,
         anonymous_id: str | None = None,
         timestamp: datetime | int | None = None,
+        consent: Mapping[str, bool] | None = None,
     ) -> str:
         """Link the current (or given) anonymous id to ``user_id``. Later events of this client carry the
         user id; the link is remembered in the queue directory across restarts."""
@@ -211,6 +222,7 @@ class Client:
             "user_id": user_id,
             "anonymous_id": anon,
         }
+        self._add_consent(event, consent)
         event_id = self._enqueue(event)
         if anonymous_id is None:
             self._user_id = user_id
@@ -265,6 +277,11 @@ class Client:
         self.close()
 
     # ------------------------------------------------------------------------------------------ internals
+
+    def _add_consent(self, event: dict[str, Any], consent: Mapping[str, bool] | None) -> None:
+        chosen = _check_consent(consent) if consent is not None else self._consent
+        if chosen is not None:
+            event["consent"] = chosen
 
     def _count(self, **delta: Any) -> None:
         with self._stats_lock:
@@ -493,3 +510,20 @@ def _default_queue_dir(host: str, api_key: str) -> Path:
     digest = hashlib.sha256(f"{host}|{key_id}".encode()).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "plg-sdk" / digest
+
+
+_PURPOSE = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+
+def _check_consent(consent: Mapping[str, bool] | None) -> dict[str, bool] | None:
+    """Refuses at once what ingest would refuse: purposes are lower-case names, values booleans, <= 16."""
+    if consent is None:
+        return None
+    if not isinstance(consent, Mapping) or len(consent) > 16:
+        raise TypeError("consent must be a mapping of at most 16 purposes to booleans")
+    for purpose, granted in consent.items():
+        if not isinstance(purpose, str) or _PURPOSE.fullmatch(purpose) is None:
+            raise ValueError(f"consent purpose {purpose!r} must be a lower-case name (a-z, 0-9, _)")
+        if not isinstance(granted, bool):
+            raise TypeError(f"consent {purpose!r} must be True or False")
+    return dict(consent)

@@ -22,12 +22,13 @@ from typing import Any, NoReturn
 
 import orjson
 import stripe
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from services.billing_reporter import accounts, openapi, subscriptions
+from services.billing_reporter import accounts, openapi, previews, subscriptions
+from services.billing_reporter.catalog import CatalogError, sync_catalog
 from services.billing_reporter.closing import FinalInvoice, PeriodCloser
 from services.billing_reporter.config import BillingSettings
 from services.billing_reporter.ledger import Ledger, ReportRow
@@ -36,7 +37,7 @@ from services.billing_reporter.publish import InvoicePublisher, ReportPublisher
 from services.billing_reporter.sender import OutboxSender, SenderOptions
 from services.billing_reporter.sink import AggregateSink
 from services.billing_reporter.stripe_gateway import StripeGateway
-from services.kernel import db
+from services.kernel import auth, db
 from services.kernel.http import HttpError, install_error_handlers
 from services.kernel.kafka import Producer
 from services.kernel.lifecycle import Lifecycle
@@ -45,6 +46,7 @@ from services.kernel.processing import AtLeastOnceLoop, at_least_once
 from services.kernel.serde import SchemaRegistry
 from services.kernel.topics import USAGE_AGGREGATES
 from services.kernel.workers import Workers
+from services.plans.invoice import Invoice
 from services.plans.loader import load_config
 from services.plans.model import Aggregation, PlansConfig
 
@@ -72,17 +74,26 @@ def error(status: int, code: str, message: str, headers: dict[str, str] | None =
     raise HttpError(status, code, message, headers)
 
 
-def _sync_meters(
-    gateway: StripeGateway, pool: ConnectionPool, event_names: dict[str, str], levels: set[str]
+def _sync_catalog(
+    gateway: StripeGateway,
+    pool: ConnectionPool,
+    config: PlansConfig,
+    event_names: dict[str, str],
+    levels: set[str],
 ) -> None:
-    """Create missing Stripe meters at start; Stripe being away must not keep the ledger from filling (the
-    sender retries what it cannot deliver, and `plg billing sync-meters` does the same by hand)."""
+    """Create missing Stripe meters, products and prices at start; Stripe being away must not keep the
+    ledger from filling (the sender retries what it cannot deliver, checkout syncs again when it needs
+    prices, and `plg billing sync-catalog` does the same by hand)."""
     try:
         with pool.connection() as conn:
-            synced = sync_meters(gateway, conn, event_names, levels)
-        log.info("Stripe meters", extra={"meters": {s.meter: s.action for s in synced}})
+            synced = sync_catalog(gateway, conn, config, event_names, levels)
+        log.info("Stripe catalog", extra={"prices": {s.lookup_key: s.action for s in synced}})
+    except CatalogError as exc:
+        log.warning("the price book has prices Stripe cannot hold: %s", exc)
+        with pool.connection() as conn:
+            sync_meters(gateway, conn, event_names, levels)
     except stripe.StripeError as exc:
-        log.warning("could not sync Stripe meters at start: %s", exc.user_message or type(exc).__name__)
+        log.warning("could not sync the Stripe catalog at start: %s", exc.user_message or type(exc).__name__)
 
 
 def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> FastAPI:
@@ -100,6 +111,7 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
                 await run_in_threadpool(db.migrate, settings.database.url.get_secret_value())
             registry = life.push(SchemaRegistry(settings.registry), "schema registry")
             pool = life.push(db.open_pool(settings.database, name=SERVICE), "database pool")
+            auth.install(fastapi_app, auth.open_authenticator(pool.connection, settings.auth))
             gateway = StripeGateway(
                 settings.stripe.api_base, settings.stripe.api_key, timeout=settings.stripe.timeout_seconds
             )
@@ -118,7 +130,8 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
                 correction_interval=settings.correction_interval_seconds,
             )
             state.update(pool=pool, gateway=gateway, ledger=ledger)
-            await run_in_threadpool(_sync_meters, gateway, pool, event_names, levels)
+            state["sync_catalog"] = partial(_sync_catalog, gateway, pool, config, event_names, levels)
+            await run_in_threadpool(state["sync_catalog"])
             loop: AtLeastOnceLoop = at_least_once(
                 service=SERVICE,
                 kafka=settings.kafka,
@@ -192,6 +205,7 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
             )
             yield
         finally:
+            auth.install(fastapi_app, None)
             life.close()
 
     app = FastAPI(title="plg billing reporter", version="1", lifespan=lifespan)
@@ -222,6 +236,35 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
             return error(404, "customer_not_found", f"customer {customer_id!r} does not exist")
         if isinstance(found, str):
             return error(409, "plan_not_configured", found)
+        return Response(orjson.dumps(found.to_dict()), media_type=_JSON)
+
+    @app.get(
+        "/v1/invoices/{customer_id}/preview",
+        responses=openapi.PREVIEW_INVOICE,
+        # The customer's own backend (secret key) or an operator; never a browser's publishable key.
+        dependencies=[Depends(auth.secret_key())],
+    )
+    async def preview_invoice(
+        customer_id: str, plan: str, version: str | None = None, period: str | None = None
+    ) -> Response:
+        """The customer's invoice for the current period (or the one starting in ``period``, YYYY-MM) if
+        they were on ``plan`` (price ``version``): their real usage, the same calculator, exact decimals."""
+
+        def run() -> Invoice | None:
+            with state["pool"].connection() as conn:
+                who = previews.account(conn, customer_id)
+                if who is None:
+                    return None
+                return previews.preview(
+                    conn, state["ledger"].ledger, config, who, plan, version, period, int(time.time() * 1000)
+                )
+
+        try:
+            found = await run_in_threadpool(run)
+        except previews.PreviewError as exc:
+            return error(400, exc.code, str(exc))
+        if found is None:
+            return error(404, "customer_not_found", f"customer {customer_id!r} does not exist")
         return Response(orjson.dumps(found.to_dict()), media_type=_JSON)
 
     subscriptions.routes(app, settings, config, state, error)

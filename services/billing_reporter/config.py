@@ -109,6 +109,12 @@ class BillingSettings(StreamServiceSettings):
     # Where Checkout sends the customer back.
     checkout_success_url: str = "http://127.0.0.1:3000/billing/success?session_id={CHECKOUT_SESSION_ID}"
     checkout_cancel_url: str = "http://127.0.0.1:3000/billing/cancel"
+    # Stripe's proration_behavior for a new subscription's first, partial period (checkout starts Stripe's
+    # cycle at the customer's next plg period) and for plan changes (items moved): "none" (default: like
+    # plg's invoice, no partial amounts; the new price applies from the next invoice) or
+    # "create_prorations" (Stripe charges/credits the rest of the period). docs/billing.md.
+    checkout_proration: Literal["none", "create_prorations"] = "none"
+    plan_change_proration: Literal["none", "create_prorations", "always_invoice"] = "none"
 
     # Apply migrations at start (the stack does it too; safe to repeat).
     migrate: bool = True

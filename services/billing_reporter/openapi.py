@@ -62,6 +62,10 @@ WEBHOOK: dict[int | str, dict[str, Any]] = {
     400: _error(
         "Missing or invalid Stripe-Signature (or a timestamp beyond the tolerance), or not a Stripe event."
     ),
+    409: _error(
+        "`not_known_yet`: the event's customer or subscription is not known to plg yet; nothing was"
+        " recorded, so Stripe's retry applies it once the event that introduces it has arrived."
+    ),
     **_COMMON,
 }
 
@@ -91,4 +95,13 @@ WEBHOOK_BODY: dict[str, Any] = {
             }
         },
     },
+}
+
+PREVIEW_INVOICE: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The invoice the customer would get for the period on that plan (a draft)."},
+    400: _error("`unknown_plan`, `unknown_version` or `invalid_period` (YYYY-MM)."),
+    401: _error("No credential: the customer's secret key or an operator token is needed."),
+    403: _error("Another customer's key, or a publishable key (a preview needs the secret key)."),
+    404: _error("`customer_not_found`."),
+    **_COMMON,
 }

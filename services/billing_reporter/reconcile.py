@@ -11,6 +11,7 @@ would fail on the current hour).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -19,14 +20,19 @@ from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 import psycopg
+import stripe
 
 from services.billing_reporter.stripe_gateway import StripeGateway
 from services.kernel.reading import read_to_end
 from services.kernel.serde import SchemaRegistry
 from services.kernel.settings import KafkaSettings, SchemaRegistrySettings
 from services.kernel.topics import USAGE_AGGREGATES, topic
+from services.plans.invoice import round_money
+from services.plans.model import PlansConfig
 from services.plans.periods import Period, billing_period, datetime_to_ms
+from services.plans.pricing import usage_charge
 
+log = logging.getLogger(__name__)
 ZERO = Decimal(0)
 PERIOD = "BILLING_PERIOD"
 
@@ -43,13 +49,18 @@ class Line:
     stripe: Decimal | None = None  # None: not asked (no Stripe customer or meter)
     linked: bool = True  # has a Stripe customer: its usage is reported
     open: Decimal = ZERO  # counted but not due at Stripe yet (left out of the four columns above)
+    # Money: Stripe's invoice line for the meter's price (the preview for the running period, the
+    # period's invoice for a closed one) and plg's calculator on the quantity Stripe holds.
+    stripe_amount: Decimal | None = None
+    plg_amount: Decimal | None = None
 
     @property
     def agrees(self) -> bool:
         if not self.linked:  # not billed on Stripe: nothing may have been reported
             return self.aggregates == self.ledger_usage and self.delivered == self.pending == 0
         same = self.aggregates == self.ledger_usage == self.delivered and self.pending == 0
-        return same and (self.stripe is None or self.stripe == self.delivered)
+        money = self.stripe_amount is None or self.stripe_amount == self.plg_amount
+        return same and (self.stripe is None or self.stripe == self.delivered) and money
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +74,8 @@ class Line:
             "stripe": None if self.stripe is None else str(self.stripe),
             "linked": self.linked,
             "open": str(self.open),
+            "stripe_amount": None if self.stripe_amount is None else str(self.stripe_amount),
+            "plg_amount": None if self.plg_amount is None else str(self.plg_amount),
             "agrees": self.agrees,
         }
 
@@ -129,6 +142,7 @@ def reconcile(
     month: str | None = None,
     now_ms: int | None = None,
     due: Due = Due(),
+    config: PlansConfig | None = None,
 ) -> list[Line]:
     """Sum meters compare window totals and delivered differences; level meters (``levels``) compare the
     period's value with the last delivered level (what Stripe's ``last`` meter holds). Usage not due yet
@@ -137,15 +151,21 @@ def reconcile(
     width = WINDOW_MS.get(granularity, 0)
     wanted = sorted(meters)
     customers = conn.execute(
-        "SELECT customer_id, billing_anchor_day, stripe_customer_id FROM customers"
+        "SELECT customer_id, billing_anchor_day, stripe_customer_id, plan, price_version FROM customers"
         + (" WHERE customer_id = %s" if customer else "")
         + " ORDER BY customer_id",
         (customer,) if customer else (),
     ).fetchall()
     stripe_meters = dict(conn.execute("SELECT meter, stripe_meter_id FROM billing_stripe_meters").fetchall())
     lines: list[Line] = []
-    for customer_id, anchor, stripe_id in customers:
+    for customer_id, anchor, stripe_id, plan, pinned in customers:
         period = period_of(month, anchor, now_ms)
+        amounts: dict[str, tuple[Decimal, Decimal | None]] = {}
+        price = None if config is None else config.price_for(plan, period.start.date(), pinned)
+        if stripe_id and gateway is not None and price is not None:
+            amounts = stripe_line_amounts(
+                conn, gateway, customer_id, stripe_id, period, now_ms, price.minor_unit
+            )
         usage: dict[tuple[str, int], Decimal] = {
             (meter, int(start)): Decimal(value)
             for meter, start, value in conn.execute(
@@ -202,6 +222,20 @@ def reconcile(
                 )
                 if level and open_windows:
                     line.stripe = line.delivered
+                if meter in amounts and price is not None:
+                    # plg's calculator on the quantity Stripe's line bills: the prices must agree to the
+                    # cent (the quantity itself is the `stripe` column's business).
+                    line.stripe_amount, billed = amounts[meter]
+                    priced = price.meters.get(meter)
+                    line.plg_amount = (
+                        round_money(
+                            usage_charge(priced, billed if billed is not None else total),
+                            price.minor_unit,
+                            price.rounding,
+                        )
+                        if priced is not None
+                        else ZERO
+                    )
             if (
                 line.aggregates
                 or line.ledger_usage
@@ -212,6 +246,47 @@ def reconcile(
             ):
                 lines.append(line)
     return lines
+
+
+def stripe_line_amounts(
+    conn: psycopg.Connection[Any], gateway: StripeGateway, customer_id: str, stripe_customer_id: str,
+    period: Period, now_ms: int, minor_unit: int,
+) -> dict[str, tuple[Decimal, Decimal | None]]:  # fmt: skip
+    """meter → (amount, quantity) of its metered line on Stripe's invoice for ``period``: the invoice
+    preview for the running period, the period's invoice once it is closed. Empty without a Stripe
+    subscription."""
+    row = conn.execute(
+        "SELECT stripe_subscription_id FROM subscriptions WHERE customer_id = %s", (customer_id,)
+    ).fetchone()
+    if row is None or not row[0]:
+        return {}
+    meters = dict(
+        conn.execute(
+            "SELECT stripe_price_id, meter FROM billing_stripe_prices WHERE meter IS NOT NULL"
+        ).fetchall()
+    )
+    try:
+        if period.contains(now_ms):
+            invoices = [gateway.preview_invoice(stripe_customer_id, str(row[0]))]
+        else:
+            invoices = gateway.list_invoices(stripe_customer_id, str(row[0]))
+    except stripe.InvalidRequestError as exc:
+        # Stripe does not know the subscription (another account, deleted): no invoice to compare.
+        log.warning("no Stripe invoice for %s: %s", customer_id, exc.user_message or exc)
+        return {}
+    out: dict[str, tuple[Decimal, Decimal | None]] = {}
+    for invoice in invoices:
+        for line in (invoice.get("lines") or {}).get("data") or []:
+            price_id = ((line.get("pricing") or {}).get("price_details") or {}).get("price")
+            # By the period's end: a subscription's first period starts when it did, not at plg's start.
+            end = (line.get("period") or {}).get("end")
+            if price_id in meters and end == period.end_ms // 1000:
+                quantity = line.get("quantity")
+                out[meters[price_id]] = (
+                    Decimal(int(line["amount"])).scaleb(-minor_unit),
+                    None if quantity is None else Decimal(int(quantity)),
+                )
+    return out
 
 
 def linked_level_open(last_change_ms: int, due: Due, now_ms: int) -> bool:

@@ -140,3 +140,64 @@ class StripeGateway:
     def create_checkout_session(self, params: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
         session = self._client.v1.checkout.sessions.create(params, {"idempotency_key": idempotency_key})  # type: ignore[arg-type]
         return session.to_dict()
+
+    # -- catalog --------------------------------------------------------------------------------------
+    def ensure_product(self, product_id: str, *, name: str, metadata: dict[str, str]) -> str:
+        """The product with our id, created if missing (ids are ours: no lookup needed)."""
+        try:
+            return str(self._client.v1.products.retrieve(product_id).id)
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status != 404:
+                raise
+        product = self._client.v1.products.create(
+            {"id": product_id, "name": name, "metadata": metadata},
+            {"idempotency_key": f"plg_product_{product_id}"},
+        )
+        return str(product.id)
+
+    def prices_by_lookup_key(self, keys: list[str]) -> dict[str, str]:
+        """lookup key → price id of the active prices carrying one of ``keys`` (Stripe takes 10 a call)."""
+        out: dict[str, str] = {}
+        for i in range(0, len(keys), 10):
+            found = self._client.v1.prices.list(
+                {"lookup_keys": keys[i : i + 10], "active": True, "limit": 100}
+            )
+            out.update({str(p.lookup_key): str(p.id) for p in found.data if p.lookup_key})
+        return out
+
+    def create_price(self, params: dict[str, Any], *, idempotency_key: str) -> str:
+        price = self._client.v1.prices.create(params, {"idempotency_key": idempotency_key})  # type: ignore[arg-type]
+        return str(price.id)
+
+    # -- subscriptions and invoices -------------------------------------------------------------------
+    def retrieve_subscription(self, subscription_id: str) -> dict[str, Any]:
+        return self._client.v1.subscriptions.retrieve(subscription_id).to_dict()
+
+    def update_subscription(
+        self, subscription_id: str, params: dict[str, Any], *, idempotency_key: str
+    ) -> dict[str, Any]:
+        sub = self._client.v1.subscriptions.update(
+            subscription_id,
+            params,  # type: ignore[arg-type]
+            {"idempotency_key": idempotency_key},
+        )
+        return sub.to_dict()
+
+    def preview_invoice(self, stripe_customer_id: str, subscription_id: str) -> dict[str, Any]:
+        """Stripe's invoice for the subscription's running period (usage so far)."""
+        invoice = self._client.v1.invoices.create_preview(
+            {"customer": stripe_customer_id, "subscription": subscription_id}
+        )
+        return invoice.to_dict()
+
+    def list_invoices(
+        self, stripe_customer_id: str, subscription_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"customer": stripe_customer_id, "limit": 100}
+        if subscription_id:
+            params["subscription"] = subscription_id
+        return [i.to_dict() for i in self._client.v1.invoices.list(params).auto_paging_iter()]  # type: ignore[arg-type]
+
+    def create_invoice_item(self, params: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
+        item = self._client.v1.invoice_items.create(params, {"idempotency_key": idempotency_key})  # type: ignore[arg-type]
+        return item.to_dict()

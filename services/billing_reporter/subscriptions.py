@@ -32,9 +32,11 @@ from starlette.responses import Response
 
 from services.billing_reporter import openapi
 from services.billing_reporter.accounts import get_account
+from services.billing_reporter.catalog import CatalogError, version_prices
 from services.billing_reporter.config import BillingSettings
 from services.kernel import metrics
 from services.plans.model import PlansConfig
+from services.plans.periods import billing_period
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ WEBHOOKS = metrics.counter(
 Status = Literal["active", "past_due", "canceled"]
 HANDLED = (
     "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
     "customer.subscription.updated",
     "customer.subscription.deleted",
     "invoice.paid",
@@ -175,11 +178,40 @@ def apply_plan(
 
 @dataclass(frozen=True, slots=True)
 class WebhookResult:
-    status: Literal["applied", "duplicate", "ignored"]
+    # retry: not recorded; answered with a non-2xx so that Stripe delivers the event again later (its
+    # customer or subscription is not known yet: the event that introduces it is still on its way).
+    status: Literal["applied", "duplicate", "ignored", "stale", "retry"]
     detail: str = ""
 
 
+class _RetryLater(Exception):
+    """Raised inside the event's transaction so that nothing of it (not even its id) is recorded."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+def _ordering_key(event_type: str, obj: dict[str, Any]) -> str | None:
+    """The Stripe object whose state an event changes: the subscription for subscription and invoice
+    events (an invoice's payment moves its subscription's state), the session for checkout events."""
+    if event_type.startswith("customer.subscription."):
+        return str(obj["id"]) if obj.get("id") else None
+    if event_type.startswith("invoice."):
+        return _invoice_subscription(obj)
+    if event_type.startswith("checkout.session."):
+        return str(obj["id"]) if obj.get("id") else None
+    return None
+
+
 class SubscriptionStore:
+    """Applies Stripe's events to the subscription state, **in Stripe's order, not arrival order**: the
+    newest ``created`` applied per Stripe object is kept (``stripe_object_versions``) and an older event
+    is acknowledged as ``stale`` without effect; a canceled subscription is never revived; an event
+    whose customer or subscription plg does not know yet is not recorded and answered so that Stripe
+    retries it; a checkout completes an upgrade only when paid, and a plan sold by contract only from a
+    session (or plan change) plg created itself."""
+
     def __init__(self, pool: ConnectionPool, config: PlansConfig, grace: timedelta, free_plan: str) -> None:
         self.pool = pool
         self.config = config
@@ -189,35 +221,96 @@ class SubscriptionStore:
     def handle(self, event: dict[str, Any], now: datetime | None = None) -> WebhookResult:
         """Apply one verified Stripe event, at most once by its id (the id and the effect commit together)."""
         now = now or datetime.now(UTC)
-        with self.pool.connection() as conn, conn.transaction():
-            first = conn.execute(
-                "INSERT INTO stripe_webhook_events (event_id, type) VALUES (%s, %s) ON CONFLICT DO NOTHING"
-                " RETURNING 1",
-                (event["id"], event["type"]),
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                return self._handle(conn, event, now)
+        except _RetryLater as retry:
+            return WebhookResult("retry", retry.detail)
+
+    def _handle(self, conn: psycopg.Connection[Any], event: dict[str, Any], now: datetime) -> WebhookResult:
+        first = conn.execute(
+            "INSERT INTO stripe_webhook_events (event_id, type) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+            " RETURNING 1",
+            (event["id"], event["type"]),
+        ).fetchone()
+        if first is None:
+            return WebhookResult("duplicate")
+        if event["type"] not in HANDLED:
+            return WebhookResult("ignored", f"{event['type']} is not an event plg acts on")
+        obj = event["data"]["object"]
+        key = _ordering_key(event["type"], obj)
+        created = event.get("created")
+        if key is not None and isinstance(created, int) and not isinstance(created, bool):
+            newer = conn.execute(
+                "SELECT created, event_id FROM stripe_object_versions WHERE object_id = %s FOR UPDATE", (key,)
             ).fetchone()
-            if first is None:
-                return WebhookResult("duplicate")
-            if event["type"] not in HANDLED:
-                return WebhookResult("ignored", f"{event['type']} is not an event plg acts on")
-            obj = event["data"]["object"]
-            apply: Callable[[psycopg.Connection[Any], dict[str, Any], datetime], WebhookResult]
-            apply = getattr(self, "_" + event["type"].replace(".", "_"))
-            return apply(conn, obj, now)
+            if newer is not None and newer[0] > created:
+                return WebhookResult("stale", f"{key}: {newer[1]} (created {newer[0]}) was applied already")
+        apply: Callable[[psycopg.Connection[Any], dict[str, Any], datetime], WebhookResult]
+        apply = getattr(self, "_" + event["type"].replace(".", "_"))
+        result = apply(conn, obj, now)
+        if result.status == "applied" and key is not None and isinstance(created, int):
+            conn.execute(
+                "INSERT INTO stripe_object_versions (object_id, created, event_id) VALUES (%s, %s, %s)"
+                " ON CONFLICT (object_id) DO UPDATE SET created = EXCLUDED.created,"
+                " event_id = EXCLUDED.event_id, applied_at = now()",
+                (key, created, event["id"]),
+            )
+        return result
+
+    def _started_by_plg(
+        self, conn: psycopg.Connection[Any], customer_id: str, plan: str, ref: str | None
+    ) -> bool:
+        """Did plg create this session (``ref``), or a session or plan change to ``plan`` for the customer?"""
+        if ref is not None:
+            row = conn.execute(
+                "SELECT 1 FROM billing_stripe_sessions WHERE session_id = %s AND customer_id = %s"
+                " AND plan = %s",
+                (ref, customer_id, plan),
+            ).fetchone()
+        else:
+            row = conn.execute(
+                "SELECT 1 FROM billing_stripe_sessions WHERE customer_id = %s AND plan = %s",
+                (customer_id, plan),
+            ).fetchone()
+        return row is not None
 
     def _checkout_session_completed(
+        self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime
+    ) -> WebhookResult:
+        if obj.get("payment_status") not in ("paid", "no_payment_required"):
+            # An asynchronous payment method (bank debit): the money is not there yet; the upgrade waits
+            # for checkout.session.async_payment_succeeded.
+            return WebhookResult(
+                "ignored", f"payment_status {obj.get('payment_status')!r}: waiting for payment"
+            )
+        return self._complete_checkout(conn, obj, now)
+
+    def _checkout_session_async_payment_succeeded(
+        self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime
+    ) -> WebhookResult:
+        return self._complete_checkout(conn, obj, now)
+
+    def _complete_checkout(
         self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime
     ) -> WebhookResult:
         customer_id = obj.get("client_reference_id")
         plan = (obj.get("metadata") or {}).get("plg_plan")
         if not customer_id or not plan:
             return WebhookResult("ignored", "session without client_reference_id or metadata[plg_plan]")
-        if self.config.plan(plan) is None:
+        target = self.config.plan(plan)
+        if target is None:
             return WebhookResult("ignored", f"unknown plan {plan!r}")
         exists = conn.execute(
             "SELECT 1 FROM customers WHERE customer_id = %s FOR UPDATE", (customer_id,)
         ).fetchone()
         if exists is None:
-            return WebhookResult("ignored", f"unknown customer {customer_id!r}")
+            raise _RetryLater(f"unknown customer {customer_id!r} (not created yet?)")
+        if target.custom_contract and not self._started_by_plg(conn, customer_id, plan, obj.get("id")):
+            log.warning("refused a checkout session plg did not create for contract plan %s", plan)
+            return WebhookResult(
+                "ignored", f"plan {plan!r} is sold by contract: not from a session plg created"
+            )
         sub = Subscription(customer_id, plan, "active", obj.get("customer"), obj.get("subscription"))
         # Grandfathering starts here: the customer is pinned to the price version in effect today.
         price = self.config.price_for(plan, now.date())
@@ -226,27 +319,41 @@ class SubscriptionStore:
 
     def _find(
         self, conn: psycopg.Connection[Any], obj: dict[str, Any], subscription_id: str | None
-    ) -> Subscription | None:
+    ) -> Subscription:
+        """The plg subscription an event is about; not known yet → Stripe is asked to retry."""
         if subscription_id:
             found = _load(conn, "stripe_subscription_id", subscription_id)
             if found is not None:
                 return found
         customer_id = (obj.get("metadata") or {}).get("plg_customer_id")
+        sub = None
         if customer_id:
-            return _load(conn, "customer_id", customer_id)
-        if obj.get("customer"):
-            return _load(conn, "stripe_customer_id", obj["customer"])
-        return None
+            sub = _load(conn, "customer_id", customer_id)
+        elif obj.get("customer"):
+            sub = _load(conn, "stripe_customer_id", obj["customer"])
+        if sub is None:
+            raise _RetryLater(f"no plg subscription for {subscription_id or obj.get('customer')!r} yet")
+        return sub
 
     def _customer_subscription_updated(
         self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime
     ) -> WebhookResult:
         sub = self._find(conn, obj, obj.get("id"))
-        if sub is None:
-            return WebhookResult("ignored", "no plg subscription for it")
+        if sub.status == "canceled" and sub.stripe_subscription_id == obj.get("id"):
+            return WebhookResult(
+                "stale", f"{obj.get('id')} was canceled: a canceled subscription stays canceled"
+            )
         status = _STRIPE_STATUS.get(str(obj.get("status")), sub.status)
         plan = (obj.get("metadata") or {}).get("plg_plan")
-        if plan is not None and self.config.plan(plan) is None:
+        target = None if plan is None else self.config.plan(plan)
+        if target is None:
+            plan = None
+        elif (
+            target.custom_contract
+            and plan != sub.plan
+            and not self._started_by_plg(conn, sub.customer_id, str(plan), None)
+        ):
+            log.warning("refused a subscription update to contract plan %s plg did not start", plan)
             plan = None
         new = transition(sub, status, now, self.grace, plan=plan, stripe_subscription_id=obj.get("id"))
         _save(conn, new, self.free_plan, f"subscription {status}", now)
@@ -256,8 +363,8 @@ class SubscriptionStore:
         self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime
     ) -> WebhookResult:
         sub = self._find(conn, obj, obj.get("id"))
-        if sub is None:
-            return WebhookResult("ignored", "no plg subscription for it")
+        if sub.stripe_subscription_id not in (None, obj.get("id")):
+            return WebhookResult("ignored", f"{obj.get('id')} is not the customer's current subscription")
         _save(
             conn, transition(sub, "canceled", now, self.grace), self.free_plan, "subscription canceled", now
         )
@@ -277,8 +384,6 @@ class SubscriptionStore:
         self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime, status: Status, reason: str
     ) -> WebhookResult:
         sub = self._find(conn, obj, _invoice_subscription(obj))
-        if sub is None:
-            return WebhookResult("ignored", "no plg subscription for it")
         if sub.status == "canceled":
             return WebhookResult("ignored", "subscription already canceled")
         _save(conn, transition(sub, status, now, self.grace), self.free_plan, reason, now)
@@ -330,19 +435,25 @@ def checkout_params(
     target: str,
     settings: BillingSettings,
     today: Any,
+    prices: dict[str | None, str] | None = None,
+    anchor: int | None = None,
 ) -> dict[str, Any]:
-    """A subscription-mode Checkout Session for ``target``, priced from our price book (no second copy
-    of prices in Stripe), carrying what ``checkout.session.completed`` needs to apply the upgrade alone."""
+    """A subscription-mode Checkout Session for ``target`` carrying what ``checkout.session.completed``
+    needs to apply the upgrade alone. ``prices`` (meter → Stripe price id, None: the base; from
+    ``plg billing sync-catalog``) subscribe the customer to the base **and** one metered price per priced
+    meter, so Stripe charges the usage plg reports; ``anchor`` (epoch s) starts Stripe's billing cycle at
+    the customer's next plg period so both bill the same periods. Without ``prices`` (a catalog never
+    synced) the base price is sent inline (``price_data``), as before."""
     plan = config.plan(target)
     price = config.price_for(target, today)
     assert plan is not None
     assert price is not None
-    params: dict[str, Any] = {
-        "mode": "subscription",
-        "client_reference_id": customer_id,
-        "metadata": {"plg_plan": target, "plg_customer_id": customer_id},
-        "subscription_data": {"metadata": {"plg_plan": target, "plg_customer_id": customer_id}},
-        "line_items": [
+    line_items: list[dict[str, Any]]
+    if prices and None in prices:
+        line_items = [{"price": prices[None], "quantity": 1}]
+        line_items += [{"price": pid} for meter, pid in sorted(prices.items(), key=str) if meter is not None]
+    else:
+        line_items = [
             {
                 "quantity": 1,
                 "price_data": {
@@ -355,7 +466,18 @@ def checkout_params(
                     },
                 },
             }
-        ],
+        ]
+    metadata = {"plg_plan": target, "plg_customer_id": customer_id, "plg_price_version": price.version}
+    subscription_data: dict[str, Any] = {"metadata": metadata}
+    if anchor is not None:
+        subscription_data["billing_cycle_anchor"] = anchor
+        subscription_data["proration_behavior"] = settings.checkout_proration
+    params: dict[str, Any] = {
+        "mode": "subscription",
+        "client_reference_id": customer_id,
+        "metadata": metadata,
+        "subscription_data": subscription_data,
+        "line_items": line_items,
         "success_url": settings.checkout_success_url,
         "cancel_url": settings.checkout_cancel_url,
     }
@@ -364,6 +486,57 @@ def checkout_params(
     if price.tax.stripe_tax:
         params["automatic_tax"] = {"enabled": True}
     return params
+
+
+def plan_change_params(
+    current_items: list[dict[str, Any]], prices: dict[str | None, str], target: str, version: str,
+    customer_id: str, proration: str,
+) -> dict[str, Any]:  # fmt: skip
+    """A subscription update moving every item to the target version's prices: the old items deleted,
+    the new base and metered prices added, ``proration_behavior`` the setting."""
+    items: list[dict[str, Any]] = [{"id": item["id"], "deleted": True} for item in current_items]
+    items.append({"price": prices[None], "quantity": 1})
+    items += [{"price": pid} for meter, pid in sorted(prices.items(), key=str) if meter is not None]
+    return {
+        "items": items,
+        "proration_behavior": proration,
+        "metadata": {"plg_plan": target, "plg_customer_id": customer_id, "plg_price_version": version},
+    }
+
+
+def record_session(
+    pool: ConnectionPool, session_id: str, customer_id: str, plan: str, version: str | None, kind: str
+) -> None:
+    """What plg asked Stripe for: only these complete an upgrade (a contract plan never otherwise)."""
+    with pool.connection() as conn:
+        conn.execute(
+            "INSERT INTO billing_stripe_sessions (session_id, customer_id, plan, price_version, kind)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (session_id) DO NOTHING",
+            (session_id, customer_id, plan, version, kind),
+        )
+
+
+def catalog_prices(
+    pool: ConnectionPool, gateway: Any, config: PlansConfig, version: str, sync: Callable[[], Any]
+) -> dict[str | None, str]:
+    """The version's Stripe prices, syncing the catalog first when they are missing."""
+    with pool.connection() as conn:
+        prices = version_prices(conn, version)
+    if None not in prices:
+        sync()
+        with pool.connection() as conn:
+            prices = version_prices(conn, version)
+    return prices
+
+
+def active_subscription(pool: ConnectionPool, customer_id: str) -> str | None:
+    with pool.connection() as conn:
+        row = conn.execute(
+            "SELECT stripe_subscription_id FROM subscriptions WHERE customer_id = %s"
+            " AND status IN ('active', 'past_due') AND stripe_subscription_id IS NOT NULL",
+            (customer_id,),
+        ).fetchone()
+    return None if row is None else str(row[0])
 
 
 def routes(
@@ -408,16 +581,63 @@ def routes(
             return error(409, "already_on_plan", f"customer {customer_id!r} is already on {target!r}")
         if target_plan.custom_contract:
             return error(409, "contact_sales", f"plan {target!r} is sold by contract, not by checkout")
-        params = checkout_params(
-            config, customer_id, account.stripe_customer_id, target, settings, datetime.now(UTC).date()
-        )
+        now = datetime.now(UTC)
+        version = config.price_for(target, now.date())
+        assert version is not None
         # The same click twice within ten minutes gets the same session.
         bucket = int(time.time() // 600)
         key = "checkout_" + hashlib.sha256(f"{customer_id}\x1f{target}\x1f{bucket}".encode()).hexdigest()[:40]
+        gateway = state["gateway"]
         try:
-            session = await run_in_threadpool(state["gateway"].create_checkout_session, params, key)
-        except stripe.StripeError as exc:
-            log.warning("checkout session failed: %s", exc.user_message or type(exc).__name__)
+            prices = await run_in_threadpool(
+                catalog_prices, state["pool"], gateway, config, version.version, state["sync_catalog"]
+            )
+            subscription_id = await run_in_threadpool(active_subscription, state["pool"], customer_id)
+            if subscription_id is not None and None in prices:
+                # A paying customer changes plan: the subscription's items move, no second subscription.
+                live = await run_in_threadpool(gateway.retrieve_subscription, subscription_id)
+                change = plan_change_params(
+                    live["items"]["data"], prices, target, version.version, customer_id,
+                    settings.plan_change_proration,
+                )  # fmt: skip
+                change_key = key.replace("checkout_", "change_", 1)
+                await run_in_threadpool(
+                    record_session,
+                    state["pool"],
+                    change_key,
+                    customer_id,
+                    target,
+                    version.version,
+                    "plan_change",
+                )
+                await run_in_threadpool(
+                    gateway.update_subscription, subscription_id, change, idempotency_key=change_key
+                )
+                return Response(
+                    orjson.dumps(
+                        {"url": None, "session_id": None, "plan": target, "customer_id": customer_id,
+                         "subscription_id": subscription_id,
+                         "proration_behavior": settings.plan_change_proration}
+                    ),
+                    media_type="application/json",
+                )  # fmt: skip
+            anchor = billing_period(int(now.timestamp() * 1000), account.anchor_day).end_ms // 1000
+            params = checkout_params(
+                config, customer_id, account.stripe_customer_id, target, settings, now.date(), prices, anchor
+            )
+            session = await run_in_threadpool(gateway.create_checkout_session, params, key)
+            await run_in_threadpool(
+                record_session,
+                state["pool"],
+                str(session.get("id")),
+                customer_id,
+                target,
+                version.version,
+                "checkout",
+            )
+        except (stripe.StripeError, CatalogError) as exc:
+            detail = exc.user_message if isinstance(exc, stripe.StripeError) else str(exc)
+            log.warning("checkout session failed: %s", detail or type(exc).__name__)
             return error(
                 502,
                 "stripe_unavailable",
@@ -477,6 +697,9 @@ def routes(
             # Stripe retries a non-2xx: nothing was recorded, so the retry applies it.
             return error(503, "database_unavailable", "try again", {"Retry-After": "5"})
         WEBHOOKS.labels(event["type"], result.status).inc()
+        if result.status == "retry":
+            # Any non-2xx makes Stripe deliver the event again (with backoff, for up to three days).
+            return error(409, "not_known_yet", result.detail, {"Retry-After": "5"})
         return Response(
             orjson.dumps({"received": True, "result": result.status, "detail": result.detail}),
             media_type="application/json",

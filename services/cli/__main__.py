@@ -10,9 +10,13 @@
     plg customers update <id> [--support-tier T] [--csm NAME | --no-csm] [--billing-status S]
     plg tickets open <customer-id> <subject> [--priority P] | close <customer-id> [<ticket-id>...|--all]
     plg tickets list <customer-id> [--all]
-    plg dlq list [--reason R] [--since T] | show <[partition:]offset> | replay [--reason R] [--since T]
+    plg dlq list [--reason R] [--since T] | show <[partition:]offset> [--reveal] | replay [--reason R]
+        [--since T]
     plg identity merge <customer-id> <merged-user-id> <survivor-user-id>
-    plg billing sync-meters | reconcile [--customer C] [--period YYYY-MM] [--no-stripe] [--all]
+    plg privacy forget --customer C --person P [--requested-by NAME]   # erasure: docs/privacy.md
+    plg billing sync-catalog | sync-meters | reconcile [--customer C] [--period YYYY-MM] [--no-stripe] [--all]
+    plg billing preview <customer-id> --plan P [--version V] [--period YYYY-MM]
+    plg billing simulate --price-book FILE [--period YYYY-MM]
     plg analytics funnel --steps a,b,c [--customer C] [--window 7d] [--breakdown plan] [--format json]
     plg analytics retention | north-star | activation | timeline <customer-id>   (PLG_OPERATOR_TOKEN)
     plg plan codegen --lang ts|python [--out DIR] | check FILE.json   # typed events, the app's CI check
@@ -34,12 +38,14 @@ from typing import Any
 import orjson
 import psycopg
 
-from services.cli import analytics, billing, identity, plan
+from services.cli import analytics, billing, identity, plan, privacy
 from services.cli import dlq as dead_letters
 from services.enrichment import store as success
 from services.ingest import store
 from services.kernel import apikeys
 from services.kernel.db import migrate
+from services.kernel.dlq import DlqCipher
+from services.kernel.serde import SchemaRegistry
 from services.kernel.settings import DatabaseSettings, KafkaSettings, PlatformSettings, SchemaRegistrySettings
 
 
@@ -98,6 +104,12 @@ def _parser() -> argparse.ArgumentParser:
     dlist = dlq.add_parser("list", help="list dead letters, oldest first")
     dshow = dlq.add_parser("show", help="one dead letter in full")
     dshow.add_argument("position", help="<partition>:<offset>, or <offset> if only one partition has it")
+    dshow.add_argument(
+        "--reveal",
+        action="store_true",
+        help="decrypt and show the original key and value (personal data): needs an admin operator token "
+        "in PLG_OPERATOR_TOKEN and the services' PLG_DLQ_KEY",
+    )
     dreplay = dlq.add_parser("replay", help="re-produce dead letters to their source topic (idempotent)")
     for sub in (dlist, dreplay):
         sub.add_argument("--reason", help="only this error code, e.g. late_event")
@@ -113,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     imerge.add_argument("survivor_id", help="the user id that survives")
 
     billing.add_parser(groups)
+    privacy.add_parser(groups)
     analytics.add_parser(groups)
     plan.add_parser(groups)
     analytics.add_activation_parser(groups)
@@ -226,6 +239,8 @@ def run(args: argparse.Namespace) -> int:
 def _dispatch(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
     if args.group == "billing":
         return billing.run(args, conn)
+    if args.group == "privacy":
+        return _privacy(args, conn)
     if args.group == "tickets":
         return _tickets(args, conn)
     if args.group == "dlq":
@@ -377,12 +392,16 @@ def _dlq(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
     try:
         if args.command == "show":
             letter = letters.find(args.position)
-            doc = {**letter.summary(), "value": letter.value}
-            doc["failed_at"] = doc["failed_at"].isoformat()
-            for name in ("original_key", "original_value"):
-                raw = doc["value"].get(name)
-                doc["value"][name] = None if raw is None else raw.hex()
-            sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+            if not args.reveal:
+                doc = dead_letters.shown(letter, None)
+            else:
+                try:
+                    privacy.require_operator(conn, "admin", "plg dlq show --reveal")
+                except privacy.PrivacyError as exc:
+                    raise CliError(str(exc)) from None
+                with SchemaRegistry(registry) as sr:
+                    doc = dead_letters.shown(letter, DlqCipher.from_env(), sr.decoder().decode)
+            sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
             return 0
         since = dead_letters.parse_since(args.since) if args.since else None
         found = letters.read(args.reason, since)
@@ -411,6 +430,13 @@ def _dlq(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
             for reason, n in sorted(reasons.items()):
                 print(f"  {outcome:16} {reason:24} {n}")
     return 0
+
+
+def _privacy(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
+    try:
+        return privacy.run(args, conn, PlatformSettings().topic_prefix)
+    except privacy.PrivacyError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _identity(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""``plg billing sync-meters`` and ``plg billing reconcile``; ``plg customers create --stripe`` links a
+"""``plg billing sync-catalog``, ``sync-meters`` and ``reconcile``; ``plg customers create --stripe`` links a
 new customer to a Stripe customer it creates. Stripe is reached with ``STRIPE_API_BASE`` /
 ``STRIPE_API_KEY`` (docs/billing.md), only through the billing reporter's gateway."""
 
@@ -6,18 +6,23 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import orjson
 import psycopg
 import stripe
 
+from services.billing_reporter import previews
 from services.billing_reporter.app import WINDOW_SECONDS, level_meters, reportable_meters
+from services.billing_reporter.catalog import CatalogError, sync_catalog
 from services.billing_reporter.config import BillingSettings
 from services.billing_reporter.meters import sync_meters
 from services.billing_reporter.reconcile import Due, read_aggregates, reconcile
 from services.billing_reporter.stripe_gateway import StripeGateway
-from services.plans.loader import load_config
+from services.plans.loader import ConfigError, load_config
+from services.plans.model import PlansConfig
 
 
 def add_parser(groups: Any) -> None:
@@ -25,6 +30,22 @@ def add_parser(groups: Any) -> None:
         dest="command", required=True
     )
     billing.add_parser("sync-meters", help="create the Stripe meter of every billed plg meter if missing")
+    billing.add_parser(
+        "sync-catalog",
+        help="create the Stripe meters, products and prices of the whole price book if missing (idempotent)",
+    )
+    pre = billing.add_parser(
+        "preview", help="a customer's invoice for a period on another plan or price version (real usage)"
+    )
+    pre.add_argument("customer")
+    pre.add_argument("--plan", required=True)
+    pre.add_argument("--version", help="a price version of the plan (default: the one in effect)")
+    pre.add_argument("--period", help="the billing period starting in this month, YYYY-MM (default: current)")
+    sim = billing.add_parser(
+        "simulate", help="revenue per plan and customer under a proposed price book against the current one"
+    )
+    sim.add_argument("--price-book", required=True, type=Path, help="the proposed meters-and-plans file")
+    sim.add_argument("--period", help="the billing period starting in this month, YYYY-MM (default: current)")
     rec = billing.add_parser(
         "reconcile", help="compare usage-aggregates, the ledger and Stripe; exit 1 when they differ"
     )
@@ -47,6 +68,56 @@ def create_stripe_customer(customer_id: str, name: str | None) -> str:
     )
 
 
+def _what_if(
+    args: argparse.Namespace, conn: psycopg.Connection[Any], config: PlansConfig, ledger: str
+) -> int:
+    now_ms = int(time.time() * 1000)
+    try:
+        if args.command == "preview":
+            who = previews.account(conn, args.customer)
+            if who is None:
+                print(f"error: no customer {args.customer!r}", file=sys.stderr)
+                return 1
+            invoice = previews.preview(
+                conn, ledger, config, who, args.plan, args.version, args.period, now_ms
+            )
+            if args.json:
+                sys.stdout.write(orjson.dumps(invoice.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+                return 0
+            period = f"{invoice.period.start:%Y-%m-%d} to {invoice.period.end:%Y-%m-%d}"
+            plan = f"{invoice.plan} ({invoice.price_version})"
+            print(f"{invoice.customer_id} on {plan}, {period}, {invoice.currency}")
+            for line in invoice.lines:
+                usage = f"  usage {line.usage}" if line.kind == "usage" else ""
+                print(f"  {line.description:40} {line.amount:>12}{usage}")
+            print(f"  {'subtotal':40} {invoice.subtotal:>12}\n  {'tax':40} {invoice.tax.amount:>12}")
+            print(f"  {'total':40} {invoice.total:>12}")
+            return 0
+        try:
+            proposed = load_config(args.price_book)
+        except (ConfigError, OSError) as exc:
+            print(f"error: the proposed price book: {exc}", file=sys.stderr)
+            return 1
+        result = previews.simulate(conn, ledger, config, proposed, args.period, now_ms)
+    except previews.PreviewError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.write(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    print(f"{'PLAN':12} {'CUSTOMERS':>9} {'CURRENT':>14} {'PROPOSED':>14} {'CHANGE':>14}")
+    for plan, r in sorted(result.plans.items()):
+        print(f"{plan:12} {r.customers:>9} {r.current:>14} {r.proposed:>14} {r.change:>14}")
+    total = result.to_dict()["total"]
+    print(f"{'total':12} {'':>9} {total['current']:>14} {total['proposed']:>14}")
+    for c in result.customers:
+        if c["change"] not in ("0", "0.00"):
+            print(f"  {c['customer_id']:24} {c['plan']:12} {c['current']:>12} -> {c['proposed']:>12}")
+    if result.not_priced:
+        print(f"not in the proposed book: {', '.join(result.not_priced)}", file=sys.stderr)
+    return 0
+
+
 def due_after(settings: BillingSettings) -> Due:
     """When the reporter sends what it counted: after the settle delay and its next planning pass."""
     level = settings.level_interval_seconds
@@ -62,10 +133,24 @@ def run(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
     config = load_config(settings.config_path)
     events = reportable_meters(config)
     try:
+        if args.command in ("preview", "simulate"):
+            return _what_if(args, conn, config, f"{settings.platform.topic_prefix}{settings.group_id}")
+        if args.command == "sync-catalog":
+            try:
+                prices = sync_catalog(gateway(settings), conn, config, events, level_meters(config))
+            except CatalogError as exc:
+                print(f"error: the price book cannot be expressed at Stripe: {exc}", file=sys.stderr)
+                return 1
+            if args.json:
+                sys.stdout.write(orjson.dumps(prices).decode() + "\n")
+            for p in prices if not args.json else ():
+                exact = "" if p.exact else "  (inexact: docs/billing.md)"
+                print(f"{p.lookup_key:40} {p.stripe_price_id:32} {p.action}{exact}")
+            return 0
         if args.command == "sync-meters":
             synced = sync_meters(gateway(settings), conn, events, level_meters(config))
             if args.json:
-                sys.stdout.write(orjson.dumps([s.__dict__ for s in synced]).decode() + "\n")
+                sys.stdout.write(orjson.dumps(synced).decode() + "\n")
             for s in synced if not args.json else ():
                 print(f"{s.meter:20} {s.event_name:20} {s.stripe_meter_id:32} {s.action}")
             return 0
@@ -83,6 +168,7 @@ def run(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
             customer=args.customer,
             month=args.period,
             due=due_after(settings),
+            config=config,
         )
     except stripe.StripeError as exc:
         print(f"error: Stripe: {exc.user_message or type(exc).__name__}", file=sys.stderr)
@@ -104,6 +190,8 @@ def run(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
             "pending",
             "stripe",
             "open",
+            "stripe_amount",
+            "plg_amount",
         )
         rows = [[str(ln.to_dict()[c] if ln.to_dict()[c] is not None else "-") for c in cols] for ln in shown]
         widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]

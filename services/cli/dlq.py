@@ -6,6 +6,9 @@ the same ``event_id`` — to the topic it came from, with its original timestamp
 header naming the dead letter. Replays are recorded in PostgreSQL (``dlq_replays``, migration 0031) only
 after the broker acknowledged them: replaying again skips what was replayed (``--force`` does not), and
 whatever a crash in between re-produces is deduplicated by the metering aggregator on ``event_id``.
+
+The original bytes are encrypted in the letter (``PLG_DLQ_KEY``): ``replay`` decrypts them with the same
+key; ``show`` masks them unless an admin asks (``--reveal`` with an admin ``PLG_OPERATOR_TOKEN``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 
 import psycopg
 
+from services.kernel.dlq import DlqCipher, DlqKeyError
 from services.kernel.kafka import Producer
 from services.kernel.reading import read_to_end
 from services.kernel.serde import SchemaRegistry
@@ -160,6 +164,34 @@ class ReplayReport:
         }
 
 
+def shown(letter: Letter, cipher: DlqCipher | None, decode: Any = None) -> dict[str, Any]:
+    """``plg dlq show``'s document. Without ``cipher`` the original key and value (which may hold personal
+    data) are masked to their size; with it (``--reveal``, an admin) they are decrypted, as hex, and the
+    value decoded too when it is Avro of a registered schema."""
+    doc = {**letter.summary(), "value": dict(letter.value)}
+    doc["failed_at"] = doc["failed_at"].isoformat()
+    value = doc["value"]
+    if cipher is None:
+        for name in ("original_key", "original_value"):
+            raw = value.get(name)
+            value[name] = None if raw is None else f"<masked: {len(raw)} bytes; --reveal shows them>"
+        return doc
+    try:
+        clear = cipher.reveal(value)
+    except DlqKeyError as exc:
+        raise DlqError(str(exc)) from None
+    for name in ("original_key", "original_value"):
+        raw = clear.get(name)
+        value[name] = None if raw is None else raw.hex()
+    value["encryption"] = clear.get("encryption")
+    if decode is not None and clear.get("original_value") is not None:
+        try:
+            doc["original"] = decode(clear["original_value"])
+        except Exception:  # not Avro of a known schema (that may be why it was dead-lettered)
+            doc["original"] = None
+    return doc
+
+
 def replay(
     letters: list[Letter],
     dlq_topic: str,
@@ -167,8 +199,15 @@ def replay(
     conn: psycopg.Connection[Any],
     *,
     force: bool = False,
+    cipher: DlqCipher | None = None,
 ) -> ReplayReport:
-    """Re-produce ``letters`` to their source topics; skips those replayed before unless ``force``."""
+    """Re-produce ``letters`` to their source topics; skips those replayed before unless ``force``. The
+    original bytes are decrypted with ``cipher`` (``PLG_DLQ_KEY`` by default) first."""
+    cipher = cipher if cipher is not None else DlqCipher.from_env()
+    try:
+        letters = [Letter(x.partition, x.offset, cipher.reveal(x.value)) for x in letters]
+    except DlqKeyError as exc:
+        raise DlqError(str(exc)) from None
     report = ReplayReport()
     done: set[tuple[int, int]] = set()
     if not force and letters:

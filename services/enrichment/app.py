@@ -16,6 +16,7 @@ from services.enrichment.processor import INPUTS, OUTPUTS, SERVICE, EnrichmentHa
 from services.enrichment.tenants import PostgresTenants
 from services.kernel.kafka import check_reachable
 from services.kernel.lifecycle import Lifecycle
+from services.kernel.privacy import APPLIED, Erasure, ErasureFollower
 from services.kernel.processing import ExactlyOnceLoop, exactly_once_service
 from services.kernel.processing.view import MaterializedView
 from services.kernel.serde import SchemaRegistry
@@ -33,6 +34,7 @@ class EnrichmentApp:
     identity_view: MaterializedView
     tenants: PostgresTenants
     lifecycle: Lifecycle
+    erasures: ErasureFollower
 
     @property
     def readiness(self) -> dict[str, Any]:
@@ -40,6 +42,7 @@ class EnrichmentApp:
             "loop": self.loop.ready,
             "identity_view": self.identity_view.healthy,
             "tenant_invalidation": self.tenants.listening.is_set,
+            "privacy_erasures": self.erasures.healthy,
         }
 
     def run(self, stop: threading.Event | None = None) -> None:
@@ -115,6 +118,20 @@ def _build(settings: EnrichmentSettings, life: Lifecycle) -> EnrichmentApp:
         ).start(),
         "identity view",
     )
+
+    def forget(erasure: Erasure, new: bool) -> None:
+        # Older requests were erased from identity-links (tombstones) before the view read it.
+        if new:
+            enricher.graph.forget(erasure.customer_id, erasure.matches)
+            scrubber.forget_clean()
+            APPLIED.labels(SERVICE, "memory").inc()
+
+    erasures = life.push(
+        ErasureFollower(
+            settings.kafka, registry, service=SERVICE, topic_prefix=prefix, on_erasure=[forget]
+        ).start(),
+        "privacy erasures",
+    )
     handler = EnrichmentHandler(
         enricher,
         tenants.cache,
@@ -143,4 +160,4 @@ def _build(settings: EnrichmentSettings, life: Lifecycle) -> EnrichmentApp:
             "pii_action": plan.pii.action.value,
         },
     )
-    return EnrichmentApp(loop, handler, view, tenants, life)
+    return EnrichmentApp(loop, handler, view, tenants, life, erasures)

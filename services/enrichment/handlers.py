@@ -39,6 +39,24 @@ class SampledOut:
     rate: float
 
 
+@dataclass(frozen=True, slots=True)
+class NotConsented:
+    """The person refused the purpose enrichment serves (``consent.analytics`` false): the event was
+    metered from usage-events and goes no further — not enriched, scored or kept for analytics."""
+
+    purpose: str
+
+
+ANALYTICS = "analytics"
+NO_ANALYTICS_CONSENT = NotConsented(ANALYTICS)
+
+
+def analytics_refused(event: Mapping[str, Any]) -> bool:
+    """True only for an explicit ``"analytics": false``; no consent or no such purpose is not stated."""
+    consent = event.get("consent")
+    return consent is not None and consent.get(ANALYTICS) is False
+
+
 def keep_sample(event_id: str, rate: float) -> bool:
     """Deterministic by event_id (CRC-32, the same in every process and on every replay): an event is kept
     or not whichever instance sees it, however often."""
@@ -80,7 +98,9 @@ class Enricher:
 
     def enrich(
         self, event: Mapping[str, Any], tenant: TenantContext | None, now_ms: int
-    ) -> dict[str, Any] | Rejected | SampledOut:
+    ) -> dict[str, Any] | Rejected | SampledOut | NotConsented:
+        if analytics_refused(event):
+            return NO_ANALYTICS_CONSENT
         name: str = event["name"]
         rate = self.sampling.get(name)
         if rate is not None and not keep_sample(event["event_id"], rate):
@@ -150,12 +170,18 @@ class Enricher:
         """Apply one identity-links record to the graph. A merge also returns its ``$person_merged``
         record for the enriched topic; an identify returns None (its ``$identify`` event travels on
         usage-events and is enriched like any event). A tombstone (``link`` None) of an identify key forgets
-        the link."""
+        the link; one of a merge key forgets the merged person (an erasure)."""
         graph = self.graph
         if link is None:
             parts = key.decode(errors="replace").split("|") if key else []
             if len(parts) == 2:
                 graph.forget_anonymous(parts[0], parts[1])
+            elif len(parts) >= 4 and parts[1] == MERGE:
+                # A merge is erased only when its person is (plg privacy forget tombstones every link of
+                # the person): forget both sides' sets. Ids may contain "|", so each split is a candidate.
+                named = {"|".join(parts[2:i]) for i in range(3, len(parts))}
+                named |= {"|".join(parts[i:]) for i in range(3, len(parts))}
+                graph.forget(parts[0], named.__contains__)
             return None
         customer_id = link["customer_id"]
         if link.get("kind", IDENTIFY) != MERGE:

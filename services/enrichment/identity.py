@@ -20,6 +20,7 @@ pointer is replaced atomically and a reader racing a merge sees the person befor
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 Node = tuple[str, str]  # (customer_id, id)
@@ -82,6 +83,30 @@ class IdentityGraph:
         """A tombstone on identity-links: the link was erased (e.g. a deletion request)."""
         with self._lock:
             self._anon.pop((customer_id, anonymous_id), None)
+
+    def forget(self, customer_id: str, matches: Callable[[str], bool]) -> int:
+        """Erase a person (``plg privacy forget``): every id of ``customer_id`` that ``matches``, with the
+        whole merged set it belongs to, and every identify link from or to one of them. Later events of
+        those ids start over as new persons. Returns the nodes removed."""
+        with self._lock:
+            doomed: set[Node] = set()
+            for node in [n for n in self._parent if n[0] == customer_id and matches(n[1])]:
+                root = self._parent[node]
+                doomed.update(self._members.get(root, [root]))
+                doomed.add(node)
+            doomed_ids = {n[1] for n in doomed}
+            links = [
+                n
+                for n, user in self._anon.items()
+                if n[0] == customer_id and (matches(n[1]) or matches(user) or user in doomed_ids)
+            ]
+            for node in links:
+                del self._anon[node]
+            for node in doomed:
+                if node in self._parent:
+                    self._members.pop(self._parent.pop(node), None)
+                self._flagged.discard(node)
+            return len(doomed) + len(links)
 
     def merge(self, customer_id: str, merged_id: str, survivor_id: str) -> MergeOutcome:
         """Record that ``merged_id`` is the same person as ``survivor_id``. Idempotent, and the final

@@ -122,6 +122,10 @@ class Scrubber:
         # repeats (plans, routes, regions). Only clean values are kept, so it holds no PII; bounded.
         self._clean: set[str] = set()
 
+    def forget_clean(self) -> None:
+        """Drop the cache of clean values (it holds ids as they were sent): after an erasure."""
+        self._clean = set()
+
     def pseudonym(self, normalised: str) -> str:
         digest = hmac.new(self._key, normalised.encode(), hashlib.sha256).hexdigest()
         return PSEUDONYM_PREFIX + digest[:32]

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from services.enrichment.avro_enriched import EnrichedEventEncoder, schema_matches
-from services.enrichment.handlers import Enricher, Rejected, SampledOut
+from services.enrichment.handlers import Enricher, NotConsented, Rejected, SampledOut
 from services.enrichment.tenants import TenantCache
 from services.kernel import metrics
 from services.kernel.dlq import INVALID_EVENT
@@ -39,7 +39,7 @@ OUTPUTS = [USAGE_EVENTS_ENRICHED]
 EVENTS = metrics.counter(
     "plg_enrichment_events",
     "Events through enrichment by outcome: enriched, flagged (enriched with violations), dead_lettered, "
-    "sampled_out; and merges announced.",
+    "sampled_out, no_consent (analytics refused: metered, not enriched); and merges announced.",
     ("outcome",),
 )
 VIOLATIONS = metrics.counter(
@@ -71,7 +71,7 @@ class EnrichmentHandler(StreamHandler):
         self.links_topic = links_topic
         self.graph_ready = graph_ready
         self._outcomes = {
-            o: EVENTS.labels(o) for o in ("enriched", "flagged", "dead_lettered", "sampled_out")
+            o: EVENTS.labels(o) for o in ("enriched", "flagged", "dead_lettered", "sampled_out", "no_consent")
         }
         self._merges = EVENTS.labels("merge_announced")
         self._hits, self._misses = TENANT_LOOKUPS.labels("hit"), TENANT_LOOKUPS.labels("miss")
@@ -93,7 +93,7 @@ class EnrichmentHandler(StreamHandler):
         enrich = self.enricher.enrich
         encode = self._encoder(out)
         now = out.now_ms
-        counts = {"enriched": 0, "flagged": 0, "dead_lettered": 0, "sampled_out": 0}
+        counts = {"enriched": 0, "flagged": 0, "dead_lettered": 0, "sampled_out": 0, "no_consent": 0}
         scrubbed = 0
         for message in batch:
             value = message.value
@@ -129,6 +129,8 @@ class EnrichmentHandler(StreamHandler):
                 counts["dead_lettered"] += 1
                 for v in outcome.violations:
                     VIOLATIONS.labels(v.code, "true").inc()
+            elif isinstance(outcome, NotConsented):
+                counts["no_consent"] += 1
             else:
                 assert isinstance(outcome, SampledOut)
                 counts["sampled_out"] += 1

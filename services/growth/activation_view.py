@@ -13,13 +13,15 @@ from typing import Any, cast
 
 from services.activation import SCOPES, ActivationConfig
 from services.growth.activation import DAY_MS, in_window
-from services.growth.processor import CHECKPOINT_KEY
+from services.growth.processor import CHECKPOINT_KEY, ERASED_PREFIX
 from services.kernel.processing import Message
 from services.kernel.processing.view import MaterializedView
 from services.kernel.serde import ValueDecoder
 from services.kernel.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
+
+ERASED_MARKER = ERASED_PREFIX.encode()
 
 
 class JsonDecoder:
@@ -43,6 +45,8 @@ class ActivationView:
         self.on_crossing = on_crossing
         self.counters: dict[Subject, dict[str, dict[str, Any]]] = {}
         self.fired: dict[Subject, dict[str, dict[str, Any]]] = {}
+        # Changelog key → where its value lives, so a tombstone (an erasure) can remove it.
+        self._keys: dict[bytes | None, tuple[Subject, str, bool]] = {}
         self.view: MaterializedView | None = None
         self._lock = threading.Lock()
 
@@ -53,7 +57,8 @@ class ActivationView:
             cast(ValueDecoder, JsonDecoder()),
             self.apply,
             name="growth-activation-view",
-            key_filter=lambda key: key != CHECKPOINT_KEY,
+            # Neither the checkpoint nor erasure markers (e|<erasure id>) are activation state.
+            key_filter=lambda key: key != CHECKPOINT_KEY and not (key or b"").startswith(ERASED_MARKER),
         ).start()
         return self
 
@@ -66,10 +71,20 @@ class ActivationView:
 
     def apply(self, message: Message) -> None:
         value = message.value
-        if value is None:
-            return  # the changelog never deletes today
+        if value is None:  # a tombstone: the activation loop erased a person (docs/privacy.md)
+            where = self._keys.pop(message.key, None)
+            if where is not None:
+                erased, name, was_fired = where
+                kept = self.fired if was_fired else self.counters
+                entries = kept.get(erased, {})
+                entries.pop(name, None)
+                if not entries:
+                    kept.pop(erased, None)
+            return
         subject: Subject = (value["scope"], value["customer"], value["subject"])
-        if "threshold" in value:
+        is_fired = "threshold" in value
+        self._keys[message.key] = (subject, value["threshold"] if is_fired else value["event"], is_fired)
+        if is_fired:
             known = self.fired.setdefault(subject, {})
             first = value["threshold"] not in known
             known[value["threshold"]] = value

@@ -53,6 +53,7 @@ from services.kernel.http import HttpError, install_error_handlers, request_id_o
 from services.kernel.kafka import Producer
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ops_routes
+from services.kernel.privacy import APPLIED, Erasure, ErasureFollower
 from services.kernel.serde import SchemaRegistry
 from services.kernel.topics import GROWTH_CHANGELOG, USAGE_EVENTS, topic
 
@@ -96,6 +97,7 @@ class Growth:
     progress: ProgressStore
     activation: ActivationView
     loop: ActivationLoop | None
+    erasures: ErasureFollower
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -133,7 +135,26 @@ def open_growth(
     life.callback(lambda: producer.close(timeout=10.0), "producer")
     telemetry = TelemetryWriter(producer, events.name, encoder)
     sticky = StickyAssignments(pool, settings.sticky_cache_size)
-    evaluator = Evaluator(runtime, telemetry, ExposureLog(settings.exposure_memory), sticky)
+    exposures = ExposureLog(settings.exposure_memory)
+    evaluator = Evaluator(runtime, telemetry, exposures, sticky)
+
+    def forget(erasure: Erasure, new: bool) -> None:
+        # The CLI deleted the rows before announcing; older requests concern rows already gone at start.
+        if new:
+            sticky.forget(erasure.matches)
+            exposures.forget(erasure.matches)
+            APPLIED.labels(SERVICE, "memory").inc()
+
+    erasures = life.push(
+        ErasureFollower(
+            settings.kafka,
+            registry,
+            service=SERVICE,
+            topic_prefix=settings.platform.topic_prefix,
+            on_erasure=[forget],
+        ).start(),
+        "privacy erasures",
+    )
     listener = ChangeListener(dsn, runtime.reload, settings.flags_poll_seconds)
     life.push(listener.start(), "flag change listener")
     prefix = settings.platform.topic_prefix
@@ -143,9 +164,21 @@ def open_growth(
     life.push(view.start(settings.kafka, topic(GROWTH_CHANGELOG, prefix).name), "activation view")
     loop = None
     if settings.activation_enabled:
-        loop = life.push(ActivationLoop.build(settings, activation_config, registry, life), "activation loop")
+        loop = life.push(
+            ActivationLoop.build(settings, activation_config, registry, life, erasures), "activation loop"
+        )
     return Growth(
-        settings, store, runtime, evaluator, listener, telemetry, onboarding, ProgressStore(pool), view, loop
+        settings,
+        store,
+        runtime,
+        evaluator,
+        listener,
+        telemetry,
+        onboarding,
+        ProgressStore(pool),
+        view,
+        loop,
+        erasures,
     )
 
 
@@ -423,7 +456,12 @@ def build_app(settings: GrowthSettings, lifecycle: Lifecycle | None = None) -> F
 
     def activation_ready() -> bool:
         g = state.get("growth")
-        return g is not None and g.activation.healthy() and (g.loop is None or g.loop.ready())
+        return (
+            g is not None
+            and g.activation.healthy()
+            and g.erasures.healthy()
+            and (g.loop is None or g.loop.ready())
+        )
 
     ops_routes(
         app, {"database": database_ready, "flags": lambda: "growth" in state, "activation": activation_ready}

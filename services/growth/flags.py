@@ -8,7 +8,7 @@ import contextlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 from plg_sdk.flags import ERROR, SPLIT, Evaluation
@@ -126,6 +126,13 @@ class ExposureLog:
             self._seen.popitem(last=False)
         return True
 
+    def forget(self, matches: Callable[[str], bool]) -> int:
+        """Drop the exposures remembered for identities that ``matches`` (an erasure)."""
+        doomed = [k for k in list(self._seen) if matches(k[0])]
+        for key in doomed:
+            self._seen.pop(key, None)
+        return len(doomed)
+
 
 class StickyAssignments(MutableMapping[str, str]):
     """Server-side sticky store: an LRU in memory in front of ``growth_sticky_assignments``. The engine
@@ -182,6 +189,16 @@ class StickyAssignments(MutableMapping[str, str]):
         self._cache.move_to_end(key)
         while len(self._cache) > self.capacity:
             self._cache.popitem(last=False)
+
+    def forget(self, matches: Callable[[str], bool]) -> int:
+        """Drop cached (and not yet written) assignments whose stickiness value ``matches`` — an erasure;
+        the CLI deletes the rows (docs/privacy.md)."""
+        with self._lock:
+            doomed = [k for k in {*self._cache, *self._new} if matches(k.split("|", 2)[-1])]
+            for key in doomed:
+                self._cache.pop(key, None)
+                self._new.pop(key, None)
+        return len(doomed)
 
     # MutableMapping, for the engine.
     def __getitem__(self, key: str) -> str:

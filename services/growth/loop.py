@@ -10,6 +10,7 @@ from services.activation import ActivationConfig
 from services.growth.config import GrowthSettings
 from services.growth.processor import INPUTS, OUTPUTS, SERVICE, ActivationHandler
 from services.kernel.lifecycle import Lifecycle
+from services.kernel.privacy import ErasureFollower
 from services.kernel.processing import ExactlyOnceLoop, exactly_once_service
 from services.kernel.serde import SchemaRegistry
 from services.kernel.topics import GROWTH_CHANGELOG, USAGE_EVENTS_DLQ, USAGE_EVENTS_ENRICHED, topic
@@ -27,7 +28,12 @@ class ActivationLoop:
 
     @classmethod
     def build(
-        cls, settings: GrowthSettings, config: ActivationConfig, registry: SchemaRegistry, life: Lifecycle
+        cls,
+        settings: GrowthSettings,
+        config: ActivationConfig,
+        registry: SchemaRegistry,
+        life: Lifecycle,
+        erasures: ErasureFollower | None = None,
     ) -> ActivationLoop:
         prefix = settings.platform.topic_prefix
         handler = ActivationHandler(
@@ -36,6 +42,7 @@ class ActivationLoop:
             input_topic=topic(USAGE_EVENTS_ENRICHED, prefix).name,
             changelog_topic=topic(GROWTH_CHANGELOG, prefix).name,
         )
+        handler.erasures = erasures
         built = exactly_once_service(
             settings,
             service=SERVICE,

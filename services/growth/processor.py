@@ -22,6 +22,7 @@ from services.growth.activation import Tracker, activation_record, fired_key
 from services.growth.telemetry import stable_event_id, usage_event
 from services.kernel import metrics
 from services.kernel.kafka import TopicPartition
+from services.kernel.privacy import APPLIED, ErasureFollower
 from services.kernel.processing import Batch, Emit, RetryBatch, StreamHandler
 
 # The metering aggregator's changelog reader and checkpoint rule, reused as they are (they belong in the
@@ -36,6 +37,8 @@ SERVICE = "growth-activation"
 INPUTS = (USAGE_EVENTS_ENRICHED,)
 OUTPUTS = (ACTIVATION_EVENTS, USAGE_EVENTS, GROWTH_CHANGELOG)
 CHECKPOINT_KEY = b"__checkpoint__"
+#: Changelog key prefix of "erasure <id> was applied to this partition" (docs/privacy.md).
+ERASED_PREFIX = "e|"
 TELEMETRY_EVENT = "activation_threshold_crossed"
 
 CROSSINGS = metrics.counter(
@@ -68,6 +71,10 @@ class ActivationHandler(StreamHandler):
         self.changelog_topic = changelog_topic
         self.checkpoint_wait = checkpoint_wait
         self.trackers: dict[int, Tracker] = {}
+        #: Erasure requests (privacy-erasures), set by the composition root; None: none to apply.
+        self.erasures: ErasureFollower | None = None
+        #: Per partition: the tracker the erasures were checked against, and how many were.
+        self._erasures_checked: dict[int, tuple[Tracker, int]] = {}
         self._changed = False
         self._pending: list[tuple[str, str]] = []
         self._outcomes: dict[str, int] = {}
@@ -136,10 +143,57 @@ class ActivationHandler(StreamHandler):
 
     # -- a batch ------------------------------------------------------------------------------------------
 
+    # -- erasures ----------------------------------------------------------------------------------------
+
+    tick_interval = 1.0  # erasures reach an idle partition within about a second
+
+    def tick(self, out: Emit) -> None:
+        if self.erasures is not None and self.erasures.ready.is_set():
+            self._forget(out)
+
+    def _forget(self, out: Emit) -> None:
+        """Apply every erasure request this partition's state has not applied yet, in this transaction:
+        tombstones for the person's counters and crossings, and a marker ``e|<erasure id>`` so that a
+        restore (the marker is on the changelog) never applies it again to the person's new history."""
+        assert self.erasures is not None
+        erasures = self.erasures.erasures
+        total = len(erasures)
+        for partition, tracker in self.trackers.items():
+            checked = self._erasures_checked.get(partition)
+            start = checked[1] if checked is not None and checked[0] is tracker else 0
+            if start == total:
+                continue
+            for erasure in erasures[start:total]:
+                marker = ERASED_PREFIX + erasure.erasure_id
+                if marker in tracker.state:
+                    continue
+                state = tracker.state
+                doomed = [
+                    k
+                    for k, v in state.items()
+                    if v.get("customer") == erasure.customer_id and erasure.matches(v.get("subject"))
+                ]
+                for key in doomed:
+                    del state[key]
+                    tracker.dirty.discard(key)
+                    out.send_raw(GROWTH_CHANGELOG, None, key.encode(), partition=partition)
+                state[marker] = {"erasure": erasure.erasure_id, "at": erasure.requested_at}
+                out.send_raw(GROWTH_CHANGELOG, encode(state[marker]), marker.encode(), partition=partition)
+                self._changed = True
+                if doomed:
+                    APPLIED.labels(SERVICE, "state").inc()
+            self._erasures_checked[partition] = (tracker, total)
+
+    # -- a batch ------------------------------------------------------------------------------------------
+
     def process(self, batch: Batch, out: Emit) -> None:
         missing = {m.partition for m in batch} - self.trackers.keys()
         if missing:
             raise RetryBatch(f"partitions {missing} have no restored state")
+        if self.erasures is not None:
+            if not self.erasures.ready.is_set():
+                raise RetryBatch("the erasure requests are still being read")
+            self._forget(out)
         now_ms = out.now_ms
         outcomes = self._outcomes
         touched: set[int] = set()

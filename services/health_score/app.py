@@ -47,6 +47,7 @@ from services.kernel.lifecycle import Lifecycle
 from services.kernel.login import BrowserLogin, PageCaller
 from services.kernel.oidc import OidcClient
 from services.kernel.ops import ops_routes
+from services.kernel.privacy import APPLIED, Erasure, ErasureFollower
 from services.kernel.processing import AtLeastOnceLoop, at_least_once
 from services.kernel.processing.view import MaterializedView
 from services.kernel.serde import SchemaRegistry
@@ -239,6 +240,20 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
         )
         sink.entitlement_topic = topic(ENTITLEMENT_EVENTS, prefix).name
         state["loop"] = loop
+
+        def forget(erasure: Erasure, new: bool) -> None:
+            # Older requests were applied to PostgreSQL, where the facts are loaded from, before this start.
+            if new:
+                sink.forget(erasure)
+                cache.forget(erasure.customer_id, erasure.matches)
+                APPLIED.labels(SERVICE, "memory").inc()
+
+        state["erasures"] = life.push(
+            ErasureFollower(
+                settings.kafka, registry, service=SERVICE, topic_prefix=prefix, on_erasure=[forget]
+            ).start(),
+            "privacy erasures",
+        )
         alerts_spec = topic(CUSTOMER_ALERTS, prefix)
         assert alerts_spec.schema_path is not None
         producer = life.push(
@@ -277,9 +292,14 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
         views: list[MaterializedView] = state.get("views") or []
         return bool(views) and all(v.healthy() for v in views)
 
-    readiness = {"scorer": scorer_ready, "serving_views": views_ready}
+    def erasures_ready() -> bool:
+        erasures: ErasureFollower | None = state.get("erasures")
+        return erasures is not None and erasures.healthy()
+
+    readiness = {"scorer": scorer_ready, "serving_views": views_ready, "privacy_erasures": erasures_ready}
     if settings.role == "api":
-        del readiness["scorer"]
+        # No scorer, so no facts and no live events of persons to forget.
+        del readiness["scorer"], readiness["privacy_erasures"]
     elif settings.role == "scorer":
         del readiness["serving_views"]
     ops_routes(app, readiness=readiness)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ from services.health_score.registry import HealthConfig
 from services.health_score.scoring import compute_score, usage_zscore
 from services.health_score.store import CustomerState, HealthStore, ScoreRow
 from services.kernel.kafka import TopicPartition
+from services.kernel.privacy import APPLIED, Erasure
 from services.kernel.processing import Batch, Emit, Message, RetryBatch, SinkHandler
 from services.kernel.topics import CUSTOMER_HEALTH, ENTITLEMENT_EVENTS
 
@@ -188,6 +190,29 @@ class HealthSink(SinkHandler):
         self.cache_limit = cache_limit
         self.entitlement_topic = ENTITLEMENT_EVENTS
         self.tick_interval = tick_interval
+        #: Erasure requests to apply before the next write (fed by the erasure follower's thread).
+        self.erasures: deque[Erasure] = deque()
+
+    def forget(self, erasure: Erasure) -> None:
+        """Queue an erasure (any thread): applied before the next batch writes anything."""
+        self.erasures.append(erasure)
+
+    def _apply_erasures(self, now_ms: int) -> None:
+        """The person leaves the facts in memory and in PostgreSQL (where the CLI removed them already; a
+        batch written in between would have put them back), in their own transaction."""
+        while self.erasures:
+            erasure = self.erasures[0]
+            cid = erasure.customer_id
+            state = self._states({cid}, now_ms)[cid]
+            days = set()
+            for day, facts in state.facts.items():
+                for person in [p for p in facts.people if erasure.matches(p)]:
+                    del facts.people[person]
+                    days.add(day)
+            if days:
+                self.store.save({cid: state}, {cid: days}, [], [], {})
+            self.erasures.popleft()
+            APPLIED.labels("health-score", "state").inc()
 
     def _states(self, customer_ids: set[str], now_ms: int) -> dict[str, CustomerState]:
         missing = customer_ids - self.cache.keys()
@@ -201,6 +226,11 @@ class HealthSink(SinkHandler):
 
     def process(self, batch: Batch, out: Emit) -> None:
         now_ms = int(self.clock() * 1000)
+        if self.erasures:
+            try:
+                self._apply_erasures(now_ms)
+            except psycopg.Error as exc:
+                raise RetryBatch(f"health store unavailable: {exc}") from exc
         usable: list[Message] = []
         for message in batch:
             value = message.value

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from services.health_score.model import day_of
@@ -197,6 +197,16 @@ class ServingCache:
                 box = self.events[cid] = deque(maxlen=RECENT_EVENTS)
             box.appendleft(item)
             self.hub.publish("event", cid, item, everyone=False)
+
+    def forget(self, customer_id: str, matches: Callable[[Any], bool]) -> int:
+        """Drop the live events of the persons ``matches`` names (an erasure, docs/privacy.md)."""
+        box = self.events.get(customer_id)
+        if box is None:
+            return 0
+        kept = [e for e in list(box) if not matches(e.get("person_id"))]
+        # Replaced whole (one atomic store) rather than edited in place under the scorer's appends.
+        self.events[customer_id] = deque(kept, maxlen=box.maxlen)
+        return len(box) - len(kept)
 
     def add_entitlements(self, events: list[Mapping[str, Any]]) -> None:
         """The latest plan-limit crossing per meter (entitlement-events): usage against limits."""

@@ -3,7 +3,8 @@
 Two input formats end up as the same Avro record (``schemas/usage_event.avsc``):
 
 * plg's JSON API (``/v1/batch``, ``/v1/track``, ``/v1/identify``): ``{"batch": [event, ...]}`` where an event
-  is ``{"event_id", "name", "timestamp", "properties", "user_id", "anonymous_id", "session_id", "type"}``;
+  is ``{"event_id", "name", "timestamp", "properties", "user_id", "anonymous_id", "session_id", "type",
+  "consent"}``;
 * CloudEvents 1.0 in structured JSON mode (one event, or a JSON array for the batch content type).
 
 This is the hot path (tens of thousands of events per second on two cores), so events are checked with
@@ -18,6 +19,7 @@ code and a message, and the other events of the batch go on.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -55,6 +57,7 @@ _EVENT_FIELDS = frozenset(
         "session_id",
         "type",
         "customer_id",
+        "consent",
     }
 )
 _BATCH_FIELDS = frozenset({"batch", "customer_id"})
@@ -293,6 +296,35 @@ def _string_id(value: Any, label: str, *, max_chars: int = MAX_ID_CHARS) -> str 
     return value
 
 
+MAX_CONSENT_PURPOSES = 16
+_PURPOSE = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+
+def check_consent(value: Any, label: str = "consent") -> dict[str, bool] | None:
+    """``{"analytics": false, ...}``: purpose → granted (docs/ingest.md); None when not stated."""
+    if value is None:
+        return None
+    if type(value) is not dict:
+        raise _Reject(
+            Code.INVALID_FIELD,
+            f'{label} must be an object of purpose → boolean, e.g. {{"analytics": false}}, '
+            f"got {_json_type(value)}",
+        )
+    if len(value) > MAX_CONSENT_PURPOSES:
+        raise _Reject(Code.INVALID_FIELD, f"{label} names at most {MAX_CONSENT_PURPOSES} purposes")
+    for purpose, granted in value.items():
+        if _PURPOSE.fullmatch(purpose) is None:
+            raise _Reject(
+                Code.INVALID_FIELD,
+                f"{label}: purpose {purpose[:64]!r} must be a lower-case name (a-z, 0-9, _; up to 40)",
+            )
+        if type(granted) is not bool:
+            raise _Reject(
+                Code.INVALID_FIELD, f"{label}.{purpose} must be true or false, got {_json_type(granted)}"
+            )
+    return value
+
+
 def _event_id(value: Any, label: str) -> str:
     if value is None:
         raise _Reject(
@@ -485,6 +517,7 @@ def _normalise_plg_event(
         raise _Reject(Code.INVALID_FIELD, f"type must be 'track' or 'identify', got {str(kind)[:32]!r}")
     ts = parse_timestamp(raw.get("timestamp"), "timestamp")
     _check_window(ts, "timestamp", ctx, limits)
+    consent = check_consent(raw.get("consent"))
     record = {
         "event_id": event_id,
         "customer_id": ctx.customer_id,
@@ -495,8 +528,11 @@ def _normalise_plg_event(
         "anonymous_id": anonymous_id,
         "session_id": _string_id(raw.get("session_id"), "session_id"),
         "ingest": meta,
+        "consent": consent,
     }
-    link = identity_link(record, ctx) if kind == "identify" else None
+    # An identify whose person refused analytics links nothing: the identity graph serves analytics only.
+    refused = consent is not None and consent.get("analytics") is False
+    link = identity_link(record, ctx) if kind == "identify" and not refused else None
     return record, link
 
 
@@ -682,6 +718,7 @@ def _normalise_cloudevent(
         "anonymous_id": _string_id(raw.get(_CE_ANONYMOUS_ID), _CE_ANONYMOUS_ID),
         "session_id": _string_id(raw.get(_CE_SESSION_ID), _CE_SESSION_ID),
         "ingest": meta,
+        "consent": None,  # CloudEvents carry no consent yet (docs/privacy.md)
     }
     return record, None
 

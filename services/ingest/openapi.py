@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 # Avro ``long``: properties hold 64-bit integers; a bigger one is refused (``unrepresentable_property``).
 Long = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
@@ -62,6 +62,18 @@ Properties = Annotated[
 ]
 
 
+Consent = Annotated[
+    dict[Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,39}$")], bool],
+    Field(
+        max_length=16,
+        description="Purposes the person agreed to (true) or refused (false); left out = not stated. "
+        "analytics=false: the event is metered but never enriched, scored or kept for analytics "
+        "(docs/privacy.md).",
+        examples=[{"analytics": False, "marketing": True}],
+    ),
+]
+
+
 class _Strict(BaseModel):
     # Unknown fields are refused (unknown_field), not dropped.
     model_config = ConfigDict(extra="forbid")
@@ -88,6 +100,7 @@ class Event(_Strict):
     user_id: Id | None = None
     anonymous_id: Id | None = None
     session_id: Id | None = None
+    consent: Consent | None = None
     type: Literal["track"] = Field(
         default="track", description="An identify event in a batch is a `BatchIdentify`."
     )
@@ -103,6 +116,7 @@ class Identify(_Strict):
     user_id: Id
     properties: Properties | None = Field(default=None, description="Traits of the user.")
     session_id: Id | None = None
+    consent: Consent | None = None
     type: Literal["identify"] = "identify"
     name: Literal["$identify"] = Field(default="$identify", description="Omit it; $identify if given.")
     customer_id: str | None = Field(default=None, description="Optional; refused with 403 unless the key's.")

@@ -9,14 +9,28 @@ topic, keyed like the original, through either producer:
 * a plain :class:`~services.kernel.kafka.Producer` — ``publish`` returns the delivery future; the caller
   must see it resolve (or ``flush()`` and check) before committing the original offset, otherwise a lost
   dead letter would silently drop the record.
+
+Dead letters keep no clear personal data (docs/privacy.md): the original key and value — an event with its
+user ids and properties — are encrypted at write time with ``PLG_DLQ_KEY`` (AES-256-GCM,
+:class:`DlqCipher`), so only a holder of the key (``plg dlq replay``, ``plg dlq show --reveal`` for an
+admin) reads them, and the error message is scrubbed of what looks like an e-mail address, a phone number,
+a card number or an IP address (:func:`scrub_text`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.kernel import metrics
 from services.kernel.kafka import DeliveryReport, Producer, TransactionalProducer
@@ -33,6 +47,93 @@ INVALID_EVENT = "invalid_event"
 LATE_EVENT = "late_event"
 UNKNOWN_CUSTOMER = "unknown_customer"
 PROCESSING_FAILED = "processing_failed"
+
+
+#: The development key: fine on a laptop, refused in production (every service warns about it elsewhere).
+DEV_DLQ_KEY = "plg-dev-dlq-key-not-secret"
+ENCRYPTION = "aes-256-gcm"
+_NONCE_BYTES = 12
+
+
+class DlqSettings(BaseSettings):
+    """``PLG_DLQ_*``: the key dead letters' original bytes are encrypted with (every service and the CLI
+    need the same one)."""
+
+    model_config = SettingsConfigDict(env_prefix="PLG_DLQ_", extra="ignore")
+
+    key: SecretStr = SecretStr(DEV_DLQ_KEY)
+
+
+class DlqKeyError(Exception):
+    """A dead letter was encrypted with another key than the one configured, or was tampered with."""
+
+
+class DlqCipher:
+    """AES-256-GCM over a dead letter's original key and value; the key is SHA-256 of ``PLG_DLQ_KEY``."""
+
+    def __init__(self, secret: str) -> None:
+        if not secret:
+            raise ValueError("PLG_DLQ_KEY must not be empty")
+        key = hashlib.sha256(b"plg-dlq-v1:" + secret.encode()).digest()
+        self._aead = AESGCM(key)
+        self.key_id = hashlib.sha256(b"plg-dlq-key-id:" + key).hexdigest()[:12]
+        self.label = f"{ENCRYPTION}/{self.key_id}"
+
+    @classmethod
+    def from_env(cls) -> DlqCipher:
+        return cls(DlqSettings().key.get_secret_value())
+
+    def seal(self, data: bytes | None, field: str) -> bytes | None:
+        if data is None:
+            return None
+        nonce = os.urandom(_NONCE_BYTES)
+        # The field name as associated data: a key's ciphertext cannot be passed off as a value's.
+        return nonce + self._aead.encrypt(nonce, data, field.encode())
+
+    def open(self, data: bytes | None, field: str) -> bytes | None:
+        if data is None:
+            return None
+        try:
+            return self._aead.decrypt(data[:_NONCE_BYTES], data[_NONCE_BYTES:], field.encode())
+        except InvalidTag:
+            raise DlqKeyError(
+                f"cannot decrypt the dead letter's {field}: PLG_DLQ_KEY is not the key it was written with"
+            ) from None
+
+    def reveal(self, value: dict[str, Any]) -> dict[str, Any]:
+        """A decoded dead-letter value with its original key and value in clear (as written before
+        encryption existed when ``encryption`` is null). Raises :class:`DlqKeyError` for another key."""
+        label = value.get("encryption")
+        if not label:
+            return value
+        if label != self.label:
+            raise DlqKeyError(f"the dead letter was encrypted with key {label}; PLG_DLQ_KEY is {self.label}")
+        return {
+            **value,
+            "original_key": self.open(value.get("original_key"), "original_key"),
+            "original_value": self.open(value.get("original_value"), "original_value"),
+            "encryption": None,
+        }
+
+
+# What looks like personal data in an error message (a library quoting the bad value): e-mail addresses,
+# "+"-prefixed or grouped phone numbers, card-length digit runs, IPv4 addresses. Deliberately narrower
+# than enrichment's detectors: error messages quote offsets and epoch-millisecond timestamps, which must
+# stay readable.
+_SCRUB = (
+    (re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"), "<email>"),
+    (re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])"), "<ip>"),
+    (re.compile(r"(?<![\w+])\+\d[\d ().-]{5,20}\d"), "<phone>"),
+    (re.compile(r"(?<!\d)(?:\d[ -]?){14,18}\d(?!\d)"), "<number>"),
+)
+
+
+def scrub_text(text: str) -> str:
+    """``text`` with what looks like personal data replaced by a placeholder."""
+    for pattern, placeholder in _SCRUB:
+        if pattern.search(text) is not None:
+            text = pattern.sub(placeholder, text)
+    return text
 
 
 class ConsumedRecord(Protocol):
@@ -73,6 +174,18 @@ class DeadLetter:
     event_id: str | None = None
     customer_id: str | None = None
     error_path: str | None = None
+    encryption: str | None = None
+
+    def sealed(self, cipher: DlqCipher) -> DeadLetter:
+        """This letter with its original key and value encrypted."""
+        if self.encryption is not None:
+            return self
+        return replace(
+            self,
+            original_key=cipher.seal(self.original_key, "original_key"),
+            original_value=cipher.seal(self.original_value, "original_value"),
+            encryption=cipher.label,
+        )
 
     @classmethod
     def from_record(
@@ -113,6 +226,7 @@ class DeadLetter:
             "event_id": self.event_id,
             "customer_id": self.customer_id,
             "error_path": self.error_path,
+            "encryption": self.encryption,
         }
 
 
@@ -127,12 +241,12 @@ def dead_letter(
     failed_at_ms: int | None = None,
     error_path: str | None = None,
 ) -> DeadLetter:
-    """The dead letter for ``record``: its bytes untouched (so it can be replayed), where it came from,
-    and why it failed."""
+    """The dead letter for ``record``: its bytes untouched (so it can be replayed; the publisher encrypts
+    them), where it came from, and why it failed (the message scrubbed of what looks like personal data)."""
     ts_type, ts = record.timestamp()
     # TIMESTAMP_NOT_AVAILABLE is 0; a negative timestamp also means "none".
     original_ts = ts if ts_type != 0 and ts >= 0 else None
-    message = error_message
+    message = scrub_text(error_message)
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[:MAX_MESSAGE_CHARS] + "…"
     return DeadLetter(
@@ -153,8 +267,9 @@ def dead_letter(
 
 
 class DeadLetterPublisher:
-    """Encodes dead letters with ``encoder`` (subject ``<dlq topic>-value``) and produces them to ``topic``
-    with the original key, counting them in ``plg_dead_letters_total{service,topic,code}``."""
+    """Encodes dead letters with ``encoder`` (subject ``<dlq topic>-value``), their original bytes
+    encrypted with ``cipher`` (``PLG_DLQ_KEY`` by default), and produces them to ``topic`` keyed by the
+    original key's tenant, counting them in ``plg_dead_letters_total{service,topic,code}``."""
 
     def __init__(
         self,
@@ -162,11 +277,13 @@ class DeadLetterPublisher:
         encoder: ValueEncoder,
         topic: str,
         service: str,
+        cipher: DlqCipher | None = None,
     ) -> None:
         self.producer = producer
         self.encoder = encoder
         self.topic = topic
         self.service = service
+        self.cipher = cipher if cipher is not None else DlqCipher.from_env()
 
     def publish(
         self,
@@ -188,12 +305,15 @@ class DeadLetterPublisher:
             customer_id=customer_id,
             error_path=error_path,
         )
-        value = self.encoder.encode(letter.to_avro())
+        # Keyed by the tenant (the part of the original key before any "|": plg's keys start with the
+        # customer id), so the dead-letter topic's keys name no person either.
+        key = None if letter.original_key is None else letter.original_key.split(b"|", 1)[0]
+        value = self.encoder.encode(letter.sealed(self.cipher).to_avro())
         headers = [("plg-error-code", error_code.encode()), ("plg-service", self.service.encode())]
         future: Future[DeliveryReport] | None = None
         if isinstance(self.producer, TransactionalProducer):
-            self.producer.produce(self.topic, value, letter.original_key, headers)
+            self.producer.produce(self.topic, value, key, headers)
         else:
-            future = self.producer.send(self.topic, value, letter.original_key, headers)
+            future = self.producer.send(self.topic, value, key, headers)
         metrics.DEAD_LETTERS.labels(self.service, letter.original_topic, error_code).inc()
         return future

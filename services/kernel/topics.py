@@ -62,6 +62,7 @@ CUSTOMER_HEALTH = "customer-health"
 CUSTOMER_ALERTS = "customer-alerts"
 IDENTITY_LINKS = "identity-links"
 ACTIVATION_EVENTS = "activation-events"
+PRIVACY_ERASURES = "privacy-erasures"
 
 # Compacted topics keep the latest value per key forever; "delete" topics keep records for retention.ms.
 PLATFORM_TOPICS: tuple[TopicSpec, ...] = (
@@ -158,6 +159,15 @@ PLATFORM_TOPICS: tuple[TopicSpec, ...] = (
         "activation_event",
         retention_ms=35 * DAY_MS,
         description="Activation thresholds crossed, once per person (or customer) and threshold (growth).",
+    ),
+    TopicSpec(
+        PRIVACY_ERASURES,
+        3,
+        "privacy_erasure",
+        # Long: a service that was down (or is deployed later, e.g. an analytics store) still applies every
+        # erasure when it comes back. The records name persons only by salted hashes (docs/privacy.md).
+        retention_ms=400 * DAY_MS,
+        description="Erasure requests (plg privacy forget): every service forgets the person they name.",
     ),
 )
 

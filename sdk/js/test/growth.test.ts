@@ -61,6 +61,13 @@ function growth(req: Seen, res: ServerResponse): void {
     );
     return;
   }
+  if (req.path === "/v1/activation/acme/u-7/stream") {
+    res.writeHead(200, { "Content-Type": "text/event-stream" });
+    res.write(": activation stream\n\n");
+    res.write(`event: show-upgrade-prompt\ndata: ${JSON.stringify({ customer_id: "acme", threshold: "projects" })}\n\n`);
+    streams.push(res);
+    return;
+  }
   if (req.path.startsWith("/v1/onboarding/acme/")) {
     if (req.method === "POST") {
       res.writeHead(201, { "Content-Type": "application/json" }).end("{}");
@@ -193,6 +200,17 @@ test("onboarding: the next step, completion, and no step when the service is dow
   };
   assert.equal(await plg.onboarding.next(), null);
   assert.equal(await plg.onboarding.complete("invite"), false);
+  plg.close();
+});
+
+test("onActivation delivers the person's crossings from the SSE stream until unsubscribed", async () => {
+  const plg = client();
+  plg.identify("u-7");
+  const got: unknown[] = [];
+  const stop = plg.onboarding.onActivation((e) => got.push(e));
+  await waitFor(() => got.length === 1, 3000, "the crossing");
+  assert.deepEqual(got[0], { customer_id: "acme", threshold: "projects" });
+  stop();
   plg.close();
 });
 

@@ -1,4 +1,5 @@
-"""Chaos test: while usage flows, the billing reporter is SIGKILLed several times and the Stripe double
+"""Chaos test: while usage flows through two billing reporter instances, one is SIGKILLed several times
+(the other takes its partitions and leased reports over) and the Stripe double
 fails 20 % of meter-event calls (429 with Retry-After, 500, 503, and timeouts after the event was
 recorded). At the end, for every customer and meter, the double's summed meter events == the ledger ==
 the usage-aggregates totals, exactly, and no identifier was accepted twice."""
@@ -112,6 +113,11 @@ def test_stripe_ledger_and_aggregates_agree_exactly_after_sigkills_and_stripe_fa
             return False
 
     producer = threading.Thread(target=stream, daemon=True)
+    # Two instances share the group's partitions and the ledger (scale-out): "steady" runs throughout,
+    # "killed" is SIGKILLed and restarted; each needs its own instance id (its static group membership).
+    env["BILLING_INSTANCE_ID"] = "killed"
+    steady_env = {**env, "BILLING_PORT": str(free_port()), "BILLING_INSTANCE_ID": "steady"}
+    steady = Proc("services.billing_reporter", steady_env, tmp_path / "steady.log").start()
     reporter = Proc("services.billing_reporter", env, log).start()
     producer.start()
     kills = 0
@@ -122,6 +128,7 @@ def test_stripe_ledger_and_aggregates_agree_exactly_after_sigkills_and_stripe_fa
             kills += 1
             reporter = Proc("services.billing_reporter", env, log).start()
         wait_for(ready, timeout=60, what="reporter ready")
+        assert steady.alive(), (tmp_path / "steady.log").read_text()[-3000:]
         time.sleep(2)
     finally:
         stop.set()
@@ -213,4 +220,5 @@ def test_stripe_ledger_and_aggregates_agree_exactly_after_sigkills_and_stripe_fa
         )
     finally:
         reporter.terminate()
+        steady.terminate()
         double.close()

@@ -50,6 +50,7 @@ def test_a_free_customer_upgrades_through_checkout_and_a_failed_payment_ends_aft
                 "customer": f"cus_{c}",
                 "subscription": f"sub_{c}",
                 "mode": "subscription",
+                "payment_status": "paid",
             },
         )
         body, headers = signed(completed)
@@ -97,7 +98,12 @@ def test_webhooks_with_a_bad_signature_or_a_stale_timestamp_change_nothing(billi
     reporter = billing.start_reporter()
     event = stripe_event(
         "checkout.session.completed",
-        {"client_reference_id": c, "metadata": {"plg_plan": "pro"}, "customer": "cus_x"},
+        {
+            "client_reference_id": c,
+            "metadata": {"plg_plan": "pro"},
+            "customer": "cus_x",
+            "payment_status": "paid",
+        },
     )
     with reporter.client() as rep:
         body, headers = signed(event, secret="whsec_wrong")
@@ -118,13 +124,15 @@ def test_webhooks_with_a_bad_signature_or_a_stale_timestamp_change_nothing(billi
             assert conn.execute(
                 "SELECT count(*) FROM stripe_webhook_events WHERE event_id = %s", (event["id"],)
             ).fetchone() == (0,)
-        # Signed properly, the same event applies; an unknown customer's is acknowledged and ignored.
+        # Signed properly, the same event applies; an unknown customer's is refused so that Stripe retries.
         assert rep.post("/v1/stripe/webhooks", content=body, headers=headers).json()["result"] == "applied"
         other = stripe_event(
-            "checkout.session.completed", {"client_reference_id": "nobody", "metadata": {"plg_plan": "pro"}}
+            "checkout.session.completed",
+            {"client_reference_id": "nobody", "metadata": {"plg_plan": "pro"}, "payment_status": "paid"},
         )
         body, headers = signed(other)
-        assert rep.post("/v1/stripe/webhooks", content=body, headers=headers).json()["result"] == "ignored"
+        retry = rep.post("/v1/stripe/webhooks", content=body, headers=headers)
+        assert (retry.status_code, retry.json()["code"]) == (409, "not_known_yet")
 
 
 def test_checkout_refuses_what_it_cannot_sell(billing: Billing, stripe_mock_url: str):

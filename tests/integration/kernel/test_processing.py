@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from services.devstack.config import free_port
+from services.kernel.dlq import DlqCipher
 from services.kernel.errors import KafkaFatalError
 from services.kernel.kafka import Consumer, Producer
 from services.kernel.lifecycle import Lifecycle
@@ -236,7 +237,8 @@ def test_a_record_the_handler_raises_on_is_dead_lettered_and_the_partition_goes_
     assert sorted(e["event_id"] for e in out) == sorted(e["event_id"] for e in good)
     assert [(d["error_code"], d["event_id"]) for d in letters] == [("processing_failed", None)]
     assert letters[0]["error_message"].startswith("ValueError:")
-    assert events.decoder.decode(letters[0]["original_value"])["event_id"] == poison["event_id"]
+    original = DlqCipher.from_env().reveal(letters[0])["original_value"]  # encrypted in the letter
+    assert events.decoder.decode(original)["event_id"] == poison["event_id"]
     registry.close()
 
 

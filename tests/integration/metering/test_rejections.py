@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from services.kernel.dlq import DlqCipher
 from services.kernel.topics import USAGE_EVENTS
 from tests.integration.metering.harness import Metering, now_ms, usage_event, wait_for
 
@@ -23,7 +24,8 @@ def test_late_events_within_grace_count_and_later_ones_are_dead_lettered(meterin
     assert letter["error_code"] == "late_event"
     assert letter["event_id"] == late["event_id"]
     assert letter["service"] == "metering-aggregator"
-    assert metering.decoder.decode(letter["original_value"])["event_id"] == late["event_id"]
+    original = DlqCipher.from_env().reveal(letter)["original_value"]  # encrypted in the letter
+    assert metering.decoder.decode(original)["event_id"] == late["event_id"]
     assert letter["original_topic"] == metering.topic(USAGE_EVENTS)
 
 

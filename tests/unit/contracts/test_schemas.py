@@ -80,6 +80,7 @@ def test_usage_event_round_trips_every_property_type():
         "anonymous_id": None,
         "session_id": None,
         "ingest": None,
+        "consent": {"analytics": False, "marketing": True},
     }
     import io
 

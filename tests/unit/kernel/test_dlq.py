@@ -49,6 +49,7 @@ def test_dead_letter_carries_the_original_bytes_position_and_reason() -> None:
         "event_id": "e1",
         "customer_id": "cus_1",
         "error_path": None,
+        "encryption": None,
     }
 
 

@@ -38,6 +38,7 @@ def usage_event(**overrides: Any) -> dict[str, Any]:
             "request_id": None,
             "library": None,
         },
+        "consent": {"analytics": True},
     }
     event.update(overrides)
     return event

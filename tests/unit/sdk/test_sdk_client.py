@@ -257,3 +257,28 @@ def test_uuid7_ids_are_version_7_and_increase() -> None:
     assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in ids)
     assert ids == sorted(ids, key=lambda u: u.int)
     assert len(set(ids)) == 5000
+
+
+def test_consent_is_sent_per_event_or_for_every_later_event(ingest: FakeIngest, tmp_path: Path) -> None:
+    c = client(ingest.url, tmp_path)
+    c.track("not_stated")
+    c.track("refused_once", consent={"analytics": False})
+    c.set_consent({"analytics": True, "marketing": False})
+    c.track("after_banner")
+    c.identify("user-1")
+    c.set_consent(None)
+    c.track("cleared")
+    with pytest.raises(ValueError):
+        c.track("bad", consent={"Analytics": True})
+    with pytest.raises(TypeError):
+        c.track("bad", consent={"analytics": "yes"})  # type: ignore[dict-item]
+    assert c.flush(timeout=10)
+    c.close()
+    sent = {e.get("name", "$identify"): e.get("consent") for r in ingest.requests for e in r.events}
+    assert sent == {
+        "not_stated": None,
+        "refused_once": {"analytics": False},
+        "after_banner": {"analytics": True, "marketing": False},
+        "$identify": {"analytics": True, "marketing": False},
+        "cleared": None,
+    }
