@@ -156,3 +156,11 @@ bench-sdk: install ## SDKs: µs per local flag evaluation (JS engine in Node, Py
 clean: down ## Stop the stack and delete its data and logs (keeps the virtualenv and the Kafka jars)
 	rm -rf .plg/postgres .plg/kafka/data .plg/kafka/server.properties .plg/logs .plg/run
 	rm -rf .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: bench-analytics
+bench-analytics: install ## Analytics: ingest ack -> queryable p50/p99 at 5k events/s (raw: -> enriched topic); funnel/retention p99 on 10 M events; MB per million events
+	$(PY) -m bench.analytics
+
+.PHONY: run-analytics
+run-analytics: install ## Run only the analytics service (:8086: API, console pages) against `make up`'s stack
+	$(PY) -m services.analytics

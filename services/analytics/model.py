@@ -7,13 +7,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from services.kernel.topics import HISTORICAL_PROPERTY
+
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 #: A funnel's conversion window may not exceed a year: longer is a retention question.
 MAX_WINDOW_SECONDS = 366 * 86400
-
-#: The property that marks an event as imported history (``POST /v1/import``): kept for analytics only.
-HISTORICAL_PROPERTY = "$historical"
 
 
 class QueryError(ValueError):
@@ -120,18 +119,22 @@ def check_steps(steps: Sequence[str]) -> list[str]:
 
 
 def retention_table(rows: Iterable[Mapping[str, Any]], weeks: int) -> list[dict[str, Any]]:
-    """``(cohort, week, persons)`` rows → one entry per cohort week with its size and the persons still
-    active in each following week (0 where none were), ``weeks`` columns at most."""
+    """``(cohort, week, persons)`` rows → one entry per cohort week with its size (week ``-1``: every
+    person of the cohort) and the persons active in each week from the first (0 where none were),
+    ``weeks`` columns at most."""
     cohorts: dict[str, list[int]] = {}
+    sizes: dict[str, int] = {}
     for row in rows:
-        week = int(row["week"])
-        if week < 0 or week >= weeks:
-            continue
-        cohorts.setdefault(str(row["cohort"]), [0] * weeks)[week] = int(row["persons"])
+        week, cohort = int(row["week"]), str(row["cohort"])
+        if week == -1:
+            sizes[cohort] = int(row["persons"])
+            cohorts.setdefault(cohort, [0] * weeks)
+        elif 0 <= week < weeks:
+            cohorts.setdefault(cohort, [0] * weeks)[week] = int(row["persons"])
     out = []
     for cohort in sorted(cohorts):
         counts = cohorts[cohort]
-        size = counts[0]
+        size = sizes.get(cohort, counts[0])
         out.append(
             {
                 "cohort": cohort,

@@ -115,20 +115,19 @@ def retention(
 ) -> dict[str, Any]:
     """Weekly retention cohorts: persons by the ISO week (Monday, UTC) of their first event in the scope,
     and how many of them were active (did ``event``, or anything) in each following week."""
+    # One pass, no join: per person the cohort week and the set of weeks it was active, then one row per
+    # (person, active week) — plus week -1 for every person, which counts the cohort's size.
     params: dict[str, Any] = {}
-    activity = ""
+    active = "groupUniqArray(toMonday(ts))"
     if event is not None:
         params["event"] = event
-        activity = " AND e.name = {event:String}"
+        active = "groupUniqArrayIf(toMonday(ts), name = {event:String})"
     sql = (
-        f"WITH cohorts AS (SELECT customer_id, person, toMonday(min(ts)) AS cohort FROM {store.events}"
+        f"SELECT toString(first_week) AS cohort, week, count() AS persons FROM ("
+        f" SELECT toMonday(min(ts)) AS first_week, {active} AS active FROM {store.events}"
         f" WHERE person != '' AND {scope.where(params)} GROUP BY customer_id, person)"
-        f" SELECT toString(c.cohort) AS cohort, dateDiff('week', c.cohort, toMonday(e.ts)) AS week,"
-        f" uniqExact(e.customer_id, e.person) AS persons"
-        f" FROM {store.events} AS e INNER JOIN cohorts AS c"
-        f" ON e.customer_id = c.customer_id AND e.person = c.person"
-        f" WHERE {scope.where(params, 'e')}{activity}"
-        f" GROUP BY cohort, week ORDER BY cohort, week"
+        f" ARRAY JOIN arrayConcat([-1], arrayMap(w -> dateDiff('week', first_week, w), active)) AS week"
+        f" GROUP BY first_week, week ORDER BY first_week, week"
     )
     rows = store.engine.rows(sql, params)
     table = retention_table(rows, weeks)

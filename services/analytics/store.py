@@ -56,12 +56,17 @@ def ddl(database: str) -> tuple[str, ...]:
         topic LowCardinality(String),
         partition UInt32,
         offset UInt64,
-        inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)
+        inserted_at DateTime64(3, 'UTC') DEFAULT now64(3),
+        -- finds an event id among a customer's rows without reading them all (the sink's dedup)
+        INDEX event_id_bloom event_id TYPE bloom_filter(0.001) GRANULARITY 1
     ) ENGINE = MergeTree
     ORDER BY (customer_id, name, ts, person)
     SETTINGS non_replicated_deduplication_window = 10000""",
         # Where each (group, topic, partition) resumes when the batch's last records wrote no row (dead
         # letters, events kept out of analytics by consent): the next offset, newest version wins.
+        # stores created before the index existed get it too (new parts at once, old ones as they merge)
+        f"ALTER TABLE {database}.events ADD INDEX IF NOT EXISTS event_id_bloom event_id"
+        " TYPE bloom_filter(0.001) GRANULARITY 1",
         f"""CREATE TABLE IF NOT EXISTS {database}.offsets (
         consumer_group String,
         topic String,
@@ -269,6 +274,17 @@ class AnalyticsStore:
     def insert_events(self, rows: Sequence[Mapping[str, Any]], token: str | None) -> None:
         self.engine.insert(self.events, rows, token)
 
+    def existing_ids(self, customers: Sequence[str], ids: Sequence[str]) -> set[tuple[str, str]]:
+        """Which of these ``(customer, event id)`` pairs the store already holds."""
+        if not ids:
+            return set()
+        rows = self.engine.rows(
+            f"SELECT DISTINCT customer_id, event_id FROM {self.events}"
+            " WHERE customer_id IN {customers:Array(String)} AND event_id IN {ids:Array(String)}",
+            {"customers": sorted(set(customers)), "ids": sorted(set(ids))},
+        )
+        return {(str(r["customer_id"]), str(r["event_id"])) for r in rows}
+
     def save_offsets(self, group: str, offsets: Mapping[tuple[str, int], int]) -> None:
         rows = [
             {"consumer_group": group, "topic": t, "partition": p, "next_offset": o}
@@ -295,6 +311,18 @@ class AnalyticsStore:
             key = (row["topic"], int(row["partition"]))
             found[key] = max(found.get(key, 0), int(row["next"]))
         return found
+
+    def distinct_ids(self, customer_id: str) -> set[str]:
+        """Every person, user and anonymous id the store holds for a customer (an erasure's candidates)."""
+        rows = self.engine.rows(
+            f"SELECT groupUniqArray(person) AS p, groupUniqArray(ifNull(user_id, '')) AS u,"
+            f" groupUniqArray(ifNull(anonymous_id, '')) AS a FROM {self.events}"
+            " WHERE customer_id = {customer:String}",
+            {"customer": customer_id},
+        )
+        if not rows:
+            return set()
+        return {i for column in ("p", "u", "a") for i in rows[0][column] if i}
 
     def forget_person(self, customer_id: str, person_ids: Sequence[str]) -> int:
         """Erase a person's events (privacy erasure): a lightweight DELETE, visible to queries at once."""

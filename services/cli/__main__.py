@@ -8,6 +8,8 @@
     plg operators create <name> --role viewer|editor|admin   # prints the token once: it is not stored
     plg operators list | revoke <name-or-id>
     plg customers update <id> [--support-tier T] [--csm NAME | --no-csm] [--billing-status S]
+    plg customers suspend <id> --reason R [--hours H] | unsuspend <id> [--exempt-hours H]
+    plg customers cost [--plan P] [--cpu-us-per-event US]
     plg tickets open <customer-id> <subject> [--priority P] | close <customer-id> [<ticket-id>...|--all]
     plg tickets list <customer-id> [--all]
     plg dlq list [--reason R] [--since T] | show <[partition:]offset> [--reveal] | replay [--reason R]
@@ -21,6 +23,7 @@
     plg analytics retention | north-star | activation | timeline <customer-id>   (PLG_OPERATOR_TOKEN)
     plg plan codegen --lang ts|python [--out DIR] | check FILE.json   # typed events, the app's CI check
     plg activation suggest [--since 90d] [--within 14d] [--retained-after 30d] [--churn-event E]
+    plg import FILE [--url URL]   (PLG_API_KEY: the customer's secret key; history, never billed)
 
 Add ``--json`` before the command for machine-readable output. Migrations are applied first (idempotent),
 so the CLI works on a fresh database. Plan names are checked against the meters-and-plans config
@@ -38,7 +41,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from services.cli import analytics, billing, identity, plan, privacy
+from services.cli import analytics, billing, identity, importing, metering, plan, privacy
 from services.cli import dlq as dead_letters
 from services.enrichment import store as success
 from services.ingest import store
@@ -82,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     csm.add_argument("--csm", help="the customer-success manager who owns the account")
     csm.add_argument("--no-csm", action="store_true", help="remove the CSM owner")
     update.add_argument("--billing-status", choices=success.BILLING_STATUSES)
+    metering.add_parsers(customers)
 
     tickets = groups.add_parser("tickets", help="support tickets").add_subparsers(
         dest="command", required=True
@@ -129,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     analytics.add_parser(groups)
     plan.add_parser(groups)
     analytics.add_activation_parser(groups)
+    importing.add_parser(groups)
 
     keys = groups.add_parser("keys", help="ingest API keys").add_subparsers(dest="command", required=True)
     kcreate = keys.add_parser("create", help="create a key and print it (once)")
@@ -214,6 +219,11 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(str(exc)) from None
     if args.group == "identity":
         return _identity(args)
+    if args.group == "import":  # through ingest's HTTP API, as the customer's key: no database
+        try:
+            return importing.run(args)
+        except importing.ImportFailed as exc:
+            raise CliError(str(exc)) from None
     if args.group in ("analytics", "activation"):  # asks the analytics service over HTTP: no database
         try:
             return analytics.run(args)
@@ -247,6 +257,11 @@ def _dispatch(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
         return _dlq(args, conn)
     if args.group == "operators":
         return _operators(args, conn)
+    if args.group == "customers" and args.command in metering.COMMANDS:
+        try:
+            return metering.run(args, conn)
+        except metering.Refused as exc:
+            raise CliError(str(exc)) from None
     if args.group == "customers" and args.command == "update":
         context = success.update_customer(
             conn,

@@ -6,7 +6,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 # In the order of the dataclass's fields, so ``Customer(*row)`` builds one from a plain row.
-COLUMNS = "customer_id, plan, billing_anchor_day, name, stripe_customer_id, created_at"
+COLUMNS = (
+    "customer_id, plan, billing_anchor_day, name, stripe_customer_id, created_at,"
+    " suspended_at, suspended_until, suspended_reason, suspended_by, suspension_exempt_until"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,3 +24,14 @@ class Customer:
     name: str | None = None
     stripe_customer_id: str | None = None
     created_at: datetime | None = None
+    # The abuse guard's suspension (migration 0100, services/customers/suspension.py): set while suspended;
+    # it ends at ``suspended_until`` (the cool-down; None: only by hand).
+    suspended_at: datetime | None = None
+    suspended_until: datetime | None = None
+    suspended_reason: str | None = None
+    suspended_by: str | None = None
+    suspension_exempt_until: datetime | None = None
+
+    def suspended(self, now: datetime) -> bool:
+        """Suspended at ``now`` (timezone-aware): since ``suspended_at``, until the cool-down ends."""
+        return self.suspended_at is not None and (self.suspended_until is None or now < self.suspended_until)

@@ -21,7 +21,7 @@ from services.kernel.processing import ExactlyOnceLoop, exactly_once_service
 from services.kernel.processing.view import MaterializedView
 from services.kernel.serde import SchemaRegistry
 from services.kernel.service import ConfigFile
-from services.kernel.topics import IDENTITY_LINKS, USAGE_EVENTS, USAGE_EVENTS_DLQ, topic
+from services.kernel.topics import IDENTITY_LINKS, USAGE_EVENTS, USAGE_EVENTS_DLQ, USAGE_EVENTS_IMPORT, topic
 from services.plans.loader import load_config
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,7 @@ def _build(settings: EnrichmentSettings, life: Lifecycle) -> EnrichmentApp:
         input_topic=topic(USAGE_EVENTS, prefix).name,
         links_topic=links.name,
         graph_ready=view.ready.is_set,
+        import_topic=topic(USAGE_EVENTS_IMPORT, prefix).name,
     )
     loop = exactly_once_service(
         settings,

@@ -28,12 +28,18 @@ from services.kernel import metrics
 from services.kernel.dlq import INVALID_EVENT
 from services.kernel.processing import Batch, Emit, Message, RetryBatch, StreamHandler
 from services.kernel.serde import header
-from services.kernel.topics import IDENTITY_LINKS, USAGE_EVENTS, USAGE_EVENTS_ENRICHED
+from services.kernel.topics import (
+    HISTORICAL_PROPERTY,
+    IDENTITY_LINKS,
+    USAGE_EVENTS,
+    USAGE_EVENTS_ENRICHED,
+    USAGE_EVENTS_IMPORT,
+)
 
 log = logging.getLogger(__name__)
 
 SERVICE = "enrichment"
-INPUTS = [USAGE_EVENTS, IDENTITY_LINKS]
+INPUTS = [USAGE_EVENTS, IDENTITY_LINKS, USAGE_EVENTS_IMPORT]
 OUTPUTS = [USAGE_EVENTS_ENRICHED]
 
 EVENTS = metrics.counter(
@@ -64,11 +70,13 @@ class EnrichmentHandler(StreamHandler):
         input_topic: str,
         links_topic: str,
         graph_ready: Callable[[], bool],
+        import_topic: str | None = None,
     ) -> None:
         self.enricher = enricher
         self.tenants = tenants
         self.input_topic = input_topic
         self.links_topic = links_topic
+        self.import_topic = import_topic
         self.graph_ready = graph_ready
         self._outcomes = {
             o: EVENTS.labels(o) for o in ("enriched", "flagged", "dead_lettered", "sampled_out", "no_consent")
@@ -108,6 +116,10 @@ class EnrichmentHandler(StreamHandler):
                 counts["dead_lettered"] += 1
                 continue
             outcome = enrich(value, tenants.get(value["customer_id"]), now)
+            if type(outcome) is dict and message.topic == self.import_topic:
+                # Imported history: marked so that every reader can tell it from live traffic (analytics
+                # keeps it, growth's activation does not fire on it); it never reached metering.
+                outcome["properties"] = {**outcome["properties"], HISTORICAL_PROPERTY: True}
             if type(outcome) is dict:
                 out.send_raw(USAGE_EVENTS_ENRICHED, encode(outcome), message.key)
                 if outcome["violations"]:

@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from services.customers import CustomerDirectory
 from services.entitlements.config import EntitlementsSettings
+from services.entitlements.grants import GrantCache
 from services.entitlements.handlers import PlanNotConfigured, UnknownFeature, decide, decision_body
 from services.entitlements.view import ZERO, UsageView
 from services.kernel import metrics
@@ -31,6 +32,7 @@ from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ops_routes
 from services.kernel.serde import SchemaRegistry
 from services.kernel.topics import USAGE_PERIODS, topic
+from services.plans.grants import granted_units
 from services.plans.loader import load_config
 from services.plans.periods import billing_period
 
@@ -62,7 +64,19 @@ class EntitlementBody(BaseModel):
     hard_limit: bool
     period_start: str = Field(description="current billing period start, UTC, ISO 8601")
     period_end: str = Field(description="current billing period end (exclusive), UTC, ISO 8601")
-    upgrade: UpgradeBody | None = Field(description="null when allowed")
+    upgrade: UpgradeBody | None = Field(description="null when allowed, and when suspended")
+    code: Literal["suspended"] | None = Field(
+        default=None,
+        description="Only while the customer is suspended (abuse guard or support): every feature is refused",
+    )
+    reason: str | None = Field(
+        default=None, description="Why the customer is suspended (only when suspended)"
+    )
+    suspended_since: str | None = Field(default=None, description="UTC, ISO 8601 (only when suspended)")
+    suspended_until: str | None = Field(
+        default=None, description="End of the cool-down, UTC, ISO 8601; null: until lifted by support"
+    )
+    appeal: str | None = Field(default=None, description="How to appeal a suspension (only when suspended)")
 
 
 class NotFoundBody(BaseModel):
@@ -89,7 +103,11 @@ class ErrorBody(BaseModel):
 
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"model": EntitlementBody, "description": "The decision, with an upgrade path when not allowed."},
+    200: {
+        "model": EntitlementBody,
+        "description": "The decision, with an upgrade path when not allowed; a suspended customer is refused "
+        'every feature with code "suspended", the reason and how to appeal.',
+    },
     404: {
         "model": NotFoundBody,
         "description": "No such customer, or a feature that is neither a meter nor a feature of any plan.",
@@ -126,6 +144,9 @@ def build_app(settings: EntitlementsSettings, lifecycle: Lifecycle | None = None
             directory = CustomerDirectory(
                 pool, settings.customers_refresh_seconds, negative_ttl=settings.unknown_customer_ttl_seconds
             )
+            grants = GrantCache(pool, settings.customers_refresh_seconds)
+            directory.on_change.append(grants.invalidate)
+            state["grants"] = grants
             state["directory"] = life.push(directory.start(), "customers")
             aggregates = topic(USAGE_PERIODS, settings.platform.topic_prefix).name
             view = UsageView(settings.kafka, aggregates, registry.decoder(), settings.periods_kept)
@@ -190,7 +211,16 @@ def build_app(settings: EntitlementsSettings, lifecycle: Lifecycle | None = None
             period = billing_period(now_ms, customer.billing_anchor_day)
             usage = view.usage(customer_id, feature, period.start_ms)
         try:
-            decision = decide(config, customer, feature, usage, now_ms, settings.upgrade_url)
+            granted = ZERO
+            if config.meter(feature) is not None:
+                cache: GrantCache = state["grants"]
+                found = cache.cached(customer_id)
+                if found is None:  # first check of this customer, or just changed: read it off the loop
+                    found = await run_in_threadpool(cache.get, customer_id)
+                granted = granted_units(
+                    found, feature, billing_period(now_ms, customer.billing_anchor_day), now_ms
+                )
+            decision = decide(config, customer, feature, usage, now_ms, settings.upgrade_url, granted)
         except UnknownFeature as exc:
             CHECKS.labels("unknown_feature").inc()
             known = sorted({m.slug for m in config.meters} | config.feature_names)
@@ -198,7 +228,9 @@ def build_app(settings: EntitlementsSettings, lifecycle: Lifecycle | None = None
         except PlanNotConfigured as exc:
             CHECKS.labels("plan_not_configured").inc()
             return _error(409, "plan_not_configured", str(exc))
-        CHECKS.labels("allowed" if decision.allowed else "denied").inc()
+        CHECKS.labels(
+            "suspended" if decision.suspension else "allowed" if decision.allowed else "denied"
+        ).inc()
         return Response(orjson.dumps(decision_body(decision)), media_type=_JSON)
 
     # The kernel's HTTP error discipline: request ids, 404/405 in this API's {"code", "message"} shape,

@@ -3,7 +3,8 @@ solves it; and the JSON body of the answer."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import orjson
 
 from services.customers import Customer
+from services.customers.suspension import APPEAL
 from services.plans.model import PlansConfig
 from services.plans.periods import Period, billing_period, ms_to_datetime
 from services.plans.upgrades import (
@@ -38,6 +40,16 @@ class Upgrade:
 
 
 @dataclass(frozen=True, slots=True)
+class Suspension:
+    """Why every feature is refused (the abuse guard or support), until when, and how to appeal."""
+
+    reason: str
+    since: datetime
+    until: datetime | None
+    appeal: str
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """The answer to "may this customer use this feature now?"."""
 
@@ -52,6 +64,7 @@ class Decision:
     hard_limit: bool
     period: Period
     upgrade: Upgrade | None
+    suspension: Suspension | None = None
 
 
 def decide(
@@ -61,6 +74,7 @@ def decide(
     usage: Decimal,
     now_ms: int,
     upgrade_base: str,
+    granted: Decimal = Decimal(0),
 ) -> Decision:
     """Decide from the plan and the current period's ``usage`` of the meter (0 when none yet).
 
@@ -78,6 +92,21 @@ def decide(
     meter = config.meter(feature)
     if meter is None and feature not in config.feature_names:
         raise UnknownFeature(f"{feature!r} is neither a meter nor a feature of any plan")
+    if customer.suspended_at is not None and customer.suspended(ms_to_datetime(now_ms)):
+        # A suspension refuses every feature, whatever the plan and the usage (the plan's answer is kept
+        # in the body, so the app still sees the usage; nothing to upgrade to: the way out is the appeal).
+        plain = decide(config, replace(customer, suspended_at=None), feature, usage, now_ms, upgrade_base)
+        return replace(
+            plain,
+            allowed=False,
+            upgrade=None,
+            suspension=Suspension(
+                customer.suspended_reason or "suspended",
+                customer.suspended_at,
+                customer.suspended_until,
+                APPEAL,
+            ),
+        )
 
     def refuse(code: str, suggested: str | None) -> Upgrade:
         return Upgrade(code, upgrade_url(upgrade_base, customer.customer_id, feature, suggested), suggested)
@@ -117,7 +146,8 @@ def decide(
             hard_limit=False,
             upgrade=None,
         )
-    limit = allowance.limit
+    # Top-ups (credit grants) bought this period raise the limit by their units.
+    limit = allowance.limit + granted
     remaining = max(limit - usage, Decimal(0))
     allowed = not allowance.hard_limit or usage < limit
     upgrade = None
@@ -141,13 +171,18 @@ def _number(value: Decimal | None) -> Any:
     return orjson.Fragment(format(value.normalize(), "f").encode())
 
 
+def _utc(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def _iso(ms: int) -> str:
     return ms_to_datetime(ms).isoformat().replace("+00:00", "Z")
 
 
 def decision_body(d: Decision) -> dict[str, Any]:
-    """The answer's JSON body (``orjson.dumps`` it)."""
-    return {
+    """The answer's JSON body (``orjson.dumps`` it). A suspended customer's answer also carries
+    ``code: "suspended"``, the reason, since/until and how to appeal."""
+    body = {
         "customer_id": d.customer_id,
         "feature": d.feature,
         "type": d.kind,
@@ -167,3 +202,11 @@ def decision_body(d: Decision) -> dict[str, Any]:
             "suggested_plan": d.upgrade.suggested_plan,
         },
     }
+    if d.suspension is not None:
+        s = d.suspension
+        body["code"] = "suspended"
+        body["reason"] = s.reason
+        body["suspended_since"] = _utc(s.since)
+        body["suspended_until"] = None if s.until is None else _utc(s.until)
+        body["appeal"] = s.appeal
+    return body

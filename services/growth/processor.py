@@ -29,7 +29,13 @@ from services.kernel.processing import Batch, Emit, RetryBatch, StreamHandler
 # kernel's processing package; see the report of issue 11).
 from services.kernel.processing.state import restore_partitions
 from services.kernel.settings import KafkaSettings
-from services.kernel.topics import ACTIVATION_EVENTS, GROWTH_CHANGELOG, USAGE_EVENTS, USAGE_EVENTS_ENRICHED
+from services.kernel.topics import (
+    ACTIVATION_EVENTS,
+    GROWTH_CHANGELOG,
+    HISTORICAL_PROPERTY,
+    USAGE_EVENTS,
+    USAGE_EVENTS_ENRICHED,
+)
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +207,10 @@ class ActivationHandler(StreamHandler):
             event: dict[str, Any] = message.value  # type: ignore[assignment]
             if event.get("merge") is not None:  # a $person_merged record: history is not re-attributed
                 outcomes["merge"] = outcomes.get("merge", 0) + 1
+                continue
+            if (event.get("properties") or {}).get(HISTORICAL_PROPERTY) is True:
+                # Imported history: a threshold crossed months ago must not prompt anyone today.
+                outcomes["historical"] = outcomes.get("historical", 0) + 1
                 continue
             tracker = self.trackers[message.partition]
             self._changed = True

@@ -32,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 
+from services.customers import suspension
 from services.health_score import dashboard
 from services.health_score.config import HealthSettings
 from services.health_score.model import day_of
@@ -207,6 +208,7 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
         state["browser_login"] = BrowserLogin(sessions, oidc, settings.oidc)
         store = HealthStore(pool, f"{prefix}{settings.group_id}")
         state["store"] = store
+        state["pool"] = pool
         cache.load_history(store.history(day_of(int(time.time() * 1000)) - settings.history_days))
         if settings.role != "scorer":
             start_views(registry)
@@ -384,7 +386,10 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def overview(caller: PageCaller = CS_PAGE) -> HTMLResponse:
-        return HTMLResponse(dashboard.overview(cache.ranked(), who=caller.header()))
+        # The abuse guard's suspended and suspected customers (PostgreSQL, a small indexed read per view).
+        pool = state.get("pool")
+        abuse = [] if pool is None else await run_in_threadpool(_abuse_rows, pool)
+        return HTMLResponse(dashboard.overview(cache.ranked(), who=caller.header(), abuse=abuse))
 
     @app.get("/customers/{customer_id}", response_class=HTMLResponse, include_in_schema=False)
     async def customer_page(customer_id: str, caller: PageCaller = CS_PAGE) -> HTMLResponse:
@@ -406,3 +411,8 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
 
     install_error_handlers(app, service=SERVICE)
     return app
+
+
+def _abuse_rows(pool: Any) -> list[dict[str, Any]]:
+    with pool.connection() as conn:
+        return suspension.abuse_overview(conn)

@@ -64,8 +64,29 @@ def _row(s: Mapping[str, Any]) -> str:
     )
 
 
-def overview(ranked: Iterable[Mapping[str, Any]], who: str = "") -> str:
-    """The customers by band; ``who`` is the signed-in operator's strip (name, role, logout)."""
+def _abuse(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The abuse guard's customers: suspended now, or suspected (signals in the last day, not suspended)."""
+    if not rows:
+        return ""
+    body = "".join(
+        f'<tr class="{escape(r["state"])}"><td><a href="/customers/{escape(r["customer_id"])}">'
+        f"{escape(r['customer_id'])}</a></td><td>{escape(r['state'])}</td><td>{escape(r['plan'])}</td>"
+        f"<td>{r['signals']}</td><td>{escape(r['reason'] or '')}</td>"
+        f"<td>{escape(r['until'] or ('until lifted' if r['state'] == 'suspended' else ''))}</td></tr>"
+        for r in rows
+    )
+    return (
+        '<section id="abuse"><h2>Abuse guard: suspended and suspected</h2><table><thead><tr><th>customer</th>'
+        "<th>state</th><th>plan</th><th>signals (24 h)</th><th>reason</th><th>until</th></tr></thead>"
+        f"<tbody>{body}</tbody></table></section>"
+    )
+
+
+def overview(
+    ranked: Iterable[Mapping[str, Any]], who: str = "", abuse: Sequence[Mapping[str, Any]] = ()
+) -> str:
+    """The customers by band, the abuse guard's suspended and suspected ones first; ``who`` is the
+    signed-in operator's strip (name, role, logout)."""
     by_band: dict[str, list[str]] = {b: [] for b in BANDS}
     for s in ranked:
         by_band.setdefault(s.get("band") or "red", []).append(_row(s))
@@ -75,7 +96,7 @@ def overview(ranked: Iterable[Mapping[str, Any]], who: str = "") -> str:
         f"<tbody>{''.join(by_band[b])}</tbody></table></section>"
         for b in BANDS
     )
-    return _page("Customer health", f'<div class="cols">{columns}</div>', who=who)
+    return _page("Customer health", f'{_abuse(abuse)}<div class="cols">{columns}</div>', who=who)
 
 
 def _when(ms: int) -> str:

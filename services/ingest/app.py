@@ -18,6 +18,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -28,10 +29,13 @@ from psycopg_pool import ConnectionPool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from services.customers import CustomerDirectory
+from services.customers.suspension import suspension_notice
 from services.ingest import metrics as m
 from services.ingest.avro_usage import UsageEventEncoder, schema_matches
 from services.ingest.config import IngestSettings
 from services.ingest.handlers import KafkaBreaker, accepted_body, error_body, rejection_counts
+from services.ingest.importing import NDJSON, normalise_import
 from services.ingest.model import (
     CE_BATCH_CONTENT_TYPE,
     CE_CONTENT_TYPE,
@@ -60,7 +64,7 @@ from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ops_routes
 from services.kernel.serde import SchemaRegistry, ValueEncoder, header, load_schema
 from services.kernel.settings import AuthSettings
-from services.kernel.topics import IDENTITY_LINKS, USAGE_EVENTS, topic
+from services.kernel.topics import IDENTITY_LINKS, USAGE_EVENTS, USAGE_EVENTS_IMPORT, topic
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +77,23 @@ Normaliser = Callable[[bytes, RequestContext], Normalised]
 class Ingest:
     """The running service: the resources ``build_app`` opened and the request handling over them."""
 
-    def __init__(self, settings: IngestSettings, pool: ConnectionPool, writer: EventWriter) -> None:
+    def __init__(
+        self,
+        settings: IngestSettings,
+        pool: ConnectionPool,
+        writer: EventWriter,
+        customers: CustomerDirectory | None = None,
+        import_writer: EventWriter | None = None,
+    ) -> None:
         self.settings = settings
+        # Only for the abuse guard's notice (a suspended customer's accepted batches say so); reloaded
+        # within a second of a suspension by the customers trigger's notification.
+        self.customers = customers
         self.limits: Limits = settings.limits()
         self.pool = pool
         self.writer = writer
+        # POST /v1/import writes to usage-events-import (never metered) with the same producer.
+        self.import_writer = import_writer or writer
         # Ingest keeps its own cache TTLs (INGEST_KEY_CACHE_TTL_SECONDS, ...): it is the hot path.
         self.auth: Authenticator = auth.open_authenticator(
             lambda: pool.connection(timeout=5),
@@ -125,6 +141,7 @@ class Ingest:
         *,
         single: bool,
         source: str = "http",
+        historical: bool = False,
     ) -> Response:
         """One API request by ``caller`` (the route's policy authenticated it). A :class:`RequestError`
         raised on the way is answered by the kernel's error mapping (installed in ``build_app``), which also
@@ -165,6 +182,7 @@ class Ingest:
             )
 
         values = self._encode(outcome)
+        writer = self.import_writer if historical else self.writer
         if values:
             if not self.breaker.allow():
                 return self._unavailable(request_id, outcome, "Kafka is unavailable")
@@ -173,7 +191,7 @@ class Ingest:
             ]
             produce_started = time.perf_counter()
             try:
-                await self.writer.write(principal.customer_id, values, links)
+                await writer.write(principal.customer_id, values, links)
             except KafkaUnavailableError as exc:
                 self.breaker.failed()
                 m.KAFKA_BREAKER_OPEN.set(1)
@@ -193,7 +211,16 @@ class Ingest:
         if single and outcome.rejections:
             r = outcome.rejections[0]
             return _json(400, {**error_body(r.code, r.message, request_id), "results": outcome.results()})
-        return _json(202, accepted_body(request_id, outcome))
+        answer = accepted_body(request_id, outcome)
+        customer = self.customers.get(principal.customer_id) if self.customers is not None else None
+        if (
+            customer is not None
+            and customer.suspended_at is not None
+            and customer.suspended(datetime.now(UTC))
+        ):
+            # Still accepted (the events are the evidence and are metered), but the app should know.
+            answer["suspended"] = suspension_notice(customer)
+        return _json(202, answer)
 
     def _encode(self, outcome: Normalised) -> list[bytes]:
         """Avro-encode the valid records. One that the schema still refuses (a case the checks missed) is
@@ -400,7 +427,18 @@ def open_ingest(settings: IngestSettings, life: Lifecycle) -> Ingest:
         links=encoders[1],
         timeout=settings.produce_timeout_ms / 1000,
     )
-    return Ingest(settings, pool, writer)
+    import_spec = topic(USAGE_EVENTS_IMPORT, settings.platform.topic_prefix)
+    import_writer = EventWriter(
+        producer,
+        events_topic=import_spec.name,
+        links_topic=links_spec.name,
+        events=encoders[0],
+        fast=fast,
+        links=encoders[1],
+        timeout=settings.produce_timeout_ms / 1000,
+    )
+    customers = life.push(CustomerDirectory(pool, settings.customers_refresh_seconds).start(), "customers")
+    return Ingest(settings, pool, writer, customers, import_writer)
 
 
 def build_app(settings: IngestSettings | None = None, lifecycle: Lifecycle | None = None) -> FastAPI:
@@ -524,6 +562,34 @@ def build_app(settings: IngestSettings | None = None, lifecycle: Lifecycle | Non
             include_in_schema=path == "/v1/events",
         )
 
+    @app.post(
+        "/v1/import",
+        status_code=202,
+        summary="Import historical events (analytics only, never billed)",
+        responses=RESPONSES,
+    )
+    async def post_import(request: Request, caller: Caller = IMPORTER) -> Response:
+        """Past events as JSON lines (`application/x-ndjson`) or JSON (an array or `{"batch": [...]}`),
+        in plg's event shape or as PostHog and Segment export them, up to 500 events (500 KB) per request
+        and timestamps up to ten years old. They are enriched and stored for analytics, marked historical;
+        metering never reads them, so they are never billed nor counted against limits. Idempotent by
+        `event_id`. Secret keys only."""
+        media = _media_type(request) or "application/json"
+        if media not in ("application/json", NDJSON):
+            raise RequestError(
+                415,
+                Code.UNSUPPORTED_MEDIA_TYPE,
+                f"POST /v1/import takes application/x-ndjson (JSON lines) or application/json, not {media!r}",
+            )
+
+        def importing(body: bytes, ctx: RequestContext) -> Normalised:
+            return normalise_import(body, media, ctx, limits)
+
+        return await run(
+            request,
+            lambda s: s.handle(request, caller, importing, single=False, source="import", historical=True),
+        )
+
     def readiness_db() -> bool:
         return state.ingest is not None and state.ingest.database_ready()
 
@@ -566,6 +632,8 @@ def build_app(settings: IngestSettings | None = None, lifecycle: Lifecycle | Non
 # Who may send events: a key of either kind (publishable keys live in browsers and send their own customer's
 # events); the customer is the key's. Operators have no customer to send for.
 SENDER: Any = Depends(auth.publishable_key(customer_param=None, operator_role=None))
+# History is imported by the customer's backend: a secret key (a publishable key lives in browsers).
+IMPORTER: Any = Depends(auth.secret_key(customer_param=None, operator_role=None))
 
 
 def _request_error(exc: RequestError) -> HttpError:

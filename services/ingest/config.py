@@ -30,6 +30,10 @@ class IngestSettings(StreamServiceSettings):
     rate_limit_events_per_second: float = Field(default=10_000, ge=0)
     rate_limit_burst: float = Field(default=20_000, ge=0)
 
+    # Customers (for the abuse guard's `suspended` notice) are re-read this often; a suspension reaches
+    # ingest within about a second anyway (the customers trigger's notification).
+    customers_refresh_seconds: float = Field(default=30.0, gt=0)
+
     # How long a key's row is trusted before it is read again: revocation takes effect within this time.
     key_cache_ttl_seconds: float = Field(default=30.0, ge=0)
     # How long an unknown key id is remembered as unknown (a new key is usable at once unless tried before).

@@ -622,6 +622,12 @@ def _normalise_batch_doc(doc: Any, body_len: int, ctx: RequestContext, limits: L
     return _normalise_many(doc["batch"], body_len, ctx, limits, _normalise_plg_event)
 
 
+def normalise_events(events: list[Any], body_len: int, ctx: RequestContext, limits: Limits) -> Normalised:
+    """Already parsed plg events (the historical import maps its export shapes to them first)."""
+    _check_event_customers(events, ctx, "customer_id")
+    return _normalise_many(events, body_len, ctx, limits, _normalise_plg_event)
+
+
 def normalise_single(body: bytes, ctx: RequestContext, limits: Limits, *, kind: str) -> Normalised:
     """``POST /v1/track`` and ``POST /v1/identify``: one event object."""
     check_body_size(len(body), limits, single_event=True)

@@ -172,11 +172,24 @@ class EventResult(BaseModel):
     message: str | None = None
 
 
+class SuspendedNotice(BaseModel):
+    code: Literal["suspended"]
+    reason: str
+    suspended_since: str | None = Field(description="UTC, ISO 8601")
+    suspended_until: str | None = Field(description="End of the cool-down; null: until lifted by support")
+    appeal: str = Field(description="How to appeal the suspension")
+
+
 class Accepted(BaseModel):
     request_id: str
     accepted: int
     rejected: int
     results: list[EventResult]
+    suspended: SuspendedNotice | None = Field(
+        default=None,
+        description="Only while the customer is suspended by the abuse guard or support: the events are "
+        "still accepted and metered, but every entitlement check answers allowed: false (code suspended).",
+    )
 
 
 class Error(BaseModel):

@@ -52,6 +52,11 @@ class TopicSpec:
 
 USAGE_EVENTS = "usage-events"
 USAGE_EVENTS_ENRICHED = "usage-events-enriched"
+# Historical events (POST /v1/import, plg import): enriched and kept for analytics, never metered — the
+# metering aggregator does not read this topic, so nothing on it can be billed or counted by entitlements.
+USAGE_EVENTS_IMPORT = "usage-events-import"
+#: The property enrichment sets on an imported event (boolean true) on ``usage-events-enriched``.
+HISTORICAL_PROPERTY = "$historical"
 USAGE_EVENTS_DLQ = "usage-events-dlq"
 USAGE_AGGREGATES = "usage-aggregates"
 USAGE_PERIODS = "usage-periods"
@@ -62,6 +67,7 @@ CUSTOMER_HEALTH = "customer-health"
 CUSTOMER_ALERTS = "customer-alerts"
 IDENTITY_LINKS = "identity-links"
 ACTIVATION_EVENTS = "activation-events"
+ABUSE_SIGNALS = "abuse-signals"
 PRIVACY_ERASURES = "privacy-erasures"
 
 # Compacted topics keep the latest value per key forever; "delete" topics keep records for retention.ms.
@@ -72,6 +78,13 @@ PLATFORM_TOPICS: tuple[TopicSpec, ...] = (
         "usage_event",
         retention_ms=35 * DAY_MS,
         description="Raw usage and telemetry events from ingest and direct producers (key customer_id).",
+    ),
+    TopicSpec(
+        USAGE_EVENTS_IMPORT,
+        6,
+        "usage_event",
+        retention_ms=7 * DAY_MS,
+        description="Imported history (POST /v1/import): enriched and stored for analytics, never metered.",
     ),
     TopicSpec(
         USAGE_EVENTS_ENRICHED,
@@ -159,6 +172,14 @@ PLATFORM_TOPICS: tuple[TopicSpec, ...] = (
         "activation_event",
         retention_ms=35 * DAY_MS,
         description="Activation thresholds crossed, once per person (or customer) and threshold (growth).",
+    ),
+    TopicSpec(
+        ABUSE_SIGNALS,
+        3,
+        "abuse_signal",
+        retention_ms=90 * DAY_MS,
+        description="Free-tier abuse guard: per-customer anomalies and cap breaches with their evidence "
+        "(metering); a signal whose action is suspend suspends the customer.",
     ),
     TopicSpec(
         PRIVACY_ERASURES,

@@ -6,8 +6,10 @@ import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
-from services.customers import CustomerDirectory
+from services.customers import CustomerDirectory, suspension
 from services.kernel.db import open_pool
 from services.kernel.kafka import check_reachable
 from services.kernel.lifecycle import Lifecycle
@@ -82,6 +84,28 @@ def _build(settings: MeteringSettings, life: Lifecycle) -> AggregatorApp:
             f"{partitions}: the changelog must be co-partitioned with the input"
         )
 
+    def on_abuse(signals: list[dict[str, Any]]) -> None:
+        """Committed abuse signals: kept for customer success, and a suspension where the plan says so
+        (through services/customers, the table's owner). Runs after the transaction that wrote them."""
+        with pool.connection() as conn:
+            for signal in signals:
+                suspension.record_signal(conn, signal)
+                if signal["action"] != "suspend":
+                    continue
+                plan = config.plan(signal["plan"])
+                hours = plan.abuse.cool_down_hours if plan is not None else None
+                applied = suspension.suspend_automatically(
+                    conn,
+                    signal["customer_id"],
+                    reason=signal["reason"],
+                    cool_down=None if hours is None else timedelta(hours=hours),
+                )
+                if applied:
+                    log.warning(
+                        "customer suspended by the abuse guard",
+                        extra={"customer_id": signal["customer_id"], "kind": signal["kind"]},
+                    )
+
     handler = MeteringHandler(
         kafka=settings.kafka,
         directory=directory,
@@ -91,6 +115,7 @@ def _build(settings: MeteringSettings, life: Lifecycle) -> AggregatorApp:
         home_partition=home_partitioner(settings.home_partitioner, partitions),
         upgrade_url=settings.upgrade_url,
         eviction_interval=settings.eviction_interval_seconds,
+        on_abuse=on_abuse,
     )
     loop = exactly_once_service(
         settings,

@@ -1,7 +1,8 @@
 """Records the aggregator writes (pure).
 
 * :func:`aggregate_record` — one ``usage_aggregate`` value for a changed window;
-* :func:`threshold_record` — one ``entitlement_event`` for a crossed 80/90/100 % threshold.
+* :func:`threshold_record` — one ``entitlement_event`` for a crossed 80/90/100 % threshold;
+* :func:`abuse_record` — one ``abuse_signal`` (the abuse guard).
 
 The entitlement decision the API answers lives in ``services/entitlements/handlers.py``.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.metering_aggregator.abuse import Signal
 from services.metering_aggregator.model import ThresholdCrossing, Window
 from services.metering_aggregator.values import nanounits_to_decimal
 from services.plans.model import PlansConfig
@@ -67,4 +69,29 @@ def threshold_record(
             "upgrade_url": upgrade_url(upgrade_base, customer_id, crossing.meter, suggested),
             "suggested_plan": suggested,
         },
+    }
+
+
+def abuse_record(signal: Signal, now_ms: int) -> dict[str, Any]:
+    """One ``abuse_signal`` value (the evidence of one anomaly)."""
+    signal_id = f"{signal.customer_id}|{signal.kind}|{signal.minute_start_ms}"
+    if signal.meter is not None:
+        signal_id += f"|{signal.meter}"
+    return {
+        "signal_id": signal_id,
+        "customer_id": signal.customer_id,
+        "plan": signal.plan,
+        "kind": signal.kind,
+        "meter": signal.meter,
+        "minute_start": signal.minute_start_ms,
+        "observed": signal.observed,
+        "expected": signal.expected,
+        "threshold": signal.threshold,
+        "events_in_minute": signal.events_in_minute,
+        "persons_in_minute": signal.persons_in_minute,
+        "baseline_events_per_minute": signal.baseline_events,
+        "baseline_persons_per_minute": signal.baseline_persons,
+        "action": "suspend" if signal.suspend else "none",
+        "reason": signal.reason,
+        "detected_at": now_ms,
     }

@@ -28,15 +28,18 @@ from services.kernel.processing import Batch, Emit, RetryBatch, StreamHandler
 from services.kernel.processing.state import restore_partitions
 from services.kernel.settings import KafkaSettings
 from services.kernel.topics import (
+    ABUSE_SIGNALS,
     ENTITLEMENT_EVENTS,
     METERING_CHANGELOG,
     USAGE_AGGREGATES,
     USAGE_EVENTS,
     USAGE_PERIODS,
 )
+from services.metering_aggregator.abuse import AbuseDetector, Signal
 from services.metering_aggregator.changelog import encode_value, restore
-from services.metering_aggregator.handlers import aggregate_record, threshold_record
+from services.metering_aggregator.handlers import abuse_record, aggregate_record, threshold_record
 from services.metering_aggregator.model import PartitionState, Rules
+from services.metering_aggregator.values import nanounits_to_decimal
 from services.plans.model import PlansConfig
 from services.plans.periods import Granularity
 
@@ -54,12 +57,25 @@ THRESHOLDS = metrics.counter(
 DEDUP_IDS = metrics.gauge("plg_metering_dedup_ids", "Event ids held for deduplication.")
 WINDOWS = metrics.gauge("plg_metering_windows", "Aggregation windows held in memory.")
 ASSIGNED = metrics.gauge("plg_metering_assigned_partitions", "usage-events partitions this instance owns.")
+ABUSE = metrics.counter(
+    "plg_metering_abuse_signals", "Abuse signals emitted (committed), by kind and action.", ("kind", "action")
+)
+ABUSE_TRACKED = metrics.gauge(
+    "plg_metering_abuse_tracked_customers", "Customers whose rate baseline the abuse guard keeps in memory."
+)
 
 SERVICE = "metering-aggregator"
 REROUTED = "rerouted"
 #: What the loop reads and writes (catalogue names; the changelog is schemaless JSON).
 INPUTS = (USAGE_EVENTS,)
-OUTPUTS = (USAGE_EVENTS, USAGE_AGGREGATES, USAGE_PERIODS, ENTITLEMENT_EVENTS, METERING_CHANGELOG)
+OUTPUTS = (
+    USAGE_EVENTS,
+    USAGE_AGGREGATES,
+    USAGE_PERIODS,
+    ENTITLEMENT_EVENTS,
+    ABUSE_SIGNALS,
+    METERING_CHANGELOG,
+)
 _PERIOD = Granularity.BILLING_PERIOD
 
 
@@ -86,6 +102,7 @@ class MeteringHandler(StreamHandler):
         upgrade_url: str,
         eviction_interval: float = 10.0,
         checkpoint_wait: float = 30.0,
+        on_abuse: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> None:
         self.kafka = kafka
         self.directory = directory
@@ -98,6 +115,11 @@ class MeteringHandler(StreamHandler):
         # How long a restore waits for the changelog to reach the committed offsets (see _restore).
         self.checkpoint_wait = checkpoint_wait
         self.states: dict[int, PartitionState] = {}
+        # The abuse guard's per-customer rates, per partition (memory only: see abuse.py).
+        self.detectors: dict[int, AbuseDetector] = {}
+        # Committed signals go here (records as written): the app suspends and keeps them in PostgreSQL.
+        self.on_abuse = on_abuse
+        self._signals: list[dict[str, Any]] = []
         self._state_changed = False
         self._evicted = False
         # Outcomes of the open transaction, counted once it commits.
@@ -116,6 +138,7 @@ class MeteringHandler(StreamHandler):
         for tp in partitions:
             if tp.topic == self.topics.usage_events:
                 self.states.pop(tp.partition, None)
+                self.detectors.pop(tp.partition, None)
         ASSIGNED.set(len(self.states))
 
     def rollback(self, assigned: Sequence[TopicPartition]) -> None:
@@ -131,6 +154,10 @@ class MeteringHandler(StreamHandler):
         self._state_changed = False
         self._outcomes.clear()
         self._thresholds.clear()
+        self._signals.clear()
+        # Their counts may hold the aborted batch: start again from the plans' norms (less sensitive for a
+        # while, never a false positive from counting a batch twice).
+        self.detectors.clear()
         ASSIGNED.set(len(self.states))
 
     def committed(self, positions: Sequence[TopicPartition]) -> None:
@@ -141,6 +168,16 @@ class MeteringHandler(StreamHandler):
             THRESHOLDS.labels(percent).inc(n)
         self._outcomes.clear()
         self._thresholds.clear()
+        if self._signals:
+            signals, self._signals = self._signals, []
+            for record in signals:
+                ABUSE.labels(record["kind"], record["action"]).inc()
+            if self.on_abuse is not None:
+                try:
+                    self.on_abuse(signals)
+                except Exception:  # the database is down: the signals are on their topic; an abuse that
+                    # goes on signals again within a minute
+                    log.exception("could not apply abuse signals", extra={"signals": len(signals)})
         if self._evicted:
             self._evicted = False
             DEDUP_IDS.set(sum(len(s.dedup) for s in self.states.values()))
@@ -208,6 +245,8 @@ class MeteringHandler(StreamHandler):
         outcomes = self._outcomes
         counted = 0
         first_offsets: dict[int, int] = {}
+        # (partition, customer) -> [events counted, persons seen] for the abuse guard, once per batch.
+        activity: dict[tuple[int, str], tuple[list[int], set[str]]] = {}
         customers = self.directory.snapshot()
         home = self.home_partition
         usage_events = USAGE_EVENTS
@@ -243,6 +282,13 @@ class MeteringHandler(StreamHandler):
             rejection = state.apply(event, arrival, customers.get(customer_id))
             if rejection is None:
                 counted += 1
+                seen = activity.get((partition, customer_id))
+                if seen is None:
+                    seen = activity[(partition, customer_id)] = ([0], set())
+                seen[0][0] += 1
+                person = event["user_id"] or event["anonymous_id"]
+                if person is not None:
+                    seen[1].add(person)
                 continue
             outcomes[rejection.code] = outcomes.get(rejection.code, 0) + 1
             if rejection.dead_letter:
@@ -255,9 +301,32 @@ class MeteringHandler(StreamHandler):
                 )
         if counted:
             outcomes["counted"] = outcomes.get("counted", 0) + counted
-        self._write_state(first_offsets, out)
+        signals = self._detect(activity, customers)
+        self._write_state(first_offsets, out, signals)
+        encode_signal = out.encoder(ABUSE_SIGNALS).encode
+        for signal in signals:
+            evidence = abuse_record(signal, now_ms)
+            out.send_raw(ABUSE_SIGNALS, encode_signal(evidence), signal.customer_id)
+            self._signals.append(evidence)
 
-    def _write_state(self, first_offsets: dict[int, int], out: Emit) -> None:
+    def _detect(
+        self, activity: dict[tuple[int, str], tuple[list[int], set[str]]], customers: dict[str, Any]
+    ) -> list[Signal]:
+        signals: list[Signal] = []
+        config = self.config
+        for (partition, customer_id), (count, persons) in activity.items():
+            customer = customers.get(customer_id)
+            plan = config.plan(customer.plan) if customer is not None else None
+            if plan is None:
+                continue
+            detector = self.detectors.get(partition)
+            if detector is None:
+                detector = self.detectors[partition] = AbuseDetector()
+            clock = self.states[partition].clock_ms
+            signals += detector.observe(customer_id, plan.slug, plan.abuse, clock, count[0], persons)
+        return signals
+
+    def _write_state(self, first_offsets: dict[int, int], out: Emit, signals: list[Signal]) -> None:
         now_ms = out.now_ms
         send_raw = out.send_raw
         encode_aggregate = out.encoder(USAGE_AGGREGATES).encode
@@ -270,6 +339,7 @@ class MeteringHandler(StreamHandler):
                 if w.granularity is _PERIOD and not w.series.group:
                     # The small topic the entitlement view reads (current periods only, see topics.py).
                     send_raw(USAGE_PERIODS, value, w.key)
+                    self._check_cap(partition, w, signals)
             for key, value in drained.changelog:
                 # None is a tombstone (a superseded packed record), not the JSON null.
                 encoded = None if value is None else encode_value(value)
@@ -280,11 +350,29 @@ class MeteringHandler(StreamHandler):
                 percent = str(crossing.percent)
                 self._thresholds[percent] = self._thresholds.get(percent, 0) + 1
 
+    def _check_cap(self, partition: int, w: Any, signals: list[Signal]) -> None:
+        """A period total past its plan's hard cap (abuse guard) signals."""
+        customer = self.directory.get(w.series.customer_id)
+        plan = self.config.plan(customer.plan) if customer is not None else None
+        if plan is None or w.series.meter.slug not in plan.abuse.hard_caps:
+            return
+        detector = self.detectors.get(partition)
+        if detector is not None:
+            usage = nanounits_to_decimal(w.value)
+            clock = self.states[partition].clock_ms
+            signals += detector.usage(
+                w.series.customer_id, plan.slug, plan.abuse, clock, w.series.meter.slug, usage
+            )
+
     def tick(self, out: Emit) -> None:
         """Expire dedup ids and windows past the horizon; their changelog entries get tombstones."""
         for partition, state in self.states.items():
             for key in state.evict():
                 out.send_raw(METERING_CHANGELOG, None, key, partition=partition)
+            detector = self.detectors.get(partition)
+            if detector is not None:
+                detector.expire(state.clock_ms)
+        ABUSE_TRACKED.set(sum(len(d) for d in self.detectors.values()))
         self._evicted = True
 
     def prepare_commit(self, positions: Sequence[TopicPartition], out: Emit) -> list[TopicPartition]:

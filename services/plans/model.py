@@ -225,6 +225,30 @@ class ResolvedPrice(_Strict):
     meters: dict[str, MeterPrice]
 
 
+class AbusePolicy(_Strict):
+    """The free-tier abuse guard of a plan (metering's detector, docs/metering.md#abuse-guard). Rates are
+    per minute of arrival time; a spike is ``burst_factor`` times the customer's own baseline and above the
+    floor; caps are absolute."""
+
+    suspend_on_abuse: bool = Field(default=False, description="Suspend on a cap (and, if asked, a spike).")
+    suspend_on_spike: bool = Field(default=False, description="Also suspend on a spike against the baseline.")
+    burst_factor: float = Field(default=10.0, gt=1)
+    expected_events_per_minute: float = Field(default=60.0, ge=0, description="Baseline of a new customer.")
+    expected_persons_per_minute: float = Field(default=10.0, ge=0)
+    min_events_per_minute: int = Field(default=600, ge=1, description="No spike below this many events/min.")
+    min_persons_per_minute: int = Field(default=100, ge=1)
+    max_events_per_minute: int | None = Field(default=None, ge=1, description="Hard cap on events/min.")
+    hard_caps: dict[str, Decimal] = Field(
+        default_factory=dict, description="Per meter: period usage beyond which the customer is abusing."
+    )
+    cool_down_hours: float | None = Field(
+        default=24.0, gt=0, description="An automatic suspension ends after this; null: only by hand."
+    )
+
+
+DEFAULT_ABUSE = AbusePolicy()
+
+
 class Plan(_Strict):
     """A plan: its price, its meters' allowances and its boolean features."""
 
@@ -239,6 +263,8 @@ class Plan(_Strict):
     prices: tuple[PriceVersion, ...] = ()
     # Sales-negotiated plans (the seeds' enterprise): no self-serve checkout to them.
     custom_contract: bool = False
+    # The abuse guard (metering): detection always runs; suspension only where configured.
+    abuse: AbusePolicy = DEFAULT_ABUSE
 
     @model_validator(mode="after")
     def _prices_given_once(self) -> Plan:
@@ -262,6 +288,20 @@ class Plan(_Strict):
         return value
 
 
+class TopUp(_Strict):
+    """A pack of one meter's units a customer can buy on top of their plan (a credit grant): ``units``
+    for ``price`` (in ``currency``, the file's by default), added to the allowance and to the included
+    usage of the billing period it is bought in, consumed before overage, gone at the period's end or
+    ``expires_after_days`` after purchase, whichever comes first."""
+
+    slug: str = Field(pattern=SLUG_PATTERN)
+    meter: str
+    units: Decimal = Field(gt=0)
+    price: Decimal = Field(ge=0)
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+    expires_after_days: int | None = Field(default=None, ge=1)
+
+
 class PlansConfig(_Strict):
     """The whole file: a versioned set of meters and plans."""
 
@@ -272,12 +312,18 @@ class PlansConfig(_Strict):
     tax: TaxRule = Field(default_factory=TaxRule)
     meters: tuple[Meter, ...]
     plans: tuple[Plan, ...]
+    # Packs of units sold on top of any paid plan (``POST /v1/checkout/{customer}/top-up``).
+    top_ups: tuple[TopUp, ...] = ()
 
     def meter(self, slug: str) -> Meter | None:
         return next((m for m in self.meters if m.slug == slug), None)
 
     def plan(self, slug: str) -> Plan | None:
         return next((p for p in self.plans if p.slug == slug), None)
+
+    def top_up(self, meter: str, slug: str | None = None) -> TopUp | None:
+        """The pack named ``slug``, or the first pack of ``meter``."""
+        return next((t for t in self.top_ups if t.meter == meter and slug in (None, t.slug)), None)
 
     def meters_for_event(self, event_name: str) -> tuple[Meter, ...]:
         return tuple(m for m in self.meters if m.event == event_name)
@@ -347,6 +393,9 @@ def cross_reference_errors(config: PlansConfig, unparsed_plans: set[str] | None 
         for slug in plan.meters:
             if slug not in meter_slugs:
                 errors.append(f"{where}.meters.{slug}: no meter with this slug is defined")
+        for slug in plan.abuse.hard_caps:
+            if slug not in meter_slugs:
+                errors.append(f"{where}.abuse.hard_caps.{slug}: no meter with this slug is defined")
         for name in plan.features:
             if name in meter_slugs:
                 errors.append(f"{where}.features.{name}: a feature cannot share a meter's slug")
@@ -358,6 +407,11 @@ def cross_reference_errors(config: PlansConfig, unparsed_plans: set[str] | None 
     for i, meter in enumerate(config.meters):
         if meter.value_property is not None and meter.value_property in meter.group_by:
             errors.append(f"meters[{i}] ({meter.slug}): value_property is also a group_by property")
+    for i, pack in enumerate(config.top_ups):
+        if pack.meter not in meter_slugs:
+            errors.append(f"top_ups[{i}] ({pack.slug}).meter: no meter {pack.meter!r} is defined")
+        if [t.slug for t in config.top_ups].count(pack.slug) > 1:
+            errors.append(f"top_ups[{i}] ({pack.slug}): slug used twice")
     errors.extend(_price_errors(config))
     return errors
 

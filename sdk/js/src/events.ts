@@ -75,6 +75,8 @@ interface Queued {
 
 const KEEPALIVE_BYTES = 60_000; // browsers refuse keepalive bodies over 64 KiB in flight per page
 const QUEUE_KEY = "queue";
+// Request.keepalive exists where fetch keepalive works (Chromium, Safari, Firefox since 133).
+const KEEPALIVE = typeof Request !== "undefined" && "keepalive" in Request.prototype;
 
 function keyNamespace(apiKey: string): string {
   // plg_<id>_<secret> / plgpk_<id>_<secret>: the id is public and tells projects apart in one browser.
@@ -555,6 +557,9 @@ export class Events {
    */
   handOff(): void {
     if (this.consentState !== "granted" || !this.online || !this.ls || !this.queue.length) return;
+    // A browser without keepalive cancels the requests with the page: hand nothing off (no loss), the next
+    // page sends what is queued.
+    if (!KEEPALIVE) return;
     const handed = new Set(this.handedOff());
     for (const id of this.inflight) handed.add(id); // keepalive requests already under way
     const pending: Queued[][] = [];

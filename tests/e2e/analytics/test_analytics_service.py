@@ -21,9 +21,9 @@ import pytest
 from services.devstack.config import free_port
 from services.kernel import apikeys
 from services.kernel.db import migrate
-from services.kernel.kafka import Producer
+from services.kernel.kafka import Consumer, Producer
 from services.kernel.serde import SchemaRegistry
-from services.kernel.topics import USAGE_EVENTS_ENRICHED, topic
+from services.kernel.topics import USAGE_EVENTS, USAGE_EVENTS_ENRICHED, topic
 from tests.integration.health_score.harness import enriched
 from tests.integration.metering.harness import wait_for
 from tests.processes import REPO, Proc
@@ -303,3 +303,179 @@ def test_the_console_pages_render_the_answers_in_chromium(
     response = anonymous.goto(f"{analytics.url}/analytics/funnel")
     assert response is not None
     assert response.status == 401
+
+
+def test_imported_history_is_stored_once_marked_historical_and_never_metered(
+    analytics: Analytics, stack, kafka_settings, registry_settings, tmp_path
+) -> None:
+    customer = f"{analytics.prefix}delta"
+    key = customer_key(stack.database_url, customer)
+    ports = {"ingest": free_port(), "enrichment": free_port()}
+    env = {**analytics.env, "INGEST_PORT": str(ports["ingest"]), "ENRICHMENT_PORT": str(ports["enrichment"])}
+    ingest = Proc("services.ingest", env, tmp_path / "ingest.log").start()
+    enrichment = Proc("services.enrichment", env, tmp_path / "enrichment.log").start()
+    try:
+        analytics.start()
+        for port, proc in ((ports["ingest"], ingest), (ports["enrichment"], enrichment)):
+            wait_for(lambda p=port: _ready(p), timeout=60, what=f"{proc.module} ready")
+        year_ago = int(time.time() * 1000) - 365 * 86_400_000
+        history = tmp_path / "export.jsonl"
+        lines = [
+            # PostHog's export shape, Segment's, and plg's own
+            {
+                "uuid": str(uuid.uuid4()),
+                "event": "signed_up",
+                "distinct_id": "p1",
+                "timestamp": year_ago,
+                "properties": {"$browser": "Firefox", "$set": {"email": "x@example.com"}},
+            },
+            {
+                "messageId": str(uuid.uuid4()),
+                "type": "track",
+                "event": "project_created",
+                "userId": "p1",
+                "timestamp": "2025-12-06T10:00:00Z",
+                "properties": {"template": "blank"},
+            },
+            {
+                "messageId": str(uuid.uuid4()),
+                "type": "screen",
+                "anonymousId": "a9",
+                "timestamp": year_ago + 1000,
+            },
+            {
+                "event_id": str(uuid.uuid4()),
+                "name": "team_invite_sent",
+                "user_id": "p1",
+                "timestamp": year_ago + 2000,
+            },
+        ]
+        history.write_text("\n".join(orjson.dumps(line).decode() for line in lines))
+        ingest_url = f"http://127.0.0.1:{ports['ingest']}"
+        cli = [sys.executable, "-m", "services.cli", "import", str(history), "--url", ingest_url]
+        for _ in range(2):  # the same file twice: stored once
+            done = subprocess.run(
+                cli,
+                env={**os.environ, "PLG_API_KEY": key},
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert "imported 4 event(s)" in done.stdout
+        publishable = _publishable_key(stack.database_url, customer)
+        refused = httpx.post(
+            f"{ingest_url}/v1/import", content=b"{}", headers={"Authorization": f"Bearer {publishable}"}
+        )
+        assert refused.status_code == 403
+        token = operator_token(stack.database_url)
+
+        def stored() -> list[dict[str, Any]]:
+            answer = httpx.get(
+                f"{analytics.url}/v1/analytics/customers/{customer}/timeline",
+                params={"limit": 100, "since": "800d"},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=30,
+            )
+            assert answer.status_code == 200, answer.text
+            return answer.json()["events"]
+
+        events = wait_for(lambda: len(stored()) >= 4 and stored(), timeout=60, what="the history stored")
+        time.sleep(1.5)  # the second import's events, enriched too, would show by now
+        events = stored()
+        assert sorted(e["name"] for e in events) == [
+            "project_created",
+            "screen_viewed",
+            "signed_up",
+            "team_invite_sent",
+        ]
+        assert all(e["historical"] for e in events)
+        signed_up = next(e for e in events if e["name"] == "signed_up")
+        assert signed_up["person"] == "p1"
+        assert signed_up["properties"] == {"posthog_browser": "Firefox", "$historical": "true"}
+        # Never metered: none of them is on usage-events, the only topic metering reads.
+        consumer = Consumer(kafka_settings, f"{analytics.prefix}check-{uuid.uuid4().hex[:6]}")
+        consumer.subscribe([topic(USAGE_EVENTS, analytics.prefix).name])
+        seen = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            seen += [r.key() for r in consumer.consume(500, 0.5)]
+        consumer.close()
+        assert customer.encode() not in seen
+    finally:
+        for proc in (enrichment, ingest):
+            proc.terminate()
+
+
+def _ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _publishable_key(database_url: str, customer: str) -> str:
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        return apikeys.create_key(conn, customer, kind="publishable")[1]
+
+
+def test_plg_privacy_forget_erases_the_person_from_the_store_for_good(analytics: Analytics, stack) -> None:
+    customer = f"{analytics.prefix}eps"
+    now = int(time.time() * 1000)
+    before = [enriched(customer, "project_created", person=p, ts=now - 60_000) for p in ("gone", "stays")]
+    analytics.start()
+    analytics.send(before)
+    token = operator_token(stack.database_url, "admin")
+
+    def persons() -> list[str | None]:
+        answer = httpx.get(
+            f"{analytics.url}/v1/analytics/customers/{customer}/timeline",
+            params={"limit": 100, "since": "1d"},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        return sorted(e["person"] for e in answer.json()["events"])
+
+    wait_for(lambda: persons() == ["gone", "stays"], timeout=30, what="both persons stored")
+    forget = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "privacy",
+            "forget",
+            "--customer",
+            customer,
+            "--person",
+            "gone",
+        ],
+        env={**analytics.env, "PLG_OPERATOR_TOKEN": token},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert forget.returncode == 0, forget.stdout + forget.stderr
+    wait_for(lambda: persons() == ["stays"], timeout=30, what="the person erased from the store")
+    # A replay of the enriched topic cannot bring the erased history back; the person's later events
+    # start a new history.
+    assert analytics.proc is not None
+    analytics.proc.terminate()
+    replayed = [{**e, "event_id": str(uuid.uuid4())} for e in before if e["person_id"] == "gone"]
+    later = enriched(customer, "signed_up", person="gone", ts=int(time.time() * 1000) + 1000)
+    analytics.send([*replayed, later])
+    analytics.start()
+    wait_for(lambda: persons() == ["gone", "stays"], timeout=30, what="the new history stored")
+    answer = httpx.get(
+        f"{analytics.url}/v1/analytics/customers/{customer}/timeline",
+        params={"person": "gone", "since": "1d"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert [e["name"] for e in answer.json()["events"]] == ["signed_up"]

@@ -140,6 +140,13 @@ def test_weekly_retention_cohorts(store: AnalyticsStore) -> None:
     ]
 
 
+def test_retention_of_one_activity_keeps_the_whole_cohort_as_its_size(store: AnalyticsStore) -> None:
+    answer = queries.retention(store, SCOPE, 4, event="core_action_completed", now_ms=T + 60 * D)
+    (cohort,) = answer["cohorts"]
+    # all four persons are the cohort; core actions: week 0 acme/p1 and p2, week 1 and week 3 acme/p2
+    assert (cohort["size"], cohort["weeks"]) == (4, [2, 1, 0, 1])
+
+
 def test_north_star_counts_persons_reaching_the_threshold_inside_its_window(store: AnalyticsStore) -> None:
     answer = queries.north_star(store, SCOPE, "core_action_completed", 3, 7, "core_action_completed")
     weeks = {w["week"]: w for w in answer["weeks"]}

@@ -73,3 +73,34 @@ def test_unknown_features_and_unconfigured_plans_are_errors(config):
         decide(config, customer(), "teleportation", 0, NOW, BASE)
     with pytest.raises(PlanNotConfigured, match="platinum"):
         decide(config, customer(plan="platinum"), "api_requests", 0, NOW, BASE)
+
+
+def test_a_suspended_customer_is_refused_every_feature_with_the_reason_and_how_to_appeal(config):
+    from dataclasses import replace
+    from datetime import UTC, datetime, timedelta
+
+    from services.entitlements.handlers import decision_body
+
+    now = datetime.fromtimestamp(NOW / 1000, UTC)
+    suspended = replace(
+        customer(plan="enterprise"),
+        suspended_at=now - timedelta(minutes=5),
+        suspended_until=now + timedelta(hours=24),
+        suspended_reason="25000 events in one minute, over the plan's cap of 20000",
+    )
+    for feature in ("api_requests", "sso"):
+        d = decide(config, suspended, feature, Decimal(3), NOW, BASE)
+        assert not d.allowed
+        assert d.upgrade is None
+        body = decision_body(d)
+        assert body["code"] == "suspended"
+        assert "cap of 20000" in body["reason"]
+        assert "support" in body["appeal"]
+        assert body["suspended_until"].endswith("Z")
+    assert (
+        decision_body(decide(config, suspended, "api_requests", Decimal(3), NOW, BASE))["usage"] is not None
+    )
+    # The cool-down over: the plan answers again.
+    ended = replace(suspended, suspended_until=now - timedelta(seconds=1))
+    assert decide(config, ended, "sso", Decimal(0), NOW, BASE).allowed
+    assert "code" not in decision_body(decide(config, ended, "api_requests", Decimal(0), NOW, BASE))
