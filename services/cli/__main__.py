@@ -23,6 +23,7 @@
     plg analytics retention | north-star | activation | timeline <customer-id>   (PLG_OPERATOR_TOKEN)
     plg plan codegen --lang ts|python [--out DIR] | check FILE.json   # typed events, the app's CI check
     plg activation suggest [--since 90d] [--within 14d] [--retained-after 30d] [--churn-event E]
+    plg health backtest [--since 180d] [--horizon 30d]   (scores vs later churn: ROC AUC, red precision)
     plg import FILE [--url URL]   (PLG_API_KEY: the customer's secret key; history, never billed)
 
 Add ``--json`` before the command for machine-readable output. Migrations are applied first (idempotent),
@@ -41,6 +42,7 @@ from typing import Any
 import orjson
 import psycopg
 
+from services.analytics.model import QueryError
 from services.cli import analytics, billing, identity, importing, metering, plan, privacy
 from services.cli import dlq as dead_letters
 from services.enrichment import store as success
@@ -61,7 +63,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="plg", description="Manage plg customers, their API keys and operator tokens."
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.add_argument("--database-url", help="PostgreSQL URL (default: $DATABASE_URL)")
+    p.add_argument(
+        "--database-url",
+        help="PostgreSQL URL without a password (default: $DATABASE_URL); credentials come from the "
+        "environment only: DATABASE_URL or PGPASSWORD / ~/.pgpass",
+    )
     groups = p.add_subparsers(dest="group", required=True)
 
     customers = groups.add_parser("customers", help="tenants").add_subparsers(dest="command", required=True)
@@ -133,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     analytics.add_parser(groups)
     plan.add_parser(groups)
     analytics.add_activation_parser(groups)
+    analytics.add_health_parser(groups)
     importing.add_parser(groups)
 
     keys = groups.add_parser("keys", help="ingest API keys").add_subparsers(dest="command", required=True)
@@ -165,6 +172,14 @@ def _parser() -> argparse.ArgumentParser:
     orevoke = operators.add_parser("revoke", help="revoke an operator's token (refused within the cache TTL)")
     orevoke.add_argument("name_or_id")
     return p
+
+
+def _has_password(conninfo: str) -> bool:
+    """True when a libpq URL or keyword string holds a password."""
+    try:
+        return bool(psycopg.conninfo.conninfo_to_dict(conninfo).get("password"))
+    except psycopg.ProgrammingError:
+        return "password" in conninfo.lower() or "@" in conninfo  # unparsable: refuse what may hold one
 
 
 def _check_plan(plan: str) -> None:
@@ -224,11 +239,25 @@ def run(args: argparse.Namespace) -> int:
             return importing.run(args)
         except importing.ImportFailed as exc:
             raise CliError(str(exc)) from None
+    if args.group == "health":  # daily scores from PostgreSQL, activity from the analytics service
+        try:
+            with psycopg.connect(args.database_url or DatabaseSettings().url.get_secret_value()) as conn:
+                return analytics.run_backtest(args, conn)
+        except (analytics.AnalyticsCliError, QueryError) as exc:
+            raise CliError(str(exc)) from None
+        except psycopg.OperationalError as exc:
+            raise CliError(f"cannot reach PostgreSQL at DATABASE_URL: {exc}".strip()) from None
     if args.group in ("analytics", "activation"):  # asks the analytics service over HTTP: no database
         try:
             return analytics.run(args)
         except analytics.AnalyticsCliError as exc:
             raise CliError(str(exc)) from None
+    if args.database_url and _has_password(args.database_url):
+        # A flag is visible to every user of the machine (ps, /proc) and stays in the shell's history.
+        raise CliError(
+            "--database-url must not carry a password (it would show in ps and the shell history): put it "
+            "in DATABASE_URL, PGPASSWORD or ~/.pgpass and leave it out of the flag"
+        )
     url = args.database_url or DatabaseSettings().url.get_secret_value()
     if args.group == "customers" and args.command == "create" and not args.no_plan_check:
         _check_plan(args.plan)
