@@ -178,6 +178,9 @@ def main() -> int:
                 "SELECT count(*) FROM billing_reports WHERE ledger = %s", (f"{prefix}billing-reporter",)
             ).fetchone()
         calls = double.stats.requests
+        # Usage reporting's calls, and the one-off set-up (meters, products, prices at the reporter's start).
+        event_calls = double.stats.by_path.get("POST /v1/billing/meter_events", 0)
+        setup_calls = calls - event_calls
         accepted = double.accepted_at
         planned_to_stripe, commit_to_stripe = [], []
         for ident, planned_at, updated, _rev in rows:
@@ -196,6 +199,9 @@ def main() -> int:
             f"  Stripe calls: {calls:,} for {args.events:,} events (ratio {calls / args.events:.5f}; "
             f"{len(accepted):,} meter events accepted; {ledger_rows[0] if ledger_rows else 0:,} ledger rows,"
             f" of them {len(rows):,} for sum meters)\n"
+            f"  Stripe calls per customer-period: {event_calls / max(1, args.customers):.2f} meter events"
+            f" (one billing period, {args.minutes} min of event time in {args.window} windows; plus"
+            f" {setup_calls:,} set-up and summary calls once: meters, catalog, reconciliation)\n"
             f"  all customers and meters agreed at Stripe after {took:.0f} s\n"
             f"  ledger writer: {aggregates_seen:,.0f} aggregates consumed (every granularity and group), best"
             f" {ledger_rate:,.0f} aggregates/s into the ledger in one transaction with their offsets\n"

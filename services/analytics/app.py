@@ -15,12 +15,13 @@ from services.activation import load_activation
 from services.analytics import api
 from services.analytics.config import AnalyticsSettings
 from services.analytics.resources import AnalyticsResources
-from services.analytics.sink import AnalyticsSink
+from services.analytics.sink import AnalyticsSink, Erased
 from services.analytics.store import open_store
 from services.kernel import auth, db
 from services.kernel.http import install_error_handlers
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ops_routes
+from services.kernel.privacy import APPLIED, Erasure, ErasureFollower
 from services.kernel.processing import at_least_once
 from services.kernel.serde import SchemaRegistry
 from services.kernel.topics import USAGE_EVENTS_ENRICHED
@@ -40,12 +41,37 @@ def open_resources(settings: AnalyticsSettings, life: Lifecycle, app: FastAPI) -
     auth.install(app, auth.open_authenticator(pool.connection, settings.auth))
     registry = life.push(SchemaRegistry(settings.registry), "schema registry")
     group = f"{settings.platform.topic_prefix}{settings.group_id}"
+    erased = Erased()
+
+    def forget(erasure: Erasure, new: bool) -> None:
+        # Every request, also those read at start: a store restored from a backup or rebuilt from the topic
+        # is cleaned again (a DELETE that finds nothing costs one lookup of the customer's ids).
+        erased.add(erasure)
+        ids = erasure.matching(store.distinct_ids(erasure.customer_id))
+        if ids:
+            deleted = store.forget_person(erasure.customer_id, ids)
+            log.info(
+                "erasure applied to the analytics store",
+                extra={"erasure_id": erasure.erasure_id, "rows": deleted},
+            )
+        APPLIED.labels(SERVICE, "store").inc()
+
+    erasures = life.push(
+        ErasureFollower(
+            settings.kafka,
+            registry,
+            service=SERVICE,
+            topic_prefix=settings.platform.topic_prefix,
+            on_erasure=[forget],
+        ).start(),
+        "privacy erasures",
+    )
     loop = at_least_once(
         service=SERVICE,
         kafka=settings.kafka,
         registry=registry,
         lifecycle=life,
-        handler=AnalyticsSink(store, group),
+        handler=AnalyticsSink(store, group, erased, erasures.ready.is_set),
         inputs=[USAGE_EVENTS_ENRICHED],
         group_id=settings.group_id,
         instance_id=settings.instance_id,

@@ -12,14 +12,16 @@ batch's offset ranges) also drops a retried insert of the same batch on the engi
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from services.analytics.model import dedup_token, row_of
 from services.analytics.store import AnalyticsStore, StoreError
 from services.kernel import metrics
 from services.kernel.kafka import TopicPartition
+from services.kernel.privacy import Erasure
 from services.kernel.processing import Batch, Emit, RetryBatch, SinkHandler
 
 log = logging.getLogger(__name__)
@@ -42,17 +44,50 @@ def analytics_consented(event: Mapping[str, Any]) -> bool:
     return True
 
 
+class Erased:
+    """The erasure requests read from ``privacy-erasures``, by customer: an event of an erased person from
+    before the request is never stored (a replay of ``usage-events-enriched`` cannot bring the person
+    back); the same person's later events start a new history."""
+
+    def __init__(self) -> None:
+        self._by_customer: dict[str, list[Erasure]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, erasure: Erasure) -> None:
+        with self._lock:
+            self._by_customer.setdefault(erasure.customer_id, []).append(erasure)
+
+    def covers(self, event: Mapping[str, Any]) -> bool:
+        erasures = self._by_customer.get(event["customer_id"])
+        if not erasures:
+            return False
+        when = int(event.get("timestamp") or 0)
+        ids = [event.get(f) for f in ("person_id", "resolved_user_id", "user_id", "anonymous_id")]
+        return any(when <= e.requested_at and any(e.matches(i) for i in ids) for e in erasures)
+
+
 class AnalyticsSink(SinkHandler):
     """Enriched events → ``plg_analytics.events``; offsets kept in the store."""
 
-    def __init__(self, store: AnalyticsStore, group: str) -> None:
+    def __init__(
+        self,
+        store: AnalyticsStore,
+        group: str,
+        erased: Erased | None = None,
+        erasures_ready: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.store = store
         self.group = group
+        self.erased = erased or Erased()
+        self.erasures_ready = erasures_ready
         self._inserted = ROWS.labels("inserted")
         self._no_consent = ROWS.labels("no_analytics_consent")
         self._duplicates = ROWS.labels("duplicate_event_id")
+        self._erased = ROWS.labels("erased_person")
 
     def process(self, batch: Batch, out: Emit) -> None:
+        if not self.erasures_ready():
+            raise RetryBatch("privacy-erasures is still being read: an erased person must not be stored")
         rows: list[dict[str, Any]] = []
         firsts: dict[tuple[str, int], int] = {}
         newest_enriched = 0
@@ -63,6 +98,9 @@ class AnalyticsSink(SinkHandler):
                 continue
             if not analytics_consented(event):
                 self._no_consent.inc()
+                continue
+            if self.erased.covers(event):
+                self._erased.inc()
                 continue
             rows.append(row_of(event, message.topic, message.partition, message.offset))
             newest_enriched = max(newest_enriched, int(event.get("enriched_at") or 0))

@@ -312,6 +312,18 @@ class AnalyticsStore:
             found[key] = max(found.get(key, 0), int(row["next"]))
         return found
 
+    def distinct_ids(self, customer_id: str) -> set[str]:
+        """Every person, user and anonymous id the store holds for a customer (an erasure's candidates)."""
+        rows = self.engine.rows(
+            f"SELECT groupUniqArray(person) AS p, groupUniqArray(ifNull(user_id, '')) AS u,"
+            f" groupUniqArray(ifNull(anonymous_id, '')) AS a FROM {self.events}"
+            " WHERE customer_id = {customer:String}",
+            {"customer": customer_id},
+        )
+        if not rows:
+            return set()
+        return {i for column in ("p", "u", "a") for i in rows[0][column] if i}
+
     def forget_person(self, customer_id: str, person_ids: Sequence[str]) -> int:
         """Erase a person's events (privacy erasure): a lightweight DELETE, visible to queries at once."""
         params = {"customer": customer_id, "ids": list(person_ids)}

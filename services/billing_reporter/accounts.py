@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
+import psycopg
 from psycopg_pool import ConnectionPool
 
+from services.plans.grants import Grant, credits_for
 from services.plans.invoice import Invoice, calculate_invoice
 from services.plans.model import PlansConfig
-from services.plans.periods import billing_period
+from services.plans.periods import Period, billing_period
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,21 @@ def plain(value: Decimal) -> Decimal:
     return value.quantize(Decimal(1)) if value == value.to_integral_value() else value.normalize()
 
 
+def grants_of(conn: psycopg.Connection[Any], customer_id: str) -> list[Grant]:
+    """The customer's credit grants (top-ups), every one: the invoice counts those of its period."""
+    rows = conn.execute(
+        "SELECT meter, units, (extract(epoch FROM granted_at) * 1000)::bigint,"
+        " (extract(epoch FROM expires_at) * 1000)::bigint FROM billing_credit_grants WHERE customer_id = %s",
+        (customer_id,),
+    ).fetchall()
+    return [Grant(m, Decimal(u), int(at), None if e is None else int(e)) for m, u, at, e in rows]
+
+
+def period_credits(pool: ConnectionPool, customer_id: str, period: Period) -> dict[str, Decimal]:
+    with pool.connection() as conn:
+        return credits_for(grants_of(conn, customer_id), period)
+
+
 def upcoming_invoice(
     pool: ConnectionPool, ledger: str, config: PlansConfig, customer_id: str, now_ms: int
 ) -> Invoice | str | None:
@@ -73,4 +91,5 @@ def upcoming_invoice(
         price=price,
         usage=period_usage(pool, ledger, customer_id, period.start_ms),
         tax_region=account.tax_region,
+        credits=period_credits(pool, customer_id, period),
     )

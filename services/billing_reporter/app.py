@@ -27,7 +27,7 @@ from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from services.billing_reporter import accounts, openapi, previews, subscriptions
+from services.billing_reporter import accounts, openapi, previews, subscriptions, topups
 from services.billing_reporter.catalog import CatalogError, sync_catalog
 from services.billing_reporter.closing import FinalInvoice, PeriodCloser
 from services.billing_reporter.config import BillingSettings
@@ -268,6 +268,7 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
         return Response(orjson.dumps(found.to_dict()), media_type=_JSON)
 
     subscriptions.routes(app, settings, config, state, error)
+    topups.routes(app, settings, config, state, error)
     # Last, so it wraps everything: no user error becomes a 500, and a 500 carries its request id.
     install_error_handlers(app, service=SERVICE)
     return app

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from services.billing_reporter.accounts import period_usage
+from services.billing_reporter.accounts import period_credits, period_usage
 from services.kernel import metrics
 from services.plans.invoice import Invoice, calculate_invoice
 from services.plans.model import PlansConfig
@@ -113,6 +113,7 @@ class PeriodCloser:
                     usage=usage,
                     tax_region=region,
                     status="final",
+                    credits=period_credits(self.pool, customer_id, ended),
                 )
                 conn.execute(
                     "INSERT INTO billing_invoices (ledger, customer_id, period_start, period_end, plan,"

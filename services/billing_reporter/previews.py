@@ -15,8 +15,9 @@ from typing import Any
 
 import psycopg
 
-from services.billing_reporter.accounts import Account, plain
+from services.billing_reporter.accounts import Account, grants_of, plain
 from services.billing_reporter.reconcile import period_of
+from services.plans.grants import credits_for
 from services.plans.invoice import Invoice, calculate_invoice
 from services.plans.model import PlansConfig, ResolvedPrice
 from services.plans.periods import Period
@@ -98,6 +99,7 @@ def preview(
         price=price,
         usage=usage_of(conn, ledger, who.customer_id, period),
         tax_region=who.tax_region,
+        credits=credits_for(grants_of(conn, who.customer_id), period),
     )
 
 

@@ -294,6 +294,10 @@ class SubscriptionStore:
     def _complete_checkout(
         self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime
     ) -> WebhookResult:
+        if (obj.get("metadata") or {}).get("plg_kind") == "top_up":
+            from services.billing_reporter.topups import apply_top_up  # topups builds on this module
+
+            return apply_top_up(conn, obj, self.config, now)
         customer_id = obj.get("client_reference_id")
         plan = (obj.get("metadata") or {}).get("plg_plan")
         if not customer_id or not plan:

@@ -322,6 +322,13 @@ def forget(
             f"{PRIVACY_ERASURES}: enrichment (identity graph, scrub cache), growth (sticky cache, activation "
             "view), health score (facts, live events) forget the person",
         ),
+        Place(
+            "analytics store",
+            "service store",
+            "announced",
+            None,
+            f"the analytics service deletes the person's events from its store on {PRIVACY_ERASURES}",
+        ),
     ]
     until = dt.datetime.fromtimestamp(erasure.requested_at / 1000, dt.UTC)
     for name, what in (

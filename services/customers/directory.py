@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import psycopg
@@ -54,6 +54,9 @@ class CustomerDirectory:
         self._listener: threading.Thread | None = None
         self.listening = threading.Event()
         self.loaded = False
+        # Called with a customer's id after a change notification reloaded it: caches of other per-customer
+        # rows (billing's credit grants in the entitlement API) follow the same push, not a TTL.
+        self.on_change: list[Callable[[str], None]] = []
 
     def __len__(self) -> int:
         return len(self._customers)
@@ -122,6 +125,8 @@ class CustomerDirectory:
             with self._lock:
                 self._customers.pop(customer_id, None)
         self._missing.pop(customer_id, None)
+        for follower in self.on_change:
+            follower(customer_id)
 
     def start(self) -> CustomerDirectory:
         self.refresh()

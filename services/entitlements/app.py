@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from services.customers import CustomerDirectory
 from services.entitlements.config import EntitlementsSettings
+from services.entitlements.grants import GrantCache
 from services.entitlements.handlers import PlanNotConfigured, UnknownFeature, decide, decision_body
 from services.entitlements.view import ZERO, UsageView
 from services.kernel import metrics
@@ -31,6 +32,7 @@ from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ops_routes
 from services.kernel.serde import SchemaRegistry
 from services.kernel.topics import USAGE_PERIODS, topic
+from services.plans.grants import granted_units
 from services.plans.loader import load_config
 from services.plans.periods import billing_period
 
@@ -142,6 +144,9 @@ def build_app(settings: EntitlementsSettings, lifecycle: Lifecycle | None = None
             directory = CustomerDirectory(
                 pool, settings.customers_refresh_seconds, negative_ttl=settings.unknown_customer_ttl_seconds
             )
+            grants = GrantCache(pool, settings.customers_refresh_seconds)
+            directory.on_change.append(grants.invalidate)
+            state["grants"] = grants
             state["directory"] = life.push(directory.start(), "customers")
             aggregates = topic(USAGE_PERIODS, settings.platform.topic_prefix).name
             view = UsageView(settings.kafka, aggregates, registry.decoder(), settings.periods_kept)
@@ -206,7 +211,16 @@ def build_app(settings: EntitlementsSettings, lifecycle: Lifecycle | None = None
             period = billing_period(now_ms, customer.billing_anchor_day)
             usage = view.usage(customer_id, feature, period.start_ms)
         try:
-            decision = decide(config, customer, feature, usage, now_ms, settings.upgrade_url)
+            granted = ZERO
+            if config.meter(feature) is not None:
+                cache: GrantCache = state["grants"]
+                found = cache.cached(customer_id)
+                if found is None:  # first check of this customer, or just changed: read it off the loop
+                    found = await run_in_threadpool(cache.get, customer_id)
+                granted = granted_units(
+                    found, feature, billing_period(now_ms, customer.billing_anchor_day), now_ms
+                )
+            decision = decide(config, customer, feature, usage, now_ms, settings.upgrade_url, granted)
         except UnknownFeature as exc:
             CHECKS.labels("unknown_feature").inc()
             known = sorted({m.slug for m in config.meters} | config.feature_names)

@@ -74,6 +74,7 @@ def decide(
     usage: Decimal,
     now_ms: int,
     upgrade_base: str,
+    granted: Decimal = Decimal(0),
 ) -> Decision:
     """Decide from the plan and the current period's ``usage`` of the meter (0 when none yet).
 
@@ -145,7 +146,8 @@ def decide(
             hard_limit=False,
             upgrade=None,
         )
-    limit = allowance.limit
+    # Top-ups (credit grants) bought this period raise the limit by their units.
+    limit = allowance.limit + granted
     remaining = max(limit - usage, Decimal(0))
     allowed = not allowance.hard_limit or usage < limit
     upgrade = None

@@ -29,12 +29,12 @@ from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from pydantic import SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.kernel import metrics
 from services.kernel.kafka import DeliveryReport, Producer, TransactionalProducer
 from services.kernel.serde import ValueEncoder
+from services.kernel.settings import DEV_DLQ_KEY as DEV_DLQ_KEY  # re-exported: the key's home is settings
+from services.kernel.settings import DlqSettings
 
 #: Longest error message kept: a dead letter explains, it does not archive stack traces or the parsed
 #: schemas some library errors embed (a fastavro resolution error quoted both schemas: 2 KB and more). The
@@ -49,19 +49,8 @@ UNKNOWN_CUSTOMER = "unknown_customer"
 PROCESSING_FAILED = "processing_failed"
 
 
-#: The development key: fine on a laptop, refused in production (every service warns about it elsewhere).
-DEV_DLQ_KEY = "plg-dev-dlq-key-not-secret"
 ENCRYPTION = "aes-256-gcm"
 _NONCE_BYTES = 12
-
-
-class DlqSettings(BaseSettings):
-    """``PLG_DLQ_*``: the key dead letters' original bytes are encrypted with (every service and the CLI
-    need the same one)."""
-
-    model_config = SettingsConfigDict(env_prefix="PLG_DLQ_", extra="ignore")
-
-    key: SecretStr = SecretStr(DEV_DLQ_KEY)
 
 
 class DlqKeyError(Exception):

@@ -241,11 +241,34 @@ class ServiceSettings(PlgSettings):
         return [*self.platform.development_defaults(), *self.blank_secrets()]
 
 
+#: The dead-letter key's development value: public, so production refuses it (docs/privacy.md).
+DEV_DLQ_KEY = "plg-dev-dlq-key-not-secret"
+
+
+class DlqSettings(PlgSettings):
+    """``PLG_DLQ_*``: the key dead letters' original bytes are encrypted with (services/kernel/dlq.py; every
+    service and the CLI need the same one)."""
+
+    model_config = SettingsConfigDict(env_prefix="PLG_DLQ_", extra="ignore")
+
+    key: SecretStr = SecretStr(DEV_DLQ_KEY)
+
+    def development_defaults(self) -> list[DevDefault]:
+        if self.key.get_secret_value() == DEV_DLQ_KEY:
+            return [DevDefault("PLG_DLQ_KEY", "is the public development key: anyone can read dead letters")]
+        return []
+
+
 class StreamServiceSettings(ServiceSettings):
-    """A service on Kafka: adds the broker (``KAFKA_*``) and the schema registry (``SCHEMA_REGISTRY_*``)."""
+    """A service on Kafka: adds the broker (``KAFKA_*``) and the schema registry (``SCHEMA_REGISTRY_*``),
+    and the dead-letter key (``PLG_DLQ_*``)."""
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
+    dlq: DlqSettings = Field(default_factory=DlqSettings)
+
+    def development_defaults(self) -> list[DevDefault]:
+        return [*super().development_defaults(), *self.dlq.development_defaults()]
 
 
 class ExactlyOnceSettings(StreamServiceSettings):

@@ -43,6 +43,7 @@ class InvoiceLine:
     packages: Decimal | None = None
     tiers_mode: str | None = None
     tiers: tuple[TierCharge, ...] = ()
+    credited: Decimal = ZERO  # top-up units used before anything else is priced
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,8 @@ def _line_dict(line: InvoiceLine) -> dict[str, Any]:
         "amount": str(line.amount),
         "exact_amount": str(line.exact_amount),
     }
+    if line.credited:
+        out["credited"] = str(line.credited)
     if line.kind == "usage":
         out.update(
             meter=line.meter,
@@ -130,18 +133,22 @@ def _line_dict(line: InvoiceLine) -> dict[str, Any]:
     return out
 
 
-def _usage_line(meter: str, price: MeterPrice | None, usage: Decimal, resolved: ResolvedPrice) -> InvoiceLine:
+def _usage_line(
+    meter: str, price: MeterPrice | None, usage: Decimal, resolved: ResolvedPrice, credit: Decimal = ZERO
+) -> InvoiceLine:
     if price is None:
         # Metered but not priced by this version (e.g. seats): shown, never charged.
         return InvoiceLine("usage", f"{meter} (not billed)", ZERO, ZERO, meter=meter, usage=usage)
-    charge = explain_charge(price, usage)
+    # Top-up units are used first: what they cover is neither included usage nor overage.
+    credited = min(max(credit, ZERO), max(usage, ZERO))
+    charge = explain_charge(price, usage - credited)
     return InvoiceLine(
         "usage",
         meter,
         charge.amount,
         round_money(charge.amount, resolved.minor_unit, resolved.rounding),
         meter=meter,
-        usage=charge.usage,
+        usage=max(usage, ZERO),
         included=charge.included,
         billable=charge.billable,
         unit_price=charge.unit_price,
@@ -150,6 +157,7 @@ def _usage_line(meter: str, price: MeterPrice | None, usage: Decimal, resolved: 
         packages=charge.packages,
         tiers_mode=price.tiers_mode if price.tiers else None,
         tiers=charge.tiers,
+        credited=credited,
     )
 
 
@@ -161,6 +169,7 @@ def calculate_invoice(
     usage: Mapping[str, Decimal],
     tax_region: str | None = None,
     status: Literal["draft", "final"] = "draft",
+    credits: Mapping[str, Decimal] | None = None,
 ) -> Invoice:
     """The invoice of ``customer_id`` for ``period`` under ``price``; ``usage`` is each meter's value for
     the period (a meter missing from it had no usage). The base price is charged per period, whatever
@@ -176,7 +185,8 @@ def calculate_invoice(
     ]
     # Sorted: the same inputs give the same invoice, whatever order the usage arrived in.
     for meter in sorted(set(price.meters) | set(usage)):
-        lines.append(_usage_line(meter, price.meters.get(meter), usage.get(meter, ZERO), price))
+        credit = (credits or {}).get(meter, ZERO)
+        lines.append(_usage_line(meter, price.meters.get(meter), usage.get(meter, ZERO), price, credit))
     subtotal = sum((ln.amount for ln in lines), ZERO)
     tax = _tax(price, subtotal, tax_region)
     total = subtotal + tax.amount if tax.behavior == "exclusive" else subtotal

@@ -73,13 +73,17 @@ def parse_config(data: Any, source: str = "<config>") -> PlansConfig:
     if not isinstance(data, dict):
         raise ConfigError(source, [f"the document must be a mapping, got {type(data).__name__}"])
     errors: list[str] = []
-    known = {"version", "effective_date", "currency", "rounding", "tax", "meters", "plans"}
+    known = {"version", "effective_date", "currency", "rounding", "tax", "meters", "plans", "top_ups"}
     errors.extend(f"{k}: unknown key" for k in sorted(set(data) - known, key=str))
     meters = _validate_items(data.get("meters"), "meters", Meter, errors)
     # A plan with errors of its own is not also reported as an unknown upgrade target.
     unparsed_plans: set[str] = set()
     plans = _validate_items(data.get("plans"), "plans", Plan, errors, unparsed_plans)
-    header = {k: data[k] for k in ("version", "effective_date", "currency", "rounding", "tax") if k in data}
+    header = {
+        k: data[k]
+        for k in ("version", "effective_date", "currency", "rounding", "tax", "top_ups")
+        if k in data
+    }
     try:
         config = PlansConfig.model_validate({**header, "meters": meters, "plans": plans})
     except ValidationError as exc:

@@ -288,6 +288,20 @@ class Plan(_Strict):
         return value
 
 
+class TopUp(_Strict):
+    """A pack of one meter's units a customer can buy on top of their plan (a credit grant): ``units``
+    for ``price`` (in ``currency``, the file's by default), added to the allowance and to the included
+    usage of the billing period it is bought in, consumed before overage, gone at the period's end or
+    ``expires_after_days`` after purchase, whichever comes first."""
+
+    slug: str = Field(pattern=SLUG_PATTERN)
+    meter: str
+    units: Decimal = Field(gt=0)
+    price: Decimal = Field(ge=0)
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+    expires_after_days: int | None = Field(default=None, ge=1)
+
+
 class PlansConfig(_Strict):
     """The whole file: a versioned set of meters and plans."""
 
@@ -298,12 +312,18 @@ class PlansConfig(_Strict):
     tax: TaxRule = Field(default_factory=TaxRule)
     meters: tuple[Meter, ...]
     plans: tuple[Plan, ...]
+    # Packs of units sold on top of any paid plan (``POST /v1/checkout/{customer}/top-up``).
+    top_ups: tuple[TopUp, ...] = ()
 
     def meter(self, slug: str) -> Meter | None:
         return next((m for m in self.meters if m.slug == slug), None)
 
     def plan(self, slug: str) -> Plan | None:
         return next((p for p in self.plans if p.slug == slug), None)
+
+    def top_up(self, meter: str, slug: str | None = None) -> TopUp | None:
+        """The pack named ``slug``, or the first pack of ``meter``."""
+        return next((t for t in self.top_ups if t.meter == meter and slug in (None, t.slug)), None)
 
     def meters_for_event(self, event_name: str) -> tuple[Meter, ...]:
         return tuple(m for m in self.meters if m.event == event_name)
@@ -387,6 +407,11 @@ def cross_reference_errors(config: PlansConfig, unparsed_plans: set[str] | None 
     for i, meter in enumerate(config.meters):
         if meter.value_property is not None and meter.value_property in meter.group_by:
             errors.append(f"meters[{i}] ({meter.slug}): value_property is also a group_by property")
+    for i, pack in enumerate(config.top_ups):
+        if pack.meter not in meter_slugs:
+            errors.append(f"top_ups[{i}] ({pack.slug}).meter: no meter {pack.meter!r} is defined")
+        if [t.slug for t in config.top_ups].count(pack.slug) > 1:
+            errors.append(f"top_ups[{i}] ({pack.slug}): slug used twice")
     errors.extend(_price_errors(config))
     return errors
 

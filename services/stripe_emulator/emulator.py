@@ -71,6 +71,7 @@ class Stats:
     idempotent_replays: int = 0
     rate_limited: int = 0
     faults: dict[str, int] = field(default_factory=dict)
+    by_path: dict[str, int] = field(default_factory=dict)  # requests per "METHOD /path" (ids kept)
 
 
 class StripeEmulator:
@@ -197,6 +198,8 @@ class StripeEmulator:
         """(status, body, extra headers, seconds to wait before answering)."""
         with self._lock:
             self.stats.requests += 1
+            where = f"{method} {path}"
+            self.stats.by_path[where] = self.stats.by_path.get(where, 0) + 1
         try:
             if not _KEY.match(headers.get("authorization", "")):
                 raise StripeApiError(401, "Invalid API Key provided.", type_="invalid_request_error")

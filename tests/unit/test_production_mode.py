@@ -18,27 +18,30 @@ from services.billing_reporter.config import LOCAL_STRIPE_WEBHOOK_SECRET
 from services.devstack.config import free_port
 from services.enrichment.config import DEV_PII_KEY
 from services.growth.config import PUBLIC_DEV_ADMIN_TOKEN
+from services.kernel.settings import DEV_DLQ_KEY
 
 REPO = Path(__file__).resolve().parents[2]
 
 PLATFORM = ("PLG_TOPIC_REPLICATION_FACTOR", "PLG_TOPIC_MIN_INSYNC_REPLICAS")
 # Each service and the development defaults it must name when nothing is set (besides the platform's).
+DLQ = ("PLG_DLQ_KEY",)  # every service on Kafka may dead-letter through the kernel (docs/privacy.md)
 DEFAULTS: dict[str, tuple[str, ...]] = {
-    "services.ingest": (),
+    "services.ingest": DLQ,
     "services.schema_registry": ("REGISTRY_ADMIN_TOKEN",),
-    "services.metering_aggregator": (),
-    "services.entitlements": (),
-    "services.growth": (),
-    "services.enrichment": ("ENRICHMENT_PII_KEY",),
-    "services.health_score": (),
-    "services.billing_reporter": ("STRIPE_WEBHOOK_SECRET", "STRIPE_API_KEY", "STRIPE_API_BASE"),
-    "services.analytics": (),
+    "services.metering_aggregator": DLQ,
+    "services.entitlements": DLQ,
+    "services.growth": DLQ,
+    "services.enrichment": ("ENRICHMENT_PII_KEY", *DLQ),
+    "services.health_score": DLQ,
+    "services.billing_reporter": ("STRIPE_WEBHOOK_SECRET", "STRIPE_API_KEY", "STRIPE_API_BASE", *DLQ),
+    "services.analytics": DLQ,
 }
 # Public development values a deployment might still carry: each is named, none is printed.
 PUBLIC = {
     "STRIPE_WEBHOOK_SECRET": LOCAL_STRIPE_WEBHOOK_SECRET,
     "ENRICHMENT_PII_KEY": DEV_PII_KEY,
     "GROWTH_ADMIN_TOKEN": PUBLIC_DEV_ADMIN_TOKEN,
+    "PLG_DLQ_KEY": DEV_DLQ_KEY,
 }
 # What a real deployment sets instead (made-up values: --check-config reaches nothing).
 REAL = {
@@ -50,6 +53,7 @@ REAL = {
     "STRIPE_WEBHOOK_SECRET": "whsec_real_5c2e",
     "STRIPE_API_KEY": "sk_live_real_77aa",
     "STRIPE_API_BASE": "https://api.stripe.com",
+    "PLG_DLQ_KEY": "real-dlq-key-3e8a",
 }
 ALL_PREFIXES = ("PLG_", "STRIPE_", "REGISTRY_", "GROWTH_", "ENRICHMENT_", "HEALTH_", "INGEST_", "BILLING_")
 
@@ -160,11 +164,14 @@ def test_other_environments_start_with_a_warning_per_default_and_local_stays_qui
     assert staging.returncode == 0
     assert local.returncode == 0
     warned = [line for line in staging.stderr.splitlines() if "warning: development default" in line]
-    assert {line.split("in use: ")[1].split(":")[0] for line in warned} == {*PLATFORM, "ENRICHMENT_PII_KEY"}
+    assert {line.split("in use: ")[1].split(":")[0] for line in warned} == {
+        *PLATFORM,
+        *DEFAULTS["services.enrichment"],
+    }
     assert DEV_PII_KEY not in staging.stdout + staging.stderr
     assert "warning" not in local.stderr
     # --check-config lists them in every environment, for the operator who asks
-    assert len(json.loads(local.stdout)["development_defaults"]) == 3
+    assert len(json.loads(local.stdout)["development_defaults"]) == 4
 
 
 def test_the_provisioner_refuses_a_single_copy_of_each_topic_in_production() -> None:

@@ -421,3 +421,61 @@ def _publishable_key(database_url: str, customer: str) -> str:
 
     with psycopg.connect(database_url, autocommit=True) as conn:
         return apikeys.create_key(conn, customer, kind="publishable")[1]
+
+
+def test_plg_privacy_forget_erases_the_person_from_the_store_for_good(analytics: Analytics, stack) -> None:
+    customer = f"{analytics.prefix}eps"
+    now = int(time.time() * 1000)
+    before = [enriched(customer, "project_created", person=p, ts=now - 60_000) for p in ("gone", "stays")]
+    analytics.start()
+    analytics.send(before)
+    token = operator_token(stack.database_url, "admin")
+
+    def persons() -> list[str | None]:
+        answer = httpx.get(
+            f"{analytics.url}/v1/analytics/customers/{customer}/timeline",
+            params={"limit": 100, "since": "1d"},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        return sorted(e["person"] for e in answer.json()["events"])
+
+    wait_for(lambda: persons() == ["gone", "stays"], timeout=30, what="both persons stored")
+    forget = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "privacy",
+            "forget",
+            "--customer",
+            customer,
+            "--person",
+            "gone",
+        ],
+        env={**analytics.env, "PLG_OPERATOR_TOKEN": token},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert forget.returncode == 0, forget.stdout + forget.stderr
+    wait_for(lambda: persons() == ["stays"], timeout=30, what="the person erased from the store")
+    # A replay of the enriched topic cannot bring the erased history back; the person's later events
+    # start a new history.
+    assert analytics.proc is not None
+    analytics.proc.terminate()
+    replayed = [{**e, "event_id": str(uuid.uuid4())} for e in before if e["person_id"] == "gone"]
+    later = enriched(customer, "signed_up", person="gone", ts=int(time.time() * 1000) + 1000)
+    analytics.send([*replayed, later])
+    analytics.start()
+    wait_for(lambda: persons() == ["gone", "stays"], timeout=30, what="the new history stored")
+    answer = httpx.get(
+        f"{analytics.url}/v1/analytics/customers/{customer}/timeline",
+        params={"person": "gone", "since": "1d"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert [e["name"] for e in answer.json()["events"]] == ["signed_up"]

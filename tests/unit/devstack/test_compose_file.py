@@ -27,6 +27,7 @@ SECRETS = {
     "REGISTRY_ADMIN_TOKEN": "registry-token-for-the-test",
     "ENRICHMENT_PII_KEY": "pii-key-for-the-test",
     "GROWTH_ADMIN_TOKEN": "growth-token-for-the-test",
+    "PLG_DLQ_KEY": "dlq-key-for-the-test",
     "STRIPE_API_KEY": "sk_test_for_the_test",
     "STRIPE_WEBHOOK_SECRET": "whsec_for_the_test",
 }
@@ -141,7 +142,13 @@ def test_secrets_come_only_from_the_environment(project: dict[str, Any]) -> None
     for name, value in SECRETS.items():
         assert value in values, f"{name} is not used"
     # The services' local-development defaults must never reach a compose deployment.
-    for public in ("plg-dev-only", "sk_test_plglocal", "whsec_plg_local", "POSTGRES_HOST_AUTH_METHOD"):
+    for public in (
+        "plg-dev-only",
+        "sk_test_plglocal",
+        "whsec_plg_local",
+        "POSTGRES_HOST_AUTH_METHOD",
+        "plg-dev-dlq-key",
+    ):
         assert public not in values
 
 

@@ -263,6 +263,7 @@ def test_a_blank_secret_is_unset_everywhere_and_production_names_it(monkeypatch:
     monkeypatch.setenv("SCHEMA_REGISTRY_ADMIN_TOKEN", " ")
     monkeypatch.setenv("PLG_TOPIC_REPLICATION_FACTOR", "3")
     monkeypatch.setenv("PLG_TOPIC_MIN_INSYNC_REPLICAS", "2")
+    monkeypatch.setenv("PLG_DLQ_KEY", "a-real-dead-letter-key")
     settings = DemoSettings()
 
     assert settings.registry.admin_token is None  # never sent as an empty bearer token

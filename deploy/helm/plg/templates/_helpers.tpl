@@ -41,4 +41,5 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
   value: {{ .Values.environment | quote }}
 {{ include "plg.secretEnv" (dict "root" . "env" "DATABASE_URL" "ref" "databaseUrl") }}
 {{ include "plg.secretEnv" (dict "root" . "env" "SCHEMA_REGISTRY_ADMIN_TOKEN" "ref" "registryAdminToken") }}
+{{ include "plg.secretEnv" (dict "root" . "env" "PLG_DLQ_KEY" "ref" "dlqKey") }}
 {{- end -}}
