@@ -254,6 +254,18 @@ async def activation_suggest(
     return await answer(ask)
 
 
+@router.get("/activity", dependencies=[VIEWER], response_model=None, responses=ERRORS)
+async def activity(
+    res: Resources, customer: Customer = None, since: Since = None, until: Until = None
+) -> Response:
+    """Per customer, the days it was active (days since the epoch, UTC): churn labels for backtests."""
+
+    def ask() -> dict[str, Any]:
+        return queries.activity_days(res.store, scope_of(res, since, until, customer))
+
+    return await answer(ask)
+
+
 # -- the console's pages -----------------------------------------------------------------------------------
 
 pages = APIRouter(prefix="/analytics", include_in_schema=False)

@@ -49,7 +49,7 @@ def open_resources(settings: AnalyticsSettings, life: Lifecycle, app: FastAPI) -
         erased.add(erasure)
         ids = erasure.matching(store.distinct_ids(erasure.customer_id))
         if ids:
-            deleted = store.forget_person(erasure.customer_id, ids)
+            deleted = store.forget_person(erasure.customer_id, ids, erasure.requested_at)
             log.info(
                 "erasure applied to the analytics store",
                 extra={"erasure_id": erasure.erasure_id, "rows": deleted},
@@ -86,7 +86,9 @@ def open_resources(settings: AnalyticsSettings, life: Lifecycle, app: FastAPI) -
     workers = life.push(Workers(), "workers")  # stopped first, before the store it writes to closes
     workers.start("sink", loop.run)
     log.info("analytics starting", extra={"store": settings.store, "group": group})
-    return AnalyticsResources(store, activation, settings.default_days, settings.health_url, loop, workers)
+    return AnalyticsResources(
+        store, activation, settings.default_days, settings.health_url, loop, workers, erasures
+    )
 
 
 def build_app(settings: AnalyticsSettings, lifecycle: Lifecycle | None = None) -> FastAPI:

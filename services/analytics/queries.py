@@ -312,3 +312,17 @@ def accounts_for_suggestion(
         if int(row["n"]):
             counts[str(row["name"])] = int(row["n"])
     return [Account(retained, counts) for retained, counts in by_account.values()]
+
+
+def activity_days(store: AnalyticsStore, scope: Scope) -> dict[str, Any]:
+    """Per customer, the days (since the epoch, UTC) it had any event in the scope, ascending; and the last
+    day the store has events of (beyond it nothing is known yet)."""
+    params: dict[str, Any] = {}
+    rows = store.engine.rows(
+        f"SELECT customer_id, arraySort(groupUniqArray(toUInt32(toDate(ts)))) AS days FROM {store.events}"
+        f" WHERE {scope.where(params)} GROUP BY customer_id",
+        params,
+    )
+    customers = {str(r["customer_id"]): [int(d) for d in r["days"]] for r in rows}
+    last = max((days[-1] for days in customers.values() if days), default=None)
+    return {"customers": customers, "last_day": last, **_range(scope)}

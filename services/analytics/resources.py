@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from services.activation import ActivationConfig, Threshold
 from services.analytics.store import AnalyticsStore
+from services.kernel.privacy import ErasureFollower
 from services.kernel.processing import AtLeastOnceLoop
 from services.kernel.workers import Workers
 
@@ -18,6 +19,7 @@ class AnalyticsResources:
     health_url: str = "/"
     loop: AtLeastOnceLoop | None = None
     workers: Workers | None = None
+    erasures: ErasureFollower | None = None
 
     def north_star(self) -> Threshold | None:
         name = self.activation.north_star
@@ -26,7 +28,10 @@ class AnalyticsResources:
     def ready(self) -> bool:
         """Queries can run once the store is open; /readyz also wants the sink alive and caught up."""
         return (
-            self.loop is not None
+            self.erasures is not None
+            and self.erasures.healthy()
+            and self.erasures.ready.is_set()
+            and self.loop is not None
             and self.workers is not None
             and self.workers.alive("sink")
             and self.loop.ready()

@@ -324,12 +324,15 @@ class AnalyticsStore:
             return set()
         return {i for column in ("p", "u", "a") for i in rows[0][column] if i}
 
-    def forget_person(self, customer_id: str, person_ids: Sequence[str]) -> int:
-        """Erase a person's events (privacy erasure): a lightweight DELETE, visible to queries at once."""
-        params = {"customer": customer_id, "ids": list(person_ids)}
+    def forget_person(self, customer_id: str, person_ids: Sequence[str], until_ms: int) -> int:
+        """Erase a person's events up to the request's time (privacy erasure): a lightweight DELETE, visible
+        to queries at once. Events after ``until_ms`` are the person's new history and stay — requests are
+        applied again at every start."""
+        params = {"customer": customer_id, "ids": list(person_ids), "until": until_ms}
         where = (
             "customer_id = {customer:String} AND (person IN {ids:Array(String)} "
             "OR user_id IN {ids:Array(String)} OR anonymous_id IN {ids:Array(String)})"
+            " AND ts <= fromUnixTimestamp64Milli({until:Int64}, 'UTC')"
         )
         before = self.engine.rows(f"SELECT count() AS n FROM {self.events} WHERE {where}", params)
         self.engine.command(f"DELETE FROM {self.events} WHERE {where}", params)

@@ -23,6 +23,7 @@
     plg analytics retention | north-star | activation | timeline <customer-id>   (PLG_OPERATOR_TOKEN)
     plg plan codegen --lang ts|python [--out DIR] | check FILE.json   # typed events, the app's CI check
     plg activation suggest [--since 90d] [--within 14d] [--retained-after 30d] [--churn-event E]
+    plg health backtest [--since 180d] [--horizon 30d]   (scores vs later churn: ROC AUC, red precision)
     plg import FILE [--url URL]   (PLG_API_KEY: the customer's secret key; history, never billed)
 
 Add ``--json`` before the command for machine-readable output. Migrations are applied first (idempotent),
@@ -41,6 +42,7 @@ from typing import Any
 import orjson
 import psycopg
 
+from services.analytics.model import QueryError
 from services.cli import analytics, billing, identity, importing, metering, plan, privacy
 from services.cli import dlq as dead_letters
 from services.enrichment import store as success
@@ -133,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     analytics.add_parser(groups)
     plan.add_parser(groups)
     analytics.add_activation_parser(groups)
+    analytics.add_health_parser(groups)
     importing.add_parser(groups)
 
     keys = groups.add_parser("keys", help="ingest API keys").add_subparsers(dest="command", required=True)
@@ -224,6 +227,14 @@ def run(args: argparse.Namespace) -> int:
             return importing.run(args)
         except importing.ImportFailed as exc:
             raise CliError(str(exc)) from None
+    if args.group == "health":  # daily scores from PostgreSQL, activity from the analytics service
+        try:
+            with psycopg.connect(args.database_url or DatabaseSettings().url.get_secret_value()) as conn:
+                return analytics.run_backtest(args, conn)
+        except (analytics.AnalyticsCliError, QueryError) as exc:
+            raise CliError(str(exc)) from None
+        except psycopg.OperationalError as exc:
+            raise CliError(f"cannot reach PostgreSQL at DATABASE_URL: {exc}".strip()) from None
     if args.group in ("analytics", "activation"):  # asks the analytics service over HTTP: no database
         try:
             return analytics.run(args)

@@ -25,6 +25,8 @@ import httpx
 import orjson
 
 from services.activation import activation_path, load_activation
+from services.analytics.backtest import Point, evaluate, label
+from services.analytics.model import parse_duration
 from services.analytics.suggest import proposed_yaml
 
 DEFAULT_URL = "http://127.0.0.1:8086"
@@ -95,9 +97,46 @@ def add_activation_parser(groups: Any) -> None:
     sug.add_argument("--format", choices=("table", "json"), default="table")
 
 
+def add_health_parser(groups: Any) -> None:
+    health = groups.add_parser("health", help="the health score against what happened (analytics store)")
+    health.add_argument(
+        "--url", default=None, help=f"analytics service (default $PLG_ANALYTICS_URL or {DEFAULT_URL})"
+    )
+    commands = health.add_subparsers(dest="command", required=True)
+    bt = commands.add_parser(
+        "backtest", help="how well past daily scores predicted churn: ROC AUC, precision of the red band"
+    )
+    bt.add_argument("--since", default="180d", help="scores from this long ago (default 180d)")
+    bt.add_argument("--horizon", default="30d", help="churned: no event in this long after the day (30d)")
+    bt.add_argument("--format", choices=("table", "json"), default="table")
+
+
+def backtest(args: argparse.Namespace, conn: Any) -> dict[str, Any]:
+    """The health score's daily history (PostgreSQL) against activity in the analytics store."""
+    horizon_days = max(1, parse_duration(args.horizon) // 86400)
+    since_days = max(1, parse_duration(args.since) // 86400)
+    rows = conn.execute(
+        "SELECT customer_id, (day - DATE '1970-01-01') AS day, score, band FROM health_scores_daily"
+        " WHERE day >= CURRENT_DATE - %s::int",
+        (since_days,),
+    ).fetchall()
+    points = [Point(str(c), int(d), float(s), str(b)) for c, d, s, b in rows]
+    args.customer, args.until = None, None
+    args.since = f"{since_days + horizon_days + 1}d"
+    body = ask(args)
+    active = {c: list(days) for c, days in body["customers"].items()}
+    last_day = body["last_day"]
+    if last_day is None:
+        raise AnalyticsCliError("the analytics store has no events in that range: nothing to compare with")
+    report = evaluate(label(points, active, horizon_days, int(last_day)))
+    return {**report, "horizon_days": horizon_days, "scored_days": since_days}
+
+
 def request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """The route and query parameters of the command."""
     params: dict[str, Any] = {"since": args.since, "until": args.until}
+    if args.group == "health":
+        return "/v1/analytics/activity", _clean(params)
     if args.group == "activation":
         params |= {
             "within": args.within,
@@ -248,3 +287,22 @@ def suggestion_report(body: dict[str, Any], file: str | None) -> list[str]:
     lines.append("")
     lines.append("Review it, then apply it yourself (this command never changes the file).")
     return lines
+
+
+def run_backtest(args: argparse.Namespace, conn: Any) -> int:
+    report = backtest(args, conn)
+    if args.format == "json":
+        sys.stdout.write(orjson.dumps(report).decode() + "\n")
+        return 0
+    auc = report["roc_auc"]
+    red = report["red_precision"]
+    print(
+        f"{report['points']} daily scores of {report['customers']} customers "
+        f"(last {report['scored_days']} days), churned = no event in the {report['horizon_days']} days after"
+    )
+    print(f"  churned: {report['churned']} (base rate {report['base_rate']})")
+    print(
+        f"  ROC AUC: {auc if auc is not None else 'n/a (needs churned and retained points)'}   (0.5 = a coin)"
+    )
+    print(f"  red band: {report['red_points']} points, precision {red if red is not None else 'n/a'}")
+    return 0

@@ -479,3 +479,63 @@ def test_plg_privacy_forget_erases_the_person_from_the_store_for_good(analytics:
         timeout=30,
     )
     assert [e["name"] for e in answer.json()["events"]] == ["signed_up"]
+    # Requests are applied again at every start: the new history survives another restart.
+    analytics.proc.terminate()
+    analytics.start()
+    wait_for(lambda: persons() == ["gone", "stays"], timeout=30, what="the new history kept across a restart")
+
+
+def test_health_backtest_scores_past_days_against_later_activity(analytics: Analytics, stack) -> None:
+    import psycopg
+
+    day_ms = 86_400_000
+    today = int(time.time() * 1000) // day_ms
+    scored = today - 40
+    customers = {f"{analytics.prefix}bt{i}": i < 4 for i in range(10)}  # the first four churn
+    events = []
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        for i, (customer, churns) in enumerate(customers.items()):
+            score, band = (15 + i, "red") if churns else (60 + i, "yellow" if i == 4 else "green")
+            if i == 4:
+                score, band = 20, "red"  # a red customer that stays: red precision 4/5
+            conn.execute(
+                "INSERT INTO health_scores_daily (customer_id, day, score, band, segment, components, record,"
+                " computed_at, path, config_version) VALUES (%s, DATE '1970-01-01' + %s::int, %s, %s, 'smb',"
+                " '{}', '{}', 0, 'batch', 1)",
+                (customer, scored, score, band),
+            )
+            events.append(enriched(customer, "api_call_made", ts=(scored - 1) * day_ms))
+            if not churns:
+                events.append(enriched(customer, "api_call_made", ts=(scored + 10) * day_ms))
+        events.append(enriched(f"{analytics.prefix}clock", "api_call_made", ts=(today - 1) * day_ms))
+    analytics.start()
+    analytics.send(events)
+    token = operator_token(stack.database_url)
+    wait_for(lambda: analytics.inserted() >= len(events), timeout=30, what="activity stored")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "health",
+            "--url",
+            analytics.url,
+            "backtest",
+            "--since",
+            "45d",
+            "--format",
+            "json",
+        ],
+        env={**analytics.env, "PLG_OPERATOR_TOKEN": token},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = orjson.loads(done.stdout)
+    # Other tests' customers may have scores in the table; only these ten have events in this store.
+    assert (report["points"], report["churned"]) == (10, 4)
+    assert report["roc_auc"] == 1.0  # every churned customer scored below every one that stayed
+    assert report["red_precision"] == 0.8  # five red, four of them churned
