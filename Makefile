@@ -64,6 +64,10 @@ down: ## Stop the background stack (only processes it started, in reverse order)
 monitor: install ## Prometheus (:9090) and Alertmanager (:9095) scraping `make up`'s services, config in deploy/prometheus; `make down` stops them
 	@$(DEVSTACK) monitor
 
+.PHONY: chaos
+chaos: install ## Whole pipeline under SIGKILLs, a broker restart and 20 % Stripe failures (~1-3 min, loopback only); exits non-zero on any difference
+	$(VENV)/bin/pytest -s -p no:cacheprovider tests/chaos/chaos_pipeline.py
+
 .PHONY: status
 status: ## Show what runs where
 	@$(DEVSTACK) status

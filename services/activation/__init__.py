@@ -5,26 +5,21 @@ read, so neither imports the other (docs/growth.md "Activation").
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from services.kernel.config import ConfigFileError, config_path, load_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_ACTIVATION_FILE = REPO / "deploy" / "config" / "activation.yaml"
 SCOPES = ("person", "customer")
 
 
-class ActivationConfigError(ValueError):
-    def __init__(self, errors: list[str], source: str | None = None) -> None:
-        self.errors = errors
-        self.source = source
-        super().__init__(
-            f"invalid activation config {source or ''}:\n" + "\n".join(f"  - {e}" for e in errors)
-        )
+WHAT = "activation config"
+#: The one config error of every service (services.kernel.config), under this module's old name.
+ActivationConfigError = ConfigFileError
 
 
 @dataclass(frozen=True)
@@ -83,23 +78,20 @@ def build_config(
 
 
 def activation_path(path: Path | None = None) -> Path:
-    return path or Path(os.environ.get("PLG_ACTIVATION_CONFIG", DEFAULT_ACTIVATION_FILE))
+    return config_path(path, "PLG_ACTIVATION_CONFIG", DEFAULT_ACTIVATION_FILE)
 
 
 def load_activation(path: Path | None = None) -> ActivationConfig:
     """The activation config of ``path``, every error at once (:class:`ActivationConfigError`)."""
     source = activation_path(path)
-    try:
-        doc = yaml.safe_load(source.read_text())
-    except yaml.YAMLError as exc:
-        raise ActivationConfigError([f"not valid YAML: {exc}"], str(source)) from None
+    doc = load_yaml(source, WHAT)
     return parse_activation(doc, str(source))
 
 
 def parse_activation(doc: Any, source: str | None = None) -> ActivationConfig:
     errors: list[str] = []
     if not isinstance(doc, Mapping):
-        raise ActivationConfigError(["the file must be a mapping with plans and thresholds"], source)
+        raise ConfigFileError(source, ["the file must be a mapping with plans and thresholds"], WHAT)
     unknown = set(doc) - {"version", "plans", "north_star", "thresholds"}
     if unknown:
         errors.append(f"unknown keys {sorted(unknown)}")
@@ -164,5 +156,5 @@ def parse_activation(doc: Any, source: str | None = None) -> ActivationConfig:
     if north_star is not None and north_star not in names:
         errors.append(f"north_star: {north_star!r} is not a threshold's name")
     if errors:
-        raise ActivationConfigError(errors, source)
+        raise ConfigFileError(source, errors, WHAT)
     return build_config(version, frozenset(plans), tuple(thresholds), north_star)

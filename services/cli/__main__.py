@@ -63,7 +63,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="plg", description="Manage plg customers, their API keys and operator tokens."
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.add_argument("--database-url", help="PostgreSQL URL (default: $DATABASE_URL)")
+    p.add_argument(
+        "--database-url",
+        help="PostgreSQL URL without a password (default: $DATABASE_URL); credentials come from the "
+        "environment only: DATABASE_URL or PGPASSWORD / ~/.pgpass",
+    )
     groups = p.add_subparsers(dest="group", required=True)
 
     customers = groups.add_parser("customers", help="tenants").add_subparsers(dest="command", required=True)
@@ -170,6 +174,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _has_password(conninfo: str) -> bool:
+    """True when a libpq URL or keyword string holds a password."""
+    try:
+        return bool(psycopg.conninfo.conninfo_to_dict(conninfo).get("password"))
+    except psycopg.ProgrammingError:
+        return "password" in conninfo.lower() or "@" in conninfo  # unparsable: refuse what may hold one
+
+
 def _check_plan(plan: str) -> None:
     from services.plans.loader import ConfigError, load_config
 
@@ -240,6 +252,12 @@ def run(args: argparse.Namespace) -> int:
             return analytics.run(args)
         except analytics.AnalyticsCliError as exc:
             raise CliError(str(exc)) from None
+    if args.database_url and _has_password(args.database_url):
+        # A flag is visible to every user of the machine (ps, /proc) and stays in the shell's history.
+        raise CliError(
+            "--database-url must not carry a password (it would show in ps and the shell history): put it "
+            "in DATABASE_URL, PGPASSWORD or ~/.pgpass and leave it out of the flag"
+        )
     url = args.database_url or DatabaseSettings().url.get_secret_value()
     if args.group == "customers" and args.command == "create" and not args.no_plan_check:
         _check_plan(args.plan)

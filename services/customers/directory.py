@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import psycopg
 from psycopg_pool import ConnectionPool
 
 from services.customers.model import COLUMNS, Customer
 from services.kernel import metrics
+from services.kernel.listen import Listener
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,19 @@ class CustomerDirectory:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._listen = listen
-        self._listener: threading.Thread | None = None
-        self.listening = threading.Event()
+        # A change NOTIFYs the customer's id: reload just that one; after a reconnect, everything.
+        self._listener = (
+            Listener(
+                pool.conninfo,
+                CHANGED_CHANNEL,
+                name="customer-changes",
+                on_notify=self._reload_all,
+                on_resync=self.refresh,
+            )
+            if listen
+            else None
+        )
+        self.listening = self._listener.listening if self._listener is not None else threading.Event()
         self.loaded = False
         # Called with a customer's id after a change notification reloaded it: caches of other per-customer
         # rows (billing's credit grants in the entitlement API) follow the same push, not a TTL.
@@ -128,33 +138,18 @@ class CustomerDirectory:
         for follower in self.on_change:
             follower(customer_id)
 
+    def _reload_all(self, customer_ids: list[str]) -> None:
+        for customer_id in dict.fromkeys(customer_ids):  # a burst names a customer once
+            if customer_id:
+                self.reload(customer_id)
+
     def start(self) -> CustomerDirectory:
         self.refresh()
         self._thread = threading.Thread(target=self._run, name="customer-directory", daemon=True)
         self._thread.start()
-        if self._listen:
-            self._listener = threading.Thread(
-                target=self._follow_changes, name="customer-changes", daemon=True
-            )
+        if self._listener is not None:
             self._listener.start()
         return self
-
-    def _follow_changes(self) -> None:
-        info = self._pool.conninfo
-        while not self._stop.is_set():
-            try:
-                with psycopg.connect(info() if callable(info) else info, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {CHANGED_CHANNEL}")
-                    self.refresh()  # whatever changed while nobody listened
-                    self.listening.set()
-                    while not self._stop.is_set():
-                        for note in conn.notifies(timeout=1.0):
-                            if note.payload:
-                                self.reload(note.payload)
-            except Exception as exc:
-                self.listening.clear()
-                log.warning("customer change listener lost its connection: %s", exc)
-                self._stop.wait(2.0)
 
     def _run(self) -> None:
         while not self._stop.wait(self._refresh_seconds):
@@ -165,6 +160,7 @@ class CustomerDirectory:
 
     def close(self) -> None:
         self._stop.set()
-        for thread in (self._thread, self._listener):
-            if thread is not None:
-                thread.join(timeout=5)
+        if self._listener is not None:
+            self._listener.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -300,7 +300,17 @@ class Stack:
             env = self.child_env()
             pid = spawn(
                 managed,
-                [sys.executable, "-m", "services.stripe_emulator", "--host", host, "--port", str(port)]
+                [
+                    sys.executable,
+                    "-m",
+                    "services.stripe_emulator",
+                    "--host",
+                    host,
+                    "--port",
+                    str(port),
+                    "--state-file",
+                    str(self.settings.root / "stripe-emulator" / "state.pickle"),
+                ]
                 + (["--webhook-url", self.billing_webhook_url()] if self.apps() else []),
                 env=env,
                 cwd=REPO_ROOT,

@@ -8,16 +8,15 @@ the per-event checks the hot path runs. The format is described in docs/enrichme
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from services.kernel.config import ConfigFileError, config_path, load_yaml
 from services.plans.loader import _format
 from services.plans.model import PlansConfig
 
@@ -190,15 +189,14 @@ class TrackingPlan(_Strict):
     events: dict[str, EventSpec]
 
 
-class PlanError(ValueError):
-    """The tracking plan is invalid; ``errors`` lists every problem found, each with its location."""
+WHAT = "tracking plan"
+#: The one config error of every service (services.kernel.config), under this module's old name.
+PlanError = ConfigFileError
 
-    def __init__(self, source: str, errors: list[str]) -> None:
-        self.source = source
-        # pydantic prefixes the messages of our own validators; the location already says enough.
-        self.errors = [e.lstrip(".").replace(": Value error, ", ": ", 1) for e in errors]
-        lines = "\n".join(f"  - {e}" for e in self.errors)
-        super().__init__(f"{source}: {len(errors)} error(s) in the tracking plan:\n{lines}")
+
+def _plan_error(source: str, errors: list[str]) -> ConfigFileError:
+    # pydantic prefixes the messages of our own validators; the location already says enough.
+    return ConfigFileError(source, [e.lstrip(".").replace(": Value error, ", ": ", 1) for e in errors], WHAT)
 
 
 def parse_plan(data: Any, metering: PlansConfig | None = None, source: str = "<plan>") -> TrackingPlan:
@@ -209,7 +207,7 @@ def parse_plan(data: Any, metering: PlansConfig | None = None, source: str = "<p
     its plan must declare the properties its meters read).
     """
     if not isinstance(data, dict):
-        raise PlanError(source, [f"the document must be a mapping, got {type(data).__name__}"])
+        raise _plan_error(source, [f"the document must be a mapping, got {type(data).__name__}"])
     errors: list[str] = []
     raw_events = data.get("events")
     events: dict[str, EventSpec] = {}
@@ -233,7 +231,7 @@ def parse_plan(data: Any, metering: PlansConfig | None = None, source: str = "<p
     if plan is not None:
         errors.extend(_cross_errors(plan, metering))
     if errors:
-        raise PlanError(source, errors)
+        raise _plan_error(source, errors)
     assert plan is not None
     return plan
 
@@ -274,13 +272,6 @@ def _cross_errors(plan: TrackingPlan, metering: PlansConfig | None) -> list[str]
 
 def load_plan(path: str | Path | None = None, metering: PlansConfig | None = None) -> TrackingPlan:
     """Read the YAML file at ``path``, ``$PLG_TRACKING_PLAN`` or the default, and validate it."""
-    resolved = Path(path or os.environ.get(PLAN_PATH_ENV) or DEFAULT_PLAN_PATH)
-    try:
-        text = resolved.read_text()
-    except OSError as exc:
-        raise PlanError(str(resolved), [f"cannot read the file: {exc.strerror or exc}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PlanError(str(resolved), [f"not valid YAML: {exc}"]) from None
+    resolved = config_path(path, PLAN_PATH_ENV, DEFAULT_PLAN_PATH)
+    data = load_yaml(resolved, WHAT)
     return parse_plan(data, metering, str(resolved))

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from services.kernel.listen import Listener
+
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "plg_customer_changed"
@@ -142,9 +144,16 @@ class PostgresTenants:
         self._conn: Any = None
         self._conn_lock = threading.Lock()
         self.cache = TenantCache(self.load, max_size=cache_size, ttl_seconds=ttl_seconds)
-        self._listener: threading.Thread | None = None
-        self._stop = threading.Event()
-        self.listening = threading.Event()
+        # Every change of a customer's context invalidates it here at once (the TTL is the safety net);
+        # after a reconnect, everything (it may have changed while nobody listened).
+        self._listener = Listener(
+            database_url,
+            NOTIFY_CHANNEL,
+            name="tenant-invalidation",
+            on_notify=self._invalidate,
+            on_resync=self.cache.invalidate,
+        )
+        self.listening = self._listener.listening
 
     def _connection(self) -> Any:
         if self._conn is None or self._conn.closed:
@@ -180,31 +189,16 @@ class PostgresTenants:
                 self._conn = None
                 return False
 
+    def _invalidate(self, customer_ids: list[str]) -> None:
+        for customer_id in customer_ids:
+            self.cache.invalidate(customer_id or None)  # an empty payload: everything
+
     def start(self) -> PostgresTenants:
-        self._listener = threading.Thread(target=self._listen, name="tenant-invalidation", daemon=True)
         self._listener.start()
         return self
 
-    def _listen(self) -> None:
-        while not self._stop.is_set():
-            try:
-                with self._psycopg.connect(self._url, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    # Anything may have changed while we were not listening.
-                    self.cache.invalidate()
-                    self.listening.set()
-                    while not self._stop.is_set():
-                        for note in conn.notifies(timeout=1.0):
-                            self.cache.invalidate(note.payload or None)
-            except self._psycopg.Error as exc:
-                self.listening.clear()
-                log.warning("tenant invalidation listener lost its connection: %s", exc)
-                self._stop.wait(2.0)
-
     def close(self) -> None:
-        self._stop.set()
-        if self._listener is not None:
-            self._listener.join(timeout=5)
+        self._listener.close()
         with self._conn_lock:
             if self._conn is not None:
                 self._conn.close()

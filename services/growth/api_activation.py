@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 import orjson
 from fastapi import FastAPI, Path
 from pydantic import BaseModel
+from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from services.growth.flags import Broadcaster, sse
+from services.growth.flags import Broadcaster
+from services.kernel.sse import event as sse_event
 
 if TYPE_CHECKING:
     from services.growth.app import Growth
@@ -46,7 +48,7 @@ def crossing_message(record: dict[str, Any]) -> tuple[str, str | None, bytes]:
     return (
         record["customer_id"],
         record.get("person_id"),
-        sse(PROMPT_EVENT, orjson.dumps(record), record["event_id"]),
+        sse_event(PROMPT_EVENT, orjson.dumps(record), record["event_id"]),
     )
 
 
@@ -89,11 +91,13 @@ def activation_routes(
             **errors,
         },
     )
-    async def stream(customer_id: Id, person_id: Id) -> StreamingResponse:
+    async def stream(customer_id: Id, person_id: Id, request: Request) -> StreamingResponse:
         g = growth()
 
         def mine(item: tuple[str, str | None, bytes]) -> bytes | None:
             customer, person, message = item
             return message if customer == customer_id and person in (None, person_id) else None
 
-        return sse_response(broadcaster, b": activation stream\n\n", g.settings.sse_heartbeat_seconds, mine)
+        return sse_response(
+            request, broadcaster, b": activation stream\n\n", g.settings.sse_heartbeat_seconds, mine
+        )

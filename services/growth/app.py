@@ -36,7 +36,7 @@ from services.growth.api_onboarding import onboarding_routes
 from services.growth.config import GrowthSettings
 from services.growth.flags import Broadcaster, Evaluator, ExposureLog, FlagsRuntime, StickyAssignments
 from services.growth.flagstore import (
-    ChangeListener,
+    CHANNEL,
     FlagConflict,
     FlagNotFound,
     FlagStore,
@@ -52,9 +52,11 @@ from services.kernel.db import migrate, open_pool
 from services.kernel.http import HttpError, install_error_handlers, request_id_of
 from services.kernel.kafka import Producer
 from services.kernel.lifecycle import Lifecycle
+from services.kernel.listen import Listener
 from services.kernel.ops import ops_routes
 from services.kernel.privacy import APPLIED, Erasure, ErasureFollower
 from services.kernel.serde import SchemaRegistry
+from services.kernel.sse import StreamLimits, event_stream
 from services.kernel.topics import GROWTH_CHANGELOG, USAGE_EVENTS, topic
 
 log = logging.getLogger(__name__)
@@ -91,7 +93,7 @@ class Growth:
     store: FlagStore
     runtime: FlagsRuntime
     evaluator: Evaluator
-    listener: ChangeListener
+    listener: Listener
     telemetry: TelemetryWriter
     onboarding: OnboardingConfig
     progress: ProgressStore
@@ -155,7 +157,15 @@ def open_growth(
         ).start(),
         "privacy erasures",
     )
-    listener = ChangeListener(dsn, runtime.reload, settings.flags_poll_seconds)
+    # Every committed flag change NOTIFYs: one reload per burst; every flags_poll_seconds anyway.
+    listener = Listener(
+        dsn,
+        CHANNEL,
+        name="growth-flag-listener",
+        on_notify=lambda _revisions: runtime.reload(),
+        on_resync=runtime.reload,
+        resync_seconds=settings.flags_poll_seconds,
+    )
     life.push(listener.start(), "flag change listener")
     prefix = settings.platform.topic_prefix
     view = ActivationView(
@@ -212,6 +222,11 @@ def build_app(settings: GrowthSettings, lifecycle: Lifecycle | None = None) -> F
         ),
         lifespan=lifespan,
     )
+    app.state.sse_limits = StreamLimits(
+        SERVICE,
+        per_key=settings.platform.sse_max_streams_per_key,
+        total=settings.platform.sse_max_streams,
+    )
 
     def growth() -> Growth:
         g = state.get("growth")
@@ -252,10 +267,10 @@ def build_app(settings: GrowthSettings, lifecycle: Lifecycle | None = None) -> F
             **_ERRORS,
         },
     )
-    async def stream_flags() -> StreamingResponse:
+    async def stream_flags(request: Request) -> StreamingResponse:
         runtime = growth().runtime
         return sse_response(
-            flags_broadcaster, runtime.message(runtime.snapshot), settings.sse_heartbeat_seconds
+            request, flags_broadcaster, runtime.message(runtime.snapshot), settings.sse_heartbeat_seconds
         )
 
     @app.post(
@@ -482,33 +497,23 @@ def _etag_matches(header: str | None, etag: str) -> bool:
 
 
 def sse_response(
+    request: Request,
     broadcaster: Broadcaster,
     first: bytes,
     heartbeat: float,
     select: Callable[[Any], bytes | None] | None = None,
 ) -> StreamingResponse:
     """A ``text/event-stream`` of what ``broadcaster`` publishes (``select`` picks and renders this
-    stream's share of it), ``first`` at once, a comment every ``heartbeat`` seconds."""
+    stream's share of it), ``first`` at once; the kernel's stream (keep-alive, ``retry:``, disconnect)
+    within the app's stream limits (503 beyond them)."""
+    slot = request.app.state.sse_limits.acquire(request)
     queue = broadcaster.subscribe()
-
-    async def events() -> AsyncIterator[bytes]:
-        try:
-            # Reconnect after a second when the connection drops (EventSource's retry field).
-            yield b"retry: 1000\n\n" + first
-            while True:
-                try:
-                    item = await asyncio.wait_for(queue.get(), heartbeat)
-                except TimeoutError:
-                    yield b": keep-alive\n\n"
-                    continue
-                message = item if select is None else select(item)
-                if message is not None:
-                    yield message
-        finally:
-            broadcaster.unsubscribe(queue)
-
-    return StreamingResponse(
-        events(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    return event_stream(
+        request,
+        queue,
+        slot=slot,
+        close=lambda: broadcaster.unsubscribe(queue),
+        first=first,
+        render=select,
+        heartbeat=heartbeat,
     )

@@ -17,6 +17,7 @@ from psycopg_pool import ConnectionPool
 from services.growth.flagstore import FlagStore, Snapshot
 from services.growth.telemetry import TelemetryWriter, stable_event_id, usage_event
 from services.kernel import metrics
+from services.kernel.sse import event as sse_event
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +73,6 @@ class Broadcaster:
         return len(self._queues)
 
 
-def sse(event: str, data: bytes, event_id: str | None = None) -> bytes:
-    """One server-sent event (data on one line: our JSON has no newlines)."""
-    head = f"event: {event}\n" + (f"id: {event_id}\n" if event_id else "")
-    return head.encode() + b"data: " + data + b"\n\n"
-
-
 class FlagsRuntime:
     """What the API serves: the latest snapshot, swapped whole on every change."""
 
@@ -103,7 +98,7 @@ class FlagsRuntime:
 
     @staticmethod
     def message(snapshot: Snapshot) -> bytes:
-        return sse("flags", snapshot.body, str(snapshot.revision))
+        return sse_event("flags", snapshot.body, str(snapshot.revision))
 
 
 class ExposureLog:

@@ -7,21 +7,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
-import yaml
 from plg_sdk.flags import FlagConfigError, FlagSet, compile_document, flag_errors
 from psycopg import Connection
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from services.kernel.lifecycle import backoff_delays, wait_or_stop
+from services.kernel.config import ConfigFileError, config_path, load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +27,17 @@ DEFAULT_FLAGS_FILE = REPO / "deploy" / "config" / "flags.yaml"
 
 def flags_path(path: Path | None = None) -> Path:
     """``path``, else ``$PLG_FLAGS_CONFIG``, else deploy/config/flags.yaml."""
-    return path or Path(os.environ.get("PLG_FLAGS_CONFIG", DEFAULT_FLAGS_FILE))
+    return config_path(path, "PLG_FLAGS_CONFIG", DEFAULT_FLAGS_FILE)
 
 
 def load_flags_file(path: Path | None = None) -> dict[str, Any]:
-    """The flags document of ``path``, validated (every error at once, as :class:`FlagConfigError`)."""
+    """The flags document of ``path``, validated (every error at once, as :class:`ConfigFileError`)."""
     source = flags_path(path)
+    doc = load_yaml(source, "flags document")
     try:
-        doc = yaml.safe_load(source.read_text())
-    except yaml.YAMLError as exc:
-        raise FlagConfigError([f"not valid YAML: {exc}"], str(source)) from None
-    compile_document(doc, source=str(source))
+        compile_document(doc, source=str(source))
+    except FlagConfigError as exc:  # the SDK's own (it has no kernel); the service speaks the kernel's
+        raise ConfigFileError(source, exc.errors, "flags document") from None
     assert isinstance(doc, dict)
     return doc
 
@@ -315,59 +311,3 @@ class FlagStore:
 
 # Serialises flag writes: version numbers and validation against the other flags stay consistent.
 _SEED_LOCK_KEY = 0x706C67_0050
-
-
-class ChangeListener:
-    """LISTENs on :data:`CHANNEL` on its own connection and calls ``on_change`` (from its thread) after
-    every committed flag change — and every ``poll_seconds`` anyway, so a lost connection costs at most
-    that much staleness while it reconnects."""
-
-    def __init__(self, dsn: str, on_change: Callable[[], object], poll_seconds: float = 30.0) -> None:
-        self.dsn = dsn
-        self.on_change = on_change
-        self.poll_seconds = poll_seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="growth-flag-listener", daemon=True)
-        self.listening = threading.Event()
-
-    def start(self) -> ChangeListener:
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        for delay in backoff_delays(0.2, 5.0):
-            if self._stop.is_set():
-                return
-            try:
-                with psycopg.connect(self.dsn, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    self.listening.set()
-                    self._fire()  # whatever changed while we were not listening
-                    while not self._stop.is_set():
-                        got = False
-                        for _ in conn.notifies(timeout=min(1.0, self.poll_seconds), stop_after=1):
-                            got = True
-                        # Drain a burst (a seed writes many flags) into one reload.
-                        for _ in conn.notifies(timeout=0.01):
-                            got = True
-                        if got:
-                            self._fire()
-            except psycopg.Error as exc:
-                self.listening.clear()
-                if self._stop.is_set():
-                    return
-                log.warning(
-                    "flag change listener lost its connection; reconnecting", extra={"error": str(exc)}
-                )
-                if wait_or_stop(self._stop, delay):
-                    return
-
-    def _fire(self) -> None:
-        try:
-            self.on_change()
-        except Exception:
-            log.exception("reloading the flags failed")
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)

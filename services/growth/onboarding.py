@@ -6,14 +6,14 @@ Conditions are the flag engine's structured conditions (``plg_sdk.flags.compile_
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from plg_sdk.flags import Condition, compile_condition
+
+from services.kernel.config import ConfigFileError, config_path, load_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_ONBOARDING_FILE = REPO / "deploy" / "config" / "onboarding.yaml"
@@ -25,13 +25,9 @@ PENDING = "pending"  # would be shown after the next one
 NEXT = "next"
 
 
-class OnboardingConfigError(ValueError):
-    def __init__(self, errors: list[str], source: str | None = None) -> None:
-        self.errors = errors
-        self.source = source
-        super().__init__(
-            f"invalid onboarding config {source or ''}:\n" + "\n".join(f"  - {e}" for e in errors)
-        )
+WHAT = "onboarding config"
+#: The one config error of every service (services.kernel.config), under this module's old name.
+OnboardingConfigError = ConfigFileError
 
 
 @dataclass(frozen=True)
@@ -81,15 +77,12 @@ def _attributes(spec: Any) -> Iterator[str]:
 
 
 def onboarding_path(path: Path | None = None) -> Path:
-    return path or Path(os.environ.get("PLG_ONBOARDING_CONFIG", DEFAULT_ONBOARDING_FILE))
+    return config_path(path, "PLG_ONBOARDING_CONFIG", DEFAULT_ONBOARDING_FILE)
 
 
 def load_onboarding(path: Path | None = None) -> OnboardingConfig:
     source = onboarding_path(path)
-    try:
-        doc = yaml.safe_load(source.read_text())
-    except yaml.YAMLError as exc:
-        raise OnboardingConfigError([f"not valid YAML: {exc}"], str(source)) from None
+    doc = load_yaml(source, WHAT)
     return parse_onboarding(doc, str(source))
 
 
@@ -97,13 +90,13 @@ def parse_onboarding(doc: Any, source: str | None = None) -> OnboardingConfig:
     """Every error at once (:class:`OnboardingConfigError`)."""
     errors: list[str] = []
     if not isinstance(doc, Mapping):
-        raise OnboardingConfigError(["the file must be a mapping with flows"], source)
+        raise ConfigFileError(source, ["the file must be a mapping with flows"], WHAT)
     unknown = set(doc) - {"version", "flow_flag", "default_flow", "flows"}
     if unknown:
         errors.append(f"unknown keys {sorted(unknown)}")
     raw_flows = doc.get("flows")
     if not isinstance(raw_flows, Mapping) or not raw_flows:
-        raise OnboardingConfigError([*errors, "flows: a mapping of flow name -> {steps: [...]}"], source)
+        raise ConfigFileError(source, [*errors, "flows: a mapping of flow name -> {steps: [...]}"], WHAT)
     flows: dict[str, Flow] = {}
     person_events: set[str] = set()
     customer_events: set[str] = set()
@@ -183,7 +176,7 @@ def parse_onboarding(doc: Any, source: str | None = None) -> OnboardingConfig:
     if flow_flag is not None and not isinstance(flow_flag, str):
         errors.append("flow_flag: a flag key")
     if errors:
-        raise OnboardingConfigError(errors, source)
+        raise ConfigFileError(source, errors, WHAT)
     return OnboardingConfig(
         int(doc.get("version", 1)),
         flow_flag,

@@ -17,11 +17,10 @@ at ``/`` and ``/customers/{customer}``, and the ops endpoints.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
@@ -30,7 +29,7 @@ from fastapi import Depends, FastAPI, Query
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, Response
 
 from services.customers import suspension
 from services.health_score import dashboard
@@ -54,6 +53,8 @@ from services.kernel.processing.view import MaterializedView
 from services.kernel.serde import SchemaRegistry
 from services.kernel.service import ConfigFile
 from services.kernel.sessions import SessionStore
+from services.kernel.sse import StreamLimits, event_stream
+from services.kernel.sse import event as sse_event
 from services.kernel.topics import (
     CUSTOMER_ALERTS,
     CUSTOMER_HEALTH,
@@ -267,11 +268,16 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
             registry.encoder(alerts_spec.value_subject, alerts_spec.schema_path, auto_register=False),
             alerts_spec.name,
             [*config.webhooks, *settings.webhook_urls],
+            signing_secret=(
+                settings.webhook_signing_secret.get_secret_value()
+                if settings.webhook_signing_secret
+                else None
+            ),
         )
-        workers = Workers()
+        workers = Workers(readiness)  # scorer, alert_sender: a check each in /readyz
         life.push(workers, "workers")  # stopped and joined first, before the clients they use close
         state["workers"] = workers
-        workers.start("scorer", loop.run)
+        workers.start("scorer", loop.run, ready=loop.ready)
         workers.start("alert-sender", sender.run)
         log.info(
             "health score starting",
@@ -285,11 +291,6 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
         lifespan=lifespan,
     )
 
-    def scorer_ready() -> bool:
-        loop = state.get("loop")
-        workers: Workers | None = state.get("workers")
-        return loop is not None and workers is not None and workers.alive("scorer") and loop.ready()
-
     def views_ready() -> bool:
         views: list[MaterializedView] = state.get("views") or []
         return bool(views) and all(v.healthy() for v in views)
@@ -298,13 +299,19 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
         erasures: ErasureFollower | None = state.get("erasures")
         return erasures is not None and erasures.healthy()
 
-    readiness = {"scorer": scorer_ready, "serving_views": views_ready, "privacy_erasures": erasures_ready}
+    # scorer and alert_sender are added by Workers as it starts them (roles scorer and all).
+    readiness: dict[str, Callable[[], bool]] = {
+        "serving_views": views_ready,
+        "privacy_erasures": erasures_ready,
+    }
     if settings.role == "api":
-        # No scorer, so no facts and no live events of persons to forget.
-        del readiness["scorer"], readiness["privacy_erasures"]
+        del readiness["privacy_erasures"]  # no scorer, so no facts and no live events of persons to forget
     elif settings.role == "scorer":
         del readiness["serving_views"]
     ops_routes(app, readiness=readiness)
+    sse_limits = StreamLimits(
+        SERVICE, per_key=settings.platform.sse_max_streams_per_key, total=settings.platform.sse_max_streams
+    )
     errors: dict[int | str, dict[str, Any]] = {
         404: {"model": ErrorOut, "description": "Unknown customer (no score yet)"}
     }
@@ -348,27 +355,16 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
     ) -> Response:
         """``score`` events for every customer (or only ``customer``), plus that customer's ``event``
         (recent enriched events) and ``alert`` events. A comment every 15 s keeps proxies from closing it."""
+        slot = sse_limits.acquire(request)  # 503 beyond the per-credential and overall limits
         sub_id, queue = hub.subscribe(customer)
-
-        async def events() -> AsyncIterator[bytes]:
-            try:
-                yield b": connected\n\n"
-                while True:
-                    try:
-                        kind, data = await asyncio.wait_for(queue.get(), timeout=15)
-                    except TimeoutError:
-                        if await request.is_disconnected():
-                            return
-                        yield b": keep-alive\n\n"
-                        continue
-                    yield b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-            finally:
-                hub.unsubscribe(sub_id)
-
-        return StreamingResponse(
-            events(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        return event_stream(
+            request,
+            queue,
+            slot=slot,
+            close=lambda: hub.unsubscribe(sub_id),
+            first=b": connected\n\n",
+            render=lambda item: sse_event(item[0], orjson.dumps(item[1])),
+            heartbeat=15,
         )
 
     @app.get(

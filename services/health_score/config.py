@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.kernel.oidc import OidcSettings
 from services.kernel.sessions import SessionSettings
-from services.kernel.settings import StreamServiceSettings
+from services.kernel.settings import DevDefault, StreamServiceSettings
 
 
 class HealthSettings(StreamServiceSettings):
@@ -32,8 +32,12 @@ class HealthSettings(StreamServiceSettings):
     plans_path: Path | None = None
     # The batch path: every customer recomputed from PostgreSQL's history this often.
     batch_interval_seconds: float = Field(default=300.0, gt=0)
-    # Webhook URLs that receive every alert (added to health.yaml's `webhooks`).
+    # Webhook URLs that receive every alert (added to health.yaml's `webhooks`). Logged and printed with
+    # their path and query masked (they often hold the receiver's credential).
     webhook_urls: list[str] = Field(default_factory=list)
+    # Signs every alert webhook (HMAC-SHA256, header Plg-Signature: t=...,v1=...; docs/health-score.md).
+    # Unset: webhooks go unsigned, which only the local stack accepts.
+    webhook_signing_secret: SecretStr | None = None
     # The real-time path's batches: the latency of a changed score is about batch_wait plus one transaction.
     batch_wait_seconds: float = Field(default=0.05, gt=0)
     max_batch: int = Field(default=5000, ge=1)
@@ -48,3 +52,14 @@ class HealthSettings(StreamServiceSettings):
     # while PLG_OIDC_ISSUER is unset, then operators sign in with a token).
     sessions: SessionSettings = Field(default_factory=SessionSettings)
     oidc: OidcSettings = Field(default_factory=OidcSettings)
+
+    def development_defaults(self) -> list[DevDefault]:
+        found = super().development_defaults()
+        if self.webhook_signing_secret is None:
+            found.append(
+                DevDefault(
+                    "HEALTH_WEBHOOK_SIGNING_SECRET",
+                    "is not set: alert webhooks go unsigned, a receiver cannot tell them from forgeries",
+                )
+            )
+        return found

@@ -5,26 +5,22 @@ reading the file)."""
 from __future__ import annotations
 
 import math
-import os
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from services.kernel.config import ConfigFileError, load_yaml
+from services.kernel.config import config_path as kernel_config_path
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "deploy" / "config" / "health.yaml"
 CONFIG_PATH_ENV = "HEALTH_CONFIG_PATH"
 
 
-class HealthConfigError(ValueError):
-    """The file is invalid; ``errors`` lists every problem found, each with its location."""
-
-    def __init__(self, source: str, errors: list[str]) -> None:
-        self.source = source
-        self.errors = errors
-        lines = "\n".join(f"  - {e}" for e in errors)
-        super().__init__(f"{source}: {len(errors)} error(s) in the health metric registry:\n{lines}")
+WHAT = "health metric registry"
+#: The one config error of every service (services.kernel.config), under this module's old name.
+HealthConfigError = ConfigFileError
 
 
 class _Strict(BaseModel):
@@ -230,30 +226,25 @@ def cross_reference_errors(config: HealthConfig) -> list[str]:
 
 def parse_config(data: Any, source: str = "<health config>") -> HealthConfig:
     if not isinstance(data, dict):
-        raise HealthConfigError(source, [f"the document must be a mapping, got {type(data).__name__}"])
+        raise ConfigFileError(source, [f"the document must be a mapping, got {type(data).__name__}"], WHAT)
     try:
         config = HealthConfig.model_validate(data)
     except ValidationError as exc:
         errors = [f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()]
-        raise HealthConfigError(source, errors) from None
+        raise ConfigFileError(source, errors, WHAT) from None
     errors = cross_reference_errors(config)
     if errors:
-        raise HealthConfigError(source, errors)
+        raise ConfigFileError(source, errors, WHAT)
     return config
 
 
 def config_path(path: str | Path | None = None) -> Path:
-    return Path(path or os.environ.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH)
+    return kernel_config_path(path, CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH)
 
 
 def load_config(path: str | Path | None = None) -> HealthConfig:
     resolved = config_path(path)
-    try:
-        data = yaml.safe_load(resolved.read_text())
-    except OSError as exc:
-        raise HealthConfigError(str(resolved), [f"cannot read the file: {exc.strerror or exc}"]) from None
-    except yaml.YAMLError as exc:
-        raise HealthConfigError(str(resolved), [f"not valid YAML: {exc}"]) from None
+    data = load_yaml(resolved, WHAT)
     return parse_config(data, str(resolved))
 
 

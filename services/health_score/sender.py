@@ -9,11 +9,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx
+import orjson
 
 from services.health_score.store import HealthStore
 from services.kernel.kafka import Producer
 from services.kernel.lifecycle import wait_or_stop
+from services.kernel.logs import mask_url
 from services.kernel.serde import ValueEncoder
+from services.kernel.webhooks import SIGNATURE_HEADER, sign
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,7 @@ class AlertSender:
         webhooks: Sequence[str],
         interval: float = 0.25,
         timeout: float = 5.0,
+        signing_secret: str | None = None,
     ) -> None:
         self.store = store
         self.producer = producer
@@ -39,6 +43,9 @@ class AlertSender:
         self.interval = interval
         self.client = httpx.Client(timeout=timeout)
         self.healthy = False
+        # Each webhook is signed (Plg-Signature, services/kernel/webhooks.py) when a secret is set; the
+        # local stack may leave it unset, production refuses that (HEALTH_WEBHOOK_SIGNING_SECRET).
+        self.signing_secret = signing_secret
 
     def run(self, stop: threading.Event) -> None:
         try:
@@ -86,12 +93,17 @@ class AlertSender:
         return len(due)
 
     def _post(self, url: str, payload: dict[str, Any]) -> bool:
+        body = orjson.dumps(payload)  # the exact bytes signed
+        headers = {"Content-Type": "application/json", "Idempotency-Key": payload["alert_id"]}
+        if self.signing_secret is not None:
+            headers[SIGNATURE_HEADER] = sign(self.signing_secret, body)
         try:
-            response = self.client.post(url, json=payload, headers={"Idempotency-Key": payload["alert_id"]})
+            response = self.client.post(url, content=body, headers=headers)
         except httpx.HTTPError as exc:
-            log.warning("alert webhook failed", extra={"url": url, "error": type(exc).__name__})
+            # The URL's path and query are often its credential (Slack, Zapier): only its host is logged.
+            log.warning("alert webhook failed", extra={"url": mask_url(url), "error": type(exc).__name__})
             return False
         if response.status_code >= 300:
-            log.warning("alert webhook refused", extra={"url": url, "status": response.status_code})
+            log.warning("alert webhook refused", extra={"url": mask_url(url), "status": response.status_code})
             return False
         return True

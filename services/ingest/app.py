@@ -58,7 +58,13 @@ from services.kernel.auth import Authenticator, Caller, CustomerKey
 from services.kernel.cors import CorsMiddleware, key_origin_check
 from services.kernel.db import migrate, open_pool
 from services.kernel.errors import KafkaUnavailableError, SerializationError
-from services.kernel.http import HttpError, RequestOutcome, install_error_handlers, request_id_of
+from services.kernel.http import (
+    BodyTooLarge,
+    HttpError,
+    RequestOutcome,
+    install_error_handlers,
+    request_id_of,
+)
 from services.kernel.kafka import Producer, check_reachable
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ops_routes
@@ -273,6 +279,11 @@ class Ingest:
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def _body_too_large(exc: BodyTooLarge) -> HttpError:
+    # The SDKs split a batch on batch_too_large: the kernel's cap speaks ingest's code.
+    return HttpError(413, Code.BATCH_TOO_LARGE, exc.message, exc.headers)
 
 
 async def _read_body(request: Request, limit: int, too_large: Code) -> bytes:
@@ -613,9 +624,11 @@ def build_app(settings: IngestSettings | None = None, lifecycle: Lifecycle | Non
     install_error_handlers(
         app,
         service=SERVICE,
-        errors={RequestError: _request_error},
+        errors={RequestError: _request_error, BodyTooLarge: _body_too_large},
         observe=_observe,
         body_timeout_seconds=settings.body_read_timeout_seconds,
+        # A backstop: the routes' own limits (event_too_large, batch_too_large, also after gunzip) come first.
+        max_body_bytes=2 * settings.max_batch_bytes,
     )
     # Browsers send events with publishable keys (sdk/js): CORS on the event routes, from any origin unless
     # the key lists its own (services/kernel/cors.py). Added last, so it is outermost: the error

@@ -5,6 +5,10 @@ every request of a FastAPI/Starlette app, this module
 
 * gives it a **request id** — the client's ``X-Request-Id`` when it is sane, else a fresh one — readable as
   ``request.state.request_id`` and sent back in the ``X-Request-Id`` header of every answer;
+* caps the **body size** (``max_body_bytes``, 1 MiB unless the service says otherwise): a declared
+  ``Content-Length`` over it is answered 413 before anything is read, and a body that grows past it while
+  streaming (chunked, or lying about its length) is cut off there with the same 413 — no service reads an
+  unbounded body whole;
 * bounds the **body read**: a body that has not fully arrived ``body_timeout_seconds`` after the app first
   asked for it is answered 408 and the connection closed (otherwise one client trickling bytes holds a
   connection and its buffers for as long as it likes — "slowloris");
@@ -48,6 +52,7 @@ REQUEST_ID_HEADER = "X-Request-Id"
 MAX_REQUEST_ID_CHARS = 128
 DEFAULT_BODY_TIMEOUT_SECONDS = 30.0
 DEFAULT_RETRY_AFTER_SECONDS = 5
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
 # Codes of the answers this module writes itself (services may use them too).
 NOT_FOUND = "not_found"
@@ -60,6 +65,7 @@ KAFKA_UNAVAILABLE = "kafka_unavailable"
 REGISTRY_UNAVAILABLE = "schema_registry_unavailable"
 INTERNAL_ERROR = "internal_error"
 INVALID_INPUT = "invalid_input"
+BODY_TOO_LARGE = "body_too_large"
 
 _HTTP_CODES = {404: NOT_FOUND, 405: METHOD_NOT_ALLOWED, 408: REQUEST_TIMEOUT}
 
@@ -87,6 +93,48 @@ class BodyReadTimeout(HttpError):
             f"the request body did not arrive within {timeout:g} s; send the whole body at once",
             {"Connection": "close"},
         )
+
+
+class BodyTooLarge(HttpError, HTTPException):  # type: ignore[misc]  # headers: a dict is a Mapping
+    """The request body is over the service's cap (raised before reading, or from ``receive``).
+
+    Also an ``HTTPException`` so that FastAPI's body parsing, which turns any other error while reading
+    into a 400 "error parsing the body", lets it through.
+    """
+
+    def __init__(self, limit: int) -> None:
+        HttpError.__init__(
+            self,
+            413,
+            BODY_TOO_LARGE,
+            f"the request body is over {limit} bytes, the most this API takes; send less per request",
+            {"Connection": "close"},
+        )
+        self.status_code = 413
+        self.detail = self.message
+
+
+def _capped(receive: Receive, limit: int) -> Receive:
+    """``receive`` that counts the body's bytes as they arrive and stops at ``limit``."""
+    seen = 0
+
+    async def capped() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise BodyTooLarge(limit)
+        return message
+
+    return capped
+
+
+def _declared_length(headers: Any) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
 
 
 #: ``(status, code, message, request_id) -> JSON body``: the service's error shape.
@@ -205,9 +253,13 @@ class _Config:
     media_type: str
     observe: Observe | None
     body_timeout: float | None
+    max_body: int | None = DEFAULT_MAX_BODY_BYTES
     errors: dict[type[BaseException], ErrorMapper] = field(default_factory=dict)
 
     def mapped(self, exc: BaseException) -> HttpError | None:
+        exact = self.errors.get(type(exc))  # a service may reshape even the kernel's own (BodyTooLarge)
+        if exact is not None:
+            return exact(exc)
         if isinstance(exc, HttpError):
             return exc
         for cls in type(exc).__mro__:
@@ -339,9 +391,16 @@ class ErrorDisciplineMiddleware:
         deadline = None
         if config.body_timeout is not None:
             receive = deadline = _BodyDeadline(receive, config.body_timeout, self._sweepers)
+        app_receive = receive
+        if config.max_body is not None:
+            app_receive = _capped(receive, config.max_body)
         try:
             try:
-                await self.app(scope, receive, send_with_id)
+                if config.max_body is not None:
+                    declared = _declared_length(scope["headers"])
+                    if declared is not None and declared > config.max_body:
+                        raise BodyTooLarge(config.max_body)  # refused before a byte is read
+                await self.app(scope, app_receive, send_with_id)
             except asyncio.CancelledError:
                 if deadline is None or not deadline.fired or deadline.done:
                     raise
@@ -422,6 +481,7 @@ def install_error_handlers(
     errors: Mapping[type[BaseException], ErrorMapper] | None = None,
     observe: Observe | None = None,
     body_timeout_seconds: float | None = DEFAULT_BODY_TIMEOUT_SECONDS,
+    max_body_bytes: int | None = DEFAULT_MAX_BODY_BYTES,
 ) -> None:
     """Install plg's HTTP error discipline on a FastAPI/Starlette ``app`` (before it starts).
 
@@ -429,7 +489,8 @@ def install_error_handlers(
     API has its own, like the registry's Confluent ``{"error_code", "message"}``); ``errors`` maps the
     service's exceptions to answers (added to, and overriding, :data:`DEFAULT_ERRORS`); ``observe`` is
     called once per answered request, 500s included (request metrics); ``body_timeout_seconds=None``
-    turns the body deadline off.
+    turns the body deadline off; ``max_body_bytes`` caps every request body (413 ``body_too_large``), a
+    service that takes more says so (the registry: ``REGISTRY_MAX_REQUEST_BYTES``).
     """
     config = _Config(
         service=service,
@@ -437,6 +498,7 @@ def install_error_handlers(
         media_type=media_type,
         observe=_timed(service, observe),
         body_timeout=body_timeout_seconds,
+        max_body=max_body_bytes,
         errors={**DEFAULT_ERRORS, **(errors or {})},
     )
 
@@ -470,6 +532,7 @@ __all__ = [
     "DEFAULT_ERRORS",
     "REQUEST_ID_HEADER",
     "BodyReadTimeout",
+    "BodyTooLarge",
     "ErrorBody",
     "ErrorDisciplineMiddleware",
     "ErrorMapper",

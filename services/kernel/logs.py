@@ -20,6 +20,7 @@ import sys
 import traceback
 from collections.abc import Mapping
 from typing import Any, Literal, TextIO
+from urllib.parse import urlsplit
 
 import orjson
 from pydantic import BaseModel, SecretBytes, SecretStr
@@ -54,6 +55,10 @@ _KEYWORD_PASSWORD = re.compile(
 
 _Secret = (SecretStr, SecretBytes)
 
+# Webhook URLs carry their secret in the path or query (Slack's /services/T0/B0/xyz, ?token=...): any
+# field or key named like one shows only its scheme and host.
+_WEBHOOK_NAME = re.compile(r"webhook", re.IGNORECASE)
+
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD_ATTRS = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime", "taskName"}
@@ -63,6 +68,18 @@ _STANDARD_ATTRS = frozenset(
 def is_secret_name(name: str) -> bool:
     """True when a field or key called ``name`` holds a secret (its value is never shown)."""
     return bool(_SECRET_NAME.search(name) or _KEY_WORD.search(name) or _SECRET_PREFIX.search(name))
+
+
+def mask_url(url: str) -> str:
+    """``https://hooks.example.com/services/T0/B0/xyz?token=t`` → ``https://hooks.example.com/***``: the
+    scheme, host and port stay (which endpoint it is), the user info, path and query go (they may be the
+    credential)."""
+    parts = urlsplit(url.strip())
+    if not parts.scheme or not parts.hostname:
+        return MASK
+    host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+    hidden = parts.path not in ("", "/") or parts.query or parts.fragment
+    return f"{parts.scheme}://{host}" + ("/***" if hidden else "")
 
 
 def redact_text(text: str) -> str:
@@ -83,7 +100,7 @@ def redact(name: str, value: Any) -> Any:
     if is_secret_name(name) or isinstance(value, _Secret):
         return MASK
     if isinstance(value, str):
-        return redact_text(value)
+        return mask_url(value) if _WEBHOOK_NAME.search(name) else redact_text(value)
     if isinstance(value, BaseModel):
         return redact_model(value)
     if isinstance(value, Mapping):

@@ -161,6 +161,10 @@ class PlatformSettings(PlgSettings):
     # so losing one broker's disk loses no acknowledged event.
     topic_replication_factor: int = Field(default=1, ge=1, le=32)
     topic_min_insync_replicas: int = Field(default=1, ge=1, le=32)
+    # Server-sent event streams a service keeps open: per credential (API key, operator token, session)
+    # and in all; beyond either, 503 with Retry-After (services/kernel/sse.py).
+    sse_max_streams_per_key: int = Field(default=10, ge=1)
+    sse_max_streams: int = Field(default=1000, ge=1)
 
     @field_validator("log_level")
     @classmethod

@@ -6,13 +6,13 @@ the cross-references (plans naming meters, upgrade paths) are checked on whateve
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from services.kernel.config import ConfigFileError, load_yaml
+from services.kernel.config import config_path as kernel_config_path
 from services.plans.model import Meter, Plan, PlansConfig, cross_reference_errors
 
 if TYPE_CHECKING:
@@ -23,14 +23,10 @@ DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "deploy" / "config" 
 CONFIG_PATH_ENV = "PLG_METERING_CONFIG"
 
 
-class ConfigError(ValueError):
-    """The file is invalid; ``errors`` lists every problem found, each with its location."""
-
-    def __init__(self, source: str, errors: list[str]) -> None:
-        self.source = source
-        self.errors = errors
-        lines = "\n".join(f"  - {e}" for e in errors)
-        super().__init__(f"{source}: {len(errors)} error(s) in the meters-and-plans config:\n{lines}")
+#: What the file is called in its errors.
+WHAT = "meters-and-plans config"
+#: The one config error of every service (services.kernel.config), under the name this module always used.
+ConfigError = ConfigFileError
 
 
 def _format(prefix: str, exc: ValidationError) -> list[str]:
@@ -71,7 +67,7 @@ def _validate_items(
 def parse_config(data: Any, source: str = "<config>") -> PlansConfig:
     """Validate an already-parsed document (a dict); raises ``ConfigError`` listing all problems."""
     if not isinstance(data, dict):
-        raise ConfigError(source, [f"the document must be a mapping, got {type(data).__name__}"])
+        raise ConfigFileError(source, [f"the document must be a mapping, got {type(data).__name__}"], WHAT)
     errors: list[str] = []
     known = {"version", "effective_date", "currency", "rounding", "tax", "meters", "plans", "top_ups"}
     errors.extend(f"{k}: unknown key" for k in sorted(set(data) - known, key=str))
@@ -88,29 +84,22 @@ def parse_config(data: Any, source: str = "<config>") -> PlansConfig:
         config = PlansConfig.model_validate({**header, "meters": meters, "plans": plans})
     except ValidationError as exc:
         errors.extend(_format("", exc))
-        raise ConfigError(source, [e.lstrip(".") for e in errors]) from None
+        raise ConfigFileError(source, [e.lstrip(".") for e in errors], WHAT) from None
     errors.extend(cross_reference_errors(config, unparsed_plans))
     if errors:
-        raise ConfigError(source, errors)
+        raise ConfigFileError(source, errors, WHAT)
     return config
 
 
 def config_path(path: str | Path | None = None) -> Path:
     """The file :func:`load_config` reads: ``path``, else ``$PLG_METERING_CONFIG``, else the default."""
-    return Path(path or os.environ.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH)
+    return kernel_config_path(path, CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH)
 
 
 def load_config(path: str | Path | None = None) -> PlansConfig:
     """Read the YAML (or JSON, a subset of YAML) file at ``path``, ``$PLG_METERING_CONFIG`` or the default."""
     resolved = config_path(path)
-    try:
-        text = resolved.read_text()
-    except OSError as exc:
-        raise ConfigError(str(resolved), [f"cannot read the file: {exc.strerror or exc}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(resolved), [f"not valid YAML: {exc}"]) from None
+    data = load_yaml(resolved, WHAT)
     return parse_config(data, str(resolved))
 
 

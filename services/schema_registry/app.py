@@ -182,9 +182,18 @@ def build_app(settings: RegistrySettings, lifecycle: Lifecycle | None = None) ->
         service=SERVICE,
         error_body=confluent_error_body,
         media_type=CONTENT_TYPE,
-        errors={psycopg.errors.ProgramLimitExceeded: _too_big_for_the_store},
+        errors={
+            psycopg.errors.ProgramLimitExceeded: _too_big_for_the_store,
+            # Confluent's answer to an oversized schema (422, 42209), for the kernel's cap too.
+            kernel_http.BodyTooLarge: lambda _exc: HttpError(
+                422,
+                "too_large",
+                f"Request body larger than {settings.max_request_bytes} bytes (REGISTRY_MAX_REQUEST_BYTES)",
+            ),
+        },
         observe=observe,
         body_timeout_seconds=settings.body_read_timeout_seconds,
+        max_body_bytes=settings.max_request_bytes,  # enforced while the body streams in
     )
 
     # -- helpers ------------------------------------------------------------------------------------------
@@ -223,19 +232,8 @@ def build_app(settings: RegistrySettings, lifecycle: Lifecycle | None = None) ->
         return await run_in_threadpool(partial(fn, *args, **kwargs))
 
     async def json_body(request: Request) -> Any:
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > settings.max_request_bytes:
-            raise too_large()
-        raw = await request.body()
-        if len(raw) > settings.max_request_bytes:
-            raise too_large()
-        return model.parse_json_body(raw)
-
-    def too_large() -> RegistryError:
-        return RegistryError(
-            ErrorCode.SCHEMA_TOO_LARGE,
-            f"Request body larger than {settings.max_request_bytes} bytes (REGISTRY_MAX_REQUEST_BYTES)",
-        )
+        # At most REGISTRY_MAX_REQUEST_BYTES: the kernel's body cap stops a larger one while it streams in.
+        return model.parse_json_body(await request.body())
 
     def flag(request: Request, name: str, default: bool = False) -> bool:
         return model.parse_bool(request.query_params.get(name), name, default)

@@ -10,11 +10,13 @@ import logging
 import os
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 
 from services.stripe_emulator.emulator import StripeEmulator
 
 DEFAULT_PORT = 12120
+SAVE_EVERY_S = 3.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,10 +24,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=os.environ.get("STRIPE_EMULATOR_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("STRIPE_EMULATOR_PORT", DEFAULT_PORT)))
     parser.add_argument("--webhook-url", default=os.environ.get("STRIPE_EMULATOR_WEBHOOK_URL") or None)
+    parser.add_argument(
+        "--state-file",
+        type=Path,
+        default=os.environ.get("STRIPE_EMULATOR_STATE_FILE") or None,
+        help="keep the account here across restarts (saved every few seconds and at exit)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     secret = os.environ.get("STRIPE_WEBHOOK_SECRET", "whsec_plg_local")
-    emulator = StripeEmulator(webhook_url=args.webhook_url, webhook_secret=secret).serve(args.host, args.port)
+    emulator = StripeEmulator(webhook_url=args.webhook_url, webhook_secret=secret)
+    if args.state_file is not None:
+        emulator.load(args.state_file)
+    emulator.serve(args.host, args.port)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -36,8 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("stripe-emulator").info(
         "Stripe emulator on %s, webhooks to %s", emulator.url, args.webhook_url or "nowhere"
     )
-    stop.wait()
+    saved_at = -1
+    while not stop.wait(SAVE_EVERY_S):
+        if args.state_file is not None and emulator.stats.requests != saved_at:
+            saved_at = emulator.stats.requests
+            emulator.save(args.state_file)
     emulator.close()
+    if args.state_file is not None:
+        emulator.save(args.state_file)
     return 0
 
 

@@ -28,6 +28,7 @@ test_stripe_contract.py`` sends both the same requests so the two cannot drift.
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import re
 import secrets
@@ -37,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -125,6 +127,40 @@ class StripeEmulator:
                 key = (e["payload"]["stripe_customer_id"], e["event_name"])
                 out[key] = out.get(key, 0) + int(e["payload"]["value"])
         return out
+
+    # -- persistence (the local stack keeps its Stripe account across `make down` / `make up`) -------------
+    _PERSISTED = ("meters", "events", "_identifiers", "accepted_identifiers", "event_log")
+    _PERSISTED_BILLING = (
+        "customers", "products", "prices", "sessions", "subscriptions", "invoices", "invoice_items"
+    )  # fmt: skip
+
+    def save(self, path: Path) -> None:
+        """Write the account's state to ``path`` atomically (a pickle: a local tool's own file)."""
+        with self._lock:
+            state = {
+                "core": {name: getattr(self, name) for name in self._PERSISTED},
+                "billing": {name: getattr(self.billing, name) for name in self._PERSISTED_BILLING},
+            }
+            data = pickle.dumps(state)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_bytes(data)
+        partial.replace(path)
+
+    def load(self, path: Path) -> None:
+        """Restore what :meth:`save` wrote (nothing when the file does not exist)."""
+        if not path.exists():
+            return
+        state = pickle.loads(path.read_bytes())  # noqa: S301 - our own file, written by save()
+        with self._lock:
+            for name, value in state["core"].items():
+                if name == "meters":
+                    self.meters.clear()
+                    self.meters.update(value)  # the billing objects hold this very dict
+                else:
+                    setattr(self, name, value)
+            for name, value in state["billing"].items():
+                setattr(self.billing, name, value)
 
     @property
     def url(self) -> str:

@@ -32,7 +32,7 @@ DEFAULTS: dict[str, tuple[str, ...]] = {
     "services.entitlements": DLQ,
     "services.growth": DLQ,
     "services.enrichment": ("ENRICHMENT_PII_KEY", *DLQ),
-    "services.health_score": DLQ,
+    "services.health_score": ("HEALTH_WEBHOOK_SIGNING_SECRET", *DLQ),
     "services.billing_reporter": ("STRIPE_WEBHOOK_SECRET", "STRIPE_API_KEY", "STRIPE_API_BASE", *DLQ),
     "services.analytics": DLQ,
 }
@@ -53,6 +53,7 @@ REAL = {
     "STRIPE_WEBHOOK_SECRET": "whsec_real_5c2e",
     "STRIPE_API_KEY": "sk_live_real_77aa",
     "STRIPE_API_BASE": "https://api.stripe.com",
+    "HEALTH_WEBHOOK_SIGNING_SECRET": "real-alert-signing-3e1f",
     "PLG_DLQ_KEY": "real-dlq-key-3e8a",
 }
 ALL_PREFIXES = ("PLG_", "STRIPE_", "REGISTRY_", "GROWTH_", "ENRICHMENT_", "HEALTH_", "INGEST_", "BILLING_")

@@ -128,3 +128,12 @@ def test_publishable_keys_and_operator_tokens(
     assert code == 0
     assert json.loads(out)[0]["revoked_at"] is not None
     assert run(capsys, "--database-url", url, "operators", "revoke", name)[0] == 1
+
+
+def test_a_password_on_the_command_line_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    # Credentials come from the environment only: a flag shows in ps and the shell history.
+    for url in ("postgresql://plg:hunter2@127.0.0.1:5433/plg", "host=127.0.0.1 password=hunter2"):
+        code, out, err = run(capsys, "--database-url", url, "customers", "show", "acme")
+        assert code != 0
+        assert "must not carry a password" in err
+        assert "hunter2" not in out + err

@@ -164,3 +164,28 @@ def test_plan_change_moves_items_with_prorations_as_pending_invoice_items(sdk, c
                                          "proration_behavior": "create_prorations"})  # fmt: skip
     pending = sdk.v1.invoice_items.list({"customer": customer}).data
     assert sorted(i.amount for i in pending) == [-2450, 4950]
+
+
+def test_the_account_survives_a_restart_through_the_state_file(emulator, sdk, clock, tmp_path):
+    customer, base, metered = metered_world(sdk, clock)
+    sub = sdk.v1.subscriptions.create({"customer": customer, "items": [{"price": base}, {"price": metered}]})
+    sdk.v1.billing.meter_events.create(
+        {"event_name": "api_requests", "payload": {"stripe_customer_id": customer, "value": "51505"},
+         "timestamp": int(clock.now), "identifier": "e1"}
+    )  # fmt: skip
+    state = tmp_path / "state.pickle"
+    emulator.save(state)
+    again = StripeEmulator(clock=clock)
+    again.load(state)
+    again.serve()
+    try:
+        client = stripe.StripeClient(KEY, base_addresses={"api": again.url}, max_network_retries=0)
+        preview = client.v1.invoices.create_preview({"customer": customer, "subscription": sub.id})
+        assert sorted(line.amount for line in preview.lines.data) == [151, 4900]
+        with pytest.raises(stripe.InvalidRequestError, match="already exists with identifier"):
+            client.v1.billing.meter_events.create(
+                {"event_name": "api_requests", "payload": {"stripe_customer_id": customer, "value": "1"},
+                 "timestamp": int(clock.now), "identifier": "e1"}
+            )  # fmt: skip
+    finally:
+        again.close()

@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from services.kernel.errors import KafkaUnavailableError
 from services.kernel.http import (
+    DEFAULT_MAX_BODY_BYTES,
     BodyReadTimeout,
     HttpError,
     RequestOutcome,
@@ -241,3 +242,48 @@ def test_the_body_deadline_does_not_touch_a_body_that_arrives(client: TestClient
 
 def test_body_read_timeout_names_the_limit() -> None:
     assert "2.5 s" in BodyReadTimeout(2.5).message
+
+
+def _capped_app(limit: int) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/json")
+    async def parsed(payload: dict[str, object]) -> Response:  # FastAPI reads and parses the body
+        return Response(str(len(payload)))
+
+    @app.post("/raw")
+    async def raw(request: Request) -> Response:
+        return Response(str(len(await request.body())))
+
+    install_error_handlers(app, service="unit", max_body_bytes=limit)
+    return app
+
+
+def test_a_body_over_the_cap_is_413_whether_declared_or_streamed() -> None:
+    client = TestClient(_capped_app(1000))
+
+    assert client.post("/raw", content=b"x" * 1000).text == "1000"
+    declared = client.post("/raw", content=b"x" * 1001)
+    assert declared.status_code == 413
+    assert declared.json()["code"] == "body_too_large"
+    assert "1000 bytes" in declared.json()["message"]
+
+    def chunks():  # no Content-Length: counted while it streams, cut off at the cap
+        for _ in range(100):
+            yield b"x" * 100
+
+    for path in ("/raw", "/json"):  # also through FastAPI's own body parsing, which would say 400
+        streamed = client.post(path, content=chunks(), headers={"Content-Type": "application/json"})
+        assert (streamed.status_code, streamed.json()["code"]) == (413, "body_too_large"), path
+
+
+def test_every_service_gets_a_cap_by_default() -> None:
+    app = FastAPI()
+
+    @app.post("/raw")
+    async def raw(request: Request) -> Response:
+        return Response(str(len(await request.body())))
+
+    install_error_handlers(app, service="unit")
+    client = TestClient(app)
+    assert client.post("/raw", content=b"x" * (DEFAULT_MAX_BODY_BYTES + 1)).status_code == 413
