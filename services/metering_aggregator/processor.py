@@ -245,8 +245,10 @@ class MeteringHandler(StreamHandler):
         outcomes = self._outcomes
         counted = 0
         first_offsets: dict[int, int] = {}
-        # (partition, customer) -> [events counted, persons seen] for the abuse guard, once per batch.
-        activity: dict[tuple[int, str], tuple[list[int], set[str]]] = {}
+        # Per customer: events counted and persons seen in this batch, for the abuse guard (run once per
+        # customer and batch: the per-event cost is one dict update and, with a person, one set add).
+        counts: dict[str, int] = {}
+        persons: dict[str, set[str]] = {}
         customers = self.directory.snapshot()
         home = self.home_partition
         usage_events = USAGE_EVENTS
@@ -282,13 +284,14 @@ class MeteringHandler(StreamHandler):
             rejection = state.apply(event, arrival, customers.get(customer_id))
             if rejection is None:
                 counted += 1
-                seen = activity.get((partition, customer_id))
-                if seen is None:
-                    seen = activity[(partition, customer_id)] = ([0], set())
-                seen[0][0] += 1
+                counts[customer_id] = counts.get(customer_id, 0) + 1
                 person = event["user_id"] or event["anonymous_id"]
                 if person is not None:
-                    seen[1].add(person)
+                    seen = persons.get(customer_id)
+                    if seen is None:
+                        persons[customer_id] = {person}
+                    else:
+                        seen.add(person)
                 continue
             outcomes[rejection.code] = outcomes.get(rejection.code, 0) + 1
             if rejection.dead_letter:
@@ -301,7 +304,7 @@ class MeteringHandler(StreamHandler):
                 )
         if counted:
             outcomes["counted"] = outcomes.get("counted", 0) + counted
-        signals = self._detect(activity, customers)
+        signals = self._detect(counts, persons, customers)
         self._write_state(first_offsets, out, signals)
         encode_signal = out.encoder(ABUSE_SIGNALS).encode
         for signal in signals:
@@ -310,20 +313,24 @@ class MeteringHandler(StreamHandler):
             self._signals.append(evidence)
 
     def _detect(
-        self, activity: dict[tuple[int, str], tuple[list[int], set[str]]], customers: dict[str, Any]
+        self, counts: dict[str, int], persons: dict[str, set[str]], customers: dict[str, Any]
     ) -> list[Signal]:
         signals: list[Signal] = []
         config = self.config
-        for (partition, customer_id), (count, persons) in activity.items():
+        none: set[str] = set()
+        for customer_id, count in counts.items():
             customer = customers.get(customer_id)
             plan = config.plan(customer.plan) if customer is not None else None
             if plan is None:
                 continue
+            partition = self.home_partition(customer_id)  # counted events are all at home
             detector = self.detectors.get(partition)
             if detector is None:
                 detector = self.detectors[partition] = AbuseDetector()
             clock = self.states[partition].clock_ms
-            signals += detector.observe(customer_id, plan.slug, plan.abuse, clock, count[0], persons)
+            signals += detector.observe(
+                customer_id, plan.slug, plan.abuse, clock, count, persons.get(customer_id, none)
+            )
         return signals
 
     def _write_state(self, first_offsets: dict[int, int], out: Emit, signals: list[Signal]) -> None:

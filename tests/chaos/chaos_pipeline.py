@@ -86,6 +86,7 @@ def _kafka_group_lag(bootstrap: str, group: str) -> int:
     return total
 
 
+@pytest.mark.timeout(900)  # start-up, the chaos, and the settling checks: well past the suite's 300 s
 def test_whole_pipeline_survives_sigkills_a_broker_restart_and_stripe_failures(
     private_kafka, registry_settings, database_settings, tmp_path
 ) -> None:
