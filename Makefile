@@ -52,6 +52,10 @@ run: install ## Start Kafka, PostgreSQL, the registry and every service in the f
 up: install ## Start the same stack in the background (Kafka 127.0.0.1:9092, registry :8081, Postgres :5433)
 	@$(DEVSTACK) up
 
+.PHONY: demo
+demo: up ## `make up`, then ~300 customers with 90 days of history (imported) and live traffic until Ctrl-C (docs/analytics.md "Demo")
+	@$(PY) -m services.devstack.demo $(DEMO_ARGS)
+
 .PHONY: down
 down: ## Stop the background stack (only processes it started, in reverse order)
 	@if [ -x $(PY) ]; then $(DEVSTACK) down; fi

@@ -230,3 +230,24 @@ def report_against_raw(
         f"  {ratio_label:<{width}} {span(ratios, '{:.0%}')}  (goal ≥ {goal_events_per_s:,.0f}/s "
         f"and ≥ {goal_ratio:.0%} of raw, on the medians: {'met' if met else 'NOT met'})"
     )
+
+
+def bench_credentials(database_url: str, customer_id: str) -> tuple[str, str]:
+    """``(secret key of customer_id, admin operator token)``, made as ``plg keys create`` and ``plg
+    operators create`` make them (the customer is created if missing): every plg API needs a credential."""
+    import uuid
+
+    import psycopg
+
+    from services.kernel import apikeys
+    from services.kernel.db import migrate
+
+    migrate(database_url)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO customers (customer_id, plan) VALUES (%s, 'pro') ON CONFLICT DO NOTHING",
+            (customer_id,),
+        )
+        key = apikeys.create_key(conn, customer_id, "bench")[1]
+        operator = apikeys.create_operator(conn, f"bench-{uuid.uuid4().hex[:8]}", "admin")[1]
+    return key, operator

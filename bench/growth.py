@@ -28,13 +28,17 @@ from typing import Any
 
 from plg_sdk.flags import compile_document
 
-from bench.common import cpu_seconds, load_average, pct, service, stack
+from bench.common import bench_credentials, cpu_seconds, load_average, pct, service, stack
 from services.devstack.config import free_port
 from services.growth.flagstore import load_flags_file
 from services.kernel.provision import provision_all
 from services.kernel.settings import KafkaSettings, SchemaRegistrySettings
 
-TOKEN = "bench-admin-token"
+# Credentials made in main(): the bench customer's secret key (evaluations, onboarding, the stream) and an
+# admin operator's token (flag changes).
+CUSTOMER = "bench"
+AUTH: dict[str, str] = {}
+OPERATOR: dict[str, str] = {}
 
 
 def request(
@@ -45,7 +49,7 @@ def request(
     headers: dict[str, str] | None = None,
 ) -> tuple[int, bytes]:
     payload = None if body is None else json.dumps(body).encode()
-    hdrs = {"Content-Type": "application/json", **(headers or {})}
+    hdrs = {"Content-Type": "application/json", **AUTH, **(headers or {})}
     conn.request(method, path, body=payload, headers=hdrs)
     response = conn.getresponse()
     return response.status, response.read()
@@ -136,7 +140,7 @@ def sse_propagation(port: int, subscribers: int, changes: int) -> None:
 
     def follow(i: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        conn.request("GET", "/v1/flags/stream", headers={"Accept": "text/event-stream"})
+        conn.request("GET", "/v1/flags/stream", headers={"Accept": "text/event-stream", **AUTH})
         response = conn.getresponse()
         first = True
         while not stop.is_set():
@@ -155,7 +159,7 @@ def sse_propagation(port: int, subscribers: int, changes: int) -> None:
         t.start()
     connected.wait(timeout=60)
     admin = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    headers = {"Authorization": f"Bearer {TOKEN}", "X-Plg-Actor": "bench"}
+    headers = OPERATOR
     key = f"bench_{uuid.uuid4().hex[:8]}"
     samples: list[float] = []
     for n in range(changes):
@@ -184,11 +188,11 @@ def onboarding_next(port: int, requests: int) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     rng = random.Random(4)
     for i in range(50):  # some progress to read
-        request(conn, "POST", f"/v1/onboarding/bench/p{i}/steps/create-project/complete")
+        request(conn, "POST", f"/v1/onboarding/{CUSTOMER}/p{i}/steps/create-project/complete")
     latencies = []
     for _ in range(requests):
         started = time.perf_counter()
-        status, _ = request(conn, "GET", f"/v1/onboarding/bench/p{rng.randrange(200)}/next")
+        status, _ = request(conn, "GET", f"/v1/onboarding/{CUSTOMER}/p{rng.randrange(200)}/next")
         latencies.append(time.perf_counter() - started)
         assert status == 200
     print(
@@ -218,6 +222,9 @@ def main() -> None:
             SchemaRegistrySettings(url=info.registry),
             prefix=prefix,
         )
+        key, operator = bench_credentials(info.database, CUSTOMER)
+        AUTH["Authorization"] = f"Bearer {key}"
+        OPERATOR["Authorization"] = f"Bearer {operator}"
         port = free_port()
         env = {
             "PATH": "/usr/bin:/bin",
@@ -227,7 +234,6 @@ def main() -> None:
             "PLG_TOPIC_PREFIX": prefix,
             "PLG_LOG_LEVEL": "WARNING",
             "GROWTH_PORT": str(port),
-            "GROWTH_ADMIN_TOKEN": TOKEN,
             "GROWTH_INSTANCE_ID": f"bench-{port}",
         }
         with service("services.growth", env, port, "growth") as proc:

@@ -133,6 +133,12 @@ class Bench:
                 store.create_customer(conn, c, "pro", billing_anchor_day=rng.randint(1, 31))
             self.probe = f"bench-{self.prefix}probe"
             store.create_customer(conn, self.probe, "pro")
+            # Each check carries its customer's own secret key, as a customer's backend would: the
+            # measured latency includes the key check (docs/security.md).
+            self.auth = {
+                c: {"Authorization": f"Bearer {store.create_key(conn, c, 'bench')[1]}"}
+                for c in [*self.customers, self.probe]
+            }
         sr = SchemaRegistry(self.registry)
         spec = topic(USAGE_EVENTS, self.prefix)
         assert spec.schema_path is not None
@@ -275,7 +281,7 @@ class Bench:
             path = f"/v1/entitlements/{self.probe}/api_requests"
             while not stop.is_set() or seen < len(probes):
                 t0 = time.perf_counter()
-                conn.request("GET", path)
+                conn.request("GET", path, headers=self.auth[self.probe])
                 body = conn.getresponse().read()
                 t1 = time.perf_counter()
                 check_latencies.append(t1 - t0)
@@ -334,13 +340,22 @@ class Bench:
             customer = self.customers[rng.randrange(len(self.customers))]
             path = f"/v1/entitlements/{customer}/{rng.choice(features)}"
             t0 = time.perf_counter()
-            conn.request("GET", path)
+            conn.request("GET", path, headers=self.auth[customer])
             response = conn.getresponse()
             response.read()
             t1 = time.perf_counter()
             assert response.status == 200, response.status
             if i >= 500:  # warm-up
                 latencies.append(t1 - t0)
+        # The in-run raw baseline: the same server and connection answering /livez (no credential, no
+        # work), so the check's figure reads against what any request costs on this machine right now.
+        raw = []
+        for _ in range(n // 4):
+            t0 = time.perf_counter()
+            conn.request("GET", "/livez")
+            conn.getresponse().read()
+            raw.append(time.perf_counter() - t0)
+        self.results["raw_livez"] = raw
         return latencies
 
     def latency(self) -> None:
@@ -415,10 +430,12 @@ class Bench:
                 f"{pct(e2e, 50) * ms:.0f} / {pct(e2e, 99) * ms:.0f} / {max(e2e) * ms:.0f} ms  "
                 f"({len(e2e)} probes; goal p99 < {GOAL_E2E_P99_MS:.0f} ms)"
             )
+            raw = self.results["raw_livez"]
             print(
                 f"entitlement check p50 / p99, idle      {pct(idle, 50) * ms:.2f} / "
-                f"{pct(idle, 99) * ms:.2f} ms  ({len(idle)} requests, "
-                f"mean {statistics.mean(idle) * ms:.2f} ms)"
+                f"{pct(idle, 99) * ms:.2f} ms  ({len(idle)} requests with the customer's secret key, "
+                f"mean {statistics.mean(idle) * ms:.2f} ms; raw /livez p50 / p99 {pct(raw, 50) * ms:.2f} / "
+                f"{pct(raw, 99) * ms:.2f} ms)"
             )
             print(
                 f"entitlement check p50 / p99, under load {pct(under, 50) * ms:.2f} / "

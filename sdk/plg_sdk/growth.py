@@ -44,13 +44,15 @@ class FlagsClient:
     seconds (a 304 costs no body) and tries the stream again. Until the first document arrives every
     evaluation answers the caller's default with error ``PROVIDER_NOT_READY`` — unless ``bootstrap`` (a
     flags document, e.g. saved from an earlier run) was given. Sticky assignments live in ``sticky`` (a
-    dict by default: pass a persistent mapping to keep them across restarts).
+    dict by default: pass a persistent mapping to keep them across restarts). ``api_key`` is the app's
+    plg key: a publishable one (``plgpk_...``) in browsers and apps, a secret one on servers.
     """
 
     def __init__(
         self,
         host: str = "http://127.0.0.1:8085",
         *,
+        api_key: str | None = None,
         stream: bool = True,
         poll_interval: float = 30.0,
         timeout: float = 5.0,
@@ -59,6 +61,7 @@ class FlagsClient:
         start: bool = True,
     ) -> None:
         self._base = urllib.parse.urlsplit(host.rstrip("/"))
+        self._auth = _authorization(api_key)
         self.stream = stream
         self.poll_interval = poll_interval
         self.timeout = timeout
@@ -113,7 +116,7 @@ class FlagsClient:
         """One ``GET /v1/flags`` (conditional); True when a new document was loaded."""
         conn = _connection(self._base, self.timeout)
         try:
-            headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+            headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **self._auth}
             if self.etag:
                 headers["If-None-Match"] = self.etag
             conn.request("GET", f"{self._base.path}/v1/flags", headers=headers)
@@ -136,7 +139,7 @@ class FlagsClient:
             conn.request(
                 "GET",
                 f"{self._base.path}/v1/flags/stream",
-                headers={"User-Agent": USER_AGENT, "Accept": "text/event-stream"},
+                headers={"User-Agent": USER_AGENT, "Accept": "text/event-stream", **self._auth},
             )
             response = conn.getresponse()
             if response.status != 200:
@@ -184,13 +187,21 @@ class FlagsClient:
             self._thread.join(timeout=2)
 
 
+def _authorization(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 class Onboarding:
     """The onboarding and activation endpoints, made safe for the product: every call has a short timeout
     and any failure (service down, slow, an error answer) is "no step" / ``None`` / ``False``, logged at
-    debug level. If the engine fails, the product stays usable."""
+    debug level. If the engine fails, the product stays usable. ``api_key``: the customer's key (either
+    kind); its customer must be the one the calls name."""
 
-    def __init__(self, host: str = "http://127.0.0.1:8085", *, timeout: float = 0.5) -> None:
+    def __init__(
+        self, host: str = "http://127.0.0.1:8085", *, api_key: str | None = None, timeout: float = 0.5
+    ) -> None:
         self._base = urllib.parse.urlsplit(host.rstrip("/"))
+        self._auth = _authorization(api_key)
         self.timeout = timeout
 
     def _call(self, method: str, path: str, query: Mapping[str, str | None] | None = None) -> Any:
@@ -198,7 +209,8 @@ class Onboarding:
         url = f"{self._base.path}{path}" + (f"?{urllib.parse.urlencode(q)}" if q else "")
         conn = _connection(self._base, self.timeout)
         try:
-            conn.request(method, url, headers={"User-Agent": USER_AGENT, "Accept": "application/json"})
+            headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **self._auth}
+            conn.request(method, url, headers=headers)
             response = conn.getresponse()
             body = response.read()
             if response.status >= 300:

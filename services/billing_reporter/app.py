@@ -111,7 +111,7 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
                 await run_in_threadpool(db.migrate, settings.database.url.get_secret_value())
             registry = life.push(SchemaRegistry(settings.registry), "schema registry")
             pool = life.push(db.open_pool(settings.database, name=SERVICE), "database pool")
-            auth.install(fastapi_app, auth.open_authenticator(pool.connection, settings.auth))
+            auth.install(fastapi_app, auth.open_authenticator(pool, settings.auth))
             gateway = StripeGateway(
                 settings.stripe.api_base, settings.stripe.api_key, timeout=settings.stripe.timeout_seconds
             )
@@ -214,7 +214,11 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
     readiness: dict[str, Callable[[], bool]] = {}
     ops_routes(app, readiness=readiness)
 
-    @app.get("/v1/invoices/{customer_id}/upcoming", responses=openapi.UPCOMING_INVOICE)
+    @app.get(
+        "/v1/invoices/{customer_id}/upcoming",
+        responses={**openapi.UPCOMING_INVOICE, **auth.responses()},
+        dependencies=[Depends(auth.secret_key())],  # the customer's backend, or an operator
+    )
     async def upcoming_invoice(customer_id: str) -> Response:
         """The running invoice of the customer's current period, from the usage consumed so far."""
         found = await run_in_threadpool(

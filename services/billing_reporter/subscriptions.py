@@ -24,7 +24,7 @@ from typing import Any, Literal, NoReturn
 import orjson
 import psycopg
 import stripe
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -34,7 +34,7 @@ from services.billing_reporter import openapi
 from services.billing_reporter.accounts import get_account
 from services.billing_reporter.catalog import CatalogError, version_prices
 from services.billing_reporter.config import BillingSettings
-from services.kernel import metrics
+from services.kernel import auth, metrics
 from services.plans.model import PlansConfig
 from services.plans.periods import billing_period
 
@@ -557,7 +557,13 @@ def routes(
             state["subscriptions"] = SubscriptionStore(state["pool"], config, grace, settings.free_plan)
         return state["subscriptions"]  # type: ignore[no-any-return]
 
-    @app.post("/v1/checkout/{customer_id}", responses=openapi.CHECKOUT, openapi_extra=openapi.CHECKOUT_BODY)
+    @app.post(
+        "/v1/checkout/{customer_id}",
+        responses={**openapi.CHECKOUT, **auth.responses()},
+        openapi_extra=openapi.CHECKOUT_BODY,
+        # The customer's backend starts its own upgrade; an operator may do it on the customer's behalf.
+        dependencies=[Depends(auth.secret_key(operator_role=auth.Role.editor))],
+    )
     async def checkout(customer_id: str, request: Request) -> Response:
         """A Stripe Checkout Session for the customer's upgrade (``{"plan": ...}`` to choose another)."""
         body: dict[str, Any] = {}
@@ -660,7 +666,12 @@ def routes(
             media_type="application/json",
         )
 
-    @app.post("/v1/stripe/webhooks", responses=openapi.WEBHOOK, openapi_extra=openapi.WEBHOOK_BODY)
+    @app.post(
+        "/v1/stripe/webhooks",
+        responses=openapi.WEBHOOK,
+        openapi_extra=openapi.WEBHOOK_BODY,
+        dependencies=[Depends(auth.stripe_signature())],  # verified below, over the raw body
+    )
     async def webhook(request: Request) -> Response:
         """Stripe's events, verified with ``STRIPE_WEBHOOK_SECRET``; idempotent by event id."""
         payload = await request.body()

@@ -6,12 +6,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
-from fastapi import FastAPI, Path
+from fastapi import Depends, FastAPI, Path
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from services.growth.flags import Broadcaster
+from services.kernel import auth
 from services.kernel.sse import event as sse_event
 
 if TYPE_CHECKING:
@@ -52,6 +53,10 @@ def crossing_message(record: dict[str, Any]) -> tuple[str, str | None, bytes]:
     )
 
 
+# Activation state is not on the publishable key's list: the customer's backend (secret key) or an operator.
+READER: Any = Depends(auth.secret_key())
+
+
 def activation_routes(
     app: FastAPI,
     growth: Callable[[], Growth],
@@ -64,7 +69,8 @@ def activation_routes(
         "/v1/activation/{customer_id}/{person_id}",
         response_model=ActivationStatus,
         summary="Activation thresholds for a person and their customer: counts, crossings, prompt",
-        responses=errors,
+        responses={**errors, **auth.responses()},
+        dependencies=[READER],
     )
     async def status(customer_id: Id, person_id: Id) -> Response:
         """Counts per threshold in its window (now), whether it was crossed (once, for good), and
@@ -89,7 +95,9 @@ def activation_routes(
                 "content": {"text/event-stream": {"schema": {"type": "string"}}},
             },
             **errors,
+            **auth.responses(),
         },
+        dependencies=[READER],
     )
     async def stream(customer_id: Id, person_id: Id, request: Request) -> StreamingResponse:
         g = growth()

@@ -7,14 +7,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
-from fastapi import FastAPI, Path, Query
+from fastapi import Depends, FastAPI, Path, Query
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from services.growth.onboarding import Recommendation, StepState, recommend
 from services.growth.telemetry import stable_event_id, usage_event
-from services.kernel import metrics
+from services.kernel import auth, metrics
 from services.kernel.http import HttpError
 
 if TYPE_CHECKING:
@@ -73,6 +73,13 @@ def _step(state: StepState) -> dict[str, Any]:
     return {"id": s.id, "title": s.title, "intent": s.intent, "priority": s.priority}
 
 
+# A person's onboarding is read and completed from the product itself, often a browser: a key of either
+# kind of the customer in the path, or an operator (viewer reads; completing on a customer's behalf needs
+# an editor).
+READER: Any = Depends(auth.publishable_key())
+COMPLETER: Any = Depends(auth.publishable_key(operator_role=auth.Role.editor))
+
+
 def onboarding_routes(
     app: FastAPI, growth: Callable[[], Growth], errors: dict[int | str, dict[str, Any]]
 ) -> None:
@@ -111,7 +118,8 @@ def onboarding_routes(
         "/v1/onboarding/{customer_id}/{person_id}/next",
         response_model=NextStep,
         summary="The recommended next onboarding step (or none), with why",
-        responses=errors,
+        responses={**errors, **auth.responses()},
+        dependencies=[READER],
     )
     async def next_step(
         customer_id: Id,
@@ -141,7 +149,8 @@ def onboarding_routes(
         "/v1/onboarding/{customer_id}/{person_id}/progress",
         response_model=Progress,
         summary="Every step of the person's flow with its status",
-        responses=errors,
+        responses={**errors, **auth.responses()},
+        dependencies=[READER],
     )
     async def progress(
         customer_id: Id,
@@ -169,16 +178,23 @@ def onboarding_routes(
         responses={
             **errors,
             201: {"model": Completed, "description": "Recorded now."},
-            404: {"description": "No such step in any flow."},
+            404: {"description": "No such step in any flow, or (operators) no such customer."},
+            **auth.responses(),
         },
     )
-    async def complete(customer_id: Id, person_id: Id, step_id: Id) -> Response:
+    async def complete(
+        customer_id: Id, person_id: Id, step_id: Id, caller: Annotated[auth.Caller, COMPLETER]
+    ) -> Response:
         """The first call records it (201) and writes one `onboarding_step_completed` event; repeats answer
         200 with the first completion and write nothing (a repeat after a Kafka failure writes the event
         then, with the same event_id)."""
         g = growth()
         if step_id not in g.onboarding.step_ids():
             raise HttpError(404, "step_not_found", f"no step {step_id!r} in any onboarding flow")
+        if caller.operator is not None and await run_in_threadpool(g.customers.lookup, customer_id) is None:
+            # A key's customer exists (keys belong to customers); an operator may name any: no progress
+            # row and no event for a customer that does not exist.
+            raise HttpError(404, "customer_not_found", f"no customer {customer_id!r}")
         ctx = context(g, customer_id, person_id, None, None)
         flow = flow_of(g, ctx)
         done = await run_in_threadpool(g.progress.complete, customer_id, person_id, step_id, flow)

@@ -5,7 +5,6 @@ activation loop, all on the lifecycle."""
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -13,12 +12,13 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Body, FastAPI, Header, Path
+from fastapi import Body, Depends, FastAPI, Header, Path
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from services.activation import load_activation
+from services.customers import CustomerDirectory
 from services.growth.activation_view import ActivationView
 from services.growth.api_activation import activation_routes, crossing_message
 from services.growth.api_models import (
@@ -47,6 +47,7 @@ from services.growth.loop import ActivationLoop
 from services.growth.onboarding import OnboardingConfig, load_onboarding
 from services.growth.progress import ProgressStore
 from services.growth.telemetry import TelemetryWriter
+from services.kernel import auth
 from services.kernel.cors import CorsMiddleware
 from services.kernel.db import migrate, open_pool
 from services.kernel.http import HttpError, install_error_handlers, request_id_of
@@ -65,7 +66,6 @@ SERVICE = "growth"
 VERSION = "0.1.0"
 _JSON = "application/json"
 
-ACTOR_HEADER = "X-Plg-Actor"
 FlagKey = Annotated[
     str, Path(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$", description="The flag key (as in flags.yaml).")
 ]
@@ -79,10 +79,32 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 _ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
     **_ERRORS,
-    401: {"model": ErrorBody, "description": "Missing or wrong admin token."},
+    **auth.responses(),
+    401: {"model": ErrorBody, "description": "No operator credential (token or browser session)."},
     404: {"model": ErrorBody, "description": "No such flag."},
     409: {"model": ErrorBody, "description": "If-Match names another version than the current one."},
 }
+
+
+# Flag definitions are the product's, the same for every customer: any key (a browser's publishable one
+# too) or an operator reads them; evaluation files exposures under the key's customer.
+FLAG_READER: Any = Depends(auth.publishable_key(customer_param=None))
+# The flag admin API: operators only; changes are audited under the operator's name from the credential.
+ADMIN_VIEWER: Any = Depends(auth.operator(auth.Role.viewer))
+ADMIN_EDITOR: Any = Depends(auth.operator(auth.Role.editor))
+
+
+async def _bind_customer(g: Growth, caller: auth.Caller, context: dict[str, Any]) -> None:
+    """The evaluation's customer is the key's: a context naming another one is refused (403), an absent one
+    is filled in. An operator names the customer in the context; an unknown one is refused (404), so no
+    exposure, sticky assignment or score is ever made for a customer that does not exist."""
+    named = context.get("customer_id")
+    if caller.customer_id is not None:
+        if named is not None and named != caller.customer_id:
+            raise auth.forbidden("context.customer_id must be the API key's own customer")
+        context["customer_id"] = caller.customer_id
+    elif named is not None and await run_in_threadpool(g.customers.lookup, named) is None:
+        raise HttpError(404, "customer_not_found", f"no customer {named!r}")
 
 
 @dataclass
@@ -100,6 +122,9 @@ class Growth:
     activation: ActivationView
     loop: ActivationLoop | None
     erasures: ErasureFollower
+    authenticator: auth.Authenticator
+    # Customers exist before growth writes anything for them (an operator may name any customer).
+    customers: CustomerDirectory
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -177,6 +202,16 @@ def open_growth(
         loop = life.push(
             ActivationLoop.build(settings, activation_config, registry, life, erasures), "activation loop"
         )
+    # The admin token of before operators existed stays usable as an admin operator; audit rows name it.
+    static = (
+        {
+            settings.admin_token.get_secret_value(): auth.Operator(
+                "GROWTH_ADMIN_TOKEN", auth.Role.admin, "token"
+            )
+        }
+        if settings.admin_token is not None and settings.admin_token.get_secret_value()
+        else None
+    )
     return Growth(
         settings,
         store,
@@ -189,6 +224,8 @@ def open_growth(
         view,
         loop,
         erasures,
+        auth.open_authenticator(pool, settings.auth, static_operators=static),
+        CustomerDirectory(pool, listen=False),
     )
 
 
@@ -206,10 +243,12 @@ def build_app(settings: GrowthSettings, lifecycle: Lifecycle | None = None) -> F
             state["growth"] = await asyncio.to_thread(
                 open_growth, settings, life, flags_broadcaster, activation_broadcaster
             )
+            auth.install(_app, state["growth"].authenticator)
             log.info("growth ready", extra={"host": settings.host, "port": settings.port})
             yield
         finally:
             state.pop("growth", None)
+            auth.install(_app, None)
             await asyncio.to_thread(life.close)
 
     app = FastAPI(
@@ -242,7 +281,12 @@ def build_app(settings: GrowthSettings, lifecycle: Lifecycle | None = None) -> F
         "/v1/flags",
         response_model=FlagsDocument,
         summary="Every flag definition, for local evaluation",
-        responses={304: {"description": "Not modified since the ETag given in If-None-Match."}, **_ERRORS},
+        responses={
+            304: {"description": "Not modified since the ETag given in If-None-Match."},
+            **_ERRORS,
+            **auth.responses(forbidden_too=False),
+        },
+        dependencies=[FLAG_READER],
     )
     async def get_flags(request: Request) -> Response:
         """The flags document the SDKs compile and evaluate locally. Send the last `ETag` back in
@@ -265,7 +309,9 @@ def build_app(settings: GrowthSettings, lifecycle: Lifecycle | None = None) -> F
                 "content": {"text/event-stream": {"schema": {"type": "string"}}},
             },
             **_ERRORS,
+            **auth.responses(forbidden_too=False),
         },
+        dependencies=[FLAG_READER],
     )
     async def stream_flags(request: Request) -> StreamingResponse:
         runtime = growth().runtime
@@ -276,15 +322,21 @@ def build_app(settings: GrowthSettings, lifecycle: Lifecycle | None = None) -> F
     @app.post(
         "/v1/flags/evaluate",
         summary="Evaluate flags server-side (OpenFeature evaluation details)",
-        responses={200: {"model": EvaluationDetails | EvaluationList}, **_ERRORS},
+        responses={
+            200: {"model": EvaluationDetails | EvaluationList},
+            **_ERRORS,
+            **auth.responses(),
+            404: {"model": ErrorBody, "description": "(Operators) the context names no existing customer."},
+        },
     )
-    async def evaluate(body: EvaluateRequest) -> Response:
+    async def evaluate(body: EvaluateRequest, caller: Annotated[auth.Caller, FLAG_READER]) -> Response:
         """One flag (`flag_key`) answers its evaluation details; `flag_keys` or neither answers
         `{revision, flags: [details...]}`. An unknown flag or a wrong `type` is not an HTTP error: its
         details say reason `ERROR` with the error code and `default_value` as the value, as OpenFeature
         providers do. Security-critical flags should be evaluated here, not in clients."""
         g = growth()
         context = body.context.model_dump(exclude_none=True)
+        await _bind_customer(g, caller, context)
         if "user_id" not in context and "targetingKey" in context:
             context["user_id"] = context["targetingKey"]
         keys = [body.flag_key] if body.flag_key is not None else body.flag_keys
@@ -300,31 +352,6 @@ def build_app(settings: GrowthSettings, lifecycle: Lifecycle | None = None) -> F
 
     # -- admin -----------------------------------------------------------------------------------------------
 
-    def admin(request: Request) -> str:
-        """Checks the bearer token; returns the actor the change is audited under."""
-        token = settings.admin_token
-        if token is None:
-            raise HttpError(
-                503, "admin_disabled", "the admin API is off: set GROWTH_ADMIN_TOKEN to enable it"
-            )
-        given = request.headers.get("authorization", "")
-        scheme, _, secret = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            secret.strip().encode(), token.get_secret_value().encode()
-        ):
-            raise HttpError(
-                401,
-                "unauthorized",
-                "admin calls need Authorization: Bearer <GROWTH_ADMIN_TOKEN>",
-                {"WWW-Authenticate": 'Bearer realm="plg-growth-admin"'},
-            )
-        actor = (request.headers.get(ACTOR_HEADER) or "").strip()
-        if not actor or len(actor) > 200 or not actor.isprintable():
-            raise HttpError(
-                400, "actor_required", f"say who makes the change in {ACTOR_HEADER} (1-200 characters)"
-            )
-        return actor
-
     def expected_version(if_match: str | None) -> int | None:
         if if_match is None:
             return None
@@ -339,8 +366,7 @@ def build_app(settings: GrowthSettings, lifecycle: Lifecycle | None = None) -> F
         summary="One flag as stored, with its version (ETag)",
         responses=_ADMIN_ERRORS,
     )
-    async def admin_get(key: FlagKey, request: Request) -> Response:
-        admin(request)
+    async def admin_get(key: FlagKey, _who: Annotated[auth.Operator, ADMIN_VIEWER]) -> Response:
         found = await run_in_threadpool(growth().store.get, key)
         if found is None:
             raise HttpError(404, "flag_not_found", f"no flag {key!r}")
@@ -364,12 +390,14 @@ def build_app(settings: GrowthSettings, lifecycle: Lifecycle | None = None) -> F
         key: FlagKey,
         request: Request,
         definition: Annotated[FlagDefinition, Body()],
+        who: Annotated[auth.Operator, ADMIN_EDITOR],
         if_match: IfMatch = None,
     ) -> Response:
         """The whole definition (as in flags.yaml, without `key`); validated against every other flag
-        (422 lists every problem). Versioned and audited under `X-Plg-Actor`; every SSE subscriber gets the
-        new document within a second. `If-Match: "<version>"` refuses (409) if the flag moved meanwhile."""
-        actor = admin(request)
+        (422 lists every problem). Versioned and audited under the operator's name (from the credential,
+        never a header); every SSE subscriber gets the new document within a second.
+        `If-Match: "<version>"` refuses (409) if the flag moved meanwhile."""
+        actor = who.name
         return await _write(
             key, definition.model_dump(exclude_none=True), actor, expected_version(if_match), request
         )
@@ -384,10 +412,11 @@ def build_app(settings: GrowthSettings, lifecycle: Lifecycle | None = None) -> F
         key: FlagKey,
         request: Request,
         changes: Annotated[FlagDefinition, Body()],
+        who: Annotated[auth.Operator, ADMIN_EDITOR],
         if_match: IfMatch = None,
     ) -> Response:
         """Top-level fields given replace the stored ones; the rest stays."""
-        actor = admin(request)
+        actor = who.name
         g = growth()
         found = await run_in_threadpool(g.store.get, key)
         if found is None:
@@ -427,8 +456,13 @@ def build_app(settings: GrowthSettings, lifecycle: Lifecycle | None = None) -> F
         summary="Delete a flag (audited; refused while another flag has it as a prerequisite)",
         responses=_ADMIN_ERRORS,
     )
-    async def admin_delete(key: FlagKey, request: Request, if_match: IfMatch = None) -> Response:
-        actor = admin(request)
+    async def admin_delete(
+        key: FlagKey,
+        request: Request,
+        who: Annotated[auth.Operator, Depends(auth.operator(auth.Role.admin))],
+        if_match: IfMatch = None,
+    ) -> Response:
+        actor = who.name
         g = growth()
         try:
             version = await run_in_threadpool(
@@ -453,8 +487,7 @@ def build_app(settings: GrowthSettings, lifecycle: Lifecycle | None = None) -> F
         summary="Who changed the flag, when, and what (newest first)",
         responses=_ADMIN_ERRORS,
     )
-    async def admin_history(key: FlagKey, request: Request) -> Response:
-        admin(request)
+    async def admin_history(key: FlagKey, _who: Annotated[auth.Operator, ADMIN_VIEWER]) -> Response:
         changes = await run_in_threadpool(growth().store.history, key)
         if not changes:
             raise HttpError(404, "flag_not_found", f"no flag {key!r} was ever written")

@@ -19,8 +19,8 @@ class GrowthSettings(ExactlyOnceSettings):
     model_config = SettingsConfigDict(env_prefix="GROWTH_")
 
     port: int = Field(default=8085, ge=0, le=65535)
-    # Bearer token of the admin API (flag changes). Unset: the admin API answers 503 admin_disabled, so a
-    # deployment that forgot it is closed, not open.
+    # A shared bearer token of the flag admin API, taken as an admin operator named GROWTH_ADMIN_TOKEN in
+    # the audit. Optional: operator tokens (`plg operators create`) and browser sessions are the way in.
     admin_token: SecretStr | None = None
 
     # Config files; default $PLG_FLAGS_CONFIG / $PLG_ONBOARDING_CONFIG / $PLG_ACTIVATION_CONFIG or

@@ -1,7 +1,7 @@
 """``python -m services.health_score``: the health-score service, its API and the CS dashboard (port 8084).
 
-``--check-config`` validates the settings and the metric registry (deploy/config/health.yaml), prints them
-and exits.
+``--check-config`` validates the settings, the metric registry (deploy/config/health.yaml) and the plans file
+(seats per plan), prints them and exits.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from services.health_score.app import SERVICE, build_app, registry_file
 from services.health_score.config import HealthSettings
 from services.kernel.service import HttpOptions, run_service
+from services.plans.loader import plans_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +19,9 @@ def main(argv: list[str] | None = None) -> int:
         build_app,
         # SSE connections (the dashboard) never end by themselves: after 3 s of draining they are cut.
         http=HttpOptions(timeout_graceful_shutdown=3),
-        config_files=[registry_file()],
+        # Both files it reads: the metric registry and the plans (seats per plan), so --check-config and
+        # the start check them.
+        config_files=[registry_file(), plans_file("plans_path")],
         argv=argv,
         description=__doc__,
     )

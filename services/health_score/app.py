@@ -370,8 +370,9 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
     @app.get(
         "/v1/health/{customer_id}",
         response_model=None,
-        responses={200: {"model": HealthOut}, **errors},
+        responses={200: {"model": HealthOut}, **errors, **auth.responses()},
         summary="One customer's health",
+        dependencies=[Depends(auth.secret_key())],  # the customer's own backend, or an operator
     )
     async def get_health(customer_id: str) -> Response:
         """Score, band, components, trend, explanation and daily history, from the serving cache."""

@@ -54,7 +54,11 @@ class HealthSettings(StreamServiceSettings):
     oidc: OidcSettings = Field(default_factory=OidcSettings)
 
     def development_defaults(self) -> list[DevDefault]:
-        found = super().development_defaults()
+        found = [
+            *super().development_defaults(),
+            *self.sessions.development_defaults(),
+            *self.oidc.development_defaults(),
+        ]
         if self.webhook_signing_secret is None:
             found.append(
                 DevDefault(

@@ -102,7 +102,7 @@ class Ingest:
         self.import_writer = import_writer or writer
         # Ingest keeps its own cache TTLs (INGEST_KEY_CACHE_TTL_SECONDS, ...): it is the hot path.
         self.auth: Authenticator = auth.open_authenticator(
-            lambda: pool.connection(timeout=5),
+            pool,
             AuthSettings(
                 key_cache_ttl_seconds=settings.key_cache_ttl_seconds,
                 key_negative_cache_ttl_seconds=settings.key_negative_cache_ttl_seconds,

@@ -144,13 +144,21 @@ class Authenticator:
 
 
 def open_authenticator(
-    connection: Callable[[], Any],
+    pool: Any,
     settings: AuthSettings,
     *,
     static_operators: dict[str, Operator] | None = None,
 ) -> Authenticator:
-    """An authenticator over the credential tables. ``connection()`` is a context manager giving a
-    PostgreSQL connection (``pool.connection``); ``settings`` the service's ``auth`` settings."""
+    """An authenticator over the credential tables, read through ``pool`` (the service's psycopg
+    ``ConnectionPool``, or a zero-argument factory of connections); ``settings`` are the service's
+    ``auth`` settings (``PLG_AUTH_*``)."""
+    if hasattr(pool, "connection"):
+
+        def connection() -> Any:
+            return pool.connection(timeout=5)
+
+    else:  # a zero-argument factory: pool.connection, or lambda: pool.connection(timeout=5)
+        connection = pool
 
     def lookup(fn: Callable[[Any, str], Any]) -> Callable[[str], Awaitable[Any]]:
         def sync(key_id: str) -> Any:
@@ -214,6 +222,22 @@ async def authenticate(request: Request) -> Principal:
             "operator token from `plg operators create`)"
         )
     return principal
+
+
+def responses(*, forbidden_too: bool = True) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI entries of a policy's refusals, to merge into a route's ``responses``."""
+    out: dict[int | str, dict[str, Any]] = {
+        401: {
+            "description": "No credential, or a malformed, unknown or revoked one.",
+            "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+        }
+    }
+    if forbidden_too:
+        out[403] = {
+            "description": "A valid credential that may not do this: another customer's key, a publishable "
+            "key where a secret one is needed, an API key on an operator route, an operator below the role."
+        }
+    return out
 
 
 # -- policies ---------------------------------------------------------------------------------------------
@@ -371,6 +395,21 @@ def _from_dependant(dependant: Dependant) -> list[Policy]:
             found.append(sub.call)
         found.extend(_from_dependant(sub))
     return found
+
+
+def iter_routes(
+    routes: Iterable[BaseRoute], prefix: str = "", extra: tuple[Policy, ...] = ()
+) -> Iterable[tuple[str, BaseRoute, tuple[Policy, ...]]]:
+    """``(path, route, policies of the include)`` of every route, routers included with
+    ``app.include_router`` flattened (FastAPI keeps those as one entry of ``app.routes``)."""
+    for route in routes:
+        original = getattr(route, "original_router", None)
+        context = getattr(route, "include_context", None)
+        if original is not None and context is not None:
+            added = tuple(d.dependency for d in context.dependencies if isinstance(d.dependency, Policy))
+            yield from iter_routes(original.routes, prefix + context.prefix, extra + added)
+        else:
+            yield prefix + getattr(route, "path", ""), route, extra
 
 
 def policies_of(route: BaseRoute, app: Any = None) -> list[Policy]:

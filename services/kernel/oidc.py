@@ -35,9 +35,10 @@ from joserfc.errors import (
 )
 from joserfc.jwk import KeySet
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from services.kernel.auth import Role
+from services.kernel.settings import DevDefault, PlgSettings
 
 RoleName = Literal["viewer", "editor", "admin"]
 
@@ -61,7 +62,7 @@ JWKS_REFETCH_MIN_SECONDS = 30.0
 MAX_ID_TOKEN_CHARS = 16_384
 
 
-class OidcSettings(BaseSettings):
+class OidcSettings(PlgSettings):
     """``PLG_OIDC_*``: single sign-on through an OpenID Connect provider (off while ``issuer`` is unset)."""
 
     model_config = SettingsConfigDict(env_prefix="PLG_OIDC_", extra="ignore")
@@ -122,6 +123,17 @@ class OidcSettings(BaseSettings):
     @property
     def enabled(self) -> bool:
         return self.issuer is not None
+
+    def development_defaults(self) -> list[DevDefault]:
+        if self.issuer is not None and urlsplit(self.issuer).scheme != "https":
+            return [
+                DevDefault(
+                    "PLG_OIDC_ISSUER",
+                    "is plain http (a local test provider): ID tokens and the client secret would travel "
+                    "unencrypted; use the IdP's https issuer",
+                )
+            ]
+        return []
 
 
 def _https_or_loopback(url: str) -> bool:

@@ -27,12 +27,13 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 from starlette.requests import Request
 from starlette.responses import Response
 
 from services.kernel.auth import Operator, Role
 from services.kernel.oidc import LoginAttempt
+from services.kernel.settings import DevDefault, PlgSettings
 
 COOKIE = "plg_session"
 #: Over https the cookie gets the ``__Host-`` prefix: the browser then refuses it unless it is Secure,
@@ -42,7 +43,7 @@ STATE_COOKIE = "plg_oidc_state"
 LOGIN_CSRF_COOKIE = "plg_login_csrf"
 
 
-class SessionSettings(BaseSettings):
+class SessionSettings(PlgSettings):
     """``PLG_SESSION_*``: operators' browser sessions."""
 
     model_config = SettingsConfigDict(env_prefix="PLG_SESSION_", extra="ignore")
@@ -52,6 +53,17 @@ class SessionSettings(BaseSettings):
     # "auto": Secure (and __Host-) when the request came over https; "always" behind a TLS-terminating
     # proxy that forwards plain http; "never" only for plain-http development.
     cookie_secure: Literal["auto", "always", "never"] = "auto"
+
+    def development_defaults(self) -> list[DevDefault]:
+        if self.cookie_secure == "never":
+            return [
+                DevDefault(
+                    "PLG_SESSION_COOKIE_SECURE",
+                    "is never: operators' session cookies would be sent over plain http; use auto (behind "
+                    "https) or always (behind a TLS-terminating proxy)",
+                )
+            ]
+        return []
 
 
 def digest(value: str) -> bytes:

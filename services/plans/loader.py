@@ -113,13 +113,13 @@ def summary(config: PlansConfig) -> dict[str, Any]:
     }
 
 
-def plans_file() -> ConfigFile[Any]:
-    """The meters-and-plans file as a config file of a service whose settings have ``config_path``
-    (metering, entitlements): validated before the service builds, every error listed (exit 2), and
-    summarised by ``--check-config``."""
+def plans_file(field: str = "config_path") -> ConfigFile[Any]:
+    """The meters-and-plans file as a config file of a service whose settings have ``field`` (metering,
+    entitlements, billing: ``config_path``; health: ``plans_path``): validated before the service builds,
+    every error listed (exit 2), and summarised by ``--check-config``."""
     from services.kernel.service import ConfigFile  # lazily: the pure plans model needs no kernel
 
     def load(settings: Any) -> PlansConfig:
-        return load_config(getattr(settings, "config_path", None))
+        return load_config(getattr(settings, field, None))
 
     return ConfigFile("meters-and-plans", load, summary)

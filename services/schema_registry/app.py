@@ -19,14 +19,14 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from services.kernel import db
+from services.kernel import auth, db
 from services.kernel import http as kernel_http
 from services.kernel.http import HttpError, RequestOutcome, install_error_handlers
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.metrics import CollectorRegistry, counter, histogram
 from services.kernel.ops import ops_routes
 from services.schema_registry import model, openapi
-from services.schema_registry.auth import WWW_AUTHENTICATE, AdminGuard
+from services.schema_registry.auth import WWW_AUTHENTICATE, RegistryAccess
 from services.schema_registry.config import RegistrySettings
 from services.schema_registry.model import ErrorCode, RegistryError
 from services.schema_registry.registry import Registry
@@ -111,7 +111,8 @@ class RegistryMetrics:
 def build_app(settings: RegistrySettings, lifecycle: Lifecycle | None = None) -> FastAPI:
     """The registry's ASGI app; its lifespan opens the store on ``lifecycle`` and closes the lifecycle."""
     metrics = RegistryMetrics()
-    guard = AdminGuard(settings.admin_token, settings.protect_reads)
+    read_access = RegistryAccess(settings.admin_token, settings.protect_reads, write=False)
+    write_access = RegistryAccess(settings.admin_token, settings.protect_reads, write=True)
     life = lifecycle or Lifecycle(SERVICE)
 
     @asynccontextmanager
@@ -126,6 +127,7 @@ def build_app(settings: RegistrySettings, lifecycle: Lifecycle | None = None) ->
                 await run_in_threadpool(db.open_pool, settings.database, SERVICE), "database pool"
             )
             app.state.store = Store(pool, settings.db_timeout_seconds)
+            auth.install(app, auth.open_authenticator(pool, settings.auth))
             app.state.registry = Registry(
                 app.state.store, settings.default_compatibility, settings.cache_size
             )
@@ -133,10 +135,11 @@ def build_app(settings: RegistrySettings, lifecycle: Lifecycle | None = None) ->
                 "schema registry ready on %s:%s (writes %s)",
                 settings.host,
                 settings.port,
-                "need the admin token" if guard.enabled else "open",
+                "need an operator or the admin token" if write_access.enabled else "open",
             )
             yield
         finally:
+            auth.install(app, None)
             await run_in_threadpool(life.close)
             log.info("schema registry stopped")
 
@@ -151,7 +154,6 @@ def build_app(settings: RegistrySettings, lifecycle: Lifecycle | None = None) ->
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.guard = guard
 
     # -- errors: always Confluent's {"error_code", "message"} ------------------------------------------
 
@@ -212,17 +214,13 @@ def build_app(settings: RegistrySettings, lifecycle: Lifecycle | None = None) ->
             if "\x00" in str(value):
                 raise RegistryError(ErrorCode.BAD_REQUEST, f"Parameter {name!r} contains a NUL character")
 
-    # async: these are cheap, so they run on the event loop rather than costing a thread-pool hop.
-    async def reader(request: Request) -> None:
-        guard.check(request.headers.get("authorization"), write=False)
+    # The policy first (services/schema_registry/auth.py), then the inputs; async: both are cheap, so they
+    # run on the event loop rather than costing a thread-pool hop.
+    async def checked_inputs(request: Request) -> None:
         clean_inputs(request)
 
-    async def writer(request: Request) -> None:
-        guard.check(request.headers.get("authorization"), write=True)
-        clean_inputs(request)
-
-    read = [Depends(reader)]
-    write = [Depends(writer)]
+    read = [Depends(read_access), Depends(checked_inputs)]
+    write = [Depends(write_access), Depends(checked_inputs)]
 
     def registry_of(request: Request) -> Registry:
         registry: Registry = request.app.state.registry
@@ -268,12 +266,16 @@ def build_app(settings: RegistrySettings, lifecycle: Lifecycle | None = None) ->
 
     openapi_document = openapi.document(app.version)
 
-    @app.get("/openapi.json", include_in_schema=False)
+    @app.get(
+        "/openapi.json", include_in_schema=False, dependencies=[Depends(auth.public("the API description"))]
+    )
     async def openapi_json() -> Response:
         """The registry's OpenAPI document (services/schema_registry/openapi.py)."""
         return JSONResponse(openapi_document)
 
-    @app.get("/healthz", include_in_schema=False)
+    @app.get(
+        "/healthz", include_in_schema=False, dependencies=[Depends(auth.public("liveness for the launcher"))]
+    )
     async def healthz() -> dict[str, str]:
         """Liveness under the name the local stack's launcher polls (same as /livez)."""
         return {"status": "ok"}

@@ -33,6 +33,7 @@ from avro.compatibility import (
 class ErrorCode(IntEnum):
     BAD_REQUEST = 400
     UNAUTHORIZED = 40101
+    FORBIDDEN = 40301
     NOT_FOUND = 404
     SUBJECT_NOT_FOUND = 40401
     VERSION_NOT_FOUND = 40402

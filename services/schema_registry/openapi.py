@@ -254,7 +254,9 @@ def _text(description: str) -> dict[str, Any]:
 
 _ERRORS_ALWAYS = {
     "400": "Malformed JSON body, bad query flag or integer, NUL in a parameter (error_code 400).",
-    "401": "Admin token missing or wrong (40101), when the registry is protected.",
+    "401": "Credential missing, unknown or wrong (40101), when the registry is protected.",
+    "403": "A valid credential below what the operation needs (40301): writes need an operator of role "
+    "editor or the admin token.",
     "408": "The body did not arrive within REGISTRY_BODY_READ_TIMEOUT_SECONDS.",
     "500": "A bug of ours, logged with the body's request_id.",
     "503": "PostgreSQL unavailable (50001); retry.",

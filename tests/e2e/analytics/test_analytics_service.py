@@ -68,6 +68,17 @@ class Analytics:
         for f in futures:
             f.result(timeout=30)
 
+    def timeline(self, customer: str, token: str, **params: Any) -> list[dict[str, Any]]:
+        """The customer's stored events, newest first (GET .../timeline as an operator)."""
+        answer = httpx.get(
+            f"{self.url}/v1/analytics/customers/{customer}/timeline",
+            params={"limit": 10_000, "since": "1d", **params},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        return answer.json()["events"]  # type: ignore[no-any-return]
+
     def inserted(self) -> float:
         """Rows this process inserted (its /metrics, public like every ops endpoint)."""
         text = httpx.get(f"{self.url}/metrics", timeout=5).text
@@ -107,6 +118,19 @@ def analytics(
         registry.close()
 
 
+def plg(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``plg ARGS`` (the CLI) as a process, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def operator_token(database_url: str, role: str = "viewer") -> str:
     import psycopg
 
@@ -133,27 +157,25 @@ def test_every_event_is_stored_exactly_once_across_a_sigkill(analytics: Analytic
         for i in range(2000)
     ]
     analytics.start()
-    sender = threading.Thread(target=analytics.send, args=(events[:1500],))
+
+    def trickle() -> None:  # the first 1,500 over about 3 s, so the kill lands while they flow
+        for start in range(0, 1500, 50):
+            analytics.send(events[start : start + 50])
+            time.sleep(0.1)
+
+    sender = threading.Thread(target=trickle)
     sender.start()
     wait_for(lambda: analytics.inserted() >= 300, timeout=60, what="a first part stored")
     assert analytics.proc is not None
-    before_kill = analytics.inserted()
-    analytics.proc.kill()  # mid-stream: batches of 50, 1500 events on their way
-    assert before_kill < 1500, "the kill came after the first part was all stored: not mid-stream"
+    analytics.proc.kill()  # mid-stream: batches of 50 stored, more on their way
+    assert sender.is_alive(), "the events had all been sent before the kill: not mid-stream"
     sender.join()
     analytics.send(events[1500:])
     analytics.start()
     token = operator_token(stack.database_url)
 
     def stored() -> list[str]:
-        answer = httpx.get(
-            f"{analytics.url}/v1/analytics/customers/{customer}/timeline",
-            params={"limit": 10_000, "since": "1d"},
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=30,
-        )
-        assert answer.status_code == 200, answer.text
-        return [e["event_id"] for e in answer.json()["events"]]
+        return [e["event_id"] for e in analytics.timeline(customer, token)]
 
     wait_for(lambda: len(stored()) >= len(events), timeout=90, what="every event stored")
     time.sleep(1)  # anything duplicated late would show now
@@ -200,32 +222,22 @@ def test_routes_are_for_operators_and_the_cli_prints_the_funnel_contract(analyti
     assert bad.status_code == 400
     assert bad.json()["code"] == "invalid_query"
 
-    cli = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "services.cli",
-            "analytics",
-            "--url",
-            analytics.url,
-            "funnel",
-            "--steps",
-            ",".join(steps),
-            "--customer",
-            customer,
-            "--window",
-            "7d",
-            "--since",
-            "1d",
-            "--format",
-            "json",
-        ],
+    cli = plg(
+        "analytics",
+        "--url",
+        analytics.url,
+        "funnel",
+        "--steps",
+        ",".join(steps),
+        "--customer",
+        customer,
+        "--window",
+        "7d",
+        "--since",
+        "1d",
+        "--format",
+        "json",
         env={**os.environ, "PLG_OPERATOR_TOKEN": token},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
     )
     assert cli.returncode == 0, cli.stderr
     assert orjson.loads(cli.stdout) == {
@@ -235,24 +247,14 @@ def test_routes_are_for_operators_and_the_cli_prints_the_funnel_contract(analyti
             {"name": "team_invite_sent", "count": 1},
         ]
     }
-    no_token = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "services.cli",
-            "analytics",
-            "--url",
-            analytics.url,
-            "funnel",
-            "--steps",
-            "a,b",
-        ],
+    no_token = plg(
+        "analytics",
+        "--url",
+        analytics.url,
+        "funnel",
+        "--steps",
+        "a,b",
         env={k: v for k, v in os.environ.items() if k != "PLG_OPERATOR_TOKEN"},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
     )
     assert no_token.returncode == 1
     assert "PLG_OPERATOR_TOKEN" in no_token.stderr
@@ -352,17 +354,9 @@ def test_imported_history_is_stored_once_marked_historical_and_never_metered(
         ]
         history.write_text("\n".join(orjson.dumps(line).decode() for line in lines))
         ingest_url = f"http://127.0.0.1:{ports['ingest']}"
-        cli = [sys.executable, "-m", "services.cli", "import", str(history), "--url", ingest_url]
+        cli = ["import", str(history), "--url", ingest_url]
         for _ in range(2):  # the same file twice: stored once
-            done = subprocess.run(
-                cli,
-                env={**os.environ, "PLG_API_KEY": key},
-                cwd=REPO,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
+            done = plg(*cli, env={**os.environ, "PLG_API_KEY": key})
             assert done.returncode == 0, done.stdout + done.stderr
             assert "imported 4 event(s)" in done.stdout
         publishable = _publishable_key(stack.database_url, customer)
@@ -373,14 +367,7 @@ def test_imported_history_is_stored_once_marked_historical_and_never_metered(
         token = operator_token(stack.database_url)
 
         def stored() -> list[dict[str, Any]]:
-            answer = httpx.get(
-                f"{analytics.url}/v1/analytics/customers/{customer}/timeline",
-                params={"limit": 100, "since": "800d"},
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=30,
-            )
-            assert answer.status_code == 200, answer.text
-            return answer.json()["events"]
+            return analytics.timeline(customer, token, since="800d")
 
         events = wait_for(lambda: len(stored()) >= 4 and stored(), timeout=60, what="the history stored")
         time.sleep(1.5)  # the second import's events, enriched too, would show by now
@@ -432,34 +419,17 @@ def test_plg_privacy_forget_erases_the_person_from_the_store_for_good(analytics:
     token = operator_token(stack.database_url, "admin")
 
     def persons() -> list[str | None]:
-        answer = httpx.get(
-            f"{analytics.url}/v1/analytics/customers/{customer}/timeline",
-            params={"limit": 100, "since": "1d"},
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=30,
-        )
-        assert answer.status_code == 200, answer.text
-        return sorted(e["person"] for e in answer.json()["events"])
+        return sorted(e["person"] for e in analytics.timeline(customer, token))
 
     wait_for(lambda: persons() == ["gone", "stays"], timeout=30, what="both persons stored")
-    forget = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "services.cli",
-            "privacy",
-            "forget",
-            "--customer",
-            customer,
-            "--person",
-            "gone",
-        ],
+    forget = plg(
+        "privacy",
+        "forget",
+        "--customer",
+        customer,
+        "--person",
+        "gone",
         env={**analytics.env, "PLG_OPERATOR_TOKEN": token},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
     )
     assert forget.returncode == 0, forget.stdout + forget.stderr
     wait_for(lambda: persons() == ["stays"], timeout=30, what="the person erased from the store")
@@ -472,13 +442,7 @@ def test_plg_privacy_forget_erases_the_person_from_the_store_for_good(analytics:
     analytics.send([*replayed, later])
     analytics.start()
     wait_for(lambda: persons() == ["gone", "stays"], timeout=30, what="the new history stored")
-    answer = httpx.get(
-        f"{analytics.url}/v1/analytics/customers/{customer}/timeline",
-        params={"person": "gone", "since": "1d"},
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=30,
-    )
-    assert [e["name"] for e in answer.json()["events"]] == ["signed_up"]
+    assert [e["name"] for e in analytics.timeline(customer, token, person="gone")] == ["signed_up"]
     # Requests are applied again at every start: the new history survives another restart.
     analytics.proc.terminate()
     analytics.start()
@@ -512,26 +476,16 @@ def test_health_backtest_scores_past_days_against_later_activity(analytics: Anal
     analytics.send(events)
     token = operator_token(stack.database_url)
     wait_for(lambda: analytics.inserted() >= len(events), timeout=30, what="activity stored")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "services.cli",
-            "health",
-            "--url",
-            analytics.url,
-            "backtest",
-            "--since",
-            "45d",
-            "--format",
-            "json",
-        ],
+    done = plg(
+        "health",
+        "--url",
+        analytics.url,
+        "backtest",
+        "--since",
+        "45d",
+        "--format",
+        "json",
         env={**analytics.env, "PLG_OPERATOR_TOKEN": token},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     report = orjson.loads(done.stdout)

@@ -18,6 +18,7 @@ import pytest
 
 from services.devstack.config import free_port
 from services.kernel.db import migrate
+from tests.auth_support import bearer, operator_token
 from tests.integration.metering.harness import Metering, usage_event, wait_for
 from tests.processes import Proc
 
@@ -146,7 +147,8 @@ def test_totals_are_exact_after_sigkills_restarts_and_a_rebalance(world: Meterin
         return all(found.get(c) == (Decimal(n), n) for c, n in unique.items())
 
     wait_for(totals_match, timeout=60, interval=1.0, what="aggregate totals = unique events")
-    with httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=10) as client:
+    operator = bearer(operator_token(world.database, "viewer"))
+    with httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=10, headers=operator) as client:
         wait_for(lambda: client.get("/readyz").status_code == 200, timeout=30, what="entitlement API")
         wait_for(
             lambda: all(

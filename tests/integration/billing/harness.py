@@ -21,6 +21,7 @@ from services.devstack.config import free_port
 from services.ingest import store
 from services.kernel.settings import PlatformSettings
 from services.kernel.topics import BILLING_REPORTS, USAGE_AGGREGATES, topic
+from tests.auth_support import operator_token
 from tests.integration.metering.harness import Metering, RunningApi, now_ms, serve
 from tests.stripe_double import StripeDouble
 
@@ -109,7 +110,7 @@ class Billing:
 
     def start_reporter(self, **overrides: Any) -> RunningApi:
         settings = self.settings(**overrides)
-        api = serve(build_app(settings), settings.port, "billing-reporter")
+        api = serve(build_app(settings), settings.port, "billing-reporter", operator_token(self.db_url))
         self.reporters.append(api)
         return api
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.auth_support import bearer, customer_key
 from tests.http_support import AnswerLog, assert_error, guarded_client, run_schemathesis
 from tests.integration.billing.harness import WEBHOOK_SECRET, Billing, signed, stripe_event
 
@@ -36,7 +37,8 @@ def test_odd_ids_bodies_and_signatures_get_precise_4xx(
 ) -> None:
     c = billing.customer("free")
     reporter = billing.start_reporter(stripe={"api_base": stripe_mock_url})
-    with guarded_client(reporter.url, answers) as client:
+    assert reporter.token is not None  # an operator: every id reaches the handlers
+    with guarded_client(reporter.url, answers, headers=bearer(reporter.token)) as client:
         for customer in ("ünïcødé", "😀" * 300, "x" * 10_000, "%00", "%ED%A0%80", " ", "%FF"):
             response = client.get(f"/v1/invoices/{customer}/upcoming")
             assert response.status_code in (400, 404), (customer, response.text)
@@ -69,12 +71,16 @@ def test_the_reporter_answers_every_generated_request_as_its_openapi_document_sa
 ) -> None:
     c = billing.customer("free")
     reporter = billing.start_reporter(stripe={"api_base": stripe_mock_url})
-    for parameters in ({}, {"customer_id": c}):
+    # Generated ids as an operator; the real customer with its own secret key.
+    assert reporter.token is not None
+    runs = [({}, reporter.token), ({"customer_id": c}, customer_key(billing.db_url, c))]
+    for parameters, token in runs:
         report = run_schemathesis(
             f"{reporter.url}/openapi.json",
             base_url=reporter.url,
             max_examples=25,
             parameters=parameters,
+            headers=bearer(token),
             # A schema-valid webhook is still refused without Stripe's signature of its exact bytes, and
             # a schema-valid checkout for an unknown plan: what JSON Schema cannot say. Every other check
             # (no 5xx but the documented 502/503, answers as documented) stays on.

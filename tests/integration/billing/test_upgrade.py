@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import psycopg
 
 from tests.integration.billing.harness import Billing, signed, stripe_event
@@ -138,7 +137,7 @@ def test_webhooks_with_a_bad_signature_or_a_stale_timestamp_change_nothing(billi
 def test_checkout_refuses_what_it_cannot_sell(billing: Billing, stripe_mock_url: str):
     free, enterprise = billing.customer("free"), billing.customer("pro")
     reporter = billing.start_reporter(stripe={"api_base": stripe_mock_url})
-    with httpx.Client(base_url=reporter.url, timeout=10) as rep:
+    with reporter.client() as rep:
         assert rep.post("/v1/checkout/nobody").status_code == 404
         assert rep.post(f"/v1/checkout/{free}", json={"plan": "platinum"}).json()["code"] == "unknown_plan"
         assert rep.post(f"/v1/checkout/{free}", content=b"{").json()["code"] == "invalid_json"

@@ -102,8 +102,9 @@ def test_meter_checks_are_refused_not_allowed_while_the_usage_view_is_still_catc
         assert client.get(f"/v1/entitlements/{c}/api_requests").json()["allowed"] is False
         # A replica whose view has not read the topic yet (e.g. just restarted): an empty view must not
         # turn "over the hard limit" into "allowed, usage 0".
-        caught_up = app.state.usage_view
-        app.state.usage_view = UsageView(metering.kafka, metering.topic(USAGE_PERIODS), metering.decoder)
+        resources = app.state.resources  # what the routes receive (services/entitlements/api.py)
+        caught_up = resources.view
+        resources.view = UsageView(metering.kafka, metering.topic(USAGE_PERIODS), metering.decoder)
         response = client.get(f"/v1/entitlements/{c}/api_requests")
         assert response.status_code == 503, response.text
         assert response.json()["code"] == "usage_view_not_ready"
@@ -111,5 +112,5 @@ def test_meter_checks_are_refused_not_allowed_while_the_usage_view_is_still_catc
         assert client.get("/readyz").status_code == 503
         # Boolean features answer from the plan alone, view or not.
         assert client.get(f"/v1/entitlements/{c}/sso").json()["allowed"] is False
-        app.state.usage_view = caught_up
+        resources.view = caught_up
         assert client.get(f"/v1/entitlements/{c}/api_requests").json()["usage"] == 1000

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.auth_support import bearer, customer_key
 from tests.http_support import AnswerLog, assert_error, guarded_client, run_schemathesis
 from tests.integration.metering.harness import Metering
 
@@ -21,7 +22,8 @@ def answers() -> Iterator[AnswerLog]:
 def test_odd_ids_unknown_routes_and_methods_get_precise_4xx(metering: Metering, answers: AnswerLog) -> None:
     c = metering.customer("free")
     api = metering.start_entitlements()
-    with guarded_client(api.url, answers) as client:
+    assert api.token is not None
+    with guarded_client(api.url, answers, headers=bearer(api.token)) as client:
         for customer in ("ünïcødé", "😀" * 300, "x" * 10_000, "%00", "%ED%A0%80", "a%2Fb", " ", "%FF"):
             response = client.get(f"/v1/entitlements/{customer}/api_requests")
             assert response.status_code == 404, (customer, response.text)
@@ -40,11 +42,18 @@ def test_entitlements_answer_every_generated_request_as_their_openapi_document_s
     c = metering.customer("free")
     metering.start()
     api = metering.start_entitlements()
-    # Generated ids (unknown customers), then a real customer with generated features (unknown ones, the
-    # plan's meters and features once the view is ready; 503 before that is documented and allowed).
-    for parameters in ({}, {"customer_id": c}):
+    # Generated ids (unknown customers) as an operator, then a real customer with generated features
+    # (unknown ones, the plan's meters and features once the view is ready; 503 before that is documented
+    # and allowed) with that customer's own secret key.
+    assert api.token is not None
+    runs = [({}, api.token), ({"customer_id": c}, customer_key(metering.database, c))]
+    for parameters, token in runs:
         report = run_schemathesis(
-            f"{api.url}/openapi.json", base_url=api.url, max_examples=25, parameters=parameters
+            f"{api.url}/openapi.json",
+            base_url=api.url,
+            max_examples=25,
+            parameters=parameters,
+            headers=bearer(token),
         )
         print(f"schemathesis on entitlements {parameters}: {report.summary()}")
         report.assert_clean(min_requests=25, allowed=frozenset({503}))

@@ -19,11 +19,13 @@ from services.devstack.config import free_port
 from services.growth.app import build_app
 from services.growth.config import GrowthSettings
 from services.kernel.settings import DatabaseSettings, KafkaSettings, PlatformSettings, SchemaRegistrySettings
+from tests.auth_support import bearer, operator_token
 
 # The ingest tests' fixtures (a tenant with an API key, ingest in a thread) for the whole-path test.
 from tests.integration.ingest.conftest import new_tenant, start_ingest, tenant  # noqa: F401
 
 ADMIN_TOKEN = "test-admin-token"
+DEFAULT = "<the default operator>"
 
 
 @dataclass
@@ -33,11 +35,20 @@ class RunningGrowth:
     server: uvicorn.Server
     thread: threading.Thread
 
-    def client(self, **kw: Any) -> httpx.Client:
+    def client(self, token: str | None = DEFAULT, **kw: Any) -> httpx.Client:
+        """A client sending ``token`` (default: an admin operator's; None: no credential)."""
+        if token == DEFAULT:
+            token = operator_token(self.settings.database)
+        if token:
+            kw["headers"] = {**bearer(token), **kw.get("headers", {})}
         return httpx.Client(base_url=self.url, timeout=30, **kw)
 
     def admin(self, actor: str = "ann@plg.dev") -> httpx.Client:
-        return self.client(headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "X-Plg-Actor": actor})
+        """A client of the operator named ``actor`` (admin): audit rows name them."""
+        return self.client(token=operator_token(self.settings.database, "admin", name=actor))
+
+    def auth_headers(self) -> dict[str, str]:
+        return bearer(operator_token(self.settings.database))
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -101,9 +112,9 @@ class SseReader:
     """Reads a server-sent event stream in a thread; ``next(event, timeout)`` returns the next event's
     parsed JSON data (and its arrival time)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
         self.events: queue.Queue[tuple[str, Any, float]] = queue.Queue()
-        self._client = httpx.Client(timeout=httpx.Timeout(30, read=None))
+        self._client = httpx.Client(timeout=httpx.Timeout(30, read=None), headers=headers)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, args=(url,), daemon=True)
         self._thread.start()

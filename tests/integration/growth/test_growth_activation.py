@@ -26,7 +26,7 @@ def test_a_threshold_crossed_produces_one_event_each_also_after_a_restart(
     customer, person = f"cust-{uuid.uuid4().hex[:8]}", "user-1"
     growth = start_growth(instance_id="activation-test")
     status_url = f"/v1/activation/{customer}/{person}"
-    reader = SseReader(f"{growth.url}{status_url}/stream")
+    reader = SseReader(f"{growth.url}{status_url}/stream", growth.auth_headers())
     try:
         with growth.client() as client:
             wait_for(lambda: client.get("/readyz").status_code == 200, what="readiness")

@@ -9,6 +9,7 @@ import uuid
 import httpx
 
 from services.kernel.topics import USAGE_EVENTS, topic
+from tests.auth_support import customer_key, new_customer, operator_token
 from tests.integration.growth.conftest import RunningGrowth, SseReader
 from tests.integration.ingest.conftest import read_topic
 
@@ -18,7 +19,7 @@ def new_key() -> str:
 
 
 def test_an_admin_change_reaches_an_sse_subscriber_within_a_second(growth: RunningGrowth) -> None:
-    reader = SseReader(f"{growth.url}/v1/flags/stream")
+    reader = SseReader(f"{growth.url}/v1/flags/stream", growth.auth_headers())
     try:
         first, _ = reader.next("flags")
         key = new_key()
@@ -52,22 +53,31 @@ def test_flags_document_answers_304_to_its_etag_until_a_change(growth: RunningGr
 def test_admin_changes_are_versioned_audited_and_checked(growth: RunningGrowth) -> None:
     key = new_key()
     path = f"/v1/admin/flags/{key}"
-    with growth.client() as anonymous, growth.admin("ann@plg.dev") as ann, growth.admin("bob@plg.dev") as bob:
+    db = growth.settings.database
+    with (
+        growth.client(token=None) as anonymous,
+        growth.client(token=operator_token(db, "viewer")) as viewer,
+        growth.admin("ann@plg.dev") as ann,
+        growth.admin("bob@plg.dev") as bob,
+    ):
         assert anonymous.put(path, json={}).status_code == 401
-        no_actor = growth.client(headers={"Authorization": "Bearer test-admin-token"})
-        assert no_actor.put(path, json={}).json()["code"] == "actor_required"
+        assert viewer.put(path, json={}).status_code == 403  # below editor
         bad = ann.put(path, json={"rollout": 150, "default": {"variant": "maybe"}})
         assert bad.status_code == 422
         assert "rollout" in bad.json()["message"]
         assert "maybe" in bad.json()["message"]  # every problem at once
 
         assert ann.put(path, json={"rollout": 100}).json()["version"] == 1
-        assert bob.patch(path, json={"enabled": False}).json()["version"] == 2
+        # The audit names the operator of the credential, never a header the caller writes.
+        assert (
+            bob.patch(path, json={"enabled": False}, headers={"X-Plg-Actor": "mallory"}).json()["version"]
+            == 2
+        )
         stale = ann.put(path, json={"rollout": 50}, headers={"If-Match": '"1"'})
         assert stale.status_code == 409
         assert stale.json()["code"] == "version_conflict"
 
-        evaluated = anonymous.post("/v1/flags/evaluate", json={"flag_key": key, "context": {"user_id": "u"}})
+        evaluated = viewer.post("/v1/flags/evaluate", json={"flag_key": key, "context": {"user_id": "u"}})
         assert evaluated.json()["reason"] == "DISABLED"  # the kill switch, at once
 
         history = ann.get(f"{path}/history").json()["changes"]
@@ -86,10 +96,12 @@ def test_evaluate_answers_openfeature_details_and_writes_one_exposure(
     growth: RunningGrowth, provisioned
 ) -> None:
     key = new_key()
-    customer = f"cust-{uuid.uuid4().hex[:8]}"
-    with growth.admin() as admin, growth.client() as client:
+    customer = new_customer(growth.settings.database)
+    # A browser's publishable key: the exposure is filed under the key's customer, named or not.
+    publishable = customer_key(growth.settings.database, customer, "publishable")
+    with growth.admin() as admin, growth.client(token=publishable) as client:
         assert admin.put(f"/v1/admin/flags/{key}", json={"rollout": 100}).status_code == 201
-        body = {"flag_key": key, "context": {"targetingKey": "user-1", "customer_id": customer}}
+        body = {"flag_key": key, "context": {"targetingKey": "user-1"}}
         for _ in range(3):  # the same identity, flag version and variant: one exposure
             details = client.post("/v1/flags/evaluate", json=body).json()
         assert details == {
@@ -140,7 +152,9 @@ def test_sticky_assignments_survive_sign_up_server_side(growth: RunningGrowth) -
 def test_the_sdk_evaluates_locally_and_follows_admin_changes(growth: RunningGrowth) -> None:
     from plg_sdk import FlagsClient, Onboarding
 
-    client = FlagsClient(growth.url)
+    customer = new_customer(growth.settings.database)
+    publishable = customer_key(growth.settings.database, customer, "publishable")  # as in a browser
+    client = FlagsClient(growth.url, api_key=publishable)
     try:
         assert client.wait_ready(10)
         key = new_key()
@@ -164,7 +178,8 @@ def test_the_sdk_evaluates_locally_and_follows_admin_changes(growth: RunningGrow
                     "/v1/flags/evaluate", json={"flag_key": "new_dashboard", "context": ctx}
                 ).json()
             assert client.variant("new_dashboard", ctx) == server["variant"]
-        step = Onboarding(growth.url).next_step(f"c-{uuid.uuid4().hex[:6]}", "u-1", intent="import_data")
+        onboarding = Onboarding(growth.url, api_key=publishable)
+        step = onboarding.next_step(customer, "u-1", intent="import_data")
         assert step is not None
         assert step["id"] == "create-project"
     finally:

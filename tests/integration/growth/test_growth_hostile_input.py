@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.http_support import AnswerLog, assert_error, guarded_client, run_schemathesis
-from tests.integration.growth.conftest import ADMIN_TOKEN, RunningGrowth
+from tests.integration.growth.conftest import RunningGrowth
 
 
 @pytest.fixture
@@ -19,8 +19,8 @@ def answers() -> Iterator[AnswerLog]:
 
 
 def test_odd_bodies_ids_and_headers_get_precise_4xx(growth: RunningGrowth, answers: AnswerLog) -> None:
-    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}", "X-Plg-Actor": "fuzz"}
-    with guarded_client(growth.url, answers) as client:
+    admin = growth.auth_headers()
+    with guarded_client(growth.url, answers, headers=admin) as client:
         for body in (b"", b"{", b"[]", b"null", b'{"context": []}', b'{"flag_keys": "x"}', b"\xff\xfe"):
             r = client.post("/v1/flags/evaluate", content=body, headers={"content-type": "application/json"})
             assert r.status_code == 422, (body, r.text)
@@ -41,11 +41,6 @@ def test_odd_bodies_ids_and_headers_get_precise_4xx(growth: RunningGrowth, answe
             422,
             "invalid_parameter",
         )
-        assert_error(
-            client.put("/v1/admin/flags/k", json={}, headers={**admin, "X-Plg-Actor": "a" * 300}),
-            400,
-            "actor_required",
-        )
         assert_error(client.put("/v1/admin/flags/9bad", json={}, headers=admin), 422, "invalid_parameter")
         nested = {
             "rules": [{"when": {"not": {"not": {"not": {"attribute": "a", "op": "eq", "value": {"x": 1}}}}}}]
@@ -62,7 +57,7 @@ def test_odd_bodies_ids_and_headers_get_precise_4xx(growth: RunningGrowth, answe
 
 
 def test_growth_answers_every_generated_request_as_its_openapi_document_says(growth: RunningGrowth) -> None:
-    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "X-Plg-Actor": "schemathesis"}
+    headers = growth.auth_headers()  # an admin operator: every route, the admin API included
     report = run_schemathesis(
         f"{growth.url}/openapi.json",
         base_url=growth.url,

@@ -6,12 +6,13 @@ from __future__ import annotations
 import uuid
 
 from services.kernel.topics import USAGE_EVENTS, topic
+from tests.auth_support import new_customer
 from tests.integration.growth.conftest import EnrichedProducer, RunningGrowth, wait_for
 from tests.integration.ingest.conftest import read_topic
 
 
 def test_a_step_done_in_the_product_is_skipped(growth: RunningGrowth, enriched: EnrichedProducer) -> None:
-    customer, person = f"cust-{uuid.uuid4().hex[:8]}", f"user-{uuid.uuid4().hex[:6]}"
+    customer, person = new_customer(growth.settings.database), f"user-{uuid.uuid4().hex[:6]}"
     base = f"/v1/onboarding/{customer}/{person}"
     with growth.client() as client:
         wait_for(lambda: client.get("/readyz").status_code == 200, what="readiness")
@@ -36,7 +37,7 @@ def test_a_step_done_in_the_product_is_skipped(growth: RunningGrowth, enriched: 
 
 
 def test_completion_is_idempotent_and_emits_one_event(growth: RunningGrowth, provisioned) -> None:
-    customer, person = f"cust-{uuid.uuid4().hex[:8]}", f"user-{uuid.uuid4().hex[:6]}"
+    customer, person = new_customer(growth.settings.database), f"user-{uuid.uuid4().hex[:6]}"
     path = f"/v1/onboarding/{customer}/{person}/steps/first-api-call/complete"
     with growth.client() as client:
         answers = [client.post(path) for _ in range(3)]

@@ -33,6 +33,7 @@ from services.kernel.topics import (
 )
 from services.metering_aggregator.app import build_app
 from services.metering_aggregator.config import MeteringSettings
+from tests.auth_support import operator_token
 
 
 def now_ms() -> int:
@@ -217,7 +218,7 @@ class Metering:
             platform=PlatformSettings(topic_prefix=self.prefix, log_format="text"),
             **{"customers_refresh_seconds": 1.0, **overrides},
         )
-        api = serve(build_entitlements(settings), port, "entitlements")
+        api = serve(build_entitlements(settings), port, "entitlements", operator_token(self.database))
         self.apis.append(api)
         return api
 

@@ -96,3 +96,31 @@ def test_protected_reads_need_the_token_but_health_and_metrics_do_not(sealed):
     assert sealed.get("/healthz").status_code == 200
     assert sealed.get("/readyz").status_code == 200
     assert sealed.get("/metrics").status_code == 200
+
+
+def test_operators_of_editor_role_may_write_others_are_refused(guarded, registry_database) -> None:
+    """Operator tokens (`plg operators create`) work like the admin token for editors and above; a viewer
+    or a customer key is a 403 (error_code 40301), an unknown token a 401."""
+    from tests.auth_support import bearer, customer_key, new_customer, operator_token
+
+    subject = f"ops-{uuid.uuid4().hex[:8]}-value"
+    customer = new_customer(registry_database)
+    register = f"/subjects/{subject}/versions"
+    for who, status in [
+        (operator_token(registry_database, "viewer"), 403),
+        (customer_key(registry_database, customer, "secret"), 403),
+        ("plgop_" + "a" * 16 + "_" + "b" * 43, 401),
+        (operator_token(registry_database, "editor"), 200),
+        (operator_token(registry_database, "admin"), 200),
+    ]:
+        response = guarded.post(register, json={"schema": SCHEMA}, headers=bearer(who))
+        assert response.status_code == status, (who[:6], response.text)
+        if status == 403:
+            assert response.json()["error_code"] == 40301
+    basic = base64.b64encode(f"ci:{operator_token(registry_database, 'editor')}".encode()).decode()
+    assert (
+        guarded.put(
+            f"/config/{subject}", json={"compatibility": "NONE"}, headers={"Authorization": f"Basic {basic}"}
+        ).status_code
+        == 200
+    )  # Confluent clients' basic.auth.user.info

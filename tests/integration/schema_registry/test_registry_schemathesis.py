@@ -19,6 +19,7 @@ from typing import Any
 
 import schemathesis
 
+from tests.auth_support import bearer, operator_token
 from tests.http_support import run_schemathesis
 
 PROSE_REFUSALS = frozenset({42201, 42205, 42206})
@@ -47,12 +48,14 @@ def registry_refused_only_for_prose_rules(
 def test_registry_answers_every_generated_request_as_its_openapi_document_says(
     start_registry, registry_database
 ) -> None:
-    registry = start_registry(registry_database)
+    # Protected, as in production, and driven by an editor operator: every write goes through the policy.
+    registry = start_registry(registry_database, REGISTRY_ADMIN_TOKEN="schemathesis-admin-token")
     started = time.monotonic()
     report = run_schemathesis(
         f"{registry.url}/openapi.json",
         base_url=registry.url,
         max_examples=15,
+        headers=bearer(operator_token(registry_database, "editor")),
         operations=[
             {
                 "include-path-regex": "^/(subjects/\\{subject\\}(/versions.*)?|compatibility/.*)$",

@@ -236,3 +236,22 @@ def test_session_ids_are_stored_hashed_and_csrf_is_not_the_stored_hash() -> None
     assert digest(session_id) == hashlib.sha256(b"abc").digest()
     assert csrf_token(session_id) != digest(session_id).hex()
     assert csrf_token(session_id) == csrf_token(session_id) != csrf_token("abd")
+
+
+def test_production_mode_refuses_plain_http_sso_and_insecure_session_cookies() -> None:
+    from services.health_score.config import HealthSettings
+    from services.kernel.sessions import SessionSettings
+
+    insecure = HealthSettings(
+        sessions=SessionSettings(cookie_secure="never"),
+        oidc=OidcSettings(
+            issuer="http://127.0.0.1:9998/", client_id="c", client_secret="s", default_role="viewer"
+        ),
+    )
+    found = {d.variable for d in insecure.development_defaults()}
+    assert {"PLG_SESSION_COOKIE_SECURE", "PLG_OIDC_ISSUER"} <= found
+    secure = HealthSettings(
+        oidc=OidcSettings(issuer=ISSUER, client_id="c", client_secret="s", role_map={"g": "admin"})
+    )
+    found = {d.variable for d in secure.development_defaults()}
+    assert not found & {"PLG_SESSION_COOKIE_SECURE", "PLG_OIDC_ISSUER"}
