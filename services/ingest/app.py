@@ -578,6 +578,7 @@ def build_app(settings: IngestSettings | None = None, lifecycle: Lifecycle | Non
         status_code=202,
         summary="Import historical events (analytics only, never billed)",
         responses=RESPONSES,
+        openapi_extra=REQUEST_BODIES["import"],
     )
     async def post_import(request: Request, caller: Caller = IMPORTER) -> Response:
         """Past events as JSON lines (`application/x-ndjson`) or JSON (an array or `{"batch": [...]}`),

@@ -235,6 +235,18 @@ REQUEST_BODIES: dict[str, dict[str, Any]] = {
     "batch": _body(_ref("Batch"), "application/json"),
     "track": _body(_ref("Event"), "application/json"),
     "identify": _body(_ref("Identify"), "application/json"),
+    # Export lines of three shapes (plg, PostHog, Segment), each checked on its own and answered per event:
+    # as JSON the request is only a list of objects; JSON lines (application/x-ndjson) are taken too.
+    "import": _body(
+        {
+            "type": "object",
+            "required": ["batch"],
+            "properties": {"batch": {"type": "array", "items": {"type": "object"}, "maxItems": 500}},
+            "description": "Events in plg's shape, or as PostHog and Segment export them "
+            "(docs/analytics.md).",
+        },
+        "application/json",
+    ),
     "cloudevents": {
         "requestBody": {
             "required": True,

@@ -91,6 +91,7 @@ def test_reconcile_compares_stripes_invoice_with_plgs_to_the_cent(cli_env: Billi
     import httpx
 
     from services.plans.periods import billing_period
+    from tests.auth_support import operator_token
     from tests.integration.billing.harness import WEBHOOK_SECRET
 
     billing = cli_env
@@ -99,7 +100,10 @@ def test_reconcile_compares_stripes_invoice_with_plgs_to_the_cent(cli_env: Billi
     double.webhooks.url, double.webhooks.secret = f"{reporter.url}/v1/stripe/webhooks", WEBHOOK_SECRET
     double.webhooks.start()
     c = billing.customer("free", stripe=False)
-    session = httpx.post(f"{reporter.url}/v1/checkout/{c}", json={"plan": "pro"}, timeout=10).json()
+    editor = {"Authorization": f"Bearer {operator_token(billing.db_url, 'editor')}"}
+    session = httpx.post(
+        f"{reporter.url}/v1/checkout/{c}", json={"plan": "pro"}, headers=editor, timeout=10
+    ).json()
     double.handle("POST", f"/_emulator/checkout/sessions/{session['session_id']}/complete", {}, {},
                   {"authorization": "Bearer sk_test_x"})  # fmt: skip
 

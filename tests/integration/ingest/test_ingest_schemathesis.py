@@ -37,7 +37,7 @@ PROSE_RULES = frozenset(
         "unrepresentable_property",  # an integer literal beyond 64 bits
     }
 )
-BATCH_PATHS = frozenset({"/v1/batch", "/v1/events"})
+BATCH_PATHS = frozenset({"/v1/batch", "/v1/events", "/v1/import"})
 POSITIVE_STATUSES = ["2xx", "3xx", "401", "403", "404", "409", "429"]
 NEGATIVE_STATUSES = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429"]
 
@@ -79,7 +79,7 @@ def test_ingest_answers_every_generated_request_as_its_openapi_document_says(
                 "checks": {"positive_data_acceptance": {"expected-statuses": [*POSITIVE_STATUSES, "400"]}},
             },
             {
-                "include-path-regex": "^/v1/(batch|events)$",
+                "include-path-regex": "^/v1/(batch|events|import)$",
                 "checks": {"negative_data_rejection": {"enabled": False}},
             },
         ],

@@ -58,7 +58,9 @@ def test_a_fastapi_app_is_metered_and_refused_by_plan(
     app.add_middleware(
         UsageMeter,
         client=client,
-        entitlements=Entitlements(entitlements_api.url),
+        # The entitlement API takes the customer's key like every tenant route (no key: 401, and the
+        # SDK's fallback would allow everything).
+        entitlements=Entitlements(entitlements_api.url, api_key=key),
         customer_id=customer,
         # Reports need SSO in this app (a plan feature the free plan lacks); items need api_access.
         feature=lambda scope: "sso" if scope["path"].startswith("/v1/reports") else "api_access",
