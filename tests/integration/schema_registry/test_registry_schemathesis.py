@@ -63,6 +63,18 @@ def test_registry_answers_every_generated_request_as_its_openapi_document_says(
         headers=bearer(operator_token(registry_database, "editor")),
         operations=[
             {
+                # A subjectPrefix holding U+0000 is refused with 400 (PostgreSQL text cannot store it; the
+                # custom check allows a 400 only for that). Listed first: it also needs use_after_free off.
+                "include-method": "GET",
+                "include-path-regex": "^/schemas$",
+                "checks": {
+                    "use_after_free": {"enabled": False},
+                    "positive_data_acceptance": {
+                        "expected-statuses": ["2xx", "3xx", "400", "401", "403", "404", "409", "429"]
+                    },
+                },
+            },
+            {
                 "include-path-regex": "^/(subjects/\\{subject\\}(/versions.*)?|compatibility/.*)$",
                 "checks": {
                     "positive_data_acceptance": {
