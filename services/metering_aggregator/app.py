@@ -15,6 +15,7 @@ from services.kernel.kafka import check_reachable
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ReadinessCheck
 from services.kernel.processing import ExactlyOnceLoop, exactly_once_service
+from services.kernel.processing.store import LocalStore
 from services.kernel.provision import admin_client
 from services.kernel.serde import SchemaRegistry
 from services.kernel.service import LoadedFiles
@@ -23,6 +24,7 @@ from services.metering_aggregator.config import MeteringSettings
 from services.metering_aggregator.processor import INPUTS, OUTPUTS, SERVICE, MeteringHandler, Topics
 from services.metering_aggregator.retention import RetentionSweeper
 from services.metering_aggregator.routing import home_partitioner
+from services.metering_aggregator.store import PartitionStore
 from services.plans.loader import plans_file
 from services.plans.model import PlansConfig
 
@@ -111,6 +113,16 @@ def _build(settings: MeteringSettings, life: Lifecycle, config: PlansConfig) -> 
                         extra={"customer_id": signal["customer_id"], "kind": signal["kind"]},
                     )
 
+    store_factory = None
+    if settings.state_store == "rocksdb":
+        # One directory per instance id: two instances on one host never share a store (and a store held
+        # open by another process is refused, not wiped).
+        root = settings.state_dir / settings.instance_id
+
+        def store_factory(partition: int) -> PartitionStore:
+            path = root / f"{topics.changelog}-{partition}"
+            return PartitionStore(LocalStore(path, cache_mb=settings.state_cache_mb), partition)
+
     handler = MeteringHandler(
         kafka=settings.kafka,
         directory=directory,
@@ -121,7 +133,11 @@ def _build(settings: MeteringSettings, life: Lifecycle, config: PlansConfig) -> 
         upgrade_url=settings.upgrade_url,
         eviction_interval=settings.eviction_interval_seconds,
         on_abuse=on_abuse,
+        store_factory=store_factory,
+        dedup_memory_ids=settings.dedup_memory_ids,
     )
+    # Closed after the loop (newest first): the stores are sealed once the last transaction is done.
+    life.push(handler, "local state stores")
     loop = exactly_once_service(
         settings,
         service=SERVICE,
