@@ -97,6 +97,10 @@ def upcoming_invoice(
         return (
             f"customer {customer_id!r} is on plan {account.plan!r}, which the meters-and-plans config lacks"
         )
+    from services.billing_reporter.adjustments import pending_for  # it imports this module
+
+    with pool.connection() as conn:
+        adjustments = pending_for(conn, ledger, customer_id, period)
     return calculate_invoice(
         customer_id=customer_id,
         period=period,
@@ -106,4 +110,5 @@ def upcoming_invoice(
         credits=period_credits(pool, customer_id, period),
         tax_exempt=account.tax_exempt,
         tax_id=account.tax_id_pair,
+        adjustments=adjustments,
     )

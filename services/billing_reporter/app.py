@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from services.billing_reporter import accounts, openapi, previews, pricelist, subscriptions, topups
+from services.billing_reporter.adjustments import Adjuster
 from services.billing_reporter.catalog import CatalogError, sync_catalog
 from services.billing_reporter.closing import FinalInvoice, PeriodCloser
 from services.billing_reporter.config import BillingSettings
@@ -188,6 +189,13 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
                 report_granularity=settings.report_granularity,
                 grace_ms=int(settings.close_grace_seconds * 1000),
                 publish=invoice_publisher,
+                adjuster=Adjuster(
+                    pool,
+                    config,
+                    ledger=ledger.ledger,
+                    grace_ms=int(settings.close_grace_seconds * 1000),
+                    gateway=gateway if settings.send else None,
+                ),
             )
             state["closer"] = closer
             workers.start("ledger-writer", loop.run, ready=loop.ready)

@@ -15,6 +15,7 @@ from services.kernel.kafka import check_reachable
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ReadinessCheck
 from services.kernel.processing import ExactlyOnceLoop, exactly_once_service
+from services.kernel.processing.store import LocalStore
 from services.kernel.provision import admin_client
 from services.kernel.serde import SchemaRegistry
 from services.kernel.topics import METERING_CHANGELOG, USAGE_AGGREGATES, USAGE_EVENTS, USAGE_EVENTS_DLQ, topic
@@ -22,6 +23,7 @@ from services.metering_aggregator.config import MeteringSettings
 from services.metering_aggregator.processor import INPUTS, OUTPUTS, SERVICE, MeteringHandler, Topics
 from services.metering_aggregator.retention import RetentionSweeper
 from services.metering_aggregator.routing import home_partitioner
+from services.metering_aggregator.store import PartitionStore
 from services.plans.loader import load_config
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,16 @@ def _build(settings: MeteringSettings, life: Lifecycle) -> AggregatorApp:
                         extra={"customer_id": signal["customer_id"], "kind": signal["kind"]},
                     )
 
+    store_factory = None
+    if settings.state_store == "rocksdb":
+        # One directory per instance id: two instances on one host never share a store (and a store held
+        # open by another process is refused, not wiped).
+        root = settings.state_dir / settings.instance_id
+
+        def store_factory(partition: int) -> PartitionStore:
+            path = root / f"{topics.changelog}-{partition}"
+            return PartitionStore(LocalStore(path, cache_mb=settings.state_cache_mb), partition)
+
     handler = MeteringHandler(
         kafka=settings.kafka,
         directory=directory,
@@ -116,7 +128,11 @@ def _build(settings: MeteringSettings, life: Lifecycle) -> AggregatorApp:
         upgrade_url=settings.upgrade_url,
         eviction_interval=settings.eviction_interval_seconds,
         on_abuse=on_abuse,
+        store_factory=store_factory,
+        dedup_memory_ids=settings.dedup_memory_ids,
     )
+    # Closed after the loop (newest first): the stores are sealed once the last transaction is done.
+    life.push(handler, "local state stores")
     loop = exactly_once_service(
         settings,
         service=SERVICE,
