@@ -21,7 +21,7 @@ from services.ingest.avro_usage import long_bytes, optional_string, properties_b
 
 # SHA-256 of the Parsing Canonical Form of schemas/enriched_usage_event.avsc as of this encoder (docs and
 # defaults are not part of it; adding or changing a field turns the fast path off until this is updated).
-WRITTEN_FOR = "578b59a89a96be55eade31a77cac33dc8cffa7363eb718a755cf05984569959b"
+WRITTEN_FOR = "160a03119d2f6ae23c28bd33193030c80e6a4d8b69073e90f44968d4bb2dbfa0"
 
 _NULL = b"\x00"
 _BRANCH1 = b"\x02"
@@ -126,6 +126,7 @@ class EnrichedEventEncoder:
                 long_bytes(r["enriched_at"]),
                 optional_string(r["person_id"]),
                 _NULL if version is None else _BRANCH1 + long_bytes(version),
+                b"\x01" if r.get("schema_version_missing") else b"\x00",
                 _NULL if plan_version is None else _BRANCH1 + long_bytes(plan_version),
                 violations_b,
                 _ONE if rate == 1.0 else _DOUBLE(rate),

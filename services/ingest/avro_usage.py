@@ -22,7 +22,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 # SHA-256 of the Parsing Canonical Form of schemas/usage_event.avsc (io.plg.usage.v1.UsageEvent) as of
 # this encoder. Docs, defaults and logical types are not part of the canonical form, so editing those
 # keeps the fast path; adding or changing a field turns it off until this encoder is updated.
-WRITTEN_FOR = "b02acd5a9739ed65fcc67047a4c656de3e142e5d7b912103a115b46f9e79fa75"
+WRITTEN_FOR = "ec78f12cb08768285192539ef373a81f50c048a77cebfafd8a3632a1e03f9620"
 
 _BYTE = [bytes((i,)) for i in range(256)]
 _NULL = b"\x00"
@@ -91,6 +91,11 @@ def properties_bytes(props: Mapping[str, Any], keys: dict[str, bytes]) -> bytes:
     return b"".join(parts)
 
 
+def _optional_int(n: int | None) -> bytes:
+    """Avro ``["null", "int"]`` (an int is a zigzag varint like a long)."""
+    return _NULL if n is None else _BRANCH1 + long_bytes(n)
+
+
 def consent_bytes(consent: Mapping[str, bool] | None) -> bytes:
     """Avro ``["null", map<boolean>]`` of the event's consent purposes."""
     if consent is None:
@@ -135,6 +140,7 @@ class UsageEventEncoder:
                     optional_string(ingest["api_key_id"]),
                     optional_string(ingest["request_id"]),
                     optional_string(ingest["library"]),
+                    _optional_int(ingest.get("registry_version")),
                 )
             )
         header = self._header
