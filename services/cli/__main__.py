@@ -22,6 +22,7 @@
     plg billing simulate --price-book FILE [--period YYYY-MM]
     plg analytics funnel --steps a,b,c [--customer C] [--window 7d] [--breakdown plan] [--format json]
     plg analytics retention | north-star | activation | timeline <customer-id>   (PLG_OPERATOR_TOKEN)
+    plg analytics pql [--window 14d] [--format json]   (product-qualified leads with their evidence)
     plg plan codegen --lang ts|python [--out DIR] | check FILE.json   # typed events, the app's CI check
     plg activation suggest [--since 90d] [--within 14d] [--retained-after 30d] [--churn-event E]
     plg health backtest [--since 180d] [--horizon 30d]   (scores vs later churn: ROC AUC, red precision)
