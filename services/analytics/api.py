@@ -23,6 +23,7 @@ from services.analytics.model import QueryError, parse_duration
 from services.analytics.resources import AnalyticsResources
 from services.analytics.store import StoreError
 from services.analytics.suggest import suggest
+from services.kernel import login
 from services.kernel.auth import Role, operator
 from services.kernel.http import HttpError
 
@@ -31,6 +32,8 @@ _T = TypeVar("_T")
 
 router = APIRouter(prefix="/v1/analytics", tags=["analytics"])
 VIEWER = Depends(operator(Role.viewer))
+# The console's pages: a browser without a session goes to the sign-in page (services/kernel/login.py).
+PAGE = Depends(login.operator_page(Role.viewer))
 
 
 def resources(request: Request) -> AnalyticsResources:
@@ -281,7 +284,7 @@ async def _page(question: Callable[[], str]) -> HTMLResponse:
         return HTMLResponse(pages_html.error(f"the analytics store failed: {exc}"), status_code=503)
 
 
-@pages.get("/funnel", dependencies=[VIEWER], response_class=HTMLResponse)
+@pages.get("/funnel", dependencies=[PAGE], response_class=HTMLResponse)
 async def funnel_page(
     res: Resources,
     steps: Annotated[str, Query(max_length=2000)] = "signed_up,project_created,team_invite_sent",
@@ -306,7 +309,7 @@ async def funnel_page(
     return await _page(render)
 
 
-@pages.get("/retention", dependencies=[VIEWER], response_class=HTMLResponse)
+@pages.get("/retention", dependencies=[PAGE], response_class=HTMLResponse)
 async def retention_page(
     res: Resources,
     weeks: Annotated[int, Query(ge=1, le=52)] = 8,
@@ -323,7 +326,7 @@ async def retention_page(
     return await _page(render)
 
 
-@pages.get("/north-star", dependencies=[VIEWER], response_class=HTMLResponse)
+@pages.get("/north-star", dependencies=[PAGE], response_class=HTMLResponse)
 async def north_star_page(
     res: Resources, customer: Customer = None, since: Since = None, until: Until = None
 ) -> HTMLResponse:

@@ -8,7 +8,9 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from services.kernel.settings import StreamServiceSettings
+from services.kernel.oidc import OidcSettings
+from services.kernel.sessions import SessionSettings
+from services.kernel.settings import DevDefault, StreamServiceSettings
 
 
 class AnalyticsSettings(StreamServiceSettings):
@@ -36,3 +38,14 @@ class AnalyticsSettings(StreamServiceSettings):
     default_days: int = Field(default=90, ge=1, le=3660)
     # The CS dashboard's address, linked from the console's navigation.
     health_url: str = "http://127.0.0.1:8084/"
+    # The console pages' sign-in, as the CS dashboard's: browser sessions (PLG_SESSION_*) and single sign-on
+    # (PLG_OIDC_*; off while PLG_OIDC_ISSUER is unset, then operators sign in with a token).
+    sessions: SessionSettings = Field(default_factory=SessionSettings)
+    oidc: OidcSettings = Field(default_factory=OidcSettings)
+
+    def development_defaults(self) -> list[DevDefault]:
+        return [
+            *super().development_defaults(),
+            *self.sessions.development_defaults(),
+            *self.oidc.development_defaults(),
+        ]

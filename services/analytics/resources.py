@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from services.activation import ActivationConfig, Threshold
 from services.analytics.store import AnalyticsStore
+from services.kernel.login import BrowserLogin
 from services.kernel.privacy import ErasureFollower
 from services.kernel.processing import AtLeastOnceLoop
 from services.kernel.workers import Workers
@@ -20,6 +21,7 @@ class AnalyticsResources:
     loop: AtLeastOnceLoop | None = None
     workers: Workers | None = None
     erasures: ErasureFollower | None = None
+    browser_login: BrowserLogin | None = None
 
     def north_star(self) -> Threshold | None:
         name = self.activation.north_star
