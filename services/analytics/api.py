@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 import psycopg
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, Response
@@ -28,7 +28,7 @@ from services.analytics.store import StoreError
 from services.analytics.suggest import suggest
 from services.kernel import login
 from services.kernel.auth import Role, operator
-from services.kernel.http import HttpError
+from services.kernel.http import HttpError, resources_dependency
 
 _JSON = "application/json"
 _T = TypeVar("_T")
@@ -39,13 +39,9 @@ VIEWER = Depends(operator(Role.viewer))
 PAGE = Depends(login.operator_page(Role.viewer))
 
 
-def resources(request: Request) -> AnalyticsResources:
-    found: AnalyticsResources | None = getattr(request.app.state, "resources", None)
-    if found is None:
-        raise HttpError(
-            503, "starting", "the analytics store is opening; retry shortly", {"Retry-After": "1"}
-        )
-    return found
+resources = resources_dependency(
+    AnalyticsResources, "the analytics store is opening; retry shortly", code="starting"
+)
 
 
 Resources = Annotated[AnalyticsResources, Depends(resources)]

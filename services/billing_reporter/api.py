@@ -16,7 +16,6 @@ import orjson
 from fastapi import APIRouter, Depends
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
 from starlette.responses import Response
 
 from services.billing_reporter import accounts, openapi, previews
@@ -27,7 +26,7 @@ from services.billing_reporter.sender import OutboxSender
 from services.billing_reporter.stripe_gateway import StripeGateway
 from services.billing_reporter.subscriptions import SubscriptionStore
 from services.kernel import auth
-from services.kernel.http import HttpError
+from services.kernel.http import HttpError, resources_dependency
 from services.kernel.processing import AtLeastOnceLoop
 from services.kernel.workers import Workers
 from services.plans.invoice import Invoice
@@ -68,13 +67,7 @@ class BillingResources:
         }
 
 
-def resources(request: Request) -> BillingResources:
-    found: BillingResources | None = getattr(request.app.state, "resources", None)
-    if found is None:
-        raise HttpError(
-            503, "service_unavailable", "the billing reporter is starting or stopping", {"Retry-After": "1"}
-        )
-    return found
+resources = resources_dependency(BillingResources, "the billing reporter is starting or stopping")
 
 
 Resources = Annotated[BillingResources, Depends(resources)]

@@ -6,6 +6,7 @@ the route's policy, after the Content-Type check (a wrong one is a 415 with or w
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
@@ -111,11 +112,7 @@ router = APIRouter(default_response_class=Response)
 )
 async def post_batch(request: Request, caller: Sender, ingest: Service) -> Response:
     """Up to 500 events (500 KB). Each event is accepted or rejected on its own; see `results`."""
-
-    def batch(body: bytes, ctx: RequestContext) -> Normalised:
-        return normalise_batch(body, ctx, ingest.limits)
-
-    return await ingest.handle(request, caller, batch, single=False)
+    return await ingest.handle(request, caller, partial(normalise_batch, limits=ingest.limits), single=False)
 
 
 @router.post(
@@ -128,10 +125,7 @@ async def post_batch(request: Request, caller: Sender, ingest: Service) -> Respo
 )
 async def post_track(request: Request, caller: Sender, ingest: Service) -> Response:
     """One event (32 KB). An event that is refused answers 400 with its code."""
-
-    def track(body: bytes, ctx: RequestContext) -> Normalised:
-        return normalise_single(body, ctx, ingest.limits, kind="track")
-
+    track = partial(normalise_single, limits=ingest.limits, kind="track")
     return await ingest.handle(request, caller, track, single=True)
 
 
@@ -145,10 +139,7 @@ async def post_track(request: Request, caller: Sender, ingest: Service) -> Respo
 )
 async def post_identify(request: Request, caller: Sender, ingest: Service) -> Response:
     """Writes an `identity-links` record (anonymous_id → user_id) and a `$identify` event."""
-
-    def identify(body: bytes, ctx: RequestContext) -> Normalised:
-        return normalise_single(body, ctx, ingest.limits, kind="identify")
-
+    identify = partial(normalise_single, limits=ingest.limits, kind="identify")
     return await ingest.handle(request, caller, identify, single=True)
 
 
@@ -158,10 +149,7 @@ async def post_cloudevents(request: Request, caller: Sender, ingest: Service) ->
     timestamp, `data` (JSON object) → properties; `subject` (OpenMeter's convention) or the `customerid`
     extension, when present, must be the API key's own customer."""
     many = _media_type(request) != CE_CONTENT_TYPE  # CLOUDEVENTS_BODY checked it
-
-    def cloudevents(body: bytes, ctx: RequestContext) -> Normalised:
-        return normalise_cloudevents(body, ctx, ingest.limits, batch=many)
-
+    cloudevents = partial(normalise_cloudevents, limits=ingest.limits, batch=many)
     return await ingest.handle(request, caller, cloudevents, single=False, source="cloudevents")
 
 

@@ -4,9 +4,15 @@ routers outside ``app.py``, and the example the page shows is the code as it is.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import pytest
+from fastapi import Depends, FastAPI
+from fastapi.testclient import TestClient
+
+from services.kernel.http import install_error_handlers, resources_dependency
 
 ROOT = Path(__file__).resolve().parents[3]
 HTTP_SERVICES = (
@@ -49,3 +55,28 @@ def test_the_http_service_example_in_the_docs_is_the_code() -> None:
         assert text in code, f"docs/kernel.md shows a line {source.relative_to(ROOT)} does not have: {text!r}"
         checked += 1
     assert checked > 30
+
+
+@dataclass
+class Running:
+    greeting: str
+
+
+running = resources_dependency(Running, "the greeter is starting or stopping")
+
+
+def test_routes_get_the_running_resources_or_a_503_while_the_service_starts() -> None:
+    app = FastAPI()
+
+    @app.get("/hello")
+    async def hello(res: Annotated[Running, Depends(running)]) -> dict[str, str]:
+        return {"greeting": res.greeting}
+
+    install_error_handlers(app, service="greeter")
+    with TestClient(app) as client:
+        starting = client.get("/hello")
+        assert starting.status_code == 503
+        assert starting.headers["Retry-After"] == "1"
+        assert starting.json()["code"] == "service_unavailable"
+        app.state.resources = Running("hi")
+        assert client.get("/hello").json() == {"greeting": "hi"}
