@@ -185,6 +185,7 @@ def open_resources(
             grace_ms=int(settings.close_grace_seconds * 1000),
             gateway=gateway if settings.send else None,
         ),
+        mirrors=[topups.GrantMirror(pool, config, gateway).send_pending] if settings.send else [],
     )
     workers.start("ledger-writer", loop.run, ready=loop.ready)
     workers.start("period-closer", partial(closer.run, settings.close_check_seconds))
