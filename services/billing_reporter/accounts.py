@@ -75,7 +75,7 @@ def grants_of(conn: psycopg.Connection[Any], customer_id: str) -> list[Grant]:
         " (extract(epoch FROM expires_at) * 1000)::bigint FROM billing_credit_grants WHERE customer_id = %s",
         (customer_id,),
     ).fetchall()
-    return [Grant(m, Decimal(u), int(at), None if e is None else int(e)) for m, u, at, e in rows]
+    return [Grant(m, plain(Decimal(u)), int(at), None if e is None else int(e)) for m, u, at, e in rows]
 
 
 def period_credits(pool: ConnectionPool, customer_id: str, period: Period) -> dict[str, Decimal]:

@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,9 +74,12 @@ class PeriodCloser:
         grace_ms: int,
         publish: Callable[[list[FinalInvoice]], None] | None = None,
         adjuster: Adjuster | None = None,
+        mirrors: Sequence[Callable[[], int]] = (),
     ) -> None:
         self.pool = pool
         self.adjuster = adjuster
+        # More of what Stripe must be told each round (top-ups' credit grants), each retried on failure.
+        self.mirrors = tuple(mirrors)
         self.config = config
         self.ledger = ledger
         self.report_granularity = report_granularity
@@ -145,6 +148,8 @@ class PeriodCloser:
         WAITING.set(waiting)
         if self.adjuster is not None:
             self.adjuster.send_pending()
+        for mirror in self.mirrors:
+            mirror()
         self.publish_pending()
         return written
 
