@@ -190,6 +190,18 @@ def erase_postgres(
             (customer_id, names),
         )
         report.places.append(Place("growth_onboarding_progress", "postgres", "deleted", cur.rowcount))
+        # Onboarding completion actions (the ledger names the person) and flags set for the person by them.
+        cur.execute(
+            "DELETE FROM growth_onboarding_actions WHERE customer_id = %s AND person_id = ANY(%s)",
+            (customer_id, names),
+        )
+        report.places.append(Place("growth_onboarding_actions", "postgres", "deleted", cur.rowcount))
+        cur.execute(
+            "DELETE FROM growth_flag_overrides WHERE customer_id = %s AND scope = 'person'"
+            " AND subject_id = ANY(%s)",
+            (customer_id, names),
+        )
+        report.places.append(Place("growth_flag_overrides", "postgres", "deleted", cur.rowcount))
         # Sticky keys are "<salt>|<attribute>|<value>", not scoped by customer: an id another customer uses
         # too loses its sticky variant there as well (it is evaluated again, deterministically).
         cur.execute(

@@ -12,8 +12,9 @@ from services.activation import ActivationConfig, load_activation
 from services.growth.app import SERVICE, build_app
 from services.growth.config import GrowthSettings
 from services.growth.flagstore import load_flags_file
-from services.growth.onboarding import OnboardingConfig, load_onboarding
+from services.growth.onboarding import OnboardingConfig, load_onboarding_checked
 from services.kernel.service import ConfigFile, HttpOptions, run_service
+from services.plans.loader import load_config
 
 
 def _flags_summary(doc: dict[str, Any]) -> dict[str, Any]:
@@ -28,6 +29,12 @@ def _onboarding_summary(config: OnboardingConfig) -> dict[str, Any]:
         "flow_flag": config.flow_flag,
         "default_flow": config.default_flow,
         "flows": {name: [s.id for s in flow.steps] for name, flow in config.flows.items()},
+        "on_complete": {
+            f"{name}/{s.id}": [{a.kind: a.detail()} for a in s.actions]
+            for name, flow in config.flows.items()
+            for s in flow.steps
+            if s.actions
+        },
     }
 
 
@@ -44,7 +51,14 @@ def _activation_summary(config: ActivationConfig) -> dict[str, Any]:
 
 CONFIG_FILES: list[ConfigFile[GrowthSettings]] = [
     ConfigFile("flags", lambda s: load_flags_file(s.flags_path), _flags_summary),
-    ConfigFile("onboarding", lambda s: load_onboarding(s.onboarding_path), _onboarding_summary),
+    # Completion actions name flags and plan features: checked against those files (every error at once).
+    ConfigFile(
+        "onboarding",
+        lambda s: load_onboarding_checked(
+            s.onboarding_path, load_flags_file(s.flags_path), load_config().feature_names
+        ),
+        _onboarding_summary,
+    ),
     ConfigFile("activation", lambda s: load_activation(s.activation_path), _activation_summary),
 ]
 

@@ -44,7 +44,9 @@ from services.growth.flagstore import (
     load_flags_file,
 )
 from services.growth.loop import ActivationLoop
-from services.growth.onboarding import OnboardingConfig, load_onboarding
+from services.growth.onboarding import OnboardingConfig, load_onboarding_checked
+from services.growth.overrides import FlagOverrides
+from services.growth.overrides import apply as apply_overrides
 from services.growth.progress import ProgressStore
 from services.growth.telemetry import TelemetryWriter
 from services.kernel import auth
@@ -59,6 +61,7 @@ from services.kernel.privacy import APPLIED, Erasure, ErasureFollower
 from services.kernel.serde import SchemaRegistry
 from services.kernel.sse import StreamLimits, event_stream
 from services.kernel.topics import GROWTH_CHANGELOG, USAGE_EVENTS, topic
+from services.plans.loader import load_config as load_plans_config
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +128,8 @@ class Growth:
     authenticator: auth.Authenticator
     # Customers exist before growth writes anything for them (an operator may name any customer).
     customers: CustomerDirectory
+    # Flag values onboarding completion actions set for a person or customer (migration 0120).
+    overrides: FlagOverrides
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -139,7 +144,10 @@ def open_growth(
 ) -> Growth:
     """Open everything (blocking; from the lifespan's worker thread), each resource on ``life``."""
     document = load_flags_file(settings.flags_path)
-    onboarding = load_onboarding(settings.onboarding_path)
+    # The completion actions' flags and trial features are checked against the flags and plans files.
+    onboarding = load_onboarding_checked(
+        settings.onboarding_path, document, load_plans_config().feature_names
+    )
     activation_config = load_activation(settings.activation_path).with_events(
         onboarding.person_events | onboarding.customer_events
     )
@@ -226,6 +234,7 @@ def open_growth(
         erasures,
         auth.open_authenticator(pool, settings.auth, static_operators=static),
         CustomerDirectory(pool, listen=False),
+        FlagOverrides(pool),
     )
 
 
@@ -346,6 +355,13 @@ def build_app(settings: GrowthSettings, lifecycle: Lifecycle | None = None) -> F
             )
         else:
             results = g.evaluator.evaluate(keys, context, body.default_value, body.type)
+        customer, person = context.get("customer_id"), context.get("user_id")
+        if isinstance(customer, str) and isinstance(person, str):
+            # Values set for this person or customer by onboarding completion actions (set_flag).
+            overrides = g.overrides.cached(customer, person)
+            if overrides is None:
+                overrides = await run_in_threadpool(g.overrides.get, customer, person)
+            results = apply_overrides(results, overrides, g.runtime.snapshot.engine)
         if body.flag_key is not None:
             return _json(results[0].as_dict())
         return _json({"revision": g.runtime.snapshot.revision, "flags": [r.as_dict() for r in results]})
