@@ -30,7 +30,7 @@ from starlette.responses import Response
 
 from services.billing_reporter import accounts, openapi, previews, pricelist, subscriptions, topups
 from services.billing_reporter.adjustments import Adjuster
-from services.billing_reporter.catalog import CatalogError, sync_catalog
+from services.billing_reporter.catalog import CatalogError, package_meters, sync_catalog
 from services.billing_reporter.closing import FinalInvoice, PeriodCloser
 from services.billing_reporter.config import BillingSettings
 from services.billing_reporter.ledger import Ledger, ReportRow
@@ -47,28 +47,33 @@ from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ops_routes
 from services.kernel.processing import AtLeastOnceLoop, at_least_once
 from services.kernel.serde import SchemaRegistry
+from services.kernel.service import LoadedFiles
 from services.kernel.topics import USAGE_AGGREGATES
 from services.kernel.workers import Workers
 from services.plans.invoice import Invoice
-from services.plans.loader import load_config
+from services.plans.loader import plans_file
 from services.plans.model import Aggregation, PlansConfig
 
 log = logging.getLogger(__name__)
 
 SERVICE = "billing-reporter"
+PLANS_FILE = plans_file()  # the one file it reads (__main__ declares it)
 WINDOW_SECONDS = {"MINUTE": 60.0, "HOUR": 3600.0, "DAY": 86_400.0}
 _JSON = "application/json"
 
 
 def reportable_meters(config: PlansConfig) -> dict[str, str]:
-    """plg meter → Stripe event name, for every meter (the event name is the meter's slug)."""
-    return {m.slug: m.slug for m in config.meters}
+    """plg meter → Stripe event name, for every meter (the event name is the meter's slug), and every
+    derived package meter (catalog.package_meters)."""
+    return {m.slug: m.slug for m in config.meters} | {d: d for d in package_meters(config)}
 
 
 def level_meters(config: PlansConfig) -> set[str]:
     """Meters whose windows do not add up (MAX, LATEST, UNIQUE_COUNT): reported as the period-to-date level
-    to a Stripe ``last`` meter; SUM and COUNT meters send per-window differences to a ``sum`` meter."""
-    return {m.slug for m in config.meters if m.aggregation not in (Aggregation.SUM, Aggregation.COUNT)}
+    to a Stripe ``last`` meter; SUM and COUNT meters send per-window differences to a ``sum`` meter. A
+    derived package meter is a level too (the packages the period has started so far)."""
+    levels = {m.slug for m in config.meters if m.aggregation not in (Aggregation.SUM, Aggregation.COUNT)}
+    return levels | set(package_meters(config))
 
 
 def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> NoReturn:
@@ -99,8 +104,10 @@ def _sync_catalog(
         log.warning("could not sync the Stripe catalog at start: %s", exc.user_message or type(exc).__name__)
 
 
-def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> FastAPI:
-    config = load_config(settings.config_path)
+def build_app(
+    settings: BillingSettings, lifecycle: Lifecycle | None = None, files: LoadedFiles | None = None
+) -> FastAPI:
+    config: PlansConfig = PLANS_FILE.of(settings, files)  # as run_service loaded it, not read again
     life = lifecycle or Lifecycle(SERVICE)
     prefix = settings.platform.topic_prefix
     event_names = reportable_meters(config)
@@ -124,6 +131,7 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
                 report_granularity=settings.report_granularity,
                 reportable_meters=event_names,
                 level_meters=levels,
+                package_meters=package_meters(config),
                 level_interval=(
                     WINDOW_SECONDS[settings.report_granularity]
                     if settings.level_interval_seconds is None
