@@ -34,6 +34,7 @@ from services.billing_reporter import openapi
 from services.billing_reporter.accounts import get_account
 from services.billing_reporter.catalog import CatalogError, version_prices
 from services.billing_reporter.config import BillingSettings
+from services.customers import store as customers
 from services.kernel import auth, metrics
 from services.plans.model import PlansConfig
 from services.plans.periods import billing_period
@@ -157,13 +158,10 @@ def apply_plan(
         return False
     old_plan = row[0]
     # Grandfathering: a pin holds only while the customer stays on its plan; a new plan pins anew.
-    conn.execute(
-        "UPDATE customers SET plan = %s, billing_status = %s, updated_at = now(),"
-        " stripe_customer_id = COALESCE(stripe_customer_id, %s),"
-        " price_version = CASE WHEN %s THEN COALESCE(%s, price_version) ELSE %s END"
-        " WHERE customer_id = %s",
-        (plan, status, stripe_customer_id, old_plan == plan, price_version, price_version, customer_id),
-    )
+    customers.set_plan(
+        conn, customer_id, plan=plan, billing_status=status, stripe_customer_id=stripe_customer_id,
+        price_version=price_version, keep_price_version=old_plan == plan,
+    )  # fmt: skip
     if old_plan == plan:
         return False
     conn.execute(

@@ -45,8 +45,8 @@ import psycopg
 from services.analytics.model import QueryError
 from services.cli import analytics, billing, identity, importing, metering, plan, privacy
 from services.cli import dlq as dead_letters
+from services.customers import store
 from services.enrichment import store as success
-from services.ingest import store
 from services.kernel import apikeys
 from services.kernel.db import migrate
 from services.kernel.dlq import DlqCipher
