@@ -21,7 +21,7 @@ from services.kernel import auth, db
 from services.kernel.http import install_error_handlers
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ops_routes
-from services.kernel.privacy import APPLIED, Erasure, ErasureFollower
+from services.kernel.privacy import APPLIED, Erasure, follow_erasures
 from services.kernel.processing import at_least_once
 from services.kernel.serde import SchemaRegistry
 from services.kernel.topics import USAGE_EVENTS_ENRICHED
@@ -56,15 +56,13 @@ def open_resources(settings: AnalyticsSettings, life: Lifecycle, app: FastAPI) -
             )
         APPLIED.labels(SERVICE, "store").inc()
 
-    erasures = life.push(
-        ErasureFollower(
-            settings.kafka,
-            registry,
-            service=SERVICE,
-            topic_prefix=settings.platform.topic_prefix,
-            on_erasure=[forget],
-        ).start(),
-        "privacy erasures",
+    erasures = follow_erasures(
+        life,
+        settings.kafka,
+        registry,
+        service=SERVICE,
+        topic_prefix=settings.platform.topic_prefix,
+        forget=forget,
     )
     loop = at_least_once(
         service=SERVICE,

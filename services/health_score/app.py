@@ -47,7 +47,7 @@ from services.kernel.lifecycle import Lifecycle
 from services.kernel.login import BrowserLogin, PageCaller
 from services.kernel.oidc import OidcClient
 from services.kernel.ops import ops_routes
-from services.kernel.privacy import APPLIED, Erasure, ErasureFollower
+from services.kernel.privacy import APPLIED, Erasure, ErasureFollower, follow_erasures
 from services.kernel.processing import AtLeastOnceLoop, at_least_once
 from services.kernel.processing.view import MaterializedView
 from services.kernel.serde import SchemaRegistry
@@ -251,11 +251,8 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
                 cache.forget(erasure.customer_id, erasure.matches)
                 APPLIED.labels(SERVICE, "memory").inc()
 
-        state["erasures"] = life.push(
-            ErasureFollower(
-                settings.kafka, registry, service=SERVICE, topic_prefix=prefix, on_erasure=[forget]
-            ).start(),
-            "privacy erasures",
+        state["erasures"] = follow_erasures(
+            life, settings.kafka, registry, service=SERVICE, topic_prefix=prefix, forget=forget
         )
         alerts_spec = topic(CUSTOMER_ALERTS, prefix)
         assert alerts_spec.schema_path is not None

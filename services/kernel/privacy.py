@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.kernel import metrics
+from services.kernel.lifecycle import Lifecycle
 from services.kernel.processing.messages import Message
 from services.kernel.processing.view import MaterializedView
 from services.kernel.serde import SchemaRegistry
@@ -173,3 +174,20 @@ class ErasureFollower:
                 "erasure request applied",
                 extra={"erasure_id": erasure.erasure_id, "customer_id": erasure.customer_id},
             )
+
+
+def follow_erasures(
+    life: Lifecycle,
+    kafka: KafkaSettings,
+    registry: SchemaRegistry,
+    *,
+    service: str,
+    topic_prefix: str,
+    forget: OnErasure,
+) -> ErasureFollower:
+    """The one wiring of every service that forgets people: an :class:`ErasureFollower` handing each
+    request to ``forget``, started now and closed by ``life``."""
+    follower = ErasureFollower(
+        kafka, registry, service=service, topic_prefix=topic_prefix, on_erasure=[forget]
+    )
+    return life.push(follower.start(), "privacy erasures")
