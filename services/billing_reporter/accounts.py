@@ -85,6 +85,10 @@ def upcoming_invoice(
         return (
             f"customer {customer_id!r} is on plan {account.plan!r}, which the meters-and-plans config lacks"
         )
+    from services.billing_reporter.adjustments import pending_for  # it imports this module
+
+    with pool.connection() as conn:
+        adjustments = pending_for(conn, ledger, customer_id, period)
     return calculate_invoice(
         customer_id=customer_id,
         period=period,
@@ -92,4 +96,5 @@ def upcoming_invoice(
         usage=period_usage(pool, ledger, customer_id, period.start_ms),
         tax_region=account.tax_region,
         credits=period_credits(pool, customer_id, period),
+        adjustments=adjustments,
     )

@@ -7,7 +7,8 @@ whose lifespan runs the two workers:
   then to ``billing-reports``.
 
 Routes: ``GET /v1/invoices/{customer}/upcoming``, ``POST /v1/checkout/{customer}``,
-``POST /v1/stripe/webhooks``, and the ops endpoints.
+``POST /v1/stripe/webhooks``, the public price list ``GET /v1/plans`` (``pricelist.py``), and the ops
+endpoints.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from services.billing_reporter import accounts, openapi, previews, subscriptions, topups
+from services.billing_reporter import accounts, openapi, previews, pricelist, subscriptions, topups
+from services.billing_reporter.adjustments import Adjuster
 from services.billing_reporter.catalog import CatalogError, sync_catalog
 from services.billing_reporter.closing import FinalInvoice, PeriodCloser
 from services.billing_reporter.config import BillingSettings
@@ -38,6 +40,7 @@ from services.billing_reporter.sender import OutboxSender, SenderOptions
 from services.billing_reporter.sink import AggregateSink
 from services.billing_reporter.stripe_gateway import StripeGateway
 from services.kernel import auth, db
+from services.kernel.cors import CorsMiddleware, any_origin
 from services.kernel.http import HttpError, install_error_handlers
 from services.kernel.kafka import Producer
 from services.kernel.lifecycle import Lifecycle
@@ -186,6 +189,13 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
                 report_granularity=settings.report_granularity,
                 grace_ms=int(settings.close_grace_seconds * 1000),
                 publish=invoice_publisher,
+                adjuster=Adjuster(
+                    pool,
+                    config,
+                    ledger=ledger.ledger,
+                    grace_ms=int(settings.close_grace_seconds * 1000),
+                    gateway=gateway if settings.send else None,
+                ),
             )
             state["closer"] = closer
             workers.start("ledger-writer", loop.run, ready=loop.ready)
@@ -266,6 +276,11 @@ def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> 
 
     subscriptions.routes(app, settings, config, state, error)
     topups.routes(app, settings, config, state, error)
+    price_list_policy = auth.public("the price list a pricing page shows to anyone (no tenant data)")
+    app.include_router(pricelist.router(config, price_list_policy))
+    # The price list is read by pricing pages in browsers on any origin: it carries no credential and no
+    # tenant data, so every origin may read it (and its ETag).
+    app.add_middleware(CorsMiddleware, prefixes=("/v1/plans",), methods=("GET",), origin_allowed=any_origin)
     # Last, so it wraps everything: no user error becomes a 500, and a 500 carries its request id.
     install_error_handlers(app, service=SERVICE)
     return app

@@ -2,7 +2,9 @@
 the ledger holds every report of it (no window still to plan, no report still to deliver), its final
 invoice is computed, written once (``billing_invoices``, keyed by ledger, customer and period) and
 published on ``billing-invoices`` through that table as an outbox. Stripe's side needs no action: every
-report of the period went out under its identifier already, so nothing is sent twice.
+report of the period went out under its identifier already, so nothing is sent twice. Usage that changes
+after the close becomes an adjustment on the next invoice (:mod:`services.billing_reporter.adjustments`),
+never a change of the closed one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from services.billing_reporter.accounts import period_credits, period_usage
+from services.billing_reporter.adjustments import Adjuster, lock_customer, pending_for
 from services.kernel import metrics
 from services.plans.invoice import Invoice, calculate_invoice
 from services.plans.model import PlansConfig
@@ -70,8 +73,10 @@ class PeriodCloser:
         report_granularity: str,
         grace_ms: int,
         publish: Callable[[list[FinalInvoice]], None] | None = None,
+        adjuster: Adjuster | None = None,
     ) -> None:
         self.pool = pool
+        self.adjuster = adjuster
         self.config = config
         self.ledger = ledger
         self.report_granularity = report_granularity
@@ -82,6 +87,9 @@ class PeriodCloser:
         """Close every customer's last period that ended more than the grace ago; returns the invoices
         written now (a period already closed, or whose ledger is incomplete, is skipped)."""
         now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        if self.adjuster is not None:
+            # First: an adjustment whose next invoice closes in this round is on it.
+            self.adjuster.adjust(now_ms)
         written: list[Invoice] = []
         waiting = 0
         with self.pool.connection() as conn:
@@ -103,8 +111,13 @@ class PeriodCloser:
                 if not self._complete(conn, customer_id, ended.start_ms, ended.end_ms):
                     waiting += 1
                     continue
+                # The adjuster takes the same lock: an adjustment is on exactly one invoice.
+                lock_customer(conn, self.ledger, customer_id)
+                if self._closed(conn, customer_id, ended.start_ms):
+                    continue
                 usage = period_usage(self.pool, self.ledger, customer_id, ended.start_ms)
-                if not usage and not price.base_price:
+                adjustments = pending_for(conn, self.ledger, customer_id, ended)
+                if not usage and not price.base_price and not adjustments:
                     continue  # a free customer without usage: no invoice to write
                 invoice = calculate_invoice(
                     customer_id=customer_id,
@@ -114,6 +127,7 @@ class PeriodCloser:
                     tax_region=region,
                     status="final",
                     credits=period_credits(self.pool, customer_id, ended),
+                    adjustments=adjustments,
                 )
                 conn.execute(
                     "INSERT INTO billing_invoices (ledger, customer_id, period_start, period_end, plan,"
@@ -126,6 +140,8 @@ class PeriodCloser:
                 written.append(invoice)
                 CLOSED.inc()
         WAITING.set(waiting)
+        if self.adjuster is not None:
+            self.adjuster.send_pending()
         self.publish_pending()
         return written
 

@@ -22,14 +22,16 @@ from typing import Any
 import psycopg
 import stripe
 
+from services.billing_reporter.accounts import plain
+from services.billing_reporter.adjustments import adjustment_rows, money
 from services.billing_reporter.stripe_gateway import StripeGateway
 from services.kernel.reading import read_to_end
 from services.kernel.serde import SchemaRegistry
 from services.kernel.settings import KafkaSettings, SchemaRegistrySettings
 from services.kernel.topics import USAGE_AGGREGATES, topic
 from services.plans.invoice import round_money
-from services.plans.model import PlansConfig
-from services.plans.periods import Period, billing_period, datetime_to_ms
+from services.plans.model import CURRENCY_MINOR_UNITS, PlansConfig
+from services.plans.periods import Period, billing_period, datetime_to_ms, ms_to_datetime
 from services.plans.pricing import usage_charge
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ class Line:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "kind": "usage",
             "customer_id": self.customer_id,
             "meter": self.meter,
             "period_start": self.period.start.isoformat(),
@@ -345,3 +348,76 @@ def _sum(
         else:
             total += sum((q for _, q in revisions), ZERO)
     return total
+
+
+@dataclass
+class AdjustmentLine:
+    """An adjustment of a closed period (late usage) as plg bills it and as Stripe holds it."""
+
+    customer_id: str
+    meter: str
+    corrects: Period
+    target_start_ms: int
+    amount: Decimal
+    usage_before: Decimal
+    usage_after: Decimal
+    stripe_status: str  # pending | sent | not_at_stripe
+    stripe_kind: str | None = None
+    stripe_id: str | None = None
+    stripe_amount: Decimal | None = None  # the invoice item's amount, or minus the credit note's
+
+    @property
+    def agrees(self) -> bool:
+        if self.stripe_status == "not_at_stripe":
+            return True  # no Stripe subscription: plg's invoice is the only one
+        return self.stripe_status == "sent" and self.stripe_amount == self.amount
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "adjustment",
+            "customer_id": self.customer_id,
+            "meter": self.meter,
+            "corrects_period_start": self.corrects.start.isoformat(),
+            "on_invoice_of": ms_to_datetime(self.target_start_ms).isoformat(),
+            "usage_before": str(self.usage_before),
+            "usage_after": str(self.usage_after),
+            "plg_amount": str(self.amount),
+            "stripe_status": self.stripe_status,
+            "stripe_kind": self.stripe_kind,
+            "stripe_id": self.stripe_id,
+            "stripe_amount": None if self.stripe_amount is None else str(self.stripe_amount),
+            "agrees": self.agrees,
+        }
+
+
+def reconcile_adjustments(
+    conn: psycopg.Connection[Any], *, ledger: str, gateway: StripeGateway | None,
+    customer: str | None = None, month: str | None = None, now_ms: int | None = None,
+) -> list[AdjustmentLine]:  # fmt: skip
+    """Adjustments that correct the period or are billed on its invoice (each customer's period starting
+    in ``month``, or the current one), with Stripe's object read back (its amount must be plg's)."""
+    now_ms = now_ms or int(time.time() * 1000)
+    anchors = dict(conn.execute("SELECT customer_id, billing_anchor_day FROM customers").fetchall())
+    out: list[AdjustmentLine] = []
+    for row in adjustment_rows(conn, ledger, customer, None):
+        anchor = anchors.get(row["customer_id"], 1)
+        period = period_of(month, anchor, now_ms)
+        if period.start_ms not in (int(row["period_start"]), int(row["target_period_start"])):
+            continue
+        corrected = billing_period(int(row["period_start"]), anchor)
+        line = AdjustmentLine(
+            row["customer_id"], row["meter"], corrected, int(row["target_period_start"]),
+            money(Decimal(row["amount"]), row["currency"]), plain(Decimal(row["usage_before"])),
+            plain(Decimal(row["usage_after"])), row["stripe_status"], row["stripe_kind"], row["stripe_id"],
+        )  # fmt: skip
+        if gateway is not None and row["stripe_id"]:
+            minor = CURRENCY_MINOR_UNITS.get(row["currency"], 2)
+            if row["stripe_kind"] == "credit_note":
+                note = gateway.retrieve_credit_note(row["stripe_id"])
+                line.stripe_amount = -Decimal(int(note["total"])).scaleb(-minor)
+            else:
+                item = gateway.retrieve_invoice_item(row["stripe_id"])
+                line.stripe_amount = Decimal(int(item["amount"])).scaleb(-minor)
+            line.stripe_amount = money(line.stripe_amount, row["currency"])
+        out.append(line)
+    return out

@@ -201,3 +201,13 @@ class StripeGateway:
     def create_invoice_item(self, params: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
         item = self._client.v1.invoice_items.create(params, {"idempotency_key": idempotency_key})  # type: ignore[arg-type]
         return item.to_dict()
+
+    def retrieve_invoice_item(self, item_id: str) -> dict[str, Any]:
+        return self._client.v1.invoice_items.retrieve(item_id).to_dict()
+
+    def create_credit_note(self, params: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
+        note = self._client.v1.credit_notes.create(params, {"idempotency_key": idempotency_key})  # type: ignore[arg-type]
+        return note.to_dict()
+
+    def retrieve_credit_note(self, note_id: str) -> dict[str, Any]:
+        return self._client.v1.credit_notes.retrieve(note_id).to_dict()

@@ -19,7 +19,7 @@ from services.billing_reporter.app import WINDOW_SECONDS, level_meters, reportab
 from services.billing_reporter.catalog import CatalogError, sync_catalog
 from services.billing_reporter.config import BillingSettings
 from services.billing_reporter.meters import sync_meters
-from services.billing_reporter.reconcile import Due, read_aggregates, reconcile
+from services.billing_reporter.reconcile import Due, read_aggregates, reconcile, reconcile_adjustments
 from services.billing_reporter.stripe_gateway import StripeGateway
 from services.plans.loader import ConfigError, load_config
 from services.plans.model import PlansConfig
@@ -170,15 +170,23 @@ def run(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
             due=due_after(settings),
             config=config,
         )
+        adjustments = reconcile_adjustments(
+            conn,
+            ledger=f"{settings.platform.topic_prefix}{settings.group_id}",
+            gateway=None if args.no_stripe else gateway(settings),
+            customer=args.customer,
+            month=args.period,
+        )
     except stripe.StripeError as exc:
         print(f"error: Stripe: {exc.user_message or type(exc).__name__}", file=sys.stderr)
         return 1
     differing = [ln for ln in lines if not ln.agrees]
     shown = lines if args.all else differing
+    # Adjustments (late usage after a closed invoice) are always shown: each is an event worth seeing.
+    adjusting = [a for a in adjustments if not a.agrees]
     if args.json:
-        sys.stdout.write(
-            orjson.dumps([ln.to_dict() for ln in shown], option=orjson.OPT_INDENT_2).decode() + "\n"
-        )
+        rows_out = [ln.to_dict() for ln in shown] + [a.to_dict() for a in adjustments]
+        sys.stdout.write(orjson.dumps(rows_out, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         cols = (
             "customer_id",
@@ -199,5 +207,19 @@ def run(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
             print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)))
             for r in rows:
                 print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
-        print(f"{len(lines)} customer/meter rows compared, {len(differing)} differ", file=sys.stderr)
-    return 1 if differing else 0
+        if adjustments:
+            print("ADJUSTMENTS (late usage after a closed invoice; billed on the next one)")
+            for a in adjustments:
+                d = a.to_dict()
+                print(
+                    f"  {d['customer_id']}  {d['meter']}  corrects {d['corrects_period_start'][:10]}"
+                    f"  on {d['on_invoice_of'][:10]}  usage {d['usage_before']} -> {d['usage_after']}"
+                    f"  plg {d['plg_amount']}  stripe {d['stripe_amount'] or '-'}"
+                    f" ({d['stripe_kind'] or d['stripe_status']})  {'ok' if a.agrees else 'DIFFERS'}"
+                )
+        print(
+            f"{len(lines)} customer/meter rows compared, {len(differing)} differ;"
+            f" {len(adjustments)} adjustments, {len(adjusting)} differ",
+            file=sys.stderr,
+        )
+    return 1 if differing or adjusting else 0

@@ -9,7 +9,7 @@ subtotal and rounded to the nearest minor unit.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Any, Literal
@@ -28,8 +28,21 @@ def round_money(amount: Decimal, minor_unit: int, rule: Rounding) -> Decimal:
 
 
 @dataclass(frozen=True, slots=True)
+class Adjustment:
+    """A late correction of a closed period's usage line, billed on a later invoice: a final invoice never
+    changes. ``amount`` is the re-rated line less what was billed for it (both rounded), so it can be
+    negative (a credit)."""
+
+    meter: str
+    corrects: Period
+    usage_before: Decimal
+    usage_after: Decimal
+    amount: Decimal
+
+
+@dataclass(frozen=True, slots=True)
 class InvoiceLine:
-    kind: Literal["base", "usage"]
+    kind: Literal["base", "usage", "adjustment"]
     description: str
     exact_amount: Decimal
     amount: Decimal  # rounded once
@@ -44,6 +57,8 @@ class InvoiceLine:
     tiers_mode: str | None = None
     tiers: tuple[TierCharge, ...] = ()
     credited: Decimal = ZERO  # top-up units used before anything else is priced
+    corrects: Period | None = None  # an adjustment: the closed period it corrects
+    usage_before: Decimal = ZERO  # an adjustment: the usage billed before the correction
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +111,10 @@ class Invoice:
         }
 
 
+def _iso(at: Any) -> str:
+    return str(at.isoformat().replace("+00:00", "Z"))
+
+
 def _line_dict(line: InvoiceLine) -> dict[str, Any]:
     out: dict[str, Any] = {
         "kind": line.kind,
@@ -105,6 +124,13 @@ def _line_dict(line: InvoiceLine) -> dict[str, Any]:
     }
     if line.credited:
         out["credited"] = str(line.credited)
+    if line.kind == "adjustment" and line.corrects is not None:
+        out.update(
+            meter=line.meter,
+            corrects_period={"start": _iso(line.corrects.start), "end": _iso(line.corrects.end)},
+            usage_before=str(line.usage_before),
+            usage_after=str(line.usage),
+        )
     if line.kind == "usage":
         out.update(
             meter=line.meter,
@@ -170,6 +196,7 @@ def calculate_invoice(
     tax_region: str | None = None,
     status: Literal["draft", "final"] = "draft",
     credits: Mapping[str, Decimal] | None = None,
+    adjustments: Sequence[Adjustment] = (),
 ) -> Invoice:
     """The invoice of ``customer_id`` for ``period`` under ``price``; ``usage`` is each meter's value for
     the period (a meter missing from it had no usage). The base price is charged per period, whatever
@@ -187,6 +214,20 @@ def calculate_invoice(
     for meter in sorted(set(price.meters) | set(usage)):
         credit = (credits or {}).get(meter, ZERO)
         lines.append(_usage_line(meter, price.meters.get(meter), usage.get(meter, ZERO), price, credit))
+    # Corrections of closed periods: already money (differences of rounded lines), added as they are.
+    for adj in sorted(adjustments, key=lambda a: (a.corrects.start_ms, a.meter)):
+        lines.append(
+            InvoiceLine(
+                "adjustment",
+                f"{adj.meter} correction of {adj.corrects.start.date().isoformat()}",
+                adj.amount,
+                adj.amount,
+                meter=adj.meter,
+                usage=adj.usage_after,
+                corrects=adj.corrects,
+                usage_before=adj.usage_before,
+            )
+        )
     subtotal = sum((ln.amount for ln in lines), ZERO)
     tax = _tax(price, subtotal, tax_region)
     total = subtotal + tax.amount if tax.behavior == "exclusive" else subtotal
@@ -202,6 +243,18 @@ def calculate_invoice(
         total=total,
         status=status,
     )
+
+
+def line_difference(
+    price: ResolvedPrice, meter: str, usage_before: Decimal, usage_after: Decimal, credit: Decimal = ZERO
+) -> Decimal:
+    """What re-rating ``meter``'s line from ``usage_before`` to ``usage_after`` changes, in money: the
+    rounded line after less the rounded line before (so the closed invoice plus its adjustments always
+    equals the invoice the corrected usage would have had, to the cent)."""
+    mp = price.meters.get(meter)
+    before = _usage_line(meter, mp, usage_before, price, credit)
+    after = _usage_line(meter, mp, usage_after, price, credit)
+    return after.amount - before.amount
 
 
 def _tax(price: ResolvedPrice, subtotal: Decimal, region: str | None) -> TaxLine:

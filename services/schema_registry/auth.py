@@ -34,16 +34,14 @@ class RegistryAccess(auth.Policy):
         self._token = admin_token.get_secret_value().encode() if admin_token is not None else None
         self.protect_reads = protect_reads
         self.write = write
-        self.kind = "operator" if write else "public"
+        self.kind = _kind(write)
 
     @property
     def enabled(self) -> bool:
         return self._token is not None
 
     def describe(self) -> str:
-        if self.write:
-            return f"operator ≥ {WRITER_ROLE.name} or REGISTRY_ADMIN_TOKEN (open while unset: local only)"
-        return "public: Avro serde clients (REGISTRY_PROTECT_READS: an operator or a secret key)"
+        return _describe(self.write)
 
     async def __call__(self, request: Request) -> None:
         if self._token is None or not (self.write or self.protect_reads):
@@ -71,3 +69,38 @@ class RegistryAccess(auth.Policy):
             else "an operator or a secret key"
         )
         raise RegistryError(ErrorCode.FORBIDDEN, f"Forbidden: this operation needs {need}")
+
+
+class AppAccess(auth.Policy):
+    """The policy the registry's routes declare (``services/schema_registry/api.py``): the app's own
+    :class:`RegistryAccess` for reads or writes decides, made from its settings by ``build_app``
+    (``app.state.access``)."""
+
+    def __init__(self, *, write: bool) -> None:
+        self.write = write
+        self.kind = _kind(write)
+
+    def describe(self) -> str:
+        return _describe(self.write)
+
+    async def __call__(self, request: Request) -> None:
+        access: AccessPolicies = request.app.state.access
+        await (access.write if self.write else access.read)(request)
+
+
+class AccessPolicies:
+    """The registry's read and write policies, from its settings."""
+
+    def __init__(self, admin_token: SecretStr | None, protect_reads: bool) -> None:
+        self.read = RegistryAccess(admin_token, protect_reads, write=False)
+        self.write = RegistryAccess(admin_token, protect_reads, write=True)
+
+
+def _kind(write: bool) -> str:
+    return "operator" if write else "public"
+
+
+def _describe(write: bool) -> str:
+    if write:
+        return f"operator ≥ {WRITER_ROLE.name} or REGISTRY_ADMIN_TOKEN (open while unset: local only)"
+    return "public: Avro serde clients (REGISTRY_PROTECT_READS: an operator or a secret key)"

@@ -132,6 +132,7 @@ class BillingObjects:
         self.subscriptions: dict[str, dict[str, Any]] = {}
         self.invoices: dict[str, dict[str, Any]] = {}
         self.invoice_items: dict[str, dict[str, Any]] = {}
+        self.credit_notes: dict[str, dict[str, Any]] = {}
 
     def now(self) -> int:
         return int(self.clock())
@@ -159,6 +160,7 @@ class BillingObjects:
             "subscriptions": (self.create_subscription, self.subscriptions, "subscription", "subscription"),
             "invoices": (self._no_create, self.invoices, "invoice", "invoice"),
             "invoiceitems": (self.create_invoice_item, self.invoice_items, "invoiceitem", "invoiceitem"),
+            "credit_notes": (self.create_credit_note, self.credit_notes, "credit_note", "credit note"),
         }
         if kind not in handlers:
             return None
@@ -208,7 +210,7 @@ class BillingObjects:
 
     def _list(self, kind: str, store: dict[str, dict[str, Any]], query: dict[str, Any]) -> dict[str, Any]:
         items = list(store.values())
-        for name in ("customer", "subscription", "status", "product"):
+        for name in ("customer", "subscription", "status", "product", "invoice"):
             if query.get(name):
                 items = [o for o in items if _field(o, name) == query[name]]
         if kind == "prices":
@@ -235,6 +237,7 @@ class BillingObjects:
             "id": customer_id,
             "object": "customer",
             "created": self.now(),
+            "balance": 0,  # minor units; negative is credit the next invoices use first
             "email": form.get("email"),
             "livemode": False,
             "metadata": _metadata(form),
@@ -676,6 +679,96 @@ class BillingObjects:
         self.invoice_items[item["id"]] = item
         return dict(item)
 
+    def create_credit_note(self, form: dict[str, Any]) -> dict[str, Any]:
+        """A credit note on a finalized invoice: ``lines`` (``custom_line_item``: ``unit_amount`` x
+        ``quantity``) or ``amount``; on a paid invoice the amount is split between ``credit_amount`` (to
+        the customer's balance: the next invoices use it first), ``refund_amount`` and
+        ``out_of_band_amount``, which must add up to it — as Stripe requires."""
+        invoice_id = form.get("invoice")
+        if not invoice_id:
+            raise missing("invoice")
+        invoice = self.invoices.get(str(invoice_id))
+        if invoice is None:
+            raise no_such("invoice", str(invoice_id), "invoice")
+        if invoice["status"] not in ("open", "paid"):
+            raise StripeApiError(
+                400, "Credit notes can only be issued on finalized invoices.", param="invoice"
+            )
+        lines = []
+        for i, line in enumerate(as_list(form.get("lines"))):
+            if line.get("type") != "custom_line_item":
+                raise StripeApiError(400, "Only custom_line_item lines here.", param=f"lines[{i}][type]")
+            quantity = _int(line.get("quantity", 1), f"lines[{i}][quantity]")
+            unit = _int(line.get("unit_amount", 0), f"lines[{i}][unit_amount]")
+            lines.append(
+                {
+                    "id": _id("cnli"),
+                    "object": "credit_note_line_item",
+                    "amount": unit * quantity,
+                    "description": line.get("description"),
+                    "livemode": False,
+                    "quantity": quantity,
+                    "type": "custom_line_item",
+                    "unit_amount": unit,
+                }
+            )
+        amount = sum(x["amount"] for x in lines) if lines else _int(form.get("amount", 0), "amount")
+        if amount <= 0:
+            raise StripeApiError(
+                400, "A credit note needs a positive amount (lines or amount).", param="lines"
+            )
+        credited = sum(c["total"] for c in self.credit_notes.values() if c["invoice"] == invoice["id"])
+        if credited + amount > invoice["total"]:
+            raise StripeApiError(
+                400, f"The credit note amount ({amount}) exceeds the invoice's remaining amount"
+                f" ({invoice['total'] - credited}).", param="amount",
+            )  # fmt: skip
+        parts = {k: _int(form.get(k, 0), k) for k in ("credit_amount", "refund_amount", "out_of_band_amount")}
+        if invoice["status"] == "paid" and sum(parts.values()) != amount:
+            raise StripeApiError(
+                400, f"The sum of credit amount, refund amount and out of band amount ({sum(parts.values())})"
+                f" must equal the credit note amount ({amount}).", param="credit_amount",
+            )  # fmt: skip
+        customer = self.customers[invoice["customer"]]
+        customer["balance"] -= parts["credit_amount"]
+        note_id = _id("cn")
+        note = {
+            "id": note_id,
+            "object": "credit_note",
+            "amount": amount,
+            "amount_shipping": 0,
+            "created": self.now(),
+            "currency": invoice["currency"],
+            "customer": customer["id"],
+            "discount_amount": 0,
+            "discount_amounts": [],
+            "invoice": invoice["id"],
+            "lines": {
+                "object": "list",
+                "data": lines,
+                "has_more": False,
+                "url": f"/v1/credit_notes/{note_id}/lines",
+            },
+            "livemode": False,
+            "memo": form.get("memo"),
+            "metadata": _metadata(form),
+            "number": f"CN-{len(self.credit_notes) + 1:04d}",
+            "out_of_band_amount": parts["out_of_band_amount"] or None,
+            "pdf": f"https://pay.stripe.com/credit_notes/{note_id}/pdf",
+            "post_payment_amount": amount if invoice["status"] == "paid" else 0,
+            "pre_payment_amount": 0 if invoice["status"] == "paid" else amount,
+            "pretax_credit_amounts": [],
+            "reason": form.get("reason"),
+            "refunds": [],
+            "status": "issued",
+            "subtotal": amount,
+            "total": amount,
+            "type": "post_payment" if invoice["status"] == "paid" else "pre_payment",
+        }
+        self.credit_notes[note_id] = note
+        self.emit("credit_note.created", dict(note))
+        return dict(note)
+
     def _lines(
         self, sub: dict[str, Any], usage_period: tuple[int, int] | None,
         licensed_period: tuple[int, int] | None, items: list[dict[str, Any]] | None = None,
@@ -753,11 +846,14 @@ class BillingObjects:
         status: str,
     ) -> dict[str, Any]:
         total = sum(line["amount"] for line in lines)
+        # The customer's credit balance (credit notes) is used first: Stripe's starting_balance.
+        balance = self.customers[sub["customer"]].get("balance", 0)
+        due = max(total + min(balance, 0), 0) if total > 0 else max(total, 0)
         return {
             "id": _id("in") if status != "draft" else None,
             "object": "invoice",
-            "amount_due": max(total, 0),
-            "amount_paid": max(total, 0) if status == "paid" else 0,
+            "amount_due": due,
+            "amount_paid": due if status == "paid" else 0,
             "billing_reason": reason,
             "created": self.now(),
             "currency": sub["currency"],
@@ -771,6 +867,8 @@ class BillingObjects:
             },
             "period_end": period[1],
             "period_start": period[0],
+            "starting_balance": balance,
+            "ending_balance": None if status == "draft" else balance + (total - due if total > 0 else 0),
             "status": status,
             "subtotal": total,
             "total": total,
@@ -790,7 +888,14 @@ class BillingObjects:
         )
         invoice["lines"]["data"] += self._item_lines(sub["customer"], invoice["id"])
         total = sum(line["amount"] for line in invoice["lines"]["data"])
-        invoice.update(subtotal=total, total=total, amount_due=max(total, 0), amount_paid=max(total, 0))
+        customer = self.customers[sub["customer"]]
+        balance = customer.get("balance", 0)
+        applied = min(-balance, total) if balance < 0 and total > 0 else 0
+        invoice.update(
+            subtotal=total, total=total, amount_due=max(total - applied, 0),
+            amount_paid=max(total - applied, 0), starting_balance=balance, ending_balance=balance + applied,
+        )  # fmt: skip
+        customer["balance"] = balance + applied
         self.invoices[invoice["id"]] = invoice
         for kind in ("invoice.created", "invoice.finalized", "invoice.paid"):
             self.emit(kind, dict(invoice))

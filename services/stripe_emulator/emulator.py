@@ -131,7 +131,8 @@ class StripeEmulator:
     # -- persistence (the local stack keeps its Stripe account across `make down` / `make up`) -------------
     _PERSISTED = ("meters", "events", "_identifiers", "accepted_identifiers", "event_log")
     _PERSISTED_BILLING = (
-        "customers", "products", "prices", "sessions", "subscriptions", "invoices", "invoice_items"
+        "customers", "products", "prices", "sessions", "subscriptions", "invoices", "invoice_items",
+        "credit_notes",
     )  # fmt: skip
 
     def save(self, path: Path) -> None:

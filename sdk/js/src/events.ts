@@ -237,16 +237,22 @@ export class Events {
     })();
   }
 
-  private persist(): Promise<void> {
-    if (!this.storeReady) return Promise.resolve();
+  /** Resolves true once the queue as it is now is stored (false: no storage, or the write failed). */
+  private persist(): Promise<boolean> {
+    if (!this.storeReady) return Promise.resolve(false);
     // One write at a time, each of the whole (bounded) queue: simple, and the last write always wins.
-    this.persisting = this.persisting
+    const write = this.persisting
       .then(() => this.storeReady)
       .then(() => this.store?.set(QUEUE_KEY, this.queue))
-      .catch((error) => {
-        this.stats.lastError = `storage: ${String(error)}`;
-      });
-    return this.persisting;
+      .then(
+        () => true,
+        (error) => {
+          this.stats.lastError = `storage: ${String(error)}`;
+          return false;
+        },
+      );
+    this.persisting = write.then(() => undefined);
+    return write;
   }
 
   private handedOff(): string[] {
@@ -530,9 +536,13 @@ export class Events {
     this.stats.sent += sent;
     this.stats.rejected += rejected;
     this.stats.queued = this.queue.length;
-    const handed = this.handedOff();
-    if (handed.length) this.setHandedOff(handed.filter((id) => !gone.has(id)));
-    void this.persist();
+    // The stored queue loses these events only when the write below commits, asynchronously: a page that
+    // goes away first (a reload right after a flush) would leave them stored for the next page to send
+    // again. So they join the handed-off ids, written synchronously, until the write is done.
+    this.setHandedOff([...new Set([...this.handedOff(), ...ids])]);
+    void this.persist().then((stored) => {
+      if (stored) this.setHandedOff(this.handedOff().filter((id) => !gone.has(id)));
+    });
   }
 
   // -- page hide ----------------------------------------------------------------------------------------------

@@ -172,6 +172,39 @@ test("the queue survives a reload (same store) and is bounded with counted drops
   assert.deepEqual(server.eventIds(), ids);
 });
 
+test("events delivered just before a reload are not sent again when the stored queue missed the removal", async () => {
+  server.handler = (_req, res) => {
+    res.writeHead(503, { "Retry-After": "0" }).end();
+  };
+  // A store whose writes can stop committing, as an IndexedDB transaction does when the page goes away.
+  class FreezableStore extends MemoryStore {
+    frozen = false;
+    override async set(key: string, value: unknown): Promise<void> {
+      if (this.frozen) return new Promise<void>(() => {}); // never commits
+      return super.set(key, value);
+    }
+  }
+  const store = new FreezableStore();
+  const storage = new MemoryStorage();
+  const first = events({ store, syncStorage: storage, flushIntervalMs: 10_000 });
+  const ids = [first.track("a"), first.track("b"), first.track("c")];
+  await first.flush();
+  await first.persisted(); // the three are stored, undelivered
+  store.frozen = true;
+  server.handler = accept;
+  server.seen = [];
+  await first.flush();
+  await waitFor(() => first.stats.sent === 3, 3000, "delivered");
+  first.close(); // the page goes away before the stored queue lost them
+
+  store.frozen = false;
+  const second = events({ store, syncStorage: storage, flushIntervalMs: 20 });
+  await second.persisted();
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(second.pending(), 0, "nothing restored");
+  assert.deepEqual(server.eventIds(), ids, "each event sent once");
+});
+
 test("drop_oldest makes room for the newest", async () => {
   server.handler = (_req, res) => {
     res.writeHead(503, { "Retry-After": "60" }).end();

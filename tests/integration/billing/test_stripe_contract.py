@@ -224,6 +224,23 @@ def test_billing_objects_answer_a_subset_of_stripes_shapes(
         "items[1][price]": catalog["base"], "proration_behavior": "none",
     })  # fmt: skip
     post("/v1/invoices/create_preview", {"customer": catalog["customer"], "subscription": sub["id"]})
+    # Adjustments of a closed period: a credit note on its (paid) invoice, to the customer's balance.
+    paid = next(
+        i["id"] for i in double.billing.invoices.values()
+        if i["parent"]["subscription_details"]["subscription"] == sub["id"]
+    )  # fmt: skip
+    note = {
+        "invoice": paid, "credit_amount": "50", "memo": "correction", "metadata[plg_adjustment]": "x",
+        "lines[0][type]": "custom_line_item", "lines[0][description]": "correction",
+        "lines[0][quantity]": "1", "lines[0][unit_amount]": "50",
+    }  # fmt: skip
+    post("/v1/credit_notes", note)
+    made = _form(double, "/v1/credit_notes", note)
+    assert_subset_shape(*both(double, stripe_mock_url, "GET", f"/v1/credit_notes/{made['id']}"))
+    item = _form(
+        double, "/v1/invoiceitems", {"customer": catalog["customer"], "amount": "100", "currency": "usd"}
+    )
+    assert_subset_shape(*both(double, stripe_mock_url, "GET", f"/v1/invoiceitems/{item['id']}"))
     assert_subset_shape(
         *both(double, stripe_mock_url, "GET", "/v1/prices", params={"lookup_keys[0]": "contract-base"})
     )

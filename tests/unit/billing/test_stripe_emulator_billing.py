@@ -189,3 +189,32 @@ def test_the_account_survives_a_restart_through_the_state_file(emulator, sdk, cl
             )  # fmt: skip
     finally:
         again.close()
+
+
+def test_a_credit_note_credits_the_balance_that_the_next_invoice_uses_first(sdk, clock):
+    customer, base, metered = metered_world(sdk, clock)
+    sub = sdk.v1.subscriptions.create({"customer": customer, "items": [{"price": base}, {"price": metered}]})
+    [first] = sdk.v1.invoices.list({"customer": customer, "subscription": sub.id}).data
+    line = {"type": "custom_line_item", "description": "correction", "quantity": 1, "unit_amount": 50}
+    with pytest.raises(stripe.InvalidRequestError, match="must equal the credit note amount"):
+        sdk.v1.credit_notes.create({"invoice": first.id, "lines": [line]})  # type: ignore[list-item]
+    with pytest.raises(stripe.InvalidRequestError, match="exceeds"):
+        sdk.v1.credit_notes.create(
+            {"invoice": first.id, "credit_amount": 5000, "lines": [line | {"unit_amount": 5000}]}  # type: ignore[list-item]
+        )
+    note = sdk.v1.credit_notes.create({"invoice": first.id, "credit_amount": 50, "lines": [line]})  # type: ignore[list-item]
+    assert (note.total, note.type, note.status) == (50, "post_payment", "issued")
+    assert sdk.v1.customers.retrieve(customer).balance == -50
+    clock.now = add_months(int(clock.now), 1) + 1
+    cycle = next(
+        i
+        for i in sdk.v1.invoices.list({"customer": customer, "subscription": sub.id}).data
+        if i.billing_reason == "subscription_cycle"
+    )
+    assert (cycle.total, cycle.starting_balance, cycle.amount_due, cycle.ending_balance) == (
+        4900,
+        -50,
+        4850,
+        0,
+    )
+    assert sdk.v1.customers.retrieve(customer).balance == 0

@@ -1,0 +1,214 @@
+"""Late usage after an invoice: a closed period's final invoice never changes; the corrected usage becomes an
+adjustment line on the next invoice, at Stripe an invoice item (positive) or a credit note on the closed
+period's Stripe invoice (negative, used by the next invoice), exactly once, shown by `plg billing reconcile`.
+
+The Stripe emulator runs on a clock the test moves, so the periods can end within the test."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+
+from services.billing_reporter.adjustments import Adjuster
+from services.billing_reporter.catalog import version_prices
+from services.billing_reporter.closing import PeriodCloser
+from services.billing_reporter.stripe_gateway import StripeGateway
+from services.cli.__main__ import main as plg
+from services.plans.loader import load_config
+from services.plans.periods import billing_period
+from tests.integration.billing.harness import MINUTE, Billing
+from tests.integration.metering.harness import Metering, now_ms, wait_for
+from tests.stripe_double import StripeDouble
+
+HOUR = 3_600_000
+KEY = {"authorization": "Bearer sk_test_adjust"}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def move_to(self, at_ms: int) -> None:
+        self.offset = at_ms / 1000 - time.time()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def world(metering: Metering, clock: Clock) -> Iterator[Billing]:
+    double = StripeDouble(clock=clock).serve()
+    billing = Billing(metering, double)
+    try:
+        yield billing
+    finally:
+        billing.close()
+        double.close()
+
+
+def _post(double: StripeDouble, path: str, form: dict) -> dict:
+    status, body, _, _ = double.handle("POST", path, {}, form, KEY)
+    assert status == 200, body
+    return body
+
+
+def _stripe_invoice(double: StripeDouble, customer: str, period_end_ms: int) -> dict | None:
+    """Stripe's invoice of the period ending at ``period_end_ms`` (None until the emulator wrote it)."""
+    return next(
+        (
+            i
+            for i in list(double.billing.invoices.values())
+            if i["customer"] == customer and i["period_end"] == period_end_ms // 1000
+        ),
+        None,
+    )
+
+
+def _adjustments(db_url: str, customer_id: str) -> list[tuple]:
+    with psycopg.connect(db_url) as conn:
+        return conn.execute(
+            "SELECT seq, usage_before, usage_after, amount, stripe_status, stripe_kind, stripe_id"
+            " FROM billing_adjustments WHERE customer_id = %s ORDER BY seq",
+            (customer_id,),
+        ).fetchall()
+
+
+def test_late_usage_after_the_invoice_becomes_an_adjustment_on_the_next_invoice_and_at_stripe(
+    world: Billing, clock: Clock, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    billing, double = world, world.double
+    period = billing_period(now_ms(), 1)
+    following = billing_period(period.end_ms, 1)
+    # The reporter's own closer stays out of the way: this test closes periods on its own clock.
+    billing.start_reporter(close_check_seconds=3600.0)
+    c = billing.customer("pro", stripe=False)
+    stripe_customer = _post(double, "/v1/customers", {"metadata": {"plg_customer_id": c}})["id"]
+    with psycopg.connect(billing.db_url, autocommit=True) as conn:
+        prices = version_prices(conn, "pro-2025-06")
+        sub = _post(
+            double, "/v1/subscriptions",
+            {"customer": stripe_customer, "items": [{"price": p} for p in prices.values()]},
+        )  # fmt: skip
+        conn.execute(
+            "UPDATE customers SET stripe_customer_id = %s WHERE customer_id = %s", (stripe_customer, c)
+        )
+        conn.execute(
+            "INSERT INTO subscriptions (customer_id, plan, status, stripe_customer_id,"
+            " stripe_subscription_id) VALUES (%s, 'pro', 'active', %s, %s)",
+            (c, stripe_customer, sub["id"]),
+        )
+    # Stripe's periods are plg's (checkout anchors them so; here set directly).
+    state = double.billing.subscriptions[sub["id"]]
+    state.update(billing_cycle_anchor=period.start_ms // 1000, _cycle=1)
+    state["_period"] = (period.start_ms // 1000, period.end_ms // 1000)
+    double.billing._sync_periods(state)
+
+    window = now_ms() - now_ms() % MINUTE - 3 * MINUTE
+    width = period.end_ms - period.start_ms
+    billing.aggregate(c, 51_000, window_start=window)
+    billing.aggregate(c, 51_000, window_start=period.start_ms, granularity="BILLING_PERIOD", width=width)
+    wait_for(lambda: [r[5] for r in billing.ledger(c)] == ["delivered"], 60, what="the window at Stripe")
+
+    # The period ends: Stripe writes its invoice, plg closes its own (2 h grace).
+    clock.move_to(period.end_ms + HOUR)
+    wait_for(lambda: _stripe_invoice(double, stripe_customer, period.end_ms), 60, what="Stripe's invoice")
+    pool = ConnectionPool(billing.db_url, min_size=1, max_size=2, open=True)
+    ledger = f"{billing.metering.prefix}billing-reporter"
+    config = load_config()
+    gateway = StripeGateway(double.url, billing.settings().stripe.api_key)
+    closer = PeriodCloser(
+        pool, config, ledger=ledger, report_granularity="MINUTE", grace_ms=2 * HOUR,
+        adjuster=Adjuster(pool, config, ledger=ledger, grace_ms=2 * HOUR, gateway=gateway),
+    )  # fmt: skip
+    try:
+        after_close = period.end_ms + 2 * HOUR + 1
+        closed = {i.customer_id: i for i in closer.close_due(after_close)}
+        assert closed[c].total == Decimal("50.00")  # 49.00 + 1 000 requests over 50 000 at 0.001
+
+        # Late usage for the closed period: 1 000 more requests.
+        billing.aggregate(c, 52_000, window_start=window)
+        billing.aggregate(c, 52_000, window_start=period.start_ms, granularity="BILLING_PERIOD", width=width)
+        wait_for(
+            lambda: len(billing.ledger(c)) == 2 and billing.ledger(c)[1][5] == "delivered",
+            60,
+            what="revision",
+        )
+        for _ in range(2):  # twice: exactly once
+            closer.close_due(after_close)
+        [(seq, before, after, amount, status, kind, item_id)] = _adjustments(billing.db_url, c)
+        assert (seq, before, after, amount) == (0, Decimal(51_000), Decimal(52_000), Decimal("1.00"))
+        assert (status, kind) == ("sent", "invoiceitem")
+        assert double.billing.invoice_items[item_id]["amount"] == 100
+        with psycopg.connect(billing.db_url) as conn:
+            (doc,) = conn.execute(
+                "SELECT invoice FROM billing_invoices WHERE customer_id = %s AND period_start = %s",
+                (c, period.start_ms),
+            ).fetchone()  # type: ignore[misc]
+        assert doc["total"] == "50.00"  # the closed invoice is untouched
+
+        # A correction the other way (a backfill removed 500 duplicates): a credit note on Stripe's
+        # invoice of the corrected period, to the customer's balance.
+        billing.aggregate(c, 51_500, window_start=period.start_ms, granularity="BILLING_PERIOD", width=width)
+        adjuster = closer.adjuster
+        assert adjuster is not None
+        wait_for(lambda: adjuster.changed_periods(after_close), 60, what="the ledger took the correction")
+        closer.close_due(after_close)
+        closer.close_due(after_close)
+        rows = _adjustments(billing.db_url, c)
+        assert [(r[0], r[3], r[4], r[5]) for r in rows] == [
+            (0, Decimal("1.00"), "sent", "invoiceitem"),
+            (1, Decimal("-0.50"), "sent", "credit_note"),
+        ]
+        note = double.billing.credit_notes[rows[1][6]]
+        closed_at_stripe = _stripe_invoice(double, stripe_customer, period.end_ms)
+        assert closed_at_stripe is not None
+        assert (note["total"], note["invoice"]) == (50, closed_at_stripe["id"])
+        assert len(double.billing.credit_notes) == 1
+        assert len(double.billing.invoice_items) == 1
+
+        # The next period: plg's invoice carries both lines; Stripe's carries the item and uses the credit.
+        next_close = following.end_ms + 2 * HOUR + 1
+        nxt = {i.customer_id: i for i in closer.close_due(next_close)}[c]
+        adjustment_lines = [(ln.kind, ln.amount) for ln in nxt.lines if ln.kind == "adjustment"]
+        assert adjustment_lines == [("adjustment", Decimal("1.00")), ("adjustment", Decimal("-0.50"))]
+        assert nxt.total == Decimal("49.50")
+        clock.move_to(following.end_ms + HOUR)
+        stripe_next = wait_for(
+            lambda: _stripe_invoice(double, stripe_customer, following.end_ms),
+            60,
+            what="Stripe's next invoice",
+        )
+        assert [ln["amount"] for ln in stripe_next["lines"]["data"] if ln.get("parent")] == [100]
+        assert stripe_next["starting_balance"] == -50
+        assert Decimal(stripe_next["amount_due"]).scaleb(-2) == nxt.total  # what the customer pays: the same
+
+        # `plg billing reconcile` shows both adjustments, in agreement with Stripe.
+        m = billing.metering
+        for name, value in {
+            "DATABASE_URL": billing.db_url, "KAFKA_BOOTSTRAP_SERVERS": m.kafka.bootstrap_servers,
+            "SCHEMA_REGISTRY_URL": m.registry.url, "PLG_TOPIC_PREFIX": m.prefix,
+            "STRIPE_API_BASE": double.url,
+            "STRIPE_API_KEY": "sk_test_reconcile", "BILLING_REPORT_GRANULARITY": "MINUTE",
+        }.items():  # fmt: skip
+            monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        month = following.start.strftime("%Y-%m")
+        assert plg(["--json", "billing", "reconcile", "--customer", c, "--period", month]) == 0
+        shown = [r for r in json.loads(capsys.readouterr().out) if r["kind"] == "adjustment"]
+        assert [(r["plg_amount"], r["stripe_amount"], r["stripe_kind"], r["agrees"]) for r in shown] == [
+            ("1.00", "1.00", "invoiceitem", True),
+            ("-0.50", "-0.50", "credit_note", True),
+        ]
+    finally:
+        pool.close()
