@@ -21,7 +21,8 @@ TABLE_OWNERS = {
     "operators": "kernel/apikeys.py",
 }
 
-# Shared packages: domain code and plumbing any service may import. They import only each other.
+# Shared packages: domain code and plumbing any service may import. They import only each other, and the
+# kernel only itself.
 LIBRARIES = {"kernel", "plans", "activation", "customers"}
 # Tools that compose services (the operator's CLI runs service code such as DLQ replay and analytics
 # queries; devstack starts every service and builds the route table from their apps): may import anything.
@@ -92,6 +93,9 @@ def forbidden_imports(sources: list[tuple[Path, ast.Module]]) -> list[str]:
         if package in TOOLS:
             continue
         for line, target in _imported_packages(tree):
+            if package == "kernel" and target != "kernel":
+                found.append(f"services/{'/'.join(parts)}:{line}: the kernel imports {target}")
+                continue
             if target == package or target in LIBRARIES:
                 if package in LIBRARIES and target not in LIBRARIES:
                     found.append(f"services/{'/'.join(parts)}:{line}: library {package} imports {target}")
@@ -170,3 +174,5 @@ def test_the_import_check_finds_a_service_importing_another() -> None:
     assert library == ["services/plans/y.py:1: library plans imports service ingest"]
     tool = forbidden_imports([(SERVICES_DIR / "cli" / "z.py", ast.parse("import services.ingest\n"))])
     assert tool == []
+    kernel = forbidden_imports([(SERVICES_DIR / "kernel" / "k.py", ast.parse("import services.plans\n"))])
+    assert kernel == ["services/kernel/k.py:1: the kernel imports plans"]

@@ -156,9 +156,9 @@ def test_forget_erases_the_person_everywhere_and_later_events_start_a_new_histor
                 "default": {"split": [{"variant": "a", "weight": 1}, {"variant": "b", "weight": 1}]},
             }
             assert admin.put(f"/v1/admin/flags/{flag}", json=sticky).status_code == 201
-            evaluated = client.post(
-                "/v1/flags/evaluate", json={"flag_key": flag, "context": {"user_id": person}}
-            )
+            # The operator names the customer: sticky rows are stored per customer, never without one.
+            context = {"customer_id": customer, "user_id": person}
+            evaluated = client.post("/v1/flags/evaluate", json={"flag_key": flag, "context": context})
             assert evaluated.status_code == 200
             wait_for(
                 lambda: client.get(f"/v1/activation/{customer}/{pseudonym}").json()["person"][0]["crossed"],
