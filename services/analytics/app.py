@@ -56,14 +56,7 @@ def open_resources(settings: AnalyticsSettings, life: Lifecycle, app: FastAPI) -
             )
         APPLIED.labels(SERVICE, "store").inc()
 
-    erasures = follow_erasures(
-        life,
-        settings.kafka,
-        registry,
-        service=SERVICE,
-        topic_prefix=settings.platform.topic_prefix,
-        forget=forget,
-    )
+    erasures = follow_erasures(life, settings, registry, SERVICE, forget)
     loop = at_least_once(
         service=SERVICE,
         kafka=settings.kafka,

@@ -292,7 +292,7 @@ def _dispatch(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
         except metering.Refused as exc:
             raise CliError(str(exc)) from None
     if args.group == "customers" and args.command == "update":
-        context = success.update_customer(
+        store.update_success_context(
             conn,
             args.customer_id,
             support_tier=args.support_tier,
@@ -300,7 +300,7 @@ def _dispatch(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
             clear_csm=args.no_csm,
             billing_status=args.billing_status,
         )
-        _print(args, [context], _CONTEXT_COLS)
+        _print(args, [success.get_context(conn, args.customer_id)], _CONTEXT_COLS)
         return 0
     if args.group == "customers":
         if args.command == "create":

@@ -126,9 +126,7 @@ def _build(settings: EnrichmentSettings, life: Lifecycle) -> EnrichmentApp:
             scrubber.forget_clean()
             APPLIED.labels(SERVICE, "memory").inc()
 
-    erasures = follow_erasures(
-        life, settings.kafka, registry, service=SERVICE, topic_prefix=prefix, forget=forget
-    )
+    erasures = follow_erasures(life, settings, registry, SERVICE, forget)
     handler = EnrichmentHandler(
         enricher,
         tenants.cache,

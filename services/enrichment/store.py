@@ -1,7 +1,8 @@
 """PostgreSQL adapter for the customer-success context: support tier, CSM owner, billing status, tickets.
 
-What ``plg customers update`` and ``plg tickets`` write (migration 0030): the tickets here, the context's
-columns of ``customers`` through the table's owner (``services/customers/store.py``). Every write of a
+What ``plg tickets`` writes (migration 0030), and the context ``plg customers update`` shows; that
+command writes the context's columns of ``customers`` through the table's owner
+(``services/customers/store.py``, ``update_success_context``). Every write of a
 customer fires the ``plg_customer_changed`` notification (a trigger), which makes enrichment reload that
 customer's context.
 """
@@ -15,7 +16,6 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from services.customers import store as customers
 from services.customers.store import BILLING_STATUSES, StoreError
 
 __all__ = ["BILLING_STATUSES", "PRIORITIES", "StoreError"]
@@ -58,30 +58,6 @@ def get_context(conn: psycopg.Connection[Any], customer_id: str) -> SuccessConte
         )
         row = cur.fetchone()
     return SuccessContext(**row) if row else None
-
-
-def update_customer(
-    conn: psycopg.Connection[Any],
-    customer_id: str,
-    *,
-    support_tier: str | None = None,
-    csm_owner: str | None = None,
-    clear_csm: bool = False,
-    billing_status: str | None = None,
-) -> SuccessContext:
-    """Change what is given (``clear_csm`` removes the owner) through the table's owner, then read the
-    context back."""
-    customers.update_success_context(
-        conn,
-        customer_id,
-        support_tier=support_tier,
-        csm_owner=csm_owner,
-        clear_csm=clear_csm,
-        billing_status=billing_status,
-    )
-    context = get_context(conn, customer_id)
-    assert context is not None
-    return context
 
 
 def open_ticket(

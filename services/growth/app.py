@@ -179,14 +179,7 @@ def open_growth(
             exposures.forget(erasure.matches)
             APPLIED.labels(SERVICE, "memory").inc()
 
-    erasures = follow_erasures(
-        life,
-        settings.kafka,
-        registry,
-        service=SERVICE,
-        topic_prefix=settings.platform.topic_prefix,
-        forget=forget,
-    )
+    erasures = follow_erasures(life, settings, registry, SERVICE, forget)
     # Every committed flag change NOTIFYs: one reload per burst; every flags_poll_seconds anyway.
     listener = Listener(
         dsn,

@@ -251,9 +251,7 @@ def build_app(settings: HealthSettings, lifecycle: Lifecycle | None = None) -> F
                 cache.forget(erasure.customer_id, erasure.matches)
                 APPLIED.labels(SERVICE, "memory").inc()
 
-        state["erasures"] = follow_erasures(
-            life, settings.kafka, registry, service=SERVICE, topic_prefix=prefix, forget=forget
-        )
+        state["erasures"] = follow_erasures(life, settings, registry, SERVICE, forget)
         alerts_spec = topic(CUSTOMER_ALERTS, prefix)
         assert alerts_spec.schema_path is not None
         producer = life.push(

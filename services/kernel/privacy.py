@@ -32,7 +32,7 @@ from services.kernel.lifecycle import Lifecycle
 from services.kernel.processing.messages import Message
 from services.kernel.processing.view import MaterializedView
 from services.kernel.serde import SchemaRegistry
-from services.kernel.settings import KafkaSettings
+from services.kernel.settings import KafkaSettings, StreamServiceSettings
 from services.kernel.topics import PRIVACY_ERASURES, topic
 
 log = logging.getLogger(__name__)
@@ -178,16 +178,18 @@ class ErasureFollower:
 
 def follow_erasures(
     life: Lifecycle,
-    kafka: KafkaSettings,
+    settings: StreamServiceSettings,
     registry: SchemaRegistry,
-    *,
     service: str,
-    topic_prefix: str,
     forget: OnErasure,
 ) -> ErasureFollower:
-    """The one wiring of every service that forgets people: an :class:`ErasureFollower` handing each
-    request to ``forget``, started now and closed by ``life``."""
+    """The one wiring of every service that forgets people: an :class:`ErasureFollower` on the service's
+    broker and topic prefix handing each request to ``forget``, started now and closed by ``life``."""
     follower = ErasureFollower(
-        kafka, registry, service=service, topic_prefix=topic_prefix, on_erasure=[forget]
+        settings.kafka,
+        registry,
+        service=service,
+        topic_prefix=settings.platform.topic_prefix,
+        on_erasure=[forget],
     )
     return life.push(follower.start(), "privacy erasures")

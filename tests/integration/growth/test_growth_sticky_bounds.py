@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 
 from tests.auth_support import bearer, customer_key, new_customer
-from tests.integration.growth.conftest import GrowthFactory
+from tests.integration.growth.conftest import STICKY_AB_FLAG, GrowthFactory
 
 
 def _rows(url: str, customer: str | None = None) -> dict[tuple[str, str], tuple[str, float]]:
@@ -41,18 +41,12 @@ def test_sticky_rows_are_the_callers_customers_only_and_unused_ones_expire(
     growth = start_growth(sticky_cache_size=1, sticky_retention_days=30, sticky_prune_interval_seconds=0.5)
     url = growth.settings.database.url.get_secret_value()
     flag = f"sticky_{uuid.uuid4().hex[:8]}"
-    spec = {
-        "sticky": True,
-        "variants": {"a": "A", "b": "B"},
-        "off_variant": "a",
-        "default": {"split": [{"variant": "a", "weight": 1}, {"variant": "b", "weight": 1}]},
-    }
     a, b = new_customer(growth.settings.database), new_customer(growth.settings.database)
     key_a, key_b = customer_key(growth.settings.database, a), customer_key(growth.settings.database, b)
     p = f"p{uuid.uuid4().hex[:8]}-"  # this test's person ids: p...-1, p...-2, ...
     made_up = f"made-up-{uuid.uuid4().hex[:8]}"
     with growth.admin() as admin, growth.client() as operator, growth.client(token=None) as anon:
-        assert admin.put(f"/v1/admin/flags/{flag}", json=spec).status_code == 201
+        assert admin.put(f"/v1/admin/flags/{flag}", json=STICKY_AB_FLAG).status_code == 201
 
         def evaluate(headers: dict[str, str] | None, context: dict[str, Any]) -> Any:
             r = (operator if headers is None else anon).post(
