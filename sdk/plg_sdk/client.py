@@ -85,6 +85,7 @@ class Client:
         shutdown_timeout: float = 5.0,
         max_batch_bytes: int = 450 * 1024,
         register_atexit: bool = True,
+        plan: Mapping[str, Any] | None = None,
     ) -> None:
         if not api_key:
             raise ValueError("api_key is required")
@@ -103,6 +104,10 @@ class Client:
         self._shutdown_timeout = shutdown_timeout
         self._max_batch_bytes = max_batch_bytes
         self._batch_limit = flush_at  # shrinks after a 413, grows back after successes
+        # The tracking plan's versions (``TRACKING_PLAN`` of ``plg plan codegen --lang python``): each event
+        # the plan lists is sent with its version, so enrichment maps its properties by that version's names
+        # rather than assuming a default (an event without one is marked ``schema_version_missing``).
+        self._version_property, self._versions = _plan_versions(plan)
 
         self._queue = DiskQueue(
             queue_dir or _default_queue_dir(host, api_key),
@@ -191,7 +196,7 @@ class Client:
             "event_id": event_id or str(uuid7()),
             "name": name,
             "timestamp": _millis(timestamp),
-            "properties": _check_properties(properties),
+            "properties": self._stamp(name, _check_properties(properties)),
             "user_id": user_id if user_id is not None else self._user_id,
             "anonymous_id": anonymous_id if anonymous_id is not None else self._anonymous_id,
         }
@@ -218,7 +223,7 @@ class Client:
             "event_id": str(uuid7()),
             "type": "identify",
             "timestamp": _millis(timestamp),
-            "properties": _check_properties(traits),
+            "properties": self._stamp("$identify", _check_properties(traits)),
             "user_id": user_id,
             "anonymous_id": anon,
         }
@@ -287,6 +292,14 @@ class Client:
         with self._stats_lock:
             values = {k: getattr(self._stats, k) + v if k != "last_error" else v for k, v in delta.items()}
             self._stats = replace(self._stats, **values)
+
+    def _stamp(self, name: str, properties: dict[str, Scalar]) -> dict[str, Scalar]:
+        """``properties`` with the event's plan version, unless the plan lacks the event or the caller sent
+        a version of its own (an app still sending an older shape says so)."""
+        version = self._versions.get(name)
+        if version is not None and properties.get(self._version_property) is None:
+            properties[self._version_property] = version
+        return properties
 
     def _enqueue(self, event: dict[str, Any]) -> str:
         if self._closed:
@@ -476,6 +489,24 @@ def _millis(ts: datetime | int | None) -> int:
     if isinstance(ts, int) and not isinstance(ts, bool):
         return ts
     raise TypeError("timestamp must be a datetime or epoch milliseconds (int)")
+
+
+def _plan_versions(plan: Mapping[str, Any] | None) -> tuple[str, dict[str, int]]:
+    """(version property, event -> version) of a generated ``TRACKING_PLAN``; nothing stamped without one."""
+    if plan is None:
+        return "schema_version", {}
+    prop, events = plan.get("version_property"), plan.get("events")
+    if not isinstance(prop, str) or not prop or not isinstance(events, Mapping):
+        raise ValueError(
+            "plan must be the TRACKING_PLAN of `plg plan codegen --lang python`: "
+            "{'version': N, 'version_property': 'schema_version', 'events': {name: version}}"
+        )
+    versions: dict[str, int] = {}
+    for name, version in events.items():
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ValueError(f"plan: events[{name!r}] must be a version number >= 1, got {version!r}")
+        versions[str(name)] = version
+    return prop, versions
 
 
 def _check_properties(properties: Mapping[str, Scalar] | None) -> dict[str, Scalar]:

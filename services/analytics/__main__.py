@@ -6,16 +6,9 @@ secrets masked and exits.
 
 from __future__ import annotations
 
-from typing import Any
-
-from services.activation import ActivationConfig, load_activation
-from services.analytics.app import SERVICE, build_app
+from services.analytics.app import ACTIVATION_FILE, SERVICE, build_app
 from services.analytics.config import AnalyticsSettings
-from services.kernel.service import ConfigFile, HttpOptions, run_service
-
-
-def _summary(config: ActivationConfig) -> dict[str, Any]:
-    return {"north_star": config.north_star, "thresholds": [t.name for t in config.thresholds]}
+from services.kernel.service import HttpOptions, run_service
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
         AnalyticsSettings,
         build_app,
         http=HttpOptions(),
-        config_files=[ConfigFile("activation", lambda s: load_activation(s.activation_path), _summary)],
+        config_files=[ACTIVATION_FILE],
         argv=argv,
         description=__doc__,
     )

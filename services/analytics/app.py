@@ -7,11 +7,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from services.activation import load_activation
+from services.activation import ActivationConfig, load_activation
 from services.analytics import api
 from services.analytics.config import AnalyticsSettings
 from services.analytics.resources import AnalyticsResources
@@ -24,6 +25,7 @@ from services.kernel.ops import ops_routes
 from services.kernel.privacy import APPLIED, Erasure, follow_erasures
 from services.kernel.processing import at_least_once
 from services.kernel.serde import SchemaRegistry
+from services.kernel.service import ConfigFile, LoadedFiles
 from services.kernel.topics import USAGE_EVENTS_ENRICHED
 from services.kernel.workers import Workers
 
@@ -32,9 +34,21 @@ log = logging.getLogger(__name__)
 SERVICE = "analytics"
 
 
-def open_resources(settings: AnalyticsSettings, life: Lifecycle, app: FastAPI) -> AnalyticsResources:
+def _summary(config: ActivationConfig) -> dict[str, Any]:
+    return {"north_star": config.north_star, "thresholds": [t.name for t in config.thresholds]}
+
+
+#: The one file it reads: run_service loads and checks it (--check-config), build_app receives it.
+ACTIVATION_FILE: ConfigFile[AnalyticsSettings] = ConfigFile(
+    "activation", lambda s: load_activation(s.activation_path), _summary
+)
+
+
+def open_resources(
+    settings: AnalyticsSettings, life: Lifecycle, app: FastAPI, files: LoadedFiles | None = None
+) -> AnalyticsResources:
     """Open everything, registering each piece on the lifecycle as it opens (a failure closes the rest)."""
-    activation = load_activation(settings.activation_path)
+    activation: ActivationConfig = ACTIVATION_FILE.of(settings, files)
     url = settings.clickhouse_url.get_secret_value() if settings.clickhouse_url else None
     store = life.push(open_store(settings.store, settings.path, url), "analytics store")
     pool = life.push(db.open_pool(settings.database, name=SERVICE), "database pool")
@@ -82,13 +96,15 @@ def open_resources(settings: AnalyticsSettings, life: Lifecycle, app: FastAPI) -
     )
 
 
-def build_app(settings: AnalyticsSettings, lifecycle: Lifecycle | None = None) -> FastAPI:
+def build_app(
+    settings: AnalyticsSettings, lifecycle: Lifecycle | None = None, files: LoadedFiles | None = None
+) -> FastAPI:
     life = lifecycle or Lifecycle(SERVICE)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
-            app.state.resources = await run_in_threadpool(open_resources, settings, life, app)
+            app.state.resources = await run_in_threadpool(open_resources, settings, life, app, files)
             yield
         finally:
             app.state.resources = None

@@ -47,15 +47,17 @@ from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ops_routes
 from services.kernel.processing import AtLeastOnceLoop, at_least_once
 from services.kernel.serde import SchemaRegistry
+from services.kernel.service import LoadedFiles
 from services.kernel.topics import USAGE_AGGREGATES
 from services.kernel.workers import Workers
 from services.plans.invoice import Invoice
-from services.plans.loader import load_config
+from services.plans.loader import plans_file
 from services.plans.model import Aggregation, PlansConfig
 
 log = logging.getLogger(__name__)
 
 SERVICE = "billing-reporter"
+PLANS_FILE = plans_file()  # the one file it reads (__main__ declares it)
 WINDOW_SECONDS = {"MINUTE": 60.0, "HOUR": 3600.0, "DAY": 86_400.0}
 _JSON = "application/json"
 
@@ -99,8 +101,10 @@ def _sync_catalog(
         log.warning("could not sync the Stripe catalog at start: %s", exc.user_message or type(exc).__name__)
 
 
-def build_app(settings: BillingSettings, lifecycle: Lifecycle | None = None) -> FastAPI:
-    config = load_config(settings.config_path)
+def build_app(
+    settings: BillingSettings, lifecycle: Lifecycle | None = None, files: LoadedFiles | None = None
+) -> FastAPI:
+    config: PlansConfig = PLANS_FILE.of(settings, files)  # as run_service loaded it, not read again
     life = lifecycle or Lifecycle(SERVICE)
     prefix = settings.platform.topic_prefix
     event_names = reportable_meters(config)

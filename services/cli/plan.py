@@ -180,9 +180,28 @@ def _doc(spec: PropertySpec) -> str:
     return "; ".join(bits)
 
 
+def plan_versions(plan: TrackingPlan) -> dict[str, int]:
+    """Each event's current schema version in the plan, ``$identify`` included (identify() sends it)."""
+    return {name: spec.schema_version for name, spec in plan.events.items()}
+
+
 def typescript(plan: TrackingPlan) -> str:
     events = planned_events(plan)
+    versions = plan_versions(plan)
     out = [_header(plan, "//", "ts"), "", "export type PropertyValue = string | number | boolean | null;", ""]
+    out.append(
+        "/** The tracking plan's versions: `trackEvent` stamps each event's version in `versionProperty`, "
+        "and so does every `plg.track` once `plg.init({ ..., plan: TRACKING_PLAN })` is given them. */"
+    )
+    out.append("export const TRACKING_PLAN = {")
+    out.append(f"  version: {plan.version},")
+    out.append(f"  versionProperty: {json.dumps(plan.version_property)},")
+    out.append("  events: {")
+    for name, version in versions.items():
+        out.append(f"    {json.dumps(name)}: {version},")
+    out.append("  } as Record<string, number>,")
+    out.append("};")
+    out.append("")
     for name, spec in events.items():
         if spec.description:
             out.append(f"/** {spec.description} */")
@@ -215,16 +234,17 @@ def typescript(plan: TrackingPlan) -> str:
     out.append("}")
     out.append("")
     out.append(
-        "/** `plg.track`, type-checked against the tracking plan: a wrong name or property does not "
-        "compile. */"
+        "/** `plg.track`, type-checked against the tracking plan (a wrong name or property does not "
+        "compile), with the event's plan version stamped. */"
     )
     out.append(
         "export function trackEvent<K extends PlgEventName>(\n"
         "  client: Tracker,\n  name: K,\n  properties: PlgEvents[K],\n): string | null {"
     )
-    out.append(
-        "  return client.track(name, properties as unknown as Record<string, PropertyValue | undefined>);"
-    )
+    out.append("  return client.track(name, {")
+    out.append("    ...(properties as unknown as Record<string, PropertyValue | undefined>),")
+    out.append("    [TRACKING_PLAN.versionProperty]: TRACKING_PLAN.events[name],")
+    out.append("  });")
     out.append("}")
     out.append("")
     return "\n".join(out)
@@ -249,6 +269,17 @@ def python(plan: TrackingPlan) -> str:
         "",
         "class Tracker(Protocol):",
         "    def track(self, name: str, properties: Any = ..., /) -> str: ...",
+        "",
+        "",
+        "#: The tracking plan's versions: ``track`` stamps each event's version in ``version_property``,",
+        "#: and so does every ``Client.track`` of a ``plg_sdk.Client(..., plan=TRACKING_PLAN)``.",
+        "TRACKING_PLAN: dict[str, Any] = {",
+        f'    "version": {plan.version},',
+        f'    "version_property": {plan.version_property!r},',
+        '    "events": {',
+        *(f"        {name!r}: {version}," for name, version in plan_versions(plan).items()),
+        "    },",
+        "}",
         "",
         "",
     ]
@@ -292,8 +323,13 @@ def python(plan: TrackingPlan) -> str:
         )
     out.extend(["", ""])
     out.append("def track(client: Tracker, name: str, properties: Any) -> str:")
-    out.append('    """``client.track(name, properties)``, type-checked against the tracking plan."""')
-    out.append("    return client.track(name, dict(properties))")
+    out.append(
+        '    """``client.track(name, properties)``, type-checked against the tracking plan, with the '
+        'event\'s plan version."""'
+    )
+    out.append("    stamped = dict(properties)")
+    out.append('    stamped[TRACKING_PLAN["version_property"]] = TRACKING_PLAN["events"][name]')
+    out.append("    return client.track(name, stamped)")
     out.append("")
     return "\n".join(out)
 

@@ -20,7 +20,7 @@ from services.kernel.privacy import APPLIED, Erasure, ErasureFollower, follow_er
 from services.kernel.processing import ExactlyOnceLoop, exactly_once_service
 from services.kernel.processing.view import MaterializedView
 from services.kernel.serde import SchemaRegistry
-from services.kernel.service import ConfigFile
+from services.kernel.service import ConfigFile, LoadedFiles
 from services.kernel.topics import IDENTITY_LINKS, USAGE_EVENTS, USAGE_EVENTS_DLQ, USAGE_EVENTS_IMPORT, topic
 from services.plans.loader import load_config
 
@@ -80,18 +80,19 @@ def plan_file() -> ConfigFile[EnrichmentSettings]:
     return ConfigFile("tracking-plan", _plan, summary)
 
 
-def build_app(settings: EnrichmentSettings, lifecycle: Lifecycle | None = None) -> EnrichmentApp:
+def build_app(
+    settings: EnrichmentSettings, lifecycle: Lifecycle | None = None, files: LoadedFiles | None = None
+) -> EnrichmentApp:
     life = lifecycle or Lifecycle(SERVICE)
     try:
-        return _build(settings, life)
+        return _build(settings, life, plan_file().of(settings, files))  # as run_service loaded it
     except BaseException:
         life.close()
         raise
 
 
-def _build(settings: EnrichmentSettings, life: Lifecycle) -> EnrichmentApp:
-    metering = load_config(settings.config_path)
-    plan = load_plan(settings.plan_path, metering)
+def _build(settings: EnrichmentSettings, life: Lifecycle, plan: TrackingPlan) -> EnrichmentApp:
+    metering = load_config(settings.config_path)  # the meters only (the plan was checked against them)
     prefix = settings.platform.topic_prefix
     key = settings.pii_key.get_secret_value()  # a development key is warned about (or refused) by run_service
     scrubber = Scrubber(key.encode(), plan.pii.action, plan.pii.detect, plan.pii.scan_ids)

@@ -28,7 +28,7 @@ from services.kernel.avro_binary import (
 
 # SHA-256 of the Parsing Canonical Form of schemas/enriched_usage_event.avsc as of this encoder (docs and
 # defaults are not part of it; adding or changing a field turns the fast path off until this is updated).
-WRITTEN_FOR = "578b59a89a96be55eade31a77cac33dc8cffa7363eb718a755cf05984569959b"
+WRITTEN_FOR = "160a03119d2f6ae23c28bd33193030c80e6a4d8b69073e90f44968d4bb2dbfa0"
 
 _EMPTY = b"\x00"  # an empty array or map
 _ONE = DOUBLE(1.0)
@@ -130,6 +130,7 @@ class EnrichedEventEncoder:
                 long_bytes(r["enriched_at"]),
                 optional_string(r["person_id"]),
                 NULL if version is None else BRANCH1 + long_bytes(version),
+                b"\x01" if r.get("schema_version_missing") else b"\x00",
                 NULL if plan_version is None else BRANCH1 + long_bytes(plan_version),
                 violations_b,
                 _ONE if rate == 1.0 else DOUBLE(rate),

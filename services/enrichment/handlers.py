@@ -151,6 +151,7 @@ class Enricher:
             "enriched_at": now_ms,
             "person_id": person_id,
             "schema_version": checked.schema_version,
+            "schema_version_missing": checked.version_missing,
             "tracking_plan_version": self.plan_version,
             "violations": [v.to_avro() for v in violations],
             "sample_rate": rate if rate is not None else 1.0,
@@ -209,6 +210,7 @@ class Enricher:
             "enriched_at": now_ms,
             "person_id": person_id,
             "schema_version": None,
+            "schema_version_missing": False,  # not an event a client sent: nothing to be missing
             "tracking_plan_version": self.plan_version,
             "violations": [],
             "sample_rate": 1.0,

@@ -88,6 +88,9 @@ class CheckResult(NamedTuple):
     schema_version: int | None
     violations: list[Violation]
     enforce: bool
+    #: The event carried no version: ``schema_version`` is its default_version, assumed, not stated (the
+    #: enriched record says so in ``schema_version_missing`` rather than passing the default off as sent).
+    version_missing: bool = False
 
 
 def _parse_version(raw: Any) -> int | None:
@@ -155,15 +158,16 @@ class CompiledPlan:
         props = dict(properties)
         if raw_version is not None or version_property in props:
             del props[version_property]
+        unversioned = raw_version is None
         if event is None:
             version = _parse_version(raw_version)
             if self.unplanned is Unplanned.ALLOW:
-                return CheckResult(props, version, [], False)
+                return CheckResult(props, version, [], False, unversioned)
             violation = Violation(
                 UNPLANNED_EVENT, "name", f"event {name[:100]!r} is not in the tracking plan"
             )
             enforce = self.unplanned is Unplanned.REJECT and name not in self.metered
-            return CheckResult(props, version, [violation], enforce)
+            return CheckResult(props, version, [violation], enforce, unversioned)
 
         violations: list[Violation] = []
         if raw_version is None:
@@ -229,7 +233,7 @@ class CompiledPlan:
                 violations.append(
                     Violation(REQUIRED_MISSING, f"properties.{key}", "required property missing")
                 )
-        return CheckResult(props, version, violations, event.enforce and bool(violations))
+        return CheckResult(props, version, violations, event.enforce and bool(violations), unversioned)
 
 
 def compile_plan(plan: TrackingPlan, metered_events: frozenset[str] = frozenset()) -> CompiledPlan:

@@ -26,16 +26,21 @@ from services.kernel.http import RequestOutcome, install_error_handlers
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ops_routes
 from services.kernel.serde import SchemaRegistry
+from services.kernel.service import LoadedFiles
 from services.kernel.topics import USAGE_PERIODS, topic
-from services.plans.loader import load_config
+from services.plans.loader import plans_file
+from services.plans.model import PlansConfig
 
 log = logging.getLogger(__name__)
 
 SERVICE = "entitlements"
+PLANS_FILE = plans_file()  # the one file it reads (__main__ declares it)
 
 
-def build_app(settings: EntitlementsSettings, lifecycle: Lifecycle | None = None) -> FastAPI:
-    config = load_config(settings.config_path)
+def build_app(
+    settings: EntitlementsSettings, lifecycle: Lifecycle | None = None, files: LoadedFiles | None = None
+) -> FastAPI:
+    config: PlansConfig = PLANS_FILE.of(settings, files)  # as run_service loaded it, not read again
     life = lifecycle or Lifecycle(SERVICE)
 
     def open_resources() -> tuple[Entitlements, auth.Authenticator]:

@@ -6,47 +6,10 @@ secrets masked and exits.
 
 from __future__ import annotations
 
-from typing import Any
-
-from services.activation import ActivationConfig, load_activation
 from services.growth.app import SERVICE, build_app
 from services.growth.config import GrowthSettings
-from services.growth.flagstore import load_flags_file
-from services.growth.onboarding import OnboardingConfig, load_onboarding
-from services.kernel.service import ConfigFile, HttpOptions, run_service
-
-
-def _flags_summary(doc: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "flags": [f["key"] for f in doc.get("flags") or []],
-        "segments": sorted(doc.get("segments") or {}),
-    }
-
-
-def _onboarding_summary(config: OnboardingConfig) -> dict[str, Any]:
-    return {
-        "flow_flag": config.flow_flag,
-        "default_flow": config.default_flow,
-        "flows": {name: [s.id for s in flow.steps] for name, flow in config.flows.items()},
-    }
-
-
-def _activation_summary(config: ActivationConfig) -> dict[str, Any]:
-    return {
-        "plans": sorted(config.plans),
-        "north_star": config.north_star,
-        "thresholds": {
-            t.name: f"{t.event} >= {t.count}" + (f" in {t.window_days} d" if t.window_days else "")
-            for t in config.thresholds
-        },
-    }
-
-
-CONFIG_FILES: list[ConfigFile[GrowthSettings]] = [
-    ConfigFile("flags", lambda s: load_flags_file(s.flags_path), _flags_summary),
-    ConfigFile("onboarding", lambda s: load_onboarding(s.onboarding_path), _onboarding_summary),
-    ConfigFile("activation", lambda s: load_activation(s.activation_path), _activation_summary),
-]
+from services.growth.files import CONFIG_FILES
+from services.kernel.service import HttpOptions, run_service
 
 
 def main(argv: list[str] | None = None) -> int:

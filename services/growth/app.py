@@ -17,7 +17,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from services.activation import load_activation
 from services.customers import CustomerDirectory
 from services.growth.activation_view import ActivationView
 from services.growth.api_activation import activation_routes, crossing_message
@@ -34,6 +33,7 @@ from services.growth.api_models import (
 )
 from services.growth.api_onboarding import onboarding_routes
 from services.growth.config import GrowthSettings
+from services.growth.files import ACTIVATION_FILE, FLAGS_FILE, ONBOARDING_FILE
 from services.growth.flags import Broadcaster, Evaluator, ExposureLog, FlagsRuntime, StickyAssignments
 from services.growth.flagstore import (
     CHANNEL,
@@ -41,10 +41,9 @@ from services.growth.flagstore import (
     FlagNotFound,
     FlagStore,
     InvalidFlag,
-    load_flags_file,
 )
 from services.growth.loop import ActivationLoop
-from services.growth.onboarding import OnboardingConfig, load_onboarding
+from services.growth.onboarding import OnboardingConfig
 from services.growth.progress import ProgressStore
 from services.growth.telemetry import TelemetryWriter
 from services.kernel import auth
@@ -57,6 +56,7 @@ from services.kernel.listen import Listener
 from services.kernel.ops import ops_routes
 from services.kernel.privacy import APPLIED, Erasure, ErasureFollower, follow_erasures
 from services.kernel.serde import SchemaRegistry
+from services.kernel.service import LoadedFiles
 from services.kernel.sse import StreamLimits, event_stream
 from services.kernel.topics import GROWTH_CHANGELOG, USAGE_EVENTS, topic
 from services.kernel.workers import Workers
@@ -137,11 +137,12 @@ def open_growth(
     life: Lifecycle,
     flags_broadcaster: Broadcaster,
     activation_broadcaster: Broadcaster,
+    files: LoadedFiles | None = None,
 ) -> Growth:
     """Open everything (blocking; from the lifespan's worker thread), each resource on ``life``."""
-    document = load_flags_file(settings.flags_path)
-    onboarding = load_onboarding(settings.onboarding_path)
-    activation_config = load_activation(settings.activation_path).with_events(
+    document = FLAGS_FILE.of(settings, files)  # as run_service loaded them, not read again
+    onboarding: OnboardingConfig = ONBOARDING_FILE.of(settings, files)
+    activation_config = ACTIVATION_FILE.of(settings, files).with_events(
         onboarding.person_events | onboarding.customer_events
     )
     dsn = settings.database.url.get_secret_value()
@@ -227,7 +228,9 @@ def open_growth(
     )
 
 
-def build_app(settings: GrowthSettings, lifecycle: Lifecycle | None = None) -> FastAPI:
+def build_app(
+    settings: GrowthSettings, lifecycle: Lifecycle | None = None, files: LoadedFiles | None = None
+) -> FastAPI:
     life = lifecycle or Lifecycle(SERVICE)
     flags_broadcaster = Broadcaster("flags")
     activation_broadcaster = Broadcaster("activation", queue_size=256)
@@ -239,7 +242,7 @@ def build_app(settings: GrowthSettings, lifecycle: Lifecycle | None = None) -> F
             flags_broadcaster.bind(asyncio.get_running_loop())
             activation_broadcaster.bind(asyncio.get_running_loop())
             state["growth"] = await asyncio.to_thread(
-                open_growth, settings, life, flags_broadcaster, activation_broadcaster
+                open_growth, settings, life, flags_broadcaster, activation_broadcaster, files
             )
             auth.install(_app, state["growth"].authenticator)
             log.info("growth ready", extra={"host": settings.host, "port": settings.port})

@@ -6,10 +6,9 @@
 
 from __future__ import annotations
 
-from services.health_score.app import SERVICE, build_app, registry_file
+from services.health_score.app import PLANS_FILE, REGISTRY_FILE, SERVICE, build_app
 from services.health_score.config import HealthSettings
 from services.kernel.service import HttpOptions, run_service
-from services.plans.loader import plans_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         http=HttpOptions(timeout_graceful_shutdown=3),
         # Both files it reads: the metric registry and the plans (seats per plan), so --check-config and
         # the start check them.
-        config_files=[registry_file(), plans_file("plans_path")],
+        config_files=[REGISTRY_FILE, PLANS_FILE],
         argv=argv,
         description=__doc__,
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from services.health_score.app import seats_limits
+from services.health_score.app import PLANS_FILE, seats_limits
 from services.health_score.batch import backfill
 from services.health_score.config import HealthSettings
 from services.health_score.processor import FactsBuilder
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         n = backfill(
             store,
             config,
-            FactsBuilder(config, seats_limits(settings.plans_path)),
+            FactsBuilder(config, seats_limits(PLANS_FILE.load(settings))),
             int(time.time() * 1000),
             args.days,
             args.customer,

@@ -171,6 +171,7 @@ class Ingest:
             received_at_ms=time.time_ns() // 1_000_000,
             source=source,
             library=user_agent[:128] if user_agent else None,
+            registry_version=self.writer.registry_version,
         )
         outcome = normalise(body, ctx)
         m.BATCH_EVENTS.observe(outcome.total)
@@ -426,6 +427,9 @@ def open_ingest(settings: IngestSettings, life: Lifecycle) -> Ingest:
         linger_ms=settings.producer_linger_ms,
     )
     life.callback(lambda: producer.close(timeout=10.0), "producer")
+    # The subject version the events are validated against, recorded on each (the wire header only has
+    # the global id, which says nothing about where in the subject's history the contract stands).
+    registry_version = registry.lookup(events_spec.value_subject, encoders[0].schema_str).version
     fast = None
     if events_spec.schema_path and schema_matches(load_schema(events_spec.schema_path)[1]):
         fast = UsageEventEncoder(header(encoders[0].schema_id))
@@ -442,6 +446,7 @@ def open_ingest(settings: IngestSettings, life: Lifecycle) -> Ingest:
             fast=fast,
             links=encoders[1],
             timeout=settings.produce_timeout_ms / 1000,
+            registry_version=registry_version,
         )
 
     writer = writer_to(events_spec.name)

@@ -21,6 +21,7 @@ from services.kernel.avro_binary import (
     NULL,
     consent_bytes,
     long_bytes,
+    optional_int,
     optional_string,
     properties_bytes,
     schema_fingerprint_is,
@@ -30,7 +31,7 @@ from services.kernel.avro_binary import (
 # SHA-256 of the Parsing Canonical Form of schemas/usage_event.avsc (io.plg.usage.v1.UsageEvent) as of
 # this encoder. Docs, defaults and logical types are not part of the canonical form, so editing those
 # keeps the fast path; adding or changing a field turns it off until this encoder is updated.
-WRITTEN_FOR = "b02acd5a9739ed65fcc67047a4c656de3e142e5d7b912103a115b46f9e79fa75"
+WRITTEN_FOR = "ec78f12cb08768285192539ef373a81f50c048a77cebfafd8a3632a1e03f9620"
 
 _MAX_CACHE = 10_000
 
@@ -63,6 +64,7 @@ class UsageEventEncoder:
                     optional_string(ingest["api_key_id"]),
                     optional_string(ingest["request_id"]),
                     optional_string(ingest["library"]),
+                    optional_int(ingest.get("registry_version")),
                 )
             )
         header = self._header

@@ -142,6 +142,9 @@ class RequestContext:
     received_at_ms: int
     source: str = "http"
     library: str | None = None
+    #: The registry's version of usage-events-value whose schema the records are encoded (so validated)
+    #: with: stamped on each record, so a consumer knows the contract an event was accepted under.
+    registry_version: int | None = None
 
     def ingest_metadata(self) -> dict[str, Any]:
         return {
@@ -150,6 +153,7 @@ class RequestContext:
             "api_key_id": self.api_key_id,
             "request_id": self.request_id,
             "library": self.library,
+            "registry_version": self.registry_version,
         }
 
 

@@ -68,6 +68,7 @@ class EventWriter:
         links: ValueEncoder,
         timeout: float,
         fast: UsageEventEncoder | None = None,
+        registry_version: int | None = None,
     ) -> None:
         self.producer = producer
         self.events_topic = events_topic
@@ -77,6 +78,8 @@ class EventWriter:
         self.timeout = timeout
         # The specialised usage-events encoder, when the registered schema is the one it was written for.
         self.fast = fast
+        # The registry's version of the events subject for ``events``' schema (recorded on each event).
+        self.registry_version = registry_version
 
     async def write(self, customer_id: str, values: list[bytes], links: list[tuple[str, bytes]]) -> None:
         """Produce ``values`` (usage-events, keyed by ``customer_id``) and ``links`` (key, value) and wait

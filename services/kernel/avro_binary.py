@@ -51,6 +51,11 @@ def optional_string(s: str | None) -> bytes:
     return NULL if s is None else BRANCH1 + string_bytes(s)
 
 
+def optional_int(n: int | None) -> bytes:
+    """Avro ``["null", "int"]`` (an int is a zigzag varint like a long)."""
+    return NULL if n is None else BRANCH1 + long_bytes(n)
+
+
 def properties_bytes(props: Mapping[str, Any], keys: dict[str, bytes]) -> bytes:
     """The ``map<null|boolean|long|double|string>`` of event properties (``keys`` caches encoded keys; the
     caller bounds it). Shared with the enrichment service's encoder of enriched events."""

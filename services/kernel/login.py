@@ -2,9 +2,9 @@
 the OIDC provider, a pasted operator token as the fallback for installs without SSO, logout, and the admins'
 list of live sessions (docs/security.md "Browser sessions and single sign-on").
 
-A service with browser pages wires it in three lines: ``app.include_router(login.router())`` and
-``login.install_handlers(app)`` in ``build_app``, and ``login.install(app, BrowserLogin(...))`` once its
-database pool is open; its pages declare ``Depends(login.operator_page(Role.viewer))`` — without a session
+A service with browser pages wires it in two lines: ``login.mount(app)`` in ``build_app`` (the routes
+below and the pages' answers), and ``login.install(app, BrowserLogin(...))`` once its database pool is
+open; its pages declare ``Depends(login.operator_page(Role.viewer))`` — without a session
 they redirect to the login page, and its APIs keep ``auth.operator(...)`` (401 without a credential).
 
 Routes (all under ``/auth``): ``GET /auth/login``, ``POST /auth/token``, ``GET /auth/oidc/start``,
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from html import escape
 from typing import Any
@@ -29,7 +30,15 @@ from services.kernel.apikeys import CredentialError
 from services.kernel.auth import Operator, OperatorPolicy, Role
 from services.kernel.http import HttpError
 from services.kernel.oidc import LoginAttempt, OidcClient, OidcError, OidcSettings, random_token
-from services.kernel.sessions import LOGIN_CSRF_COOKIE, STATE_COOKIE, Session, SessionStore, same
+from services.kernel.sessions import (
+    LOGIN_CSRF_COOKIE,
+    STATE_COOKIE,
+    Session,
+    SessionSettings,
+    SessionStore,
+    same,
+)
+from services.kernel.settings import AuthSettings
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +60,18 @@ class BrowserLogin:
     async def aclose(self) -> None:
         if self.oidc is not None:
             await self.oidc.aclose()
+
+
+def open_browser_login(
+    connect: Callable[[], Any], auth_settings: AuthSettings, sessions: SessionSettings, oidc: OidcSettings
+) -> tuple[auth.Authenticator, BrowserLogin]:
+    """The authenticator of a service with operator pages, its sessions an operator credential, and the
+    sign-in's :class:`BrowserLogin` (SSO when ``PLG_OIDC_ISSUER`` is set); ``connect`` gives a database
+    connection (the service's pool). Blocking: call it where the pool was opened, off the event loop."""
+    authenticator = auth.open_authenticator(connect, auth_settings)
+    store = SessionStore(connect, sessions)
+    authenticator.sessions = store.resolve  # a signed-in browser is an operator credential
+    return authenticator, BrowserLogin(store, OidcClient(oidc) if oidc.enabled else None, oidc)
 
 
 def install(app: Any, login: BrowserLogin | None) -> None:
@@ -185,6 +206,14 @@ class OperatorPage(OperatorPolicy):
 
 def operator_page(role: Role) -> OperatorPage:
     return OperatorPage(role)
+
+
+def mount(app: FastAPI) -> None:
+    """What every service with operator pages does in ``build_app``: the sign-in routes (:func:`router`) and
+    the answers of its pages' policy (:func:`install_handlers`); ``install(app, BrowserLogin(...))`` follows
+    in its lifespan, once the database pool is open."""
+    app.include_router(router())
+    install_handlers(app)
 
 
 def install_handlers(app: FastAPI) -> None:

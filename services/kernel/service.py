@@ -33,7 +33,8 @@ import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from functools import partial
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsError
@@ -70,6 +71,11 @@ class ConfigInvalid(ValueError):
         super().__init__(f"invalid {what}:\n" + "\n".join(f"  - {e}" for e in self.errors))
 
 
+#: The config files ``run_service`` loaded (``ConfigFile.name`` -> what its ``load`` returned); a service that
+#: declares config files receives them in ``build(settings, lifecycle, files=...)``.
+LoadedFiles = Mapping[str, Any]
+
+
 @dataclass(frozen=True)
 class ConfigFile(Generic[S]):
     """A file of the service's own that its settings point to (e.g. the meters-and-plans file).
@@ -82,6 +88,13 @@ class ConfigFile(Generic[S]):
     name: str
     load: Callable[[S], Any]
     summary: Callable[[Any], Mapping[str, Any]]
+
+    def of(self, settings: S, files: LoadedFiles | None) -> Any:
+        """The file as ``run_service`` loaded and validated it (``files``, what ``build`` receives): a
+        service never reads it twice. Read here only when ``build`` runs without them (tests, docs)."""
+        if files is not None and self.name in files:
+            return files[self.name]
+        return self.load(settings)
 
 
 @dataclass(frozen=True)
@@ -340,7 +353,8 @@ def run_service(
 
     ``http`` makes it an HTTP service (``build`` returns an ASGI app), else a worker (``build`` returns a
     :class:`Worker`). ``config_files`` are validated before ``build`` runs and summarised by
-    ``--check-config``.
+    ``--check-config``; ``build`` then receives them, loaded, as ``files=`` (:data:`LoadedFiles`:
+    ``ConfigFile.of(settings, files)``) instead of reading them again.
     """
     # python -m services.ingest, from where build lives (services.ingest.app).
     module = getattr(build, "__module__", "") or ""
@@ -395,6 +409,8 @@ def run_service(
             "config file",
             extra={"file": spec.name, "summary": redact(spec.name, dict(spec.summary(loaded[spec.name])))},
         )
+    if config_files:
+        build = partial(cast(Callable[..., Any], build), files=loaded)
     if http is None:
         return _run_worker(service, settings, build)
     options = http(settings) if callable(http) else http

@@ -15,14 +15,20 @@ from services.kernel.kafka import check_reachable
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ReadinessCheck
 from services.kernel.processing import ExactlyOnceLoop, exactly_once_service
+from services.kernel.processing.store import LocalStore
 from services.kernel.provision import admin_client
 from services.kernel.serde import SchemaRegistry
+from services.kernel.service import LoadedFiles
 from services.kernel.topics import METERING_CHANGELOG, USAGE_AGGREGATES, USAGE_EVENTS, USAGE_EVENTS_DLQ, topic
 from services.metering_aggregator.config import MeteringSettings
 from services.metering_aggregator.processor import INPUTS, OUTPUTS, SERVICE, MeteringHandler, Topics
 from services.metering_aggregator.retention import RetentionSweeper
 from services.metering_aggregator.routing import home_partitioner
-from services.plans.loader import load_config
+from services.metering_aggregator.store import PartitionStore
+from services.plans.loader import plans_file
+from services.plans.model import PlansConfig
+
+PLANS_FILE = plans_file()  # the one file it reads (__main__ declares it)
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +63,18 @@ def partition_count(settings: MeteringSettings, name: str) -> int:
     return len(metadata.partitions)
 
 
-def build_app(settings: MeteringSettings, lifecycle: Lifecycle | None = None) -> AggregatorApp:
+def build_app(
+    settings: MeteringSettings, lifecycle: Lifecycle | None = None, files: LoadedFiles | None = None
+) -> AggregatorApp:
     life = lifecycle or Lifecycle(SERVICE)
     try:
-        return _build(settings, life)
+        return _build(settings, life, PLANS_FILE.of(settings, files))  # as run_service loaded it
     except BaseException:
         life.close()
         raise
 
 
-def _build(settings: MeteringSettings, life: Lifecycle) -> AggregatorApp:
-    config = load_config(settings.config_path)
+def _build(settings: MeteringSettings, life: Lifecycle, config: PlansConfig) -> AggregatorApp:
     prefix = settings.platform.topic_prefix
     topics = Topics(topic(USAGE_EVENTS, prefix).name, topic(METERING_CHANGELOG, prefix).name)
 
@@ -106,6 +113,16 @@ def _build(settings: MeteringSettings, life: Lifecycle) -> AggregatorApp:
                         extra={"customer_id": signal["customer_id"], "kind": signal["kind"]},
                     )
 
+    store_factory = None
+    if settings.state_store == "rocksdb":
+        # One directory per instance id: two instances on one host never share a store (and a store held
+        # open by another process is refused, not wiped).
+        root = settings.state_dir / settings.instance_id
+
+        def store_factory(partition: int) -> PartitionStore:
+            path = root / f"{topics.changelog}-{partition}"
+            return PartitionStore(LocalStore(path, cache_mb=settings.state_cache_mb), partition)
+
     handler = MeteringHandler(
         kafka=settings.kafka,
         directory=directory,
@@ -116,7 +133,11 @@ def _build(settings: MeteringSettings, life: Lifecycle) -> AggregatorApp:
         upgrade_url=settings.upgrade_url,
         eviction_interval=settings.eviction_interval_seconds,
         on_abuse=on_abuse,
+        store_factory=store_factory,
+        dedup_memory_ids=settings.dedup_memory_ids,
     )
+    # Closed after the loop (newest first): the stores are sealed once the last transaction is done.
+    life.push(handler, "local state stores")
     loop = exactly_once_service(
         settings,
         service=SERVICE,

@@ -47,13 +47,18 @@ def encode_value(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
-def restore(state: PartitionState, records: Iterable[tuple[bytes, bytes | None]]) -> int:
+def restore(
+    state: PartitionState, records: Iterable[tuple[bytes, bytes | None]], *, ids_in_store: bool = False
+) -> int:
     """Rebuild ``state`` from its changelog partition read from the beginning; returns records applied.
 
     Records are folded into latest-value-per-key first (the topic may not be compacted yet), then turned
     into windows, unique members, dedup ids, fired thresholds and the checkpoint. State of meters that are
     no longer in the configuration is skipped, and so are windows already past eviction at the restored
     clock (a packed record can outlive some of the windows it holds, while others in it are still live).
+
+    ``ids_in_store``: the records come from a sealed local store, whose dedup records are keys only (the
+    ids themselves are in the store, see ``services/metering_aggregator/store.py``).
     """
     latest: dict[bytes, bytes] = {}
     count = 0
@@ -79,9 +84,12 @@ def restore(state: PartitionState, records: Iterable[tuple[bytes, bytes | None]]
             members.setdefault(wkey, []).append((key, orjson.loads(value)))
         elif kind == b"D|":
             minute = int(key.split(b"|")[1])
-            for customer_id, ids in orjson.loads(value).items():
-                for event_id in ids:
-                    state.dedup.add(customer_id, event_id, minute, pending=False)
+            if not ids_in_store:
+                add = state.dedup.add
+                for customer_id, ids in orjson.loads(value).items():
+                    for event_id in ids:
+                        add(customer_id, event_id, minute, pending=False)
+                state.dedup.restored_record()
             state.dedup.bucket_records.setdefault(minute, []).append(key)
         elif kind == b"T|":
             _, customer_id, meter, start = key.decode().split("|")

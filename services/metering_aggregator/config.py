@@ -47,6 +47,17 @@ class MeteringSettings(ExactlyOnceSettings):
     # so each customer's dedup and totals live in exactly one place.
     home_partitioner: Literal["consistent", "murmur2"] = "consistent"
 
+    # Where partition state lives besides the changelog (docs/metering.md#state-on-disk): ``rocksdb`` keeps
+    # at most ``dedup_memory_ids`` dedup ids in memory (this instance's, shared by its partitions; ~93 MB
+    # per million) and the rest in a local RocksDB store per partition under ``state_dir``/<instance id>/,
+    # which a restart or a partition coming back reuses instead of replaying the changelog when it is
+    # sealed at the committed offset. ``memory``: everything in memory, every restore replays.
+    state_store: Literal["rocksdb", "memory"] = "rocksdb"
+    state_dir: Path = Path(".plg/state/metering")
+    dedup_memory_ids: int = Field(default=5_000_000, ge=1000)
+    # RocksDB's block cache per partition store (its memtables add up to 2 x 16 MiB while writing).
+    state_cache_mb: int = Field(default=32, ge=1)
+
     # Customers (plan, anchor day) are re-read this often; unknown ones are looked up at once.
     customers_refresh_seconds: float = Field(default=30.0, gt=0)
     # Base of the upgrade link in threshold events and entitlement answers.

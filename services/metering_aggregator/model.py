@@ -115,9 +115,12 @@ class DedupIndex:
     transaction instead of one per event.
     """
 
-    __slots__ = ("bucket_records", "buckets", "pending", "seen")
+    __slots__ = ("bucket_records", "buckets", "pending", "seen", "spilled")
 
     def __init__(self) -> None:
+        # True while some live ids are only in the local store (services/metering_aggregator/store.py):
+        # then a miss in memory must ask the store. This in-memory index never spills.
+        self.spilled = False
         self.seen: dict[str, set[int | str]] = {}
         # expiry minute -> customer -> compact ids expiring then
         self.buckets: dict[int, dict[str, list[int | str]]] = {}
@@ -130,8 +133,16 @@ class DedupIndex:
         return sum(len(s) for s in self.seen.values())
 
     def contains(self, customer_id: str, event_id: str) -> bool:
+        compact = compact_event_id(event_id)
         ids = self.seen.get(customer_id)
-        return ids is not None and compact_event_id(event_id) in ids
+        return (ids is not None and compact in ids) or (self.spilled and self.on_disk(customer_id, compact))
+
+    def on_disk(self, customer_id: str, compact: int | str) -> bool:
+        """Whether a spilled id is in the local store (never, for this in-memory index)."""
+        return False
+
+    def restored_record(self) -> None:
+        """Called after each dedup record a restore applies: a bounded index spills here."""
 
     def add(
         self,
@@ -268,14 +279,17 @@ class Drained:
 class PartitionState:
     """Everything the aggregator knows for one input partition."""
 
-    def __init__(self, partition: int, config: PlansConfig, rules: Rules) -> None:
+    def __init__(
+        self, partition: int, config: PlansConfig, rules: Rules, dedup: DedupIndex | None = None
+    ) -> None:
         self.partition = partition
         self.config = config
         self.rules = rules
         self.meters_by_event: dict[str, tuple[Meter, ...]] = {}
         for meter in config.meters:
             self.meters_by_event[meter.event] = (*self.meters_by_event.get(meter.event, ()), meter)
-        self.dedup = DedupIndex()
+        # In memory, or bounded in memory with the rest in the local store (the processor chooses).
+        self.dedup = dedup if dedup is not None else DedupIndex()
         self.series: dict[tuple[str, str, str], Series] = {}
         self.dirty: list[Window] = []
         # (customer, meter, period_start) -> (highest percent fired, period end, the limit it was of; None
@@ -321,8 +335,9 @@ class PartitionState:
         if not customer_id or not event_id:
             return Rejection(INVALID_EVENT, "customer_id and event_id must not be empty")
         compact = compact_event_id(event_id)
-        seen = self.dedup.seen.get(customer_id)
-        if seen is not None and compact in seen:
+        dedup = self.dedup
+        seen = dedup.seen.get(customer_id)
+        if (seen is not None and compact in seen) or (dedup.spilled and dedup.on_disk(customer_id, compact)):
             self.duplicates += 1
             return _DUPLICATE
         ts: int = event["timestamp"]

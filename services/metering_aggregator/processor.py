@@ -39,6 +39,7 @@ from services.metering_aggregator.abuse import AbuseDetector, Signal
 from services.metering_aggregator.changelog import encode_value, restore
 from services.metering_aggregator.handlers import abuse_record, aggregate_record, threshold_record
 from services.metering_aggregator.model import PartitionState, Rules
+from services.metering_aggregator.store import DiskDedupIndex, PartitionStore
 from services.metering_aggregator.values import nanounits_to_decimal
 from services.plans.model import PlansConfig
 from services.plans.periods import Granularity
@@ -59,6 +60,14 @@ WINDOWS = metrics.gauge("plg_metering_windows", "Aggregation windows held in mem
 ASSIGNED = metrics.gauge("plg_metering_assigned_partitions", "usage-events partitions this instance owns.")
 ABUSE = metrics.counter(
     "plg_metering_abuse_signals", "Abuse signals emitted (committed), by kind and action.", ("kind", "action")
+)
+RESTORES = metrics.counter(
+    "plg_metering_restores",
+    "Partition states rebuilt, by source: the local store (warm) or the changelog (replayed).",
+    ("source",),
+)
+SPILLED_IDS = metrics.counter(
+    "plg_metering_dedup_spilled_ids", "Dedup ids moved from memory to the local store (memory bound)."
 )
 ABUSE_TRACKED = metrics.gauge(
     "plg_metering_abuse_tracked_customers", "Customers whose rate baseline the abuse guard keeps in memory."
@@ -103,6 +112,8 @@ class MeteringHandler(StreamHandler):
         eviction_interval: float = 10.0,
         checkpoint_wait: float = 30.0,
         on_abuse: Callable[[list[dict[str, Any]]], None] | None = None,
+        store_factory: Callable[[int], PartitionStore] | None = None,
+        dedup_memory_ids: int = 5_000_000,
     ) -> None:
         self.kafka = kafka
         self.directory = directory
@@ -125,6 +136,18 @@ class MeteringHandler(StreamHandler):
         # Outcomes of the open transaction, counted once it commits.
         self._outcomes: dict[str, int] = {}
         self._thresholds: dict[str, int] = {}
+        # The local store per partition (None: state in memory only, replayed from the changelog on every
+        # restore). Dedup ids beyond ``dedup_memory_ids`` (this instance's, shared by its partitions) go to
+        # disk; the store mirrors the changelog and is sealed when a partition is revoked or at close.
+        self.store_factory = store_factory
+        self.dedup_memory_ids = dedup_memory_ids
+        self.stores: dict[int, PartitionStore] = {}
+        # The input offset each partition's state is complete at, as committed (what a seal vouches for).
+        self._committed_offsets: dict[int, int] = {}
+        # Changelog records of the open transaction, per partition: mirrored into the store once committed.
+        self._txn_changelog: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        # What the last restore did, per partition: "store" or "changelog" (tests and logs read it).
+        self.restored_from: dict[int, str] = {}
 
     # -- the loop's state hooks -----------------------------------------------------------------------
 
@@ -137,9 +160,41 @@ class MeteringHandler(StreamHandler):
     def revoked(self, partitions: Sequence[TopicPartition]) -> None:
         for tp in partitions:
             if tp.topic == self.topics.usage_events:
-                self.states.pop(tp.partition, None)
+                state = self.states.pop(tp.partition, None)
                 self.detectors.pop(tp.partition, None)
+                self._close_store(tp.partition, state)
         ASSIGNED.set(len(self.states))
+
+    def close(self) -> None:
+        """Seal and close every local store (after the loop has stopped: the lifecycle closes it later)."""
+        for partition in list(self.stores):
+            self._close_store(partition, self.states.get(partition))
+
+    def _close_store(self, partition: int, state: PartitionState | None) -> None:
+        """Seal the partition's store when its state is exactly the committed one, then close it.
+
+        Revocations and the final close come between transactions; a state changed by a batch that did not
+        commit (``_state_changed``), or never committed at all, is not sealed: the next owner replays."""
+        store = self.stores.pop(partition, None)
+        if store is None:
+            return
+        try:
+            offset = self._committed_offsets.pop(partition, None)
+            if state is not None and offset is not None and offset >= 0 and not self._state_changed:
+                started = time.monotonic()
+                store.seal(state, offset, self.rules)
+                log.info(
+                    "local state store sealed",
+                    extra={
+                        "partition": partition,
+                        "offset": offset,
+                        "seconds": round(time.monotonic() - started, 3),
+                    },
+                )
+        except Exception:
+            log.exception("could not seal the local state store", extra={"partition": partition})
+        finally:
+            store.close()
 
     def rollback(self, assigned: Sequence[TopicPartition]) -> None:
         """Rebuild what the aborted transaction changed (every assigned partition, as its changes are
@@ -152,6 +207,7 @@ class MeteringHandler(StreamHandler):
         for state in self.states.values():
             state.forget_checkpoint()  # it may have gone with the aborted transaction
         self._state_changed = False
+        self._txn_changelog.clear()
         self._outcomes.clear()
         self._thresholds.clear()
         self._signals.clear()
@@ -162,6 +218,8 @@ class MeteringHandler(StreamHandler):
 
     def committed(self, positions: Sequence[TopicPartition]) -> None:
         self._state_changed = False
+        if self.stores:
+            self._after_commit(positions)
         for outcome, n in self._outcomes.items():
             EVENTS.labels(outcome).inc(n)
         for percent, n in self._thresholds.items():
@@ -183,6 +241,81 @@ class MeteringHandler(StreamHandler):
             DEDUP_IDS.set(sum(len(s.dedup) for s in self.states.values()))
             WINDOWS.set(sum(s.window_count() for s in self.states.values()))
 
+    def _after_commit(self, positions: Sequence[TopicPartition]) -> None:
+        """The transaction is durable: mirror its changelog records into the stores and spill dedup ids
+        beyond the memory bound (only committed ids ever reach a store)."""
+        for tp in positions:
+            self._committed_offsets[tp.partition] = tp.offset
+        changes, self._txn_changelog = self._txn_changelog, {}
+        for partition, records in changes.items():
+            store = self.stores.get(partition)
+            if store is not None:
+                store.mirror(records)
+        bound = self._memory_ids_per_partition()
+        for state in self.states.values():
+            dedup = state.dedup
+            if isinstance(dedup, DiskDedupIndex):
+                dedup.memory_ids = bound
+                moved = dedup.spill()
+                if moved:
+                    SPILLED_IDS.inc(moved)
+                    self._evicted = True  # refresh the gauges
+
+    def _memory_ids_per_partition(self) -> int:
+        return max(1, self.dedup_memory_ids // max(1, len(self.states)))
+
+    def _store(self, partition: int) -> PartitionStore:
+        store = self.stores.get(partition)
+        if store is None:
+            assert self.store_factory is not None
+            store = self.stores[partition] = self.store_factory(partition)
+        return store
+
+    def _new_state(self, partition: int) -> PartitionState:
+        if self.store_factory is None:
+            return PartitionState(partition, self.config, self.rules)
+        dedup = DiskDedupIndex(self._store(partition).store, self._memory_ids_per_partition())
+        return PartitionState(partition, self.config, self.rules, dedup)
+
+    def _warm(self, partitions: list[int]) -> dict[int, PartitionState]:
+        """States of ``partitions`` whose local store is sealed at exactly the group's committed offset.
+
+        The committed offsets are asked for as *stable* offsets (read_committed, KIP-447): a previous
+        owner's pending transaction is settled first. A seal at that offset means the store holds the fold
+        of every changelog record committed up to it — nothing of a later or aborted transaction ever
+        reaches a store — so it is the state a replay would rebuild (docs/metering.md#incremental-restore).
+        """
+        if self.store_factory is None:
+            return {}
+        committed = {
+            tp.partition: tp.offset
+            for tp in self.consumer.committed(
+                [TopicPartition(self.topics.usage_events, p) for p in partitions], timeout=60
+            )
+        }
+        warm: dict[int, PartitionState] = {}
+        for p in partitions:
+            store = self._store(p)
+            sealed = store.sealed_at(self.rules)
+            offset = committed.get(p, -1)
+            if sealed is None or offset < 0 or sealed != offset:
+                if sealed is not None:
+                    log.info(
+                        "local state store is not at the committed offset; replaying the changelog",
+                        extra={"partition": p, "sealed_at": sealed, "committed": offset},
+                    )
+                continue
+            state = self._new_state(p)
+            records, ids = store.load(state)
+            state.checkpoint_offset = offset
+            warm[p] = state
+            self._committed_offsets[p] = offset
+            log.info(
+                "partition state reused from the local store",
+                extra={"partition": p, "offset": offset, "records": records, "ids_in_memory": ids},
+            )
+        return warm
+
     def _restore(self, partitions: list[int]) -> dict[int, PartitionState]:
         """Rebuild the state of ``partitions`` as of the group's committed offsets.
 
@@ -195,29 +328,48 @@ class MeteringHandler(StreamHandler):
         """
         started = time.monotonic()
         records = 0
+        for p in partitions:
+            self._txn_changelog.pop(p, None)
+        states = self._warm(partitions)
+        for p in states:
+            self.restored_from[p] = "store"
+            RESTORES.labels("store").inc()
 
         def build(partition: int, latest: dict[bytes, bytes]) -> tuple[PartitionState, int | None]:
             nonlocal records
-            state = PartitionState(partition, self.config, self.rules)
+            if self.store_factory is not None:
+                self._store(partition).store.clear()  # rebuilt from the changelog, unsealed until revoked
+            state = self._new_state(partition)
             restore(state, latest.items())
+            if self.store_factory is not None:
+                self._store(partition).rebuild(latest)
             records += len(latest)
             return state, state.checkpoint_offset
 
-        states = restore_partitions(
-            kafka=self.kafka,
-            consumer=self.consumer,
-            input_topic=self.topics.usage_events,
-            changelog_topic=self.topics.changelog,
-            partitions=partitions,
-            build=build,
-            checkpoint_wait=self.checkpoint_wait,
-        )
+        cold = [p for p in partitions if p not in states]
+        if cold:
+            replayed = restore_partitions(
+                kafka=self.kafka,
+                consumer=self.consumer,
+                input_topic=self.topics.usage_events,
+                changelog_topic=self.topics.changelog,
+                partitions=cold,
+                build=build,
+                checkpoint_wait=self.checkpoint_wait,
+            )
+            for p, state in replayed.items():
+                self.restored_from[p] = "changelog"
+                RESTORES.labels("changelog").inc()
+                if state.checkpoint_offset is not None:
+                    self._committed_offsets[p] = state.checkpoint_offset
+            states.update(replayed)
         elapsed = time.monotonic() - started
         RESTORE_SECONDS.observe(elapsed)
         log.info(
             "partition state restored",
             extra={
                 "partitions": partitions,
+                "from_store": sorted(p for p in partitions if self.restored_from.get(p) == "store"),
                 "seconds": round(elapsed, 3),
                 "records": records,
                 "dedup_ids": sum(len(s.dedup) for s in states.values()),
@@ -347,10 +499,13 @@ class MeteringHandler(StreamHandler):
                     # The small topic the entitlement view reads (current periods only, see topics.py).
                     send_raw(USAGE_PERIODS, value, w.key)
                     self._check_cap(partition, w, signals)
+            mirror = self._txn_changelog.setdefault(partition, []) if self.stores else None
             for key, value in drained.changelog:
                 # None is a tombstone (a superseded packed record), not the JSON null.
                 encoded = None if value is None else encode_value(value)
                 send_raw(METERING_CHANGELOG, encoded, key, partition=partition)
+                if mirror is not None:
+                    mirror.append((key, encoded))
             for crossing in drained.thresholds:
                 record = threshold_record(crossing, now_ms, self.config, self.upgrade_url)
                 send_raw(ENTITLEMENT_EVENTS, encode_threshold(record), crossing.customer.customer_id)
@@ -374,8 +529,11 @@ class MeteringHandler(StreamHandler):
     def tick(self, out: Emit) -> None:
         """Expire dedup ids and windows past the horizon; their changelog entries get tombstones."""
         for partition, state in self.states.items():
-            for key in state.evict():
+            tombstones = state.evict()
+            for key in tombstones:
                 out.send_raw(METERING_CHANGELOG, None, key, partition=partition)
+            if self.stores and tombstones:
+                self._txn_changelog.setdefault(partition, []).extend((key, None) for key in tombstones)
             detector = self.detectors.get(partition)
             if detector is not None:
                 detector.expire(state.clock_ms)
@@ -396,5 +554,8 @@ class MeteringHandler(StreamHandler):
             record = state.checkpoint(tp.offset)
             if record is not None:
                 key, value = record
-                out.send_raw(METERING_CHANGELOG, encode_value(value), key, partition=tp.partition)
+                encoded = encode_value(value)
+                out.send_raw(METERING_CHANGELOG, encoded, key, partition=tp.partition)
+                if self.stores:
+                    self._txn_changelog.setdefault(tp.partition, []).append((key, encoded))
         return offsets

@@ -4,6 +4,25 @@
 
 export type PropertyValue = string | number | boolean | null;
 
+/** The tracking plan's versions: `trackEvent` stamps each event's version in `versionProperty`, and so does every `plg.track` once `plg.init({ ..., plan: TRACKING_PLAN })` is given them. */
+export const TRACKING_PLAN = {
+  version: 1,
+  versionProperty: "schema_version",
+  events: {
+    "signup_completed": 1,
+    "api_call_made": 2,
+    "project_created": 1,
+    "team_invite_sent": 1,
+    "core_action_completed": 1,
+    "page_viewed": 1,
+    "$identify": 1,
+    "job_completed": 1,
+    "storage_measured": 1,
+    "seats_changed": 1,
+    "user_signed_in": 1,
+  } as Record<string, number>,
+};
+
 /** A visitor finished signing up (the start of onboarding). */
 export interface SignupCompletedProperties {
   /** The plan chosen at signup */
@@ -98,11 +117,14 @@ export interface Tracker {
   track(name: string, properties?: Record<string, PropertyValue | undefined>): string | null;
 }
 
-/** `plg.track`, type-checked against the tracking plan: a wrong name or property does not compile. */
+/** `plg.track`, type-checked against the tracking plan (a wrong name or property does not compile), with the event's plan version stamped. */
 export function trackEvent<K extends PlgEventName>(
   client: Tracker,
   name: K,
   properties: PlgEvents[K],
 ): string | null {
-  return client.track(name, properties as unknown as Record<string, PropertyValue | undefined>);
+  return client.track(name, {
+    ...(properties as unknown as Record<string, PropertyValue | undefined>),
+    [TRACKING_PLAN.versionProperty]: TRACKING_PLAN.events[name],
+  });
 }

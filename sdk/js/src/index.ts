@@ -21,7 +21,23 @@ export type { ActivationEvent, Step } from "./onboarding.js";
 export { murmur3, murmur3String } from "./murmur3.js";
 export { uuidv7 } from "./uuid.js";
 
+/** The tracking plan's versions, as `plg plan codegen --lang ts` writes them (its `TRACKING_PLAN`). */
+export interface TrackingPlanVersions {
+  /** The plan's own version (deploy/config/tracking-plan.yaml `version`). */
+  version: number;
+  /** The property enrichment reads an event's version from (the plan's `version_property`). */
+  versionProperty: string;
+  /** Event name -> its current schema version in the plan. */
+  events: Record<string, number>;
+}
+
 export interface InitOptions extends EventsOptions {
+  /**
+   * The tracking plan's versions (`TRACKING_PLAN` of the generated plg-events.ts): every event the plan
+   * lists is sent with its version, so enrichment reads its properties by the names that version had
+   * instead of assuming a default (an event without one is marked `schema_version_missing`).
+   */
+  plan?: TrackingPlanVersions;
   /** The growth service (flags, onboarding, activation). Without it flags answer bootstrap/defaults. */
   growthHost?: string;
   /** The entitlements service. Without it checks answer the fallback. */
@@ -89,12 +105,21 @@ export class Plg {
 
   /** Record an event; returns its event_id (null when dropped: consent denied, or the queue full). */
   track(name: string, properties?: Properties): string | null {
-    return this.need().track(name, properties);
+    return this.need().track(name, this.stamp(name, properties));
+  }
+
+  /** `properties` with the event's plan version, unless the plan lacks the event or the caller set one. */
+  private stamp(name: string, properties?: Properties): Properties | undefined {
+    const plan = this.options?.plan;
+    const version = plan?.events[name];
+    // typeof: a name like "constructor" must not find Object.prototype's member.
+    if (!plan || typeof version !== "number" || properties?.[plan.versionProperty] != null) return properties;
+    return { ...properties, [plan.versionProperty]: version };
   }
 
   /** Link this browser's anonymous id to `userId` (POST /v1/identify); later events carry the user. */
   identify(userId: string, traits?: Properties): string | null {
-    const id = this.need().identify(userId, traits);
+    const id = this.need().identify(userId, this.stamp("$identify", traits));
     this.traits = { ...this.traits, ...traits };
     this.flagsImpl?.notify();
     return id;

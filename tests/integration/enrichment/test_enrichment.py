@@ -169,6 +169,26 @@ def test_old_schema_version_events_are_mapped_to_the_current_property_names(worl
     assert got[old["event_id"]]["violations"] == [] == got[new["event_id"]]["violations"]
 
 
+def test_events_without_a_schema_version_are_marked_not_passed_off_as_the_default(world):
+    # Issue 20 (seed 001: "enforce schema_version on every event"): an event that states no version is
+    # still read by its default_version's names, and the enriched record says the version was assumed.
+    customer = world.customer("pro")
+    world.start_enrichment()
+    unversioned = event(customer, "api_call_made", path="/v1/search", status_code=200)
+    versioned = event(customer, "api_call_made", schema_version=2, endpoint="/v1/search", status=200)
+    unplanned = event(customer, "never_planned_either")
+    world.send([unversioned, versioned, unplanned])
+    got = world.wait_enriched([e["event_id"] for e in (unversioned, versioned, unplanned)])
+    assumed, stated, other = (got[e["event_id"]] for e in (unversioned, versioned, unplanned))
+    assert assumed["schema_version_missing"] is True
+    assert assumed["schema_version"] == 1  # the plan's default_version for api_call_made
+    assert assumed["properties"] == {"endpoint": "/v1/search", "status": 200}
+    assert stated["schema_version_missing"] is False
+    assert stated["schema_version"] == 2
+    assert other["schema_version_missing"] is True
+    assert other["schema_version"] is None
+
+
 def test_tenant_context_is_stamped_and_unknown_customers_have_none(world):
     customer = world.customer("pro")
     world.start_enrichment()

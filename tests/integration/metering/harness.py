@@ -3,12 +3,15 @@ threshold events and dead letters back (read_committed), and aggregators run in 
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -149,6 +152,8 @@ class Metering:
     apis: list[RunningApi] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        # The aggregators' local state stores (one directory per instance id below it), removed at close.
+        self.state_dir = Path(tempfile.mkdtemp(prefix="plg-metering-state-"))
         self.sr = SchemaRegistry(self.registry)
         spec = topic(USAGE_EVENTS, self.prefix)
         assert spec.schema_path is not None
@@ -199,6 +204,7 @@ class Metering:
             "batch_wait_ms": 50,
             "session_timeout_ms": 6000,
             "customers_refresh_seconds": 1.0,
+            "state_dir": self.state_dir,
         }
         values.update(overrides)
         return MeteringSettings(**values)
@@ -229,6 +235,7 @@ class Metering:
             r.close()
         self.producer.close()
         self.sr.close()
+        shutil.rmtree(self.state_dir, ignore_errors=True)
 
     # -- reading outputs back ---------------------------------------------------------------------------
 

@@ -62,6 +62,7 @@ def record(rng: random.Random) -> dict[str, Any]:
         "enriched_at": rng.randint(0, 2**45),
         "person_id": maybe(rng, text(rng)),
         "schema_version": maybe(rng, rng.randint(1, 2**31 - 1)),
+        "schema_version_missing": rng.random() < 0.5,
         "tracking_plan_version": maybe(rng, rng.randint(1, 300)),
         "violations": [
             {

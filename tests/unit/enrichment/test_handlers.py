@@ -93,6 +93,14 @@ def test_old_version_is_mapped_and_the_version_property_removed(enricher):
     assert out["violations"] == []
 
 
+def test_an_event_without_a_version_is_marked_on_the_enriched_record(enricher):
+    missing = enricher.enrich(event("api_call_made", properties={"path": "/v1/x"}), None, 5)
+    assert missing["schema_version_missing"] is True
+    assert missing["properties"] == {"endpoint": "/v1/x"}  # read by the default version's names
+    stated = enricher.enrich(event("api_call_made", properties={"schema_version": 2}), None, 5)
+    assert stated["schema_version_missing"] is False
+
+
 def test_identify_then_merge_changes_the_person(enricher):
     enricher.apply_link(
         {"customer_id": "acme", "anonymous_id": "anon-1", "user_id": "u1", "event_id": "i1", "linked_at": 1},

@@ -134,3 +134,16 @@ def test_input_properties_are_not_mutated(compiled):
     props = {"schema_version": 1, "path": "/x"}
     compiled.check("api_call_made", props)
     assert props == {"schema_version": 1, "path": "/x"}
+
+
+def test_a_missing_version_is_reported_as_missing_and_the_default_is_assumed(compiled):
+    result = compiled.check("api_call_made", {"path": "/v1/x", "status_code": 200})
+    assert result.version_missing is True
+    assert result.schema_version == 1  # default_version
+    assert result.properties == {"endpoint": "/v1/x", "status": 200}
+    stated = compiled.check("api_call_made", {"schema_version": 2, "endpoint": "/b"})
+    assert stated.version_missing is False
+    unplanned = compiled.check("not_planned", {})
+    assert unplanned.version_missing is True
+    assert unplanned.schema_version is None
+    assert compiled.check("not_planned", {"schema_version": 3}).version_missing is False

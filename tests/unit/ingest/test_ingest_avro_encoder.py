@@ -65,6 +65,7 @@ def test_records_encode_byte_identical_to_fastavro_and_decode_back(seed: int) ->
             "api_key_id": rng.choice([None, "abcd1234"]),
             "request_id": rng.choice([None, "r" * 70]),
             "library": rng.choice([None, "plg-sdk-python/0.1.0"]),
+            "registry_version": rng.choice([None, 1, 7, 64, 2**31 - 1]),
         }
     )
     customer = random_string(rng) or "c"

@@ -37,6 +37,7 @@ def usage_event(**overrides: Any) -> dict[str, Any]:
             "api_key_id": "key_1",
             "request_id": None,
             "library": None,
+            "registry_version": 3,
         },
         "consent": {"analytics": True},
     }

@@ -148,6 +148,30 @@ def test_check_config_summarises_the_config_files(capsys: pytest.CaptureFixture[
     assert "free" in summary["plans"]
 
 
+def test_build_receives_the_config_files_as_loaded_and_they_are_read_once() -> None:
+    from services.plans.loader import config_path, load_config, summary
+
+    reads: list[object] = []
+
+    def load(settings: DemoSettings) -> object:
+        reads.append(load_config(config_path()))
+        return reads[-1]
+
+    spec: ConfigFile[DemoSettings] = ConfigFile("meters-and-plans", load, summary)
+    received: dict[str, Any] = {}
+
+    def build(settings: DemoSettings, life: Lifecycle, files: Any = None) -> Worker:
+        received["plans"] = spec.of(settings, files)
+        return Worker(error=RuntimeError("stop here"))  # built: that is all this test needs
+
+    code = run_service("demo", DemoSettings, build, config_files=[spec], argv=[])
+
+    assert code == EXIT_CRASH
+    assert len(reads) == 1  # validated by run_service, then handed over: never read again
+    assert received["plans"] is reads[0]
+    assert spec.of(DemoSettings(), None) is not reads[0]  # without run_service (tests), read there
+
+
 def _run_worker(worker: Worker, secrets: dict[str, str] | None = None) -> tuple[int, str]:
     stream = io.StringIO()
     original = configure_logging
