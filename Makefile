@@ -165,6 +165,10 @@ clean: down ## Stop the stack and delete its data and logs (keeps the virtualenv
 	rm -rf .plg/postgres .plg/kafka/data .plg/kafka/server.properties .plg/logs .plg/run
 	rm -rf .pytest_cache .mypy_cache .ruff_cache
 
+.PHONY: bench-pipeline
+bench-pipeline: install ## Whole pipeline (ingest -> enrichment + metering -> entitlements, billing): sustained events/s vs a raw hop; ack -> entitlement visible p99 at 10k/s; check p99 under it
+	$(PY) -m bench.pipeline
+
 .PHONY: bench-analytics
 bench-analytics: install ## Analytics: ingest ack -> queryable p50/p99 at 5k events/s (raw: -> enriched topic); funnel/retention p99 on 10 M events; MB per million events
 	$(PY) -m bench.analytics

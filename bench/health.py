@@ -9,7 +9,10 @@ set, otherwise starts a private one. A fresh topic prefix; ``--events`` enriched
 stored offsets' first move to the end. Then a load process at ``--rate`` events/s while this process sends
 one probe event every 0.25 s for a customer of its own and polls the API until that customer's
 ``computed_at`` passes the probe's send time (one clock, one machine). Then the API alone, sequential
-requests on one keep-alive connection (client-side times: they include httpx's own ~0.1-0.2 ms).
+requests on one keep-alive connection (client-side times: they include httpx's own ~0.1-0.2 ms), each
+beside the same connection's ``/livez`` (the in-run raw baseline). ``--roles split`` (the default, as the
+chart deploys it) runs the scorer as ``HEALTH_ROLE=scorer`` and serves every request from a separate
+``HEALTH_ROLE=api`` process reading ``customer-health`` as a view; ``--roles all`` is one process.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import random
 import time
 import uuid
+from contextlib import ExitStack
 from typing import Any
 
 import httpx
@@ -115,6 +119,13 @@ def stored(database: str, group: str) -> int:
 
 
 def api_latency(client: httpx.Client, customers: list[str], n: int, when: str) -> None:
+    # The in-run raw baseline: the same process and connection answering /livez (no credential, no work).
+    raw = []
+    for _ in range(n // 4):
+        t = time.perf_counter()
+        client.get("/livez")
+        raw.append((time.perf_counter() - t) * 1000)
+    print(f"raw GET /livez ({when}): p50 {pct(raw, 50):.2f} ms, p99 {pct(raw, 99):.2f} ms")
     for label, path in (("GET /v1/health/{customer}", None), ("GET /v1/health?band=...", "/v1/health")):
         times = []
         for i in range(n):
@@ -140,6 +151,13 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=GOAL_EVENTS_PER_S)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--api-requests", type=int, default=5_000)
+    parser.add_argument(
+        "--roles",
+        choices=["split", "all"],
+        default="split",
+        help="split: HEALTH_ROLE=scorer plus a separate HEALTH_ROLE=api process serving every request "
+        "(how the chart deploys it); all: one process doing both (make run's default)",
+    )
     args = parser.parse_args()
     print(f"load average before: {load_average()}")
     with stack() as s:
@@ -176,72 +194,104 @@ def run(args: argparse.Namespace, bootstrap: str, registry: str, database: str, 
         "HEALTH_PORT": str(port),
         "HEALTH_BATCH_INTERVAL_SECONDS": "3600",
     }
+    api_port = port
+    with ExitStack() as processes:
+        if args.roles == "split":
+            proc = processes.enter_context(
+                service("services.health_score", {**env, "HEALTH_ROLE": "scorer"}, port, "health-scorer")
+            )
+            api_port = free_port()
+            api_env = {**env, "HEALTH_ROLE": "api", "HEALTH_PORT": str(api_port)}
+            processes.enter_context(service("services.health_score", api_env, api_port, "health-api"))
+            print(
+                "roles: one HEALTH_ROLE=scorer process, one HEALTH_ROLE=api process answering every request"
+            )
+        else:
+            proc = processes.enter_context(service("services.health_score", env, port, "health-score"))
+            print("roles: one process (HEALTH_ROLE=all) scoring and answering")
+        measure(args, proc, api_port, bootstrap, registry, database, prefix, customers, encoder, producer)
+    producer.close()
+
+
+def measure(
+    args: argparse.Namespace,
+    proc: Any,
+    port: int,
+    bootstrap: str,
+    registry: str,
+    database: str,
+    prefix: str,
+    customers: list[str],
+    encoder: Any,
+    producer: Producer,
+) -> None:
+    """Throughput of the scorer ``proc``; latencies through the API on ``port``."""
+    rng = random.Random(2)
     group = f"{prefix}health-score"
-    with service("services.health_score", env, port, "health-score") as proc:
-        # Throughput: from the first stored offset to the last.
-        while stored(database, group) == 0:
-            time.sleep(0.05)
-        t0, cpu0, n0 = time.monotonic(), cpu_seconds(proc.pid), stored(database, group)
-        while (n := stored(database, group)) < args.events:
-            time.sleep(0.1)
-        elapsed, cpu = time.monotonic() - t0, cpu_seconds(proc.pid) - cpu0
-        rate = (n - n0) / elapsed
+    name = topic(USAGE_EVENTS_ENRICHED, prefix).name
+    # Throughput: from the first stored offset to the last.
+    while stored(database, group) == 0:
+        time.sleep(0.05)
+    t0, cpu0, n0 = time.monotonic(), cpu_seconds(proc.pid), stored(database, group)
+    while (n := stored(database, group)) < args.events:
+        time.sleep(0.1)
+    elapsed, cpu = time.monotonic() - t0, cpu_seconds(proc.pid) - cpu0
+    rate = (n - n0) / elapsed
+    print(
+        f"scorer: {rate:,.0f} enriched events/s ({(n - n0):,} in {elapsed:.1f} s, "
+        f"{cpu / max(n - n0, 1) * 1e6:.0f} µs CPU/event) goal {GOAL_EVENTS_PER_S:,}/s: "
+        f"{'met' if rate >= GOAL_EVENTS_PER_S else 'NOT met'}  [load {load_average()}]"
+    )
+
+    # Event -> changed score served, under load.
+    probe = f"{prefix}probe"
+    result: Any = multiprocessing.Queue()
+    load = multiprocessing.Process(
+        target=generate_load,
+        args=(bootstrap, registry, prefix, customers, args.rate, args.seconds, result),
+    )
+    load.start()
+    latencies: list[float] = []
+    # The list API is for operators (docs/security.md): the bench signs its requests as one.
+    with psycopg.connect(database, autocommit=True) as conn:
+        token = apikeys.create_operator(conn, f"{prefix}bench-health", "viewer")[1]
+    operator = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10, headers=operator) as client:
+        time.sleep(1.0)
+        deadline = time.monotonic() + args.seconds - 2
+        while time.monotonic() < deadline:
+            sent = time.time()
+            producer.produce(name, encoder.encode(enriched(probe, int(sent * 1000), rng)), probe)
+            producer.flush()
+            while True:
+                r = client.get(f"/v1/health/{probe}")
+                if r.status_code == 200 and r.json()["computed_at"] >= int(sent * 1000):
+                    latencies.append((time.time() - sent) * 1000)
+                    break
+                if time.time() - sent > 10:
+                    break
+                time.sleep(0.002)
+            time.sleep(0.25)
+        load.join()
+        achieved = result.get()
         print(
-            f"scorer: {rate:,.0f} enriched events/s ({(n - n0):,} in {elapsed:.1f} s, "
-            f"{cpu / max(n - n0, 1) * 1e6:.0f} µs CPU/event) goal {GOAL_EVENTS_PER_S:,}/s: "
-            f"{'met' if rate >= GOAL_EVENTS_PER_S else 'NOT met'}  [load {load_average()}]"
+            f"event -> changed score served at {achieved:,.0f} events/s: "
+            f"p50 {pct(latencies, 50):.0f} ms, "
+            f"p99 {pct(latencies, 99):.0f} ms ({len(latencies)} probes)  [load {load_average()}]"
         )
 
-        # Event -> changed score served, under load.
-        probe = f"{prefix}probe"
-        result: Any = multiprocessing.Queue()
+        # The API: idle (scorer drained), then with the scorer under the same load.
+        time.sleep(2.0)
+        api_latency(client, customers, args.api_requests, "idle")
         load = multiprocessing.Process(
             target=generate_load,
             args=(bootstrap, registry, prefix, customers, args.rate, args.seconds, result),
         )
         load.start()
-        latencies: list[float] = []
-        # The list API is for operators (docs/security.md): the bench signs its requests as one.
-        with psycopg.connect(database, autocommit=True) as conn:
-            token = apikeys.create_operator(conn, f"{prefix}bench-health", "viewer")[1]
-        operator = {"Authorization": f"Bearer {token}"}
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10, headers=operator) as client:
-            time.sleep(1.0)
-            deadline = time.monotonic() + args.seconds - 2
-            while time.monotonic() < deadline:
-                sent = time.time()
-                producer.produce(name, encoder.encode(enriched(probe, int(sent * 1000), rng)), probe)
-                producer.flush()
-                while True:
-                    r = client.get(f"/v1/health/{probe}")
-                    if r.status_code == 200 and r.json()["computed_at"] >= int(sent * 1000):
-                        latencies.append((time.time() - sent) * 1000)
-                        break
-                    if time.time() - sent > 10:
-                        break
-                    time.sleep(0.002)
-                time.sleep(0.25)
-            load.join()
-            achieved = result.get()
-            print(
-                f"event -> changed score served at {achieved:,.0f} events/s: "
-                f"p50 {pct(latencies, 50):.0f} ms, "
-                f"p99 {pct(latencies, 99):.0f} ms ({len(latencies)} probes)  [load {load_average()}]"
-            )
-
-            # The API: idle (scorer drained), then with the scorer under the same load.
-            time.sleep(2.0)
-            api_latency(client, customers, args.api_requests, "idle")
-            load = multiprocessing.Process(
-                target=generate_load,
-                args=(bootstrap, registry, prefix, customers, args.rate, args.seconds, result),
-            )
-            load.start()
-            time.sleep(1.0)
-            api_latency(client, customers, args.api_requests, f"scorer under {args.rate:,}/s")
-            load.join()
-            result.get()
-    producer.close()
+        time.sleep(1.0)
+        api_latency(client, customers, args.api_requests, f"scorer under {args.rate:,}/s")
+        load.join()
+        result.get()
 
 
 if __name__ == "__main__":

@@ -29,20 +29,26 @@ import orjson
 import uvloop
 
 
-def make_template(batch: int, run_id: str, timestamp_ms: int) -> bytes:
-    """A batch body whose event ids contain ``REQNUMBR``, replaced per request to keep every id unique."""
+def make_template(batch: int, run_id: str, timestamp_ms: int, name: str = "api_call") -> bytes:
+    """A batch body whose event ids contain ``REQNUMBR``, replaced per request to keep every id unique.
+
+    ``api_call_made`` (bench/pipeline.py) gets the tracking plan's properties, so enrichment passes it and
+    the aggregator meters it; the default ``api_call`` is ingest's own bench event."""
+    properties: dict[str, Any] = {
+        "tokens": 512,
+        "model": "large",
+        "region": "eu-west-1",
+        "ok": True,
+        "latency_ms": 12.5,
+    }
+    if name == "api_call_made":
+        properties = {"path": "/v1/things", "status_code": 200, "latency_ms": 12.5}
     events = [
         {
             "event_id": f"{run_id}-REQNUMBR-{i:03d}",
-            "name": "api_call",
+            "name": name,
             "timestamp": timestamp_ms,
-            "properties": {
-                "tokens": 512 + i,
-                "model": "large",
-                "region": "eu-west-1",
-                "ok": True,
-                "latency_ms": 12.5,
-            },
+            "properties": {**properties, "tokens": 512 + i} if name == "api_call" else properties,
             "user_id": f"user-{i % 17}",
             "session_id": "sess-42",
         }
@@ -83,12 +89,12 @@ class Conn:
 
 
 class Load:
-    def __init__(self, url: str, key: str, batch: int) -> None:
+    def __init__(self, url: str, key: str, batch: int, name: str = "api_call") -> None:
         hostport = url.split("://", 1)[1].rstrip("/")
         host, _, port = hostport.partition(":")
         self.host, self.port = host, int(port or 80)
         self.batch = batch
-        self.template = make_template(batch, uuid.uuid4().hex[:10], time.time_ns() // 1_000_000 - 1000)
+        self.template = make_template(batch, uuid.uuid4().hex[:10], time.time_ns() // 1_000_000 - 1000, name)
         self.head = (
             f"POST /v1/batch HTTP/1.1\r\nHost: {hostport}\r\nAuthorization: Bearer {key}\r\n"
             f"Content-Type: application/json\r\nUser-Agent: plg-bench\r\nContent-Length: "
@@ -231,8 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=0.0, help="requests/s (open mode)")
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--event-name", default="api_call", help="api_call_made: a metered, planned event")
     args = p.parse_args(argv)
-    load = Load(args.url, args.key, args.batch)
+    load = Load(args.url, args.key, args.batch, args.event_name)
 
     async def run() -> float:
         if args.mode == "closed":

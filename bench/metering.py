@@ -13,7 +13,13 @@ only; each phase is bounded. Steps:
    c. raw: consume them ``read_committed`` and decode each with the kernel decoder (this process), the
       in-run baseline;
    d. exactly-once: start ``python -m services.metering_aggregator`` and time its committed offsets from
-      the first move to the end (events/s, and the CPU seconds per event of its process);
+      the first move to the end (events/s, and the CPU seconds per event of its process, its peak RSS);
+      the outcome counters are read once they account for every event;
+   e. with ``--restarts``: restart it and time restart-to-restored, reusing the local store (sealed at
+      the clean stop) and again with the store deleted (the changelog replayed);
+   ``--compare-store`` runs this checkout with the other state store (rocksdb / memory) in the same
+   rounds, ``--memory-ids`` sets the dedup memory bound, ``--spread-hours`` spreads event times over that
+   many hours of windows (the grace raised to match);
 2. end to end: start the entitlement API process; produce 10k events/s for ``--e2e-seconds`` while a probe
    event is produced every 50 ms and a poller asks the API until the probe's usage is visible;
 3. check latency: sequential ``GET /v1/entitlements/...`` over one keep-alive connection, idle.
@@ -29,8 +35,10 @@ import http.client
 import multiprocessing
 import os
 import random
+import shutil
 import statistics
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -49,6 +57,7 @@ from bench.common import (
     pct,
     report_against_raw,
     service,
+    span,
     stack,
 )
 from services.devstack.config import free_port
@@ -65,6 +74,17 @@ GOAL_RATIO = 0.5
 GOAL_E2E_P99_MS = 1000.0
 GOAL_CHECK_P99_MS = 5.0
 ENTITLEMENTS_MODULE = "services.entitlements"
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory of a process (``VmHWM``), in MB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
 def generate_load(
@@ -173,6 +193,7 @@ class Bench:
         n = self.args.events
         rng = random.Random(2)
         now = int(time.time() * 1000)
+        spread_ms = int(self.args.spread_hours * 3_600_000) if self.args.spread_hours else n
         produce, encode = self.producer.produce, self.encoder.encode
         recent: list[tuple[bytes, str]] = []
         for i in range(n):
@@ -182,8 +203,10 @@ class Bench:
                 customer = self.customers[rng.randrange(len(self.customers))]
                 # Event times spread over the minutes before now (about 1000 per second): all within the
                 # grace, none ahead of their arrival (a +i/1000 s spread put 40 % of 500 000 events more
-                # than 5 minutes in the future, which the aggregator dead-letters as future_event).
-                value, key = encode(self.event(customer, now - (n - i) // 1000)), customer
+                # than 5 minutes in the future, which the aggregator dead-letters as future_event). With
+                # --spread-hours they cover that many hours of windows instead (the grace is raised to
+                # match), so each customer has many minute and hour windows, as real traffic does.
+                value, key = encode(self.event(customer, now - (n - i) * spread_ms // n)), customer
                 if len(recent) < 10_000:
                     recent.append((value, key))
                 else:
@@ -263,27 +286,92 @@ class Bench:
                 return outcomes
             time.sleep(0.05)
 
-    def arm(self, label: str, root: Path) -> dict[str, Any]:
-        """One measurement: fresh prefix, preload, raw baseline, then the aggregator of ``root``."""
-        self.setup()
-        total = self.preload()
-        raw, raw_us = self.raw_rate(total)
-        port = free_port()
+    def arm_env(self, port: int, root: Path, store: str | None, state_dir: Path) -> dict[str, str]:
         env = {**self.env(), "METERING_PORT": str(port), "METERING_INSTANCE_ID": "bench-1"}
         if root != ROOT:
             # Another checkout's schemas may be older versions (compatible ones): let it register them.
             env["METERING_AUTO_REGISTER_SCHEMAS"] = "true"
-        with service("services.metering_aggregator", env, port, f"aggregator-{label}", cwd=root) as proc:
-            eos, eos_us = self.eos_rate(total, proc)
-            outcomes = self.settled_outcomes(port, total)
-        result = {"raw": raw, "raw_us": raw_us, "eos": eos, "eos_us": eos_us, "outcomes": outcomes}
-        print(
-            f"  {label:>8}: raw {raw:,.0f}/s ({raw_us:.1f} µs CPU/event) | aggregator {eos:,.0f}/s "
-            f"({eos_us:.1f} µs CPU/event) = {eos / raw:.0%} of raw | outcomes {outcomes}"
-        )
-        if set(outcomes) - {"counted", "duplicate"}:
-            print("  WARNING: events were dead-lettered or skipped: the rate is not of counting")
+        if self.args.spread_hours:
+            grace = int(self.args.spread_hours * 3600) + 3600
+            env["METERING_GRACE_SECONDS"] = str(grace)
+            env["METERING_DEDUP_HORIZON_SECONDS"] = str(max(86_400, grace))
+        if store is not None:  # this checkout's settings (an older checkout has no such settings)
+            env["METERING_STATE_STORE"] = store
+            env["METERING_STATE_DIR"] = str(state_dir)
+            if self.args.memory_ids:
+                env["METERING_DEDUP_MEMORY_IDS"] = str(self.args.memory_ids)
+        return env
+
+    def arm(self, label: str, root: Path, store: str | None) -> dict[str, Any]:
+        """One measurement: fresh prefix, preload, raw baseline, then the aggregator of ``root`` (and, with
+        ``--restarts``, its restart-to-ready with the local store and with the changelog)."""
+        self.setup()
+        total = self.preload()
+        raw, raw_us = self.raw_rate(total)
+        port = free_port()
+        state_dir = Path(tempfile.mkdtemp(prefix="plg-bench-state-"))
+        env = self.arm_env(port, root, store, state_dir)
+        try:
+            with service("services.metering_aggregator", env, port, f"aggregator-{label}", cwd=root) as proc:
+                eos, eos_us = self.eos_rate(total, proc)
+                outcomes = self.settled_outcomes(port, total)
+                rss = peak_rss_mb(proc.pid)
+            result = {
+                "raw": raw,
+                "raw_us": raw_us,
+                "eos": eos,
+                "eos_us": eos_us,
+                "outcomes": outcomes,
+                "rss": rss,
+            }
+            print(
+                f"  {label:>8}: raw {raw:,.0f}/s ({raw_us:.1f} µs CPU/event) | aggregator {eos:,.0f}/s "
+                f"({eos_us:.1f} µs CPU/event) = {eos / raw:.0%} of raw | peak RSS {rss:.0f} MB | "
+                f"outcomes {outcomes}"
+            )
+            if set(outcomes) - {"counted", "duplicate"}:
+                print("  WARNING: events were dead-lettered or skipped: the rate is not of counting")
+            if self.args.restarts and root == ROOT:
+                result.update(self.restarts(label, env, port, store, state_dir))
+        finally:
+            shutil.rmtree(state_dir, ignore_errors=True)
         return result
+
+    def restarts(
+        self, label: str, env: dict[str, str], port: int, store: str | None, state_dir: Path
+    ) -> dict[str, float]:
+        """Restart-to-ready: a new process until every partition's state is restored (the restores
+        counter, not /readyz, which is up before the first assignment). With the local store: first as
+        left by the clean stop (sealed: reused), then with the store deleted (the changelog replayed)."""
+        parts = self.partitions()
+        out: dict[str, float] = {}
+        cases = [("warm", False), ("replay", True)] if store == "rocksdb" else [("replay", False)]
+        for case, wipe in cases:
+            if wipe:
+                shutil.rmtree(state_dir, ignore_errors=True)
+            started = time.monotonic()
+            with service("services.metering_aggregator", env, port, f"aggregator-{label}-{case}"):
+                deadline = time.monotonic() + 600
+                while time.monotonic() < deadline:
+                    restored = counter_values(port, "plg_metering_restores_total", "source")
+                    if sum(restored.values()) >= parts:
+                        break
+                    time.sleep(0.05)
+                out[case] = time.monotonic() - started
+                count, mean = histogram_mean(port, "plg_metering_restore_seconds")
+                out[f"{case}_restore"] = count * mean  # the restores themselves, without process start
+                print(
+                    f"  {label:>8}: restart to restored ({case}): {out[case]:.2f} s, of which restoring "
+                    f"{out[case + '_restore']:.2f} s; sources {restored}"
+                )
+        return out
+
+    def partitions(self) -> int:
+        meta = Consumer(self.kafka, None)
+        try:
+            return len(meta.assign_all([self.topic]))
+        finally:
+            meta.close()
 
     def end_to_end(self, api_port: int) -> tuple[list[float], list[float]]:
         """The load comes from another process, so the probe's timing never waits for the load's GIL."""
@@ -405,42 +493,71 @@ class Bench:
 
     def run(self) -> None:
         load_before = load_average()
+        store = self.args.store
         arms: dict[str, list[dict[str, Any]]] = {"this": []}
         roots = {"this": ROOT}
+        stores: dict[str, str | None] = {"this": store}
         if self.args.compare:
             arms["compare"] = []
             roots["compare"] = Path(self.args.compare).resolve()
+            stores["compare"] = None
+        if self.args.compare_store:
+            # This checkout with the other store mode, in the same rounds.
+            other = "memory" if store == "rocksdb" else "rocksdb"
+            arms[other] = []
+            roots[other] = ROOT
+            stores[other] = other
         try:
             for n in range(1, self.args.rounds + 1):
                 print(f"round {n}/{self.args.rounds} ({self.args.events:,} events each)")
                 # Alternate which arm goes first, so neither always runs on the warmer broker.
                 order = list(arms) if n % 2 else list(reversed(arms))
                 for label in order:
-                    arms[label].append(self.arm(label, roots[label]))
+                    arms[label].append(self.arm(label, roots[label], stores[label]))
             if not self.args.no_latency:
                 print("end to end and entitlement checks")
                 self.latency()
         finally:
             self.teardown()
-        self.report(arms, roots, load_before)
+        self.report(arms, roots, stores, load_before)
 
-    def report(self, arms: dict[str, list[dict[str, Any]]], roots: dict[str, Path], load_before: str) -> None:
+    def report(
+        self,
+        arms: dict[str, list[dict[str, Any]]],
+        roots: dict[str, Path],
+        stores: dict[str, str | None],
+        load_before: str,
+    ) -> None:
         ms = 1000.0
         print()
         print("== metering benchmark ==")
+        spread = f"over {self.args.spread_hours} h of event time" if self.args.spread_hours else "over ~8 min"
         print(
             f"{self.args.rounds} round(s) of {self.args.events:,} events (10 % duplicates, "
-            f"{self.args.customers} customers); load average {load_before} before, {load_average()} after"
+            f"{self.args.customers} customers, {spread}); load average {load_before} before, "
+            f"{load_average()} after"
         )
         for label, results in arms.items():
-            print(f"[{label}: {roots[label]}]")
+            store = stores[label] or "its own default"
+            bound = (
+                f", memory ids {self.args.memory_ids:,}"
+                if self.args.memory_ids and stores[label] == "rocksdb"
+                else ""
+            )
+            print(f"[{label}: {roots[label]}, state store {store}{bound}]")
             report_against_raw(
                 results, "raw consume + decode", "aggregator, exactly-once", GOAL_EVENTS_PER_S, GOAL_RATIO
             )
-        if "compare" in arms:
+            print(f"  aggregator peak RSS          {span([r['rss'] for r in results], '{:.0f}')} MB")
+            for case in ("warm", "replay"):
+                if all(case in r for r in results):
+                    total = span([r[case] for r in results], "{:.2f}")
+                    restoring = span([r[f"{case}_restore"] for r in results], "{:.2f}")
+                    print(f"  restart to restored ({case})  {total} s (restoring {restoring} s)")
+        for other in [label for label in arms if label != "this"]:
             this = statistics.median(r["eos_us"] for r in arms["this"])
-            other = statistics.median(r["eos_us"] for r in arms["compare"])
-            print(f"  CPU per event this / compare: {this / other:.2f} (median over rounds)")
+            them = statistics.median(r["eos_us"] for r in arms[other])
+            print(f"  CPU per event this / {other}: {this / them:.2f} (median over rounds)")
         if "e2e" in self.results:
             e2e, idle, under = self.results["e2e"], self.results["idle"], self.results["under_load"]
             print(
@@ -471,6 +588,19 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--compare", help="another checkout whose aggregator runs in each round too")
     parser.add_argument("--no-latency", action="store_true", help="throughput rounds only")
+    parser.add_argument(
+        "--store", choices=["rocksdb", "memory"], default="rocksdb", help="this checkout's state store"
+    )
+    parser.add_argument(
+        "--compare-store", action="store_true", help="also run this checkout with the other state store"
+    )
+    parser.add_argument("--memory-ids", type=int, help="METERING_DEDUP_MEMORY_IDS (rocksdb: the bound)")
+    parser.add_argument(
+        "--spread-hours", type=float, default=0, help="spread event times over this many hours (grace raised)"
+    )
+    parser.add_argument(
+        "--restarts", action="store_true", help="after each arm, time restart-to-restored (store and replay)"
+    )
     parser.add_argument("--e2e-rate", type=int, default=10_000)
     parser.add_argument("--e2e-seconds", type=int, default=20)
     parser.add_argument("--checks", type=int, default=20_000)

@@ -9,14 +9,17 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Annotated, Any, TypeVar
 
 import orjson
+import psycopg
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, Response
 
+from services.analytics import leads as pql_leads
 from services.analytics import pages as pages_html
 from services.analytics import queries
 from services.analytics.model import QueryError, parse_duration
@@ -266,6 +269,47 @@ async def activity(
     return await answer(ask)
 
 
+def _leads(res: AnalyticsResources, window: str | None) -> dict[str, Any]:
+    """The accounts that qualify now as product-qualified leads, best first, with the rules applied."""
+    if res.connect is None:
+        raise StoreError("the customers database is not connected")
+    rules = res.pql_rules
+    if window is not None:
+        days = parse_duration(window) // 86400
+        if not 1 <= days <= 180:
+            raise QueryError("the pql window is 1 to 180 days (e.g. 14d)")
+        rules = replace(rules, window_days=days)
+    now_ms = int(time.time() * 1000)
+    try:
+        leads = pql_leads.find_leads(res.store, res.connect, res.activation, rules, now_ms)
+    except psycopg.Error as exc:
+        raise StoreError(f"customers database: {exc}") from exc
+    return {
+        "leads": leads,
+        "rules": {
+            "plans": sorted(rules.plans),
+            "trialing": rules.trialing,
+            "window_days": rules.window_days,
+            "min_growth": rules.min_growth,
+            "min_events": rules.min_events,
+            "limit_percent": rules.limit_percent,
+        },
+        "evaluated_at": now_ms,
+    }
+
+
+@router.get("/pql", dependencies=[VIEWER], response_model=None, responses=ERRORS)
+async def pql(
+    res: Resources,
+    window: Annotated[
+        str | None, Query(max_length=10, description="signals' window (default ANALYTICS_PQL_WINDOW_DAYS)")
+    ] = None,
+) -> Response:
+    """Product-qualified leads: free or trialing accounts that activated and show usage growth or plan-limit
+    hits, best first, with the evidence for each and when each first qualified."""
+    return await answer(lambda: _leads(res, window))
+
+
 # -- the console's pages -----------------------------------------------------------------------------------
 
 pages = APIRouter(prefix="/analytics", include_in_schema=False)
@@ -337,5 +381,20 @@ async def north_star_page(
             answer = queries.north_star(res.store, scope, star.event, star.count, star.window_days, star.name)
             body = pages_html.north_star_chart(answer)
         return pages_html.page("North star", "north-star", body, res.health_url)
+
+    return await _page(render)
+
+
+@pages.get("/pql", dependencies=[VIEWER], response_class=HTMLResponse)
+async def pql_page(
+    res: Resources, window: Annotated[str | None, Query(max_length=10)] = None
+) -> HTMLResponse:
+    def render() -> str:
+        return pages_html.page(
+            "Product-qualified leads",
+            "pql",
+            pages_html.pql_table(_leads(res, window or None)),
+            res.health_url,
+        )
 
     return await _page(render)

@@ -15,18 +15,20 @@ from starlette.concurrency import run_in_threadpool
 from services.activation import ActivationConfig, load_activation
 from services.analytics import api
 from services.analytics.config import AnalyticsSettings
+from services.analytics.leads import PqlWatcher
 from services.analytics.resources import AnalyticsResources
 from services.analytics.sink import AnalyticsSink, Erased
 from services.analytics.store import open_store
 from services.kernel import auth, db
 from services.kernel.http import install_error_handlers
+from services.kernel.kafka import Producer
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ops_routes
 from services.kernel.privacy import APPLIED, Erasure, follow_erasures
 from services.kernel.processing import at_least_once
 from services.kernel.serde import SchemaRegistry
 from services.kernel.service import ConfigFile, LoadedFiles
-from services.kernel.topics import USAGE_EVENTS_ENRICHED
+from services.kernel.topics import ENTITLEMENT_EVENTS, PQL, USAGE_EVENTS_ENRICHED, topic
 from services.kernel.workers import Workers
 
 log = logging.getLogger(__name__)
@@ -76,8 +78,14 @@ def open_resources(
         kafka=settings.kafka,
         registry=registry,
         lifecycle=life,
-        handler=AnalyticsSink(store, group, erased, erasures.ready.is_set),
-        inputs=[USAGE_EVENTS_ENRICHED],
+        handler=AnalyticsSink(
+            store,
+            group,
+            erased,
+            erasures.ready.is_set,
+            limit_topic=topic(ENTITLEMENT_EVENTS, settings.platform.topic_prefix).name,
+        ),
+        inputs=[USAGE_EVENTS_ENRICHED, ENTITLEMENT_EVENTS],
         group_id=settings.group_id,
         instance_id=settings.instance_id,
         topic_prefix=settings.platform.topic_prefix,
@@ -88,11 +96,50 @@ def open_resources(
             "session.timeout.ms": settings.session_timeout_ms,
         },
     )
+    pql_spec = topic(PQL, settings.platform.topic_prefix)
+    assert pql_spec.schema_path is not None
+    producer = life.push(
+        Producer(settings.kafka, client_id=f"{SERVICE}-pql-{settings.instance_id}"), "pql producer"
+    )
+    rules = settings.pql_rules()
+
+    def connect() -> Any:
+        return pool.connection(timeout=5)
+
+    watcher = PqlWatcher(
+        store,
+        connect,
+        activation,
+        rules,
+        producer,
+        registry.encoder(pql_spec.value_subject, pql_spec.schema_path, auto_register=False),
+        pql_spec.name,
+        settings.pql_webhook_urls,
+        (
+            settings.pql_webhook_signing_secret.get_secret_value()
+            if settings.pql_webhook_signing_secret
+            else None
+        ),
+        interval=settings.pql_interval_seconds,
+    )
     workers = life.push(Workers(), "workers")  # stopped first, before the store it writes to closes
     workers.start("sink", loop.run)
-    log.info("analytics starting", extra={"store": settings.store, "group": group})
+    workers.start("pql", watcher.run)
+    log.info(
+        "analytics starting",
+        extra={"store": settings.store, "group": group, "pql_webhooks": len(settings.pql_webhook_urls)},
+    )
     return AnalyticsResources(
-        store, activation, settings.default_days, settings.health_url, loop, workers, erasures
+        store,
+        activation,
+        settings.default_days,
+        settings.health_url,
+        loop,
+        workers,
+        erasures,
+        connect=connect,
+        pql_rules=rules,
+        pql=watcher,
     )
 
 

@@ -8,7 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from services.kernel.settings import StreamServiceSettings
+from services.analytics.pql import PqlRules
+from services.kernel.settings import DevDefault, StreamServiceSettings
 
 
 class AnalyticsSettings(StreamServiceSettings):
@@ -36,3 +37,37 @@ class AnalyticsSettings(StreamServiceSettings):
     default_days: int = Field(default=90, ge=1, le=3660)
     # The CS dashboard's address, linked from the console's navigation.
     health_url: str = "http://127.0.0.1:8084/"
+    # Product-qualified leads (docs/analytics.md): which accounts sales looks at, the window of the signals,
+    # how often the watcher evaluates them, and where qualifications go besides the pql topic.
+    pql_plans: list[str] = Field(default_factory=lambda: ["free"])
+    pql_trialing: bool = True
+    pql_window_days: int = Field(default=14, ge=1, le=180)
+    pql_min_growth: float = Field(default=1.5, gt=1.0)
+    pql_min_events: int = Field(default=20, ge=1)
+    pql_limit_percent: int = Field(default=80, ge=1, le=100)
+    pql_interval_seconds: float = Field(default=60.0, gt=0)
+    # Webhook URLs that receive every new lead (logged with path and query masked: often a credential).
+    pql_webhook_urls: list[str] = Field(default_factory=list)
+    # Signs every lead webhook like the alert webhooks (Plg-Signature, services/kernel/webhooks.py).
+    pql_webhook_signing_secret: SecretStr | None = None
+
+    def pql_rules(self) -> PqlRules:
+        return PqlRules(
+            plans=frozenset(self.pql_plans),
+            trialing=self.pql_trialing,
+            window_days=self.pql_window_days,
+            min_growth=self.pql_min_growth,
+            min_events=self.pql_min_events,
+            limit_percent=self.pql_limit_percent,
+        )
+
+    def development_defaults(self) -> list[DevDefault]:
+        found = super().development_defaults()
+        if self.pql_webhook_urls and self.pql_webhook_signing_secret is None:
+            found.append(
+                DevDefault(
+                    "ANALYTICS_PQL_WEBHOOK_SIGNING_SECRET",
+                    "is not set: lead webhooks go unsigned, a receiver cannot tell them from forgeries",
+                )
+            )
+        return found

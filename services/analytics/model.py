@@ -79,6 +79,25 @@ def row_of(event: Mapping[str, Any], topic: str, partition: int, offset: int) ->
     }
 
 
+def limit_hit_row(event: Mapping[str, Any], topic: str, partition: int, offset: int) -> dict[str, Any]:
+    """The store row of one decoded ``entitlement-events`` value (a plan-limit crossing)."""
+    return {
+        "event_id": event["event_id"],
+        "customer_id": event["customer_id"],
+        "meter": event["meter"],
+        "plan": event.get("plan") or "",
+        "threshold_percent": int(event["threshold_percent"]),
+        # Decimals as text: JSON numbers would pass through a float on the way into Decimal(38, 9).
+        "usage": str(event["usage"]),
+        "limit_value": str(event["limit"]),
+        "hard_limit": 1 if event.get("hard_limit") else 0,
+        "occurred_at": store_time(event["occurred_at"]),
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+    }
+
+
 def dedup_token(
     group: str, next_offsets: Mapping[tuple[str, int], int], firsts: Mapping[tuple[str, int], int]
 ) -> str:

@@ -19,7 +19,12 @@ table.heat{border-collapse:collapse}table.heat td,table.heat th{padding:4px 8px;
 border:1px solid #eef0f6}.muted{color:#7a8193}.error{color:#b3261e}
 """
 
-PAGES = (("funnel", "Funnel"), ("retention", "Retention"), ("north-star", "North star"))
+PAGES = (
+    ("funnel", "Funnel"),
+    ("retention", "Retention"),
+    ("north-star", "North star"),
+    ("pql", "Qualified leads"),
+)
 
 
 def page(title: str, active: str, body: str, health_url: str) -> str:
@@ -163,4 +168,50 @@ def north_star_chart(answer: Mapping[str, Any]) -> str:
     return (
         f'<div class="card">{title}{svg}<p>{last["reached"]} persons reached it so far '
         f"(line); bars: persons doing it each week</p></div>"
+    )
+
+
+def _evidence(lead: Mapping[str, Any]) -> str:
+    """The numbers behind a lead, in words a salesperson reads."""
+    evidence = lead["evidence"]
+    usage = evidence["usage"]
+    parts = [f"activated: {escape(', '.join(evidence['activation']['thresholds_crossed']))}"]
+    growth = usage.get("growth")
+    grew = f" (x{growth:g})" if growth is not None else " (new)"
+    parts.append(
+        f"{usage['events']} events in {usage['window_days']} days vs {usage['events_previous_window']} before"
+        f"{grew}; {usage['active_persons']} active persons"
+    )
+    for hit in evidence["limit_hits"]:
+        hard = "hard" if hit.get("hard_limit") else "soft"
+        parts.append(
+            f"{escape(hit['meter'])} at {hit['percent']} % of its {hard} limit "
+            f"({escape(str(hit['usage']))} / {escape(str(hit['limit']))})"
+        )
+    return "<br>".join(parts)
+
+
+def pql_table(answer: Mapping[str, Any]) -> str:
+    rules = answer["rules"]
+    who = ", ".join(rules["plans"]) + (" or trialing" if rules["trialing"] else "")
+    intro = (
+        f'<p class="muted">{escape(who)} accounts that activated and, in the last '
+        f"{rules['window_days']} days, "
+        f"grew their usage x{rules['min_growth']:g} (at least {rules['min_events']} events) or hit "
+        f"{rules['limit_percent']} % of a plan limit</p>"
+    )
+    leads: Sequence[Mapping[str, Any]] = answer["leads"]
+    if not leads:
+        return f'<div class="card">{intro}<p class="muted">no account qualifies right now</p></div>'
+    rows = "".join(
+        f'<tr class="lead" data-customer="{escape(lead["customer_id"])}" data-score="{lead["score"]}">'
+        f"<th>{escape(lead['customer_id'])}</th><td>{lead['score']}</td>"
+        f"<td>{escape(lead['plan'])}{' (trial)' if lead['billing_status'] == 'trialing' else ''}</td>"
+        f"<td>{escape(lead.get('csm_owner') or '-')}</td>"
+        f"<td>{escape(', '.join(lead['reasons']))}</td><td>{_evidence(lead)}</td></tr>"
+        for lead in leads
+    )
+    return (
+        f'<div class="card">{intro}<table id="pql" class="heat"><tr><th>account</th><th>score</th>'
+        f"<th>plan</th><th>CSM</th><th>why</th><th>evidence</th></tr>{rows}</table></div>"
     )

@@ -21,6 +21,7 @@ from services.analytics.model import (
     funnel_steps,
     retention_table,
 )
+from services.analytics.pql import Signals
 from services.analytics.store import AnalyticsStore
 from services.analytics.suggest import Account
 
@@ -326,3 +327,116 @@ def activity_days(store: AnalyticsStore, scope: Scope) -> dict[str, Any]:
     customers = {str(r["customer_id"]): [int(d) for d in r["days"]] for r in rows}
     last = max((days[-1] for days in customers.values() if days), default=None)
     return {"customers": customers, "last_day": last, **_range(scope)}
+
+
+def pql_signals(
+    store: AnalyticsStore,
+    customers: Sequence[str],
+    now_ms: int,
+    window_days: int,
+    thresholds: Sequence[Mapping[str, Any]],
+    activation_days: int = 365,
+) -> dict[str, Signals]:
+    """The product-qualified-lead signals of these accounts as of ``now_ms``: activation thresholds the
+    account crossed as a whole (``count`` events within ``window_days`` of each other, over the last
+    ``activation_days``), events and active persons in the last ``window_days`` and in the window before,
+    and the highest share of each plan limit hit (entitlement-events) in the last ``window_days``."""
+    if not customers:
+        return {}
+    window_ms = window_days * DAY_MS
+    params: dict[str, Any] = {
+        "customers": sorted(set(customers)),
+        "now": now_ms,
+        "recent": now_ms - window_ms,
+        "previous": now_ms - 2 * window_ms,
+    }
+    in_range = (
+        "customer_id IN {customers:Array(String)} AND ts < fromUnixTimestamp64Milli({now:Int64}, 'UTC')"
+    )
+    usage = store.engine.rows(
+        f"SELECT customer_id,"
+        f" countIf(ts >= fromUnixTimestamp64Milli({{recent:Int64}}, 'UTC')) AS recent_events,"
+        f" countIf(ts < fromUnixTimestamp64Milli({{recent:Int64}}, 'UTC')) AS previous_events,"
+        f" uniqExactIf(person, person != '' AND ts >= fromUnixTimestamp64Milli({{recent:Int64}}, 'UTC'))"
+        f" AS recent_persons,"
+        f" uniqExactIf(person, person != '' AND ts < fromUnixTimestamp64Milli({{recent:Int64}}, 'UTC'))"
+        f" AS previous_persons"
+        f" FROM {store.events} WHERE {in_range}"
+        f" AND ts >= fromUnixTimestamp64Milli({{previous:Int64}}, 'UTC') GROUP BY customer_id",
+        params,
+    )
+    found: dict[str, dict[str, Any]] = {
+        str(r["customer_id"]): {
+            "recent_events": int(r["recent_events"]),
+            "previous_events": int(r["previous_events"]),
+            "recent_persons": int(r["recent_persons"]),
+            "previous_persons": int(r["previous_persons"]),
+            "crossed": [],
+            "limits": {},
+        }
+        for r in usage
+    }
+
+    def entry(customer: str) -> dict[str, Any]:
+        return found.setdefault(
+            customer,
+            {
+                "recent_events": 0,
+                "previous_events": 0,
+                "recent_persons": 0,
+                "previous_persons": 0,
+                "crossed": [],
+                "limits": {},
+            },
+        )
+
+    for threshold in thresholds:
+        window = threshold.get("window_days")
+        tparams = {
+            **params,
+            "since": now_ms - activation_days * DAY_MS,
+            "event": threshold["event"],
+            "count": int(threshold["count"]),
+            "window": (int(window) * DAY_MS) if window else 2**62,
+        }
+        rows = store.engine.rows(
+            f"SELECT customer_id FROM (SELECT customer_id,"
+            f" arraySort(groupArray(toUnixTimestamp64Milli(ts))) AS t FROM {store.events}"
+            f" WHERE name = {{event:String}} AND {in_range}"
+            f" AND ts >= fromUnixTimestamp64Milli({{since:Int64}}, 'UTC') GROUP BY customer_id)"
+            f" WHERE arrayExists(i -> i >= {{count:UInt32}} AND t[i] - t[i - {{count:UInt32}} + 1]"
+            f" <= {{window:Int64}}, arrayEnumerate(t))",
+            tparams,
+        )
+        for row in rows:
+            entry(str(row["customer_id"]))["crossed"].append(str(threshold["name"]))
+    hits = store.engine.rows(
+        f"SELECT customer_id, meter, max(threshold_percent) AS percent, max(hard_limit) AS hard_limit,"
+        f" toString(argMax(usage, threshold_percent)) AS usage,"
+        f" toString(argMax(limit_value, threshold_percent)) AS limit,"
+        f" toUnixTimestamp64Milli(max(occurred_at)) AS last_at"
+        f" FROM {store.limit_hits} WHERE customer_id IN {{customers:Array(String)}}"
+        f" AND occurred_at >= fromUnixTimestamp64Milli({{recent:Int64}}, 'UTC')"
+        f" AND occurred_at < fromUnixTimestamp64Milli({{now:Int64}}, 'UTC')"
+        f" GROUP BY customer_id, meter",
+        params,
+    )
+    for row in hits:
+        entry(str(row["customer_id"]))["limits"][str(row["meter"])] = {
+            "percent": int(row["percent"]),
+            "hard_limit": bool(row["hard_limit"]),
+            "usage": str(row["usage"]),
+            "limit": str(row["limit"]),
+            "last_at": int(row["last_at"]),
+        }
+    return {
+        customer: Signals(
+            crossed=tuple(e["crossed"]),
+            recent_events=e["recent_events"],
+            previous_events=e["previous_events"],
+            recent_persons=e["recent_persons"],
+            previous_persons=e["previous_persons"],
+            limits=e["limits"],
+        )
+        for customer, e in found.items()
+    }

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
 
 from services.activation import ActivationConfig, Threshold
+from services.analytics.leads import PqlWatcher
+from services.analytics.pql import PqlRules
 from services.analytics.store import AnalyticsStore
 from services.kernel.privacy import ErasureFollower
 from services.kernel.processing import AtLeastOnceLoop
@@ -20,6 +25,10 @@ class AnalyticsResources:
     loop: AtLeastOnceLoop | None = None
     workers: Workers | None = None
     erasures: ErasureFollower | None = None
+    # PostgreSQL (the customers table and pql_leads) and the product-qualified-lead rules and watcher.
+    connect: Callable[[], AbstractContextManager[Any]] | None = None
+    pql_rules: PqlRules = field(default_factory=PqlRules)
+    pql: PqlWatcher | None = None
 
     def north_star(self) -> Threshold | None:
         name = self.activation.north_star

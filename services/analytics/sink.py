@@ -1,4 +1,5 @@
-"""The sink that fills the store from ``usage-events-enriched``, exactly once.
+"""The sink that fills the store from ``usage-events-enriched`` (and ``entitlement-events``' plan-limit
+crossings), exactly once.
 
 Exactly once without a transaction spanning Kafka and the store: the store is the source of truth for
 where to resume. Each batch is one ``INSERT`` (one part, atomic) whose rows carry their partition and
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from services.analytics.model import dedup_token, row_of
+from services.analytics.model import dedup_token, limit_hit_row, row_of
 from services.analytics.store import AnalyticsStore, StoreError
 from services.kernel import metrics
 from services.kernel.kafka import TopicPartition
@@ -75,8 +76,11 @@ class AnalyticsSink(SinkHandler):
         group: str,
         erased: Erased | None = None,
         erasures_ready: Callable[[], bool] = lambda: True,
+        limit_topic: str | None = None,
     ) -> None:
         self.store = store
+        # Records of this topic (entitlement-events, prefixed) are limit hits, every other one an event.
+        self.limit_topic = limit_topic
         self.group = group
         self.erased = erased or Erased()
         self.erasures_ready = erasures_ready
@@ -89,12 +93,16 @@ class AnalyticsSink(SinkHandler):
         if not self.erasures_ready():
             raise RetryBatch("privacy-erasures is still being read: an erased person must not be stored")
         rows: list[dict[str, Any]] = []
+        hits: list[dict[str, Any]] = []
         firsts: dict[tuple[str, int], int] = {}
         newest_enriched = 0
         for message in batch:
             event = message.value
             firsts.setdefault((message.topic, message.partition), message.offset)
             if event is None:
+                continue
+            if message.topic == self.limit_topic:
+                hits.append(limit_hit_row(event, message.topic, message.partition, message.offset))
                 continue
             if not analytics_consented(event):
                 self._no_consent.inc()
@@ -106,7 +114,11 @@ class AnalyticsSink(SinkHandler):
             newest_enriched = max(newest_enriched, int(event.get("enriched_at") or 0))
         try:
             rows = self._new_events(rows)
-            self.store.insert_events(rows, dedup_token(self.group, batch.next_offsets, firsts))
+            token = dedup_token(self.group, batch.next_offsets, firsts)
+            self.store.insert_events(rows, token)
+            # A crash between the two inserts is safe: each topic's rows live in one table, and resuming
+            # reads each table's own newest offsets (the limit hits' topic is redone, the events' skipped).
+            self.store.insert_limit_hits(hits, f"{token}:limits")
             self.store.save_offsets(self.group, batch.next_offsets)
         except StoreError as exc:
             # The store is down or refused the batch: redo it (nothing of it counts as done).

@@ -75,6 +75,25 @@ def ddl(database: str) -> tuple[str, ...]:
         written_at DateTime64(3, 'UTC') DEFAULT now64(3)
     ) ENGINE = ReplacingMergeTree(next_offset)
     ORDER BY (consumer_group, topic, partition)""",
+        # Plan-limit crossings (entitlement-events: 80/90/100 % of a limit in a billing period), for the
+        # product-qualified leads' "limit hits". Written by the same sink, with their Kafka position like
+        # the events (each input topic lives in exactly one table, so resuming stays exact per partition).
+        f"""CREATE TABLE IF NOT EXISTS {database}.limit_hits (
+        event_id String,
+        customer_id LowCardinality(String),
+        meter LowCardinality(String),
+        plan LowCardinality(String),
+        threshold_percent UInt16,
+        usage Decimal(38, 9),
+        limit_value Decimal(38, 9),
+        hard_limit UInt8,
+        occurred_at DateTime64(3, 'UTC'),
+        topic LowCardinality(String),
+        partition UInt32,
+        offset UInt64
+    ) ENGINE = MergeTree
+    ORDER BY (customer_id, occurred_at, meter)
+    SETTINGS non_replicated_deduplication_window = 10000""",
     )
 
 
@@ -266,6 +285,7 @@ class AnalyticsStore:
         self.database = database
         self.events = f"{database}.events"
         self.offsets = f"{database}.offsets"
+        self.limit_hits = f"{database}.limit_hits"
 
     def migrate(self) -> None:
         for statement in ddl(self.database):
@@ -273,6 +293,9 @@ class AnalyticsStore:
 
     def insert_events(self, rows: Sequence[Mapping[str, Any]], token: str | None) -> None:
         self.engine.insert(self.events, rows, token)
+
+    def insert_limit_hits(self, rows: Sequence[Mapping[str, Any]], token: str | None) -> None:
+        self.engine.insert(self.limit_hits, rows, token)
 
     def existing_ids(self, customers: Sequence[str], ids: Sequence[str]) -> set[tuple[str, str]]:
         """Which of these ``(customer, event id)`` pairs the store already holds."""
@@ -296,12 +319,14 @@ class AnalyticsStore:
         """The next offset per (topic, partition): past the newest row of each partition, or past the
         newest saved position, whichever is further."""
         found: dict[tuple[str, int], int] = {}
-        for row in self.engine.rows(
-            f"SELECT topic, partition, max(offset) + 1 AS next FROM {self.events} "
-            "WHERE topic IN {topics:Array(String)} GROUP BY topic, partition",
-            {"topics": list(topics)},
-        ):
-            found[(row["topic"], int(row["partition"]))] = int(row["next"])
+        for table in (self.events, self.limit_hits):
+            for row in self.engine.rows(
+                f"SELECT topic, partition, max(offset) + 1 AS next FROM {table} "
+                "WHERE topic IN {topics:Array(String)} GROUP BY topic, partition",
+                {"topics": list(topics)},
+            ):
+                key = (row["topic"], int(row["partition"]))
+                found[key] = max(found.get(key, 0), int(row["next"]))
         for row in self.engine.rows(
             f"SELECT topic, partition, max(next_offset) AS next FROM {self.offsets} "
             "WHERE consumer_group = {group:String} AND topic IN {topics:Array(String)} "

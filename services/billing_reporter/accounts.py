@@ -25,15 +25,27 @@ class Account:
     tax_region: str | None
     stripe_customer_id: str | None
     name: str | None
+    # The customer's own tax settings (migration 0135, `plg customers update --tax-...`).
+    tax_exempt: bool = False
+    tax_id: str | None = None
+    tax_id_type: str | None = None
+
+    @property
+    def tax_id_pair(self) -> tuple[str, str] | None:
+        return (self.tax_id_type, self.tax_id) if self.tax_id and self.tax_id_type else None
+
+
+#: The ``customers`` columns an :class:`Account` is built from, in its fields' order.
+ACCOUNT_COLUMNS = (
+    "customer_id, plan, billing_anchor_day, price_version, tax_region, stripe_customer_id, name,"
+    " tax_exempt, tax_id, tax_id_type"
+)
 
 
 def get_account(pool: ConnectionPool, customer_id: str) -> Account | None:
     with pool.connection() as conn:
         row = conn.execute(
-            "SELECT customer_id, plan, billing_anchor_day, price_version, tax_region, stripe_customer_id,"
-            " name"
-            " FROM customers WHERE customer_id = %s",
-            (customer_id,),
+            f"SELECT {ACCOUNT_COLUMNS} FROM customers WHERE customer_id = %s", (customer_id,)
         ).fetchone()
     return None if row is None else Account(*row)
 
@@ -96,5 +108,7 @@ def upcoming_invoice(
         usage=period_usage(pool, ledger, customer_id, period.start_ms),
         tax_region=account.tax_region,
         credits=period_credits(pool, customer_id, period),
+        tax_exempt=account.tax_exempt,
+        tax_id=account.tax_id_pair,
         adjustments=adjustments,
     )

@@ -30,7 +30,7 @@ from starlette.responses import Response
 
 from services.billing_reporter import accounts, openapi, previews, pricelist, subscriptions, topups
 from services.billing_reporter.adjustments import Adjuster
-from services.billing_reporter.catalog import CatalogError, sync_catalog
+from services.billing_reporter.catalog import CatalogError, package_meters, sync_catalog
 from services.billing_reporter.closing import FinalInvoice, PeriodCloser
 from services.billing_reporter.config import BillingSettings
 from services.billing_reporter.ledger import Ledger, ReportRow
@@ -63,14 +63,17 @@ _JSON = "application/json"
 
 
 def reportable_meters(config: PlansConfig) -> dict[str, str]:
-    """plg meter → Stripe event name, for every meter (the event name is the meter's slug)."""
-    return {m.slug: m.slug for m in config.meters}
+    """plg meter → Stripe event name, for every meter (the event name is the meter's slug), and every
+    derived package meter (catalog.package_meters)."""
+    return {m.slug: m.slug for m in config.meters} | {d: d for d in package_meters(config)}
 
 
 def level_meters(config: PlansConfig) -> set[str]:
     """Meters whose windows do not add up (MAX, LATEST, UNIQUE_COUNT): reported as the period-to-date level
-    to a Stripe ``last`` meter; SUM and COUNT meters send per-window differences to a ``sum`` meter."""
-    return {m.slug for m in config.meters if m.aggregation not in (Aggregation.SUM, Aggregation.COUNT)}
+    to a Stripe ``last`` meter; SUM and COUNT meters send per-window differences to a ``sum`` meter. A
+    derived package meter is a level too (the packages the period has started so far)."""
+    levels = {m.slug for m in config.meters if m.aggregation not in (Aggregation.SUM, Aggregation.COUNT)}
+    return levels | set(package_meters(config))
 
 
 def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> NoReturn:
@@ -128,6 +131,7 @@ def build_app(
                 report_granularity=settings.report_granularity,
                 reportable_meters=event_names,
                 level_meters=levels,
+                package_meters=package_meters(config),
                 level_interval=(
                     WINDOW_SECONDS[settings.report_granularity]
                     if settings.level_interval_seconds is None

@@ -10,8 +10,12 @@ minor unit; plg rounds once per line with the version's rule. ``nearest`` is Str
 the first tier that charges per unit carries a flat amount of half a minor unit less 10^-12, which turns
 Stripe's half-up rounding into ceiling (exact while unit prices have at most 11 decimals in minor units;
 the tier is entered only when something is charged). ``floor`` with sub-minor-unit prices cannot be
-expressed and is refused. Package pricing on top of included usage cannot be one Stripe price
-(``transform_quantity`` excludes tiers): it is synced as a graduated per-unit rate and marked inexact.
+expressed and is refused. Package pricing on top of included usage cannot be one Stripe price on the
+meter itself (``transform_quantity`` excludes tiers), so it is priced on a **derived package meter**
+(``<meter>_packages_<size>``, a Stripe ``last`` meter): the reporter sends it the number of packages the
+period has started so far, ``ceil(period total / size)``, and the price is graduated tiers over packages
+(the included packages free, then the package price) — exact when the included usage is a whole number
+of packages; otherwise it falls back to a per-unit rate, marked inexact.
 """
 
 from __future__ import annotations
@@ -41,6 +45,34 @@ def decimal_str(value: Decimal) -> str:
     """Plain notation (never ``1E+2``), no trailing zeros: what Stripe's ``*_decimal`` fields take."""
     text = format(value.normalize(), "f")
     return text if text != "-0" else "0"
+
+
+def package_meter_name(meter: str, size: Decimal) -> str:
+    """The derived Stripe meter that counts started packages of ``size`` units of ``meter``."""
+    return f"{meter}_packages_{int(size)}"
+
+
+def package_meter(meter: str, mp: MeterPrice) -> tuple[str, Decimal] | None:
+    """(derived meter, package size) when ``mp`` is package pricing on top of included usage that a
+    package meter prices exactly (whole-unit size, included usage a whole number of packages)."""
+    package = mp.package
+    if package is None or not mp.included or _fractional(package.size):
+        return None
+    if _fractional(mp.included / package.size):
+        return None
+    return package_meter_name(meter, package.size), package.size
+
+
+def package_meters(config: PlansConfig) -> dict[str, tuple[str, Decimal]]:
+    """derived meter → (plg meter, package size), for every price version that needs one."""
+    out: dict[str, tuple[str, Decimal]] = {}
+    for plan in config.plans:
+        for price in config.price_versions(plan.slug):
+            for meter, mp in price.meters.items():
+                found = package_meter(meter, mp)
+                if found is not None:
+                    out[found[0]] = (meter, found[1])
+    return out
 
 
 def lookup_key(version: str, meter: str | None) -> str:
@@ -80,17 +112,19 @@ def _tier(up_to: Decimal | None, unit: Decimal, flat: Decimal = Decimal(0)) -> d
 
 
 def metered_params(
-    meter: str, mp: MeterPrice, price: ResolvedPrice, stripe_meter_id: str
+    meter: str, mp: MeterPrice, price: ResolvedPrice, stripe_meter_id: str, *, billed_meter: str | None = None
 ) -> tuple[dict[str, Any], bool]:
     """The Stripe Price parameters of one meter's pricing in one version, and whether Stripe's amount
-    equals plg's for every usage (raises :class:`CatalogError` when it cannot be made to)."""
+    equals plg's for every usage (raises :class:`CatalogError` when it cannot be made to).
+    ``billed_meter`` is the Stripe meter's plg name when it is not ``meter`` (a derived package meter)."""
+    priced_as = billed_meter or meter
     common: dict[str, Any] = {
         "currency": price.currency.lower(),
         "product": product_id(price.plan),
         "recurring": {"interval": "month", "usage_type": "metered", "meter": stripe_meter_id},
-        "lookup_key": lookup_key(price.version, meter),
-        "nickname": f"{price.version} {meter}",
-        "metadata": {"plg_plan": price.plan, "plg_price_version": price.version, "plg_meter": meter},
+        "lookup_key": lookup_key(price.version, priced_as),
+        "nickname": f"{price.version} {priced_as}",
+        "metadata": {"plg_plan": price.plan, "plg_price_version": price.version, "plg_meter": priced_as},
     }
     exact = True
     tiers: list[dict[str, str]]
@@ -106,8 +140,15 @@ def metered_params(
                 "transform_quantity": {"divide_by": str(int(size)), "round": "up"},
             }
         ), True
-    if mp.package is not None:
-        # Included usage, then packages: transform_quantity cannot be combined with tiers at Stripe.
+    if mp.package is not None and billed_meter is not None:
+        # The derived meter holds started packages: the included ones free, then the package price.
+        tiers = [
+            _tier(mp.included / mp.package.size, Decimal(0)),
+            _tier(None, _minor(mp.package.unit_price, price)),
+        ]
+    elif mp.package is not None:
+        # Included usage, then packages, with no package meter (included usage not whole packages):
+        # transform_quantity cannot be combined with tiers at Stripe, so a per-unit rate, inexact.
         rate = _minor(mp.package.unit_price, price) / mp.package.size
         tiers = [
             _tier(mp.included, Decimal(0)),
@@ -164,15 +205,23 @@ def desired_prices(config: PlansConfig, stripe_meters: dict[str, str]) -> list[D
             for meter, mp in sorted(price.meters.items()):
                 if not mp.priced:
                     continue
-                if meter not in stripe_meters:
-                    errors.append(f"{price.version}.{meter}: no Stripe meter (run sync-meters)")
+                derived = package_meter(meter, mp)
+                billed = derived[0] if derived is not None else meter
+                if billed not in stripe_meters:
+                    errors.append(f"{price.version}.{billed}: no Stripe meter (run sync-meters)")
                     continue
                 try:
-                    params, exact = metered_params(meter, mp, price, stripe_meters[meter])
+                    params, exact = metered_params(
+                        meter, mp, price, stripe_meters[billed], billed_meter=derived and derived[0]
+                    )
                 except CatalogError as exc:
                     errors.append(str(exc))
                     continue
-                out.append(DesiredPrice(params["lookup_key"], plan.slug, price.version, meter, params, exact))
+                # A derived package meter's price is recorded under the derived meter's name: reconcile
+                # reads its line's quantity as packages.
+                out.append(
+                    DesiredPrice(params["lookup_key"], plan.slug, price.version, billed, params, exact)
+                )
     if errors:
         raise CatalogError("; ".join(errors))
     return out
@@ -205,6 +254,11 @@ def sync_catalog(
             product_id(plan.slug), name=f"plg {plan.name}", metadata={"plg_plan": plan.slug}
         )
     found = gateway.prices_by_lookup_key([d.lookup_key for d in wanted])
+    # Prices the book no longer needs (e.g. a version's inexact package price replaced by its package
+    # meter's) stay at Stripe for the subscriptions that have them, but checkout stops using them.
+    conn.execute(
+        "DELETE FROM billing_stripe_prices WHERE lookup_key <> ALL(%s)", ([d.lookup_key for d in wanted],)
+    )
     out = []
     for d in wanted:
         action = "found"

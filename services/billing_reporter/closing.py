@@ -95,9 +95,10 @@ class PeriodCloser:
         with self.pool.connection() as conn:
             customers = conn.execute(
                 "SELECT customer_id, plan, billing_anchor_day, price_version, tax_region,"
-                " (extract(epoch FROM created_at) * 1000)::bigint FROM customers"
+                " (extract(epoch FROM created_at) * 1000)::bigint, tax_exempt, tax_id_type, tax_id"
+                " FROM customers"
             ).fetchall()
-        for customer_id, plan, anchor, pinned, region, created_ms in customers:
+        for customer_id, plan, anchor, pinned, region, created_ms, exempt, id_type, tax_id in customers:
             current = billing_period(now_ms - self.grace_ms, anchor)
             ended = billing_period(current.start_ms - 1, anchor)
             if ended.end_ms <= created_ms:
@@ -125,6 +126,8 @@ class PeriodCloser:
                     price=price,
                     usage=usage,
                     tax_region=region,
+                    tax_exempt=exempt,
+                    tax_id=(id_type, tax_id) if tax_id else None,
                     status="final",
                     credits=period_credits(self.pool, customer_id, ended),
                     adjustments=adjustments,

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import Any, cast
 
 import psycopg
@@ -90,6 +90,7 @@ class Ledger:
         reportable_meters: Iterable[str],
         settle_ms: int,
         level_meters: Iterable[str] = (),
+        package_meters: Mapping[str, tuple[str, Decimal]] | None = None,
         level_interval: float = 3600.0,
         correction_interval: float = 0.0,
         max_age_ms: int = 34 * 86_400_000,
@@ -104,6 +105,10 @@ class Ledger:
         # Meters whose per-window differences are reported (SUM, COUNT); level meters report their
         # period-to-date value at most once per ``level_interval`` seconds instead.
         self.reportable_meters = sorted(set(reportable_meters) - set(self.level_meters))
+        # Derived package meters (docs/billing.md "Parity"): derived → (plg meter, package size); reported
+        # like levels, from the plg meter's period total: the packages started so far.
+        self.package_meters = dict(package_meters or {})
+        self.package_bases = sorted({base for base, _ in self.package_meters.values()})
         self.level_interval = level_interval
         self.settle_ms = settle_ms
         # A window keeps getting late events while they arrive: its corrections are coalesced into at most
@@ -141,7 +146,7 @@ class Ledger:
             return self._plan(conn) if usage else 0
 
     def _upsert_usage(self, conn: psycopg.Connection[tuple[object, ...]], usage: Sequence[UsageRow]) -> None:
-        reportable, levels = set(self.reportable_meters), set(self.level_meters)
+        reportable, levels = set(self.reportable_meters), set(self.level_meters) | set(self.package_bases)
         rows = [
             (
                 self.ledger, u.customer_id, u.meter, u.granularity, u.window_start, u.window_end,
@@ -173,7 +178,58 @@ class Ledger:
         planned = self._plan_windows(conn)
         if self.level_meters:
             planned += self._plan_levels(conn)
+        if self.package_meters:
+            planned += self._plan_packages(conn)
         return planned
+
+    def _plan_packages(self, conn: psycopg.Connection[tuple[object, ...]]) -> int:
+        """Derived package meters: the packages a period has started, ``ceil(total / size)``, reported as
+        a level (a revision of the period) when it changed, at most once per level interval."""
+        reports, cleaned = [], []
+        for derived, (base, size) in sorted(self.package_meters.items()):
+            due = conn.execute(
+                """
+                SELECT u.customer_id, u.window_start, u.window_end, u.value, c.stripe_customer_id,
+                       r.quantity, COALESCE(r.revision + 1, 0)
+                FROM billing_usage u
+                LEFT JOIN customers c ON c.customer_id = u.customer_id
+                LEFT JOIN LATERAL (
+                    SELECT quantity, revision, created_at FROM billing_reports b
+                    WHERE b.ledger = u.ledger AND b.customer_id = u.customer_id AND b.meter = %s
+                      AND b.window_start = u.window_start
+                    ORDER BY revision DESC LIMIT 1
+                ) r ON true
+                WHERE u.ledger = %s AND u.dirty AND u.granularity = %s AND u.meter = %s
+                  AND (r.created_at IS NULL OR r.created_at <= now() - make_interval(secs => %s))
+                FOR UPDATE OF u
+                """,
+                (derived, self.ledger, PERIOD, base, self.level_interval),
+            ).fetchall()
+            for customer, start, end, value, stripe_id, last, revision in cast(list[tuple[Any, ...]], due):
+                cleaned.append((customer, base, start))
+                packages = (Decimal(value) / size).to_integral_value(rounding=ROUND_CEILING)
+                if stripe_id is None or packages <= 0 or (last is not None and Decimal(last) == packages):
+                    continue
+                ident = report_identifier(customer, derived, int(start), int(revision))
+                reports.append(
+                    (
+                        self.ledger,
+                        customer,
+                        derived,
+                        start,
+                        end,
+                        revision,
+                        packages,
+                        packages,
+                        ident,
+                        stripe_id,
+                    )
+                )
+                PLANNED.labels("packages").inc()
+        self._insert_reports(conn, reports)
+        # Only rows every derived meter of theirs looked at (one per base meter in practice).
+        self._clean(conn, PERIOD, sorted(set(cleaned)))
+        return len(reports)
 
     def _plan_levels(self, conn: psycopg.Connection[tuple[object, ...]]) -> int:
         """Level meters: a period's value changed since its last report, which is at least a reporting
@@ -292,7 +348,7 @@ class Ledger:
                 "UPDATE billing_usage SET dirty = true WHERE ledger = %s AND customer_id = %s"
                 " AND ((granularity = %s AND meter = ANY(%s)) OR (granularity = %s AND meter = ANY(%s)))",
                 (self.ledger, customer_id, self.report_granularity, self.reportable_meters, PERIOD,
-                 self.level_meters),
+                 self.level_meters + self.package_bases),
             )  # fmt: skip
 
     # -- the outbox ---------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from services.billing_reporter.accounts import Account, grants_of, plain
+from services.billing_reporter.accounts import ACCOUNT_COLUMNS, Account, grants_of, plain
 from services.billing_reporter.reconcile import period_of
 from services.plans.grants import credits_for
 from services.plans.invoice import Invoice, calculate_invoice
@@ -36,9 +36,7 @@ class PreviewError(ValueError):
 
 def account(conn: psycopg.Connection[Any], customer_id: str) -> Account | None:
     row = conn.execute(
-        "SELECT customer_id, plan, billing_anchor_day, price_version, tax_region, stripe_customer_id, name"
-        " FROM customers WHERE customer_id = %s",
-        (customer_id,),
+        f"SELECT {ACCOUNT_COLUMNS} FROM customers WHERE customer_id = %s", (customer_id,)
     ).fetchone()
     return None if row is None else Account(*row)
 
@@ -100,6 +98,8 @@ def preview(
         usage=usage_of(conn, ledger, who.customer_id, period),
         tax_region=who.tax_region,
         credits=credits_for(grants_of(conn, who.customer_id), period),
+        tax_exempt=who.tax_exempt,
+        tax_id=who.tax_id_pair,
     )
 
 
@@ -182,8 +182,5 @@ def simulate(
 
 
 def all_accounts(conn: psycopg.Connection[Any]) -> list[Account]:
-    rows = conn.execute(
-        "SELECT customer_id, plan, billing_anchor_day, price_version, tax_region, stripe_customer_id, name"
-        " FROM customers ORDER BY customer_id"
-    ).fetchall()
+    rows = conn.execute(f"SELECT {ACCOUNT_COLUMNS} FROM customers ORDER BY customer_id").fetchall()
     return [Account(*row) for row in rows]

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_FLOOR, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
 import psycopg
@@ -146,12 +146,20 @@ def reconcile(
     now_ms: int | None = None,
     due: Due = Due(),
     config: PlansConfig | None = None,
+    packages: Mapping[str, tuple[str, Decimal]] | None = None,
 ) -> list[Line]:
     """Sum meters compare window totals and delivered differences; level meters (``levels``) compare the
     period's value with the last delivered level (what Stripe's ``last`` meter holds). Usage not due yet
     (``due``) is left out of the comparison and shown as ``open``."""
     now_ms = now_ms or int(time.time() * 1000)
     width = WINDOW_MS.get(granularity, 0)
+    packages = dict(packages or {})
+    # A derived package meter holds ceil(period total / size) of its plg meter: compare that.
+    aggregates = dict(aggregates)
+    for (c, m, g, s), v in list(aggregates.items()):
+        for derived, (base, size) in packages.items():
+            if m == base and g == PERIOD:
+                aggregates[(c, derived, PERIOD, s)] = _packages(v, size)
     wanted = sorted(meters)
     customers = conn.execute(
         "SELECT customer_id, billing_anchor_day, stripe_customer_id, plan, price_version FROM customers"
@@ -182,6 +190,14 @@ def reconcile(
         }  # fmt: skip
         reports = _reports(conn, ledger, customer_id, period, levels)
         changed = _last_changes(conn, ledger, customer_id, period)
+        for derived, (base, size) in packages.items():
+            for meter, start, value in conn.execute(
+                "SELECT meter, window_start, value FROM billing_usage WHERE ledger = %s AND customer_id = %s"
+                " AND granularity = %s AND meter = %s AND window_start >= %s AND window_start < %s",
+                (ledger, customer_id, PERIOD, base, period.start_ms, period.end_ms),
+            ).fetchall():
+                usage[(derived, int(start))] = _packages(Decimal(value), size)
+                changed[(derived, int(start))] = changed.get((meter, int(start)), 0)
         for meter in wanted:
             level = meter in levels
             wanted_granularity = PERIOD if level else granularity
@@ -230,6 +246,10 @@ def reconcile(
                     # cent (the quantity itself is the `stripe` column's business).
                     line.stripe_amount, billed = amounts[meter]
                     priced = price.meters.get(meter)
+                    if meter in packages:  # the line bills packages: plg prices their units
+                        base, size = packages[meter]
+                        priced = price.meters.get(base)
+                        billed = (billed if billed is not None else total) * size
                     line.plg_amount = (
                         round_money(
                             usage_charge(priced, billed if billed is not None else total),
@@ -290,6 +310,10 @@ def stripe_line_amounts(
                     None if quantity is None else Decimal(int(quantity)),
                 )
     return out
+
+
+def _packages(total: Decimal, size: Decimal) -> Decimal:
+    return (Decimal(total) / size).to_integral_value(rounding=ROUND_CEILING)
 
 
 def linked_level_open(last_change_ms: int, due: Due, now_ms: int) -> bool:

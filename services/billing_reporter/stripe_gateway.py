@@ -137,6 +137,33 @@ class StripeGateway:
         customer = self._client.v1.customers.create(params, {"idempotency_key": idempotency_key})  # type: ignore[arg-type]
         return str(customer.id)
 
+    def update_customer(
+        self, stripe_customer_id: str, params: dict[str, Any], *, idempotency_key: str
+    ) -> dict[str, Any]:
+        customer = self._client.v1.customers.update(
+            stripe_customer_id,
+            params,  # type: ignore[arg-type]
+            {"idempotency_key": idempotency_key},
+        )
+        return customer.to_dict()
+
+    def list_tax_ids(self, stripe_customer_id: str) -> list[dict[str, Any]]:
+        found = self._client.v1.customers.tax_ids.list(stripe_customer_id, {"limit": 100})
+        return [t.to_dict() for t in found.auto_paging_iter()]
+
+    def create_tax_id(
+        self, stripe_customer_id: str, *, kind: str, value: str, idempotency_key: str
+    ) -> dict[str, Any]:
+        tax_id = self._client.v1.customers.tax_ids.create(
+            stripe_customer_id,
+            {"type": kind, "value": value},
+            {"idempotency_key": idempotency_key},
+        )
+        return tax_id.to_dict()
+
+    def delete_tax_id(self, stripe_customer_id: str, tax_id: str) -> None:
+        self._client.v1.customers.tax_ids.delete(stripe_customer_id, tax_id)
+
     def create_checkout_session(self, params: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
         session = self._client.v1.checkout.sessions.create(params, {"idempotency_key": idempotency_key})  # type: ignore[arg-type]
         return session.to_dict()

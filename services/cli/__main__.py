@@ -8,6 +8,7 @@
     plg operators create <name> --role viewer|editor|admin   # prints the token once: it is not stored
     plg operators list | revoke <name-or-id>
     plg customers update <id> [--support-tier T] [--csm NAME | --no-csm] [--billing-status S]
+        [--tax-region R] [--tax-exempt yes|no] [--tax-id ID]     # tax: plg's invoice and Stripe
     plg customers suspend <id> --reason R [--hours H] | unsuspend <id> [--exempt-hours H]
     plg customers cost [--plan P] [--cpu-us-per-event US]
     plg tickets open <customer-id> <subject> [--priority P] | close <customer-id> [<ticket-id>...|--all]
@@ -21,6 +22,7 @@
     plg billing simulate --price-book FILE [--period YYYY-MM]
     plg analytics funnel --steps a,b,c [--customer C] [--window 7d] [--breakdown plan] [--format json]
     plg analytics retention | north-star | activation | timeline <customer-id>   (PLG_OPERATOR_TOKEN)
+    plg analytics pql [--window 14d] [--format json]   (product-qualified leads with their evidence)
     plg plan codegen --lang ts|python [--out DIR] | check FILE.json   # typed events, the app's CI check
     plg activation suggest [--since 90d] [--within 14d] [--retained-after 30d] [--churn-event E]
     plg health backtest [--since 180d] [--horizon 30d]   (scores vs later churn: ROC AUC, red precision)
@@ -43,7 +45,7 @@ import orjson
 import psycopg
 
 from services.analytics.model import QueryError
-from services.cli import analytics, billing, identity, importing, metering, plan, privacy
+from services.cli import analytics, billing, identity, importing, metering, plan, privacy, tax
 from services.cli import dlq as dead_letters
 from services.customers import store
 from services.enrichment import store as success
@@ -84,13 +86,14 @@ def _parser() -> argparse.ArgumentParser:
     customers.add_parser("list", help="list customers")
     show = customers.add_parser("show", help="one customer and its keys")
     show.add_argument("customer_id")
-    update = customers.add_parser("update", help="change the customer-success context (enrichment)")
+    update = customers.add_parser("update", help="change the customer-success context and tax settings")
     update.add_argument("customer_id")
     update.add_argument("--support-tier", help="e.g. standard, gold, premium")
     csm = update.add_mutually_exclusive_group()
     csm.add_argument("--csm", help="the customer-success manager who owns the account")
     csm.add_argument("--no-csm", action="store_true", help="remove the CSM owner")
     update.add_argument("--billing-status", choices=success.BILLING_STATUSES)
+    tax.add_arguments(update)
     metering.add_parsers(customers)
 
     tickets = groups.add_parser("tickets", help="support tickets").add_subparsers(
@@ -291,6 +294,12 @@ def _dispatch(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
             return metering.run(args, conn)
         except metering.Refused as exc:
             raise CliError(str(exc)) from None
+    if args.group == "customers" and args.command == "update" and tax.given(args):
+        taxed = tax.run(args, conn)
+        cs_given = args.support_tier or args.csm or args.no_csm or args.billing_status
+        if not cs_given:
+            _print(args, [taxed], tax.COLUMNS)
+            return 0
     if args.group == "customers" and args.command == "update":
         store.update_success_context(
             conn,

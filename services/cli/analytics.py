@@ -1,4 +1,4 @@
-"""``plg analytics funnel|retention|north-star|activation|timeline`` and ``plg activation suggest``:
+"""``plg analytics funnel|retention|north-star|activation|timeline|pql`` and ``plg activation suggest``:
 questions to the analytics service.
 
 The CLI asks the running service over HTTP (the embedded store belongs to that one process): the URL from
@@ -66,6 +66,11 @@ def add_parser(groups: Any) -> None:
     timeline.add_argument("--person")
     timeline.add_argument("--limit", type=int, default=50)
     common(timeline, customer=False)
+    pql = commands.add_parser(
+        "pql", help="product-qualified leads: free/trialing accounts worth a sales call, with evidence"
+    )
+    pql.add_argument("--window", help="the signals' window (default: the service's, 14d)")
+    pql.add_argument("--format", choices=("table", "json"), default="table")
 
 
 def add_activation_parser(groups: Any) -> None:
@@ -134,6 +139,8 @@ def backtest(args: argparse.Namespace, conn: Any) -> dict[str, Any]:
 
 def request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """The route and query parameters of the command."""
+    if args.group == "analytics" and args.command == "pql":
+        return "/v1/analytics/pql", _clean({"window": args.window})
     params: dict[str, Any] = {"since": args.since, "until": args.until}
     if args.group == "health":
         return "/v1/analytics/activity", _clean(params)
@@ -236,6 +243,19 @@ def table(command: str, body: dict[str, Any]) -> list[str]:
                 f"{week['week']}  events {week['events']:>8}  persons {week['persons']:>6}  "
                 f"reached {week['reached']:>6} (+{week['newly_reached']})"
             )
+    elif command == "pql":
+        lines.append(f"{'account':32} {'score':>5}  {'plan':10} {'events':>7} {'growth':>6}  why")
+        for lead in body["leads"]:
+            usage = lead["evidence"]["usage"]
+            growth = f"x{usage['growth']:g}" if usage["growth"] is not None else "new"
+            lines.append(
+                f"{lead['customer_id']:32} {lead['score']:>5}  {lead['plan']:10} {usage['events']:>7} "
+                f"{growth:>6}  {', '.join(lead['reasons'])}"
+            )
+            for hit in lead["evidence"]["limit_hits"]:
+                lines.append(f"{'':40}{hit['meter']} at {hit['percent']} % ({hit['usage']} / {hit['limit']})")
+        if not body["leads"]:
+            lines.append("no account qualifies right now")
     elif command == "activation":
         for t in body["thresholds"]:
             lines.append(f"{t['name']:30} {t['activated']:>7} / {t['persons']:<7} {100 * t['rate']:5.1f} %")

@@ -16,7 +16,7 @@ import stripe
 
 from services.billing_reporter import previews
 from services.billing_reporter.app import WINDOW_SECONDS, level_meters, reportable_meters
-from services.billing_reporter.catalog import CatalogError, sync_catalog
+from services.billing_reporter.catalog import CatalogError, package_meters, sync_catalog
 from services.billing_reporter.config import BillingSettings
 from services.billing_reporter.meters import sync_meters
 from services.billing_reporter.reconcile import Due, read_aggregates, reconcile, reconcile_adjustments
@@ -169,6 +169,7 @@ def run(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
             month=args.period,
             due=due_after(settings),
             config=config,
+            packages=package_meters(config),
         )
         adjustments = reconcile_adjustments(
             conn,

@@ -96,7 +96,12 @@ def _build(settings: EnrichmentSettings, life: Lifecycle, plan: TrackingPlan) ->
     prefix = settings.platform.topic_prefix
     key = settings.pii_key.get_secret_value()  # a development key is warned about (or refused) by run_service
     scrubber = Scrubber(key.encode(), plan.pii.action, plan.pii.detect, plan.pii.scan_ids)
-    enricher = Enricher(plan, frozenset(m.event for m in metering.meters), scrubber, IdentityGraph())
+    enricher = Enricher(
+        plan,
+        frozenset(m.event for m in metering.meters),
+        scrubber,
+        IdentityGraph(settings.identity_max_links_per_customer, settings.identity_max_merged_per_customer),
+    )
 
     check_reachable(settings.kafka, timeout=10)
     registry = life.push(SchemaRegistry(settings.registry), "schema registry")

@@ -37,6 +37,10 @@ class EnrichmentSettings(ExactlyOnceSettings):
     # notification (PostgreSQL NOTIFY invalidates at once; the TTL bounds staleness after a missed one).
     tenant_cache_size: int = Field(default=10_000, ge=1)
     tenant_cache_ttl_seconds: float = Field(default=60.0, gt=0)
+    # The identity graph's bounds per customer (docs/enrichment.md#bounded-memory): identify links kept
+    # (least recently written dropped first; ~200 bytes each) and user ids that merges may join.
+    identity_max_links_per_customer: int = Field(default=1_000_000, ge=1)
+    identity_max_merged_per_customer: int = Field(default=100_000, ge=2)
 
     # One Kafka transaction per batch, small and frequent: the added latency stays low (the loop's other
     # knobs: ExactlyOnceSettings).

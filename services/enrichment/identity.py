@@ -34,17 +34,55 @@ class MergeOutcome:
     replaced: tuple[str, ...]
 
 
-class IdentityGraph:
-    __slots__ = ("_anon", "_flagged", "_lock", "_members", "_parent", "identifies", "merges")
+#: Identify links kept per customer (``ENRICHMENT_IDENTITY_MAX_LINKS_PER_CUSTOMER``).
+MAX_LINKS_PER_CUSTOMER = 1_000_000
+#: User ids that merges may join per customer (``ENRICHMENT_IDENTITY_MAX_MERGED_PER_CUSTOMER``).
+MAX_MERGED_PER_CUSTOMER = 100_000
 
-    def __init__(self) -> None:
+
+class IdentityGraph:
+    """Bounded per customer, so a tenant sending made-up ids grows only its own share (docs/enrichment.md):
+
+    * at most ``max_links`` identify links: past it the customer's least recently *written* link is dropped
+      (that anonymous id then stands for itself again, as before it was identified);
+    * at most ``max_merged`` user ids in merged sets: a merge that would add more is refused and counted
+      (the ids stay separate persons). Past the bound the graph can depend on the order merges were read.
+    """
+
+    __slots__ = (
+        "_anon",
+        "_flagged",
+        "_links",
+        "_lock",
+        "_members",
+        "_merged",
+        "_parent",
+        "evicted_links",
+        "identifies",
+        "max_links",
+        "max_merged",
+        "merges",
+        "refused_merges",
+    )
+
+    def __init__(
+        self, max_links: int = MAX_LINKS_PER_CUSTOMER, max_merged: int = MAX_MERGED_PER_CUSTOMER
+    ) -> None:
         self._anon: dict[Node, str] = {}
         self._parent: dict[Node, Node] = {}
         self._members: dict[Node, list[Node]] = {}
         self._flagged: set[Node] = set()  # ids some merge merged away
+        # customer -> its identified anonymous ids, least recently written first (a dict as ordered set)
+        self._links: dict[str, dict[str, None]] = {}
+        # customer -> user ids in its merged sets
+        self._merged: dict[str, int] = {}
         self._lock = threading.Lock()
+        self.max_links = max(1, max_links)
+        self.max_merged = max(2, max_merged)
         self.identifies = 0
         self.merges = 0
+        self.evicted_links = 0
+        self.refused_merges = 0
 
     # -- reads (hot path) ------------------------------------------------------------------------------
 
@@ -78,11 +116,23 @@ class IdentityGraph:
         with self._lock:
             self._anon[(customer_id, anonymous_id)] = user_id
             self.identifies += 1
+            links = self._links.get(customer_id)
+            if links is None:
+                links = self._links[customer_id] = {}
+            else:
+                links.pop(anonymous_id, None)
+            links[anonymous_id] = None
+            while len(links) > self.max_links:
+                oldest = next(iter(links))
+                del links[oldest]
+                self._anon.pop((customer_id, oldest), None)
+                self.evicted_links += 1
 
     def forget_anonymous(self, customer_id: str, anonymous_id: str) -> None:
         """A tombstone on identity-links: the link was erased (e.g. a deletion request)."""
         with self._lock:
             self._anon.pop((customer_id, anonymous_id), None)
+            self._links.get(customer_id, {}).pop(anonymous_id, None)
 
     def forget(self, customer_id: str, matches: Callable[[str], bool]) -> int:
         """Erase a person (``plg privacy forget``): every id of ``customer_id`` that ``matches``, with the
@@ -102,10 +152,12 @@ class IdentityGraph:
             ]
             for node in links:
                 del self._anon[node]
+                self._links.get(customer_id, {}).pop(node[1], None)
             for node in doomed:
                 if node in self._parent:
                     self._members.pop(self._parent.pop(node), None)
                 self._flagged.discard(node)
+            self._merged[customer_id] = sum(1 for n in self._parent if n[0] == customer_id)
             return len(doomed) + len(links)
 
     def merge(self, customer_id: str, merged_id: str, survivor_id: str) -> MergeOutcome:
@@ -118,6 +170,13 @@ class IdentityGraph:
             if a == b:
                 root = self._parent.get(a, a)
                 return MergeOutcome(root[1], ())
+            new_nodes = (a not in self._parent) + (b not in self._parent)
+            merged = self._merged.get(customer_id, 0)
+            if new_nodes and merged + new_nodes > self.max_merged:
+                self.refused_merges += 1
+                root = self._parent.get(b, b)
+                return MergeOutcome(root[1], ())
+            self._merged[customer_id] = merged + new_nodes
             self._flagged.add(a)
             root_a = self._parent.get(a, a)
             root_b = self._parent.get(b, b)

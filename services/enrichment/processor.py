@@ -59,6 +59,11 @@ TENANT_CACHE = metrics.gauge("plg_enrichment_tenant_cache_entries", "Tenant cont
 IDENTITY_NODES = metrics.gauge(
     "plg_enrichment_identity_nodes", "Anonymous ids and merged user ids in the identity graph."
 )
+IDENTITY_DROPPED = metrics.counter(
+    "plg_enrichment_identity_dropped",
+    "Identity facts not kept past the per-customer bounds: link_evicted, merge_refused.",
+    ("reason",),
+)
 
 
 class EnrichmentHandler(StreamHandler):
@@ -83,6 +88,7 @@ class EnrichmentHandler(StreamHandler):
         }
         self._merges = EVENTS.labels("merge_announced")
         self._hits, self._misses = TENANT_LOOKUPS.labels("hit"), TENANT_LOOKUPS.labels("miss")
+        self._dropped = (0, 0)  # the graph's evicted links and refused merges already counted
         self._encoder_for: int | None = None
         self._encode: Callable[[Mapping[str, Any]], bytes] = lambda _r: b""
 
@@ -154,7 +160,12 @@ class EnrichmentHandler(StreamHandler):
         self._hits.inc(cache.hits - hits)
         self._misses.inc(cache.misses - misses)
         TENANT_CACHE.set(len(cache))
-        IDENTITY_NODES.set(len(self.enricher.graph))
+        graph = self.enricher.graph
+        IDENTITY_NODES.set(len(graph))
+        dropped = (graph.evicted_links, graph.refused_merges)  # the view's thread adds to them too
+        IDENTITY_DROPPED.labels("link_evicted").inc(dropped[0] - self._dropped[0])
+        IDENTITY_DROPPED.labels("merge_refused").inc(dropped[1] - self._dropped[1])
+        self._dropped = dropped
 
     def _encoder(self, out: Emit) -> Callable[[Mapping[str, Any]], bytes]:
         """The fast encoder for the output's schema id when it is the schema it was written for, else the

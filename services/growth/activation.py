@@ -81,19 +81,74 @@ def plan_of(event: Mapping[str, Any]) -> str | None:
     return None
 
 
+#: Persons whose counters one partition keeps per customer (``GROWTH_ACTIVATION_MAX_PERSONS_PER_CUSTOMER``).
+MAX_PERSONS_PER_CUSTOMER = 100_000
+
+
 class Tracker:
     """One partition's activation state. ``apply`` changes it and returns the crossings; the keys changed
-    since the last :meth:`take_dirty` are what the changelog must get."""
+    since the last :meth:`take_dirty` are what the changelog must get (None: the key was deleted).
 
-    def __init__(self, config: ActivationConfig, state: dict[str, dict[str, Any]] | None = None) -> None:
+    Bounded: per customer at most ``max_persons`` persons are tracked; past that the least recently active
+    person's counters and crossings are dropped (and tombstoned in the changelog), so a tenant sending
+    made-up person ids only ever evicts its own least active persons. An evicted person who comes back
+    counts from zero and may cross a threshold again (docs/growth.md#bounded-state)."""
+
+    def __init__(
+        self,
+        config: ActivationConfig,
+        state: dict[str, dict[str, Any]] | None = None,
+        max_persons: int = MAX_PERSONS_PER_CUSTOMER,
+    ) -> None:
         self.config = config
         self.state: dict[str, dict[str, Any]] = state if state is not None else {}
         self.dirty: set[str] = set()
+        self.deleted: set[str] = set()
+        self.max_persons = max(1, max_persons)
+        self.evicted = 0
+        # customer -> its persons, least recently active first (a dict as an ordered set). Rebuilt from the
+        # state in changelog order, which is the order of their last writes.
+        self.persons: dict[str, dict[str, None]] = {}
+        for value in self.state.values():
+            if value.get("scope") == "person" and value.get("subject"):
+                seen = self.persons.setdefault(str(value["customer"]), {})
+                subject = str(value["subject"])
+                seen.pop(subject, None)
+                seen[subject] = None
+        self._events = sorted({*config.by_event, *config.extra_events})
+        self._thresholds = sorted({t.name for ts in config.by_event.values() for t in ts})
 
-    def take_dirty(self) -> list[tuple[str, dict[str, Any]]]:
-        changed = [(k, self.state[k]) for k in sorted(self.dirty)]
+    def person_count(self) -> int:
+        return sum(len(p) for p in self.persons.values())
+
+    def take_dirty(self) -> list[tuple[str, dict[str, Any] | None]]:
+        changed: list[tuple[str, dict[str, Any] | None]] = [(k, self.state[k]) for k in sorted(self.dirty)]
+        changed += [(k, None) for k in sorted(self.deleted)]
         self.dirty.clear()
+        self.deleted.clear()
         return changed
+
+    def _touch(self, customer: str, person: str) -> None:
+        """``person`` was active now; past the bound, the customer's least recently active one goes."""
+        seen = self.persons.get(customer)
+        if seen is None:
+            seen = self.persons[customer] = {}
+        elif person in seen:
+            del seen[person]
+        seen[person] = None
+        while len(seen) > self.max_persons:
+            oldest = next(iter(seen))
+            del seen[oldest]
+            self._drop_person(customer, oldest)
+
+    def _drop_person(self, customer: str, person: str) -> None:
+        keys = [counter_key("person", customer, person, e) for e in self._events]
+        keys += [fired_key("person", customer, person, t) for t in self._thresholds]
+        for key in keys:
+            if self.state.pop(key, None) is not None:
+                self.dirty.discard(key)
+                self.deleted.add(key)
+        self.evicted += 1
 
     def apply(self, event: Mapping[str, Any]) -> list[Crossing]:
         name = event.get("name")
@@ -110,6 +165,8 @@ class Tracker:
         keep = config.days_kept.get(str(name), 0)
         crossings: list[Crossing] = []
         thresholds = config.by_event.get(str(name), ())
+        if person is not None:
+            self._touch(customer, person)
         for scope in SCOPES:
             subject = person if scope == "person" else ""
             if subject is None:
@@ -119,6 +176,7 @@ class Tracker:
             if counter is None:
                 counter = {"scope": scope, "customer": customer, "subject": subject, "event": name, "n": 0}
                 self.state[key] = counter
+                self.deleted.discard(key)
             event_id = event.get("event_id")
             if event_id:
                 # A client retry that reached Kafka twice carries the same event_id, moments apart: the last
@@ -164,6 +222,7 @@ class Tracker:
                         str(event.get("event_id") or ""),
                     )
                     crossings.append(crossing)
+                    self.deleted.discard(fkey)
                     self.state[fkey] = {
                         "scope": scope,
                         "customer": customer,

@@ -45,6 +45,9 @@ class GrowthSettings(ExactlyOnceSettings):
 
     # The activation loop (usage-events-enriched -> activation-events), run in this process.
     activation_enabled: bool = True
+    # Persons whose activation counters each partition keeps per customer; past it the least recently
+    # active person is dropped (docs/growth.md#bounded-state). ~1 KB per person and counted event.
+    activation_max_persons_per_customer: int = Field(default=100_000, ge=1)
     # Its group (the loop's other knobs, instance id and transactional.id: ExactlyOnceSettings).
     group_id: str = "growth-activation"
 

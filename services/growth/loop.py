@@ -41,6 +41,7 @@ class ActivationLoop:
             config=config,
             input_topic=topic(USAGE_EVENTS_ENRICHED, prefix).name,
             changelog_topic=topic(GROWTH_CHANGELOG, prefix).name,
+            max_persons_per_customer=settings.activation_max_persons_per_customer,
         )
         handler.erasures = erasures
         built = exactly_once_service(

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from services.activation import ActivationConfig
-from services.growth.activation import Tracker, activation_record, fired_key
+from services.growth.activation import MAX_PERSONS_PER_CUSTOMER, Tracker, activation_record, fired_key
 from services.growth.telemetry import stable_event_id, usage_event
 from services.kernel import metrics
 from services.kernel.kafka import TopicPartition
@@ -52,6 +52,14 @@ CROSSINGS = metrics.counter(
     "Activation thresholds crossed, by threshold and scope.",
     ("threshold", "scope"),
 )
+PERSONS = metrics.gauge(
+    "plg_growth_activation_persons",
+    "Persons whose activation counters this instance keeps (bounded per customer).",
+)
+EVICTED = metrics.counter(
+    "plg_growth_activation_persons_evicted",
+    "Persons dropped from the activation state past the per-customer bound (least recently active first).",
+)
 COUNTED = metrics.counter(
     "plg_growth_activation_events", "Enriched events the activation loop read, by outcome.", ("outcome",)
 )
@@ -70,8 +78,10 @@ class ActivationHandler(StreamHandler):
         input_topic: str,
         changelog_topic: str,
         checkpoint_wait: float = 30.0,
+        max_persons_per_customer: int = MAX_PERSONS_PER_CUSTOMER,
     ) -> None:
         self.kafka = kafka
+        self.max_persons_per_customer = max_persons_per_customer
         self.config = config
         self.input_topic = input_topic
         self.changelog_topic = changelog_topic
@@ -84,6 +94,8 @@ class ActivationHandler(StreamHandler):
         self._changed = False
         self._pending: list[tuple[str, str]] = []
         self._outcomes: dict[str, int] = {}
+        self._bound_metrics = False
+        self._evicted_reported = 0
 
     # -- state hooks --------------------------------------------------------------------------------------
 
@@ -108,6 +120,13 @@ class ActivationHandler(StreamHandler):
 
     def committed(self, positions: Sequence[TopicPartition]) -> None:
         self._changed = False
+        if self._bound_metrics:
+            self._bound_metrics = False
+            PERSONS.set(sum(t.person_count() for t in self.trackers.values()))
+            evicted = sum(t.evicted for t in self.trackers.values())
+            if evicted > self._evicted_reported:
+                EVICTED.inc(evicted - self._evicted_reported)
+            self._evicted_reported = evicted
         for threshold, scope in self._pending:
             CROSSINGS.labels(threshold, scope).inc()
         self._pending.clear()
@@ -126,7 +145,7 @@ class ActivationHandler(StreamHandler):
                     checkpoint = int(json.loads(raw)["offset"])
                 else:
                     state[key.decode()] = json.loads(raw)
-            return Tracker(self.config, state), checkpoint
+            return Tracker(self.config, state, self.max_persons_per_customer), checkpoint
 
         trackers = restore_partitions(
             kafka=self.kafka,
@@ -229,8 +248,13 @@ class ActivationHandler(StreamHandler):
                 )
                 self._pending.append((c.threshold.name, c.scope))
         for partition in touched:
-            for key, value in self.trackers[partition].take_dirty():
-                out.send_raw(GROWTH_CHANGELOG, encode(value), key.encode(), partition=partition)
+            tracker = self.trackers[partition]
+            for key, value in tracker.take_dirty():
+                # None: a person evicted past the bound, tombstoned (the activation view drops it too)
+                encoded = None if value is None else encode(value)
+                out.send_raw(GROWTH_CHANGELOG, encoded, key.encode(), partition=partition)
+        if touched:
+            self._bound_metrics = True
 
     def prepare_commit(self, positions: Sequence[TopicPartition], out: Emit) -> list[TopicPartition]:
         """Each partition's checkpoint is the input offset this transaction commits for it."""

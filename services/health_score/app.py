@@ -183,11 +183,12 @@ def open_resources(
         # Serving only: every answer comes from the views and the history; no loop, no outbox.
         log.info("health score API starting (role api)", extra={"config_version": config.version})
         return res
-    builder = FactsBuilder(config, seats_limits(PLANS_FILE.of(settings, files)))
+    builder = FactsBuilder(config, seats_limits(PLANS_FILE.of(settings, files)), settings.max_persons_per_day)
     sink = HealthSink(
         config,
         store,
         builder,
+        cache_limit=settings.cache_customers,
         on_events=cache.add_events,
         on_entitlements=cache.add_entitlements,
         tick_interval=settings.batch_interval_seconds,

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         n = backfill(
             store,
             config,
-            FactsBuilder(config, seats_limits(PLANS_FILE.load(settings))),
+            FactsBuilder(config, seats_limits(PLANS_FILE.load(settings)), settings.max_persons_per_day),
             int(time.time() * 1000),
             args.days,
             args.customer,

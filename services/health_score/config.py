@@ -43,6 +43,12 @@ class HealthSettings(StreamServiceSettings):
     max_batch: int = Field(default=5000, ge=1)
     # Days of daily scores the API and the sparklines show.
     history_days: int = Field(default=56, ge=1, le=400)
+    # Persons whose key actions a customer-day keeps (active users); more are counted as events only, so a
+    # flood of made-up person ids cannot grow a customer's facts without bound (docs/health-score.md).
+    max_persons_per_day: int = Field(default=10_000, ge=1)
+    # Customers whose facts the scorer keeps in memory; past it the cache is emptied and reloaded from
+    # PostgreSQL on demand (the facts there are the truth).
+    cache_customers: int = Field(default=100_000, ge=1)
     # Python's GIL switch interval for this process (sys.setswitchinterval): the API's tail latency while
     # the scorer computes. Python's default is 0.005.
     gil_switch_interval_seconds: float = Field(default=0.001, gt=0, le=0.1)

@@ -20,6 +20,7 @@ from services.health_score.model import Context, DayFacts, HealthScore, day_of
 from services.health_score.registry import HealthConfig
 from services.health_score.scoring import compute_score, usage_zscore
 from services.health_score.store import CustomerState, HealthStore, ScoreRow
+from services.kernel import metrics
 from services.kernel.kafka import TopicPartition
 from services.kernel.privacy import APPLIED, Erasure
 from services.kernel.processing import Batch, Emit, Message, RetryBatch, SinkHandler
@@ -28,6 +29,15 @@ from services.kernel.topics import CUSTOMER_HEALTH, ENTITLEMENT_EVENTS
 log = logging.getLogger(__name__)
 
 MERGE_EVENT = "$person_merged"
+
+CACHED_CUSTOMERS = metrics.gauge(
+    "plg_health_cached_customers",
+    "Customers whose facts the scorer holds in memory (HealthSink cache_limit).",
+)
+PERSONS_CAPPED = metrics.counter(
+    "plg_health_persons_capped",
+    "Key actions of persons not kept because their customer-day already holds HEALTH_MAX_PERSONS_PER_DAY.",
+)
 RISK_LEVEL = {"red": "HIGH", "yellow": "MEDIUM", "green": "LOW"}
 
 
@@ -71,8 +81,13 @@ def health_record(score: HealthScore, plan: str | None, activated: bool, path: s
 class FactsBuilder:
     """Folds enriched events into a customer's daily facts and context (pure; shared by tests and bench)."""
 
-    def __init__(self, config: HealthConfig, seats_limits: Mapping[str, int]) -> None:
+    def __init__(
+        self, config: HealthConfig, seats_limits: Mapping[str, int], max_persons_per_day: int = 10_000
+    ) -> None:
         self.config = config
+        # Persons whose key actions one customer-day keeps (HEALTH_MAX_PERSONS_PER_DAY): a tenant sending
+        # made-up person ids cannot grow a day without bound; active users then read as "at least" this.
+        self.max_persons_per_day = max_persons_per_day
         self.seats_limits = dict(seats_limits)
         self.key_names = {n for s in config.segments.values() for n in s.key_actions}
         self.onboarding = (
@@ -106,8 +121,15 @@ class FactsBuilder:
         facts.actions[name] = facts.actions.get(name, 0.0) + weight
         person = event.get("person_id") or event.get("resolved_user_id") or event.get("user_id")
         if person and name in self.key_names:
-            mine = facts.people.setdefault(person, {})
-            mine[name] = mine.get(name, 0.0) + weight
+            mine = facts.people.get(person)
+            if mine is None:
+                if len(facts.people) >= self.max_persons_per_day:
+                    PERSONS_CAPPED.inc()
+                    mine = None
+                else:
+                    mine = facts.people[person] = {}
+            if mine is not None:
+                mine[name] = mine.get(name, 0.0) + weight
         props = event.get("properties") or {}
         problem = None
         if name == self.nps_event or name == self.csat_event:
@@ -222,6 +244,7 @@ class HealthSink(SinkHandler):
                 missing = set(customer_ids)
             since = day_of(now_ms) - self.config.history_days - 1
             self.cache.update(self.store.load(missing, since))
+            CACHED_CUSTOMERS.set(len(self.cache))
         return {c: self.cache[c] for c in customer_ids}
 
     def process(self, batch: Batch, out: Emit) -> None:

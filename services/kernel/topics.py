@@ -69,6 +69,8 @@ IDENTITY_LINKS = "identity-links"
 ACTIVATION_EVENTS = "activation-events"
 ABUSE_SIGNALS = "abuse-signals"
 PRIVACY_ERASURES = "privacy-erasures"
+# Product-qualified leads (services/analytics): free or trialing accounts worth a sales conversation.
+PQL = "pql"
 
 # Compacted topics keep the latest value per key forever; "delete" topics keep records for retention.ms.
 PLATFORM_TOPICS: tuple[TopicSpec, ...] = (
@@ -189,6 +191,14 @@ PLATFORM_TOPICS: tuple[TopicSpec, ...] = (
         # erasure when it comes back. The records name persons only by salted hashes (docs/privacy.md).
         retention_ms=400 * DAY_MS,
         description="Erasure requests (plg privacy forget): every service forgets the person they name.",
+    ),
+    TopicSpec(
+        PQL,
+        3,
+        "pql",
+        retention_ms=90 * DAY_MS,
+        description="Product-qualified leads: a free or trialing account qualified by its activation, usage "
+        "growth and limit hits, with the evidence (analytics; once per account, pql_id deduplicates).",
     ),
 )
 

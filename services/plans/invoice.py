@@ -68,6 +68,13 @@ class TaxLine:
     behavior: str  # exclusive: added on top; inclusive: part of the subtotal
     exempt: bool
     calculated_by: Literal["plg", "stripe"]  # stripe: Stripe Tax decides, ours is the estimate
+    # Whom the tax is judged for (customers' tax settings, `plg customers update --tax-...`): the region,
+    # why it is exempt (the customer itself, or its region in the price book's exempt_regions) and the
+    # customer's tax id (a VAT number, ...) as the invoice shows it.
+    region: str | None = None
+    exempt_by: Literal["customer", "region"] | None = None
+    tax_id: str | None = None
+    tax_id_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +113,10 @@ class Invoice:
                 "behavior": self.tax.behavior,
                 "exempt": self.tax.exempt,
                 "calculated_by": self.tax.calculated_by,
+                "region": self.tax.region,
+                "exempt_by": self.tax.exempt_by,
+                "tax_id": self.tax.tax_id,
+                "tax_id_type": self.tax.tax_id_type,
             },
             "total": str(self.total),
         }
@@ -196,11 +207,14 @@ def calculate_invoice(
     tax_region: str | None = None,
     status: Literal["draft", "final"] = "draft",
     credits: Mapping[str, Decimal] | None = None,
+    tax_exempt: bool = False,
+    tax_id: tuple[str, str] | None = None,
     adjustments: Sequence[Adjustment] = (),
 ) -> Invoice:
     """The invoice of ``customer_id`` for ``period`` under ``price``; ``usage`` is each meter's value for
     the period (a meter missing from it had no usage). The base price is charged per period, whatever
-    the period's length (a 28-day February costs what a 31-day March does, as with Stripe)."""
+    the period's length (a 28-day February costs what a 31-day March does, as with Stripe).
+    ``tax_exempt``: the customer itself is exempt; ``tax_id``: its ``(type, value)``, shown on the invoice."""
     base_exact = price.base_price
     lines = [
         InvoiceLine(
@@ -229,7 +243,7 @@ def calculate_invoice(
             )
         )
     subtotal = sum((ln.amount for ln in lines), ZERO)
-    tax = _tax(price, subtotal, tax_region)
+    tax = _tax(price, subtotal, tax_region, tax_exempt, tax_id)
     total = subtotal + tax.amount if tax.behavior == "exclusive" else subtotal
     return Invoice(
         customer_id=customer_id,
@@ -257,12 +271,30 @@ def line_difference(
     return after.amount - before.amount
 
 
-def _tax(price: ResolvedPrice, subtotal: Decimal, region: str | None) -> TaxLine:
+def _tax(
+    price: ResolvedPrice,
+    subtotal: Decimal,
+    region: str | None,
+    customer_exempt: bool = False,
+    tax_id: tuple[str, str] | None = None,
+) -> TaxLine:
     rule = price.tax
     by: Literal["plg", "stripe"] = "stripe" if rule.stripe_tax else "plg"
-    if rule.exempt(region):
-        return TaxLine(ZERO, round_money(ZERO, price.minor_unit, Rounding.NEAREST), rule.behavior, True, by)
-    rate = rule.default_rate
+    kind, number = tax_id if tax_id else (None, None)
+    exempt_by: Literal["customer", "region"] | None = (
+        "customer" if customer_exempt else "region" if rule.exempt(region) else None
+    )
+    rate = ZERO if exempt_by else rule.default_rate
     # Inclusive: the prices already contain the tax, so it is the part of the subtotal above net.
     exact = subtotal - subtotal / (1 + rate) if rule.behavior == "inclusive" else subtotal * rate
-    return TaxLine(rate, round_money(exact, price.minor_unit, Rounding.NEAREST), rule.behavior, False, by)
+    return TaxLine(
+        rate,
+        round_money(exact, price.minor_unit, Rounding.NEAREST),
+        rule.behavior,
+        exempt_by is not None,
+        by,
+        region=region,
+        exempt_by=exempt_by,
+        tax_id=number,
+        tax_id_type=kind,
+    )

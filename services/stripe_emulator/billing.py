@@ -23,9 +23,12 @@ from datetime import UTC, datetime
 from decimal import ROUND_DOWN, ROUND_HALF_UP, ROUND_UP, Decimal, InvalidOperation
 from typing import Any
 
+from services.customers.tax import STRIPE_TAX_ID_TYPES as TAX_ID_TYPES
 from services.stripe_emulator.common import StripeApiError, as_list, missing, no_such
 
 ZERO = Decimal(0)
+# A customer's tax status at Stripe (``tax_exempt``).
+TAX_EXEMPT = ("none", "exempt", "reverse")
 Emit = Callable[[str, dict[str, Any]], None]
 
 
@@ -171,6 +174,8 @@ class BillingObjects:
             if method == "GET":
                 return self._list(kind, store, query)
             return None
+        if kind == "customers" and len(rest) in (2, 3) and rest[1] == "tax_ids":
+            return self._tax_ids(method, self._customer(rest[0], "customer"), rest[2:], form, query)
         if len(rest) != 1:
             return None
         obj = store.get(rest[0])
@@ -181,7 +186,11 @@ class BillingObjects:
         if method == "POST" and kind == "subscriptions":
             return self.update_subscription(obj, form)
         if method == "POST" and kind == "customers":
-            obj.update({k: v for k, v in form.items() if k in ("name", "email")})
+            if "tax_exempt" in form and form["tax_exempt"] not in TAX_EXEMPT:
+                raise StripeApiError(
+                    400, f"Invalid tax_exempt: must be one of {', '.join(TAX_EXEMPT)}", param="tax_exempt"
+                )
+            obj.update({k: v for k, v in form.items() if k in ("name", "email", "tax_exempt")})
             obj["metadata"].update(_metadata(form))
             return self._public(obj, {})
         if method == "DELETE" and kind == "subscriptions":
@@ -242,9 +251,65 @@ class BillingObjects:
             "livemode": False,
             "metadata": _metadata(form),
             "name": form.get("name"),
+            "tax_exempt": "none",
+            "_tax_ids": {},
         }
         self.customers[customer_id] = customer
-        return dict(customer)
+        return self._public(customer, {})
+
+    def _tax_ids(
+        self, method: str, customer: dict[str, Any], rest: list[str], form: dict[str, Any],
+        query: dict[str, Any],
+    ) -> dict[str, Any] | None:  # fmt: skip
+        """A customer's tax ids (``/v1/customers/{id}/tax_ids[/{tax_id}]``): create, list, retrieve, delete.
+        Stripe checks the type against its list and the value's format per type; here the type must be
+        one Stripe names and an EU VAT number must start with its country code."""
+        ids: dict[str, dict[str, Any]] = customer.setdefault("_tax_ids", {})
+        if not rest:
+            if method == "GET":
+                items = sorted(ids.values(), key=lambda t: t["created"], reverse=True)
+                limit = _int(query.get("limit", 10), "limit")
+                return {
+                    "object": "list",
+                    "data": [dict(t) for t in items[:limit]],
+                    "has_more": len(items) > limit,
+                    "url": f"/v1/customers/{customer['id']}/tax_ids",
+                }
+            if method != "POST":
+                return None
+            kind, value = form.get("type"), str(form.get("value") or "").strip()
+            if not kind:
+                raise missing("type")
+            if not value:
+                raise missing("value")
+            if kind not in TAX_ID_TYPES:
+                raise StripeApiError(400, f"Invalid type: {kind!r} is not a tax ID type.", param="type")
+            if kind == "eu_vat" and not (len(value) > 4 and value[:2].isalpha() and value[:2].isupper()):
+                raise StripeApiError(
+                    400, f"Invalid value for eu_vat: {value}", param="value", code="tax_id_invalid"
+                )
+            tax_id = {
+                "id": _id("txi"),
+                "object": "tax_id",
+                "country": value[:2] if kind == "eu_vat" else kind.split("_", 1)[0].upper(),
+                "created": self.now(),
+                "customer": customer["id"],
+                "livemode": False,
+                "type": kind,
+                "value": value,
+                "verification": {"status": "pending", "verified_address": None, "verified_name": None},
+            }
+            ids[tax_id["id"]] = tax_id
+            return dict(tax_id)
+        found = ids.get(rest[0])
+        if found is None:
+            raise no_such("tax_id", rest[0])
+        if method == "GET":
+            return dict(found)
+        if method == "DELETE":
+            del ids[rest[0]]
+            return {"id": rest[0], "object": "tax_id", "deleted": True}
+        return None
 
     def _customer(self, customer_id: Any, param: str = "customer") -> dict[str, Any]:
         if not customer_id:
@@ -858,6 +923,12 @@ class BillingObjects:
             "created": self.now(),
             "currency": sub["currency"],
             "customer": sub["customer"],
+            # As Stripe does: the customer's tax status and tax ids when the invoice was made.
+            "customer_tax_exempt": self.customers.get(sub["customer"], {}).get("tax_exempt", "none"),
+            "customer_tax_ids": [
+                {"type": t["type"], "value": t["value"]}
+                for t in self.customers.get(sub["customer"], {}).get("_tax_ids", {}).values()
+            ],
             "lines": {"object": "list", "data": lines, "has_more": False, "url": "/v1/invoices/lines"},
             "livemode": False,
             "metadata": {},

@@ -102,7 +102,12 @@ class AtLeastOnceLoop(LoopBase):
         if polled is None:
             return 0
         records, now, tick = polled
-        ends = next_offsets(records)
+        # An empty batch commits the positions its poll stepped to over transaction markers (loop.py).
+        ends = (
+            next_offsets(records)
+            if records
+            else {(tp.topic, tp.partition): tp.offset for tp in self.passed_markers}
+        )
         consumed = len(records)
         if self._floor:  # redelivered records whose effect the sink has stored already
             floor = self._floor
@@ -135,6 +140,7 @@ class AtLeastOnceLoop(LoopBase):
             self._recover()
             raise
         self.poison.settled(failed, offsets)
+        self._note_committed(offsets)
         self._floor.update(ends)
         if tick:
             self._last_tick = now

@@ -185,6 +185,9 @@ class ExactlyOnceLoop(LoopBase):
         producer.send_offsets(self.consumer, offsets, timeout=self.kafka_timeout)
         producer.commit(self.kafka_timeout)
         self.poison.settled(failed, positions)
+        # Positions, not only the offsets the handler chose to commit: a partition it withheld (no state
+        # yet) must not make every empty poll open another transaction (loop.py, _markers_passed).
+        self._note_committed(positions)
         if self.lag is not None:
             self.lag.observe(positions)
         self._committed.inc()

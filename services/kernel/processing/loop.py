@@ -170,6 +170,11 @@ class LoopBase:
         self.batches = 0
         self._needs_recovery = False
         self._last_tick = parts.clock()
+        #: (topic, partition) → the position this instance last committed there (or saw committed by its
+        #: own empty-batch commit). Absent until then: a partition just assigned counts as unknown.
+        self._committed_at: dict[tuple[str, int], int] = {}
+        #: Positions the last empty poll moved past ``_committed_at`` (see :meth:`_markers_passed`).
+        self.passed_markers: list[TopicPartition] = []
         #: (topic, partition) this instance owns now: a snapshot replaced whole on every rebalance, so any
         #: thread may read it (the consumer itself must only be called from the polling thread).
         self.assigned: frozenset[tuple[str, int]] = frozenset()
@@ -182,6 +187,32 @@ class LoopBase:
     def _track(self, partitions: Sequence[TopicPartition], *, owned: bool) -> None:
         changed = {(tp.topic, tp.partition) for tp in partitions}
         self.assigned = self.assigned | changed if owned else self.assigned - changed
+        # Whoever owns a partition next commits there; what we committed says nothing about it later.
+        self._committed_at = {k: v for k, v in self._committed_at.items() if k not in changed}
+
+    def _note_committed(self, positions: Sequence[TopicPartition]) -> None:
+        for tp in positions:
+            if tp.offset >= 0:
+                self._committed_at[(tp.topic, tp.partition)] = tp.offset
+
+    def _markers_passed(self) -> list[TopicPartition]:
+        """The positions an empty poll moved past what this instance last committed.
+
+        A transactional input ends each transaction with a commit marker the consumer never returns
+        (aborted records are skipped too); when a batch ends on a transaction's last record, the offsets
+        committed with it stop short of the marker, and only a later poll steps the position over it. Left
+        there, the group's committed offset stays behind the partition end for as long as the partition
+        idles: Kafka's own tools (ConsumerGroupCommand, KEDA's scaler, Burrow) then report a lag our
+        position-based gauges do not. Everything below such a position was returned by an earlier poll
+        and either committed or rewound to the committed offset (a failed batch seeks back), so only
+        markers and aborted records lie in between, and committing the position is always safe.
+        """
+        try:
+            positions = self.consumer.position()
+        except Exception:  # closing under us: the next poll will tell
+            return []
+        at = self._committed_at
+        return [tp for tp in positions if tp.offset >= 0 and tp.offset > at.get((tp.topic, tp.partition), -1)]
 
     def ready(self) -> bool:
         """Started, and not restoring state (the ops server's readiness check)."""
@@ -212,7 +243,9 @@ class LoopBase:
 
     def _next_batch(self) -> tuple[list[Record], float, bool] | None:
         """Consume the next batch: ``(records, now, tick due)``, or None when there is nothing to do (an
-        empty poll with no tick due, or a batch that must wait for a repair)."""
+        empty poll with no tick due and no transaction marker passed, or a batch that must wait for a
+        repair). An empty poll that stepped over markers returns an empty batch with ``passed_markers``
+        set: the loop commits those positions like any batch's (:meth:`_markers_passed`)."""
         if self._needs_recovery:  # a failed batch whose recovery could not finish yet
             self._recover()
         records = self.consumer.consume(self.poison.batch_size(self.max_batch), self.batch_wait)
@@ -223,10 +256,13 @@ class LoopBase:
             return None
         now = self.clock()
         tick = self.tick_due(now)
+        self.passed_markers = []
         if not records and not tick:
             if self.lag is not None:
                 self.lag.update()  # an empty poll may have stepped over a transaction marker
-            return None
+            self.passed_markers = self._markers_passed()
+            if not self.passed_markers:
+                return None
         return records, now, tick
 
     def tick_due(self, now: float) -> bool:

@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -493,3 +494,115 @@ def test_health_backtest_scores_past_days_against_later_activity(analytics: Anal
     assert (report["points"], report["churned"]) == (10, 4)
     assert report["roc_auc"] == 1.0  # every churned customer scored below every one that stayed
     assert report["red_precision"] == 0.8  # five red, four of them churned
+
+
+def test_product_qualified_leads_are_listed_published_once_and_signed_to_the_webhook(
+    analytics: Analytics, stack, registry_settings, kafka_settings, browser: Any, tmp_path
+) -> None:
+    import psycopg
+
+    from services.kernel.topics import ENTITLEMENT_EVENTS, PQL
+    from services.kernel.webhooks import SIGNATURE_HEADER, verify
+    from tests.integration.health_score.harness import WebhookSink
+
+    secret = "pql-signing-secret"
+    p = analytics.prefix
+    grower, limited, paid, quiet = (f"{p}grower", f"{p}limited", f"{p}paid", f"{p}quiet")
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        for customer, plan, status in (
+            (grower, "free", "active"),
+            (limited, "growth", "trialing"),  # a trial of a paid plan is eligible too
+            (paid, "pro", "active"),
+            (quiet, "free", "active"),
+        ):
+            conn.execute(
+                "INSERT INTO customers (customer_id, plan, billing_status) VALUES (%s, %s, %s)",
+                (customer, plan, status),
+            )
+    day = 86_400_000
+    now = int(time.time() * 1000)
+    events = []
+    for customer in (grower, limited, paid, quiet):  # every one activated: 3 projects
+        events += [enriched(customer, "project_created", ts=now - 30 * day + i) for i in range(3)]
+    for customer in (grower, paid):  # usage x5 against the two weeks before
+        events += [enriched(customer, "api_call_made", ts=now - 20 * day + i) for i in range(10)]
+        events += [enriched(customer, "api_call_made", ts=now - 2 * day + i) for i in range(50)]
+    events += [enriched(quiet, "api_call_made", ts=now - 2 * day + i) for i in range(5)]
+    spec = topic(ENTITLEMENT_EVENTS, p)
+    assert spec.schema_path is not None
+    registry = SchemaRegistry(registry_settings)
+    hit = {
+        "event_id": f"{limited}|api_requests|100",
+        "customer_id": limited,
+        "meter": "api_requests",
+        "plan": "growth",
+        "threshold_percent": 100,
+        "usage": Decimal("10000"),
+        "limit": Decimal("10000"),
+        "hard_limit": True,
+        "period_start": now - 10 * day,
+        "period_end": now + 20 * day,
+        "occurred_at": now - day,
+        "upgrade": None,
+    }
+    webhook = WebhookSink()
+    url = webhook.start()
+    try:
+        analytics.env.update(
+            {
+                "ANALYTICS_PQL_INTERVAL_SECONDS": "0.5",
+                "ANALYTICS_PQL_WEBHOOK_URLS": orjson.dumps([url]).decode(),
+                "ANALYTICS_PQL_WEBHOOK_SIGNING_SECRET": secret,
+            }
+        )
+        analytics.start()
+        analytics.send(events)
+        encoder = registry.encoder(spec.value_subject, spec.schema_path, auto_register=False)
+        analytics.producer.send(spec.name, encoder.encode(hit), key=limited).result(timeout=30)
+        wait_for(lambda: len(webhook.received) >= 2, timeout=120, what="two leads on the webhook")
+        time.sleep(2)  # several more rounds: a lead is sent once, not once a round
+        assert sorted(w["customer_id"] for w in webhook.received) == [grower, limited]
+        by_customer = {w["customer_id"]: w for w in webhook.received}
+        assert by_customer[grower]["reasons"] == ["activated", "usage_growth"]
+        assert by_customer[grower]["evidence"]["usage"]["growth"] == 5.0
+        assert by_customer[limited]["reasons"] == ["activated", "limit_hit"]
+        assert by_customer[limited]["evidence"]["limit_hits"][0]["percent"] == 100
+        for headers, body in webhook.raw:
+            assert verify(secret, headers[SIGNATURE_HEADER], body) > 0
+        # the pql topic: one record per lead, its evidence as JSON
+        decoder = registry.decoder()
+        consumer = Consumer(kafka_settings, f"{p}pql-{uuid.uuid4().hex[:6]}")
+        consumer.subscribe([topic(PQL, p).name])
+        records: list[dict[str, Any]] = []
+
+        def both_read() -> bool:  # joining the group can take a while on a loaded machine
+            records.extend(decoder.decode(r.value()) for r in consumer.consume(100, 0.5))
+            return len(records) >= 2
+
+        wait_for(both_read, timeout=60, what="two pql records")
+        records.extend(decoder.decode(r.value()) for r in consumer.consume(100, 1.0))
+        consumer.close()
+        assert sorted(r["pql_id"] for r in records) == [f"pql:{grower}", f"pql:{limited}"]
+        assert {r["customer_id"]: r["billing_status"] for r in records}[limited] == "trialing"
+        # the CLI lists the same leads, best first (a 100 % limit hit outscores x5 growth), with evidence
+        token = operator_token(stack.database_url)
+        done = plg(
+            "analytics", "--url", analytics.url, "pql", "--format", "json",
+            env={**analytics.env, "PLG_OPERATOR_TOKEN": token},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        listed = [lead for lead in orjson.loads(done.stdout)["leads"] if lead["customer_id"].startswith(p)]
+        assert [lead["customer_id"] for lead in listed] == [limited, grower]
+        assert all(lead["qualified_at"] for lead in listed)
+        # and the console page shows them
+        context = browser.new_context(extra_http_headers={"Authorization": f"Bearer {token}"})
+        page = context.new_page()
+        page.goto(f"{analytics.url}/analytics/pql")
+        shown = page.eval_on_selector_all("#pql tr.lead", "rows => rows.map(r => r.dataset.customer)")
+        assert [c for c in shown if c.startswith(p)] == [limited, grower]
+        shots = Path(os.environ.get("ANALYTICS_SCREENSHOTS", str(tmp_path)))
+        page.screenshot(path=str(shots / "analytics-pql.png"), full_page=True)
+        context.close()
+    finally:
+        webhook.close()
+        registry.close()

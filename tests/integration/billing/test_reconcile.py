@@ -48,6 +48,7 @@ def test_reconcile_agrees_after_delivery_and_names_the_difference_when_stripe_ha
         "storage_gb": "last",
         "seats": "last",
         "active_users": "last",
+        "compute_seconds_packages_3600": "last",  # growth's packages (docs/billing.md "Parity")
     }
     wait_for(
         lambda: (
@@ -58,7 +59,7 @@ def test_reconcile_agrees_after_delivery_and_names_the_difference_when_stripe_ha
     )
     assert plg(["billing", "sync-meters"]) == 0
     assert "found" in capsys.readouterr().out
-    assert len(billing.double.meters) == 5  # nothing created twice
+    assert len(billing.double.meters) == 6  # nothing created twice
     assert plg(["billing", "reconcile", "--customer", acme]) == 0
     assert "0 differ" in capsys.readouterr().err
     # Someone else sent Stripe one more event for acme: reconciliation says so and fails.

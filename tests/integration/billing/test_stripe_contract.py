@@ -248,3 +248,25 @@ def test_billing_objects_answer_a_subset_of_stripes_shapes(
     assert_subset_shape(
         *both(double, stripe_mock_url, "GET", "/v1/invoices", params={"customer": catalog["customer"]})
     )
+
+
+def test_customer_tax_requests_answer_a_subset_of_stripes_shapes(
+    double: StripeDouble, stripe_mock_url: str, catalog
+):
+    """What `plg customers update --tax-...` sends (services/billing_reporter/taxes.py): the customer's
+    tax_exempt, a tax id created, listed and deleted; an unknown type refused by both."""
+    customer = catalog["customer"]
+    for exempt in ("exempt", "none"):
+        assert_subset_shape(
+            *both(double, stripe_mock_url, "POST", f"/v1/customers/{customer}",
+                  data={"tax_exempt": exempt, "metadata[plg_tax_region]": "DE"})
+        )  # fmt: skip
+    path = f"/v1/customers/{customer}/tax_ids"
+    real, ours = both(double, stripe_mock_url, "POST", path, data={"type": "eu_vat", "value": "DE123456789"})
+    assert_subset_shape(real, ours)
+    assert_subset_shape(*both(double, stripe_mock_url, "GET", path, params={"limit": "100"}))
+    tax_id = ours.json()["id"]
+    # stripe-mock keeps no state: it answers any id; the emulator the one it created.
+    assert_subset_shape(*both(double, stripe_mock_url, "DELETE", f"{path}/{tax_id}"))
+    real, ours = both(double, stripe_mock_url, "POST", path, data={"type": "xx_nope", "value": "1"})
+    assert_same_shape(real, ours, error=True)

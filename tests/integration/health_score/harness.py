@@ -61,6 +61,8 @@ class WebhookSink:
     """A local HTTP endpoint that records every alert POSTed to it."""
 
     received: list[dict[str, Any]] = field(default_factory=list)
+    # each request's headers and exact body, for checking signatures
+    raw: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
 
     def start(self) -> str:
@@ -69,6 +71,7 @@ class WebhookSink:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                sink.raw.append((dict(self.headers), body))
                 sink.received.append(json.loads(body))
                 self.send_response(204)
                 self.end_headers()

@@ -16,11 +16,12 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 
 from services.devstack.config import free_port
 from services.kernel.dlq import DlqCipher
 from services.kernel.errors import KafkaFatalError
-from services.kernel.kafka import Consumer, Producer
+from services.kernel.kafka import Consumer, Producer, TopicPartition, TransactionalProducer
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.processing import (
     AtLeastOnceLoop,
@@ -399,3 +400,90 @@ def test_the_example_runs_as_a_service_process_and_stops_cleanly_on_sigterm(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+class Collects(SinkHandler):
+    """An at-least-once sink that only remembers the event ids it applied."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def process(self, batch: Batch, out: Emit) -> None:
+        self.seen.extend(m.value["event_id"] for m in batch if m.value is not None)
+
+
+@pytest.mark.parametrize("kind", ["at-least-once", "exactly-once"])
+def test_a_group_reading_transactional_input_commits_past_the_last_marker_so_kafka_sees_no_lag(
+    kind: str, events: Events, kafka_settings: KafkaSettings, registry_settings: SchemaRegistrySettings
+) -> None:
+    # The `make chaos` finding: Kafka's ConsumerGroupCommand said lag 6 (one per partition) for the billing
+    # reporter, reading the transactional usage-aggregates, while our position-based gauge said 0. Each
+    # transaction ends with a commit marker the consumer never returns: a batch ending on a transaction's
+    # last record committed the offset *of the marker*, and nothing moved it on while the input idled.
+    registry = SchemaRegistry(registry_settings)
+    name = topic(USAGE_EVENTS, events.prefix).name
+    group = f"markers-{kind}-{uuid.uuid4().hex[:6]}"
+    committed_events: list[dict[str, Any]] = []
+    with TransactionalProducer(kafka_settings, f"test-markers-{uuid.uuid4().hex}") as writer:
+        writer.init_transactions()
+        for outcome in ("commit", "abort", "commit", "commit"):
+            batch = [usage_event(f"c{i}") for i in range(6)]
+            writer.begin()
+            for event in batch:
+                writer.produce(name, events.encoder.encode(event), event["customer_id"])
+            writer.flush(30)
+            if outcome == "commit":
+                writer.commit()
+                committed_events.extend(batch)
+            else:
+                writer.abort()
+    sink = Collects()
+
+    def make(life: Lifecycle) -> ExactlyOnceLoop | AtLeastOnceLoop:
+        common: dict[str, Any] = {
+            "kafka": kafka_settings,
+            "registry": registry,
+            "lifecycle": life,
+            "inputs": [USAGE_EVENTS],
+            "group_id": group,
+            "topic_prefix": events.prefix,
+        }
+        if kind == "at-least-once":
+            return at_least_once(service=group, handler=sink, **common)
+        return exactly_once(
+            service=group,
+            handler=ApiCallsToSink(sink),
+            transactional_id=f"{group}-0",
+            **common,
+        )
+
+    def kafka_lag(probe: Consumer) -> int:
+        """What ConsumerGroupCommand computes: partition end (high watermark) - committed offset."""
+        total = 0
+        partitions = [TopicPartition(name, p) for p in range(topic(USAGE_EVENTS, events.prefix).partitions)]
+        for tp in probe.committed(partitions, timeout=10):
+            _, high = probe.watermark_offsets(name, tp.partition)
+            total += high - max(tp.offset, 0)
+        return total
+
+    def our_lag() -> float | None:
+        return REGISTRY.get_sample_value(
+            "plg_consumer_group_lag_messages_sum", {"group": events.prefix + group}
+        )
+
+    with running(make), Consumer(kafka_settings, events.prefix + group) as probe:  # the loop prefixes it
+        wait_for(lambda: len(sink.seen) >= len(committed_events), timeout=60)
+        wait_for(lambda: kafka_lag(probe) == 0, timeout=60)
+        wait_for(lambda: our_lag() == 0.0, timeout=60)
+    assert sorted(sink.seen) == sorted(e["event_id"] for e in committed_events)
+    registry.close()
+
+
+class ApiCallsToSink(StreamHandler):
+    """The exactly-once counterpart of :class:`Collects` (no outputs: the offsets alone commit)."""
+
+    def __init__(self, sink: Collects) -> None:
+        self.sink = sink
+
+    def process(self, batch: Batch, out: Emit) -> None:
+        self.sink.process(batch, out)

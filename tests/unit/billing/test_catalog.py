@@ -3,13 +3,20 @@ turned into the version's own, so Stripe's line amount equals plg's for every us
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.billing_reporter.catalog import CatalogError, desired_prices, lookup_key, metered_params
+from services.billing_reporter.catalog import (
+    CatalogError,
+    desired_prices,
+    lookup_key,
+    metered_params,
+    package_meter,
+    package_meters,
+)
 from services.plans.invoice import round_money
 from services.plans.loader import load_config
 from services.plans.model import MeterPrice, Rounding
@@ -17,7 +24,7 @@ from services.plans.pricing import usage_charge
 from services.stripe_emulator.billing import price_amount, round_minor
 
 CONFIG = load_config(None)
-METERS = {m.slug: f"mtr_{m.slug}" for m in CONFIG.meters}
+METERS = {m: f"mtr_{m}" for m in [x.slug for x in CONFIG.meters] + list(package_meters(CONFIG))}
 
 
 def _as_emulator_price(params: dict) -> dict:
@@ -54,7 +61,16 @@ def test_every_version_gets_a_base_price_and_one_metered_price_per_priced_meter(
     enterprise = wanted[lookup_key("enterprise-2025-01", "compute_seconds")].params
     assert enterprise["tiers_mode"] == "volume"
     assert all(t["flat_amount_decimal"] == "0" for t in enterprise["tiers"])  # nearest: no bias
-    assert not wanted[lookup_key("growth-2025-06", "compute_seconds")].exact  # packages over included
+    # Packages over included usage: priced on the derived package meter, exactly.
+    assert package_meters(CONFIG) == {"compute_seconds_packages_3600": ("compute_seconds", Decimal(3600))}
+    compute = wanted[lookup_key("growth-2025-06", "compute_seconds_packages_3600")]
+    assert (compute.meter, compute.exact) == ("compute_seconds_packages_3600", True)
+    assert compute.params["recurring"]["meter"] == "mtr_compute_seconds_packages_3600"
+    assert [(t["up_to"], t["unit_amount_decimal"]) for t in compute.params["tiers"]] == [
+        ("100", "0"),
+        ("inf", "50"),
+    ]
+    assert lookup_key("growth-2025-06", "compute_seconds") not in wanted
 
 
 def test_floor_with_sub_cent_prices_is_refused():
@@ -75,9 +91,15 @@ def test_stripe_line_amount_equals_plgs_for_every_whole_usage(usage: int, versio
     mp: MeterPrice | None = price.meters.get(meter)
     if mp is None or not mp.priced:
         return
-    params, exact = metered_params(meter, mp, price, "mtr")
-    if not exact:
-        return
+    derived = package_meter(meter, mp)
+    params, exact = metered_params(meter, mp, price, "mtr", billed_meter=derived and derived[0])
+    assert exact
+    # A package meter holds the packages started (what the reporter sends it), not the units.
+    quantity = (
+        Decimal(usage)
+        if derived is None
+        else (Decimal(usage) / derived[1]).to_integral_value(rounding=ROUND_CEILING)
+    )
     ours = round_money(usage_charge(mp, Decimal(usage)), price.minor_unit, price.rounding)
-    stripes = round_minor(price_amount(_as_emulator_price(params), Decimal(usage)))
+    stripes = round_minor(price_amount(_as_emulator_price(params), quantity))
     assert Decimal(stripes) / 100 == ours

@@ -1,0 +1,104 @@
+"""Package pricing on top of included usage (growth: 100 hours included, then 0.50 per started hour) is
+exact at Stripe: the reporter sends the derived package meter the packages the period has started, the
+synced price bills them over the included ones, and Stripe's line equals plg's to the cent."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+from services.billing_reporter.catalog import version_prices
+from services.cli.__main__ import main as plg
+from services.plans.periods import billing_period
+from tests.integration.billing.harness import MINUTE, Billing
+from tests.integration.metering.harness import now_ms, wait_for
+
+KEY = {"authorization": "Bearer sk_test_packages"}
+PACKAGES = "compute_seconds_packages_3600"
+
+
+def test_growth_compute_packages_cost_the_same_at_stripe_and_in_plg(
+    billing: Billing, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    double = billing.double
+    reporter = billing.start_reporter()  # syncs the catalog: the package meter and its price
+    c = billing.customer("growth", stripe=False)
+    status, customer, _, _ = double.handle(
+        "POST", "/v1/customers", {}, {"metadata": {"plg_customer_id": c}}, KEY
+    )
+    assert status == 200
+    with psycopg.connect(billing.db_url, autocommit=True) as conn:
+        prices = version_prices(conn, "growth-2025-06")
+        assert "compute_seconds" not in prices  # the inexact per-second price is not sold any more
+        status, sub, _, _ = double.handle(
+            "POST", "/v1/subscriptions", {},
+            {"customer": customer["id"], "items": [{"price": p} for p in prices.values()]}, KEY,
+        )  # fmt: skip
+        assert status == 200, sub
+        conn.execute(
+            "UPDATE customers SET stripe_customer_id = %s WHERE customer_id = %s", (customer["id"], c)
+        )
+        conn.execute(
+            "INSERT INTO subscriptions (customer_id, plan, status, stripe_customer_id,"
+            " stripe_subscription_id) VALUES (%s, 'growth', 'active', %s, %s)",
+            (c, customer["id"], sub["id"]),
+        )
+    period = billing_period(now_ms(), 1)
+    state = double.billing.subscriptions[sub["id"]]
+    state["_period"] = (period.start_ms // 1000, period.end_ms // 1000)
+    double.billing._sync_periods(state)
+
+    # 101 hours and 1.5 s: 2 started hours over the 100 included -> 1.00 (1 hour and 1.5 s would be
+    # 0.50 at a per-second rate's nearest cent, and 1.00 here).
+    used = Decimal("363601.5")
+    window = now_ms() - now_ms() % MINUTE - 3 * MINUTE
+    billing.aggregate(c, used, window_start=window, meter="compute_seconds", aggregation="SUM", count=10)
+    billing.aggregate(
+        c, used, window_start=period.start_ms, meter="compute_seconds", granularity="BILLING_PERIOD",
+        width=period.end_ms - period.start_ms, aggregation="SUM", count=10,
+    )  # fmt: skip
+
+    def delivered() -> bool:
+        rows = billing.ledger(c)
+        return {r[0] for r in rows} == {"compute_seconds", PACKAGES} and all(
+            r[5] == "delivered" for r in rows
+        )
+
+    wait_for(delivered, 60, what="the window and the package level at Stripe")
+    assert [(r[3], r[5]) for r in billing.ledger(c) if r[0] == PACKAGES] == [(Decimal(102), "delivered")]
+
+    status, preview, _, _ = double.handle(
+        "POST",
+        "/v1/invoices/create_preview",
+        {},
+        {"customer": customer["id"], "subscription": sub["id"]},
+        KEY,
+    )
+    assert status == 200
+    line = next(
+        ln for ln in preview["lines"]["data"] if ln["pricing"]["price_details"]["price"] == prices[PACKAGES]
+    )
+    assert (line["quantity"], line["amount"]) == (102, 100)
+
+    with reporter.client() as http:
+        upcoming = http.get(f"/v1/invoices/{c}/upcoming").json()
+    compute = next(ln for ln in upcoming["lines"] if ln.get("meter") == "compute_seconds")
+    assert (compute["packages"], compute["amount"]) == ("2", "1.00")
+
+    m = billing.metering
+    for name, value in {
+        "DATABASE_URL": billing.db_url, "KAFKA_BOOTSTRAP_SERVERS": m.kafka.bootstrap_servers,
+        "SCHEMA_REGISTRY_URL": m.registry.url, "PLG_TOPIC_PREFIX": m.prefix, "STRIPE_API_BASE": double.url,
+        "STRIPE_API_KEY": "sk_test_reconcile", "BILLING_REPORT_GRANULARITY": "MINUTE",
+        "BILLING_SETTLE_SECONDS": "0", "BILLING_CORRECTION_INTERVAL_SECONDS": "0",
+        "BILLING_LEVEL_INTERVAL_SECONDS": "0", "BILLING_PLAN_INTERVAL_SECONDS": "0.2",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    capsys.readouterr()
+    assert plg(["--json", "billing", "reconcile", "--customer", c, "--all"]) == 0
+    rows = {r["meter"]: r for r in json.loads(capsys.readouterr().out) if r["kind"] == "usage"}
+    assert (rows[PACKAGES]["stripe"], rows[PACKAGES]["ledger_usage"]) == ("102", "102")
+    assert (rows[PACKAGES]["stripe_amount"], rows[PACKAGES]["plg_amount"]) == ("1.00", "1.00")
