@@ -204,6 +204,7 @@ def build_app(
                     grace_ms=int(settings.close_grace_seconds * 1000),
                     gateway=gateway if settings.send else None,
                 ),
+                mirrors=[topups.GrantMirror(pool, config, gateway).send_pending] if settings.send else [],
             )
             state["closer"] = closer
             workers.start("ledger-writer", loop.run, ready=loop.ready)

@@ -22,13 +22,14 @@ from typing import Any
 import psycopg
 import stripe
 
-from services.billing_reporter.accounts import plain
+from services.billing_reporter.accounts import grants_of, plain
 from services.billing_reporter.adjustments import adjustment_rows, money
 from services.billing_reporter.stripe_gateway import StripeGateway
 from services.kernel.reading import read_to_end
 from services.kernel.serde import SchemaRegistry
 from services.kernel.settings import KafkaSettings, SchemaRegistrySettings
 from services.kernel.topics import USAGE_AGGREGATES, topic
+from services.plans.grants import credits_for
 from services.plans.invoice import round_money
 from services.plans.model import CURRENCY_MINOR_UNITS, PlansConfig
 from services.plans.periods import Period, billing_period, datetime_to_ms, ms_to_datetime
@@ -173,6 +174,7 @@ def reconcile(
         period = period_of(month, anchor, now_ms)
         amounts: dict[str, tuple[Decimal, Decimal | None]] = {}
         price = None if config is None else config.price_for(plan, period.start.date(), pinned)
+        credits = credits_for(grants_of(conn, customer_id), period)
         if stripe_id and gateway is not None and price is not None:
             amounts = stripe_line_amounts(
                 conn, gateway, customer_id, stripe_id, period, now_ms, price.minor_unit
@@ -246,13 +248,17 @@ def reconcile(
                     # cent (the quantity itself is the `stripe` column's business).
                     line.stripe_amount, billed = amounts[meter]
                     priced = price.meters.get(meter)
+                    units_meter = meter
                     if meter in packages:  # the line bills packages: plg prices their units
-                        base, size = packages[meter]
-                        priced = price.meters.get(base)
+                        units_meter, size = packages[meter]
+                        priced = price.meters.get(units_meter)
                         billed = (billed if billed is not None else total) * size
+                    quantity = billed if billed is not None else total
+                    # Top-up units are used first (plg's invoice does the same).
+                    quantity -= min(credits.get(units_meter, ZERO), quantity)
                     line.plg_amount = (
                         round_money(
-                            usage_charge(priced, billed if billed is not None else total),
+                            usage_charge(priced, quantity),
                             price.minor_unit,
                             price.rounding,
                         )
@@ -305,8 +311,10 @@ def stripe_line_amounts(
             end = (line.get("period") or {}).get("end")
             if price_id in meters and end == period.end_ms // 1000:
                 quantity = line.get("quantity")
+                # What Stripe charges for the line: its amount less the billing credits it used (top-ups).
+                credited = sum(int(c["amount"]) for c in line.get("pretax_credit_amounts") or [])
                 out[meters[price_id]] = (
-                    Decimal(int(line["amount"])).scaleb(-minor_unit),
+                    Decimal(int(line["amount"]) - credited).scaleb(-minor_unit),
                     None if quantity is None else Decimal(int(quantity)),
                 )
     return out

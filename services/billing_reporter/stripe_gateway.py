@@ -238,3 +238,7 @@ class StripeGateway:
 
     def retrieve_credit_note(self, note_id: str) -> dict[str, Any]:
         return self._client.v1.credit_notes.retrieve(note_id).to_dict()
+
+    def create_credit_grant(self, params: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
+        grant = self._client.v1.billing.credit_grants.create(params, {"idempotency_key": idempotency_key})  # type: ignore[arg-type]
+        return grant.to_dict()

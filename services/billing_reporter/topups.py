@@ -15,23 +15,28 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, NoReturn
 
 import orjson
 import psycopg
 import stripe
 from fastapi import Depends, FastAPI
+from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
 from services.billing_reporter.accounts import get_account
+from services.billing_reporter.catalog import package_meter, version_prices
 from services.billing_reporter.config import BillingSettings
+from services.billing_reporter.stripe_gateway import StripeGateway
 from services.billing_reporter.subscriptions import WebhookResult, minor_units, record_session
 from services.customers import store as customers
 from services.kernel import auth
+from services.plans.grants import credit_value
 from services.plans.model import CURRENCY_MINOR_UNITS, PlansConfig, TopUp
+from services.plans.periods import billing_period
 
 log = logging.getLogger(__name__)
 
@@ -169,3 +174,108 @@ def routes(
             ),
             media_type="application/json",
         )  # fmt: skip
+
+
+class GrantMirror:
+    """Mirrors each paid top-up at Stripe once: a billing credit grant scoped to the meter's metered price
+    in the customer's price version, worth what the units cost there (``credit_value``), in effect from the
+    purchase until a day after the period it counts in (plg's invoice counts a grant for the whole period
+    it was bought in; the day lets Stripe's invoice of that period, written as it ends, use it). Stripe then
+    takes the credit off that meter's line before charging, as plg's invoice uses the units first."""
+
+    def __init__(self, pool: ConnectionPool, config: PlansConfig, gateway: StripeGateway) -> None:
+        self.pool = pool
+        self.config = config
+        self.gateway = gateway
+
+    def send_pending(self) -> int:
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT g.grant_id, g.customer_id, g.meter, g.units, g.pack,"
+                " (extract(epoch FROM g.granted_at) * 1000)::bigint, c.stripe_customer_id, c.plan,"
+                " c.price_version, c.billing_anchor_day FROM billing_credit_grants g"
+                " JOIN customers c ON c.customer_id = g.customer_id"
+                " WHERE g.stripe_status = 'pending' ORDER BY g.granted_at LIMIT 200"
+            ).fetchall()
+        sent = 0
+        for (
+            grant_id,
+            customer_id,
+            meter,
+            units,
+            pack,
+            granted_ms,
+            stripe_customer,
+            plan,
+            pinned,
+            anchor,
+        ) in rows:
+            try:
+                outcome = self._send(
+                    str(grant_id), str(customer_id), str(meter), Decimal(units), str(pack), int(granted_ms),
+                    stripe_customer, str(plan), pinned, int(anchor),
+                )  # fmt: skip
+            except stripe.StripeError as exc:
+                log.warning("top-up %s not at Stripe yet: %s", grant_id, exc.user_message or exc)
+                self._record(str(grant_id), "pending", None, None, str(exc.user_message or exc)[:1000])
+                continue
+            sent += outcome == "sent"
+        return sent
+
+    def _send(
+        self, grant_id: str, customer_id: str, meter: str, units: Decimal, pack: str, granted_ms: int,
+        stripe_customer: str | None, plan: str, pinned: str | None, anchor: int,
+    ) -> str:  # fmt: skip
+        if not stripe_customer:
+            return self._record(grant_id, "not_at_stripe", None, None, "no Stripe customer")
+        period = billing_period(granted_ms, anchor)
+        price = self.config.price_for(plan, period.start.date(), pinned)
+        mp = None if price is None else price.meters.get(meter)
+        if price is None or mp is None or not mp.priced:
+            return self._record(grant_id, "not_at_stripe", None, None, f"{plan} does not price {meter}")
+        derived = package_meter(meter, mp)
+        with self.pool.connection() as conn:
+            price_id = version_prices(conn, price.version).get(derived[0] if derived else meter)
+        if price_id is None:
+            return self._record(grant_id, "not_at_stripe", None, None, f"no Stripe price for {meter}")
+        value, exact = credit_value(mp, units)
+        minor = value.scaleb(price.minor_unit)
+        if minor != minor.to_integral_value():
+            exact = False
+        amount = int(minor.to_integral_value(rounding=ROUND_HALF_UP))
+        if amount <= 0:
+            return self._record(grant_id, "not_at_stripe", None, None, "worth nothing at Stripe")
+        grant = self.gateway.create_credit_grant(
+            {
+                "customer": stripe_customer,
+                "name": f"plg top-up {pack}: {units.normalize():f} {meter}",
+                "category": "paid",
+                "amount": {
+                    "type": "monetary", "monetary": {"currency": price.currency.lower(), "value": amount}
+                },
+                "applicability_config": {"scope": {"prices": [{"id": price_id}]}},
+                "effective_at": granted_ms // 1000,
+                "expires_at": period.end_ms // 1000 + 86_400,
+                "metadata": {"plg_grant_id": grant_id, "plg_customer_id": customer_id, "plg_meter": meter,
+                             "plg_units": f"{units.normalize():f}", "plg_exact": str(exact).lower()},
+            },
+            idempotency_key="plg_grant_" + hashlib.sha256(grant_id.encode()).hexdigest()[:40],
+        )  # fmt: skip
+        if not exact:
+            log.warning(
+                "top-up %s: %s's price is not linear, Stripe's credit approximates it", grant_id, meter
+            )
+        return self._record(
+            grant_id, "sent", str(grant["id"]), Decimal(amount).scaleb(-price.minor_unit), None
+        )
+
+    def _record(
+        self, grant_id: str, status: str, stripe_id: str | None, value: Decimal | None, error: str | None
+    ) -> str:
+        with self.pool.connection() as conn:
+            conn.execute(
+                "UPDATE billing_credit_grants SET stripe_status = %s, stripe_credit_grant_id = %s,"
+                " stripe_value = %s, stripe_error = %s WHERE grant_id = %s",
+                (status, stripe_id, value, error, grant_id),
+            )
+        return status

@@ -136,6 +136,7 @@ class BillingObjects:
         self.invoices: dict[str, dict[str, Any]] = {}
         self.invoice_items: dict[str, dict[str, Any]] = {}
         self.credit_notes: dict[str, dict[str, Any]] = {}
+        self.credit_grants: dict[str, dict[str, Any]] = {}
 
     def now(self) -> int:
         return int(self.clock())
@@ -153,6 +154,8 @@ class BillingObjects:
         kind, rest = parts[1], parts[2:]
         if kind == "checkout" and rest[:1] == ["sessions"]:
             kind, rest = "checkout/sessions", rest[1:]
+        if kind == "billing" and rest[:1] == ["credit_grants"]:
+            kind, rest = "billing/credit_grants", rest[1:]
         if kind == "invoices" and rest == ["create_preview"] and method == "POST":
             return self.preview(form)
         handlers: dict[str, tuple[Callable[..., dict[str, Any]], dict[str, dict[str, Any]], str, str]] = {
@@ -164,6 +167,12 @@ class BillingObjects:
             "invoices": (self._no_create, self.invoices, "invoice", "invoice"),
             "invoiceitems": (self.create_invoice_item, self.invoice_items, "invoiceitem", "invoiceitem"),
             "credit_notes": (self.create_credit_note, self.credit_notes, "credit_note", "credit note"),
+            "billing/credit_grants": (
+                self.create_credit_grant,
+                self.credit_grants,
+                "billing.credit_grant",
+                "credit grant",
+            ),
         }
         if kind not in handlers:
             return None
@@ -744,6 +753,93 @@ class BillingObjects:
         self.invoice_items[item["id"]] = item
         return dict(item)
 
+    def create_credit_grant(self, form: dict[str, Any]) -> dict[str, Any]:
+        """Billing credits: a monetary amount the customer's invoices use before anything is charged, on
+        the metered lines in scope (``applicability_config[scope][prices][n][id]``, or
+        ``[price_type]=metered``), while the grant is in effect (``effective_at`` ≤ the invoice's time <
+        ``expires_at``); each invoice consumes what it uses."""
+        customer = self._customer(form.get("customer"))
+        amount = form.get("amount") or {}
+        monetary = amount.get("monetary") or {}
+        if amount.get("type") != "monetary" or not monetary.get("currency"):
+            raise StripeApiError(400, "amount[type] must be monetary, with a currency.", param="amount")
+        value = _int(monetary.get("value"), "amount[monetary][value]")
+        if value <= 0:
+            raise StripeApiError(400, "amount[monetary][value] must be positive.", param="amount")
+        scope = (form.get("applicability_config") or {}).get("scope") or {}
+        prices = [str(p.get("id")) for p in as_list(scope.get("prices"))]
+        if not prices and scope.get("price_type") != "metered":
+            raise StripeApiError(
+                400, "applicability_config[scope] needs price_type=metered or prices.",
+                param="applicability_config",
+            )  # fmt: skip
+        for i, price_id in enumerate(prices):
+            if price_id not in self.prices:
+                raise no_such("price", price_id, f"applicability_config[scope][prices][{i}][id]")
+        category = form.get("category") or "paid"
+        if category not in ("paid", "promotional"):
+            raise StripeApiError(400, "Invalid category", param="category")
+        now = self.now()
+        grant_id = _id("credgr")
+        grant = {
+            "id": grant_id,
+            "object": "billing.credit_grant",
+            "amount": {"monetary": {"currency": str(monetary["currency"]).lower(), "value": value},
+                       "type": "monetary"},
+            "applicability_config": {
+                "scope": {"price_type": None if prices else "metered", "prices": [{"id": p} for p in prices]}
+            },
+            "category": category,
+            "created": now,
+            "customer": customer["id"],
+            "effective_at": _int(form["effective_at"], "effective_at") if form.get("effective_at") else now,
+            "expires_at": _int(form["expires_at"], "expires_at") if form.get("expires_at") else None,
+            "livemode": False,
+            "metadata": _metadata(form),
+            "name": form.get("name"),
+            "priority": _int(form.get("priority", 50), "priority"),
+            "test_clock": None,
+            "updated": now,
+            "voided_at": None,
+            "_remaining": value,
+        }  # fmt: skip
+        self.credit_grants[grant_id] = grant
+        return self._public(grant, {})
+
+    def _apply_credits(self, customer: str, lines: list[dict[str, Any]], at: int, *, consume: bool) -> None:
+        """Billing credits in effect at ``at`` reduce the metered lines in their scope (priority, then
+        the soonest to expire first), each line by at most its amount: ``pretax_credit_amounts``."""
+        grants = sorted(
+            (g for g in self.credit_grants.values()
+             if g["customer"] == customer and g["voided_at"] is None and g["_remaining"] > 0
+             and g["effective_at"] <= at and (g["expires_at"] is None or at < g["expires_at"])),
+            key=lambda g: (g["priority"], g["expires_at"] or 2**62, g["created"]),
+        )  # fmt: skip
+        left = {g["id"]: g["_remaining"] for g in grants}
+        for line in lines:
+            price_id = ((line.get("pricing") or {}).get("price_details") or {}).get("price")
+            price = self.prices.get(price_id or "")
+            line.setdefault("pretax_credit_amounts", [])
+            if price is None or (price.get("recurring") or {}).get("usage_type") != "metered":
+                continue
+            open_amount = line["amount"]
+            for g in grants:
+                scope = g["applicability_config"]["scope"]
+                if scope["prices"] and price_id not in {p["id"] for p in scope["prices"]}:
+                    continue
+                used = min(left[g["id"]], open_amount)
+                if used <= 0:
+                    continue
+                left[g["id"]] -= used
+                open_amount -= used
+                line["pretax_credit_amounts"].append(
+                    {"amount": used, "credit_balance_transaction": _id("cbtxn"), "discount": None,
+                     "type": "credit_balance_transaction"}
+                )  # fmt: skip
+        if consume:
+            for g in grants:
+                g["_remaining"] = left[g["id"]]
+
     def create_credit_note(self, form: dict[str, Any]) -> dict[str, Any]:
         """A credit note on a finalized invoice: ``lines`` (``custom_line_item``: ``unit_amount`` x
         ``quantity``) or ``amount``; on a paid invoice the amount is split between ``credit_amount`` (to
@@ -910,7 +1006,9 @@ class BillingObjects:
         reason: str,
         status: str,
     ) -> dict[str, Any]:
-        total = sum(line["amount"] for line in lines)
+        subtotal = sum(line["amount"] for line in lines)
+        credits = [c for line in lines for c in line.get("pretax_credit_amounts") or []]
+        total = subtotal - sum(c["amount"] for c in credits)
         # The customer's credit balance (credit notes) is used first: Stripe's starting_balance.
         balance = self.customers[sub["customer"]].get("balance", 0)
         due = max(total + min(balance, 0), 0) if total > 0 else max(total, 0)
@@ -941,8 +1039,9 @@ class BillingObjects:
             "starting_balance": balance,
             "ending_balance": None if status == "draft" else balance + (total - due if total > 0 else 0),
             "status": status,
-            "subtotal": total,
+            "subtotal": subtotal,
             "total": total,
+            "total_pretax_credit_amounts": credits,
         }
 
     def _invoice(
@@ -954,16 +1053,18 @@ class BillingObjects:
         reason: str,
     ) -> dict[str, Any]:
         lines = self._lines(sub, usage_period, licensed_period)
+        self._apply_credits(sub["customer"], lines, self.now(), consume=True)
         invoice = self._invoice_object(
             sub, lines, usage_period or licensed_period or sub["_period"], reason, "paid"
         )
         invoice["lines"]["data"] += self._item_lines(sub["customer"], invoice["id"])
-        total = sum(line["amount"] for line in invoice["lines"]["data"])
+        subtotal = sum(line["amount"] for line in invoice["lines"]["data"])
+        total = subtotal - sum(c["amount"] for c in invoice["total_pretax_credit_amounts"])
         customer = self.customers[sub["customer"]]
         balance = customer.get("balance", 0)
         applied = min(-balance, total) if balance < 0 and total > 0 else 0
         invoice.update(
-            subtotal=total, total=total, amount_due=max(total - applied, 0),
+            subtotal=subtotal, total=total, amount_due=max(total - applied, 0),
             amount_paid=max(total - applied, 0), starting_balance=balance, ending_balance=balance + applied,
         )  # fmt: skip
         customer["balance"] = balance + applied
@@ -994,6 +1095,7 @@ class BillingObjects:
         lines = self._lines(
             sub, (start, end), (end, add_months(sub["billing_cycle_anchor"], sub["_cycle"] + 1)), items
         )
+        self._apply_credits(customer["id"], lines, self.now(), consume=False)
         lines += self._item_lines(customer["id"], None)
         return self._invoice_object(sub, lines, (start, end), "upcoming", "draft")
 

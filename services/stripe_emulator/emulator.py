@@ -132,7 +132,7 @@ class StripeEmulator:
     _PERSISTED = ("meters", "events", "_identifiers", "accepted_identifiers", "event_log")
     _PERSISTED_BILLING = (
         "customers", "products", "prices", "sessions", "subscriptions", "invoices", "invoice_items",
-        "credit_notes",
+        "credit_notes", "credit_grants",
     )  # fmt: skip
 
     def save(self, path: Path) -> None:

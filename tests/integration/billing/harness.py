@@ -16,11 +16,13 @@ import psycopg
 from pydantic import SecretStr
 
 from services.billing_reporter.app import build_app
+from services.billing_reporter.catalog import version_prices
 from services.billing_reporter.config import BillingSettings, StripeSettings
 from services.devstack.config import free_port
 from services.ingest import store
 from services.kernel.settings import PlatformSettings
 from services.kernel.topics import BILLING_REPORTS, USAGE_AGGREGATES, topic
+from services.plans.periods import Period
 from tests.auth_support import operator_token
 from tests.integration.metering.harness import Metering, RunningApi, now_ms, serve
 from tests.stripe_double import StripeDouble
@@ -54,6 +56,37 @@ class Billing:
                 stripe_customer_id=f"cus_{customer_id}" if stripe else None,
             )  # fmt: skip
         return customer_id
+
+    def subscribe(self, customer_id: str, plan: str, version: str, period: Period) -> tuple[str, str]:
+        """A Stripe customer and a subscription to ``version``'s synced prices, made at the emulator
+        directly (what checkout and its webhook do, tested elsewhere) and linked in plg, with Stripe's
+        periods set to plg's from ``period`` on. Returns (Stripe customer id, subscription id)."""
+        key = {"authorization": "Bearer sk_test_harness"}
+        status, customer, _, _ = self.double.handle(
+            "POST", "/v1/customers", {}, {"metadata": {"plg_customer_id": customer_id}}, key
+        )
+        assert status == 200, customer
+        with psycopg.connect(self.db_url, autocommit=True) as conn:
+            prices = version_prices(conn, version)
+            status, sub, _, _ = self.double.handle(
+                "POST", "/v1/subscriptions", {},
+                {"customer": customer["id"], "items": [{"price": p} for p in prices.values()]}, key,
+            )  # fmt: skip
+            assert status == 200, sub
+            conn.execute(
+                "UPDATE customers SET stripe_customer_id = %s WHERE customer_id = %s",
+                (customer["id"], customer_id),
+            )
+            conn.execute(
+                "INSERT INTO subscriptions (customer_id, plan, status, stripe_customer_id,"
+                " stripe_subscription_id) VALUES (%s, %s, 'active', %s, %s)",
+                (customer_id, plan, customer["id"], sub["id"]),
+            )
+        state = self.double.billing.subscriptions[sub["id"]]
+        state.update(billing_cycle_anchor=period.start_ms // 1000, _cycle=1)
+        state["_period"] = (period.start_ms // 1000, period.end_ms // 1000)
+        self.double.billing._sync_periods(state)
+        return str(customer["id"]), str(sub["id"])
 
     def aggregate(
         self, customer_id: str, value: int | Decimal, *, window_start: int, meter: str = "api_requests",
@@ -155,3 +188,15 @@ def signed(
 
 def stripe_event(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
     return {"id": f"evt_{uuid.uuid4().hex[:16]}", "object": "event", "type": kind, "data": {"object": obj}}
+
+
+def stripe_invoice(double: StripeDouble, customer: str, period_end_ms: int) -> dict[str, Any] | None:
+    """Stripe's invoice of the period ending at ``period_end_ms`` (None until the emulator wrote it)."""
+    return next(
+        (
+            i
+            for i in list(double.billing.invoices.values())
+            if i["customer"] == customer and i["period_end"] == period_end_ms // 1000
+        ),
+        None,
+    )

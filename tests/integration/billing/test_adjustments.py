@@ -7,8 +7,6 @@ The Stripe emulator runs on a clock the test moves, so the periods can end withi
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
 from decimal import Decimal
 
 import psycopg
@@ -16,63 +14,16 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from services.billing_reporter.adjustments import Adjuster
-from services.billing_reporter.catalog import version_prices
 from services.billing_reporter.closing import PeriodCloser
 from services.billing_reporter.stripe_gateway import StripeGateway
 from services.cli.__main__ import main as plg
 from services.plans.loader import load_config
 from services.plans.periods import billing_period
-from tests.integration.billing.harness import MINUTE, Billing
-from tests.integration.metering.harness import Metering, now_ms, wait_for
-from tests.stripe_double import StripeDouble
+from tests.integration.billing.conftest import Clock
+from tests.integration.billing.harness import MINUTE, Billing, stripe_invoice
+from tests.integration.metering.harness import now_ms, wait_for
 
 HOUR = 3_600_000
-KEY = {"authorization": "Bearer sk_test_adjust"}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-    def move_to(self, at_ms: int) -> None:
-        self.offset = at_ms / 1000 - time.time()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def world(metering: Metering, clock: Clock) -> Iterator[Billing]:
-    double = StripeDouble(clock=clock).serve()
-    billing = Billing(metering, double)
-    try:
-        yield billing
-    finally:
-        billing.close()
-        double.close()
-
-
-def _post(double: StripeDouble, path: str, form: dict) -> dict:
-    status, body, _, _ = double.handle("POST", path, {}, form, KEY)
-    assert status == 200, body
-    return body
-
-
-def _stripe_invoice(double: StripeDouble, customer: str, period_end_ms: int) -> dict | None:
-    """Stripe's invoice of the period ending at ``period_end_ms`` (None until the emulator wrote it)."""
-    return next(
-        (
-            i
-            for i in list(double.billing.invoices.values())
-            if i["customer"] == customer and i["period_end"] == period_end_ms // 1000
-        ),
-        None,
-    )
 
 
 def _adjustments(db_url: str, customer_id: str) -> list[tuple]:
@@ -85,34 +36,15 @@ def _adjustments(db_url: str, customer_id: str) -> list[tuple]:
 
 
 def test_late_usage_after_the_invoice_becomes_an_adjustment_on_the_next_invoice_and_at_stripe(
-    world: Billing, clock: Clock, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    clocked: Billing, clock: Clock, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    billing, double = world, world.double
+    billing, double = clocked, clocked.double
     period = billing_period(now_ms(), 1)
     following = billing_period(period.end_ms, 1)
     # The reporter's own closer stays out of the way: this test closes periods on its own clock.
     billing.start_reporter(close_check_seconds=3600.0)
     c = billing.customer("pro", stripe=False)
-    stripe_customer = _post(double, "/v1/customers", {"metadata": {"plg_customer_id": c}})["id"]
-    with psycopg.connect(billing.db_url, autocommit=True) as conn:
-        prices = version_prices(conn, "pro-2025-06")
-        sub = _post(
-            double, "/v1/subscriptions",
-            {"customer": stripe_customer, "items": [{"price": p} for p in prices.values()]},
-        )  # fmt: skip
-        conn.execute(
-            "UPDATE customers SET stripe_customer_id = %s WHERE customer_id = %s", (stripe_customer, c)
-        )
-        conn.execute(
-            "INSERT INTO subscriptions (customer_id, plan, status, stripe_customer_id,"
-            " stripe_subscription_id) VALUES (%s, 'pro', 'active', %s, %s)",
-            (c, stripe_customer, sub["id"]),
-        )
-    # Stripe's periods are plg's (checkout anchors them so; here set directly).
-    state = double.billing.subscriptions[sub["id"]]
-    state.update(billing_cycle_anchor=period.start_ms // 1000, _cycle=1)
-    state["_period"] = (period.start_ms // 1000, period.end_ms // 1000)
-    double.billing._sync_periods(state)
+    stripe_customer, _ = billing.subscribe(c, "pro", "pro-2025-06", period)
 
     window = now_ms() - now_ms() % MINUTE - 3 * MINUTE
     width = period.end_ms - period.start_ms
@@ -122,7 +54,7 @@ def test_late_usage_after_the_invoice_becomes_an_adjustment_on_the_next_invoice_
 
     # The period ends: Stripe writes its invoice, plg closes its own (2 h grace).
     clock.move_to(period.end_ms + HOUR)
-    wait_for(lambda: _stripe_invoice(double, stripe_customer, period.end_ms), 60, what="Stripe's invoice")
+    wait_for(lambda: stripe_invoice(double, stripe_customer, period.end_ms), 60, what="Stripe's invoice")
     pool = ConnectionPool(billing.db_url, min_size=1, max_size=2, open=True)
     ledger = f"{billing.metering.prefix}billing-reporter"
     config = load_config()
@@ -171,7 +103,7 @@ def test_late_usage_after_the_invoice_becomes_an_adjustment_on_the_next_invoice_
             (1, Decimal("-0.50"), "sent", "credit_note"),
         ]
         note = double.billing.credit_notes[rows[1][6]]
-        closed_at_stripe = _stripe_invoice(double, stripe_customer, period.end_ms)
+        closed_at_stripe = stripe_invoice(double, stripe_customer, period.end_ms)
         assert closed_at_stripe is not None
         assert (note["total"], note["invoice"]) == (50, closed_at_stripe["id"])
         assert len(double.billing.credit_notes) == 1
@@ -185,7 +117,7 @@ def test_late_usage_after_the_invoice_becomes_an_adjustment_on_the_next_invoice_
         assert nxt.total == Decimal("49.50")
         clock.move_to(following.end_ms + HOUR)
         stripe_next = wait_for(
-            lambda: _stripe_invoice(double, stripe_customer, following.end_ms),
+            lambda: stripe_invoice(double, stripe_customer, following.end_ms),
             60,
             what="Stripe's next invoice",
         )

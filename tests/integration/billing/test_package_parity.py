@@ -26,30 +26,11 @@ def test_growth_compute_packages_cost_the_same_at_stripe_and_in_plg(
     double = billing.double
     reporter = billing.start_reporter()  # syncs the catalog: the package meter and its price
     c = billing.customer("growth", stripe=False)
-    status, customer, _, _ = double.handle(
-        "POST", "/v1/customers", {}, {"metadata": {"plg_customer_id": c}}, KEY
-    )
-    assert status == 200
-    with psycopg.connect(billing.db_url, autocommit=True) as conn:
-        prices = version_prices(conn, "growth-2025-06")
-        assert "compute_seconds" not in prices  # the inexact per-second price is not sold any more
-        status, sub, _, _ = double.handle(
-            "POST", "/v1/subscriptions", {},
-            {"customer": customer["id"], "items": [{"price": p} for p in prices.values()]}, KEY,
-        )  # fmt: skip
-        assert status == 200, sub
-        conn.execute(
-            "UPDATE customers SET stripe_customer_id = %s WHERE customer_id = %s", (customer["id"], c)
-        )
-        conn.execute(
-            "INSERT INTO subscriptions (customer_id, plan, status, stripe_customer_id,"
-            " stripe_subscription_id) VALUES (%s, 'growth', 'active', %s, %s)",
-            (c, customer["id"], sub["id"]),
-        )
     period = billing_period(now_ms(), 1)
-    state = double.billing.subscriptions[sub["id"]]
-    state["_period"] = (period.start_ms // 1000, period.end_ms // 1000)
-    double.billing._sync_periods(state)
+    stripe_customer, sub = billing.subscribe(c, "growth", "growth-2025-06", period)
+    with psycopg.connect(billing.db_url) as conn:
+        prices = version_prices(conn, "growth-2025-06")
+    assert "compute_seconds" not in prices  # the inexact per-second price is not sold any more
 
     # 101 hours and 1.5 s: 2 started hours over the 100 included -> 1.00 (1 hour and 1.5 s would be
     # 0.50 at a per-second rate's nearest cent, and 1.00 here).
@@ -74,7 +55,7 @@ def test_growth_compute_packages_cost_the_same_at_stripe_and_in_plg(
         "POST",
         "/v1/invoices/create_preview",
         {},
-        {"customer": customer["id"], "subscription": sub["id"]},
+        {"customer": stripe_customer, "subscription": sub},
         KEY,
     )
     assert status == 200

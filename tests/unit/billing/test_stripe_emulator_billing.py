@@ -218,3 +218,36 @@ def test_a_credit_note_credits_the_balance_that_the_next_invoice_uses_first(sdk,
         0,
     )
     assert sdk.v1.customers.retrieve(customer).balance == 0
+
+
+def test_a_credit_grant_pays_its_prices_lines_first_until_it_is_used_up_or_expires(sdk, clock):
+    customer, base, metered = metered_world(sdk, clock)
+    sub = sdk.v1.subscriptions.create({"customer": customer, "items": [{"price": base}, {"price": metered}]})
+    sdk.v1.billing.meter_events.create(
+        {"event_name": "api_requests", "payload": {"stripe_customer_id": customer, "value": "65000"},
+         "timestamp": int(clock.now), "identifier": "e1"}
+    )  # fmt: skip
+    end = add_months(int(clock.now), 1)
+    with pytest.raises(stripe.InvalidRequestError, match="scope"):
+        sdk.v1.billing.credit_grants.create(
+            {"customer": customer, "applicability_config": {"scope": {}},  # type: ignore[typeddict-item]
+             "amount": {"type": "monetary", "monetary": {"currency": "usd", "value": 1}}}
+        )  # fmt: skip
+    sdk.v1.billing.credit_grants.create(
+        {"customer": customer, "category": "paid", "expires_at": end + 86_400,
+         "amount": {"type": "monetary", "monetary": {"currency": "usd", "value": 1000}},
+         "applicability_config": {"scope": {"prices": [{"id": metered}]}}}
+    )  # fmt: skip
+    preview = sdk.v1.invoices.create_preview({"customer": customer, "subscription": sub.id})
+    by_price = {ln.pricing.price_details.price: ln for ln in preview.lines.data}  # type: ignore[union-attr]
+    assert by_price[metered].amount == 1500  # 15 000 over 50 000 at 0.1 cent
+    assert [c.amount for c in by_price[metered].pretax_credit_amounts or []] == [1000]
+    assert by_price[base].pretax_credit_amounts == []  # licensed: out of scope
+    assert preview.total == preview.subtotal - 1000
+    clock.now = end + 1
+    invoices = sdk.v1.invoices.list({"customer": customer, "subscription": sub.id}).data
+    cycle = next(i for i in invoices if i.billing_reason == "subscription_cycle")
+    assert (cycle.subtotal, cycle.total) == (1500 + 4900, 500 + 4900)
+    # Used up: the next period's preview has no credit left.
+    after = sdk.v1.invoices.create_preview({"customer": customer, "subscription": sub.id})
+    assert all(not ln.pretax_credit_amounts for ln in after.lines.data)

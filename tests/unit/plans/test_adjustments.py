@@ -65,3 +65,14 @@ def test_the_next_invoice_carries_adjustments_as_lines_and_in_its_total():
     ]
     assert lines[0]["corrects_period"] == {"start": "2026-01-01T00:00:00Z", "end": "2026-02-01T00:00:00Z"}
     assert invoice.total == Decimal("49.50")
+
+
+def test_a_top_ups_value_at_stripe_is_the_charge_of_its_units_above_the_included_usage():
+    from services.plans.grants import credit_value
+
+    assert PRO is not None
+    assert GROWTH is not None
+    assert credit_value(PRO.meters["api_requests"], Decimal(10_000)) == (Decimal("10.000"), True)
+    assert credit_value(GROWTH.meters["compute_seconds"], Decimal(360_000)) == (Decimal("50.00"), True)
+    # Not whole packages: a credit cannot follow the started-package rounding.
+    assert credit_value(GROWTH.meters["compute_seconds"], Decimal(1_800))[1] is False
