@@ -35,6 +35,7 @@ from services.billing_reporter.accounts import get_account
 from services.billing_reporter.catalog import CatalogError, mixed_intervals, recurring, version_prices
 from services.billing_reporter.config import BillingSettings
 from services.billing_reporter.resources import Resources, error
+from services.customers import store as customers
 from services.customers import windows
 from services.kernel import auth, metrics
 from services.plans.model import PlansConfig
@@ -159,13 +160,10 @@ def apply_plan(
         return False
     old_plan, anchor_day = row
     # Grandfathering: a pin holds only while the customer stays on its plan; a new plan pins anew.
-    conn.execute(
-        "UPDATE customers SET plan = %s, billing_status = %s, updated_at = now(),"
-        " stripe_customer_id = COALESCE(stripe_customer_id, %s),"
-        " price_version = CASE WHEN %s THEN COALESCE(%s, price_version) ELSE %s END"
-        " WHERE customer_id = %s",
-        (plan, status, stripe_customer_id, old_plan == plan, price_version, price_version, customer_id),
-    )
+    customers.set_plan(
+        conn, customer_id, plan=plan, billing_status=status, stripe_customer_id=stripe_customer_id,
+        price_version=price_version, keep_price_version=old_plan == plan,
+    )  # fmt: skip
     if old_plan == plan:
         return False
     conn.execute(

@@ -32,6 +32,7 @@ from services.billing_reporter.config import BillingSettings
 from services.billing_reporter.resources import Resources, error
 from services.billing_reporter.stripe_gateway import StripeGateway
 from services.billing_reporter.subscriptions import WebhookResult, minor_units, record_session
+from services.customers import store as customers
 from services.kernel import auth
 from services.plans.grants import credit_value
 from services.plans.model import CURRENCY_MINOR_UNITS, PlansConfig, TopUp
@@ -111,7 +112,7 @@ def apply_top_up(
     if inserted is None:
         return WebhookResult("duplicate", f"{session_id} granted already")
     # The customers trigger notifies plg_customer_changed: the entitlement API re-reads the grants now.
-    conn.execute("UPDATE customers SET updated_at = now() WHERE customer_id = %s", (customer_id,))
+    customers.notify_changed(conn, customer_id)
     return WebhookResult("applied", f"{customer_id}: +{meta.get('plg_units')} {pack.meter}")
 
 
