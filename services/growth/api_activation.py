@@ -16,7 +16,7 @@ from services.kernel import auth
 from services.kernel.sse import event as sse_event
 
 if TYPE_CHECKING:
-    from services.growth.app import Growth
+    from services.growth.resources import Growth
 
 PROMPT_EVENT = "show-upgrade-prompt"
 UPGRADE_FLAG = "growth_upgrade_prompt"
@@ -63,7 +63,7 @@ def activation_routes(
     broadcaster: Broadcaster,
     errors: dict[int | str, dict[str, Any]],
 ) -> None:
-    from services.growth.app import sse_response
+    from services.growth.api import sse_response
 
     @app.get(
         "/v1/activation/{customer_id}/{person_id}",

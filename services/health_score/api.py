@@ -24,7 +24,7 @@ from services.health_score.customer_list import CustomerDirectorySnapshot, Filte
 from services.health_score.serving import Hub, ServingCache, detail
 from services.health_score.store import HealthStore
 from services.kernel import auth, login
-from services.kernel.http import HttpError
+from services.kernel.http import HttpError, resources_dependency
 from services.kernel.login import BrowserLogin, PageCaller
 from services.kernel.privacy import ErasureFollower
 from services.kernel.processing import AtLeastOnceLoop
@@ -58,16 +58,8 @@ class HealthResources:
     workers: Workers | None = None
 
 
-def resources(request: Request) -> HealthResources:
-    found: HealthResources | None = getattr(request.app.state, "resources", None)
-    if found is None:
-        raise HttpError(
-            503,
-            "service_unavailable",
-            "the health-score service is starting or stopping",
-            {"Retry-After": "1"},
-        )
-    return found
+# 503 with Retry-After until the lifespan has opened them (services/kernel/http.py)
+resources = resources_dependency(HealthResources, "the health-score service is starting or stopping")
 
 
 Resources = Annotated[HealthResources, Depends(resources)]
