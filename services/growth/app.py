@@ -12,9 +12,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.customers import CustomerDirectory
-from services.growth import api
+from services.growth import api, api_activation
 from services.growth.activation_view import ActivationView
-from services.growth.api_activation import activation_routes, crossing_message
+from services.growth.api_activation import crossing_message
 from services.growth.api_onboarding import onboarding_routes
 from services.growth.config import GrowthSettings
 from services.growth.files import ACTIVATION_FILE, FLAGS_FILE, ONBOARDING_FILE
@@ -180,6 +180,7 @@ def build_app(
         ),
         lifespan=lifespan,
     )
+    app.state.activation_crossings = activation_broadcaster  # the activation stream's (api_activation.py)
     app.state.sse_limits = StreamLimits(
         SERVICE,
         per_key=settings.platform.sse_max_streams_per_key,
@@ -191,7 +192,7 @@ def build_app(
 
     app.include_router(api.router)  # flags and the admin API (api.py)
     onboarding_routes(app, growth, api.ERRORS)
-    activation_routes(app, growth, activation_broadcaster, api.ERRORS)
+    app.include_router(api_activation.router)  # activation state and crossings (api_activation.py)
 
     # -- ops -------------------------------------------------------------------------------------------------
 
