@@ -48,8 +48,8 @@ import psycopg
 from services.analytics.model import QueryError
 from services.cli import analytics, billing, identity, importing, metering, plan, privacy, tax
 from services.cli import dlq as dead_letters
+from services.customers import store
 from services.enrichment import store as success
-from services.ingest import store
 from services.kernel import apikeys
 from services.kernel.db import migrate
 from services.kernel.dlq import DlqCipher
@@ -302,7 +302,7 @@ def _dispatch(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
             _print(args, [taxed], tax.COLUMNS)
             return 0
     if args.group == "customers" and args.command == "update":
-        context = success.update_customer(
+        store.update_success_context(
             conn,
             args.customer_id,
             support_tier=args.support_tier,
@@ -310,7 +310,7 @@ def _dispatch(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
             clear_csm=args.no_csm,
             billing_status=args.billing_status,
         )
-        _print(args, [context], _CONTEXT_COLS)
+        _print(args, [success.get_context(conn, args.customer_id)], _CONTEXT_COLS)
         return 0
     if args.group == "customers":
         if args.command == "create":

@@ -289,8 +289,8 @@ def provision(database_url: str, profiles: list[Profile], state_file: Path) -> t
     """Customers, their secret keys and the admin operator token, reusing what an earlier run made."""
     import psycopg
 
+    from services.customers import store
     from services.enrichment import store as success
-    from services.ingest import store
     from services.kernel import apikeys
     from services.kernel.db import migrate
 
