@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.billing_reporter import openapi
+from services.billing_reporter import openapi, taxes
 from services.billing_reporter.accounts import get_account
 from services.billing_reporter.catalog import CatalogError, mixed_intervals, recurring, version_prices
 from services.billing_reporter.config import BillingSettings
@@ -628,10 +628,14 @@ async def checkout(customer_id: str, request: Request, res: Resources) -> Respon
                 media_type="application/json",
             )  # fmt: skip
         anchor = billing_period(int(now.timestamp() * 1000), account.anchor_day).end_ms // 1000
+        # A customer with tax settings but no Stripe customer yet gets one carrying them first.
+        stripe_customer = account.stripe_customer_id or await run_in_threadpool(
+            taxes.customer_for_checkout, res.pool, gateway, customer_id, account.name
+        )
         params = checkout_params(
             res.config,
             customer_id,
-            account.stripe_customer_id,
+            stripe_customer,
             target,
             res.settings,
             now.date(),
