@@ -25,7 +25,8 @@
     plg analytics pql [--window 14d] [--format json]   (product-qualified leads with their evidence)
     plg plan codegen --lang ts|python [--out DIR] | check FILE.json   # typed events, the app's CI check
     plg activation suggest [--since 90d] [--within 14d] [--retained-after 30d] [--churn-event E]
-    plg health backtest [--since 180d] [--horizon 30d]   (scores vs later churn: ROC AUC, red precision)
+    plg health backtest [--since 180d] [--horizon 30d] [--rescore [--config health.yaml] [--every 7d]]
+        (scores vs later churn: ROC AUC, red precision; --rescore scores past weeks from the store)
     plg import FILE [--url URL]   (PLG_API_KEY: the customer's secret key; history, never billed)
 
 Add ``--json`` before the command for machine-readable output. Migrations are applied first (idempotent),
