@@ -12,9 +12,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.customers import CustomerDirectory
-from services.growth import api
+from services.growth import api, api_activation
 from services.growth.activation_view import ActivationView
-from services.growth.api_activation import activation_routes, crossing_message
+from services.growth.api_activation import crossing_message
 from services.growth.api_onboarding import onboarding_routes
 from services.growth.config import GrowthSettings
 from services.growth.files import ACTIVATION_FILE, FLAGS_FILE, ONBOARDING_FILE
@@ -25,6 +25,7 @@ from services.growth.flagstore import (
 )
 from services.growth.loop import ActivationLoop
 from services.growth.onboarding import OnboardingConfig
+from services.growth.overrides import FlagOverrides
 from services.growth.progress import ProgressStore
 from services.growth.resources import Growth, opened
 from services.growth.telemetry import TelemetryWriter
@@ -36,11 +37,12 @@ from services.kernel.kafka import Producer
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.listen import Listener
 from services.kernel.ops import ops_routes
-from services.kernel.privacy import APPLIED, Erasure, ErasureFollower
+from services.kernel.privacy import APPLIED, Erasure, follow_erasures
 from services.kernel.serde import SchemaRegistry
 from services.kernel.service import LoadedFiles
 from services.kernel.sse import StreamLimits
 from services.kernel.topics import GROWTH_CHANGELOG, USAGE_EVENTS, topic
+from services.kernel.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,13 @@ def open_growth(
     producer = Producer(settings.kafka, client_id="plg-growth", max_block=0.0, linger_ms=5)
     life.callback(lambda: producer.close(timeout=10.0), "producer")
     telemetry = TelemetryWriter(producer, events.name, encoder)
-    sticky = StickyAssignments(pool, settings.sticky_cache_size)
+    sticky = StickyAssignments(
+        pool, settings.sticky_cache_size, retention_days=settings.sticky_retention_days
+    )
+    pruning = life.push(Workers(), "sticky pruning")
+    pruning.start(
+        "sticky-prune", lambda stop: sticky.run_pruning(stop, settings.sticky_prune_interval_seconds)
+    )
     exposures = ExposureLog(settings.exposure_memory)
     evaluator = Evaluator(runtime, telemetry, exposures, sticky)
 
@@ -90,16 +98,7 @@ def open_growth(
             exposures.forget(erasure.matches)
             APPLIED.labels(SERVICE, "memory").inc()
 
-    erasures = life.push(
-        ErasureFollower(
-            settings.kafka,
-            registry,
-            service=SERVICE,
-            topic_prefix=settings.platform.topic_prefix,
-            on_erasure=[forget],
-        ).start(),
-        "privacy erasures",
-    )
+    erasures = follow_erasures(life, settings, registry, SERVICE, forget)
     # Every committed flag change NOTIFYs: one reload per burst; every flags_poll_seconds anyway.
     listener = Listener(
         dsn,
@@ -144,6 +143,7 @@ def open_growth(
         erasures,
         auth.open_authenticator(pool, settings.auth, static_operators=static),
         CustomerDirectory(pool, listen=False),
+        FlagOverrides(pool),
     )
 
 
@@ -180,6 +180,7 @@ def build_app(
         ),
         lifespan=lifespan,
     )
+    app.state.activation_crossings = activation_broadcaster  # the activation stream's (api_activation.py)
     app.state.sse_limits = StreamLimits(
         SERVICE,
         per_key=settings.platform.sse_max_streams_per_key,
@@ -191,7 +192,7 @@ def build_app(
 
     app.include_router(api.router)  # flags and the admin API (api.py)
     onboarding_routes(app, growth, api.ERRORS)
-    activation_routes(app, growth, activation_broadcaster, api.ERRORS)
+    app.include_router(api_activation.router)  # activation state and crossings (api_activation.py)
 
     # -- ops -------------------------------------------------------------------------------------------------
 
