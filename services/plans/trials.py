@@ -15,6 +15,8 @@ from typing import Any
 
 import psycopg
 
+from services.customers import store as customers
+
 
 @dataclass(frozen=True, slots=True)
 class Trial:
@@ -38,7 +40,7 @@ def grant(
     if row is None:
         return None
     # The customers trigger notifies plg_customer_changed: entitlement APIs re-read the trials now.
-    conn.execute("UPDATE customers SET updated_at = now() WHERE customer_id = %s", (customer_id,))
+    customers.notify_changed(conn, customer_id)
     return Trial(feature, row[0], row[1], source)
 
 
