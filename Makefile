@@ -76,9 +76,16 @@ status: ## Show what runs where
 test-js: $(JS_STAMP) ## Browser SDK: type-check and build sdk/js/dist (esbuild + tsc), then its unit tests (node --test)
 	cd $(JS_DIR) && npm run --silent build && npm test --silent
 
+# The suite waits on brokers, processes and browsers far more than it computes (one process used ~32 % of
+# a 2-core machine), so `make test` runs it in PYTEST_WORKERS processes, each with its own private stack;
+# a file's tests stay in one process. Against a stack you started (KAFKA_BOOTSTRAP_SERVERS set) it runs in
+# one. PYTEST_WORKERS=0 runs it without worker processes.
+PYTEST_WORKERS ?= $(if $(KAFKA_BOOTSTRAP_SERVERS),0,2)
+PYTEST_PARALLEL = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
+
 .PHONY: test
-test: install test-js ## Whole suite: unit + integration (starts and stops a private stack unless KAFKA_BOOTSTRAP_SERVERS, SCHEMA_REGISTRY_URL and DATABASE_URL are set)
-	$(VENV)/bin/pytest
+test: install test-js ## Whole suite: unit + integration (starts and stops a private stack per worker unless KAFKA_BOOTSTRAP_SERVERS, SCHEMA_REGISTRY_URL and DATABASE_URL are set)
+	$(VENV)/bin/pytest $(PYTEST_PARALLEL) --durations=25
 
 .PHONY: test-unit
 test-unit: install test-js ## Unit tests only (no broker, registry or database)

@@ -10,10 +10,12 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from services.customers.windows import CYCLE_MONTH_SQL
 from services.plans.grants import Grant, credits_for
 from services.plans.invoice import Invoice, calculate_invoice
-from services.plans.model import PlansConfig
-from services.plans.periods import Period, billing_period
+from services.plans.model import PlansConfig, ResolvedPrice
+from services.plans.periods import Period, billing_period, usage_periods
+from services.plans.windows import billing_cycle, combine_months, usage_period
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +31,8 @@ class Account:
     tax_exempt: bool = False
     tax_id: str | None = None
     tax_id_type: str | None = None
+    # Where annual and custom billing windows count from (migration 0136, services/customers/windows.py).
+    cycle_month: int = 0
 
     @property
     def tax_id_pair(self) -> tuple[str, str] | None:
@@ -38,7 +42,7 @@ class Account:
 #: The ``customers`` columns an :class:`Account` is built from, in its fields' order.
 ACCOUNT_COLUMNS = (
     "customer_id, plan, billing_anchor_day, price_version, tax_region, stripe_customer_id, name,"
-    " tax_exempt, tax_id, tax_id_type"
+    f" tax_exempt, tax_id, tax_id_type, {CYCLE_MONTH_SQL}"
 )
 
 
@@ -68,6 +72,50 @@ def plain(value: Decimal) -> Decimal:
     return value.quantize(Decimal(1)) if value == value.to_integral_value() else value.normalize()
 
 
+def window_of(
+    config: PlansConfig, plan: str, pinned: str | None, at_ms: int, anchor_day: int, cycle_month: int
+) -> tuple[ResolvedPrice, Period, Period] | None:
+    """The price of ``plan`` at ``at_ms`` with its usage period and billing period (docs/billing.md
+    "Billing windows"): the version in effect when the billing period starts. None for an unknown plan."""
+    month = billing_period(at_ms, anchor_day)
+    price = config.price_for(plan, month.start.date(), pinned)
+    if price is None:
+        return None
+    if price.period_months > 1:
+        # A longer window: the version in effect when *it* started prices it.
+        price = config.price_for(
+            plan, billing_cycle(price, at_ms, anchor_day, cycle_month).start.date(), pinned
+        )
+        assert price is not None
+    return (
+        price,
+        usage_period(price, at_ms, anchor_day, cycle_month),
+        billing_cycle(price, at_ms, anchor_day, cycle_month),
+    )
+
+
+def usage_over(
+    conn: psycopg.Connection[Any], ledger: str, config: PlansConfig, customer_id: str, period: Period,
+    anchor_day: int,
+) -> dict[str, Decimal]:  # fmt: skip
+    """Each meter's usage over ``period``: the ledger's monthly period totals, combined when the period
+    is longer than a month (usage billed per annual or custom period)."""
+    months = usage_periods(period, anchor_day)
+    totals = [_month_usage(conn, ledger, customer_id, m.start_ms) for m in months]
+    return totals[0] if len(totals) == 1 else combine_months(config, totals)
+
+
+def _month_usage(
+    conn: psycopg.Connection[Any], ledger: str, customer_id: str, start_ms: int
+) -> dict[str, Decimal]:
+    rows = conn.execute(
+        "SELECT meter, value FROM billing_usage WHERE ledger = %s AND customer_id = %s"
+        " AND granularity = 'BILLING_PERIOD' AND window_start = %s",
+        (ledger, customer_id, start_ms),
+    ).fetchall()
+    return {meter: plain(Decimal(value)) for meter, value in rows}
+
+
 def grants_of(conn: psycopg.Connection[Any], customer_id: str) -> list[Grant]:
     """The customer's credit grants (top-ups), every one: the invoice counts those of its period."""
     rows = conn.execute(
@@ -91,21 +139,25 @@ def upcoming_invoice(
     account = get_account(pool, customer_id)
     if account is None:
         return None
-    period = billing_period(now_ms, account.anchor_day)
-    price = config.price_for(account.plan, period.start.date(), account.price_version)
-    if price is None:
+    found = window_of(
+        config, account.plan, account.price_version, now_ms, account.anchor_day, account.cycle_month
+    )
+    if found is None:
         return (
             f"customer {customer_id!r} is on plan {account.plan!r}, which the meters-and-plans config lacks"
         )
+    price, period, cycle = found
     from services.billing_reporter.adjustments import pending_for  # it imports this module
 
     with pool.connection() as conn:
         adjustments = pending_for(conn, ledger, customer_id, period)
+        usage = usage_over(conn, ledger, config, customer_id, period, account.anchor_day)
     return calculate_invoice(
         customer_id=customer_id,
         period=period,
+        billing_period=cycle,
         price=price,
-        usage=period_usage(pool, ledger, customer_id, period.start_ms),
+        usage=usage,
         tax_region=account.tax_region,
         credits=period_credits(pool, customer_id, period),
         tax_exempt=account.tax_exempt,

@@ -111,6 +111,27 @@ def _tier(up_to: Decimal | None, unit: Decimal, flat: Decimal = Decimal(0)) -> d
     }
 
 
+def recurring(price: ResolvedPrice, *, usage: bool) -> dict[str, Any]:
+    """Stripe's ``recurring[interval]``/``[interval_count]`` of a version's base price (its billing window:
+    month, year, or N months) or of its metered prices (the usage period: a month when usage is billed
+    monthly). An annual base with monthly usage is a mixed-interval subscription at Stripe (flexible
+    billing mode, :func:`mixed_intervals`)."""
+    if usage and price.usage_billing == "monthly":
+        return {"interval": "month"}
+    interval, count = price.stripe_interval
+    # interval_count 1 is Stripe's default: left out, so a monthly version's Prices are as before.
+    return {"interval": interval} if count == 1 else {"interval": interval, "interval_count": count}
+
+
+def mixed_intervals(price: ResolvedPrice) -> bool:
+    """Base and metered prices bill on different intervals (Stripe: ``billing_mode[type]=flexible``)."""
+    return (
+        price.period_months > 1
+        and price.usage_billing == "monthly"
+        and any(m.priced for m in price.meters.values())
+    )
+
+
 def metered_params(
     meter: str, mp: MeterPrice, price: ResolvedPrice, stripe_meter_id: str, *, billed_meter: str | None = None
 ) -> tuple[dict[str, Any], bool]:
@@ -121,7 +142,7 @@ def metered_params(
     common: dict[str, Any] = {
         "currency": price.currency.lower(),
         "product": product_id(price.plan),
-        "recurring": {"interval": "month", "usage_type": "metered", "meter": stripe_meter_id},
+        "recurring": {**recurring(price, usage=True), "usage_type": "metered", "meter": stripe_meter_id},
         "lookup_key": lookup_key(price.version, priced_as),
         "nickname": f"{price.version} {priced_as}",
         "metadata": {"plg_plan": price.plan, "plg_price_version": price.version, "plg_meter": priced_as},
@@ -195,7 +216,7 @@ def desired_prices(config: PlansConfig, stripe_meters: dict[str, str]) -> list[D
                         "currency": price.currency.lower(),
                         "product": product_id(plan.slug),
                         "unit_amount_decimal": decimal_str(_minor(price.base_price, price)),
-                        "recurring": {"interval": "month", "usage_type": "licensed"},
+                        "recurring": {**recurring(price, usage=False), "usage_type": "licensed"},
                         "lookup_key": lookup_key(price.version, None),
                         "nickname": f"{price.version} base",
                         "metadata": {"plg_plan": plan.slug, "plg_price_version": price.version},

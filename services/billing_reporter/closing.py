@@ -20,8 +20,9 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from services.billing_reporter.accounts import period_credits, period_usage
+from services.billing_reporter.accounts import period_credits, usage_over, window_of
 from services.billing_reporter.adjustments import Adjuster, lock_customer, pending_for
+from services.customers.windows import CYCLE_MONTH_SQL
 from services.kernel import metrics
 from services.plans.invoice import Invoice, calculate_invoice
 from services.plans.model import PlansConfig
@@ -98,16 +99,32 @@ class PeriodCloser:
         with self.pool.connection() as conn:
             customers = conn.execute(
                 "SELECT customer_id, plan, billing_anchor_day, price_version, tax_region,"
-                " (extract(epoch FROM created_at) * 1000)::bigint, tax_exempt, tax_id_type, tax_id"
-                " FROM customers"
+                " (extract(epoch FROM created_at) * 1000)::bigint, tax_exempt, tax_id_type, tax_id,"
+                f" {CYCLE_MONTH_SQL} FROM customers"
             ).fetchall()
-        for customer_id, plan, anchor, pinned, region, created_ms, exempt, id_type, tax_id in customers:
+        for (
+            customer_id,
+            plan,
+            anchor,
+            pinned,
+            region,
+            created_ms,
+            exempt,
+            id_type,
+            tax_id,
+            cycle_month,
+        ) in customers:
             current = billing_period(now_ms - self.grace_ms, anchor)
-            ended = billing_period(current.start_ms - 1, anchor)
-            if ended.end_ms <= created_ms:
+            last_month = billing_period(current.start_ms - 1, anchor)
+            if last_month.end_ms <= created_ms:
                 continue  # the customer did not exist yet
-            price = self.config.price_for(plan, ended.start.date(), pinned)
-            if price is None:
+            found = window_of(self.config, plan, pinned, last_month.start_ms, anchor, cycle_month)
+            if found is None:
+                continue
+            # The usage period (a month, or a whole annual/custom period billed per_period) and the
+            # billing period around it: only a usage period that ended with this month closes now.
+            price, ended, cycle = found
+            if ended.end_ms != last_month.end_ms:
                 continue
             with self.pool.connection() as conn, conn.transaction():
                 if self._closed(conn, customer_id, ended.start_ms):
@@ -119,13 +136,15 @@ class PeriodCloser:
                 lock_customer(conn, self.ledger, customer_id)
                 if self._closed(conn, customer_id, ended.start_ms):
                     continue
-                usage = period_usage(self.pool, self.ledger, customer_id, ended.start_ms)
+                usage = usage_over(conn, self.ledger, self.config, customer_id, ended, anchor)
                 adjustments = pending_for(conn, self.ledger, customer_id, ended)
-                if not usage and not price.base_price and not adjustments:
-                    continue  # a free customer without usage: no invoice to write
+                charges_base = bool(price.base_price) and cycle.start_ms == ended.start_ms
+                if not usage and not charges_base and not adjustments:
+                    continue  # nothing to bill: a free customer without usage, a quiet month of a year
                 invoice = calculate_invoice(
                     customer_id=customer_id,
                     period=ended,
+                    billing_period=cycle,
                     price=price,
                     usage=usage,
                     tax_region=region,

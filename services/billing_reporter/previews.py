@@ -15,12 +15,13 @@ from typing import Any
 
 import psycopg
 
-from services.billing_reporter.accounts import ACCOUNT_COLUMNS, Account, grants_of, plain
+from services.billing_reporter.accounts import ACCOUNT_COLUMNS, Account, grants_of, plain, usage_over
 from services.billing_reporter.reconcile import period_of
 from services.plans.grants import credits_for
 from services.plans.invoice import Invoice, calculate_invoice
 from services.plans.model import PlansConfig, ResolvedPrice
 from services.plans.periods import Period
+from services.plans.windows import billing_cycle, usage_period
 
 ZERO = Decimal(0)
 
@@ -88,14 +89,18 @@ def preview(
 ) -> Invoice:  # fmt: skip
     """``who``'s invoice for the period (current, or starting in ``month``) if it were on ``plan``
     (``version``): real usage, the invoice calculator, a draft."""
-    period = period_for(month, who.anchor_day, now_ms)
+    month_period = period_for(month, who.anchor_day, now_ms)
     pinned = who.price_version if plan == who.plan else None
-    price = resolve_price(config, plan, version, period, pinned)
+    price = resolve_price(config, plan, version, month_period, pinned)
+    # An annual or custom window: usage over its usage period, the base once per billing period.
+    period = usage_period(price, month_period.start_ms, who.anchor_day, who.cycle_month)
+    cycle = billing_cycle(price, month_period.start_ms, who.anchor_day, who.cycle_month)
     return calculate_invoice(
         customer_id=who.customer_id,
         period=period,
+        billing_period=cycle,
         price=price,
-        usage=usage_of(conn, ledger, who.customer_id, period),
+        usage=usage_over(conn, ledger, config, who.customer_id, period, who.anchor_day),
         tax_region=who.tax_region,
         credits=credits_for(grants_of(conn, who.customer_id), period),
         tax_exempt=who.tax_exempt,

@@ -88,6 +88,11 @@ def _plan(config: PlansConfig, plan: Plan, today: date) -> dict[str, Any]:
         "effective_date": price.effective_date.isoformat(),
         "currency": price.currency,
         "base_price": _dec(price.base_price),
+        # Seed 003's meteringWindow: the base price is per billing period of interval_months months;
+        # included usage, overage and tiers per month or per billing period (usage_billing).
+        "billing_window": price.billing_window,
+        "interval_months": price.period_months,
+        "usage_billing": price.usage_billing,
         "rounding": price.rounding.value,
         "tax_behavior": price.tax.behavior,
         "meters": {slug: _meter_price(m, units.get(slug, "")) for slug, m in price.meters.items()},
@@ -160,6 +165,11 @@ class PriceDoc(BaseModel):
     effective_date: str
     currency: str
     base_price: str = Field(description="Per billing period, a decimal string.")
+    billing_window: Literal["monthly", "annual", "custom"]
+    interval_months: int = Field(description="The billing period's length: 1, 12, or a custom interval.")
+    usage_billing: Literal["monthly", "per_period"] = Field(
+        description="Included usage, overage and tiers apply per month, or per billing period."
+    )
     rounding: Literal["ceil", "floor", "nearest"]
     tax_behavior: Literal["exclusive", "inclusive"]
     meters: dict[str, MeterPriceDoc]

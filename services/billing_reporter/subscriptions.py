@@ -32,8 +32,9 @@ from starlette.responses import Response
 
 from services.billing_reporter import openapi
 from services.billing_reporter.accounts import get_account
-from services.billing_reporter.catalog import CatalogError, version_prices
+from services.billing_reporter.catalog import CatalogError, mixed_intervals, recurring, version_prices
 from services.billing_reporter.config import BillingSettings
+from services.customers import windows
 from services.kernel import auth, metrics
 from services.plans.model import PlansConfig
 from services.plans.periods import billing_period
@@ -151,11 +152,11 @@ def apply_plan(
     if plan is None:
         return False
     row = conn.execute(
-        "SELECT plan FROM customers WHERE customer_id = %s FOR UPDATE", (customer_id,)
+        "SELECT plan, billing_anchor_day FROM customers WHERE customer_id = %s FOR UPDATE", (customer_id,)
     ).fetchone()
     if row is None:
         return False
-    old_plan = row[0]
+    old_plan, anchor_day = row
     # Grandfathering: a pin holds only while the customer stays on its plan; a new plan pins anew.
     conn.execute(
         "UPDATE customers SET plan = %s, billing_status = %s, updated_at = now(),"
@@ -170,6 +171,10 @@ def apply_plan(
         "INSERT INTO customer_changes (customer_id, plan, reason) VALUES (%s, %s, %s)",
         (customer_id, plan, reason),
     )
+    # A new plan starts a new billing cycle at the current month (billed on the plan at its end): an
+    # upgrade from monthly to annual makes this month the first of the year (docs/billing.md "Billing
+    # windows"); for a monthly price the cycle month changes nothing.
+    windows.start_cycle(conn, customer_id, anchor_day, int(time.time() * 1000))
     log.info(
         "plan changed", extra={"customer_id": customer_id, "plan": plan, "from": old_plan, "reason": reason}
     )
@@ -463,7 +468,7 @@ def checkout_params(
                 "price_data": {
                     "currency": price.currency.lower(),
                     "unit_amount": minor_units(price.base_price, price.minor_unit),
-                    "recurring": {"interval": "month"},
+                    "recurring": recurring(price, usage=False),
                     "product_data": {
                         "name": f"plg {plan.name}",
                         "metadata": {"plg_price_version": price.version},
@@ -473,6 +478,9 @@ def checkout_params(
         ]
     metadata = {"plg_plan": target, "plg_customer_id": customer_id, "plg_price_version": price.version}
     subscription_data: dict[str, Any] = {"metadata": metadata}
+    if mixed_intervals(price):
+        # An annual (or custom) base with monthly usage: one subscription, items on two intervals.
+        subscription_data["billing_mode"] = {"type": "flexible"}
     if anchor is not None:
         subscription_data["billing_cycle_anchor"] = anchor
         subscription_data["proration_behavior"] = settings.checkout_proration

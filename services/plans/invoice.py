@@ -89,6 +89,9 @@ class Invoice:
     tax: TaxLine
     total: Decimal
     status: Literal["draft", "final"] = "draft"
+    # The billing period (the base price's cycle) the invoice belongs to: ``period`` itself for a monthly
+    # price; the year (or custom interval) around it when usage is billed monthly under a longer window.
+    billing_period: Period | None = None
 
     def line(self, meter: str) -> InvoiceLine | None:
         return next((ln for ln in self.lines if ln.meter == meter), None)
@@ -104,6 +107,10 @@ class Invoice:
             "period": {
                 "start": self.period.start.isoformat().replace("+00:00", "Z"),
                 "end": self.period.end.isoformat().replace("+00:00", "Z"),
+            },
+            "billing_period": {
+                "start": (self.billing_period or self.period).start.isoformat().replace("+00:00", "Z"),
+                "end": (self.billing_period or self.period).end.isoformat().replace("+00:00", "Z"),
             },
             "lines": [_line_dict(ln) for ln in self.lines],
             "subtotal": str(self.subtotal),
@@ -210,20 +217,26 @@ def calculate_invoice(
     tax_exempt: bool = False,
     tax_id: tuple[str, str] | None = None,
     adjustments: Sequence[Adjustment] = (),
+    billing_period: Period | None = None,
 ) -> Invoice:
     """The invoice of ``customer_id`` for ``period`` under ``price``; ``usage`` is each meter's value for
     the period (a meter missing from it had no usage). The base price is charged per period, whatever
     the period's length (a 28-day February costs what a 31-day March does, as with Stripe).
-    ``tax_exempt``: the customer itself is exempt; ``tax_id``: its ``(type, value)``, shown on the invoice."""
-    base_exact = price.base_price
-    lines = [
-        InvoiceLine(
-            "base",
-            f"{price.plan} base price ({price.version})",
-            base_exact,
-            round_money(base_exact, price.minor_unit, price.rounding),
-        )
-    ]
+    ``tax_exempt``: the customer itself is exempt; ``tax_id``: its ``(type, value)``, shown on the invoice.
+
+    Billing windows: ``period`` is the usage period; under an annual or custom window with usage billed
+    monthly, ``billing_period`` is the longer period around it, and the base price is on the invoice of
+    its first month only (charged once per billing period, as Stripe charges a yearly licensed price at
+    the start of its year); the other months' base line is 0 and says so."""
+    cycle = billing_period or period
+    base_exact = price.base_price if cycle.start_ms == period.start_ms else ZERO
+    what = f"{price.plan} base price ({price.version})"
+    if price.period_months > 1:
+        start, end = cycle.start.date().isoformat(), cycle.end.date().isoformat()
+        what += f", {price.billing_window} from {start} to {end}"
+        if not base_exact and price.base_price:
+            what += ": billed with its first month"
+    lines = [InvoiceLine("base", what, base_exact, round_money(base_exact, price.minor_unit, price.rounding))]
     # Sorted: the same inputs give the same invoice, whatever order the usage arrived in.
     for meter in sorted(set(price.meters) | set(usage)):
         credit = (credits or {}).get(meter, ZERO)
@@ -256,6 +269,7 @@ def calculate_invoice(
         tax=tax,
         total=total,
         status=status,
+        billing_period=billing_period,
     )
 
 

@@ -197,10 +197,21 @@ class TaxRule(_Strict):
         return region in self.exempt_regions or region.split("-", 1)[0] in self.exempt_regions
 
 
+BillingWindow = Literal["monthly", "annual", "custom"]
+UsageBilling = Literal["monthly", "per_period"]
+#: Stripe's longest recurring interval (``interval_count`` up to three years).
+MAX_INTERVAL_MONTHS = 36
+
+
 class PriceVersion(_Strict):
     """One version of a plan's price, in effect from ``effective_date`` (UTC) for new subscriptions.
     Customers subscribed under an older version keep it (grandfathering) until moved. Unset
-    ``currency``, ``rounding`` and ``tax`` come from the file's top level."""
+    ``currency``, ``rounding`` and ``tax`` come from the file's top level.
+
+    The billing window (seed 003 ``meteringWindow: monthly | annual | custom``): the base price is charged
+    once per billing period of 1 (``monthly``), 12 (``annual``) or ``interval_months`` (``custom``) months,
+    anchored on the customer's anchor day; usage (included usage, overage, tiers) is billed per month
+    (``usage_billing: monthly``) or over the whole billing period (``per_period``)."""
 
     version: str = Field(pattern=VERSION_PATTERN, description="Unique in the file, e.g. pro-2025-06.")
     effective_date: date
@@ -209,6 +220,25 @@ class PriceVersion(_Strict):
     rounding: Rounding | None = None
     tax: TaxRule | None = None
     meters: dict[str, MeterPrice] = Field(default_factory=dict)
+    billing_window: BillingWindow = "monthly"
+    interval_months: int | None = Field(default=None, ge=1, le=MAX_INTERVAL_MONTHS)
+    usage_billing: UsageBilling = "monthly"
+
+    @model_validator(mode="after")
+    def _window_consistent(self) -> PriceVersion:
+        implied = {"monthly": 1, "annual": 12}.get(self.billing_window)
+        if implied is None and self.interval_months is None:
+            raise ValueError("billing_window custom needs interval_months (1-36)")
+        if implied is not None and self.interval_months not in (None, implied):
+            raise ValueError(
+                f"billing_window {self.billing_window} is {implied} month(s): leave interval_months out or "
+                "use billing_window custom"
+            )
+        return self
+
+    @property
+    def period_months(self) -> int:
+        return self.interval_months or {"monthly": 1, "annual": 12}[self.billing_window]
 
 
 class ResolvedPrice(_Strict):
@@ -223,6 +253,22 @@ class ResolvedPrice(_Strict):
     rounding: Rounding
     tax: TaxRule
     meters: dict[str, MeterPrice]
+    billing_window: BillingWindow = "monthly"
+    # The billing period's length (the base price's cycle) and the usage period's (1 with usage billed
+    # monthly, else the billing period's): docs/billing.md "Billing windows".
+    period_months: int = 1
+    usage_billing: UsageBilling = "monthly"
+
+    @property
+    def usage_months(self) -> int:
+        return 1 if self.usage_billing == "monthly" else self.period_months
+
+    @property
+    def stripe_interval(self) -> tuple[str, int]:
+        """Stripe's ``recurring[interval]`` and ``interval_count`` of the base price."""
+        if self.period_months % 12 == 0:
+            return "year", self.period_months // 12
+        return "month", self.period_months
 
 
 class AbusePolicy(_Strict):
@@ -361,6 +407,9 @@ class PlansConfig(_Strict):
             rounding=v.rounding or self.rounding,
             tax=v.tax or self.tax,
             meters=dict(v.meters),
+            billing_window=v.billing_window,
+            period_months=v.period_months,
+            usage_billing=v.usage_billing,
         )
 
     def price_for(self, plan_slug: str, on: date, pinned_version: str | None = None) -> ResolvedPrice | None:
@@ -432,4 +481,17 @@ def _price_errors(config: PlansConfig) -> list[str]:
             for slug in price.meters:
                 if slug not in plan.meters:
                     errors.append(f"{where}.meters.{slug}: the plan does not list this meter")
+                meter = config.meter(slug)
+                if (
+                    price.usage_billing == "per_period"
+                    and price.period_months > 1
+                    and meter is not None
+                    and meter.aggregation is Aggregation.UNIQUE_COUNT
+                ):
+                    # Metering counts distinct values per month; months cannot be added into a longer period.
+                    errors.append(
+                        f"{where}.meters.{slug}: a UNIQUE_COUNT meter cannot be priced per_period over "
+                        f"{price.period_months} months (metering counts it per month): use usage_billing:"
+                        " monthly"
+                    )
     return errors

@@ -90,11 +90,50 @@ def _period_for_day(day_index: int, anchor_day: int) -> Period:
     return Period(_date_to_ms(start), _date_to_ms(end))
 
 
-def billing_period(at_ms: int, anchor_day: int) -> Period:
-    """The billing period of a customer anchored on ``anchor_day`` that contains ``at_ms``."""
+def billing_period(at_ms: int, anchor_day: int, months: int = 1, cycle_month: int = 0) -> Period:
+    """The billing period of a customer anchored on ``anchor_day`` that contains ``at_ms``: one month, or
+    ``months`` months (an annual or custom billing window) counted from ``cycle_month`` (a
+    :func:`month_index`: the month one of the customer's periods started in). A multi-month period is
+    exactly ``months`` consecutive monthly periods, so anchor 29 in February gives 2028-02-29 ->
+    2029-02-28 -> 2030-02-28 ... -> 2032-02-29, the way Stripe anchors a yearly subscription."""
     if not 1 <= anchor_day <= 31:
         raise ValueError(f"billing anchor day must be 1..31, got {anchor_day}")
-    return _period_for_day(at_ms // DAY_MS, anchor_day)
+    monthly = _period_for_day(at_ms // DAY_MS, anchor_day)
+    if months == 1:
+        return monthly
+    if not 1 <= months <= 36:
+        raise ValueError(f"a billing period is 1..36 months, got {months}")
+    return _multi_month(monthly.start_ms // DAY_MS, anchor_day, months, cycle_month)
+
+
+def month_index(day: date) -> int:
+    """Months since year 0 (``year * 12 + month - 1``): how multi-month periods are counted."""
+    return day.year * 12 + day.month - 1
+
+
+def _month_start(index: int, anchor_day: int) -> date:
+    return period_start_in_month(index // 12, index % 12 + 1, anchor_day)
+
+
+@lru_cache(maxsize=65_536)
+def _multi_month(month_start_day: int, anchor_day: int, months: int, cycle_month: int) -> Period:
+    # A monthly period starts inside the month it is named after (the anchor day, clamped), so its start
+    # date's month is the period's month.
+    index = month_index(_EPOCH + timedelta(days=month_start_day))
+    first = index - (index - cycle_month) % months
+    start, end = _month_start(first, anchor_day), _month_start(first + months, anchor_day)
+    return Period(_date_to_ms(start), _date_to_ms(end))
+
+
+def usage_periods(period: Period, anchor_day: int) -> list[Period]:
+    """The monthly periods a (multi-month) billing period is made of, in order."""
+    out: list[Period] = []
+    at = period.start_ms
+    while at < period.end_ms:
+        month = billing_period(at, anchor_day)
+        out.append(month)
+        at = month.end_ms
+    return out
 
 
 def window(at_ms: int, granularity: Granularity, anchor_day: int = 1) -> Period:
