@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 import psycopg
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, Response
@@ -26,23 +26,22 @@ from services.analytics.model import QueryError, parse_duration
 from services.analytics.resources import AnalyticsResources
 from services.analytics.store import StoreError
 from services.analytics.suggest import suggest
+from services.kernel import login
 from services.kernel.auth import Role, operator
-from services.kernel.http import HttpError
+from services.kernel.http import HttpError, resources_dependency
 
 _JSON = "application/json"
 _T = TypeVar("_T")
 
 router = APIRouter(prefix="/v1/analytics", tags=["analytics"])
 VIEWER = Depends(operator(Role.viewer))
+# The console's pages: a browser without a session goes to the sign-in page (services/kernel/login.py).
+PAGE = Depends(login.operator_page(Role.viewer))
 
 
-def resources(request: Request) -> AnalyticsResources:
-    found: AnalyticsResources | None = getattr(request.app.state, "resources", None)
-    if found is None:
-        raise HttpError(
-            503, "starting", "the analytics store is opening; retry shortly", {"Retry-After": "1"}
-        )
-    return found
+resources = resources_dependency(
+    AnalyticsResources, "the analytics store is opening; retry shortly", code="starting"
+)
 
 
 Resources = Annotated[AnalyticsResources, Depends(resources)]
@@ -325,7 +324,7 @@ async def _page(question: Callable[[], str]) -> HTMLResponse:
         return HTMLResponse(pages_html.error(f"the analytics store failed: {exc}"), status_code=503)
 
 
-@pages.get("/funnel", dependencies=[VIEWER], response_class=HTMLResponse)
+@pages.get("/funnel", dependencies=[PAGE], response_class=HTMLResponse)
 async def funnel_page(
     res: Resources,
     steps: Annotated[str, Query(max_length=2000)] = "signed_up,project_created,team_invite_sent",
@@ -350,7 +349,7 @@ async def funnel_page(
     return await _page(render)
 
 
-@pages.get("/retention", dependencies=[VIEWER], response_class=HTMLResponse)
+@pages.get("/retention", dependencies=[PAGE], response_class=HTMLResponse)
 async def retention_page(
     res: Resources,
     weeks: Annotated[int, Query(ge=1, le=52)] = 8,
@@ -367,7 +366,7 @@ async def retention_page(
     return await _page(render)
 
 
-@pages.get("/north-star", dependencies=[VIEWER], response_class=HTMLResponse)
+@pages.get("/north-star", dependencies=[PAGE], response_class=HTMLResponse)
 async def north_star_page(
     res: Resources, customer: Customer = None, since: Since = None, until: Until = None
 ) -> HTMLResponse:
@@ -385,7 +384,7 @@ async def north_star_page(
     return await _page(render)
 
 
-@pages.get("/pql", dependencies=[VIEWER], response_class=HTMLResponse)
+@pages.get("/pql", dependencies=[PAGE], response_class=HTMLResponse)
 async def pql_page(
     res: Resources, window: Annotated[str | None, Query(max_length=10)] = None
 ) -> HTMLResponse:

@@ -19,7 +19,7 @@ from services.analytics.leads import PqlWatcher
 from services.analytics.resources import AnalyticsResources
 from services.analytics.sink import AnalyticsSink, Erased
 from services.analytics.store import open_store
-from services.kernel import auth, db
+from services.kernel import auth, db, login
 from services.kernel.http import install_error_handlers
 from services.kernel.kafka import Producer
 from services.kernel.lifecycle import Lifecycle
@@ -54,7 +54,11 @@ def open_resources(
     url = settings.clickhouse_url.get_secret_value() if settings.clickhouse_url else None
     store = life.push(open_store(settings.store, settings.path, url), "analytics store")
     pool = life.push(db.open_pool(settings.database, name=SERVICE), "database pool")
-    auth.install(app, auth.open_authenticator(pool.connection, settings.auth))
+    authenticator, browser_login = login.open_browser_login(
+        pool.connection, settings.auth, settings.sessions, settings.oidc
+    )
+    auth.install(app, authenticator)
+    login.install(app, browser_login)  # the console pages' sign-in (sessions, SSO)
     registry = life.push(SchemaRegistry(settings.registry), "schema registry")
     group = f"{settings.platform.topic_prefix}{settings.group_id}"
     erased = Erased()
@@ -149,6 +153,7 @@ def open_resources(
         connect=connect,
         pql_rules=rules,
         pql=watcher,
+        browser_login=browser_login,
     )
 
 
@@ -163,7 +168,11 @@ def build_app(
             app.state.resources = await run_in_threadpool(open_resources, settings, life, app, files)
             yield
         finally:
+            opened: AnalyticsResources | None = getattr(app.state, "resources", None)
             app.state.resources = None
+            login.install(app, None)
+            if opened is not None and opened.browser_login is not None:
+                await opened.browser_login.aclose()
             await run_in_threadpool(life.close)
 
     app = FastAPI(
@@ -180,5 +189,6 @@ def build_app(
     ops_routes(app, readiness={"sink": sink_ready})
     app.include_router(api.router)
     app.include_router(api.pages)
+    login.mount(app)  # /auth/*: the pages send a browser without a session there
     install_error_handlers(app, service=SERVICE)
     return app

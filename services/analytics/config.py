@@ -9,6 +9,8 @@ from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.analytics.pql import PqlRules
+from services.kernel.oidc import OidcSettings
+from services.kernel.sessions import SessionSettings
 from services.kernel.settings import DevDefault, StreamServiceSettings
 
 
@@ -61,8 +63,17 @@ class AnalyticsSettings(StreamServiceSettings):
             limit_percent=self.pql_limit_percent,
         )
 
+    # The console pages' sign-in, as the CS dashboard's: browser sessions (PLG_SESSION_*) and single sign-on
+    # (PLG_OIDC_*; off while PLG_OIDC_ISSUER is unset, then operators sign in with a token).
+    sessions: SessionSettings = Field(default_factory=SessionSettings)
+    oidc: OidcSettings = Field(default_factory=OidcSettings)
+
     def development_defaults(self) -> list[DevDefault]:
-        found = super().development_defaults()
+        found = [
+            *super().development_defaults(),
+            *self.sessions.development_defaults(),
+            *self.oidc.development_defaults(),
+        ]
         if self.pql_webhook_urls and self.pql_webhook_signing_secret is None:
             found.append(
                 DevDefault(

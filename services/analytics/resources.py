@@ -11,6 +11,7 @@ from services.activation import ActivationConfig, Threshold
 from services.analytics.leads import PqlWatcher
 from services.analytics.pql import PqlRules
 from services.analytics.store import AnalyticsStore
+from services.kernel.login import BrowserLogin
 from services.kernel.privacy import ErasureFollower
 from services.kernel.processing import AtLeastOnceLoop
 from services.kernel.workers import Workers
@@ -29,6 +30,7 @@ class AnalyticsResources:
     connect: Callable[[], AbstractContextManager[Any]] | None = None
     pql_rules: PqlRules = field(default_factory=PqlRules)
     pql: PqlWatcher | None = None
+    browser_login: BrowserLogin | None = None
 
     def north_star(self) -> Threshold | None:
         name = self.activation.north_star

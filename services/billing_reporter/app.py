@@ -14,22 +14,20 @@ endpoints.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from functools import partial
-from typing import Any, NoReturn
+from typing import Any
 
-import orjson
 import stripe
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import Response
 
-from services.billing_reporter import accounts, openapi, previews, pricelist, subscriptions, topups
+from services.billing_reporter import api, pricelist, subscriptions, topups
 from services.billing_reporter.adjustments import Adjuster
+from services.billing_reporter.api import BillingResources, error
 from services.billing_reporter.catalog import CatalogError, package_meters, sync_catalog
 from services.billing_reporter.closing import FinalInvoice, PeriodCloser
 from services.billing_reporter.config import BillingSettings
@@ -41,7 +39,7 @@ from services.billing_reporter.sink import AggregateSink
 from services.billing_reporter.stripe_gateway import StripeGateway
 from services.kernel import auth, db
 from services.kernel.cors import CorsMiddleware, any_origin
-from services.kernel.http import HttpError, install_error_handlers
+from services.kernel.http import install_error_handlers
 from services.kernel.kafka import Producer
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ops_routes
@@ -50,7 +48,6 @@ from services.kernel.serde import SchemaRegistry
 from services.kernel.service import LoadedFiles
 from services.kernel.topics import USAGE_AGGREGATES
 from services.kernel.workers import Workers
-from services.plans.invoice import Invoice
 from services.plans.loader import plans_file
 from services.plans.model import Aggregation, PlansConfig
 
@@ -76,12 +73,6 @@ def level_meters(config: PlansConfig) -> set[str]:
     return levels | set(package_meters(config))
 
 
-def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> NoReturn:
-    """Refuse the request: the kernel's error discipline answers it in plg's shape, with the request id
-    (``return error(...)`` reads as the answer it is)."""
-    raise HttpError(status, code, message, headers)
-
-
 def _sync_catalog(
     gateway: StripeGateway,
     pool: ConnectionPool,
@@ -104,126 +95,134 @@ def _sync_catalog(
         log.warning("could not sync the Stripe catalog at start: %s", exc.user_message or type(exc).__name__)
 
 
+def open_resources(
+    settings: BillingSettings, life: Lifecycle, config: PlansConfig, app: FastAPI, readiness: dict[str, Any]
+) -> BillingResources:
+    """Everything the service runs, opened on a worker thread (never the event loop), each piece on
+    ``life`` as it opens (a failure closes the rest, newest first); the workers started."""
+    prefix = settings.platform.topic_prefix
+    event_names = reportable_meters(config)
+    levels = level_meters(config)
+    if settings.migrate:
+        db.migrate(settings.database.url.get_secret_value())
+    registry = life.push(SchemaRegistry(settings.registry), "schema registry")
+    pool = life.push(db.open_pool(settings.database, name=SERVICE), "database pool")
+    auth.install(app, auth.open_authenticator(pool, settings.auth))
+    gateway = StripeGateway(
+        settings.stripe.api_base, settings.stripe.api_key, timeout=settings.stripe.timeout_seconds
+    )
+    ledger = Ledger(
+        pool,
+        consumer_group=f"{prefix}{settings.group_id}",
+        report_granularity=settings.report_granularity,
+        reportable_meters=event_names,
+        level_meters=levels,
+        package_meters=package_meters(config),
+        level_interval=(
+            WINDOW_SECONDS[settings.report_granularity]
+            if settings.level_interval_seconds is None
+            else settings.level_interval_seconds
+        ),
+        settle_ms=int(settings.settle_seconds * 1000),
+        correction_interval=settings.correction_interval_seconds,
+    )
+    sync = partial(_sync_catalog, gateway, pool, config, event_names, levels)
+    sync()
+    loop: AtLeastOnceLoop = at_least_once(
+        service=SERVICE,
+        kafka=settings.kafka,
+        registry=registry,
+        lifecycle=life,
+        handler=AggregateSink(ledger, settings.plan_interval_seconds),
+        inputs=[USAGE_AGGREGATES],
+        group_id=settings.group_id,
+        instance_id=settings.instance_id,
+        topic_prefix=prefix,
+        consumer_config={"session.timeout.ms": settings.session_timeout_ms},
+        tombstones=True,
+    )
+    workers = Workers(readiness)  # each thread it starts gets its /readyz check
+    publisher: Callable[[list[ReportRow]], None] | None = None
+    invoice_publisher: Callable[[list[FinalInvoice]], None] | None = None
+    if settings.send:
+        producer = life.push(
+            Producer(settings.kafka, client_id=f"{SERVICE}-{settings.instance_id}"), "producer"
+        )
+        publisher = ReportPublisher(producer, registry, prefix, config).publish
+        invoice_publisher = InvoicePublisher(producer, registry, prefix).publish
+    sender = OutboxSender(
+        ledger,
+        gateway,
+        event_names,
+        SenderOptions(
+            level_meters=frozenset(levels),
+            requests_per_second=settings.requests_per_second,
+            batch_size=settings.send_batch,
+            lease_seconds=settings.lease_seconds,
+            backoff_base=settings.backoff_base_seconds,
+            backoff_cap=settings.backoff_cap_seconds,
+            failure_threshold=settings.breaker_failures,
+            breaker_cooldown=settings.breaker_cooldown_seconds,
+        ),
+        publish=publisher,
+    )
+    # Pushed last: stopped (and joined) first, before the clients they use are closed.
+    life.push(workers, "workers")
+    subs = subscriptions.SubscriptionStore(
+        pool, config, timedelta(seconds=settings.past_due_grace_seconds), settings.free_plan
+    )
+    closer = PeriodCloser(
+        pool,
+        config,
+        ledger=ledger.ledger,
+        report_granularity=settings.report_granularity,
+        grace_ms=int(settings.close_grace_seconds * 1000),
+        publish=invoice_publisher,
+        adjuster=Adjuster(
+            pool,
+            config,
+            ledger=ledger.ledger,
+            grace_ms=int(settings.close_grace_seconds * 1000),
+            gateway=gateway if settings.send else None,
+        ),
+        mirrors=[topups.GrantMirror(pool, config, gateway).send_pending] if settings.send else [],
+    )
+    workers.start("ledger-writer", loop.run, ready=loop.ready)
+    workers.start("period-closer", partial(closer.run, settings.close_check_seconds))
+    if settings.send:
+        workers.start("outbox-sender", sender.run)
+    workers.start("grace-keeper", partial(subscriptions.keep_grace, subs, settings.grace_check_seconds))
+    log.info(
+        "billing reporter starting",
+        extra={
+            "granularity": settings.report_granularity,
+            "meters": sorted(event_names),
+            "stripe": settings.stripe.api_base,
+        },
+    )
+    return BillingResources(
+        settings, config, pool, gateway, ledger, sync, subs, closer, sender, loop, workers
+    )
+
+
 def build_app(
     settings: BillingSettings, lifecycle: Lifecycle | None = None, files: LoadedFiles | None = None
 ) -> FastAPI:
     config: PlansConfig = PLANS_FILE.of(settings, files)  # as run_service loaded it, not read again
     life = lifecycle or Lifecycle(SERVICE)
-    prefix = settings.platform.topic_prefix
-    event_names = reportable_meters(config)
-    levels = level_meters(config)
+    # What subscriptions.routes and topups.routes read (BillingResources.as_state), filled once opened.
     state: dict[str, Any] = {}
 
     @asynccontextmanager
     async def lifespan(fastapi_app: FastAPI) -> AsyncIterator[None]:
         try:
-            if settings.migrate:
-                await run_in_threadpool(db.migrate, settings.database.url.get_secret_value())
-            registry = life.push(SchemaRegistry(settings.registry), "schema registry")
-            pool = life.push(db.open_pool(settings.database, name=SERVICE), "database pool")
-            auth.install(fastapi_app, auth.open_authenticator(pool, settings.auth))
-            gateway = StripeGateway(
-                settings.stripe.api_base, settings.stripe.api_key, timeout=settings.stripe.timeout_seconds
-            )
-            ledger = Ledger(
-                pool,
-                consumer_group=f"{prefix}{settings.group_id}",
-                report_granularity=settings.report_granularity,
-                reportable_meters=event_names,
-                level_meters=levels,
-                package_meters=package_meters(config),
-                level_interval=(
-                    WINDOW_SECONDS[settings.report_granularity]
-                    if settings.level_interval_seconds is None
-                    else settings.level_interval_seconds
-                ),
-                settle_ms=int(settings.settle_seconds * 1000),
-                correction_interval=settings.correction_interval_seconds,
-            )
-            state.update(pool=pool, gateway=gateway, ledger=ledger)
-            state["sync_catalog"] = partial(_sync_catalog, gateway, pool, config, event_names, levels)
-            await run_in_threadpool(state["sync_catalog"])
-            loop: AtLeastOnceLoop = at_least_once(
-                service=SERVICE,
-                kafka=settings.kafka,
-                registry=registry,
-                lifecycle=life,
-                handler=AggregateSink(ledger, settings.plan_interval_seconds),
-                inputs=[USAGE_AGGREGATES],
-                group_id=settings.group_id,
-                instance_id=settings.instance_id,
-                topic_prefix=prefix,
-                consumer_config={"session.timeout.ms": settings.session_timeout_ms},
-                tombstones=True,
-            )
-            state["loop"] = loop
-            workers = Workers(readiness)  # each thread it starts gets its /readyz check
-            publisher: Callable[[list[ReportRow]], None] | None = None
-            invoice_publisher: Callable[[list[FinalInvoice]], None] | None = None
-            if settings.send:
-                producer = life.push(
-                    Producer(settings.kafka, client_id=f"{SERVICE}-{settings.instance_id}"), "producer"
-                )
-                publisher = ReportPublisher(producer, registry, prefix, config).publish
-                invoice_publisher = InvoicePublisher(producer, registry, prefix).publish
-            sender = OutboxSender(
-                ledger,
-                gateway,
-                event_names,
-                SenderOptions(
-                    level_meters=frozenset(levels),
-                    requests_per_second=settings.requests_per_second,
-                    batch_size=settings.send_batch,
-                    lease_seconds=settings.lease_seconds,
-                    backoff_base=settings.backoff_base_seconds,
-                    backoff_cap=settings.backoff_cap_seconds,
-                    failure_threshold=settings.breaker_failures,
-                    breaker_cooldown=settings.breaker_cooldown_seconds,
-                ),
-                publish=publisher,
-            )
-            state["sender"] = sender
-            # Pushed last: stopped (and joined) first, before the clients they use are closed.
-            life.push(workers, "workers")
-            state["workers"] = workers
-            subs = subscriptions.SubscriptionStore(
-                pool, config, timedelta(seconds=settings.past_due_grace_seconds), settings.free_plan
-            )
-            state["subscriptions"] = subs
-            closer = PeriodCloser(
-                pool,
-                config,
-                ledger=ledger.ledger,
-                report_granularity=settings.report_granularity,
-                grace_ms=int(settings.close_grace_seconds * 1000),
-                publish=invoice_publisher,
-                adjuster=Adjuster(
-                    pool,
-                    config,
-                    ledger=ledger.ledger,
-                    grace_ms=int(settings.close_grace_seconds * 1000),
-                    gateway=gateway if settings.send else None,
-                ),
-                mirrors=[topups.GrantMirror(pool, config, gateway).send_pending] if settings.send else [],
-            )
-            state["closer"] = closer
-            workers.start("ledger-writer", loop.run, ready=loop.ready)
-            workers.start("period-closer", partial(closer.run, settings.close_check_seconds))
-            if settings.send:
-                workers.start("outbox-sender", sender.run)
-            workers.start(
-                "grace-keeper", partial(subscriptions.keep_grace, subs, settings.grace_check_seconds)
-            )
-            log.info(
-                "billing reporter starting",
-                extra={
-                    "granularity": settings.report_granularity,
-                    "meters": sorted(event_names),
-                    "stripe": settings.stripe.api_base,
-                },
-            )
+            res = await run_in_threadpool(open_resources, settings, life, config, fastapi_app, readiness)
+            fastapi_app.state.resources = res
+            state.update(res.as_state())
             yield
         finally:
+            fastapi_app.state.resources = None
+            state.clear()
             auth.install(fastapi_app, None)
             # Joining the workers takes up to 30 s each: off the event loop, which still serves meanwhile.
             await run_in_threadpool(life.close)
@@ -233,56 +232,7 @@ def build_app(
     readiness: dict[str, Callable[[], bool]] = {}
     ops_routes(app, readiness=readiness)
 
-    @app.get(
-        "/v1/invoices/{customer_id}/upcoming",
-        responses={**openapi.UPCOMING_INVOICE, **auth.responses()},
-        dependencies=[Depends(auth.secret_key())],  # the customer's backend, or an operator
-    )
-    async def upcoming_invoice(customer_id: str) -> Response:
-        """The running invoice of the customer's current period, from the usage consumed so far."""
-        found = await run_in_threadpool(
-            accounts.upcoming_invoice,
-            state["pool"],
-            state["ledger"].ledger,
-            config,
-            customer_id,
-            int(time.time() * 1000),
-        )
-        if found is None:
-            return error(404, "customer_not_found", f"customer {customer_id!r} does not exist")
-        if isinstance(found, str):
-            return error(409, "plan_not_configured", found)
-        return Response(orjson.dumps(found.to_dict()), media_type=_JSON)
-
-    @app.get(
-        "/v1/invoices/{customer_id}/preview",
-        responses=openapi.PREVIEW_INVOICE,
-        # The customer's own backend (secret key) or an operator; never a browser's publishable key.
-        dependencies=[Depends(auth.secret_key())],
-    )
-    async def preview_invoice(
-        customer_id: str, plan: str, version: str | None = None, period: str | None = None
-    ) -> Response:
-        """The customer's invoice for the current period (or the one starting in ``period``, YYYY-MM) if
-        they were on ``plan`` (price ``version``): their real usage, the same calculator, exact decimals."""
-
-        def run() -> Invoice | None:
-            with state["pool"].connection() as conn:
-                who = previews.account(conn, customer_id)
-                if who is None:
-                    return None
-                return previews.preview(
-                    conn, state["ledger"].ledger, config, who, plan, version, period, int(time.time() * 1000)
-                )
-
-        try:
-            found = await run_in_threadpool(run)
-        except previews.PreviewError as exc:
-            return error(400, exc.code, str(exc))
-        if found is None:
-            return error(404, "customer_not_found", f"customer {customer_id!r} does not exist")
-        return Response(orjson.dumps(found.to_dict()), media_type=_JSON)
-
+    app.include_router(api.router)  # the invoice routes (api.py)
     subscriptions.routes(app, settings, config, state, error)
     topups.routes(app, settings, config, state, error)
     price_list_policy = auth.public("the price list a pricing page shows to anyone (no tenant data)")

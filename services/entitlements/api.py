@@ -12,7 +12,6 @@ import orjson
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
 from starlette.responses import Response
 
 from services.customers import CustomerDirectory
@@ -22,7 +21,7 @@ from services.entitlements.handlers import PlanNotConfigured, UnknownFeature, de
 from services.entitlements.view import ZERO, UsageView
 from services.kernel import metrics
 from services.kernel.auth import Caller, publishable_key, responses
-from services.kernel.http import HttpError
+from services.kernel.http import resources_dependency
 from services.plans.grants import granted_units
 from services.plans.model import PlansConfig
 from services.plans.periods import billing_period
@@ -42,13 +41,7 @@ class Entitlements:
     grants: GrantCache
 
 
-def resources(request: Request) -> Entitlements:
-    found: Entitlements | None = getattr(request.app.state, "resources", None)
-    if found is None:
-        raise HttpError(
-            503, "service_unavailable", "the entitlement API is starting or stopping", {"Retry-After": "1"}
-        )
-    return found
+resources = resources_dependency(Entitlements, "the entitlement API is starting or stopping")
 
 
 # -- OpenAPI: the answers' shapes (documentation only; the handler writes the bytes itself with orjson) ----

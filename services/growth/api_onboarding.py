@@ -18,7 +18,7 @@ from services.kernel import auth, metrics
 from services.kernel.http import HttpError
 
 if TYPE_CHECKING:
-    from services.growth.app import Growth
+    from services.growth.resources import Growth
 
 COMPLETED_EVENT = "onboarding_step_completed"
 NEXT_SECONDS = metrics.histogram(

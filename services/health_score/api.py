@@ -7,22 +7,24 @@ opened by the app's lifespan), the caller from each route's policy.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Query
 from psycopg_pool import ConnectionPool
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from services.customers import suspension
 from services.health_score import dashboard
+from services.health_score.customer_list import CustomerDirectorySnapshot, Filters, customer_list
 from services.health_score.serving import Hub, ServingCache, detail
 from services.health_score.store import HealthStore
 from services.kernel import auth, login
-from services.kernel.http import HttpError
+from services.kernel.http import HttpError, resources_dependency
 from services.kernel.login import BrowserLogin, PageCaller
 from services.kernel.privacy import ErasureFollower
 from services.kernel.processing import AtLeastOnceLoop
@@ -30,6 +32,7 @@ from services.kernel.processing.view import MaterializedView
 from services.kernel.sse import StreamLimits, event_stream
 from services.kernel.sse import event as sse_event
 from services.kernel.workers import Workers
+from services.plans.model import PlansConfig
 
 _JSON = "application/json"
 
@@ -46,22 +49,17 @@ class HealthResources:
     store: HealthStore
     authenticator: auth.Authenticator
     browser_login: BrowserLogin
+    # The customer list: prices per plan (recurring revenue) and the customers table (plan, CSM, suspension).
+    plans: PlansConfig
+    directory: CustomerDirectorySnapshot
     views: list[MaterializedView] = field(default_factory=list)
     loop: AtLeastOnceLoop | None = None
     erasures: ErasureFollower | None = None
     workers: Workers | None = None
 
 
-def resources(request: Request) -> HealthResources:
-    found: HealthResources | None = getattr(request.app.state, "resources", None)
-    if found is None:
-        raise HttpError(
-            503,
-            "service_unavailable",
-            "the health-score service is starting or stopping",
-            {"Retry-After": "1"},
-        )
-    return found
+# 503 with Retry-After until the lifespan has opened them (services/kernel/http.py)
+resources = resources_dependency(HealthResources, "the health-score service is starting or stopping")
 
 
 Resources = Annotated[HealthResources, Depends(resources)]
@@ -106,10 +104,15 @@ class HealthOut(BaseModel):
 
 class SummaryOut(BaseModel):
     customer_id: str
+    name: str | None
     score: int
     band: str | None
     segment: str | None
-    plan: str | None
+    plan: str | None = Field(description="the customer's plan now (customers table)")
+    csm_owner: str | None
+    billing_status: str | None
+    suspended: bool
+    mrr: str = Field(description="monthly recurring revenue: the base price of its price version, decimal")
     trend: int
     trend_direction: str | None
     churn_risk: float | None
@@ -117,9 +120,18 @@ class SummaryOut(BaseModel):
     sparkline: list[int]
 
 
+class BandRevenueOut(BaseModel):
+    customers: int
+    mrr: str = Field(description="their monthly recurring revenue, decimal")
+
+
 class ListOut(BaseModel):
     customers: list[SummaryOut]
     total: int
+    currency: str
+    revenue_at_risk: dict[str, BandRevenueOut] = Field(
+        description="per band (red, yellow, green): the listed customers and their recurring revenue"
+    )
 
 
 class ErrorOut(BaseModel):
@@ -151,17 +163,23 @@ async def list_health(
     res: Resources,
     band: Literal["red", "yellow", "green"] | None = None,
     segment: str | None = Query(default=None, max_length=100),
+    q: str | None = Query(default=None, max_length=200, description="part of the customer's id or name"),
+    plan: str | None = Query(default=None, max_length=100),
+    csm: str | None = Query(default=None, max_length=200, description="the CSM's name; none: unowned"),
+    suspended: bool | None = Query(default=None, description="only (un)suspended customers"),
     limit: int = Query(default=100, ge=1, le=10_000),
 ) -> Response:
-    """Every scored customer, riskiest first (lowest score, then falling fastest), filtered by band and
-    segment; from the serving cache."""
-    ranked = res.cache.ranked()
-    chosen = [
-        s
-        for s in ranked
-        if (band is None or s["band"] == band) and (segment is None or s["segment"] == segment)
-    ]
-    return Response(orjson.dumps({"customers": chosen[:limit], "total": len(chosen)}), media_type=_JSON)
+    """Every scored customer, riskiest first (lowest score, then falling fastest), searched and filtered,
+    with the recurring revenue per band among those listed (the money at risk)."""
+    filters = Filters(q or None, band, plan or None, csm or None, suspended, segment or None)
+    answer = await run_in_threadpool(_customer_list, res, filters)
+    answer["customers"] = answer["customers"][:limit]
+    return Response(orjson.dumps(answer), media_type=_JSON)
+
+
+def _customer_list(res: HealthResources, filters: Filters) -> dict[str, Any]:
+    today = datetime.now(UTC).date()
+    return customer_list(res.cache.ranked(), res.directory.get(), res.plans, filters, today)
 
 
 @router.get(
@@ -212,10 +230,30 @@ async def get_health(customer_id: str, res: Resources) -> Response:
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
-async def overview(caller: Page, res: Resources) -> HTMLResponse:
+async def overview(
+    caller: Page,
+    res: Resources,
+    q: str | None = Query(default=None, max_length=200),
+    band: Literal["red", "yellow", "green", ""] | None = None,
+    plan: str | None = Query(default=None, max_length=100),
+    csm: str | None = Query(default=None, max_length=200),
+    suspended: Literal["yes", "no", ""] | None = None,
+) -> HTMLResponse:
+    filters = Filters(
+        q or None, band or None, plan or None, csm or None, {"yes": True, "no": False}.get(suspended or "")
+    )
     # The abuse guard's suspended and suspected customers (PostgreSQL, a small indexed read per view).
     abuse = await run_in_threadpool(_abuse_rows, res.pool)
-    return HTMLResponse(dashboard.overview(res.cache.ranked(), who=caller.header(), abuse=abuse))
+    listed = await run_in_threadpool(_customer_list, res, filters)
+    return HTMLResponse(
+        dashboard.overview(
+            listed,
+            who=caller.header(),
+            abuse=abuse,
+            filters=filters,
+            plans=[p.slug for p in res.plans.plans],
+        )
+    )
 
 
 @router.get("/customers/{customer_id}", response_class=HTMLResponse, include_in_schema=False)

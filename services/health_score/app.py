@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from services.health_score import api
 from services.health_score.api import HealthResources
 from services.health_score.config import HealthSettings
+from services.health_score.customer_list import CustomerDirectorySnapshot
 from services.health_score.model import day_of
 from services.health_score.processor import FactsBuilder, HealthSink
 from services.health_score.registry import HealthConfig, load_config, summary
@@ -164,6 +165,8 @@ def open_resources(
     )
     store = HealthStore(pool, f"{prefix}{settings.group_id}")
     res = HealthResources(
+        plans=PLANS_FILE.of(settings, files),
+        directory=CustomerDirectorySnapshot(lambda: pool.connection(timeout=5)),
         cache=cache,
         hub=hub,
         sse_limits=StreamLimits(
@@ -183,7 +186,7 @@ def open_resources(
         # Serving only: every answer comes from the views and the history; no loop, no outbox.
         log.info("health score API starting (role api)", extra={"config_version": config.version})
         return res
-    builder = FactsBuilder(config, seats_limits(PLANS_FILE.of(settings, files)), settings.max_persons_per_day)
+    builder = FactsBuilder(config, seats_limits(res.plans), settings.max_persons_per_day)
     sink = HealthSink(
         config,
         store,

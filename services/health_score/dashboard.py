@@ -43,8 +43,10 @@ def sparkline(values: Sequence[int], width: int = 120, height: int = 24) -> str:
     return f'<svg width="{width}" height="{height}">{line}</svg>'
 
 
-def _page(title: str, body: str, customer: str | None = None, who: str = "") -> str:
+def _page(title: str, body: str, customer: str | None = None, who: str = "", filtered: bool = False) -> str:
     data = f' data-customer="{escape(customer)}"' if customer else ""
+    # A filtered list takes live score updates for the customers it shows, never adds others.
+    data += ' data-filtered="1"' if filtered else ""
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
         f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{STYLE}</style></head>'
@@ -56,11 +58,60 @@ def _page(title: str, body: str, customer: str | None = None, who: str = "") -> 
 def _row(s: Mapping[str, Any]) -> str:
     cid = escape(s["customer_id"])
     direction = s.get("trend_direction")
+    badge = ' <span class="tag">suspended</span>' if s.get("suspended") else ""
     return (
-        f'<tr id="c-{cid}"><td><a href="/customers/{cid}">{cid}</a></td>'
+        f'<tr id="c-{cid}"><td><a href="/customers/{cid}">{cid}</a>{badge}</td>'
         f'<td class="score {escape(s.get("band") or "")}">{s["score"]}</td>'
         f'<td class="trend {escape(direction or "")}">{ARROWS.get(direction, "·")} {s.get("trend", 0)}</td>'
-        f'<td class="spark">{sparkline(s.get("sparkline") or [])}</td></tr>'
+        f'<td class="spark">{sparkline(s.get("sparkline") or [])}</td>'
+        f'<td class="plan">{escape(s.get("plan") or "")}</td>'
+        f'<td class="csm">{escape(s.get("csm_owner") or "-")}</td>'
+        f'<td class="mrr">{escape(str(s.get("mrr") or ""))}</td></tr>'
+    )
+
+
+def _filter_form(filters: Any, plans: Sequence[str]) -> str:
+    """Search and filters of the customer list (a GET form: the filtered list is a link to share)."""
+
+    def options(name: str, values: Sequence[tuple[str, str]], chosen: str | None) -> str:
+        opts = "".join(
+            f'<option value="{escape(v)}"{" selected" if v == (chosen or "") else ""}>'
+            f"{escape(label)}</option>"
+            for v, label in values
+        )
+        return f'<select name="{name}" id="f-{name}">{opts}</select>'
+
+    suspended = {True: "yes", False: "no", None: ""}[getattr(filters, "suspended", None)]
+    return (
+        '<form id="filters" method="get" action="/" class="filters">'
+        f'<input name="q" id="f-q" placeholder="search customers" value="{escape(filters.q or "")}">'
+        + options("band", [("", "any band"), *((b, b) for b in BANDS)], filters.band)
+        + options("plan", [("", "any plan"), *((p, p) for p in plans)], filters.plan)
+        + '<input name="csm" id="f-csm" placeholder="CSM (none: unowned)"'
+        + f' value="{escape(filters.csm or "")}">'
+        + options(
+            "suspended", [("", "suspended or not"), ("yes", "suspended"), ("no", "not suspended")], suspended
+        )
+        + '<button type="submit">Filter</button> <a href="/">clear</a></form>'
+    )
+
+
+def _revenue(listed: Mapping[str, Any]) -> str:
+    """Recurring revenue per band among the listed customers: red is the money at risk."""
+    per_band = listed.get("revenue_at_risk") or {}
+    if not per_band:
+        return ""
+    currency = escape(str(listed.get("currency") or "").upper())
+    cells = "".join(
+        f'<div class="rev b-{b}" id="rev-{b}" data-mrr="{escape(str(per_band[b]["mrr"]))}">'
+        f'<span class="{b}">{b.title()}</span> <b>{escape(str(per_band[b]["mrr"]))} {currency}</b>'
+        f'<span class="muted"> / month · {per_band[b]["customers"]} customers</span></div>'
+        for b in BANDS
+        if b in per_band
+    )
+    return (
+        '<section id="revenue"><h2>Recurring revenue by health band</h2>'
+        f'<div class="revs">{cells}</div></section>'
     )
 
 
@@ -83,20 +134,31 @@ def _abuse(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def overview(
-    ranked: Iterable[Mapping[str, Any]], who: str = "", abuse: Sequence[Mapping[str, Any]] = ()
+    listed: Mapping[str, Any] | Iterable[Mapping[str, Any]],
+    who: str = "",
+    abuse: Sequence[Mapping[str, Any]] = (),
+    filters: Any = None,
+    plans: Sequence[str] = (),
 ) -> str:
-    """The customers by band, the abuse guard's suspended and suspected ones first; ``who`` is the
-    signed-in operator's strip (name, role, logout)."""
+    """The customers by band (searched and filtered), the recurring revenue in each band, and the abuse
+    guard's suspended and suspected ones first; ``who`` is the signed-in operator's strip."""
+    if not isinstance(listed, Mapping):  # plain summaries: no revenue strip
+        listed = {"customers": list(listed)}
     by_band: dict[str, list[str]] = {b: [] for b in BANDS}
-    for s in ranked:
+    for s in listed["customers"]:
         by_band.setdefault(s.get("band") or "red", []).append(_row(s))
     columns = "".join(
         f'<section id="band-{b}" class="b-{b}"><h2 class="{b}">{b.title()} ({len(by_band[b])})</h2>'
-        f"<table><thead><tr><th>customer</th><th>score</th><th>trend</th><th>last weeks</th></tr></thead>"
-        f"<tbody>{''.join(by_band[b])}</tbody></table></section>"
+        f"<table><thead><tr><th>customer</th><th>score</th><th>trend</th><th>last weeks</th><th>plan</th>"
+        f"<th>CSM</th><th>MRR</th></tr></thead><tbody>{''.join(by_band[b])}</tbody></table></section>"
         for b in BANDS
     )
-    return _page("Customer health", f'{_abuse(abuse)}<div class="cols">{columns}</div>', who=who)
+    active = filters is not None and any(
+        getattr(filters, f) not in (None, "") for f in ("q", "band", "plan", "csm", "suspended")
+    )
+    form = _filter_form(filters, plans) if filters is not None else ""
+    body = f'{_abuse(abuse)}{form}{_revenue(listed)}<div class="cols">{columns}</div>'
+    return _page("Customer health", body, who=who, filtered=active)
 
 
 def _when(ms: int) -> str:

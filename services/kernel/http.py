@@ -33,7 +33,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import orjson
 import psycopg
@@ -81,6 +81,25 @@ class HttpError(Exception):
         self.code = code
         self.message = message
         self.headers = dict(headers or {})
+
+
+R = TypeVar("R")
+
+
+def resources_dependency(
+    kind: type[R], message: str, code: str = "service_unavailable"
+) -> Callable[[Request], R]:
+    """The FastAPI dependency through which a service's routes receive its running resources (``kind``,
+    put on ``app.state.resources`` by the lifespan once opened): 503 ``code`` with ``Retry-After`` while
+    the service starts or stops (``message`` says so)."""
+
+    def resources(request: Request) -> R:
+        found = getattr(request.app.state, "resources", None)
+        if found is None:
+            raise HttpError(503, code, message, {"Retry-After": "1"})
+        return cast(R, found)
+
+    return resources
 
 
 class BodyReadTimeout(HttpError):

@@ -3,8 +3,9 @@ of the partition's changelog for restarts (RocksDB, one per input partition; see
 
 Layout of one partition's store (``services.kernel.processing.store.LocalStore``):
 
-* ``I<id key>`` -> expiry minute (4 bytes): a dedup id that may have left memory;
-* ``E<expiry minute><id key>`` -> empty: the same id, ordered by expiry (eviction and warm loading);
+* ``E<expiry minute><customer><suffix>`` -> a flag and packed ids: dedup ids of one customer expiring
+  then, in chunks (see :class:`DiskDedupIndex`);
+* ``I<id key>`` -> expiry minute (4 bytes): a spilled id, for point lookups;
 * ``L<changelog key>`` -> the latest changelog value of that key, for every record kind but the dedup ids
   (``D|`` keys are kept with an empty value: the ids are the ``I``/``E`` entries);
 * the seal (``services.kernel.processing.store``): ``{"o": committed input offset, "rules": [...]}``.
@@ -16,6 +17,7 @@ a UUID, ``\\x01`` + UTF-8 otherwise), so one customer's ids never meet another's
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -45,13 +47,50 @@ def parse_id_key(key: bytes) -> tuple[str, int | str]:
     return customer, tail[1:].decode()
 
 
+def pack_ids(compacts: Iterable[int | str]) -> bytes:
+    """Compact ids one after another: ``\x00`` + 16 bytes (a UUID) or ``\x01`` + 2-byte length + UTF-8."""
+    parts = []
+    for compact in compacts:
+        if isinstance(compact, int):
+            parts.append(b"\x00" + compact.to_bytes(16, "big"))
+        else:
+            raw = compact.encode()
+            parts.append(b"\x01" + len(raw).to_bytes(2, "big") + raw)
+    return b"".join(parts)
+
+
+def unpack_ids(data: bytes) -> list[int | str]:
+    out: list[int | str] = []
+    pos, end = 0, len(data)
+    from_bytes = int.from_bytes
+    while pos < end:
+        if data[pos] == 0:
+            out.append(from_bytes(data[pos + 1 : pos + 17], "big"))
+            pos += 17
+        else:
+            size = from_bytes(data[pos + 1 : pos + 3], "big")
+            out.append(data[pos + 3 : pos + 3 + size].decode())
+            pos += 3 + size
+    return out
+
+
+#: Flag byte of a chunk: its ids also have ``I`` keys (spilled) or not (written from memory at a seal).
+SPILLED = b"S"
+SEALED = b"M"
+
+
 class DiskDedupIndex(DedupIndex):
     """The dedup index with at most ``memory_ids`` ids in memory; the oldest expiry minutes go to the store.
 
     Memory holds whole expiry minutes, newest first. While any live id is only in the store (``spilled``),
     an id missing from memory is looked up in the store (a bloom-filtered point lookup), so dedup stays
-    exact whatever the bound; below the bound nothing is read from disk. Ids are written to the store when
-    their minute is spilled and, for the rest, when the store is sealed.
+    exact whatever the bound; below the bound nothing is read from disk.
+
+    On disk, ids are chunks per (expiry minute, customer): ``E<minute><customer><unique suffix>`` -> flag
+    + packed ids, one put per chunk (loading a store reads chunks, not keys). Spilled chunks (flag ``S``)
+    also have an ``I<id key>`` per id for lookups. While the partition runs, the chunks on disk are exactly
+    the ids not in memory; a seal adds the ids of memory as ``M`` chunks (no ``I`` keys: they are loaded
+    back into memory first), and loading a sealed store deletes what it loaded and gives the rest ``I`` keys.
     """
 
     __slots__ = ("memory_ids", "spilled_through", "store")
@@ -69,6 +108,13 @@ class DiskDedupIndex(DedupIndex):
     def restored_record(self) -> None:
         self.spill()
 
+    @staticmethod
+    def _chunk_key(minute: int, customer_id: str) -> bytes:
+        customer = customer_id.encode()
+        return (
+            EXPIRY + minute.to_bytes(4, "big") + len(customer).to_bytes(2, "big") + customer + os.urandom(8)
+        )
+
     def spill(self) -> int:
         """Move the oldest expiry minutes to the store until memory holds at most ``memory_ids``; returns
         the ids moved. Only committed ids are ever spilled (it runs after a commit, or during a restore)."""
@@ -83,11 +129,10 @@ class DiskDedupIndex(DedupIndex):
             by_customer = self.buckets.pop(minute)
             minute_bytes = minute.to_bytes(4, "big")
             for customer_id, compacts in by_customer.items():
+                batch.put(self._chunk_key(minute, customer_id), SPILLED + pack_ids(compacts))
                 ids = self.seen.get(customer_id)
                 for compact in compacts:
-                    key = id_key(customer_id, compact)
-                    batch.put(ID + key, minute_bytes)
-                    batch.put(EXPIRY + minute_bytes + key, b"")
+                    batch.put(ID + id_key(customer_id, compact), minute_bytes)
                 if ids is not None:
                     ids.difference_update(compacts)
                     if not ids:
@@ -99,33 +144,51 @@ class DiskDedupIndex(DedupIndex):
         return moved
 
     def write_all(self) -> None:
-        """Write the ids still only in memory to the store (before sealing it)."""
+        """Write the ids in memory to the store (before sealing it): one chunk per minute and customer."""
         batch = self.store.batch()
         for minute, by_customer in self.buckets.items():
-            minute_bytes = minute.to_bytes(4, "big")
             for customer_id, compacts in by_customer.items():
-                for compact in compacts:
-                    key = id_key(customer_id, compact)
-                    batch.put(ID + key, minute_bytes)
-                    batch.put(EXPIRY + minute_bytes + key, b"")
+                batch.put(self._chunk_key(minute, customer_id), SEALED + pack_ids(compacts))
         self.store.write(batch)
 
     def load(self) -> int:
-        """Fill memory from a sealed store, newest expiry first, up to the bound; returns ids loaded."""
+        """Fill memory from a sealed store, newest expiry first, up to the bound; returns ids loaded.
+        Loaded chunks leave the disk; those left get their ``I`` keys (they are spilled now)."""
         loaded = 0
-        for key, _ in self.store.items(EXPIRY, backwards=True):
+        full = False
+        batch = self.store.batch()
+        for key, value in self.store.items(EXPIRY, backwards=True):
             minute = int.from_bytes(key[1:5], "big")
-            if loaded >= self.memory_ids:
-                self.spilled_through = minute  # this minute and older ones stay (partly) on disk only
+            size = int.from_bytes(key[5:7], "big")
+            customer_id = key[7 : 7 + size].decode()
+            compacts = unpack_ids(value[1:])
+            full = full or (loaded > 0 and loaded + len(compacts) > self.memory_ids)
+            if full:
+                # this minute and older ones stay (partly) on disk only
+                self.spilled_through = max(self.spilled_through, minute)
                 self.spilled = True
-                break
-            customer_id, compact = parse_id_key(key[5:])
+                if value[:1] == SEALED:
+                    minute_bytes = minute.to_bytes(4, "big")
+                    for compact in compacts:
+                        batch.put(ID + id_key(customer_id, compact), minute_bytes)
+                    batch.put(key, SPILLED + value[1:])
+                continue
             ids = self.seen.get(customer_id)
             if ids is None:
                 ids = self.seen[customer_id] = set()
-            ids.add(compact)
-            self.buckets.setdefault(minute, {}).setdefault(customer_id, []).append(compact)
-            loaded += 1
+            ids.update(compacts)
+            bucket = self.buckets.setdefault(minute, {})
+            known = bucket.get(customer_id)
+            if known is None:
+                bucket[customer_id] = compacts
+            else:
+                known.extend(compacts)
+            batch.delete(key)
+            if value[:1] == SPILLED:
+                for compact in compacts:
+                    batch.delete(ID + id_key(customer_id, compact))
+            loaded += len(compacts)
+        self.store.write(batch)
         return loaded
 
     def evict(self, now_minute: int) -> list[int]:
@@ -133,20 +196,22 @@ class DiskDedupIndex(DedupIndex):
         the partition has dedup records of (their changelog records are tombstoned)."""
         expired = set(super().evict(now_minute))
         expired.update(m for m in self.bucket_records if m < now_minute)
-        # The store can hold ids while none is spilled (a warm load keeps its copy): always look (one seek
-        # when there is nothing to drop).
-        end = EXPIRY + now_minute.to_bytes(4, "big")
-        batch = self.store.batch()
-        for key, _ in self.store.items(EXPIRY):
-            if key >= end:
-                break
-            batch.delete(ID + key[5:])
-        if not batch.is_empty():
+        if self.spilled:
+            end = EXPIRY + now_minute.to_bytes(4, "big")
+            batch = self.store.batch()
+            for key, value in self.store.items(EXPIRY):
+                if key >= end:
+                    break
+                if value[:1] == SPILLED:
+                    size = int.from_bytes(key[5:7], "big")
+                    customer_id = key[7 : 7 + size].decode()
+                    for compact in unpack_ids(value[1:]):
+                        batch.delete(ID + id_key(customer_id, compact))
             batch.delete_range(EXPIRY, end)
             self.store.write(batch)
-        if self.spilled and self.spilled_through < now_minute:
-            self.spilled_through = -1
-            self.spilled = False
+            if self.spilled_through < now_minute:
+                self.spilled_through = -1
+                self.spilled = False
         return sorted(expired)
 
 

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from services.kernel import auth
-from services.kernel.http import HttpError
+from services.kernel.http import resources_dependency
 from services.kernel.metrics import CollectorRegistry, counter, histogram
 from services.schema_registry import model, openapi
 from services.schema_registry.auth import AppAccess
@@ -69,13 +69,7 @@ class RegistryResources:
     metrics: RegistryMetrics
 
 
-def resources(request: Request) -> RegistryResources:
-    found: RegistryResources | None = getattr(request.app.state, "resources", None)
-    if found is None:
-        raise HttpError(
-            503, "service_unavailable", "the schema registry is starting or stopping", {"Retry-After": "1"}
-        )
-    return found
+resources = resources_dependency(RegistryResources, "the schema registry is starting or stopping")
 
 
 Resources = Annotated[RegistryResources, Depends(resources)]

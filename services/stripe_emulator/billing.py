@@ -603,6 +603,7 @@ class BillingObjects:
     ) -> dict[str, Any]:  # fmt: skip
         now = self.now()
         start = now
+        months = self._interval_months(items)
         # A future anchor: the first (partial) period runs from now to the anchor.
         anchor = anchor if anchor is not None and anchor > now else now
         sub_id = _id("sub")
@@ -625,8 +626,10 @@ class BillingObjects:
             "metadata": metadata,
             "start_date": start,
             "status": status,
-            "_period": (start, anchor if anchor > now else add_months(anchor, 1)),
+            "_period": (start, anchor if anchor > now else add_months(anchor, months)),
             "_cycle": 0 if anchor > now else 1,
+            # The items' interval in months (1, 12, N): periods are _cycle * _months from the anchor.
+            "_months": months,
         }
         for item in items:
             sub["items"]["data"].append(self._item(sub, item))
@@ -636,6 +639,26 @@ class BillingObjects:
         # The first invoice: licensed items of the first period, in advance.
         self._invoice(sub, usage_period=None, licensed_period=sub["_period"], reason="subscription_create")
         return sub
+
+    def _interval_months(self, items: list[dict[str, Any]]) -> int:
+        """The subscription's billing interval in months, from its prices' ``recurring``: a year is 12
+        months times ``interval_count``. Items on different intervals need Stripe's flexible billing mode,
+        which the emulator does not implement: refused as a classic-mode subscription is."""
+        found: set[int] = set()
+        for item in items:
+            recurring = self.prices[item["price"]].get("recurring") or {}
+            count = int(recurring.get("interval_count") or 1)
+            unit = recurring.get("interval", "month")
+            if unit not in ("month", "year"):
+                raise StripeApiError(400, f"The emulator bills month and year intervals, not {unit!r}.")
+            found.add(count * 12 if unit == "year" else count)
+        if len(found) > 1:
+            raise StripeApiError(
+                400,
+                "Currency and interval fields must match across all plans on this subscription (mixed "
+                "intervals need billing_mode flexible, which the emulator does not implement).",
+            )
+        return found.pop() if found else 1
 
     def _item(self, sub: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -673,6 +696,12 @@ class BillingObjects:
         if proration not in ("create_prorations", "none", "always_invoice"):
             raise StripeApiError(400, "Invalid proration_behavior", param="proration_behavior")
         items = sub["items"]["data"]
+        priced = [c for c in as_list(form.get("items")) if c.get("price") in self.prices]
+        if priced and self._interval_months(priced) != sub.get("_months", 1):
+            # Stripe resets the billing cycle anchor when the interval changes; not emulated.
+            raise StripeApiError(
+                400, "The emulator does not change a subscription's billing interval.", param="items"
+            )
         removed: list[dict[str, Any]] = []
         added: list[dict[str, Any]] = []
         for i, change in enumerate(as_list(form.get("items"))):
@@ -1093,7 +1122,10 @@ class BillingObjects:
                 for i in self._line_items(details["items"], "subscription_details[items]")
             ]
         lines = self._lines(
-            sub, (start, end), (end, add_months(sub["billing_cycle_anchor"], sub["_cycle"] + 1)), items
+            sub,
+            (start, end),
+            (end, add_months(sub["billing_cycle_anchor"], (sub["_cycle"] + 1) * sub.get("_months", 1))),
+            items,
         )
         self._apply_credits(customer["id"], lines, self.now(), consume=False)
         lines += self._item_lines(customer["id"], None)
@@ -1106,7 +1138,8 @@ class BillingObjects:
             while sub["status"] in ("active", "past_due") and sub["_period"][1] <= now:
                 ended = sub["_period"]
                 sub["_cycle"] += 1
-                sub["_period"] = (ended[1], add_months(sub["billing_cycle_anchor"], sub["_cycle"]))
+                months = sub.get("_months", 1)  # a state file from before intervals: monthly
+                sub["_period"] = (ended[1], add_months(sub["billing_cycle_anchor"], sub["_cycle"] * months))
                 self._sync_periods(sub)
                 if sub["cancel_at_period_end"]:
                     self._invoice(sub, usage_period=ended, licensed_period=None, reason="subscription_cycle")

@@ -52,8 +52,10 @@
     }
     let row = document.getElementById('c-' + s.customer_id);
     if(!row){
+      if(document.body.dataset.filtered) return;  // a filtered list shows only the customers it matched
       row = document.createElement('tr'); row.id = 'c-' + s.customer_id;
-      row.innerHTML = '<td><a></a></td><td class="score"></td><td class="trend"></td><td class="spark"></td>';
+      row.innerHTML = '<td><a></a></td><td class="score"></td><td class="trend"></td><td class="spark"></td>'
+        + '<td class="plan"></td><td class="csm"></td><td class="mrr"></td>';
       row.querySelector('a').href = '/customers/' + encodeURIComponent(s.customer_id);
       row.querySelector('a').textContent = s.customer_id;
     }

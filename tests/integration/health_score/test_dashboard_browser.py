@@ -116,3 +116,94 @@ def test_events_through_ingest_update_the_customer_page_live(
     finally:
         enrichment.close()
         ingest.close()
+
+
+def test_the_customer_list_is_searched_filtered_and_shows_revenue_at_risk_per_band(
+    health: Health, browser: Any, tmp_path: Path
+) -> None:
+    from decimal import Decimal
+
+    from tests.integration.health_score.harness import enriched
+
+    url = health.database.url.get_secret_value()
+    sinking, steady, frozen = (
+        health.customer("list-sinking"),
+        health.customer("list-steady"),
+        health.customer("list-frozen"),
+    )
+    with psycopg.connect(url, autocommit=True) as conn:
+        for cid, plan, csm, version in (
+            (sinking, "starter", "dana", None),  # 29.00
+            (steady, "growth", "lee", None),  # 99.00
+            (frozen, "pro", None, "pro-2025-01"),  # grandfathered: 39.00
+        ):
+            conn.execute(
+                "INSERT INTO customers (customer_id, name, plan, csm_owner, price_version)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (cid, f"{cid} Inc", plan, csm, version),
+            )
+        conn.execute("UPDATE customers SET suspended_at = now() WHERE customer_id = %s", (frozen,))
+    price = {sinking: Decimal("29.00"), steady: Decimal("99.00"), frozen: Decimal("39.00")}
+    api = health.start()
+    bad_tenant = {
+        "plan": "starter",
+        "support_tier": "standard",
+        "open_tickets": 9,
+        "csm_owner": "dana",
+        "billing_status": "past_due",
+    }
+    health.send(
+        *[enriched(sinking, "payment_failed", tenant=bad_tenant) for _ in range(4)],
+        *[enriched(steady, "core_action_completed", person=f"p{i % 3}", plan="growth") for i in range(30)],
+        *[enriched(frozen, "core_action_completed", person="p1", plan="pro") for _ in range(3)],
+    )
+    mine = {"q": health.customer("list-")}  # this test's customers only (the database is shared)
+    with api.client() as client:
+        listed = wait_for(
+            lambda: (
+                (r := client.get("/v1/health", params=mine)).status_code == 200
+                and (body := r.json())["total"] == 3
+                and {c["customer_id"]: c["band"] for c in body["customers"]}[sinking] == "red"
+                and body
+            ),
+            timeout=60,
+            what="three scored customers, the sinking one red",
+        )
+        bands = {c["customer_id"]: c["band"] for c in listed["customers"]}
+        assert bands[sinking] == "red"
+        expected = {
+            b: sum((price[c] for c, band in bands.items() if band == b), Decimal(0)) for b in bands.values()
+        }
+        for band, total in expected.items():
+            assert Decimal(listed["revenue_at_risk"][band]["mrr"]) == total
+        assert {c["customer_id"]: c["mrr"] for c in listed["customers"]} == {
+            c: str(p) for c, p in price.items()
+        }
+        by_csm = client.get("/v1/health", params={**mine, "csm": "lee"}).json()
+        assert [c["customer_id"] for c in by_csm["customers"]] == [steady]
+        suspended = client.get("/v1/health", params={**mine, "suspended": "true"}).json()
+        assert [c["customer_id"] for c in suspended["customers"]] == [frozen]
+        assert client.get("/v1/health", params={"suspended": "maybe"}).status_code == 422
+
+    assert api.token is not None
+    page = browser.new_page(
+        viewport={"width": 1280, "height": 900}, extra_http_headers={"Authorization": f"Bearer {api.token}"}
+    )
+    page.goto(api.url + "/")
+    page.fill("#f-q", health.customer("list-"))
+    page.select_option("#f-plan", "starter")
+    page.click("#filters button")
+    page.wait_for_url("**plan=starter**")
+    shown = page.eval_on_selector_all("tr[id^='c-']", "rows => rows.map(r => r.id.slice(2))")
+    assert shown == [sinking]
+    assert page.locator("#rev-red").get_attribute("data-mrr") == "29.00"
+    assert page.locator("#rev-green").get_attribute("data-mrr") == "0.00"
+    page.goto(f"{api.url}/?q={health.customer('list-')}&suspended=yes")
+    row = page.locator(f"#c-{frozen}")
+    assert row.locator(".tag").inner_text() == "suspended"
+    assert row.locator(".mrr").inner_text() == "39.00"
+    target = os.environ.get(SCREENSHOT_ENV)
+    page.goto(f"{api.url}/?q={health.customer('list-')}")
+    page.screenshot(
+        path=str(Path(target).with_name("dashboard-customer-list.png") if target else tmp_path / "l.png")
+    )

@@ -8,12 +8,8 @@ import gzip
 import pytest
 
 from services.ingest import metrics as m
-from services.ingest.app import (
-    _observe,
-    gunzip,
-    wrong_cloudevents_media_message,
-    wrong_json_media_message,
-)
+from services.ingest.api import wrong_cloudevents_media_message, wrong_json_media_message
+from services.ingest.app import _observe
 from services.ingest.model import (
     Code,
     Limits,
@@ -22,6 +18,7 @@ from services.ingest.model import (
     normalise_batch,
     normalise_single,
 )
+from services.ingest.resources import gunzip
 from services.kernel.http import RequestOutcome
 
 NOW = 1_760_000_000_000

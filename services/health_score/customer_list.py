@@ -1,0 +1,155 @@
+"""The CS dashboard's customer list: the scored customers joined with what the customers table says of
+them (plan, CSM, billing status, suspension, price version), searched and filtered, with the recurring
+revenue in each health band — the money at risk in red, to watch in yellow.
+
+Recurring revenue is the monthly base price of the customer's price version (its pinned, grandfathered
+version, else the one in effect today; deploy/config/metering.yaml), 0 for a canceled subscription. Usage
+charges are left out on purpose: they are not recurring. The list is pure (:func:`customer_list`); the
+customers table is read at most every few seconds (:class:`CustomerDirectorySnapshot`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from services.plans.model import PlansConfig
+
+BANDS = ("red", "yellow", "green")
+
+
+@dataclass(frozen=True)
+class CustomerFacts:
+    customer_id: str
+    name: str | None
+    plan: str
+    csm_owner: str | None
+    billing_status: str
+    price_version: str | None
+    suspended: bool
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What the list is narrowed to; None means any."""
+
+    q: str | None = None
+    band: str | None = None
+    plan: str | None = None
+    csm: str | None = None
+    suspended: bool | None = None
+    segment: str | None = None
+
+    def matches(self, row: Mapping[str, Any]) -> bool:
+        if self.q:
+            needle = self.q.casefold()
+            if (
+                needle not in row["customer_id"].casefold()
+                and needle not in (row.get("name") or "").casefold()
+            ):
+                return False
+        if self.band is not None and row.get("band") != self.band:
+            return False
+        if self.plan is not None and row.get("plan") != self.plan:
+            return False
+        # "none" finds the customers nobody owns yet
+        if self.csm is not None and (row.get("csm_owner") or "none") != self.csm:
+            return False
+        if self.suspended is not None and bool(row.get("suspended")) != self.suspended:
+            return False
+        return self.segment is None or row.get("segment") == self.segment
+
+
+def monthly_revenue(
+    facts: CustomerFacts | None, plan: str | None, plans: PlansConfig, today: date
+) -> Decimal:
+    """The customer's recurring revenue per month: its price version's base price (0 when canceled or the
+    plan is unknown)."""
+    if facts is not None and facts.billing_status == "canceled":
+        return Decimal(0)
+    slug = facts.plan if facts is not None else plan
+    if slug is None:
+        return Decimal(0)
+    price = plans.price_for(slug, today, facts.price_version if facts is not None else None)
+    return price.base_price if price is not None else Decimal(0)
+
+
+def _money(amount: Decimal, minor_unit: int = 2) -> str:
+    return str(amount.quantize(Decimal(1).scaleb(-minor_unit)))
+
+
+def customer_list(
+    ranked: Iterable[Mapping[str, Any]],
+    facts: Mapping[str, CustomerFacts],
+    plans: PlansConfig,
+    filters: Filters,
+    today: date,
+) -> dict[str, Any]:
+    """The scored customers, riskiest first, each with its plan, CSM, suspension and monthly revenue, those
+    ``filters`` keep; and per band the customers and the recurring revenue among them (after the filters,
+    so a CSM sees their own money at risk)."""
+    rows = []
+    for summary in ranked:
+        known = facts.get(summary["customer_id"])
+        row = {
+            **summary,
+            "name": known.name if known else None,
+            # The customers table is the authority on the plan (a score has the plan it was computed with).
+            "plan": known.plan if known else summary.get("plan"),
+            "csm_owner": known.csm_owner if known else None,
+            "billing_status": known.billing_status if known else None,
+            "suspended": known.suspended if known else False,
+            "mrr": monthly_revenue(known, summary.get("plan"), plans, today),
+        }
+        if filters.matches(row):
+            rows.append(row)
+    per_band: dict[str, dict[str, Any]] = {b: {"customers": 0, "mrr": Decimal(0)} for b in BANDS}
+    for row in rows:
+        band = per_band.setdefault(row.get("band") or "red", {"customers": 0, "mrr": Decimal(0)})
+        band["customers"] += 1
+        band["mrr"] += row["mrr"]
+    for row in rows:
+        row["mrr"] = _money(row["mrr"])
+    return {
+        "customers": rows,
+        "total": len(rows),
+        "currency": plans.currency,
+        "revenue_at_risk": {b: {**v, "mrr": _money(v["mrr"])} for b, v in per_band.items()},
+    }
+
+
+class CustomerDirectorySnapshot:
+    """The customers table as the list needs it, read again when older than ``max_age`` seconds: a page
+    view or a list call costs one indexed scan at most every few seconds, not one per request."""
+
+    def __init__(self, connect: Callable[[], AbstractContextManager[Any]], max_age: float = 5.0) -> None:
+        self.connect = connect
+        self.max_age = max_age
+        self._facts: dict[str, CustomerFacts] = {}
+        self._read_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def get(self) -> dict[str, CustomerFacts]:
+        with self._lock:
+            if time.monotonic() - self._read_at > self.max_age:
+                self._facts = self._read()
+                self._read_at = time.monotonic()
+            return self._facts
+
+    def _read(self) -> dict[str, CustomerFacts]:
+        with self.connect() as conn:
+            rows = conn.execute(
+                "SELECT customer_id, name, plan, csm_owner, billing_status, price_version,"
+                " suspended_at IS NOT NULL AND (suspended_until IS NULL OR suspended_until > now())"
+                " FROM customers"
+            ).fetchall()
+        return {
+            str(r[0]): CustomerFacts(str(r[0]), r[1], str(r[2]), r[3], str(r[4]), r[5], bool(r[6]))
+            for r in rows
+        }

@@ -1,0 +1,82 @@
+"""Every HTTP service has the one shape (docs/kernel.md "How to add an HTTP service"): its routes live in
+routers outside ``app.py``, and the example the page shows is the code as it is."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import pytest
+from fastapi import Depends, FastAPI
+from fastapi.testclient import TestClient
+
+from services.kernel.http import install_error_handlers, resources_dependency
+
+ROOT = Path(__file__).resolve().parents[3]
+HTTP_SERVICES = (
+    "ingest",
+    "schema_registry",
+    "entitlements",
+    "billing_reporter",
+    "health_score",
+    "growth",
+    "analytics",
+)
+
+
+@pytest.mark.parametrize("service", HTTP_SERVICES)
+def test_no_route_is_declared_in_the_composition_root(service: str) -> None:
+    app_py = (ROOT / "services" / service / "app.py").read_text()
+    declared = re.findall(r"^\s*@app\.(get|post|put|patch|delete)\(", app_py, flags=re.MULTILINE)
+    assert not declared, f"services/{service}/app.py declares routes: move them into api.py routers"
+    assert (ROOT / "services" / service / "api.py").exists()
+    assert "include_router(" in app_py
+
+
+def test_the_http_service_example_in_the_docs_is_the_code() -> None:
+    docs = (ROOT / "docs" / "kernel.md").read_text()
+    shown = docs.split("<!-- http-example:start -->\n```python\n", 1)[1].split(
+        "```\n<!-- http-example:end", 1
+    )[0]
+    source: Path | None = None
+    checked = 0
+    for line in shown.splitlines():
+        text = line.strip()
+        named = re.match(r"# (services/\S+\.py)", text)
+        if named:
+            source = ROOT / named.group(1)
+            code = {c.strip() for c in source.read_text().splitlines()}
+            continue
+        if not text or text == "...":
+            continue
+        assert source is not None
+        assert text in code, f"docs/kernel.md shows a line {source.relative_to(ROOT)} does not have: {text!r}"
+        checked += 1
+    assert checked > 30
+
+
+@dataclass
+class Running:
+    greeting: str
+
+
+running = resources_dependency(Running, "the greeter is starting or stopping")
+
+
+def test_routes_get_the_running_resources_or_a_503_while_the_service_starts() -> None:
+    app = FastAPI()
+
+    @app.get("/hello")
+    async def hello(res: Annotated[Running, Depends(running)]) -> dict[str, str]:
+        return {"greeting": res.greeting}
+
+    install_error_handlers(app, service="greeter")
+    with TestClient(app) as client:
+        starting = client.get("/hello")
+        assert starting.status_code == 503
+        assert starting.headers["Retry-After"] == "1"
+        assert starting.json()["code"] == "service_unavailable"
+        app.state.resources = Running("hi")
+        assert client.get("/hello").json() == {"greeting": "hi"}
