@@ -309,6 +309,19 @@ async def pql(
     return await answer(lambda: _leads(res, window))
 
 
+@router.get("/daily-facts", dependencies=[VIEWER], response_model=None, responses=ERRORS)
+async def facts(
+    res: Resources, customer: Customer = None, since: Since = None, until: Until = None
+) -> Response:
+    """Per customer and day: events per name and person, score properties, context and limit hits — what
+    the health score's batch path rescores past days from (``plg health backtest --rescore``)."""
+
+    def ask() -> dict[str, Any]:
+        return queries.daily_facts(res.store, scope_of(res, since, until, customer))
+
+    return await answer(ask)
+
+
 # -- the console's pages -----------------------------------------------------------------------------------
 
 pages = APIRouter(prefix="/analytics", include_in_schema=False)

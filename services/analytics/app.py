@@ -24,7 +24,7 @@ from services.kernel.http import install_error_handlers
 from services.kernel.kafka import Producer
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ops_routes
-from services.kernel.privacy import APPLIED, Erasure, ErasureFollower
+from services.kernel.privacy import APPLIED, Erasure, follow_erasures
 from services.kernel.processing import at_least_once
 from services.kernel.serde import SchemaRegistry
 from services.kernel.service import ConfigFile, LoadedFiles
@@ -76,16 +76,7 @@ def open_resources(
             )
         APPLIED.labels(SERVICE, "store").inc()
 
-    erasures = life.push(
-        ErasureFollower(
-            settings.kafka,
-            registry,
-            service=SERVICE,
-            topic_prefix=settings.platform.topic_prefix,
-            on_erasure=[forget],
-        ).start(),
-        "privacy erasures",
-    )
+    erasures = follow_erasures(life, settings, registry, SERVICE, forget)
     loop = at_least_once(
         service=SERVICE,
         kafka=settings.kafka,

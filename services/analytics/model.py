@@ -58,6 +58,7 @@ def row_of(event: Mapping[str, Any], topic: str, partition: int, offset: int) ->
     properties = {str(k): _text(v) for k, v in (event.get("properties") or {}).items()}
     historical = properties.get(HISTORICAL_PROPERTY) == "true"
     received = event.get("received_at")
+    tenant = event.get("tenant") or {}
     return {
         "event_id": event["event_id"],
         "customer_id": event["customer_id"],
@@ -76,6 +77,8 @@ def row_of(event: Mapping[str, Any], topic: str, partition: int, offset: int) ->
         "topic": topic,
         "partition": partition,
         "offset": offset,
+        "billing_status": tenant.get("billing_status") or "",
+        "open_tickets": int(tenant.get("open_tickets") or 0),
     }
 
 

@@ -440,3 +440,73 @@ def pql_signals(
         )
         for customer, e in found.items()
     }
+
+
+def daily_facts(store: AnalyticsStore, scope: Scope) -> dict[str, Any]:
+    """What the health score's batch path needs to rescore past days from the store, per customer and day
+    (days since the epoch, UTC): events per name and person (person '' for account-level events), the
+    values of ``score`` properties per name and person (NPS, CSAT), the customer's context that day (its
+    newest plan, billing status, open tickets, and seats from ``seats_changed``), and plan-limit hits."""
+    params: dict[str, Any] = {}
+    where = scope.where(params)
+    counts = store.engine.rows(
+        f"SELECT customer_id, toUInt32(toDate(ts)) AS day, name, person, count() AS n FROM {store.events}"
+        f" WHERE {where} GROUP BY customer_id, day, name, person ORDER BY customer_id, day, name, person",
+        params,
+    )
+    scored = store.engine.rows(
+        f"SELECT customer_id, toUInt32(toDate(ts)) AS day, name, person, properties['score'] AS value,"
+        f" count() AS n FROM {store.events} WHERE {where} AND mapContains(properties, 'score')"
+        f" GROUP BY customer_id, day, name, person, value ORDER BY customer_id, day, name, person, value",
+        params,
+    )
+    context = store.engine.rows(
+        f"SELECT customer_id, toUInt32(toDate(ts)) AS day, argMax(plan, ts) AS plan,"
+        f" argMax(billing_status, ts) AS billing_status, argMax(open_tickets, ts) AS open_tickets,"
+        f" argMaxIf(properties['seats'], ts, name = 'seats_changed') AS seats"
+        f" FROM {store.events} WHERE {where} GROUP BY customer_id, day ORDER BY customer_id, day",
+        params,
+    )
+    hparams: dict[str, Any] = {"since": scope.since_ms, "until": scope.until_ms}
+    only = ""
+    if scope.customer is not None:
+        hparams["customer"] = scope.customer
+        only = " AND customer_id = {customer:String}"
+    hits = store.engine.rows(
+        f"SELECT customer_id, toUInt32(toDate(occurred_at)) AS day, threshold_percent,"
+        f" max(hard_limit) AS hard_limit FROM {store.limit_hits}"
+        f" WHERE occurred_at >= fromUnixTimestamp64Milli({{since:Int64}}, 'UTC')"
+        f" AND occurred_at < fromUnixTimestamp64Milli({{until:Int64}}, 'UTC'){only}"
+        f" GROUP BY customer_id, day, threshold_percent ORDER BY customer_id, day, threshold_percent",
+        hparams,
+    )
+
+    def seats(text: str) -> int | None:
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+        return int(value) if value >= 1 else None
+
+    return {
+        "counts": [[r["customer_id"], int(r["day"]), r["name"], r["person"], int(r["n"])] for r in counts],
+        "scores": [
+            [r["customer_id"], int(r["day"]), r["name"], r["person"], r["value"], int(r["n"])] for r in scored
+        ],
+        "context": [
+            [
+                r["customer_id"],
+                int(r["day"]),
+                r["plan"] or None,
+                r["billing_status"] or None,
+                int(r["open_tickets"]),
+                seats(r["seats"]),
+            ]
+            for r in context
+        ],
+        "limit_hits": [
+            [r["customer_id"], int(r["day"]), int(r["threshold_percent"]), bool(r["hard_limit"])]
+            for r in hits
+        ],
+        **_range(scope),
+    }

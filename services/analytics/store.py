@@ -67,6 +67,11 @@ def ddl(database: str) -> tuple[str, ...]:
         # stores created before the index existed get it too (new parts at once, old ones as they merge)
         f"ALTER TABLE {database}.events ADD INDEX IF NOT EXISTS event_id_bloom event_id"
         " TYPE bloom_filter(0.001) GRANULARITY 1",
+        # The customer's context the health score reads (enrichment's tenant record), so the batch health
+        # path can rescore past days from the store (docs/analytics.md "Health score backtest").
+        f"ALTER TABLE {database}.events ADD COLUMN IF NOT EXISTS billing_status LowCardinality(String)"
+        " DEFAULT ''",
+        f"ALTER TABLE {database}.events ADD COLUMN IF NOT EXISTS open_tickets UInt32 DEFAULT 0",
         f"""CREATE TABLE IF NOT EXISTS {database}.offsets (
         consumer_group String,
         topic String,
@@ -115,6 +120,8 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "topic",
     "partition",
     "offset",
+    "billing_status",
+    "open_tickets",
 )
 
 

@@ -8,75 +8,18 @@ subscriptions (``subscriptions.py``), top-ups (``topups.py``), Stripe webhooks a
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated, Any, NoReturn
 
 import orjson
 from fastapi import APIRouter, Depends
-from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from services.billing_reporter import accounts, openapi, previews
-from services.billing_reporter.closing import PeriodCloser
-from services.billing_reporter.config import BillingSettings
-from services.billing_reporter.ledger import Ledger
-from services.billing_reporter.sender import OutboxSender
-from services.billing_reporter.stripe_gateway import StripeGateway
-from services.billing_reporter.subscriptions import SubscriptionStore
+from services.billing_reporter.resources import Resources, error
 from services.kernel import auth
-from services.kernel.http import HttpError, resources_dependency
-from services.kernel.processing import AtLeastOnceLoop
-from services.kernel.workers import Workers
 from services.plans.invoice import Invoice
-from services.plans.model import PlansConfig
 
 _JSON = "application/json"
-
-
-@dataclass
-class BillingResources:
-    """What the routes and workers use, opened by the app's lifespan (``app.state.resources``)."""
-
-    settings: BillingSettings
-    config: PlansConfig
-    pool: ConnectionPool
-    gateway: StripeGateway
-    ledger: Ledger
-    sync_catalog: Callable[[], None]
-    subscriptions: SubscriptionStore
-    closer: PeriodCloser
-    sender: OutboxSender
-    loop: AtLeastOnceLoop
-    workers: Workers
-
-    def as_state(self) -> dict[str, Any]:
-        """The mapping ``subscriptions.routes`` and ``topups.routes`` read (their registration functions
-        take one), filled from these resources."""
-        return {
-            "pool": self.pool,
-            "gateway": self.gateway,
-            "ledger": self.ledger,
-            "sync_catalog": self.sync_catalog,
-            "subscriptions": self.subscriptions,
-            "closer": self.closer,
-            "sender": self.sender,
-            "loop": self.loop,
-            "workers": self.workers,
-        }
-
-
-resources = resources_dependency(BillingResources, "the billing reporter is starting or stopping")
-
-
-Resources = Annotated[BillingResources, Depends(resources)]
-
-
-def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> NoReturn:
-    """Refuse the request: the kernel's error discipline answers it in plg's shape, with the request id
-    (``return error(...)`` reads as the answer it is)."""
-    raise HttpError(status, code, message, headers)
 
 
 router = APIRouter()

@@ -27,13 +27,13 @@ from starlette.concurrency import run_in_threadpool
 
 from services.billing_reporter import api, pricelist, subscriptions, topups
 from services.billing_reporter.adjustments import Adjuster
-from services.billing_reporter.api import BillingResources, error
 from services.billing_reporter.catalog import CatalogError, package_meters, sync_catalog
 from services.billing_reporter.closing import FinalInvoice, PeriodCloser
 from services.billing_reporter.config import BillingSettings
 from services.billing_reporter.ledger import Ledger, ReportRow
 from services.billing_reporter.meters import sync_meters
 from services.billing_reporter.publish import InvoicePublisher, ReportPublisher
+from services.billing_reporter.resources import BillingResources
 from services.billing_reporter.sender import OutboxSender, SenderOptions
 from services.billing_reporter.sink import AggregateSink
 from services.billing_reporter.stripe_gateway import StripeGateway
@@ -210,19 +210,15 @@ def build_app(
 ) -> FastAPI:
     config: PlansConfig = PLANS_FILE.of(settings, files)  # as run_service loaded it, not read again
     life = lifecycle or Lifecycle(SERVICE)
-    # What subscriptions.routes and topups.routes read (BillingResources.as_state), filled once opened.
-    state: dict[str, Any] = {}
 
     @asynccontextmanager
     async def lifespan(fastapi_app: FastAPI) -> AsyncIterator[None]:
         try:
             res = await run_in_threadpool(open_resources, settings, life, config, fastapi_app, readiness)
             fastapi_app.state.resources = res
-            state.update(res.as_state())
             yield
         finally:
             fastapi_app.state.resources = None
-            state.clear()
             auth.install(fastapi_app, None)
             # Joining the workers takes up to 30 s each: off the event loop, which still serves meanwhile.
             await run_in_threadpool(life.close)
@@ -233,8 +229,8 @@ def build_app(
     ops_routes(app, readiness=readiness)
 
     app.include_router(api.router)  # the invoice routes (api.py)
-    subscriptions.routes(app, settings, config, state, error)
-    topups.routes(app, settings, config, state, error)
+    app.include_router(subscriptions.router)  # checkout and Stripe webhooks
+    app.include_router(topups.router)  # top-up checkout
     price_list_policy = auth.public("the price list a pricing page shows to anyone (no tenant data)")
     app.include_router(pricelist.router(config, price_list_policy))
     # The price list is read by pricing pages in browsers on any origin: it carries no credential and no

@@ -19,21 +19,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
 import orjson
 import psycopg
 import stripe
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.billing_reporter import openapi
+from services.billing_reporter import openapi, taxes
 from services.billing_reporter.accounts import get_account
 from services.billing_reporter.catalog import CatalogError, mixed_intervals, recurring, version_prices
 from services.billing_reporter.config import BillingSettings
+from services.billing_reporter.resources import Resources, error
+from services.customers import store as customers
 from services.customers import windows
 from services.kernel import auth, metrics
 from services.plans.model import PlansConfig
@@ -158,13 +160,10 @@ def apply_plan(
         return False
     old_plan, anchor_day = row
     # Grandfathering: a pin holds only while the customer stays on its plan; a new plan pins anew.
-    conn.execute(
-        "UPDATE customers SET plan = %s, billing_status = %s, updated_at = now(),"
-        " stripe_customer_id = COALESCE(stripe_customer_id, %s),"
-        " price_version = CASE WHEN %s THEN COALESCE(%s, price_version) ELSE %s END"
-        " WHERE customer_id = %s",
-        (plan, status, stripe_customer_id, old_plan == plan, price_version, price_version, customer_id),
-    )
+    customers.set_plan(
+        conn, customer_id, plan=plan, billing_status=status, stripe_customer_id=stripe_customer_id,
+        price_version=price_version, keep_price_version=old_plan == plan,
+    )  # fmt: skip
     if old_plan == plan:
         return False
     conn.execute(
@@ -551,179 +550,180 @@ def active_subscription(pool: ConnectionPool, customer_id: str) -> str | None:
     return None if row is None else str(row[0])
 
 
-def routes(
-    app: FastAPI,
-    settings: BillingSettings,
-    config: PlansConfig,
-    state: dict[str, Any],
-    error: Callable[..., NoReturn],
-) -> None:
-    grace = timedelta(seconds=settings.past_due_grace_seconds)
+router = APIRouter()
 
-    def store() -> SubscriptionStore:
-        if "subscriptions" not in state:
-            state["subscriptions"] = SubscriptionStore(state["pool"], config, grace, settings.free_plan)
-        return state["subscriptions"]  # type: ignore[no-any-return]
 
-    @app.post(
-        "/v1/checkout/{customer_id}",
-        responses={**openapi.CHECKOUT, **auth.responses()},
-        openapi_extra=openapi.CHECKOUT_BODY,
-        # The customer's backend starts its own upgrade; an operator may do it on the customer's behalf.
-        dependencies=[Depends(auth.secret_key(operator_role=auth.Role.editor))],
-    )
-    async def checkout(customer_id: str, request: Request) -> Response:
-        """A Stripe Checkout Session for the customer's upgrade (``{"plan": ...}`` to choose another)."""
-        body: dict[str, Any] = {}
-        raw = await request.body()
-        if raw:
-            try:
-                body = json.loads(raw)
-            except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
-                return error(400, "invalid_json", 'the body must be JSON, e.g. {"plan": "pro"}')
-            if not isinstance(body, dict) or not isinstance(body.get("plan", ""), str):
-                return error(400, "invalid_body", "the body must be an object with an optional string plan")
-        account = await run_in_threadpool(get_account, state["pool"], customer_id)
-        if account is None:
-            return error(404, "customer_not_found", f"customer {customer_id!r} does not exist")
-        current = config.plan(account.plan)
-        target = body.get("plan") or (current.upgrade_to if current is not None else None)
-        if target is None:
-            return error(409, "no_upgrade", f"plan {account.plan!r} has no upgrade path")
-        target_plan = config.plan(target)
-        if target_plan is None:
-            return error(
-                400, "unknown_plan", f"no plan {target!r}; known: {', '.join(p.slug for p in config.plans)}"
-            )
-        if target == account.plan:
-            return error(409, "already_on_plan", f"customer {customer_id!r} is already on {target!r}")
-        if target_plan.custom_contract:
-            return error(409, "contact_sales", f"plan {target!r} is sold by contract, not by checkout")
-        now = datetime.now(UTC)
-        version = config.price_for(target, now.date())
-        assert version is not None
-        # The same click twice within ten minutes gets the same session.
-        bucket = int(time.time() // 600)
-        key = "checkout_" + hashlib.sha256(f"{customer_id}\x1f{target}\x1f{bucket}".encode()).hexdigest()[:40]
-        gateway = state["gateway"]
+@router.post(
+    "/v1/checkout/{customer_id}",
+    responses={**openapi.CHECKOUT, **auth.responses()},
+    openapi_extra=openapi.CHECKOUT_BODY,
+    # The customer's backend starts its own upgrade; an operator may do it on the customer's behalf.
+    dependencies=[Depends(auth.secret_key(operator_role=auth.Role.editor))],
+)
+async def checkout(customer_id: str, request: Request, res: Resources) -> Response:
+    """A Stripe Checkout Session for the customer's upgrade (``{"plan": ...}`` to choose another)."""
+    body: dict[str, Any] = {}
+    raw = await request.body()
+    if raw:
         try:
-            prices = await run_in_threadpool(
-                catalog_prices, state["pool"], gateway, config, version.version, state["sync_catalog"]
-            )
-            subscription_id = await run_in_threadpool(active_subscription, state["pool"], customer_id)
-            if subscription_id is not None and None in prices:
-                # A paying customer changes plan: the subscription's items move, no second subscription.
-                live = await run_in_threadpool(gateway.retrieve_subscription, subscription_id)
-                change = plan_change_params(
-                    live["items"]["data"], prices, target, version.version, customer_id,
-                    settings.plan_change_proration,
-                )  # fmt: skip
-                change_key = key.replace("checkout_", "change_", 1)
-                await run_in_threadpool(
-                    record_session,
-                    state["pool"],
-                    change_key,
-                    customer_id,
-                    target,
-                    version.version,
-                    "plan_change",
-                )
-                await run_in_threadpool(
-                    gateway.update_subscription, subscription_id, change, idempotency_key=change_key
-                )
-                return Response(
-                    orjson.dumps(
-                        {"url": None, "session_id": None, "plan": target, "customer_id": customer_id,
-                         "subscription_id": subscription_id,
-                         "proration_behavior": settings.plan_change_proration}
-                    ),
-                    media_type="application/json",
-                )  # fmt: skip
-            anchor = billing_period(int(now.timestamp() * 1000), account.anchor_day).end_ms // 1000
-            params = checkout_params(
-                config, customer_id, account.stripe_customer_id, target, settings, now.date(), prices, anchor
-            )
-            session = await run_in_threadpool(gateway.create_checkout_session, params, key)
+            body = json.loads(raw)
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
+            return error(400, "invalid_json", 'the body must be JSON, e.g. {"plan": "pro"}')
+        if not isinstance(body, dict) or not isinstance(body.get("plan", ""), str):
+            return error(400, "invalid_body", "the body must be an object with an optional string plan")
+    account = await run_in_threadpool(get_account, res.pool, customer_id)
+    if account is None:
+        return error(404, "customer_not_found", f"customer {customer_id!r} does not exist")
+    current = res.config.plan(account.plan)
+    target = body.get("plan") or (current.upgrade_to if current is not None else None)
+    if target is None:
+        return error(409, "no_upgrade", f"plan {account.plan!r} has no upgrade path")
+    target_plan = res.config.plan(target)
+    if target_plan is None:
+        return error(
+            400, "unknown_plan", f"no plan {target!r}; known: {', '.join(p.slug for p in res.config.plans)}"
+        )
+    if target == account.plan:
+        return error(409, "already_on_plan", f"customer {customer_id!r} is already on {target!r}")
+    if target_plan.custom_contract:
+        return error(409, "contact_sales", f"plan {target!r} is sold by contract, not by checkout")
+    now = datetime.now(UTC)
+    version = res.config.price_for(target, now.date())
+    assert version is not None
+    # The same click twice within ten minutes gets the same session.
+    bucket = int(time.time() // 600)
+    key = "checkout_" + hashlib.sha256(f"{customer_id}\x1f{target}\x1f{bucket}".encode()).hexdigest()[:40]
+    gateway = res.gateway
+    try:
+        prices = await run_in_threadpool(
+            catalog_prices, res.pool, gateway, res.config, version.version, res.sync_catalog
+        )
+        subscription_id = await run_in_threadpool(active_subscription, res.pool, customer_id)
+        if subscription_id is not None and None in prices:
+            # A paying customer changes plan: the subscription's items move, no second subscription.
+            live = await run_in_threadpool(gateway.retrieve_subscription, subscription_id)
+            change = plan_change_params(
+                live["items"]["data"], prices, target, version.version, customer_id,
+                res.settings.plan_change_proration,
+            )  # fmt: skip
+            change_key = key.replace("checkout_", "change_", 1)
             await run_in_threadpool(
                 record_session,
-                state["pool"],
-                str(session.get("id")),
+                res.pool,
+                change_key,
                 customer_id,
                 target,
                 version.version,
-                "checkout",
+                "plan_change",
             )
-        except (stripe.StripeError, CatalogError) as exc:
-            detail = exc.user_message if isinstance(exc, stripe.StripeError) else str(exc)
-            log.warning("checkout session failed: %s", detail or type(exc).__name__)
-            return error(
-                502,
-                "stripe_unavailable",
-                "Stripe did not create the session; try again",
-                {"Retry-After": "5"},
+            await run_in_threadpool(
+                gateway.update_subscription, subscription_id, change, idempotency_key=change_key
             )
-        return Response(
-            orjson.dumps(
-                {
-                    "url": session.get("url"),
-                    "session_id": session.get("id"),
-                    "plan": target,
-                    "customer_id": customer_id,
-                }
-            ),
-            media_type="application/json",
+            return Response(
+                orjson.dumps(
+                    {"url": None, "session_id": None, "plan": target, "customer_id": customer_id,
+                     "subscription_id": subscription_id,
+                     "proration_behavior": res.settings.plan_change_proration}
+                ),
+                media_type="application/json",
+            )  # fmt: skip
+        anchor = billing_period(int(now.timestamp() * 1000), account.anchor_day).end_ms // 1000
+        # A customer with tax settings but no Stripe customer yet gets one carrying them first.
+        stripe_customer = account.stripe_customer_id or await run_in_threadpool(
+            taxes.customer_for_checkout, res.pool, gateway, customer_id, account.name
         )
-
-    @app.post(
-        "/v1/stripe/webhooks",
-        responses=openapi.WEBHOOK,
-        openapi_extra=openapi.WEBHOOK_BODY,
-        dependencies=[Depends(auth.stripe_signature())],  # verified below, over the raw body
+        params = checkout_params(
+            res.config,
+            customer_id,
+            stripe_customer,
+            target,
+            res.settings,
+            now.date(),
+            prices,
+            anchor,
+        )
+        session = await run_in_threadpool(gateway.create_checkout_session, params, key)
+        await run_in_threadpool(
+            record_session,
+            res.pool,
+            str(session.get("id")),
+            customer_id,
+            target,
+            version.version,
+            "checkout",
+        )
+    except (stripe.StripeError, CatalogError) as exc:
+        detail = exc.user_message if isinstance(exc, stripe.StripeError) else str(exc)
+        log.warning("checkout session failed: %s", detail or type(exc).__name__)
+        return error(
+            502,
+            "stripe_unavailable",
+            "Stripe did not create the session; try again",
+            {"Retry-After": "5"},
+        )
+    return Response(
+        orjson.dumps(
+            {
+                "url": session.get("url"),
+                "session_id": session.get("id"),
+                "plan": target,
+                "customer_id": customer_id,
+            }
+        ),
+        media_type="application/json",
     )
-    async def webhook(request: Request) -> Response:
-        """Stripe's events, verified with ``STRIPE_WEBHOOK_SECRET``; idempotent by event id."""
-        payload = await request.body()
-        signature = request.headers.get("stripe-signature")
-        if not signature:
-            WEBHOOKS.labels("unknown", "unsigned").inc()
-            return error(400, "missing_signature", "the Stripe-Signature header is required")
-        try:
-            secret = settings.stripe.webhook_secret.get_secret_value()
-            # Only the signature is Stripe's to check; the body is parsed and validated here (construct_event
-            # would also build a StripeObject, and fail with a TypeError on a validly signed "[]").
-            stripe.WebhookSignature.verify_header(
-                payload.decode("utf-8", "replace"),
-                signature,
-                secret,
-                tolerance=settings.stripe.webhook_tolerance_seconds,
-            )
-            event = json.loads(payload)
-        except stripe.SignatureVerificationError:
-            WEBHOOKS.labels("unknown", "bad_signature").inc()
-            return error(400, "invalid_signature", "the signature does not match or its timestamp is too old")
-        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
-            WEBHOOKS.labels("unknown", "invalid_json").inc()
-            return error(400, "invalid_json", "the body is not a Stripe event")
-        if (
-            not isinstance(event, dict)
-            or not isinstance(event.get("id"), str)
-            or not isinstance(event.get("type"), str)
-        ):
-            return error(400, "invalid_event", "an event needs id, type and data.object")
-        data = event.get("data")
-        if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
-            return error(400, "invalid_event", "an event needs id, type and data.object")
-        try:
-            result = await run_in_threadpool(store().handle, event)
-        except psycopg.Error:
-            log.exception("webhook %s not applied", event["id"])
-            # Stripe retries a non-2xx: nothing was recorded, so the retry applies it.
-            return error(503, "database_unavailable", "try again", {"Retry-After": "5"})
-        WEBHOOKS.labels(event["type"], result.status).inc()
-        if result.status == "retry":
-            # Any non-2xx makes Stripe deliver the event again (with backoff, for up to three days).
-            return error(409, "not_known_yet", result.detail, {"Retry-After": "5"})
-        return Response(
-            orjson.dumps({"received": True, "result": result.status, "detail": result.detail}),
-            media_type="application/json",
+
+
+@router.post(
+    "/v1/stripe/webhooks",
+    responses=openapi.WEBHOOK,
+    openapi_extra=openapi.WEBHOOK_BODY,
+    dependencies=[Depends(auth.stripe_signature())],  # verified below, over the raw body
+)
+async def webhook(request: Request, res: Resources) -> Response:
+    """Stripe's events, verified with ``STRIPE_WEBHOOK_SECRET``; idempotent by event id."""
+    payload = await request.body()
+    signature = request.headers.get("stripe-signature")
+    if not signature:
+        WEBHOOKS.labels("unknown", "unsigned").inc()
+        return error(400, "missing_signature", "the Stripe-Signature header is required")
+    try:
+        secret = res.settings.stripe.webhook_secret.get_secret_value()
+        # Only the signature is Stripe's to check; the body is parsed and validated here (construct_event
+        # would also build a StripeObject, and fail with a TypeError on a validly signed "[]").
+        stripe.WebhookSignature.verify_header(
+            payload.decode("utf-8", "replace"),
+            signature,
+            secret,
+            tolerance=res.settings.stripe.webhook_tolerance_seconds,
         )
+        event = json.loads(payload)
+    except stripe.SignatureVerificationError:
+        WEBHOOKS.labels("unknown", "bad_signature").inc()
+        return error(400, "invalid_signature", "the signature does not match or its timestamp is too old")
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
+        WEBHOOKS.labels("unknown", "invalid_json").inc()
+        return error(400, "invalid_json", "the body is not a Stripe event")
+    if (
+        not isinstance(event, dict)
+        or not isinstance(event.get("id"), str)
+        or not isinstance(event.get("type"), str)
+    ):
+        return error(400, "invalid_event", "an event needs id, type and data.object")
+    data = event.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
+        return error(400, "invalid_event", "an event needs id, type and data.object")
+    try:
+        result = await run_in_threadpool(res.subscriptions.handle, event)
+    except psycopg.Error:
+        log.exception("webhook %s not applied", event["id"])
+        # Stripe retries a non-2xx: nothing was recorded, so the retry applies it.
+        return error(503, "database_unavailable", "try again", {"Retry-After": "5"})
+    WEBHOOKS.labels(event["type"], result.status).inc()
+    if result.status == "retry":
+        # Any non-2xx makes Stripe deliver the event again (with backoff, for up to three days).
+        return error(409, "not_known_yet", result.detail, {"Retry-After": "5"})
+    return Response(
+        orjson.dumps({"received": True, "result": result.status, "detail": result.detail}),
+        media_type="application/json",
+    )

@@ -12,9 +12,12 @@ before (``customers.stripe_tax_id``) is ever deleted — never one a person adde
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
+
+from psycopg_pool import ConnectionPool
 
 from services.billing_reporter.stripe_gateway import StripeGateway
-from services.customers.tax import CustomerTax
+from services.customers.tax import CustomerTax, get_tax, set_tax
 
 
 def push_tax(gateway: StripeGateway, before: CustomerTax, after: CustomerTax) -> CustomerTax:
@@ -59,3 +62,23 @@ def push_tax(gateway: StripeGateway, before: CustomerTax, after: CustomerTax) ->
         stripe_tax_id=kept,
         stripe_customer_id=stripe_customer,
     )
+
+
+def customer_for_checkout(
+    pool: ConnectionPool, gateway: StripeGateway, customer_id: str, name: str | None
+) -> str | None:
+    """The Stripe customer a checkout should name for a customer plg has none for yet: when tax settings
+    are stored, the Stripe customer is created (idempotent per plg id, as ``plg customers create
+    --stripe``), given them and linked first, so Stripe taxes the very first invoice as plg's does;
+    otherwise None (Checkout creates the customer, as before)."""
+    with pool.connection() as conn:
+        current = get_tax(conn, customer_id)
+    if current is None or current.stripe_customer_id is not None or not current.configured:
+        return current.stripe_customer_id if current is not None else None
+    stripe_id = gateway.create_customer(
+        customer_id=customer_id, name=name, idempotency_key=f"plg_customer_{customer_id}"
+    )
+    pushed = push_tax(gateway, current, replace(current, stripe_customer_id=stripe_id))
+    with pool.connection() as conn:
+        set_tax(conn, pushed)
+    return stripe_id

@@ -13,15 +13,14 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, NoReturn
+from typing import Any
 
 import orjson
 import psycopg
 import stripe
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -30,8 +29,10 @@ from starlette.responses import Response
 from services.billing_reporter.accounts import get_account
 from services.billing_reporter.catalog import package_meter, version_prices
 from services.billing_reporter.config import BillingSettings
+from services.billing_reporter.resources import Resources, error
 from services.billing_reporter.stripe_gateway import StripeGateway
 from services.billing_reporter.subscriptions import WebhookResult, minor_units, record_session
+from services.customers import store as customers
 from services.kernel import auth
 from services.plans.grants import credit_value
 from services.plans.model import CURRENCY_MINOR_UNITS, PlansConfig, TopUp
@@ -111,68 +112,67 @@ def apply_top_up(
     if inserted is None:
         return WebhookResult("duplicate", f"{session_id} granted already")
     # The customers trigger notifies plg_customer_changed: the entitlement API re-reads the grants now.
-    conn.execute("UPDATE customers SET updated_at = now() WHERE customer_id = %s", (customer_id,))
+    customers.notify_changed(conn, customer_id)
     return WebhookResult("applied", f"{customer_id}: +{meta.get('plg_units')} {pack.meter}")
 
 
-def routes(
-    app: FastAPI, settings: BillingSettings, config: PlansConfig, state: dict[str, Any],
-    error: Callable[..., NoReturn],
-) -> None:  # fmt: skip
-    @app.post(
-        "/v1/checkout/{customer_id}/top-up",
-        responses=TOP_UP_RESPONSES,
-        # The customer's backend buys for the customer (secret key), or an operator on their behalf.
-        dependencies=[Depends(auth.secret_key())],
-    )
-    async def top_up(customer_id: str, request: Request) -> Response:
-        """A Checkout Session (payment) for ``quantity`` packs of ``meter``'s units."""
-        try:
-            body = json.loads(await request.body() or b"null")
-        except (ValueError, RecursionError):
-            return error(
-                400, "invalid_json", 'the body must be JSON, e.g. {"meter": "api_requests", "quantity": 1}'
-            )
-        if not isinstance(body, dict) or not isinstance(body.get("meter"), str):
-            return error(400, "invalid_body", "the body needs meter (a string) and quantity (packs)")
-        quantity = body.get("quantity", 1)
-        if not isinstance(quantity, int) or isinstance(quantity, bool) or not 1 <= quantity <= MAX_PACKS:
-            return error(400, "invalid_body", f"quantity is a whole number of packs, 1 to {MAX_PACKS}")
-        slug = body.get("pack")
-        if slug is not None and not isinstance(slug, str):
-            return error(400, "invalid_body", "pack is a string")
-        pack = config.top_up(body["meter"], slug)
-        if pack is None:
-            known = ", ".join(f"{t.slug} ({t.meter})" for t in config.top_ups) or "none"
-            return error(400, "unknown_top_up", f"no top-up pack for {body['meter']!r}; known: {known}")
-        account = await run_in_threadpool(get_account, state["pool"], customer_id)
-        if account is None:
-            return error(404, "customer_not_found", f"customer {customer_id!r} does not exist")
-        params = top_up_params(config, pack, quantity, customer_id, account.stripe_customer_id, settings)
-        # The same purchase twice within ten minutes gets the same session.
-        bucket = int(time.time() // 600)
-        raw = f"{customer_id}\x1f{pack.slug}\x1f{quantity}\x1f{bucket}"
-        key = "topup_" + hashlib.sha256(raw.encode()).hexdigest()[:40]
-        try:
-            session = await run_in_threadpool(state["gateway"].create_checkout_session, params, key)
-        except stripe.StripeError as exc:
-            log.warning("top-up session failed: %s", exc.user_message or type(exc).__name__)
-            return error(
-                502,
-                "stripe_unavailable",
-                "Stripe did not create the session; try again",
-                {"Retry-After": "5"},
-            )
-        await run_in_threadpool(
-            record_session, state["pool"], str(session.get("id")), customer_id, pack.slug, None, "top_up"
+router = APIRouter()
+
+
+@router.post(
+    "/v1/checkout/{customer_id}/top-up",
+    responses=TOP_UP_RESPONSES,
+    # The customer's backend buys for the customer (secret key), or an operator on their behalf.
+    dependencies=[Depends(auth.secret_key())],
+)
+async def top_up(customer_id: str, request: Request, res: Resources) -> Response:
+    """A Checkout Session (payment) for ``quantity`` packs of ``meter``'s units."""
+    try:
+        body = json.loads(await request.body() or b"null")
+    except (ValueError, RecursionError):
+        return error(
+            400, "invalid_json", 'the body must be JSON, e.g. {"meter": "api_requests", "quantity": 1}'
         )
-        return Response(
-            orjson.dumps(
-                {"url": session.get("url"), "session_id": session.get("id"), "pack": pack.slug,
-                 "meter": pack.meter, "units": str(pack.units * quantity), "customer_id": customer_id}
-            ),
-            media_type="application/json",
-        )  # fmt: skip
+    if not isinstance(body, dict) or not isinstance(body.get("meter"), str):
+        return error(400, "invalid_body", "the body needs meter (a string) and quantity (packs)")
+    quantity = body.get("quantity", 1)
+    if not isinstance(quantity, int) or isinstance(quantity, bool) or not 1 <= quantity <= MAX_PACKS:
+        return error(400, "invalid_body", f"quantity is a whole number of packs, 1 to {MAX_PACKS}")
+    slug = body.get("pack")
+    if slug is not None and not isinstance(slug, str):
+        return error(400, "invalid_body", "pack is a string")
+    pack = res.config.top_up(body["meter"], slug)
+    if pack is None:
+        known = ", ".join(f"{t.slug} ({t.meter})" for t in res.config.top_ups) or "none"
+        return error(400, "unknown_top_up", f"no top-up pack for {body['meter']!r}; known: {known}")
+    account = await run_in_threadpool(get_account, res.pool, customer_id)
+    if account is None:
+        return error(404, "customer_not_found", f"customer {customer_id!r} does not exist")
+    params = top_up_params(res.config, pack, quantity, customer_id, account.stripe_customer_id, res.settings)
+    # The same purchase twice within ten minutes gets the same session.
+    bucket = int(time.time() // 600)
+    raw = f"{customer_id}\x1f{pack.slug}\x1f{quantity}\x1f{bucket}"
+    key = "topup_" + hashlib.sha256(raw.encode()).hexdigest()[:40]
+    try:
+        session = await run_in_threadpool(res.gateway.create_checkout_session, params, key)
+    except stripe.StripeError as exc:
+        log.warning("top-up session failed: %s", exc.user_message or type(exc).__name__)
+        return error(
+            502,
+            "stripe_unavailable",
+            "Stripe did not create the session; try again",
+            {"Retry-After": "5"},
+        )
+    await run_in_threadpool(
+        record_session, res.pool, str(session.get("id")), customer_id, pack.slug, None, "top_up"
+    )
+    return Response(
+        orjson.dumps(
+            {"url": session.get("url"), "session_id": session.get("id"), "pack": pack.slug,
+             "meter": pack.meter, "units": str(pack.units * quantity), "customer_id": customer_id}
+        ),
+        media_type="application/json",
+    )  # fmt: skip
 
 
 class GrantMirror:

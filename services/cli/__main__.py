@@ -25,7 +25,8 @@
     plg analytics pql [--window 14d] [--format json]   (product-qualified leads with their evidence)
     plg plan codegen --lang ts|python [--out DIR] | check FILE.json   # typed events, the app's CI check
     plg activation suggest [--since 90d] [--within 14d] [--retained-after 30d] [--churn-event E]
-    plg health backtest [--since 180d] [--horizon 30d]   (scores vs later churn: ROC AUC, red precision)
+    plg health backtest [--since 180d] [--horizon 30d] [--rescore [--config health.yaml] [--every 7d]]
+        (scores vs later churn: ROC AUC, red precision; --rescore scores past weeks from the store)
     plg import FILE [--url URL]   (PLG_API_KEY: the customer's secret key; history, never billed)
 
 Add ``--json`` before the command for machine-readable output. Migrations are applied first (idempotent),
@@ -47,8 +48,8 @@ import psycopg
 from services.analytics.model import QueryError
 from services.cli import analytics, billing, identity, importing, metering, plan, privacy, tax
 from services.cli import dlq as dead_letters
+from services.customers import store
 from services.enrichment import store as success
-from services.ingest import store
 from services.kernel import apikeys
 from services.kernel.db import migrate
 from services.kernel.dlq import DlqCipher
@@ -301,7 +302,7 @@ def _dispatch(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
             _print(args, [taxed], tax.COLUMNS)
             return 0
     if args.group == "customers" and args.command == "update":
-        context = success.update_customer(
+        store.update_success_context(
             conn,
             args.customer_id,
             support_tier=args.support_tier,
@@ -309,7 +310,7 @@ def _dispatch(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
             clear_csm=args.no_csm,
             billing_status=args.billing_status,
         )
-        _print(args, [context], _CONTEXT_COLS)
+        _print(args, [success.get_context(conn, args.customer_id)], _CONTEXT_COLS)
         return 0
     if args.group == "customers":
         if args.command == "create":

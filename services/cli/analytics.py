@@ -113,6 +113,17 @@ def add_health_parser(groups: Any) -> None:
     )
     bt.add_argument("--since", default="180d", help="scores from this long ago (default 180d)")
     bt.add_argument("--horizon", default="30d", help="churned: no event in this long after the day (30d)")
+    bt.add_argument(
+        "--rescore",
+        action="store_true",
+        help="score past weeks from the analytics store with --config instead of reading the recorded scores",
+    )
+    bt.add_argument(
+        "--config",
+        default=None,
+        help="with --rescore: the health.yaml to score with (default: the one in use)",
+    )
+    bt.add_argument("--every", default="7d", help="with --rescore: one scored day per this period (7d)")
     bt.add_argument("--format", choices=("table", "json"), default="table")
 
 
@@ -120,21 +131,51 @@ def backtest(args: argparse.Namespace, conn: Any) -> dict[str, Any]:
     """The health score's daily history (PostgreSQL) against activity in the analytics store."""
     horizon_days = max(1, parse_duration(args.horizon) // 86400)
     since_days = max(1, parse_duration(args.since) // 86400)
-    rows = conn.execute(
-        "SELECT customer_id, (day - DATE '1970-01-01') AS day, score, band FROM health_scores_daily"
-        " WHERE day >= CURRENT_DATE - %s::int",
-        (since_days,),
-    ).fetchall()
-    points = [Point(str(c), int(d), float(s), str(b)) for c, d, s, b in rows]
     args.customer, args.until = None, None
     args.since = f"{since_days + horizon_days + 1}d"
+    if getattr(args, "rescore", False):
+        points = rescored_points(args, since_days)
+    else:
+        rows = conn.execute(
+            "SELECT customer_id, (day - DATE '1970-01-01') AS day, score, band FROM health_scores_daily"
+            " WHERE day >= CURRENT_DATE - %s::int",
+            (since_days,),
+        ).fetchall()
+        points = [Point(str(c), int(d), float(s), str(b)) for c, d, s, b in rows]
     body = ask(args)
     active = {c: list(days) for c, days in body["customers"].items()}
     last_day = body["last_day"]
     if last_day is None:
         raise AnalyticsCliError("the analytics store has no events in that range: nothing to compare with")
     report = evaluate(label(points, active, horizon_days, int(last_day)))
-    return {**report, "horizon_days": horizon_days, "scored_days": since_days}
+    source = "store" if getattr(args, "rescore", False) else "recorded"
+    return {**report, "horizon_days": horizon_days, "scored_days": since_days, "scores": source}
+
+
+def rescored_points(args: argparse.Namespace, since_days: int) -> list[Point]:
+    """The batch health path over the store: each customer's score every ``--every`` days of the last
+    ``--since``, recomputed with ``--config`` from the store's daily facts (services/health_score/rescore)."""
+    import time
+
+    from services.health_score.processor import FactsBuilder
+    from services.health_score.registry import load_config
+    from services.health_score.rescore import rebuild, weekly_scores
+    from services.plans.loader import load_config as load_plans
+
+    config = load_config(Path(args.config) if args.config else None)
+    seats = {
+        plan.slug: int(plan.meters["seats"].limit)
+        for plan in load_plans().plans
+        if "seats" in plan.meters and plan.meters["seats"].limit is not None
+    }
+    every = max(1, parse_duration(args.every) // 86400)
+    # The facts from long enough before the first scored day for its windows (history_days back).
+    reach = since_days + config.history_days + 1
+    body = ask(args, ("/v1/analytics/daily-facts", {"since": f"{reach}d"}))
+    today = int(time.time() * 1000) // 86_400_000
+    days = range(today - since_days, today, every)
+    states = rebuild(body, FactsBuilder(config, seats))
+    return [Point(c, day, float(s.score), s.band) for c, day, s in weekly_scores(config, states, days)]
 
 
 def request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
@@ -174,14 +215,14 @@ def _clean(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
 
 
-def ask(args: argparse.Namespace) -> dict[str, Any]:
+def ask(args: argparse.Namespace, route: tuple[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     token = os.environ.get("PLG_OPERATOR_TOKEN", "").strip()
     if not token:
         raise AnalyticsCliError(
             "set PLG_OPERATOR_TOKEN to an operator token (`plg operators create NAME --role viewer`)"
         )
     base = (args.url or os.environ.get("PLG_ANALYTICS_URL") or DEFAULT_URL).rstrip("/")
-    path, params = request(args)
+    path, params = route or request(args)
     try:
         response = httpx.get(
             base + path, params=params, headers={"Authorization": f"Bearer {token}"}, timeout=60
@@ -320,6 +361,8 @@ def run_backtest(args: argparse.Namespace, conn: Any) -> int:
         f"{report['points']} daily scores of {report['customers']} customers "
         f"(last {report['scored_days']} days), churned = no event in the {report['horizon_days']} days after"
     )
+    if report.get("scores") == "store":
+        print("  scores: rescored from the analytics store with the health.yaml given (batch path)")
     print(f"  churned: {report['churned']} (base rate {report['base_rate']})")
     print(
         f"  ROC AUC: {auc if auc is not None else 'n/a (needs churned and retained points)'}   (0.5 = a coin)"

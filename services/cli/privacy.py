@@ -190,12 +190,24 @@ def erase_postgres(
             (customer_id, names),
         )
         report.places.append(Place("growth_onboarding_progress", "postgres", "deleted", cur.rowcount))
-        # Sticky keys are "<salt>|<attribute>|<value>", not scoped by customer: an id another customer uses
-        # too loses its sticky variant there as well (it is evaluated again, deterministically).
+        # Onboarding completion actions (the ledger names the person) and flags set for the person by them.
+        cur.execute(
+            "DELETE FROM growth_onboarding_actions WHERE customer_id = %s AND person_id = ANY(%s)",
+            (customer_id, names),
+        )
+        report.places.append(Place("growth_onboarding_actions", "postgres", "deleted", cur.rowcount))
+        cur.execute(
+            "DELETE FROM growth_flag_overrides WHERE customer_id = %s AND scope = 'person'"
+            " AND subject_id = ANY(%s)",
+            (customer_id, names),
+        )
+        report.places.append(Place("growth_flag_overrides", "postgres", "deleted", cur.rowcount))
+        # Sticky keys are "<salt>|<attribute>|<value>" per customer (migration 0130); rows of before that
+        # (customer_id '') were shared by every customer: an id another customer uses too loses that one.
         cur.execute(
             "DELETE FROM growth_sticky_assignments s USING unnest(%s::text[]) AS n(v)"
-            " WHERE right(s.sticky_key, length(n.v) + 1) = '|' || n.v",
-            (names,),
+            " WHERE right(s.sticky_key, length(n.v) + 1) = '|' || n.v AND s.customer_id IN (%s, '')",
+            (names, customer_id),
         )
         report.places.append(Place("growth_sticky_assignments", "postgres", "deleted", cur.rowcount))
         cur.execute(

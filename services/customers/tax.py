@@ -64,6 +64,11 @@ class CustomerTax:
     stripe_customer_id: str | None = None
 
     @property
+    def configured(self) -> bool:
+        """Anything set that Stripe should know before it taxes an invoice."""
+        return self.region is not None or self.exempt or self.tax_id is not None
+
+    @property
     def stripe_tax_exempt(self) -> str:
         """Stripe's customer ``tax_exempt``: ``exempt`` or ``none``. (``reverse`` — reverse charge — is not
         a setting of the customer's status here: Stripe Tax applies it itself to a cross-border EU business
@@ -136,13 +141,16 @@ def planned(
 
 def set_tax(conn: psycopg.Connection[Any], tax: CustomerTax) -> CustomerTax:
     """Store ``tax`` (one UPDATE, so one ``plg_customer_changed`` notification); :class:`StoreError` for an
-    unknown customer or a value the table refuses."""
+    unknown customer or a value the table refuses. A Stripe customer the settings were just given to is
+    linked when the customer had none (never replaced)."""
     try:
         updated = conn.execute(
             "UPDATE customers SET tax_region = %s, tax_exempt = %s, tax_id = %s, tax_id_type = %s,"
-            " stripe_tax_id = %s, updated_at = now() WHERE customer_id = %s",
-            (tax.region, tax.exempt, tax.tax_id, tax.tax_id_type, tax.stripe_tax_id, tax.customer_id),
-        ).rowcount
+            " stripe_tax_id = %s, stripe_customer_id = COALESCE(stripe_customer_id, %s), updated_at = now()"
+            " WHERE customer_id = %s",
+            (tax.region, tax.exempt, tax.tax_id, tax.tax_id_type, tax.stripe_tax_id, tax.stripe_customer_id,
+             tax.customer_id),
+        ).rowcount  # fmt: skip
     except psycopg.errors.CheckViolation as exc:
         raise StoreError(f"invalid tax settings ({exc.diag.constraint_name})") from None
     if not updated:

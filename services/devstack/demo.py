@@ -14,14 +14,18 @@ billing and ``plg activation suggest`` show something real.
 
 It lives in ``services/devstack`` (not ``services/cli``) because it is development tooling bound to the
 local stack's ports and files, like ``make run``, not a command an operator runs against production.
-Upgrades are planted as the customer's current plan (a free signup now on starter/growth/pro), not through
-the checkout and Stripe emulator: the demo writes the plan directly with the customers store.
+Upgrades go the way a customer's would: each free signup the generator upgraded is created on free, then
+the demo opens a checkout for its new plan at the billing reporter (``POST /v1/checkout/{customer}``, as
+the admin operator) and completes it at the Stripe emulator (the browser's part); the emulator's signed
+``checkout.session.completed`` webhook is what moves the customer to the paid plan, with a subscription
+billing then reconciles.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import signal
 import sys
@@ -285,8 +289,8 @@ def provision(database_url: str, profiles: list[Profile], state_file: Path) -> t
     """Customers, their secret keys and the admin operator token, reusing what an earlier run made."""
     import psycopg
 
+    from services.customers import store
     from services.enrichment import store as success
-    from services.ingest import store
     from services.kernel import apikeys
     from services.kernel.db import migrate
 
@@ -301,7 +305,8 @@ def provision(database_url: str, profiles: list[Profile], state_file: Path) -> t
     with conn:
         for p in profiles:
             if store.get_customer(conn, p.customer_id) is None:
-                store.create_customer(conn, p.customer_id, p.plan, name=f"Demo {p.customer_id[5:]}")
+                # On the plan it signed up with: an upgrade goes through checkout (upgrade_through_checkout).
+                store.create_customer(conn, p.customer_id, p.signup_plan, name=f"Demo {p.customer_id[5:]}")
             live = {k.key_id for k in apikeys.list_keys(conn, p.customer_id) if k.revoked_at is None}
             if key_ids.get(p.customer_id) not in live:  # none yet, or revoked: a new one
                 row, keys[p.customer_id] = apikeys.create_key(conn, p.customer_id, "make demo")
@@ -318,6 +323,66 @@ def provision(database_url: str, profiles: list[Profile], state_file: Path) -> t
             _, token = apikeys.create_operator(conn, ADMIN_NAME, "admin")
     _save_state(state_file, {**state, "keys": keys, "key_ids": key_ids, "operator_token": token})
     return keys, str(token)
+
+
+def _plans(database_url: str, customers: list[str]) -> dict[str, str]:
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT customer_id, plan FROM customers WHERE customer_id = ANY(%s)", (customers,)
+        ).fetchall()
+    return {str(c): str(p) for c, p in rows}
+
+
+def upgrade_through_checkout(
+    stack: StackSettings, profiles: list[Profile], token: str, timeout: float = 120.0
+) -> tuple[int, list[str]]:
+    """Each upgraded profile not yet on its plan: a checkout at the billing reporter, completed (paid) at the
+    Stripe emulator, whose signed webhook moves the customer. Returns how many moved, and those that did
+    not within ``timeout`` (with why, when a step was refused)."""
+    from services.devstack.stack import STRIPE_LOCAL_DEFAULTS
+
+    wanted = {p.customer_id: p.plan for p in profiles if p.plan != p.signup_plan}
+    if not wanted:
+        return 0, []
+    billing = f"http://{stack.host}:{stack.service_ports.get('billing-reporter', 8083)}"
+    emulator = stack.stripe_emulator_url
+    stripe_key = os.environ.get("STRIPE_API_KEY", STRIPE_LOCAL_DEFAULTS["STRIPE_API_KEY"])
+    current = _plans(stack.database_url, sorted(wanted))
+    todo = {c: plan for c, plan in wanted.items() if current.get(c) != plan}
+    failed: list[str] = []
+    with httpx.Client(timeout=60) as client:
+        for customer, plan in sorted(todo.items()):
+            answer = client.post(
+                f"{billing}/v1/checkout/{customer}",
+                json={"plan": plan},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            if answer.status_code != 200:
+                failed.append(f"{customer}: checkout answered {answer.status_code} {answer.text[:200]}")
+                continue
+            session = answer.json().get("session_id")
+            if session is None:  # a plan change of an existing subscription: Stripe's update moves it
+                continue
+            paid = client.post(
+                f"{emulator}/_emulator/checkout/sessions/{session}/complete",
+                data={"payment_status": "paid"},
+                headers={"Authorization": f"Bearer {stripe_key}"},
+            )
+            if paid.status_code >= 300:
+                failed.append(f"{customer}: the emulator answered {paid.status_code} {paid.text[:200]}")
+    refused = {line.split(":", 1)[0] for line in failed}
+    deadline = time.monotonic() + timeout
+    pending = [c for c in todo if c not in refused]
+    while pending and time.monotonic() < deadline:
+        time.sleep(1)
+        now = _plans(stack.database_url, pending)
+        pending = [c for c in pending if now.get(c) != todo[c]]
+    failed += [
+        f"{c}: still not on {todo[c]} after {timeout:g} s (billing reporter's webhook?)" for c in pending
+    ]
+    return len(todo) - len(failed), failed
 
 
 def import_history(ingest_url: str, history: History, keys: dict[str, str]) -> tuple[int, int]:
@@ -416,6 +481,7 @@ Where to look:
   CS dashboard        {url("health-score", 8084)}/
   analytics pages     {url("analytics", 8086)}/analytics/funnel  (and the other pages there)
   activation          PLG_OPERATOR_TOKEN={token} .venv/bin/plg activation suggest
+  qualified leads     PLG_OPERATOR_TOKEN={token} .venv/bin/plg analytics pql  (page: /analytics/pql)
   billing             .venv/bin/plg billing reconcile
   customers           .venv/bin/plg customers list
 The admin token and the customers' keys are in {state_file} (re-running `make demo` reuses them).
@@ -448,6 +514,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: {args.customers} customers, {args.days} days of history (seed {args.seed})", flush=True)
         keys, token = provision(stack.database_url, history.profiles, state_file)
         print(f"admin operator token ({ADMIN_NAME}): {token}", flush=True)
+        upgraded, failed = upgrade_through_checkout(stack, history.profiles, token)
+        print(f"upgrades through checkout and the Stripe emulator: {upgraded} customers moved", flush=True)
+        for line in failed:
+            print(f"  not upgraded: {line}", file=sys.stderr, flush=True)
         accepted, rejected = import_history(ingest_url, history, keys)
         print(f"history imported: {accepted} events accepted, {rejected} rejected", flush=True)
         if not args.history_only:

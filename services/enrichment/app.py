@@ -16,7 +16,7 @@ from services.enrichment.processor import INPUTS, OUTPUTS, SERVICE, EnrichmentHa
 from services.enrichment.tenants import PostgresTenants
 from services.kernel.kafka import check_reachable
 from services.kernel.lifecycle import Lifecycle
-from services.kernel.privacy import APPLIED, Erasure, ErasureFollower
+from services.kernel.privacy import APPLIED, Erasure, ErasureFollower, follow_erasures
 from services.kernel.processing import ExactlyOnceLoop, exactly_once_service
 from services.kernel.processing.view import MaterializedView
 from services.kernel.serde import SchemaRegistry
@@ -132,12 +132,7 @@ def _build(settings: EnrichmentSettings, life: Lifecycle, plan: TrackingPlan) ->
             scrubber.forget_clean()
             APPLIED.labels(SERVICE, "memory").inc()
 
-    erasures = life.push(
-        ErasureFollower(
-            settings.kafka, registry, service=SERVICE, topic_prefix=prefix, on_erasure=[forget]
-        ).start(),
-        "privacy erasures",
-    )
+    erasures = follow_erasures(life, settings, registry, SERVICE, forget)
     handler = EnrichmentHandler(
         enricher,
         tenants.cache,

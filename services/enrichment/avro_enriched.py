@@ -4,35 +4,39 @@ fastavro takes 11-15 µs for one enriched record (about 0.5 µs per string field
 measured), four times the enrichment logic itself. Written field by field in the schema's order, with the
 strings every event repeats (customer ids, event names, plans, property keys, tenant contexts) encoded
 once and cached, it takes a fraction of that. Like ingest's usage-events encoder
-(services/ingest/avro_usage.py, whose primitives it shares): used only while the schema's Parsing
-Canonical Form has the fingerprint this code was written for (:data:`WRITTEN_FOR`), otherwise the kernel's
-generic encoder is used; unit tests check the bytes are identical to fastavro's.
+(services/ingest/avro_usage.py; both build on the kernel's primitives in services/kernel/avro_binary.py):
+used only while the schema's Parsing Canonical Form has the fingerprint this code was written for
+(:data:`WRITTEN_FOR`), otherwise the kernel's generic encoder is used; unit tests check the bytes are
+identical to fastavro's.
 """
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Mapping
 from typing import Any
 
-from fastavro.schema import fingerprint, to_parsing_canonical_form
-
-from services.ingest.avro_usage import long_bytes, optional_string, properties_bytes, string_bytes
+from services.kernel.avro_binary import (
+    BRANCH1,
+    DOUBLE,
+    NULL,
+    long_bytes,
+    optional_string,
+    properties_bytes,
+    schema_fingerprint_is,
+    string_bytes,
+)
 
 # SHA-256 of the Parsing Canonical Form of schemas/enriched_usage_event.avsc as of this encoder (docs and
 # defaults are not part of it; adding or changing a field turns the fast path off until this is updated).
 WRITTEN_FOR = "160a03119d2f6ae23c28bd33193030c80e6a4d8b69073e90f44968d4bb2dbfa0"
 
-_NULL = b"\x00"
-_BRANCH1 = b"\x02"
 _EMPTY = b"\x00"  # an empty array or map
-_DOUBLE = struct.Struct("<d").pack
-_ONE = _DOUBLE(1.0)
+_ONE = DOUBLE(1.0)
 _MAX_CACHE = 10_000
 
 
 def schema_matches(schema_json: Any) -> bool:
-    return bool(fingerprint(to_parsing_canonical_form(schema_json), "SHA-256") == WRITTEN_FOR)
+    return schema_fingerprint_is(schema_json, WRITTEN_FOR)
 
 
 def _strings(items: list[str]) -> bytes:
@@ -60,7 +64,7 @@ class EnrichedEventEncoder:
 
     def _tenant(self, tenant: Mapping[str, Any] | None) -> bytes:
         if tenant is None:
-            return _NULL
+            return NULL
         key = (
             tenant["plan"],
             tenant["support_tier"],
@@ -74,7 +78,7 @@ class EnrichedEventEncoder:
                 self._tenants.clear()
             b = self._tenants[key] = b"".join(
                 (
-                    _BRANCH1,
+                    BRANCH1,
                     optional_string(key[0]),
                     optional_string(key[1]),
                     long_bytes(key[2]),
@@ -120,22 +124,22 @@ class EnrichedEventEncoder:
                 optional_string(r["anonymous_id"]),
                 optional_string(r["session_id"]),
                 optional_string(r["resolved_user_id"]),
-                _NULL if plan is None else _BRANCH1 + cached(plan),
+                NULL if plan is None else BRANCH1 + cached(plan),
                 _strings(r["scrubbed_properties"]),
-                _NULL if received_at is None else _BRANCH1 + long_bytes(received_at),
+                NULL if received_at is None else BRANCH1 + long_bytes(received_at),
                 long_bytes(r["enriched_at"]),
                 optional_string(r["person_id"]),
-                _NULL if version is None else _BRANCH1 + long_bytes(version),
+                NULL if version is None else BRANCH1 + long_bytes(version),
                 b"\x01" if r.get("schema_version_missing") else b"\x00",
-                _NULL if plan_version is None else _BRANCH1 + long_bytes(plan_version),
+                NULL if plan_version is None else BRANCH1 + long_bytes(plan_version),
                 violations_b,
-                _ONE if rate == 1.0 else _DOUBLE(rate),
+                _ONE if rate == 1.0 else DOUBLE(rate),
                 self._tenant(r["tenant"]),
-                _NULL
+                NULL
                 if merge is None
                 else b"".join(
                     (
-                        _BRANCH1,
+                        BRANCH1,
                         string_bytes(merge["merged_id"]),
                         string_bytes(merge["survivor_id"]),
                         _strings(merge["replaced_person_ids"]),

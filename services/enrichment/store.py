@@ -1,7 +1,10 @@
 """PostgreSQL adapter for the customer-success context: support tier, CSM owner, billing status, tickets.
 
-What ``plg customers update`` and ``plg tickets`` write (migration 0030). Every write fires the
-``plg_customer_changed`` notification (a trigger), which makes enrichment reload that customer's context.
+What ``plg tickets`` writes (migration 0030), and the context ``plg customers update`` shows; that
+command writes the context's columns of ``customers`` through the table's owner
+(``services/customers/store.py``, ``update_success_context``). Every write of a
+customer fires the ``plg_customer_changed`` notification (a trigger), which makes enrichment reload that
+customer's context.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from services.ingest.store import StoreError
+from services.customers.store import BILLING_STATUSES, StoreError
 
-BILLING_STATUSES = ("active", "trialing", "past_due", "unpaid", "canceled")
+__all__ = ["BILLING_STATUSES", "PRIORITIES", "StoreError"]
+
 PRIORITIES = ("low", "normal", "high", "urgent")
 
 
@@ -54,50 +58,6 @@ def get_context(conn: psycopg.Connection[Any], customer_id: str) -> SuccessConte
         )
         row = cur.fetchone()
     return SuccessContext(**row) if row else None
-
-
-def update_customer(
-    conn: psycopg.Connection[Any],
-    customer_id: str,
-    *,
-    support_tier: str | None = None,
-    csm_owner: str | None = None,
-    clear_csm: bool = False,
-    billing_status: str | None = None,
-) -> SuccessContext:
-    """Change what is given (``clear_csm`` removes the owner); one UPDATE, so one notification."""
-    sets: list[str] = []
-    params: list[Any] = []
-    if support_tier is not None:
-        sets.append("support_tier = %s")
-        params.append(support_tier)
-    if clear_csm:
-        sets.append("csm_owner = NULL")
-    elif csm_owner is not None:
-        sets.append("csm_owner = %s")
-        params.append(csm_owner)
-    if billing_status is not None:
-        sets.append("billing_status = %s")
-        params.append(billing_status)
-    if not sets:
-        raise StoreError("nothing to update: give --support-tier, --csm, --no-csm or --billing-status")
-    sets.append("updated_at = now()")
-    try:
-        with conn.transaction():
-            updated = conn.execute(
-                f"UPDATE customers SET {', '.join(sets)} WHERE customer_id = %s",
-                (*params, customer_id),
-            ).rowcount
-    except psycopg.errors.CheckViolation as exc:
-        raise StoreError(
-            f"invalid value ({exc.diag.constraint_name}): a support tier is 1-40 lower-case letters, digits, "
-            f"_ or -; a CSM name 1-200 characters; a billing status one of {', '.join(BILLING_STATUSES)}"
-        ) from None
-    if not updated:
-        raise StoreError(f"no customer {customer_id!r}")
-    context = get_context(conn, customer_id)
-    assert context is not None
-    return context
 
 
 def open_ticket(

@@ -18,6 +18,7 @@ from services.customers import CustomerDirectory
 from services.entitlements.config import EntitlementsSettings
 from services.entitlements.grants import GrantCache
 from services.entitlements.handlers import PlanNotConfigured, UnknownFeature, decide, decision_body
+from services.entitlements.trials import TrialCache
 from services.entitlements.view import ZERO, UsageView
 from services.kernel import metrics
 from services.kernel.auth import Caller, publishable_key, responses
@@ -25,6 +26,7 @@ from services.kernel.http import resources_dependency
 from services.plans.grants import granted_units
 from services.plans.model import PlansConfig
 from services.plans.periods import billing_period
+from services.plans.trials import trial_until
 
 CHECKS = metrics.counter("plg_entitlement_checks", "Entitlement checks answered, by result.", ("result",))
 _JSON = "application/json"
@@ -39,6 +41,7 @@ class Entitlements:
     directory: CustomerDirectory
     view: UsageView
     grants: GrantCache
+    trials: TrialCache
 
 
 resources = resources_dependency(Entitlements, "the entitlement API is starting or stopping")
@@ -78,6 +81,11 @@ class EntitlementBody(BaseModel):
         default=None, description="End of the cool-down, UTC, ISO 8601; null: until lifted by support"
     )
     appeal: str | None = Field(default=None, description="How to appeal a suspension (only when suspended)")
+    trial_until: str | None = Field(
+        default=None,
+        description="A boolean feature the plan lacks, allowed by a trial (an onboarding completion "
+        "action) until then, UTC, ISO 8601; absent otherwise",
+    )
 
 
 class NotFoundBody(BaseModel):
@@ -193,7 +201,23 @@ async def entitlement(
             granted = granted_units(
                 found, feature, billing_period(now_ms, customer.billing_anchor_day), now_ms
             )
-        decision = decide(config, customer, feature, usage, now_ms, res.settings.upgrade_url, granted)
+        trial_until_ms = None
+        if config.meter(feature) is None:
+            # A boolean feature may be on trial (an onboarding completion action granted it, seed 002).
+            found_trials = res.trials.cached(customer_id)
+            if found_trials is None:
+                found_trials = await run_in_threadpool(res.trials.get, customer_id)
+            trial_until_ms = trial_until(found_trials, feature, now_ms)
+        decision = decide(
+            config,
+            customer,
+            feature,
+            usage,
+            now_ms,
+            res.settings.upgrade_url,
+            granted,
+            trial_until_ms=trial_until_ms,
+        )
     except UnknownFeature as exc:
         CHECKS.labels("unknown_feature").inc()
         known = sorted({m.slug for m in config.meters} | config.feature_names)

@@ -18,6 +18,7 @@ from services.customers import CustomerDirectory
 from services.entitlements.api import CHECKS, Entitlements, router
 from services.entitlements.config import EntitlementsSettings
 from services.entitlements.grants import GrantCache
+from services.entitlements.trials import TrialCache
 from services.entitlements.view import UsageView
 from services.kernel import auth
 from services.kernel.cors import CorsMiddleware
@@ -51,13 +52,15 @@ def build_app(
         )
         grants = GrantCache(pool, settings.customers_refresh_seconds)
         directory.on_change.append(grants.invalidate)
+        trials = TrialCache(pool, settings.customers_refresh_seconds)
+        directory.on_change.append(trials.invalidate)
         life.push(directory.start(), "customers")
         aggregates = topic(USAGE_PERIODS, settings.platform.topic_prefix).name
         view = UsageView(settings.kafka, aggregates, registry.decoder(), settings.periods_kept)
         life.push(view.start(), "usage view")
         log.info("entitlement API starting", extra={"aggregates": aggregates, "config": config.version})
         authenticator = auth.open_authenticator(pool, settings.auth)
-        return Entitlements(settings, config, directory, view, grants), authenticator
+        return Entitlements(settings, config, directory, view, grants, trials), authenticator
 
     @asynccontextmanager
     async def lifespan(fastapi_app: FastAPI) -> AsyncIterator[None]:

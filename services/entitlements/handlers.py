@@ -65,6 +65,8 @@ class Decision:
     period: Period
     upgrade: Upgrade | None
     suspension: Suspension | None = None
+    #: A boolean feature the plan lacks, allowed by a trial until then (epoch ms).
+    trial_until_ms: int | None = None
 
 
 def decide(
@@ -75,6 +77,8 @@ def decide(
     now_ms: int,
     upgrade_base: str,
     granted: Decimal = Decimal(0),
+    *,
+    trial_until_ms: int | None = None,
 ) -> Decision:
     """Decide from the plan and the current period's ``usage`` of the meter (0 when none yet).
 
@@ -113,7 +117,10 @@ def decide(
 
     make = partial(Decision, customer_id=customer.customer_id, feature=feature, plan=plan.slug, period=period)
     if meter is None:
-        enabled = plan.features.get(feature, False)
+        in_plan = plan.features.get(feature, False)
+        # A trial (an onboarding completion action's grant) opens a feature the plan lacks until it ends.
+        on_trial = not in_plan and trial_until_ms is not None and trial_until_ms > now_ms
+        enabled = in_plan or on_trial
         upgrade = None if enabled else refuse(FEATURE_NOT_IN_PLAN, suggest_for_feature(config, plan, feature))
         return make(
             kind="feature",
@@ -123,6 +130,7 @@ def decide(
             remaining=None,
             hard_limit=True,
             upgrade=upgrade,
+            trial_until_ms=trial_until_ms if on_trial else None,
         )
     allowance = plan.meters.get(feature)
     if allowance is None:
@@ -202,6 +210,8 @@ def decision_body(d: Decision) -> dict[str, Any]:
             "suggested_plan": d.upgrade.suggested_plan,
         },
     }
+    if d.trial_until_ms is not None:
+        body["trial_until"] = _iso(d.trial_until_ms)
     if d.suspension is not None:
         s = d.suspension
         body["code"] = "suspended"

@@ -32,6 +32,7 @@ from services.growth.flagstore import (
     FlagNotFound,
     InvalidFlag,
 )
+from services.growth.overrides import apply as apply_overrides
 from services.growth.resources import Growth, Resources
 from services.kernel import auth
 from services.kernel.http import HttpError, request_id_of
@@ -160,6 +161,13 @@ async def evaluate(
         results = await run_in_threadpool(g.evaluator.evaluate, keys, context, body.default_value, body.type)
     else:
         results = g.evaluator.evaluate(keys, context, body.default_value, body.type)
+    customer, person = context.get("customer_id"), context.get("user_id")
+    if isinstance(customer, str) and isinstance(person, str):
+        # Values set for this person or customer by onboarding completion actions (set_flag).
+        overrides = g.overrides.cached(customer, person)
+        if overrides is None:
+            overrides = await run_in_threadpool(g.overrides.get, customer, person)
+        results = apply_overrides(results, overrides, g.runtime.snapshot.engine)
     if body.flag_key is not None:
         return _json(results[0].as_dict())
     return _json({"revision": g.runtime.snapshot.revision, "flags": [r.as_dict() for r in results]})

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
-from fastapi import Depends, FastAPI, Path, Query
+from fastapi import Depends, FastAPI, Path, Query, Request
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from services.growth import overrides as flag_overrides
 from services.growth.onboarding import Recommendation, StepState, recommend
+from services.growth.progress import pending_emits
 from services.growth.telemetry import stable_event_id, usage_event
 from services.kernel import auth, metrics
-from services.kernel.http import HttpError
+from services.kernel.http import HttpError, request_id_of
 
 if TYPE_CHECKING:
     from services.growth.resources import Growth
@@ -59,6 +62,14 @@ class Progress(BaseModel):
     steps: list[StepStatus]
 
 
+class CompletionAction(BaseModel):
+    index: int
+    kind: str
+    detail: dict[str, Any]
+    applied_at: str
+    actor: str
+
+
 class Completed(BaseModel):
     customer_id: str
     person_id: str
@@ -66,6 +77,12 @@ class Completed(BaseModel):
     flow: str
     first: bool
     completed_at: str
+    #: The step's completion actions as applied by the first completion (the ledger; never re-applied).
+    actions: list[CompletionAction]
+
+
+def _iso(at: Any) -> str:
+    return str(at.isoformat().replace("+00:00", "Z"))
 
 
 def _step(state: StepState) -> dict[str, Any]:
@@ -84,13 +101,20 @@ def onboarding_routes(
     app: FastAPI, growth: Callable[[], Growth], errors: dict[int | str, dict[str, Any]]
 ) -> None:
     def context(
-        g: Growth, customer: str, person: str, intent: str | None, plan: str | None
+        g: Growth,
+        customer: str,
+        person: str,
+        intent: str | None,
+        plan: str | None,
+        overrides: dict[str, str],
     ) -> dict[str, Any]:
         ctx: dict[str, Any] = {"user_id": person, "person_id": person, "customer_id": customer}
         if plan:
             ctx["plan"] = plan
         engine = g.runtime.snapshot.engine
-        ctx["flags"] = {k: engine.evaluate(k, ctx).value for k in engine.flags}
+        # Values completion actions set for the person or customer count (set_flag, seed 002).
+        evaluations = flag_overrides.apply([engine.evaluate(k, ctx) for k in engine.flags], overrides, engine)
+        ctx["flags"] = {e.flag_key: e.value for e in evaluations}
         ctx["counts"] = g.activation.counts("person", customer, person)
         ctx["customer_counts"] = g.activation.counts("customer", customer, "")
         if intent:
@@ -110,7 +134,10 @@ def onboarding_routes(
     ) -> tuple[Growth, Recommendation]:
         g = growth()
         completed = await run_in_threadpool(g.progress.completed, customer, person)
-        ctx = context(g, customer, person, intent, plan)
+        overrides = g.overrides.cached(customer, person)
+        if overrides is None:
+            overrides = await run_in_threadpool(g.overrides.get, customer, person)
+        ctx = context(g, customer, person, intent, plan, overrides)
         ctx["completed"] = completed
         return g, recommend(g.onboarding, flow_of(g, ctx), ctx, completed)
 
@@ -183,11 +210,17 @@ def onboarding_routes(
         },
     )
     async def complete(
-        customer_id: Id, person_id: Id, step_id: Id, caller: Annotated[auth.Caller, COMPLETER]
+        request: Request,
+        customer_id: Id,
+        person_id: Id,
+        step_id: Id,
+        caller: Annotated[auth.Caller, COMPLETER],
     ) -> Response:
-        """The first call records it (201) and writes one `onboarding_step_completed` event; repeats answer
-        200 with the first completion and write nothing (a repeat after a Kafka failure writes the event
-        then, with the same event_id)."""
+        """The first call records it (201), applies the step's completion actions (`on_complete` in
+        onboarding.yaml: set a flag for the person or customer, grant a trial feature, emit an event —
+        each once, recorded with who and when) and writes one `onboarding_step_completed` event; repeats
+        answer 200 with the first completion and its actions and apply or write nothing (a repeat after a
+        Kafka failure writes the events then, with the same event ids)."""
         g = growth()
         if step_id not in g.onboarding.step_ids():
             raise HttpError(404, "step_not_found", f"no step {step_id!r} in any onboarding flow")
@@ -195,11 +228,60 @@ def onboarding_routes(
             # A key's customer exists (keys belong to customers); an operator may name any: no progress
             # row and no event for a customer that does not exist.
             raise HttpError(404, "customer_not_found", f"no customer {customer_id!r}")
-        ctx = context(g, customer_id, person_id, None, None)
+        overrides = await run_in_threadpool(g.overrides.get, customer_id, person_id)
+        ctx = context(g, customer_id, person_id, None, None, overrides)
         flow = flow_of(g, ctx)
-        done = await run_in_threadpool(g.progress.complete, customer_id, person_id, step_id, flow)
-        if not done.emitted:
-            step = g.onboarding.flows[flow].step(step_id)
+        step = g.onboarding.flows[flow].step(step_id)
+        principal = caller.principal
+        actor = (
+            f"operator:{principal.name}"
+            if isinstance(principal, auth.Operator)
+            else f"key:{principal.key_id}"
+            if isinstance(principal, auth.CustomerKey)
+            else "unknown"
+        )
+        done = await run_in_threadpool(
+            partial(
+                g.progress.complete,
+                customer_id,
+                person_id,
+                step_id,
+                flow,
+                step.actions if step is not None else (),
+                actor=actor,
+                request_id=request_id_of(request),
+            )
+        )
+        if done.first and done.actions:
+            g.overrides.invalidate(customer_id)
+        for index, emit in pending_emits(done):
+            claimed = await run_in_threadpool(g.progress.claim_emit, customer_id, person_id, step_id, index)
+            if not claimed:
+                continue  # written already, or a concurrent repeat is writing it
+            properties = {"step_id": step_id, "flow": done.flow, **emit.properties}
+            action_record = usage_event(
+                event_id=stable_event_id("onboarding-action", customer_id, person_id, step_id, str(index)),
+                customer_id=customer_id,
+                name=emit.event,
+                properties=properties,
+                user_id=person_id,
+            )
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(g.telemetry.send(action_record)), 10)
+            except Exception:
+                await run_in_threadpool(g.progress.release_emit, customer_id, person_id, step_id, index)
+                raise HttpError(
+                    503,
+                    "kafka_unavailable",
+                    "the step is recorded but an event of its completion actions could not be written; "
+                    "call again to retry it",
+                    {"Retry-After": "5"},
+                ) from None
+            await run_in_threadpool(g.progress.mark_action_emitted, customer_id, person_id, step_id, index)
+        # Concurrent repeats of a completion whose event is not written yet: the claim lets one write it.
+        if not done.emitted and await run_in_threadpool(
+            g.progress.claim_emit, customer_id, person_id, step_id
+        ):
             record = usage_event(
                 event_id=stable_event_id("onboarding", customer_id, person_id, step_id),
                 customer_id=customer_id,
@@ -210,6 +292,7 @@ def onboarding_routes(
             try:
                 await asyncio.wait_for(asyncio.wrap_future(g.telemetry.send(record)), 10)
             except Exception:
+                await run_in_threadpool(g.progress.release_emit, customer_id, person_id, step_id)
                 raise HttpError(
                     503,
                     "kafka_unavailable",
@@ -223,7 +306,17 @@ def onboarding_routes(
             "step_id": step_id,
             "flow": done.flow,
             "first": done.first,
-            "completed_at": done.completed_at.isoformat().replace("+00:00", "Z"),
+            "completed_at": _iso(done.completed_at),
+            "actions": [
+                {
+                    "index": a.index,
+                    "kind": a.kind,
+                    "detail": a.detail,
+                    "applied_at": _iso(a.applied_at),
+                    "actor": a.actor,
+                }
+                for a in done.actions
+            ],
         }
         return Response(
             orjson.dumps(body), status_code=201 if done.first else 200, media_type="application/json"

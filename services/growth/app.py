@@ -25,6 +25,7 @@ from services.growth.flagstore import (
 )
 from services.growth.loop import ActivationLoop
 from services.growth.onboarding import OnboardingConfig
+from services.growth.overrides import FlagOverrides
 from services.growth.progress import ProgressStore
 from services.growth.resources import Growth, opened
 from services.growth.telemetry import TelemetryWriter
@@ -36,11 +37,12 @@ from services.kernel.kafka import Producer
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.listen import Listener
 from services.kernel.ops import ops_routes
-from services.kernel.privacy import APPLIED, Erasure, ErasureFollower
+from services.kernel.privacy import APPLIED, Erasure, follow_erasures
 from services.kernel.serde import SchemaRegistry
 from services.kernel.service import LoadedFiles
 from services.kernel.sse import StreamLimits
 from services.kernel.topics import GROWTH_CHANGELOG, USAGE_EVENTS, topic
+from services.kernel.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,13 @@ def open_growth(
     producer = Producer(settings.kafka, client_id="plg-growth", max_block=0.0, linger_ms=5)
     life.callback(lambda: producer.close(timeout=10.0), "producer")
     telemetry = TelemetryWriter(producer, events.name, encoder)
-    sticky = StickyAssignments(pool, settings.sticky_cache_size)
+    sticky = StickyAssignments(
+        pool, settings.sticky_cache_size, retention_days=settings.sticky_retention_days
+    )
+    pruning = life.push(Workers(), "sticky pruning")
+    pruning.start(
+        "sticky-prune", lambda stop: sticky.run_pruning(stop, settings.sticky_prune_interval_seconds)
+    )
     exposures = ExposureLog(settings.exposure_memory)
     evaluator = Evaluator(runtime, telemetry, exposures, sticky)
 
@@ -90,16 +98,7 @@ def open_growth(
             exposures.forget(erasure.matches)
             APPLIED.labels(SERVICE, "memory").inc()
 
-    erasures = life.push(
-        ErasureFollower(
-            settings.kafka,
-            registry,
-            service=SERVICE,
-            topic_prefix=settings.platform.topic_prefix,
-            on_erasure=[forget],
-        ).start(),
-        "privacy erasures",
-    )
+    erasures = follow_erasures(life, settings, registry, SERVICE, forget)
     # Every committed flag change NOTIFYs: one reload per burst; every flags_poll_seconds anyway.
     listener = Listener(
         dsn,
@@ -144,6 +143,7 @@ def open_growth(
         erasures,
         auth.open_authenticator(pool, settings.auth, static_operators=static),
         CustomerDirectory(pool, listen=False),
+        FlagOverrides(pool),
     )
 
 

@@ -38,6 +38,10 @@ class GrowthSettings(ExactlyOnceSettings):
     exposure_memory: int = Field(default=100_000, ge=0)
     # Server-side sticky assignments kept in memory (the table holds them all).
     sticky_cache_size: int = Field(default=100_000, ge=0)
+    # A sticky assignment unused this long is deleted (a person who comes back is bucketed again); one in
+    # use is kept. Checked every sticky_prune_interval_seconds.
+    sticky_retention_days: int = Field(default=90, ge=1)
+    sticky_prune_interval_seconds: float = Field(default=3600.0, gt=0)
 
     # The activation loop (usage-events-enriched -> activation-events), run in this process.
     activation_enabled: bool = True

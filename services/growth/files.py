@@ -8,8 +8,9 @@ from typing import Any
 from services.activation import ActivationConfig, load_activation
 from services.growth.config import GrowthSettings
 from services.growth.flagstore import load_flags_file
-from services.growth.onboarding import OnboardingConfig, load_onboarding
+from services.growth.onboarding import OnboardingConfig, load_onboarding_checked
 from services.kernel.service import ConfigFile
+from services.plans.loader import load_config
 
 
 def _flags_summary(doc: dict[str, Any]) -> dict[str, Any]:
@@ -24,6 +25,12 @@ def _onboarding_summary(config: OnboardingConfig) -> dict[str, Any]:
         "flow_flag": config.flow_flag,
         "default_flow": config.default_flow,
         "flows": {name: [s.id for s in flow.steps] for name, flow in config.flows.items()},
+        "on_complete": {
+            f"{name}/{s.id}": [{a.kind: a.detail()} for a in s.actions]
+            for name, flow in config.flows.items()
+            for s in flow.steps
+            if s.actions
+        },
     }
 
 
@@ -41,8 +48,13 @@ def _activation_summary(config: ActivationConfig) -> dict[str, Any]:
 FLAGS_FILE: ConfigFile[GrowthSettings] = ConfigFile(
     "flags", lambda s: load_flags_file(s.flags_path), _flags_summary
 )
+# Completion actions name flags and plan features: checked against those files (every error at once).
 ONBOARDING_FILE: ConfigFile[GrowthSettings] = ConfigFile(
-    "onboarding", lambda s: load_onboarding(s.onboarding_path), _onboarding_summary
+    "onboarding",
+    lambda s: load_onboarding_checked(
+        s.onboarding_path, load_flags_file(s.flags_path), load_config().feature_names
+    ),
+    _onboarding_summary,
 )
 ACTIVATION_FILE: ConfigFile[GrowthSettings] = ConfigFile(
     "activation", lambda s: load_activation(s.activation_path), _activation_summary

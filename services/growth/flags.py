@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
@@ -17,6 +18,7 @@ from psycopg_pool import ConnectionPool
 from services.growth.flagstore import FlagStore, Snapshot
 from services.growth.telemetry import TelemetryWriter, stable_event_id, usage_event
 from services.kernel import metrics
+from services.kernel.lifecycle import wait_or_stop
 from services.kernel.sse import event as sse_event
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,11 @@ EVALUATIONS = metrics.counter(
 SUBSCRIBERS = metrics.gauge("plg_growth_sse_subscribers", "Open SSE streams, by stream.", ("stream",))
 RELOADS = metrics.counter("plg_growth_flag_reloads", "Flag snapshots loaded (a change or a poll).")
 REVISION = metrics.gauge("plg_growth_flags_revision", "Revision (last change id) of the flags served.")
+
+STICKY_PRUNED = metrics.counter(
+    "plg_growth_sticky_assignments_pruned",
+    "Sticky assignment rows deleted after GROWTH_STICKY_RETENTION_DAYS unused.",
+)
 
 EXPOSURE_EVENT = "$flag_exposure"
 
@@ -129,17 +136,43 @@ class ExposureLog:
         return len(doomed)
 
 
-class StickyAssignments(MutableMapping[str, str]):
-    """Server-side sticky store: an LRU in memory in front of ``growth_sticky_assignments``. The engine
-    reads and writes it synchronously, so the keys a request may need are fetched first
-    (:meth:`prefetch`) and the new ones written after (:meth:`flush`), off the event loop."""
+class StickyAssignments:
+    """Server-side sticky store: an LRU in memory in front of ``growth_sticky_assignments``, one namespace
+    per customer (two customers' users with the same id never share, or steer, an assignment). The engine
+    reads and writes a customer's :meth:`view` synchronously, so the keys a request may need are fetched
+    first (:meth:`prefetch`) and the new ones written after (:meth:`flush`), off the event loop.
 
-    def __init__(self, pool: ConnectionPool, capacity: int) -> None:
+    Bounded (issue 14): the memory by ``capacity``; the table by ``retention_days``: a row unused that long
+    is deleted by :meth:`prune` (the growth service runs it every ``prune_interval`` seconds), and a row in
+    use has its ``last_used_at`` moved forward at most once per ``touch_interval``, so an active person
+    keeps their variant. Rows are written only for the evaluation's customer, which growth has bound to the
+    caller's key or checked to exist (``_bind_customer``): without a customer nothing is stored. Rows of
+    before the customer column (``customer_id = ''``) are still read, after the customer's own.
+    """
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        capacity: int,
+        *,
+        retention_days: int = 90,
+        touch_interval: float = 86_400.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.pool = pool
         self.capacity = capacity
-        self._cache: OrderedDict[str, str] = OrderedDict()
-        self._new: dict[str, str] = {}
+        self.retention_days = retention_days
+        self.touch_interval = touch_interval
+        self._clock = clock
+        # (customer, key) -> (variant, when the row's last_used_at was last known to be set, epoch s)
+        self._cache: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
+        self._new: dict[tuple[str, str], str] = {}
+        self._touch: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
+
+    def view(self, customer_id: str | None) -> CustomerSticky:
+        """What the engine reads and writes for one evaluation; ``None``: read-only (nothing is stored)."""
+        return CustomerSticky(self, customer_id)
 
     def keys_for(self, snapshot: Snapshot, flag_keys: Iterable[str], context: Mapping[str, Any]) -> list[str]:
         keys = []
@@ -153,68 +186,144 @@ class StickyAssignments(MutableMapping[str, str]):
                     keys.append(f"{flag.salt}|{attribute}|{v}")
         return keys
 
-    def prefetch(self, keys: list[str]) -> None:
+    def prefetch(self, customer_id: str | None, keys: list[str]) -> None:
+        owner = customer_id or ""
         with self._lock:
-            missing = [k for k in keys if k not in self._cache]
+            missing = [k for k in keys if (owner, k) not in self._cache]
         if not missing:
             return
         with self.pool.connection() as conn:
             rows = conn.execute(
-                "SELECT sticky_key, variant FROM growth_sticky_assignments WHERE sticky_key = ANY(%s)",
-                (missing,),
+                "SELECT customer_id, sticky_key, variant, extract(epoch FROM last_used_at)::float8"
+                " FROM growth_sticky_assignments WHERE sticky_key = ANY(%s) AND customer_id IN (%s, '')"
+                " ORDER BY customer_id = '' DESC",  # legacy rows first, so the customer's own win
+                (missing, owner),
             ).fetchall()
+        own = {k for c, k, _, _ in rows if c == owner}
         with self._lock:
-            for k, v in rows:
-                self._put(k, v)
+            for row_customer, k, v, used in rows:
+                self._put((owner, k), v, used)
+                if row_customer == owner:
+                    self._touch_if_due((owner, k))
+                elif owner and k not in own:
+                    self._new[(owner, k)] = v  # a row of before customers: kept as the customer's own
 
     def flush(self) -> None:
         with self._lock:
             new, self._new = self._new, {}
-        if not new:
+            touch, self._touch = self._touch, set()
+        if not new and not touch:
             return
         with self.pool.connection() as conn:
-            conn.cursor().executemany(
-                "INSERT INTO growth_sticky_assignments (sticky_key, variant) VALUES (%s, %s)"
-                " ON CONFLICT (sticky_key) DO NOTHING",
-                list(new.items()),
-            )
+            if new:
+                conn.cursor().executemany(
+                    "INSERT INTO growth_sticky_assignments (customer_id, sticky_key, variant)"
+                    " VALUES (%s, %s, %s) ON CONFLICT (customer_id, sticky_key) DO NOTHING",
+                    [(c, k, v) for (c, k), v in new.items()],
+                )
+            if touch:
+                conn.execute(
+                    "UPDATE growth_sticky_assignments s SET last_used_at = now()"
+                    " FROM unnest(%s::text[], %s::text[]) AS t(c, k)"
+                    " WHERE s.customer_id = t.c AND s.sticky_key = t.k",
+                    ([c for c, _ in touch], [k for _, k in touch]),
+                )
 
-    def _put(self, key: str, value: str) -> None:
-        self._cache[key] = value
+    def prune(self) -> int:
+        """Delete the rows unused for ``retention_days``, in batches; returns how many."""
+        deleted = 0
+        while True:
+            with self.pool.connection() as conn:
+                n = conn.execute(
+                    "DELETE FROM growth_sticky_assignments WHERE ctid = ANY(ARRAY(SELECT ctid"
+                    " FROM growth_sticky_assignments WHERE last_used_at < now() - make_interval(days => %s)"
+                    " LIMIT 10000))",
+                    (self.retention_days,),
+                ).rowcount
+            deleted += n
+            if n < 10_000:
+                break
+        if deleted:
+            STICKY_PRUNED.inc(deleted)
+            log.info("pruned unused sticky assignments", extra={"rows": deleted, "days": self.retention_days})
+        return deleted
+
+    def run_pruning(self, stop: threading.Event, interval: float) -> None:
+        """:meth:`prune` now and every ``interval`` seconds until ``stop`` (a worker thread's target); a
+        failure (PostgreSQL down) is logged and tried again next time."""
+        while True:
+            try:
+                self.prune()
+            except Exception as exc:
+                log.warning("could not prune sticky assignments", extra={"error": str(exc)})
+            if wait_or_stop(stop, interval):
+                return
+
+    def _put(self, key: tuple[str, str], value: str, used: float) -> None:
+        self._cache[key] = (value, used)
         self._cache.move_to_end(key)
         while len(self._cache) > self.capacity:
             self._cache.popitem(last=False)
+
+    def _touch_if_due(self, key: tuple[str, str]) -> None:
+        """Under the lock: queue a ``last_used_at`` update when the row's is older than the interval."""
+        value, used = self._cache[key]
+        now = self._clock()
+        if now - used >= self.touch_interval:
+            self._touch.add(key)
+            self._cache[key] = (value, now)
 
     def forget(self, matches: Callable[[str], bool]) -> int:
         """Drop cached (and not yet written) assignments whose stickiness value ``matches`` — an erasure;
         the CLI deletes the rows (docs/privacy.md)."""
         with self._lock:
-            doomed = [k for k in {*self._cache, *self._new} if matches(k.split("|", 2)[-1])]
+            doomed = [k for k in {*self._cache, *self._new} if matches(k[1].split("|", 2)[-1])]
             for key in doomed:
                 self._cache.pop(key, None)
                 self._new.pop(key, None)
+                self._touch.discard(key)
         return len(doomed)
-
-    # MutableMapping, for the engine.
-    def __getitem__(self, key: str) -> str:
-        with self._lock:
-            return self._cache[key]
-
-    def __setitem__(self, key: str, value: str) -> None:
-        with self._lock:
-            if self._cache.get(key) != value:
-                self._new[key] = value
-            self._put(key, value)
-
-    def __delitem__(self, key: str) -> None:
-        with self._lock:
-            del self._cache[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self._cache))
 
     def __len__(self) -> int:
         return len(self._cache)
+
+
+class CustomerSticky(MutableMapping[str, str]):
+    """One customer's sticky assignments, as the engine reads and writes them (engine keys
+    ``<salt>|<attribute>|<value>``). A view without a customer stores nothing."""
+
+    def __init__(self, store: StickyAssignments, customer_id: str | None) -> None:
+        self._store = store
+        self._customer = customer_id
+
+    def __getitem__(self, key: str) -> str:
+        store = self._store
+        with store._lock:
+            full = (self._customer or "", key)
+            value = store._cache[full][0]
+            if self._customer:
+                store._touch_if_due(full)
+            return value
+
+    def __setitem__(self, key: str, value: str) -> None:
+        store = self._store
+        full = (self._customer or "", key)
+        with store._lock:
+            cached = store._cache.get(full)
+            if self._customer and (cached is None or cached[0] != value):
+                store._new[full] = value
+            store._put(full, value, store._clock())
+
+    def __delitem__(self, key: str) -> None:
+        with self._store._lock:
+            del self._store._cache[(self._customer or "", key)]
+
+    def __iter__(self) -> Iterator[str]:
+        owner = self._customer or ""
+        return iter([k for c, k in list(self._store._cache) if c == owner])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def exposure_record(result: Evaluation, context: Mapping[str, Any], identity: str) -> dict[str, Any] | None:
@@ -268,19 +377,21 @@ class Evaluator:
         """Blocking (the sticky store may read PostgreSQL): call from a worker thread when it may."""
         snapshot = self.runtime.snapshot
         keys = list(snapshot.engine.flags) if flag_keys is None else flag_keys
-        sticky = self.sticky
-        if sticky is not None:
-            wanted = sticky.keys_for(snapshot, keys, context)
+        store, sticky = self.sticky, None
+        if store is not None:
+            wanted = store.keys_for(snapshot, keys, context)
             if wanted:
-                sticky.prefetch(wanted)
-            else:
-                sticky = None
+                # The context's customer is the caller's (bound by the route) or one checked to exist.
+                customer = context.get("customer_id")
+                customer = customer if isinstance(customer, str) and customer else None
+                store.prefetch(customer, wanted)
+                sticky = store.view(customer)
         results = [
             snapshot.engine.evaluate(k, context, default, expected_type=expected_type, sticky=sticky)
             for k in keys
         ]
-        if sticky is not None:
-            sticky.flush()
+        if store is not None and sticky is not None:
+            store.flush()
         for r in results:
             EVALUATIONS.labels(r.reason).inc()
         self._expose(results, context)

@@ -6,14 +6,17 @@ Conditions are the flag engine's structured conditions (``plg_sdk.flags.compile_
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plg_sdk.flags import Condition, compile_condition
+from plg_sdk.flags import Condition, compile_condition, compile_document
 
 from services.kernel.config import ConfigFileError, config_path, load_yaml
+
+Scalar = None | bool | int | float | str
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_ONBOARDING_FILE = REPO / "deploy" / "config" / "onboarding.yaml"
@@ -30,6 +33,56 @@ WHAT = "onboarding config"
 OnboardingConfigError = ConfigFileError
 
 
+PERSON = "person"
+CUSTOMER = "customer"
+#: An emitted event's name: what ingest accepts from apps (no "$": plg's own names), 1-200 characters.
+_EVENT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,199}$")
+MAX_TRIAL_DAYS = 366
+
+
+@dataclass(frozen=True)
+class SetFlag:
+    """Serve ``variant`` of ``flag`` to the person (or the whole customer) from the completion on."""
+
+    flag: str
+    variant: str
+    scope: str  # PERSON | CUSTOMER
+
+    kind = "set_flag"
+
+    def detail(self) -> dict[str, Any]:
+        return {"flag": self.flag, "variant": self.variant, "for": self.scope}
+
+
+@dataclass(frozen=True)
+class GrantTrial:
+    """The customer may use boolean feature ``feature`` for ``days`` days (the entitlement API says so)."""
+
+    feature: str
+    days: int
+
+    kind = "grant_trial"
+
+    def detail(self) -> dict[str, Any]:
+        return {"feature": self.feature, "days": self.days}
+
+
+@dataclass(frozen=True)
+class Emit:
+    """Write one ``event`` (with ``properties``, plus step_id and flow) to usage-events for the person."""
+
+    event: str
+    properties: Mapping[str, Scalar]
+
+    kind = "emit"
+
+    def detail(self) -> dict[str, Any]:
+        return {"event": self.event, "properties": dict(self.properties)}
+
+
+Action = SetFlag | GrantTrial | Emit
+
+
 @dataclass(frozen=True)
 class Step:
     id: str
@@ -39,6 +92,8 @@ class Step:
     when: Condition | None
     done_when: Condition | None
     order: int
+    #: What completing the step does, once (seed 002 markComplete's "post-completion hook").
+    actions: tuple[Action, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,7 +141,28 @@ def load_onboarding(path: Path | None = None) -> OnboardingConfig:
     return parse_onboarding(doc, str(source))
 
 
-def parse_onboarding(doc: Any, source: str | None = None) -> OnboardingConfig:
+def load_onboarding_checked(
+    path: Path | None, flags_document: Mapping[str, Any], features: frozenset[str]
+) -> OnboardingConfig:
+    """:func:`load_onboarding`, with the completion actions' flags, variants and trial features checked
+    against the (already validated) flags document and the plans' boolean features: every error at once.
+    What the service runs at start and ``--check-config`` prints."""
+    source = onboarding_path(path)
+    flags = compile_document(flags_document).flags
+    refs = ActionRefs({k: list(f.variants) for k, f in flags.items()}, features)
+    return parse_onboarding(load_yaml(source, WHAT), str(source), refs)
+
+
+@dataclass(frozen=True)
+class ActionRefs:
+    """What completion actions may name: each flag's variant names (the flags file) and the plans' boolean
+    features (metering.yaml). Without it only the actions' shape is checked."""
+
+    flag_variants: Mapping[str, Sequence[str]]
+    features: frozenset[str]
+
+
+def parse_onboarding(doc: Any, source: str | None = None, refs: ActionRefs | None = None) -> OnboardingConfig:
     """Every error at once (:class:`OnboardingConfigError`)."""
     errors: list[str] = []
     if not isinstance(doc, Mapping):
@@ -122,6 +198,7 @@ def parse_onboarding(doc: Any, source: str | None = None) -> OnboardingConfig:
                 "when",
                 "done_when",
                 "description",
+                "on_complete",
             }
             if extra:
                 errors.append(f"{sat}: unknown keys {sorted(extra)}")
@@ -163,6 +240,7 @@ def parse_onboarding(doc: Any, source: str | None = None) -> OnboardingConfig:
                     conditions["when"],
                     conditions["done_when"],
                     i,
+                    _actions(spec.get("on_complete"), f"{sat}.on_complete", errors, refs),
                 )
             )
         steps.sort(key=lambda s: (-s.priority, s.order))
@@ -185,6 +263,105 @@ def parse_onboarding(doc: Any, source: str | None = None) -> OnboardingConfig:
         frozenset(person_events),
         frozenset(customer_events),
     )
+
+
+def _actions(raw: Any, at: str, errors: list[str], refs: ActionRefs | None) -> tuple[Action, ...]:
+    """The step's ``on_complete`` list: each item one of ``{set_flag: {flag, variant, for}}``,
+    ``{grant_trial: {feature, days}}``, ``{emit: {event, properties}}``; given ``refs``, the flags,
+    variants and features named are checked to exist too."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        errors.append(f"{at}: a list of actions (set_flag, grant_trial, emit)")
+        return ()
+    actions: list[Action] = []
+    for i, item in enumerate(raw):
+        where = f"{at}[{i}]"
+        if not isinstance(item, Mapping) or len(item) != 1:
+            errors.append(f"{where}: one of {{set_flag: ...}}, {{grant_trial: ...}}, {{emit: ...}}")
+            continue
+        ((kind, spec),) = item.items()
+        where = f"{where}.{kind}"
+        if kind not in ("set_flag", "grant_trial", "emit"):
+            errors.append(f"{at}[{i}]: unknown action {kind!r} (set_flag, grant_trial or emit)")
+            continue
+        if not isinstance(spec, Mapping):
+            errors.append(f"{where}: a mapping")
+            continue
+        allowed = {"set_flag": {"flag", "variant", "for"}, "grant_trial": {"feature", "days"}}.get(
+            kind, {"event", "properties"}
+        )
+        extra = set(spec) - allowed
+        if extra:
+            errors.append(f"{where}: unknown keys {sorted(map(str, extra))} (allowed: {sorted(allowed)})")
+        if kind == "set_flag":
+            flag, variant, scope = spec.get("flag"), spec.get("variant"), spec.get("for", PERSON)
+            ok = True
+            if not isinstance(flag, str) or not flag:
+                errors.append(f"{where}.flag: a flag key")
+                ok = False
+            if not isinstance(variant, str) or not variant:
+                errors.append(f'{where}.variant: the name of one of the flag\'s variants (e.g. "on")')
+                ok = False
+            if scope not in (PERSON, CUSTOMER):
+                errors.append(f"{where}.for: person or customer, got {scope!r}")
+                ok = False
+            if ok and refs is not None:
+                variants = refs.flag_variants.get(str(flag))
+                if variants is None:
+                    errors.append(
+                        f"{where}.flag: no flag {flag!r} in the flags file "
+                        f"(known: {', '.join(sorted(refs.flag_variants)) or 'none'})"
+                    )
+                    ok = False
+                elif variant not in variants:
+                    errors.append(
+                        f"{where}.variant: flag {flag!r} has no variant {variant!r} "
+                        f"(its variants: {', '.join(variants)})"
+                    )
+                    ok = False
+            if ok:
+                actions.append(SetFlag(str(flag), str(variant), str(scope)))
+        elif kind == "grant_trial":
+            feature, days = spec.get("feature"), spec.get("days")
+            ok = True
+            if not isinstance(feature, str) or not feature:
+                errors.append(f"{where}.feature: a boolean feature of the plans (metering.yaml)")
+                ok = False
+            elif refs is not None and feature not in refs.features:
+                errors.append(
+                    f"{where}.feature: {feature!r} is not a boolean feature of any plan "
+                    f"(known: {', '.join(sorted(refs.features)) or 'none'})"
+                )
+                ok = False
+            if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= MAX_TRIAL_DAYS:
+                errors.append(f"{where}.days: a whole number of days, 1-{MAX_TRIAL_DAYS}, got {days!r}")
+                ok = False
+            if ok and isinstance(days, int):
+                actions.append(GrantTrial(str(feature), days))
+        else:
+            event, props = spec.get("event"), spec.get("properties", {})
+            ok = True
+            if not isinstance(event, str) or not _EVENT_NAME.match(event):
+                errors.append(
+                    f"{where}.event: an event name (letters, digits, _ . : / -, not starting with $), "
+                    f"got {event!r}"
+                )
+                ok = False
+            if not isinstance(props, Mapping):
+                errors.append(f"{where}.properties: a flat mapping of name -> string, number or boolean")
+                ok = False
+            else:
+                for key, value in props.items():
+                    if not isinstance(key, str) or not key or key.startswith("$"):
+                        errors.append(f"{where}.properties: bad property name {key!r}")
+                        ok = False
+                    elif value is not None and not isinstance(value, str | int | float | bool):
+                        errors.append(f"{where}.properties.{key}: a string, number or boolean")
+                        ok = False
+            if ok:
+                actions.append(Emit(str(event), dict(props)))
+    return tuple(actions)
 
 
 @dataclass(frozen=True)

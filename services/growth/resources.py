@@ -16,6 +16,7 @@ from services.growth.flags import Evaluator, FlagsRuntime
 from services.growth.flagstore import FlagStore
 from services.growth.loop import ActivationLoop
 from services.growth.onboarding import OnboardingConfig
+from services.growth.overrides import FlagOverrides
 from services.growth.progress import ProgressStore
 from services.growth.telemetry import TelemetryWriter
 from services.kernel import auth
@@ -42,6 +43,8 @@ class Growth:
     authenticator: auth.Authenticator
     # Customers exist before growth writes anything for them (an operator may name any customer).
     customers: CustomerDirectory
+    # Flag values onboarding completion actions set for a person or customer (migration 0120).
+    overrides: FlagOverrides
 
 
 def opened(app: object) -> Growth:

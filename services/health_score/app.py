@@ -42,7 +42,7 @@ from services.kernel.http import install_error_handlers
 from services.kernel.kafka import Producer
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ops_routes
-from services.kernel.privacy import APPLIED, Erasure, ErasureFollower
+from services.kernel.privacy import APPLIED, Erasure, follow_erasures
 from services.kernel.processing import AtLeastOnceLoop, at_least_once
 from services.kernel.processing.view import MaterializedView
 from services.kernel.serde import SchemaRegistry
@@ -221,12 +221,7 @@ def open_resources(
             cache.forget(erasure.customer_id, erasure.matches)
             APPLIED.labels(SERVICE, "memory").inc()
 
-    res.erasures = life.push(
-        ErasureFollower(
-            settings.kafka, registry, service=SERVICE, topic_prefix=prefix, on_erasure=[forget]
-        ).start(),
-        "privacy erasures",
-    )
+    res.erasures = follow_erasures(life, settings, registry, SERVICE, forget)
     alerts_spec = topic(CUSTOMER_ALERTS, prefix)
     assert alerts_spec.schema_path is not None
     producer = life.push(

@@ -84,27 +84,24 @@ def open_ingest(settings: IngestSettings, life: Lifecycle) -> Ingest:
         fast = UsageEventEncoder(header(encoders[0].schema_id))
     else:
         log.warning("usage-events schema changed since the fast encoder was written; using the generic one")
-    writer = EventWriter(
-        producer,
-        events_topic=events_spec.name,
-        links_topic=links_spec.name,
-        events=encoders[0],
-        fast=fast,
-        links=encoders[1],
-        timeout=settings.produce_timeout_ms / 1000,
-        registry_version=registry_version,
-    )
-    import_spec = topic(USAGE_EVENTS_IMPORT, settings.platform.topic_prefix)
-    import_writer = EventWriter(
-        producer,
-        events_topic=import_spec.name,
-        links_topic=links_spec.name,
-        events=encoders[0],
-        fast=fast,
-        links=encoders[1],
-        timeout=settings.produce_timeout_ms / 1000,
-        registry_version=registry_version,
-    )
+
+    def writer_to(events_topic: str) -> EventWriter:
+        """A writer of usage events to ``events_topic`` (same schema, producer and identity links)."""
+        return EventWriter(
+            producer,
+            events_topic=events_topic,
+            links_topic=links_spec.name,
+            events=encoders[0],
+            fast=fast,
+            links=encoders[1],
+            timeout=settings.produce_timeout_ms / 1000,
+            registry_version=registry_version,
+        )
+
+    writer = writer_to(events_spec.name)
+    import_writer = writer_to(
+        topic(USAGE_EVENTS_IMPORT, settings.platform.topic_prefix).name
+    )  # never metered
     customers = life.push(CustomerDirectory(pool, settings.customers_refresh_seconds).start(), "customers")
     return Ingest(settings, pool, writer, customers, import_writer)
 

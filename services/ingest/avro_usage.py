@@ -13,107 +13,31 @@ the output is byte-identical to fastavro's for every kind of value.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fastavro.schema import fingerprint, to_parsing_canonical_form
+from services.kernel.avro_binary import (
+    BRANCH1,
+    NULL,
+    consent_bytes,
+    long_bytes,
+    optional_int,
+    optional_string,
+    properties_bytes,
+    schema_fingerprint_is,
+    string_bytes,
+)
 
 # SHA-256 of the Parsing Canonical Form of schemas/usage_event.avsc (io.plg.usage.v1.UsageEvent) as of
 # this encoder. Docs, defaults and logical types are not part of the canonical form, so editing those
 # keeps the fast path; adding or changing a field turns it off until this encoder is updated.
 WRITTEN_FOR = "ec78f12cb08768285192539ef373a81f50c048a77cebfafd8a3632a1e03f9620"
 
-_BYTE = [bytes((i,)) for i in range(256)]
-_NULL = b"\x00"
-_BRANCH1 = b"\x02"  # union branch 1 (zigzag varint)
-_DOUBLE = struct.Struct("<d").pack
 _MAX_CACHE = 10_000
-
-# Union branches of the properties map's values: null, boolean, long, double, string.
-_TRUE = b"\x02\x01"
-_FALSE = b"\x02\x00"
-_LONG = b"\x04"
-_DOUBLE_TAG = b"\x06"
-_STRING = b"\x08"
-
-
-def long_bytes(n: int) -> bytes:
-    """Avro ``long``: zigzag, then a little-endian base-128 varint."""
-    n = (n << 1) ^ (n >> 63)
-    if n < 128:
-        return _BYTE[n]
-    out = bytearray()
-    while n > 127:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def string_bytes(s: str) -> bytes:
-    b = s.encode()
-    n = len(b)
-    return (_BYTE[n << 1] if n < 64 else long_bytes(n)) + b
-
-
-def optional_string(s: str | None) -> bytes:
-    """Avro ``["null", "string"]``."""
-    return _NULL if s is None else _BRANCH1 + string_bytes(s)
-
-
-def properties_bytes(props: Mapping[str, Any], keys: dict[str, bytes]) -> bytes:
-    """The ``map<null|boolean|long|double|string>`` of event properties (``keys`` caches encoded keys; the
-    caller bounds it). Shared with the enrichment service's encoder of enriched events."""
-    if not props:
-        return _NULL
-    parts = [long_bytes(len(props))]
-    append = parts.append
-    for key, value in props.items():
-        key_b = keys.get(key)
-        if key_b is None:
-            key_b = keys[key] = string_bytes(key)
-        append(key_b)
-        t = type(value)
-        if t is str:
-            append(_STRING + string_bytes(value))
-        elif t is int:
-            append(_LONG + long_bytes(value))
-        elif t is float:
-            append(_DOUBLE_TAG + _DOUBLE(value))
-        elif t is bool:
-            append(_TRUE if value else _FALSE)
-        elif value is None:
-            append(_NULL)
-        else:
-            raise TypeError(f"property {key!r} has unsupported type {t.__name__}")
-    append(_NULL)
-    return b"".join(parts)
-
-
-def _optional_int(n: int | None) -> bytes:
-    """Avro ``["null", "int"]`` (an int is a zigzag varint like a long)."""
-    return _NULL if n is None else _BRANCH1 + long_bytes(n)
-
-
-def consent_bytes(consent: Mapping[str, bool] | None) -> bytes:
-    """Avro ``["null", map<boolean>]`` of the event's consent purposes."""
-    if consent is None:
-        return _NULL
-    if not consent:
-        return _BRANCH1 + _NULL
-    parts = [_BRANCH1, long_bytes(len(consent))]
-    for purpose, granted in consent.items():
-        if type(granted) is not bool:
-            raise TypeError(f"consent {purpose!r} must be a boolean")
-        parts.append(string_bytes(purpose))
-        parts.append(b"\x01" if granted else _NULL)
-    parts.append(_NULL)
-    return b"".join(parts)
 
 
 def schema_matches(schema_json: Any) -> bool:
-    return bool(fingerprint(to_parsing_canonical_form(schema_json), "SHA-256") == WRITTEN_FOR)
+    return schema_fingerprint_is(schema_json, WRITTEN_FOR)
 
 
 class UsageEventEncoder:
@@ -130,17 +54,17 @@ class UsageEventEncoder:
         """An encoder for the records of one request, which share ``customer_id`` and ``ingest``."""
         customer = string_bytes(customer_id)
         if ingest is None:
-            suffix = _NULL
+            suffix = NULL
         else:
             suffix = b"".join(
                 (
-                    _BRANCH1,
+                    BRANCH1,
                     long_bytes(ingest["received_at"]),
                     string_bytes(ingest["source"]),
                     optional_string(ingest["api_key_id"]),
                     optional_string(ingest["request_id"]),
                     optional_string(ingest["library"]),
-                    _optional_int(ingest.get("registry_version")),
+                    optional_int(ingest.get("registry_version")),
                 )
             )
         header = self._header
@@ -156,7 +80,7 @@ class UsageEventEncoder:
             if name_b is None:
                 name_b = names[name] = string_bytes(name)
             props = record["properties"]
-            props_b = properties_bytes(props, keys) if props else _NULL
+            props_b = properties_bytes(props, keys) if props else NULL
             user_id, anonymous_id, session_id = (
                 record["user_id"],
                 record["anonymous_id"],
@@ -170,9 +94,9 @@ class UsageEventEncoder:
                     name_b,
                     long_bytes(record["timestamp"]),
                     props_b,
-                    _NULL if user_id is None else _BRANCH1 + string_bytes(user_id),
-                    _NULL if anonymous_id is None else _BRANCH1 + string_bytes(anonymous_id),
-                    _NULL if session_id is None else _BRANCH1 + string_bytes(session_id),
+                    NULL if user_id is None else BRANCH1 + string_bytes(user_id),
+                    NULL if anonymous_id is None else BRANCH1 + string_bytes(anonymous_id),
+                    NULL if session_id is None else BRANCH1 + string_bytes(session_id),
                     suffix,
                     consent_bytes(record.get("consent")),
                 )

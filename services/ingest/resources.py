@@ -79,6 +79,8 @@ class Ingest:
                 key_cache_ttl_seconds=settings.key_cache_ttl_seconds,
                 key_negative_cache_ttl_seconds=settings.key_negative_cache_ttl_seconds,
                 key_stale_ttl_seconds=settings.auth.key_stale_ttl_seconds,
+                failed_attempts_limit=settings.auth.failed_attempts_limit,
+                failed_attempts_window_seconds=settings.auth.failed_attempts_window_seconds,
             ),
         )
         self.limiter = RateLimiter(

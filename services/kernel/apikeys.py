@@ -43,6 +43,11 @@ _KEY_ID_BYTES = 10  # 80 bits, 16 base32 characters: unique by construction, sho
 _SECRET_BYTES = 32  # 256 bits
 
 
+class NotCached(LookupError):
+    """``cached_only`` was asked and the cache holds no fresh row for the id (answering would need a
+    lookup)."""
+
+
 class CredentialError(Exception):
     """401: the credential is missing, malformed, unknown or revoked. The message says which (ids are not
     secret, and telling "revoked" from "unknown" saves the client's operator a support ticket)."""
@@ -145,7 +150,10 @@ class CredentialCache(Generic[R]):
     ``negative_ttl`` (shorter) so a client hammering with a bad id costs one query per period, while a
     freshly created credential is usable at once (unless it was tried before it existed). Concurrent misses
     for one id share a single lookup. When the lookup fails (PostgreSQL down) a row that expired less than
-    ``stale_ttl`` seconds ago is served: a database outage must not turn every known key away.
+    ``stale_ttl`` seconds ago is served: a database outage must not turn every known key away. Such a row
+    is then trusted for another ``ttl`` before the next lookup is tried, so during an outage a key's
+    requests do not each wait for a failing connection; ``stale_ttl`` still counts from the last time the
+    database confirmed the row.
     """
 
     def __init__(
@@ -163,12 +171,14 @@ class CredentialCache(Generic[R]):
         self._stale_ttl = stale_ttl
         self._clock = clock
         self._max_entries = max_entries
-        self._entries: dict[str, tuple[float, R | None]] = {}
+        # id -> (fresh until, row or None for unknown, stale until: the last confirmation + ttl + stale_ttl)
+        self._entries: dict[str, tuple[float, R | None, float]] = {}
         self._inflight: dict[str, asyncio.Future[R | None]] = {}
 
-    async def check(self, key_id: str, secret: str, what: str) -> R:
-        """The row of ``key_id`` if ``secret`` is its secret and it is not revoked; else CredentialError."""
-        record = await self.get(key_id)
+    async def check(self, key_id: str, secret: str, what: str, *, cached_only: bool = False) -> R:
+        """The row of ``key_id`` if ``secret`` is its secret and it is not revoked; else CredentialError.
+        ``cached_only``: from a fresh cached row or not at all (:class:`NotCached`), never a lookup."""
+        record = self.cached(key_id) if cached_only else await self.get(key_id)
         if record is None:
             raise CredentialError(f"unknown {what} {key_id}")
         if not hmac.compare_digest(record.secret_sha256, hash_secret(secret)):
@@ -176,6 +186,13 @@ class CredentialCache(Generic[R]):
         if record.revoked:
             raise CredentialError(f"{what} {key_id} has been revoked")
         return record
+
+    def cached(self, key_id: str) -> R | None:
+        """The fresh cached row of ``key_id`` (None: cached as unknown); :class:`NotCached` otherwise."""
+        cached = self._entries.get(key_id)
+        if cached is None or cached[0] <= self._clock():
+            raise NotCached(key_id)
+        return cached[1]
 
     async def get(self, key_id: str) -> R | None:
         now = self._clock()
@@ -190,8 +207,9 @@ class CredentialCache(Generic[R]):
         try:
             record = await self._lookup(key_id)
         except Exception as exc:
-            if cached is not None and cached[1] is not None and now - cached[0] < self._stale_ttl:
+            if cached is not None and cached[1] is not None and self._clock() < cached[2]:
                 log.warning("credential lookup failed; serving the cached row", extra={"error": str(exc)})
+                self._entries[key_id] = (min(self._clock() + self._ttl, cached[2]), cached[1], cached[2])
                 fut.set_result(cached[1])
                 return cached[1]
             fut.set_exception(exc)
@@ -204,9 +222,11 @@ class CredentialCache(Generic[R]):
             del self._inflight[key_id]
         if len(self._entries) >= self._max_entries:
             self._entries.clear()  # bounded memory; the cost is one lookup per live key
+        confirmed = self._clock()
         self._entries[key_id] = (
-            self._clock() + (self._ttl if record is not None else self._negative_ttl),
+            confirmed + (self._ttl if record is not None else self._negative_ttl),
             record,
+            confirmed + self._ttl + self._stale_ttl,
         )
         fut.set_result(record)
         return record
@@ -230,12 +250,12 @@ class KeyCache(CredentialCache[KeyRecord]):
             raise CredentialError("missing API key: send 'Authorization: Bearer <key>'")
         return await self.authenticate_token(token)
 
-    async def authenticate_token(self, token: str) -> Principal:
+    async def authenticate_token(self, token: str, *, cached_only: bool = False) -> Principal:
         parts = split(token)
         if parts is None or parts[0] == OPERATOR_PREFIX:
             raise CredentialError("malformed API key: expected plg_<key-id>_<secret>")
         prefix, key_id, secret = parts
-        record = await self.check(key_id, secret, "API key")
+        record = await self.check(key_id, secret, "API key", cached_only=cached_only)
         if _PREFIX_KIND[prefix] != record.kind:
             raise CredentialError(f"API key {key_id} is a {record.kind} key but carries another prefix")
         return Principal(record.customer_id, key_id, record.kind)

@@ -28,6 +28,8 @@ import base64
 import binascii
 import enum
 import hmac
+import math
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -36,13 +38,14 @@ from fastapi.dependencies.models import Dependant
 from starlette.requests import Request
 from starlette.routing import BaseRoute
 
-from services.kernel import apikeys
-from services.kernel.apikeys import CredentialError, KeyKind, OperatorRecord
+from services.kernel import apikeys, metrics
+from services.kernel.apikeys import CredentialError, KeyKind, NotCached, OperatorRecord
 from services.kernel.http import HttpError
 from services.kernel.settings import AuthSettings
 
 UNAUTHORIZED = "unauthorized"
 FORBIDDEN = "forbidden"
+TOO_MANY_FAILED_ATTEMPTS = "too_many_failed_attempts"
 WWW_AUTHENTICATE = 'Bearer realm="plg"'
 
 
@@ -96,6 +99,63 @@ def presented_token(authorization: str | None) -> str | None:
     return None
 
 
+FAILED_ATTEMPTS = metrics.counter(
+    "plg_auth_failed_attempts",
+    "Requests with a failed credential (counted) and requests refused 429 because their client address "
+    "failed too often (refused).",
+    ("outcome",),
+)
+
+
+class FailedAttempts:
+    """Failed credential attempts per client address, in fixed windows: after ``limit`` failures within
+    ``window`` seconds the address is refused until that window ends. Memory is bounded by ``max_clients``
+    (the oldest windows are forgotten first). ``limit`` 0 turns it off."""
+
+    def __init__(
+        self,
+        limit: int,
+        window: float,
+        *,
+        max_clients: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self._max_clients = max_clients
+        self._clock = clock
+        self._windows: dict[str, list[float]] = {}  # client -> [window end, failures]; oldest first
+
+    def retry_after(self, client: str) -> int:
+        """0 when ``client`` may try, else the whole seconds until its window ends (at least 1)."""
+        entry = self._windows.get(client)
+        if entry is None or self.limit <= 0 or entry[1] < self.limit:
+            return 0
+        left = entry[0] - self._clock()
+        if left <= 0:
+            del self._windows[client]
+            return 0
+        return max(1, math.ceil(left))
+
+    def failed(self, client: str) -> None:
+        if self.limit <= 0:
+            return
+        now = self._clock()
+        entry = self._windows.get(client)
+        if entry is None or entry[0] <= now:
+            self._windows.pop(client, None)  # re-inserted last: the dict stays ordered by window start
+            while len(self._windows) >= self._max_clients:
+                del self._windows[next(iter(self._windows))]
+            self._windows[client] = [now + self.window, 1]
+        else:
+            entry[1] += 1
+
+
+def client_address(request: Request) -> str:
+    """The peer address (behind a proxy, uvicorn's ``--forwarded-allow-ips`` makes it the client's)."""
+    return request.client.host if request.client is not None else "unknown"
+
+
 class Authenticator:
     """Turns a request's credential into a :class:`Principal`, from caches of the credential tables.
 
@@ -109,10 +169,12 @@ class Authenticator:
         operators: apikeys.CredentialCache[OperatorRecord],
         sessions: SessionResolver | None = None,
         static_operators: dict[str, Operator] | None = None,
+        failed_attempts: FailedAttempts | None = None,
     ) -> None:
         self.keys = keys
         self.operators = operators
         self.sessions = sessions
+        self.failed_attempts = failed_attempts or FailedAttempts(0, 1.0)
         # Tokens configured in settings rather than the table (the registry's admin token), compared in
         # constant time.
         self._static = dict(static_operators or {})
@@ -121,12 +183,39 @@ class Authenticator:
         """The request's principal; None without any credential; CredentialError for a bad one."""
         token = presented_token(request.headers.get("authorization"))
         if token is not None:
-            return await self.from_token(token)
+            return await self._limited(client_address(request), token)
         if self.sessions is not None:
             return await self.sessions(request)
         return None
 
-    async def from_token(self, token: str) -> Principal:
+    async def _limited(self, client: str, token: str) -> Principal:
+        """:meth:`from_token` behind the client's failed-attempt limit. An address over it gets 429 without
+        a lookup, unless its credential is one the cache already holds as valid (a good client behind the
+        same NAT as a guesser keeps working): guessing key ids cannot make PostgreSQL work."""
+        wait = self.failed_attempts.retry_after(client)
+        if wait:
+            try:
+                return await self.from_token(token, cached_only=True)
+            except (CredentialError, NotCached):
+                FAILED_ATTEMPTS.labels("refused").inc()
+                raise HttpError(
+                    429,
+                    TOO_MANY_FAILED_ATTEMPTS,
+                    f"too many failed credential attempts from this address "
+                    f"({self.failed_attempts.limit} within {self.failed_attempts.window:g} s); "
+                    f"retry after {wait} s",
+                    {"Retry-After": str(wait)},
+                ) from None
+        try:
+            return await self.from_token(token)
+        except CredentialError:
+            FAILED_ATTEMPTS.labels("counted").inc()
+            self.failed_attempts.failed(client)
+            raise
+
+    async def from_token(self, token: str, *, cached_only: bool = False) -> Principal:
+        """The token's principal; CredentialError for a bad one. ``cached_only``: from fresh cached rows
+        only, :class:`~services.kernel.apikeys.NotCached` when answering would need a lookup."""
         for static_token, op in self._static.items():
             if hmac.compare_digest(static_token.encode(), token.encode()):
                 return op
@@ -137,9 +226,9 @@ class Authenticator:
                 "operator token (plgop_<id>_<secret>)"
             )
         if parts[0] == apikeys.OPERATOR_PREFIX:
-            record = await self.operators.check(parts[1], parts[2], "operator token")
+            record = await self.operators.check(parts[1], parts[2], "operator token", cached_only=cached_only)
             return Operator(record.name, Role[record.role], "token")
-        key = await self.keys.authenticate_token(token)
+        key = await self.keys.authenticate_token(token, cached_only=cached_only)
         return CustomerKey(key.customer_id, key.key_id, key.kind)
 
 
@@ -179,6 +268,9 @@ def open_authenticator(
         apikeys.KeyCache(lookup(apikeys.lookup_key), ttl, negative, stale_ttl=stale),
         apikeys.CredentialCache(lookup(apikeys.lookup_operator), ttl, negative, stale_ttl=stale),
         static_operators=static_operators,
+        failed_attempts=FailedAttempts(
+            settings.failed_attempts_limit, settings.failed_attempts_window_seconds
+        ),
     )
 
 

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.kernel import metrics
+from services.kernel.lifecycle import Lifecycle
 from services.kernel.processing.messages import Message
 from services.kernel.processing.view import MaterializedView
 from services.kernel.serde import SchemaRegistry
-from services.kernel.settings import KafkaSettings
+from services.kernel.settings import KafkaSettings, StreamServiceSettings
 from services.kernel.topics import PRIVACY_ERASURES, topic
 
 log = logging.getLogger(__name__)
@@ -173,3 +174,22 @@ class ErasureFollower:
                 "erasure request applied",
                 extra={"erasure_id": erasure.erasure_id, "customer_id": erasure.customer_id},
             )
+
+
+def follow_erasures(
+    life: Lifecycle,
+    settings: StreamServiceSettings,
+    registry: SchemaRegistry,
+    service: str,
+    forget: OnErasure,
+) -> ErasureFollower:
+    """The one wiring of every service that forgets people: an :class:`ErasureFollower` on the service's
+    broker and topic prefix handing each request to ``forget``, started now and closed by ``life``."""
+    follower = ErasureFollower(
+        settings.kafka,
+        registry,
+        service=service,
+        topic_prefix=settings.platform.topic_prefix,
+        on_erasure=[forget],
+    )
+    return life.push(follower.start(), "privacy erasures")

@@ -218,6 +218,11 @@ class AuthSettings(PlgSettings):
     key_negative_cache_ttl_seconds: float = Field(default=5.0, ge=0)
     # While PostgreSQL is down, a key seen less than this long ago keeps working from the cache.
     key_stale_ttl_seconds: float = Field(default=3600.0, ge=0)
+    # Failed credential attempts (malformed, unknown, wrong secret, revoked) per client address: after this
+    # many within the window, the address is answered 429 with Retry-After until the window ends, without
+    # a database lookup (a credential the cache already holds as valid still passes). 0 turns it off.
+    failed_attempts_limit: int = Field(default=50, ge=0)
+    failed_attempts_window_seconds: float = Field(default=60.0, gt=0)
 
 
 class ServiceSettings(PlgSettings):

@@ -3,8 +3,8 @@ of the partition's changelog for restarts (RocksDB, one per input partition; see
 
 Layout of one partition's store (``services.kernel.processing.store.LocalStore``):
 
-* ``E<expiry minute><customer><suffix>`` -> a flag and packed ids: dedup ids of one customer expiring
-  then, in chunks (see :class:`DiskDedupIndex`);
+* ``E<expiry minute><customer><suffix>`` -> a flag and packed ids: spilled dedup ids of one customer
+  expiring then; ``F...`` the same for the ids memory held at the seal (see :class:`DiskDedupIndex`);
 * ``I<id key>`` -> expiry minute (4 bytes): a spilled id, for point lookups;
 * ``L<changelog key>`` -> the latest changelog value of that key, for every record kind but the dedup ids
   (``D|`` keys are kept with an empty value: the ids are the ``I``/``E`` entries);
@@ -74,9 +74,10 @@ def unpack_ids(data: bytes) -> list[int | str]:
     return out
 
 
-#: Flag byte of a chunk: its ids also have ``I`` keys (spilled) or not (written from memory at a seal).
+#: Flag byte of a spilled chunk (``E`` prefix): its ids have ``I`` lookup keys.
 SPILLED = b"S"
-SEALED = b"M"
+#: Prefix of the chunks a seal writes from memory (no lookup keys; a load reads them back first).
+SEALED_CHUNK = b"F"
 
 
 class DiskDedupIndex(DedupIndex):
@@ -86,11 +87,11 @@ class DiskDedupIndex(DedupIndex):
     an id missing from memory is looked up in the store (a bloom-filtered point lookup), so dedup stays
     exact whatever the bound; below the bound nothing is read from disk.
 
-    On disk, ids are chunks per (expiry minute, customer): ``E<minute><customer><unique suffix>`` -> flag
-    + packed ids, one put per chunk (loading a store reads chunks, not keys). Spilled chunks (flag ``S``)
-    also have an ``I<id key>`` per id for lookups. While the partition runs, the chunks on disk are exactly
-    the ids not in memory; a seal adds the ids of memory as ``M`` chunks (no ``I`` keys: they are loaded
-    back into memory first), and loading a sealed store deletes what it loaded and gives the rest ``I`` keys.
+    On disk, ids are chunks of packed ids per (expiry minute, customer), one put per chunk:
+    ``E<minute><customer><suffix>`` for spilled ids (each also with an ``I<id key>`` for lookups) — while the
+    partition runs, exactly the ids not in memory — and ``F<minute><customer><suffix>`` for what memory held
+    when the store was sealed (no lookup keys). Loading a sealed store reads only the ``F`` chunks, keeps
+    the newest up to the bound and turns the rest into spilled ``E`` chunks; the spilled ones are not read.
     """
 
     __slots__ = ("memory_ids", "spilled_through", "store")
@@ -109,10 +110,10 @@ class DiskDedupIndex(DedupIndex):
         self.spill()
 
     @staticmethod
-    def _chunk_key(minute: int, customer_id: str) -> bytes:
+    def _chunk_key(minute: int, customer_id: str, prefix: bytes = EXPIRY) -> bytes:
         customer = customer_id.encode()
         return (
-            EXPIRY + minute.to_bytes(4, "big") + len(customer).to_bytes(2, "big") + customer + os.urandom(8)
+            prefix + minute.to_bytes(4, "big") + len(customer).to_bytes(2, "big") + customer + os.urandom(8)
         )
 
     def spill(self) -> int:
@@ -144,34 +145,34 @@ class DiskDedupIndex(DedupIndex):
         return moved
 
     def write_all(self) -> None:
-        """Write the ids in memory to the store (before sealing it): one chunk per minute and customer."""
+        """Write the ids in memory to the store (before sealing it): one chunk per minute and customer, under
+        their own prefix, so loading reads them and never has to walk the spilled ones."""
         batch = self.store.batch()
         for minute, by_customer in self.buckets.items():
             for customer_id, compacts in by_customer.items():
-                batch.put(self._chunk_key(minute, customer_id), SEALED + pack_ids(compacts))
+                batch.put(self._chunk_key(minute, customer_id, SEALED_CHUNK), pack_ids(compacts))
         self.store.write(batch)
 
     def load(self) -> int:
-        """Fill memory from a sealed store, newest expiry first, up to the bound; returns ids loaded.
-        Loaded chunks leave the disk; those left get their ``I`` keys (they are spilled now)."""
+        """Fill memory from a sealed store: the chunks memory held at the seal, newest expiry first, up to
+        the bound; returns ids loaded. What does not fit becomes spilled chunks with lookup keys; the spilled
+        chunks already there are not read (one seek finds the newest, for ``spilled_through``)."""
         loaded = 0
         full = False
         batch = self.store.batch()
-        for key, value in self.store.items(EXPIRY, backwards=True):
+        for key, value in self.store.items(SEALED_CHUNK, backwards=True):
             minute = int.from_bytes(key[1:5], "big")
             size = int.from_bytes(key[5:7], "big")
             customer_id = key[7 : 7 + size].decode()
-            compacts = unpack_ids(value[1:])
+            compacts = unpack_ids(value)
+            batch.delete(key)
             full = full or (loaded > 0 and loaded + len(compacts) > self.memory_ids)
-            if full:
-                # this minute and older ones stay (partly) on disk only
+            if full:  # stays on disk, spilled: lookup keys and an E chunk
+                minute_bytes = minute.to_bytes(4, "big")
+                for compact in compacts:
+                    batch.put(ID + id_key(customer_id, compact), minute_bytes)
+                batch.put(EXPIRY + key[1:], SPILLED + value)
                 self.spilled_through = max(self.spilled_through, minute)
-                self.spilled = True
-                if value[:1] == SEALED:
-                    minute_bytes = minute.to_bytes(4, "big")
-                    for compact in compacts:
-                        batch.put(ID + id_key(customer_id, compact), minute_bytes)
-                    batch.put(key, SPILLED + value[1:])
                 continue
             ids = self.seen.get(customer_id)
             if ids is None:
@@ -183,12 +184,12 @@ class DiskDedupIndex(DedupIndex):
                 bucket[customer_id] = compacts
             else:
                 known.extend(compacts)
-            batch.delete(key)
-            if value[:1] == SPILLED:
-                for compact in compacts:
-                    batch.delete(ID + id_key(customer_id, compact))
             loaded += len(compacts)
         self.store.write(batch)
+        for key, _ in self.store.items(EXPIRY, backwards=True):  # the newest spilled chunk, if any
+            self.spilled_through = max(self.spilled_through, int.from_bytes(key[1:5], "big"))
+            break
+        self.spilled = self.spilled_through >= 0
         return loaded
 
     def evict(self, now_minute: int) -> list[int]:

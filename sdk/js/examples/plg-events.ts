@@ -14,6 +14,7 @@ export const TRACKING_PLAN = {
     "project_created": 1,
     "team_invite_sent": 1,
     "core_action_completed": 1,
+    "onboarding_reward_granted": 1,
     "page_viewed": 1,
     "$identify": 1,
     "job_completed": 1,
@@ -66,6 +67,18 @@ export interface CoreActionCompletedProperties {
   action?: string;
 }
 
+/** An onboarding step's completion action (deploy/config/onboarding.yaml on_complete emit). */
+export interface OnboardingRewardGrantedProperties {
+  /** What was granted */
+  reward: string;
+  /** For how long; a whole number; min 1 */
+  days?: number;
+  /** The onboarding step completed */
+  step_id?: string;
+  /** The person's onboarding flow */
+  flow?: string;
+}
+
 /** High-volume, low-value page view (sampled, see `sampling`). */
 export interface PageViewedProperties {
   path?: string;
@@ -103,6 +116,7 @@ export interface PlgEvents {
   "project_created": ProjectCreatedProperties;
   "team_invite_sent": TeamInviteSentProperties;
   "core_action_completed": CoreActionCompletedProperties;
+  "onboarding_reward_granted": OnboardingRewardGrantedProperties;
   "page_viewed": PageViewedProperties;
   "job_completed": JobCompletedProperties;
   "storage_measured": StorageMeasuredProperties;

@@ -25,6 +25,13 @@ from tests.auth_support import bearer, operator_token
 from tests.integration.ingest.conftest import new_tenant, start_ingest, tenant  # noqa: F401
 
 ADMIN_TOKEN = "test-admin-token"
+# A sticky 50/50 experiment: what the sticky-assignment tests evaluate.
+STICKY_AB_FLAG = {
+    "sticky": True,
+    "variants": {"a": "A", "b": "B"},
+    "off_variant": "a",
+    "default": {"split": [{"variant": "a", "weight": 1}, {"variant": "b", "weight": 1}]},
+}
 DEFAULT = "<the default operator>"
 
 

@@ -10,7 +10,7 @@ import httpx
 
 from services.kernel.topics import USAGE_EVENTS, topic
 from tests.auth_support import customer_key, new_customer, operator_token
-from tests.integration.growth.conftest import RunningGrowth, SseReader
+from tests.integration.growth.conftest import STICKY_AB_FLAG, RunningGrowth, SseReader
 from tests.integration.ingest.conftest import read_topic
 
 
@@ -129,14 +129,8 @@ def test_evaluate_answers_openfeature_details_and_writes_one_exposure(
 
 def test_sticky_assignments_survive_sign_up_server_side(growth: RunningGrowth) -> None:
     key = new_key()
-    spec = {
-        "sticky": True,
-        "variants": {"a": "A", "b": "B"},
-        "off_variant": "a",
-        "default": {"split": [{"variant": "a", "weight": 1}, {"variant": "b", "weight": 1}]},
-    }
     with growth.admin() as admin, growth.client() as client:
-        assert admin.put(f"/v1/admin/flags/{key}", json=spec).status_code == 201
+        assert admin.put(f"/v1/admin/flags/{key}", json=STICKY_AB_FLAG).status_code == 201
 
         def variant(ctx: dict) -> str:
             answer: httpx.Response = client.post("/v1/flags/evaluate", json={"flag_key": key, "context": ctx})

@@ -89,14 +89,16 @@ def start_ingest(
     """Factory: ``start_ingest(**overrides)`` runs ingest on the test's topic prefix; stopped afterwards."""
     running: list[RunningIngest] = []
 
-    def start(kafka: KafkaSettings | None = None, **overrides: Any) -> RunningIngest:
+    def start(
+        kafka: KafkaSettings | None = None, database: DatabaseSettings | None = None, **overrides: Any
+    ) -> RunningIngest:
         port = free_port()
         settings = IngestSettings(
             host="127.0.0.1",
             port=port,
             kafka=kafka or kafka_settings,
             registry=registry_settings,
-            database=database_settings,
+            database=database or database_settings,
             platform=PlatformSettings(topic_prefix=provisioned.prefix),
             **overrides,
         )

@@ -27,7 +27,7 @@ from services.kernel.reading import read_to_end
 from services.kernel.settings import KafkaSettings
 from services.kernel.topics import catalogue
 from tests.integration.enrichment.harness import ROOT, EnrichmentWorld
-from tests.integration.growth.conftest import GrowthFactory, wait_for
+from tests.integration.growth.conftest import STICKY_AB_FLAG, GrowthFactory, wait_for
 from tests.integration.health_score.harness import Health
 from tests.integration.ingest.conftest import RunningIngest, Tenant
 
@@ -149,16 +149,10 @@ def test_forget_erases_the_person_everywhere_and_later_events_start_a_new_histor
             path = f"/v1/onboarding/{customer}/{person}/steps/first-api-call/complete"
             assert client.post(path).status_code == 201
             flag = f"privacy_{tag}"
-            sticky = {
-                "sticky": True,
-                "variants": {"a": "A", "b": "B"},
-                "off_variant": "a",
-                "default": {"split": [{"variant": "a", "weight": 1}, {"variant": "b", "weight": 1}]},
-            }
-            assert admin.put(f"/v1/admin/flags/{flag}", json=sticky).status_code == 201
-            evaluated = client.post(
-                "/v1/flags/evaluate", json={"flag_key": flag, "context": {"user_id": person}}
-            )
+            assert admin.put(f"/v1/admin/flags/{flag}", json=STICKY_AB_FLAG).status_code == 201
+            # The operator names the customer: sticky rows are stored per customer, never without one.
+            context = {"customer_id": customer, "user_id": person}
+            evaluated = client.post("/v1/flags/evaluate", json={"flag_key": flag, "context": context})
             assert evaluated.status_code == 200
             wait_for(
                 lambda: client.get(f"/v1/activation/{customer}/{pseudonym}").json()["person"][0]["crossed"],

@@ -17,7 +17,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from services.devstack import chromium
 from services.ingest import store
 from services.kernel import apikeys
 from services.kernel.settings import DatabaseSettings
@@ -95,18 +94,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         server.server_close()
 
 
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    path = chromium.find()
-    if path is None:
-        pytest.skip("Debian chromium is not installed (make install installs it as root)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(path), args=list(chromium.ARGS), headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
+# `browser` (headless Chromium) is the suite's shared fixture: tests/browser.py, via tests/conftest.py.
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
-from services.entitlements.handlers import PlanNotConfigured, UnknownFeature, decide
+from services.entitlements.handlers import PlanNotConfigured, UnknownFeature, decide, decision_body
 from services.plans.periods import billing_period
+from services.plans.trials import Trial, trial_until
 from tests.unit.metering.conftest import NOW, customer
 
 BASE = "https://app.example/billing/upgrade"
@@ -104,3 +106,32 @@ def test_a_suspended_customer_is_refused_every_feature_with_the_reason_and_how_t
     ended = replace(suspended, suspended_until=now - timedelta(seconds=1))
     assert decide(config, ended, "sso", Decimal(0), NOW, BASE).allowed
     assert "code" not in decision_body(decide(config, ended, "api_requests", Decimal(0), NOW, BASE))
+
+
+def test_a_trial_opens_a_boolean_feature_the_plan_lacks_until_it_ends(config):
+    # Issue 20 / seed 002: an onboarding completion action granted "sso" for some days.
+    until = NOW + 3_600_000
+    d = decide(config, customer(), "sso", 0, NOW, BASE, trial_until_ms=until)
+    assert d.allowed
+    assert d.upgrade is None
+    assert d.trial_until_ms == until
+    assert decision_body(d)["trial_until"].endswith("Z")
+    ended = decide(config, customer(), "sso", 0, NOW, BASE, trial_until_ms=NOW)
+    assert not ended.allowed
+    assert ended.trial_until_ms is None
+    assert "trial_until" not in decision_body(ended)
+    # A feature the plan has anyway is not "on trial".
+    own = decide(config, customer(plan="pro"), "sso", 0, NOW, BASE, trial_until_ms=until)
+    assert own.allowed
+    assert own.trial_until_ms is None
+
+
+def test_trial_until_is_the_latest_unexpired_trial_of_the_feature():
+    def trial(feature: str, ends_ms: int) -> Trial:
+        at = datetime.fromtimestamp(ends_ms / 1000, UTC)
+        return Trial(feature, at - timedelta(days=1), at, "onboarding:classic/s")
+
+    trials = [trial("sso", NOW + 10_000), trial("sso", NOW + 20_000), trial("audit_log", NOW + 99_000)]
+    assert trial_until(trials, "sso", NOW) == NOW + 20_000
+    assert trial_until(trials, "sso", NOW + 20_000) is None
+    assert trial_until(trials, "priority_support", NOW) is None

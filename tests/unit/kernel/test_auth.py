@@ -183,13 +183,15 @@ def test_basic_auth_password_is_taken_as_the_token() -> None:
         assert client.patch("/admin", headers={"Authorization": f"Basic {basic}"}).status_code == 200
 
 
-def test_a_cached_key_survives_a_database_outage() -> None:
+def test_a_cached_key_survives_a_database_outage_without_waiting_on_it() -> None:
     clock = [0.0]
     down = [False]
+    lookups = [0]
     g = apikeys.generate()
     row = KeyRecord(g.key_id, "acme", g.secret_sha256, False)
 
     async def lookup(key_id: str) -> KeyRecord | None:
+        lookups[0] += 1
         if down[0]:
             raise OSError("database down")
         return row
@@ -198,10 +200,88 @@ def test_a_cached_key_survives_a_database_outage() -> None:
         cache = KeyCache(lookup, ttl=10, negative_ttl=1, clock=lambda: clock[0], stale_ttl=100)
         await cache.authenticate(f"Bearer {g.token}")
         down[0] = True
-        clock[0] = 50  # expired, within the stale window: served from the cache
+        clock[0] = 20  # expired, within the stale window: the failed lookup, then the cached row
         assert (await cache.authenticate(f"Bearer {g.token}")).customer_id == "acme"
-        clock[0] = 500  # beyond it: the outage shows
+        assert lookups[0] == 2
+        for t in (21, 25, 29):  # trusted again until 30: no request waits for the failing database
+            clock[0] = t
+            assert (await cache.authenticate(f"Bearer {g.token}")).customer_id == "acme"
+        assert lookups[0] == 2
+        clock[0] = 105  # the stale window counts from the last confirmation (0 + 10 + 100)
+        await cache.authenticate(f"Bearer {g.token}")
+        clock[0] = 111  # beyond it: the outage shows
         with pytest.raises(OSError):
             await cache.authenticate(f"Bearer {g.token}")
 
     asyncio.run(go())
+
+
+def _limited_app(limit: int, clock: list[float], lookups: list[str]) -> FastAPI:
+    async def key_lookup(key_id: str) -> Any:
+        lookups.append(key_id)
+        return KEY_ROWS.get(key_id)
+
+    async def op_lookup(key_id: str) -> Any:
+        lookups.append(key_id)
+        return OP_ROWS.get(key_id)
+
+    app = FastAPI()
+    install_error_handlers(app, service="test")
+    failed = auth.FailedAttempts(limit, 60, clock=lambda: clock[0])
+    cache = KeyCache(key_lookup, 1000, 1000)
+    auth.install(
+        app, auth.Authenticator(cache, CredentialCache(op_lookup, 1000, 1000), failed_attempts=failed)
+    )
+
+    @app.post("/send")
+    async def send(
+        caller: Annotated[Caller, Depends(auth.publishable_key(customer_param=None, operator_role=None))],
+    ) -> dict[str, Any]:
+        return {"customer": caller.customer_id}
+
+    return app
+
+
+def _unknown_key() -> str:
+    return apikeys.generate().token
+
+
+def test_an_address_with_too_many_failed_keys_gets_429_without_a_lookup() -> None:
+    clock = [0.0]
+    lookups: list[str] = []
+    app = _limited_app(3, clock, lookups)
+    bearer = lambda token: {"Authorization": f"Bearer {token}"}  # noqa: E731
+    with TestClient(app, client=("203.0.113.7", 5000)) as guesser:
+        assert guesser.post("/send", headers=bearer(KEYS["a_secret"])).status_code == 200  # cached now
+        for _ in range(3):
+            assert guesser.post("/send", headers=bearer(_unknown_key())).status_code == 401
+        assert guesser.post("/send", headers=bearer("plg_malformed")).status_code == 429
+        looked_up = len(lookups)
+        refused = guesser.post("/send", headers=bearer(_unknown_key()))
+        assert refused.status_code == 429
+        assert refused.json()["code"] == "too_many_failed_attempts"
+        assert 1 <= int(refused.headers["Retry-After"]) <= 60
+        # An uncached key would need a lookup: refused as well, and nothing was looked up.
+        assert guesser.post("/send", headers=bearer(KEYS["b_secret"])).status_code == 429
+        assert len(lookups) == looked_up
+        # A key the cache holds as valid still passes (a good client behind the guesser's NAT).
+        assert guesser.post("/send", headers=bearer(KEYS["a_secret"])).json() == {"customer": "acme"}
+    with TestClient(app, client=("198.51.100.1", 5000)) as other:  # another address is not affected
+        assert other.post("/send", headers=bearer(_unknown_key())).status_code == 401
+    clock[0] = 61  # the window is over
+    with TestClient(app, client=("203.0.113.7", 5000)) as guesser:
+        assert guesser.post("/send", headers=bearer(_unknown_key())).status_code == 401
+        assert guesser.post("/send", headers=bearer(KEYS["b_secret"])).json() == {"customer": "beta"}
+
+
+def test_failed_attempts_are_bounded_and_a_zero_limit_is_off() -> None:
+    clock = [0.0]
+    failed = auth.FailedAttempts(1, 60, max_clients=3, clock=lambda: clock[0])
+    for client in ("a", "b", "c", "d"):
+        failed.failed(client)
+    assert failed.retry_after("a") == 0  # forgotten: the oldest window went first
+    assert [failed.retry_after(c) for c in ("b", "c", "d")] == [60, 60, 60]
+    off = auth.FailedAttempts(0, 60)
+    for _ in range(100):
+        off.failed("a")
+    assert off.retry_after("a") == 0

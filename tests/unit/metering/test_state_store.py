@@ -135,3 +135,24 @@ def test_an_unsealed_or_damaged_store_is_not_read(tmp_path: Path):
     assert damaged.rebuilt
     assert damaged.seal_of() is None
     damaged.close()
+
+
+def test_a_store_sealed_under_a_larger_bound_loads_what_fits_and_spills_the_rest(config, tmp_path: Path):
+    store = LocalStore(tmp_path / "p0")
+    pstore = PartitionStore(store, 0)
+    state = disk_state(config, store, memory_ids=10_000)
+    log: list = []
+    events = [event(customer_id=f"c{i % 3}", ts=NOW - 600_000 + i * 1000) for i in range(300)]
+    commit(state, pstore, log, 0, events, NOW)
+    assert not state.dedup.spilled
+    pstore.seal(state, len(events), state.rules)
+    store.close()
+
+    reopened = LocalStore(tmp_path / "p0")
+    warm = disk_state(config, reopened, memory_ids=20)  # restarted with a smaller bound
+    PartitionStore(reopened, 0).load(warm)
+    assert len(warm.dedup) <= 20
+    assert warm.dedup.spilled
+    rejections = [warm.apply(e, NOW, customer(e["customer_id"])) for e in events]
+    assert all(r is not None and r.code == DUPLICATE for r in rejections)
+    reopened.close()

@@ -164,10 +164,11 @@ def test_the_activation_view_forgets_tombstoned_keys() -> None:
 def test_growth_caches_and_health_live_events_forget_the_person() -> None:
     erasure = Erasure.new("acme", ["u-1"])
     sticky = StickyAssignments(pool=None, capacity=10)  # type: ignore[arg-type]
-    sticky["checkout|user_id|u-1"] = "b"
-    sticky["checkout|user_id|u-2"] = "a"
+    acme = sticky.view("acme")
+    acme["checkout|user_id|u-1"] = "b"
+    acme["checkout|user_id|u-2"] = "a"
     assert sticky.forget(erasure.matches) == 1
-    assert list(sticky) == ["checkout|user_id|u-2"]
+    assert list(acme) == ["checkout|user_id|u-2"]
     exposures = ExposureLog(10)
     from plg_sdk.flags import Evaluation
 
