@@ -545,6 +545,11 @@ def install_error_handlers(
         config.errors[RequestValidationError] = validation_error
         app.add_exception_handler(RequestValidationError, framework_error)
     app.add_middleware(ErrorDisciplineMiddleware, config=config)
+    if hasattr(app, "openapi"):
+        # The 401/403 every credentialed route can answer, in its OpenAPI entry (auth imports this module).
+        from services.kernel.auth import document_refusals
+
+        document_refusals(app)
 
 
 __all__ = [
