@@ -270,10 +270,15 @@ def test_two_scorers_and_a_sigkill_lose_and_double_nothing(
             ).fetchone()
         assert left == (0,)
         duplicates = [a for a, n in Counter(published()).items() if n > 1]
+        inbox = {
+            line.split("{")[0].split(" ")[0]: float(line.split()[-1])
+            for line in httpx.get(f"http://127.0.0.1:{ports['steady']}/metrics", timeout=5).text.splitlines()
+            if line.startswith(("plg_health_inbox_routed_total", "plg_health_inbox_folded_total"))
+        }
         print(
             f"\nhealth scorer scale-out: {len(sent)} inputs for {CUSTOMERS} customers, 2 instances, "
             f"1 SIGKILL (homes {sorted(killed_homes)} moved), {len(fired_ids)} alerts, "
-            f"republished {len(duplicates)}"
+            f"republished {len(duplicates)}; the survivor's inbox counters {inbox}"
         )
     finally:
         killed.terminate()
