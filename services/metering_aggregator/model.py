@@ -774,7 +774,7 @@ def _chunk_by_customer(by_customer: dict[str, list[str]]) -> Iterator[dict[str, 
     for customer_id, ids in by_customer.items():
         for chunk in _chunk(ids) if len(ids) > 1000 else (ids,):
             part.setdefault(customer_id, []).extend(chunk)
-            size += len(customer_id) + sum(len(i) + 3 for i in chunk)
+            size += len(customer_id) + sum(map(len, chunk)) + 3 * len(chunk)
             if size >= CHUNK_CHARS:
                 yield part
                 part, size = {}, 0
