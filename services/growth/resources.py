@@ -55,7 +55,7 @@ def opened(app: object) -> Growth:
     return found
 
 
-def resources(request: Request) -> Growth:
+async def resources(request: Request) -> Growth:
     return opened(request.app)
 
 
