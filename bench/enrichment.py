@@ -31,6 +31,7 @@ import psycopg
 from bench.common import (
     counter_values,
     cpu_seconds,
+    delete_topics,
     histogram_mean,
     load_average,
     pct,
@@ -44,7 +45,7 @@ from services.enrichment.handlers import merge_link_key
 from services.ingest import store
 from services.kernel.db import migrate
 from services.kernel.kafka import Consumer, Producer, TopicPartition
-from services.kernel.provision import admin_client, provision_all, provision_topics
+from services.kernel.provision import provision_all, provision_topics
 from services.kernel.serde import SchemaRegistry
 from services.kernel.settings import KafkaSettings, SchemaRegistrySettings
 from services.kernel.topics import IDENTITY_LINKS, USAGE_EVENTS, USAGE_EVENTS_ENRICHED, topic
@@ -328,13 +329,7 @@ class Bench:
             latencies = [] if self.args.no_latency else self.latency()
         finally:
             self.producer.close()
-            if self.created:
-                admin = admin_client(self.kafka)  # kept referenced: a collected client cancels its futures
-                for future in admin.delete_topics(self.created, operation_timeout=30).values():
-                    try:
-                        future.result()
-                    except Exception as exc:
-                        print(f"could not delete a bench topic: {exc}")
+            delete_topics(self.kafka, self.created)
         print()
         print("== enrichment benchmark ==")
         print(f"{self.args.rounds} round(s); load average {load_before} before, {load_average()} after")

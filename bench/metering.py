@@ -45,13 +45,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import orjson
 import psycopg
 
 from bench.common import (
     ROOT,
     counter_values,
     cpu_seconds,
+    delete_topics,
+    follow_usage,
     histogram_mean,
     load_average,
     pct,
@@ -64,7 +65,7 @@ from services.devstack.config import free_port
 from services.ingest import store
 from services.kernel.db import migrate
 from services.kernel.kafka import Consumer, Producer, TopicPartition
-from services.kernel.provision import admin_client, provision_all
+from services.kernel.provision import provision_all
 from services.kernel.serde import SchemaRegistry
 from services.kernel.settings import KafkaSettings, SchemaRegistrySettings
 from services.kernel.topics import USAGE_EVENTS, topic
@@ -167,13 +168,7 @@ class Bench:
 
     def teardown(self) -> None:
         self.producer.close()
-        if self.created:
-            admin = admin_client(self.kafka)
-            for future in admin.delete_topics(self.created, operation_timeout=30).values():
-                try:
-                    future.result()
-                except Exception as exc:
-                    print(f"could not delete a bench topic: {exc}")
+        delete_topics(self.kafka, self.created)
 
     @staticmethod
     def event(customer: str, now: int, name: str = "api_call_made") -> dict[str, Any]:
@@ -381,25 +376,6 @@ class Bench:
         latencies: list[float] = []
         check_latencies: list[float] = []
 
-        def poll() -> None:
-            conn = http.client.HTTPConnection("127.0.0.1", api_port, timeout=5)
-            seen = 0
-            path = f"/v1/entitlements/{self.probe}/api_requests"
-            while not stop.is_set() or seen < len(probes):
-                t0 = time.perf_counter()
-                conn.request("GET", path, headers=self.auth[self.probe])
-                body = conn.getresponse().read()
-                t1 = time.perf_counter()
-                check_latencies.append(t1 - t0)
-                usage = int(orjson.loads(body)["usage"])
-                now = time.time()
-                while seen < usage and seen < len(probes):
-                    latencies.append(now - probes[seen])
-                    seen += 1
-                if stop.is_set() and time.time() - probes[-1] > 10:
-                    break
-                time.sleep(0.001)
-
         context = multiprocessing.get_context("spawn")
         result = context.Queue()
         load = context.Process(
@@ -415,7 +391,12 @@ class Bench:
             ),
         )
         load.start()
-        poller = threading.Thread(target=poll, daemon=True)
+        path = f"/v1/entitlements/{self.probe}/api_requests"
+        poller = threading.Thread(
+            target=follow_usage,
+            args=(api_port, path, self.auth[self.probe], probes, stop, latencies, check_latencies),
+            daemon=True,
+        )
         poller.start()
         started = time.monotonic()
         while time.monotonic() - started < seconds:

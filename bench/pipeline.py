@@ -50,7 +50,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from bench.common import ROOT, cpu_seconds, load_average, pct, service, span
+from bench.common import ROOT, cpu_seconds, delete_topics, follow_usage, load_average, pct, service, span
 from bench.ingest_loadgen import make_template
 from services.devstack.config import free_port
 from services.ingest import store
@@ -58,7 +58,7 @@ from services.ingest.avro_usage import UsageEventEncoder
 from services.ingest.model import Limits, RequestContext, normalise_batch
 from services.kernel.db import migrate
 from services.kernel.kafka import OFFSET_END, Consumer, Producer, TopicPartition
-from services.kernel.provision import admin_client, provision_all
+from services.kernel.provision import provision_all
 from services.kernel.serde import SchemaRegistry, header
 from services.kernel.settings import KafkaSettings, SchemaRegistrySettings
 from services.kernel.topics import USAGE_AGGREGATES, USAGE_EVENTS, topic
@@ -344,25 +344,6 @@ class Round:
         hop_reader.start()
         assert hop_out.get(timeout=60) == "ready"
 
-        def poll() -> None:
-            conn = http.client.HTTPConnection("127.0.0.1", self.ports["entitlements"], timeout=5)
-            path = f"/v1/entitlements/{self.probe_customer}/api_requests"
-            headers = {"Authorization": f"Bearer {self.probe_key}"}
-            seen = 0
-            while not stop.is_set() or seen < len(acks):
-                t0 = time.perf_counter()
-                conn.request("GET", path, headers=headers)
-                body = conn.getresponse().read()
-                checks.append(time.perf_counter() - t0)
-                usage = int(orjson.loads(body)["usage"])
-                now = time.time()
-                while seen < usage and seen < len(acks):
-                    visible.append(now - acks[seen])
-                    seen += 1
-                if stop.is_set() and time.time() - acks[-1] > 10:
-                    break
-                time.sleep(0.001)
-
         cpu0 = {name: cpu_seconds(p.pid) for name, p in self.procs.items()}
         requests_per_s = self.args.rate / 100
         proc = loadgen(
@@ -378,7 +359,19 @@ class Round:
             "2",
         )
         time.sleep(2)  # the generator's warm-up
-        poller = threading.Thread(target=poll, daemon=True)
+        poller = threading.Thread(
+            target=follow_usage,
+            args=(
+                self.ports["entitlements"],
+                f"/v1/entitlements/{self.probe_customer}/api_requests",
+                {"Authorization": f"Bearer {self.probe_key}"},
+                acks,
+                stop,
+                visible,
+                checks,
+            ),
+            daemon=True,
+        )
         conn = http.client.HTTPConnection("127.0.0.1", self.ports["ingest"], timeout=10)
         headers = {"Authorization": f"Bearer {self.probe_key}", "Content-Type": "application/json"}
         started = time.monotonic()
@@ -423,13 +416,7 @@ class Round:
         }
 
     def close(self) -> None:
-        if self.created:
-            admin = admin_client(self.kafka)
-            for future in admin.delete_topics(self.created, operation_timeout=30).values():
-                try:
-                    future.result()
-                except Exception as exc:
-                    print(f"could not delete a bench topic: {exc}")
+        delete_topics(self.kafka, self.created)
 
 
 def ms(values: list[float], p: float) -> float:
