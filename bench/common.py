@@ -198,19 +198,26 @@ def follow_usage(
     stop: threading.Event,
     visible: list[float],
     checks: list[float],
+    raw: list[float],
 ) -> None:
     """Poll an entitlement check (``GET path`` on ``port``) until the usage counts every probe: probe k is
     the k-th of ``stamps`` (its wall time: produced, or acknowledged), and usage k means it is counted.
-    Appends to ``visible`` each probe's seconds from its stamp to the first answer counting it, and to
-    ``checks`` each check's answer time. Runs until ``stop`` is set and every probe is seen (or the last
-    one is 10 s old). For a thread of its own beside the probe sender."""
+    Appends to ``visible`` each probe's seconds from its stamp to the first answer counting it, to
+    ``checks`` each check's answer time, and to ``raw`` the answer time of a ``/livez`` on the same process
+    and connection after each check: the in-run raw under the same load (no credential, no work), so the
+    check's tail reads against the machine's. Runs until ``stop`` is set and every probe is seen (or the
+    last one is 10 s old). For a thread of its own beside the probe sender."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     seen = 0
     while not stop.is_set() or seen < len(stamps):
         t0 = time.perf_counter()
         conn.request("GET", path, headers=dict(headers))
         body = conn.getresponse().read()
-        checks.append(time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        checks.append(t1 - t0)
+        conn.request("GET", "/livez")
+        conn.getresponse().read()
+        raw.append(time.perf_counter() - t1)
         usage = int(orjson.loads(body)["usage"])
         now = time.time()
         while seen < usage and seen < len(stamps):

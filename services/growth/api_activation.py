@@ -55,7 +55,7 @@ def crossing_message(record: dict[str, Any]) -> tuple[str, str | None, bytes]:
 READER: Any = Depends(auth.secret_key())
 
 
-def crossings(request: Request) -> Broadcaster:
+async def crossings(request: Request) -> Broadcaster:
     """The broadcaster of activation crossings (``build_app`` makes it, the activation view publishes)."""
     found: Broadcaster = request.app.state.activation_crossings
     return found

@@ -35,14 +35,14 @@ def _media_type(request: Request) -> str:
     return (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
 
 
-def _require_json(request: Request) -> None:
+async def _require_json(request: Request) -> None:
     media = _media_type(request)
     if media not in ("", "application/json"):
         message = wrong_json_media_message(request.url.path, media)
         raise RequestError(415, Code.UNSUPPORTED_MEDIA_TYPE, message)
 
 
-def _require_cloudevents(request: Request) -> None:
+async def _require_cloudevents(request: Request) -> None:
     media = _media_type(request)
     if media not in (CE_CONTENT_TYPE, CE_BATCH_CONTENT_TYPE):
         raise RequestError(
@@ -89,7 +89,7 @@ SENDER: Any = Depends(auth.publishable_key(customer_param=None, operator_role=No
 IMPORTER: Any = Depends(auth.secret_key(customer_param=None, operator_role=None))
 
 
-def resources(request: Request) -> Ingest:
+async def resources(request: Request) -> Ingest:
     found: Ingest | None = getattr(request.app.state, "resources", None)
     if found is None:
         raise RequestError(503, Code.SERVICE_UNAVAILABLE, "ingest is starting or stopping")

@@ -32,7 +32,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from fastapi.dependencies.models import Dependant
 from starlette.requests import Request
@@ -502,6 +502,38 @@ def iter_routes(
             yield from iter_routes(original.routes, prefix + context.prefix, extra + added)
         else:
             yield prefix + getattr(route, "path", ""), route, extra
+
+
+# Policies under which a route takes no credential (it may still check a signature over the body itself).
+_OPEN_KINDS = frozenset({"public", "stripe-signature"})
+
+
+def document_refusals(app: Any) -> None:
+    """Make ``app``'s OpenAPI document list the 401 and 403 of every route whose policy takes a credential
+    (every non-public one can refuse both: no credential; another customer's key, the wrong key kind, an
+    operator below the role), so the document cannot forget them when a route does (schemathesis checks
+    every answer against it). Lazy, like FastAPI's own ``openapi()``: routers included later count."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return cast(dict[str, Any], app.openapi_schema)
+        schema: dict[str, Any] = build()
+        refusals = {str(code): entry for code, entry in responses().items()}
+        for path, route, included in iter_routes(app.routes):
+            policies = (*included, *policies_of(route, app))
+            if not any(p.kind not in _OPEN_KINDS for p in policies):
+                continue
+            operations = schema.get("paths", {}).get(path, {})
+            for method in getattr(route, "methods", None) or ():
+                operation = operations.get(method.lower())
+                if operation is not None:
+                    for code, entry in refusals.items():
+                        operation.setdefault("responses", {}).setdefault(code, entry)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi
 
 
 def policies_of(route: BaseRoute, app: Any = None) -> list[Policy]:

@@ -31,7 +31,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -88,12 +88,12 @@ R = TypeVar("R")
 
 def resources_dependency(
     kind: type[R], message: str, code: str = "service_unavailable"
-) -> Callable[[Request], R]:
+) -> Callable[[Request], Awaitable[R]]:
     """The FastAPI dependency through which a service's routes receive its running resources (``kind``,
     put on ``app.state.resources`` by the lifespan once opened): 503 ``code`` with ``Retry-After`` while
     the service starts or stops (``message`` says so)."""
 
-    def resources(request: Request) -> R:
+    async def resources(request: Request) -> R:
         found = getattr(request.app.state, "resources", None)
         if found is None:
             raise HttpError(503, code, message, {"Retry-After": "1"})
@@ -545,6 +545,11 @@ def install_error_handlers(
         config.errors[RequestValidationError] = validation_error
         app.add_exception_handler(RequestValidationError, framework_error)
     app.add_middleware(ErrorDisciplineMiddleware, config=config)
+    if hasattr(app, "openapi"):
+        # The 401/403 every credentialed route can answer, in its OpenAPI entry (auth imports this module).
+        from services.kernel.auth import document_refusals
+
+        document_refusals(app)
 
 
 __all__ = [

@@ -34,3 +34,21 @@ def test_only_ops_docs_sign_in_registry_reads_and_webhooks_are_open(rows: list[r
 def test_security_doc_is_current(rows: list[routes.RouteRow]) -> None:
     current = routes.DOC.read_text()
     assert routes.render(current, rows) == current, "run: python -m services.devstack.routes"
+
+
+def test_every_credentialed_operation_documents_its_401_and_403(rows: list[routes.RouteRow]) -> None:
+    """A client generated from the OpenAPI document (and schemathesis) learns every refusal the policy can
+    answer; the kernel adds them from the declared policy (auth.document_refusals), so no route forgets."""
+    kinds = {(r.service, r.method, r.path): r.kind for r in rows}
+    missing = []
+    for service, _, build in routes.HTTP_SERVICES:
+        for path, operations in build().openapi()["paths"].items():
+            for method, operation in operations.items():
+                if kinds.get((service, method.upper(), path)) in (None, "public", "stripe-signature"):
+                    continue
+                missing += [
+                    f"{service} {method.upper()} {path}: {code}"
+                    for code in ("401", "403")
+                    if code not in operation.get("responses", {})
+                ]
+    assert not missing, missing

@@ -25,6 +25,7 @@ from services.kernel.db import migrate
 from services.kernel.kafka import Consumer, Producer
 from services.kernel.serde import SchemaRegistry
 from services.kernel.topics import USAGE_EVENTS, USAGE_EVENTS_ENRICHED, topic
+from tests.http_support import run_schemathesis
 from tests.integration.health_score.harness import enriched
 from tests.integration.metering.harness import wait_for
 from tests.processes import REPO, Proc
@@ -205,8 +206,8 @@ def test_routes_are_for_operators_and_the_cli_prints_the_funnel_contract(analyti
         assert answer.status_code == 200, answer.text
         return [s["count"] for s in answer.json()["steps"]]
 
-    # Queryable within seconds of the write: how fast is the benchmark's figure (make bench-analytics, at
-    # 5k events/s), not asserted here, where a loaded CI machine decides it.
+    # Queryable within seconds of the write: `make bench-analytics` measures how fast at 5k events/s; a
+    # wall-clock bound here would only measure how busy the test machine is.
     wait_for(lambda: funnel() == [3, 2, 1], timeout=60, what="the funnel")
 
     assert httpx.get(route, params=params, timeout=10).status_code == 401
@@ -619,3 +620,46 @@ def test_product_qualified_leads_are_listed_published_once_and_signed_to_the_web
     finally:
         webhook.close()
         registry.close()
+
+
+def test_analytics_answers_every_generated_request_as_its_openapi_document_says(
+    analytics: Analytics, stack
+) -> None:
+    """schemathesis, authenticated: as a viewer (every route is for operators) on a store with events, and
+    with a customer's secret key (403 on every route, as the document says) — never a 5xx."""
+    customer = f"{analytics.prefix}fuzz"
+    now = int(time.time() * 1000)
+    analytics.start()
+    analytics.send(
+        [
+            enriched(customer, name, person=f"p{i % 5}", ts=now - i * 1000)
+            for i, name in enumerate(["signed_up", "project_created"] * 20)
+        ]
+    )
+    viewer = operator_token(stack.database_url)
+    wait_for(
+        lambda: (
+            httpx.get(
+                f"{analytics.url}/v1/analytics/activity",
+                params={"customer": customer},
+                headers={"Authorization": f"Bearer {viewer}"},
+                timeout=30,
+            ).status_code
+            == 200
+        ),
+        timeout=60,
+        what="analytics answering",
+    )
+    for who, token in (("viewer", viewer), ("customer", customer_key(stack.database_url, customer))):
+        report = run_schemathesis(
+            f"{analytics.url}/openapi.json",
+            base_url=analytics.url,
+            max_examples=10,
+            headers={"Authorization": f"Bearer {token}"},
+            # A schema-valid string can still be no time or window ("since=0000", "window=000"), no event
+            # list ("steps="): a precise 400, which JSON Schema cannot say. Every other check (no 5xx,
+            # answers as documented) stays on.
+            checks={"positive_data_acceptance": {"enabled": False}},
+        )
+        print(f"schemathesis on analytics as {who}: {report.summary()}")
+        report.assert_clean(min_requests=len(report.operations) * 5)

@@ -3,10 +3,11 @@ routers outside ``app.py``, and the example the page shows is the code as it is.
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import pytest
 from fastapi import Depends, FastAPI
@@ -105,3 +106,33 @@ def test_routes_get_the_running_resources_or_a_503_while_the_service_starts() ->
         assert starting.json()["code"] == "service_unavailable"
         app.state.resources = Running("hi")
         assert client.get("/hello").json() == {"greeting": "hi"}
+
+
+def _blocking_dependencies(dependant: Any, seen: set[int]) -> list[str]:
+    """Names of the dependencies under ``dependant`` that FastAPI would run in its thread pool."""
+    found = []
+    for sub in dependant.dependencies:
+        call = sub.call
+        if id(call) in seen:
+            continue
+        seen.add(id(call))
+        target = call.__call__ if not inspect.isroutine(call) and callable(call) else call
+        if not inspect.iscoroutinefunction(target) and not inspect.isasyncgenfunction(target):
+            found.append(getattr(call, "__qualname__", repr(call)))
+        found += _blocking_dependencies(sub, seen)
+    return found
+
+
+def test_every_dependency_runs_on_the_event_loop() -> None:
+    """A plain ``def`` dependency costs each request a hop through the thread pool and back (FastAPI runs it
+    with ``run_in_threadpool``): two GIL hand-offs that showed in the entitlement check's p99 under load.
+    Dependencies only look things up, so each is ``async def``; blocking work belongs in the route."""
+    blocking = []
+    for service, _, build in routes.HTTP_SERVICES:
+        for _, route, _ in iter_routes(build().routes):
+            dependant = getattr(route, "dependant", None)
+            if dependant is not None:
+                blocking += [
+                    f"{service} {route.path}: {name}" for name in _blocking_dependencies(dependant, set())
+                ]
+    assert not blocking, f"make these dependencies async def: {sorted(set(blocking))}"
