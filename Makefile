@@ -127,7 +127,7 @@ run-entitlements: install ## Run only the entitlement API (:8082) in the foregro
 	$(PY) -m services.entitlements
 
 .PHONY: bench-billing
-bench-billing: install ## Usage events -> metering -> billing reporter -> Stripe double: calls per event, ledger rows/s, commit-to-Stripe p50/p99
+bench-billing: install ## Usage events -> metering -> billing -> Stripe (calls per event, commit-to-Stripe p50/p99); period end -> finalised, reconciled invoices for 1,000 customers
 	$(PY) -m bench.billing
 
 .PHONY: run-billing

@@ -119,7 +119,9 @@ class Adjuster:
         self.gateway = gateway
 
     def changed_periods(self, now_ms: int) -> list[tuple[str, int]]:
-        """(customer, period start) of closed invoices whose ledger total differs from what they bill."""
+        """(customer, period start) of closed invoices whose ledger total differs from what they bill.
+        Monthly usage invoices only (the ledger's period rows are months): an invoice of a whole annual
+        or custom period billed ``per_period`` is not re-rated here (docs/billing.md, Adjustments)."""
         with self.pool.connection() as conn:
             rows = conn.execute(
                 """
@@ -137,7 +139,7 @@ class Adjuster:
                 SELECT DISTINCT u.customer_id, u.window_start
                 FROM billing_usage u
                 JOIN billing_invoices i ON i.ledger = u.ledger AND i.customer_id = u.customer_id
-                     AND i.period_start = u.window_start
+                     AND i.period_start = u.window_start AND i.period_end = u.window_end
                 LEFT JOIN billed b ON b.customer_id = u.customer_id AND b.period_start = u.window_start
                      AND b.meter = u.meter
                 LEFT JOIN adjusted a ON a.customer_id = u.customer_id AND a.period_start = u.window_start

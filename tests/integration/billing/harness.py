@@ -161,6 +161,16 @@ class Billing:
                 (customer_id,),
             ).fetchall()
 
+    def period_total(self, customer_id: str, meter: str = "api_requests") -> Decimal | None:
+        """The ledger's total of the customer's meter for a billing period (the latest one it holds)."""
+        with psycopg.connect(self.db_url) as conn:
+            row = conn.execute(
+                "SELECT value FROM billing_usage WHERE customer_id = %s AND meter = %s"
+                " AND granularity = 'BILLING_PERIOD' ORDER BY window_start DESC LIMIT 1",
+                (customer_id, meter),
+            ).fetchone()
+        return None if row is None else Decimal(row[0])
+
     def published(self) -> list[dict[str, Any]]:
         return [
             self.metering.decoder.decode(v)
