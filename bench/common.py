@@ -273,6 +273,35 @@ def histogram_mean(port: int, name: str) -> tuple[float, float]:
     return count, values["_sum"] / count if count else 0.0
 
 
+def histogram_buckets(port: int, name: str, service: str | None = None) -> dict[float, float]:
+    """A Prometheus histogram's cumulative bucket counts on a service's /metrics (upper bound → count),
+    summed over its labels, or only the series whose ``service`` label is ``service``."""
+    out: dict[float, float] = {}
+    for line in metrics_text(port).splitlines():
+        if not line.startswith(name + "_bucket{"):
+            continue
+        labels = line[line.index("{") + 1 : line.rindex("}")]
+        if service is not None and f'service="{service}"' not in labels:
+            continue
+        le = labels.split('le="', 1)[1].split('"', 1)[0]
+        bound = float("inf") if le == "+Inf" else float(le)
+        out[bound] = out.get(bound, 0.0) + float(line.split()[-1])
+    return out
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The ``q`` quantile of what a histogram observed between two snapshots, as the upper bound of the
+    bucket it falls in (what the buckets can say: an upper estimate); NaN when nothing was observed."""
+    delta = sorted((bound, after.get(bound, 0.0) - before.get(bound, 0.0)) for bound in after)
+    total = delta[-1][1] if delta else 0.0
+    if total <= 0:
+        return float("nan")
+    for bound, count in delta:
+        if count >= q * total:
+            return bound
+    return float("inf")
+
+
 def report_against_raw(
     rounds: list[dict[str, float]], raw_label: str, label: str, goal_events_per_s: float, goal_ratio: float
 ) -> None:

@@ -50,7 +50,18 @@ from typing import Any
 import orjson
 import psycopg
 
-from bench.common import ROOT, cpu_seconds, delete_topics, follow_usage, load_average, pct, service, span
+from bench.common import (
+    ROOT,
+    bucket_quantile,
+    cpu_seconds,
+    delete_topics,
+    follow_usage,
+    histogram_buckets,
+    load_average,
+    pct,
+    service,
+    span,
+)
 from bench.ingest_loadgen import make_template
 from services.devstack.config import free_port
 from services.ingest import store
@@ -346,6 +357,7 @@ class Round:
         assert hop_out.get(timeout=60) == "ready"
 
         cpu0 = {name: cpu_seconds(p.pid) for name, p in self.procs.items()}
+        stages0 = self.stage_histograms()
         requests_per_s = self.args.rate / 100
         proc = loadgen(
             self.ingest_url,
@@ -402,6 +414,7 @@ class Round:
         cpu = {name: (cpu_seconds(p.pid) - cpu0[name]) / wall for name, p in self.procs.items()}
         stop.set()
         poller.join(60)
+        stages1 = self.stage_histograms()
         hop_stop.set()
         arrived: dict[int, float] = hop_out.get(timeout=60)
         hop_reader.join(30)
@@ -416,10 +429,43 @@ class Round:
             "checks": checks,
             "raw_checks": raw_checks,
             "cpu_cores": cpu,
+            "stages": {
+                what: {
+                    "p50": bucket_quantile(stages0[what], stages1[what], 0.5),
+                    "p99": bucket_quantile(stages0[what], stages1[what], 0.99),
+                    "n": stages1[what].get(float("inf"), 0.0) - stages0[what].get(float("inf"), 0.0),
+                }
+                for what in stages1
+            },
+        }
+
+    def stage_histograms(self) -> dict[str, dict[float, float]]:
+        """Where "ack → entitlement visible" goes, from the services' own histograms (bucket counts now):
+        ingest's receipt → the aggregator's commit (``plg_stage_delay_seconds``, per committed batch: its
+        oldest event), the aggregator's batch itself (``plg_stream_batch_seconds``: process + commit), and
+        the aggregate's commit → visible in the entitlements view (``plg_entitlements_view_lag_seconds``)."""
+        aggregator, view = self.ports["metering-aggregator"], self.ports["entitlements"]
+        name = "metering-aggregator"
+        return {
+            "received_to_metered": histogram_buckets(aggregator, "plg_stage_delay_seconds", name),
+            "aggregator_batch": histogram_buckets(aggregator, "plg_stream_batch_seconds", name),
+            "view_lag": histogram_buckets(view, "plg_entitlements_view_lag_seconds"),
         }
 
     def close(self) -> None:
         delete_topics(self.kafka, self.created)
+
+
+#: The stages of "ack → entitlement visible" the services' own histograms measure (Round.stage_histograms).
+STAGE_LABELS = {
+    "received_to_metered": "stage: ingest received → aggregator committed",
+    "aggregator_batch": "stage: aggregator batch (process + commit)",
+    "view_lag": "stage: aggregate committed → visible in view",
+}
+
+
+def _stage(figures: dict[str, float]) -> str:
+    return f"{figures['p50'] * 1000:.0f}/{figures['p99'] * 1000:.0f} ms ({figures['n']:.0f} observed)"
 
 
 def ms(values: list[float], p: float) -> float:
@@ -460,6 +506,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"CPU cores {', '.join(f'{k} {v:.2f}' for k, v in out['cpu_cores'].items())} | "
                 f"load {out['load']}"
             )
+            stages = out["stages"]
+            print(
+                "  by stage (bucket upper bounds, p50/p99): ingest received → aggregator committed "
+                f"{_stage(stages['received_to_metered'])}; aggregator batch (process + commit) "
+                f"{_stage(stages['aggregator_batch'])}; aggregate committed → visible in the entitlements "
+                f"view {_stage(stages['view_lag'])}"
+            )
             if out["not_caught_up"]:
                 print(f"  WARNING: not caught up within 300 s: {out['not_caught_up']}")
     print()
@@ -481,6 +534,9 @@ def main(argv: list[str] | None = None) -> int:
         f"  ack → entitlement visible p99, ms                 {span(e2e)}  "
         f"(goal < {GOAL_E2E_P99_MS:.0f} ms on the median: {'met' if e2e_met else 'NOT met'})"
     )
+    for what, label in STAGE_LABELS.items():
+        p99s = [r["stages"][what]["p99"] * 1000 for r in rounds]
+        print(f"  {label + ' p99 (≤), ms':<50}{span(p99s)}")
     check_met = statistics.median(checks) < GOAL_CHECK_P99_MS
     print(
         f"  entitlement check p99 under that load, ms         {span(checks, '{:.2f}')}  "

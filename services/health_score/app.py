@@ -32,7 +32,7 @@ from services.health_score.api import HealthResources
 from services.health_score.config import HealthSettings
 from services.health_score.customer_list import CustomerDirectorySnapshot
 from services.health_score.model import day_of
-from services.health_score.processor import FactsBuilder, HealthSink
+from services.health_score.processor import FactsBuilder, HealthSink, HomePartitions
 from services.health_score.registry import HealthConfig, load_config, summary
 from services.health_score.sender import AlertSender
 from services.health_score.serving import Hub, ServingCache
@@ -42,9 +42,11 @@ from services.kernel.http import install_error_handlers
 from services.kernel.kafka import Producer
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ops_routes
+from services.kernel.partitioning import key_partitioner
 from services.kernel.privacy import APPLIED, Erasure, follow_erasures
 from services.kernel.processing import AtLeastOnceLoop, at_least_once
 from services.kernel.processing.view import MaterializedView
+from services.kernel.provision import admin_client
 from services.kernel.serde import SchemaRegistry
 from services.kernel.service import ConfigFile, LoadedFiles
 from services.kernel.sse import StreamLimits
@@ -82,6 +84,14 @@ def seats_limits(plans: PlansConfig) -> dict[str, int]:
         if meter is not None and meter.limit is not None:
             out[plan.slug] = int(meter.limit)
     return out
+
+
+def partition_count(settings: HealthSettings, name: str) -> int:
+    """Partitions of a topic as the broker has them (a customer's home is its key's hash modulo this)."""
+    metadata = admin_client(settings.kafka).list_topics(name, timeout=10).topics.get(name)
+    if metadata is None or metadata.error is not None or not metadata.partitions:
+        raise RuntimeError(f"topic {name} does not exist: provision the catalogue first (make up)")
+    return len(metadata.partitions)
 
 
 def build_app(
@@ -187,6 +197,14 @@ def open_resources(
         log.info("health score API starting (role api)", extra={"config_version": config.version})
         return res
     builder = FactsBuilder(config, seats_limits(res.plans), settings.max_persons_per_day)
+    # A customer's home: the usage-events-enriched partition its key lands on. Enrichment writes that topic
+    # with the kernel producer, whose partitioner is librdkafka's consistent_random (CRC32 of the key).
+    enriched = topic(USAGE_EVENTS_ENRICHED, prefix).name
+    homes = HomePartitions(
+        enriched,
+        key_partitioner(partition_count(settings, enriched)),
+        settings.instance_id,
+    )
     sink = HealthSink(
         config,
         store,
@@ -196,6 +214,8 @@ def open_resources(
         on_entitlements=cache.add_entitlements,
         tick_interval=settings.batch_interval_seconds,
         history_days=settings.history_days,
+        homes=homes,
+        inbox_interval=settings.inbox_interval_seconds,
     )
     loop: AtLeastOnceLoop = at_least_once(
         service=SERVICE,
@@ -210,6 +230,10 @@ def open_resources(
         topic_prefix=prefix,
         max_batch=settings.max_batch,
         batch_wait=settings.batch_wait_seconds,
+        consumer_config={
+            "session.timeout.ms": settings.session_timeout_ms,
+            "heartbeat.interval.ms": max(1000, settings.session_timeout_ms // 5),
+        },
     )
     sink.entitlement_topic = topic(ENTITLEMENT_EVENTS, prefix).name
     res.loop = loop

@@ -25,7 +25,15 @@ class HealthSettings(StreamServiceSettings):
     # the history in PostgreSQL — any number of these, each off the scorer's GIL; docs/health-score.md).
     role: Literal["all", "scorer", "api"] = "all"
     group_id: str = "health-score"
+    # Names this instance in its claims of home partitions (health_partition_owners.owner) and its Kafka
+    # client ids: give each scorer replica its own (the pod name).
     instance_id: str = "0"
+    # A crashed scorer's partitions (and so its customers) move to the others after this long.
+    session_timeout_ms: int = Field(default=10_000, ge=6_000)
+    # How often a scorer folds its homes' inbox: entitlement events and strays read by another instance
+    # reach the customer's score within about this much
+    # (docs/health-score.md#scaling-out-several-scorer-instances).
+    inbox_interval_seconds: float = Field(default=1.0, gt=0)
     # The metric registry; default $HEALTH_CONFIG_PATH or deploy/config/health.yaml.
     config_path: Path | None = None
     # Meters-and-plans file (seats per plan); default $PLG_METERING_CONFIG or deploy/config/metering.yaml.

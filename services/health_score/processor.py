@@ -11,15 +11,16 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
-from services.health_score.alerts import Alert, evaluate
+from services.health_score.alerts import Alert, CustomerAlertState, evaluate
 from services.health_score.model import Context, DayFacts, HealthScore, day_of
 from services.health_score.registry import HealthConfig
 from services.health_score.scoring import compute_score, usage_zscore
-from services.health_score.store import CustomerState, HealthStore, ScoreRow
+from services.health_score.store import CustomerState, Fenced, HealthStore, ScoreRow
 from services.kernel import metrics
 from services.kernel.kafka import TopicPartition
 from services.kernel.privacy import APPLIED, Erasure
@@ -37,6 +38,18 @@ CACHED_CUSTOMERS = metrics.gauge(
 PERSONS_CAPPED = metrics.counter(
     "plg_health_persons_capped",
     "Key actions of persons not kept because their customer-day already holds HEALTH_MAX_PERSONS_PER_DAY.",
+)
+HOMES = metrics.gauge(
+    "plg_health_home_partitions",
+    "usage-events-enriched partitions whose customers this scorer instance scores (its homes).",
+)
+ROUTED = metrics.counter(
+    "plg_health_inbox_routed",
+    "Inputs read away from their customer's home and routed to its PostgreSQL inbox.",
+)
+FOLDED = metrics.counter(
+    "plg_health_inbox_folded",
+    "Inbox entries folded by their customer's home.",
 )
 RISK_LEVEL = {"red": "HIGH", "yellow": "MEDIUM", "green": "LOW"}
 
@@ -185,8 +198,31 @@ class FactsBuilder:
 Listener = Callable[[list[Mapping[str, Any]]], None]
 
 
+@dataclass(frozen=True)
+class HomePartitions:
+    """Where each customer lives when several scorer instances share the group: ``of(customer)`` is the
+    partition of ``topic`` (usage-events-enriched, physical name) its key hashes to, and the instance that
+    owns that partition is the customer's only writer (``owner`` names this instance in the claims)."""
+
+    topic: str
+    of: Callable[[str], int]
+    owner: str
+
+
+#: (customer, kind "event" | "entitlement", value, the record when read here) — an input to fold.
+_Input = tuple[str, str, Mapping[str, Any], "Message | None"]
+
+
 class HealthSink(SinkHandler):
-    """Facts, scores and alerts from each poll; PostgreSQL first (with the offsets), then Kafka."""
+    """Facts, scores and alerts from each poll; PostgreSQL first (with the offsets), then Kafka.
+
+    With ``homes`` (several instances, docs/health-score.md#scaling-out-several-scorer-instances) the sink
+    folds only inputs of customers homed on the usage-events-enriched partitions it owns; the rest (an
+    entitlement event whose customer lives elsewhere, an enriched event keyed off its customer) goes to
+    the PostgreSQL inbox of its customer's home, in the transaction that stores the source offsets, and
+    the home folds it on its next tick. Each write is fenced by the epochs this instance claimed for its
+    homes, and the tick's full recompute scores only its own customers — so a customer has one writer of
+    facts, context and alert state, and each alert fires once, however many instances run."""
 
     def __init__(
         self,
@@ -200,6 +236,8 @@ class HealthSink(SinkHandler):
         cache_limit: int = 100_000,
         tick_interval: float | None = 300.0,
         history_days: int = 56,
+        homes: HomePartitions | None = None,
+        inbox_interval: float = 1.0,
     ) -> None:
         self.history_days = history_days
         self.config = config
@@ -211,9 +249,52 @@ class HealthSink(SinkHandler):
         self.cache: dict[str, CustomerState] = {}
         self.cache_limit = cache_limit
         self.entitlement_topic = ENTITLEMENT_EVENTS
-        self.tick_interval = tick_interval
+        self.homes = homes
+        #: The full recompute's period; with homes the loop ticks every ``inbox_interval`` to fold the inbox.
+        self.recompute_interval = tick_interval
+        self.tick_interval = (
+            tick_interval if homes is None or tick_interval is None else min(inbox_interval, tick_interval)
+        )
+        self._last_recompute = clock()
+        #: Home partitions Kafka assigned to this instance, and the epoch claimed for each (fence).
+        self.owned: set[int] = set()
+        self.epochs: dict[int, int] = {}
         #: Erasure requests to apply before the next write (fed by the erasure follower's thread).
         self.erasures: deque[Erasure] = deque()
+
+    # -- homes ------------------------------------------------------------------------------------------
+
+    def is_home(self, customer_id: str) -> bool:
+        return self.homes is None or self.homes.of(customer_id) in self.owned
+
+    def _fence(self) -> dict[int, int] | None:
+        return dict(self.epochs) if self.homes is not None else None
+
+    def _claim(self) -> None:
+        """Claims the owned homes not claimed yet — always before any of their customers is loaded."""
+        missing = self.owned - self.epochs.keys()
+        if missing and self.homes is not None:
+            self.epochs.update(self.store.claim(missing, self.homes.owner))
+            HOMES.set(len(self.owned))
+
+    def assigned(self, partitions: Sequence[TopicPartition]) -> None:
+        if self.homes is None:
+            return
+        self.owned |= {tp.partition for tp in partitions if tp.topic == self.homes.topic}
+        try:  # at once, so that a stalled previous owner is fenced as early as possible
+            self._claim()
+        except psycopg.Error:
+            log.warning("claiming home partitions failed; retried before the next write", exc_info=True)
+
+    def revoked(self, partitions: Sequence[TopicPartition]) -> None:
+        self.cache.clear()
+        if self.homes is not None:
+            gone = {tp.partition for tp in partitions if tp.topic == self.homes.topic}
+            self.owned -= gone
+            self.epochs = {p: e for p, e in self.epochs.items() if p not in gone}
+            HOMES.set(len(self.owned))
+
+    # -- erasures ---------------------------------------------------------------------------------------
 
     def forget(self, erasure: Erasure) -> None:
         """Queue an erasure (any thread): applied before the next batch writes anything."""
@@ -221,20 +302,24 @@ class HealthSink(SinkHandler):
 
     def _apply_erasures(self, now_ms: int) -> None:
         """The person leaves the facts in memory and in PostgreSQL (where the CLI removed them already; a
-        batch written in between would have put them back), in their own transaction."""
+        batch written in between would have put them back), in their own transaction. Only the customer's
+        home applies it: every instance hears every erasure, one writes."""
         while self.erasures:
             erasure = self.erasures[0]
             cid = erasure.customer_id
-            state = self._states({cid}, now_ms)[cid]
-            days = set()
-            for day, facts in state.facts.items():
-                for person in [p for p in facts.people if erasure.matches(p)]:
-                    del facts.people[person]
-                    days.add(day)
-            if days:
-                self.store.save({cid: state}, {cid: days}, [], [], {})
+            if self.is_home(cid):
+                state = self._states({cid}, now_ms)[cid]
+                days = set()
+                for day, facts in state.facts.items():
+                    for person in [p for p in facts.people if erasure.matches(p)]:
+                        del facts.people[person]
+                        days.add(day)
+                if days:
+                    self.store.save({cid: state}, {cid: days}, [], [], {}, fence=self._fence())
             self.erasures.popleft()
             APPLIED.labels("health-score", "state").inc()
+
+    # -- the real-time path -----------------------------------------------------------------------------
 
     def _states(self, customer_ids: set[str], now_ms: int) -> dict[str, CustomerState]:
         missing = customer_ids - self.cache.keys()
@@ -249,39 +334,70 @@ class HealthSink(SinkHandler):
 
     def process(self, batch: Batch, out: Emit) -> None:
         now_ms = int(self.clock() * 1000)
-        if self.erasures:
-            try:
+        try:
+            self._claim()
+            if self.erasures:
                 self._apply_erasures(now_ms)
-            except psycopg.Error as exc:
-                raise RetryBatch(f"health store unavailable: {exc}") from exc
-        usable: list[Message] = []
+        except (psycopg.Error, Fenced) as exc:
+            raise RetryBatch(f"health store unavailable: {exc}") from exc
+        local: list[_Input] = []
+        routed: list[tuple[int, str, str, Mapping[str, Any]]] = []
         for message in batch:
             value = message.value
             if value is None or not value.get("customer_id"):
                 if value is not None:
                     out.dead_letter(message, "invalid_event", "customer_id is empty")
                 continue
-            usable.append(message)
+            cid = value["customer_id"]
+            kind = "entitlement" if message.topic.endswith(self.entitlement_topic) else "event"
+            if self.is_home(cid):
+                local.append((cid, kind, value, message))
+                continue
+            assert self.homes is not None
+            if kind == "event":  # judged here, where the record is (its home folds it all the same)
+                _, problem = self.builder.add_event(CustomerState({}, Context(), CustomerAlertState()), value)
+                if problem:
+                    out.dead_letter(message, "invalid_event", problem)
+            routed.append((self.homes.of(cid), cid, kind, value))
+        if routed:
+            ROUTED.inc(len(routed))
         try:
-            states = self._states({m.value["customer_id"] for m in usable}, now_ms)  # type: ignore[index]
+            states = self._states({i[0] for i in local}, now_ms)
         except psycopg.Error as exc:
             raise RetryBatch(f"health store unavailable: {exc}") from exc
-        touched: dict[str, set[int]] = {}
+        touched, rows, scores, alerts, live, limits = self._fold(local, states, out, now_ms)
+        try:
+            self.store.save(
+                states, touched, rows, alerts, batch.next_offsets, fence=self._fence(), inbox_add=routed
+            )
+        except (psycopg.Error, Fenced) as exc:
+            raise RetryBatch(f"health store unavailable: {exc}") from exc
+        self._publish(scores, live, limits, out)
+
+    def _fold(
+        self, inputs: Sequence[_Input], states: Mapping[str, CustomerState], out: Emit, now_ms: int
+    ) -> tuple[
+        dict[str, set[int]],
+        list[ScoreRow],
+        list[tuple[HealthScore, dict[str, Any]]],
+        list[Alert],
+        list[Mapping[str, Any]],
+        list[Mapping[str, Any]],
+    ]:
+        """Folds inputs into their customers' states; scores every customer of ``states``."""
+        touched: dict[str, set[int]] = {c: set() for c in states}
         live: list[Mapping[str, Any]] = []
         limits: list[Mapping[str, Any]] = []
         merged: set[str] = set()
-        for message in usable:
-            value = message.value
-            assert value is not None
-            cid = value["customer_id"]
+        for cid, kind, value, message in inputs:
             state = states[cid]
-            days = touched.setdefault(cid, set())
-            if message.topic.endswith(self.entitlement_topic):
+            days = touched[cid]
+            if kind == "entitlement":
                 days.add(self.builder.add_entitlement(state, value))
                 limits.append(value)
                 continue
             day, problem = self.builder.add_event(state, value)
-            if problem:
+            if problem and message is not None:
                 out.dead_letter(message, "invalid_event", problem)
             if day is None:
                 days.update(state.facts)  # a merge rewrote the customer's history
@@ -299,10 +415,15 @@ class HealthSink(SinkHandler):
                     self.config, self.builder, cid, states[cid], now_ms, self.history_days
                 )
                 rows += [ScoreRow(s, r, "batch") for s, r in history]
-        try:
-            self.store.save(states, touched, rows, alerts, batch.next_offsets)
-        except psycopg.Error as exc:
-            raise RetryBatch(f"health store unavailable: {exc}") from exc
+        return touched, rows, scores, alerts, live, limits
+
+    def _publish(
+        self,
+        scores: Sequence[tuple[HealthScore, dict[str, Any]]],
+        live: list[Mapping[str, Any]],
+        limits: list[Mapping[str, Any]],
+        out: Emit,
+    ) -> None:
         for score, record in scores:
             out.send(CUSTOMER_HEALTH, record, key=score.customer_id)
         if self.on_events is not None and live:
@@ -323,14 +444,48 @@ class HealthSink(SinkHandler):
             scores.append((score, record))
         return scores, alerts
 
+    # -- ticks: the inbox and the batch path ------------------------------------------------------------
+
     def tick(self, out: Emit) -> None:
-        """The batch path on its schedule: every customer recomputed from PostgreSQL's history, its
-        alerts evaluated (scores decay as days pass without events), history and topic updated."""
+        """With homes: the inbox of this instance's homes folded (every ``inbox_interval``). Every
+        ``recompute_interval``: the batch path (:meth:`recompute`)."""
+        now = self.clock()
+        if self.homes is not None:
+            try:
+                self._claim()
+                self._drain(out, int(now * 1000))
+            except (psycopg.Error, Fenced):
+                log.exception("folding the inbox failed; the next tick retries")
+                self.cache.clear()  # it may hold folded entries PostgreSQL never got
+        interval = self.recompute_interval
+        if interval is not None and now - self._last_recompute >= interval:
+            self._last_recompute = now
+            self.recompute(out)
+
+    def _drain(self, out: Emit, now_ms: int) -> None:
+        entries = self.store.inbox(self.epochs)
+        if not entries:
+            return
+        states = self._states({e.customer_id for e in entries}, now_ms)
+        inputs: list[_Input] = [(e.customer_id, e.kind, e.payload, None) for e in entries]
+        touched, rows, scores, alerts, live, limits = self._fold(inputs, states, out, now_ms)
+        self.store.save(
+            states, touched, rows, alerts, {}, fence=self._fence(), inbox_done=[e.id for e in entries]
+        )
+        FOLDED.inc(len(entries))
+        self._publish(scores, live, limits, out)
+
+    def recompute(self, out: Emit) -> None:
+        """The batch path on its schedule: every customer of this instance's homes recomputed from
+        PostgreSQL's history, its alerts evaluated (scores decay as days pass without events), history
+        and topic updated."""
         from services.health_score.batch import recompute  # the batch path builds on this module
 
         now_ms = int(self.clock() * 1000)
         try:
-            results = recompute(self.store, self.config, self.builder, now_ms)
+            self._claim()
+            mine = [c for c in self.store.customers() if self.is_home(c)]
+            results = recompute(self.store, self.config, self.builder, now_ms, mine)
         except psycopg.Error:
             log.exception("scheduled recompute failed; the next tick retries")
             return
@@ -342,9 +497,11 @@ class HealthSink(SinkHandler):
             alerts.extend(evaluate(self.config, state.alerts, score, z))
             states[score.customer_id] = state
         try:
-            self.store.save(states, {}, [ScoreRow(s, r, "batch") for s, r, _ in results], alerts, {})
+            self.store.save(
+                states, {}, [ScoreRow(s, r, "batch") for s, r, _ in results], alerts, {}, fence=self._fence()
+            )
             self.store.prune(day_of(now_ms) - self.config.retention_days)
-        except psycopg.Error:
+        except (psycopg.Error, Fenced):
             log.exception("saving the scheduled recompute failed; the next tick retries")
             self.cache.clear()
             return
@@ -354,9 +511,6 @@ class HealthSink(SinkHandler):
 
     def rollback(self, assigned: Sequence[TopicPartition]) -> None:
         # The memory may hold a failed batch's facts: PostgreSQL has exactly the committed ones.
-        self.cache.clear()
-
-    def revoked(self, partitions: Sequence[TopicPartition]) -> None:
         self.cache.clear()
 
     def stored_offsets(self, partitions: Sequence[TopicPartition]) -> Mapping[tuple[str, int], int]:

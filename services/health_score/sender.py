@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 
@@ -63,16 +64,17 @@ class AlertSender:
             self.webhooks.close()
 
     def publish_once(self) -> int:
-        alerts = self.store.unpublished_alerts()
-        if not alerts:
-            return 0
-        futures = [
-            self.producer.send(self.topic, self.encoder.encode(a), key=a["customer_id"]) for a in alerts
-        ]
-        for f in futures:
-            f.result(timeout=30)
-        self.store.mark_published([a["alert_id"] for a in alerts])
-        return len(alerts)
+        # Rows held while publishing: each scorer instance runs a sender over the one outbox, and two
+        # senders must not publish the same alert side by side (a crash after the acks and before the mark
+        # still republishes it: at least once, alert_id deduplicates).
+        def publish(alerts: list[dict[str, Any]]) -> None:
+            futures = [
+                self.producer.send(self.topic, self.encoder.encode(a), key=a["customer_id"]) for a in alerts
+            ]
+            for f in futures:
+                f.result(timeout=30)
+
+        return self.store.publish_alerts(publish)
 
     def webhooks_once(self) -> int:
         if not self.webhooks.urls:

@@ -1,9 +1,12 @@
-"""PostgreSQL side of the health score (migration 0060): daily facts, context and alert state per customer,
-daily score history, consumed offsets and the alert outbox."""
+"""PostgreSQL side of the health score (migrations 0060, 0150): daily facts, context and alert state per
+customer, daily score history, consumed offsets, the alert outbox, and for several scorer instances the
+home partitions' owners (a fencing epoch each) and the inbox of inputs read away from their customer's
+home (docs/health-score.md#scaling-out-several-scorer-instances)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
@@ -15,6 +18,12 @@ from services.health_score.alerts import Alert, CustomerAlertState
 from services.health_score.model import Context, DayFacts, HealthScore
 
 EPOCH = date(1970, 1, 1)
+
+
+def _dumps(value: Any) -> str:
+    # An inbox payload is a decoded record: entitlement-events' usage and limit are Decimals (kept as
+    # their exact text, which is all the readers use of them).
+    return json.dumps(value, default=str)
 
 
 def to_date(day: int) -> date:
@@ -32,6 +41,21 @@ class CustomerState:
     facts: dict[int, DayFacts]
     context: Context
     alerts: CustomerAlertState
+
+
+class Fenced(Exception):
+    """A home partition this instance claimed has been claimed since by another: its cache is stale and
+    nothing of the transaction was written."""
+
+
+@dataclass(frozen=True)
+class InboxEntry:
+    """An input read away from its customer's home, waiting there (``kind``: event | entitlement)."""
+
+    id: int
+    customer_id: str
+    kind: str
+    payload: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -67,6 +91,19 @@ class HealthStore:
                 states[cid].context = Context.from_json(context)
                 states[cid].alerts = CustomerAlertState.from_json(alert_state)
         return states
+
+    def inbox(self, homes: Iterable[int], limit: int = 5000) -> list[InboxEntry]:
+        """The oldest entries waiting for ``homes`` (home partitions this instance owns)."""
+        wanted = sorted(homes)
+        if not wanted:
+            return []
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT id, customer_id, kind, payload FROM health_inbox"
+                " WHERE consumer_group = %s AND home_partition = ANY(%s) ORDER BY id LIMIT %s",
+                (self.consumer_group, wanted, limit),
+            ).fetchall()
+        return [InboxEntry(i, c, k, p) for i, c, k, p in rows]
 
     def customers(self) -> list[str]:
         with self.pool.connection() as conn:
@@ -108,6 +145,24 @@ class HealthStore:
 
     # -- writes -----------------------------------------------------------------------------------------
 
+    def claim(self, partitions: Iterable[int], owner: str) -> dict[int, int]:
+        """Claims home partitions for ``owner`` (just assigned by Kafka): each one's epoch goes up by one,
+        so a previous owner's next write is fenced. Waits for a write in flight under an older epoch to
+        finish (it holds a share lock), so state loaded after this sees it."""
+        wanted = sorted(set(partitions))
+        if not wanted:
+            return {}
+        with self.pool.connection() as conn, conn.transaction():
+            rows = conn.execute(
+                "INSERT INTO health_partition_owners (consumer_group, partition, epoch, owner)"
+                " SELECT %s, p, 1, %s FROM unnest(%s::int[]) AS p"
+                " ON CONFLICT (consumer_group, partition) DO UPDATE"
+                " SET epoch = health_partition_owners.epoch + 1, owner = EXCLUDED.owner, claimed_at = now()"
+                " RETURNING partition, epoch",
+                (self.consumer_group, owner, wanted),
+            ).fetchall()
+        return {p: e for p, e in rows}
+
     def save(
         self,
         states: Mapping[str, CustomerState],
@@ -115,10 +170,43 @@ class HealthStore:
         scores: Sequence[ScoreRow],
         alerts: Sequence[Alert],
         offsets: Mapping[tuple[str, int], int],
+        *,
+        fence: Mapping[int, int] | None = None,
+        inbox_add: Sequence[tuple[int, str, str, Mapping[str, Any]]] = (),
+        inbox_done: Sequence[int] = (),
     ) -> None:
         """The batch's effect in one transaction: the days it touched, contexts and alert states, the day's
-        scores, the alerts it fired and the offsets it consumed."""
+        scores, the alerts it fired and the offsets it consumed — plus, with several instances, the inputs
+        it routes to other homes (``inbox_add``: home partition, customer, kind, payload) and the inbox
+        entries it folded (``inbox_done``).
+
+        ``fence`` (home partition → the epoch this instance claimed) is checked first under a share lock:
+        :class:`Fenced` when another instance has claimed one since, or took an inbox entry (nothing is
+        written then)."""
         with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            if fence:
+                cur.execute(
+                    "SELECT partition, epoch FROM health_partition_owners"
+                    " WHERE consumer_group = %s AND partition = ANY(%s) FOR SHARE",
+                    (self.consumer_group, sorted(fence)),
+                )
+                current: dict[int, int] = dict(cur.fetchall())
+                stale = sorted(p for p, e in fence.items() if current.get(p) != e)
+                if stale:
+                    raise Fenced(f"home partitions {stale} were claimed by another instance")
+            if inbox_done:
+                cur.execute("DELETE FROM health_inbox WHERE id = ANY(%s)", (list(inbox_done),))
+                if cur.rowcount != len(set(inbox_done)):
+                    raise Fenced("inbox entries were folded by another instance")
+            if inbox_add:
+                cur.executemany(
+                    "INSERT INTO health_inbox (consumer_group, home_partition, customer_id, kind, payload)"
+                    " VALUES (%s, %s, %s, %s, %s)",
+                    [
+                        (self.consumer_group, h, c, k, Jsonb(dict(v), dumps=_dumps))
+                        for h, c, k, v in inbox_add
+                    ],
+                )
             fact_rows = [
                 (cid, to_date(day), Jsonb(states[cid].facts[day].to_json()))
                 for cid, days in touched_days.items()
@@ -220,21 +308,47 @@ class HealthStore:
             ).fetchall()
         return [r[0] for r in rows]
 
+    def publish_alerts(self, publish: Callable[[list[dict[str, Any]]], None], limit: int = 200) -> int:
+        """Unpublished alerts handed to ``publish`` (which returns once Kafka acknowledged them) and marked
+        published, in one transaction that holds their rows: the alert senders of several scorer instances
+        skip rows another is publishing (SKIP LOCKED), so none is published twice by two senders at once."""
+        with self.pool.connection() as conn, conn.transaction():
+            rows = conn.execute(
+                "SELECT alert_id, payload FROM health_alerts"
+                " WHERE consumer_group = %s AND published_at IS NULL"
+                " ORDER BY fired_at LIMIT %s FOR UPDATE SKIP LOCKED",
+                (self.consumer_group, limit),
+            ).fetchall()
+            if not rows:
+                return 0
+            publish([r[1] for r in rows])
+            done = [r[0] for r in rows]
+            conn.execute("UPDATE health_alerts SET published_at = now() WHERE alert_id = ANY(%s)", (done,))
+        return len(rows)
+
     def mark_published(self, alert_ids: Sequence[str]) -> None:
         with self.pool.connection() as conn:
             conn.execute(
                 "UPDATE health_alerts SET published_at = now() WHERE alert_id = ANY(%s)", (list(alert_ids),)
             )
 
-    def due_webhooks(self, limit: int = 50) -> list[tuple[dict[str, Any], list[str], int]]:
+    def due_webhooks(
+        self, limit: int = 50, lease_seconds: float = 120.0
+    ) -> list[tuple[dict[str, Any], list[str], int]]:
+        """Alerts whose webhooks are due, leased to the caller: their next attempt moves ``lease_seconds``
+        ahead as they are taken (SKIP LOCKED), so another instance's sender does not POST them at the same
+        time; :meth:`webhook_result` then sets the real outcome (a sender that died leaves the lease to
+        expire, and another retries)."""
         with self.pool.connection() as conn:
             rows = conn.execute(
-                "SELECT payload, webhooks_done, webhook_attempts FROM health_alerts"
+                "UPDATE health_alerts SET next_attempt_at = now() + make_interval(secs => %s)"
+                " WHERE alert_id IN (SELECT alert_id FROM health_alerts"
                 " WHERE consumer_group = %s AND webhooks_finished_at IS NULL AND next_attempt_at <= now()"
-                " ORDER BY fired_at LIMIT %s",
-                (self.consumer_group, limit),
+                " ORDER BY fired_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+                " RETURNING payload, webhooks_done, webhook_attempts, fired_at",
+                (lease_seconds, self.consumer_group, limit),
             ).fetchall()
-        return [(p, list(d), a) for p, d, a in rows]
+        return [(p, list(d), a) for p, d, a, _ in sorted(rows, key=lambda r: r[3])]
 
     def webhook_result(
         self, alert_id: str, done: Sequence[str], all_done: bool, retry_in: float | None

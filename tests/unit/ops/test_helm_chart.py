@@ -160,6 +160,8 @@ def test_a_keda_scaled_object_per_consumer_on_its_real_group_capped_at_partition
         assert meta["topic"] in partitions
         assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= partitions[meta["topic"]]
         assert meta["allowIdleConsumers"] == "false"
+    # The health scorer partitions its customers by home partition: scaled like any consumer, not pinned.
+    assert scaled["plg-health-score"]["spec"]["maxReplicaCount"] == partitions["usage-events-enriched"]
 
 
 def test_values_name_every_devstack_service_with_its_module_port_and_prefix() -> None:
