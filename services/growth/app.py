@@ -37,6 +37,7 @@ from services.kernel.lifecycle import Lifecycle
 from services.kernel.listen import Listener
 from services.kernel.ops import ops_routes
 from services.kernel.privacy import APPLIED, Erasure, follow_erasures
+from services.kernel.processing.store import LocalStore, store_path
 from services.kernel.serde import SchemaRegistry
 from services.kernel.service import LoadedFiles
 from services.kernel.sse import StreamLimits
@@ -109,8 +110,21 @@ def open_growth(
     )
     life.push(listener.start(), "flag change listener")
     prefix = settings.platform.topic_prefix
+    view_store = None
+    if settings.state_store == "rocksdb":
+        name = f"{topic(GROWTH_CHANGELOG, prefix).name}-view"
+        # Closed after the view (pushed before it): the view seals it on its way out.
+        view_store = life.push(
+            LocalStore(
+                store_path(settings.state_dir, settings.instance_id, name), cache_mb=settings.state_cache_mb
+            ),
+            "activation view store",
+        )
     view = ActivationView(
-        activation_config, lambda record: activation_broadcaster.publish(crossing_message(record))
+        activation_config,
+        lambda record: activation_broadcaster.publish(crossing_message(record)),
+        store=view_store,
+        memory_keys=settings.state_memory_keys,
     )
     life.push(view.start(settings.kafka, topic(GROWTH_CHANGELOG, prefix).name), "activation view")
     loop = None
