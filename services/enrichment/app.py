@@ -18,11 +18,15 @@ from services.kernel.kafka import check_reachable
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.privacy import APPLIED, Erasure, ErasureFollower, follow_erasures
 from services.kernel.processing import ExactlyOnceLoop, exactly_once_service
-from services.kernel.processing.view import MaterializedView
+from services.kernel.processing.store import LocalStore, store_path
+from services.kernel.processing.view import MaterializedView, ViewCheckpoint
 from services.kernel.serde import SchemaRegistry
 from services.kernel.service import ConfigFile, LoadedFiles
 from services.kernel.topics import IDENTITY_LINKS, USAGE_EVENTS, USAGE_EVENTS_DLQ, USAGE_EVENTS_IMPORT, topic
 from services.plans.loader import load_config
+
+#: Kafka's default delete.retention.ms (identity-links does not set its own): how long a tombstone stays.
+TOMBSTONE_RETENTION_SECONDS = 86_400.0
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +100,20 @@ def _build(settings: EnrichmentSettings, life: Lifecycle, plan: TrackingPlan) ->
     prefix = settings.platform.topic_prefix
     key = settings.pii_key.get_secret_value()  # a development key is warned about (or refused) by run_service
     scrubber = Scrubber(key.encode(), plan.pii.action, plan.pii.detect, plan.pii.scan_ids)
+    store = None
+    if settings.state_store == "rocksdb":
+        links_name = topic(IDENTITY_LINKS, prefix).name
+        path = store_path(settings.state_dir, settings.instance_id, links_name)
+        # Closed after the identity view (pushed before it): the view seals it on its way out.
+        store = life.push(LocalStore(path, cache_mb=settings.state_cache_mb), "identity store")
+    graph = IdentityGraph(
+        settings.identity_max_merged_per_customer, store=store, memory_links=settings.state_memory_keys
+    )
     enricher = Enricher(
         plan,
         frozenset(m.event for m in metering.meters),
         scrubber,
-        IdentityGraph(settings.identity_max_links_per_customer, settings.identity_max_merged_per_customer),
+        graph,
     )
 
     check_reachable(settings.kafka, timeout=10)
@@ -114,6 +127,16 @@ def _build(settings: EnrichmentSettings, life: Lifecycle, plan: TrackingPlan) ->
         "tenant context",
     )
     links = topic(IDENTITY_LINKS, prefix)
+    checkpoint = None
+    if store is not None:
+        checkpoint = ViewCheckpoint(
+            store,
+            load=graph.load,
+            write_all=graph.write_all,
+            seal_content=graph.seal_content,
+            # Tombstones on identity-links are kept this long: a store sealed longer ago may miss one.
+            max_age_seconds=TOMBSTONE_RETENTION_SECONDS,
+        )
     view = life.push(
         MaterializedView(
             settings.kafka,
@@ -121,6 +144,7 @@ def _build(settings: EnrichmentSettings, life: Lifecycle, plan: TrackingPlan) ->
             registry.decoder(reader_schema=links.schema_path),
             apply_identity(enricher),
             name=f"{SERVICE}-identity",
+            checkpoint=checkpoint,
         ).start(),
         "identity view",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
@@ -37,9 +38,17 @@ class EnrichmentSettings(ExactlyOnceSettings):
     # notification (PostgreSQL NOTIFY invalidates at once; the TTL bounds staleness after a missed one).
     tenant_cache_size: int = Field(default=10_000, ge=1)
     tenant_cache_ttl_seconds: float = Field(default=60.0, gt=0)
-    # The identity graph's bounds per customer (docs/enrichment.md#bounded-memory): identify links kept
-    # (least recently written dropped first; ~200 bytes each) and user ids that merges may join.
-    identity_max_links_per_customer: int = Field(default=1_000_000, ge=1)
+    # The identity graph (docs/enrichment.md#bounded-memory). ``rocksdb``: at most ``state_memory_keys``
+    # identify links in memory (~200 bytes each), the rest in a local RocksDB store under
+    # ``state_dir``/<instance id>/, sealed at the identity view's offsets at a clean stop and reused at the
+    # next start (only records written since are read). ``memory``: every link in memory, every start reads
+    # identity-links whole. Merged sets stay in memory, at most ``identity_max_merged_per_customer`` user ids
+    # per customer (an abuse guard: further merges are refused and counted).
+    state_store: Literal["rocksdb", "memory"] = "rocksdb"
+    state_dir: Path = Path(".plg/state/enrichment")
+    state_memory_keys: int = Field(default=2_000_000, ge=1000)
+    # RocksDB's block cache (its memtables add up to 2 x 16 MiB while writing).
+    state_cache_mb: int = Field(default=32, ge=1)
     identity_max_merged_per_customer: int = Field(default=100_000, ge=2)
 
     # One Kafka transaction per batch, small and frequent: the added latency stays low (the loop's other

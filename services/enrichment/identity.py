@@ -1,4 +1,5 @@
-"""The identity graph: which person an event belongs to, from identify links and merges. Pure, in memory.
+"""The identity graph: which person an event belongs to, from identify links and merges. No I/O but its
+local store (links past the memory bound, and the sealed copy a restart reuses).
 
 Per tenant (customer_id), two kinds of facts, both read from the compacted ``identity-links`` topic:
 
@@ -22,6 +23,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from services.kernel.processing.spill import SpillMap
+from services.kernel.processing.store import LocalStore
 
 Node = tuple[str, str]  # (customer_id, id)
 
@@ -34,55 +41,87 @@ class MergeOutcome:
     replaced: tuple[str, ...]
 
 
-#: Identify links kept per customer (``ENRICHMENT_IDENTITY_MAX_LINKS_PER_CUSTOMER``).
-MAX_LINKS_PER_CUSTOMER = 1_000_000
-#: User ids that merges may join per customer (``ENRICHMENT_IDENTITY_MAX_MERGED_PER_CUSTOMER``).
+#: Identify links kept in memory when the graph has a local store (``ENRICHMENT_STATE_MEMORY_KEYS``); the
+#: rest are on disk. Without a store (``ENRICHMENT_STATE_STORE=memory``) every link is in memory.
+MEMORY_LINKS = 2_000_000
+#: User ids merges may join per customer (``ENRICHMENT_IDENTITY_MAX_MERGED_PER_CUSTOMER``): an abuse guard.
 MAX_MERGED_PER_CUSTOMER = 100_000
+#: Prefixes in the local store: identify links (the kernel's SpillMap) and, at a seal, the merged sets.
+LINK_PREFIX = b"A"
+SET_PREFIX = b"M"
+
+
+def _node_key(node: Node) -> bytes:
+    customer = node[0].encode()
+    return len(customer).to_bytes(2, "big") + customer + node[1].encode()
+
+
+def _customer_prefix(customer_id: str) -> bytes:
+    customer = customer_id.encode()
+    return len(customer).to_bytes(2, "big") + customer
+
+
+def _parse_node(raw: bytes) -> Node:
+    size = int.from_bytes(raw[:2], "big")
+    return raw[2 : 2 + size].decode(), raw[2 + size :].decode()
 
 
 class IdentityGraph:
-    """Bounded per customer, so a tenant sending made-up ids grows only its own share (docs/enrichment.md):
+    """Memory bounded by a setting, nothing evicted (docs/enrichment.md#bounded-memory):
 
-    * at most ``max_links`` identify links: past it the customer's least recently *written* link is dropped
-      (that anonymous id then stands for itself again, as before it was identified);
-    * at most ``max_merged`` user ids in merged sets: a merge that would add more is refused and counted
-      (the ids stay separate persons). Past the bound the graph can depend on the order merges were read.
+    * identify links live in the kernel's :class:`~services.kernel.processing.spill.SpillMap`: with a
+      local store at most ``memory_links`` in memory (the least recently written go to disk first), every
+      other one on disk and found by a point lookup; the store is sealed at the view's offsets at a clean
+      stop and reused at the next start (only the records written since are read);
+    * merged sets stay in memory, at most ``max_merged`` user ids per customer (an abuse guard): a merge
+      that would add more is refused and counted (the ids stay separate persons). Past the bound the graph
+      can depend on the order merges were read.
     """
 
     __slots__ = (
         "_anon",
         "_flagged",
-        "_links",
         "_lock",
         "_members",
         "_merged",
         "_parent",
-        "evicted_links",
         "identifies",
-        "max_links",
         "max_merged",
         "merges",
         "refused_merges",
     )
 
     def __init__(
-        self, max_links: int = MAX_LINKS_PER_CUSTOMER, max_merged: int = MAX_MERGED_PER_CUSTOMER
+        self,
+        max_merged: int = MAX_MERGED_PER_CUSTOMER,
+        *,
+        store: LocalStore | None = None,
+        memory_links: int = MEMORY_LINKS,
     ) -> None:
-        self._anon: dict[Node, str] = {}
+        self._anon: SpillMap[Node, str] = SpillMap(
+            store,
+            prefix=LINK_PREFIX,
+            memory=memory_links,
+            encode_key=_node_key,
+            decode_key=_parse_node,
+            encode_value=str.encode,
+            decode_value=bytes.decode,
+        )
         self._parent: dict[Node, Node] = {}
         self._members: dict[Node, list[Node]] = {}
         self._flagged: set[Node] = set()  # ids some merge merged away
-        # customer -> its identified anonymous ids, least recently written first (a dict as ordered set)
-        self._links: dict[str, dict[str, None]] = {}
         # customer -> user ids in its merged sets
         self._merged: dict[str, int] = {}
         self._lock = threading.Lock()
-        self.max_links = max(1, max_links)
         self.max_merged = max(2, max_merged)
         self.identifies = 0
         self.merges = 0
-        self.evicted_links = 0
         self.refused_merges = 0
+
+    @property
+    def links(self) -> SpillMap[Node, str]:
+        """The identify links (memory and disk): for metrics and tests."""
+        return self._anon
 
     # -- reads (hot path) ------------------------------------------------------------------------------
 
@@ -116,23 +155,14 @@ class IdentityGraph:
         with self._lock:
             self._anon[(customer_id, anonymous_id)] = user_id
             self.identifies += 1
-            links = self._links.get(customer_id)
-            if links is None:
-                links = self._links[customer_id] = {}
-            else:
-                links.pop(anonymous_id, None)
-            links[anonymous_id] = None
-            while len(links) > self.max_links:
-                oldest = next(iter(links))
-                del links[oldest]
-                self._anon.pop((customer_id, oldest), None)
-                self.evicted_links += 1
+            # Past the memory bound (plus 10 %: one write batch per ~bound/10 links) the least recently
+            # written links go to disk; written there before they leave memory, so a reader finds each.
+            self._anon.spill(slack=0.1)
 
     def forget_anonymous(self, customer_id: str, anonymous_id: str) -> None:
         """A tombstone on identity-links: the link was erased (e.g. a deletion request)."""
         with self._lock:
-            self._anon.pop((customer_id, anonymous_id), None)
-            self._links.get(customer_id, {}).pop(anonymous_id, None)
+            self._anon.pop((customer_id, anonymous_id))
 
     def forget(self, customer_id: str, matches: Callable[[str], bool]) -> int:
         """Erase a person (``plg privacy forget``): every id of ``customer_id`` that ``matches``, with the
@@ -147,12 +177,11 @@ class IdentityGraph:
             doomed_ids = {n[1] for n in doomed}
             links = [
                 n
-                for n, user in self._anon.items()
+                for n, user in self._anon.items(_customer_prefix(customer_id))
                 if n[0] == customer_id and (matches(n[1]) or matches(user) or user in doomed_ids)
             ]
             for node in links:
-                del self._anon[node]
-                self._links.get(customer_id, {}).pop(node[1], None)
+                self._anon.pop(node)
             for node in doomed:
                 if node in self._parent:
                     self._members.pop(self._parent.pop(node), None)
@@ -206,3 +235,46 @@ class IdentityGraph:
 
     def __len__(self) -> int:
         return len(self._anon) + len(self._parent)
+
+    # -- the local store's seal and warm load (the identity view's checkpoint) ----------------------------
+
+    def write_all(self) -> None:
+        """Before the store is sealed: the links in memory and every merged set (members, and which of them
+        some merge merged away), one record per set."""
+        with self._lock:
+            store = self._anon.store
+            if store is None:
+                return
+            self._anon.write_all()
+            batch = store.batch()
+            for root, members in self._members.items():
+                record = [[n[1], n in self._flagged] for n in members]
+                batch.put(SET_PREFIX + _node_key(root), orjson.dumps(record))
+            store.write(batch)
+
+    def load(self, seal: dict[str, Any]) -> None:
+        """From a sealed store: the merged sets back into memory (their records deleted: the next seal
+        writes them again), the links left on disk (``seal["links"]`` of them), read as events need them."""
+        with self._lock:
+            store = self._anon.store
+            assert store is not None
+            batch = store.batch()
+            for key, raw in store.items(SET_PREFIX):
+                customer_id, _ = _parse_node(key[1:])
+                members: list[Node] = []
+                for member_id, flagged in orjson.loads(raw):
+                    node = (customer_id, str(member_id))
+                    members.append(node)
+                    if flagged:
+                        self._flagged.add(node)
+                root = min(members, key=lambda n: (n in self._flagged, n[1]))
+                for node in members:
+                    self._parent[node] = root
+                self._members[root] = members
+                self._merged[customer_id] = self._merged.get(customer_id, 0) + len(members)
+                batch.delete(key)
+            store.write(batch)
+            self._anon.load(int(seal.get("links") or 0))
+
+    def seal_content(self) -> dict[str, Any]:
+        return {"links": len(self._anon)}

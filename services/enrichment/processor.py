@@ -59,9 +59,15 @@ TENANT_CACHE = metrics.gauge("plg_enrichment_tenant_cache_entries", "Tenant cont
 IDENTITY_NODES = metrics.gauge(
     "plg_enrichment_identity_nodes", "Anonymous ids and merged user ids in the identity graph."
 )
+IDENTITY_LINKS_HELD = metrics.gauge(
+    "plg_enrichment_identity_links",
+    "Identify links of the identity graph, by where they are: memory (bounded by "
+    "ENRICHMENT_STATE_MEMORY_KEYS) or disk (the local store).",
+    ("where",),
+)
 IDENTITY_DROPPED = metrics.counter(
     "plg_enrichment_identity_dropped",
-    "Identity facts not kept past the per-customer bounds: link_evicted, merge_refused.",
+    "Identity facts not kept: merge_refused (past ENRICHMENT_IDENTITY_MAX_MERGED_PER_CUSTOMER).",
     ("reason",),
 )
 
@@ -88,7 +94,7 @@ class EnrichmentHandler(StreamHandler):
         }
         self._merges = EVENTS.labels("merge_announced")
         self._hits, self._misses = TENANT_LOOKUPS.labels("hit"), TENANT_LOOKUPS.labels("miss")
-        self._dropped = (0, 0)  # the graph's evicted links and refused merges already counted
+        self._dropped = 0  # the graph's refused merges already counted
         self._encoder_for: int | None = None
         self._encode: Callable[[Mapping[str, Any]], bytes] = lambda _r: b""
 
@@ -162,9 +168,11 @@ class EnrichmentHandler(StreamHandler):
         TENANT_CACHE.set(len(cache))
         graph = self.enricher.graph
         IDENTITY_NODES.set(len(graph))
-        dropped = (graph.evicted_links, graph.refused_merges)  # the view's thread adds to them too
-        IDENTITY_DROPPED.labels("link_evicted").inc(dropped[0] - self._dropped[0])
-        IDENTITY_DROPPED.labels("merge_refused").inc(dropped[1] - self._dropped[1])
+        links = graph.links
+        IDENTITY_LINKS_HELD.labels("memory").set(len(links.mem))
+        IDENTITY_LINKS_HELD.labels("disk").set(links.disk)
+        dropped = graph.refused_merges  # the view's thread adds to them too
+        IDENTITY_DROPPED.labels("merge_refused").inc(dropped - self._dropped)
         self._dropped = dropped
 
     def _encoder(self, out: Emit) -> Callable[[Mapping[str, Any]], bytes]:

@@ -17,15 +17,19 @@ key's parts so readers never parse keys (ids may contain ``|``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from services.activation import (  # the config: a domain model shared with analytics
     SCOPES,
     ActivationConfig,
     Threshold,
 )
+from services.kernel.processing.spill import SpillMap
+from services.kernel.processing.store import LocalStore
 
 DAY_MS = 86_400_000
 PROMPT = "show-upgrade-prompt"
@@ -81,45 +85,88 @@ def plan_of(event: Mapping[str, Any]) -> str | None:
     return None
 
 
-#: Persons whose counters one partition keeps per customer (``GROWTH_ACTIVATION_MAX_PERSONS_PER_CUSTOMER``).
-MAX_PERSONS_PER_CUSTOMER = 100_000
+#: Persons one partition tracks per customer (``GROWTH_ACTIVATION_MAX_PERSONS_PER_CUSTOMER``): an abuse guard
+#: on disk and changelog size, not a memory bound (memory is bounded by ``GROWTH_STATE_MEMORY_KEYS``).
+MAX_PERSONS_PER_CUSTOMER = 1_000_000
+#: State entries (counters, crossings) one partition keeps in memory when it has a local store.
+MEMORY_KEYS = 1_000_000
+#: Prefix of the state's entries in the local store (the kernel's SpillMap; the seal has its own key).
+STATE_PREFIX = b"S"
+
+
+def _json(value: dict[str, Any]) -> bytes:
+    return orjson.dumps(value)
+
+
+def _unjson(raw: bytes) -> dict[str, Any]:
+    value: dict[str, Any] = orjson.loads(raw)
+    return value
+
+
+def state_map(store: LocalStore | None, memory_keys: int) -> SpillMap[str, dict[str, Any]]:
+    """The activation state as the kernel's memory-bounded map: changelog key -> value."""
+    return SpillMap(
+        store,
+        prefix=STATE_PREFIX,
+        memory=memory_keys,
+        encode_key=str.encode,
+        decode_key=bytes.decode,
+        encode_value=_json,
+        decode_value=_unjson,
+    )
+
+
+def count_persons(values: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Persons with a counter, per customer (the cap's count, rebuilt from a replayed state)."""
+    seen: dict[str, set[str]] = {}
+    for value in values:
+        if value.get("scope") == "person" and "event" in value and value.get("subject"):
+            seen.setdefault(str(value["customer"]), set()).add(str(value["subject"]))
+    return {customer: len(subjects) for customer, subjects in seen.items()}
 
 
 class Tracker:
     """One partition's activation state. ``apply`` changes it and returns the crossings; the keys changed
     since the last :meth:`take_dirty` are what the changelog must get (None: the key was deleted).
 
-    Bounded: per customer at most ``max_persons`` persons are tracked; past that the least recently active
-    person's counters and crossings are dropped (and tombstoned in the changelog), so a tenant sending
-    made-up person ids only ever evicts its own least active persons. An evicted person who comes back
-    counts from zero and may cross a threshold again (docs/growth.md#bounded-state)."""
+    Memory is bounded by the kernel's :class:`~services.kernel.processing.spill.SpillMap`: with a local
+    store, at most ``memory_keys`` entries stay in memory after each :meth:`spill` (the handler calls it
+    after a commit) and the rest is on disk, read back when a person is active again — nothing is evicted,
+    a person's counts are exact however many persons there are (docs/growth.md#bounded-state).
+
+    An abuse guard, not a memory bound: per customer at most ``max_persons`` persons are tracked; a new
+    person past it is not counted in the person scope (the customer scope still is) and ``refused`` grows,
+    so a tenant sending made-up person ids cannot grow the changelog and the store without end."""
 
     def __init__(
         self,
         config: ActivationConfig,
         state: dict[str, dict[str, Any]] | None = None,
         max_persons: int = MAX_PERSONS_PER_CUSTOMER,
+        *,
+        store: LocalStore | None = None,
+        memory_keys: int = MEMORY_KEYS,
+        persons: dict[str, int] | None = None,
     ) -> None:
+        """``state``: entries replayed from the changelog (in memory until the first spill); ``persons``:
+        the per-customer person counts of a state already in ``store`` (a sealed store being reused)."""
         self.config = config
-        self.state: dict[str, dict[str, Any]] = state if state is not None else {}
+        self.state = state_map(store, memory_keys)
+        if state is not None:
+            for key, value in state.items():
+                self.state.insert(key, value)
         self.dirty: set[str] = set()
         self.deleted: set[str] = set()
         self.max_persons = max(1, max_persons)
-        self.evicted = 0
-        # customer -> its persons, least recently active first (a dict as an ordered set). Rebuilt from the
-        # state in changelog order, which is the order of their last writes.
-        self.persons: dict[str, dict[str, None]] = {}
-        for value in self.state.values():
-            if value.get("scope") == "person" and value.get("subject"):
-                seen = self.persons.setdefault(str(value["customer"]), {})
-                subject = str(value["subject"])
-                seen.pop(subject, None)
-                seen[subject] = None
+        self.refused = 0
+        self.persons: dict[str, int] = (
+            dict(persons) if persons is not None else count_persons(self.state.mem.values())
+        )
         self._events = sorted({*config.by_event, *config.extra_events})
         self._thresholds = sorted({t.name for ts in config.by_event.values() for t in ts})
 
     def person_count(self) -> int:
-        return sum(len(p) for p in self.persons.values())
+        return sum(self.persons.values())
 
     def take_dirty(self) -> list[tuple[str, dict[str, Any] | None]]:
         changed: list[tuple[str, dict[str, Any] | None]] = [(k, self.state[k]) for k in sorted(self.dirty)]
@@ -128,27 +175,47 @@ class Tracker:
         self.deleted.clear()
         return changed
 
-    def _touch(self, customer: str, person: str) -> None:
-        """``person`` was active now; past the bound, the customer's least recently active one goes."""
-        seen = self.persons.get(customer)
-        if seen is None:
-            seen = self.persons[customer] = {}
-        elif person in seen:
-            del seen[person]
-        seen[person] = None
-        while len(seen) > self.max_persons:
-            oldest = next(iter(seen))
-            del seen[oldest]
-            self._drop_person(customer, oldest)
+    def spill(self, memory_keys: int | None = None) -> int:
+        """After a commit: entries beyond the memory bound go to the local store (only committed state)."""
+        if memory_keys is not None:
+            self.state.memory = max(1, memory_keys)
+        return self.state.spill()
 
-    def _drop_person(self, customer: str, person: str) -> None:
-        keys = [counter_key("person", customer, person, e) for e in self._events]
-        keys += [fired_key("person", customer, person, t) for t in self._thresholds]
-        for key in keys:
-            if self.state.pop(key, None) is not None:
-                self.dirty.discard(key)
-                self.deleted.add(key)
-        self.evicted += 1
+    def _admit(self, customer: str, person: str, name: str) -> bool:
+        """Whether ``person`` is (or may become) tracked for ``customer``: known persons always are; a new
+        one while the customer is under ``max_persons``."""
+        state = self.state
+        if state.get(counter_key("person", customer, person, name), promote=True) is not None:
+            return True
+        for event in self._events:
+            if event != name and counter_key("person", customer, person, event) in state:
+                return True
+        count = self.persons.get(customer, 0)
+        if count >= self.max_persons:
+            self.refused += 1
+            return False
+        self.persons[customer] = count + 1
+        return True
+
+    def forget(self, customer: str, matches: Callable[[Any], bool]) -> list[str]:
+        """Erase the persons of ``customer`` that ``matches`` (an erasure request): every counter and
+        crossing of theirs, in memory and on disk; returns the keys deleted (the changelog's tombstones)."""
+        doomed = [
+            (k, v)
+            for k, v in self.state.items()
+            if v.get("customer") == customer and matches(v.get("subject"))
+        ]
+        subjects = {str(v["subject"]) for _, v in doomed if v.get("scope") == "person" and "event" in v}
+        if subjects:
+            left = self.persons.get(customer, 0) - len(subjects)
+            if left > 0:
+                self.persons[customer] = left
+            else:
+                self.persons.pop(customer, None)
+        for key, _ in doomed:
+            self.state.pop(key)
+            self.dirty.discard(key)
+        return [key for key, _ in doomed]
 
     def apply(self, event: Mapping[str, Any]) -> list[Crossing]:
         name = event.get("name")
@@ -165,18 +232,20 @@ class Tracker:
         keep = config.days_kept.get(str(name), 0)
         crossings: list[Crossing] = []
         thresholds = config.by_event.get(str(name), ())
-        if person is not None:
-            self._touch(customer, person)
+        if person is not None and not self._admit(customer, person, str(name)):
+            person = None  # past the customer's cap: only the customer scope counts it
         for scope in SCOPES:
             subject = person if scope == "person" else ""
             if subject is None:
                 continue
             key = counter_key(scope, customer, subject, str(name))
-            counter = self.state.get(key)
+            counter = self.state.get(key, promote=True)
             if counter is None:
                 counter = {"scope": scope, "customer": customer, "subject": subject, "event": name, "n": 0}
-                self.state[key] = counter
+                self.state.insert(key, counter)
                 self.deleted.discard(key)
+            else:
+                self.state.touch(key)  # most recently written: the last to leave memory
             event_id = event.get("event_id")
             if event_id:
                 # A client retry that reached Kafka twice carries the same event_id, moments apart: the last

@@ -6,22 +6,31 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, cast
 
 from services.activation import SCOPES, ActivationConfig
-from services.growth.activation import DAY_MS, in_window
+from services.growth.activation import (
+    DAY_MS,
+    MEMORY_KEYS,
+    counter_key,
+    fired_key,
+    in_window,
+    state_map,
+)
 from services.growth.processor import CHECKPOINT_KEY, ERASED_PREFIX
 from services.kernel.processing import Message
-from services.kernel.processing.view import MaterializedView
+from services.kernel.processing.store import LocalStore
+from services.kernel.processing.view import MaterializedView, ViewCheckpoint
 from services.kernel.serde import ValueDecoder
 from services.kernel.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 ERASED_MARKER = ERASED_PREFIX.encode()
+#: Kafka's default delete.retention.ms (the changelog does not set its own): how long a tombstone stays.
+TOMBSTONE_RETENTION_SECONDS = 86_400.0
 
 
 class JsonDecoder:
@@ -34,23 +43,38 @@ class JsonDecoder:
         return value
 
 
-Subject = tuple[str, str, str]  # scope, customer, subject ("" for the customer scope)
-
-
 class ActivationView:
-    """Counts and crossings per (scope, customer, subject), kept from the changelog."""
+    """Counts and crossings per (scope, customer, subject), kept from the changelog: its latest value per
+    key, in the kernel's memory-bounded map (with a local store: at most ``memory_keys`` entries in memory,
+    the rest on disk, sealed at the view's offsets at a clean stop so that a restart reads only what was
+    written since — docs/growth.md#bounded-state)."""
 
-    def __init__(self, config: ActivationConfig, on_crossing: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(
+        self,
+        config: ActivationConfig,
+        on_crossing: Callable[[dict[str, Any]], None],
+        *,
+        store: LocalStore | None = None,
+        memory_keys: int = MEMORY_KEYS,
+    ) -> None:
         self.config = config
         self.on_crossing = on_crossing
-        self.counters: dict[Subject, dict[str, dict[str, Any]]] = {}
-        self.fired: dict[Subject, dict[str, dict[str, Any]]] = {}
-        # Changelog key → where its value lives, so a tombstone (an erasure) can remove it.
-        self._keys: dict[bytes | None, tuple[Subject, str, bool]] = {}
+        self.store = store
+        # changelog key -> value (readers on HTTP threads never promote: the view's thread is the writer)
+        self.entries = state_map(store, memory_keys)
+        self._events = sorted({*config.by_event, *config.extra_events})
         self.view: MaterializedView | None = None
-        self._lock = threading.Lock()
 
     def start(self, kafka: KafkaSettings, changelog_topic: str) -> ActivationView:
+        checkpoint = None
+        if self.store is not None:
+            checkpoint = ViewCheckpoint(
+                self.store,
+                load=lambda seal: self.entries.load(int(seal.get("entries") or 0)),
+                write_all=self.entries.write_all,
+                seal_content=lambda: {"entries": len(self.entries)},
+                max_age_seconds=TOMBSTONE_RETENTION_SECONDS,
+            )
         self.view = MaterializedView(
             kafka,
             changelog_topic,
@@ -59,6 +83,7 @@ class ActivationView:
             name="growth-activation-view",
             # Neither the checkpoint nor erasure markers (e|<erasure id>) are activation state.
             key_filter=lambda key: key != CHECKPOINT_KEY and not (key or b"").startswith(ERASED_MARKER),
+            checkpoint=checkpoint,
         ).start()
         return self
 
@@ -70,34 +95,24 @@ class ActivationView:
             self.view.close()
 
     def apply(self, message: Message) -> None:
+        key = (message.key or b"").decode()
         value = message.value
+        entries = self.entries
         if value is None:  # a tombstone: the activation loop erased a person (docs/privacy.md)
-            where = self._keys.pop(message.key, None)
-            if where is not None:
-                erased, name, was_fired = where
-                kept = self.fired if was_fired else self.counters
-                entries = kept.get(erased, {})
-                entries.pop(name, None)
-                if not entries:
-                    kept.pop(erased, None)
+            entries.pop(key)
             return
-        subject: Subject = (value["scope"], value["customer"], value["subject"])
-        is_fired = "threshold" in value
-        self._keys[message.key] = (subject, value["threshold"] if is_fired else value["event"], is_fired)
-        if is_fired:
-            known = self.fired.setdefault(subject, {})
-            first = value["threshold"] not in known
-            known[value["threshold"]] = value
-            if first and self.view is not None and self.view.ready.is_set() and "record" in value:
-                self.on_crossing(value["record"])
-        else:
-            self.counters.setdefault(subject, {})[value["event"]] = value
+        first = "threshold" in value and key not in entries
+        entries[key] = value
+        entries.spill(slack=0.1)
+        if first and self.view is not None and self.view.ready.is_set() and "record" in value:
+            self.on_crossing(value["record"])
 
     # -- answers -------------------------------------------------------------------------------------------
 
     def counts(self, scope: str, customer: str, subject: str) -> dict[str, int]:
         """Counts since the first event, per event name."""
-        return {e: int(v["n"]) for e, v in self.counters.get((scope, customer, subject), {}).items()}
+        found = {e: self.entries.get(counter_key(scope, customer, subject, e)) for e in self._events}
+        return {e: int(v["n"]) for e, v in found.items() if v is not None}
 
     def status(self, customer: str, person: str, now_ms: int | None = None) -> dict[str, Any]:
         today = (now_ms if now_ms is not None else time.time_ns() // 1_000_000) // DAY_MS
@@ -105,20 +120,18 @@ class ActivationView:
         crossed_any = False
         for scope in SCOPES:
             subject = person if scope == "person" else ""
-            counters = self.counters.get((scope, customer, subject), {})
-            fired = self.fired.get((scope, customer, subject), {})
             items = []
             for t in self.config.thresholds:
                 if scope not in t.scopes:
                     continue
-                counter = counters.get(t.event)
+                counter = self.entries.get(counter_key(scope, customer, subject, t.event))
                 if counter is None:
                     count = 0
                 elif t.window_days is None:
                     count = int(counter["n"])
                 else:
                     count = in_window(counter.get("d", {}), today, t.window_days)
-                crossing = fired.get(t.name)
+                crossing = self.entries.get(fired_key(scope, customer, subject, t.name))
                 crossed_any = crossed_any or crossing is not None
                 items.append(
                     {

@@ -12,10 +12,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.customers import CustomerDirectory
-from services.growth import api, api_activation
+from services.growth import api, api_activation, api_onboarding
 from services.growth.activation_view import ActivationView
 from services.growth.api_activation import crossing_message
-from services.growth.api_onboarding import onboarding_routes
 from services.growth.config import GrowthSettings
 from services.growth.files import ACTIVATION_FILE, FLAGS_FILE, ONBOARDING_FILE
 from services.growth.flags import Broadcaster, Evaluator, ExposureLog, FlagsRuntime, StickyAssignments
@@ -27,7 +26,7 @@ from services.growth.loop import ActivationLoop
 from services.growth.onboarding import OnboardingConfig
 from services.growth.overrides import FlagOverrides
 from services.growth.progress import ProgressStore
-from services.growth.resources import Growth, opened
+from services.growth.resources import Growth
 from services.growth.telemetry import TelemetryWriter
 from services.kernel import auth
 from services.kernel.cors import CorsMiddleware
@@ -38,6 +37,7 @@ from services.kernel.lifecycle import Lifecycle
 from services.kernel.listen import Listener
 from services.kernel.ops import ops_routes
 from services.kernel.privacy import APPLIED, Erasure, follow_erasures
+from services.kernel.processing.store import LocalStore, store_path
 from services.kernel.serde import SchemaRegistry
 from services.kernel.service import LoadedFiles
 from services.kernel.sse import StreamLimits
@@ -110,8 +110,21 @@ def open_growth(
     )
     life.push(listener.start(), "flag change listener")
     prefix = settings.platform.topic_prefix
+    view_store = None
+    if settings.state_store == "rocksdb":
+        name = f"{topic(GROWTH_CHANGELOG, prefix).name}-view"
+        # Closed after the view (pushed before it): the view seals it on its way out.
+        view_store = life.push(
+            LocalStore(
+                store_path(settings.state_dir, settings.instance_id, name), cache_mb=settings.state_cache_mb
+            ),
+            "activation view store",
+        )
     view = ActivationView(
-        activation_config, lambda record: activation_broadcaster.publish(crossing_message(record))
+        activation_config,
+        lambda record: activation_broadcaster.publish(crossing_message(record)),
+        store=view_store,
+        memory_keys=settings.state_memory_keys,
     )
     life.push(view.start(settings.kafka, topic(GROWTH_CHANGELOG, prefix).name), "activation view")
     loop = None
@@ -187,11 +200,8 @@ def build_app(
         total=settings.platform.sse_max_streams,
     )
 
-    def growth() -> Growth:
-        return opened(app)
-
     app.include_router(api.router)  # flags and the admin API (api.py)
-    onboarding_routes(app, growth, api.ERRORS)
+    app.include_router(api_onboarding.router)  # next step, progress, completion (api_onboarding.py)
     app.include_router(api_activation.router)  # activation state and crossings (api_activation.py)
 
     # -- ops -------------------------------------------------------------------------------------------------

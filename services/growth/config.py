@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
@@ -45,9 +46,19 @@ class GrowthSettings(ExactlyOnceSettings):
 
     # The activation loop (usage-events-enriched -> activation-events), run in this process.
     activation_enabled: bool = True
-    # Persons whose activation counters each partition keeps per customer; past it the least recently
-    # active person is dropped (docs/growth.md#bounded-state). ~1 KB per person and counted event.
-    activation_max_persons_per_customer: int = Field(default=100_000, ge=1)
+    # An abuse guard (docs/growth.md#bounded-state): persons each partition tracks per customer; a new person
+    # past it counts only in the customer scope. Not a memory bound: memory is state_memory_keys.
+    activation_max_persons_per_customer: int = Field(default=1_000_000, ge=1)
+    # Where the activation state lives besides its changelog (the kernel's local store, docs/kernel.md):
+    # ``rocksdb`` keeps at most ``state_memory_keys`` entries (counters, crossings; ~1 KB each in memory)
+    # for this instance, shared by its partitions, and the rest in a RocksDB store per partition under
+    # ``state_dir``/<instance id>/, reused on restart instead of replaying the changelog when it is sealed
+    # at the committed offset. ``memory``: everything in memory, every restore replays.
+    state_store: Literal["rocksdb", "memory"] = "rocksdb"
+    state_dir: Path = Path(".plg/state/growth")
+    state_memory_keys: int = Field(default=1_000_000, ge=1000)
+    # RocksDB's block cache per partition store (its memtables add up to 2 x 16 MiB while writing).
+    state_cache_mb: int = Field(default=16, ge=1)
     # Its group (the loop's other knobs, instance id and transactional.id: ExactlyOnceSettings).
     group_id: str = "growth-activation"
 

@@ -12,6 +12,7 @@ from services.growth.processor import INPUTS, OUTPUTS, SERVICE, ActivationHandle
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.privacy import ErasureFollower
 from services.kernel.processing import ExactlyOnceLoop, exactly_once_service
+from services.kernel.processing.store import LocalStore, store_path
 from services.kernel.serde import SchemaRegistry
 from services.kernel.topics import GROWTH_CHANGELOG, USAGE_EVENTS_DLQ, USAGE_EVENTS_ENRICHED, topic
 
@@ -36,12 +37,22 @@ class ActivationLoop:
         erasures: ErasureFollower | None = None,
     ) -> ActivationLoop:
         prefix = settings.platform.topic_prefix
+        changelog = topic(GROWTH_CHANGELOG, prefix).name
+        store_factory = None
+        if settings.state_store == "rocksdb":
+
+            def store_factory(partition: int) -> LocalStore:
+                path = store_path(settings.state_dir, settings.instance_id, f"{changelog}-{partition}")
+                return LocalStore(path, cache_mb=settings.state_cache_mb)
+
         handler = ActivationHandler(
             kafka=settings.kafka,
             config=config,
             input_topic=topic(USAGE_EVENTS_ENRICHED, prefix).name,
-            changelog_topic=topic(GROWTH_CHANGELOG, prefix).name,
+            changelog_topic=changelog,
             max_persons_per_customer=settings.activation_max_persons_per_customer,
+            store_factory=store_factory,
+            memory_keys=settings.state_memory_keys,
         )
         handler.erasures = erasures
         built = exactly_once_service(
@@ -72,3 +83,5 @@ class ActivationLoop:
         """Before the loop's clients close (pushed after them on the lifecycle, so closed first)."""
         self.stop.set()
         self._thread.join(timeout=30)
+        if not self._thread.is_alive():  # no transaction after this: the stores can be sealed
+            self.handler.close()

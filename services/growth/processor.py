@@ -14,20 +14,25 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from services.activation import ActivationConfig
-from services.growth.activation import MAX_PERSONS_PER_CUSTOMER, Tracker, activation_record, fired_key
+from services.growth.activation import (
+    MAX_PERSONS_PER_CUSTOMER,
+    MEMORY_KEYS,
+    Tracker,
+    activation_record,
+    count_persons,
+    fired_key,
+)
 from services.growth.telemetry import stable_event_id, usage_event
 from services.kernel import metrics
 from services.kernel.kafka import TopicPartition
 from services.kernel.privacy import APPLIED, ErasureFollower
 from services.kernel.processing import Batch, Emit, RetryBatch, StreamHandler
-
-# The metering aggregator's changelog reader and checkpoint rule, reused as they are (they belong in the
-# kernel's processing package; see the report of issue 11).
-from services.kernel.processing.state import restore_partitions
+from services.kernel.processing.state import restore_partitions, sealed_at_committed
+from services.kernel.processing.store import LocalStore
 from services.kernel.settings import KafkaSettings
 from services.kernel.topics import (
     ACTIVATION_EVENTS,
@@ -54,11 +59,22 @@ CROSSINGS = metrics.counter(
 )
 PERSONS = metrics.gauge(
     "plg_growth_activation_persons",
-    "Persons whose activation counters this instance keeps (bounded per customer).",
+    "Persons whose activation counters this instance keeps (memory and local store).",
 )
-EVICTED = metrics.counter(
-    "plg_growth_activation_persons_evicted",
-    "Persons dropped from the activation state past the per-customer bound (least recently active first).",
+REFUSED = metrics.counter(
+    "plg_growth_activation_persons_refused",
+    "New persons not tracked because their customer reached GROWTH_ACTIVATION_MAX_PERSONS_PER_CUSTOMER on a "
+    "partition (abuse guard); their events still count in the customer scope.",
+)
+STATE_KEYS = metrics.gauge(
+    "plg_growth_activation_state_keys",
+    "Activation state entries (counters, crossings) of this instance, by where they are: memory or disk.",
+    ("where",),
+)
+RESTORES = metrics.counter(
+    "plg_growth_activation_restores",
+    "Partition states rebuilt, by source: the local store (warm) or the changelog (replayed).",
+    ("source",),
 )
 COUNTED = metrics.counter(
     "plg_growth_activation_events", "Enriched events the activation loop read, by outcome.", ("outcome",)
@@ -79,9 +95,20 @@ class ActivationHandler(StreamHandler):
         changelog_topic: str,
         checkpoint_wait: float = 30.0,
         max_persons_per_customer: int = MAX_PERSONS_PER_CUSTOMER,
+        store_factory: Callable[[int], LocalStore] | None = None,
+        memory_keys: int = MEMORY_KEYS,
     ) -> None:
         self.kafka = kafka
         self.max_persons_per_customer = max_persons_per_customer
+        # The local store per partition (None: state in memory only, replayed on every restore): entries
+        # beyond ``memory_keys`` (this instance's, shared by its partitions) are on disk, and a store sealed
+        # at the committed offset is reused instead of the changelog (the kernel's mechanism, docs/kernel.md).
+        self.store_factory = store_factory
+        self.memory_keys = memory_keys
+        self.stores: dict[int, LocalStore] = {}
+        self._committed_offsets: dict[int, int] = {}
+        #: What the last restore did, per partition: "store" or "changelog" (tests and logs read it).
+        self.restored_from: dict[int, str] = {}
         self.config = config
         self.input_topic = input_topic
         self.changelog_topic = changelog_topic
@@ -95,7 +122,7 @@ class ActivationHandler(StreamHandler):
         self._pending: list[tuple[str, str]] = []
         self._outcomes: dict[str, int] = {}
         self._bound_metrics = False
-        self._evicted_reported = 0
+        self._refused_reported = 0
 
     # -- state hooks --------------------------------------------------------------------------------------
 
@@ -107,7 +134,40 @@ class ActivationHandler(StreamHandler):
     def revoked(self, partitions: Sequence[TopicPartition]) -> None:
         for tp in partitions:
             if tp.topic == self.input_topic:
-                self.trackers.pop(tp.partition, None)
+                tracker = self.trackers.pop(tp.partition, None)
+                self._close_store(tp.partition, tracker)
+
+    def close(self) -> None:
+        """Seal and close every local store, once the loop has stopped (no transaction after this)."""
+        for partition in list(self.stores):
+            self._close_store(partition, self.trackers.get(partition))
+
+    def _close_store(self, partition: int, tracker: Tracker | None) -> None:
+        """Seal the partition's store when its state is exactly the committed one (between transactions,
+        after a commit), then close it; otherwise the next owner replays the changelog."""
+        store = self.stores.pop(partition, None)
+        if store is None:
+            return
+        try:
+            offset = self._committed_offsets.pop(partition, None)
+            if tracker is not None and offset is not None and offset >= 0 and not self._changed:
+                tracker.state.write_all()
+                store.seal({"o": offset, "entries": len(tracker.state), "persons": tracker.persons})
+                log.info("activation state store sealed", extra={"partition": partition, "offset": offset})
+        except Exception:
+            log.exception("could not seal the activation state store", extra={"partition": partition})
+        finally:
+            store.close()
+
+    def _store(self, partition: int) -> LocalStore:
+        store = self.stores.get(partition)
+        if store is None:
+            assert self.store_factory is not None
+            store = self.stores[partition] = self.store_factory(partition)
+        return store
+
+    def _memory_keys_per_partition(self) -> int:
+        return max(1, self.memory_keys // max(1, len(self.trackers)))
 
     def rollback(self, assigned: Sequence[TopicPartition]) -> None:
         partitions = sorted(tp.partition for tp in assigned if tp.topic == self.input_topic)
@@ -120,13 +180,22 @@ class ActivationHandler(StreamHandler):
 
     def committed(self, positions: Sequence[TopicPartition]) -> None:
         self._changed = False
+        for tp in positions:
+            if tp.topic == self.input_topic:
+                self._committed_offsets[tp.partition] = tp.offset
         if self._bound_metrics:
             self._bound_metrics = False
+            if self.stores:  # only committed state ever reaches a store
+                bound = self._memory_keys_per_partition()
+                for tracker in self.trackers.values():
+                    tracker.spill(bound)
             PERSONS.set(sum(t.person_count() for t in self.trackers.values()))
-            evicted = sum(t.evicted for t in self.trackers.values())
-            if evicted > self._evicted_reported:
-                EVICTED.inc(evicted - self._evicted_reported)
-            self._evicted_reported = evicted
+            STATE_KEYS.labels("memory").set(sum(len(t.state.mem) for t in self.trackers.values()))
+            STATE_KEYS.labels("disk").set(sum(t.state.disk for t in self.trackers.values()))
+            refused = sum(t.refused for t in self.trackers.values())
+            if refused > self._refused_reported:
+                REFUSED.inc(refused - self._refused_reported)
+            self._refused_reported = refused
         for threshold, scope in self._pending:
             CROSSINGS.labels(threshold, scope).inc()
         self._pending.clear()
@@ -134,8 +203,38 @@ class ActivationHandler(StreamHandler):
             COUNTED.labels(outcome).inc(n)
         self._outcomes.clear()
 
+    def _warm(self, partitions: list[int]) -> dict[int, Tracker]:
+        """Trackers of ``partitions`` whose local store is sealed at exactly the group's committed offset
+        (the kernel's rule, ``sealed_at_committed``): their state is the store's, read back as it is used."""
+        if self.store_factory is None:
+            return {}
+        seals = {p: self._store(p).seal_of() for p in partitions}
+        warm: dict[int, Tracker] = {}
+        bound = self.memory_keys // max(1, len(self.trackers) + len(partitions))
+        for p, offset in sealed_at_committed(self.consumer, self.input_topic, seals).items():
+            seal = seals[p]
+            assert seal is not None
+            store = self._store(p)
+            warm[p] = Tracker(
+                self.config,
+                None,
+                self.max_persons_per_customer,
+                store=store,
+                memory_keys=bound,
+                persons={str(c): int(n) for c, n in dict(seal.get("persons") or {}).items()},
+            )
+            warm[p].state.load(int(seal.get("entries") or 0))
+            store.unseal()  # it changes from now on
+            self._committed_offsets[p] = offset
+        return warm
+
     def _restore(self, partitions: list[int]) -> dict[int, Tracker]:
         started = time.monotonic()
+        trackers = self._warm(partitions)
+        for p in trackers:
+            self.restored_from[p] = "store"
+            RESTORES.labels("store").inc()
+        bound = self.memory_keys // max(1, len(self.trackers) + len(partitions))
 
         def build(partition: int, latest: dict[bytes, bytes]) -> tuple[Tracker, int | None]:
             state: dict[str, dict[str, Any]] = {}
@@ -145,21 +244,42 @@ class ActivationHandler(StreamHandler):
                     checkpoint = int(json.loads(raw)["offset"])
                 else:
                     state[key.decode()] = json.loads(raw)
-            return Tracker(self.config, state, self.max_persons_per_customer), checkpoint
+            store = None
+            if self.store_factory is not None:
+                store = self._store(partition)
+                store.clear()  # rebuilt from the changelog; unsealed until sealed again
+            tracker = Tracker(
+                self.config,
+                state,
+                self.max_persons_per_customer,
+                store=store,
+                memory_keys=bound,
+                persons=count_persons(state.values()),
+            )
+            tracker.spill()
+            return tracker, checkpoint
 
-        trackers = restore_partitions(
-            kafka=self.kafka,
-            consumer=self.consumer,
-            input_topic=self.input_topic,
-            changelog_topic=self.changelog_topic,
-            partitions=partitions,
-            build=build,
-            checkpoint_wait=self.checkpoint_wait,
-        )
+        cold = [p for p in partitions if p not in trackers]
+        if cold:
+            replayed = restore_partitions(
+                kafka=self.kafka,
+                consumer=self.consumer,
+                input_topic=self.input_topic,
+                changelog_topic=self.changelog_topic,
+                partitions=cold,
+                build=build,
+                checkpoint_wait=self.checkpoint_wait,
+            )
+            for p in replayed:
+                self.restored_from[p] = "changelog"
+                RESTORES.labels("changelog").inc()
+            trackers.update(replayed)
+        self._bound_metrics = True
         log.info(
             "activation state restored",
             extra={
                 "partitions": partitions,
+                "from_store": sorted(p for p in partitions if self.restored_from.get(p) == "store"),
                 "keys": sum(len(t.state) for t in trackers.values()),
                 "seconds": round(time.monotonic() - started, 3),
             },
@@ -192,16 +312,10 @@ class ActivationHandler(StreamHandler):
                 marker = ERASED_PREFIX + erasure.erasure_id
                 if marker in tracker.state:
                     continue
-                state = tracker.state
-                doomed = [
-                    k
-                    for k, v in state.items()
-                    if v.get("customer") == erasure.customer_id and erasure.matches(v.get("subject"))
-                ]
+                doomed = tracker.forget(erasure.customer_id, erasure.matches)
                 for key in doomed:
-                    del state[key]
-                    tracker.dirty.discard(key)
                     out.send_raw(GROWTH_CHANGELOG, None, key.encode(), partition=partition)
+                state = tracker.state
                 state[marker] = {"erasure": erasure.erasure_id, "at": erasure.requested_at}
                 out.send_raw(GROWTH_CHANGELOG, encode(state[marker]), marker.encode(), partition=partition)
                 self._changed = True

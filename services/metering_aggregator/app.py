@@ -15,7 +15,7 @@ from services.kernel.kafka import check_reachable
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ReadinessCheck
 from services.kernel.processing import ExactlyOnceLoop, exactly_once_service
-from services.kernel.processing.store import LocalStore
+from services.kernel.processing.store import LocalStore, store_path
 from services.kernel.provision import admin_client
 from services.kernel.serde import SchemaRegistry
 from services.kernel.service import LoadedFiles
@@ -117,10 +117,8 @@ def _build(settings: MeteringSettings, life: Lifecycle, config: PlansConfig) -> 
     if settings.state_store == "rocksdb":
         # One directory per instance id: two instances on one host never share a store (and a store held
         # open by another process is refused, not wiped).
-        root = settings.state_dir / settings.instance_id
-
         def store_factory(partition: int) -> PartitionStore:
-            path = root / f"{topics.changelog}-{partition}"
+            path = store_path(settings.state_dir, settings.instance_id, f"{topics.changelog}-{partition}")
             return PartitionStore(LocalStore(path, cache_mb=settings.state_cache_mb), partition)
 
     handler = MeteringHandler(

@@ -25,7 +25,7 @@ from services.customers import CustomerDirectory
 from services.kernel import metrics
 from services.kernel.kafka import TopicPartition
 from services.kernel.processing import Batch, Emit, RetryBatch, StreamHandler
-from services.kernel.processing.state import restore_partitions
+from services.kernel.processing.state import restore_partitions, sealed_at_committed
 from services.kernel.settings import KafkaSettings
 from services.kernel.topics import (
     ABUSE_SIGNALS,
@@ -287,24 +287,10 @@ class MeteringHandler(StreamHandler):
         """
         if self.store_factory is None:
             return {}
-        committed = {
-            tp.partition: tp.offset
-            for tp in self.consumer.committed(
-                [TopicPartition(self.topics.usage_events, p) for p in partitions], timeout=60
-            )
-        }
+        seals = {p: self._store(p).seal_under(self.rules) for p in partitions}
         warm: dict[int, PartitionState] = {}
-        for p in partitions:
+        for p, offset in sealed_at_committed(self.consumer, self.topics.usage_events, seals).items():
             store = self._store(p)
-            sealed = store.sealed_at(self.rules)
-            offset = committed.get(p, -1)
-            if sealed is None or offset < 0 or sealed != offset:
-                if sealed is not None:
-                    log.info(
-                        "local state store is not at the committed offset; replaying the changelog",
-                        extra={"partition": p, "sealed_at": sealed, "committed": offset},
-                    )
-                continue
             state = self._new_state(p)
             records, ids = store.load(state)
             state.checkpoint_offset = offset

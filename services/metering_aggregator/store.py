@@ -223,13 +223,18 @@ class PartitionStore:
         self.store = store
         self.partition = partition
 
-    def sealed_at(self, rules: Rules) -> int | None:
-        """The committed input offset a sealed store is complete at (None: not sealed, or sealed under
-        other time rules, whose expiry minutes would differ)."""
+    def seal_under(self, rules: Rules) -> dict[str, Any] | None:
+        """The store's seal when it is sealed under these time rules (other rules give other expiry minutes:
+        such a store is replayed), else None."""
         seal = self.store.seal_of()
         if seal is None or seal.get("rules") != _rules(rules):
             return None
-        offset = seal.get("o")
+        return seal
+
+    def sealed_at(self, rules: Rules) -> int | None:
+        """The committed input offset a sealed store is complete at (None: not sealed, or other rules)."""
+        seal = self.seal_under(rules)
+        offset = None if seal is None else seal.get("o")
         return offset if isinstance(offset, int) else None
 
     def load(self, state: PartitionState) -> tuple[int, int]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from services.kernel.kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from services.kernel.settings import KafkaSettings
@@ -129,3 +129,39 @@ def restore_partitions(
         pending = list(behind)
         time.sleep(0.1)
     return states
+
+
+def sealed_at_committed(
+    consumer: Consumer,
+    input_topic: str,
+    seals: dict[int, dict[str, Any] | None],
+) -> dict[int, int]:
+    """The partitions whose local store is sealed at exactly the group's committed offset (``{"o": offset,
+    ...}`` in the seal), with that offset: those a handler may load instead of replaying the changelog.
+
+    The committed offsets are asked for as *stable* offsets (read_committed, KIP-447): a previous owner's
+    pending transaction is settled first. Every transaction that processed a record of the partition after
+    the seal moved that offset, so a store sealed at it has missed none of them (docs/kernel.md#local-state-
+    stores). ``seals`` maps each partition to its store's seal (None: not sealed, or sealed under other
+    rules the handler refuses).
+    """
+    candidates = [p for p, seal in seals.items() if seal is not None and isinstance(seal.get("o"), int)]
+    if not candidates:
+        return {}
+    committed = {
+        tp.partition: tp.offset
+        for tp in consumer.committed([TopicPartition(input_topic, p) for p in candidates], timeout=60)
+    }
+    warm: dict[int, int] = {}
+    for p in candidates:
+        seal = seals[p]
+        assert seal is not None
+        offset = committed.get(p, -1)
+        if offset >= 0 and seal["o"] == offset:
+            warm[p] = offset
+        else:
+            log.info(
+                "local state store is not at the committed offset; replaying the changelog",
+                extra={"topic": input_topic, "partition": p, "sealed_at": seal["o"], "committed": offset},
+            )
+    return warm

@@ -161,3 +161,10 @@ def _next_prefix(prefix: bytes) -> bytes | None:
             return bytes(data)
         data.pop()
     return None
+
+
+def store_path(state_dir: Path, instance_id: str, name: str) -> Path:
+    """Where a store lives: ``<state dir>/<instance id>/<name>`` (``name``: the changelog topic and partition,
+    or the view's topic). One directory per instance id, so two instances on one host never share a store
+    (and a store held open by another process is refused, not wiped)."""
+    return state_dir / instance_id / name

@@ -34,13 +34,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from services.kernel import metrics
 from services.kernel.errors import SerializationError
-from services.kernel.kafka import Consumer, Record, TopicPartition
+from services.kernel.kafka import OFFSET_BEGINNING, Consumer, Record, TopicPartition
 from services.kernel.lag import ConsumerLagTracker
 from services.kernel.lifecycle import backoff_delays
 from services.kernel.processing.messages import Message
+from services.kernel.processing.store import LocalStore
 from services.kernel.serde import ValueDecoder
 from services.kernel.settings import KafkaSettings
 
@@ -80,6 +82,7 @@ class MaterializedView:
         poll_timeout: float = 0.05,
         fetch_wait_max_ms: int = 20,
         track_lag: bool = True,
+        checkpoint: ViewCheckpoint | None = None,
     ) -> None:
         self.kafka = kafka
         self.topic = topic
@@ -91,6 +94,13 @@ class MaterializedView:
         self.poll_timeout = poll_timeout
         self.fetch_wait_max_ms = fetch_wait_max_ms
         self.track_lag = track_lag
+        # A local store that holds what ``apply`` built, sealed at the view's positions at close: the next
+        # start reads only what was written since (see ViewCheckpoint).
+        self.checkpoint = checkpoint
+        #: Where each partition was started: its sealed position, or the beginning (-2).
+        self.started_at: dict[int, int] = {}
+        #: "store" when the last start reused a sealed store, else "topic".
+        self.restored_from = "topic"
         self.ready = threading.Event()
         # The last error of the loop (None once a poll succeeds again): readiness reports it.
         self.error: BaseException | None = None
@@ -128,12 +138,39 @@ class MaterializedView:
     def _end_offsets(self, consumer: Consumer) -> dict[tuple[str, int], int]:
         """Where each partition ends now; 0 (nothing to wait for) for one with no record left to read."""
         ends: dict[tuple[str, int], int] = {}
+        watermarks = {
+            tp.partition: consumer.watermark_offsets(tp.topic, tp.partition) for tp in self._partitions
+        }
+        if self.checkpoint is not None and not self.started_at:
+            self._start_from_checkpoint(consumer, watermarks)
         for tp in self._partitions:
-            low, high = consumer.watermark_offsets(tp.topic, tp.partition)
-            # An empty partition, or one whose records were all deleted (low == high > 0): the consumer
-            # would never get a record there to move its position to ``high``.
-            ends[(tp.topic, tp.partition)] = high if high > low else 0
+            low, high = watermarks[tp.partition]
+            start = max(low, self.started_at.get(tp.partition, OFFSET_BEGINNING))
+            # An empty partition, one whose records were all deleted (low == high > 0), or one a sealed store
+            # already holds up to its end: the consumer would never get a record there to move its position.
+            ends[(tp.topic, tp.partition)] = high if high > start else 0
         return ends
+
+    def _start_from_checkpoint(self, consumer: Consumer, watermarks: dict[int, tuple[int, int]]) -> None:
+        """Ask the checkpoint where to start (before anything is applied); a partition it has no position for
+        starts at the beginning."""
+        assert self.checkpoint is not None
+        offsets = self.checkpoint.start_offsets(watermarks)
+        self.started_at = {
+            tp.partition: offsets.get(tp.partition, OFFSET_BEGINNING) for tp in self._partitions
+        }
+        if offsets:
+            self.restored_from = "store"
+            consumer.assign(
+                [
+                    TopicPartition(tp.topic, tp.partition, self.started_at[tp.partition])
+                    for tp in self._partitions
+                ]
+            )
+            log.info(
+                "view continues from its local store",
+                extra={"view": self.name, "topic": self.topic, "offsets": self.started_at},
+            )
 
     def _run(self) -> None:
         assert self._consumer is not None
@@ -208,13 +245,102 @@ class MaterializedView:
 
     def close(self) -> None:
         self._stop.set()
+        stopped = True
         if self._thread is not None:
             self._thread.join(timeout=10)
+            stopped = not self._thread.is_alive()
         if self._lag is not None:
             self._lag.close()
         if self._consumer is not None:
+            if self.checkpoint is not None and stopped and self.started_at:
+                self._seal(self._consumer)
             self._consumer.close()
         READY.labels(self.name).set(0)
+
+    def _seal(self, consumer: Consumer) -> None:
+        """The thread has stopped, so every record before each position was applied: seal there."""
+        assert self.checkpoint is not None
+        try:
+            positions = {}
+            for tp in consumer.position(self._partitions):
+                offset = tp.offset
+                # Nothing fetched on that partition since the start: the start is where the state stands.
+                positions[tp.partition] = offset if offset >= 0 else self.started_at[tp.partition]
+            self.checkpoint.seal(positions)
+            log.info("view sealed its local store", extra={"view": self.name, "offsets": positions})
+        except Exception:
+            log.exception("could not seal the view's local store", extra={"view": self.name})
+
+
+class ViewCheckpoint:
+    """A view's local store: what ``apply`` built, sealed at the view's positions at a clean close, so that
+    the next start reads only the records written since (an incremental restore of a view).
+
+    The topic stays the truth. The owner's ``load(seal)`` rebuilds its state from a sealed store (entries may
+    stay on disk, see :class:`~services.kernel.processing.spill.SpillMap`) and ``write_all()`` writes what
+    memory holds before a seal; ``seal_content()`` adds the owner's own fields to the seal. A seal is
+    trusted only when, for every partition it names, the sealed position is within the topic's current
+    ``[low, high]`` watermarks and it is younger than ``max_age_seconds`` — the topic's
+    ``delete.retention.ms``: past that, compaction may have dropped a tombstone written after the seal,
+    whose deletion the store would then miss. Anything else is wiped and the view reads from the beginning.
+    """
+
+    def __init__(
+        self,
+        store: LocalStore,
+        *,
+        load: Callable[[dict[str, Any]], object],
+        write_all: Callable[[], None],
+        seal_content: Callable[[], dict[str, Any]],
+        max_age_seconds: float = 86_400.0,
+    ) -> None:
+        self.store = store
+        self.load = load
+        self.write_all = write_all
+        self.seal_content = seal_content
+        self.max_age_seconds = max_age_seconds
+
+    def start_offsets(self, watermarks: dict[int, tuple[int, int]]) -> dict[int, int]:
+        """Where to start each partition: the sealed positions when the seal is trusted ({} otherwise, the
+        store then wiped). Runs on the view's thread before the first record is applied."""
+        seal = self.store.seal_of()
+        offsets = self._trusted(seal, watermarks) if seal is not None else None
+        if offsets is None:
+            if seal is not None or self.store.estimated_keys() > 0:
+                log.info(
+                    "view store not trusted; reading the topic from the beginning",
+                    extra={"path": str(self.store.path)},
+                )
+            self.store.clear()
+            return {}
+        assert seal is not None
+        self.load(seal)
+        self.store.unseal()  # it changes from now on
+        return offsets
+
+    def _trusted(self, seal: dict[str, Any], watermarks: dict[int, tuple[int, int]]) -> dict[int, int] | None:
+        sealed = seal.get("offsets")
+        at = seal.get("at")
+        if not isinstance(sealed, dict) or not isinstance(at, (int, float)):
+            return None
+        if time.time() - at > self.max_age_seconds:
+            return None
+        offsets: dict[int, int] = {}
+        for key, offset in sealed.items():
+            partition = int(key)
+            if partition not in watermarks or not isinstance(offset, int):
+                return None  # a partition gone: another topic under this name
+            low, high = watermarks[partition]
+            if offset != OFFSET_BEGINNING and not low <= offset <= high:
+                return None  # records deleted past it, or the topic re-created
+            offsets[partition] = offset
+        return offsets
+
+    def seal(self, positions: dict[int, int]) -> None:
+        self.write_all()
+        self.store.seal(
+            {**self.seal_content(), "offsets": {str(p): o for p, o in positions.items()}, "at": time.time()}
+        )
 
 
 def _where(record: Record) -> str:

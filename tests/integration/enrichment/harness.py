@@ -58,6 +58,7 @@ class EnrichmentWorld(Metering):
             "batch_wait_ms": 20,
             "session_timeout_ms": 6000,
             "pii_key": "test-pii-key",
+            "state_dir": self.state_dir,  # the identity graph's local stores: removed with the world
         }
         values.update(overrides)
         return EnrichmentSettings(**values)
@@ -83,6 +84,7 @@ class EnrichmentWorld(Metering):
             "ENRICHMENT_PORT": "0",
             "ENRICHMENT_INSTANCE_ID": instance_id,
             "ENRICHMENT_PII_KEY": "test-pii-key",
+            "ENRICHMENT_STATE_DIR": str(self.state_dir),
             "ENRICHMENT_SESSION_TIMEOUT_MS": "6000",
             "ENRICHMENT_BATCH_WAIT_MS": "20",
             "ENRICHMENT_MAX_BATCH_EVENTS": "200",

@@ -3,11 +3,16 @@ violation dead-lettered or flagged with its reason and path, old schema versions
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 import yaml
 
 from services.enrichment.plan import DEFAULT_PLAN_PATH
+from services.kernel.processing.store import LocalStore
+from services.kernel.topics import IDENTITY_LINKS
 from tests.integration.enrichment.harness import event
+from tests.integration.metering.harness import now_ms
 
 pytestmark = pytest.mark.integration
 
@@ -90,6 +95,59 @@ def test_a_restarted_instance_restores_the_identity_graph_before_enriching(world
     world.send([e])
     assert world.wait_enriched([e["event_id"]])[e["event_id"]]["person_id"] == "user-s"
     assert not second.errors
+
+
+def test_a_restart_reuses_the_identity_store_and_one_that_cannot_trust_it_reads_the_topic(world):
+    """Links past the memory bound (1000) live on disk; a clean stop seals the store at the view's
+    offsets, so the next start reads only the records written since; an unsealed store (a crash) is
+    wiped and identity-links is read whole. Every event resolves the same in all three runs."""
+    customer = world.customer("pro")
+    links = world.topic(IDENTITY_LINKS)
+    for i in range(1500):
+        link = {
+            "customer_id": customer,
+            "anonymous_id": f"anon-{i}",
+            "user_id": f"user-{i}",
+            "event_id": str(uuid.uuid4()),
+            "linked_at": now_ms(),
+            "kind": "identify",
+        }
+        world.producer.produce(links, world.links_encoder.encode(link), f"{customer}|anon-{i}")
+    assert world.producer.flush(30) == 0
+
+    def check(running, expected: dict[str, str]) -> None:
+        sent = [event(customer, anonymous_id=anon) for anon in expected]
+        world.send(sent)
+        got = world.wait_enriched([e["event_id"] for e in sent], timeout=60)
+        assert {e["anonymous_id"]: got[e["event_id"]]["person_id"] for e in sent} == expected
+        assert not running.errors
+
+    first = world.start_enrichment(instance_id="enr-store", state_memory_keys=1000)
+    graph = first.app.handler.enricher.graph
+    world.wait_graph(first, lambda g: len(g.links) == 1500)
+    assert graph.links.disk >= 400  # the oldest links are on disk only
+    check(first, {"anon-0": "user-0", "anon-700": "user-700", "anon-1499": "user-1499"})
+    assert first.app.identity_view.restored_from == "topic"
+    first.close()
+
+    world.identify(customer, "anon-new", "user-new")  # written while it was down
+    world.identify(customer, "anon-1", "user-moved")  # a link changed
+    second = world.start_enrichment(instance_id="enr-store", state_memory_keys=1000)
+    view = second.app.identity_view
+    assert view.restored_from == "store"
+    assert view.records == 2  # only what was written since the seal
+    expected = {"anon-0": "user-0", "anon-1": "user-moved", "anon-1498": "user-1498", "anon-new": "user-new"}
+    check(second, expected)
+    second.close()
+
+    store = LocalStore(world.state_dir / "enr-store" / links)
+    assert store.seal_of() is not None
+    store.unseal()  # as after a crash
+    store.close()
+    third = world.start_enrichment(instance_id="enr-store", state_memory_keys=1000)
+    assert third.app.identity_view.restored_from == "topic"
+    assert third.app.identity_view.records >= 1502
+    check(third, expected)
 
 
 def _plan_with(tmp_path, **changes):

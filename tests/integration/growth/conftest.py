@@ -71,8 +71,10 @@ def start_growth(
     kafka_settings: KafkaSettings,
     registry_settings: SchemaRegistrySettings,
     database_settings: DatabaseSettings,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[GrowthFactory]:
     """``start_growth(**overrides)``: the service on the test's topic prefix, stopped afterwards."""
+    state_dir = tmp_path_factory.mktemp("growth-state")  # the local stores: never the checkout's .plg
     running: list[RunningGrowth] = []
 
     def start(**overrides: Any) -> RunningGrowth:
@@ -86,6 +88,7 @@ def start_growth(
             "platform": PlatformSettings(topic_prefix=provisioned.prefix),
             "admin_token": ADMIN_TOKEN,
             "instance_id": f"test-{port}",
+            "state_dir": state_dir,
             **overrides,
         }
         settings = GrowthSettings(**fields)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
+from services.kernel.processing.store import LocalStore
 from services.kernel.topics import ACTIVATION_EVENTS, USAGE_EVENTS, topic
 from tests.integration.growth.conftest import EnrichedProducer, GrowthFactory, SseReader, wait_for
 from tests.integration.ingest.conftest import read_topic
@@ -20,11 +22,20 @@ def activation_events(growth, prefix: str, expected: int, customer: str) -> list
     return [r.value() for r in records if r.value()["customer_id"] == customer]
 
 
+def restored_from(growth) -> dict[int, str]:
+    """Where each of the activation loop's partitions came from at its last restore: "store" or
+    "changelog" (a partition that never had a record has no committed offset: it always replays, empty)."""
+    loop = growth.server.config.app.state.resources.loop
+    return dict(loop.handler.restored_from)
+
+
 def test_a_threshold_crossed_produces_one_event_each_also_after_a_restart(
-    start_growth: GrowthFactory, enriched: EnrichedProducer, provisioned
+    start_growth: GrowthFactory, enriched: EnrichedProducer, provisioned, tmp_path: Path
 ) -> None:
     customer, person = f"cust-{uuid.uuid4().hex[:8]}", "user-1"
-    growth = start_growth(instance_id="activation-test")
+    # A bound of 1000 state entries (the least allowed): the state is tiny, so this shows the store's
+    # reuse, not its spill (tests/unit/test_state_stores.py and test_bounded_state.py show that).
+    growth = start_growth(instance_id="activation-test", state_dir=tmp_path, state_memory_keys=1000)
     status_url = f"/v1/activation/{customer}/{person}"
     reader = SseReader(f"{growth.url}{status_url}/stream", growth.auth_headers())
     try:
@@ -53,10 +64,13 @@ def test_a_threshold_crossed_produces_one_event_each_also_after_a_restart(
         reader.close()
         growth.stop()
 
-    # A new process restores the counts and what fired from the changelog: more events cross nothing again,
-    # and the customer's team invites keep counting from where they were.
-    growth = start_growth(instance_id="activation-test")
+    # A new process restores the counts and what fired from its local store (sealed at the committed
+    # offsets by the clean stop): more events cross nothing again, and the customer's team invites keep
+    # counting from where they were.
+    growth = start_growth(instance_id="activation-test", state_dir=tmp_path, state_memory_keys=1000)
     with growth.client() as client:
+        wait_for(lambda: client.get("/readyz").status_code == 200, what="readiness after a restart")
+        assert "store" in restored_from(growth).values()
         enriched.send(customer, person, "project_created")
         enriched.send(customer, "user-3", "team_invite_sent")  # the customer's second: it crosses now
         wait_for(
@@ -81,6 +95,28 @@ def test_a_threshold_crossed_produces_one_event_each_also_after_a_restart(
         "project_created",
         "team_invites",
     ]
+    growth.stop()
+
+    # A store that cannot be trusted (unsealed, as after a crash) is discarded: the changelog is replayed,
+    # and the counts go on exactly.
+    sealed = 0
+    for path in (tmp_path / "activation-test").iterdir():
+        store = LocalStore(path)
+        if store.seal_of() is not None:  # the second clean stop sealed it again
+            sealed += 1
+            store.unseal()
+        store.close()
+    assert sealed > 0
+    growth = start_growth(instance_id="activation-test", state_dir=tmp_path, state_memory_keys=1000)
+    with growth.client() as client:
+        wait_for(lambda: client.get("/readyz").status_code == 200, what="readiness after a replay")
+        assert set(restored_from(growth).values()) == {"changelog"}
+        enriched.send(customer, person, "project_created")
+        wait_for(lambda: client.get(status_url).json()["person"][0]["count"] == 7, what="replayed, counted")
+        status = client.get(status_url).json()
+        invites = next(t for t in status["customer"] if t["threshold"] == "team_invites")
+        assert invites["count"] == 2  # both, once each
+    assert len(activation_events(growth, provisioned.prefix, 3, customer)) == 3  # nothing crossed again
 
 
 def test_only_the_configured_plans_cross_and_windows_count_recent_days(
