@@ -268,7 +268,7 @@ def open_resources(
     workers.start("alert-sender", sender.run)
     log.info(
         "health score starting",
-        extra={"config_version": config.version, "webhooks": len(sender.webhooks)},
+        extra={"config_version": config.version, "webhooks": len(sender.webhooks.urls)},
     )
     return res
 
