@@ -9,32 +9,16 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-import yaml
 
-from services.plans.loader import config_path, load_config
+from services.plans.loader import load_config
 from services.plans.periods import billing_period
 from tests.integration.billing.conftest import Clock
 from tests.integration.billing.harness import HOUR, Billing, stripe_invoice
 from tests.integration.metering.harness import now_ms, wait_for
+from tests.price_books import annual_plan, write_book
 
 KEY = {"authorization": "Bearer sk_test_annual"}
 VERSION = "pro-annual-2025"
-
-
-def _book(tmp_path: Path) -> Path:
-    raw = yaml.safe_load(config_path().read_text())
-    raw["plans"].append({
-        "slug": "pro_annual", "name": "Pro (annual)", "features": {"sso": True},
-        "meters": {"api_requests": {"limit": 50000}},
-        "prices": [{
-            "version": VERSION, "effective_date": "2025-01-01", "base_price": "490.00",
-            "billing_window": "annual", "usage_billing": "monthly",
-            "meters": {"api_requests": {"included": 50000, "overage_unit_price": "0.001"}},
-        }],
-    })  # fmt: skip
-    path = tmp_path / "metering.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 def test_an_annual_base_with_monthly_usage_bills_at_stripe_as_plg_does(
@@ -42,7 +26,7 @@ def test_an_annual_base_with_monthly_usage_bills_at_stripe_as_plg_does(
     tmp_path: Path,
 ) -> None:  # fmt: skip
     billing, double = clocked, clocked.double
-    book = _book(tmp_path)
+    book = write_book(tmp_path, annual_plan("pro_annual", "monthly", version=VERSION))
     monkeypatch.setenv("PLG_METERING_CONFIG", str(book))  # the CLI's price book (reconcile)
     period = billing_period(now_ms(), 1)
     # Syncs the catalog (a yearly base Price, a monthly metered one); its closer stays out of the way.
