@@ -13,9 +13,9 @@ from psycopg_pool import ConnectionPool
 from services.customers.windows import CYCLE_MONTH_SQL
 from services.plans.grants import Grant, credits_for
 from services.plans.invoice import Invoice, calculate_invoice
-from services.plans.model import PlansConfig, ResolvedPrice
-from services.plans.periods import Period, billing_period, usage_periods
-from services.plans.windows import billing_cycle, combine_months, usage_period
+from services.plans.model import PlansConfig
+from services.plans.periods import Period, usage_periods
+from services.plans.windows import combine_months, customer_window
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,26 +72,9 @@ def plain(value: Decimal) -> Decimal:
     return value.quantize(Decimal(1)) if value == value.to_integral_value() else value.normalize()
 
 
-def window_of(
-    config: PlansConfig, plan: str, pinned: str | None, at_ms: int, anchor_day: int, cycle_month: int
-) -> tuple[ResolvedPrice, Period, Period] | None:
-    """The price of ``plan`` at ``at_ms`` with its usage period and billing period (docs/billing.md
-    "Billing windows"): the version in effect when the billing period starts. None for an unknown plan."""
-    month = billing_period(at_ms, anchor_day)
-    price = config.price_for(plan, month.start.date(), pinned)
-    if price is None:
-        return None
-    if price.period_months > 1:
-        # A longer window: the version in effect when *it* started prices it.
-        price = config.price_for(
-            plan, billing_cycle(price, at_ms, anchor_day, cycle_month).start.date(), pinned
-        )
-        assert price is not None
-    return (
-        price,
-        usage_period(price, at_ms, anchor_day, cycle_month),
-        billing_cycle(price, at_ms, anchor_day, cycle_month),
-    )
+#: The price, usage period and billing period of a customer at an instant (docs/billing.md "Billing
+#: windows"); shared with the entitlement API, which enforces limits over the same usage period.
+window_of = customer_window
 
 
 def usage_over(
