@@ -223,6 +223,11 @@ def open_resources(
         max_batch=settings.max_batch,
         batch_wait=settings.batch_wait_seconds,
         consumer_config={
+            # Range, not the kernel's cooperative-sticky: sticky balances the partition COUNT over both
+            # inputs (9), so two scorers could split the 6 homes 5/1 with one holding entitlement
+            # partitions only; range splits each topic on its own (3/3 homes). The price is eager
+            # rebalances (each instance drops its cache and reloads from PostgreSQL on first sight).
+            "partition.assignment.strategy": "range",
             "session.timeout.ms": settings.session_timeout_ms,
             "heartbeat.interval.ms": max(1000, settings.session_timeout_ms // 5),
         },
