@@ -1,5 +1,7 @@
 """An annual base price with usage billed monthly, at the Stripe emulator (issue 20): checkout asks Stripe
-for a flexible-mode subscription (items on two intervals); the year's base is charged once, in advance;
+for a flexible-mode subscription (items on two intervals), and a plan change from a monthly plan migrates
+the classic subscription to flexible mode before moving its items; the year's base is charged once, in
+advance;
 each month's usage line at Stripe equals plg's to the cent (the preview, `plg billing reconcile`, and the
 month's invoice when it ends); over the month the customer pays Stripe what plg's invoice says."""
 
@@ -46,6 +48,17 @@ def test_an_annual_base_with_monthly_usage_bills_at_stripe_as_plg_does(
     made = double.billing.subscriptions[done["subscription"]]
     assert made["billing_mode"]["type"] == "flexible"
     assert sorted(it["price"]["recurring"]["interval"] for it in made["items"]["data"]) == ["month", "year"]
+
+    # A plan change to it from a monthly plan, whose subscription is classic: plg has Stripe move it to
+    # flexible billing mode first (classic refuses items on two intervals), then moves the items.
+    monthly, _, monthly_sub = billing.subscriber("pro", "pro-2025-06", period)
+    with reporter.client() as rep:
+        change = rep.post(f"/v1/checkout/{monthly}", json={"plan": "pro_annual"})
+    assert change.status_code == 200, change.text
+    assert change.json()["subscription_id"] == monthly_sub
+    moved = double.billing.subscriptions[monthly_sub]
+    assert (moved["billing_mode"]["type"], moved["metadata"]["plg_plan"]) == ("flexible", "pro_annual")
+    assert sorted(it["price"]["recurring"]["interval"] for it in moved["items"]["data"]) == ["month", "year"]
 
     # A customer on it, Stripe's periods on plg's: the year's base at once, in advance.
     c, stripe_customer, sub = billing.subscriber("pro_annual", VERSION, period, billing_mode="flexible")
