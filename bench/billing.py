@@ -29,11 +29,20 @@ from typing import Any
 import psycopg
 
 from bench import billing_close
-from bench.common import StackInfo, counter_values, cpu_seconds, load_average, pct, service, stack
+from bench.common import (
+    StackInfo,
+    counter_values,
+    cpu_seconds,
+    delete_topics,
+    load_average,
+    pct,
+    service,
+    stack,
+)
 from services.devstack.config import free_port
 from services.kernel.db import migrate
 from services.kernel.kafka import Consumer, Producer, TopicPartition
-from services.kernel.provision import admin_client, provision_all
+from services.kernel.provision import provision_all
 from services.kernel.serde import SchemaRegistry
 from services.kernel.settings import KafkaSettings, SchemaRegistrySettings
 from services.kernel.topics import USAGE_AGGREGATES, USAGE_EVENTS, topic
@@ -230,12 +239,7 @@ def report_phase(args: argparse.Namespace, st: StackInfo) -> None:
     )
     double.close()
     producer.close()
-    admin = admin_client(kafka)
-    for future in admin.delete_topics(created, operation_timeout=30).values():
-        try:
-            future.result()
-        except Exception as exc:
-            print(f"could not delete a bench topic: {exc}")
+    delete_topics(kafka, created)
 
 
 if __name__ == "__main__":

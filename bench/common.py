@@ -15,11 +15,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import orjson
+
+if TYPE_CHECKING:
+    from services.kernel.settings import KafkaSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 STACK_ENV = ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL", "DATABASE_URL")
@@ -181,6 +188,61 @@ def span(values: list[float], fmt: str = "{:,.0f}") -> str:
         f"{fmt.format(min(values))} to {fmt.format(max(values))} "
         f"(median {fmt.format(statistics.median(values))})"
     )
+
+
+def follow_usage(
+    port: int,
+    path: str,
+    headers: Mapping[str, str],
+    stamps: list[float],
+    stop: threading.Event,
+    visible: list[float],
+    checks: list[float],
+    raw: list[float],
+) -> None:
+    """Poll an entitlement check (``GET path`` on ``port``) until the usage counts every probe: probe k is
+    the k-th of ``stamps`` (its wall time: produced, or acknowledged), and usage k means it is counted.
+    Appends to ``visible`` each probe's seconds from its stamp to the first answer counting it, to
+    ``checks`` each check's answer time, and to ``raw`` the answer time of a ``/livez`` on the same process
+    and connection after each check: the in-run raw under the same load (no credential, no work), so the
+    check's tail reads against the machine's. Runs until ``stop`` is set and every probe is seen (or the
+    last one is 10 s old). For a thread of its own beside the probe sender."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    seen = 0
+    while not stop.is_set() or seen < len(stamps):
+        t0 = time.perf_counter()
+        conn.request("GET", path, headers=dict(headers))
+        body = conn.getresponse().read()
+        t1 = time.perf_counter()
+        checks.append(t1 - t0)
+        conn.request("GET", "/livez")
+        conn.getresponse().read()
+        raw.append(time.perf_counter() - t1)
+        usage = int(orjson.loads(body)["usage"])
+        now = time.time()
+        while seen < usage and seen < len(stamps):
+            visible.append(now - stamps[seen])
+            seen += 1
+        if stop.is_set() and time.time() - stamps[-1] > 10:
+            break
+        time.sleep(0.001)
+
+
+def delete_topics(kafka: KafkaSettings, names: list[str]) -> None:
+    """Delete a bench's topics, waiting for each (a failure is printed, not raised: the figures are out).
+    The admin client is kept referenced until then, as a collected one cancels its futures."""
+    from services.kernel.provision import admin_client
+
+    if not names:
+        return
+    admin = admin_client(kafka)
+    for future in admin.delete_topics(names, operation_timeout=30).values():
+        try:
+            future.result()
+        except Exception as exc:
+            print(f"could not delete a bench topic: {exc}")
+    # Gone before a private broker stops, or librdkafka complains on stderr about the lost broker.
+    del admin
 
 
 def metrics_text(port: int) -> str:

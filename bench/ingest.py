@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from bench.common import ROOT, load_average, machine_busy, service, span, stack, threads
+from bench.common import ROOT, delete_topics, load_average, machine_busy, service, span, stack, threads
 from bench.ingest_loadgen import make_template
 from services.devstack.config import free_port
 from services.ingest import store
@@ -44,7 +44,7 @@ from services.ingest.avro_usage import UsageEventEncoder
 from services.ingest.model import Limits, RequestContext, normalise_batch
 from services.kernel.db import migrate
 from services.kernel.kafka import Producer
-from services.kernel.provision import admin_client, provision_all
+from services.kernel.provision import provision_all
 from services.kernel.serde import SchemaRegistry, header
 from services.kernel.settings import KafkaSettings, SchemaRegistrySettings
 from services.kernel.topics import USAGE_EVENTS, topic
@@ -250,14 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                     rounds.append({"full": full, "half": half, "half_rate": half_rate, "raw": raw})
                     print(_round_line(n, args.connections, rounds[-1]), flush=True)
         finally:
-            admin = admin_client(kafka_settings)
-            for future in admin.delete_topics(created, operation_timeout=30).values():
-                try:
-                    future.result()
-                except Exception as exc:
-                    print(f"(could not delete a bench topic: {exc})")
-            # Gone before the private broker stops, or librdkafka complains on stderr about the lost broker.
-            del admin
+            delete_topics(kafka_settings, created)
 
     fulls = [r["full"] for r in rounds]
     halves = [r["half"] for r in rounds]

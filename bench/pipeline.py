@@ -54,6 +54,8 @@ from bench.common import (
     ROOT,
     bucket_quantile,
     cpu_seconds,
+    delete_topics,
+    follow_usage,
     histogram_buckets,
     load_average,
     pct,
@@ -67,7 +69,7 @@ from services.ingest.avro_usage import UsageEventEncoder
 from services.ingest.model import Limits, RequestContext, normalise_batch
 from services.kernel.db import migrate
 from services.kernel.kafka import OFFSET_END, Consumer, Producer, TopicPartition
-from services.kernel.provision import admin_client, provision_all
+from services.kernel.provision import provision_all
 from services.kernel.serde import SchemaRegistry, header
 from services.kernel.settings import KafkaSettings, SchemaRegistrySettings
 from services.kernel.topics import USAGE_AGGREGATES, USAGE_EVENTS, topic
@@ -354,30 +356,6 @@ class Round:
         hop_reader.start()
         assert hop_out.get(timeout=60) == "ready"
 
-        def poll() -> None:
-            conn = http.client.HTTPConnection("127.0.0.1", self.ports["entitlements"], timeout=5)
-            path = f"/v1/entitlements/{self.probe_customer}/api_requests"
-            headers = {"Authorization": f"Bearer {self.probe_key}"}
-            seen = 0
-            while not stop.is_set() or seen < len(acks):
-                t0 = time.perf_counter()
-                conn.request("GET", path, headers=headers)
-                body = conn.getresponse().read()
-                t1 = time.perf_counter()
-                checks.append(t1 - t0)
-                # The in-run raw under the same load: /livez on the same process and connection.
-                conn.request("GET", "/livez")
-                conn.getresponse().read()
-                raw_checks.append(time.perf_counter() - t1)
-                usage = int(orjson.loads(body)["usage"])
-                now = time.time()
-                while seen < usage and seen < len(acks):
-                    visible.append(now - acks[seen])
-                    seen += 1
-                if stop.is_set() and time.time() - acks[-1] > 10:
-                    break
-                time.sleep(0.001)
-
         cpu0 = {name: cpu_seconds(p.pid) for name, p in self.procs.items()}
         stages0 = self.stage_histograms()
         requests_per_s = self.args.rate / 100
@@ -394,7 +372,20 @@ class Round:
             "2",
         )
         time.sleep(2)  # the generator's warm-up
-        poller = threading.Thread(target=poll, daemon=True)
+        poller = threading.Thread(
+            target=follow_usage,
+            args=(
+                self.ports["entitlements"],
+                f"/v1/entitlements/{self.probe_customer}/api_requests",
+                {"Authorization": f"Bearer {self.probe_key}"},
+                acks,
+                stop,
+                visible,
+                checks,
+                raw_checks,
+            ),
+            daemon=True,
+        )
         conn = http.client.HTTPConnection("127.0.0.1", self.ports["ingest"], timeout=10)
         headers = {"Authorization": f"Bearer {self.probe_key}", "Content-Type": "application/json"}
         started = time.monotonic()
@@ -462,13 +453,7 @@ class Round:
         }
 
     def close(self) -> None:
-        if self.created:
-            admin = admin_client(self.kafka)
-            for future in admin.delete_topics(self.created, operation_timeout=30).values():
-                try:
-                    future.result()
-                except Exception as exc:
-                    print(f"could not delete a bench topic: {exc}")
+        delete_topics(self.kafka, self.created)
 
 
 #: The stages of "ack → entitlement visible" the services' own histograms measure (Round.stage_histograms).

@@ -3,6 +3,7 @@ answer, so a test module can prove that no request of it got a 5xx (other than a
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 from collections.abc import Iterator
@@ -57,13 +58,25 @@ def raw_request(
 ) -> bytes:
     """Send ``head`` then each of ``body_parts`` ``pause`` seconds apart over a plain socket (a slow or
     stalled client), and return everything the server answered until it closed (or ``read_timeout``)."""
+    return drip_request(base_url, head, body_parts, pause, read_timeout)[0]
+
+
+def drip_request(
+    base_url: str, head: bytes, body_parts: list[bytes], pause: float, read_timeout: float
+) -> tuple[bytes, int]:
+    """:func:`raw_request`, which stops sending once the server has answered: ``(answer, parts sent)``.
+    Fewer parts sent than given means the server answered before the client finished its body."""
     url = urlsplit(base_url)
+    sent = 0
     with socket.create_connection((url.hostname, url.port), timeout=read_timeout) as sock:
         sock.sendall(head)
         try:
             for part in body_parts:
-                time.sleep(pause)
+                readable, _, _ = select.select([sock], [], [], pause)  # the pause, cut short by an answer
+                if readable:
+                    break
                 sock.sendall(part)
+                sent += 1
         except OSError:
             pass  # the server may have answered and closed already
         chunks: list[bytes] = []
@@ -71,12 +84,12 @@ def raw_request(
         while time.monotonic() < deadline:
             try:
                 chunk = sock.recv(65536)
-            except TimeoutError:
+            except (TimeoutError, ConnectionResetError):
                 break
             if not chunk:
                 break
             chunks.append(chunk)
-        return b"".join(chunks)
+        return b"".join(chunks), sent
 
 
 @dataclass
@@ -172,3 +185,30 @@ def run_schemathesis(
                 f"{type(event).__name__}: {getattr(event, 'label', '')}: {event.info.message}"
             )
     return report
+
+
+def fuzz_as(
+    name: str,
+    base_url: str,
+    runs: list[tuple[dict[str, Any], str]],
+    *,
+    max_examples: int,
+    min_requests: int,
+    allowed: frozenset[int] = frozenset(),
+    **options: Any,
+) -> None:
+    """:func:`run_schemathesis` on ``base_url`` once per ``(parameters, token)`` run — e.g. as an operator
+    with
+    generated ids, then as a real customer's own key with its id fixed — each authenticated with the token
+    and required clean (no failure, no 5xx outside ``allowed``, at least ``min_requests``)."""
+    for parameters, token in runs:
+        report = run_schemathesis(
+            f"{base_url}/openapi.json",
+            base_url=base_url,
+            max_examples=max_examples,
+            headers={"Authorization": f"Bearer {token}"},
+            **({"parameters": parameters} if parameters else {}),
+            **options,
+        )
+        print(f"schemathesis on {name} {parameters or '(generated ids)'}: {report.summary()}")
+        report.assert_clean(min_requests=min_requests, allowed=allowed)

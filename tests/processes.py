@@ -9,6 +9,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+#: How long a ``python -m`` expected to exit (or log) by itself may take before it counts as hung. Not a
+#: speed bound: a service's start reaching nothing takes 2-5 s of CPU, and a 2-core CI machine shared with
+#: other suites stretches that many times over (60 and 90 s bounds failed so); a hang never ends.
+HANG_SECONDS = 300
+
 
 class Proc:
     """A service run as ``python -m <module>`` with its output in a log file."""

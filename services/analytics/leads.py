@@ -16,7 +16,6 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import orjson
 from psycopg.types.json import Jsonb
 
@@ -27,14 +26,12 @@ from services.analytics.store import AnalyticsStore
 from services.kernel import metrics
 from services.kernel.kafka import Producer
 from services.kernel.lifecycle import wait_or_stop
-from services.kernel.logs import mask_url
 from services.kernel.serde import ValueEncoder
-from services.kernel.webhooks import SIGNATURE_HEADER, sign
+from services.kernel.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
 Connect = Callable[[], AbstractContextManager[Any]]
-MAX_WEBHOOK_ATTEMPTS = 10
 
 LEADS = metrics.counter("plg_analytics_pql", "Product-qualified leads recorded (first qualification).")
 
@@ -130,10 +127,15 @@ class PqlWatcher:
         self.producer = producer
         self.encoder = encoder
         self.topic = topic
-        self.webhooks = list(webhooks)
-        self.signing_secret = signing_secret
+        self.webhooks = WebhookSender(
+            webhooks,
+            what="pql",
+            key_field="pql_id",
+            log=log,
+            signing_secret=signing_secret,
+            timeout=timeout,
+        )
         self.interval = interval
-        self.client = httpx.Client(timeout=timeout)
         self.healthy = False
         self.rounds = 0
 
@@ -150,7 +152,7 @@ class PqlWatcher:
                 if wait_or_stop(stop, self.interval):
                     return
         finally:
-            self.client.close()
+            self.webhooks.close()
 
     def round(self, now_ms: int | None = None) -> int:
         """One evaluation; returns how many accounts newly qualified."""
@@ -204,7 +206,7 @@ class PqlWatcher:
         return len(rows)
 
     def deliver(self) -> int:
-        if not self.webhooks:
+        if not self.webhooks.urls:
             return 0
         with self.connect() as conn:
             due = conn.execute(
@@ -212,36 +214,14 @@ class PqlWatcher:
                 " WHERE NOT webhooks_settled AND webhook_next_at <= now() ORDER BY qualified_at LIMIT 100"
             ).fetchall()
         for pql_id, record, done, attempts in due:
-            done = list(done)
-            for url in self.webhooks:
-                if url not in done and self._post(url, record):
-                    done.append(url)
-            settled = all(u in done for u in self.webhooks)
-            if not settled and attempts + 1 >= MAX_WEBHOOK_ATTEMPTS:
-                log.error("pql webhook gave up", extra={"pql_id": pql_id})
-                settled = True
-            retry = min(300.0, 2.0**attempts)
+            body = orjson.dumps({"type": "pql", **record, "evidence": orjson.loads(record["evidence"])})
+            sent = self.webhooks.deliver(body, record["pql_id"], done, attempts)
             with self.connect() as conn:
                 conn.execute(
                     "UPDATE pql_leads SET webhooks_done = %s, webhook_attempts = webhook_attempts + 1,"
                     " webhooks_settled = %s, webhook_next_at = now() + make_interval(secs => %s)"
                     " WHERE pql_id = %s",
-                    (done, settled, retry, pql_id),
+                    # A settled row is never read again: its next attempt time does not matter.
+                    (sent.done, sent.settled, sent.retry_in or 0.0, pql_id),
                 )
         return len(due)
-
-    def _post(self, url: str, record: dict[str, Any]) -> bool:
-        body = orjson.dumps({"type": "pql", **record, "evidence": orjson.loads(record["evidence"])})
-        headers = {"Content-Type": "application/json", "Idempotency-Key": record["pql_id"]}
-        if self.signing_secret is not None:
-            headers[SIGNATURE_HEADER] = sign(self.signing_secret, body)
-        try:
-            response = self.client.post(url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            # The URL's path and query are often its credential (Slack, Zapier): only its host is logged.
-            log.warning("pql webhook failed", extra={"url": mask_url(url), "error": type(exc).__name__})
-            return False
-        if response.status_code >= 300:
-            log.warning("pql webhook refused", extra={"url": mask_url(url), "status": response.status_code})
-            return False
-        return True

@@ -13,9 +13,9 @@ from psycopg_pool import ConnectionPool
 from services.customers.windows import CYCLE_MONTH_SQL
 from services.plans.grants import Grant, credits_for
 from services.plans.invoice import Invoice, calculate_invoice
-from services.plans.model import PlansConfig, ResolvedPrice
-from services.plans.periods import Period, billing_period, usage_periods
-from services.plans.windows import billing_cycle, combine_months, usage_period
+from services.plans.model import PlansConfig
+from services.plans.periods import Period, usage_periods
+from services.plans.windows import combine_months, customer_window
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,44 +54,14 @@ def get_account(pool: ConnectionPool, customer_id: str) -> Account | None:
     return None if row is None else Account(*row)
 
 
-def period_usage(
-    pool: ConnectionPool, ledger: str, customer_id: str, period_start_ms: int
-) -> dict[str, Decimal]:
-    """Each meter's total for the billing period starting at ``period_start_ms``, as consumed so far."""
-    with pool.connection() as conn:
-        rows = conn.execute(
-            "SELECT meter, value FROM billing_usage WHERE ledger = %s AND customer_id = %s"
-            " AND granularity = 'BILLING_PERIOD' AND window_start = %s",
-            (ledger, customer_id, period_start_ms),
-        ).fetchall()
-    return {meter: plain(Decimal(value)) for meter, value in rows}
-
-
 def plain(value: Decimal) -> Decimal:
     """Without the column's trailing zeros: 51234.000000000 -> 51234, 1.250000000 -> 1.25."""
     return value.quantize(Decimal(1)) if value == value.to_integral_value() else value.normalize()
 
 
-def window_of(
-    config: PlansConfig, plan: str, pinned: str | None, at_ms: int, anchor_day: int, cycle_month: int
-) -> tuple[ResolvedPrice, Period, Period] | None:
-    """The price of ``plan`` at ``at_ms`` with its usage period and billing period (docs/billing.md
-    "Billing windows"): the version in effect when the billing period starts. None for an unknown plan."""
-    month = billing_period(at_ms, anchor_day)
-    price = config.price_for(plan, month.start.date(), pinned)
-    if price is None:
-        return None
-    if price.period_months > 1:
-        # A longer window: the version in effect when *it* started prices it.
-        price = config.price_for(
-            plan, billing_cycle(price, at_ms, anchor_day, cycle_month).start.date(), pinned
-        )
-        assert price is not None
-    return (
-        price,
-        usage_period(price, at_ms, anchor_day, cycle_month),
-        billing_cycle(price, at_ms, anchor_day, cycle_month),
-    )
+#: The price, usage period and billing period of a customer at an instant (docs/billing.md "Billing
+#: windows"); shared with the entitlement API, which enforces limits over the same usage period.
+window_of = customer_window
 
 
 def usage_over(
@@ -101,13 +71,14 @@ def usage_over(
     """Each meter's usage over ``period``: the ledger's monthly period totals, combined when the period
     is longer than a month (usage billed per annual or custom period)."""
     months = usage_periods(period, anchor_day)
-    totals = [_month_usage(conn, ledger, customer_id, m.start_ms) for m in months]
+    totals = [month_usage(conn, ledger, customer_id, m.start_ms) for m in months]
     return totals[0] if len(totals) == 1 else combine_months(config, totals)
 
 
-def _month_usage(
+def month_usage(
     conn: psycopg.Connection[Any], ledger: str, customer_id: str, start_ms: int
 ) -> dict[str, Decimal]:
+    """Each meter's total in the ledger for the month (billing period) starting at ``start_ms``."""
     rows = conn.execute(
         "SELECT meter, value FROM billing_usage WHERE ledger = %s AND customer_id = %s"
         " AND granularity = 'BILLING_PERIOD' AND window_start = %s",

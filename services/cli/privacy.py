@@ -221,6 +221,17 @@ def erase_postgres(
                 "health_daily_facts", "postgres", "deleted", cur.rowcount, "the person's key actions per day"
             )
         )
+        # Enriched events waiting for their customer's home scorer (several scorer instances,
+        # docs/health-score.md): folded later they would put the person back into the daily facts.
+        cur.execute(
+            "DELETE FROM health_inbox WHERE customer_id = %s AND kind = 'event' AND ("
+            " payload->>'person_id' = ANY(%s) OR payload->>'resolved_user_id' = ANY(%s)"
+            " OR payload->>'user_id' = ANY(%s) OR payload->>'anonymous_id' = ANY(%s))",
+            (customer_id, names, names, names, names),
+        )
+        report.places.append(
+            Place("health_inbox", "postgres", "deleted", cur.rowcount, "their events waiting for the scorer")
+        )
         report.places.append(
             Place(
                 "privacy_erasures",

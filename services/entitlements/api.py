@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -17,7 +18,13 @@ from starlette.responses import Response
 from services.customers import CustomerDirectory
 from services.entitlements.config import EntitlementsSettings
 from services.entitlements.grants import GrantCache
-from services.entitlements.handlers import PlanNotConfigured, UnknownFeature, decide, decision_body
+from services.entitlements.handlers import (
+    PlanNotConfigured,
+    UnknownFeature,
+    decide,
+    decision_body,
+    usage_window,
+)
 from services.entitlements.trials import TrialCache
 from services.entitlements.view import ZERO, UsageView
 from services.kernel import metrics
@@ -25,8 +32,9 @@ from services.kernel.auth import Caller, publishable_key, responses
 from services.kernel.http import resources_dependency
 from services.plans.grants import granted_units
 from services.plans.model import PlansConfig
-from services.plans.periods import billing_period
+from services.plans.periods import Period
 from services.plans.trials import trial_until
+from services.plans.windows import combine_months
 
 CHECKS = metrics.counter("plg_entitlement_checks", "Entitlement checks answered, by result.", ("result",))
 _JSON = "application/json"
@@ -140,6 +148,17 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return Response(body, status_code=status, media_type=_JSON, headers=headers)
 
 
+def _usage_over(
+    config: PlansConfig, view: UsageView, customer_id: str, feature: str, months: list[Period]
+) -> Decimal:
+    """The meter's usage over the usage period's months, combined as the invoice combines them (SUM and
+    COUNT add up, MAX the largest, LATEST the last month's)."""
+    if len(months) == 1:
+        return view.usage(customer_id, feature, months[0].start_ms)
+    values = view.recorded(customer_id, feature, [m.start_ms for m in months])
+    return combine_months(config, [{feature: v} for v in values]).get(feature, ZERO)
+
+
 router = APIRouter()
 
 # A customer's own key of either kind (browsers check their own entitlements with a publishable key), or
@@ -176,7 +195,10 @@ async def entitlement(
             )
     now_ms = int(time.time() * 1000)
     usage = ZERO
+    period = None
     if config.meter(feature) is not None:
+        # The invoice's usage period: the month, or a whole annual/custom window billed per_period.
+        period, months = usage_window(config, customer, now_ms)
         view = res.view
         if not view.ready.is_set():
             # Until the view has read the topic up to where it stood at start, a missing total means
@@ -189,8 +211,7 @@ async def entitlement(
                 "the usage view is still catching up with usage-periods; retry shortly",
                 {"Retry-After": "1"},
             )
-        period = billing_period(now_ms, customer.billing_anchor_day)
-        usage = view.usage(customer_id, feature, period.start_ms)
+        usage = _usage_over(config, view, customer_id, feature, months)
     try:
         granted = ZERO
         if config.meter(feature) is not None:
@@ -198,9 +219,8 @@ async def entitlement(
             found = cache.cached(customer_id)
             if found is None:  # first check of this customer, or just changed: read it off the loop
                 found = await run_in_threadpool(cache.get, customer_id)
-            granted = granted_units(
-                found, feature, billing_period(now_ms, customer.billing_anchor_day), now_ms
-            )
+            assert period is not None
+            granted = granted_units(found, feature, period, now_ms)
         trial_until_ms = None
         if config.meter(feature) is None:
             # A boolean feature may be on trial (an onboarding completion action granted it, seed 002).
@@ -217,6 +237,7 @@ async def entitlement(
             res.settings.upgrade_url,
             granted,
             trial_until_ms=trial_until_ms,
+            period=period,
         )
     except UnknownFeature as exc:
         CHECKS.labels("unknown_feature").inc()

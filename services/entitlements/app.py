@@ -56,7 +56,10 @@ def build_app(
         directory.on_change.append(trials.invalidate)
         life.push(directory.start(), "customers")
         aggregates = topic(USAGE_PERIODS, settings.platform.topic_prefix).name
-        view = UsageView(settings.kafka, aggregates, registry.decoder(), settings.periods_kept)
+        # A limit over an annual/custom usage period adds its months up: keep them all, plus the previous
+        # month for its late updates.
+        kept = max(settings.periods_kept, config.longest_usage_months + 1)
+        view = UsageView(settings.kafka, aggregates, registry.decoder(), kept)
         life.push(view.start(), "usage view")
         log.info("entitlement API starting", extra={"aggregates": aggregates, "config": config.version})
         authenticator = auth.open_authenticator(pool, settings.auth)

@@ -24,5 +24,7 @@ class EntitlementsSettings(StreamServiceSettings):
     customers_refresh_seconds: float = Field(default=30.0, gt=0)
     # An id found absent is answered 404 from memory for this long (protects the database).
     unknown_customer_ttl_seconds: float = Field(default=1.0, ge=0)
-    # How many billing periods per customer and meter the view keeps (current + late updates to previous).
+    # How many monthly periods per customer and meter the view keeps (current + late updates to previous);
+    # raised at start to cover the longest usage period of the price book (a price billing usage
+    # ``per_period`` over a year is limited over its 12 months).
     periods_kept: int = Field(default=3, ge=1)

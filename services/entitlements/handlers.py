@@ -14,7 +14,7 @@ import orjson
 from services.customers import Customer
 from services.customers.suspension import APPEAL
 from services.plans.model import PlansConfig
-from services.plans.periods import Period, billing_period, ms_to_datetime
+from services.plans.periods import Period, billing_period, month_index, ms_to_datetime, usage_periods
 from services.plans.upgrades import (
     FEATURE_NOT_IN_PLAN,
     USAGE_LIMIT_EXCEEDED,
@@ -22,6 +22,7 @@ from services.plans.upgrades import (
     suggest_for_meter,
     upgrade_url,
 )
+from services.plans.windows import customer_window
 
 
 class UnknownFeature(LookupError):
@@ -69,6 +70,26 @@ class Decision:
     trial_until_ms: int | None = None
 
 
+def usage_window(config: PlansConfig, customer: Customer, now_ms: int) -> tuple[Period, list[Period]]:
+    """The period the customer's limits count usage over at ``now_ms``, and the monthly periods (metering's
+    ``BILLING_PERIOD`` windows) it is made of: the invoice's usage period (services/plans/windows.py), so
+    a price billing usage ``per_period`` over an annual or custom window is limited over that whole
+    window, and any other over the month. A plan the book lacks: the month (``decide`` refuses it)."""
+    month = billing_period(now_ms, customer.billing_anchor_day)
+    if config.longest_usage_months == 1:
+        return month, [month]  # no price bills usage over more than a month: no price lookup needed
+    cycle_month = customer.billing_cycle_month
+    if cycle_month is None:
+        cycle_month = month_index((customer.created_at or month.start).date())
+    found = customer_window(
+        config, customer.plan, customer.price_version, now_ms, customer.billing_anchor_day, cycle_month
+    )
+    if found is None or found[1] == month:
+        return month, [month]
+    usage_period = found[1]
+    return usage_period, usage_periods(usage_period, customer.billing_anchor_day)
+
+
 def decide(
     config: PlansConfig,
     customer: Customer,
@@ -79,12 +100,15 @@ def decide(
     granted: Decimal = Decimal(0),
     *,
     trial_until_ms: int | None = None,
+    period: Period | None = None,
 ) -> Decision:
     """Decide from the plan and the current period's ``usage`` of the meter (0 when none yet).
 
     Hard limit: allowed while usage < limit. Soft limit: always allowed (usage beyond it is billed as
     overage), with ``remaining`` counting down to 0. Unlimited: allowed, ``limit`` and ``remaining`` null.
     A meter the plan does not list, or a boolean feature that is off or absent, is ``feature_not_in_plan``.
+    ``period`` is the usage period ``usage`` was counted over (:func:`usage_window`): the customer's
+    month, or a whole annual/custom billing period when its price bills usage ``per_period``.
     """
     plan = config.plan(customer.plan)
     if plan is None:
@@ -92,14 +116,17 @@ def decide(
             f"customer {customer.customer_id!r} is on plan {customer.plan!r}, which the meters-and-plans "
             f"config (version {config.version}) does not define"
         )
-    period = billing_period(now_ms, customer.billing_anchor_day)
+    if period is None:
+        period = billing_period(now_ms, customer.billing_anchor_day)
     meter = config.meter(feature)
     if meter is None and feature not in config.feature_names:
         raise UnknownFeature(f"{feature!r} is neither a meter nor a feature of any plan")
     if customer.suspended_at is not None and customer.suspended(ms_to_datetime(now_ms)):
         # A suspension refuses every feature, whatever the plan and the usage (the plan's answer is kept
         # in the body, so the app still sees the usage; nothing to upgrade to: the way out is the appeal).
-        plain = decide(config, replace(customer, suspended_at=None), feature, usage, now_ms, upgrade_base)
+        plain = decide(
+            config, replace(customer, suspended_at=None), feature, usage, now_ms, upgrade_base, period=period
+        )
         return replace(
             plain,
             allowed=False,

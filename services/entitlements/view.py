@@ -55,6 +55,14 @@ class UsageTotals:
             return ZERO
         return periods.get(period_start_ms, ZERO)
 
+    def recorded(self, customer_id: str, meter: str, period_starts: list[int]) -> list[Decimal]:
+        """The meter's totals of those periods that have one, in the given order (a multi-month usage
+        period's months: LATEST takes the last month that had usage, as the invoice does)."""
+        periods = self._usage.get((customer_id, meter))
+        if periods is None:
+            return []
+        return [periods[start] for start in period_starts if start in periods]
+
     def apply(self, message: Message) -> None:
         """Fold one period total in; a tombstone (the aggregator dropped the key) removes it."""
         key = message.key
@@ -95,6 +103,7 @@ class UsageView:
             kafka, topic, decoder, self.totals.apply, name="usage-view", key_filter=is_period_total
         )
         self.usage = self.totals.usage
+        self.recorded = self.totals.recorded
 
     @property
     def ready(self) -> threading.Event:

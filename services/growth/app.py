@@ -12,10 +12,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.customers import CustomerDirectory
-from services.growth import api, api_activation
+from services.growth import api, api_activation, api_onboarding
 from services.growth.activation_view import ActivationView
 from services.growth.api_activation import crossing_message
-from services.growth.api_onboarding import onboarding_routes
 from services.growth.config import GrowthSettings
 from services.growth.files import ACTIVATION_FILE, FLAGS_FILE, ONBOARDING_FILE
 from services.growth.flags import Broadcaster, Evaluator, ExposureLog, FlagsRuntime, StickyAssignments
@@ -27,7 +26,7 @@ from services.growth.loop import ActivationLoop
 from services.growth.onboarding import OnboardingConfig
 from services.growth.overrides import FlagOverrides
 from services.growth.progress import ProgressStore
-from services.growth.resources import Growth, opened
+from services.growth.resources import Growth
 from services.growth.telemetry import TelemetryWriter
 from services.kernel import auth
 from services.kernel.cors import CorsMiddleware
@@ -201,11 +200,8 @@ def build_app(
         total=settings.platform.sse_max_streams,
     )
 
-    def growth() -> Growth:
-        return opened(app)
-
     app.include_router(api.router)  # flags and the admin API (api.py)
-    onboarding_routes(app, growth, api.ERRORS)
+    app.include_router(api_onboarding.router)  # next step, progress, completion (api_onboarding.py)
     app.include_router(api_activation.router)  # activation state and crossings (api_activation.py)
 
     # -- ops -------------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends
-from starlette.requests import Request
 
 from services.customers import CustomerDirectory
 from services.growth.activation_view import ActivationView
@@ -20,7 +19,7 @@ from services.growth.overrides import FlagOverrides
 from services.growth.progress import ProgressStore
 from services.growth.telemetry import TelemetryWriter
 from services.kernel import auth
-from services.kernel.http import HttpError
+from services.kernel.http import resources_dependency
 from services.kernel.listen import Listener
 from services.kernel.privacy import ErasureFollower
 
@@ -47,16 +46,6 @@ class Growth:
     overrides: FlagOverrides
 
 
-def opened(app: object) -> Growth:
-    """The app's running resources, or a 503 while it starts or stops."""
-    found: Growth | None = getattr(getattr(app, "state", None), "resources", None)
-    if found is None:
-        raise HttpError(503, "starting", "the growth service is starting or stopping", {"Retry-After": "1"})
-    return found
-
-
-async def resources(request: Request) -> Growth:
-    return opened(request.app)
-
-
+# 503 ``starting`` with Retry-After until the lifespan has opened them (services/kernel/http.py).
+resources = resources_dependency(Growth, "the growth service is starting or stopping", code="starting")
 Resources = Annotated[Growth, Depends(resources)]

@@ -8,19 +8,15 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-import httpx
 import orjson
 
 from services.health_score.store import HealthStore
 from services.kernel.kafka import Producer
 from services.kernel.lifecycle import wait_or_stop
-from services.kernel.logs import mask_url
 from services.kernel.serde import ValueEncoder
-from services.kernel.webhooks import SIGNATURE_HEADER, sign
+from services.kernel.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
-
-MAX_WEBHOOK_ATTEMPTS = 10
 
 
 class AlertSender:
@@ -39,13 +35,18 @@ class AlertSender:
         self.producer = producer
         self.encoder = encoder
         self.topic = topic
-        self.webhooks = list(webhooks)
         self.interval = interval
-        self.client = httpx.Client(timeout=timeout)
         self.healthy = False
         # Each webhook is signed (Plg-Signature, services/kernel/webhooks.py) when a secret is set; the
         # local stack may leave it unset, production refuses that (HEALTH_WEBHOOK_SIGNING_SECRET).
-        self.signing_secret = signing_secret
+        self.webhooks = WebhookSender(
+            webhooks,
+            what="alert",
+            key_field="alert_id",
+            log=log,
+            signing_secret=signing_secret,
+            timeout=timeout,
+        )
 
     def run(self, stop: threading.Event) -> None:
         try:
@@ -60,7 +61,7 @@ class AlertSender:
                 if wait_or_stop(stop, self.interval):
                     return
         finally:
-            self.client.close()
+            self.webhooks.close()
 
     def publish_once(self) -> int:
         # Rows held while publishing: each scorer instance runs a sender over the one outbox, and two
@@ -76,35 +77,10 @@ class AlertSender:
         return self.store.publish_alerts(publish)
 
     def webhooks_once(self) -> int:
-        if not self.webhooks:
+        if not self.webhooks.urls:
             return 0
         due = self.store.due_webhooks()
         for payload, done, attempts in due:
-            remaining = [u for u in self.webhooks if u not in done]
-            for url in remaining:
-                if self._post(url, payload):
-                    done.append(url)
-            all_done = all(u in done for u in self.webhooks)
-            retry: float | None = None
-            if not all_done and attempts + 1 < MAX_WEBHOOK_ATTEMPTS:
-                retry = min(300.0, 2.0**attempts)
-            elif not all_done:
-                log.error("alert webhook gave up", extra={"alert_id": payload["alert_id"]})
-            self.store.webhook_result(payload["alert_id"], done, all_done, retry)
+            sent = self.webhooks.deliver(orjson.dumps(payload), payload["alert_id"], done, attempts)
+            self.store.webhook_result(payload["alert_id"], sent.done, sent.delivered, sent.retry_in)
         return len(due)
-
-    def _post(self, url: str, payload: dict[str, Any]) -> bool:
-        body = orjson.dumps(payload)  # the exact bytes signed
-        headers = {"Content-Type": "application/json", "Idempotency-Key": payload["alert_id"]}
-        if self.signing_secret is not None:
-            headers[SIGNATURE_HEADER] = sign(self.signing_secret, body)
-        try:
-            response = self.client.post(url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            # The URL's path and query are often its credential (Slack, Zapier): only its host is logged.
-            log.warning("alert webhook failed", extra={"url": mask_url(url), "error": type(exc).__name__})
-            return False
-        if response.status_code >= 300:
-            log.warning("alert webhook refused", extra={"url": mask_url(url), "status": response.status_code})
-            return False
-        return True

@@ -152,11 +152,22 @@ def build_app(settings: IngestSettings | None = None, lifecycle: Lifecycle | Non
         ingest = opened()
         return ingest is not None and ingest.database_ready()
 
+    def database_reachable() -> bool:
+        ingest = opened()
+        return ingest is not None and ingest.database_reachable()
+
     def readiness_kafka() -> bool:
         ingest = opened()
         return ingest is not None and ingest.kafka_ready()
 
-    ops_routes(app, {"database": readiness_db, "kafka": readiness_kafka}, registry=_metrics_registry())
+    # Ready while Kafka takes writes and keys can be checked (PostgreSQL, or the key cache through its
+    # outage: then "degraded": ["database"] in the body, still 200). docs/operations.md.
+    ops_routes(
+        app,
+        {"database": readiness_db, "kafka": readiness_kafka},
+        registry=_metrics_registry(),
+        degraded={"database": database_reachable},
+    )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

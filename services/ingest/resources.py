@@ -89,13 +89,34 @@ class Ingest:
         self.breaker = KafkaBreaker(settings.breaker_probe_interval_seconds)
         self._kafka_checked_at = 0.0
         self._kafka_reachable = False
+        self._database_checked_at = 0.0
+        self._database_reachable = False
 
     # -- adapters -------------------------------------------------------------------------------------
 
+    def database_reachable(self) -> bool:
+        """PostgreSQL answers. Not while the customer directory's LISTEN connection is down (a flag its
+        thread keeps: no wait); otherwise a ``SELECT 1`` at most every 5 s, so a probe waits at most once
+        in a while for a database that stopped answering without closing the connection."""
+        if self.customers is not None and not self.customers.listening.is_set():
+            return False
+        now = time.monotonic()
+        if now - self._database_checked_at > 5.0:
+            try:
+                with self.pool.connection(timeout=1) as conn:
+                    conn.execute("SELECT 1")
+                self._database_reachable = True
+            except Exception:
+                self._database_reachable = False
+            self._database_checked_at = now
+        return self._database_reachable
+
     def database_ready(self) -> bool:
-        with self.pool.connection(timeout=2) as conn:
-            conn.execute("SELECT 1")
-        return True
+        """Ready as far as PostgreSQL goes: it answers, or (an outage) keys are served from the cache —
+        ingest keeps taking events with the keys it has seen (``PLG_AUTH_KEY_STALE_TTL_SECONDS``), and a
+        readiness probe must not pull such an instance out of the Service. Only an ingest that could
+        serve no key at all is not ready."""
+        return self.database_reachable() or self.auth.keys.serves_without_lookup()
 
     def kafka_ready(self) -> bool:
         """Not while the breaker is open; otherwise a metadata round trip, at most every 5 s."""

@@ -187,6 +187,16 @@ class CredentialCache(Generic[R]):
             raise CredentialError(f"{what} {key_id} has been revoked")
         return record
 
+    def serves_without_lookup(self) -> bool:
+        """Whether some credential would still be served if the database could not be asked now: a valid
+        (not revoked) row confirmed within its ``ttl + stale_ttl``. A service reads it for its readiness
+        during a database outage (no I/O; safe from any thread)."""
+        now = self._clock()
+        return any(
+            row is not None and not row.revoked and now < stale_until
+            for _, row, stale_until in list(self._entries.values())
+        )
+
     def cached(self, key_id: str) -> R | None:
         """The fresh cached row of ``key_id`` (None: cached as unknown); :class:`NotCached` otherwise."""
         cached = self._entries.get(key_id)

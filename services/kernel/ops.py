@@ -6,7 +6,10 @@
 * ``/readyz`` — 200 ``{"status": "ready"}`` when every readiness check passes, else 503 with the failing
   ones: ``{"status": "not ready", "failing": ["kafka", ...]}``. A check is a ``() -> bool``; one that
   raises counts as failing (and is logged). Checks should be cheap and non-blocking: read a flag that the
-  service's own loop keeps up to date rather than calling the broker per probe.
+  service's own loop keeps up to date rather than calling the broker per probe. *Degraded* checks name a
+  dependency the service can serve without for a while (ingest's PostgreSQL, its keys cached): a failing
+  one is listed, ``"degraded": ["database"]``, and leaves the answer 200 — readiness says whether to send
+  the service traffic, and a degraded service still takes it.
 
 :class:`OpsServer` serves them on its own port from a small threaded HTTP server, for services without an
 HTTP app (consumers/workers). :func:`ops_routes` mounts the same three endpoints on a FastAPI/Starlette
@@ -46,11 +49,15 @@ def failing_checks(readiness: Mapping[str, ReadinessCheck]) -> list[str]:
     return failing
 
 
-def readiness_response(readiness: Mapping[str, ReadinessCheck]) -> tuple[int, bytes]:
+def readiness_response(
+    readiness: Mapping[str, ReadinessCheck], degraded: Mapping[str, ReadinessCheck] | None = None
+) -> tuple[int, bytes]:
     failing = failing_checks(readiness)
-    if failing:
-        return 503, json.dumps({"status": "not ready", "failing": failing}).encode()
-    return 200, b'{"status": "ready"}'
+    body: dict[str, Any] = {"status": "not ready", "failing": failing} if failing else {"status": "ready"}
+    impaired = failing_checks(degraded) if degraded else []
+    if impaired:
+        body["degraded"] = impaired
+    return (503 if failing else 200), json.dumps(body).encode()
 
 
 class OpsServer:
@@ -140,9 +147,13 @@ class OpsServer:
 
 
 def ops_routes(
-    app: Any, readiness: Mapping[str, ReadinessCheck] | None = None, registry: CollectorRegistry = REGISTRY
+    app: Any,
+    readiness: Mapping[str, ReadinessCheck] | None = None,
+    registry: CollectorRegistry = REGISTRY,
+    degraded: Mapping[str, ReadinessCheck] | None = None,
 ) -> None:
-    """Add ``/metrics``, ``/livez`` and ``/readyz`` to a FastAPI or Starlette app (or router).
+    """Add ``/metrics``, ``/livez`` and ``/readyz`` to a FastAPI or Starlette app (or router); ``degraded``
+    checks are reported in ``/readyz`` without making it fail.
 
     Checks run in the thread pool, so a slow one never blocks the event loop.
     """
@@ -160,7 +171,7 @@ def ops_routes(
         return Response(b'{"status": "alive"}', media_type="application/json")
 
     async def readyz(_request: Request) -> Response:
-        status, body = await run_in_threadpool(readiness_response, checks)
+        status, body = await run_in_threadpool(readiness_response, checks, degraded)
         return Response(body, status_code=status, media_type="application/json")
 
     # Public on purpose: probes and Prometheus scrape without credentials; keep the port off the internet.

@@ -115,11 +115,14 @@ PLATFORM_TOPICS: tuple[TopicSpec, ...] = (
         USAGE_PERIODS,
         6,
         "usage_aggregate",
-        # Compacted, and deleted by age as a backstop: a period record is written at most ~5 min before
-        # its period starts, periods last at most 31 days, so 40 days never drops a current or just-closed
-        # period's latest total, and the topic holds at most ~3 periods per series whatever its age.
+        # Compacted, and deleted by age as a backstop. A limit counts usage over the invoice's usage
+        # period (docs/billing.md "Billing windows"): a month, or up to 36 months (the longest custom
+        # window) when a price bills usage per_period, whose first month's record must survive a restart
+        # of the entitlement view. A record is written at most ~5 min before its month starts and months
+        # last at most 31 days, so 36 * 31 + 40 days never drops a month of a current or just-closed usage
+        # period, and the topic holds at most ~38 monthly totals per series whatever its age.
         cleanup_policy="compact,delete",
-        retention_ms=40 * DAY_MS,
+        retention_ms=(36 * 31 + 40) * DAY_MS,
         description="The ungrouped billing-period totals of usage-aggregates, for readers that need only "
         "current periods (the entitlement view): bounded whatever the deployment's age.",
         config={"segment.ms": str(DAY_MS)},

@@ -11,6 +11,7 @@ import re
 from datetime import date
 from decimal import Decimal
 from enum import StrEnum
+from functools import cached_property
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -377,6 +378,16 @@ class PlansConfig(_Strict):
     @property
     def feature_names(self) -> frozenset[str]:
         return frozenset(name for p in self.plans for name in p.features)
+
+    @cached_property
+    def longest_usage_months(self) -> int:
+        """The longest usage period of any price version, in months (1 unless a version bills usage
+        ``per_period`` over an annual or custom window): how many monthly totals a limit may add up.
+        Computed once per (immutable) book: the entitlement check asks it on every meter check."""
+        return max(
+            (price.usage_months for plan in self.plans for price in self.price_versions(plan.slug)),
+            default=1,
+        )
 
     def price_versions(self, plan_slug: str) -> tuple[ResolvedPrice, ...]:
         """The plan's price versions, oldest first, defaults resolved (unknown plan: empty)."""

@@ -27,6 +27,29 @@ def usage_period(price: ResolvedPrice, at_ms: int, anchor_day: int, cycle_month:
     return billing_period(at_ms, anchor_day, price.usage_months, cycle_month)
 
 
+def customer_window(
+    config: PlansConfig, plan: str, pinned: str | None, at_ms: int, anchor_day: int, cycle_month: int
+) -> tuple[ResolvedPrice, Period, Period] | None:
+    """The price of ``plan`` at ``at_ms`` with its usage period and billing period: the version in effect
+    when the billing period starts (a longer window is priced by the version in effect when *it* started).
+    One answer for the invoices (billing reporter) and the limits (entitlement API), so both count usage
+    over the same period. None for an unknown plan."""
+    month = billing_period(at_ms, anchor_day)
+    price = config.price_for(plan, month.start.date(), pinned)
+    if price is None:
+        return None
+    if price.period_months > 1:
+        price = config.price_for(
+            plan, billing_cycle(price, at_ms, anchor_day, cycle_month).start.date(), pinned
+        )
+        assert price is not None
+    return (
+        price,
+        usage_period(price, at_ms, anchor_day, cycle_month),
+        billing_cycle(price, at_ms, anchor_day, cycle_month),
+    )
+
+
 def combine_months(config: PlansConfig, months: Sequence[Mapping[str, Decimal]]) -> dict[str, Decimal]:
     """A multi-month usage period's usage from its months' (oldest first): SUM and COUNT meters add up,
     MAX takes the largest, LATEST the last month's. (UNIQUE_COUNT cannot be combined — the price book

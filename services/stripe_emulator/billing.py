@@ -8,10 +8,14 @@ optional ``transform_quantity`` with ``divide_by`` and ``round``) or ``tiered`` 
 ``recurring[meter]``'s value over the period). A line's exact amount is rounded once, to a whole minor
 unit, half up, as Stripe rounds line amounts; an invoice's total is the sum of its lines.
 
-Subscriptions renew monthly from their ``billing_cycle_anchor`` (a day the month lacks becomes its last
-day). When a period ends (checked on every request and once a second by the server), the period's invoice
-is written: metered usage of the period ending, licensed items for the period starting, pending invoice
-items; it is paid at once (a test card) and its events are emitted.
+Subscriptions renew on their prices' interval (N months or years) from their ``billing_cycle_anchor`` (a
+day the month lacks becomes its last day). When a period ends (checked on every request and once a second
+by the server), the period's invoice is written: metered usage of the period ending, licensed items for the
+period starting, pending invoice items; it is paid at once (a test card) and its events are emitted.
+Items on different intervals (an annual base with monthly usage) need ``billing_mode[type]=flexible``, as
+at Stripe: each item then has its own period on the shared anchor, the subscription renews on the shortest
+one, and each invoice bills the items whose period ended (a year's licensed base once a year, in advance;
+monthly metered usage every month, in arrears).
 """
 
 from __future__ import annotations
@@ -65,6 +69,40 @@ def _field(obj: dict[str, Any], name: str) -> Any:
     if name == "subscription" and obj.get("object") == "invoice":
         return ((obj.get("parent") or {}).get("subscription_details") or {}).get("subscription")
     return obj.get(name)
+
+
+def interval_months(price: dict[str, Any]) -> int:
+    """A recurring price's interval in months (a year is 12 months times ``interval_count``)."""
+    recurring = price.get("recurring") or {}
+    count = int(recurring.get("interval_count") or 1)
+    unit = recurring.get("interval", "month")
+    if unit not in ("month", "year"):
+        raise StripeApiError(400, f"The emulator bills month and year intervals, not {unit!r}.")
+    return count * 12 if unit == "year" else count
+
+
+def item_period(sub: dict[str, Any], months: int) -> tuple[int, int]:
+    """The current period of an item renewing every ``months`` on the subscription's anchor: the one that
+    ends at or after the subscription's current period (the shortest interval's) ends. An item on the
+    subscription's own interval has the subscription's period."""
+    step, (start, end) = sub.get("_months", 1), sub["_period"]
+    anchor, cycle = sub["billing_cycle_anchor"], sub["_cycle"]
+    k = -(-cycle * step // months)  # item cycles whose end reaches the subscription period's end
+    if months == step or k == 0:  # k == 0: the partial first period up to a future anchor
+        return int(start), int(end)
+    return add_months(anchor, (k - 1) * months), add_months(anchor, k * months)
+
+
+def _period_of(item: dict[str, Any]) -> tuple[int, int]:
+    return item["current_period_start"], item["current_period_end"]
+
+
+def _billing_mode(form: dict[str, Any]) -> str:
+    """``billing_mode[type]`` of a subscription (or of a session's ``subscription_data``)."""
+    mode = (form.get("billing_mode") or {}).get("type") or "classic"
+    if mode not in ("classic", "flexible"):
+        raise StripeApiError(400, "Invalid billing_mode[type]", param="billing_mode[type]")
+    return str(mode)
 
 
 def add_months(anchor: int, months: int) -> int:
@@ -183,6 +221,8 @@ class BillingObjects:
             if method == "GET":
                 return self._list(kind, store, query)
             return None
+        if kind == "subscriptions" and rest[1:] == ["migrate"] and method == "POST":
+            return self.migrate_subscription(self._subscription(rest[0]), form)
         if kind == "customers" and len(rest) in (2, 3) and rest[1] == "tax_ids":
             return self._tax_ids(method, self._customer(rest[0], "customer"), rest[2:], form, query)
         if len(rest) != 1:
@@ -567,6 +607,7 @@ class BillingObjects:
                 session["customer"], session["_items"], _metadata(data),
                 anchor=_int(anchor, "billing_cycle_anchor") if anchor else None,
                 status="active" if payment == "paid" else "incomplete",
+                billing_mode=_billing_mode(data),
             )  # fmt: skip
             session["subscription"] = sub["id"]
         self.emit("checkout.session.completed", self._public(session, {}))
@@ -595,15 +636,18 @@ class BillingObjects:
             if form.get("billing_cycle_anchor")
             else None
         )
-        return self._public(self._new_subscription(customer["id"], items, _metadata(form), anchor=anchor), {})
+        sub = self._new_subscription(
+            customer["id"], items, _metadata(form), anchor=anchor, billing_mode=_billing_mode(form)
+        )
+        return self._public(sub, {})
 
     def _new_subscription(
         self, customer: str, items: list[dict[str, Any]], metadata: dict[str, str], *,
-        anchor: int | None = None, status: str = "active",
+        anchor: int | None = None, status: str = "active", billing_mode: str = "classic",
     ) -> dict[str, Any]:  # fmt: skip
         now = self.now()
         start = now
-        months = self._interval_months(items)
+        months = self._interval_months(items, flexible=billing_mode == "flexible")
         # A future anchor: the first (partial) period runs from now to the anchor.
         anchor = anchor if anchor is not None and anchor > now else now
         sub_id = _id("sub")
@@ -611,6 +655,7 @@ class BillingObjects:
             "id": sub_id,
             "object": "subscription",
             "billing_cycle_anchor": anchor,
+            "billing_mode": {"flexible": {}, "type": billing_mode},
             "cancel_at_period_end": False,
             "canceled_at": None,
             "created": now,
@@ -628,7 +673,8 @@ class BillingObjects:
             "status": status,
             "_period": (start, anchor if anchor > now else add_months(anchor, months)),
             "_cycle": 0 if anchor > now else 1,
-            # The items' interval in months (1, 12, N): periods are _cycle * _months from the anchor.
+            # The (shortest) items' interval in months (1, 12, N): periods are _cycle * _months from the
+            # anchor; a longer item (flexible mode) renews every interval_months(its price) on the anchor.
             "_months": months,
         }
         for item in items:
@@ -636,47 +682,50 @@ class BillingObjects:
         self._sync_periods(sub)
         self.subscriptions[sub_id] = sub
         self.emit("customer.subscription.created", self._public(sub, {}))
-        # The first invoice: licensed items of the first period, in advance.
-        self._invoice(sub, usage_period=None, licensed_period=sub["_period"], reason="subscription_create")
+        # The first invoice: licensed items of their first period, in advance.
+        first = {it["id"]: _period_of(it) for it in sub["items"]["data"]}
+        self._invoice(sub, usage={}, licensed=first, period=sub["_period"], reason="subscription_create")
         return sub
 
-    def _interval_months(self, items: list[dict[str, Any]]) -> int:
+    def _interval_months(self, items: list[dict[str, Any]], *, flexible: bool = False) -> int:
         """The subscription's billing interval in months, from its prices' ``recurring``: a year is 12
-        months times ``interval_count``. Items on different intervals need Stripe's flexible billing mode,
-        which the emulator does not implement: refused as a classic-mode subscription is."""
-        found: set[int] = set()
-        for item in items:
-            recurring = self.prices[item["price"]].get("recurring") or {}
-            count = int(recurring.get("interval_count") or 1)
-            unit = recurring.get("interval", "month")
-            if unit not in ("month", "year"):
-                raise StripeApiError(400, f"The emulator bills month and year intervals, not {unit!r}.")
-            found.add(count * 12 if unit == "year" else count)
-        if len(found) > 1:
+        months times ``interval_count``. Items on different intervals need Stripe's flexible billing mode
+        (refused in classic mode, as Stripe does); there the subscription renews on the shortest, which
+        the others must be multiples of (the emulator's limit: month and year always are)."""
+        found = {interval_months(self.prices[item["price"]]) for item in items}
+        if len(found) > 1 and not flexible:
             raise StripeApiError(
                 400,
                 "Currency and interval fields must match across all plans on this subscription (mixed "
-                "intervals need billing_mode flexible, which the emulator does not implement).",
+                "intervals need billing_mode[type]=flexible).",
             )
-        return found.pop() if found else 1
+        step = min(found, default=1)
+        if any(m % step for m in found):
+            raise StripeApiError(
+                400, "The emulator bills mixed intervals only when each is a multiple of the shortest."
+            )
+        return step
 
     def _item(self, sub: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
+        price = self.prices[item["price"]]
+        start, end = item_period(sub, interval_months(price))
         return {
             "id": _id("si"),
             "object": "subscription_item",
             "created": self.now(),
             "metadata": {},
-            "price": self._public(self.prices[item["price"]], {}),
+            "price": self._public(price, {}),
             "quantity": item["quantity"],
             "subscription": sub["id"],
-            "current_period_start": sub["_period"][0],
-            "current_period_end": sub["_period"][1],
+            "current_period_start": start,
+            "current_period_end": end,
         }
 
     @staticmethod
     def _sync_periods(sub: dict[str, Any]) -> None:
         for item in sub["items"]["data"]:
-            item["current_period_start"], item["current_period_end"] = sub["_period"]
+            months = interval_months(item["price"])
+            item["current_period_start"], item["current_period_end"] = item_period(sub, months)
 
     def _set_status(self, sub: dict[str, Any], status: str) -> None:
         if sub["status"] != status:
@@ -697,7 +746,8 @@ class BillingObjects:
             raise StripeApiError(400, "Invalid proration_behavior", param="proration_behavior")
         items = sub["items"]["data"]
         priced = [c for c in as_list(form.get("items")) if c.get("price") in self.prices]
-        if priced and self._interval_months(priced) != sub.get("_months", 1):
+        flexible = sub.get("billing_mode", {}).get("type") == "flexible"
+        if priced and self._interval_months(priced, flexible=flexible) != sub.get("_months", 1):
             # Stripe resets the billing cycle anchor when the interval changes; not emulated.
             raise StripeApiError(
                 400, "The emulator does not change a subscription's billing interval.", param="items"
@@ -721,9 +771,9 @@ class BillingObjects:
                 items.append(item)
                 added.append(item)
         if proration != "none":
-            start, end = sub["_period"]
-            left = Decimal(max(0, end - self.now())) / Decimal(max(1, end - start))
             for item, sign in [(it, -1) for it in removed] + [(it, 1) for it in added]:
+                start, end = _period_of(item)  # the item's own period (flexible: an annual item's year)
+                left = Decimal(max(0, end - self.now())) / Decimal(max(1, end - start))
                 price = item["price"]
                 if (price.get("recurring") or {}).get("usage_type") != "licensed":
                     continue
@@ -742,7 +792,23 @@ class BillingObjects:
             sub["cancel_at_period_end"] = form["cancel_at_period_end"] == "true"
         self.emit("customer.subscription.updated", self._public(sub, {}))
         if proration == "always_invoice":
-            self._invoice(sub, usage_period=None, licensed_period=None, reason="subscription_update")
+            self._invoice(sub, usage={}, licensed={}, period=sub["_period"], reason="subscription_update")
+        return self._public(sub, {})
+
+    def _subscription(self, sub_id: str) -> dict[str, Any]:
+        sub = self.subscriptions.get(sub_id)
+        if sub is None:
+            raise no_such("subscription", sub_id)
+        return sub
+
+    def migrate_subscription(self, sub: dict[str, Any], form: dict[str, Any]) -> dict[str, Any]:
+        """``POST /v1/subscriptions/{id}/migrate``: a classic subscription moves to flexible billing mode
+        (the only way, as at Stripe), after which its items may be on different intervals. Items added
+        later renew on the subscription's anchor (a yearly one every 12 months from it)."""
+        if _billing_mode(form) != "flexible":
+            raise StripeApiError(400, "billing_mode[type] must be flexible.", param="billing_mode[type]")
+        sub["billing_mode"] = {"flexible": {}, "type": "flexible"}
+        self.emit("customer.subscription.updated", self._public(sub, {}))
         return self._public(sub, {})
 
     def cancel_subscription(self, sub: dict[str, Any]) -> dict[str, Any]:
@@ -960,18 +1026,21 @@ class BillingObjects:
         return dict(note)
 
     def _lines(
-        self, sub: dict[str, Any], usage_period: tuple[int, int] | None,
-        licensed_period: tuple[int, int] | None, items: list[dict[str, Any]] | None = None,
+        self, sub: dict[str, Any], usage: dict[str, tuple[int, int]], licensed: dict[str, tuple[int, int]],
+        items: list[dict[str, Any]] | None = None,
     ) -> list[dict[str, Any]]:  # fmt: skip
+        """The lines of the items named: metered ones over their ``usage`` period (in arrears), licensed
+        ones for their ``licensed`` period (in advance); keyed by item id (a preview's own items: index)."""
         lines = []
-        for item in items if items is not None else sub["items"]["data"]:
+        for i, item in enumerate(items if items is not None else sub["items"]["data"]):
+            key = item.get("id") or str(i)
             price = self.prices[item["price"]["id"]]
             usage_type = (price.get("recurring") or {}).get("usage_type", "licensed")
-            if usage_type == "metered" and usage_period is not None:
-                quantity = self.meter_value(price["recurring"]["meter"], sub["customer"], *usage_period)
-                period = usage_period
-            elif usage_type == "licensed" and licensed_period is not None:
-                quantity, period = Decimal(item["quantity"] or 1), licensed_period
+            if usage_type == "metered" and key in usage:
+                period = usage[key]
+                quantity = self.meter_value(price["recurring"]["meter"], sub["customer"], *period)
+            elif usage_type == "licensed" and key in licensed:
+                quantity, period = Decimal(item["quantity"] or 1), licensed[key]
             else:
                 continue
             lines.append(self._line(price, quantity, period, sub["id"]))
@@ -1077,15 +1146,14 @@ class BillingObjects:
         self,
         sub: dict[str, Any],
         *,
-        usage_period: tuple[int, int] | None,
-        licensed_period: tuple[int, int] | None,
+        usage: dict[str, tuple[int, int]],
+        licensed: dict[str, tuple[int, int]],
+        period: tuple[int, int],
         reason: str,
     ) -> dict[str, Any]:
-        lines = self._lines(sub, usage_period, licensed_period)
+        lines = self._lines(sub, usage, licensed)
         self._apply_credits(sub["customer"], lines, self.now(), consume=True)
-        invoice = self._invoice_object(
-            sub, lines, usage_period or licensed_period or sub["_period"], reason, "paid"
-        )
+        invoice = self._invoice_object(sub, lines, period, reason, "paid")
         invoice["lines"]["data"] += self._item_lines(sub["customer"], invoice["id"])
         subtotal = sum(line["amount"] for line in invoice["lines"]["data"])
         total = subtotal - sum(c["amount"] for c in invoice["total_pretax_credit_amounts"])
@@ -1115,18 +1183,24 @@ class BillingObjects:
             raise no_such("subscription", str(sub_id), "subscription")
         start, end = sub["_period"]
         details = form.get("subscription_details") or {}
-        items = None
+        items = sub["items"]["data"]
         if details.get("items"):
             items = [
                 {"price": self._public(self.prices[i["price"]], {}), "quantity": i["quantity"]}
                 for i in self._line_items(details["items"], "subscription_details[items]")
             ]
-        lines = self._lines(
-            sub,
-            (start, end),
-            (end, add_months(sub["billing_cycle_anchor"], (sub["_cycle"] + 1) * sub.get("_months", 1))),
-            items,
-        )
+        # The invoice at the end of the current period bills the items whose own period ends with it.
+        next_end = add_months(sub["billing_cycle_anchor"], (sub["_cycle"] + 1) * sub.get("_months", 1))
+        following = {**sub, "_cycle": sub["_cycle"] + 1, "_period": (end, next_end)}
+        usage: dict[str, tuple[int, int]] = {}
+        licensed: dict[str, tuple[int, int]] = {}
+        for i, item in enumerate(items):
+            months = interval_months(item["price"])
+            current = item_period(sub, months)
+            if current[1] == end:
+                usage[item.get("id") or str(i)] = current
+                licensed[item.get("id") or str(i)] = item_period(following, months)
+        lines = self._lines(sub, usage, licensed, items)
         self._apply_credits(customer["id"], lines, self.now(), consume=False)
         lines += self._item_lines(customer["id"], None)
         return self._invoice_object(sub, lines, (start, end), "upcoming", "draft")
@@ -1137,17 +1211,20 @@ class BillingObjects:
         for sub in list(self.subscriptions.values()):
             while sub["status"] in ("active", "past_due") and sub["_period"][1] <= now:
                 ended = sub["_period"]
+                before = {it["id"]: _period_of(it) for it in sub["items"]["data"]}
                 sub["_cycle"] += 1
                 months = sub.get("_months", 1)  # a state file from before intervals: monthly
                 sub["_period"] = (ended[1], add_months(sub["billing_cycle_anchor"], sub["_cycle"] * months))
                 self._sync_periods(sub)
+                # The items whose own period ended with it (all of them unless intervals are mixed):
+                # metered usage of that period in arrears, licensed items' next period in advance.
+                usage = {k: p for k, p in before.items() if p[1] == ended[1]}
+                renewed = {it["id"]: _period_of(it) for it in sub["items"]["data"] if it["id"] in usage}
                 if sub["cancel_at_period_end"]:
-                    self._invoice(sub, usage_period=ended, licensed_period=None, reason="subscription_cycle")
+                    self._invoice(sub, usage=usage, licensed={}, period=ended, reason="subscription_cycle")
                     self.cancel_subscription(sub)
                     break
-                self._invoice(
-                    sub, usage_period=ended, licensed_period=sub["_period"], reason="subscription_cycle"
-                )
+                self._invoice(sub, usage=usage, licensed=renewed, period=ended, reason="subscription_cycle")
 
     # -- the emulator's own controls (not Stripe's API) --------------------------------------------------
     def _emulator_route(self, method: str, parts: list[str], form: dict[str, Any]) -> dict[str, Any] | None:

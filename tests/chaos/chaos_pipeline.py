@@ -1,12 +1,15 @@
 """`make chaos`: the whole pipeline under failure, bounded (about a minute of traffic) and loopback only.
 
-Usage events go straight to Kafka → enrichment → metering → billing reporter → the Stripe emulator,
-each service a real process. Meanwhile a random service is SIGKILLed and restarted every few seconds,
-the broker is restarted once, and Stripe fails 20 % of calls (429, 500, 503, timeouts after recording).
-At the end, printed and asserted: every unique event sent is enriched (or dead-lettered with a reason),
-metered exactly once (usage-aggregates == sent), Stripe's sums == the ledger == the aggregates with no
-identifier accepted twice, and Kafka's own consumer-group tool (ConsumerGroupCommand from the broker's
-jars) agrees with our lag metrics that every group is caught up.
+Usage events go through ingest's HTTP API (with API keys made by `plg keys create`) and straight to
+Kafka → enrichment → metering → billing reporter → the Stripe emulator, each service a real process.
+Meanwhile a random service (ingest too) is SIGKILLed and restarted every few seconds, the broker is
+restarted once, and Stripe fails 20 % of calls (429, 500, 503, timeouts after recording). At the end,
+printed and asserted: every unique event sent is enriched (or dead-lettered with a reason), metered
+exactly once (usage-aggregates == sent), Stripe's sums == the ledger == the aggregates with no identifier
+accepted twice, and Kafka's own consumer-group tool (ConsumerGroupCommand from the broker's jars) agrees
+with our lag metrics that every group is caught up. Ingest's client retries a request that failed (a
+SIGKILL, a 503 while the broker restarts) with the same event ids, as the SDK does: a request cut after
+Kafka took it is written twice, and the event id makes it count once downstream.
 
 Not collected by `make test` (the file name is not test_*.py); `make chaos` runs it.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -24,6 +28,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import orjson
 import psycopg
 import pytest
 
@@ -36,11 +41,30 @@ from tests.processes import Proc
 from tests.stripe_double import StripeDouble
 
 DURATION = float(os.environ.get("PLG_CHAOS_SECONDS", "45"))
-SERVICES = {
+#: Service → (module, settings prefix, consumer group or None). Every one is SIGKILLed at random.
+SERVICES: dict[str, tuple[str, str, str | None]] = {
+    "ingest": ("services.ingest", "INGEST_", None),
     "enrichment": ("services.enrichment", "ENRICHMENT_", "enrichment"),
     "metering-aggregator": ("services.metering_aggregator", "METERING_", "metering-aggregator"),
     "billing-reporter": ("services.billing_reporter", "BILLING_", "billing-reporter"),
 }
+CONSUMERS = {name: group for name, (_, _, group) in SERVICES.items() if group is not None}
+#: The share of batches sent over ingest's HTTP API; the rest go straight to Kafka.
+INGEST_SHARE = 0.5
+
+
+def _create_key(database_url: str, customer: str) -> str:
+    """A secret API key for ``customer`` made the way an operator makes one: ``plg keys create``."""
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli", "--json", "keys", "create", customer],
+        env={**os.environ, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return str(orjson.loads(result.stdout.strip().splitlines()[-1])["key"])
 
 
 def _ready(port: int) -> bool:
@@ -108,6 +132,7 @@ def test_whole_pipeline_survives_sigkills_a_broker_restart_and_stripe_failures(
                 (c, f"cus_{c}"),
             )
             customers.append(c)
+    keys = {c: _create_key(database_settings.url.get_secret_value(), c) for c in customers}
     base = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
@@ -131,6 +156,7 @@ def test_whole_pipeline_survives_sigkills_a_broker_restart_and_stripe_failures(
         "BILLING_BREAKER_COOLDOWN_SECONDS": "0.3",
         "BILLING_LEASE_SECONDS": "2",
         "BILLING_SESSION_TIMEOUT_MS": "6000",
+        "INGEST_PRODUCE_TIMEOUT_MS": "5000",
     }
     ports = {name: free_port() for name in SERVICES}
     procs: dict[str, Proc] = {}
@@ -156,8 +182,12 @@ def test_whole_pipeline_survives_sigkills_a_broker_restart_and_stripe_failures(
 
     sent: Counter[str] = Counter()
     sent_ids: set[str] = set()
+    via: Counter[str] = Counter()  # events by path: ingest (HTTP) or kafka
+    sent_lock = threading.Lock()
     stop = threading.Event()
     errors: list[BaseException] = []
+    http_retries: Counter[str] = Counter()
+    refused: list[dict[str, Any]] = []
 
     def send_acknowledged(batch: list[dict[str, Any]]) -> None:
         """Produce ``batch`` and wait for every record's delivery report. ``flush() == 0`` is not enough:
@@ -168,9 +198,17 @@ def test_whole_pipeline_survives_sigkills_a_broker_restart_and_stripe_failures(
         for future in futures:
             future.result(timeout=60)  # raises the delivery error
 
+    def counted(batch: list[dict[str, Any]], path: str) -> None:
+        with sent_lock:
+            for e in batch:
+                sent[e["customer_id"]] += 1
+                sent_ids.add(e["event_id"])
+            via[path] += len(batch)
+
     def stream() -> None:
+        pick = random.Random(rng.random())  # the main thread's rng drives the kills
         while not stop.is_set():
-            batch = [usage_event(rng.choice(customers), ts=now_ms()) for _ in range(50)]
+            batch = [usage_event(pick.choice(customers), ts=now_ms()) for _ in range(50)]
             while not stop.is_set():
                 try:
                     send_acknowledged(batch)  # retried whole after a failure: the event ids dedup it
@@ -180,10 +218,51 @@ def test_whole_pipeline_survives_sigkills_a_broker_restart_and_stripe_failures(
                     time.sleep(0.5)
             else:
                 return
-            for e in batch:
-                sent[e["customer_id"]] += 1
-                sent_ids.add(e["event_id"])
+            counted(batch, "kafka")
             time.sleep(0.05)
+
+    def post_acknowledged(client: httpx.Client, customer: str, events: list[dict[str, Any]]) -> bool:
+        """POST one batch to ingest until it answers 202, as the SDK does: the same event ids on every
+        try (a request cut by a SIGKILL may have reached Kafka already; the event id dedups it
+        downstream). False when the chaos ended first."""
+        body = orjson.dumps({"batch": events})
+        headers = {"Authorization": f"Bearer {keys[customer]}", "Content-Type": "application/json"}
+        while not stop.is_set():
+            try:
+                url = f"http://127.0.0.1:{ports['ingest']}/v1/batch"
+                response = client.post(url, content=body, headers=headers)
+            except httpx.HTTPError as exc:  # ingest killed or restarting
+                http_retries[type(exc).__name__] += 1
+                time.sleep(0.3)
+                continue
+            if response.status_code == 202:
+                results = response.json()["results"]
+                refused.extend(r for r in results if r["status"] != "accepted")
+                return True
+            # 503 (Kafka away, or starting), 429: retry the same events after a pause
+            http_retries[str(response.status_code)] += 1
+            time.sleep(min(float(response.headers.get("Retry-After", "0.3")), 1.0))
+        return False
+
+    def stream_ingest() -> None:
+        pick = random.Random(rng.random())
+        with httpx.Client(timeout=15) as client:
+            while not stop.is_set():
+                customer = pick.choice(customers)
+                events = [
+                    {
+                        "event_id": str(uuid.uuid4()),
+                        "name": "api_call_made",
+                        "timestamp": now_ms(),
+                        "properties": {},
+                        "user_id": "u1",
+                    }
+                    for _ in range(50)
+                ]
+                if not post_acknowledged(client, customer, events):
+                    return
+                counted([{**e, "customer_id": customer} for e in events], "ingest")
+                time.sleep(0.05)
 
     kills: Counter[str] = Counter()
     broker_restarts = 0
@@ -198,6 +277,8 @@ def test_whole_pipeline_survives_sigkills_a_broker_restart_and_stripe_failures(
         started_at = time.monotonic()
         producer = threading.Thread(target=stream, daemon=True)
         producer.start()
+        over_http = threading.Thread(target=stream_ingest, daemon=True)
+        over_http.start()
         restart_at = started_at + DURATION / 3
         while time.monotonic() - started_at < DURATION:
             pause = time.monotonic() + rng.uniform(3.0, 5.0)
@@ -215,6 +296,8 @@ def test_whole_pipeline_survives_sigkills_a_broker_restart_and_stripe_failures(
                 broker_restarts += 1
         stop.set()
         producer.join(60)
+        over_http.join(60)
+        assert not refused, f"ingest refused events: {refused[:3]}"
         for name in SERVICES:
             wait_for(lambda n=name: ready_supervised(n), timeout=120, what=f"{name} ready after the chaos")
         double.faults(0.0)
@@ -303,7 +386,7 @@ def test_whole_pipeline_survives_sigkills_a_broker_restart_and_stripe_failures(
         # Every group caught up, by Kafka's own tool and by our lag metrics.
         kafka_lag: dict[str, int] = {}
         ours: dict[str, float] = {}
-        for name, (_, _, group) in SERVICES.items():
+        for name, group in CONSUMERS.items():
             group_id = f"{prefix}{group}"
             try:
                 wait_for(
@@ -326,9 +409,11 @@ def test_whole_pipeline_survives_sigkills_a_broker_restart_and_stripe_failures(
                 what=f"{name}'s lag metric at 0",
             )
             ours[name] = sum(_metric(ports[name], "plg_consumer_group_lag_messages_sum"))
-        assert kafka_lag == dict.fromkeys(SERVICES, 0) == ours
+        assert kafka_lag == dict.fromkeys(CONSUMERS, 0) == ours
         print(
-            f"\nchaos: {sum(sent.values())} events sent ({len(sent_ids)} unique) in {DURATION:.0f}s;"
+            f"\nchaos: {sum(sent.values())} events sent ({len(sent_ids)} unique; through ingest"
+            f" {via['ingest']}, straight to Kafka {via['kafka']}) in {DURATION:.0f}s;"
+            f" ingest client retries {dict(http_retries)};"
             f" SIGKILLs {dict(kills)}; broker restarts {broker_restarts}; exits restarted {dict(crashed)};"
             f" producer retries {len(errors)}\n"
             f"  enriched {len(enriched)} of {len(sent_ids)}, dead-lettered {dead_lettered()};"

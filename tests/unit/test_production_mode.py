@@ -19,6 +19,7 @@ from services.devstack.config import free_port
 from services.enrichment.config import DEV_PII_KEY
 from services.growth.config import PUBLIC_DEV_ADMIN_TOKEN
 from services.kernel.settings import DEV_DLQ_KEY
+from tests.processes import HANG_SECONDS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,7 +77,12 @@ def _env(**extra: str) -> dict[str, str]:
 
 def _run(module: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_SECONDS,
     )
 
 
@@ -95,7 +101,7 @@ def _run_all(env: dict[str, str], *args: str) -> dict[str, subprocess.CompletedP
     }
     done = {}
     for module, proc in procs.items():
-        out, err = proc.communicate(timeout=90)
+        out, err = proc.communicate(timeout=HANG_SECONDS)
         done[module] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     return done
 

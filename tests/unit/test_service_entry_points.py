@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from services.devstack.config import free_port
+from tests.processes import HANG_SECONDS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,7 +73,7 @@ def test_check_config_never_prints_a_secret(module: str) -> None:
         env=_env(),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=HANG_SECONDS,
     )
 
     assert done.returncode == 0, done.stderr
@@ -110,7 +111,7 @@ def test_start_up_logs_never_show_a_secret() -> None:
     for t in pumps:
         t.start()
     logged_at: dict[str, float] = {}
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + HANG_SECONDS
     while time.monotonic() < deadline:
         now = time.monotonic()
         waiting = False

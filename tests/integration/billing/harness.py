@@ -13,22 +13,32 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
 from pydantic import SecretStr
 
+from services.billing_reporter.adjustments import Adjuster
 from services.billing_reporter.app import build_app
 from services.billing_reporter.catalog import version_prices
+from services.billing_reporter.closing import PeriodCloser
 from services.billing_reporter.config import BillingSettings, StripeSettings
+from services.billing_reporter.stripe_gateway import StripeGateway
+from services.cli.__main__ import main as plg
 from services.devstack.config import free_port
 from services.ingest import store
 from services.kernel.settings import PlatformSettings
 from services.kernel.topics import BILLING_REPORTS, USAGE_AGGREGATES, topic
+from services.plans.invoice import Invoice
+from services.plans.loader import load_config
+from services.plans.model import PlansConfig
 from services.plans.periods import Period
 from tests.auth_support import operator_token
-from tests.integration.metering.harness import Metering, RunningApi, now_ms, serve
+from tests.integration.metering.harness import Metering, RunningApi, now_ms, serve, wait_for
 from tests.stripe_double import StripeDouble
 
 WEBHOOK_SECRET = "whsec_test_billing"
 MINUTE = 60_000
+HOUR = 3_600_000
 
 
 @dataclass
@@ -57,10 +67,13 @@ class Billing:
             )  # fmt: skip
         return customer_id
 
-    def subscribe(self, customer_id: str, plan: str, version: str, period: Period) -> tuple[str, str]:
+    def subscribe(
+        self, customer_id: str, plan: str, version: str, period: Period, billing_mode: str = "classic"
+    ) -> tuple[str, str]:
         """A Stripe customer and a subscription to ``version``'s synced prices, made at the emulator
         directly (what checkout and its webhook do, tested elsewhere) and linked in plg, with Stripe's
-        periods set to plg's from ``period`` on. Returns (Stripe customer id, subscription id)."""
+        periods set to plg's from ``period`` on (``flexible``: an annual base with monthly usage).
+        Returns (Stripe customer id, subscription id)."""
         key = {"authorization": "Bearer sk_test_harness"}
         status, customer, _, _ = self.double.handle(
             "POST", "/v1/customers", {}, {"metadata": {"plg_customer_id": customer_id}}, key
@@ -70,7 +83,8 @@ class Billing:
             prices = version_prices(conn, version)
             status, sub, _, _ = self.double.handle(
                 "POST", "/v1/subscriptions", {},
-                {"customer": customer["id"], "items": [{"price": p} for p in prices.values()]}, key,
+                {"customer": customer["id"], "items": [{"price": p} for p in prices.values()],
+                 "billing_mode": {"type": billing_mode}}, key,
             )  # fmt: skip
             assert status == 200, sub
             conn.execute(
@@ -87,6 +101,43 @@ class Billing:
         state["_period"] = (period.start_ms // 1000, period.end_ms // 1000)
         self.double.billing._sync_periods(state)
         return str(customer["id"]), str(sub["id"])
+
+    def subscriber(
+        self, plan: str, version: str, period: Period, billing_mode: str = "classic"
+    ) -> tuple[str, str, str]:
+        """A new customer of ``plan`` subscribed at Stripe (:meth:`subscribe`): (plg id, Stripe customer
+        id, subscription id)."""
+        customer_id = self.customer(plan, stripe=False)
+        return (customer_id, *self.subscribe(customer_id, plan, version, period, billing_mode))
+
+    def period_usage(
+        self, customer_id: str, value: int | Decimal, period: Period, *, meter: str = "api_requests",
+        aggregation: str = "COUNT", count: int | None = None,
+    ) -> int:  # fmt: skip
+        """The customer's usage so far in ``period`` as the aggregator writes it — a closed minute window
+        and the period's total — waited for until the period total is in the ledger (its own aggregate,
+        which the ledger may take in a later batch than the window's) and the meter's report is delivered
+        at Stripe (a sum meter's window; a level meter's period level). Returns the window's start."""
+        window = now_ms() - now_ms() % MINUTE - 3 * MINUTE
+        self.aggregate(
+            customer_id, value, window_start=window, meter=meter, aggregation=aggregation, count=count
+        )
+        self.aggregate(
+            customer_id, value, window_start=period.start_ms, meter=meter, granularity="BILLING_PERIOD",
+            width=period.end_ms - period.start_ms, aggregation=aggregation, count=count,
+        )  # fmt: skip
+        wait_for(
+            lambda: self.period_total(customer_id, meter) == Decimal(value),
+            60,
+            what="the period total in the ledger",
+        )
+
+        def delivered() -> bool:
+            rows = self.ledger(customer_id)
+            return any(r[0] == meter for r in rows) and all(r[5] == "delivered" for r in rows)
+
+        wait_for(delivered, 60, what=f"{meter} at Stripe")  # a window, or a level meter's period level
+        return window
 
     def aggregate(
         self, customer_id: str, value: int | Decimal, *, window_start: int, meter: str = "api_requests",
@@ -147,6 +198,59 @@ class Billing:
         self.reporters.append(api)
         return api
 
+    def cli_env(self, monkeypatch: pytest.MonkeyPatch, **more: str) -> None:
+        """The environment ``plg billing ...`` runs with against this world (its database, topics and
+        Stripe) and the harness reporter's timing, so reconciliation knows what is due at Stripe."""
+        m = self.metering
+        for name, value in {
+            "DATABASE_URL": self.db_url, "KAFKA_BOOTSTRAP_SERVERS": m.kafka.bootstrap_servers,
+            "SCHEMA_REGISTRY_URL": m.registry.url, "PLG_TOPIC_PREFIX": m.prefix,
+            "STRIPE_API_BASE": self.double.url, "STRIPE_API_KEY": "sk_test_reconcile",
+            "BILLING_REPORT_GRANULARITY": "MINUTE", "BILLING_SETTLE_SECONDS": "0",
+            "BILLING_CORRECTION_INTERVAL_SECONDS": "0", "BILLING_LEVEL_INTERVAL_SECONDS": "0",
+            "BILLING_PLAN_INTERVAL_SECONDS": "0.2", **more,
+        }.items():  # fmt: skip
+            monkeypatch.setenv(name, value)
+
+    def reconcile(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """``plg --json billing reconcile ARGS`` here: its exit code and rows."""
+        self.cli_env(monkeypatch)
+        capsys.readouterr()
+        code = plg(["--json", "billing", "reconcile", *args])
+        return code, list(json.loads(capsys.readouterr().out))
+
+    def closer(self, pool: ConnectionPool, config: PlansConfig | None = None) -> PeriodCloser:
+        """The reporter's period closer and adjuster over this world's ledger, for a test that closes
+        periods on its own clock (the close grace: 2 h)."""
+        ledger = f"{self.metering.prefix}billing-reporter"
+        config = config or load_config()
+        gateway = StripeGateway(self.double.url, self.settings().stripe.api_key)
+        return PeriodCloser(
+            pool, config, ledger=ledger, report_granularity="MINUTE", grace_ms=2 * HOUR,
+            adjuster=Adjuster(pool, config, ledger=ledger, grace_ms=2 * HOUR, gateway=gateway),
+        )  # fmt: skip
+
+    def close_periods(
+        self, at_ms: int, customers: set[str], config: PlansConfig | None = None
+    ) -> dict[str, Invoice]:
+        """plg's final invoices of ``customers`` at ``at_ms`` (:meth:`closer`'s round, repeated until each
+        customer's ledger is complete and its invoice written; closing is idempotent)."""
+        closed: dict[str, Invoice] = {}
+        pool = ConnectionPool(self.db_url, min_size=1, max_size=2, open=True)
+        try:
+            closer = self.closer(pool, config)
+
+            def close() -> bool:
+                closed.update({i.customer_id: i for i in closer.close_due(at_ms)})
+                return customers <= set(closed)
+
+            wait_for(close, 60, interval=1.0, what="plg's final invoices")
+        finally:
+            pool.close()
+        return closed
+
     def stop_reporters(self) -> None:
         for api in reversed(self.reporters):
             api.close()
@@ -170,6 +274,27 @@ class Billing:
                 (customer_id, meter),
             ).fetchone()
         return None if row is None else Decimal(row[0])
+
+    def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """A query's rows on this world's database (what the reporter wrote, read back)."""
+        with psycopg.connect(self.db_url) as conn:
+            return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+    def adjustments(self, customer_id: str) -> list[tuple[Any, ...]]:
+        """The customer's adjustments of closed periods, in order (migration 0092)."""
+        return self.rows(
+            "SELECT seq, usage_before, usage_after, amount, stripe_status, stripe_kind, stripe_id"
+            " FROM billing_adjustments WHERE customer_id = %s ORDER BY seq",
+            customer_id,
+        )
+
+    def credit_grants(self, customer_id: str) -> list[tuple[Any, ...]]:
+        """The customer's top-up grants as mirrored at Stripe (migration 0093)."""
+        return self.rows(
+            "SELECT stripe_status, stripe_credit_grant_id, stripe_value, stripe_error"
+            " FROM billing_credit_grants WHERE customer_id = %s",
+            customer_id,
+        )
 
     def published(self) -> list[dict[str, Any]]:
         return [

@@ -6,33 +6,18 @@ The Stripe emulator runs on a clock the test moves, so the periods can end withi
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 
 import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-from services.billing_reporter.adjustments import Adjuster
-from services.billing_reporter.closing import PeriodCloser
-from services.billing_reporter.stripe_gateway import StripeGateway
-from services.cli.__main__ import main as plg
-from services.plans.loader import load_config
 from services.plans.periods import billing_period
 from tests.integration.billing.conftest import Clock
-from tests.integration.billing.harness import MINUTE, Billing, stripe_invoice
+from tests.integration.billing.harness import Billing, stripe_invoice
 from tests.integration.metering.harness import now_ms, wait_for
 
 HOUR = 3_600_000
-
-
-def _adjustments(db_url: str, customer_id: str) -> list[tuple]:
-    with psycopg.connect(db_url) as conn:
-        return conn.execute(
-            "SELECT seq, usage_before, usage_after, amount, stripe_status, stripe_kind, stripe_id"
-            " FROM billing_adjustments WHERE customer_id = %s ORDER BY seq",
-            (customer_id,),
-        ).fetchall()
 
 
 def test_late_usage_after_the_invoice_becomes_an_adjustment_on_the_next_invoice_and_at_stripe(
@@ -43,28 +28,15 @@ def test_late_usage_after_the_invoice_becomes_an_adjustment_on_the_next_invoice_
     following = billing_period(period.end_ms, 1)
     # The reporter's own closer stays out of the way: this test closes periods on its own clock.
     billing.start_reporter(close_check_seconds=3600.0)
-    c = billing.customer("pro", stripe=False)
-    stripe_customer, _ = billing.subscribe(c, "pro", "pro-2025-06", period)
-
-    window = now_ms() - now_ms() % MINUTE - 3 * MINUTE
+    c, stripe_customer, _ = billing.subscriber("pro", "pro-2025-06", period)
+    window = billing.period_usage(c, 51_000, period)
     width = period.end_ms - period.start_ms
-    billing.aggregate(c, 51_000, window_start=window)
-    billing.aggregate(c, 51_000, window_start=period.start_ms, granularity="BILLING_PERIOD", width=width)
-    wait_for(lambda: [r[5] for r in billing.ledger(c)] == ["delivered"], 60, what="the window at Stripe")
-    # The period's total is its own aggregate, which the ledger may take in a later batch.
-    wait_for(lambda: billing.period_total(c) == 51_000, 60, what="the period total in the ledger")
 
     # The period ends: Stripe writes its invoice, plg closes its own (2 h grace).
     clock.move_to(period.end_ms + HOUR)
     wait_for(lambda: stripe_invoice(double, stripe_customer, period.end_ms), 60, what="Stripe's invoice")
     pool = ConnectionPool(billing.db_url, min_size=1, max_size=2, open=True)
-    ledger = f"{billing.metering.prefix}billing-reporter"
-    config = load_config()
-    gateway = StripeGateway(double.url, billing.settings().stripe.api_key)
-    closer = PeriodCloser(
-        pool, config, ledger=ledger, report_granularity="MINUTE", grace_ms=2 * HOUR,
-        adjuster=Adjuster(pool, config, ledger=ledger, grace_ms=2 * HOUR, gateway=gateway),
-    )  # fmt: skip
+    closer = billing.closer(pool)
     try:
         after_close = period.end_ms + 2 * HOUR + 1
         closed = {i.customer_id: i for i in closer.close_due(after_close)}
@@ -81,7 +53,7 @@ def test_late_usage_after_the_invoice_becomes_an_adjustment_on_the_next_invoice_
         wait_for(lambda: billing.period_total(c) == 52_000, 60, what="the late period total in the ledger")
         for _ in range(2):  # twice: exactly once
             closer.close_due(after_close)
-        [(seq, before, after, amount, status, kind, item_id)] = _adjustments(billing.db_url, c)
+        [(seq, before, after, amount, status, kind, item_id)] = billing.adjustments(c)
         assert (seq, before, after, amount) == (0, Decimal(51_000), Decimal(52_000), Decimal("1.00"))
         assert (status, kind) == ("sent", "invoiceitem")
         assert double.billing.invoice_items[item_id]["amount"] == 100
@@ -98,7 +70,7 @@ def test_late_usage_after_the_invoice_becomes_an_adjustment_on_the_next_invoice_
         wait_for(lambda: billing.period_total(c) == 51_500, 60, what="the ledger took the correction")
         closer.close_due(after_close)
         closer.close_due(after_close)
-        rows = _adjustments(billing.db_url, c)
+        rows = billing.adjustments(c)
         assert [(r[0], r[3], r[4], r[5]) for r in rows] == [
             (0, Decimal("1.00"), "sent", "invoiceitem"),
             (1, Decimal("-0.50"), "sent", "credit_note"),
@@ -127,18 +99,10 @@ def test_late_usage_after_the_invoice_becomes_an_adjustment_on_the_next_invoice_
         assert Decimal(stripe_next["amount_due"]).scaleb(-2) == nxt.total  # what the customer pays: the same
 
         # `plg billing reconcile` shows both adjustments, in agreement with Stripe.
-        m = billing.metering
-        for name, value in {
-            "DATABASE_URL": billing.db_url, "KAFKA_BOOTSTRAP_SERVERS": m.kafka.bootstrap_servers,
-            "SCHEMA_REGISTRY_URL": m.registry.url, "PLG_TOPIC_PREFIX": m.prefix,
-            "STRIPE_API_BASE": double.url,
-            "STRIPE_API_KEY": "sk_test_reconcile", "BILLING_REPORT_GRANULARITY": "MINUTE",
-        }.items():  # fmt: skip
-            monkeypatch.setenv(name, value)
-        capsys.readouterr()
         month = following.start.strftime("%Y-%m")
-        assert plg(["--json", "billing", "reconcile", "--customer", c, "--period", month]) == 0
-        shown = [r for r in json.loads(capsys.readouterr().out) if r["kind"] == "adjustment"]
+        code, rows = billing.reconcile(monkeypatch, capsys, "--customer", c, "--period", month)
+        assert code == 0
+        shown = [r for r in rows if r["kind"] == "adjustment"]
         assert [(r["plg_amount"], r["stripe_amount"], r["stripe_kind"], r["agrees"]) for r in shown] == [
             ("1.00", "1.00", "invoiceitem", True),
             ("-0.50", "-0.50", "credit_note", True),

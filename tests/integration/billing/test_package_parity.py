@@ -4,16 +4,14 @@ synced price bills them over the included ones, and Stripe's line equals plg's t
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 
 import psycopg
 import pytest
 
 from services.billing_reporter.catalog import version_prices
-from services.cli.__main__ import main as plg
 from services.plans.periods import billing_period
-from tests.integration.billing.harness import MINUTE, Billing
+from tests.integration.billing.harness import Billing
 from tests.integration.metering.harness import now_ms, wait_for
 
 KEY = {"authorization": "Bearer sk_test_packages"}
@@ -25,9 +23,8 @@ def test_growth_compute_packages_cost_the_same_at_stripe_and_in_plg(
 ) -> None:
     double = billing.double
     reporter = billing.start_reporter()  # syncs the catalog: the package meter and its price
-    c = billing.customer("growth", stripe=False)
     period = billing_period(now_ms(), 1)
-    stripe_customer, sub = billing.subscribe(c, "growth", "growth-2025-06", period)
+    c, stripe_customer, sub = billing.subscriber("growth", "growth-2025-06", period)
     with psycopg.connect(billing.db_url) as conn:
         prices = version_prices(conn, "growth-2025-06")
     assert "compute_seconds" not in prices  # the inexact per-second price is not sold any more
@@ -35,12 +32,7 @@ def test_growth_compute_packages_cost_the_same_at_stripe_and_in_plg(
     # 101 hours and 1.5 s: 2 started hours over the 100 included -> 1.00 (1 hour and 1.5 s would be
     # 0.50 at a per-second rate's nearest cent, and 1.00 here).
     used = Decimal("363601.5")
-    window = now_ms() - now_ms() % MINUTE - 3 * MINUTE
-    billing.aggregate(c, used, window_start=window, meter="compute_seconds", aggregation="SUM", count=10)
-    billing.aggregate(
-        c, used, window_start=period.start_ms, meter="compute_seconds", granularity="BILLING_PERIOD",
-        width=period.end_ms - period.start_ms, aggregation="SUM", count=10,
-    )  # fmt: skip
+    billing.period_usage(c, used, period, meter="compute_seconds", aggregation="SUM", count=10)
 
     def delivered() -> bool:
         rows = billing.ledger(c)
@@ -69,17 +61,8 @@ def test_growth_compute_packages_cost_the_same_at_stripe_and_in_plg(
     compute = next(ln for ln in upcoming["lines"] if ln.get("meter") == "compute_seconds")
     assert (compute["packages"], compute["amount"]) == ("2", "1.00")
 
-    m = billing.metering
-    for name, value in {
-        "DATABASE_URL": billing.db_url, "KAFKA_BOOTSTRAP_SERVERS": m.kafka.bootstrap_servers,
-        "SCHEMA_REGISTRY_URL": m.registry.url, "PLG_TOPIC_PREFIX": m.prefix, "STRIPE_API_BASE": double.url,
-        "STRIPE_API_KEY": "sk_test_reconcile", "BILLING_REPORT_GRANULARITY": "MINUTE",
-        "BILLING_SETTLE_SECONDS": "0", "BILLING_CORRECTION_INTERVAL_SECONDS": "0",
-        "BILLING_LEVEL_INTERVAL_SECONDS": "0", "BILLING_PLAN_INTERVAL_SECONDS": "0.2",
-    }.items():  # fmt: skip
-        monkeypatch.setenv(name, value)
-    capsys.readouterr()
-    assert plg(["--json", "billing", "reconcile", "--customer", c, "--all"]) == 0
-    rows = {r["meter"]: r for r in json.loads(capsys.readouterr().out) if r["kind"] == "usage"}
+    code, shown = billing.reconcile(monkeypatch, capsys, "--customer", c, "--all")
+    assert code == 0
+    rows = {r["meter"]: r for r in shown if r["kind"] == "usage"}
     assert (rows[PACKAGES]["stripe"], rows[PACKAGES]["ledger_usage"]) == ("102", "102")
     assert (rows[PACKAGES]["stripe_amount"], rows[PACKAGES]["plg_amount"]) == ("1.00", "1.00")

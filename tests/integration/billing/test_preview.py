@@ -53,20 +53,28 @@ def test_preview_on_another_plan_equals_the_calculator_and_needs_the_secret_key(
             ),
             what="usage in the ledger",
         )
-        for plan, version in (
-            ("growth", None),
-            ("starter", None),
-            ("enterprise", None),
-            ("pro", "pro-2025-01"),
-        ):
+        # Every plan of the seeds' book, in effect and at each of its versions (pro's grandfathered
+        # 39.00 one too): the route and `plg billing preview` both equal the calculator.
+        monkeypatch.setenv("DATABASE_URL", billing.db_url)
+        monkeypatch.setenv("PLG_TOPIC_PREFIX", billing.metering.prefix)
+        cases = [(p.slug, None) for p in CONFIG.plans]
+        cases += [(p.slug, v.version) for p in CONFIG.plans for v in CONFIG.price_versions(p.slug)]
+        assert ("pro", "pro-2025-01") in cases
+        assert {"free", "pro", "starter", "growth", "enterprise"} <= {plan for plan, _ in cases}
+        for plan, version in cases:
             params = {"plan": plan} | ({"version": version} if version else {})
             answer = rep.get(f"/v1/invoices/{customer}/preview", params=params, headers=headers)
             assert answer.status_code == 200, answer.text
             price = CONFIG.price_for(plan, period.start.date(), version)
             assert price is not None
             expected = calculate_invoice(customer_id=customer, period=period, price=price, usage=usage)
-            assert answer.json() == expected.to_dict()
-        assert answer.json()["lines"][0]["amount"] == "39.00"  # the grandfathered version asked for
+            assert answer.json() == expected.to_dict(), (plan, version)
+            capsys.readouterr()
+            argv = ["--json", "billing", "preview", customer, "--plan", plan]
+            assert plg(argv + (["--version", version] if version else [])) == 0
+            assert json.loads(capsys.readouterr().out) == expected.to_dict(), (plan, version)
+            if version == "pro-2025-01":
+                assert answer.json()["lines"][0]["amount"] == "39.00"  # the grandfathered version
 
         op = {"Authorization": f"Bearer {_operator(billing)}"}
         assert (
@@ -97,8 +105,6 @@ def test_preview_on_another_plan_equals_the_calculator_and_needs_the_secret_key(
         route = rep.get(f"/v1/invoices/{customer}/preview", params={"plan": "growth"}, headers=headers).json()
 
     # The CLI agrees with the route.
-    monkeypatch.setenv("DATABASE_URL", billing.db_url)
-    monkeypatch.setenv("PLG_TOPIC_PREFIX", billing.metering.prefix)
     capsys.readouterr()
     assert plg(["--json", "billing", "preview", customer, "--plan", "growth"]) == 0
     assert json.loads(capsys.readouterr().out) == route

@@ -12,22 +12,7 @@ from tests.integration.metering.harness import now_ms, wait_for
 
 @pytest.fixture
 def cli_env(billing: Billing, monkeypatch: pytest.MonkeyPatch) -> Billing:
-    m = billing.metering
-    for name, value in {
-        "DATABASE_URL": billing.db_url,
-        "KAFKA_BOOTSTRAP_SERVERS": m.kafka.bootstrap_servers,
-        "SCHEMA_REGISTRY_URL": m.registry.url,
-        "PLG_TOPIC_PREFIX": m.prefix,
-        "STRIPE_API_BASE": billing.double.url,
-        "STRIPE_API_KEY": "sk_test_reconcile",
-        "BILLING_REPORT_GRANULARITY": "MINUTE",
-        # The reporter's (harness) timing, so reconciliation knows what is due at Stripe already.
-        "BILLING_SETTLE_SECONDS": "0",
-        "BILLING_CORRECTION_INTERVAL_SECONDS": "0",
-        "BILLING_LEVEL_INTERVAL_SECONDS": "0",
-        "BILLING_PLAN_INTERVAL_SECONDS": "0.2",
-    }.items():
-        monkeypatch.setenv(name, value)
+    billing.cli_env(monkeypatch)
     return billing
 
 

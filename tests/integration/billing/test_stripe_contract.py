@@ -226,6 +226,27 @@ def test_billing_objects_answer_a_subset_of_stripes_shapes(
         "items[1][price]": catalog["base"], "proration_behavior": "none",
     })  # fmt: skip
     post("/v1/invoices/create_preview", {"customer": catalog["customer"], "subscription": sub["id"]})
+    # An annual base with monthly usage (issue 20): items on two intervals, billing_mode flexible, from
+    # checkout and from the API, and that subscription's preview.
+    annual = _form(double, "/v1/prices", BASE_PRICE | {
+        "product": catalog["product"], "recurring[interval]": "year", "lookup_key": "contract-annual",
+    })["id"]  # fmt: skip
+    flexible = {
+        "customer": catalog["customer"], "items[0][price]": annual, "items[1][price]": catalog["metered"],
+        "billing_mode[type]": "flexible",
+    }  # fmt: skip
+    post("/v1/subscriptions", flexible)
+    post("/v1/checkout/sessions", {
+        "mode": "subscription", "customer": catalog["customer"], "client_reference_id": "acme",
+        "line_items[0][price]": annual, "line_items[0][quantity]": "1",
+        "line_items[1][price]": catalog["metered"], "success_url": "http://127.0.0.1/ok",
+        "subscription_data[billing_mode][type]": "flexible",
+    })  # fmt: skip
+    # A monthly plan's (classic) subscription moved to flexible billing mode before a plan change to it.
+    post(f"/v1/subscriptions/{sub['id']}/migrate", {"billing_mode[type]": "flexible"})
+    mixed = _form(double, "/v1/subscriptions", flexible)
+    assert mixed["billing_mode"]["type"] == "flexible"
+    post("/v1/invoices/create_preview", {"customer": catalog["customer"], "subscription": mixed["id"]})
     # Adjustments of a closed period: a credit note on its (paid) invoice, to the customer's balance.
     paid = next(
         i["id"] for i in double.billing.invoices.values()

@@ -5,30 +5,17 @@ invoice when it ends) uses it before charging overage: equal to plg's invoice to
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 
-import psycopg
 import pytest
 
-from services.cli.__main__ import main as plg
 from services.plans.periods import billing_period
 from tests.integration.billing.conftest import Clock
-from tests.integration.billing.harness import MINUTE, Billing, signed, stripe_event, stripe_invoice
+from tests.integration.billing.harness import Billing, signed, stripe_event, stripe_invoice
 from tests.integration.metering.harness import now_ms, wait_for
 
 HOUR = 3_600_000
 KEY = {"authorization": "Bearer sk_test_topups"}
-
-
-def _grant(db_url: str, customer_id: str) -> tuple | None:
-    with psycopg.connect(db_url) as conn:
-        return conn.execute(
-            "SELECT stripe_status, stripe_credit_grant_id, stripe_value, stripe_error"
-            " FROM billing_credit_grants"
-            " WHERE customer_id = %s",
-            (customer_id,),
-        ).fetchone()
 
 
 def test_a_top_up_is_a_stripe_credit_grant_and_stripes_invoice_equals_plgs(
@@ -38,8 +25,7 @@ def test_a_top_up_is_a_stripe_credit_grant_and_stripes_invoice_equals_plgs(
     period = billing_period(now_ms(), 1)
     # The closer's round mirrors grants: every half second here (its periods close on real time: none).
     reporter = billing.start_reporter(close_check_seconds=0.5)
-    c = billing.customer("pro", stripe=False)
-    stripe_customer, sub = billing.subscribe(c, "pro", "pro-2025-06", period)
+    c, stripe_customer, sub = billing.subscriber("pro", "pro-2025-06", period)
 
     with reporter.client() as rep:
         answer = rep.post(f"/v1/checkout/{c}/top-up", json={"meter": "api_requests", "quantity": 1})
@@ -52,7 +38,9 @@ def test_a_top_up_is_a_stripe_credit_grant_and_stripes_invoice_equals_plgs(
             body, headers = signed(stripe_event("checkout.session.completed", paid))
             assert rep.post("/v1/stripe/webhooks", content=body, headers=headers).status_code == 200
     status, grant_id, value, error = wait_for(
-        lambda: (g := _grant(billing.db_url, c)) and g[0] != "pending" and g, 60, what="the grant at Stripe"
+        lambda: (g := billing.credit_grants(c)) and g[0][0] != "pending" and g[0],
+        60,
+        what="the grant at Stripe",
     )
     assert (status, value, error) == ("sent", Decimal("10.00"), None)  # 10 000 requests at 0.001
     grant = double.billing.credit_grants[grant_id]
@@ -61,18 +49,7 @@ def test_a_top_up_is_a_stripe_credit_grant_and_stripes_invoice_equals_plgs(
     assert len(double.billing.credit_grants) == 1
 
     # 65 000 requests: 15 000 over the 50 000 included, 10 000 of them granted -> 5.00 on both sides.
-    window = now_ms() - now_ms() % MINUTE - 3 * MINUTE
-    billing.aggregate(c, 65_000, window_start=window)
-    billing.aggregate(
-        c,
-        65_000,
-        window_start=period.start_ms,
-        granularity="BILLING_PERIOD",
-        width=period.end_ms - period.start_ms,
-    )
-    wait_for(lambda: [r[5] for r in billing.ledger(c)] == ["delivered"], 60, what="the window at Stripe")
-    # The period's total is its own aggregate, which the ledger may take in a later batch.
-    wait_for(lambda: billing.period_total(c) == 65_000, 60, what="the period total in the ledger")
+    billing.period_usage(c, 65_000, period)
     with reporter.client() as rep:
         upcoming = rep.get(f"/v1/invoices/{c}/upcoming").json()
     line = next(ln for ln in upcoming["lines"] if ln.get("meter") == "api_requests")
@@ -85,18 +62,9 @@ def test_a_top_up_is_a_stripe_credit_grant_and_stripes_invoice_equals_plgs(
     metered = next(ln for ln in preview["lines"]["data"] if ln["pretax_credit_amounts"])
     assert (metered["amount"], [p["amount"] for p in metered["pretax_credit_amounts"]]) == (1500, [1000])
 
-    m = billing.metering
-    for name, value in {
-        "DATABASE_URL": billing.db_url, "KAFKA_BOOTSTRAP_SERVERS": m.kafka.bootstrap_servers,
-        "SCHEMA_REGISTRY_URL": m.registry.url, "PLG_TOPIC_PREFIX": m.prefix, "STRIPE_API_BASE": double.url,
-        "STRIPE_API_KEY": "sk_test_reconcile", "BILLING_REPORT_GRANULARITY": "MINUTE",
-        "BILLING_SETTLE_SECONDS": "0", "BILLING_CORRECTION_INTERVAL_SECONDS": "0",
-        "BILLING_LEVEL_INTERVAL_SECONDS": "0", "BILLING_PLAN_INTERVAL_SECONDS": "0.2",
-    }.items():  # fmt: skip
-        monkeypatch.setenv(name, value)
-    capsys.readouterr()
-    assert plg(["--json", "billing", "reconcile", "--customer", c, "--all"]) == 0
-    rows = {r["meter"]: r for r in json.loads(capsys.readouterr().out) if r["kind"] == "usage"}
+    code, shown = billing.reconcile(monkeypatch, capsys, "--customer", c, "--all")
+    assert code == 0
+    rows = {r["meter"]: r for r in shown if r["kind"] == "usage"}
     assert (rows["api_requests"]["stripe_amount"], rows["api_requests"]["plg_amount"]) == ("5.00", "5.00")
 
     # The period ends: Stripe's invoice of it uses the credit the same way.

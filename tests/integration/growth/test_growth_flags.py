@@ -10,7 +10,7 @@ import httpx
 
 from services.kernel.topics import USAGE_EVENTS, topic
 from tests.auth_support import customer_key, new_customer, operator_token
-from tests.integration.growth.conftest import STICKY_AB_FLAG, RunningGrowth, SseReader
+from tests.integration.growth.conftest import STICKY_AB_FLAG, GrowthFactory, RunningGrowth, SseReader
 from tests.integration.ingest.conftest import read_topic
 
 
@@ -18,21 +18,24 @@ def new_key() -> str:
     return f"t_{uuid.uuid4().hex[:12]}"
 
 
-def test_an_admin_change_reaches_an_sse_subscriber_within_a_second(growth: RunningGrowth) -> None:
+def test_an_admin_change_is_pushed_to_an_sse_subscriber_without_waiting_for_the_periodic_reload(
+    start_growth: GrowthFactory,
+) -> None:
+    # No periodic reload for an hour: a change that arrives came through PostgreSQL's NOTIFY, at once
+    # (within a second on a quiet machine; how fast is not asserted, a loaded CI machine decides that).
+    growth = start_growth(flags_poll_seconds=3600)
     reader = SseReader(f"{growth.url}/v1/flags/stream", growth.auth_headers())
     try:
-        first, _ = reader.next("flags")
+        first, _ = reader.next("flags", timeout=30)
         key = new_key()
         assert key not in {f["key"] for f in first["flags"]}
         with growth.admin() as admin:
-            sent = time.monotonic()
             answer = admin.put(f"/v1/admin/flags/{key}", json={"rollout": 25, "description": "from a test"})
         assert answer.status_code == 201, answer.text
         while True:
-            doc, arrived = reader.next("flags", timeout=5)
+            doc, _ = reader.next("flags", timeout=60)
             if key in {f["key"] for f in doc["flags"]}:
                 break
-        assert arrived - sent < 1.0
         assert doc["revision"] == answer.json()["revision"]
     finally:
         reader.close()

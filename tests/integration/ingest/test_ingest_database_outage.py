@@ -1,5 +1,7 @@
 """Ingest through a PostgreSQL outage: Kafka is fine, so events with a key ingest has seen keep being
 accepted; a key it has not seen gets a clear 503 (never a 500); after the outage every key works again.
+Readiness follows what ingest can serve: ready (``"degraded": ["database"]``) while it serves cached keys,
+not ready only when it has no key to serve.
 
 The test stops a PostgreSQL of its own (a private cluster, by its pid), never the session stack's.
 """
@@ -25,7 +27,8 @@ from services.devstack.processes import is_alive
 from services.devstack.stack import POSTGRES, Stack
 from services.kernel.apikeys import create_key, generate
 from services.kernel.settings import AuthSettings, DatabaseSettings
-from tests.integration.ingest.conftest import IngestFactory, read_topic
+from tests.integration.ingest.conftest import IngestFactory, RunningIngest, read_topic
+from tests.integration.kernel.helpers import wait_for
 
 
 @pytest.fixture
@@ -58,6 +61,12 @@ def _stop_postgres(stack: Stack) -> None:
         time.sleep(0.1)
 
 
+def _readiness(ingest: RunningIngest) -> tuple[int, dict[str, object]]:
+    with ingest.client() as client:
+        r = client.get("/readyz")
+    return r.status_code, r.json()
+
+
 def _event() -> dict[str, object]:
     return {"event_id": str(uuid.uuid4()), "name": "api_call_made", "timestamp": int(time.time() * 1000)}
 
@@ -72,12 +81,16 @@ def test_ingest_keeps_accepting_seen_keys_through_a_postgres_outage_and_answers_
         _, seen = create_key(conn, customer, "used before the outage")
         _, unseen = create_key(conn, customer, "first used during the outage")
     made_up = generate().token
-    ingest = start_ingest(
-        database=DatabaseSettings(url=SecretStr(url)),
+    settings = {
+        "database": DatabaseSettings(url=SecretStr(url)),
         # A short trust period, so the outage is met by expired rows: the stale path is what is tested.
-        key_cache_ttl_seconds=1.0,
-        auth=AuthSettings(key_stale_ttl_seconds=3600),
-    )
+        "key_cache_ttl_seconds": 1.0,
+        "auth": AuthSettings(key_stale_ttl_seconds=3600),
+    }
+    ingest = start_ingest(**settings)
+    idle = start_ingest(**settings)  # never sees a key: an outage leaves it nothing to serve
+    for running in (ingest, idle):
+        wait_for(lambda r=running: _readiness(r) == (200, {"status": "ready"}), timeout=60)
     sent: list[str] = []
     with ingest.client() as client:
 
@@ -104,15 +117,27 @@ def test_ingest_keeps_accepting_seen_keys_through_a_postgres_outage_and_answers_
             assert body["code"] == "database_unavailable", body
             assert int(headers["retry-after"]) >= 1
 
+        # Kubernetes keeps sending events to the ingest that serves its cached keys, not to the other.
+        wait_for(lambda: _readiness(ingest) == (200, {"status": "ready", "degraded": ["database"]}))
+        wait_for(lambda: _readiness(idle)[0] == 503)
+        assert _readiness(idle)[1] == {
+            "status": "not ready",
+            "failing": ["database"],
+            "degraded": ["database"],
+        }
+        assert send(seen)[0] == 202  # and it does serve them
+
         private_postgres.up()  # same port and data: the pool reconnects
         deadline = time.monotonic() + 90
         while (status := send(unseen)[0]) != 202:
             assert status == 503, status
             assert time.monotonic() < deadline, "ingest did not take the new key within 90 s of the restart"
             time.sleep(0.5)
+        for running in (ingest, idle):  # the directory's listener reconnects (back-off up to 5 s)
+            wait_for(lambda r=running: _readiness(r) == (200, {"status": "ready"}), timeout=60)
 
-    settings = ingest.settings
-    topic = f"{settings.platform.topic_prefix}usage-events"
-    records = read_topic(settings.kafka.bootstrap_servers, settings.registry.url, topic, len(sent))
+    done = ingest.settings
+    topic = f"{done.platform.topic_prefix}usage-events"
+    records = read_topic(done.kafka.bootstrap_servers, done.registry.url, topic, len(sent))
     assert sorted(r.value()["event_id"] for r in records) == sorted(sent)
     assert all(r.value()["customer_id"] == customer for r in records)

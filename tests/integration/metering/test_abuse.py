@@ -26,7 +26,9 @@ def test_a_burst_past_the_cap_suspends_at_once_and_unsuspend_lifts_it(metering: 
     config = tmp_path / "metering.yaml"
     config.write_text(text.replace("max_events_per_minute: 20000", "max_events_per_minute: 50"))
     abuser, neighbour = metering.customer("free"), metering.customer("free")
-    api = metering.start_entitlements()
+    # No periodic reload of the customers: a suspension (or its lifting) reaches the API only through the
+    # customers trigger's notification, i.e. at once — whatever a loaded machine makes of "at once".
+    api = metering.start_entitlements(customers_refresh_seconds=3600.0)
     metering.start(config_path=config)
 
     with api.client() as client:
@@ -45,9 +47,8 @@ def test_a_burst_past_the_cap_suspends_at_once_and_unsuspend_lifts_it(metering: 
         burst_sent = time.monotonic()
         # 60 at once: over the cap of 50 per minute whichever minute the first 30 fell in
         metering.send(usage_event(abuser) for _ in range(60))
-        body = wait_for(lambda: (b := check(abuser)).get("code") == "suspended" and b, timeout=20)
-        suspended_after = time.monotonic() - burst_sent
-        assert suspended_after < 10, f"suspension took {suspended_after:.1f}s"
+        body = wait_for(lambda: (b := check(abuser)).get("code") == "suspended" and b, timeout=60)
+        print(f"suspended {time.monotonic() - burst_sent:.1f} s after the burst was sent")
         assert body["allowed"] is False
         assert "over the plan's cap of 50" in body["reason"]
         assert "support" in body["appeal"]
@@ -79,13 +80,13 @@ def test_a_burst_past_the_cap_suspends_at_once_and_unsuspend_lifts_it(metering: 
 
         url = metering.database.url.get_secret_value()
         assert plg(["--database-url", url, "customers", "unsuspend", abuser]) == 0
-        wait_for(lambda: check(abuser)["allowed"] is True, timeout=10, what="unsuspended")
+        wait_for(lambda: check(abuser)["allowed"] is True, timeout=60, what="unsuspended")
         # Its events were metered all along (the evidence counts).
         assert check(abuser)["usage"] == 90
         assert dashboard_state(abuser) == "suspected"  # lifted, its signals still on the CS dashboard
 
         assert plg(["--database-url", url, "customers", "suspend", neighbour, "--reason", "chargeback"]) == 0
-        body = wait_for(lambda: (b := check(neighbour)).get("code") == "suspended" and b, timeout=10)
+        body = wait_for(lambda: (b := check(neighbour)).get("code") == "suspended" and b, timeout=60)
         assert body["reason"] == "chargeback"
         assert body["suspended_until"] is None  # by hand: until lifted
         assert plg(["--database-url", url, "customers", "unsuspend", "no-such-customer"]) == 1

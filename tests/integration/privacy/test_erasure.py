@@ -19,6 +19,7 @@ import httpx
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from services.enrichment.app import EnrichmentApp
 from services.enrichment.pii import Scrubber
@@ -170,6 +171,16 @@ def test_forget_erases_the_person_everywhere_and_later_events_start_a_new_histor
         assert tables_holding(url, [person]), "the test must start with the person in PostgreSQL"
         assert compacted_latest_holding(kafka_settings, provisioned.prefix, [anon])
 
+        # An event of the person, and one of someone else, waiting in the inbox of their customer's home
+        # scorer (routed there by another scorer instance: docs/health-score.md).
+        with psycopg.connect(url, autocommit=True) as conn:
+            for who in (pseudonym, f"other-{tag}"):
+                conn.execute(
+                    "INSERT INTO health_inbox (consumer_group, home_partition, customer_id, kind, payload)"
+                    " VALUES (%s, 0, %s, 'event', %s)",
+                    (f"privacy-test-{tag}", customer, Jsonb({"customer_id": customer, "person_id": who})),
+                )
+
         # -- the erasure ------------------------------------------------------------------------------
         forget = ("--json", "privacy", "forget", "--customer", customer, "--person", person)
         assert "admin operator token" in plg(world, *forget, ok=False)
@@ -183,6 +194,14 @@ def test_forget_erases_the_person_everywhere_and_later_events_start_a_new_histor
         assert places["growth_sticky_assignments"]["count"] >= 1
         assert places["identity-links"]["count"] == 2
         assert places["usage-events"]["action"] == "expires"
+        assert places["health_inbox"]["count"] == 1  # the person's; the other one waits on
+        with psycopg.connect(url, autocommit=True) as conn:
+            left = conn.execute(
+                "SELECT payload->>'person_id' FROM health_inbox WHERE consumer_group = %s",
+                (f"privacy-test-{tag}",),
+            ).fetchall()
+            conn.execute("DELETE FROM health_inbox WHERE consumer_group = %s", (f"privacy-test-{tag}",))
+        assert left == [(f"other-{tag}",)]
 
         # in no PostgreSQL table
         assert tables_holding(url, everything) == []

@@ -2,46 +2,19 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-
 import httpx
 import pytest
 import stripe
 
 from tests.stripe_double import StripeDouble
+from tests.unit.billing.conftest import KEY, Clock, client
 
-KEY = "sk_test_double"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def double(clock: Clock) -> Iterator[StripeDouble]:
-    d = StripeDouble(clock=clock).serve()
-    yield d
-    d.close()
-
-
-def client(double: StripeDouble, timeout: float = 10) -> stripe.StripeClient:
-    return stripe.StripeClient(
-        KEY,
-        base_addresses={"api": double.url},
-        max_network_retries=0,
-        http_client=stripe.RequestsClient(timeout=timeout),
-    )
+def double(emulator: StripeDouble) -> StripeDouble:
+    return emulator
 
 
 def event(identifier: str, value: str = "3", ts: int | None = None, customer: str = "cus_1") -> dict:

@@ -5,8 +5,6 @@ running period."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
@@ -14,36 +12,7 @@ import stripe
 
 from services.stripe_emulator.billing import add_months, price_amount, round_minor
 from services.stripe_emulator.emulator import StripeEmulator
-
-KEY = "sk_test_emulator"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = float(int(time.time()))
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def emulator(clock: Clock) -> Iterator[StripeEmulator]:
-    e = StripeEmulator(clock=clock).serve()
-    yield e
-    e.close()
-
-
-@pytest.fixture
-def sdk(emulator: StripeEmulator) -> stripe.StripeClient:
-    return stripe.StripeClient(
-        KEY, base_addresses={"api": emulator.url}, max_network_retries=0,
-        http_client=stripe.RequestsClient(timeout=10),
-    )  # fmt: skip
+from tests.unit.billing.conftest import KEY, Clock, client, meter_event
 
 
 def metered_world(sdk: stripe.StripeClient, clock: Clock) -> tuple[str, str, str]:
@@ -71,10 +40,7 @@ def metered_world(sdk: stripe.StripeClient, clock: Clock) -> tuple[str, str, str
 def test_a_metered_price_bills_the_meter_over_the_period_rounded_once_half_up(sdk, clock):
     customer, base, metered = metered_world(sdk, clock)
     sub = sdk.v1.subscriptions.create({"customer": customer, "items": [{"price": base}, {"price": metered}]})
-    sdk.v1.billing.meter_events.create(
-        {"event_name": "api_requests", "payload": {"stripe_customer_id": customer, "value": "51505"},
-         "timestamp": int(clock.now), "identifier": "e1"}
-    )  # fmt: skip
+    meter_event(sdk, customer, 51_505, clock.now, "e1")
     preview = sdk.v1.invoices.create_preview({"customer": customer, "subscription": sub.id})
     amounts = {line.pricing.price_details.price: line.amount for line in preview.lines.data}  # type: ignore[union-attr]
     # 1 505 requests over 50 000 at 0.1 cent: 150.5 cents, rounded half up to 151.
@@ -134,10 +100,7 @@ def test_checkout_completion_subscribes_to_every_line_and_emits_events(emulator,
 def test_an_ended_period_becomes_an_invoice_of_its_usage_and_the_next_base(emulator, sdk, clock):
     customer, base, metered = metered_world(sdk, clock)
     sub = sdk.v1.subscriptions.create({"customer": customer, "items": [{"price": base}, {"price": metered}]})
-    sdk.v1.billing.meter_events.create(
-        {"event_name": "api_requests", "payload": {"stripe_customer_id": customer, "value": "60000"},
-         "timestamp": int(clock.now), "identifier": "e1"}
-    )  # fmt: skip
+    meter_event(sdk, customer, 60_000, clock.now, "e1")
     end = add_months(int(clock.now), 1)
     clock.now = end + 1
     invoices = sdk.v1.invoices.list({"customer": customer, "subscription": sub.id}).data
@@ -169,24 +132,18 @@ def test_plan_change_moves_items_with_prorations_as_pending_invoice_items(sdk, c
 def test_the_account_survives_a_restart_through_the_state_file(emulator, sdk, clock, tmp_path):
     customer, base, metered = metered_world(sdk, clock)
     sub = sdk.v1.subscriptions.create({"customer": customer, "items": [{"price": base}, {"price": metered}]})
-    sdk.v1.billing.meter_events.create(
-        {"event_name": "api_requests", "payload": {"stripe_customer_id": customer, "value": "51505"},
-         "timestamp": int(clock.now), "identifier": "e1"}
-    )  # fmt: skip
+    meter_event(sdk, customer, 51_505, clock.now, "e1")
     state = tmp_path / "state.pickle"
     emulator.save(state)
     again = StripeEmulator(clock=clock)
     again.load(state)
     again.serve()
     try:
-        client = stripe.StripeClient(KEY, base_addresses={"api": again.url}, max_network_retries=0)
-        preview = client.v1.invoices.create_preview({"customer": customer, "subscription": sub.id})
+        restarted = client(again)
+        preview = restarted.v1.invoices.create_preview({"customer": customer, "subscription": sub.id})
         assert sorted(line.amount for line in preview.lines.data) == [151, 4900]
         with pytest.raises(stripe.InvalidRequestError, match="already exists with identifier"):
-            client.v1.billing.meter_events.create(
-                {"event_name": "api_requests", "payload": {"stripe_customer_id": customer, "value": "1"},
-                 "timestamp": int(clock.now), "identifier": "e1"}
-            )  # fmt: skip
+            meter_event(restarted, customer, 1, clock.now, "e1")
     finally:
         again.close()
 
@@ -223,10 +180,7 @@ def test_a_credit_note_credits_the_balance_that_the_next_invoice_uses_first(sdk,
 def test_a_credit_grant_pays_its_prices_lines_first_until_it_is_used_up_or_expires(sdk, clock):
     customer, base, metered = metered_world(sdk, clock)
     sub = sdk.v1.subscriptions.create({"customer": customer, "items": [{"price": base}, {"price": metered}]})
-    sdk.v1.billing.meter_events.create(
-        {"event_name": "api_requests", "payload": {"stripe_customer_id": customer, "value": "65000"},
-         "timestamp": int(clock.now), "identifier": "e1"}
-    )  # fmt: skip
+    meter_event(sdk, customer, 65_000, clock.now, "e1")
     end = add_months(int(clock.now), 1)
     with pytest.raises(stripe.InvalidRequestError, match="scope"):
         sdk.v1.billing.credit_grants.create(

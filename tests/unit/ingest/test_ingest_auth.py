@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -135,3 +136,32 @@ def test_token_bucket_grants_the_burst_then_asks_to_wait_then_refills() -> None:
 def test_a_batch_larger_than_the_burst_can_still_be_granted() -> None:
     limiter = RateLimiter(rate=10, burst=5, min_burst=500)
     assert limiter.retry_after("k", 500, 0.0) == 0
+
+
+def test_the_cache_says_whether_it_would_serve_a_key_without_the_database() -> None:
+    good, revoked = generate(), generate()
+    rows = {
+        good.key_id: KeyRecord(good.key_id, "acme", good.secret_sha256, revoked=False),
+        revoked.key_id: KeyRecord(revoked.key_id, "acme", revoked.secret_sha256, revoked=True),
+    }
+    clock = Clock()
+
+    async def lookup(key_id: str) -> KeyRecord | None:
+        return rows.get(key_id)
+
+    cache = KeyCache(lookup, ttl=10, negative_ttl=2, clock=clock, stale_ttl=100)
+
+    async def seen(token: str) -> None:
+        with contextlib.suppress(AuthError):
+            await cache.authenticate(f"Bearer {token}")
+
+    assert not cache.serves_without_lookup()  # nothing seen yet: an outage would refuse every key
+    run(seen(revoked.token))
+    run(seen(generate().token))  # unknown: cached as such
+    assert not cache.serves_without_lookup()  # neither a revoked nor an unknown key is served
+    run(seen(good.token))
+    assert cache.serves_without_lookup()
+    clock.now = 109.9  # expired, still within the stale window (confirmed at 0, + 10 + 100)
+    assert cache.serves_without_lookup()
+    clock.now = 110.1
+    assert not cache.serves_without_lookup()

@@ -141,3 +141,17 @@ def test_readiness_lists_every_failing_check_including_ones_that_raise() -> None
     assert status == 503
     assert body == b'{"status": "not ready", "failing": ["db", "registry"]}'
     assert readiness_response({"kafka": lambda: True}) == (200, b'{"status": "ready"}')
+
+
+def test_a_degraded_dependency_is_reported_without_failing_readiness() -> None:
+    ready = {"kafka": lambda: True, "database": lambda: True}
+    assert readiness_response(ready, {"database": lambda: False}) == (
+        200,
+        b'{"status": "ready", "degraded": ["database"]}',
+    )
+    assert readiness_response(ready, {"database": lambda: True}) == (200, b'{"status": "ready"}')
+    status, body = readiness_response({"database": lambda: False}, {"database": lambda: False})
+    assert (status, body) == (
+        503,
+        b'{"status": "not ready", "failing": ["database"], "degraded": ["database"]}',
+    )

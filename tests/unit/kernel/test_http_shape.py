@@ -38,6 +38,29 @@ def test_no_route_is_declared_in_the_composition_root(service: str) -> None:
     assert "include_router(" in app_py
 
 
+# Routes built by a function at build time rather than declared on a module-level router, each with why.
+BUILT_ROUTES = {
+    # The price list is rendered once from the plans file build_app receives; it uses no running resource.
+    ("billing-reporter", "/v1/plans"): "services.billing_reporter.pricelist",
+}
+
+
+def test_every_route_is_declared_on_a_router_not_registered_by_a_function_over_the_app() -> None:
+    """A route registered inside a function (``onboarding_routes(app, growth)``) closes over a callable that
+    fetches the resources; a route of the one shape is a module-level function of a router, and receives
+    the resources as a dependency. The kernel's own routes (ops, sign-in pages) are built per app."""
+    closures = []
+    for service, _, build in routes.HTTP_SERVICES:
+        for path, route, _ in iter_routes(build().routes):
+            endpoint = getattr(route, "endpoint", None)
+            module = getattr(endpoint, "__module__", "")
+            if endpoint is None or module.startswith(("services.kernel.", "fastapi.")):
+                continue
+            if "<locals>" in endpoint.__qualname__ and BUILT_ROUTES.get((service, path)) != module:
+                closures.append(f"{service} {path}: {module}.{endpoint.__qualname__}")
+    assert not closures, f"routes registered by a function, not declared on an APIRouter: {closures}"
+
+
 def test_the_http_service_example_in_the_docs_is_the_code() -> None:
     docs = (ROOT / "docs" / "kernel.md").read_text()
     shown = docs.split("<!-- http-example:start -->\n```python\n", 1)[1].split(

@@ -88,8 +88,8 @@ def test_wait_or_stop_returns_as_soon_as_stop_is_set() -> None:
     threading.Timer(0.05, stop.set).start()
     started = time.monotonic()
 
-    assert wait_or_stop(stop, 10.0) is True
-    assert time.monotonic() - started < 2.0
+    assert wait_or_stop(stop, 600.0) is True
+    assert time.monotonic() - started < 300  # not the whole wait: stopped, however loaded the machine
 
 
 def test_wait_or_stop_returns_false_after_the_delay_when_not_stopped() -> None:
