@@ -185,3 +185,30 @@ def run_schemathesis(
                 f"{type(event).__name__}: {getattr(event, 'label', '')}: {event.info.message}"
             )
     return report
+
+
+def fuzz_as(
+    name: str,
+    base_url: str,
+    runs: list[tuple[dict[str, Any], str]],
+    *,
+    max_examples: int,
+    min_requests: int,
+    allowed: frozenset[int] = frozenset(),
+    **options: Any,
+) -> None:
+    """:func:`run_schemathesis` on ``base_url`` once per ``(parameters, token)`` run — e.g. as an operator
+    with
+    generated ids, then as a real customer's own key with its id fixed — each authenticated with the token
+    and required clean (no failure, no 5xx outside ``allowed``, at least ``min_requests``)."""
+    for parameters, token in runs:
+        report = run_schemathesis(
+            f"{base_url}/openapi.json",
+            base_url=base_url,
+            max_examples=max_examples,
+            headers={"Authorization": f"Bearer {token}"},
+            **({"parameters": parameters} if parameters else {}),
+            **options,
+        )
+        print(f"schemathesis on {name} {parameters or '(generated ids)'}: {report.summary()}")
+        report.assert_clean(min_requests=min_requests, allowed=allowed)

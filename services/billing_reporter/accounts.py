@@ -54,19 +54,6 @@ def get_account(pool: ConnectionPool, customer_id: str) -> Account | None:
     return None if row is None else Account(*row)
 
 
-def period_usage(
-    pool: ConnectionPool, ledger: str, customer_id: str, period_start_ms: int
-) -> dict[str, Decimal]:
-    """Each meter's total for the billing period starting at ``period_start_ms``, as consumed so far."""
-    with pool.connection() as conn:
-        rows = conn.execute(
-            "SELECT meter, value FROM billing_usage WHERE ledger = %s AND customer_id = %s"
-            " AND granularity = 'BILLING_PERIOD' AND window_start = %s",
-            (ledger, customer_id, period_start_ms),
-        ).fetchall()
-    return {meter: plain(Decimal(value)) for meter, value in rows}
-
-
 def plain(value: Decimal) -> Decimal:
     """Without the column's trailing zeros: 51234.000000000 -> 51234, 1.250000000 -> 1.25."""
     return value.quantize(Decimal(1)) if value == value.to_integral_value() else value.normalize()
@@ -84,13 +71,14 @@ def usage_over(
     """Each meter's usage over ``period``: the ledger's monthly period totals, combined when the period
     is longer than a month (usage billed per annual or custom period)."""
     months = usage_periods(period, anchor_day)
-    totals = [_month_usage(conn, ledger, customer_id, m.start_ms) for m in months]
+    totals = [month_usage(conn, ledger, customer_id, m.start_ms) for m in months]
     return totals[0] if len(totals) == 1 else combine_months(config, totals)
 
 
-def _month_usage(
+def month_usage(
     conn: psycopg.Connection[Any], ledger: str, customer_id: str, start_ms: int
 ) -> dict[str, Decimal]:
+    """Each meter's total in the ledger for the month (billing period) starting at ``start_ms``."""
     rows = conn.execute(
         "SELECT meter, value FROM billing_usage WHERE ledger = %s AND customer_id = %s"
         " AND granularity = 'BILLING_PERIOD' AND window_start = %s",

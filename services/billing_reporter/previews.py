@@ -15,7 +15,13 @@ from typing import Any
 
 import psycopg
 
-from services.billing_reporter.accounts import ACCOUNT_COLUMNS, Account, grants_of, plain, usage_over
+from services.billing_reporter.accounts import (
+    ACCOUNT_COLUMNS,
+    Account,
+    grants_of,
+    month_usage,
+    usage_over,
+)
 from services.billing_reporter.reconcile import period_of
 from services.plans.grants import credits_for
 from services.plans.invoice import Invoice, calculate_invoice
@@ -46,12 +52,7 @@ def usage_of(
     conn: psycopg.Connection[Any], ledger: str, customer_id: str, period: Period
 ) -> dict[str, Decimal]:
     """Each meter's total in the period, as the ledger has consumed it (what the invoice is made of)."""
-    rows = conn.execute(
-        "SELECT meter, value FROM billing_usage WHERE ledger = %s AND customer_id = %s"
-        " AND granularity = 'BILLING_PERIOD' AND window_start = %s",
-        (ledger, customer_id, period.start_ms),
-    ).fetchall()
-    return {meter: plain(Decimal(value)) for meter, value in rows}
+    return month_usage(conn, ledger, customer_id, period.start_ms)
 
 
 def resolve_price(

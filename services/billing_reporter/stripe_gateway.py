@@ -210,6 +210,15 @@ class StripeGateway:
         )
         return sub.to_dict()
 
+    def migrate_subscription(self, subscription_id: str, *, idempotency_key: str) -> dict[str, Any]:
+        """Move a subscription to flexible billing mode (items on different intervals need it)."""
+        sub = self._client.v1.subscriptions.migrate(
+            subscription_id,
+            {"billing_mode": {"type": "flexible"}},
+            {"idempotency_key": idempotency_key},
+        )
+        return sub.to_dict()
+
     def preview_invoice(self, stripe_customer_id: str, subscription_id: str) -> dict[str, Any]:
         """Stripe's invoice for the subscription's running period (usage so far)."""
         invoice = self._client.v1.invoices.create_preview(

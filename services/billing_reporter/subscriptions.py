@@ -607,6 +607,12 @@ async def checkout(customer_id: str, request: Request, res: Resources) -> Respon
                 res.settings.plan_change_proration,
             )  # fmt: skip
             change_key = key.replace("checkout_", "change_", 1)
+            if mixed_intervals(version) and (live.get("billing_mode") or {}).get("type") != "flexible":
+                # An annual base with monthly usage: a classic subscription (every monthly plan's) cannot
+                # hold items on two intervals; Stripe moves it to flexible billing mode first.
+                await run_in_threadpool(
+                    gateway.migrate_subscription, subscription_id, idempotency_key=change_key + "_migrate"
+                )
             await run_in_threadpool(
                 record_session,
                 res.pool,

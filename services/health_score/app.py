@@ -46,7 +46,7 @@ from services.kernel.partitioning import key_partitioner
 from services.kernel.privacy import APPLIED, Erasure, follow_erasures
 from services.kernel.processing import AtLeastOnceLoop, at_least_once
 from services.kernel.processing.view import MaterializedView
-from services.kernel.provision import admin_client
+from services.kernel.provision import partition_count
 from services.kernel.serde import SchemaRegistry
 from services.kernel.service import ConfigFile, LoadedFiles
 from services.kernel.sse import StreamLimits
@@ -84,14 +84,6 @@ def seats_limits(plans: PlansConfig) -> dict[str, int]:
         if meter is not None and meter.limit is not None:
             out[plan.slug] = int(meter.limit)
     return out
-
-
-def partition_count(settings: HealthSettings, name: str) -> int:
-    """Partitions of a topic as the broker has them (a customer's home is its key's hash modulo this)."""
-    metadata = admin_client(settings.kafka).list_topics(name, timeout=10).topics.get(name)
-    if metadata is None or metadata.error is not None or not metadata.partitions:
-        raise RuntimeError(f"topic {name} does not exist: provision the catalogue first (make up)")
-    return len(metadata.partitions)
 
 
 def build_app(
@@ -202,7 +194,7 @@ def open_resources(
     enriched = topic(USAGE_EVENTS_ENRICHED, prefix).name
     homes = HomePartitions(
         enriched,
-        key_partitioner(partition_count(settings, enriched)),
+        key_partitioner(partition_count(settings.kafka, enriched)),
         settings.instance_id,
     )
     sink = HealthSink(

@@ -47,6 +47,15 @@ def admin_client(kafka: KafkaSettings) -> AdminClient:
     return AdminClient(conf)
 
 
+def partition_count(kafka: KafkaSettings, name: str) -> int:
+    """Partitions of a topic as the broker has them (a key's home partition is its hash modulo this: the
+    metering aggregator's and the health scorers' partition maths)."""
+    metadata = admin_client(kafka).list_topics(name, timeout=10).topics.get(name)
+    if metadata is None or metadata.error is not None or not metadata.partitions:
+        raise RuntimeError(f"topic {name} does not exist: provision the catalogue first (make up)")
+    return len(metadata.partitions)
+
+
 def wait_for_broker(kafka: KafkaSettings, timeout: float = 60.0) -> int:
     """Block until the cluster answers a metadata request naming at least one broker; returns their count.
 

@@ -16,7 +16,7 @@ from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ReadinessCheck
 from services.kernel.processing import ExactlyOnceLoop, exactly_once_service
 from services.kernel.processing.store import LocalStore, store_path
-from services.kernel.provision import admin_client
+from services.kernel.provision import partition_count
 from services.kernel.serde import SchemaRegistry
 from services.kernel.service import LoadedFiles
 from services.kernel.topics import METERING_CHANGELOG, USAGE_AGGREGATES, USAGE_EVENTS, USAGE_EVENTS_DLQ, topic
@@ -55,14 +55,6 @@ class AggregatorApp:
         self.lifecycle.close()
 
 
-def partition_count(settings: MeteringSettings, name: str) -> int:
-    """Partitions of a topic (the home-partition maths depends on the input's count)."""
-    metadata = admin_client(settings.kafka).list_topics(name, timeout=10).topics.get(name)
-    if metadata is None or metadata.error is not None or not metadata.partitions:
-        raise RuntimeError(f"topic {name} does not exist: provision the catalogue first (make up)")
-    return len(metadata.partitions)
-
-
 def build_app(
     settings: MeteringSettings, lifecycle: Lifecycle | None = None, files: LoadedFiles | None = None
 ) -> AggregatorApp:
@@ -83,8 +75,8 @@ def _build(settings: MeteringSettings, life: Lifecycle, config: PlansConfig) -> 
     pool = life.push(open_pool(settings.database, name=SERVICE), "database pool")
     directory = life.push(CustomerDirectory(pool, settings.customers_refresh_seconds).start(), "customers")
 
-    partitions = partition_count(settings, topics.usage_events)
-    changelog_partitions = partition_count(settings, topics.changelog)
+    partitions = partition_count(settings.kafka, topics.usage_events)
+    changelog_partitions = partition_count(settings.kafka, topics.changelog)
     if changelog_partitions < partitions:
         raise RuntimeError(
             f"{topics.changelog} has {changelog_partitions} partitions but {topics.usage_events} has "

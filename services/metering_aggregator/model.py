@@ -181,6 +181,39 @@ class DedupIndex:
                 plst.append(event_id)
         return True
 
+    def add_new(
+        self,
+        customer_id: str,
+        event_id: str,
+        compact: int | str,
+        expiry_minute: int,
+        ids: set[int | str] | None,
+    ) -> None:
+        """:meth:`add` for an id just found absent, with the customer's set from that look-up (the hot path:
+        no second look-up)."""
+        if ids is None:
+            self.seen[customer_id] = {compact}
+        else:
+            ids.add(compact)
+        bucket = self.buckets.get(expiry_minute)
+        if bucket is None:
+            self.buckets[expiry_minute] = {customer_id: [compact]}
+        else:
+            lst = bucket.get(customer_id)
+            if lst is None:
+                bucket[customer_id] = [compact]
+            else:
+                lst.append(compact)
+        pend = self.pending.get(expiry_minute)
+        if pend is None:
+            self.pending[expiry_minute] = {customer_id: [event_id]}
+        else:
+            plst = pend.get(customer_id)
+            if plst is None:
+                pend[customer_id] = [event_id]
+            else:
+                plst.append(event_id)
+
     def take_pending(self) -> dict[int, dict[str, list[str]]]:
         pending, self.pending = self.pending, {}
         return pending
@@ -243,7 +276,17 @@ class Window:
 class Series:
     """All windows of one (customer, meter, group), with the current minute's four windows cached."""
 
-    __slots__ = ("cur", "cur_minute", "customer_id", "group", "group_values", "meter", "windows")
+    __slots__ = (
+        "acc_n",
+        "acc_v",
+        "cur",
+        "cur_minute",
+        "customer_id",
+        "group",
+        "group_values",
+        "meter",
+        "windows",
+    )
 
     def __init__(self, customer_id: str, meter: Meter, group: str, group_values: dict[str, str]) -> None:
         self.customer_id = customer_id
@@ -253,6 +296,10 @@ class Series:
         self.windows: dict[tuple[Granularity, int], Window] = {}
         self.cur_minute = -1
         self.cur: tuple[Window, ...] = ()
+        # COUNT and SUM: events and value counted into ``cur`` but not yet added to its four windows (see
+        # PartitionState._count: one addition per event instead of four, folded in before any read).
+        self.acc_n = 0
+        self.acc_v = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +335,14 @@ class PartitionState:
         self.meters_by_event: dict[str, tuple[Meter, ...]] = {}
         for meter in config.meters:
             self.meters_by_event[meter.event] = (*self.meters_by_event.get(meter.event, ()), meter)
+        # Event names all of whose meters are ungrouped COUNTs: no value to read, no group (the fast path).
+        self.plain_counts = frozenset(
+            name
+            for name, meters in self.meters_by_event.items()
+            if all(m.aggregation is Aggregation.COUNT and not m.group_by for m in meters)
+        )
+        # Series whose accumulators (Series.acc_n/acc_v) hold counts not yet folded into their windows.
+        self.accumulating: list[Series] = []
         # In memory, or bounded in memory with the rest in the local store (the processor chooses).
         self.dedup = dedup if dedup is not None else DedupIndex()
         self.series: dict[tuple[str, str, str], Series] = {}
@@ -326,7 +381,8 @@ class PartitionState:
         if arrival_ms > self.clock_ms:
             self.clock_ms = arrival_ms
         now_ms = self.clock_ms
-        meters = self.meters_by_event.get(event["name"])
+        name = event["name"]
+        meters = self.meters_by_event.get(name)
         if meters is None:
             self.unmetered += 1
             return _UNMETERED
@@ -356,6 +412,14 @@ class PartitionState:
             )
         if customer is None:
             return Rejection(UNKNOWN_CUSTOMER, f"customer {customer_id!r} does not exist")
+        minute = ts - ts % MINUTE_MS
+        expiry = (ts + rules.dedup_horizon_ms) // MINUTE_MS + 1
+        if name in self.plain_counts:  # ungrouped COUNTs only: no value to read or validate
+            dedup.add_new(customer_id, event_id, compact, expiry, seen)
+            for meter in meters:
+                self._count(customer, meter, None, ts, minute, "", None)
+            self.counted += 1
+            return None
         # Extract every meter's value first: an event is counted into all its meters or none.
         values: list[Any] = []
         for meter in meters:
@@ -363,8 +427,7 @@ class PartitionState:
                 values.append(self._value(meter, event))
             except InvalidValue as exc:
                 return Rejection(INVALID_METER_VALUE, f"meter {meter.slug} ({meter.value_property}): {exc}")
-        self.dedup.add(customer_id, event_id, (ts + rules.dedup_horizon_ms) // MINUTE_MS + 1, compact=compact)
-        minute = ts - ts % MINUTE_MS
+        dedup.add_new(customer_id, event_id, compact, expiry, seen)
         for meter, value in zip(meters, values, strict=True):
             self._count(customer, meter, value, ts, minute, "", None)
             if meter.group_by:
@@ -403,20 +466,30 @@ class PartitionState:
             gvals = dict(zip(group[0], group[1], strict=True)) if group else {}
             series = self.series[skey] = Series(customer.customer_id, meter, gkey, gvals)
         if series.cur_minute != minute:
+            if series.acc_n:
+                self._fold(series)
             series.cur = self._windows_at(series, minute, customer.billing_anchor_day)
             series.cur_minute = minute
         agg = meter.aggregation
+        # COUNT and SUM add the same amount to each of the four windows: the series accumulates it and folds
+        # it into the windows when its minute changes or before anything reads them (drain, eviction), so an
+        # event costs one addition, not four plus their dirty marks. Integer additions: exact in any order.
+        if agg is _COUNT:
+            n = series.acc_n
+            if not n:
+                self.accumulating.append(series)
+            series.acc_n = n + 1
+            return
+        if agg is _SUM:
+            n = series.acc_n
+            if not n:
+                self.accumulating.append(series)
+            series.acc_n = n + 1
+            series.acc_v += value
+            return
         cur = series.cur
         # One loop per aggregation (branch hoisted out of the loop): this is the per-event hot path.
-        if agg is _COUNT:
-            for w in cur:
-                w.event_count += 1
-                w.value += SCALE
-        elif agg is _SUM:
-            for w in cur:
-                w.event_count += 1
-                w.value += value
-        elif agg is _MAX:
+        if agg is _MAX:
             for w in cur:
                 w.event_count += 1
                 if w.event_count == 1 or value > w.value:
@@ -441,6 +514,27 @@ class PartitionState:
             if not w.dirty:
                 w.dirty = True
                 self.dirty.append(w)
+
+    def _fold(self, series: Series) -> None:
+        """Add a COUNT/SUM series' accumulated events to its current four windows (and mark them dirty)."""
+        n = series.acc_n
+        value = n * SCALE if series.meter.aggregation is _COUNT else series.acc_v
+        series.acc_n = 0
+        series.acc_v = 0
+        for w in series.cur:
+            w.event_count += n
+            w.value += value
+            if not w.dirty:
+                w.dirty = True
+                self.dirty.append(w)
+
+    def fold_all(self) -> None:
+        """Fold every accumulating series (before windows are read: drain, eviction, ``windows()``)."""
+        if self.accumulating:
+            for series in self.accumulating:
+                if series.acc_n:
+                    self._fold(series)
+            self.accumulating = []
 
     def _windows_at(self, series: Series, minute: int, anchor_day: int) -> tuple[Window, ...]:
         period = billing_period(minute, anchor_day)
@@ -469,6 +563,7 @@ class PartitionState:
         append-style records (dedup ids, unique members) unique per transaction; each such record is
         remembered so it can be tombstoned when its state expires.
         """
+        self.fold_all()
         out = Drained()
         for minute, by_customer in self.dedup.take_pending().items():
             keys = self.dedup.bucket_records.setdefault(minute, [])
@@ -593,6 +688,7 @@ class PartitionState:
         now_ms = self.clock_ms
         if now_ms == NO_CLOCK:
             return []
+        self.fold_all()
         now_minute = now_ms // MINUTE_MS
         tombstones: list[bytes] = []
         for minute in [m for m in self.expiry if m < now_minute]:
@@ -639,6 +735,7 @@ class PartitionState:
     # -- introspection ------------------------------------------------------------------------------------
 
     def windows(self) -> Iterator[Window]:
+        self.fold_all()
         for series in self.series.values():
             yield from series.windows.values()
 
@@ -677,7 +774,7 @@ def _chunk_by_customer(by_customer: dict[str, list[str]]) -> Iterator[dict[str, 
     for customer_id, ids in by_customer.items():
         for chunk in _chunk(ids) if len(ids) > 1000 else (ids,):
             part.setdefault(customer_id, []).extend(chunk)
-            size += len(customer_id) + sum(len(i) + 3 for i in chunk)
+            size += len(customer_id) + sum(map(len, chunk)) + 3 * len(chunk)
             if size >= CHUNK_CHARS:
                 yield part
                 part, size = {}, 0

@@ -390,6 +390,14 @@ class MeteringHandler(StreamHandler):
         customers = self.directory.snapshot()
         home = self.home_partition
         usage_events = USAGE_EVENTS
+        # Customer -> (home partition, customer row) for this batch: one look-up per event for both.
+        homes: dict[str, tuple[int, Any]] = {}
+        # A batch holds its messages in partition order: the partition's state is looked up when it changes.
+        current = -1
+        apply: Callable[[dict[str, Any], int, Any], Any] | None = None
+        if messages:
+            # Conservatively before the first apply (rollback then rebuilds): no per-event flag write.
+            self._state_changed = True
         for message in batch:
             event: dict[str, Any] = message.value  # type: ignore[assignment]
             record = message.record
@@ -400,7 +408,14 @@ class MeteringHandler(StreamHandler):
             arrival = record.timestamp()[1]
             if arrival <= 0 or arrival > now_ms:
                 arrival = now_ms
-            if customer_id and home(customer_id) != partition:
+            known = homes.get(customer_id)
+            if known is None:
+                known = homes[customer_id] = (
+                    home(customer_id) if customer_id else partition,
+                    customers.get(customer_id),
+                )
+            at_home, customer = known
+            if at_home != partition:
                 # Keyed by another partitioner (or not keyed): count it where the customer's state lives,
                 # keeping its arrival time.
                 out.send_raw(
@@ -408,18 +423,19 @@ class MeteringHandler(StreamHandler):
                     record.value(),
                     record.key(),
                     headers=record.headers(),
-                    partition=home(customer_id),
+                    partition=at_home,
                     timestamp_ms=arrival,
                 )
                 outcomes[REROUTED] = outcomes.get(REROUTED, 0) + 1
                 continue
-            state = states[partition]
-            if partition not in first_offsets:
-                first_offsets[partition] = message.offset
+            if partition != current:
+                current = partition
+                apply = states[partition].apply
+                if partition not in first_offsets:
+                    first_offsets[partition] = message.offset
             # The decoder resolved the record to our reader schema, so every field exists with its type;
             # apply() validates values before it changes anything.
-            self._state_changed = True
-            rejection = state.apply(event, arrival, customers.get(customer_id))
+            rejection = apply(event, arrival, customer)  # type: ignore[misc]
             if rejection is None:
                 counted += 1
                 counts[customer_id] = counts.get(customer_id, 0) + 1

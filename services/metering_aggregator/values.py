@@ -8,6 +8,7 @@ conversion to ``Decimal`` happens once per output record.
 from __future__ import annotations
 
 import math
+import re
 from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
@@ -120,6 +121,11 @@ def parse_group_key(key: str) -> dict[str, str]:
     return out
 
 
+#: Exactly a canonical lowercase hyphenated UUID (nothing else int(..., 16) would accept: no sign, no
+#: underscores, no whitespace, no upper case).
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
+
+
 def compact_event_id(event_id: str) -> int | str:
     """The event id in the smallest exact form kept in memory.
 
@@ -127,19 +133,8 @@ def compact_event_id(event_id: str) -> int | str:
     any other string stays as it is. The mapping is one-to-one: only strings that are exactly a lowercase
     hyphenated UUID are converted, so two different ids can never collide.
     """
-    if (
-        len(event_id) == 36
-        and event_id[8] == "-"
-        and event_id[13] == "-"
-        and event_id[18] == "-"
-        and event_id[23] == "-"
-    ):
-        digits = event_id.replace("-", "")
-        if len(digits) == 32 and digits.isascii() and digits.isalnum() and digits == digits.lower():
-            try:
-                return int(digits, 16)
-            except ValueError:
-                return event_id
+    if len(event_id) == 36 and _CANONICAL_UUID(event_id) is not None:
+        return int(event_id.replace("-", ""), 16)
     return event_id
 
 

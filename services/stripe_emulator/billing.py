@@ -221,6 +221,8 @@ class BillingObjects:
             if method == "GET":
                 return self._list(kind, store, query)
             return None
+        if kind == "subscriptions" and rest[1:] == ["migrate"] and method == "POST":
+            return self.migrate_subscription(self._subscription(rest[0]), form)
         if kind == "customers" and len(rest) in (2, 3) and rest[1] == "tax_ids":
             return self._tax_ids(method, self._customer(rest[0], "customer"), rest[2:], form, query)
         if len(rest) != 1:
@@ -791,6 +793,22 @@ class BillingObjects:
         self.emit("customer.subscription.updated", self._public(sub, {}))
         if proration == "always_invoice":
             self._invoice(sub, usage={}, licensed={}, period=sub["_period"], reason="subscription_update")
+        return self._public(sub, {})
+
+    def _subscription(self, sub_id: str) -> dict[str, Any]:
+        sub = self.subscriptions.get(sub_id)
+        if sub is None:
+            raise no_such("subscription", sub_id)
+        return sub
+
+    def migrate_subscription(self, sub: dict[str, Any], form: dict[str, Any]) -> dict[str, Any]:
+        """``POST /v1/subscriptions/{id}/migrate``: a classic subscription moves to flexible billing mode
+        (the only way, as at Stripe), after which its items may be on different intervals. Items added
+        later renew on the subscription's anchor (a yearly one every 12 months from it)."""
+        if _billing_mode(form) != "flexible":
+            raise StripeApiError(400, "billing_mode[type] must be flexible.", param="billing_mode[type]")
+        sub["billing_mode"] = {"flexible": {}, "type": "flexible"}
+        self.emit("customer.subscription.updated", self._public(sub, {}))
         return self._public(sub, {})
 
     def cancel_subscription(self, sub: dict[str, Any]) -> dict[str, Any]:

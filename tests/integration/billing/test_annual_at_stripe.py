@@ -1,5 +1,7 @@
 """An annual base price with usage billed monthly, at the Stripe emulator (issue 20): checkout asks Stripe
-for a flexible-mode subscription (items on two intervals); the year's base is charged once, in advance;
+for a flexible-mode subscription (items on two intervals), and a plan change from a monthly plan migrates
+the classic subscription to flexible mode before moving its items; the year's base is charged once, in
+advance;
 each month's usage line at Stripe equals plg's to the cent (the preview, `plg billing reconcile`, and the
 month's invoice when it ends); over the month the customer pays Stripe what plg's invoice says."""
 
@@ -9,32 +11,16 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-import yaml
 
-from services.plans.loader import config_path, load_config
+from services.plans.loader import load_config
 from services.plans.periods import billing_period
 from tests.integration.billing.conftest import Clock
 from tests.integration.billing.harness import HOUR, Billing, stripe_invoice
 from tests.integration.metering.harness import now_ms, wait_for
+from tests.price_books import annual_plan, write_book
 
 KEY = {"authorization": "Bearer sk_test_annual"}
 VERSION = "pro-annual-2025"
-
-
-def _book(tmp_path: Path) -> Path:
-    raw = yaml.safe_load(config_path().read_text())
-    raw["plans"].append({
-        "slug": "pro_annual", "name": "Pro (annual)", "features": {"sso": True},
-        "meters": {"api_requests": {"limit": 50000}},
-        "prices": [{
-            "version": VERSION, "effective_date": "2025-01-01", "base_price": "490.00",
-            "billing_window": "annual", "usage_billing": "monthly",
-            "meters": {"api_requests": {"included": 50000, "overage_unit_price": "0.001"}},
-        }],
-    })  # fmt: skip
-    path = tmp_path / "metering.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 def test_an_annual_base_with_monthly_usage_bills_at_stripe_as_plg_does(
@@ -42,7 +28,7 @@ def test_an_annual_base_with_monthly_usage_bills_at_stripe_as_plg_does(
     tmp_path: Path,
 ) -> None:  # fmt: skip
     billing, double = clocked, clocked.double
-    book = _book(tmp_path)
+    book = write_book(tmp_path, annual_plan("pro_annual", "monthly", version=VERSION))
     monkeypatch.setenv("PLG_METERING_CONFIG", str(book))  # the CLI's price book (reconcile)
     period = billing_period(now_ms(), 1)
     # Syncs the catalog (a yearly base Price, a monthly metered one); its closer stays out of the way.
@@ -62,6 +48,17 @@ def test_an_annual_base_with_monthly_usage_bills_at_stripe_as_plg_does(
     made = double.billing.subscriptions[done["subscription"]]
     assert made["billing_mode"]["type"] == "flexible"
     assert sorted(it["price"]["recurring"]["interval"] for it in made["items"]["data"]) == ["month", "year"]
+
+    # A plan change to it from a monthly plan, whose subscription is classic: plg has Stripe move it to
+    # flexible billing mode first (classic refuses items on two intervals), then moves the items.
+    monthly, _, monthly_sub = billing.subscriber("pro", "pro-2025-06", period)
+    with reporter.client() as rep:
+        change = rep.post(f"/v1/checkout/{monthly}", json={"plan": "pro_annual"})
+    assert change.status_code == 200, change.text
+    assert change.json()["subscription_id"] == monthly_sub
+    moved = double.billing.subscriptions[monthly_sub]
+    assert (moved["billing_mode"]["type"], moved["metadata"]["plg_plan"]) == ("flexible", "pro_annual")
+    assert sorted(it["price"]["recurring"]["interval"] for it in moved["items"]["data"]) == ["month", "year"]
 
     # A customer on it, Stripe's periods on plg's: the year's base at once, in advance.
     c, stripe_customer, sub = billing.subscriber("pro_annual", VERSION, period, billing_mode="flexible")

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.auth_support import bearer, customer_key
-from tests.http_support import AnswerLog, assert_error, guarded_client, run_schemathesis
+from tests.http_support import AnswerLog, assert_error, fuzz_as, guarded_client
 from tests.integration.billing.harness import WEBHOOK_SECRET, Billing, signed, stripe_event
 
 RETRIABLE = frozenset({502, 503})
@@ -74,17 +74,15 @@ def test_the_reporter_answers_every_generated_request_as_its_openapi_document_sa
     # Generated ids as an operator; the real customer with its own secret key.
     assert reporter.token is not None
     runs = [({}, reporter.token), ({"customer_id": c}, customer_key(billing.db_url, c))]
-    for parameters, token in runs:
-        report = run_schemathesis(
-            f"{reporter.url}/openapi.json",
-            base_url=reporter.url,
-            max_examples=25,
-            parameters=parameters,
-            headers=bearer(token),
-            # A schema-valid webhook is still refused without Stripe's signature of its exact bytes, and
-            # a schema-valid checkout for an unknown plan: what JSON Schema cannot say. Every other check
-            # (no 5xx but the documented 502/503, answers as documented) stays on.
-            checks={"positive_data_acceptance": {"enabled": False}},
-        )
-        print(f"schemathesis on the billing reporter {parameters}: {report.summary()}")
-        report.assert_clean(min_requests=25, allowed=RETRIABLE)
+    fuzz_as(
+        "the billing reporter",
+        reporter.url,
+        runs,
+        max_examples=25,
+        min_requests=25,
+        allowed=RETRIABLE,
+        # A schema-valid webhook is still refused without Stripe's signature of its exact bytes, and
+        # a schema-valid checkout for an unknown plan: what JSON Schema cannot say. Every other check
+        # (no 5xx but the documented 502/503, answers as documented) stays on.
+        checks={"positive_data_acceptance": {"enabled": False}},
+    )

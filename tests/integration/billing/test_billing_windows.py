@@ -15,7 +15,6 @@ from typing import Any
 
 import psycopg
 import pytest
-import yaml
 from psycopg_pool import ConnectionPool
 
 from services.billing_reporter.closing import PeriodCloser
@@ -24,8 +23,9 @@ from services.cli.__main__ import main as plg
 from services.customers.windows import start_cycle
 from services.kernel.settings import DatabaseSettings
 from services.plans.invoice import Invoice
-from services.plans.loader import config_path, load_config
+from services.plans.loader import load_config
 from services.plans.periods import Period, billing_period, datetime_to_ms, usage_periods
+from tests.price_books import annual_plan, write_book
 
 HOUR = 3_600_000
 
@@ -34,24 +34,9 @@ def ms(*args: int) -> int:
     return datetime_to_ms(datetime(*args, tzinfo=UTC))  # type: ignore[misc]
 
 
-def _annual(slug: str, usage_billing: str) -> dict[str, Any]:
-    return {
-        "slug": slug, "name": slug, "features": {"sso": True},
-        "meters": {"api_requests": {"limit": 50000}},
-        "prices": [{
-            "version": f"{slug}-2025", "effective_date": "2025-01-01", "base_price": "490.00",
-            "billing_window": "annual", "usage_billing": usage_billing,
-            "meters": {"api_requests": {"included": 50000, "overage_unit_price": "0.001"}},
-        }],
-    }  # fmt: skip
-
-
 @pytest.fixture
 def world(database_settings: DatabaseSettings, tmp_path: Path, monkeypatch) -> Iterator[dict[str, Any]]:
-    raw = yaml.safe_load(config_path().read_text())
-    raw["plans"] += [_annual("pro_annual", "monthly"), _annual("pro_yearly", "per_period")]
-    book = tmp_path / "metering.yaml"
-    book.write_text(yaml.safe_dump(raw))
+    book = write_book(tmp_path, annual_plan("pro_annual", "monthly"), annual_plan("pro_yearly", "per_period"))
     url = database_settings.url.get_secret_value()
     monkeypatch.setenv("DATABASE_URL", url)
     monkeypatch.setenv("PLG_METERING_CONFIG", str(book))

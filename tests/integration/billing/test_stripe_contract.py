@@ -242,6 +242,8 @@ def test_billing_objects_answer_a_subset_of_stripes_shapes(
         "line_items[1][price]": catalog["metered"], "success_url": "http://127.0.0.1/ok",
         "subscription_data[billing_mode][type]": "flexible",
     })  # fmt: skip
+    # A monthly plan's (classic) subscription moved to flexible billing mode before a plan change to it.
+    post(f"/v1/subscriptions/{sub['id']}/migrate", {"billing_mode[type]": "flexible"})
     mixed = _form(double, "/v1/subscriptions", flexible)
     assert mixed["billing_mode"]["type"] == "flexible"
     post("/v1/invoices/create_preview", {"customer": catalog["customer"], "subscription": mixed["id"]})

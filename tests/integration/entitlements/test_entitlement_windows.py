@@ -11,35 +11,18 @@ from decimal import Decimal
 from pathlib import Path
 
 import psycopg
-import yaml
 
 from services.customers.windows import start_cycle
 from services.kernel.topics import USAGE_PERIODS, topic
-from services.plans.loader import config_path
 from services.plans.periods import billing_period, month_index
 from tests.integration.metering.harness import Metering, now_ms, usage_event, wait_for
-
-
-def _book(tmp_path: Path) -> Path:
-    raw = yaml.safe_load(config_path().read_text())
-    raw["plans"].append({
-        "slug": "team_yearly", "name": "Team (yearly)", "features": {"sso": True},
-        "meters": {"api_requests": {"limit": 1000, "hard_limit": True}},
-        "prices": [{
-            "version": "team-yearly-2025", "effective_date": "2025-01-01", "base_price": "300.00",
-            "billing_window": "annual", "usage_billing": "per_period",
-            "meters": {"api_requests": {"included": 1000, "overage_unit_price": "0.01"}},
-        }],
-    })  # fmt: skip
-    path = tmp_path / "metering.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+from tests.price_books import annual_plan, write_book
 
 
 def test_a_per_period_annual_limit_counts_the_whole_year_across_months_and_restarts(
     metering: Metering, tmp_path: Path
 ):
-    book = _book(tmp_path)
+    book = write_book(tmp_path, annual_plan("team_yearly", "per_period", limit=1000, hard_limit=True))
     customer = metering.customer("team_yearly")
     this_month = billing_period(now_ms(), 1)
     last_month = billing_period(this_month.start_ms - 1, 1)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.auth_support import bearer, customer_key
-from tests.http_support import AnswerLog, assert_error, guarded_client, run_schemathesis
+from tests.http_support import AnswerLog, assert_error, fuzz_as, guarded_client
 from tests.integration.metering.harness import Metering
 
 
@@ -47,13 +47,4 @@ def test_entitlements_answer_every_generated_request_as_their_openapi_document_s
     # and allowed) with that customer's own secret key.
     assert api.token is not None
     runs = [({}, api.token), ({"customer_id": c}, customer_key(metering.database, c))]
-    for parameters, token in runs:
-        report = run_schemathesis(
-            f"{api.url}/openapi.json",
-            base_url=api.url,
-            max_examples=25,
-            parameters=parameters,
-            headers=bearer(token),
-        )
-        print(f"schemathesis on entitlements {parameters}: {report.summary()}")
-        report.assert_clean(min_requests=25, allowed=frozenset({503}))
+    fuzz_as("entitlements", api.url, runs, max_examples=25, min_requests=25, allowed=frozenset({503}))

@@ -48,6 +48,16 @@ def group_metric(ops: OpsServer, name: str, group: str) -> float | None:
     return scrape(ops).get((name, (("group", group),)))
 
 
+def only_observations_refresh(ops: OpsServer, group: str, tracker: ConsumerLagTracker) -> None:
+    """From now on the tracker refreshes only when the polling thread hands it moved positions: the next
+    periodic round is an hour away. The round already waiting on the old interval runs first (seen by the
+    group's last-update timestamp moving), so nothing the test checks next can come from a periodic one."""
+    name = "plg_consumer_lag_last_update_timestamp_seconds"
+    before = group_metric(ops, name, group)
+    tracker.interval = 3600.0
+    wait_for(lambda: group_metric(ops, name, group) != before, timeout=60)
+
+
 def joined(consumer: Consumer, topic: str) -> Consumer:
     consumer.subscribe([topic])
     wait_for(lambda: bool(consumer.consume(max_records=1, timeout=0.2) == [] and consumer.assignment()))
@@ -242,7 +252,7 @@ def aggregator_like(
             yield source, loop
 
 
-def test_lag_reads_zero_within_two_seconds_of_a_busy_transactional_loop_catching_up(
+def test_lag_reads_zero_once_a_busy_transactional_loop_catches_up_without_waiting_for_a_periodic_round(
     kafka_settings: KafkaSettings,
     group_id: str,
     ops: OpsServer,
@@ -264,15 +274,18 @@ def test_lag_reads_zero_within_two_seconds_of_a_busy_transactional_loop_catching
         for i in range(400):
             producer.produce(source, f"e2-{i}".encode(), "customer-1", partition=2)
         assert producer.flush(30) == 0
-    wait_for(lambda: lag_of(ops, group_id, source, 2)[0] == 400.0, timeout=15)
+    wait_for(lambda: lag_of(ops, group_id, source, 2)[0] == 400.0, timeout=60)
     assert (lag_of(ops, group_id, source, 2)[1] or 0.0) > 0.0
 
+    # Then the periodic round (5 s; the report's lag lasted 15-25 s) is taken out of the picture: lag must
+    # clear through the catching-up commit's own observation (within min_interval, 0.5 s, on a quiet
+    # machine; how fast a loaded CI machine makes it is not asserted).
+    only_observations_refresh(ops, group_id, loop.tracker)
+    assert lag_of(ops, group_id, source, 2)[0] == 400.0
     loop.release()
-    caught_up_at = loop.wait_consumed(1600)
-    wait_for(lambda: lag_of(ops, group_id, source, 2) == (0.0, 0.0), timeout=2.0, interval=0.05)
-    cleared_after = time.monotonic() - caught_up_at
+    loop.wait_consumed(1600, timeout=60)
+    wait_for(lambda: lag_of(ops, group_id, source, 2) == (0.0, 0.0), timeout=60, interval=0.05)
 
-    assert cleared_after < 2.0
     assert group_metric(ops, "plg_consumer_group_lag_messages_sum", group_id) == 0.0
     assert group_metric(ops, "plg_consumer_group_max_lag_seconds", group_id) == 0.0
 
@@ -303,12 +316,13 @@ def test_a_partition_ending_in_transaction_markers_reads_zero_once_the_loop_idle
                 writer.commit()
             else:
                 writer.abort()
-    wait_for(lambda: lag_of(ops, group_id, source, 0)[0] == 24.0, timeout=15)  # 20 records + 4 markers
+    wait_for(lambda: lag_of(ops, group_id, source, 0)[0] == 24.0, timeout=60)  # 20 records + 4 markers
 
     loop.release()
-    caught_up_at = loop.wait_consumed(10)  # the last commit's positions: 17, with 7 offsets to go
-    wait_for(lambda: lag_of(ops, group_id, source, 0) == (0.0, 0.0), timeout=2.0, interval=0.05)
-    assert time.monotonic() - caught_up_at < 2.0
+    loop.wait_consumed(10, timeout=60)  # the last commit's positions: 17, with 7 offsets to go
+    # Only an empty poll's observation steps past them (the periodic rounds keep computing from what was
+    # observed): without it the lag would stay at 7, however long one waits.
+    wait_for(lambda: lag_of(ops, group_id, source, 0) == (0.0, 0.0), timeout=60, interval=0.05)
 
     # Still 0 after more than one refresh interval of the loop idling.
     time.sleep(6.0)
