@@ -15,6 +15,7 @@ which rebuilds every partition the batch had changed.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from services.kernel import metrics
 from services.kernel.kafka import TopicPartition
 from services.kernel.processing import Batch, Emit, RetryBatch, StreamHandler
 from services.kernel.processing.state import restore_partitions, sealed_at_committed
+from services.kernel.serde import header
 from services.kernel.settings import KafkaSettings
 from services.kernel.topics import (
     ABUSE_SIGNALS,
@@ -35,7 +37,9 @@ from services.kernel.topics import (
     USAGE_EVENTS,
     USAGE_PERIODS,
 )
+from services.metering_aggregator import avro_aggregate
 from services.metering_aggregator.abuse import AbuseDetector, Signal
+from services.metering_aggregator.avro_aggregate import AggregateEncoder
 from services.metering_aggregator.changelog import encode_value, restore
 from services.metering_aggregator.handlers import abuse_record, aggregate_record, threshold_record
 from services.metering_aggregator.model import PartitionState, Rules
@@ -148,6 +152,8 @@ class MeteringHandler(StreamHandler):
         self._txn_changelog: dict[int, list[tuple[bytes, bytes | None]]] = {}
         # What the last restore did, per partition: "store" or "changelog" (tests and logs read it).
         self.restored_from: dict[int, str] = {}
+        self._aggregate_schema_id: int | None = None
+        self._encode_aggregate: Callable[[Any, int], bytes] = lambda _w, _now: b""
 
     # -- the loop's state hooks -----------------------------------------------------------------------
 
@@ -487,15 +493,37 @@ class MeteringHandler(StreamHandler):
             )
         return signals
 
+    def _aggregate_encoder(self, out: Emit) -> Callable[[Any, int], bytes]:
+        """The hand-written encoder of aggregates while the output's schema is the one it was written for,
+        else the kernel's generic one (built once per schema id)."""
+        generic = out.encoder(USAGE_AGGREGATES)
+        if generic.schema_id != self._aggregate_schema_id:
+            self._aggregate_schema_id = generic.schema_id
+            fast = (
+                AggregateEncoder(header(generic.schema_id))
+                if avro_aggregate.schema_matches(json.loads(generic.schema_str))
+                else None
+            )
+
+            def encode(w: Any, now_ms: int) -> bytes:
+                if fast is not None:
+                    data = fast.encode(w, now_ms)
+                    if data is not None:
+                        return data
+                return generic.encode(aggregate_record(w, now_ms))
+
+            self._encode_aggregate = encode
+        return self._encode_aggregate
+
     def _write_state(self, first_offsets: dict[int, int], out: Emit, signals: list[Signal]) -> None:
         now_ms = out.now_ms
         send_raw = out.send_raw
-        encode_aggregate = out.encoder(USAGE_AGGREGATES).encode
+        encode_aggregate = self._aggregate_encoder(out)
         encode_threshold = out.encoder(ENTITLEMENT_EVENTS).encode
         for partition, seq in first_offsets.items():
             drained = self.states[partition].drain(seq, self.directory.get)
             for w in drained.aggregates:
-                value = encode_aggregate(aggregate_record(w, now_ms))
+                value = encode_aggregate(w, now_ms)
                 send_raw(USAGE_AGGREGATES, value, w.key)
                 if w.granularity is _PERIOD and not w.series.group:
                     # The small topic the entitlement view reads (current periods only, see topics.py).

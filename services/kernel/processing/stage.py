@@ -21,7 +21,7 @@ from typing import Any
 
 from services.kernel import metrics
 from services.kernel.kafka import Record
-from services.kernel.processing.messages import Message
+from services.kernel.processing.messages import Batch, Message
 
 STAGE_EVENTS = metrics.counter(
     "plg_stage_events",
@@ -62,7 +62,9 @@ class StageMetrics:
     ) -> None:
         counts: dict[str, int] = {}
         oldest: int | None = None
-        for group in (messages, failed):
+        # A Batch's plain list: its own iterator tracks the handler's position (for blame), a cost per record.
+        plain = messages.messages if isinstance(messages, Batch) else messages
+        for group in (plain, failed):
             for message in group:
                 record = message.record
                 topic: str = record.topic()  # type: ignore[assignment]
