@@ -458,9 +458,9 @@ class Round:
 
 #: The stages of "ack → entitlement visible" the services' own histograms measure (Round.stage_histograms).
 STAGE_LABELS = {
-    "received_to_metered": "stage: ingest received → aggregator committed",
-    "aggregator_batch": "stage: aggregator batch (process + commit)",
-    "view_lag": "stage: aggregate committed → visible in view",
+    "received_to_metered": "stage: received → metered",
+    "aggregator_batch": "stage: aggregator batch",
+    "view_lag": "stage: metered → visible in view",
 }
 
 

@@ -72,6 +72,11 @@ class StageMetrics:
                 value = message.value
                 if value is not None:
                     received = value.get("received_at")
+                    if received is None:
+                        # usage-events carries it in ingest's metadata record (schemas/usage_event.avsc);
+                        # usage-events-enriched at the top level. Null for events produced straight to Kafka.
+                        meta = value.get("ingest")
+                        received = meta.get("received_at") if type(meta) is dict else None
                     if type(received) is int and (oldest is None or received < oldest):
                         oldest = received
         for record in undecodable:

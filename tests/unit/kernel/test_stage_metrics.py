@@ -46,3 +46,17 @@ def test_an_empty_batch_changes_nothing() -> None:
     stage.settled([], [], [])
     assert _sample("plg_stage_last_commit_timestamp_seconds", service="stage-test-c") == 0
     assert _sample("plg_stage_delay_seconds_count", service="stage-test-c") == 0
+
+
+def test_usage_events_carry_the_receipt_in_ingests_metadata() -> None:
+    # usage-events (enrichment's and the aggregator's input) nests received_at in its `ingest` record;
+    # events produced straight to Kafka have none and must not count as delay.
+    stage = StageMetrics("stage-test-d", clock=lambda: 1_000.0)
+    via_ingest = Message(
+        FakeRecord("usage-events", 0, 1, b""),  # type: ignore[arg-type]
+        {"event_id": "e1", "ingest": {"received_at": 997_000, "source": "http"}},
+    )
+    direct = Message(FakeRecord("usage-events", 0, 2, b""), {"event_id": "e2", "ingest": None})  # type: ignore[arg-type]
+    stage.settled([via_ingest, direct], [], [])
+    assert _sample("plg_stage_delay_seconds_count", service="stage-test-d") == 1
+    assert _sample("plg_stage_delay_seconds_sum", service="stage-test-d") == 3.0
