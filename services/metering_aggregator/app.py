@@ -14,6 +14,7 @@ from services.kernel.db import open_pool
 from services.kernel.kafka import check_reachable
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.ops import ReadinessCheck
+from services.kernel.partitioning import key_partitioner
 from services.kernel.processing import ExactlyOnceLoop, exactly_once_service
 from services.kernel.processing.store import LocalStore, store_path
 from services.kernel.provision import partition_count
@@ -23,7 +24,6 @@ from services.kernel.topics import METERING_CHANGELOG, USAGE_AGGREGATES, USAGE_E
 from services.metering_aggregator.config import MeteringSettings
 from services.metering_aggregator.processor import INPUTS, OUTPUTS, SERVICE, MeteringHandler, Topics
 from services.metering_aggregator.retention import RetentionSweeper
-from services.metering_aggregator.routing import home_partitioner
 from services.metering_aggregator.store import PartitionStore
 from services.plans.loader import plans_file
 from services.plans.model import PlansConfig
@@ -119,7 +119,7 @@ def _build(settings: MeteringSettings, life: Lifecycle, config: PlansConfig) -> 
         config=config,
         rules=settings.rules(),
         topics=topics,
-        home_partition=home_partitioner(settings.home_partitioner, partitions),
+        home_partition=key_partitioner(partitions, settings.home_partitioner),
         upgrade_url=settings.upgrade_url,
         eviction_interval=settings.eviction_interval_seconds,
         on_abuse=on_abuse,

@@ -22,12 +22,12 @@ from services.ingest import store
 from services.ingest.app import build_app as build_ingest
 from services.ingest.config import IngestSettings
 from services.kernel.kafka import Consumer, TopicPartition
+from services.kernel.partitioning import consistent
 from services.kernel.processing.state import read_changelog
 from services.kernel.settings import PlatformSettings
 from services.kernel.topics import METERING_CHANGELOG, USAGE_EVENTS, topic
 from services.metering_aggregator.changelog import encode_value, restore
 from services.metering_aggregator.model import PartitionState
-from services.metering_aggregator.routing import consistent
 from services.plans.loader import load_config
 from tests.integration.metering.harness import Metering, now_ms, usage_event, wait_for
 

@@ -6,7 +6,7 @@ import zlib
 
 import pytest
 
-from services.metering_aggregator.routing import home_partitioner, murmur2, murmur2_hash
+from services.kernel.partitioning import key_partitioner, murmur2, murmur2_hash
 
 
 @pytest.mark.parametrize(
@@ -25,8 +25,8 @@ def test_murmur2_matches_the_java_client(key, expected):
 
 
 def test_partitioners_map_a_customer_to_one_stable_partition():
-    consistent = home_partitioner("consistent", 6)
-    java = home_partitioner("murmur2", 6)
+    consistent = key_partitioner(6, "consistent")
+    java = key_partitioner(6, "murmur2")
     assert consistent("acme") == zlib.crc32(b"acme") % 6
     assert java("acme") == murmur2(b"acme", 6)
     assert all(0 <= consistent(f"c{i}") < 6 and 0 <= java(f"c{i}") < 6 for i in range(1000))
