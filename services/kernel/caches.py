@@ -97,25 +97,28 @@ class BoundedCache(Generic[K, V]):
         """Insert or replace; ``stored_at`` (the cache's clock) dates a value read before now, so its age
         counts from the read, not from this call."""
         with self._lock:
-            if self.max_entries == 0:
-                return
-            data = self._data
-            data[key] = (self._clock() if stored_at is None else stored_at, value)
-            data.move_to_end(key)
-            while len(data) > self.max_entries:
-                data.popitem(last=False)
-                self.evictions += 1
-            self._measure()
+            self._put(key, value, stored_at)
+
+    def _put(self, key: K, value: V, stored_at: float | None) -> None:
+        if self.max_entries == 0:
+            return
+        data = self._data
+        data[key] = (self._clock() if stored_at is None and self.ttl is not None else stored_at or 0.0, value)
+        data.move_to_end(key)
+        while len(data) > self.max_entries:
+            data.popitem(last=False)
+            self.evictions += 1
+        self._measure()
 
     def add(self, key: K, value: V) -> bool:
         """Insert only when absent (or expired): True if inserted — "seen for the first time"."""
         with self._lock:
             entry = self._data.get(key)
-            if entry is not None and self._fresh(entry[0], self._clock()):
+            if entry is not None and (self.ttl is None or self._fresh(entry[0], self._clock())):
                 self._data.move_to_end(key)
                 return False
-        self.put(key, value)
-        return True
+            self._put(key, value, None)
+            return True
 
     def pop(self, key: K) -> V | None:
         with self._lock:
