@@ -1,7 +1,7 @@
 """Late usage after the invoice of a whole annual period billed ``per_period`` (usage included and priced
 over the year, the months added up): the closed year's invoice never changes; the year re-rated from the
 ledger's months becomes an adjustment on the customer's next (annual) invoice — the difference of the two
-rounded lines, by the invoice's own calculator, not units × price — and at Stripe an invoice item
+rounded lines, by the invoice's own calculator, not units x price — and at Stripe an invoice item
 (positive) or a credit note on Stripe's invoice of that year (negative), once; `plg billing reconcile`
 lists them.
 
@@ -45,7 +45,8 @@ def test_late_usage_after_an_annual_per_period_invoice_is_adjusted_on_the_next_y
     found = customer_window(config, "pro_yearly", None, now_ms(), 1, cycle)
     assert found is not None
     _, year, _ = found
-    assert year == billing_period(now_ms(), 1, 12, cycle) and year.start_ms == month.start_ms
+    assert year == billing_period(now_ms(), 1, 12, cycle)
+    assert year.start_ms == month.start_ms
     following = Period(year.end_ms, billing_period(year.end_ms, 1, 12, cycle).end_ms)
     last_month = billing_period(year.end_ms - 1, 1)
     stripe_customer, _ = billing.subscribe(c, "pro_yearly", VERSION, year)
@@ -63,8 +64,13 @@ def test_late_usage_after_an_annual_per_period_invoice_is_adjusted_on_the_next_y
 
         # Late usage in the year's last month: 1 000 requests. The year now has 50 600: 600 over the
         # included 50 000 -> +0.60 (1 000 x 0.001 = 1.00 would be wrong: the year's total is re-rated).
-        width = last_month.end_ms - last_month.start_ms
-        billing.aggregate(c, 1_000, window_start=last_month.start_ms, granularity="BILLING_PERIOD", width=width)
+        def late_month(total: int) -> None:  # the last month's BILLING_PERIOD total, as metering writes it
+            width = last_month.end_ms - last_month.start_ms
+            billing.aggregate(
+                c, total, window_start=last_month.start_ms, granularity="BILLING_PERIOD", width=width
+            )
+
+        late_month(1_000)
         wait_for(lambda: billing.period_total(c) == 1_000, 60, what="the late month in the ledger")
         for _ in range(2):  # twice: exactly once
             closer.close_due(after_close)
@@ -81,7 +87,7 @@ def test_late_usage_after_an_annual_per_period_invoice_is_adjusted_on_the_next_y
 
         # A correction the other way (300 of the late requests were duplicates): 50 300 -> -0.30, a credit
         # note on Stripe's invoice of the year, to the customer's balance.
-        billing.aggregate(c, 700, window_start=last_month.start_ms, granularity="BILLING_PERIOD", width=width)
+        late_month(700)
         wait_for(lambda: billing.period_total(c) == 700, 60, what="the ledger took the correction")
         closer.close_due(after_close)
         closer.close_due(after_close)
@@ -104,7 +110,7 @@ def test_late_usage_after_an_annual_per_period_invoice_is_adjusted_on_the_next_y
         assert nxt.total == Decimal("490.30")
         clock.move_to(following.end_ms + HOUR)
         stripe_next = wait_for(
-            lambda: stripe_invoice(double, stripe_customer, following.end_ms), 60, what="Stripe's next invoice"
+            lambda: stripe_invoice(double, stripe_customer, following.end_ms), 60, what="Stripe's next"
         )
         assert [ln["amount"] for ln in stripe_next["lines"]["data"] if ln.get("parent")] == [60]
         assert stripe_next["starting_balance"] == -30
