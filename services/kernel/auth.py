@@ -305,6 +305,13 @@ def install(app: Any, authenticator: Authenticator | None) -> None:
     setattr(app.state, _STATE, authenticator)
 
 
+def installed_keys(app: Any) -> apikeys.KeyCache | None:
+    """The key cache of the authenticator installed on ``app`` (None while it starts or stops): what the
+    CORS middleware checks a publishable key's allowed origins against (services/kernel/cors.py)."""
+    found: Authenticator | None = getattr(app.state, _STATE, None)
+    return found.keys if found is not None else None
+
+
 def authenticator_of(request: Request) -> Authenticator:
     found = getattr(request.app.state, _STATE, None)
     if found is None:
