@@ -99,7 +99,7 @@ test-integration: install ## Integration and end-to-end tests against the real s
 lint: install ## ruff check, ruff format --check, mypy
 	$(VENV)/bin/ruff check $(SRC)
 	$(VENV)/bin/ruff format --check $(SRC)
-	$(VENV)/bin/mypy services
+	$(VENV)/bin/mypy services $(wildcard bench) $(wildcard sdk/plg_sdk)
 
 .PHONY: fmt
 fmt: install ## Format the code and apply ruff's safe fixes

@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -246,7 +247,7 @@ def query_speed(rows: int, repeat: int) -> None:
         scope = queries.Scope(start, now + 1)
         one = queries.Scope(start, now + 1, "c7")
         steps = ["signed_up", "project_created", "team_invite_sent"]
-        cases = {
+        cases: dict[str, Callable[[], object]] = {
             "raw scan (count by day)": lambda: store.engine.rows(
                 "SELECT toDate(ts) AS d, count() FROM bench.events GROUP BY d"
             ),

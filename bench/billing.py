@@ -103,8 +103,8 @@ def aggregate_totals(
     finally:
         reader.close()
     totals: dict[tuple[str, str], Decimal] = {}
-    for c, m, v in latest.values():
-        totals[(c, m)] = totals.get((c, m), Decimal(0)) + v.to_integral_value(rounding="ROUND_FLOOR")
+    for c, m, amount in latest.values():
+        totals[(c, m)] = totals.get((c, m), Decimal(0)) + amount.to_integral_value(rounding="ROUND_FLOOR")
     return totals
 
 

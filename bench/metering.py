@@ -187,7 +187,7 @@ class Bench:
         }
 
     def preload(self) -> int:
-        n = self.args.events
+        n: int = self.args.events
         rng = random.Random(2)
         now = int(time.time() * 1000)
         spread_ms = int(self.args.spread_hours * 3_600_000) if self.args.spread_hours else n

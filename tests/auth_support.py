@@ -138,3 +138,32 @@ def tenant_cases(
     if operator is not None:
         cases.append(Case(operator, method, path_of(a), ok, json))
     return cases
+
+
+def check_origin_limits(base_url: str, database: Any, customer_id: str, method: str, path: str) -> None:
+    """A browser's view of a route the SDK calls: a publishable key limited to one page's origin (``plg keys
+    create C --publishable --origin URL``) is answered with CORS from that page, refused 403
+    ``origin_not_allowed`` from any other — before the route runs, without CORS headers the page could read
+    — and a secret key is refused from every page; servers (no ``Origin``) are not concerned."""
+    page, other = "https://app.example", "https://evil.example"
+    with psycopg.connect(_url(database), autocommit=True) as conn:
+        limited = apikeys.create_key(
+            conn, customer_id, "origin test", kind="publishable", allowed_origins=[page]
+        )[1]
+        secret = apikeys.create_key(conn, customer_id, "origin test secret", kind="secret")[1]
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+
+        def call(token: str, origin: str | None) -> httpx.Response:
+            headers = bearer(token) | ({"Origin": origin} if origin else {})
+            return client.request(method, path, headers=headers, json={} if method == "POST" else None)
+
+        ok = call(limited, page)
+        assert ok.status_code == 200, ok.text
+        assert ok.headers["access-control-allow-origin"] == page
+        for token, origin in ((limited, other), (secret, page)):
+            refused = call(token, origin)
+            assert refused.status_code == 403, refused.text
+            assert refused.json()["code"] == "origin_not_allowed"
+            assert "access-control-allow-origin" not in refused.headers
+        assert call(limited, None).status_code == 200
+        assert call(secret, None).status_code == 200

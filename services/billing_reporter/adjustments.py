@@ -22,18 +22,22 @@ import psycopg
 import stripe
 from psycopg_pool import ConnectionPool
 
-from services.billing_reporter.accounts import grants_of, plain
+from services.billing_reporter.accounts import grants_of, plain, usage_over, window_of
 from services.billing_reporter.stripe_gateway import StripeGateway
+from services.customers.windows import CYCLE_MONTH_SQL
 from services.kernel import metrics
 from services.plans.grants import credits_for
 from services.plans.invoice import Adjustment, line_difference
 from services.plans.model import CURRENCY_MINOR_UNITS, PlansConfig
-from services.plans.periods import Period, billing_period
+from services.plans.periods import Period, billing_period, usage_periods
+from services.plans.windows import combine_months
 
 log = logging.getLogger(__name__)
 ZERO = Decimal(0)
 # Corrections older than this are not looked for (the aggregator's changelog and Stripe's 35 days).
 LOOKBACK_MS = 40 * 86_400_000
+# An invoice longer than this covers several months (usage billed per annual or custom period).
+LONGEST_MONTH_MS = 31 * 86_400_000
 
 WRITTEN = metrics.counter(
     "plg_billing_adjustments", "Adjustments of closed periods written, by sign.", ("sign",)
@@ -119,9 +123,10 @@ class Adjuster:
         self.gateway = gateway
 
     def changed_periods(self, now_ms: int) -> list[tuple[str, int]]:
-        """(customer, period start) of closed invoices whose ledger total differs from what they bill.
-        Monthly usage invoices only (the ledger's period rows are months): an invoice of a whole annual
-        or custom period billed ``per_period`` is not re-rated here (docs/billing.md, Adjustments)."""
+        """(customer, period start) of closed invoices whose ledger total differs from what they bill: a
+        month's invoice against its ``BILLING_PERIOD`` row, an invoice of a whole annual or custom period
+        billed ``per_period`` against its months added up as its invoice added them (:func:`usage_over`)."""
+        since = now_ms - LOOKBACK_MS
         with self.pool.connection() as conn:
             rows = conn.execute(
                 """
@@ -148,9 +153,44 @@ class Adjuster:
                   AND u.value <> COALESCE(a.usage_after, b.usage, 0)
                 ORDER BY 1, 2
                 """,
-                {"ledger": self.ledger, "since": now_ms - LOOKBACK_MS},
+                {"ledger": self.ledger, "since": since},
             ).fetchall()
-        return [(str(c), int(s)) for c, s in rows]
+            changed = {(str(c), int(s)) for c, s in rows}
+            changed |= self._changed_multi_month(conn, since)
+        return sorted(changed)
+
+    def _changed_multi_month(self, conn: psycopg.Connection[Any], since: int) -> set[tuple[str, int]]:
+        """Closed invoices longer than a month (usage billed ``per_period`` over an annual or custom window)
+        whose months, combined as the invoice combined them, no longer add up to what they bill. The
+        ledger's period rows are months, so no single row matches such an invoice: its months are read in
+        one query and combined here (SUM/COUNT added, MAX the largest, LATEST the last month's)."""
+        months: dict[tuple[str, int], dict[int, dict[str, Decimal]]] = {}
+        invoices: dict[tuple[str, int], tuple[int, int]] = {}
+        for customer_id, start, end, anchor, meter, window_start, value in conn.execute(
+            "SELECT i.customer_id, i.period_start, i.period_end, c.billing_anchor_day, u.meter,"
+            " u.window_start, u.value FROM billing_invoices i"
+            " JOIN customers c ON c.customer_id = i.customer_id"
+            " LEFT JOIN billing_usage u ON u.ledger = i.ledger AND u.customer_id = i.customer_id"
+            "  AND u.granularity = 'BILLING_PERIOD' AND u.window_start >= i.period_start"
+            "  AND u.window_end <= i.period_end"
+            " WHERE i.ledger = %s AND i.period_end > %s AND i.period_end - i.period_start > %s",
+            (self.ledger, since, LONGEST_MONTH_MS),
+        ).fetchall():
+            key = (str(customer_id), int(start))
+            invoices[key] = (int(end), int(anchor))
+            if meter is not None:
+                month = months.setdefault(key, {}).setdefault(int(window_start), {})
+                month[str(meter)] = plain(Decimal(value))
+        out: set[tuple[str, int]] = set()
+        for (customer_id, start), (end, anchor) in invoices.items():
+            by_month = months.get((customer_id, start), {})
+            usage = combine_months(
+                self.config, [by_month.get(m.start_ms, {}) for m in usage_periods(Period(start, end), anchor)]
+            )
+            billed = _billed(conn, self.ledger, customer_id, start)
+            if any(usage.get(m, ZERO) != billed.get(m, ZERO) for m in usage.keys() | billed.keys()):
+                out.add((customer_id, start))
+        return out
 
     def adjust(self, now_ms: int) -> list[Written]:
         """Write the adjustments of every closed period whose usage changed since it was billed."""
@@ -180,14 +220,9 @@ class Adjuster:
             if price is None or price.version != version:
                 log.warning("cannot re-rate %s's %s: price version %s is gone", customer_id, start, version)
                 return []
-            usage = {
-                m: Decimal(v)
-                for m, v in conn.execute(
-                    "SELECT meter, value FROM billing_usage WHERE ledger = %s AND customer_id = %s"
-                    " AND granularity = 'BILLING_PERIOD' AND window_start = %s",
-                    (self.ledger, customer_id, start),
-                ).fetchall()
-            }
+            # The period's usage as its invoice counted it: the month's total, or the months of an
+            # annual/custom period billed per_period added up.
+            usage = usage_over(conn, self.ledger, self.config, customer_id, corrected, int(anchor))
             billed = _billed(conn, self.ledger, customer_id, start)
             credits = credits_for(grants_of(conn, customer_id), corrected)
             target = self._target(conn, customer_id, int(anchor), now_ms)
@@ -214,13 +249,24 @@ class Adjuster:
         return written
 
     def _target(self, conn: psycopg.Connection[Any], customer_id: str, anchor: int, now_ms: int) -> Period:
-        """The customer's first period not closed yet: the next invoice (close takes the same lock)."""
-        period = billing_period(now_ms - self.grace_ms, anchor)
+        """The customer's first usage period not closed yet: the next invoice (close takes the same lock).
+        A month, or a whole annual/custom period when its usage is billed ``per_period`` — the period the
+        closer will close (:func:`window_of`), so the adjustment is on exactly the invoice it writes."""
+        row = conn.execute(
+            f"SELECT plan, price_version, {CYCLE_MONTH_SQL} FROM customers WHERE customer_id = %s",
+            (customer_id,),
+        ).fetchone()
+
+        def usage_period_at(at_ms: int) -> Period:
+            found = None if row is None else window_of(self.config, row[0], row[1], at_ms, anchor, row[2])
+            return billing_period(at_ms, anchor) if found is None else found[1]
+
+        period = usage_period_at(now_ms - self.grace_ms)
         while conn.execute(
             "SELECT 1 FROM billing_invoices WHERE ledger = %s AND customer_id = %s AND period_start = %s",
             (self.ledger, customer_id, period.start_ms),
         ).fetchone():
-            period = billing_period(period.end_ms, anchor)
+            period = usage_period_at(period.end_ms)
         return period
 
     # -- Stripe ---------------------------------------------------------------------------------------

@@ -30,6 +30,11 @@ class AppService:
     # A variable naming a data directory of the service's own, set to ``<stack root>/data/<name>`` (so a
     # test stack never shares the developer stack's files).
     data_dir_env: str | None = None
+    # The variable naming the service's local state stores (docs/operations.md, "Warm restarts and state
+    # volumes"), set to ``<stack root>/state/<name>``; docker-compose mounts a named volume there and the
+    # Helm chart a StatefulSet's volume claim. Every service whose settings have a ``state_dir`` names it
+    # here (tests/unit/devstack/test_compose_file.py checks both).
+    state_dir_env: str | None = None
 
     @property
     def host_env(self) -> str:
@@ -62,6 +67,7 @@ APP_SERVICES: list[AppService] = [
         port=8092,
         env_prefix="METERING_",
         health_path="/readyz",
+        state_dir_env="METERING_STATE_DIR",
     ),
     AppService(
         "entitlements",
@@ -70,12 +76,20 @@ APP_SERVICES: list[AppService] = [
         env_prefix="ENTITLEMENTS_",
         health_path="/readyz",
     ),
-    AppService("enrichment", "services.enrichment", port=8093, env_prefix="ENRICHMENT_"),
+    AppService(
+        "enrichment",
+        "services.enrichment",
+        port=8093,
+        env_prefix="ENRICHMENT_",
+        state_dir_env="ENRICHMENT_STATE_DIR",
+    ),
     # Reads enrichment's output; serves the CS dashboard at http://127.0.0.1:8084/.
     AppService("health-score", "services.health_score", port=8084, env_prefix="HEALTH_"),
     # Needs stripe-mock (or STRIPE_API_BASE): the stack starts it before the app services.
     AppService("billing-reporter", "services.billing_reporter", port=8083, env_prefix="BILLING_"),
-    AppService("growth", "services.growth", port=8085, env_prefix="GROWTH_"),
+    AppService(
+        "growth", "services.growth", port=8085, env_prefix="GROWTH_", state_dir_env="GROWTH_STATE_DIR"
+    ),
     # Funnels, retention, the north star: enriched events in ClickHouse's engine (chDB) under its data dir.
     AppService(
         "analytics", "services.analytics", port=8086, env_prefix="ANALYTICS_", data_dir_env="ANALYTICS_PATH"

@@ -338,6 +338,9 @@ class Stack:
             env.update(app.env)
             if app.data_dir_env is not None:
                 env[app.data_dir_env] = str(self.data_dir / "data" / app.name)
+            if app.state_dir_env is not None:
+                # The stack's own: two stacks on one host (test workers) never share a store.
+                env[app.state_dir_env] = str(self.data_dir / "state" / app.name)
             env[app.host_env] = self.settings.host
             env[app.port_env] = str(port)
             pid = spawn(

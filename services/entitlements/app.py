@@ -21,7 +21,7 @@ from services.entitlements.grants import GrantCache
 from services.entitlements.trials import TrialCache
 from services.entitlements.view import UsageView
 from services.kernel import auth
-from services.kernel.cors import CorsMiddleware
+from services.kernel.cors import CorsMiddleware, key_origin_check
 from services.kernel.db import open_pool
 from services.kernel.http import RequestOutcome, install_error_handlers
 from services.kernel.lifecycle import Lifecycle
@@ -50,9 +50,9 @@ def build_app(
         directory = CustomerDirectory(
             pool, settings.customers_refresh_seconds, negative_ttl=settings.unknown_customer_ttl_seconds
         )
-        grants = GrantCache(pool, settings.customers_refresh_seconds)
+        grants = GrantCache(pool, settings.customers_refresh_seconds, settings.customer_cache_size)
         directory.on_change.append(grants.invalidate)
-        trials = TrialCache(pool, settings.customers_refresh_seconds)
+        trials = TrialCache(pool, settings.customers_refresh_seconds, settings.customer_cache_size)
         directory.on_change.append(trials.invalidate)
         life.push(directory.start(), "customers")
         aggregates = topic(USAGE_PERIODS, settings.platform.topic_prefix).name
@@ -97,8 +97,14 @@ def build_app(
     # a database outage as 503, a bug as a logged 500 — counted as a check result like every answer.
     install_error_handlers(app, service=SERVICE, observe=_count_internal_errors)
     # The browser SDK checks entitlements from the page (sdk/js): CORS on the check route, outermost so
-    # error answers carry it too.
-    app.add_middleware(CorsMiddleware, prefixes=("/v1/entitlements/",), methods=("GET",))
+    # error answers carry it too; a publishable key limited to its origins (plg keys create --origin) is
+    # refused from any other page here as at ingest.
+    app.add_middleware(
+        CorsMiddleware,
+        prefixes=("/v1/entitlements/",),
+        methods=("GET",),
+        origin_allowed=key_origin_check(lambda: auth.installed_keys(app)),
+    )
     return app
 
 

@@ -29,7 +29,7 @@ from services.growth.progress import ProgressStore
 from services.growth.resources import Growth
 from services.growth.telemetry import TelemetryWriter
 from services.kernel import auth
-from services.kernel.cors import CorsMiddleware
+from services.kernel.cors import CorsMiddleware, key_origin_check
 from services.kernel.db import migrate, open_pool
 from services.kernel.http import install_error_handlers
 from services.kernel.kafka import Producer
@@ -156,7 +156,7 @@ def open_growth(
         erasures,
         auth.open_authenticator(pool, settings.auth, static_operators=static),
         CustomerDirectory(pool, listen=False),
-        FlagOverrides(pool),
+        FlagOverrides(pool, max_entries=settings.overrides_cache_size),
     )
 
 
@@ -228,8 +228,12 @@ def build_app(
     )
     install_error_handlers(app, service=SERVICE)
     # The browser SDK reads flags and onboarding from the page (sdk/js): CORS on those routes, not admin;
-    # outermost so error answers carry it too.
+    # outermost so error answers carry it too; a publishable key limited to its origins (plg keys create
+    # --origin) is refused from any other page here as at ingest.
     app.add_middleware(
-        CorsMiddleware, prefixes=("/v1/flags", "/v1/onboarding/", "/v1/activation/"), methods=("GET", "POST")
+        CorsMiddleware,
+        prefixes=("/v1/flags", "/v1/onboarding/", "/v1/activation/"),
+        methods=("GET", "POST"),
+        origin_allowed=key_origin_check(lambda: auth.installed_keys(app)),
     )
     return app

@@ -197,7 +197,7 @@ def build_app(settings: IngestSettings | None = None, lifecycle: Lifecycle | Non
         CorsMiddleware,
         prefixes=("/v1/", "/api/v1/"),
         methods=("POST",),
-        origin_allowed=key_origin_check(lambda: ingest.auth.keys if (ingest := opened()) else None),
+        origin_allowed=key_origin_check(lambda: auth.installed_keys(app)),
     )
     return app
 

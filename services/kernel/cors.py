@@ -103,7 +103,7 @@ class CorsMiddleware:
         prefixes: Iterable[str] = ("/v1/",),
         methods: Iterable[str] = ("GET", "POST"),
         headers: Iterable[str] = DEFAULT_HEADERS,
-        origin_allowed: OriginCheck = any_origin,
+        origin_allowed: OriginCheck,
     ) -> None:
         self.app = app
         self.prefixes = tuple(prefixes)

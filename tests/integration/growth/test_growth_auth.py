@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import psycopg
 
-from tests.auth_support import Case, Tenants, check_cases, tenant_cases
+from tests.auth_support import Case, Tenants, check_cases, check_origin_limits, new_customer, tenant_cases
 from tests.integration.growth.conftest import RunningGrowth
 
 
@@ -61,3 +61,12 @@ def test_every_growth_route_takes_the_credential_its_policy_names(growth: Runnin
             "SELECT customer_id FROM growth_onboarding_progress WHERE customer_id LIKE 'nobody%'"
         ).fetchall()
     assert rows == [], "progress written for a customer that does not exist"
+
+
+def test_a_key_limited_to_an_origin_reads_flags_and_onboarding_only_from_that_page(
+    growth: RunningGrowth,
+) -> None:
+    db = growth.settings.database
+    customer = new_customer(db)
+    check_origin_limits(growth.url, db, customer, "GET", "/v1/flags")
+    check_origin_limits(growth.url, db, customer, "GET", f"/v1/onboarding/{customer}/person-1/next")

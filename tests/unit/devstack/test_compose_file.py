@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from services.devstack import gotools, stripe_mock
 from services.devstack.apps import APP_SERVICES, SCHEMA_REGISTRY, AppService
 from services.devstack.config import REPO_ROOT, StackSettings
+from tests.settings_support import state_dir_env
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 # Every secret the file requires, with throwaway values for loading it. None may have a default.
@@ -98,6 +100,53 @@ def test_each_service_matches_the_devstack_module_port_environment_and_health(
         assert env[app.data_dir_env] in mounts
     health = " ".join(service["healthcheck"]["test"])
     assert f"http://127.0.0.1:{app.port}{app.health_path}" in health
+
+
+def test_services_with_local_state_are_declared_so_in_the_devstack() -> None:
+    # What the code keeps (a ``state_dir`` setting) is what apps.py declares, by the setting's variable.
+    assert {app.name: app.state_dir_env for app in _apps() if app.state_dir_env} == {
+        app.name: env for app in _apps() if (env := state_dir_env(app))
+    }
+    assert {"metering-aggregator", "enrichment", "growth"} <= {a.name for a in _apps() if a.state_dir_env}
+
+
+@pytest.mark.parametrize("app", [a for a in _apps() if a.state_dir_env], ids=lambda a: a.name)
+def test_each_service_with_local_state_keeps_it_on_a_named_volume_with_a_fixed_instance_id(
+    project: dict[str, Any], app: AppService
+) -> None:
+    """A warm restart finds the sealed stores at <state dir>/<instance id>/: both outlive the container."""
+    assert app.state_dir_env is not None
+    service = project["services"][app.name]
+    env = service["environment"]
+    state_dir = env[app.state_dir_env]
+    (volume,) = [v for v in service.get("volumes", []) if v["target"] == state_dir]
+    assert volume["type"] == "volume", "a named volume, not the container's own layer"
+    assert volume["source"] in project["volumes"]
+    # Its own: two services (or replicas) sharing one volume would be one instance id away from a clash.
+    others = {
+        v["source"]
+        for name, other in project["services"].items()
+        if name != app.name
+        for v in other.get("volumes", [])
+    }
+    assert volume["source"] not in others
+    assert re.fullmatch(r"[A-Za-z0-9._-]{1,100}", env[f"{app.env_prefix}INSTANCE_ID"])
+    # `docker compose stop` waits for the seal (10 s by default), as the chart's grace period does.
+    chart = yaml.safe_load((REPO_ROOT / "deploy" / "helm" / "plg" / "values.yaml").read_text())
+    assert _seconds(service["stop_grace_period"]) == chart["state"]["terminationGracePeriodSeconds"]
+    # The image creates the mount point for its non-root user (a new named volume takes its owner).
+    dockerfile = (REPO_ROOT / "deploy" / "Dockerfile").read_text()
+    assert re.search(rf"mkdir -p [^\n]*{re.escape(state_dir)}", dockerfile)
+    assert re.search(rf"chown plg [^\n]*{re.escape(state_dir)}", dockerfile)
+
+
+def _seconds(duration: Any) -> float:
+    """compose-go's stop_grace_period: a Go duration in nanoseconds (JSON) or a string such as "1m30s"."""
+    if isinstance(duration, int | float):
+        return duration / 1e9
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s)", str(duration))
+    scale = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return sum(float(n) * scale[unit] for n, unit in parts)
 
 
 def test_app_services_start_after_provisioning_and_provisioning_runs_once(project: dict[str, Any]) -> None:

@@ -1,11 +1,10 @@
 """deploy/helm/plg: `helm lint`, `helm template`, every rendered object validated offline against the
 Kubernetes 1.37 schemas (kubernetes-validate), KEDA's ScaledObjects checked against the services' real
-consumer groups and the topic catalogue's partition counts, and the services against the devstack's."""
+consumer groups and the topic catalogue's partition counts, the services against the devstack's, and every
+service with local state stores (a ``state_dir`` setting) a StatefulSet with its own volume there."""
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import re
 import subprocess
 from pathlib import Path
@@ -14,12 +13,13 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from pydantic_settings import BaseSettings
 
 from services.devstack import gotools
 from services.devstack.apps import APP_SERVICES, SCHEMA_REGISTRY, AppService
 from services.devstack.config import REPO_ROOT, StackSettings
+from services.kernel.processing.store import store_path
 from services.kernel.topics import catalogue
+from tests.settings_support import group_of, settings_with, state_dir_env
 
 CHART = REPO_ROOT / "deploy" / "helm" / "plg"
 KUBERNETES_VERSION = "1.37.0"
@@ -43,14 +43,28 @@ def _helm(helm: Path, *args: str) -> str:
     return result.stdout
 
 
+def _render(helm: Path, *values: str) -> list[dict[str, Any]]:
+    sets = [arg for value in values for arg in ("--set", value)]
+    out = _helm(helm, "template", "plg", str(CHART), "--namespace", "plg", *sets)
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
 @pytest.fixture(scope="module")
 def rendered(helm: Path) -> list[dict[str, Any]]:
-    out = _helm(helm, "template", "plg", str(CHART), "--namespace", "plg")
-    return [doc for doc in yaml.safe_load_all(out) if doc]
+    return _render(helm)
 
 
 def _by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
+
+
+def _workloads(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {**_by_kind(objects, "Deployment"), **_by_kind(objects, "StatefulSet")}
+
+
+def _stateful() -> dict[str, str]:
+    """Service name -> its state dir variable, for every service whose settings keep local state stores."""
+    return {app.name: env for app in _apps() if (env := state_dir_env(app))}
 
 
 def _apps() -> list[AppService]:
@@ -76,7 +90,7 @@ def test_every_rendered_kubernetes_object_validates_against_the_schemas(
 def test_a_deployment_per_service_runs_its_module_on_its_port_with_probes_and_resources(
     rendered: list[dict[str, Any]],
 ) -> None:
-    deployments = _by_kind(rendered, "Deployment")
+    deployments = _workloads(rendered)  # Deployments, and StatefulSets for the services with local state
     assert set(deployments) == {f"plg-{app.name}" for app in _apps()} | {f"plg-{name}" for name in EXTRA}
     api = deployments["plg-health-score-api"]["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "HEALTH_ROLE", "value": "api"} in api["env"]
@@ -100,7 +114,7 @@ def test_a_deployment_per_service_runs_its_module_on_its_port_with_probes_and_re
 def test_secrets_are_referenced_never_inlined(rendered: list[dict[str, Any]]) -> None:
     assert _by_kind(rendered, "Secret") == {}
     for obj in rendered:
-        if obj["kind"] not in ("Deployment", "Job"):
+        if obj["kind"] not in ("Deployment", "StatefulSet", "Job"):
             continue
         for container in obj["spec"]["template"]["spec"]["containers"]:
             for env in container["env"]:
@@ -110,10 +124,11 @@ def test_secrets_are_referenced_never_inlined(rendered: list[dict[str, Any]]) ->
 
 
 def test_every_service_has_a_pod_disruption_budget_and_a_service(rendered: list[dict[str, Any]]) -> None:
-    deployments = _by_kind(rendered, "Deployment")
-    for kind in ("PodDisruptionBudget", "Service"):
-        objects = _by_kind(rendered, kind)
-        assert set(objects) == set(deployments)
+    deployments = _workloads(rendered)
+    assert set(_by_kind(rendered, "PodDisruptionBudget")) == set(deployments)
+    # Plus each StatefulSet's headless governing Service.
+    headless = {sts["spec"]["serviceName"] for sts in _by_kind(rendered, "StatefulSet").values()}
+    assert set(_by_kind(rendered, "Service")) == set(deployments) | headless
     for name, pdb in _by_kind(rendered, "PodDisruptionBudget").items():
         labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
         assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -125,31 +140,21 @@ def test_the_provisioner_is_a_job_run_after_install_and_upgrade(rendered: list[d
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
 
 
-def _group_of(app: AppService) -> str | None:
-    """The consumer group the service's settings default to (None: not a consumer)."""
-    module = importlib.import_module(f"{app.module}.config")
-    for _, cls in inspect.getmembers(module, inspect.isclass):
-        if (
-            issubclass(cls, BaseSettings)
-            and cls.model_config.get("env_prefix") == app.env_prefix
-            and "group_id" in cls.model_fields
-        ):
-            return str(cls.model_fields["group_id"].default)
-    return None
-
-
 def test_a_keda_scaled_object_per_consumer_on_its_real_group_capped_at_partitions(
     rendered: list[dict[str, Any]],
 ) -> None:
-    deployments = _by_kind(rendered, "Deployment")
+    deployments = _workloads(rendered)
     scaled = _by_kind(rendered, "ScaledObject")
     partitions = {spec.name: spec.partitions for spec in catalogue()}
-    consumers = {f"plg-{app.name}": group for app in _apps() if (group := _group_of(app))}
+    consumers = {f"plg-{app.name}": group for app in _apps() if (group := group_of(app))}
     assert set(scaled) == set(consumers)
     for name, obj in scaled.items():
         assert obj["apiVersion"] == "keda.sh/v1alpha1"
         spec = obj["spec"]
-        assert spec["scaleTargetRef"]["name"] in deployments
+        target = spec["scaleTargetRef"]
+        assert target["name"] == name
+        # KEDA assumes a Deployment unless told: a StatefulSet target must say so.
+        assert (target["apiVersion"], target["kind"]) == ("apps/v1", deployments[name]["kind"])
         assert "replicas" not in deployments[name]["spec"], "KEDA owns the replica count"
         (trigger,) = spec["triggers"]
         assert trigger["type"] == "kafka"
@@ -171,3 +176,91 @@ def test_values_name_every_devstack_service_with_its_module_port_and_prefix() ->
     for app in _apps():
         entry = services[app.name]
         assert (entry["module"], entry["port"], entry["envPrefix"]) == (app.module, app.port, app.env_prefix)
+
+
+def _stateful_pod(sts: dict[str, Any], env_name: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """The pod spec, its container's env by name, and where the state dir variable points."""
+    pod = sts["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    return pod, env, env[env_name]["value"]
+
+
+def _mounted_volume(pod: dict[str, Any], path: str) -> str:
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container.get("volumeMounts", []) if m["mountPath"] == path]
+    return str(mount["name"])
+
+
+def test_each_service_with_local_state_is_a_stateful_set_with_its_own_claim_at_its_state_dir(
+    rendered: list[dict[str, Any]],
+) -> None:
+    stateful = _stateful()
+    # The three the kernel's stores serve today (docs/kernel.md); a new one is found from its settings.
+    assert {"metering-aggregator", "enrichment", "growth"} <= set(stateful)
+    statefulsets = _by_kind(rendered, "StatefulSet")
+    assert set(statefulsets) == {f"plg-{name}" for name in stateful}
+    assert not set(statefulsets) & set(_by_kind(rendered, "Deployment"))
+    services = _by_kind(rendered, "Service")
+    scaled = _by_kind(rendered, "ScaledObject")
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    apps = {app.name: app for app in _apps()}
+    for name, env_name in stateful.items():
+        sts = statefulsets[f"plg-{name}"]
+        spec = sts["spec"]
+        pod, env, state_dir = _stateful_pod(sts, env_name)
+        # The state dir is a volume claim of the replica's own, from the claim template.
+        (claim,) = spec["volumeClaimTemplates"]
+        assert _mounted_volume(pod, state_dir) == claim["metadata"]["name"]
+        assert all(v["name"] != claim["metadata"]["name"] for v in pod.get("volumes", []))
+        assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+        size = values["services"][name]["stateDir"]["size"]
+        assert claim["spec"]["resources"]["requests"]["storage"] == size
+        assert spec["persistentVolumeClaimRetentionPolicy"] == values["state"]["claimRetention"]
+        # Consumers in one group are peers: started and stopped together.
+        assert spec["podManagementPolicy"] == "Parallel"
+        # The governing Service is headless and selects these pods.
+        governing = services[spec["serviceName"]]["spec"]
+        assert governing["clusterIP"] == "None"
+        assert governing["selector"].items() <= pod_labels(sts).items()
+        # The seal at a clean stop gets the configured time, more than a stateless service's.
+        assert pod["terminationGracePeriodSeconds"] == values["state"]["terminationGracePeriodSeconds"] > 60
+        # Instance id = pod name: <statefulset>-<ordinal>, stable across restarts, distinct per replica. Each
+        # replica's settings accept it, give distinct transactional ids, and put its stores on its volume.
+        app = apps[name]
+        instance_env = f"{app.env_prefix}INSTANCE_ID"
+        assert env[instance_env]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+        settings_cls = settings_with(app, "state_dir")
+        assert settings_cls is not None
+        replicas = scaled[f"plg-{name}"]["spec"]["maxReplicaCount"]
+        pods = [f"plg-{name}-{ordinal}" for ordinal in range(replicas)]
+        settings = [settings_cls(instance_id=pod_name, state_dir=state_dir) for pod_name in pods]
+        assert len({s.transactional_id for s in settings}) == replicas
+        for pod_name, replica in zip(pods, settings, strict=True):
+            store = store_path(replica.state_dir, replica.instance_id, "changelog-0")
+            assert store.is_relative_to(state_dir)
+            assert pod_name in store.parts
+
+
+def pod_labels(workload: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def test_stateful_sets_render_valid_with_an_empty_dir_or_a_storage_class(helm: Path) -> None:
+    stateful = _stateful()
+    without = _render(helm, "state.persistence.enabled=false")
+    for name, env_name in stateful.items():
+        sts = _by_kind(without, "StatefulSet")[f"plg-{name}"]
+        assert "volumeClaimTemplates" not in sts["spec"]
+        pod, _, state_dir = _stateful_pod(sts, env_name)
+        volume = _mounted_volume(pod, state_dir)
+        (empty,) = [v for v in pod["volumes"] if v["name"] == volume]
+        assert "emptyDir" in empty
+        kubernetes_validate.validate(sts, KUBERNETES_VERSION, strict=True)
+    classed = _render(helm, "state.persistence.storageClass=fast-local-ssd")
+    for name in stateful:
+        sts = _by_kind(classed, "StatefulSet")[f"plg-{name}"]
+        (claim,) = sts["spec"]["volumeClaimTemplates"]
+        assert claim["spec"]["storageClassName"] == "fast-local-ssd"
+        kubernetes_validate.validate(sts, KUBERNETES_VERSION, strict=True)
