@@ -29,6 +29,15 @@ LOOKUPS = metrics.counter(
     "plg_metering_customer_lookups", "Customer directory look-ups that went to PostgreSQL.", ("kind",)
 )
 
+DIRECTORY = metrics.gauge(
+    "plg_customer_directory_entries",
+    "Customer directory entries in memory, by kind: customers (the customers table, whole) and absent (ids "
+    "looked up and not found, each remembered for the service's unknown-customer TTL).",
+    ("kind",),
+)
+# Past this many absent ids remembered, each new one sweeps out those whose TTL has passed.
+ABSENT_SWEEP_AT = 100_000
+
 _SELECT = f"SELECT {COLUMNS} FROM customers"
 # NOTIFY'd by the customers trigger (migration 0030) with the changed customer's id.
 CHANGED_CHANNEL = "plg_customer_changed"
@@ -67,6 +76,8 @@ class CustomerDirectory:
         # Called with a customer's id after a change notification reloaded it: caches of other per-customer
         # rows (billing's credit grants in the entitlement API) follow the same push, not a TTL.
         self.on_change: list[Callable[[str], None]] = []
+        metrics.track_size(DIRECTORY.labels("customers"), self, lambda d: len(d._customers))
+        metrics.track_size(DIRECTORY.labels("absent"), self, lambda d: len(d._missing))
 
     def __len__(self) -> int:
         return len(self._customers)
@@ -104,7 +115,7 @@ class CustomerDirectory:
             for cid in missing:
                 if cid not in found:
                     self._missing[cid] = until
-            if len(self._missing) > 100_000:
+            if len(self._missing) > ABSENT_SWEEP_AT:
                 now = time.monotonic()
                 self._missing = {k: v for k, v in self._missing.items() if v > now}
 

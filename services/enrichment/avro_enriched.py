@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from services.kernel import metrics
 from services.kernel.avro_binary import (
     BRANCH1,
     DOUBLE,
@@ -33,6 +34,14 @@ WRITTEN_FOR = "160a03119d2f6ae23c28bd33193030c80e6a4d8b69073e90f44968d4bb2dbfa0"
 _EMPTY = b"\x00"  # an empty array or map
 _ONE = DOUBLE(1.0)
 _MAX_CACHE = 10_000
+MEMO = metrics.gauge(
+    "plg_enrichment_memo_entries",
+    "Values remembered to skip work on the next event, by cache: encoded_strings (customer ids, names, "
+    "plans), "
+    "encoded_keys (property keys), encoded_tenants (10 000 each), pii_clean (strings found free of PII, "
+    "65 536); each is emptied when full (docs/operations.md#memory-bounds).",
+    ("cache",),
+)
 
 
 def schema_matches(schema_json: Any) -> bool:
@@ -53,6 +62,9 @@ class EnrichedEventEncoder:
         self._cache: dict[str, bytes] = {}  # customer ids, names, plans: strings every event repeats
         self._keys: dict[str, bytes] = {}  # property keys
         self._tenants: dict[tuple[Any, ...], bytes] = {}
+        metrics.track_size(MEMO.labels("encoded_strings"), self, lambda e: len(e._cache))
+        metrics.track_size(MEMO.labels("encoded_keys"), self, lambda e: len(e._keys))
+        metrics.track_size(MEMO.labels("encoded_tenants"), self, lambda e: len(e._tenants))
 
     def _cached(self, s: str) -> bytes:
         b = self._cache.get(s)

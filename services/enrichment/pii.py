@@ -19,7 +19,9 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from services.enrichment.avro_enriched import MEMO
 from services.enrichment.plan import Detector, PiiAction
+from services.kernel import metrics
 
 PSEUDONYM_PREFIX = "pii:"
 
@@ -103,7 +105,7 @@ def find_pii(value: str, detectors: frozenset[Detector]) -> list[tuple[int, int,
 class Scrubber:
     """Scrubs one event's properties (in place) and id fields with one key and one action."""
 
-    __slots__ = ("_clean", "_key", "action", "detectors", "scan_ids")
+    __slots__ = ("__weakref__", "_clean", "_key", "action", "detectors", "scan_ids")
 
     def __init__(
         self,
@@ -121,6 +123,7 @@ class Scrubber:
         # Strings found clean before: a set look-up instead of a regex scan for the values every event
         # repeats (plans, routes, regions). Only clean values are kept, so it holds no PII; bounded.
         self._clean: set[str] = set()
+        metrics.track_size(MEMO.labels("pii_clean"), self, lambda s: len(s._clean))
 
     def forget_clean(self) -> None:
         """Drop the cache of clean values (it holds ids as they were sent): after an erasure."""

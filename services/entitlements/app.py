@@ -50,9 +50,9 @@ def build_app(
         directory = CustomerDirectory(
             pool, settings.customers_refresh_seconds, negative_ttl=settings.unknown_customer_ttl_seconds
         )
-        grants = GrantCache(pool, settings.customers_refresh_seconds)
+        grants = GrantCache(pool, settings.customers_refresh_seconds, settings.customer_cache_size)
         directory.on_change.append(grants.invalidate)
-        trials = TrialCache(pool, settings.customers_refresh_seconds)
+        trials = TrialCache(pool, settings.customers_refresh_seconds, settings.customer_cache_size)
         directory.on_change.append(trials.invalidate)
         life.push(directory.start(), "customers")
         aggregates = topic(USAGE_PERIODS, settings.platform.topic_prefix).name

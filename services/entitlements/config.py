@@ -24,6 +24,9 @@ class EntitlementsSettings(StreamServiceSettings):
     customers_refresh_seconds: float = Field(default=30.0, gt=0)
     # An id found absent is answered 404 from memory for this long (protects the database).
     unknown_customer_ttl_seconds: float = Field(default=1.0, ge=0)
+    # Customers whose credit grants and trial features are cached (each cache): the least recently used
+    # beyond are dropped and read again on their next check (docs/operations.md#memory-bounds).
+    customer_cache_size: int = Field(default=100_000, ge=1)
     # How many monthly periods per customer and meter the view keeps (current + late updates to previous);
     # raised at start to cover the longest usage period of the price book (a price billing usage
     # ``per_period`` over a year is limited over its 12 months).

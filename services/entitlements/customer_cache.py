@@ -5,7 +5,6 @@ cached value at once (no TTL wait). The refresh interval stays as the safety net
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -13,35 +12,47 @@ from typing import Any, Generic, TypeVar
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from services.kernel import metrics
+from services.kernel.caches import BoundedCache
+
 T = TypeVar("T")
+
+CACHED = metrics.gauge(
+    "plg_entitlements_customer_cache_entries",
+    "Customers whose rows (grants, trials) are cached in memory, by cache (bounded by "
+    "ENTITLEMENTS_CUSTOMER_CACHE_SIZE each).",
+    ("cache",),
+)
 
 
 class CustomerCache(Generic[T]):
-    """``load(conn, customer_id)`` per customer, cached up to ``max_age_seconds`` or until invalidated."""
+    """``load(conn, customer_id)`` per customer, cached up to ``max_age_seconds`` or until invalidated; at
+    most ``max_entries`` customers (the least recently used beyond are dropped, and read again if asked)."""
 
     def __init__(
         self,
         pool: ConnectionPool,
         load: Callable[[psycopg.Connection[Any], str], T],
         max_age_seconds: float = 30.0,
+        *,
+        name: str = "customers",
+        max_entries: int = 100_000,
     ) -> None:
         self._pool = pool
         self._load = load
-        self._max_age = max_age_seconds
-        self._values: dict[str, tuple[float, T]] = {}
-        self._lock = threading.Lock()
+        self._values: BoundedCache[str, T] = BoundedCache(
+            max_entries, ttl=max_age_seconds, gauge=CACHED.labels(name)
+        )
+
+    def __len__(self) -> int:
+        return len(self._values)
 
     def invalidate(self, customer_id: str) -> None:
-        with self._lock:
-            self._values.pop(customer_id, None)
+        self._values.pop(customer_id)
 
     def cached(self, customer_id: str) -> T | None:
         """The customer's value if cached and fresh (no I/O: safe on the event loop)."""
-        with self._lock:
-            cached = self._values.get(customer_id)
-        if cached is not None and time.monotonic() - cached[0] < self._max_age:
-            return cached[1]
-        return None
+        return self._values.get(customer_id)
 
     def get(self, customer_id: str) -> T:
         """The customer's value, read from PostgreSQL unless cached and fresh (blocking)."""
@@ -51,6 +62,5 @@ class CustomerCache(Generic[T]):
         now = time.monotonic()
         with self._pool.connection() as conn:
             value = self._load(conn, customer_id)
-        with self._lock:
-            self._values[customer_id] = (now, value)
+        self._values.put(customer_id, value, stored_at=now)
         return value

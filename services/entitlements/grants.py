@@ -28,5 +28,7 @@ def unexpired_grants(conn: psycopg.Connection[Any], customer_id: str) -> list[Gr
 
 
 class GrantCache(CustomerCache[list[Grant]]):
-    def __init__(self, pool: ConnectionPool, max_age_seconds: float = 30.0) -> None:
-        super().__init__(pool, unexpired_grants, max_age_seconds)
+    def __init__(
+        self, pool: ConnectionPool, max_age_seconds: float = 30.0, max_entries: int = 100_000
+    ) -> None:
+        super().__init__(pool, unexpired_grants, max_age_seconds, name="grants", max_entries=max_entries)

@@ -12,5 +12,7 @@ from services.plans.trials import Trial
 
 
 class TrialCache(CustomerCache[list[Trial]]):
-    def __init__(self, pool: ConnectionPool, max_age_seconds: float = 30.0) -> None:
-        super().__init__(pool, trials.active, max_age_seconds)
+    def __init__(
+        self, pool: ConnectionPool, max_age_seconds: float = 30.0, max_entries: int = 100_000
+    ) -> None:
+        super().__init__(pool, trials.active, max_age_seconds, name="trials", max_entries=max_entries)

@@ -26,6 +26,12 @@ VIEW_LAG = metrics.histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
+USAGE_SERIES = metrics.gauge(
+    "plg_entitlements_usage_series",
+    "(customer, meter) series whose period totals the view holds (at most ENTITLEMENTS_PERIODS_KEPT periods "
+    "each; bounded by the customers table times the meters of the plans file).",
+)
+
 # Keys are ``customer|meter|granularity|window_start|group key``; the ungrouped series has an empty group
 # key, so its keys end with "|".
 _PERIOD_MARK = b"|BILLING_PERIOD|"
@@ -44,6 +50,7 @@ class UsageTotals:
         self.periods_kept = periods_kept
         self.clock = clock
         self._usage: dict[tuple[str, str], dict[int, Decimal]] = {}
+        metrics.track_size(USAGE_SERIES, self, len)
 
     def __len__(self) -> int:
         return len(self._usage)

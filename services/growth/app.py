@@ -156,7 +156,7 @@ def open_growth(
         erasures,
         auth.open_authenticator(pool, settings.auth, static_operators=static),
         CustomerDirectory(pool, listen=False),
-        FlagOverrides(pool),
+        FlagOverrides(pool, max_entries=settings.overrides_cache_size),
     )
 
 

@@ -39,6 +39,9 @@ class GrowthSettings(ExactlyOnceSettings):
     exposure_memory: int = Field(default=100_000, ge=0)
     # Server-side sticky assignments kept in memory (the table holds them all).
     sticky_cache_size: int = Field(default=100_000, ge=0)
+    # Flag overrides (set_flag actions) cached per (customer, person) for 2 s; the least recently used
+    # beyond this many are dropped and read again (docs/operations.md#memory-bounds).
+    overrides_cache_size: int = Field(default=100_000, ge=0)
     # A sticky assignment unused this long is deleted (a person who comes back is bucketed again); one in
     # use is kept. Checked every sticky_prune_interval_seconds.
     sticky_retention_days: int = Field(default=90, ge=1)

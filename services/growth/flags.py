@@ -18,6 +18,7 @@ from psycopg_pool import ConnectionPool
 from services.growth.flagstore import FlagStore, Snapshot
 from services.growth.telemetry import TelemetryWriter, stable_event_id, usage_event
 from services.kernel import metrics
+from services.kernel.caches import BoundedCache
 from services.kernel.lifecycle import wait_or_stop
 from services.kernel.sse import event as sse_event
 
@@ -30,6 +31,14 @@ SUBSCRIBERS = metrics.gauge("plg_growth_sse_subscribers", "Open SSE streams, by 
 RELOADS = metrics.counter("plg_growth_flag_reloads", "Flag snapshots loaded (a change or a poll).")
 REVISION = metrics.gauge("plg_growth_flags_revision", "Revision (last change id) of the flags served.")
 
+EXPOSURES_REMEMBERED = metrics.gauge(
+    "plg_growth_exposure_log_entries",
+    "(identity, flag, version, variant) exposures remembered as sent (bounded by GROWTH_EXPOSURE_MEMORY).",
+)
+STICKY_CACHED = metrics.gauge(
+    "plg_growth_sticky_cache_entries",
+    "Sticky assignments cached in memory (bounded by GROWTH_STICKY_CACHE_SIZE; the table holds them all).",
+)
 STICKY_PRUNED = metrics.counter(
     "plg_growth_sticky_assignments_pruned",
     "Sticky assignment rows deleted after GROWTH_STICKY_RETENTION_DAYS unused.",
@@ -110,30 +119,26 @@ class FlagsRuntime:
 
 class ExposureLog:
     """Remembers which (identity, flag, version, variant) was already reported, so an app evaluating the
-    same flag on every request sends one exposure, not thousands (bounded LRU, per process)."""
+    same flag on every request sends one exposure, not thousands (bounded LRU, per process: one evicted
+    and seen again is reported again, which analytics counts once per identity anyway)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._seen: OrderedDict[tuple[str, str, int | None, str | None], None] = OrderedDict()
+        self._seen: BoundedCache[tuple[str, str, int | None, str | None], bool] = BoundedCache(
+            max(0, capacity), gauge=EXPOSURES_REMEMBERED
+        )
 
     def first(self, identity: str, result: Evaluation) -> bool:
         if self.capacity <= 0:
             return True
-        key = (identity, result.flag_key, result.version, result.variant)
-        if key in self._seen:
-            self._seen.move_to_end(key)
-            return False
-        self._seen[key] = None
-        if len(self._seen) > self.capacity:
-            self._seen.popitem(last=False)
-        return True
+        return self._seen.add((identity, result.flag_key, result.version, result.variant), True)
 
     def forget(self, matches: Callable[[str], bool]) -> int:
         """Drop the exposures remembered for identities that ``matches`` (an erasure)."""
-        doomed = [k for k in list(self._seen) if matches(k[0])]
-        for key in doomed:
-            self._seen.pop(key, None)
-        return len(doomed)
+        return self._seen.discard_where(lambda key: matches(key[0]))
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
 
 class StickyAssignments:
@@ -264,6 +269,7 @@ class StickyAssignments:
         self._cache.move_to_end(key)
         while len(self._cache) > self.capacity:
             self._cache.popitem(last=False)
+        STICKY_CACHED.set(len(self._cache))
 
     def _touch_if_due(self, key: tuple[str, str]) -> None:
         """Under the lock: queue a ``last_used_at`` update when the row's is older than the interval."""
@@ -282,6 +288,7 @@ class StickyAssignments:
                 self._cache.pop(key, None)
                 self._new.pop(key, None)
                 self._touch.discard(key)
+            STICKY_CACHED.set(len(self._cache))
         return len(doomed)
 
     def __len__(self) -> int:
@@ -317,6 +324,7 @@ class CustomerSticky(MutableMapping[str, str]):
     def __delitem__(self, key: str) -> None:
         with self._store._lock:
             del self._store._cache[(self._customer or "", key)]
+            STICKY_CACHED.set(len(self._store._cache))
 
     def __iter__(self) -> Iterator[str]:
         owner = self._customer or ""

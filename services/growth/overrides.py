@@ -8,9 +8,7 @@ on another instance is seen within that time (on this instance at once: a comple
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -18,6 +16,14 @@ from typing import Any
 import psycopg
 from plg_sdk.flags import DISABLED, TARGETING_MATCH, Evaluation, FlagSet
 from psycopg_pool import ConnectionPool
+
+from services.kernel import metrics
+from services.kernel.caches import BoundedCache
+
+CACHED = metrics.gauge(
+    "plg_growth_overrides_cache_entries",
+    "(customer, person) flag overrides cached in memory (bounded by GROWTH_OVERRIDES_CACHE_SIZE).",
+)
 
 PERSON = "person"
 CUSTOMER = "customer"
@@ -44,18 +50,14 @@ def set_override(
 class FlagOverrides:
     def __init__(self, pool: ConnectionPool, ttl_seconds: float = 2.0, max_entries: int = 100_000) -> None:
         self._pool = pool
-        self._ttl = ttl_seconds
-        self._max = max_entries
-        self._cache: OrderedDict[tuple[str, str], tuple[float, dict[str, str]]] = OrderedDict()
-        self._lock = threading.Lock()
+        # (customer, person) -> flag key -> variant; a person evicted (or expired) is read again
+        self._cache: BoundedCache[tuple[str, str], dict[str, str]] = BoundedCache(
+            max_entries, ttl=ttl_seconds, gauge=CACHED
+        )
 
     def cached(self, customer_id: str, person_id: str) -> dict[str, str] | None:
         """The subject's overrides when cached and fresh (no I/O: safe on the event loop)."""
-        with self._lock:
-            found = self._cache.get((customer_id, person_id))
-        if found is not None and time.monotonic() - found[0] < self._ttl:
-            return found[1]
-        return None
+        return self._cache.get((customer_id, person_id))
 
     def get(self, customer_id: str, person_id: str) -> dict[str, str]:
         """flag key -> variant for the person (their own values over the customer's). Blocking."""
@@ -71,17 +73,14 @@ class FlagOverrides:
             ).fetchall()
         values = {key: variant for key, scope, variant in rows if scope == CUSTOMER}
         values.update({key: variant for key, scope, variant in rows if scope == PERSON})
-        with self._lock:
-            self._cache[(customer_id, person_id)] = (now, values)
-            self._cache.move_to_end((customer_id, person_id))
-            while len(self._cache) > self._max:
-                self._cache.popitem(last=False)
+        self._cache.put((customer_id, person_id), values, stored_at=now)
         return values
 
     def invalidate(self, customer_id: str) -> None:
-        with self._lock:
-            for key in [k for k in self._cache if k[0] == customer_id]:
-                del self._cache[key]
+        self._cache.discard_where(lambda key: key[0] == customer_id)
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
 
 def apply(results: list[Evaluation], overrides: Mapping[str, str], engine: FlagSet) -> list[Evaluation]:

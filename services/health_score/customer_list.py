@@ -19,6 +19,8 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
+from services.health_score.serving import SERVING
+from services.kernel import metrics
 from services.plans.model import PlansConfig
 
 BANDS = ("red", "yellow", "green")
@@ -132,6 +134,7 @@ class CustomerDirectorySnapshot:
         self.connect = connect
         self.max_age = max_age
         self._facts: dict[str, CustomerFacts] = {}
+        metrics.track_size(SERVING.labels("directory"), self, lambda s: len(s._facts))
         self._read_at = float("-inf")
         self._lock = threading.Lock()
 

@@ -13,10 +13,21 @@ from typing import Any
 
 from services.health_score.model import day_of
 from services.health_score.store import to_date
+from services.kernel import metrics
 from services.kernel.processing import Message
 
 RECENT_EVENTS = 50
 RECENT_ALERTS = 20
+
+SERVING = metrics.gauge(
+    "plg_health_serving_entries",
+    "Customers in the API's in-memory maps, by map: scores (latest), history, alerts, events, plan_usage, "
+    "and "
+    "directory (the customers table as the list reads it). Bounded by the customers table: every customer id "
+    "comes from an API key; per customer, history keeps HEALTH_HISTORY_DAYS points and alerts and events "
+    "their last RECENT_ALERTS and RECENT_EVENTS.",
+    ("map",),
+)
 
 
 class Hub:
@@ -125,6 +136,15 @@ def detail(record: Mapping[str, Any], history: list[dict[str, Any]]) -> dict[str
     }
 
 
+_SERVING_MAPS: tuple[tuple[str, Callable[[ServingCache], int]], ...] = (
+    ("scores", lambda c: len(c.latest)),
+    ("history", lambda c: len(c.history)),
+    ("alerts", lambda c: len(c.alerts)),
+    ("events", lambda c: len(c.events)),
+    ("plan_usage", lambda c: len(c.plan_usage)),
+)
+
+
 class ServingCache:
     def __init__(self, hub: Hub, history_days: int = 56) -> None:
         self.hub = hub
@@ -137,6 +157,8 @@ class ServingCache:
         self.changed: dict[str, float] = {}  # customer → time.monotonic() the cache saw its latest score
         self._sorted: list[dict[str, Any]] | None = None
         self._lock = threading.Lock()
+        for label, size in _SERVING_MAPS:
+            metrics.track_size(SERVING.labels(label), self, size)
 
     def load_history(self, history: Mapping[str, list[dict[str, Any]]]) -> None:
         with self._lock:

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from services.ingest.metrics import MEMO
+from services.kernel import metrics
 from services.kernel.avro_binary import (
     BRANCH1,
     NULL,
@@ -47,6 +49,8 @@ class UsageEventEncoder:
         self._header = header
         self._names: dict[str, bytes] = {}
         self._keys: dict[str, bytes] = {}
+        metrics.track_size(MEMO.labels("encoded_names"), self, lambda e: len(e._names))
+        metrics.track_size(MEMO.labels("encoded_keys"), self, lambda e: len(e._keys))
 
     def for_request(
         self, customer_id: str, ingest: Mapping[str, Any] | None

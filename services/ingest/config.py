@@ -29,6 +29,9 @@ class IngestSettings(StreamServiceSettings):
     # Token bucket per API key, in events; 0 turns the limit off. Per process.
     rate_limit_events_per_second: float = Field(default=10_000, ge=0)
     rate_limit_burst: float = Field(default=20_000, ge=0)
+    # Token buckets kept (one per API key): full → all are dropped and refilled (each key starts again
+    # with a full burst; docs/operations.md#memory-bounds).
+    rate_limit_max_keys: int = Field(default=100_000, ge=1)
 
     # Customers (for the abuse guard's `suspended` notice) are re-read this often; a suspension reaches
     # ingest within about a second anyway (the customers trigger's notification).

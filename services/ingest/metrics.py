@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from services.ingest import model
 from services.kernel import metrics
 
 REQUESTS = metrics.counter(
@@ -34,5 +35,16 @@ KAFKA_BREAKER_OPEN = metrics.gauge(
     "1 while ingest answers 503 at once because Kafka was found unavailable (with several workers, one "
     "series per worker pid).",
 )
+
+MEMO = metrics.gauge(
+    "plg_ingest_memo_entries",
+    "Strings remembered to skip work on the next event, by cache: valid_names and valid_keys (event names "
+    "and "
+    "property keys that passed their checks, 50 000 each), encoded_names and encoded_keys (their Avro bytes, "
+    "10 000 each per encoder); each is emptied when full (docs/operations.md#memory-bounds).",
+    ("cache",),
+)
+metrics.track_size(MEMO.labels("valid_names"), model._VALID_NAMES, len)
+metrics.track_size(MEMO.labels("valid_keys"), model._VALID_KEYS, len)
 
 ACCEPTED = EVENTS.labels("accepted", "accepted")

@@ -9,6 +9,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from services.kernel import metrics
+
+BUCKETS = metrics.gauge(
+    "plg_ingest_rate_limit_buckets",
+    "Token buckets held, one per API key (bounded by INGEST_RATE_LIMIT_MAX_KEYS).",
+)
+
 
 @dataclass(slots=True)
 class TokenBucket:
@@ -40,6 +47,9 @@ class RateLimiter:
         self._max_keys = max_keys
         self._buckets: dict[str, TokenBucket] = {}
 
+    def __len__(self) -> int:
+        return len(self._buckets)
+
     def retry_after(self, key: str, n: int, now: float) -> int:
         """0 when the request may go on, else whole seconds the client should wait (at least 1)."""
         if not self.enabled:
@@ -49,5 +59,6 @@ class RateLimiter:
             if len(self._buckets) >= self._max_keys:
                 self._buckets.clear()
             bucket = self._buckets[key] = TokenBucket(self._rate, self._burst, self._burst, now)
+            BUCKETS.set(len(self._buckets))
         wait = bucket.take(n, now)
         return 0 if wait == 0.0 else max(1, math.ceil(wait))

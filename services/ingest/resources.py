@@ -45,7 +45,6 @@ from services.kernel.http import (
     request_id_of,
 )
 from services.kernel.kafka import check_reachable
-from services.kernel.settings import AuthSettings
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +74,18 @@ class Ingest:
         # Ingest keeps its own cache TTLs (INGEST_KEY_CACHE_TTL_SECONDS, ...): it is the hot path.
         self.auth: Authenticator = auth.open_authenticator(
             pool,
-            AuthSettings(
-                key_cache_ttl_seconds=settings.key_cache_ttl_seconds,
-                key_negative_cache_ttl_seconds=settings.key_negative_cache_ttl_seconds,
-                key_stale_ttl_seconds=settings.auth.key_stale_ttl_seconds,
-                failed_attempts_limit=settings.auth.failed_attempts_limit,
-                failed_attempts_window_seconds=settings.auth.failed_attempts_window_seconds,
+            settings.auth.model_copy(
+                update={
+                    "key_cache_ttl_seconds": settings.key_cache_ttl_seconds,
+                    "key_negative_cache_ttl_seconds": settings.key_negative_cache_ttl_seconds,
+                }
             ),
         )
         self.limiter = RateLimiter(
-            settings.rate_limit_events_per_second, settings.rate_limit_burst, settings.max_batch_events
+            settings.rate_limit_events_per_second,
+            settings.rate_limit_burst,
+            settings.max_batch_events,
+            settings.rate_limit_max_keys,
         )
         self.breaker = KafkaBreaker(settings.breaker_probe_interval_seconds)
         self._kafka_checked_at = 0.0

@@ -30,7 +30,16 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 import psycopg
 from psycopg.rows import dict_row
 
+from services.kernel import metrics
+
 log = logging.getLogger(__name__)
+
+CACHED = metrics.gauge(
+    "plg_auth_credential_cache_entries",
+    "Credential rows (and ids known unknown) cached in memory, by cache: keys, operators (bounded by "
+    "PLG_AUTH_KEY_CACHE_SIZE each).",
+    ("cache",),
+)
 
 KeyKind = Literal["secret", "publishable"]
 KEY_PREFIX = "plg"  # secret keys (every key made before kinds existed is one)
@@ -164,6 +173,7 @@ class CredentialCache(Generic[R]):
         clock: Callable[[], float] = time.monotonic,
         max_entries: int = 100_000,
         stale_ttl: float = 3600.0,
+        name: str = "keys",
     ) -> None:
         self._lookup = lookup
         self._ttl = ttl
@@ -174,6 +184,7 @@ class CredentialCache(Generic[R]):
         # id -> (fresh until, row or None for unknown, stale until: the last confirmation + ttl + stale_ttl)
         self._entries: dict[str, tuple[float, R | None, float]] = {}
         self._inflight: dict[str, asyncio.Future[R | None]] = {}
+        self._size = CACHED.labels(name)
 
     async def check(self, key_id: str, secret: str, what: str, *, cached_only: bool = False) -> R:
         """The row of ``key_id`` if ``secret`` is its secret and it is not revoked; else CredentialError.
@@ -238,6 +249,7 @@ class CredentialCache(Generic[R]):
             record,
             confirmed + self._ttl + self._stale_ttl,
         )
+        self._size.set(len(self._entries))
         fut.set_result(record)
         return record
 

@@ -99,6 +99,11 @@ def presented_token(authorization: str | None) -> str | None:
     return None
 
 
+FAILED_CLIENTS = metrics.gauge(
+    "plg_auth_failed_attempt_clients",
+    "Client addresses whose failed credential attempts are being counted (bounded by "
+    "PLG_AUTH_FAILED_ATTEMPTS_MAX_CLIENTS).",
+)
 FAILED_ATTEMPTS = metrics.counter(
     "plg_auth_failed_attempts",
     "Requests with a failed credential (counted) and requests refused 429 because their client address "
@@ -134,6 +139,7 @@ class FailedAttempts:
         left = entry[0] - self._clock()
         if left <= 0:
             del self._windows[client]
+            FAILED_CLIENTS.set(len(self._windows))
             return 0
         return max(1, math.ceil(left))
 
@@ -147,6 +153,7 @@ class FailedAttempts:
             while len(self._windows) >= self._max_clients:
                 del self._windows[next(iter(self._windows))]
             self._windows[client] = [now + self.window, 1]
+            FAILED_CLIENTS.set(len(self._windows))
         else:
             entry[1] += 1
 
@@ -265,11 +272,27 @@ def open_authenticator(
         settings.key_stale_ttl_seconds,
     )
     return Authenticator(
-        apikeys.KeyCache(lookup(apikeys.lookup_key), ttl, negative, stale_ttl=stale),
-        apikeys.CredentialCache(lookup(apikeys.lookup_operator), ttl, negative, stale_ttl=stale),
+        apikeys.KeyCache(
+            lookup(apikeys.lookup_key),
+            ttl,
+            negative,
+            stale_ttl=stale,
+            max_entries=settings.key_cache_size,
+            name="keys",
+        ),
+        apikeys.CredentialCache(
+            lookup(apikeys.lookup_operator),
+            ttl,
+            negative,
+            stale_ttl=stale,
+            max_entries=settings.key_cache_size,
+            name="operators",
+        ),
         static_operators=static_operators,
         failed_attempts=FailedAttempts(
-            settings.failed_attempts_limit, settings.failed_attempts_window_seconds
+            settings.failed_attempts_limit,
+            settings.failed_attempts_window_seconds,
+            max_clients=settings.failed_attempts_max_clients,
         ),
     )
 

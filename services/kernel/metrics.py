@@ -9,8 +9,9 @@ values must stay low-cardinality: topic, partition, group, service, error code â
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from typing import TypeVar
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -32,7 +33,9 @@ __all__ = [
     "counter",
     "gauge",
     "histogram",
+    "refresh_sizes",
     "render",
+    "track_size",
 ]
 
 _C = TypeVar("_C", Counter, Gauge, Histogram)
@@ -83,8 +86,44 @@ def histogram(
     return _get_or_create(Histogram, name, documentation, labelnames, registry, buckets=tuple(buckets))
 
 
+# Size gauges read at scrape time: gauge -> [(owner or a weak reference to it, size of the owner)]. A plain
+# ``.set()`` at every insert would sit on hot paths (ingest's and enrichment's memo caches of names and
+# keys); ``Gauge.set_function`` is invisible under the multiprocess collector (ingest's workers), whereas a
+# value ``set`` just before rendering is written where that collector reads it.
+_sized: dict[int, tuple[Gauge, list[tuple[Any, Callable[[Any], int]]]]] = {}
+
+
+def track_size(gauge: Gauge, owner: Any, size: Callable[[Any], int]) -> None:
+    """Make ``gauge`` (a labelled child or a plain gauge) read ``size(owner)`` at every scrape, summed over
+    every owner tracked on it (one per encoder, cache, partitioner...). The owner is held by a weak
+    reference when it can be (an object dropped stops counting); a module-level set or dict is held."""
+    try:
+        ref: Any = weakref.ref(owner)
+    except TypeError:
+        ref = lambda: owner  # noqa: E731 - builtins (set, dict) cannot be weakly referenced
+    with _lock:
+        _sized.setdefault(id(gauge), (gauge, []))[1].append((ref, size))
+
+
+def refresh_sizes() -> None:
+    """Set every tracked size gauge to its current total (``render`` calls it; tests may too)."""
+    with _lock:
+        tracked = []
+        for gauge, owners in _sized.values():
+            owners[:] = [(ref, size) for ref, size in owners if ref() is not None]
+            tracked.append((gauge, list(owners)))
+    for gauge, live in tracked:
+        total = 0
+        for ref, size in live:
+            owner = ref()
+            if owner is not None:
+                total += size(owner)
+        gauge.set(total)
+
+
 def render(registry: CollectorRegistry = REGISTRY) -> tuple[bytes, str]:
-    """The Prometheus text exposition of ``registry`` and its content type."""
+    """The Prometheus text exposition of ``registry`` and its content type (size gauges refreshed first)."""
+    refresh_sizes()
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 

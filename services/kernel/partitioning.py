@@ -13,6 +13,15 @@ import zlib
 from collections.abc import Callable
 from functools import lru_cache
 
+from services.kernel import metrics
+
+CACHED = metrics.gauge(
+    "plg_partitioner_cache_entries",
+    "Keys (customer ids) whose partition is remembered, over every key_partitioner of the process "
+    "(CACHE_SIZE each, least recently used out).",
+)
+CACHE_SIZE = 200_000
+
 
 def consistent(key: bytes, partitions: int) -> int:
     """librdkafka's ``consistent`` / ``consistent_random`` partitioner for a non-empty key."""
@@ -56,8 +65,9 @@ def key_partitioner(partitions: int, kind: str = "consistent") -> Callable[[str]
     partitioner (``consistent``: librdkafka's default; ``murmur2``: the Java client's)."""
     fn = consistent if kind == "consistent" else murmur2
 
-    @lru_cache(maxsize=200_000)
+    @lru_cache(maxsize=CACHE_SIZE)
     def partition(key: str) -> int:
         return fn(key.encode(), partitions)
 
+    metrics.track_size(CACHED, partition, lambda f: f.cache_info().currsize)
     return partition

@@ -14,6 +14,8 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, unquote
 
+from services.kernel import metrics
+
 SCALE_DIGITS = 9
 SCALE: int = 10**SCALE_DIGITS
 # Largest absolute value one event may carry (in meter units); leaves 19 digits of headroom for sums
@@ -101,9 +103,20 @@ def group_value(raw: Any) -> str:
     return str(raw)
 
 
-@lru_cache(maxsize=100_000)
+QUOTE_CACHE_SIZE = 100_000
+
+
+@lru_cache(maxsize=QUOTE_CACHE_SIZE)
 def _quote(text: str) -> str:
     return quote(text, safe="")
+
+
+QUOTED = metrics.gauge(
+    "plg_metering_quote_cache_entries",
+    "Group-by property values whose percent-encoding is remembered (QUOTE_CACHE_SIZE, least recently used "
+    "out).",
+)
+metrics.track_size(QUOTED, _quote, lambda f: f.cache_info().currsize)
 
 
 def group_key(names: tuple[str, ...], values: tuple[str, ...]) -> str:

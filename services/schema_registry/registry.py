@@ -9,15 +9,15 @@ Subjects, versions, config and modes are always read from PostgreSQL.
 from __future__ import annotations
 
 import json
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import avro.name
 import psycopg
 
+from services.kernel import metrics
+from services.kernel.caches import BoundedCache
 from services.schema_registry import model
 from services.schema_registry.model import (
     LATEST,
@@ -35,31 +35,12 @@ from services.schema_registry.model import (
 )
 from services.schema_registry.store import GLOBAL_SCOPE, Store, StoredSchema, Tx
 
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class LRU(Generic[K, V]):
-    """A small thread-safe LRU map (request handlers run on a thread pool)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._data: OrderedDict[K, V] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: K) -> V | None:
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
-
-    def put(self, key: K, value: V) -> None:
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.capacity:
-                self._data.popitem(last=False)
+CACHED = metrics.gauge(
+    "plg_registry_cache_entries",
+    "Schemas cached in memory by id, by form: stored (the row) and parsed (bounded by REGISTRY_CACHE_SIZE "
+    "each).",
+    ("form",),
+)
 
 
 @dataclass(frozen=True)
@@ -81,8 +62,12 @@ class Registry:
     ) -> None:
         self.store = store
         self.default_compatibility = default_compatibility
-        self._schemas: LRU[int, StoredSchema] = LRU(cache_size)
-        self._parsed: LRU[int, ParsedSchema] = LRU(cache_size)
+        self._schemas: BoundedCache[int, StoredSchema] = BoundedCache(
+            cache_size, gauge=CACHED.labels("stored")
+        )
+        self._parsed: BoundedCache[int, ParsedSchema] = BoundedCache(
+            cache_size, gauge=CACHED.labels("parsed")
+        )
 
     # -- schema loading ------------------------------------------------------------------------------------
 

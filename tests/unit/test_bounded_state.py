@@ -2,22 +2,42 @@
 entries and memory (tracemalloc) — and the other tenants' state is untouched.
 
 Covers the enrichment identity graph, growth's activation counters and the health scorer's daily facts
-(the metering aggregator's dedup ids have their own bound and tests: tests/unit/metering/test_state_store.py).
+(the metering aggregator's dedup ids have their own bound and tests: tests/unit/metering/test_state_store.py);
+and the caches of docs/operations.md "Memory bounds" (the entitlement API's per-customer rows, growth's flag
+overrides and exposures, ingest's rate-limit buckets and name memo, the kernel's credential cache and failed
+attempts): each stays at its bound with its gauge equal to its size, and what it evicted is read again from
+its source, never answered wrong.
 """
 
 from __future__ import annotations
 
+import asyncio
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from plg_sdk.flags import Evaluation
+from prometheus_client import REGISTRY
 
 from services.enrichment.identity import IdentityGraph
+from services.entitlements.customer_cache import CustomerCache
 from services.growth.activation import Tracker
+from services.growth.flags import ExposureLog
+from services.growth.overrides import FlagOverrides
 from services.health_score.alerts import CustomerAlertState
 from services.health_score.model import DAY_MS, Context, day_of
 from services.health_score.processor import FactsBuilder
 from services.health_score.registry import load_config
 from services.health_score.store import CustomerState
+from services.ingest import metrics as ingest_metrics
+from services.ingest import model as ingest_model
+from services.ingest.ratelimit import RateLimiter
+from services.kernel import metrics
+from services.kernel.apikeys import CredentialCache
+from services.kernel.auth import FailedAttempts
 from services.kernel.processing.store import LocalStore
 from tests.unit.growth.test_activation import CONFIG as ACTIVATION
 from tests.unit.growth.test_activation import NOW
@@ -143,3 +163,148 @@ def test_health_facts_stay_bounded_under_a_flood_of_made_up_persons():
     assert len(facts.people) == BOUND
     assert facts.actions[key_action] == FLOOD + FLOOD // 10  # every event still counts as an event
     assert large < small, (small, large)
+
+
+# -- the caches of docs/operations.md "Memory bounds" -----------------------------------------------
+
+
+def gauge(name: str, **labels: str) -> float | None:
+    return REGISTRY.get_sample_value(name, labels)
+
+
+class Rows:
+    """A pool over a made-up table (one value per key, bumped by ``change``): counts the reads, so a test sees
+    an evicted entry read again rather than answered from memory or dropped."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.version: dict[str, int] = {}
+
+    @contextmanager
+    def connection(self) -> Iterator[Rows]:
+        self.reads += 1
+        yield self
+
+    def value(self, key: str) -> str:
+        return f"{key}@{self.version.get(key, 0)}"
+
+    def change(self, key: str) -> None:
+        self.version[key] = self.version.get(key, 0) + 1
+
+    # what FlagOverrides runs: (flag key, scope, variant) rows of the person
+    def execute(self, sql: str, params: tuple[str, str]) -> Rows:
+        self._rows = [("banner", "person", self.value(f"{params[0]}/{params[1]}"))]
+        return self
+
+    def fetchall(self) -> list[tuple[str, str, str]]:
+        return self._rows
+
+
+def test_entitlement_customer_rows_stay_at_their_bound_and_an_evicted_customer_is_read_again():
+    rows = Rows()
+    cache = CustomerCache(rows, lambda conn, c: [conn.value(c)], 3600, name="grants", max_entries=BOUND)  # type: ignore[arg-type]
+    assert cache.get("loyal") == ["loyal@0"]
+
+    def flood(i: int) -> None:
+        assert cache.get(f"fake-{i}") == [f"fake-{i}@0"]
+
+    small = grown_bytes(flood, FLOOD // 10)
+    large = grown_bytes(lambda i: flood(FLOOD // 10 + i), FLOOD)
+    assert len(cache) == BOUND
+    assert gauge("plg_entitlements_customer_cache_entries", cache="grants") == BOUND
+    assert large < 2 * small, (small, large)
+    # the loyal customer was evicted by the flood: its next check reads it again, with its current rows
+    rows.change("loyal")
+    reads = rows.reads
+    assert cache.get("loyal") == ["loyal@1"]
+    assert rows.reads == reads + 1
+    assert cache.get("loyal") == ["loyal@1"]
+    assert rows.reads == reads + 1
+    assert len(cache) == BOUND
+
+
+def test_growth_overrides_and_exposures_stay_at_their_bound_under_a_flood_of_made_up_persons():
+    rows = Rows()
+    overrides = FlagOverrides(rows, ttl_seconds=3600, max_entries=BOUND)  # type: ignore[arg-type]
+    exposures = ExposureLog(BOUND)
+    seen = Evaluation("banner", True, "on", "SPLIT", version=3)
+    assert overrides.get("acme", "loyal") == {"banner": "acme/loyal@0"}
+    assert exposures.first("loyal", seen)
+
+    def flood(i: int) -> None:
+        assert overrides.get("abuser", f"fake-{i}") == {"banner": f"abuser/fake-{i}@0"}
+        assert exposures.first(f"fake-{i}", seen)
+
+    small = grown_bytes(flood, FLOOD // 10)
+    large = grown_bytes(lambda i: flood(FLOOD // 10 + i), FLOOD)
+    assert len(overrides) == BOUND
+    assert len(exposures) == BOUND
+    assert gauge("plg_growth_overrides_cache_entries") == BOUND
+    assert gauge("plg_growth_exposure_log_entries") == BOUND
+    assert large < 2 * small, (small, large)
+    # evicted: the override is read again (its current value), the exposure reported again (analytics
+    # counts exposures once per identity, so a repeat costs one event, a loss would cost the experiment)
+    rows.change("acme/loyal")
+    assert overrides.get("acme", "loyal") == {"banner": "acme/loyal@1"}
+    assert exposures.first("loyal", seen)
+    assert not exposures.first("loyal", seen)
+
+
+def test_ingest_rate_limit_buckets_and_name_memo_stay_bounded_under_a_flood_of_keys_and_names():
+    limiter = RateLimiter(rate=10, burst=100, min_burst=1, max_keys=BOUND)
+    assert limiter.retry_after("loyal", 100, now=0.0) == 0
+    assert limiter.retry_after("loyal", 1, now=0.0) > 0  # its burst is spent
+    for i in range(FLOOD):
+        assert limiter.retry_after(f"fake-{i}", 1, now=0.0) == 0  # every key gets its own bucket
+        assert len(limiter) <= BOUND
+    assert gauge("plg_ingest_rate_limit_buckets") == len(limiter)
+    # the loyal key's bucket went with the others: it starts again full (never refused for another's flood)
+    assert limiter.retry_after("loyal", 100, now=0.0) == 0
+
+    names = ingest_model._VALID_NAMES
+    assert ingest_metrics.MEMO is not None  # importing ingest's metrics makes the gauge track the memo
+    for i in range(2 * ingest_model._MAX_REMEMBERED + 10):
+        assert ingest_model._event_name(f"event-{i}", "name") == f"event-{i}"
+        assert len(names) <= ingest_model._MAX_REMEMBERED
+    metrics.refresh_sizes()
+    assert gauge("plg_ingest_memo_entries", cache="valid_names") == len(names)
+    # an evicted name is checked again and still accepted
+    assert "event-0" not in names
+    assert ingest_model._event_name("event-0", "name") == "event-0"
+
+
+@dataclass(frozen=True)
+class Row:
+    secret_sha256: str
+    revoked: bool = False
+
+
+def test_credential_cache_and_failed_attempts_stay_bounded_under_a_flood_of_made_up_key_ids_and_clients():
+    lookups: list[str] = []
+
+    async def lookup(key_id: str) -> Any:
+        lookups.append(key_id)
+        return Row("h") if key_id == "real" else None
+
+    async def flood() -> None:
+        cache: CredentialCache[Any] = CredentialCache(lookup, 3600, 3600, max_entries=BOUND, name="keys")
+        assert await cache.get("real") == Row("h")
+        for i in range(FLOOD):
+            assert await cache.get(f"fake-{i}") is None
+            assert len(cache._entries) <= BOUND
+        assert gauge("plg_auth_credential_cache_entries", cache="keys") == len(cache._entries)
+        # the real key was dropped with the flood: looked up again, and still valid
+        before = len(lookups)
+        assert await cache.get("real") == Row("h")
+        assert len(lookups) == before + 1
+
+    asyncio.run(flood())
+
+    attempts = FailedAttempts(3, 60.0, max_clients=BOUND, clock=lambda: 0.0)
+    for _ in range(3):
+        attempts.failed("attacker")
+    assert attempts.retry_after("attacker") > 0
+    for i in range(FLOOD):
+        attempts.failed(f"10.0.{i // 256}.{i % 256}")
+    assert len(attempts._windows) == BOUND
+    assert gauge("plg_auth_failed_attempt_clients") == BOUND
