@@ -80,7 +80,7 @@ def run(database: str, customers: int, seed: int = 7) -> dict[str, float]:
     try:
         with pool.connection() as conn:
             sync_catalog(gateway, conn, config, reportable_meters(config), level_meters(config))
-            prices = version_prices(conn, "pro-2025-06")
+            prices = version_prices(conn, "pro-2025-06", gateway.account())
         events = reportable_meters(config)
         aggregates: dict[tuple[str, str, str, int], Decimal] = {}
         ids = [f"bc-{prefix}{i}" for i in range(customers)]

@@ -28,7 +28,7 @@ from typing import Any
 
 import psycopg
 
-from services.billing_reporter.meters import sync_meters
+from services.billing_reporter.meters import adopt_legacy_ids, sync_meters
 from services.billing_reporter.stripe_gateway import StripeGateway
 from services.plans.model import MeterPrice, PlansConfig, ResolvedPrice, Rounding
 
@@ -267,7 +267,9 @@ def sync_catalog(
     levels: Iterable[str] = (),
 ) -> list[SyncedPrice]:
     """Meters, products and prices at Stripe for the whole price book; the price ids kept in
-    ``billing_stripe_prices``. Safe to run again and from two processes at once."""
+    ``billing_stripe_prices`` under the gateway's Stripe account. Safe to run again and from two processes
+    at once."""
+    account = gateway.account()
     meters = {s.meter: s.stripe_meter_id for s in sync_meters(gateway, conn, event_names, set(levels))}
     wanted = desired_prices(config, meters)
     for plan in config.plans:
@@ -278,7 +280,8 @@ def sync_catalog(
     # Prices the book no longer needs (e.g. a version's inexact package price replaced by its package
     # meter's) stay at Stripe for the subscriptions that have them, but checkout stops using them.
     conn.execute(
-        "DELETE FROM billing_stripe_prices WHERE lookup_key <> ALL(%s)", ([d.lookup_key for d in wanted],)
+        "DELETE FROM billing_stripe_prices WHERE stripe_account = %s AND lookup_key <> ALL(%s)",
+        (account, [d.lookup_key for d in wanted]),
     )
     out = []
     for d in wanted:
@@ -290,18 +293,32 @@ def sync_catalog(
             action = "created"
         conn.execute(
             "INSERT INTO billing_stripe_prices"
-            " (lookup_key, plan, price_version, meter, stripe_price_id, exact)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (lookup_key) DO UPDATE SET"
+            " (stripe_account, lookup_key, plan, price_version, meter, stripe_price_id, exact)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (stripe_account, lookup_key) DO UPDATE SET"
             " stripe_price_id = EXCLUDED.stripe_price_id, exact = EXCLUDED.exact, synced_at = now()",
-            (d.lookup_key, d.plan, d.version, d.meter, price_id, d.exact),
+            (account, d.lookup_key, d.plan, d.version, d.meter, price_id, d.exact),
         )
         out.append(SyncedPrice(d.lookup_key, d.plan, d.version, d.meter, price_id, action, d.exact))
     return out
 
 
-def version_prices(conn: psycopg.Connection[Any], version: str) -> dict[str | None, str]:
-    """meter (None: the base) → Stripe price id of one price version, as synced."""
+def version_prices(conn: psycopg.Connection[Any], version: str, account: str) -> dict[str | None, str]:
+    """meter (None: the base) → Stripe price id of one price version in ``account``, as synced."""
+    adopt_legacy_ids(conn, account)
     rows = conn.execute(
-        "SELECT meter, stripe_price_id FROM billing_stripe_prices WHERE price_version = %s", (version,)
+        "SELECT meter, stripe_price_id FROM billing_stripe_prices WHERE stripe_account = %s"
+        " AND price_version = %s",
+        (account, version),
     ).fetchall()
     return {meter: price_id for meter, price_id in rows}
+
+
+def metered_prices(conn: psycopg.Connection[Any], account: str) -> dict[str, str]:
+    """Stripe price id → the plg meter it bills, for every metered price synced in ``account``."""
+    adopt_legacy_ids(conn, account)
+    rows = conn.execute(
+        "SELECT stripe_price_id, meter FROM billing_stripe_prices WHERE stripe_account = %s"
+        " AND meter IS NOT NULL",
+        (account,),
+    ).fetchall()
+    return {str(price_id): str(meter) for price_id, meter in rows}

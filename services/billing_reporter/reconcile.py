@@ -24,6 +24,8 @@ import stripe
 
 from services.billing_reporter.accounts import grants_of, plain
 from services.billing_reporter.adjustments import adjustment_rows, money
+from services.billing_reporter.catalog import metered_prices
+from services.billing_reporter.meters import stripe_meter_ids
 from services.billing_reporter.stripe_gateway import StripeGateway
 from services.kernel.reading import read_to_end
 from services.kernel.serde import SchemaRegistry
@@ -168,7 +170,7 @@ def reconcile(
         + " ORDER BY customer_id",
         (customer,) if customer else (),
     ).fetchall()
-    stripe_meters = dict(conn.execute("SELECT meter, stripe_meter_id FROM billing_stripe_meters").fetchall())
+    stripe_meters = {} if gateway is None else stripe_meter_ids(conn, gateway.account())
     lines: list[Line] = []
     for customer_id, anchor, stripe_id, plan, pinned in customers:
         period = period_of(month, anchor, now_ms)
@@ -289,11 +291,7 @@ def stripe_line_amounts(
     ).fetchone()
     if row is None or not row[0]:
         return {}
-    meters = dict(
-        conn.execute(
-            "SELECT stripe_price_id, meter FROM billing_stripe_prices WHERE meter IS NOT NULL"
-        ).fetchall()
-    )
+    meters = metered_prices(conn, gateway.account())
     try:
         if period.contains(now_ms):
             invoices = [gateway.preview_invoice(stripe_customer_id, str(row[0]))]

@@ -9,7 +9,9 @@ every call, ours are deterministic, and it does not retry 429s; the sender retri
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -75,12 +77,42 @@ class StripeGateway:
 
     def __init__(self, api_base: str, api_key: SecretStr, *, timeout: float = 10.0) -> None:
         self.api_base = api_base.rstrip("/")
+        self._api_key = api_key
+        self._account: str | None = None
+        self._account_lock = threading.Lock()
         self._client = stripe.StripeClient(
             api_key.get_secret_value(),
             base_addresses={"api": self.api_base},
             max_network_retries=0,
             http_client=stripe.RequestsClient(timeout=timeout),
         )
+
+    # -- the account ------------------------------------------------------------------------------------
+    def account(self) -> str:
+        """Which Stripe account (and mode) this key acts for: what plg's caches of Stripe ids (meters,
+        prices) are keyed by, so switching keys — test to live, or another Stripe (double) against the
+        same database — never sends an id the other account does not have. ``acct_...:test`` /
+        ``acct_...:live`` from ``GET /v1/account`` (test and live mode of one account share its id but not
+        its objects, so the key's mode is part of it); a key that may not read its account (a restricted
+        key: 403, or a Stripe without the route: 404) is told apart by a fingerprint of the key instead
+        (``key_`` + 24 hex of SHA-256: the key itself never leaves this object). Asked once per gateway;
+        a connection failure raises (``stripe.StripeError``), as any call would."""
+        with self._account_lock:
+            if self._account is None:
+                self._account = self._resolve_account()
+                log.info("Stripe account", extra={"stripe_account": self._account})
+            return self._account
+
+    def _resolve_account(self) -> str:
+        secret = self._api_key.get_secret_value()
+        mode = "live" if "_live_" in secret else "test"
+        try:
+            found = self._client.v1.accounts.retrieve_current()
+        except (stripe.PermissionError, stripe.InvalidRequestError) as exc:
+            if exc.http_status not in (403, 404):
+                raise
+            return "key_" + hashlib.sha256(f"{self.api_base}\x1f{secret}".encode()).hexdigest()[:24]
+        return f"{found['id']}:{mode}"
 
     # -- meter events ---------------------------------------------------------------------------------
     def send_meter_event(

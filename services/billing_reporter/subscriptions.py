@@ -531,12 +531,13 @@ def catalog_prices(
     pool: ConnectionPool, gateway: Any, config: PlansConfig, version: str, sync: Callable[[], Any]
 ) -> dict[str | None, str]:
     """The version's Stripe prices, syncing the catalog first when they are missing."""
+    account = gateway.account()
     with pool.connection() as conn:
-        prices = version_prices(conn, version)
+        prices = version_prices(conn, version, account)
     if None not in prices:
         sync()
         with pool.connection() as conn:
-            prices = version_prices(conn, version)
+            prices = version_prices(conn, version, account)
     return prices
 
 

@@ -233,8 +233,9 @@ class GrantMirror:
         if price is None or mp is None or not mp.priced:
             return self._record(grant_id, "not_at_stripe", None, None, f"{plan} does not price {meter}")
         derived = package_meter(meter, mp)
+        account = self.gateway.account()
         with self.pool.connection() as conn:
-            price_id = version_prices(conn, price.version).get(derived[0] if derived else meter)
+            price_id = version_prices(conn, price.version, account).get(derived[0] if derived else meter)
         if price_id is None:
             return self._record(grant_id, "not_at_stripe", None, None, f"no Stripe price for {meter}")
         value, exact = credit_value(mp, units)

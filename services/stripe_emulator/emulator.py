@@ -105,6 +105,14 @@ class StripeEmulator:
         self.billing = BillingObjects(clock, self.meters, self.meter_value, self._emit)
         self.webhooks = WebhookSender(webhook_url, webhook_secret)
         self.event_log: list[dict[str, Any]] = []
+        # The account the keys act for (``GET /v1/account``): each emulator is an account of its own, so a
+        # second double against the same database (the bench's) is told apart from the stack's, as two
+        # Stripe accounts are. Kept in the state file: the stack's account survives `make down`/`make up`.
+        self.account: dict[str, Any] = {
+            "id": f"acct_{secrets.token_hex(8)}", "object": "account", "country": "US",
+            "default_currency": "usd", "created": int(clock()), "charges_enabled": True,
+            "payouts_enabled": True, "details_submitted": True, "type": "standard", "metadata": {},
+        }  # fmt: skip
 
     # -- test-facing API ---------------------------------------------------------------------------
     def faults(self, rate: float, **kwargs: Any) -> None:
@@ -129,7 +137,7 @@ class StripeEmulator:
         return out
 
     # -- persistence (the local stack keeps its Stripe account across `make down` / `make up`) -------------
-    _PERSISTED = ("meters", "events", "_identifiers", "accepted_identifiers", "event_log")
+    _PERSISTED = ("meters", "events", "_identifiers", "accepted_identifiers", "event_log", "account")
     _PERSISTED_BILLING = (
         "customers", "products", "prices", "sessions", "subscriptions", "invoices", "invoice_items",
         "credit_notes", "credit_grants",
@@ -348,6 +356,8 @@ class StripeEmulator:
             return {"object": "list", "data": data, "has_more": False, "url": "/v1/billing/meters"}
         if path == "/v1/billing/meter_events" and method == "POST":
             return self._create_event(form)
+        if path == "/v1/account" and method == "GET":
+            return dict(self.account)
         match = re.fullmatch(r"/v1/billing/meters/([^/]+)(/event_summaries)?", path)
         if match and method == "GET":
             meter = self.meters.get(match.group(1))

@@ -80,7 +80,7 @@ class Billing:
         )
         assert status == 200, customer
         with psycopg.connect(self.db_url, autocommit=True) as conn:
-            prices = version_prices(conn, version)
+            prices = version_prices(conn, version, self.stripe_account())
             status, sub, _, _ = self.double.handle(
                 "POST", "/v1/subscriptions", {},
                 {"customer": customer["id"], "items": [{"price": p} for p in prices.values()],
@@ -101,6 +101,10 @@ class Billing:
         state["_period"] = (period.start_ms // 1000, period.end_ms // 1000)
         self.double.billing._sync_periods(state)
         return str(customer["id"]), str(sub["id"])
+
+    def stripe_account(self) -> str:
+        """The account (and mode) plg keys its Stripe ids by for this world's Stripe double."""
+        return StripeGateway(self.double.url, SecretStr("sk_test_harness")).account()
 
     def subscriber(
         self, plan: str, version: str, period: Period, billing_mode: str = "classic"

@@ -24,7 +24,9 @@ def _plan(billing: Billing, customer_id: str) -> str:
 def _price_ids(billing: Billing, version: str) -> dict[str | None, str]:
     with psycopg.connect(billing.db_url) as conn:
         rows = conn.execute(
-            "SELECT meter, stripe_price_id FROM billing_stripe_prices WHERE price_version = %s", (version,)
+            "SELECT meter, stripe_price_id FROM billing_stripe_prices WHERE stripe_account = %s"
+            " AND price_version = %s",
+            (billing.stripe_account(), version),
         ).fetchall()
     return dict(rows)
 

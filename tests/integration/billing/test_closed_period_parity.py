@@ -44,7 +44,7 @@ def test_stripes_invoice_of_a_closed_period_equals_plgs_for_the_seeds_plans(
         assert price is not None
         c, stripe_customer, _ = billing.subscriber(plan, price.version, period)
         with psycopg.connect(billing.db_url) as conn:
-            prices = version_prices(conn, price.version)
+            prices = version_prices(conn, price.version, billing.stripe_account())
         customers[plan] = (c, stripe_customer, prices)
         for meter, (value, aggregation) in meters.items():
             billing.period_usage(c, value, period, meter=meter, aggregation=aggregation)

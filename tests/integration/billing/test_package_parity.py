@@ -26,7 +26,7 @@ def test_growth_compute_packages_cost_the_same_at_stripe_and_in_plg(
     period = billing_period(now_ms(), 1)
     c, stripe_customer, sub = billing.subscriber("growth", "growth-2025-06", period)
     with psycopg.connect(billing.db_url) as conn:
-        prices = version_prices(conn, "growth-2025-06")
+        prices = version_prices(conn, "growth-2025-06", billing.stripe_account())
     assert "compute_seconds" not in prices  # the inexact per-second price is not sold any more
 
     # 101 hours and 1.5 s: 2 started hours over the 100 included -> 1.00 (1 hour and 1.5 s would be

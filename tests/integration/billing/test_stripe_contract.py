@@ -11,7 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
+from services.billing_reporter.stripe_gateway import StripeGateway
 from tests.stripe_double import StripeDouble
 
 AUTH = {"Authorization": "Bearer sk_test_contract"}
@@ -300,3 +302,26 @@ def test_customer_tax_requests_answer_a_subset_of_stripes_shapes(
     assert_subset_shape(*both(double, stripe_mock_url, "DELETE", f"{path}/{tax_id}"))
     real, ours = both(double, stripe_mock_url, "POST", path, data={"type": "xx_nope", "value": "1"})
     assert_same_shape(real, ours, error=True)
+
+
+def test_the_account_answers_a_subset_of_stripes_shape_and_the_gateway_keys_ids_by_it(
+    double: StripeDouble, stripe_mock_url: str
+):
+    """``GET /v1/account`` (what StripeGateway.account() asks once, to key plg's caches of Stripe ids by
+    account): the emulator answers a subset of Stripe's shape, the same account every time; each emulator is
+    an account of its own; the test key's mode is part of the key plg uses."""
+    real, ours = both(double, stripe_mock_url, "GET", "/v1/account")
+    assert_subset_shape(real, ours)
+    again = httpx.get(f"{double.url}/v1/account", headers=AUTH, timeout=10).json()
+    assert again["id"] == ours.json()["id"]
+    assert again["id"].startswith("acct_")
+    other = StripeDouble().serve()
+    try:
+        assert StripeGateway(other.url, SecretStr("sk_test_other")).account() != (
+            StripeGateway(double.url, SecretStr("sk_test_contract")).account()
+        )
+    finally:
+        other.close()
+    at_mock = StripeGateway(stripe_mock_url, SecretStr("sk_test_contract")).account()
+    assert at_mock.startswith("acct_")
+    assert at_mock.endswith(":test")
