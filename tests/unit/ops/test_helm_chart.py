@@ -247,6 +247,21 @@ def pod_labels(workload: dict[str, Any]) -> dict[str, str]:
     return labels
 
 
+def test_a_single_writer_deployment_with_a_data_volume_keeps_one_instance_id_across_restarts(
+    rendered: list[dict[str, Any]],
+) -> None:
+    # Analytics: chDB on a claim, one replica, Recreate; its settings make the instance id its static group
+    # membership, which a pod name (new at every restart of a Deployment) would defeat.
+    for app in _apps():
+        if app.data_dir_env is None or app.name in _stateful():
+            continue
+        deployment = _by_kind(rendered, "Deployment")[f"plg-{app.name}"]
+        assert deployment["spec"]["strategy"]["type"] == "Recreate"
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env[f"{app.env_prefix}INSTANCE_ID"]["value"] == f"plg-{app.name}"
+
+
 def test_stateful_sets_render_valid_with_an_empty_dir_or_a_storage_class(helm: Path) -> None:
     stateful = _stateful()
     without = _render(helm, "state.persistence.enabled=false")
