@@ -20,7 +20,7 @@ from starlette.responses import HTMLResponse, Response
 
 from services.customers import suspension
 from services.health_score import dashboard
-from services.health_score.customer_list import CustomerDirectorySnapshot, Filters, customer_list
+from services.health_score.customer_list import CustomerDirectorySnapshot, Filters, ListRows, customer_list
 from services.health_score.serving import Hub, ServingCache, detail
 from services.health_score.store import HealthStore
 from services.kernel import auth, login
@@ -53,6 +53,8 @@ class HealthResources:
     plans: PlansConfig
     directory: CustomerDirectorySnapshot
     views: list[MaterializedView] = field(default_factory=list)
+    # the list's rows, kept between requests (GET /v1/health and the overview only filter them)
+    list_rows: ListRows = field(default_factory=ListRows)
     loop: AtLeastOnceLoop | None = None
     erasures: ErasureFollower | None = None
     workers: Workers | None = None
@@ -179,7 +181,7 @@ async def list_health(
 
 def _customer_list(res: HealthResources, filters: Filters) -> dict[str, Any]:
     today = datetime.now(UTC).date()
-    return customer_list(res.cache.ranked(), res.directory.get(), res.plans, filters, today)
+    return customer_list(res.cache.ranked(), res.directory.get(), res.plans, filters, today, res.list_rows)
 
 
 @router.get(

@@ -69,21 +69,102 @@ class Filters:
 
 
 def monthly_revenue(
-    facts: CustomerFacts | None, plan: str | None, plans: PlansConfig, today: date
+    facts: CustomerFacts | None,
+    plan: str | None,
+    plans: PlansConfig,
+    today: date,
+    prices: dict[tuple[str, str | None], Decimal] | None = None,
 ) -> Decimal:
     """The customer's recurring revenue per month: its price version's base price (0 when canceled or the
-    plan is unknown)."""
+    plan is unknown). ``prices``: a memo of base prices by (plan, price version) for ``today``, shared by
+    the rows of one day (resolving a price version is most of a row's cost)."""
     if facts is not None and facts.billing_status == "canceled":
         return Decimal(0)
     slug = facts.plan if facts is not None else plan
     if slug is None:
         return Decimal(0)
-    price = plans.price_for(slug, today, facts.price_version if facts is not None else None)
-    return price.base_price if price is not None else Decimal(0)
+    version = facts.price_version if facts is not None else None
+    if prices is not None:
+        found = prices.get((slug, version))
+        if found is not None:
+            return found
+    price = plans.price_for(slug, today, version)
+    base = price.base_price if price is not None else Decimal(0)
+    if prices is not None:
+        prices[(slug, version)] = base
+    return base
 
 
 def _money(amount: Decimal, minor_unit: int = 2) -> str:
     return str(amount.quantize(Decimal(1).scaleb(-minor_unit)))
+
+
+# (the score summary it was built from, the customer's facts, the row as answered, its revenue)
+_Row = tuple[Mapping[str, Any], "CustomerFacts | None", dict[str, Any], Decimal]
+
+
+def _row(
+    summary: Mapping[str, Any],
+    known: CustomerFacts | None,
+    plans: PlansConfig,
+    today: date,
+    prices: dict[tuple[str, str | None], Decimal] | None,
+) -> _Row:
+    mrr = monthly_revenue(known, summary.get("plan"), plans, today, prices)
+    row = {
+        **summary,
+        "name": known.name if known else None,
+        # The customers table is the authority on the plan (a score has the plan it was computed with).
+        "plan": known.plan if known else summary.get("plan"),
+        "csm_owner": known.csm_owner if known else None,
+        "billing_status": known.billing_status if known else None,
+        "suspended": known.suspended if known else False,
+        "mrr": _money(mrr),
+    }
+    return summary, known, row, mrr
+
+
+class ListRows:
+    """The list's rows kept between requests, so a request only filters them and adds up the bands: a row
+    is built again only when its customer's score summary changed (the serving cache makes a new one per
+    score), its customers-table facts changed, or the day did (the price in effect). Rows are shared by
+    the answers: callers must not change them. Holds the customers of the latest ``ranked`` only."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, _Row] = {}
+        self._day: date | None = None
+        self._plans: PlansConfig | None = None
+        self._prices: dict[tuple[str, str | None], Decimal] = {}
+        metrics.track_size(SERVING.labels("list_rows"), self, len)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def rows(
+        self,
+        ranked: Iterable[Mapping[str, Any]],
+        facts: Mapping[str, CustomerFacts],
+        plans: PlansConfig,
+        today: date,
+    ) -> list[_Row]:
+        if today != self._day or plans is not self._plans:
+            self._rows, self._prices, self._day, self._plans = {}, {}, today, plans
+        old, prices = self._rows, self._prices
+        fresh: dict[str, _Row] = {}
+        out = []
+        for summary in ranked:
+            cid = summary["customer_id"]
+            known = facts.get(cid)
+            entry = old.get(cid)
+            if entry is None or entry[0] is not summary or (entry[1] is not known and entry[1] != known):
+                entry = _row(summary, known, plans, today, prices)
+            elif entry[1] is not known:  # the directory was read again, the same facts
+                entry = (summary, known, entry[2], entry[3])
+            fresh[cid] = entry
+            out.append(entry)
+        # Replaced whole (one store): concurrent requests on the thread pool each see a consistent dict.
+        self._rows = fresh
+        return out
 
 
 def customer_list(
@@ -92,35 +173,27 @@ def customer_list(
     plans: PlansConfig,
     filters: Filters,
     today: date,
+    rows: ListRows | None = None,
 ) -> dict[str, Any]:
     """The scored customers, riskiest first, each with its plan, CSM, suspension and monthly revenue, those
     ``filters`` keep; and per band the customers and the recurring revenue among them (after the filters,
-    so a CSM sees their own money at risk)."""
-    rows = []
-    for summary in ranked:
-        known = facts.get(summary["customer_id"])
-        row = {
-            **summary,
-            "name": known.name if known else None,
-            # The customers table is the authority on the plan (a score has the plan it was computed with).
-            "plan": known.plan if known else summary.get("plan"),
-            "csm_owner": known.csm_owner if known else None,
-            "billing_status": known.billing_status if known else None,
-            "suspended": known.suspended if known else False,
-            "mrr": monthly_revenue(known, summary.get("plan"), plans, today),
-        }
-        if filters.matches(row):
-            rows.append(row)
+    so a CSM sees their own money at risk). ``rows``: the rows kept from the previous call (the API's)."""
+    if rows is not None:
+        entries = rows.rows(ranked, facts, plans, today)
+    else:
+        prices: dict[tuple[str, str | None], Decimal] = {}
+        entries = [_row(s, facts.get(s["customer_id"]), plans, today, prices) for s in ranked]
+    listed = []
     per_band: dict[str, dict[str, Any]] = {b: {"customers": 0, "mrr": Decimal(0)} for b in BANDS}
-    for row in rows:
-        band = per_band.setdefault(row.get("band") or "red", {"customers": 0, "mrr": Decimal(0)})
-        band["customers"] += 1
-        band["mrr"] += row["mrr"]
-    for row in rows:
-        row["mrr"] = _money(row["mrr"])
+    for _, _, row, mrr in entries:
+        if filters.matches(row):
+            listed.append(row)
+            band = per_band.setdefault(row.get("band") or "red", {"customers": 0, "mrr": Decimal(0)})
+            band["customers"] += 1
+            band["mrr"] += mrr
     return {
-        "customers": rows,
-        "total": len(rows),
+        "customers": listed,
+        "total": len(listed),
         "currency": plans.currency,
         "revenue_at_risk": {b: {**v, "mrr": _money(v["mrr"])} for b, v in per_band.items()},
     }

@@ -5,6 +5,7 @@ all in memory so the API answers in microseconds; and the hub that pushes change
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import threading
 from collections import deque
@@ -22,7 +23,7 @@ RECENT_ALERTS = 20
 SERVING = metrics.gauge(
     "plg_health_serving_entries",
     "Customers in the API's in-memory maps, by map: scores (latest), history, alerts, events, plan_usage, "
-    "and "
+    "list_rows (the list's rows kept between requests), and "
     "directory (the customers table as the list reads it). Bounded by the customers table: every customer id "
     "comes from an API key; per customer, history keeps HEALTH_HISTORY_DAYS points and alerts and events "
     "their last RECENT_ALERTS and RECENT_EVENTS.",
@@ -145,6 +146,11 @@ _SERVING_MAPS: tuple[tuple[str, Callable[[ServingCache], int]], ...] = (
 )
 
 
+def _rank(row: Mapping[str, Any]) -> tuple[Any, Any, str]:
+    """Where a summary sits in the list: lowest score, then falling fastest, then by id."""
+    return (row["score"], row["trend"] or 0, row["customer_id"])
+
+
 class ServingCache:
     def __init__(self, hub: Hub, history_days: int = 56) -> None:
         self.hub = hub
@@ -155,6 +161,10 @@ class ServingCache:
         self.events: dict[str, deque[dict[str, Any]]] = {}
         self.plan_usage: dict[str, dict[str, dict[str, Any]]] = {}
         self.changed: dict[str, float] = {}  # customer → time.monotonic() the cache saw its latest score
+        # Each customer's row of the list, kept as scores arrive (the list only filters and slices them),
+        # and the customers in list order: (score, trend, id) kept sorted, so a change moves one entry.
+        self.summaries: dict[str, dict[str, Any]] = {}
+        self._order: list[tuple[Any, Any, str]] = []
         self._sorted: list[dict[str, Any]] | None = None
         self._lock = threading.Lock()
         for label, size in _SERVING_MAPS:
@@ -163,7 +173,10 @@ class ServingCache:
     def load_history(self, history: Mapping[str, list[dict[str, Any]]]) -> None:
         with self._lock:
             for cid, rows in history.items():
-                self.history[cid] = list(rows)[-self.history_days :]
+                self.history[cid] = kept = list(rows)[-self.history_days :]
+                record = self.latest.get(cid)
+                if record is not None:
+                    self._summarise(cid, record, kept)
 
     # -- fed by the views and the scorer (Kafka threads) -----------------------------------------------
 
@@ -187,9 +200,25 @@ class ServingCache:
             else:
                 rows.append(point)
                 del rows[: -self.history_days]
-            self._sorted = None
+            row = self._summarise(cid, record, rows)
             self.changed[cid] = time.monotonic()
-        self.hub.publish("score", cid, summary(record, rows))
+        self.hub.publish("score", cid, row)
+
+    def _summarise(
+        self, cid: str, record: Mapping[str, Any], history: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Under the lock: the customer's new summary, moved to its place in the order."""
+        row = summary(record, history)
+        old = self.summaries.get(cid)
+        order = self._order
+        if old is not None:
+            at = bisect.bisect_left(order, _rank(old))
+            if at < len(order) and order[at][2] == cid:
+                del order[at]
+        bisect.insort(order, _rank(row))
+        self.summaries[cid] = row
+        self._sorted = None
+        return row
 
     def apply_alert(self, message: Message) -> None:
         alert = message.value
@@ -253,9 +282,7 @@ class ServingCache:
         ranked = self._sorted
         if ranked is None:
             with self._lock:
-                ranked = sorted(
-                    (summary(r, self.history.get(c, [])) for c, r in self.latest.items()),
-                    key=lambda s: (s["score"], s["trend"], s["customer_id"]),
-                )
+                summaries = self.summaries
+                ranked = [summaries[key[2]] for key in self._order]
                 self._sorted = ranked
         return ranked

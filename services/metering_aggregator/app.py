@@ -125,6 +125,7 @@ def _build(settings: MeteringSettings, life: Lifecycle, config: PlansConfig) -> 
         on_abuse=on_abuse,
         store_factory=store_factory,
         dedup_memory_ids=settings.dedup_memory_ids,
+        window_memory_windows=settings.window_memory_windows,
     )
     # Closed after the loop (newest first): the stores are sealed once the last transaction is done.
     life.push(handler, "local state stores")

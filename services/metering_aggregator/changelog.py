@@ -112,7 +112,12 @@ def restore(
         sizes[key] = len(entries)
         for entry in entries:
             latest_entry[entry[0]] = (key, entry)
-    for wkey, (key, entry) in latest_entry.items():
+    spill = state.spill
+    in_order: Iterable[tuple[str, tuple[bytes, list[Any]]]] = latest_entry.items()
+    if spill is not None:
+        # Series by series, so that one spilled while restoring is rarely needed again.
+        in_order = sorted(in_order, key=_series_of)
+    for wkey, (key, entry) in in_order:
         if evicted_before is not None and int(entry[4]) < evicted_before:
             state.pending_tombstones.extend(key for key, _ in members.get(wkey, []))
             continue
@@ -120,13 +125,21 @@ def restore(
         if w is not None:
             w.record = key
             state.records[key].add(w)
+            if spill is not None and state.windows_in_memory > spill.bound:
+                # Bounded while restoring too; down to 90 % so spills come in batches, not per window.
+                spill.spill(state, target=spill.bound - spill.bound // 10)
     for key, size in sizes.items():
-        if state.records[key]:
+        if state.records[key] or key in state.spilled_in_record:
             state.record_sizes[key] = size
         else:  # superseded everywhere but not yet tombstoned (a crash came first): do it now
             del state.records[key]
             state.pending_tombstones.append(key)
     return count
+
+
+def _series_of(item: tuple[str, Any]) -> tuple[str, str, str]:
+    customer_id, meter_slug, _, _, group = item[0].split("|", 4)
+    return customer_id, meter_slug, group
 
 
 def _restore_window(
@@ -139,6 +152,8 @@ def _restore_window(
         return None
     skey = (customer_id, meter_slug, group)
     series = state.series.get(skey)
+    if series is None and state.spilled_series:
+        series = state.spill.load(state, skey)  # type: ignore[union-attr]
     if series is None:
         series = state.series[skey] = Series(customer_id, meter, group, parse_group_key(group))
     w = state._window(series, Granularity(granularity), int(start), int(end))

@@ -55,6 +55,10 @@ class MeteringSettings(ExactlyOnceSettings):
     state_store: Literal["rocksdb", "memory"] = "rocksdb"
     state_dir: Path = Path(".plg/state/metering")
     dedup_memory_ids: int = Field(default=5_000_000, ge=1000)
+    # At most this many windows (this instance's, shared by its partitions) stay in memory with
+    # ``rocksdb``; the least recently touched series (customer, meter, group) beyond it move to the store
+    # with all their windows and come back on their next event (one point lookup).
+    window_memory_windows: int = Field(default=1_000_000, ge=1)
     # RocksDB's block cache per partition store (its memtables add up to 2 x 16 MiB while writing).
     state_cache_mb: int = Field(default=32, ge=1)
 

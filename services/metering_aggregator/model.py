@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from services.customers.model import Customer
 from services.metering_aggregator.values import (
@@ -285,6 +285,7 @@ class Series:
         "group",
         "group_values",
         "meter",
+        "touched",
         "windows",
     )
 
@@ -300,6 +301,30 @@ class Series:
         # PartitionState._count: one addition per event instead of four, folded in before any read).
         self.acc_n = 0
         self.acc_v = 0
+        # The drain that last saw this series change (least recently touched series leave memory first).
+        self.touched = 0
+
+
+class WindowSpill(Protocol):
+    """Where the windows of series beyond the memory bound go (``services/metering_aggregator/store.py``):
+    whole idle series, with their windows, unique members and record references."""
+
+    bound: int
+
+    def load(self, state: PartitionState, skey: tuple[str, str, str]) -> Series | None:
+        """Bring a spilled series back into memory (None: it is not on disk)."""
+
+    def load_record(self, state: PartitionState, record: bytes) -> None:
+        """Bring back every spilled series holding a window whose latest state is in ``record``."""
+
+    def evict(self, state: PartitionState, now_minute: int) -> list[Series]:
+        """Bring back the spilled series with a window to evict before ``now_minute``; returns them."""
+
+    def spill(
+        self, state: PartitionState, series: list[Series] | None = None, target: int | None = None
+    ) -> int:
+        """Move the least recently touched series (or just ``series``) to disk until memory holds at most
+        ``target`` (default ``bound``) windows; returns the windows moved."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,15 +376,24 @@ class PartitionState:
         # when restored from a changelog written before limits were kept)
         self.thresholds: dict[tuple[str, str, int], tuple[int, int, int | None]] = {}
         self.dirty_thresholds: set[tuple[str, str, int]] = set()
-        # eviction minute -> windows to drop then
-        self.expiry: dict[int, list[Window]] = {}
+        # eviction minute -> windows to drop then (sets: a series leaving memory takes its windows out)
+        self.expiry: dict[int, set[Window]] = {}
         # Packed window records ("B|<txn>.<chunk>") -> the windows whose latest state each one holds, and
         # how many it was written with. A record no window points at any more is tombstoned; a sparse old
         # one has its few live windows rewritten into the current transaction's record, so idle windows
         # never pin many dead bytes in the changelog.
+        # A record's live windows are those in memory (the set) plus ``spilled_in_record[key]`` on disk (see
+        # WindowSpill): the record stays in ``records`` while either holds one.
         self.records: dict[bytes, set[Window]] = {}
         self.record_sizes: dict[bytes, int] = {}
+        self.spilled_in_record: dict[bytes, int] = {}
         self.pending_tombstones: list[bytes] = []
+        # Windows beyond a memory bound go to disk with their whole series (None: all in memory). While
+        # ``spilled_series`` is 0 nothing is looked up on disk.
+        self.spill: WindowSpill | None = None
+        self.spilled_series = 0
+        self.windows_in_memory = 0
+        self._drains = 0
         # The input offset this state is complete up to (the next offset to read): restored from the
         # changelog's checkpoint record, or the last one written in a transaction. None: never written.
         self.checkpoint_offset: int | None = None
@@ -462,6 +496,8 @@ class PartitionState:
     ) -> None:
         skey = (customer.customer_id, meter.slug, gkey)
         series = self.series.get(skey)
+        if series is None and self.spilled_series:
+            series = self.spill.load(self, skey)  # type: ignore[union-attr]
         if series is None:
             gvals = dict(zip(group[0], group[1], strict=True)) if group else {}
             series = self.series[skey] = Series(customer.customer_id, meter, gkey, gvals)
@@ -550,9 +586,22 @@ class PartitionState:
         w = series.windows.get((granularity, start))
         if w is None:
             w = series.windows[(granularity, start)] = Window(series, granularity, start, end)
-            evict_at = (end + self.rules.grace_ms + EVICTION_MARGIN_MS) // MINUTE_MS
-            self.expiry.setdefault(evict_at, []).append(w)
+            self.track(w)
         return w
+
+    def evict_minute(self, end_ms: int) -> int:
+        """The minute a window ending at ``end_ms`` is dropped at (no event can land in it any more)."""
+        return (end_ms + self.rules.grace_ms + EVICTION_MARGIN_MS) // MINUTE_MS
+
+    def track(self, w: Window) -> None:
+        """A window entering memory: in the expiry index and the count the memory bound reads."""
+        evict_at = self.evict_minute(w.end_ms)
+        windows = self.expiry.get(evict_at)
+        if windows is None:
+            self.expiry[evict_at] = {w}
+        else:
+            windows.add(w)
+        self.windows_in_memory += 1
 
     # -- after a batch -----------------------------------------------------------------------------------
 
@@ -564,6 +613,8 @@ class PartitionState:
         remembered so it can be tombstoned when its state expires.
         """
         self.fold_all()
+        if self.spill is not None:
+            self._touch_dirty_series()
         out = Drained()
         for minute, by_customer in self.dedup.take_pending().items():
             keys = self.dedup.bucket_records.setdefault(minute, [])
@@ -595,6 +646,20 @@ class PartitionState:
             out.changelog.extend((key, None) for key in self.pending_tombstones)
             self.pending_tombstones = []
         return out
+
+    def _touch_dirty_series(self) -> None:
+        """Move the series this batch changed to the end of ``series`` (its order is then least recently
+        touched first, what a spill takes): once per series and batch, not per event."""
+        self._drains += 1
+        stamp = self._drains
+        by_key = self.series
+        for w in self.dirty:
+            series = w.series
+            if series.touched != stamp:
+                series.touched = stamp
+                skey = (series.customer_id, series.meter.slug, series.group)
+                if by_key.pop(skey, None) is not None:
+                    by_key[skey] = series
 
     def _write_window_records(self, txn_seq: int, windows: list[Window], out: Drained) -> None:
         """Pack the states of ``windows`` into this transaction's ``B|`` records and move their references."""
@@ -633,19 +698,40 @@ class PartitionState:
         if live is None:
             return
         live.discard(w)
-        if not live:
+        if not live and old not in self.spilled_in_record:
             del self.records[old]
             self.record_sizes.pop(old, None)
             self.pending_tombstones.append(old)
 
+    def release_spilled(self, record: bytes) -> None:
+        """A window on disk held in ``record`` came back to memory or was dropped: one fewer on disk."""
+        left = self.spilled_in_record.get(record, 0) - 1
+        if left > 0:
+            self.spilled_in_record[record] = left
+        else:
+            self.spilled_in_record.pop(record, None)
+
+    def drop_if_dead(self, record: bytes) -> None:
+        """Tombstone ``record`` when no window, in memory or on disk, lives in it any more."""
+        live = self.records.get(record)
+        if live is not None and not live and record not in self.spilled_in_record:
+            del self.records[record]
+            self.record_sizes.pop(record, None)
+            self.pending_tombstones.append(record)
+
     def _sparse_record_windows(self, max_windows: int = 2000) -> list[Window]:
-        """Live windows of records that are less than a quarter full, oldest first, to be rewritten now."""
+        """Live windows of records that are less than a quarter full, oldest first, to be rewritten now
+        (spilled ones are brought back to memory first; the next spill moves them out again)."""
         picked: list[Window] = []
         sizes = self.record_sizes
-        for key, live in self.records.items():  # insertion order: oldest first
-            if len(live) * 4 < sizes.get(key, 0):
-                if len(picked) + len(live) > max_windows:
+        on_disk = self.spilled_in_record
+        for key, live in list(self.records.items()):  # insertion order: oldest first
+            spilled = on_disk.get(key, 0)
+            if (len(live) + spilled) * 4 < sizes.get(key, 0):
+                if len(picked) + len(live) + spilled > max_windows:
                     break
+                if spilled:
+                    self.spill.load_record(self, key)  # type: ignore[union-attr]
                 picked.extend(w for w in live if not w.dirty)
         return picked
 
@@ -691,17 +777,25 @@ class PartitionState:
         self.fold_all()
         now_minute = now_ms // MINUTE_MS
         tombstones: list[bytes] = []
+        # Spilled series with a window due come back to memory, are evicted like the rest, and what is left
+        # of them goes straight back to disk (unchanged windows: committed state).
+        returned = self.spill.evict(self, now_minute) if self.spilled_series else []  # type: ignore[union-attr]
         for minute in [m for m in self.expiry if m < now_minute]:
             for w in self.expiry.pop(minute):
                 series = w.series
                 if series.windows.pop((w.granularity, w.start_ms), None) is None:
                     continue
+                self.windows_in_memory -= 1
                 self._release(w)
                 tombstones.extend(w.member_records or ())
                 series.cur_minute = -1
                 series.cur = ()
                 if not series.windows:
                     self.series.pop((series.customer_id, series.meter.slug, series.group), None)
+        if returned:
+            left = [s for s in returned if s.windows]
+            if left:
+                self.spill.spill(self, left)  # type: ignore[union-attr]
         dedup_horizon_minutes = now_minute - EVICTION_MARGIN_MS // MINUTE_MS
         for minute in self.dedup.evict(dedup_horizon_minutes):
             tombstones.extend(self.dedup.bucket_records.pop(minute, ()))

@@ -43,7 +43,7 @@ from services.metering_aggregator.avro_aggregate import AggregateEncoder
 from services.metering_aggregator.changelog import encode_value, restore
 from services.metering_aggregator.handlers import abuse_record, aggregate_record, threshold_record
 from services.metering_aggregator.model import PartitionState, Rules
-from services.metering_aggregator.store import DiskDedupIndex, PartitionStore
+from services.metering_aggregator.store import DiskDedupIndex, DiskWindows, PartitionStore
 from services.metering_aggregator.values import nanounits_to_decimal
 from services.plans.model import PlansConfig
 from services.plans.periods import Granularity
@@ -61,6 +61,10 @@ THRESHOLDS = metrics.counter(
 )
 DEDUP_IDS = metrics.gauge("plg_metering_dedup_ids", "Event ids held for deduplication.")
 WINDOWS = metrics.gauge("plg_metering_windows", "Aggregation windows held in memory.")
+SPILLED_SERIES = metrics.gauge(
+    "plg_metering_spilled_series",
+    "Series (customer, meter, group) whose windows are only in the local store (memory bound).",
+)
 ASSIGNED = metrics.gauge("plg_metering_assigned_partitions", "usage-events partitions this instance owns.")
 ABUSE = metrics.counter(
     "plg_metering_abuse_signals", "Abuse signals emitted (committed), by kind and action.", ("kind", "action")
@@ -118,6 +122,7 @@ class MeteringHandler(StreamHandler):
         on_abuse: Callable[[list[dict[str, Any]]], None] | None = None,
         store_factory: Callable[[int], PartitionStore] | None = None,
         dedup_memory_ids: int = 5_000_000,
+        window_memory_windows: int = 1_000_000,
     ) -> None:
         self.kafka = kafka
         self.directory = directory
@@ -137,6 +142,8 @@ class MeteringHandler(StreamHandler):
         self._signals: list[dict[str, Any]] = []
         self._state_changed = False
         self._evicted = False
+        # Tombstones of the open transaction's eviction tick, per partition (see rollback).
+        self._tick_tombstones: dict[int, list[bytes]] = {}
         # Outcomes of the open transaction, counted once it commits.
         self._outcomes: dict[str, int] = {}
         self._thresholds: dict[str, int] = {}
@@ -145,6 +152,9 @@ class MeteringHandler(StreamHandler):
         # disk; the store mirrors the changelog and is sealed when a partition is revoked or at close.
         self.store_factory = store_factory
         self.dedup_memory_ids = dedup_memory_ids
+        # Windows beyond ``window_memory_windows`` (this instance's, shared by its partitions) go to disk
+        # with their whole series, least recently touched first (store.DiskWindows).
+        self.window_memory_windows = window_memory_windows
         self.stores: dict[int, PartitionStore] = {}
         # The input offset each partition's state is complete at, as committed (what a seal vouches for).
         self._committed_offsets: dict[int, int] = {}
@@ -208,6 +218,14 @@ class MeteringHandler(StreamHandler):
         partitions = sorted(tp.partition for tp in assigned if tp.topic == self.topics.usage_events)
         missing = [p for p in partitions if p not in self.states]
         rebuild = partitions if self._state_changed else missing
+        if not self._state_changed:
+            # Only an eviction tick was lost: memory (and the local store) already dropped that state, which
+            # no event can reach any more, so its tombstones go out with the next transaction instead.
+            for partition, tombstones in self._tick_tombstones.items():
+                state = self.states.get(partition)
+                if state is not None and partition not in rebuild:
+                    state.pending_tombstones.extend(tombstones)
+        self._tick_tombstones.clear()
         if rebuild:
             self.states.update(self._restore(rebuild))
         for state in self.states.values():
@@ -224,6 +242,7 @@ class MeteringHandler(StreamHandler):
 
     def committed(self, positions: Sequence[TopicPartition]) -> None:
         self._state_changed = False
+        self._tick_tombstones.clear()
         if self.stores:
             self._after_commit(positions)
         for outcome, n in self._outcomes.items():
@@ -245,7 +264,8 @@ class MeteringHandler(StreamHandler):
         if self._evicted:
             self._evicted = False
             DEDUP_IDS.set(sum(len(s.dedup) for s in self.states.values()))
-            WINDOWS.set(sum(s.window_count() for s in self.states.values()))
+            WINDOWS.set(sum(s.windows_in_memory for s in self.states.values()))
+            SPILLED_SERIES.set(sum(s.spilled_series for s in self.states.values()))
 
     def _after_commit(self, positions: Sequence[TopicPartition]) -> None:
         """The transaction is durable: mirror its changelog records into the stores and spill dedup ids
@@ -258,6 +278,7 @@ class MeteringHandler(StreamHandler):
             if store is not None:
                 store.mirror(records)
         bound = self._memory_ids_per_partition()
+        windows_bound = self._memory_windows_per_partition()
         for state in self.states.values():
             dedup = state.dedup
             if isinstance(dedup, DiskDedupIndex):
@@ -266,9 +287,17 @@ class MeteringHandler(StreamHandler):
                 if moved:
                     SPILLED_IDS.inc(moved)
                     self._evicted = True  # refresh the gauges
+            spill = state.spill
+            if spill is not None:
+                spill.bound = windows_bound
+                if state.windows_in_memory > windows_bound and spill.spill(state):
+                    self._evicted = True
 
     def _memory_ids_per_partition(self) -> int:
         return max(1, self.dedup_memory_ids // max(1, len(self.states)))
+
+    def _memory_windows_per_partition(self) -> int:
+        return max(1, self.window_memory_windows // max(1, len(self.states)))
 
     def _store(self, partition: int) -> PartitionStore:
         store = self.stores.get(partition)
@@ -280,8 +309,11 @@ class MeteringHandler(StreamHandler):
     def _new_state(self, partition: int) -> PartitionState:
         if self.store_factory is None:
             return PartitionState(partition, self.config, self.rules)
-        dedup = DiskDedupIndex(self._store(partition).store, self._memory_ids_per_partition())
-        return PartitionState(partition, self.config, self.rules, dedup)
+        store = self._store(partition).store
+        dedup = DiskDedupIndex(store, self._memory_ids_per_partition())
+        state = PartitionState(partition, self.config, self.rules, dedup)
+        state.spill = DiskWindows(store, self._memory_windows_per_partition())
+        return state
 
     def _warm(self, partitions: list[int]) -> dict[int, PartitionState]:
         """States of ``partitions`` whose local store is sealed at exactly the group's committed offset.
@@ -304,7 +336,14 @@ class MeteringHandler(StreamHandler):
             self._committed_offsets[p] = offset
             log.info(
                 "partition state reused from the local store",
-                extra={"partition": p, "offset": offset, "records": records, "ids_in_memory": ids},
+                extra={
+                    "partition": p,
+                    "offset": offset,
+                    "records": records,
+                    "ids_in_memory": ids,
+                    "windows_in_memory": state.windows_in_memory,
+                    "spilled_series": state.spilled_series,
+                },
             )
         return warm
 
@@ -365,7 +404,8 @@ class MeteringHandler(StreamHandler):
                 "seconds": round(elapsed, 3),
                 "records": records,
                 "dedup_ids": sum(len(s.dedup) for s in states.values()),
-                "windows": sum(s.window_count() for s in states.values()),
+                "windows": sum(s.windows_in_memory for s in states.values()),
+                "spilled_series": sum(s.spilled_series for s in states.values()),
             },
         )
         return states
@@ -562,6 +602,8 @@ class MeteringHandler(StreamHandler):
             tombstones = state.evict()
             for key in tombstones:
                 out.send_raw(METERING_CHANGELOG, None, key, partition=partition)
+            if tombstones:
+                self._tick_tombstones.setdefault(partition, []).extend(tombstones)
             if self.stores and tombstones:
                 self._txn_changelog.setdefault(partition, []).extend((key, None) for key in tombstones)
             detector = self.detectors.get(partition)

@@ -8,7 +8,17 @@ Layout of one partition's store (``services.kernel.processing.store.LocalStore``
 * ``I<id key>`` -> expiry minute (4 bytes): a spilled id, for point lookups;
 * ``L<changelog key>`` -> the latest changelog value of that key, for every record kind but the dedup ids
   (``D|`` keys are kept with an empty value: the ids are the ``I``/``E`` entries);
-* the seal (``services.kernel.processing.store``): ``{"o": committed input offset, "rules": [...]}``.
+* ``W<series key>`` -> a spilled series: its windows (state, record reference, unique members and their
+  record keys) and its earliest eviction minute (see :class:`DiskWindows`); ``R<record><series key>``
+  (empty) for each packed ``B|`` record one of its windows lives in, ``X<minute><series key>`` (empty) at
+  its earliest eviction minute; ``V<order><series key>`` -> window count: the series memory held at the
+  seal, least recently touched first, and ``Z`` -> the packed records' bookkeeping at the seal;
+* the seal (``services.kernel.processing.store``): ``{"o": committed input offset, "rules": [...],
+  "layout": LAYOUT}``.
+
+``<series key>`` is the JSON array ``[customer, meter, group]``; ``<record>`` a length byte then the key.
+Packed window records (``B|``) and unique members (``U|``) are not mirrored under ``L``: their content is
+in the series (on disk, or written there by the seal), and ``Z`` keeps which records are live.
 
 ``<id key>`` is the customer id (2-byte length, UTF-8) then the compact event id (``\\x00`` + 16 bytes for
 a UUID, ``\\x01`` + UTF-8 otherwise), so one customer's ids never meet another's.
@@ -21,8 +31,12 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
+
 from services.kernel.processing.store import LocalStore
-from services.metering_aggregator.model import DedupIndex, PartitionState, Rules
+from services.metering_aggregator.model import DedupIndex, PartitionState, Rules, Series, Window
+from services.metering_aggregator.values import parse_group_key
+from services.plans.periods import Granularity
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +44,15 @@ ID = b"I"
 EXPIRY = b"E"
 MIRROR = b"L"
 DEDUP_RECORD = b"D|"
+#: Changelog records not mirrored: their content lives in the series (see the module docs).
+NOT_MIRRORED = (b"B|", b"U|")
+SERIES = b"W"
+BY_RECORD = b"R"
+BY_EXPIRY = b"X"
+SEALED_SERIES = b"V"
+SPILL_META = b"Z"
+#: The store's layout, in its seal: a store of another layout is replayed, never misread. 2: windows spilled.
+LAYOUT = 2
 
 
 def id_key(customer_id: str, compact: int | str) -> bytes:
@@ -216,6 +239,249 @@ class DiskDedupIndex(DedupIndex):
         return sorted(expired)
 
 
+def series_key(skey: tuple[str, str, str]) -> bytes:
+    return orjson.dumps(list(skey))
+
+
+def parse_series_key(raw: bytes) -> tuple[str, str, str]:
+    customer_id, meter, group = orjson.loads(raw)
+    return customer_id, meter, group
+
+
+def _record_prefix(record: bytes) -> bytes:
+    return BY_RECORD + len(record).to_bytes(1, "big") + record
+
+
+class DiskWindows:
+    """Windows bounded in memory: whole series beyond ``bound`` windows go to the store, least recently
+    touched first (:class:`services.metering_aggregator.model.WindowSpill`).
+
+    The unit is the series (customer, meter, group) with all its windows, unique members and record
+    references: an event touches its series' four current windows together, so a series is either active
+    (in memory) or idle, and one point lookup brings all of it back. In memory stays, per packed record,
+    how many of its live windows are on disk (``PartitionState.spilled_in_record``) — so a record is
+    tombstoned exactly when no window lives in it, without the windows — and on disk an index per record
+    (``R``, to bring a sparse record's windows back for a rewrite) and per earliest eviction minute (``X``,
+    so eviction finds spilled windows without reading them all). A series is in memory or on disk, never
+    both; only committed windows are spilled (after a commit, while restoring, at the seal).
+    """
+
+    __slots__ = ("bound", "store")
+
+    def __init__(self, store: LocalStore, bound: int) -> None:
+        self.store = store
+        self.bound = bound
+
+    # -- out -----------------------------------------------------------------------------------------------
+
+    def spill(
+        self, state: PartitionState, series: list[Series] | None = None, target: int | None = None
+    ) -> int:
+        if series is None:
+            excess = state.windows_in_memory - (self.bound if target is None else target)
+            if excess <= 0:
+                return 0
+            series = []
+            for s in state.series.values():  # least recently touched first
+                if excess <= 0:
+                    break
+                if s.acc_n:  # counts not folded yet: only between a batch's events, never here
+                    continue
+                series.append(s)
+                excess -= len(s.windows)
+        batch = self.store.batch()
+        moved = 0
+        for s in series:
+            moved += self._write(state, s, batch)
+            del state.series[(s.customer_id, s.meter.slug, s.group)]
+        self.store.write(batch)
+        return moved
+
+    def _write(self, state: PartitionState, series: Series, batch: Any) -> int:
+        skb = series_key((series.customer_id, series.meter.slug, series.group))
+        first = None
+        records: set[bytes] = set()
+        entries = []
+        expiry = state.expiry
+        live_records = state.records
+        on_disk = state.spilled_in_record
+        for w in series.windows.values():
+            at = state.evict_minute(w.end_ms)
+            if first is None or at < first:
+                first = at
+            bucket = expiry.get(at)
+            if bucket is not None:
+                bucket.discard(w)
+            rec = w.record
+            if rec is not None:
+                live = live_records.get(rec)
+                if live is not None:
+                    live.discard(w)
+                else:  # cannot happen: a window's record is live while it is
+                    live_records[rec] = set()
+                on_disk[rec] = on_disk.get(rec, 0) + 1
+                records.add(rec)
+            entries.append(
+                [
+                    w.granularity.value,
+                    w.start_ms,
+                    w.end_ms,
+                    str(w.value),  # may outgrow 64 bits
+                    w.event_count,
+                    w.latest_ms,
+                    None if rec is None else rec.decode(),
+                    None if w.members is None else list(w.members),
+                    None if w.member_records is None else [k.decode() for k in w.member_records],
+                ]
+            )
+        assert first is not None
+        batch.put(SERIES + skb, orjson.dumps({"x": first, "w": entries}))
+        for rec in records:
+            batch.put(_record_prefix(rec) + skb, b"")
+        batch.put(BY_EXPIRY + first.to_bytes(4, "big") + skb, b"")
+        n = len(series.windows)
+        series.windows = {}
+        series.cur = ()
+        series.cur_minute = -1
+        state.windows_in_memory -= n
+        state.spilled_series += 1
+        return n
+
+    # -- back in -------------------------------------------------------------------------------------------
+
+    def load(self, state: PartitionState, skey: tuple[str, str, str]) -> Series | None:
+        skb = series_key(skey)
+        raw = self.store.get(SERIES + skb)
+        if raw is None:
+            return None
+        batch = self.store.batch()
+        series = self._read(state, skey, skb, raw, batch)
+        self.store.write(batch)
+        return series
+
+    def _read(
+        self, state: PartitionState, skey: tuple[str, str, str], skb: bytes, raw: bytes, batch: Any
+    ) -> Series | None:
+        data = orjson.loads(raw)
+        batch.delete(SERIES + skb)
+        batch.delete(BY_EXPIRY + int(data["x"]).to_bytes(4, "big") + skb)
+        state.spilled_series -= 1
+        customer_id, slug, group = skey
+        meter = state.config.meter(slug)
+        records: set[bytes] = set()
+        series = None if meter is None else Series(customer_id, meter, group, parse_group_key(group))
+        for gran, start, end, value, count, latest, rec, members, member_records in data["w"]:
+            record = None if rec is None else rec.encode()
+            if record is not None:
+                records.add(record)
+                state.release_spilled(record)
+            if series is None:  # a meter removed from the configuration: its windows are dropped
+                if record is not None:
+                    state.drop_if_dead(record)
+                continue
+            w = Window(series, Granularity(gran), start, end)
+            w.value = int(value)
+            w.event_count = count
+            w.latest_ms = latest
+            if members is not None:
+                w.members = set(members)
+                w.member_records = [k.encode() for k in member_records]
+            series.windows[(w.granularity, start)] = w
+            state.track(w)
+            if record is not None:
+                w.record = record
+                live = state.records.get(record)
+                if live is None:
+                    live = state.records[record] = set()
+                live.add(w)
+        for record in records:
+            batch.delete(_record_prefix(record) + skb)
+        if series is not None:
+            state.series[skey] = series
+        return series
+
+    def load_record(self, state: PartitionState, record: bytes) -> None:
+        prefix = _record_prefix(record)
+        spilled = [key[len(prefix) :] for key, _ in self.store.items(prefix)]
+        for skb in spilled:
+            skey = parse_series_key(skb)
+            if skey not in state.series:
+                self.load(state, skey)
+
+    def evict(self, state: PartitionState, now_minute: int) -> list[Series]:
+        end = BY_EXPIRY + now_minute.to_bytes(4, "big")
+        due = []
+        for key, _ in self.store.items(BY_EXPIRY):
+            if key >= end:
+                break
+            due.append(key[5:])
+        returned = []
+        for skb in due:
+            series = self.load(state, parse_series_key(skb))
+            if series is not None:
+                returned.append(series)
+        return returned
+
+    # -- the seal ------------------------------------------------------------------------------------------
+
+    def write_all(self, state: PartitionState) -> None:
+        """Spill every series (before sealing), remembering which memory held, in touch order, and the
+        records' bookkeeping: a load reads back only the newest series up to its bound."""
+        batch = self.store.batch()
+        for order, s in enumerate(list(state.series.values())):
+            skb = series_key((s.customer_id, s.meter.slug, s.group))
+            n = self._write(state, s, batch)
+            batch.put(SEALED_SERIES + order.to_bytes(8, "big") + skb, n.to_bytes(4, "big"))
+        state.series.clear()
+        meta = {
+            "r": [
+                [key.decode(), state.record_sizes.get(key, 0), state.spilled_in_record.get(key, 0)]
+                for key in state.records
+            ],
+            "n": state.spilled_series,
+        }
+        batch.put(SPILL_META, orjson.dumps(meta))
+        self.store.write(batch)
+
+    def load_sealed(self, state: PartitionState) -> int:
+        """After a sealed store's mirror is restored: the records' bookkeeping, then the series memory held
+        at the seal, newest first, up to the bound (the rest stays spilled); returns the windows loaded."""
+        raw = self.store.get(SPILL_META)
+        meta: dict[str, Any] = orjson.loads(raw) if raw is not None else {"r": [], "n": 0}
+        for key, size, spilled in meta["r"]:
+            record = key.encode()
+            state.records[record] = set()
+            if size:
+                state.record_sizes[record] = size
+            if spilled:
+                state.spilled_in_record[record] = spilled
+        state.spilled_series = int(meta["n"])
+        picked: list[bytes] = []
+        total = 0
+        for key, value in self.store.items(SEALED_SERIES, backwards=True):
+            n = int.from_bytes(value, "big")
+            if total + n > self.bound:
+                break
+            picked.append(key[9:])
+            total += n
+        batch = self.store.batch()
+        batch.delete_range(SEALED_SERIES, SERIES)  # "V" .. "W": the order keys
+        batch.delete(SPILL_META)
+        self.store.write(batch)
+        for skb in reversed(picked):  # oldest first: the series' order is least recently touched first
+            self.load(state, parse_series_key(skb))
+        return total
+
+    def windows(self, state: PartitionState) -> list[tuple[str, list[Any]]]:
+        """Every spilled window as (aggregate key, its stored entry) — for tests and tools."""
+        out = []
+        for key, raw in self.store.items(SERIES):
+            customer_id, slug, group = parse_series_key(key[1:])
+            for entry in orjson.loads(raw)["w"]:
+                out.append((f"{customer_id}|{slug}|{entry[0]}|{entry[1]}|{group}", entry))
+        return out
+
+
 class PartitionStore:
     """The local store of one input partition, as the metering handler uses it."""
 
@@ -227,7 +493,7 @@ class PartitionStore:
         """The store's seal when it is sealed under these time rules (other rules give other expiry minutes:
         such a store is replayed), else None."""
         seal = self.store.seal_of()
-        if seal is None or seal.get("rules") != _rules(rules):
+        if seal is None or seal.get("rules") != _rules(rules) or seal.get("layout") != LAYOUT:
             return None
         return seal
 
@@ -242,24 +508,30 @@ class PartitionStore:
         returns (changelog records, ids loaded into memory). Unseals the store: it changes from now on."""
         from services.metering_aggregator.changelog import restore
 
+        # Unsealed first (flushed): loading moves entries, and a crash meanwhile must find no seal.
+        self.store.unseal()
         records = [(key[1:], value) for key, value in self.store.items(MIRROR)]
         restore(state, records, ids_in_store=True)
         assert isinstance(state.dedup, DiskDedupIndex)
+        assert isinstance(state.spill, DiskWindows)
         loaded = state.dedup.load()
-        self.store.unseal()
+        state.spill.load_sealed(state)
         return len(records), loaded
 
     def rebuild(self, latest: dict[bytes, bytes]) -> None:
         """Write the mirror of a changelog just read (the ids were added, and spilled, by the restore)."""
         batch = self.store.batch()
         for key, value in latest.items():
-            batch.put(MIRROR + key, b"" if key.startswith(DEDUP_RECORD) else value)
+            if not key.startswith(NOT_MIRRORED):
+                batch.put(MIRROR + key, b"" if key.startswith(DEDUP_RECORD) else value)
         self.store.write(batch)
 
     def mirror(self, records: Iterable[tuple[bytes, bytes | None]]) -> None:
         """Apply what a committed transaction wrote to this partition's changelog."""
         batch = self.store.batch()
         for key, value in records:
+            if key.startswith(NOT_MIRRORED):
+                continue
             if value is None:
                 batch.delete(MIRROR + key)
             else:
@@ -268,8 +540,10 @@ class PartitionStore:
 
     def seal(self, state: PartitionState, committed_offset: int, rules: Rules) -> None:
         assert isinstance(state.dedup, DiskDedupIndex)
+        assert isinstance(state.spill, DiskWindows)
         state.dedup.write_all()
-        self.store.seal({"o": committed_offset, "rules": _rules(rules)})
+        state.spill.write_all(state)
+        self.store.seal({"o": committed_offset, "rules": _rules(rules), "layout": LAYOUT})
 
     def close(self) -> None:
         self.store.close()

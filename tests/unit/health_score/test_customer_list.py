@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from services.health_score import dashboard
-from services.health_score.customer_list import CustomerFacts, Filters, customer_list
+from services.health_score.customer_list import CustomerFacts, Filters, ListRows, customer_list
 from services.plans.loader import load_config
 
 TODAY = date(2026, 12, 5)
@@ -107,3 +107,46 @@ def test_the_overview_page_shows_the_filters_the_revenue_and_escapes_tenant_text
     assert 'value="&lt;q&gt;"' in html
     assert 'data-filtered="1"' in html
     assert '<span class="tag">suspended</span>' in html  # initech
+
+
+def test_kept_rows_answer_exactly_as_rows_built_per_request_and_are_rebuilt_only_when_their_inputs_change(
+    plans,
+) -> None:
+    """The API keeps the list's rows between requests (ListRows): whatever changed in between — a score,
+    a customer's facts, the directory read again, the day — the answer equals the one built from scratch,
+    and a row is built again only for what changed."""
+    rows = ListRows()
+    every = [Filters(), Filters(band="red"), Filters(csm="lee"), Filters(q="corp"), Filters(suspended=True)]
+
+    def check(ranked: list[dict[str, Any]], facts: dict[str, CustomerFacts], today: date) -> None:
+        for filters in every:
+            kept = customer_list(ranked, facts, plans, filters, today, rows)
+            assert kept == customer_list(ranked, facts, plans, filters, today)
+
+    check(RANKED, FACTS, TODAY)
+    first = {
+        c["customer_id"]: c for c in customer_list(RANKED, FACTS, plans, Filters(), TODAY, rows)["customers"]
+    }
+    # a new score for globex (the serving cache makes a new summary): only its row is new
+    rescored = [summary("globex", "green", 95) if s["customer_id"] == "globex" else s for s in RANKED]
+    check(rescored, FACTS, TODAY)
+    again = {
+        c["customer_id"]: c
+        for c in customer_list(rescored, FACTS, plans, Filters(), TODAY, rows)["customers"]
+    }
+    assert again["globex"] is not first["globex"]
+    assert again["globex"]["band"] == "green"
+    assert all(again[c] is first[c] for c in first if c != "globex")
+    # the directory read again: equal facts keep their rows; acme cancels: its revenue drops to 0
+    reread = {c: CustomerFacts(**f.__dict__) for c, f in FACTS.items()}
+    reread["acme"] = CustomerFacts(**{**FACTS["acme"].__dict__, "billing_status": "canceled"})
+    check(rescored, reread, TODAY)
+    later = {
+        c["customer_id"]: c
+        for c in customer_list(rescored, reread, plans, Filters(), TODAY, rows)["customers"]
+    }
+    assert later["acme"]["mrr"] == "0.00"
+    assert later["initech"] is again["initech"]
+    # the next day (another price may be in effect), a customer gone from the scores, one added
+    check([*rescored[1:], summary("newco", "yellow", 50, plan="pro")], reread, date(2027, 1, 2))
+    assert len(rows) == len(RANKED)

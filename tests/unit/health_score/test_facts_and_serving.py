@@ -3,6 +3,7 @@ serving cache's order and the dashboard's escaping."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from services.health_score import dashboard
@@ -10,7 +11,7 @@ from services.health_score.alerts import CustomerAlertState
 from services.health_score.model import DAY_MS, Context, day_of
 from services.health_score.processor import MERGE_EVENT, FactsBuilder
 from services.health_score.registry import load_config
-from services.health_score.serving import Hub, ServingCache
+from services.health_score.serving import Hub, ServingCache, summary
 from services.health_score.store import CustomerState
 
 CONFIG = load_config()
@@ -107,6 +108,27 @@ def test_the_serving_cache_ranks_riskiest_first_and_ignores_older_scores() -> No
     assert [s["customer_id"] for s in cache.ranked()] == ["b", "c", "d", "a"]
     assert cache.latest["a"]["score"] == 80
     assert cache.history["a"] == [{"day": "2024-10-04", "score": 80, "band": "green"}]
+
+
+def test_the_kept_order_equals_a_full_sort_after_many_score_changes_and_a_history_load() -> None:
+    """The list order is kept as scores arrive (one move per score); after any sequence it is the order a
+    full sort of every customer's summary gives, and each summary's sparkline is its current history."""
+    rng = random.Random(7)
+    cache = ServingCache(Hub())
+    at = T
+    for _ in range(3000):
+        at += rng.choice((0, 1, 86_400_000))  # some scores land on the same day, some on the next
+        r = record(f"c{rng.randrange(60)}", rng.randrange(101), rng.randrange(-3, 4), at)
+        cache.apply_health(_Msg(r))  # type: ignore[arg-type]
+        if rng.random() < 0.05:
+            cache.ranked()  # read between changes too: the cached order must be dropped on change
+    cache.load_history({"c1": [{"day": "2024-01-01", "score": 1, "band": "red"}], "nobody": []})
+    expected = sorted(
+        (summary(r, cache.history.get(c, [])) for c, r in cache.latest.items()),
+        key=lambda s: (s["score"], s["trend"], s["customer_id"]),
+    )
+    assert cache.ranked() == expected
+    assert len(cache.ranked()) == 60
 
 
 def test_the_dashboard_escapes_what_customers_send() -> None:

@@ -9,15 +9,25 @@ from typing import Any
 from services.kernel.processing.store import LocalStore
 from services.metering_aggregator.changelog import encode_value, restore
 from services.metering_aggregator.model import DUPLICATE, PartitionState, Rules
-from services.metering_aggregator.store import DiskDedupIndex, PartitionStore, id_key, parse_id_key
+from services.metering_aggregator.store import (
+    DiskDedupIndex,
+    DiskWindows,
+    PartitionStore,
+    id_key,
+    parse_id_key,
+)
 from services.plans.periods import DAY_MS, MINUTE_MS
 
 from .conftest import NOW, customer, event
 from .test_changelog import mixed_events, snapshot
 
 
-def disk_state(config: Any, store: LocalStore, memory_ids: int) -> PartitionState:
-    return PartitionState(0, config, Rules(), DiskDedupIndex(store, memory_ids))
+def disk_state(
+    config: Any, store: LocalStore, memory_ids: int, memory_windows: int = 1_000_000
+) -> PartitionState:
+    state = PartitionState(0, config, Rules(), DiskDedupIndex(store, memory_ids))
+    state.spill = DiskWindows(store, memory_windows)
+    return state
 
 
 def commit(
@@ -34,6 +44,8 @@ def commit(
     pstore.mirror(records)
     assert isinstance(state.dedup, DiskDedupIndex)
     state.dedup.spill()
+    assert state.spill is not None
+    state.spill.spill(state)
 
 
 def test_id_keys_round_trip_and_never_mix_customers():
@@ -156,3 +168,265 @@ def test_a_store_sealed_under_a_larger_bound_loads_what_fits_and_spills_the_rest
     rejections = [warm.apply(e, NOW, customer(e["customer_id"])) for e in events]
     assert all(r is not None and r.code == DUPLICATE for r in rejections)
     reopened.close()
+
+
+# -- windows on disk --------------------------------------------------------------------------------------
+
+
+class CountingWindows(DiskWindows):
+    """DiskWindows that counts what it did, so the test knows each path was taken."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self, store: LocalStore, bound: int) -> None:
+        super().__init__(store, bound)
+        self.calls: dict[str, int] = {"spill": 0, "load": 0, "load_record": 0, "evicted_from_disk": 0}
+
+    def spill(self, state, series=None, target=None):  # type: ignore[no-untyped-def]
+        moved = super().spill(state, series, target)
+        self.calls["spill"] += moved
+        return moved
+
+    def load(self, state, skey):  # type: ignore[no-untyped-def]
+        series = super().load(state, skey)
+        self.calls["load"] += series is not None
+        return series
+
+    def load_record(self, state, record):  # type: ignore[no-untyped-def]
+        self.calls["load_record"] += 1
+        super().load_record(state, record)
+
+    def evict(self, state, now_minute):  # type: ignore[no-untyped-def]
+        returned = super().evict(state, now_minute)
+        self.calls["evicted_from_disk"] += len(returned)
+        return returned
+
+
+def spilled_state(config: Any, store: LocalStore, memory_windows: int) -> PartitionState:
+    state = PartitionState(0, config, Rules(), DiskDedupIndex(store, 100_000))
+    state.spill = CountingWindows(store, memory_windows)
+    return state
+
+
+def all_windows(state: PartitionState) -> dict[str, tuple]:
+    """Every window of a state, in memory or on disk: value, events, latest event time, end, members."""
+    out = {
+        w.key: (w.value, w.event_count, w.latest_ms, w.end_ms, sorted(w.members or []))
+        for w in state.windows()
+    }
+    if isinstance(state.spill, DiskWindows):
+        for key, entry in state.spill.windows(state):
+            assert key not in out, f"{key} both in memory and on disk"
+            out[key] = (int(entry[3]), entry[4], entry[5], entry[2], sorted(entry[7] or []))
+    return out
+
+
+def live_records(state: PartitionState) -> dict[bytes, int]:
+    """Each live packed record with how many windows live in it (memory + disk)."""
+    return {key: len(live) + state.spilled_in_record.get(key, 0) for key, live in state.records.items()}
+
+
+def normalized(records: list[tuple[bytes, Any]]) -> list[tuple[bytes, Any]]:
+    """A transaction's changelog records, with the windows of a packed record in a canonical order (their
+    order inside a record follows set iteration, in memory as on disk)."""
+    out = []
+    for key, value in records:
+        if key.startswith(b"B|") and value is not None:
+            value = sorted(value)
+        out.append((key, encode_value(value) if value is not None else None))
+    return sorted(out, key=lambda kv: (kv[0], kv[1] or b""))
+
+
+def run_txn(state: PartitionState, seq: int, events: list, clock: int) -> dict[str, Any]:
+    """One transaction of the handler on one partition, then its eviction tick: what it wrote."""
+    outcomes = []
+    for e in events:
+        r = state.apply(e, clock, customer(e["customer_id"]))
+        outcomes.append(None if r is None else r.code)
+    drained = state.drain(seq, customer)
+    records = list(drained.changelog)
+    checkpoint = state.checkpoint(seq + len(events))
+    assert checkpoint is not None
+    records.append(checkpoint)
+    tombstones = sorted(state.evict())
+    return {
+        "outcomes": outcomes,
+        "aggregates": sorted((w.key, w.value, w.event_count) for w in drained.aggregates),
+        "thresholds": sorted((t.customer.customer_id, t.meter, t.percent) for t in drained.thresholds),
+        "changelog": normalized(records),
+        "tombstones": tombstones,
+    }
+
+
+def spilling_workload() -> list[tuple[int, list[dict[str, Any]]]]:
+    """(clock, events) per transaction: 40 customers at first over ten minutes each, then five hot ones
+    every ten minutes for three hours (with duplicates and an idle customer now and then), so the idle
+    customers' series go to disk, their first record turns sparse once its minute windows expire, and their
+    minute and hour windows expire while on disk."""
+    start = NOW - 30 * MINUTE_MS
+    first = []
+    for i in range(40):
+        c = f"c{i}"
+        for j in range(10):
+            first.append(event(customer_id=c, user_id=f"u{j % 3}", ts=start + j * MINUTE_MS))
+        for j in range(3):
+            first.append(
+                event(
+                    "job_completed",
+                    customer_id=c,
+                    ts=start + j * MINUTE_MS,
+                    duration_seconds=j + 0.5,
+                    region=f"r{j % 2}",
+                )
+            )
+        first.append(event("storage_measured", customer_id=c, ts=start, gb=i % 7))
+        first.append(event("seats_changed", customer_id=c, ts=start, seats=i % 5))
+    txns = [(NOW, first)]
+    sent = list(first)
+    for k in range(1, 19):
+        clock = NOW + k * 10 * MINUTE_MS
+        batch = []
+        for h in range(5):
+            c = f"c{h}"
+            for j in range(3):
+                batch.append(event(customer_id=c, user_id=f"u{(k + j) % 4}", ts=clock - j * MINUTE_MS))
+            batch.append(event("job_completed", customer_id=c, ts=clock, duration_seconds=k, region="r0"))
+        if k % 3 == 0:  # an idle customer comes back: its series are read back from disk
+            c = f"c{10 + k}"
+            batch.append(event(customer_id=c, user_id="u9", ts=clock - 2 * MINUTE_MS))
+            batch.append(event("seats_changed", customer_id=c, ts=clock, seats=k))
+        batch.extend(sent[k * 7 : k * 7 + 5])  # duplicates (late ones are dead-lettered the same way)
+        sent.extend(batch)
+        txns.append((clock, batch))
+    return txns
+
+
+def test_windows_on_disk_count_exactly_and_restore_warm_or_replayed_as_in_memory(config, tmp_path: Path):
+    """Windows spilled beyond a small bound: every transaction writes what an all-in-memory state writes
+    (aggregates, changelog records, tombstones: a sparse record is rewritten with windows brought back from
+    disk, windows expire from disk), and a warm restart and a changelog replay both rebuild that state."""
+    memory = PartitionState(0, config, Rules())
+    store = LocalStore(tmp_path / "p0")
+    pstore = PartitionStore(store, 0)
+    disk = spilled_state(config, store, memory_windows=60)
+    log: list[tuple[bytes, bytes | None]] = []
+    txns = spilling_workload()
+    for seq, (clock, events) in enumerate(txns[:14]):
+        want = run_txn(memory, seq * 1000, events, clock)
+        got = run_txn(disk, seq * 1000, events, clock)
+        assert got == want, f"transaction {seq}"
+        log.extend(got["changelog"])
+        log.extend((key, None) for key in got["tombstones"])
+        pstore.mirror(got["changelog"] + [(key, None) for key in got["tombstones"]])
+        disk.dedup.spill()  # type: ignore[attr-defined]
+        disk.spill.spill(disk)  # type: ignore[union-attr]  # after the commit, as the handler does
+        assert disk.windows_in_memory <= 60
+        assert all_windows(disk) == all_windows(memory)
+        assert live_records(disk) == live_records(memory)
+    calls = disk.spill.calls  # type: ignore[union-attr]
+    assert calls["spill"] > 0
+    assert disk.spilled_series > 0
+    assert calls["load"] > 0  # idle customers came back, sparse records were rewritten
+    assert calls["load_record"] > 0
+    assert calls["evicted_from_disk"] > 0
+    assert any(key.startswith(b"B|") and value is None for key, value in log)  # dead records tombstoned
+
+    # A warm restart under the same small bound: most series stay on disk.
+    pstore.seal(disk, 14 * 1000, disk.rules)
+    store.close()
+    reopened = LocalStore(tmp_path / "p0")
+    warm_store = PartitionStore(reopened, 0)
+    assert warm_store.sealed_at(Rules()) == 14 * 1000
+    warm = spilled_state(config, reopened, memory_windows=60)
+    warm_store.load(warm)
+    assert 0 < warm.windows_in_memory <= 60
+    assert warm.spilled_series > 0
+    assert all_windows(warm) == all_windows(memory)
+    assert live_records(warm) == live_records(memory)
+
+    # A replay of the changelog into an empty store, spilling while it reads.
+    replay_store = LocalStore(tmp_path / "replayed")
+    replayed = spilled_state(config, replay_store, memory_windows=60)
+    restore(replayed, log)
+    assert replayed.windows_in_memory <= 60
+    assert replayed.spilled_series > 0
+    assert all_windows(replayed) == all_windows(memory)
+    assert live_records(replayed) == live_records(memory)
+
+    # All three go on identically: same outputs, same final state, same changelog latest-per-key.
+    logs: dict[str, list] = {"memory": list(log), "warm": list(log), "replayed": list(log)}
+    for seq, (clock, events) in enumerate(txns[14:], start=14):
+        want = run_txn(memory, seq * 1000, events, clock)
+        logs["memory"].extend(want["changelog"] + [(k, None) for k in want["tombstones"]])
+        for name, state in (("warm", warm), ("replayed", replayed)):
+            got = run_txn(state, seq * 1000, events, clock)
+            assert got == want, f"{name}, transaction {seq}"
+            logs[name].extend(got["changelog"] + [(k, None) for k in got["tombstones"]])
+            state.dedup.spill()  # type: ignore[attr-defined]
+            state.spill.spill(state)  # type: ignore[union-attr]
+    for state in (warm, replayed):
+        assert all_windows(state) == all_windows(memory)
+        assert live_records(state) == live_records(memory)
+
+    def latest(records: list) -> dict:
+        out: dict = {}
+        for key, value in records:
+            if value is None:
+                out.pop(key, None)
+            else:
+                out[key] = value
+        return out
+
+    assert latest(logs["warm"]) == latest(logs["memory"]) == latest(logs["replayed"])
+    reopened.close()
+    replay_store.close()
+
+
+def test_below_the_window_bound_nothing_goes_to_disk(config, tmp_path: Path):
+    store = LocalStore(tmp_path / "p0")
+    state = spilled_state(config, store, memory_windows=100_000)
+    for seq, (clock, events) in enumerate(spilling_workload()[:6]):
+        run_txn(state, seq * 1000, events, clock)
+        state.spill.spill(state)  # type: ignore[union-attr]
+    assert state.spilled_series == 0
+    assert state.spill.calls == {"spill": 0, "load": 0, "load_record": 0, "evicted_from_disk": 0}  # type: ignore[union-attr]
+    assert not any(True for _ in store.items(b"W"))
+    store.close()
+
+
+def test_tombstones_of_an_aborted_eviction_tick_go_out_with_the_next_transaction(config):
+    """Eviction drops state from memory (and the store) before its transaction commits; when only the tick
+    was lost, nothing is rebuilt, so its tombstones must not be lost with it."""
+    from services.kernel.kafka import TopicPartition
+    from services.kernel.settings import KafkaSettings
+    from services.metering_aggregator.processor import MeteringHandler, Topics
+
+    handler = MeteringHandler(
+        kafka=KafkaSettings(),
+        directory=None,  # type: ignore[arg-type]  # not reached: no batch runs
+        config=config,
+        rules=Rules(),
+        topics=Topics("usage-events", "changelog"),
+        home_partition=lambda _c: 0,
+        upgrade_url="http://upgrade",
+    )
+    state = PartitionState(0, config, Rules())
+    for e in [event(customer_id="c", ts=NOW + i) for i in range(5)]:
+        state.apply(e, NOW, customer("c"))
+    state.drain(0, customer)
+    handler.states[0] = state
+    state.advance_clock(NOW + 2 * DAY_MS)
+
+    class Out:
+        sent: list[bytes] = []
+
+        def send_raw(self, topic: str, value: Any, key: Any, **_kw: Any) -> None:
+            self.sent.append(key)
+
+    out = Out()
+    handler.tick(out)  # type: ignore[arg-type]
+    assert out.sent  # windows, records and ids expired
+    handler.rollback([TopicPartition("usage-events", 0)])  # the tick's transaction aborted
+    assert handler.states[0] is state  # nothing rebuilt...
+    assert sorted(state.pending_tombstones) == sorted(out.sent)  # ...and its tombstones wait for the next one
+    assert sorted(state.drain(10, customer).changelog) == sorted((key, None) for key in out.sent)
