@@ -318,15 +318,26 @@ class Adjuster:
         if minor < 0:
             invoice = self._stripe_invoice_of(stripe_customer, subscription, corrected)
             if invoice is not None:
-                # A credit note on the corrected period's own Stripe invoice, to the customer's balance:
-                # Stripe's next invoice uses the credit first, as plg's next invoice carries the line.
-                note = self.gateway.create_credit_note(
-                    {"invoice": invoice, "credit_amount": -minor, "memo": description, "metadata": metadata,
-                     "lines": [{"type": "custom_line_item", "description": description, "quantity": 1,
-                                "unit_amount": -minor}]},
-                    idempotency_key=key,
-                )  # fmt: skip
-                return "credit_note", str(note["id"])
+                notes = self.gateway.list_credit_notes(str(invoice["id"]))
+                mine = [n for n in notes if (n.get("metadata") or {}).get("plg_adjustment") == key]
+                if mine:  # an earlier attempt made it and its answer was lost
+                    return "credit_note", str(mine[0]["id"])
+                credited = sum(int(n["total"]) for n in notes if n.get("status") != "void")
+                if -minor <= int(invoice["total"]) - credited:
+                    # A credit note on the corrected period's own Stripe invoice, to the customer's
+                    # balance: Stripe's next invoice uses the credit first, as plg's next invoice carries
+                    # the line.
+                    note = self.gateway.create_credit_note(
+                        {"invoice": invoice["id"], "credit_amount": -minor, "memo": description,
+                         "metadata": metadata, "lines": [{"type": "custom_line_item",
+                         "description": description, "quantity": 1, "unit_amount": -minor}]},
+                        idempotency_key=key,
+                    )  # fmt: skip
+                    return "credit_note", str(note["id"])
+                # More than that invoice has left to credit (a correction below what a later positive
+                # adjustment added, or earlier credit notes): Stripe refuses such a credit note, and the
+                # adjustment would stay pending for ever. A negative invoice item on the next invoice
+                # credits the same amount where plg's next invoice carries it.
         item = self.gateway.create_invoice_item(
             {"customer": stripe_customer, "subscription": subscription, "amount": minor,
              "currency": currency.lower(), "description": description, "metadata": metadata},
@@ -334,13 +345,15 @@ class Adjuster:
         )  # fmt: skip
         return "invoiceitem", str(item["id"])
 
-    def _stripe_invoice_of(self, stripe_customer: str, subscription: str, period: Period) -> str | None:
+    def _stripe_invoice_of(
+        self, stripe_customer: str, subscription: str, period: Period
+    ) -> dict[str, Any] | None:
         """Stripe's invoice that billed ``period``'s usage (it ends with the period); None if none did."""
         assert self.gateway is not None
         for invoice in self.gateway.list_invoices(stripe_customer, subscription):
             ended_with_period = invoice.get("period_end") == period.end_ms // 1000
             if ended_with_period and invoice.get("status") in ("paid", "open"):
-                return str(invoice["id"])
+                return invoice
         return None
 
     def _record(

@@ -277,6 +277,11 @@ class StripeGateway:
         note = self._client.v1.credit_notes.create(params, {"idempotency_key": idempotency_key})  # type: ignore[arg-type]
         return note.to_dict()
 
+    def list_credit_notes(self, invoice_id: str) -> list[dict[str, Any]]:
+        """The credit notes of one invoice (what it has left to credit is its total less theirs)."""
+        notes = self._client.v1.credit_notes.list({"invoice": invoice_id, "limit": 100})
+        return [n.to_dict() for n in notes.auto_paging_iter()]
+
     def retrieve_credit_note(self, note_id: str) -> dict[str, Any]:
         return self._client.v1.credit_notes.retrieve(note_id).to_dict()
 

@@ -109,3 +109,65 @@ def test_late_usage_after_the_invoice_becomes_an_adjustment_on_the_next_invoice_
         ]
     finally:
         pool.close()
+
+
+def test_a_credit_larger_than_the_corrected_stripe_invoice_is_a_negative_item_on_the_next_invoice(
+    clocked: Billing, clock: Clock, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Stripe refuses a credit note above what the invoice has left to credit. A correction below what a
+    later positive adjustment had added (billed on the next invoice, not on that one) is such a credit: it
+    stayed pending for ever, and the customer was never credited at Stripe. It is now a negative invoice
+    item, which Stripe's next invoice takes off, as plg's next invoice does."""
+    billing, double = clocked, clocked.double
+    period = billing_period(now_ms(), 1)
+    following = billing_period(period.end_ms, 1)
+    billing.start_reporter(close_check_seconds=3600.0)
+    c, stripe_customer, _ = billing.subscriber("pro", "pro-2025-06", period)
+    billing.period_usage(c, 51_000, period)
+    width = period.end_ms - period.start_ms
+    clock.move_to(period.end_ms + HOUR)
+    closed_at_stripe = wait_for(
+        lambda: stripe_invoice(double, stripe_customer, period.end_ms), 60, what="Stripe's invoice"
+    )
+    assert closed_at_stripe["total"] == 5_000  # the period's 1.00 of usage and the next period's 49.00
+    pool = ConnectionPool(billing.db_url, min_size=1, max_size=2, open=True)
+    closer = billing.closer(pool)
+    try:
+        after_close = period.end_ms + 2 * HOUR + 1
+        assert {i.customer_id: i for i in closer.close_due(after_close)}[c].total == Decimal("50.00")
+        for total in (200_000, 50_000):  # a late backfill, then most of it removed again
+            billing.aggregate(
+                c, total, window_start=period.start_ms, granularity="BILLING_PERIOD", width=width
+            )
+            wait_for(lambda t=total: billing.period_total(c) == t, 60, what=f"{total} in the ledger")  # type: ignore[misc]
+            closer.close_due(after_close)
+            closer.close_due(after_close)
+        rows = billing.adjustments(c)
+        assert [(r[0], r[3], r[4], r[5]) for r in rows] == [
+            (0, Decimal("149.00"), "sent", "invoiceitem"),
+            (1, Decimal("-150.00"), "sent", "invoiceitem"),  # 150.00 > the 50.00 Stripe's invoice holds
+        ]
+        assert [double.billing.invoice_items[r[6]]["amount"] for r in rows] == [14_900, -15_000]
+        assert not double.billing.credit_notes
+
+        nxt = {i.customer_id: i for i in closer.close_due(following.end_ms + 2 * HOUR + 1)}[c]
+        assert nxt.total == Decimal("48.00")  # 49.00 + 149.00 - 150.00
+        clock.move_to(following.end_ms + HOUR)
+        stripe_next = wait_for(
+            lambda: stripe_invoice(double, stripe_customer, following.end_ms),
+            60,
+            what="Stripe's next invoice",
+        )
+        assert Decimal(stripe_next["amount_due"]).scaleb(-2) == nxt.total
+        code, shown = billing.reconcile(
+            monkeypatch, capsys, "--customer", c, "--period", following.start.strftime("%Y-%m")
+        )
+        assert [
+            (r["plg_amount"], r["stripe_amount"], r["agrees"]) for r in shown if r["kind"] == "adjustment"
+        ] == [
+            ("149.00", "149.00", True),
+            ("-150.00", "-150.00", True),
+        ]
+        assert code == 0, shown
+    finally:
+        pool.close()

@@ -262,6 +262,13 @@ def test_billing_objects_answer_a_subset_of_stripes_shapes(
     post("/v1/credit_notes", note)
     made = _form(double, "/v1/credit_notes", note)
     assert_subset_shape(*both(double, stripe_mock_url, "GET", f"/v1/credit_notes/{made['id']}"))
+    # What the invoice has left to credit: its credit notes, listed by invoice (a bigger credit is an item).
+    real, ours = both(
+        double, stripe_mock_url, "GET", "/v1/credit_notes", params={"invoice": paid, "limit": 100}
+    )
+    assert_subset_shape(real, ours)
+    assert made["id"] in [n["id"] for n in ours.json()["data"]]
+    assert {n["invoice"] for n in ours.json()["data"]} == {paid}
     # Top-ups: a billing credit grant scoped to a metered price.
     post("/v1/billing/credit_grants", {
         "customer": catalog["customer"], "name": "plg top-up", "category": "paid",
