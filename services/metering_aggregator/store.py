@@ -42,6 +42,7 @@ from services.metering_aggregator.model import (
 )
 from services.metering_aggregator.model import DedupIndex, PartitionState, Rules, Series, Window
 from services.metering_aggregator.values import parse_group_key
+from services.plans.model import Aggregation
 from services.plans.periods import Granularity
 
 log = logging.getLogger(__name__)
@@ -477,9 +478,11 @@ class DiskWindows:
         batch = self.store.batch()
         batch.delete_range(SEALED_SERIES, SERIES)  # "V" .. "W": the order keys
         batch.delete(SPILL_META)
-        self.store.write(batch)
         for skb in reversed(picked):  # oldest first: the series' order is least recently touched first
-            self.load(state, parse_series_key(skb))
+            raw = self.store.get(SERIES + skb)
+            if raw is not None:
+                self._read(state, parse_series_key(skb), skb, raw, batch)
+        self.store.write(batch)
         return total
 
     def windows(self, state: PartitionState) -> list[tuple[str, list[Any]]]:
@@ -606,9 +609,15 @@ def replay(state: PartitionState, fold: ReplayFold) -> int:
                 spill.spill(state, target=spill.bound - spill.bound // 10)
         record, entry = orjson.loads(raw)
         key = record.encode()
-        members = [
-            (mkey[1 + len(slot) :], orjson.loads(value)) for mkey, value in store.items(REPLAY_MEMBERS + slot)
-        ]
+        members = []
+        slug_meter = state.config.meter(_window_key_parts(entry[0])[1])
+        if (
+            slug_meter is None or slug_meter.aggregation is Aggregation.UNIQUE_COUNT
+        ):  # the only ones with U| records
+            members = [
+                (mkey[1 + len(slot) :], orjson.loads(value))
+                for mkey, value in store.items(REPLAY_MEMBERS + slot)
+            ]
         if evicted_before is not None and int(entry[4]) < evicted_before:
             state.pending_tombstones.extend(mkey for mkey, _ in members)
             continue
