@@ -31,6 +31,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from services.kernel import metrics
+from services.kernel.caches import BoundedCache
 
 log = logging.getLogger(__name__)
 
@@ -180,11 +181,14 @@ class CredentialCache(Generic[R]):
         self._negative_ttl = negative_ttl
         self._stale_ttl = stale_ttl
         self._clock = clock
-        self._max_entries = max_entries
         # id -> (fresh until, row or None for unknown, stale until: the last confirmation + ttl + stale_ttl)
-        self._entries: dict[str, tuple[float, R | None, float]] = {}
+        # The least recently used go first past max_entries: a flood of made-up ids evicts the ids it
+        # made up, while the keys in use stay (before: the whole cache was emptied, every live key then
+        # looked up again).
+        self._entries: BoundedCache[str, tuple[float, R | None, float]] = BoundedCache(
+            max_entries, gauge=CACHED.labels(name)
+        )
         self._inflight: dict[str, asyncio.Future[R | None]] = {}
-        self._size = CACHED.labels(name)
 
     async def check(self, key_id: str, secret: str, what: str, *, cached_only: bool = False) -> R:
         """The row of ``key_id`` if ``secret`` is its secret and it is not revoked; else CredentialError.
@@ -205,7 +209,7 @@ class CredentialCache(Generic[R]):
         now = self._clock()
         return any(
             row is not None and not row.revoked and now < stale_until
-            for _, row, stale_until in list(self._entries.values())
+            for _, row, stale_until in self._entries.values()
         )
 
     def cached(self, key_id: str) -> R | None:
@@ -230,7 +234,7 @@ class CredentialCache(Generic[R]):
         except Exception as exc:
             if cached is not None and cached[1] is not None and self._clock() < cached[2]:
                 log.warning("credential lookup failed; serving the cached row", extra={"error": str(exc)})
-                self._entries[key_id] = (min(self._clock() + self._ttl, cached[2]), cached[1], cached[2])
+                self._entries.put(key_id, (min(self._clock() + self._ttl, cached[2]), cached[1], cached[2]))
                 fut.set_result(cached[1])
                 return cached[1]
             fut.set_exception(exc)
@@ -241,15 +245,15 @@ class CredentialCache(Generic[R]):
             raise
         finally:
             del self._inflight[key_id]
-        if len(self._entries) >= self._max_entries:
-            self._entries.clear()  # bounded memory; the cost is one lookup per live key
         confirmed = self._clock()
-        self._entries[key_id] = (
-            confirmed + (self._ttl if record is not None else self._negative_ttl),
-            record,
-            confirmed + self._ttl + self._stale_ttl,
+        self._entries.put(
+            key_id,
+            (
+                confirmed + (self._ttl if record is not None else self._negative_ttl),
+                record,
+                confirmed + self._ttl + self._stale_ttl,
+            ),
         )
-        self._size.set(len(self._entries))
         fut.set_result(record)
         return record
 

@@ -143,6 +143,11 @@ class BoundedCache(Generic[K, V]):
             self._data.clear()
             self._measure()
 
+    def values(self) -> list[V]:
+        """A snapshot of the values, least recently used first."""
+        with self._lock:
+            return [value for _, value in self._data.values()]
+
     def keys(self) -> Iterator[K]:
         """A snapshot of the keys, least recently used first."""
         with self._lock:

@@ -224,8 +224,8 @@ class AuthSettings(PlgSettings):
     failed_attempts_limit: int = Field(default=50, ge=0)
     failed_attempts_window_seconds: float = Field(default=60.0, gt=0)
     # Memory bounds (docs/operations.md#memory-bounds): credential rows cached per cache (keys, operator
-    # tokens; full → emptied, each live credential then costs one lookup), and client addresses whose
-    # failed attempts are counted (full → the oldest windows are forgotten first).
+    # tokens; the least recently used go first), and client addresses whose failed attempts are counted
+    # (the oldest windows are forgotten first).
     key_cache_size: int = Field(default=100_000, ge=1)
     failed_attempts_max_clients: int = Field(default=100_000, ge=1)
 
