@@ -232,6 +232,9 @@ def test_each_service_with_local_state_is_a_stateful_set_with_its_own_claim_at_i
         assert env[instance_env]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
         settings_cls = settings_with(app, "state_dir")
         assert settings_cls is not None
+        # The seals follow the last commit (up to the commit timeout while a broker is away): as much again.
+        commit_timeout = settings_cls.model_fields["commit_timeout_seconds"].default
+        assert pod["terminationGracePeriodSeconds"] >= 2 * commit_timeout
         replicas = scaled[f"plg-{name}"]["spec"]["maxReplicaCount"]
         pods = [f"plg-{name}-{ordinal}" for ordinal in range(replicas)]
         settings = [settings_cls(instance_id=pod_name, state_dir=state_dir) for pod_name in pods]
