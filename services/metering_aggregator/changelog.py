@@ -72,34 +72,14 @@ def restore(
     packed: list[tuple[tuple[int, int], bytes]] = []
     for key, value in latest.items():
         kind = key[:2]
-        if key == CHECKPOINT_KEY:
-            checkpoint = orjson.loads(value)
-            state.checkpoint_offset = int(checkpoint["o"])
-            state.advance_clock(int(checkpoint.get("t", NO_CLOCK)))
-        elif kind == b"B|":
+        if kind == b"B|":
             seq, _, chunk = key[2:].partition(b".")
             packed.append(((int(seq), int(chunk)), key))
         elif kind == b"U|":
             wkey = key[2:].decode().partition("|")[2]
             members.setdefault(wkey, []).append((key, orjson.loads(value)))
-        elif kind == b"D|":
-            minute = int(key.split(b"|")[1])
-            if not ids_in_store:
-                add = state.dedup.add
-                for customer_id, ids in orjson.loads(value).items():
-                    for event_id in ids:
-                        add(customer_id, event_id, minute, pending=False)
-                state.dedup.restored_record()
-            state.dedup.bucket_records.setdefault(minute, []).append(key)
-        elif kind == b"T|":
-            _, customer_id, meter, start = key.decode().split("|")
-            fired = orjson.loads(value)
-            limit = fired.get("l")
-            state.thresholds[(customer_id, meter, int(start))] = (
-                int(fired["p"]),
-                int(fired["e"]),
-                None if limit is None else int(limit),
-            )
+        else:
+            apply_record(state, key, value, ids_in_store=ids_in_store)
     evicted_before = None
     if state.clock_ms != NO_CLOCK:
         evicted_before = state.clock_ms - state.rules.grace_ms - EVICTION_MARGIN_MS
@@ -121,7 +101,7 @@ def restore(
         if evicted_before is not None and int(entry[4]) < evicted_before:
             state.pending_tombstones.extend(key for key, _ in members.get(wkey, []))
             continue
-        w = _restore_window(state, entry, members.get(wkey, []))
+        w = restore_window(state, entry, members.get(wkey, []))
         if w is not None:
             w.record = key
             state.records[key].add(w)
@@ -137,14 +117,49 @@ def restore(
     return count
 
 
+def apply_record(state: PartitionState, key: bytes, value: bytes, *, ids_in_store: bool = False) -> None:
+    """Restore one checkpoint, dedup or threshold record (windows and members need the whole partition)."""
+    kind = key[:2]
+    if key == CHECKPOINT_KEY:
+        checkpoint = orjson.loads(value)
+        state.checkpoint_offset = int(checkpoint["o"])
+        state.advance_clock(int(checkpoint.get("t", NO_CLOCK)))
+    elif kind == b"D|":
+        minute = int(key.split(b"|")[1])
+        if not ids_in_store:
+            add = state.dedup.add
+            for customer_id, ids in orjson.loads(value).items():
+                for event_id in ids:
+                    add(customer_id, event_id, minute, pending=False)
+            state.dedup.restored_record()
+        state.dedup.bucket_records.setdefault(minute, []).append(key)
+    elif kind == b"T|":
+        _, customer_id, meter, start = key.decode().split("|")
+        fired = orjson.loads(value)
+        limit = fired.get("l")
+        state.thresholds[(customer_id, meter, int(start))] = (
+            int(fired["p"]),
+            int(fired["e"]),
+            None if limit is None else int(limit),
+        )
+
+
+def _window_key_parts(wkey: str) -> tuple[str, str, str, str, str]:
+    """customer, meter, granularity, start, group of an aggregate key (the group may hold ``|``)."""
+    customer_id, meter_slug, granularity, start, group = wkey.split("|", 4)
+    return customer_id, meter_slug, granularity, start, group
+
+
 def _series_of(item: tuple[str, Any]) -> tuple[str, str, str]:
-    customer_id, meter_slug, _, _, group = item[0].split("|", 4)
+    customer_id, meter_slug, _, _, group = _window_key_parts(item[0])
     return customer_id, meter_slug, group
 
 
-def _restore_window(
+def restore_window(
     state: PartitionState, entry: list[Any], member_records: list[tuple[bytes, list[str]]]
 ) -> Window | None:
+    """One window's latest entry (and its unique members' records) into ``state``; None for a meter no
+    longer configured."""
     wkey, value, events, latest_ms, end = entry
     customer_id, meter_slug, granularity, start, group = wkey.split("|", 4)
     meter = state.config.meter(meter_slug)

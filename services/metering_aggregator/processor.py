@@ -43,7 +43,13 @@ from services.metering_aggregator.avro_aggregate import AggregateEncoder
 from services.metering_aggregator.changelog import encode_value, restore
 from services.metering_aggregator.handlers import abuse_record, aggregate_record, threshold_record
 from services.metering_aggregator.model import PartitionState, Rules
-from services.metering_aggregator.store import DiskDedupIndex, DiskWindows, PartitionStore
+from services.metering_aggregator.store import (
+    DiskDedupIndex,
+    DiskWindows,
+    PartitionStore,
+    ReplayFold,
+    replay,
+)
 from services.metering_aggregator.values import nanounits_to_decimal
 from services.plans.model import PlansConfig
 from services.plans.periods import Granularity
@@ -366,16 +372,23 @@ class MeteringHandler(StreamHandler):
             self.restored_from[p] = "store"
             RESTORES.labels("store").inc()
 
-        def build(partition: int, latest: dict[bytes, bytes]) -> tuple[PartitionState, int | None]:
+        def build(partition: int, latest: Any) -> tuple[PartitionState, int | None]:
             nonlocal records
-            if self.store_factory is not None:
-                self._store(partition).store.clear()  # rebuilt from the changelog, unsealed until revoked
             state = self._new_state(partition)
-            restore(state, latest.items())
-            if self.store_factory is not None:
-                self._store(partition).rebuild(latest)
-            records += len(latest)
+            if isinstance(latest, ReplayFold):  # the store holds the changelog just read: bounded memory
+                records += replay(state, latest)
+            else:
+                restore(state, latest.items())
+                records += len(latest)
             return state, state.checkpoint_offset
+
+        fold = None
+        if self.store_factory is not None:
+
+            def fold(partition: int) -> ReplayFold:
+                store = self._store(partition).store
+                store.clear()  # rebuilt from the changelog, unsealed until revoked
+                return ReplayFold(store)
 
         cold = [p for p in partitions if p not in states]
         if cold:
@@ -387,6 +400,7 @@ class MeteringHandler(StreamHandler):
                 partitions=cold,
                 build=build,
                 checkpoint_wait=self.checkpoint_wait,
+                fold=fold,
             )
             for p, state in replayed.items():
                 self.restored_from[p] = "changelog"

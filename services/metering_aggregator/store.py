@@ -28,12 +28,18 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, MutableMapping
 from typing import Any
 
 import orjson
 
 from services.kernel.processing.store import LocalStore
+from services.metering_aggregator.model import (
+    EVICTION_MARGIN_MS as EVICTION_MARGIN,
+)
+from services.metering_aggregator.model import (
+    NO_CLOCK as NO_CLOCK_VALUE,
+)
 from services.metering_aggregator.model import DedupIndex, PartitionState, Rules, Series, Window
 from services.metering_aggregator.values import parse_group_key
 from services.plans.periods import Granularity
@@ -51,6 +57,10 @@ BY_RECORD = b"R"
 BY_EXPIRY = b"X"
 SEALED_SERIES = b"V"
 SPILL_META = b"Z"
+#: A changelog replay's fold (latest value per changelog key), and its windows and members by series.
+REPLAY = b"K"
+REPLAY_WINDOW = b"Q"
+REPLAY_MEMBERS = b"M"
 #: The store's layout, in its seal: a store of another layout is replayed, never misread. 2: windows spilled.
 LAYOUT = 2
 
@@ -482,6 +492,145 @@ class DiskWindows:
         return out
 
 
+class ReplayFold(MutableMapping[bytes, bytes]):
+    """The latest value per changelog key of a partition being replayed, folded into its (wiped) store
+    instead of a dict: a replay reads the whole changelog partition, which may not fit in memory."""
+
+    def __init__(self, store: LocalStore, flush_every: int = 10_000) -> None:
+        self.store = store
+        self.flush_every = flush_every
+        self._batch = store.batch()
+        self._ops = 0
+
+    def _op(self) -> None:
+        self._ops += 1
+        if self._ops >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        self.store.write(self._batch)
+        self._batch = self.store.batch()
+        self._ops = 0
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self._batch.put(REPLAY + key, value)
+        self._op()
+
+    def pop(self, key: bytes, default: Any = None) -> Any:  # a tombstone: no read needed
+        self._batch.delete(REPLAY + key)
+        self._op()
+        return default
+
+    def __delitem__(self, key: bytes) -> None:
+        self.pop(key)
+
+    def __getitem__(self, key: bytes) -> bytes:
+        self.flush()
+        value = self.store.get(REPLAY + key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self) -> Iterator[bytes]:
+        self.flush()
+        return (key[1:] for key, _ in self.store.items(REPLAY))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def items_in_order(self) -> Iterator[tuple[bytes, bytes]]:
+        self.flush()
+        return ((key[1:], value) for key, value in self.store.items(REPLAY))
+
+
+def _window_slot(series: bytes, granularity: str, start: str) -> bytes:
+    return series + b"\x00" + f"{granularity}|{start}".encode() + b"\x00"
+
+
+def replay(state: PartitionState, fold: ReplayFold) -> int:
+    """Rebuild ``state`` from a changelog partition folded into its store (what
+    ``changelog.restore`` does from a dict), holding at most one packed record, one series and the memory
+    bounds in memory: the latest state of each window is found by RocksDB (entries rewritten under a key per
+    window, in transaction order: the last write wins), then read back series by series and spilled past
+    the bound. Also writes the store's mirror. Returns the changelog records (keys) it held."""
+    from services.metering_aggregator.changelog import _window_key_parts, apply_record, restore_window
+
+    store = fold.store
+    count = 0
+    packed: list[tuple[tuple[int, int], bytes]] = []
+    batch = store.batch()
+    for key, value in fold.items_in_order():
+        count += 1
+        kind = key[:2]
+        if kind == b"B|":
+            seq, _, chunk = key[2:].partition(b".")
+            packed.append(((int(seq), int(chunk)), key))
+        elif kind == b"U|":
+            customer_id, meter, granularity, start, group = _window_key_parts(
+                key[2:].decode().partition("|")[2]
+            )
+            slot = _window_slot(series_key((customer_id, meter, group)), granularity, start)
+            batch.put(REPLAY_MEMBERS + slot + key, value)
+        else:
+            apply_record(state, key, value)
+            if not key.startswith(NOT_MIRRORED):
+                batch.put(MIRROR + key, b"" if key.startswith(DEDUP_RECORD) else value)
+        if len(batch) >= 10_000:
+            store.write(batch)
+            batch = store.batch()
+    store.write(batch)
+    evicted_before = None
+    if state.clock_ms != NO_CLOCK_VALUE:
+        evicted_before = state.clock_ms - state.rules.grace_ms - EVICTION_MARGIN
+    sizes: dict[bytes, int] = {}
+    for _, key in sorted(packed):  # transaction order: a later record's entry overwrites an earlier one
+        state.records[key] = set()
+        raw = store.get(REPLAY + key)
+        assert raw is not None
+        entries = orjson.loads(raw)
+        sizes[key] = len(entries)
+        batch = store.batch()
+        for entry in entries:
+            customer_id, meter, granularity, start, group = _window_key_parts(entry[0])
+            slot = _window_slot(series_key((customer_id, meter, group)), granularity, start)
+            batch.put(REPLAY_WINDOW + slot, orjson.dumps([key.decode(), entry]))
+        store.write(batch)
+    spill = state.spill
+    current: bytes | None = None
+    for slot_key, raw in store.items(REPLAY_WINDOW):
+        slot = slot_key[1:]
+        series = slot[: slot.index(b"\x00")]
+        if series != current:  # a series is complete: keep memory within the bound
+            current = series
+            if spill is not None and state.windows_in_memory > spill.bound:
+                spill.spill(state, target=spill.bound - spill.bound // 10)
+        record, entry = orjson.loads(raw)
+        key = record.encode()
+        members = [
+            (mkey[1 + len(slot) :], orjson.loads(value)) for mkey, value in store.items(REPLAY_MEMBERS + slot)
+        ]
+        if evicted_before is not None and int(entry[4]) < evicted_before:
+            state.pending_tombstones.extend(mkey for mkey, _ in members)
+            continue
+        w = restore_window(state, entry, members)
+        if w is not None:
+            w.record = key
+            state.records[key].add(w)
+    if spill is not None and state.windows_in_memory > spill.bound:
+        spill.spill(state)
+    for key, size in sizes.items():
+        if state.records[key] or key in state.spilled_in_record:
+            state.record_sizes[key] = size
+        else:  # superseded everywhere but not yet tombstoned (a crash came first): do it now
+            del state.records[key]
+            state.pending_tombstones.append(key)
+    batch = store.batch()
+    for prefix, end in ((REPLAY, b"L"), (REPLAY_MEMBERS, b"N"), (REPLAY_WINDOW, b"R")):
+        batch.delete_range(prefix, end)
+    store.write(batch)
+    return count
+
+
 class PartitionStore:
     """The local store of one input partition, as the metering handler uses it."""
 
@@ -517,14 +666,6 @@ class PartitionStore:
         loaded = state.dedup.load()
         state.spill.load_sealed(state)
         return len(records), loaded
-
-    def rebuild(self, latest: dict[bytes, bytes]) -> None:
-        """Write the mirror of a changelog just read (the ids were added, and spilled, by the restore)."""
-        batch = self.store.batch()
-        for key, value in latest.items():
-            if not key.startswith(NOT_MIRRORED):
-                batch.put(MIRROR + key, b"" if key.startswith(DEDUP_RECORD) else value)
-        self.store.write(batch)
 
     def mirror(self, records: Iterable[tuple[bytes, bytes | None]]) -> None:
         """Apply what a committed transaction wrote to this partition's changelog."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, TypeVar
 
 from services.kernel.kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -35,11 +35,13 @@ def read_changelog(
     partitions: Iterable[int],
     timeout: float = 120.0,
     client_id: str = "changelog-restore",
-) -> dict[int, dict[bytes, bytes]]:
+    folds: dict[int, MutableMapping[bytes, bytes]] | None = None,
+) -> dict[int, MutableMapping[bytes, bytes]]:
     """The latest value per key of each changelog partition (read_committed, up to the stable end;
-    tombstoned keys left out)."""
+    tombstoned keys left out): folded into a dict per partition, or into ``folds`` (a handler's own mapping,
+    e.g. on disk, so a big partition is not held in memory while it is read)."""
     parts = sorted(partitions)
-    latest: dict[int, dict[bytes, bytes]] = {p: {} for p in parts}
+    latest: dict[int, MutableMapping[bytes, bytes]] = folds if folds is not None else {p: {} for p in parts}
     if not parts:
         return latest
     reader = Consumer(kafka, None, client_id=client_id, fetch_wait_max_ms=10)
@@ -85,8 +87,9 @@ def restore_partitions(
     input_topic: str,
     changelog_topic: str,
     partitions: list[int],
-    build: Callable[[int, dict[bytes, bytes]], tuple[S, int | None]],
+    build: Callable[[int, Any], tuple[S, int | None]],
     checkpoint_wait: float = 30.0,
+    fold: Callable[[int], MutableMapping[bytes, bytes]] | None = None,
 ) -> dict[int, S]:
     """Rebuild the state of ``partitions`` as of the group's committed offsets.
 
@@ -94,7 +97,8 @@ def restore_partitions(
     input offset it is complete up to, None when it has none). A partition whose checkpoint is behind its
     committed offset is read again; past ``checkpoint_wait`` seconds the gap can only be offsets moved by
     hand (markers land in milliseconds), so it is logged as an error and the state taken as it is rather
-    than stalling the partition for good.
+    than stalling the partition for good. ``fold(partition)``, when given, makes the (empty) mapping each
+    read folds a partition's records into — ``build`` then gets it instead of a dict.
     """
     started = time.monotonic()
     committed = {
@@ -104,7 +108,8 @@ def restore_partitions(
     states: dict[int, S] = {}
     pending = list(partitions)
     while pending:
-        latest = read_changelog(kafka, changelog_topic, pending)
+        folds = None if fold is None else {p: fold(p) for p in pending}
+        latest = read_changelog(kafka, changelog_topic, pending, folds=folds)
         behind: dict[int, tuple[S, int | None]] = {}
         for p in pending:
             state, checkpoint = build(p, latest[p])

@@ -13,8 +13,10 @@ from services.metering_aggregator.store import (
     DiskDedupIndex,
     DiskWindows,
     PartitionStore,
+    ReplayFold,
     id_key,
     parse_id_key,
+    replay,
 )
 from services.plans.periods import DAY_MS, MINUTE_MS
 
@@ -353,18 +355,46 @@ def test_windows_on_disk_count_exactly_and_restore_warm_or_replayed_as_in_memory
     assert all_windows(replayed) == all_windows(memory)
     assert live_records(replayed) == live_records(memory)
 
-    # All three go on identically: same outputs, same final state, same changelog latest-per-key.
-    logs: dict[str, list] = {"memory": list(log), "warm": list(log), "replayed": list(log)}
+    # The handler's replay: the changelog folded into the wiped store while it is read, then rebuilt from
+    # there holding one record, one series and the bound in memory.
+    fold_store = LocalStore(tmp_path / "folded")
+    folded = spilled_state(config, fold_store, memory_windows=60)
+    fold = ReplayFold(fold_store, flush_every=7)
+    for key, value in log:
+        if value is None:
+            fold.pop(key, None)
+        else:
+            fold[key] = value
+    live_keys: dict[bytes, Any] = {}
+    for key, value in log:
+        if value is None:
+            live_keys.pop(key, None)
+        else:
+            live_keys[key] = value
+    assert replay(folded, fold) == len(live_keys)  # the records it held: latest per key
+    assert folded.windows_in_memory <= 60
+    assert folded.spilled_series > 0
+    assert all_windows(folded) == all_windows(memory)
+    assert live_records(folded) == live_records(memory)
+    assert folded.thresholds == memory.thresholds
+    assert folded.checkpoint_offset == memory.checkpoint_offset
+    assert folded.clock_ms == memory.clock_ms
+    for prefix in (b"K", b"Q", b"M"):  # the fold is gone once the state is built
+        assert not any(True for _ in fold_store.items(prefix))
+    assert any(True for _ in fold_store.items(b"LT|"))  # the mirror a later warm restart loads
+
+    # All go on identically: same outputs, same final state, same changelog latest-per-key.
+    logs: dict[str, list] = {n: list(log) for n in ("memory", "warm", "replayed", "folded")}
     for seq, (clock, events) in enumerate(txns[14:], start=14):
         want = run_txn(memory, seq * 1000, events, clock)
         logs["memory"].extend(want["changelog"] + [(k, None) for k in want["tombstones"]])
-        for name, state in (("warm", warm), ("replayed", replayed)):
+        for name, state in (("warm", warm), ("replayed", replayed), ("folded", folded)):
             got = run_txn(state, seq * 1000, events, clock)
             assert got == want, f"{name}, transaction {seq}"
             logs[name].extend(got["changelog"] + [(k, None) for k in got["tombstones"]])
             state.dedup.spill()  # type: ignore[attr-defined]
             state.spill.spill(state)  # type: ignore[union-attr]
-    for state in (warm, replayed):
+    for state in (warm, replayed, folded):
         assert all_windows(state) == all_windows(memory)
         assert live_records(state) == live_records(memory)
 
@@ -377,9 +407,12 @@ def test_windows_on_disk_count_exactly_and_restore_warm_or_replayed_as_in_memory
                 out[key] = value
         return out
 
-    assert latest(logs["warm"]) == latest(logs["memory"]) == latest(logs["replayed"])
+    assert (
+        latest(logs["warm"]) == latest(logs["memory"]) == latest(logs["replayed"]) == latest(logs["folded"])
+    )
     reopened.close()
     replay_store.close()
+    fold_store.close()
 
 
 def test_below_the_window_bound_nothing_goes_to_disk(config, tmp_path: Path):
