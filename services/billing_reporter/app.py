@@ -169,8 +169,9 @@ def open_resources(
     # Pushed last: stopped (and joined) first, before the clients they use are closed.
     life.push(workers, "workers")
     subs = subscriptions.SubscriptionStore(
-        pool, config, timedelta(seconds=settings.past_due_grace_seconds), settings.free_plan
-    )
+        pool, config, timedelta(seconds=settings.past_due_grace_seconds), settings.free_plan,
+        on_subscribed=ledger.mark_customer_dirty,
+    )  # fmt: skip
     closer = PeriodCloser(
         pool,
         config,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, cast
 
@@ -67,6 +67,9 @@ class ReportRow:
     attempts: int
     created_at: float  # epoch seconds
     delivered_at: float | None = None
+    # The customer's Stripe subscription began after this window started, in the same plg period: Stripe
+    # bills only usage from its start (epoch seconds), so the event is dated there (see _started).
+    not_before: float | None = None
 
 
 _REPORT_COLUMNS = (
@@ -74,6 +77,19 @@ _REPORT_COLUMNS = (
     " stripe_customer_id, status, attempts, extract(epoch FROM created_at)::float8,"
     " extract(epoch FROM delivered_at)::float8"
 )
+
+
+def _started(report: ReportRow, start: tuple[int, float] | None) -> ReportRow:
+    """A window of the period the customer's Stripe subscription began in, from before it began, is dated
+    at the subscription's start: Stripe bills a metered price only for usage inside the subscription's
+    period, plg the whole period (the plan at its end) — without this, usage before the checkout was on
+    plg's invoice and charged by nobody. Windows of earlier periods keep their own dates."""
+    if start is None:
+        return report
+    usage_from, started_s = start
+    if usage_from <= report.window_start < started_s * 1000:
+        return replace(report, not_before=started_s)
+    return report
 
 
 def _report(row: Sequence[object]) -> ReportRow:
@@ -364,7 +380,23 @@ class Ledger:
                 f" RETURNING {_REPORT_COLUMNS}",
                 (lease_seconds, self.ledger, limit),
             ).fetchall()
-        return sorted((_report(r) for r in rows), key=lambda r: (r.window_start, r.revision, r.identifier))
+            starts = self._subscription_starts(conn, {str(r[0]) for r in rows})
+        reports = [_started(_report(r), starts.get(str(r[0]))) for r in rows]
+        return sorted(reports, key=lambda r: (r.window_start, r.revision, r.identifier))
+
+    @staticmethod
+    def _subscription_starts(
+        conn: psycopg.Connection[Any], customers: set[str]
+    ) -> dict[str, tuple[int, float]]:
+        """customer → (start of the plg period its subscription began in, ms; the start, epoch s)."""
+        if not customers:
+            return {}
+        rows = conn.execute(
+            "SELECT customer_id, usage_from, extract(epoch FROM started_at)::float8 FROM subscriptions"
+            " WHERE customer_id = ANY(%s) AND started_at IS NOT NULL AND usage_from IS NOT NULL",
+            (sorted(customers),),
+        ).fetchall()
+        return {str(c): (int(u), float(s)) for c, u, s in rows}
 
     def release(self, identifiers: Sequence[str]) -> None:
         if not identifiers:

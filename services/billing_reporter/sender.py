@@ -256,8 +256,11 @@ class OutboxSender:
         if row.meter in self.options.level_meters:
             # The level as of planning, inside its period (so Stripe's `last` orders the revisions).
             return int(min(max(row.created_at, row.window_start / 1000), row.window_end / 1000 - 1))
-        # The window's start: inside the same Stripe billing period as all of the window's usage.
-        return row.window_start // 1000
+        # The window's start: inside the same Stripe billing period as all of the window's usage; a window
+        # from before the subscription began in its first period at the start (ledger._started), where
+        # Stripe bills it.
+        start = row.window_start // 1000
+        return start if row.not_before is None else max(start, int(row.not_before) + 1)
 
     def _publish(self) -> bool:
         if self.publish is None:

@@ -117,6 +117,15 @@ def transition(
 
 # -- Postgres ------------------------------------------------------------------------------------------------
 
+
+def _period_start(conn: psycopg.Connection[Any], customer_id: str, now: datetime) -> int:
+    """The start (epoch ms) of the customer's monthly plg period containing ``now``."""
+    row = conn.execute(
+        "SELECT billing_anchor_day FROM customers WHERE customer_id = %s", (customer_id,)
+    ).fetchone()
+    return billing_period(int(now.timestamp() * 1000), int(row[0]) if row else 1).start_ms
+
+
 _SUB_COLUMNS = (
     "customer_id, plan, status, stripe_customer_id, stripe_subscription_id, past_due_since, grace_until"
 )
@@ -186,6 +195,8 @@ class WebhookResult:
     # customer or subscription is not known yet: the event that introduces it is still on its way).
     status: Literal["applied", "duplicate", "ignored", "stale", "retry"]
     detail: str = ""
+    # A customer whose new Stripe subscription this event began (its usage so far must reach Stripe).
+    subscribed: str | None = None
 
 
 class _RetryLater(Exception):
@@ -216,20 +227,29 @@ class SubscriptionStore:
     retries it; a checkout completes an upgrade only when paid, and a plan sold by contract only from a
     session (or plan change) plg created itself."""
 
-    def __init__(self, pool: ConnectionPool, config: PlansConfig, grace: timedelta, free_plan: str) -> None:
+    def __init__(
+        self, pool: ConnectionPool, config: PlansConfig, grace: timedelta, free_plan: str,
+        on_subscribed: Callable[[str], None] | None = None,
+    ) -> None:  # fmt: skip
         self.pool = pool
         self.config = config
         self.grace = grace
         self.free_plan = free_plan
+        # Called once a new subscription's event has committed: the ledger looks at the customer's windows
+        # again (those planned while it had no Stripe customer were left out), so its usage reaches Stripe.
+        self.on_subscribed = on_subscribed
 
     def handle(self, event: dict[str, Any], now: datetime | None = None) -> WebhookResult:
         """Apply one verified Stripe event, at most once by its id (the id and the effect commit together)."""
         now = now or datetime.now(UTC)
         try:
             with self.pool.connection() as conn, conn.transaction():
-                return self._handle(conn, event, now)
+                result = self._handle(conn, event, now)
         except _RetryLater as retry:
             return WebhookResult("retry", retry.detail)
+        if result.subscribed and self.on_subscribed is not None:
+            self.on_subscribed(result.subscribed)
+        return result
 
     def _handle(self, conn: psycopg.Connection[Any], event: dict[str, Any], now: datetime) -> WebhookResult:
         first = conn.execute(
@@ -320,9 +340,18 @@ class SubscriptionStore:
                 "ignored", f"plan {plan!r} is sold by contract: not from a session plg created"
             )
         sub = Subscription(customer_id, plan, "active", obj.get("customer"), obj.get("subscription"))
+        before = _load(conn, "customer_id", customer_id)
         # Grandfathering starts here: the customer is pinned to the price version in effect today.
         price = self.config.price_for(plan, now.date())
         _save(conn, sub, self.free_plan, "checkout completed", now, None if price is None else price.version)
+        if before is None or before.stripe_subscription_id != sub.stripe_subscription_id:
+            # A new subscription: Stripe bills usage from now on, plg the whole period it began in. The
+            # sender moves that period's earlier windows here (services/billing_reporter/sender.py).
+            conn.execute(
+                "UPDATE subscriptions SET started_at = %s, usage_from = %s WHERE customer_id = %s",
+                (now, _period_start(conn, customer_id, now), customer_id),
+            )
+            return WebhookResult("applied", f"{customer_id} -> {plan}", subscribed=customer_id)
         return WebhookResult("applied", f"{customer_id} -> {plan}")
 
     def _find(

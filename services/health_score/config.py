@@ -54,8 +54,8 @@ class HealthSettings(StreamServiceSettings):
     # Persons whose key actions a customer-day keeps (active users); more are counted as events only, so a
     # flood of made-up person ids cannot grow a customer's facts without bound (docs/health-score.md).
     max_persons_per_day: int = Field(default=10_000, ge=1)
-    # Customers whose facts the scorer keeps in memory; past it the cache is emptied and reloaded from
-    # PostgreSQL on demand (the facts there are the truth).
+    # Customers whose facts the scorer keeps in memory; past it the least recently scored go, and are
+    # loaded again from PostgreSQL when they come back (the facts there are the truth).
     cache_customers: int = Field(default=100_000, ge=1)
     # Python's GIL switch interval for this process (sys.setswitchinterval): the API's tail latency while
     # the scorer computes. Python's default is 0.005.

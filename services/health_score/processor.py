@@ -22,6 +22,7 @@ from services.health_score.registry import HealthConfig
 from services.health_score.scoring import compute_score, usage_zscore
 from services.health_score.store import CustomerState, Fenced, HealthStore, ScoreRow
 from services.kernel import metrics
+from services.kernel.caches import BoundedCache
 from services.kernel.kafka import TopicPartition
 from services.kernel.privacy import APPLIED, Erasure
 from services.kernel.processing import Batch, Emit, Message, RetryBatch, SinkHandler
@@ -33,7 +34,7 @@ MERGE_EVENT = "$person_merged"
 
 CACHED_CUSTOMERS = metrics.gauge(
     "plg_health_cached_customers",
-    "Customers whose facts the scorer holds in memory (HealthSink cache_limit).",
+    "Customers whose facts the scorer holds in memory (HEALTH_CACHE_CUSTOMERS, least recently scored out).",
 )
 PERSONS_CAPPED = metrics.counter(
     "plg_health_persons_capped",
@@ -246,7 +247,10 @@ class HealthSink(SinkHandler):
         self.clock = clock
         self.on_events = on_events
         self.on_entitlements = on_entitlements
-        self.cache: dict[str, CustomerState] = {}
+        # The customers' states as PostgreSQL has them after the last saved batch (a failed one empties it):
+        # the least recently scored go first past ``cache_limit`` and are loaded again when they come back.
+        # Before, a full cache was emptied, so past the limit every batch reloaded all its customers.
+        self.cache: BoundedCache[str, CustomerState] = BoundedCache(cache_limit, gauge=CACHED_CUSTOMERS)
         self.cache_limit = cache_limit
         self.entitlement_topic = ENTITLEMENT_EVENTS
         self.homes = homes
@@ -322,15 +326,22 @@ class HealthSink(SinkHandler):
     # -- the real-time path -----------------------------------------------------------------------------
 
     def _states(self, customer_ids: set[str], now_ms: int) -> dict[str, CustomerState]:
-        missing = customer_ids - self.cache.keys()
+        states: dict[str, CustomerState] = {}
+        missing = set()
+        for cid in customer_ids:
+            state = self.cache.get(cid)
+            if state is None:
+                missing.add(cid)
+            else:
+                states[cid] = state
         if missing:
-            if len(self.cache) + len(missing) > self.cache_limit:
-                self.cache.clear()  # reloaded from PostgreSQL on demand: the facts there are the truth
-                missing = set(customer_ids)
             since = day_of(now_ms) - self.config.history_days - 1
-            self.cache.update(self.store.load(missing, since))
-            CACHED_CUSTOMERS.set(len(self.cache))
-        return {c: self.cache[c] for c in customer_ids}
+            for cid, state in self.store.load(missing, since).items():
+                # A batch of more customers than the limit evicts some of its own: this batch still folds
+                # into the states returned here and saves them; the next one loads them again.
+                self.cache.put(cid, state)
+                states[cid] = state
+        return {c: states[c] for c in customer_ids}
 
     def process(self, batch: Batch, out: Emit) -> None:
         now_ms = int(self.clock() * 1000)
@@ -492,7 +503,8 @@ class HealthSink(SinkHandler):
         alerts: list[Alert] = []
         states: dict[str, CustomerState] = {}
         for score, _record, loaded in results:
-            state = self.cache.get(score.customer_id, loaded)  # the alert state this thread owns
+            cached = self.cache.peek(score.customer_id)  # the alert state this thread owns
+            state = loaded if cached is None else cached
             z = usage_zscore(self.config, loaded.facts, now_ms, score.segment)
             alerts.extend(evaluate(self.config, state.alerts, score, z))
             states[score.customer_id] = state

@@ -102,8 +102,10 @@ class BoundedCache(Generic[K, V]):
     def _put(self, key: K, value: V, stored_at: float | None) -> None:
         if self.max_entries == 0:
             return
+        if stored_at is None:
+            stored_at = self._clock() if self.ttl is not None else 0.0  # without a TTL the age is never read
         data = self._data
-        data[key] = (self._clock() if stored_at is None and self.ttl is not None else stored_at or 0.0, value)
+        data[key] = (stored_at, value)
         data.move_to_end(key)
         while len(data) > self.max_entries:
             data.popitem(last=False)

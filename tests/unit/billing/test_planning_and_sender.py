@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 import stripe
 
-from services.billing_reporter.ledger import ReportRow
+from services.billing_reporter.ledger import ReportRow, _started
 from services.billing_reporter.planning import next_revision, report_identifier, window_closed
 from services.billing_reporter.sender import (
     CircuitBreaker,
@@ -205,6 +205,19 @@ def test_the_sender_sends_identifier_value_and_window_start():
         }
     ]
     assert ledger.calls == [("delivered", "plg_1", "delivered")]
+
+
+def test_a_window_from_before_the_subscription_in_its_first_period_is_dated_at_its_start():
+    """Stripe bills a metered price from the subscription's start only; plg the whole period it began in."""
+    started = 600.5  # epoch seconds: the subscription began after ROW's window (60 s - 120 s)
+    early = _started(ROW, (0, started))  # usage_from 0: the window is in the period it began in
+    assert early.not_before == started
+    assert _started(ROW, (60_001, started)) is ROW  # an earlier period's window keeps its date
+    assert _started(ROW, (0, 30.0)) is ROW  # a window after the start too
+    assert _started(ROW, None) is ROW  # no subscription
+    s, _, fake = sender([early], [Outcome("delivered")])
+    s.run_once()
+    assert fake.sent[0]["timestamp"] == 601  # inside the subscription's first period
 
 
 def test_a_duplicate_counts_as_delivered_and_a_rejection_is_final():

@@ -211,3 +211,45 @@ def test_one_instance_owning_every_home_needs_no_inbox() -> None:
     only.process(batch, _out([]))
     assert store.inboxed == []
     assert set(store.states) == {"acme", "globex"}
+
+
+def test_the_scorer_keeps_at_most_its_cache_limit_and_an_evicted_customer_is_loaded_with_every_event() -> (
+    None
+):
+    """HEALTH_CACHE_CUSTOMERS under a flood of made-up customers: the least recently scored go (the gauge
+    follows), a customer scored in every batch is never loaded again, and one evicted comes back from the
+    store with all its facts — no event lost to the bound."""
+    from prometheus_client import REGISTRY
+
+    store = Store()
+    loads: list[str] = []
+    load = store.load
+
+    def counted(ids: Iterable[str], since: int) -> dict[str, CustomerState]:
+        ids = list(ids)
+        loads.extend(ids)
+        return load(ids, since)
+
+    store.load = counted  # type: ignore[method-assign]
+    sink = HealthSink(CONFIG, store, FactsBuilder(CONFIG, {}), tick_interval=3600.0, cache_limit=5)  # type: ignore[arg-type]
+    sink.assigned([TopicPartition(ENRICHED, 0)])
+    offset = 0
+
+    def send(*customers: str) -> None:
+        nonlocal offset
+        messages = [Message(Record(ENRICHED, 0, offset + i), _event(c)) for i, c in enumerate(customers)]  # type: ignore[arg-type]
+        offset += len(customers)
+        sink.process(Batch(messages, {(ENRICHED, 0): offset}), _out([]))
+
+    send("loyal", "evicted")
+    for i in range(200):
+        send("loyal", f"fake-{i}")
+        assert len(sink.cache) <= 5
+    assert REGISTRY.get_sample_value("plg_health_cached_customers") == len(sink.cache) == 5
+    assert loads.count("loyal") == 1  # scored in every batch: stayed cached
+    send("evicted")
+    assert loads.count("evicted") == 2  # gone with the flood, loaded again
+    [facts] = store.states["evicted"].facts.values()
+    assert facts.actions == {"core_action_completed": 2.0}
+    [facts] = store.states["loyal"].facts.values()
+    assert facts.actions == {"core_action_completed": 201.0}

@@ -1,0 +1,92 @@
+"""Usage from before the checkout, in the period the subscription begins in: plg bills the whole period on
+the plan at its end, Stripe a metered price only from the subscription's start. The reports of that
+period's earlier windows are dated at the subscription's start, so Stripe's first invoice charges what
+plg's does (before: the usage before the checkout was on plg's invoice and charged by nobody, and
+`reconcile` agreed, since it prices the quantity Stripe's line holds).
+
+The Stripe emulator runs on a clock the test moves, so the period can end within the test."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from services.plans.periods import billing_period
+from tests.integration.billing.conftest import Clock
+from tests.integration.billing.harness import HOUR, MINUTE, WEBHOOK_SECRET, Billing
+from tests.integration.metering.harness import now_ms, wait_for
+from tests.stripe_double import StripeDouble
+
+KEY = {"authorization": "Bearer sk_test_billing"}
+
+
+def test_usage_before_the_checkout_in_its_period_is_charged_on_stripes_first_invoice_as_on_plgs(
+    clocked: Billing, clock: Clock
+) -> None:
+    billing, double = clocked, clocked.double
+    reporter = billing.start_reporter(close_check_seconds=3600.0)
+    double.webhooks.url = f"{reporter.url}/v1/stripe/webhooks"
+    double.webhooks.secret = WEBHOOK_SECRET
+    double.webhooks.start()
+    # An anchor day that puts today mid-period (so the test never straddles a period's start).
+    anchor = (datetime.now(UTC).day + 13) % 28 + 1
+    c = billing.customer("free", stripe=False, anchor_day=anchor)
+    period = billing_period(now_ms(), anchor)
+    assert period.start_ms < now_ms() - 5 * MINUTE
+
+    # 51 000 requests this period before the customer has a Stripe subscription (not reported: no Stripe
+    # customer yet).
+    window = now_ms() - now_ms() % MINUTE - 3 * MINUTE
+    billing.aggregate(c, 51_000, window_start=window)
+    width = period.end_ms - period.start_ms
+    billing.aggregate(c, 51_000, window_start=period.start_ms, granularity="BILLING_PERIOD", width=width)
+    wait_for(lambda: billing.period_total(c) == 51_000, 60, what="the period total in the ledger")
+
+    # Checkout to pro; the subscription begins now, its first period ends with plg's.
+    with reporter.client() as rep:
+        answer = rep.post(f"/v1/checkout/{c}", json={"plan": "pro"})
+    assert answer.status_code == 200, answer.text
+    session = double.billing.sessions[answer.json()["session_id"]]
+    status, done, _, _ = double.handle(
+        "POST", f"/_emulator/checkout/sessions/{session['id']}/complete", {}, {}, KEY
+    )
+    assert status == 200, done
+    sub = double.billing.subscriptions[done["subscription"]]
+    assert sub["start_date"] * 1000 > window  # the usage is from before the subscription
+    wait_for(
+        lambda: bool(billing.ledger(c)) and all(r[5] == "delivered" for r in billing.ledger(c)),
+        60,
+        what="the period's usage at Stripe once the customer is linked",
+    )
+    [event] = [e for e in double.events if e["payload"]["stripe_customer_id"] == done["customer"]]
+    assert int(event["timestamp"]) >= sub["start_date"]  # dated where Stripe bills it
+
+    # The period ends: Stripe's first invoice charges the 1 000 requests over 50 000, as plg's does.
+    clock.move_to(period.end_ms + HOUR)
+    invoice = wait_for(lambda: _written_at_end(double, done["customer"], period.end_ms), 60, what="Stripe's")
+    base = _base(sub)
+    metered = [ln for ln in invoice["lines"]["data"] if _price_of(ln) not in (None, base)]
+    closed = billing.close_periods(period.end_ms + 2 * HOUR + 1, {c})[c]
+    [plg_line] = [ln for ln in closed.lines if ln.kind == "usage" and ln.meter == "api_requests"]
+    assert plg_line.amount == Decimal("1.00")
+    assert [(ln["quantity"], ln["amount"]) for ln in metered if ln["quantity"]] == [(51_000, 100)]
+
+
+def _written_at_end(double: StripeDouble, customer: str, end_ms: int) -> dict[str, Any] | None:
+    """Stripe's invoice written when the period ended (the first one, at the start, ends with it too)."""
+    return next(
+        (i for i in list(double.billing.invoices.values())
+         if i["customer"] == customer and i["created"] >= end_ms // 1000),
+        None,
+    )  # fmt: skip
+
+
+def _price_of(line: dict[str, object]) -> object:
+    return ((line.get("pricing") or {}).get("price_details") or {}).get("price")  # type: ignore[attr-defined]
+
+
+def _base(sub: dict[str, object]) -> str:
+    """The subscription's licensed (base) price id."""
+    items = sub["items"]["data"]  # type: ignore[index]
+    return next(i["price"]["id"] for i in items if i["price"]["recurring"]["usage_type"] == "licensed")
