@@ -18,7 +18,8 @@ only; each phase is bounded. Steps:
    e. with ``--restarts``: restart it and time restart-to-restored, reusing the local store (sealed at
       the clean stop) and again with the store deleted (the changelog replayed);
    ``--compare-store`` runs this checkout with the other state store (rocksdb / memory) in the same
-   rounds, ``--memory-ids`` sets the dedup memory bound, ``--spread-hours`` spreads event times over that
+   rounds, ``--memory-ids`` / ``--memory-windows`` set the dedup ids' and the windows' memory bounds,
+   ``--spread-hours`` spreads event times over that
    many hours of windows (the grace raised to match);
 2. end to end: start the entitlement API process; produce 10k events/s for ``--e2e-seconds`` while a probe
    event is produced every 50 ms and a poller asks the API until the probe's usage is visible;
@@ -297,6 +298,8 @@ class Bench:
             env["METERING_STATE_DIR"] = str(state_dir)
             if self.args.memory_ids:
                 env["METERING_DEDUP_MEMORY_IDS"] = str(self.args.memory_ids)
+            if self.args.memory_windows:
+                env["METERING_WINDOW_MEMORY_WINDOWS"] = str(self.args.memory_windows)
         return env
 
     def arm(self, label: str, root: Path, store: str | None) -> dict[str, Any]:
@@ -531,6 +534,8 @@ class Bench:
                 if self.args.memory_ids and stores[label] == "rocksdb"
                 else ""
             )
+            if self.args.memory_windows and stores[label] == "rocksdb":
+                bound += f", memory windows {self.args.memory_windows:,}"
             print(f"[{label}: {roots[label]}, state store {store}{bound}]")
             report_against_raw(
                 results, "raw consume + decode", "aggregator, exactly-once", GOAL_EVENTS_PER_S, GOAL_RATIO
@@ -595,6 +600,9 @@ def main() -> int:
         "--compare-store", action="store_true", help="also run this checkout with the other state store"
     )
     parser.add_argument("--memory-ids", type=int, help="METERING_DEDUP_MEMORY_IDS (rocksdb: the bound)")
+    parser.add_argument(
+        "--memory-windows", type=int, help="METERING_WINDOW_MEMORY_WINDOWS (rocksdb: the windows' bound)"
+    )
     parser.add_argument(
         "--spread-hours", type=float, default=0, help="spread event times over this many hours (grace raised)"
     )
