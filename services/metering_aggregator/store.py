@@ -450,6 +450,8 @@ class DiskWindows:
                 for key in state.records
             ],
             "n": state.spilled_series,
+            # Tombstones not written yet (an aborted eviction tick's): the warm load writes them.
+            "p": [key.decode() for key in state.pending_tombstones],
         }
         batch.put(SPILL_META, orjson.dumps(meta))
         self.store.write(batch)
@@ -467,6 +469,7 @@ class DiskWindows:
             if spilled:
                 state.spilled_in_record[record] = spilled
         state.spilled_series = int(meta["n"])
+        state.pending_tombstones.extend(key.encode() for key in meta.get("p", ()))
         picked: list[bytes] = []
         total = 0
         for key, value in self.store.items(SEALED_SERIES, backwards=True):

@@ -463,3 +463,17 @@ def test_tombstones_of_an_aborted_eviction_tick_go_out_with_the_next_transaction
     assert handler.states[0] is state  # nothing rebuilt...
     assert sorted(state.pending_tombstones) == sorted(out.sent)  # ...and its tombstones wait for the next one
     assert sorted(state.drain(10, customer).changelog) == sorted((key, None) for key in out.sent)
+
+
+def test_tombstones_still_unwritten_at_the_seal_are_written_after_a_warm_load(config, tmp_path: Path):
+    store = LocalStore(tmp_path / "p0")
+    state = spilled_state(config, store, memory_windows=1000)
+    run_txn(state, 0, [event(customer_id="c", ts=NOW)], NOW)
+    state.pending_tombstones.append(b"B|-1.0")  # as an aborted eviction tick leaves them (see rollback)
+    PartitionStore(store, 0).seal(state, 1, state.rules)
+    store.close()
+    reopened = LocalStore(tmp_path / "p0")
+    warm = spilled_state(config, reopened, memory_windows=1000)
+    PartitionStore(reopened, 0).load(warm)
+    assert (b"B|-1.0", None) in warm.drain(1, customer).changelog
+    reopened.close()
