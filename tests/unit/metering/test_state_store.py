@@ -477,3 +477,25 @@ def test_tombstones_still_unwritten_at_the_seal_are_written_after_a_warm_load(co
     PartitionStore(reopened, 0).load(warm)
     assert (b"B|-1.0", None) in warm.drain(1, customer).changelog
     reopened.close()
+
+
+def test_a_store_sealed_with_every_window_in_memory_loads_the_newest_under_a_smaller_bound(config, tmp_path):
+    memory = PartitionState(0, config, Rules())
+    store = LocalStore(tmp_path / "p0")
+    state = spilled_state(config, store, memory_windows=100_000)
+    for seq, (clock, events) in enumerate(spilling_workload()[:4]):
+        run_txn(memory, seq * 1000, events, clock)
+        run_txn(state, seq * 1000, events, clock)
+    assert state.spilled_series == 0
+    hot = {(s.customer_id, s.meter.slug, s.group) for s in list(state.series.values())[-3:]}
+    PartitionStore(store, 0).seal(state, 4000, state.rules)
+    store.close()
+    reopened = LocalStore(tmp_path / "p0")
+    warm = spilled_state(config, reopened, memory_windows=50)  # restarted with a smaller bound
+    PartitionStore(reopened, 0).load(warm)
+    assert 0 < warm.windows_in_memory <= 50
+    assert warm.spilled_series > 0
+    assert hot <= set(warm.series)  # the most recently touched series came back first
+    assert all_windows(warm) == all_windows(memory)
+    assert live_records(warm) == live_records(memory)
+    reopened.close()
