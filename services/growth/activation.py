@@ -29,7 +29,7 @@ from services.activation import (  # the config: a domain model shared with anal
     Threshold,
 )
 from services.kernel.processing.spill import SpillMap
-from services.kernel.processing.store import LocalStore
+from services.kernel.processing.store import FOLD_BATCH, LocalStore, StoreFold
 
 DAY_MS = 86_400_000
 PROMPT = "show-upgrade-prompt"
@@ -90,8 +90,12 @@ def plan_of(event: Mapping[str, Any]) -> str | None:
 MAX_PERSONS_PER_CUSTOMER = 1_000_000
 #: State entries (counters, crossings) one partition keeps in memory when it has a local store.
 MEMORY_KEYS = 1_000_000
-#: Prefix of the state's entries in the local store (the kernel's SpillMap; the seal has its own key).
+#: Prefix of the state's entries in the local store (the kernel's SpillMap; the seal has its own key). A
+#: changelog replay folds the records straight under it (their bytes are the map's encoding).
 STATE_PREFIX = b"S"
+#: Scratch keys of a replay's person count, one per (customer, person) with a counter (RocksDB keeps one of
+#: each, however many counters the person has); deleted once counted.
+REPLAY_PERSONS = b"P"
 
 
 def _json(value: dict[str, Any]) -> bytes:
@@ -116,13 +120,50 @@ def state_map(store: LocalStore | None, memory_keys: int) -> SpillMap[str, dict[
     )
 
 
+def person_counted(value: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The (customer, person) a state entry makes tracked (a person-scope counter), else None."""
+    if value.get("scope") == "person" and "event" in value and value.get("subject"):
+        return str(value["customer"]), str(value["subject"])
+    return None
+
+
 def count_persons(values: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     """Persons with a counter, per customer (the cap's count, rebuilt from a replayed state)."""
     seen: dict[str, set[str]] = {}
     for value in values:
-        if value.get("scope") == "person" and "event" in value and value.get("subject"):
-            seen.setdefault(str(value["customer"]), set()).add(str(value["subject"]))
+        who = person_counted(value)
+        if who is not None:
+            seen.setdefault(who[0], set()).add(who[1])
     return {customer: len(subjects) for customer, subjects in seen.items()}
+
+
+def count_folded(fold: StoreFold) -> tuple[int, dict[str, int]]:
+    """The entries and the persons per customer of a changelog partition folded into its store under
+    :data:`STATE_PREFIX` (checkpoint removed), in one scan holding one entry at a time: each person is a
+    scratch key in the store (:data:`REPLAY_PERSONS`, dropped after), so the count needs memory per
+    customer, not per person — what :func:`count_persons` gives for the same entries."""
+    store = fold.store
+    entries = 0
+    batch = store.batch()
+    last: tuple[str, str] | None = None
+    for _, raw in fold.scan():
+        entries += 1
+        who = person_counted(_unjson(raw))
+        if who is not None and who != last:  # a person's counters are mostly adjacent: fewer writes
+            last = who
+            batch.put(REPLAY_PERSONS + orjson.dumps(who), b"")
+            if len(batch) >= FOLD_BATCH:
+                store.write(batch)
+                batch = store.batch()
+    store.write(batch)
+    persons: dict[str, int] = {}
+    for key, _ in store.items(REPLAY_PERSONS):
+        customer = orjson.loads(key[len(REPLAY_PERSONS) :])[0]
+        persons[customer] = persons.get(customer, 0) + 1
+    batch = store.batch()
+    batch.delete_range(REPLAY_PERSONS, bytes([REPLAY_PERSONS[0] + 1]))
+    store.write(batch)
+    return entries, persons
 
 
 class Tracker:

@@ -2,11 +2,13 @@
 ``activation_threshold_crossed`` telemetry event (``usage-events``) and the state changelog out, all in the
 batch's transaction — so a crossing is written exactly once, also across crashes and restarts.
 
-State (:class:`~services.growth.activation.Tracker`, one per input partition) lives in memory and is
-rebuilt on assignment from the compacted changelog ``growth-activation-changelog`` (co-partitioned with the
+State (:class:`~services.growth.activation.Tracker`, one per input partition) lives in memory up to its
+bound and in a local store past it, and is reused from a store sealed at the committed offset or rebuilt
+on assignment from the compacted changelog ``growth-activation-changelog`` (co-partitioned with the
 input), read ``read_committed`` after the group's committed offsets are known stable, until the
 partition's checkpoint (the input offset committed with the state) has reached them — the metering
-aggregator's restore protocol, whose changelog reader this reuses.
+aggregator's restore protocol, whose changelog reader this reuses; with a store the records are folded
+straight into it as they are read (the kernel's ``StoreFold``), so a replay stays within the bound.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from services.activation import ActivationConfig
 from services.growth.activation import (
     MAX_PERSONS_PER_CUSTOMER,
     MEMORY_KEYS,
+    STATE_PREFIX,
     Tracker,
     activation_record,
+    count_folded,
     count_persons,
     fired_key,
 )
@@ -32,7 +36,7 @@ from services.kernel.kafka import TopicPartition
 from services.kernel.privacy import APPLIED, ErasureFollower
 from services.kernel.processing import Batch, Emit, RetryBatch, StreamHandler
 from services.kernel.processing.state import restore_partitions, sealed_at_committed
-from services.kernel.processing.store import LocalStore
+from services.kernel.processing.store import LocalStore, StoreFold
 from services.kernel.settings import KafkaSettings
 from services.kernel.topics import (
     ACTIVATION_EVENTS,
@@ -236,7 +240,10 @@ class ActivationHandler(StreamHandler):
             RESTORES.labels("store").inc()
         bound = self.memory_keys // max(1, len(self.trackers) + len(partitions))
 
-        def build(partition: int, latest: dict[bytes, bytes]) -> tuple[Tracker, int | None]:
+        def build(partition: int, latest: Any) -> tuple[Tracker, int | None]:
+            if isinstance(latest, StoreFold):  # folded into the wiped store while read: bounded memory
+                return self._build_folded(latest, bound)
+            # No local store (GROWTH_STATE_STORE=memory): the state is all in memory anyway.
             state: dict[str, dict[str, Any]] = {}
             checkpoint = None
             for key, raw in latest.items():
@@ -244,20 +251,24 @@ class ActivationHandler(StreamHandler):
                     checkpoint = int(json.loads(raw)["offset"])
                 else:
                     state[key.decode()] = json.loads(raw)
-            store = None
-            if self.store_factory is not None:
-                store = self._store(partition)
-                store.clear()  # rebuilt from the changelog; unsealed until sealed again
             tracker = Tracker(
                 self.config,
                 state,
                 self.max_persons_per_customer,
-                store=store,
                 memory_keys=bound,
                 persons=count_persons(state.values()),
             )
-            tracker.spill()
             return tracker, checkpoint
+
+        fold = None
+        if self.store_factory is not None:
+
+            def fold(partition: int) -> StoreFold:
+                store = self._store(partition)
+                store.clear()  # rebuilt from the changelog; unsealed until sealed again
+                # The changelog's key and JSON value are the state map's own encoding: folded straight
+                # under its prefix, the store is the replayed state once the read ends.
+                return StoreFold(store, STATE_PREFIX)
 
         cold = [p for p in partitions if p not in trackers]
         if cold:
@@ -269,6 +280,7 @@ class ActivationHandler(StreamHandler):
                 partitions=cold,
                 build=build,
                 checkpoint_wait=self.checkpoint_wait,
+                fold=fold,
             )
             for p in replayed:
                 self.restored_from[p] = "changelog"
@@ -285,6 +297,28 @@ class ActivationHandler(StreamHandler):
             },
         )
         return trackers
+
+    def _build_folded(self, fold: StoreFold, bound: int) -> tuple[Tracker, int | None]:
+        """A partition's tracker from its changelog folded into its store (``restore_partitions(fold=)``):
+        the checkpoint taken out, every entry left on disk as after a warm load (memory fills again as
+        persons are active), the persons counted in one scan. The replay holds one record at a time on top
+        of the kernel's constants (docs/growth.md#bounded-state), however many persons the partition has."""
+        checkpoint = None
+        raw = fold.get(CHECKPOINT_KEY)
+        if raw is not None:
+            checkpoint = int(json.loads(raw)["offset"])
+            del fold[CHECKPOINT_KEY]
+        entries, persons = count_folded(fold)
+        tracker = Tracker(
+            self.config,
+            None,
+            self.max_persons_per_customer,
+            store=fold.store,
+            memory_keys=bound,
+            persons=persons,
+        )
+        tracker.state.load(entries)
+        return tracker, checkpoint
 
     # -- a batch ------------------------------------------------------------------------------------------
 

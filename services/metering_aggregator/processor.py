@@ -27,6 +27,7 @@ from services.kernel import metrics
 from services.kernel.kafka import TopicPartition
 from services.kernel.processing import Batch, Emit, RetryBatch, StreamHandler
 from services.kernel.processing.state import restore_partitions, sealed_at_committed
+from services.kernel.processing.store import StoreFold
 from services.kernel.serde import header
 from services.kernel.settings import KafkaSettings
 from services.kernel.topics import (
@@ -44,10 +45,10 @@ from services.metering_aggregator.changelog import encode_value, restore
 from services.metering_aggregator.handlers import abuse_record, aggregate_record, threshold_record
 from services.metering_aggregator.model import PartitionState, Rules
 from services.metering_aggregator.store import (
+    REPLAY,
     DiskDedupIndex,
     DiskWindows,
     PartitionStore,
-    ReplayFold,
     replay,
 )
 from services.metering_aggregator.values import nanounits_to_decimal
@@ -375,7 +376,7 @@ class MeteringHandler(StreamHandler):
         def build(partition: int, latest: Any) -> tuple[PartitionState, int | None]:
             nonlocal records
             state = self._new_state(partition)
-            if isinstance(latest, ReplayFold):  # the store holds the changelog just read: bounded memory
+            if isinstance(latest, StoreFold):  # the store holds the changelog just read: bounded memory
                 records += replay(state, latest)
             else:
                 restore(state, latest.items())
@@ -385,10 +386,10 @@ class MeteringHandler(StreamHandler):
         fold = None
         if self.store_factory is not None:
 
-            def fold(partition: int) -> ReplayFold:
+            def fold(partition: int) -> StoreFold:
                 store = self._store(partition).store
                 store.clear()  # rebuilt from the changelog, unsealed until revoked
-                return ReplayFold(store)
+                return StoreFold(store, REPLAY)  # a scratch prefix: replay() builds the layout from it
 
         cold = [p for p in partitions if p not in states]
         if cold:

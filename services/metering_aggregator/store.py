@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
-from services.kernel.processing.store import LocalStore
+from services.kernel.processing.store import LocalStore, StoreFold
 from services.metering_aggregator.model import (
     EVICTION_MARGIN_MS as EVICTION_MARGIN,
 )
@@ -498,62 +498,11 @@ class DiskWindows:
         return out
 
 
-class ReplayFold(MutableMapping[bytes, bytes]):
-    """The latest value per changelog key of a partition being replayed, folded into its (wiped) store
-    instead of a dict: a replay reads the whole changelog partition, which may not fit in memory."""
-
-    def __init__(self, store: LocalStore, flush_every: int = 10_000) -> None:
-        self.store = store
-        self.flush_every = flush_every
-        self._batch = store.batch()
-        self._ops = 0
-
-    def _op(self) -> None:
-        self._ops += 1
-        if self._ops >= self.flush_every:
-            self.flush()
-
-    def flush(self) -> None:
-        self.store.write(self._batch)
-        self._batch = self.store.batch()
-        self._ops = 0
-
-    def __setitem__(self, key: bytes, value: bytes) -> None:
-        self._batch.put(REPLAY + key, value)
-        self._op()
-
-    def pop(self, key: bytes, default: Any = None) -> Any:  # a tombstone: no read needed
-        self._batch.delete(REPLAY + key)
-        self._op()
-        return default
-
-    def __delitem__(self, key: bytes) -> None:
-        self.pop(key)
-
-    def __getitem__(self, key: bytes) -> bytes:
-        self.flush()
-        value = self.store.get(REPLAY + key)
-        if value is None:
-            raise KeyError(key)
-        return value
-
-    def __iter__(self) -> Iterator[bytes]:
-        self.flush()
-        return (key[1:] for key, _ in self.store.items(REPLAY))
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-    def items_in_order(self) -> Iterator[tuple[bytes, bytes]]:
-        self.flush()
-        return ((key[1:], value) for key, value in self.store.items(REPLAY))
-
-
 def _window_slot(series: bytes, granularity: str, start: str) -> bytes:
     return series + b"\x00" + f"{granularity}|{start}".encode() + b"\x00"
 
 
-def replay(state: PartitionState, fold: ReplayFold) -> int:
+def replay(state: PartitionState, fold: StoreFold) -> int:
     """Rebuild ``state`` from a changelog partition folded into its store (what
     ``changelog.restore`` does from a dict), holding at most one packed record, one series and the memory
     bounds in memory: the latest state of each window is found by RocksDB (entries rewritten under a key per
@@ -565,7 +514,7 @@ def replay(state: PartitionState, fold: ReplayFold) -> int:
     count = 0
     packed: list[tuple[tuple[int, int], bytes]] = []
     batch = store.batch()
-    for key, value in fold.items_in_order():
+    for key, value in fold.scan():
         count += 1
         kind = key[:2]
         if kind == b"B|":
@@ -591,8 +540,7 @@ def replay(state: PartitionState, fold: ReplayFold) -> int:
     sizes: dict[bytes, int] = {}
     for _, key in sorted(packed):  # transaction order: a later record's entry overwrites an earlier one
         state.records[key] = set()
-        raw = store.get(REPLAY + key)
-        assert raw is not None
+        raw = fold[key]
         entries = orjson.loads(raw)
         sizes[key] = len(entries)
         batch = store.batch()

@@ -38,8 +38,9 @@ def read_changelog(
     folds: dict[int, MutableMapping[bytes, bytes]] | None = None,
 ) -> dict[int, MutableMapping[bytes, bytes]]:
     """The latest value per key of each changelog partition (read_committed, up to the stable end;
-    tombstoned keys left out): folded into a dict per partition, or into ``folds`` (a handler's own mapping,
-    e.g. on disk, so a big partition is not held in memory while it is read)."""
+    tombstoned keys left out): folded into a dict per partition, or into ``folds`` (a handler's own mapping:
+    :class:`~services.kernel.processing.store.StoreFold`, the partition's wiped local store, so a big
+    partition is not held in memory while it is read — only a fetch of up to 10 000 records is)."""
     parts = sorted(partitions)
     latest: dict[int, MutableMapping[bytes, bytes]] = folds if folds is not None else {p: {} for p in parts}
     if not parts:
@@ -98,7 +99,8 @@ def restore_partitions(
     committed offset is read again; past ``checkpoint_wait`` seconds the gap can only be offsets moved by
     hand (markers land in milliseconds), so it is logged as an error and the state taken as it is rather
     than stalling the partition for good. ``fold(partition)``, when given, makes the (empty) mapping each
-    read folds a partition's records into — ``build`` then gets it instead of a dict.
+    read folds a partition's records into — a :class:`~services.kernel.processing.store.StoreFold` over the
+    partition's wiped store (metering, growth) — and ``build`` then gets it instead of a dict.
     """
     started = time.monotonic()
     committed = {

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +150,72 @@ class LocalStore:
             self.db.close()
         except Exception:
             log.exception("closing a local state store failed", extra={"path": str(self.path)})
+
+
+#: Records a :class:`StoreFold` gathers in one write batch (RocksDB's memory, not Python's): the constant a
+#: replay holds on top of its owner's memory bounds, with the changelog reader's fetch (``read_changelog``).
+FOLD_BATCH = 10_000
+
+
+class StoreFold(MutableMapping[bytes, bytes]):
+    """The latest value per changelog key of a partition being replayed, folded into its (wiped) store under
+    ``prefix`` instead of a dict: what ``restore_partitions(fold=)`` reads a changelog into, so a replay does
+    not hold a whole partition in memory (docs/kernel.md#local-state-stores-memory-bounded-state-on-disk-
+    and-warm-restarts).
+
+    Writes go through a write batch of at most ``flush_every`` records (a tombstone is a delete, no read);
+    any read flushes it first. A handler whose store keeps its entries as the changelog's own bytes folds
+    straight under its state's prefix (growth: the changelog key and JSON value are its ``SpillMap``'s
+    encoding); one with a layout of its own folds under a scratch prefix and rebuilds from :meth:`scan`
+    (metering)."""
+
+    def __init__(self, store: LocalStore, prefix: bytes, flush_every: int = FOLD_BATCH) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.flush_every = max(1, flush_every)
+        self._batch = store.batch()
+        self._ops = 0
+
+    def _op(self) -> None:
+        self._ops += 1
+        if self._ops >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        self.store.write(self._batch)
+        self._batch = self.store.batch()
+        self._ops = 0
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self._batch.put(self.prefix + key, value)
+        self._op()
+
+    def pop(self, key: bytes, default: Any = None) -> Any:  # a tombstone: no read needed
+        self._batch.delete(self.prefix + key)
+        self._op()
+        return default
+
+    def __delitem__(self, key: bytes) -> None:
+        self.pop(key)
+
+    def __getitem__(self, key: bytes) -> bytes:
+        self.flush()
+        value = self.store.get(self.prefix + key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self) -> Iterator[bytes]:
+        return (key for key, _ in self.scan())
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.scan())
+
+    def scan(self) -> Iterator[tuple[bytes, bytes]]:
+        """(changelog key, latest value) in key order, read from the store one at a time."""
+        self.flush()
+        cut = len(self.prefix)
+        return ((key[cut:], value) for key, value in self.store.items(self.prefix))
 
 
 def _next_prefix(prefix: bytes) -> bytes | None:

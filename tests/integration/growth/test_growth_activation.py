@@ -24,9 +24,16 @@ def activation_events(growth, prefix: str, expected: int, customer: str) -> list
 
 def restored_from(growth) -> dict[int, str]:
     """Where each of the activation loop's partitions came from at its last restore: "store" or
-    "changelog" (a partition that never had a record has no committed offset: it always replays, empty)."""
-    loop = growth.server.config.app.state.resources.loop
-    return dict(loop.handler.restored_from)
+    "changelog" (a partition that never had a record has no committed offset: it always replays, empty).
+    Waits for the restore: /readyz answers 200 once the loop has subscribed, which can be before the group
+    has assigned it its partitions."""
+    handler = growth.server.config.app.state.resources.loop.handler
+
+    def restored() -> dict[int, str]:
+        done = dict(handler.restored_from)
+        return done if done and set(done) == set(handler.trackers) else {}
+
+    return wait_for(restored, timeout=60, what="the activation loop's partitions restored")
 
 
 def test_a_threshold_crossed_produces_one_event_each_also_after_a_restart(
@@ -97,8 +104,8 @@ def test_a_threshold_crossed_produces_one_event_each_also_after_a_restart(
     ]
     growth.stop()
 
-    # A store that cannot be trusted (unsealed, as after a crash) is discarded: the changelog is replayed,
-    # and the counts go on exactly.
+    # A store that cannot be trusted (unsealed, as after a crash) is discarded: the changelog is replayed
+    # (folded into the wiped store), and the counts go on exactly.
     sealed = 0
     for path in (tmp_path / "activation-test").iterdir():
         store = LocalStore(path)
@@ -111,6 +118,12 @@ def test_a_threshold_crossed_produces_one_event_each_also_after_a_restart(
     with growth.client() as client:
         wait_for(lambda: client.get("/readyz").status_code == 200, what="readiness after a replay")
         assert set(restored_from(growth).values()) == {"changelog"}
+        # Replayed through the kernel's store fold: the state was built in the wiped store while the
+        # changelog was read, so it is all on disk until used (a replay into memory would hold these few
+        # entries in memory, under the bound of 1000, and none on disk).
+        trackers = growth.server.config.app.state.resources.loop.handler.trackers
+        assert sum(t.state.disk for t in trackers.values()) >= 4  # 2 persons' counters, customer's, fired
+        assert sum(len(t.state.mem) for t in trackers.values()) == 0
         enriched.send(customer, person, "project_created")
         wait_for(lambda: client.get(status_url).json()["person"][0]["count"] == 7, what="replayed, counted")
         status = client.get(status_url).json()

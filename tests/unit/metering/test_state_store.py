@@ -6,14 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from services.kernel.processing.store import LocalStore
+from services.kernel.processing.store import LocalStore, StoreFold
 from services.metering_aggregator.changelog import encode_value, restore
 from services.metering_aggregator.model import DUPLICATE, PartitionState, Rules
 from services.metering_aggregator.store import (
+    REPLAY,
     DiskDedupIndex,
     DiskWindows,
     PartitionStore,
-    ReplayFold,
     id_key,
     parse_id_key,
     replay,
@@ -359,7 +359,7 @@ def test_windows_on_disk_count_exactly_and_restore_warm_or_replayed_as_in_memory
     # there holding one record, one series and the bound in memory.
     fold_store = LocalStore(tmp_path / "folded")
     folded = spilled_state(config, fold_store, memory_windows=60)
-    fold = ReplayFold(fold_store, flush_every=7)
+    fold = StoreFold(fold_store, REPLAY, flush_every=7)
     for key, value in log:
         if value is None:
             fold.pop(key, None)
