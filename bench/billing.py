@@ -130,6 +130,12 @@ def report_phase(args: argparse.Namespace, st: StackInfo) -> None:
             "INSERT INTO customers (customer_id, plan, stripe_customer_id) VALUES (%s, 'pro', %s)",
             [(c, f"cus_{c}") for c in customers],
         )
+        # Subscribed: only a customer with a Stripe subscription is reported (docs/billing.md "Windows").
+        cur.executemany(
+            "INSERT INTO subscriptions (customer_id, plan, status, stripe_customer_id,"
+            " stripe_subscription_id) VALUES (%s, 'pro', 'active', %s, %s)",
+            [(c, f"cus_{c}", f"sub_{c}") for c in customers],
+        )
     double = StripeDouble().serve()
     sr = SchemaRegistry(registry)
     spec = topic(USAGE_EVENTS, prefix)

@@ -92,6 +92,19 @@ def _started(report: ReportRow, start: tuple[int, float] | None) -> ReportRow:
     return report
 
 
+# The Stripe customer a window's usage is reported to: only a customer with a Stripe subscription (in any
+# status, as before: a canceled one's last windows may still be late). Stripe bills a meter event only
+# inside a subscription's period, so an event sent while the customer had a Stripe customer but no
+# subscription (`plg customers create --stripe`, then a checkout later) kept its date, before the start,
+# and was charged by nobody although plg's invoice billed it. Held here instead (cleaned, no report),
+# such usage is planned when the subscription begins (mark_customer_dirty) and the sender dates that
+# period's earlier windows at the start (_started), as for a customer linked by its checkout.
+_BILLED_CUSTOMER = (
+    "LEFT JOIN customers c ON c.customer_id = u.customer_id AND EXISTS (SELECT 1 FROM subscriptions s"
+    " WHERE s.customer_id = u.customer_id AND s.stripe_subscription_id IS NOT NULL)"
+)
+
+
 def _report(row: Sequence[object]) -> ReportRow:
     return ReportRow(*row)  # type: ignore[arg-type]
 
@@ -132,6 +145,7 @@ class Ledger:
         self.correction_interval = correction_interval
         self.max_age_ms = max_age_ms
         self.clock = clock
+        self._plan_lock = f"billing_reporter:plan:{self.ledger}"  # advisory lock key (see _planning)
 
     # -- the sink ---------------------------------------------------------------------------------------
     def stored_offsets(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
@@ -150,6 +164,7 @@ class Ledger:
         """Usage, offsets and the reports they make due, in one transaction. Returns reports planned."""
         with self.pool.connection() as conn, conn.transaction():
             if usage:
+                self._planning(conn)
                 self._upsert_usage(conn, usage)
             if offsets:
                 conn.cursor().executemany(
@@ -188,7 +203,16 @@ class Ledger:
     def plan(self) -> int:
         """Reports for windows that closed since the last look (the timer's transaction)."""
         with self.pool.connection() as conn, conn.transaction():
+            self._planning(conn)
             return self._plan(conn)
+
+    def _planning(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        """Taken first by every transaction that plans (before it locks any usage row: no deadlock),
+        shared between planners, exclusive in mark_customer_dirty. A planning statement whose snapshot
+        predates a subscription's commit would hold and clean windows mark_customer_dirty had marked again
+        (FOR UPDATE re-reads the locked row, not the subscription): they would never be reported. With the
+        lock the marking waits for such a planner, or the planner sees the subscription."""
+        conn.execute("SELECT pg_advisory_xact_lock_shared(hashtextextended(%s, 0))", (self._plan_lock,))
 
     def _plan(self, conn: psycopg.Connection[tuple[object, ...]]) -> int:
         planned = self._plan_windows(conn)
@@ -204,11 +228,11 @@ class Ledger:
         reports, cleaned = [], []
         for derived, (base, size) in sorted(self.package_meters.items()):
             due = conn.execute(
-                """
+                f"""
                 SELECT u.customer_id, u.window_start, u.window_end, u.value, c.stripe_customer_id,
                        r.quantity, COALESCE(r.revision + 1, 0)
                 FROM billing_usage u
-                LEFT JOIN customers c ON c.customer_id = u.customer_id
+                {_BILLED_CUSTOMER}
                 LEFT JOIN LATERAL (
                     SELECT quantity, revision, created_at FROM billing_reports b
                     WHERE b.ledger = u.ledger AND b.customer_id = u.customer_id AND b.meter = %s
@@ -251,11 +275,11 @@ class Ledger:
         """Level meters: a period's value changed since its last report, which is at least a reporting
         window old: report the new level (a revision of the period; ``quantity`` is the level itself)."""
         due = conn.execute(
-            """
+            f"""
             SELECT u.customer_id, u.meter, u.window_start, u.window_end, u.value, c.stripe_customer_id,
                    r.quantity, COALESCE(r.revision + 1, 0)
             FROM billing_usage u
-            LEFT JOIN customers c ON c.customer_id = u.customer_id
+            {_BILLED_CUSTOMER}
             LEFT JOIN LATERAL (
                 SELECT quantity, revision, created_at FROM billing_reports b
                 WHERE b.ledger = u.ledger AND b.customer_id = u.customer_id AND b.meter = u.meter
@@ -308,11 +332,11 @@ class Ledger:
         now_ms = int(self.clock() * 1000)
         # Locks the windows it plans (FOR UPDATE): two reporters never give one window the same revision.
         due = conn.execute(
-            """
+            f"""
             SELECT u.customer_id, u.meter, u.window_start, u.window_end, u.value, c.stripe_customer_id,
                    COALESCE(r.reported, 0), COALESCE(r.revisions, 0)
             FROM billing_usage u
-            LEFT JOIN customers c ON c.customer_id = u.customer_id
+            {_BILLED_CUSTOMER}
             LEFT JOIN LATERAL (
                 SELECT sum(quantity) AS reported, count(*) AS revisions, max(created_at) AS last_planned
                 FROM billing_reports b
@@ -340,7 +364,7 @@ class Ledger:
             list[tuple[Any, ...]], due
         ):
             if stripe_id is None:
-                continue  # not linked to Stripe: nothing to bill there; linking marks its windows dirty again
+                continue  # no Stripe subscription (_BILLED_CUSTOMER): its start marks the windows dirty again
             if now_ms - int(start) > self.max_age_ms:
                 TOO_OLD.inc()
                 continue
@@ -358,8 +382,10 @@ class Ledger:
         return len(reports)
 
     def mark_customer_dirty(self, customer_id: str) -> None:
-        """A customer just linked to Stripe: look at their windows again (within Stripe's 35 days)."""
-        with self.pool.connection() as conn:
+        """A customer's Stripe subscription just began: look at their windows again (within Stripe's 35
+        days); those planned before it were held (_BILLED_CUSTOMER)."""
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (self._plan_lock,))
             conn.execute(
                 "UPDATE billing_usage SET dirty = true WHERE ledger = %s AND customer_id = %s"
                 " AND ((granularity = %s AND meter = ANY(%s)) OR (granularity = %s AND meter = ANY(%s)))",

@@ -52,7 +52,7 @@ class Line:
     delivered: Decimal = ZERO
     pending: Decimal = ZERO
     stripe: Decimal | None = None  # None: not asked (no Stripe customer or meter)
-    linked: bool = True  # has a Stripe customer: its usage is reported
+    linked: bool = True  # has a Stripe customer and subscription: its usage is reported
     open: Decimal = ZERO  # counted but not due at Stripe yet (left out of the four columns above)
     # Money: Stripe's invoice line for the meter's price (the preview for the running period, the
     # period's invoice for a closed one) and plg's calculator on the quantity Stripe holds.
@@ -165,7 +165,11 @@ def reconcile(
                 aggregates[(c, derived, PERIOD, s)] = _packages(v, size)
     wanted = sorted(meters)
     customers = conn.execute(
-        "SELECT customer_id, billing_anchor_day, stripe_customer_id, plan, price_version FROM customers"
+        # A Stripe customer without a subscription is not reported to (the ledger holds its usage until one
+        # begins: ledger._BILLED_CUSTOMER): not linked here either.
+        "SELECT customer_id, billing_anchor_day, CASE WHEN EXISTS (SELECT 1 FROM subscriptions s"
+        " WHERE s.customer_id = c.customer_id AND s.stripe_subscription_id IS NOT NULL)"
+        " THEN stripe_customer_id END, plan, price_version FROM customers c"
         + (" WHERE customer_id = %s" if customer else "")
         + " ORDER BY customer_id",
         (customer,) if customer else (),

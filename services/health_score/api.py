@@ -153,6 +153,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 router = APIRouter()
 
+# The list only filters rows the cache keeps (0.2 ms for 500 customers, model level) and the customers
+# table is re-read in the background (CustomerDirectorySnapshot), so up to this many scored customers it
+# is answered on the event loop: the hop to a worker thread and back cost more than the work under load
+# (two GIL hand-offs; p99 5.1 -> 4.1 ms in bench-health with the scorer at 5,000 events/s). Longer lists
+# go to a worker thread so that one large list never holds up every other request.
+INLINE_LIST_CUSTOMERS = 2_000
+
 
 @router.get(
     "/v1/health",
@@ -174,7 +181,10 @@ async def list_health(
     """Every scored customer, riskiest first (lowest score, then falling fastest), searched and filtered,
     with the recurring revenue per band among those listed (the money at risk)."""
     filters = Filters(q or None, band, plan or None, csm or None, suspended, segment or None)
-    answer = await run_in_threadpool(_customer_list, res, filters)
+    if len(res.cache.summaries) <= INLINE_LIST_CUSTOMERS:
+        answer = _customer_list(res, filters)
+    else:
+        answer = await run_in_threadpool(_customer_list, res, filters)
     answer["customers"] = answer["customers"][:limit]
     return Response(orjson.dumps(answer), media_type=_JSON)
 

@@ -131,6 +131,12 @@ def test_whole_pipeline_survives_sigkills_a_broker_restart_and_stripe_failures(
                 "INSERT INTO customers (customer_id, plan, stripe_customer_id) VALUES (%s, 'pro', %s)",
                 (c, f"cus_{c}"),
             )
+            # Subscribed: only a customer with a Stripe subscription is reported (docs/billing.md "Windows").
+            conn.execute(
+                "INSERT INTO subscriptions (customer_id, plan, status, stripe_customer_id,"
+                " stripe_subscription_id) VALUES (%s, 'pro', 'active', %s, %s)",
+                (c, f"cus_{c}", f"sub_{c}"),
+            )
             customers.append(c)
     keys = {c: _create_key(database_settings.url.get_secret_value(), c) for c in customers}
     base = {

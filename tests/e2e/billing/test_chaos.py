@@ -53,6 +53,12 @@ def test_stripe_ledger_and_aggregates_agree_exactly_after_sigkills_and_stripe_fa
                 "INSERT INTO customers (customer_id, plan, stripe_customer_id) VALUES (%s, 'pro', %s)",
                 (c, f"cus_{c}"),
             )
+            # Subscribed: only a customer with a Stripe subscription is reported (docs/billing.md "Windows").
+            conn.execute(
+                "INSERT INTO subscriptions (customer_id, plan, status, stripe_customer_id,"
+                " stripe_subscription_id) VALUES (%s, 'pro', 'active', %s, %s)",
+                (c, f"cus_{c}", f"sub_{c}"),
+            )
             customers.append(c)
     world.start()  # the aggregator, in-process (its own crash test is tests/e2e/metering)
     port = free_port()

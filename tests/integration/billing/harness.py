@@ -58,13 +58,24 @@ class Billing:
     def db_url(self) -> str:
         return self.metering.database.url.get_secret_value()
 
-    def customer(self, plan: str = "pro", *, stripe: bool = True, anchor_day: int = 1) -> str:
+    def customer(
+        self, plan: str = "pro", *, stripe: bool = True, anchor_day: int = 1, subscribed: bool = False
+    ) -> str:
+        """A new plg customer; ``stripe``: linked to a Stripe customer id; ``subscribed``: with a Stripe
+        subscription too (only then is its usage reported: ledger._BILLED_CUSTOMER)."""
         customer_id = f"c-{uuid.uuid4().hex[:12]}"
         with psycopg.connect(self.db_url, autocommit=True) as conn:
             store.create_customer(
                 conn, customer_id, plan, billing_anchor_day=anchor_day,
                 stripe_customer_id=f"cus_{customer_id}" if stripe else None,
             )  # fmt: skip
+            if subscribed:
+                assert stripe, "a subscription needs a Stripe customer"
+                conn.execute(
+                    "INSERT INTO subscriptions (customer_id, plan, status, stripe_customer_id,"
+                    " stripe_subscription_id) VALUES (%s, %s, 'active', %s, %s)",
+                    (customer_id, plan, f"cus_{customer_id}", f"sub_{customer_id}"),
+                )
         return customer_id
 
     def subscribe(

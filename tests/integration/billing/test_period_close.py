@@ -28,7 +28,7 @@ def pool(billing: Billing) -> Iterator[ConnectionPool]:
 
 
 def test_a_period_closes_once_its_ledger_is_complete_and_its_invoice_is_published(billing: Billing, pool):
-    acme, late = billing.customer("pro"), billing.customer("pro")
+    acme, late = billing.customer("pro", subscribed=True), billing.customer("pro", subscribed=True)
     period = billing_period(now_ms(), 1)
     window = now_ms() - now_ms() % MINUTE - 2 * MINUTE
     for c, n in ((acme, 51234), (late, 10)):

@@ -20,7 +20,7 @@ def test_reconcile_agrees_after_delivery_and_names_the_difference_when_stripe_ha
     cli_env: Billing, capsys
 ):
     billing = cli_env
-    acme, beta = billing.customer(), billing.customer()
+    acme, beta = billing.customer(subscribed=True), billing.customer(subscribed=True)
     start = now_ms() - now_ms() % MINUTE - 3 * MINUTE
     billing.aggregate(acme, 12, window_start=start)
     billing.aggregate(acme, 5, window_start=start + MINUTE)

@@ -18,7 +18,7 @@ def closed_minute(minutes_ago: int) -> int:
 
 
 def test_each_closed_window_is_reported_once_with_its_identifier(billing: Billing):
-    acme, beta = billing.customer(), billing.customer()
+    acme, beta = billing.customer(subscribed=True), billing.customer(subscribed=True)
     w1, w2 = closed_minute(3), closed_minute(2)
     for total in (5, 9, 12):  # running totals of one window: only the last counts
         billing.aggregate(acme, total, window_start=w1)
@@ -41,7 +41,7 @@ def test_each_closed_window_is_reported_once_with_its_identifier(billing: Billin
 
 
 def test_a_late_correction_is_a_new_revision_with_only_the_difference(billing: Billing):
-    acme = billing.customer()
+    acme = billing.customer(subscribed=True)
     w = closed_minute(3)
     billing.aggregate(acme, 10, window_start=w)
     billing.start_reporter()
@@ -53,21 +53,27 @@ def test_a_late_correction_is_a_new_revision_with_only_the_difference(billing: B
     assert len(billing.double.events) == 2
 
 
-def test_open_windows_wait_and_unlinked_customers_are_not_sent(billing: Billing):
-    acme, free = billing.customer(), billing.customer("free", stripe=False)
+def test_open_windows_wait_and_unlinked_or_unsubscribed_customers_are_not_sent(billing: Billing):
+    acme, free = billing.customer(subscribed=True), billing.customer("free", stripe=False)
+    linked = billing.customer("free")  # a Stripe customer, no subscription yet: Stripe would not bill it
     now = now_ms()
     billing.aggregate(acme, 5, window_start=now - now % MINUTE)  # the current minute: still open
     billing.aggregate(acme, 2, window_start=closed_minute(2))
     billing.aggregate(free, 8, window_start=closed_minute(2))
+    billing.aggregate(linked, 8, window_start=closed_minute(10))
     billing.start_reporter(settle_seconds=120.0)  # nothing closed two minutes ago is "settled" yet either
     billing.aggregate(acme, 1, window_start=closed_minute(10))
     wait_for(lambda: billing.stripe_total(acme) == 1, what="the settled window")
     assert [r[1] for r in billing.ledger(acme)] == [closed_minute(10)]
     assert billing.ledger(free) == []
+    # The unsubscribed customer's settled window was looked at (planned: no longer dirty) and held.
+    held = "SELECT dirty FROM billing_usage WHERE customer_id = %s AND granularity = 'MINUTE'"
+    wait_for(lambda: billing.rows(held, linked) == [(False,)], what="the held window planned")
+    assert billing.ledger(linked) == []
 
 
 def test_a_restart_never_reports_a_window_twice(billing: Billing):
-    acme = billing.customer()
+    acme = billing.customer(subscribed=True)
     for i in range(5):
         billing.aggregate(acme, i + 1, window_start=closed_minute(10 - i))
     billing.start_reporter()
@@ -110,7 +116,7 @@ def test_the_upcoming_invoice_prices_the_period_so_far(billing: Billing):
 def test_a_level_meter_reports_its_period_value_as_it_changes(billing: Billing):
     from services.plans.periods import billing_period
 
-    acme = billing.customer("pro")
+    acme = billing.customer("pro", subscribed=True)
     period = billing_period(now_ms(), 1)
     width = period.end_ms - period.start_ms
 

@@ -33,7 +33,7 @@ def test_two_stripe_accounts_against_one_database_each_keep_their_own_meter_and_
             " VALUES ('', %s, %s, 'mtr_legacy')",
             (legacy, legacy),
         )
-    acme = billing.customer()
+    acme = billing.customer(subscribed=True)
     billing.aggregate(acme, 12, window_start=now_ms() - now_ms() % MINUTE - 3 * MINUTE)
     reporter = billing.start_reporter()  # syncs the first account's meters and prices at start
     wait_for(lambda: [r[5] for r in billing.ledger(acme)] == ["delivered"], 60, what="delivered")

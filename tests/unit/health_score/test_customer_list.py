@@ -150,3 +150,82 @@ def test_kept_rows_answer_exactly_as_rows_built_per_request_and_are_rebuilt_only
     # the next day (another price may be in effect), a customer gone from the scores, one added
     check([*rescored[1:], summary("newco", "yellow", 50, plan="pro")], reread, date(2027, 1, 2))
     assert len(rows) == len(RANKED)
+
+
+class _Table:
+    """A customers table behind ``connect()``: each read returns the current rows; a read can be held
+    (``gate``) or made to fail, to see what the list is served meanwhile."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.rows = [("c1", "One", "starter", None, "active", None, False)]
+        self.reads = 0
+        self.fail = False
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started = threading.Event()
+
+    def connect(self) -> Any:
+        from contextlib import contextmanager
+
+        @contextmanager
+        def conn() -> Any:
+            table = self
+
+            class Conn:
+                def execute(self, _sql: str) -> Any:
+                    table.reads += 1
+                    table.started.set()
+                    assert table.gate.wait(60)
+                    if table.fail:
+                        raise OSError("database down")
+                    rows = list(table.rows)
+
+                    class Cursor:
+                        def fetchall(self) -> list[Any]:
+                            return rows
+
+                    return Cursor()
+
+            yield Conn()
+
+        return conn()
+
+
+def test_the_directory_is_read_once_and_then_refreshed_off_the_request_path() -> None:
+    import threading
+    import time
+
+    from services.health_score.customer_list import CustomerDirectorySnapshot
+
+    table = _Table()
+    snapshot = CustomerDirectorySnapshot(table.connect, max_age=0.0)
+    assert set(snapshot.get()) == {"c1"}  # the first call waits: nothing to serve before it
+    assert table.reads == 1
+
+    # Stale: the call returns the last read at once while one background read runs (held here), and
+    # further calls meanwhile start no second read.
+    table.gate.clear()
+    table.started.clear()
+    table.rows.append(("c2", "Two", "pro", None, "active", None, False))
+    assert set(snapshot.get()) == {"c1"}
+    assert table.started.wait(30)
+    assert set(snapshot.get()) == {"c1"}
+    assert table.reads == 2
+    table.gate.set()
+    deadline = time.monotonic() + 30
+    while set(snapshot.get()) != {"c1", "c2"}:
+        assert time.monotonic() < deadline, "the background read was never served"
+        time.sleep(0.01)
+
+    # A failed read keeps serving the last snapshot; the next call tries again.
+    table.fail = True
+    reads = table.reads
+    assert set(snapshot.get()) == {"c1", "c2"}
+    deadline = time.monotonic() + 30
+    while table.reads < reads + 2:
+        assert set(snapshot.get()) == {"c1", "c2"}
+        assert time.monotonic() < deadline, "a failed read was not retried"
+        time.sleep(0.01)
+    assert threading.active_count() < 50
