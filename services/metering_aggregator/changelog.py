@@ -108,13 +108,19 @@ def restore(
             if spill is not None and state.windows_in_memory > spill.bound:
                 # Bounded while restoring too; down to 90 % so spills come in batches, not per window.
                 spill.spill(state, target=spill.bound - spill.bound // 10)
+    settle_records(state, sizes)
+    return count
+
+
+def settle_records(state: PartitionState, sizes: dict[bytes, int]) -> None:
+    """After a restore placed every window in its packed record: keep the sizes of the records something
+    still lives in (in memory or on disk), and tombstone the rest."""
     for key, size in sizes.items():
         if state.records[key] or key in state.spilled_in_record:
             state.record_sizes[key] = size
         else:  # superseded everywhere but not yet tombstoned (a crash came first): do it now
             del state.records[key]
             state.pending_tombstones.append(key)
-    return count
 
 
 def apply_record(state: PartitionState, key: bytes, value: bytes, *, ids_in_store: bool = False) -> None:

@@ -508,7 +508,12 @@ def replay(state: PartitionState, fold: StoreFold) -> int:
     bounds in memory: the latest state of each window is found by RocksDB (entries rewritten under a key per
     window, in transaction order: the last write wins), then read back series by series and spilled past
     the bound. Also writes the store's mirror. Returns the changelog records (keys) it held."""
-    from services.metering_aggregator.changelog import _window_key_parts, apply_record, restore_window
+    from services.metering_aggregator.changelog import (
+        _window_key_parts,
+        apply_record,
+        restore_window,
+        settle_records,
+    )
 
     store = fold.store
     count = 0
@@ -578,12 +583,7 @@ def replay(state: PartitionState, fold: StoreFold) -> int:
             state.records[key].add(w)
     if spill is not None and state.windows_in_memory > spill.bound:
         spill.spill(state)
-    for key, size in sizes.items():
-        if state.records[key] or key in state.spilled_in_record:
-            state.record_sizes[key] = size
-        else:  # superseded everywhere but not yet tombstoned (a crash came first): do it now
-            del state.records[key]
-            state.pending_tombstones.append(key)
+    settle_records(state, sizes)
     batch = store.batch()
     for prefix, end in ((REPLAY, b"L"), (REPLAY_MEMBERS, b"N"), (REPLAY_WINDOW, b"R")):
         batch.delete_range(prefix, end)
