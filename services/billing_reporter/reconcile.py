@@ -58,6 +58,10 @@ class Line:
     # period's invoice for a closed one) and plg's calculator on the quantity Stripe holds.
     stripe_amount: Decimal | None = None
     plg_amount: Decimal | None = None
+    # Units Stripe holds for the period that its invoice line does not bill (what it received less the
+    # line's quantity): not zero when usage reached Stripe dated outside the subscription (before it began),
+    # which the money check above cannot see, since it prices the quantity the line bills.
+    unbilled: Decimal = ZERO
 
     @property
     def agrees(self) -> bool:
@@ -65,7 +69,8 @@ class Line:
             return self.aggregates == self.ledger_usage and self.delivered == self.pending == 0
         same = self.aggregates == self.ledger_usage == self.delivered and self.pending == 0
         money = self.stripe_amount is None or self.stripe_amount == self.plg_amount
-        return same and (self.stripe is None or self.stripe == self.delivered) and money
+        billed = self.unbilled == 0
+        return same and (self.stripe is None or self.stripe == self.delivered) and money and billed
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,6 +87,7 @@ class Line:
             "open": str(self.open),
             "stripe_amount": None if self.stripe_amount is None else str(self.stripe_amount),
             "plg_amount": None if self.plg_amount is None else str(self.plg_amount),
+            "unbilled": str(self.unbilled),
             "agrees": self.agrees,
         }
 
@@ -253,6 +259,8 @@ def reconcile(
                     # plg's calculator on the quantity Stripe's line bills: the prices must agree to the
                     # cent (the quantity itself is the `stripe` column's business).
                     line.stripe_amount, billed = amounts[meter]
+                    if billed is not None:
+                        line.unbilled = total - billed
                     priced = price.meters.get(meter)
                     units_meter = meter
                     if meter in packages:  # the line bills packages: plg prices their units

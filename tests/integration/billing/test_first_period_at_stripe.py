@@ -154,6 +154,26 @@ def test_a_customer_linked_to_stripe_at_signup_is_charged_its_early_usage_on_str
     amounts = {r["meter"]: (r["stripe_amount"], r["plg_amount"]) for r in rows if r.get("kind") == "usage"}
     assert amounts["api_requests"] == ("1.00", "1.00")
     assert amounts["storage_gb"] == ("3.00", "3.00")
+    assert {r["meter"]: r["unbilled"] for r in rows if r.get("kind") == "usage"} == {
+        "api_requests": "0",
+        "storage_gb": "0",
+    }
+
+    # What the sender did before: the same reports dated before the subscription began. Stripe holds them
+    # for plg's period, as delivered, but its line bills none of them; the money of the line's quantity
+    # still agrees, so only comparing what Stripe holds with what its line bills shows it.
+    dated = [e["timestamp"] for e in events]
+    for e in events:
+        e["timestamp"] = type(e["timestamp"])(int(sub["start_date"]) - 60)
+    code, rows = billing.reconcile(monkeypatch, capsys, "--customer", c, "--all")
+    assert code == 1, rows
+    usage = {r["meter"]: r for r in rows if r.get("kind") == "usage"}
+    assert {m: (r["stripe"], r["delivered"], r["unbilled"]) for m, r in usage.items()} == {
+        "api_requests": ("51000", "51000", "51000"),
+        "storage_gb": ("130", "130", "130"),
+    }
+    for e, timestamp in zip(events, dated, strict=True):
+        e["timestamp"] = timestamp
 
     # The period ends: Stripe's first invoice charges 1.00 for the requests and 3.00 for the storage, as
     # plg's final invoice does.
