@@ -32,11 +32,16 @@ class AggregateEncoder:
 
     def __init__(self, header: bytes) -> None:
         self.header = header
-        # The bytes of a series' constant fields (header, customer, meter, aggregation, group), per series.
-        self._prefixes: dict[Series, bytes] = {}
+        # The bytes of a series' constant fields (header, customer, meter, aggregation, group), by what
+        # identifies the series rather than by its object: a series spilled to the local store and read back
+        # is a new object, and a cache keyed by objects would keep every spilled one (with its windows) alive
+        # past the window memory bound until the cache filled.
+        self._prefixes: dict[tuple[str, str, str, str], bytes] = {}
 
     def _prefix(self, series: Series) -> bytes:
-        prefix = self._prefixes.get(series)
+        meter = series.meter
+        identity = (series.customer_id, meter.slug, meter.aggregation.value, series.group)
+        prefix = self._prefixes.get(identity)
         if prefix is None:
             if len(self._prefixes) >= _MAX_CACHE:
                 self._prefixes.clear()
@@ -50,12 +55,12 @@ class AggregateEncoder:
                 group_b = b"".join(parts)
             else:
                 group_b = NULL
-            prefix = self._prefixes[series] = b"".join(
+            prefix = self._prefixes[identity] = b"".join(
                 (
                     self.header,
                     string_bytes(series.customer_id),
-                    string_bytes(series.meter.slug),
-                    _AGGREGATIONS[series.meter.aggregation.value],
+                    string_bytes(meter.slug),
+                    _AGGREGATIONS[meter.aggregation.value],
                     group_b,
                 )
             )

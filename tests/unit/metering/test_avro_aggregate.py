@@ -43,3 +43,20 @@ def test_the_bytes_are_fastavros_for_every_shape_of_window():
     w = Window(Series("c", meters["api_requests"], "", {}), Granularity.DAY, 0, 1)
     w.value = 10**38
     assert fast.encode(w, 0) is None
+
+
+def test_a_series_read_back_from_the_store_shares_its_prefix_and_none_is_kept_alive():
+    # Spilling writes a series to the local store and drops the object; reading it back makes a new one.
+    # The encoder's cache must not hold the objects (it would keep spilled series and their windows in
+    # memory past the window bound): one entry per series identity, none of them a Series.
+    fast = AggregateEncoder(header(4242))
+    meter = next(m for m in load_config(None).meters if m.slug == "compute_seconds")
+    encoded = set()
+    for _ in range(3):
+        series = Series("acme", meter, "region=eu", {"region": "eu"})
+        w = Window(series, Granularity.HOUR, 0, 3_600_000)
+        w.value, w.event_count = 5, 1
+        encoded.add(fast.encode(w, 7))
+    assert len(encoded) == 1
+    assert len(fast._prefixes) == 1
+    assert not any(isinstance(part, Series) for key in fast._prefixes for part in (key, *key))
