@@ -22,7 +22,7 @@ from typing import Any, cast
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from services.billing_reporter.planning import next_revision, report_identifier, whole_units
+from services.billing_reporter.planning import event_time, next_revision, report_identifier, whole_units
 from services.kernel import metrics
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,9 @@ class ReportRow:
     attempts: int
     created_at: float  # epoch seconds
     delivered_at: float | None = None
+    # The meter event's timestamp (epoch s), decided when the report was planned (planning.event_time);
+    # None for a level report and for reports planned before migration 0162 (the sender dates those).
+    event_at: int | None = None
     # The customer's Stripe subscription began after this window started, in the same plg period: Stripe
     # bills only usage from its start (epoch seconds), so the event is dated there (see _started).
     not_before: float | None = None
@@ -75,7 +78,7 @@ class ReportRow:
 _REPORT_COLUMNS = (
     "customer_id, meter, window_start, window_end, revision, quantity, window_total, identifier,"
     " stripe_customer_id, status, attempts, extract(epoch FROM created_at)::float8,"
-    " extract(epoch FROM delivered_at)::float8"
+    " extract(epoch FROM delivered_at)::float8, event_at"
 )
 
 
@@ -83,8 +86,9 @@ def _started(report: ReportRow, start: tuple[int, float] | None) -> ReportRow:
     """A window of the period the customer's Stripe subscription began in, from before it began, is dated
     at the subscription's start: Stripe bills a metered price only for usage inside the subscription's
     period, plg the whole period (the plan at its end) — without this, usage before the checkout was on
-    plg's invoice and charged by nobody. Windows of earlier periods keep their own dates."""
-    if start is None:
+    plg's invoice and charged by nobody. Windows of earlier periods keep their own dates. Only for reports
+    planned before migration 0162: later ones carry the date decided when planned (``event_at``)."""
+    if start is None or report.event_at is not None:
         return report
     usage_from, started_s = start
     if usage_from <= report.window_start < started_s * 1000:
@@ -92,17 +96,48 @@ def _started(report: ReportRow, start: tuple[int, float] | None) -> ReportRow:
     return report
 
 
-# The Stripe customer a window's usage is reported to: only a customer with a Stripe subscription (in any
-# status, as before: a canceled one's last windows may still be late). Stripe bills a meter event only
-# inside a subscription's period, so an event sent while the customer had a Stripe customer but no
-# subscription (`plg customers create --stripe`, then a checkout later) kept its date, before the start,
-# and was charged by nobody although plg's invoice billed it. Held here instead (cleaned, no report),
-# such usage is planned when the subscription begins (mark_customer_dirty) and the sender dates that
-# period's earlier windows at the start (_started), as for a customer linked by its checkout.
-_BILLED_CUSTOMER = (
-    "LEFT JOIN customers c ON c.customer_id = u.customer_id AND EXISTS (SELECT 1 FROM subscriptions s"
-    " WHERE s.customer_id = u.customer_id AND s.stripe_subscription_id IS NOT NULL)"
+# Whether a subscription covers usage at ``at`` (epoch ms, an SQL expression): the customer's row in
+# `subscriptions` (one per customer: the latest subscription) has a Stripe subscription that was not
+# canceled before ``at``, or that was canceled and replaced by one whose first plg period (`usage_from`)
+# ``at`` is in. `canceled_at` (migration 0162) stays when a new subscription begins, so windows before it
+# stay the old subscription's (a canceled subscription's late windows still go out, as before) and windows
+# between it and the new subscription's first period belong to none. Stripe bills a meter event only inside
+# a subscription's period: an event sent while none covers it (no subscription yet — `plg customers create
+# --stripe`, then a checkout later — or between a cancel and a new checkout) keeps its date and is charged
+# by nobody although plg's invoice may bill it. Held here instead (cleaned, no report), such usage is
+# planned when a subscription begins (mark_customer_dirty) and dated at its start (planning.event_time).
+def _covered(at: str) -> str:
+    return (
+        "s.stripe_subscription_id IS NOT NULL AND (s.canceled_at IS NULL"
+        f" OR {at} < extract(epoch FROM s.canceled_at) * 1000"
+        f" OR (s.status <> 'canceled' AND (s.usage_from IS NULL OR {at} >= s.usage_from)))"
+    )
+
+
+def _billed_customer(at: str) -> str:
+    """The joins that give ``c.stripe_customer_id`` only when a subscription covers ``at`` (and ``s``, the
+    subscription row, for dating)."""
+    return (
+        f"LEFT JOIN subscriptions s ON s.customer_id = u.customer_id AND {_covered(at)}"
+        " LEFT JOIN customers c ON c.customer_id = u.customer_id AND s.customer_id IS NOT NULL"
+    )
+
+
+# A report of a window in the current subscription's first plg period, dated before that subscription
+# began: the previous subscription held it and, canceled, billed it on no invoice (a cancel at once discards
+# the period's metered usage at Stripe); the new subscription bills only events from its start. So it does
+# not count as at Stripe for the window: the window is reported again, dated at the start, under the next
+# revision's identifier. A sum report's date is its `event_at`; a level's is its planning time. Reports
+# from before migration 0162 (no `event_at`) count, as before.
+_SUPERSEDED_SUM = (
+    "(b.event_at IS NOT NULL AND s.usage_from IS NOT NULL AND s.started_at IS NOT NULL"
+    " AND b.window_start >= s.usage_from AND b.event_at < extract(epoch FROM s.started_at))"
 )
+_SUPERSEDED_LEVEL = (
+    "(s.usage_from IS NOT NULL AND s.started_at IS NOT NULL AND b.window_start >= s.usage_from"
+    " AND b.created_at < s.started_at)"
+)
+_NOW_MS = "(extract(epoch FROM now()) * 1000)"
 
 
 def _report(row: Sequence[object]) -> ReportRow:
@@ -230,11 +265,12 @@ class Ledger:
             due = conn.execute(
                 f"""
                 SELECT u.customer_id, u.window_start, u.window_end, u.value, c.stripe_customer_id,
-                       r.quantity, COALESCE(r.revision + 1, 0)
+                       CASE WHEN r.superseded THEN NULL ELSE r.quantity END, COALESCE(r.revision + 1, 0)
                 FROM billing_usage u
-                {_BILLED_CUSTOMER}
+                {_billed_customer(_NOW_MS)}
                 LEFT JOIN LATERAL (
-                    SELECT quantity, revision, created_at FROM billing_reports b
+                    SELECT quantity, revision, created_at, {_SUPERSEDED_LEVEL} AS superseded
+                    FROM billing_reports b
                     WHERE b.ledger = u.ledger AND b.customer_id = u.customer_id AND b.meter = %s
                       AND b.window_start = u.window_start
                     ORDER BY revision DESC LIMIT 1
@@ -263,6 +299,7 @@ class Ledger:
                         packages,
                         ident,
                         stripe_id,
+                        None,  # a level: dated at its planning time by the sender
                     )
                 )
                 PLANNED.labels("packages").inc()
@@ -277,11 +314,12 @@ class Ledger:
         due = conn.execute(
             f"""
             SELECT u.customer_id, u.meter, u.window_start, u.window_end, u.value, c.stripe_customer_id,
-                   r.quantity, COALESCE(r.revision + 1, 0)
+                   CASE WHEN r.superseded THEN NULL ELSE r.quantity END, COALESCE(r.revision + 1, 0)
             FROM billing_usage u
-            {_BILLED_CUSTOMER}
+            {_billed_customer(_NOW_MS)}
             LEFT JOIN LATERAL (
-                SELECT quantity, revision, created_at FROM billing_reports b
+                SELECT quantity, revision, created_at, {_SUPERSEDED_LEVEL} AS superseded
+                FROM billing_reports b
                 WHERE b.ledger = u.ledger AND b.customer_id = u.customer_id AND b.meter = u.meter
                   AND b.window_start = u.window_start
                 ORDER BY revision DESC LIMIT 1
@@ -299,7 +337,7 @@ class Ledger:
                 continue
             ident = report_identifier(customer, meter, int(start), int(revision))
             reports.append(
-                (self.ledger, customer, meter, start, end, revision, level, level, ident, stripe_id)
+                (self.ledger, customer, meter, start, end, revision, level, level, ident, stripe_id, None)
             )
             PLANNED.labels("level").inc()
         self._insert_reports(conn, reports)
@@ -313,8 +351,8 @@ class Ledger:
             conn.cursor().executemany(
                 """
                 INSERT INTO billing_reports (ledger, customer_id, meter, window_start, window_end, revision,
-                                             quantity, window_total, identifier, stripe_customer_id)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                                             quantity, window_total, identifier, stripe_customer_id, event_at)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                 """,
                 reports,
             )
@@ -334,11 +372,13 @@ class Ledger:
         due = conn.execute(
             f"""
             SELECT u.customer_id, u.meter, u.window_start, u.window_end, u.value, c.stripe_customer_id,
-                   COALESCE(r.reported, 0), COALESCE(r.revisions, 0)
+                   COALESCE(r.reported, 0), COALESCE(r.revisions, 0), s.usage_from,
+                   extract(epoch FROM s.started_at)::float8
             FROM billing_usage u
-            {_BILLED_CUSTOMER}
+            {_billed_customer("u.window_start")}
             LEFT JOIN LATERAL (
-                SELECT sum(quantity) AS reported, count(*) AS revisions, max(created_at) AS last_planned
+                SELECT sum(quantity) FILTER (WHERE NOT {_SUPERSEDED_SUM}) AS reported, count(*) AS revisions,
+                       max(created_at) AS last_planned
                 FROM billing_reports b
                 WHERE b.ledger = u.ledger AND b.customer_id = u.customer_id AND b.meter = u.meter
                   AND b.window_start = u.window_start
@@ -360,11 +400,11 @@ class Ledger:
         if not due:
             return 0
         reports = []
-        for customer, meter, start, end, value, stripe_id, reported, revisions in cast(
+        for customer, meter, start, end, value, stripe_id, reported, revisions, usage_from, started in cast(
             list[tuple[Any, ...]], due
         ):
             if stripe_id is None:
-                continue  # no Stripe subscription (_BILLED_CUSTOMER): its start marks the windows dirty again
+                continue  # no subscription covers it (_covered): a subscription's start marks it dirty again
             if now_ms - int(start) > self.max_age_ms:
                 TOO_OLD.inc()
                 continue
@@ -372,9 +412,10 @@ class Ledger:
             if rev is None:
                 continue
             ident = report_identifier(customer, meter, int(start), rev.revision)
+            begun = None if usage_from is None or started is None else (int(usage_from), float(started))
             reports.append(
                 (self.ledger, customer, meter, start, end, rev.revision, rev.quantity, rev.window_total,
-                 ident, stripe_id)
+                 ident, stripe_id, event_time(int(start), begun))
             )  # fmt: skip
             PLANNED.labels("correction" if rev.revision else "window").inc()
         self._insert_reports(conn, reports)
@@ -383,7 +424,8 @@ class Ledger:
 
     def mark_customer_dirty(self, customer_id: str) -> None:
         """A customer's Stripe subscription just began: look at their windows again (within Stripe's 35
-        days); those planned before it were held (_BILLED_CUSTOMER)."""
+        days); those planned while no subscription covered them were held (_covered), and those its
+        predecessor held in this period are sent again (_SUPERSEDED_SUM, _SUPERSEDED_LEVEL)."""
         with self.pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (self._plan_lock,))
             conn.execute(

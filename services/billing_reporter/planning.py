@@ -45,6 +45,21 @@ def next_revision(total: Decimal, reported: Decimal, revisions_so_far: int) -> R
     return Revision(revisions_so_far, missing, whole)
 
 
+def event_time(window_start_ms: int, subscription: tuple[int, float] | None) -> int:
+    """The meter event's timestamp (epoch s) for a window: its start, so it lands in the Stripe billing
+    period of all of its usage — unless the window is in the plg period the customer's subscription began
+    in (``subscription`` = (that period's start, ms; the start, epoch s)) and from before the start: Stripe
+    bills a metered price only from the subscription's start, plg the whole period on the plan at its end,
+    so it is dated one second after the start, where Stripe's first invoice bills it."""
+    start_s = window_start_ms // 1000
+    if subscription is None:
+        return start_s
+    usage_from, started_s = subscription
+    if usage_from <= window_start_ms < started_s * 1000:
+        return max(start_s, int(started_s) + 1)
+    return start_s
+
+
 def window_closed(window_end_ms: int, now_ms: int, settle_ms: int) -> bool:
     """A window is reported once ``settle_ms`` have passed after its end (late events of the window that
     the aggregator still counts arrive as corrections, later revisions)."""

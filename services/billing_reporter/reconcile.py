@@ -62,12 +62,25 @@ class Line:
     # line's quantity): not zero when usage reached Stripe dated outside the subscription (before it began),
     # which the money check above cannot see, since it prices the quantity the line bills.
     unbilled: Decimal = ZERO
+    # Units a canceled subscription held for this period and billed on no invoice (a cancel at once discards
+    # the period's metered usage at Stripe), sent again to the subscription that began in the period, dated
+    # at its start (ledger._SUPERSEDED_SUM): Stripe holds them twice, bills them once. Not in `delivered`;
+    # taken off what Stripe holds before it is compared. A Stripe invoice that did bill them (a cancel with
+    # `invoice_now`) shows as `unbilled` below zero.
+    superseded: Decimal = ZERO
+    # Usage no subscription covered (after a cancel, before a new subscription's period): held by the
+    # ledger, not at Stripe (ledger._covered); it must not have been delivered.
+    held: Decimal = ZERO
 
     @property
     def agrees(self) -> bool:
         if not self.linked:  # not billed on Stripe: nothing may have been reported
             return self.aggregates == self.ledger_usage and self.delivered == self.pending == 0
-        same = self.aggregates == self.ledger_usage == self.delivered and self.pending == 0
+        same = (
+            self.aggregates == self.ledger_usage
+            and self.delivered == self.ledger_usage - self.held
+            and self.pending == 0
+        )
         money = self.stripe_amount is None or self.stripe_amount == self.plg_amount
         billed = self.unbilled == 0
         return same and (self.stripe is None or self.stripe == self.delivered) and money and billed
@@ -88,8 +101,30 @@ class Line:
             "stripe_amount": None if self.stripe_amount is None else str(self.stripe_amount),
             "plg_amount": None if self.plg_amount is None else str(self.plg_amount),
             "unbilled": str(self.unbilled),
+            "superseded": str(self.superseded),
+            "held": str(self.held),
             "agrees": self.agrees,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Cover:
+    """Which windows the customer's subscriptions cover (as ledger._covered decides what is reported):
+    all, unless the latest one was canceled — then those before its end, and, once a new subscription
+    began, those from its first plg period (``usage_from``) on."""
+
+    status: str | None
+    canceled_ms: int | None
+    usage_from: int | None
+
+    def covers(self, window_start_ms: int) -> bool:
+        if self.canceled_ms is None or window_start_ms < self.canceled_ms:
+            return True
+        return self.status != "canceled" and (self.usage_from is None or window_start_ms >= self.usage_from)
+
+    def canceled_in(self, period: Period) -> bool:
+        """Canceled, with no subscription since, before ``period`` ended."""
+        return self.status == "canceled" and self.canceled_ms is not None and self.canceled_ms < period.end_ms
 
 
 def whole(value: Decimal) -> Decimal:
@@ -172,18 +207,20 @@ def reconcile(
     wanted = sorted(meters)
     customers = conn.execute(
         # A Stripe customer without a subscription is not reported to (the ledger holds its usage until one
-        # begins: ledger._BILLED_CUSTOMER): not linked here either.
-        "SELECT customer_id, billing_anchor_day, CASE WHEN EXISTS (SELECT 1 FROM subscriptions s"
-        " WHERE s.customer_id = c.customer_id AND s.stripe_subscription_id IS NOT NULL)"
-        " THEN stripe_customer_id END, plan, price_version FROM customers c"
-        + (" WHERE customer_id = %s" if customer else "")
-        + " ORDER BY customer_id",
+        # begins: ledger._covered): not linked here either.
+        "SELECT c.customer_id, billing_anchor_day, CASE WHEN s.stripe_subscription_id IS NOT NULL"
+        " THEN c.stripe_customer_id END, c.plan, price_version, s.status,"
+        " (extract(epoch FROM s.canceled_at) * 1000)::bigint, s.usage_from"
+        " FROM customers c LEFT JOIN subscriptions s ON s.customer_id = c.customer_id"
+        + (" WHERE c.customer_id = %s" if customer else "")
+        + " ORDER BY c.customer_id",
         (customer,) if customer else (),
     ).fetchall()
     stripe_meters = {} if gateway is None else stripe_meter_ids(conn, gateway.account())
     lines: list[Line] = []
-    for customer_id, anchor, stripe_id, plan, pinned in customers:
+    for customer_id, anchor, stripe_id, plan, pinned, status, canceled_ms, usage_from in customers:
         period = period_of(month, anchor, now_ms)
+        cover = Cover(status, None if canceled_ms is None else int(canceled_ms), usage_from)
         amounts: dict[str, tuple[Decimal, Decimal | None]] = {}
         price = None if config is None else config.price_for(plan, period.start.date(), pinned)
         credits = credits_for(grants_of(conn, customer_id), period)
@@ -203,6 +240,7 @@ def reconcile(
             ).fetchall()
         }  # fmt: skip
         reports = _reports(conn, ledger, customer_id, period, levels)
+        uncovered = {(m, s) for (m, s) in usage if m not in levels and not cover.covers(s)}
         changed = _last_changes(conn, ledger, customer_id, period)
         for derived, (base, size) in packages.items():
             for meter, start, value in conn.execute(
@@ -242,7 +280,20 @@ def reconcile(
                 pending=_sum(reports, meter, "pending", open_windows, level),
                 linked=bool(stripe_id),
                 open=sum((v for s, v in windows.items() if s in open_windows), ZERO),
+                superseded=_sum(reports, meter, "superseded", None, level),
             )
+            if level:
+                # A level that changed after a cancel, with no subscription since: held, not at Stripe.
+                if cover.canceled_in(period) and line.ledger_usage > line.delivered:
+                    line.held = line.ledger_usage - line.delivered
+            else:
+                line.held = Decimal(
+                    sum(
+                        (v for (m, s), v in usage.items()
+                         if m == meter and (m, s) in uncovered and s not in open_windows),
+                        ZERO,
+                    )
+                )  # fmt: skip
             if stripe_id and gateway is not None and meter in stripe_meters:
                 total = Decimal(
                     gateway.meter_event_total(
@@ -250,8 +301,12 @@ def reconcile(
                     )
                 )
                 # What Stripe holds for windows still open is compared on a later run.
+                # The canceled subscription's copy of re-sent usage (superseded) is held by Stripe too.
+                total_billable = total - line.superseded
                 line.stripe = (
-                    total if level else total - _sum(reports, meter, "delivered", None, level, open_windows)
+                    total
+                    if level
+                    else total_billable - _sum(reports, meter, "delivered", None, level, open_windows)
                 )
                 if level and open_windows:
                     line.stripe = line.delivered
@@ -260,7 +315,7 @@ def reconcile(
                     # cent (the quantity itself is the `stripe` column's business).
                     line.stripe_amount, billed = amounts[meter]
                     if billed is not None:
-                        line.unbilled = total - billed
+                        line.unbilled = total_billable - billed
                     priced = price.meters.get(meter)
                     units_meter = meter
                     if meter in packages:  # the line bills packages: plg prices their units
@@ -295,38 +350,43 @@ def stripe_line_amounts(
     conn: psycopg.Connection[Any], gateway: StripeGateway, customer_id: str, stripe_customer_id: str,
     period: Period, now_ms: int, minor_unit: int,
 ) -> dict[str, tuple[Decimal, Decimal | None]]:  # fmt: skip
-    """meter → (amount, quantity) of its metered line on Stripe's invoice for ``period``: the invoice
-    preview for the running period, the period's invoice once it is closed. Empty without a Stripe
-    subscription."""
+    """meter → (amount, quantity) that Stripe's invoices bill for ``period``: every metered line of the
+    customer's invoices whose period ends inside it (a subscription's first period starts when it did, a
+    canceled one's final invoice, if it wrote one, ends at the cancel), added up, plus the preview of the
+    running period of a subscription that is not canceled. Empty without a Stripe subscription. Lines of
+    every subscription of the customer count: a period billed on two invoices is billed twice."""
     row = conn.execute(
-        "SELECT stripe_subscription_id FROM subscriptions WHERE customer_id = %s", (customer_id,)
+        "SELECT stripe_subscription_id, status FROM subscriptions WHERE customer_id = %s", (customer_id,)
     ).fetchone()
     if row is None or not row[0]:
         return {}
     meters = metered_prices(conn, gateway.account())
     try:
-        if period.contains(now_ms):
-            invoices = [gateway.preview_invoice(stripe_customer_id, str(row[0]))]
-        else:
-            invoices = gateway.list_invoices(stripe_customer_id, str(row[0]))
+        invoices = gateway.list_invoices(stripe_customer_id)
+        if period.contains(now_ms) and row[1] != "canceled":
+            invoices.append(gateway.preview_invoice(stripe_customer_id, str(row[0])))
     except stripe.InvalidRequestError as exc:
         # Stripe does not know the subscription (another account, deleted): no invoice to compare.
         log.warning("no Stripe invoice for %s: %s", customer_id, exc.user_message or exc)
         return {}
+    start_s, end_s = period.start_ms // 1000, period.end_ms // 1000
     out: dict[str, tuple[Decimal, Decimal | None]] = {}
     for invoice in invoices:
         for line in (invoice.get("lines") or {}).get("data") or []:
             price_id = ((line.get("pricing") or {}).get("price_details") or {}).get("price")
-            # By the period's end: a subscription's first period starts when it did, not at plg's start.
             end = (line.get("period") or {}).get("end")
-            if price_id in meters and end == period.end_ms // 1000:
+            if price_id in meters and isinstance(end, int) and start_s < end <= end_s:
                 quantity = line.get("quantity")
                 # What Stripe charges for the line: its amount less the billing credits it used (top-ups).
                 credited = sum(int(c["amount"]) for c in line.get("pretax_credit_amounts") or [])
-                out[meters[price_id]] = (
-                    Decimal(int(line["amount"]) - credited).scaleb(-minor_unit),
-                    None if quantity is None else Decimal(int(quantity)),
-                )
+                amount = Decimal(int(line["amount"]) - credited).scaleb(-minor_unit)
+                units = None if quantity is None else Decimal(int(quantity))
+                meter = meters[price_id]
+                if meter in out:
+                    before, billed = out[meter]
+                    amount += before
+                    units = None if units is None or billed is None else units + billed
+                out[meter] = (amount, units)
     return out
 
 
@@ -361,14 +421,22 @@ Reports = dict[tuple[str, str, int], list[tuple[int, Decimal]]]
 def _reports(
     conn: psycopg.Connection[Any], ledger: str, customer_id: str, period: Period, levels: Collection[str]
 ) -> Reports:
-    """(meter, status, window start) → its reports' (revision, quantity), oldest revision first."""
+    """(meter, status, window start) → its reports' (revision, quantity), oldest revision first. A sum
+    meter's delivered report that a new subscription's report of the same window replaced (the ledger's
+    _SUPERSEDED_SUM: held by a canceled subscription that billed it on no invoice) is ``superseded``."""
     out: Reports = {}
     rows = conn.execute(
-        "SELECT meter, status, window_start, revision, quantity FROM billing_reports WHERE ledger = %s"
-        " AND customer_id = %s AND window_start >= %s AND window_start < %s ORDER BY meter, revision",
+        "SELECT b.meter, b.status, b.window_start, b.revision, b.quantity, COALESCE(b.event_at IS NOT NULL"
+        " AND s.usage_from IS NOT NULL AND s.started_at IS NOT NULL AND b.window_start >= s.usage_from"
+        " AND b.event_at < extract(epoch FROM s.started_at), false)"
+        " FROM billing_reports b LEFT JOIN subscriptions s ON s.customer_id = b.customer_id"
+        " WHERE b.ledger = %s AND b.customer_id = %s AND b.window_start >= %s AND b.window_start < %s"
+        " ORDER BY b.meter, b.revision",
         (ledger, customer_id, period.start_ms, period.end_ms),
     ).fetchall()
-    for meter, status, start, revision, quantity in rows:
+    for meter, status, start, revision, quantity, superseded in rows:
+        if superseded and status == "delivered" and meter not in levels:
+            status = "superseded"
         out.setdefault((meter, status, int(start)), []).append((int(revision), Decimal(quantity)))
     return out
 

@@ -259,6 +259,8 @@ class OutboxSender:
         # The window's start: inside the same Stripe billing period as all of the window's usage; a window
         # from before the subscription began in its first period at the start (ledger._started), where
         # Stripe bills it.
+        if row.event_at is not None:
+            return row.event_at  # decided when planned (planning.event_time): the same on every attempt
         start = row.window_start // 1000
         return start if row.not_before is None else max(start, int(row.not_before) + 1)
 

@@ -405,6 +405,13 @@ class SubscriptionStore:
         _save(
             conn, transition(sub, "canceled", now, self.grace), self.free_plan, "subscription canceled", now
         )
+        # From when no subscription covers the customer's usage: Stripe's own end (a cancel at the period's
+        # end ends then; one at once, now), not when this event arrived (Stripe retries for days). Windows
+        # from then on are held by the ledger until a subscription covers them (ledger._covered).
+        conn.execute(
+            "UPDATE subscriptions SET canceled_at = %s WHERE customer_id = %s",
+            (_ended_at(obj, now), sub.customer_id),
+        )
         return WebhookResult("applied", f"{sub.customer_id}: canceled")
 
     def _invoice_paid(
@@ -440,6 +447,16 @@ class SubscriptionStore:
                 sub = Subscription(*row)
                 apply_plan(conn, sub.customer_id, self.free_plan, "grace period over", "past_due")
         return len(rows)
+
+
+def _ended_at(obj: dict[str, Any], now: datetime) -> datetime:
+    """When a deleted subscription stopped: ``ended_at``, else ``canceled_at`` (which, for a cancel at the
+    period's end, is when it was asked for, not the end), else now."""
+    for field in ("ended_at", "canceled_at"):
+        value = obj.get(field)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return datetime.fromtimestamp(value, UTC)
+    return now
 
 
 def _invoice_subscription(obj: dict[str, Any]) -> str | None:

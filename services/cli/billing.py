@@ -202,6 +202,8 @@ def run(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> int:
             "stripe_amount",
             "plg_amount",
             "unbilled",
+            "superseded",
+            "held",
         )
         rows = [[str(ln.to_dict()[c] if ln.to_dict()[c] is not None else "-") for c in cols] for ln in shown]
         widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]

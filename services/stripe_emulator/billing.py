@@ -659,6 +659,7 @@ class BillingObjects:
             "cancel_at_period_end": False,
             "canceled_at": None,
             "created": now,
+            "ended_at": None,
             "currency": self.prices[items[0]["price"]]["currency"],
             "customer": customer,
             "items": {
@@ -815,7 +816,9 @@ class BillingObjects:
         if sub["status"] == "canceled":
             raise StripeApiError(400, "This subscription is already canceled.", param="subscription")
         sub["status"] = "canceled"
-        sub["canceled_at"] = self.now()
+        # At once (Stripe's default: no final invoice, the period's metered usage is discarded) or, from
+        # tick, at the period's end after its last invoice: either way it ends now.
+        sub["canceled_at"] = sub["ended_at"] = self.now()
         self.emit("customer.subscription.deleted", self._public(sub, {}))
         return self._public(sub, {})
 

@@ -12,7 +12,8 @@ import pytest
 import stripe
 
 from services.billing_reporter.ledger import ReportRow, _started
-from services.billing_reporter.planning import next_revision, report_identifier, window_closed
+from services.billing_reporter.planning import event_time, next_revision, report_identifier, window_closed
+from services.billing_reporter.reconcile import Cover
 from services.billing_reporter.sender import (
     CircuitBreaker,
     OutboxSender,
@@ -218,6 +219,38 @@ def test_a_window_from_before_the_subscription_in_its_first_period_is_dated_at_i
     s, _, fake = sender([early], [Outcome("delivered")])
     s.run_once()
     assert fake.sent[0]["timestamp"] == 601  # inside the subscription's first period
+
+
+def test_the_date_is_decided_when_planned_and_every_attempt_sends_it():
+    """Planned dates (migration 0162): the same as the sender's for reports from before, and they win over
+    the subscription row at send time — a report planned while an earlier subscription covered the window
+    keeps that date (its identifier is the Idempotency-Key: a retry must send the same timestamp)."""
+    started = 600.5
+    assert event_time(60_000, (0, started)) == 601  # before the start, in its first period: at the start
+    assert event_time(60_000, (60_001, started)) == 60  # an earlier period's window: its own start
+    assert event_time(60_000, (0, 30.0)) == 60  # after the start
+    assert event_time(60_000, None) == 60
+    planned = replace(ROW, event_at=60)
+    assert _started(planned, (0, started)) is planned
+    s, _, fake = sender([planned], [Outcome("delivered")])
+    s.run_once()
+    assert fake.sent[0]["timestamp"] == 60
+
+
+def test_windows_after_a_cancel_are_covered_again_only_from_a_new_subscriptions_period():
+    cancel, new_period = 1_000_000, 5_000_000
+    cases = [
+        (Cover("active", None, None), [0, 10**13], []),
+        # canceled: its last windows, not those after it
+        (Cover("canceled", cancel, None), [cancel - 1], [cancel, new_period]),
+        # subscribed again: its first plg period starts later; the gap belongs to none
+        (Cover("active", cancel, new_period), [cancel - 1, new_period], [cancel, new_period - 1]),
+        # subscribed again within the canceled one's period: all of it
+        (Cover("active", cancel, cancel - 500), [cancel - 1, cancel], []),
+    ]
+    for cover, covered, held in cases:
+        assert [cover.covers(w) for w in covered] == [True] * len(covered), cover
+        assert [cover.covers(w) for w in held] == [False] * len(held), cover
 
 
 def test_a_duplicate_counts_as_delivered_and_a_rejection_is_final():
