@@ -608,6 +608,7 @@ class BillingObjects:
                 anchor=_int(anchor, "billing_cycle_anchor") if anchor else None,
                 status="active" if payment == "paid" else "incomplete",
                 billing_mode=_billing_mode(data),
+                free_until_anchor=data.get("proration_behavior") == "none",
             )  # fmt: skip
             session["subscription"] = sub["id"]
         self.emit("checkout.session.completed", self._public(session, {}))
@@ -637,14 +638,21 @@ class BillingObjects:
             else None
         )
         sub = self._new_subscription(
-            customer["id"], items, _metadata(form), anchor=anchor, billing_mode=_billing_mode(form)
-        )
+            customer["id"], items, _metadata(form), anchor=anchor, billing_mode=_billing_mode(form),
+            free_until_anchor=form.get("proration_behavior") == "none",
+        )  # fmt: skip
         return self._public(sub, {})
 
     def _new_subscription(
         self, customer: str, items: list[dict[str, Any]], metadata: dict[str, str], *,
         anchor: int | None = None, status: str = "active", billing_mode: str = "classic",
+        free_until_anchor: bool = False,
     ) -> dict[str, Any]:  # fmt: skip
+        """A new subscription and its first invoice. With a future ``anchor`` the first period is the
+        partial one up to it: ``free_until_anchor`` (``proration_behavior=none``) makes it free, as Stripe
+        does ("customers receive the initial period up to the first full invoice date for free",
+        docs.stripe.com/payments/checkout/billing-cycle); otherwise the emulator charges the licensed items'
+        full price for it (Stripe's default, a prorated charge, is not emulated)."""
         now = self.now()
         start = now
         months = self._interval_months(items, flexible=billing_mode == "flexible")
@@ -683,8 +691,10 @@ class BillingObjects:
         self._sync_periods(sub)
         self.subscriptions[sub_id] = sub
         self.emit("customer.subscription.created", self._public(sub, {}))
-        # The first invoice: licensed items of their first period, in advance.
-        first = {it["id"]: _period_of(it) for it in sub["items"]["data"]}
+        # The first invoice: licensed items of their first period, in advance (none when that period, up to
+        # a future anchor, is free).
+        free = free_until_anchor and anchor > now
+        first = {} if free else {it["id"]: _period_of(it) for it in sub["items"]["data"]}
         self._invoice(sub, usage={}, licensed=first, period=sub["_period"], reason="subscription_create")
         return sub
 

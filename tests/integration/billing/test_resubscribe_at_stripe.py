@@ -132,7 +132,7 @@ def test_usage_before_a_cancel_in_the_gap_and_after_resubscribing_is_billed_once
     assert usage_rows["api_requests"]["superseded"] == "30000"
     assert {m: r["unbilled"] for m, r in usage_rows.items()} == {"api_requests": "0", "storage_gb": "0"}
 
-    # 6. The period ends: Stripe's invoices together bill exactly plg's usage lines, to the cent.
+    # 6. The period ends: Stripe's invoices together bill exactly plg's lines, to the cent.
     clock.move_to(period.end_ms + HOUR)
     wait_for(
         lambda: any(
@@ -157,6 +157,19 @@ def test_usage_before_a_cancel_in_the_gap_and_after_resubscribing_is_billed_once
         (55_000, 500),
     ]
     assert sum(ln["amount"] for ln in metered) == 800 == int(sum(plg_usage.values()) * 100)
+    # And the base: paid for this period in advance by the first subscription; the second one's partial
+    # first period is free (checkout's proration_behavior=none), as plg bills one base per period. All of
+    # Stripe's lines for the period (usage in arrears, licensed items from the period's start) = plg's total.
+    start_s, end_s = period.start_ms // 1000, period.end_ms // 1000
+    licensed = [
+        ln
+        for i in list(double.billing.invoices.values())
+        if i["customer"] == stripe_customer
+        for ln in i["lines"]["data"]
+        if not _metered(double, ln) and start_s <= ln["period"]["start"] < end_s
+    ]
+    assert [ln["amount"] for ln in licensed] == [4900]
+    assert sum(ln["amount"] for ln in metered + licensed) == 5700 == int(closed.total * 100)
 
 
 def _metered(double: Any, line: dict[str, Any]) -> bool:
