@@ -346,10 +346,13 @@ class SubscriptionStore:
         _save(conn, sub, self.free_plan, "checkout completed", now, None if price is None else price.version)
         if before is None or before.stripe_subscription_id != sub.stripe_subscription_id:
             # A new subscription: Stripe bills usage from now on, plg the whole period it began in. The
-            # sender moves that period's earlier windows here (services/billing_reporter/sender.py).
+            # ledger dates that period's earlier windows here (planning.event_time). The database's clock,
+            # like the reports' created_at it is compared with (ledger._SUPERSEDED_LEVEL: a level planned
+            # before the start was dated before it), so a clock skew between the reporter and the database
+            # cannot count a level dated before the start as the new subscription's.
             conn.execute(
-                "UPDATE subscriptions SET started_at = %s, usage_from = %s WHERE customer_id = %s",
-                (now, _period_start(conn, customer_id, now), customer_id),
+                "UPDATE subscriptions SET started_at = now(), usage_from = %s WHERE customer_id = %s",
+                (_period_start(conn, customer_id, now), customer_id),
             )
             return WebhookResult("applied", f"{customer_id} -> {plan}", subscribed=customer_id)
         return WebhookResult("applied", f"{customer_id} -> {plan}")
