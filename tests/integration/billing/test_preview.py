@@ -46,11 +46,15 @@ def test_preview_on_another_plan_equals_the_calculator_and_needs_the_secret_key(
     usage = {"api_requests": Decimal(123_457), "storage_gb": Decimal(61), "compute_seconds": Decimal(400_000)}
     with reporter.client() as rep:
         headers = {"Authorization": f"Bearer {_key(billing, customer)}"}
+
+        # All three meters' period totals (the ledger may take them in different batches: waiting for the
+        # first alone made the comparisons below race the others under load).
+        def ledgered() -> dict[str, str]:
+            lines = rep.get(f"/v1/invoices/{customer}/upcoming", headers=headers).json()["lines"]
+            return {ln["meter"]: ln["usage"] for ln in lines if ln.get("meter")}
+
         wait_for(
-            lambda: (
-                rep.get(f"/v1/invoices/{customer}/upcoming", headers=headers).json()["lines"][1]["usage"]
-                == "123457"
-            ),
+            lambda: ledgered() == {"api_requests": "123457", "storage_gb": "61", "compute_seconds": "400000"},
             what="usage in the ledger",
         )
         # Every plan of the seeds' book, in effect and at each of its versions (pro's grandfathered
