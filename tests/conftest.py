@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from hypothesis import settings as hypothesis_settings
 from pydantic import SecretStr
 
 from services.devstack.config import private_settings
+from services.devstack.processes import stop
 from services.devstack.stack import KAFKA, POSTGRES, REGISTRY, STRIPE_EMULATOR, STRIPE_MOCK, Stack
 from services.kernel.provision import admin_client, provision_all
 from services.kernel.settings import DatabaseSettings, KafkaSettings, SchemaRegistrySettings
@@ -217,7 +219,16 @@ class PrivateKafka:
         return KafkaSettings(bootstrap_servers=self.bootstrap)
 
     def stop(self) -> None:
+        """A clean stop (SIGTERM: the broker's controlled shutdown)."""
         self.stack.down()
+
+    def kill(self) -> None:
+        """A crash (SIGKILL). What a test of clients riding out an outage *mid-transaction* uses: the only
+        broker's controlled shutdown first takes every partition's leadership away, and Kafka skips the
+        commit markers it then cannot deliver (partitions without a leader count as deleted), leaving a
+        transaction the client was told is committed open for good (docs/operations.md#hanging-transactions).
+        A crashed broker reloads the transaction on restart and delivers its markers."""
+        stop(self.stack.managed(KAFKA), sig=signal.SIGKILL)
 
     def start(self) -> None:
         """(Re)start on the same ports and data."""

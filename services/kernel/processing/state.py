@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, TypeVar
 
+from services.kernel.errors import KafkaUnavailableError
 from services.kernel.kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from services.kernel.settings import KafkaSettings
 
@@ -27,6 +28,34 @@ S = TypeVar("S")
 
 class RestoreError(RuntimeError):
     """The changelog could not be read to its end in time."""
+
+
+# How long a restore waits for the group's offsets to become stable. A previous owner's open transaction
+# settles within its transaction timeout (60 s by default); a wait beyond that is retried by the loop.
+STABLE_OFFSETS_TIMEOUT = 60.0
+
+
+def stable_committed(consumer: Consumer, input_topic: str, partitions: Iterable[int]) -> dict[int, int]:
+    """The group's committed offsets of ``partitions`` once they are *stable* (KIP-447: under
+    ``read_committed`` the broker answers only when no open transaction holds offsets for them).
+
+    A timeout says which wait it was: when it repeats well past every producer's transaction timeout, the
+    open transaction is a *hanging* one — its commit marker never reached ``__consumer_offsets`` — and only
+    an operator can end it (docs/operations.md#hanging-transactions).
+    """
+    wanted = [TopicPartition(input_topic, p) for p in partitions]
+    try:
+        found = consumer.committed(wanted, timeout=STABLE_OFFSETS_TIMEOUT)
+    except KafkaUnavailableError as exc:
+        raise KafkaUnavailableError(
+            f"committed offsets of {input_topic} {sorted(tp.partition for tp in wanted)} not stable within "
+            f"{STABLE_OFFSETS_TIMEOUT:.0f}s: the broker is away, or a transaction holding offsets for them "
+            "is still open (a hanging one if this repeats: docs/operations.md#hanging-transactions)",
+            code=exc.code,
+            code_name=exc.code_name,
+            retriable=exc.retriable,
+        ) from exc
+    return {tp.partition: tp.offset for tp in found}
 
 
 def read_changelog(
@@ -103,10 +132,7 @@ def restore_partitions(
     partition's wiped store (metering, growth) — and ``build`` then gets it instead of a dict.
     """
     started = time.monotonic()
-    committed = {
-        tp.partition: tp.offset
-        for tp in consumer.committed([TopicPartition(input_topic, p) for p in partitions], timeout=60)
-    }
+    committed = stable_committed(consumer, input_topic, partitions)
     states: dict[int, S] = {}
     pending = list(partitions)
     while pending:
@@ -155,10 +181,7 @@ def sealed_at_committed(
     candidates = [p for p, seal in seals.items() if seal is not None and isinstance(seal.get("o"), int)]
     if not candidates:
         return {}
-    committed = {
-        tp.partition: tp.offset
-        for tp in consumer.committed([TopicPartition(input_topic, p) for p in candidates], timeout=60)
-    }
+    committed = stable_committed(consumer, input_topic, candidates)
     warm: dict[int, int] = {}
     for p in candidates:
         seal = seals[p]

@@ -177,19 +177,24 @@ class Metering:
     def send(
         self, events: Iterable[dict[str, Any]], *, partition: int | None = None, arrival: int | None = None
     ) -> int:
-        """Produce events; ``arrival`` sets their records' Kafka timestamp (as if produced back then)."""
-        n = 0
-        for e in events:
-            self.producer.produce(
+        """Produce events and wait until the broker has them; ``arrival`` sets their records' Kafka timestamp
+        (as if produced back then). Raises when a record was not delivered (e.g. the broker stayed away past
+        the producer's message timeout), so that a caller never counts as sent what is not on the topic."""
+        futures = [
+            self.producer.send(
                 self.topic(USAGE_EVENTS),
                 self.encoder.encode(e),
                 e["customer_id"],
                 partition=partition,
                 timestamp=arrival,
             )
-            n += 1
+            for e in events
+        ]
         assert self.producer.flush(30) == 0
-        return n
+        failed = [f.exception() for f in futures if f.exception() is not None]
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(futures)} records not delivered: {failed[0]}")
+        return len(futures)
 
     # -- aggregators ------------------------------------------------------------------------------------
 
