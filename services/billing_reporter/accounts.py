@@ -3,6 +3,7 @@ running invoice of their current period."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -52,6 +53,53 @@ def get_account(pool: ConnectionPool, customer_id: str) -> Account | None:
             f"SELECT {ACCOUNT_COLUMNS} FROM customers WHERE customer_id = %s", (customer_id,)
         ).fetchone()
     return None if row is None else Account(*row)
+
+
+@dataclass(frozen=True, slots=True)
+class Terms:
+    """What prices a customer's period: the plan, the pinned price version (None: the version in effect)
+    and the cycle month annual and custom windows count from."""
+
+    plan: str
+    price_version: str | None
+    cycle_month: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlanChange:
+    """A recorded plan change (``customer_changes``, migration 0163): when it took effect at Stripe and the
+    terms it ended."""
+
+    effective_ms: int
+    seq: int
+    before: Terms
+
+
+def terms_at(current: Terms, changes: Iterable[PlanChange], end_ms: int) -> Terms:
+    """The terms in force during a period ending at ``end_ms`` (a period is billed on the plan at its end):
+    the ones the earliest change taking effect at or after the end replaced, else the current ones. A
+    change exactly at the end (a cancel at the period's end) belongs to the next period: Stripe's invoice
+    of the period is written at its end, before the change."""
+    later = [c for c in changes if c.effective_ms >= end_ms]
+    return min(later, key=lambda c: (c.effective_ms, c.seq)).before if later else current
+
+
+def plan_changes(
+    conn: psycopg.Connection[Any], since_ms: int, customer_id: str | None = None
+) -> dict[str, list[PlanChange]]:
+    """Per customer, the recorded plan changes that took effect at or after ``since_ms`` (rows from before
+    migration 0163 carry no terms and are left out: the current terms stand for them, as before)."""
+    rows = conn.execute(
+        "SELECT customer_id, (extract(epoch FROM effective_at) * 1000)::bigint, seq, from_plan,"
+        " from_price_version, from_cycle_month FROM customer_changes"
+        " WHERE effective_at >= to_timestamp(%s / 1000.0) AND from_plan IS NOT NULL"
+        + (" AND customer_id = %s" if customer_id is not None else ""),
+        (since_ms, customer_id) if customer_id is not None else (since_ms,),
+    ).fetchall()
+    out: dict[str, list[PlanChange]] = {}
+    for customer, effective, seq, plan, version, cycle in rows:
+        out.setdefault(customer, []).append(PlanChange(int(effective), int(seq), Terms(plan, version, cycle)))
+    return out
 
 
 def plain(value: Decimal) -> Decimal:

@@ -20,7 +20,14 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from services.billing_reporter.accounts import period_credits, usage_over, window_of
+from services.billing_reporter.accounts import (
+    Terms,
+    period_credits,
+    plan_changes,
+    terms_at,
+    usage_over,
+    window_of,
+)
 from services.billing_reporter.adjustments import Adjuster, lock_customer, pending_for
 from services.customers.windows import CYCLE_MONTH_SQL
 from services.kernel import metrics
@@ -102,6 +109,9 @@ class PeriodCloser:
                 " (extract(epoch FROM created_at) * 1000)::bigint, tax_exempt, tax_id_type, tax_id,"
                 f" {CYCLE_MONTH_SQL} FROM customers"
             ).fetchall()
+            # Plan changes since the earliest period end this round can close (a month before the grace):
+            # a period is priced on the plan in force at its end, not on the one the customer has now.
+            changes = plan_changes(conn, now_ms - self.grace_ms - 32 * 86_400_000)
         for (
             customer_id,
             plan,
@@ -118,7 +128,14 @@ class PeriodCloser:
             last_month = billing_period(current.start_ms - 1, anchor)
             if last_month.end_ms <= created_ms:
                 continue  # the customer did not exist yet
-            found = window_of(self.config, plan, pinned, last_month.start_ms, anchor, cycle_month)
+            # An upgrade, a downgrade, a cancel or a new checkout during the grace (after the period ended,
+            # before it closes) does not reprice it: Stripe invoiced it at its end, on the plan then.
+            terms = terms_at(
+                Terms(plan, pinned, cycle_month), changes.get(customer_id, ()), last_month.end_ms
+            )
+            found = window_of(
+                self.config, terms.plan, terms.price_version, last_month.start_ms, anchor, terms.cycle_month
+            )
             if found is None:
                 continue
             # The usage period (a month, or a whole annual/custom period billed per_period) and the
