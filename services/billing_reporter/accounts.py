@@ -14,7 +14,7 @@ from psycopg_pool import ConnectionPool
 from services.customers.windows import CYCLE_MONTH_SQL
 from services.plans.grants import Grant, credits_for
 from services.plans.invoice import Invoice, calculate_invoice
-from services.plans.model import PlansConfig
+from services.plans.model import PlansConfig, ResolvedPrice
 from services.plans.periods import Period, usage_periods
 from services.plans.windows import combine_months, customer_window
 
@@ -102,6 +102,34 @@ def plan_changes(
     return out
 
 
+def opening_price(
+    config: PlansConfig, current: Terms, changes: Iterable[PlanChange], price: ResolvedPrice,
+    period: Period, anchor_day: int,
+) -> ResolvedPrice | None:  # fmt: skip
+    """The price whose base a monthly ``period`` priced by ``price`` (the plan at its end) pays, when the
+    plan in force at its start was another: Stripe charged that one's base in advance at the start and,
+    with ``proration_behavior`` none, neither credits it nor charges the new one's for the period (a
+    first checkout inside the period: the free plan's, 0 — Stripe's partial first period is free). None
+    when the plan did not change, or either price bills over more than a month (an annual or custom
+    window: a new cycle starts with the change, "Changing window"), or the currencies differ."""
+    if price.period_months != 1:
+        return None
+    # In force at the start: a change exactly at the start (a cancel at the previous period's end) is this
+    # period's already.
+    start = terms_at(current, changes, period.start_ms + 1)
+    found = window_of(config, start.plan, start.price_version, period.start_ms, anchor_day, start.cycle_month)
+    if found is None:
+        return None
+    opening = found[0]
+    if (
+        opening.period_months != 1
+        or opening.currency != price.currency
+        or (opening.plan, opening.version) == (price.plan, price.version)
+    ):
+        return None
+    return opening
+
+
 def plain(value: Decimal) -> Decimal:
     """Without the column's trailing zeros: 51234.000000000 -> 51234, 1.250000000 -> 1.25."""
     return value.quantize(Decimal(1)) if value == value.to_integral_value() else value.normalize()
@@ -168,9 +196,12 @@ def upcoming_invoice(
     price, period, cycle = found
     from services.billing_reporter.adjustments import pending_for  # it imports this module
 
+    current = Terms(account.plan, account.price_version, account.cycle_month)
     with pool.connection() as conn:
         adjustments = pending_for(conn, ledger, customer_id, period)
         usage = usage_over(conn, ledger, config, customer_id, period, account.anchor_day)
+        changes = plan_changes(conn, period.start_ms, customer_id).get(customer_id, [])
+    opening = opening_price(config, current, changes, price, period, account.anchor_day)
     return calculate_invoice(
         customer_id=customer_id,
         period=period,
@@ -182,4 +213,5 @@ def upcoming_invoice(
         tax_exempt=account.tax_exempt,
         tax_id=account.tax_id_pair,
         adjustments=adjustments,
+        opening=opening,
     )

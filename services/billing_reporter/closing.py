@@ -22,6 +22,7 @@ from psycopg_pool import ConnectionPool
 
 from services.billing_reporter.accounts import (
     Terms,
+    opening_price,
     period_credits,
     plan_changes,
     terms_at,
@@ -109,9 +110,10 @@ class PeriodCloser:
                 " (extract(epoch FROM created_at) * 1000)::bigint, tax_exempt, tax_id_type, tax_id,"
                 f" {CYCLE_MONTH_SQL} FROM customers"
             ).fetchall()
-            # Plan changes since the earliest period end this round can close (a month before the grace):
-            # a period is priced on the plan in force at its end, not on the one the customer has now.
-            changes = plan_changes(conn, now_ms - self.grace_ms - 32 * 86_400_000)
+            # Plan changes since the earliest period start this round can close (two months before the
+            # grace): a period's usage is priced on the plan in force at its end, not on the one the
+            # customer has now, and its base on the plan at its start (opening_price).
+            changes = plan_changes(conn, now_ms - self.grace_ms - 64 * 86_400_000)
         for (
             customer_id,
             plan,
@@ -130,9 +132,9 @@ class PeriodCloser:
                 continue  # the customer did not exist yet
             # An upgrade, a downgrade, a cancel or a new checkout during the grace (after the period ended,
             # before it closes) does not reprice it: Stripe invoiced it at its end, on the plan then.
-            terms = terms_at(
-                Terms(plan, pinned, cycle_month), changes.get(customer_id, ()), last_month.end_ms
-            )
+            current_terms = Terms(plan, pinned, cycle_month)
+            history = changes.get(customer_id, [])
+            terms = terms_at(current_terms, history, last_month.end_ms)
             found = window_of(
                 self.config, terms.plan, terms.price_version, last_month.start_ms, anchor, terms.cycle_month
             )
@@ -155,7 +157,8 @@ class PeriodCloser:
                     continue
                 usage = usage_over(conn, self.ledger, self.config, customer_id, ended, anchor)
                 adjustments = pending_for(conn, self.ledger, customer_id, ended)
-                charges_base = bool(price.base_price) and cycle.start_ms == ended.start_ms
+                opening = opening_price(self.config, current_terms, history, price, ended, anchor)
+                charges_base = bool((opening or price).base_price) and cycle.start_ms == ended.start_ms
                 if not usage and not charges_base and not adjustments:
                     continue  # nothing to bill: a free customer without usage, a quiet month of a year
                 invoice = calculate_invoice(
@@ -170,6 +173,7 @@ class PeriodCloser:
                     status="final",
                     credits=period_credits(self.pool, customer_id, ended),
                     adjustments=adjustments,
+                    opening=opening,
                 )
                 conn.execute(
                     "INSERT INTO billing_invoices (ledger, customer_id, period_start, period_end, plan,"

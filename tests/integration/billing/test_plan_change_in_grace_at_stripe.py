@@ -17,7 +17,7 @@ from typing import Any
 
 from services.plans.periods import billing_period
 from tests.integration.billing.conftest import Clock
-from tests.integration.billing.harness import HOUR, MINUTE, WEBHOOK_SECRET, Billing
+from tests.integration.billing.harness import HOUR, MINUTE, WEBHOOK_SECRET, Billing, signed, stripe_event
 from tests.integration.metering.harness import now_ms, wait_for
 
 KEY = {"authorization": "Bearer sk_test_billing"}
@@ -96,6 +96,95 @@ def test_a_change_of_plan_during_the_close_grace_leaves_the_ended_period_on_the_
         licensed = _licensed_lines(double, stripe_customer, period)
         assert [ln["amount"] for ln in licensed] == [4900], licensed
         assert sum(ln["amount"] for ln in metered + licensed) == 5900 == int(invoice.total * 100)
+
+
+def test_a_change_of_plan_inside_a_period_bills_its_base_on_the_plan_at_its_start_as_stripe_does(
+    clocked: Billing, clock: Clock
+) -> None:
+    """Stripe charges a period's base in advance, at its start, on the subscription's plan then; a change
+    inside the period with ``proration_behavior`` none (plg's default) neither credits it nor charges the
+    new plan's base for the period, and the usage is billed at the end on the new plan's prices (a cancel
+    at once: discarded). plg's final invoice: the base of the plan at the start, usage on the plan at the
+    end — the same money as Stripe's lines for the period."""
+    billing, double = clocked, clocked.double
+    reporter = billing.start_reporter(close_check_seconds=3600.0)
+    double.webhooks.url = f"{reporter.url}/v1/stripe/webhooks"
+    double.webhooks.secret = WEBHOOK_SECRET
+    double.webhooks.start()
+    anchor = (datetime.now(UTC).day + 13) % 28 + 1
+    period = billing_period(now_ms(), anchor)
+    # (customer, Stripe customer, subscription) per case; pro, 60 000 requests each.
+    cases: dict[str, tuple[str, str, str]] = {}
+    for case in ("upgrade", "downgrade", "cancel", "cancel, then a checkout in the grace"):
+        c = billing.customer("pro", stripe=False, anchor_day=anchor)
+        clock.move_to(period.start_ms + MINUTE)
+        cases[case] = (c, *billing.subscribe(c, "pro", "pro-2025-06", period))
+        clock.offset = 0.0
+        billing.period_usage(c, 60_000, period)
+
+    # Half an hour before the period's end: growth (upgrade), starter (downgrade), two cancels at once.
+    clock.move_to(period.end_ms - 30 * MINUTE)
+    with reporter.client() as rep:
+        for case, target in (("upgrade", "growth"), ("downgrade", "starter")):
+            answer = rep.post(f"/v1/checkout/{cases[case][0]}", json={"plan": target})
+            assert answer.status_code == 200, answer.text
+    for case in ("cancel", "cancel, then a checkout in the grace"):
+        status, body, _, _ = double.handle("DELETE", f"/v1/subscriptions/{cases[case][2]}", {}, {}, KEY)
+        assert status == 200, body
+    clock.offset = 0.0
+    expected_plan = {"upgrade": "growth", "downgrade": "starter", "cancel": "free"}
+    expected_plan["cancel, then a checkout in the grace"] = "free"
+    for case, (c, _, _) in cases.items():
+        wait_for(
+            lambda c=c, p=expected_plan[case]: (
+                billing.rows("SELECT plan FROM customers WHERE customer_id = %s", c) == [(p,)]
+            ),
+            60,
+            what=f"the {case} applied",
+        )
+    # The running invoice already says so: pro's base (paid at the start), growth's usage (none over).
+    with reporter.client() as rep:
+        upcoming = rep.get(f"/v1/invoices/{cases['upgrade'][0]}/upcoming").json()
+    assert (upcoming["plan"], upcoming["total"]) == ("growth", "49.00"), upcoming
+
+    # The period ends; Stripe invoices the subscriptions still running. Then, in the grace, the canceled
+    # customer checks out pro again (a signed checkout.session.completed dated then: this test's own clock
+    # is inside the period, so plg's checkout route would anchor the new subscription at its end).
+    clock.move_to(period.end_ms + 10 * MINUTE)
+    for case in ("upgrade", "downgrade"):
+        wait_for(
+            lambda s=cases[case][1]: bool(_metered_lines(double, s, period.end_ms)),
+            60,
+            what="Stripe's invoice of the ended period",
+        )
+    clock.offset = 0.0
+    c, stripe_customer, _ = cases["cancel, then a checkout in the grace"]
+    event = stripe_event(
+        "checkout.session.completed",
+        {"id": f"cs_{c}", "payment_status": "paid", "client_reference_id": c, "customer": stripe_customer,
+         "subscription": f"sub_new_{c}", "metadata": {"plg_plan": "pro"}},
+    ) | {"created": (period.end_ms + 25 * MINUTE) // 1000}  # fmt: skip
+    body, headers = signed(event)
+    with reporter.client() as rep:
+        answer = rep.post("/v1/stripe/webhooks", content=body, headers=headers)
+    assert answer.json()["result"] == "applied", answer.text
+
+    closed = billing.close_periods(period.end_ms + 2 * HOUR + 1, {c for c, _, _ in cases.values()})
+    expected = {  # plg's plan at the end, its base and usage lines, the total = Stripe's lines for the period
+        "upgrade": ("growth", Decimal("49.00"), {}, 4900),
+        "downgrade": ("starter", Decimal("49.00"), {"api_requests": Decimal("250.00")}, 29900),
+        "cancel": ("free", Decimal("49.00"), {}, 4900),
+        "cancel, then a checkout in the grace": ("free", Decimal("49.00"), {}, 4900),
+    }
+    for case, (c, stripe_customer, _) in cases.items():
+        invoice = closed[c]
+        base = [ln.amount for ln in invoice.lines if ln.kind == "base"]
+        plg_usage = {ln.meter: ln.amount for ln in invoice.lines if ln.kind == "usage" and ln.amount}
+        plan, want_base, want_usage, stripe_total = expected[case]
+        assert (invoice.plan, base, plg_usage) == (plan, [want_base], want_usage), (case, invoice)
+        lines = _metered_lines(double, stripe_customer, period.end_ms)
+        lines += _licensed_lines(double, stripe_customer, period)
+        assert sum(ln["amount"] for ln in lines) == stripe_total == int(invoice.total * 100), (case, lines)
 
 
 def _lines(double: Any, stripe_customer: str) -> list[dict[str, Any]]:
