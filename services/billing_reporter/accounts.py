@@ -3,6 +3,7 @@ running invoice of their current period."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -13,7 +14,7 @@ from psycopg_pool import ConnectionPool
 from services.customers.windows import CYCLE_MONTH_SQL
 from services.plans.grants import Grant, credits_for
 from services.plans.invoice import Invoice, calculate_invoice
-from services.plans.model import PlansConfig
+from services.plans.model import PlansConfig, ResolvedPrice
 from services.plans.periods import Period, usage_periods
 from services.plans.windows import combine_months, customer_window
 
@@ -52,6 +53,81 @@ def get_account(pool: ConnectionPool, customer_id: str) -> Account | None:
             f"SELECT {ACCOUNT_COLUMNS} FROM customers WHERE customer_id = %s", (customer_id,)
         ).fetchone()
     return None if row is None else Account(*row)
+
+
+@dataclass(frozen=True, slots=True)
+class Terms:
+    """What prices a customer's period: the plan, the pinned price version (None: the version in effect)
+    and the cycle month annual and custom windows count from."""
+
+    plan: str
+    price_version: str | None
+    cycle_month: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlanChange:
+    """A recorded plan change (``customer_changes``, migration 0163): when it took effect at Stripe and the
+    terms it ended."""
+
+    effective_ms: int
+    seq: int
+    before: Terms
+
+
+def terms_at(current: Terms, changes: Iterable[PlanChange], end_ms: int) -> Terms:
+    """The terms in force during a period ending at ``end_ms`` (a period is billed on the plan at its end):
+    the ones the earliest change taking effect at or after the end replaced, else the current ones. A
+    change exactly at the end (a cancel at the period's end) belongs to the next period: Stripe's invoice
+    of the period is written at its end, before the change."""
+    later = [c for c in changes if c.effective_ms >= end_ms]
+    return min(later, key=lambda c: (c.effective_ms, c.seq)).before if later else current
+
+
+def plan_changes(
+    conn: psycopg.Connection[Any], since_ms: int, customer_id: str | None = None
+) -> dict[str, list[PlanChange]]:
+    """Per customer, the recorded plan changes that took effect at or after ``since_ms`` (rows from before
+    migration 0163 carry no terms and are left out: the current terms stand for them, as before)."""
+    rows = conn.execute(
+        "SELECT customer_id, (extract(epoch FROM effective_at) * 1000)::bigint, seq, from_plan,"
+        " from_price_version, from_cycle_month FROM customer_changes"
+        " WHERE effective_at >= to_timestamp(%s / 1000.0) AND from_plan IS NOT NULL"
+        + (" AND customer_id = %s" if customer_id is not None else ""),
+        (since_ms, customer_id) if customer_id is not None else (since_ms,),
+    ).fetchall()
+    out: dict[str, list[PlanChange]] = {}
+    for customer, effective, seq, plan, version, cycle in rows:
+        out.setdefault(customer, []).append(PlanChange(int(effective), int(seq), Terms(plan, version, cycle)))
+    return out
+
+
+def opening_price(
+    config: PlansConfig, current: Terms, changes: Iterable[PlanChange], price: ResolvedPrice,
+    period: Period, anchor_day: int,
+) -> ResolvedPrice | None:  # fmt: skip
+    """The price whose base a monthly ``period`` priced by ``price`` (the plan at its end) pays, when the
+    plan in force at its start was another: Stripe charged that one's base in advance at the start and,
+    with ``proration_behavior`` none, neither credits it nor charges the new one's for the period (a
+    first checkout inside the period: the free plan's, 0 — Stripe's partial first period is free). None
+    when the plan did not change, or either price bills over more than a month (an annual or custom
+    window: a new cycle starts with the change, "Changing window"), or the currencies differ."""
+    if price.period_months != 1:
+        return None
+    # In force at the start: a change exactly at the start (a cancel at the previous period's end) is this
+    # period's already.
+    start = terms_at(current, changes, period.start_ms + 1)
+    found = window_of(config, start.plan, start.price_version, period.start_ms, anchor_day, start.cycle_month)
+    if found is None:
+        return None
+    opening = found[0]
+    if (
+        opening.period_months != 1
+        or opening.currency != price.currency
+        or (opening.plan, opening.version) == (price.plan, price.version)
+    ):
+        return None
+    return opening
 
 
 def plain(value: Decimal) -> Decimal:
@@ -120,9 +196,12 @@ def upcoming_invoice(
     price, period, cycle = found
     from services.billing_reporter.adjustments import pending_for  # it imports this module
 
+    current = Terms(account.plan, account.price_version, account.cycle_month)
     with pool.connection() as conn:
         adjustments = pending_for(conn, ledger, customer_id, period)
         usage = usage_over(conn, ledger, config, customer_id, period, account.anchor_day)
+        changes = plan_changes(conn, period.start_ms, customer_id).get(customer_id, [])
+    opening = opening_price(config, current, changes, price, period, account.anchor_day)
     return calculate_invoice(
         customer_id=customer_id,
         period=period,
@@ -134,4 +213,5 @@ def upcoming_invoice(
         tax_exempt=account.tax_exempt,
         tax_id=account.tax_id_pair,
         adjustments=adjustments,
+        opening=opening,
     )

@@ -22,7 +22,15 @@ import psycopg
 import stripe
 from psycopg_pool import ConnectionPool
 
-from services.billing_reporter.accounts import grants_of, plain, usage_over, window_of
+from services.billing_reporter.accounts import (
+    Terms,
+    grants_of,
+    plain,
+    plan_changes,
+    terms_at,
+    usage_over,
+    window_of,
+)
 from services.billing_reporter.stripe_gateway import StripeGateway
 from services.customers.windows import CYCLE_MONTH_SQL
 from services.kernel import metrics
@@ -257,8 +265,16 @@ class Adjuster:
             (customer_id,),
         ).fetchone()
 
+        changes = plan_changes(conn, now_ms - self.grace_ms - 32 * 86_400_000, customer_id).get(
+            customer_id, ()
+        )
+
         def usage_period_at(at_ms: int) -> Period:
-            found = None if row is None else window_of(self.config, row[0], row[1], at_ms, anchor, row[2])
+            # On the terms the closer will price that period with: those in force at its month's end.
+            if row is None:
+                return billing_period(at_ms, anchor)
+            terms = terms_at(Terms(*row), changes, billing_period(at_ms, anchor).end_ms)
+            found = window_of(self.config, terms.plan, terms.price_version, at_ms, anchor, terms.cycle_month)
             return billing_period(at_ms, anchor) if found is None else found[1]
 
         period = usage_period_at(now_ms - self.grace_ms)

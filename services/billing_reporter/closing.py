@@ -20,7 +20,15 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from services.billing_reporter.accounts import period_credits, usage_over, window_of
+from services.billing_reporter.accounts import (
+    Terms,
+    opening_price,
+    period_credits,
+    plan_changes,
+    terms_at,
+    usage_over,
+    window_of,
+)
 from services.billing_reporter.adjustments import Adjuster, lock_customer, pending_for
 from services.customers.windows import CYCLE_MONTH_SQL
 from services.kernel import metrics
@@ -102,6 +110,10 @@ class PeriodCloser:
                 " (extract(epoch FROM created_at) * 1000)::bigint, tax_exempt, tax_id_type, tax_id,"
                 f" {CYCLE_MONTH_SQL} FROM customers"
             ).fetchall()
+            # Plan changes since the earliest period start this round can close (two months before the
+            # grace): a period's usage is priced on the plan in force at its end, not on the one the
+            # customer has now, and its base on the plan at its start (opening_price).
+            changes = plan_changes(conn, now_ms - self.grace_ms - 64 * 86_400_000)
         for (
             customer_id,
             plan,
@@ -118,7 +130,14 @@ class PeriodCloser:
             last_month = billing_period(current.start_ms - 1, anchor)
             if last_month.end_ms <= created_ms:
                 continue  # the customer did not exist yet
-            found = window_of(self.config, plan, pinned, last_month.start_ms, anchor, cycle_month)
+            # An upgrade, a downgrade, a cancel or a new checkout during the grace (after the period ended,
+            # before it closes) does not reprice it: Stripe invoiced it at its end, on the plan then.
+            current_terms = Terms(plan, pinned, cycle_month)
+            history = changes.get(customer_id, [])
+            terms = terms_at(current_terms, history, last_month.end_ms)
+            found = window_of(
+                self.config, terms.plan, terms.price_version, last_month.start_ms, anchor, terms.cycle_month
+            )
             if found is None:
                 continue
             # The usage period (a month, or a whole annual/custom period billed per_period) and the
@@ -138,7 +157,8 @@ class PeriodCloser:
                     continue
                 usage = usage_over(conn, self.ledger, self.config, customer_id, ended, anchor)
                 adjustments = pending_for(conn, self.ledger, customer_id, ended)
-                charges_base = bool(price.base_price) and cycle.start_ms == ended.start_ms
+                opening = opening_price(self.config, current_terms, history, price, ended, anchor)
+                charges_base = bool((opening or price).base_price) and cycle.start_ms == ended.start_ms
                 if not usage and not charges_base and not adjustments:
                     continue  # nothing to bill: a free customer without usage, a quiet month of a year
                 invoice = calculate_invoice(
@@ -153,6 +173,7 @@ class PeriodCloser:
                     status="final",
                     credits=period_credits(self.pool, customer_id, ended),
                     adjustments=adjustments,
+                    opening=opening,
                 )
                 conn.execute(
                     "INSERT INTO billing_invoices (ledger, customer_id, period_start, period_end, plan,"

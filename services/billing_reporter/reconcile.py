@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 import stripe
 
-from services.billing_reporter.accounts import grants_of, plain
+from services.billing_reporter.accounts import Terms, grants_of, plain, plan_changes, terms_at
 from services.billing_reporter.adjustments import adjustment_rows, money
 from services.billing_reporter.catalog import metered_prices
 from services.billing_reporter.meters import stripe_meter_ids
@@ -222,7 +222,12 @@ def reconcile(
         period = period_of(month, anchor, now_ms)
         cover = Cover(status, None if canceled_ms is None else int(canceled_ms), usage_from)
         amounts: dict[str, tuple[Decimal, Decimal | None]] = {}
-        price = None if config is None else config.price_for(plan, period.start.date(), pinned)
+        # The plan in force at the period's end, as the closer prices it (a change since does not reprice it).
+        changes = plan_changes(conn, period.end_ms, customer_id).get(customer_id, ())
+        terms = terms_at(Terms(plan, pinned, 0), changes, period.end_ms)
+        price = (
+            None if config is None else config.price_for(terms.plan, period.start.date(), terms.price_version)
+        )
         credits = credits_for(grants_of(conn, customer_id), period)
         if stripe_id and gateway is not None and price is not None:
             amounts = stripe_line_amounts(

@@ -140,7 +140,7 @@ def _load(conn: psycopg.Connection[Any], where: str, value: str) -> Subscription
 
 def _save(
     conn: psycopg.Connection[Any], sub: Subscription, free_plan: str, reason: str, now: datetime,
-    price_version: str | None = None,
+    price_version: str | None = None, at: datetime | None = None,
 ) -> None:  # fmt: skip
     conn.execute(
         f"INSERT INTO subscriptions ({_SUB_COLUMNS}, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, now())"
@@ -152,22 +152,27 @@ def _save(
          sub.past_due_since, sub.grace_until),
     )  # fmt: skip
     plan = effective_plan(sub, now, free_plan)
-    apply_plan(conn, sub.customer_id, plan, reason, sub.status, sub.stripe_customer_id, price_version)
+    apply_plan(conn, sub.customer_id, plan, reason, sub.status, sub.stripe_customer_id, price_version, at=at)
 
 
 def apply_plan(
     conn: psycopg.Connection[Any], customer_id: str, plan: str | None, reason: str, status: Status,
-    stripe_customer_id: str | None = None, price_version: str | None = None,
+    stripe_customer_id: str | None = None, price_version: str | None = None, at: datetime | None = None,
 ) -> bool:  # fmt: skip
-    """Set the customer's plan and billing status; record the change if the plan changed."""
+    """Set the customer's plan and billing status; record the change if the plan changed, with the terms
+    it ends (plan, pinned price version, cycle month) and ``at``: when it took effect at Stripe (None: now,
+    the database's clock). The period closer prices an ended period on the terms in force at its end from
+    that record (:func:`services.billing_reporter.accounts.terms_at`), not on the plan at closing time."""
     if plan is None:
         return False
     row = conn.execute(
-        "SELECT plan, billing_anchor_day FROM customers WHERE customer_id = %s FOR UPDATE", (customer_id,)
+        f"SELECT plan, billing_anchor_day, price_version, {windows.CYCLE_MONTH_SQL} FROM customers"
+        " WHERE customer_id = %s FOR UPDATE",
+        (customer_id,),
     ).fetchone()
     if row is None:
         return False
-    old_plan, anchor_day = row
+    old_plan, anchor_day, old_version, old_cycle = row
     # Grandfathering: a pin holds only while the customer stays on its plan; a new plan pins anew.
     customers.set_plan(
         conn, customer_id, plan=plan, billing_status=status, stripe_customer_id=stripe_customer_id,
@@ -176,8 +181,9 @@ def apply_plan(
     if old_plan == plan:
         return False
     conn.execute(
-        "INSERT INTO customer_changes (customer_id, plan, reason) VALUES (%s, %s, %s)",
-        (customer_id, plan, reason),
+        "INSERT INTO customer_changes (customer_id, plan, reason, effective_at, from_plan,"
+        " from_price_version, from_cycle_month) VALUES (%s, %s, %s, COALESCE(%s, now()), %s, %s, %s)",
+        (customer_id, plan, reason, at, old_plan, old_version, old_cycle),
     )
     # A new plan starts a new billing cycle at the current month (billed on the plan at its end): an
     # upgrade from monthly to annual makes this month the first of the year (docs/billing.md "Billing
@@ -270,9 +276,12 @@ class SubscriptionStore:
             ).fetchone()
             if newer is not None and newer[0] > created:
                 return WebhookResult("stale", f"{key}: {newer[1]} (created {newer[0]}) was applied already")
-        apply: Callable[[psycopg.Connection[Any], dict[str, Any], datetime], WebhookResult]
+        # When the change happened at Stripe (the event's creation), not when its delivery arrived: a plan
+        # change made before a period's end but delivered after it still bills that period on the new plan.
+        at = _timestamp(created, now)
+        apply: Callable[[psycopg.Connection[Any], dict[str, Any], datetime, datetime], WebhookResult]
         apply = getattr(self, "_" + event["type"].replace(".", "_"))
-        result = apply(conn, obj, now)
+        result = apply(conn, obj, now, at)
         if result.status == "applied" and key is not None and isinstance(created, int):
             conn.execute(
                 "INSERT INTO stripe_object_versions (object_id, created, event_id) VALUES (%s, %s, %s)"
@@ -300,7 +309,7 @@ class SubscriptionStore:
         return row is not None
 
     def _checkout_session_completed(
-        self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime
+        self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime, at: datetime
     ) -> WebhookResult:
         if obj.get("payment_status") not in ("paid", "no_payment_required"):
             # An asynchronous payment method (bank debit): the money is not there yet; the upgrade waits
@@ -308,15 +317,15 @@ class SubscriptionStore:
             return WebhookResult(
                 "ignored", f"payment_status {obj.get('payment_status')!r}: waiting for payment"
             )
-        return self._complete_checkout(conn, obj, now)
+        return self._complete_checkout(conn, obj, now, at)
 
     def _checkout_session_async_payment_succeeded(
-        self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime
+        self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime, at: datetime
     ) -> WebhookResult:
-        return self._complete_checkout(conn, obj, now)
+        return self._complete_checkout(conn, obj, now, at)
 
     def _complete_checkout(
-        self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime
+        self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime, at: datetime
     ) -> WebhookResult:
         if (obj.get("metadata") or {}).get("plg_kind") == "top_up":
             from services.billing_reporter.topups import apply_top_up  # topups builds on this module
@@ -343,7 +352,8 @@ class SubscriptionStore:
         before = _load(conn, "customer_id", customer_id)
         # Grandfathering starts here: the customer is pinned to the price version in effect today.
         price = self.config.price_for(plan, now.date())
-        _save(conn, sub, self.free_plan, "checkout completed", now, None if price is None else price.version)
+        version = None if price is None else price.version
+        _save(conn, sub, self.free_plan, "checkout completed", now, version, at)
         if before is None or before.stripe_subscription_id != sub.stripe_subscription_id:
             # A new subscription: Stripe bills usage from now on, plg the whole period it began in. The
             # ledger dates that period's earlier windows here (planning.event_time). The database's clock,
@@ -376,7 +386,7 @@ class SubscriptionStore:
         return sub
 
     def _customer_subscription_updated(
-        self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime
+        self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime, at: datetime
     ) -> WebhookResult:
         sub = self._find(conn, obj, obj.get("id"))
         if sub.status == "canceled" and sub.stripe_subscription_id == obj.get("id"):
@@ -396,44 +406,50 @@ class SubscriptionStore:
             log.warning("refused a subscription update to contract plan %s plg did not start", plan)
             plan = None
         new = transition(sub, status, now, self.grace, plan=plan, stripe_subscription_id=obj.get("id"))
-        _save(conn, new, self.free_plan, f"subscription {status}", now)
+        _save(conn, new, self.free_plan, f"subscription {status}", now, at=at)
         return WebhookResult("applied", f"{sub.customer_id}: {status}")
 
     def _customer_subscription_deleted(
-        self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime
+        self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime, at: datetime
     ) -> WebhookResult:
         sub = self._find(conn, obj, obj.get("id"))
         if sub.stripe_subscription_id not in (None, obj.get("id")):
             return WebhookResult("ignored", f"{obj.get('id')} is not the customer's current subscription")
-        _save(
-            conn, transition(sub, "canceled", now, self.grace), self.free_plan, "subscription canceled", now
-        )
         # From when no subscription covers the customer's usage: Stripe's own end (a cancel at the period's
         # end ends then; one at once, now), not when this event arrived (Stripe retries for days). Windows
-        # from then on are held by the ledger until a subscription covers them (ledger._covered).
+        # from then on are held by the ledger until a subscription covers them (ledger._covered); the plan
+        # change to free takes effect then too (a cancel at the period's end: that period stays paid).
+        ended = _ended_at(obj, now)
+        canceled = transition(sub, "canceled", now, self.grace)
+        _save(conn, canceled, self.free_plan, "subscription canceled", now, at=ended)
         conn.execute(
-            "UPDATE subscriptions SET canceled_at = %s WHERE customer_id = %s",
-            (_ended_at(obj, now), sub.customer_id),
+            "UPDATE subscriptions SET canceled_at = %s WHERE customer_id = %s", (ended, sub.customer_id)
         )
         return WebhookResult("applied", f"{sub.customer_id}: canceled")
 
     def _invoice_paid(
-        self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime
+        self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime, at: datetime
     ) -> WebhookResult:
-        return self._invoice(conn, obj, now, "active", "invoice paid")
+        return self._invoice(conn, obj, now, at, "active", "invoice paid")
 
     def _invoice_payment_failed(
-        self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime
+        self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime, at: datetime
     ) -> WebhookResult:
-        return self._invoice(conn, obj, now, "past_due", "payment failed")
+        return self._invoice(conn, obj, now, at, "past_due", "payment failed")
 
     def _invoice(
-        self, conn: psycopg.Connection[Any], obj: dict[str, Any], now: datetime, status: Status, reason: str
+        self,
+        conn: psycopg.Connection[Any],
+        obj: dict[str, Any],
+        now: datetime,
+        at: datetime,
+        status: Status,
+        reason: str,
     ) -> WebhookResult:
         sub = self._find(conn, obj, _invoice_subscription(obj))
         if sub.status == "canceled":
             return WebhookResult("ignored", "subscription already canceled")
-        _save(conn, transition(sub, status, now, self.grace), self.free_plan, reason, now)
+        _save(conn, transition(sub, status, now, self.grace), self.free_plan, reason, now, at=at)
         return WebhookResult("applied", f"{sub.customer_id}: {status}")
 
     def expire_grace(self, now: datetime | None = None) -> int:
@@ -448,8 +464,18 @@ class SubscriptionStore:
             ).fetchall()
             for row in rows:
                 sub = Subscription(*row)
-                apply_plan(conn, sub.customer_id, self.free_plan, "grace period over", "past_due")
+                apply_plan(
+                    conn, sub.customer_id, self.free_plan, "grace period over", "past_due",
+                    at=sub.grace_until,
+                )  # fmt: skip
         return len(rows)
+
+
+def _timestamp(value: Any, default: datetime) -> datetime:
+    """A Stripe timestamp (epoch s) as a datetime; ``default`` when absent."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return datetime.fromtimestamp(value, UTC)
+    return default
 
 
 def _ended_at(obj: dict[str, Any], now: datetime) -> datetime:

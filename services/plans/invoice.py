@@ -218,6 +218,7 @@ def calculate_invoice(
     tax_id: tuple[str, str] | None = None,
     adjustments: Sequence[Adjustment] = (),
     billing_period: Period | None = None,
+    opening: ResolvedPrice | None = None,
 ) -> Invoice:
     """The invoice of ``customer_id`` for ``period`` under ``price``; ``usage`` is each meter's value for
     the period (a meter missing from it had no usage). The base price is charged per period, whatever
@@ -227,16 +228,23 @@ def calculate_invoice(
     Billing windows: ``period`` is the usage period; under an annual or custom window with usage billed
     monthly, ``billing_period`` is the longer period around it, and the base price is on the invoice of
     its first month only (charged once per billing period, as Stripe charges a yearly licensed price at
-    the start of its year); the other months' base line is 0 and says so."""
+    the start of its year); the other months' base line is 0 and says so.
+
+    ``opening``: the price whose base the period pays when the plan changed inside it — the one in force
+    at its start, which Stripe charged in advance then and does not revisit with ``proration_behavior``
+    none (docs/billing.md "Period close"); usage is priced by ``price``, the plan at the period's end."""
     cycle = billing_period or period
-    base_exact = price.base_price if cycle.start_ms == period.start_ms else ZERO
-    what = f"{price.plan} base price ({price.version})"
+    base = opening or price
+    base_exact = base.base_price if cycle.start_ms == period.start_ms else ZERO
+    what = f"{base.plan} base price ({base.version})"
+    if opening is not None:
+        what += ", the plan at the period's start"
     if price.period_months > 1:
         start, end = cycle.start.date().isoformat(), cycle.end.date().isoformat()
         what += f", {price.billing_window} from {start} to {end}"
         if not base_exact and price.base_price:
             what += ": billed with its first month"
-    lines = [InvoiceLine("base", what, base_exact, round_money(base_exact, price.minor_unit, price.rounding))]
+    lines = [InvoiceLine("base", what, base_exact, round_money(base_exact, base.minor_unit, base.rounding))]
     # Sorted: the same inputs give the same invoice, whatever order the usage arrived in.
     for meter in sorted(set(price.meters) | set(usage)):
         credit = (credits or {}).get(meter, ZERO)
