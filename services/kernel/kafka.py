@@ -524,6 +524,11 @@ class TransactionalProducer(_Enqueuer):
         self._in_transaction = False
         self._commit_pending = False
         self._closed = False
+        #: The transaction timeout the coordinator enforces, in seconds.
+        self.transaction_timeout = transaction_timeout_ms / 1000
+        #: When (monotonic) the current or last transaction began: past ``transaction_timeout`` the
+        #: coordinator may have aborted it on its own (see ExactlyOnceLoop's fencing rule).
+        self.began_at: float | None = None
 
     @property
     def in_transaction(self) -> bool:
@@ -563,6 +568,7 @@ class TransactionalProducer(_Enqueuer):
         self._producer.poll(0)  # serve delivery reports of the previous transaction
         self._call("begin_transaction", self._producer.begin_transaction)
         self._in_transaction = True
+        self.began_at = time.monotonic()
 
     def produce(
         self,

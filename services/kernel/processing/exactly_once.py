@@ -71,6 +71,10 @@ NOT_REPLACEABLE = frozenset(
         "CLUSTER_AUTHORIZATION_FAILED",
     }
 )
+# Fencing errors that a transaction of our own also gets once the coordinator has aborted it for outliving
+# its timeout (it bumps the producer epoch, KIP-588/KIP-890; librdkafka reports _FENCED): the broker was away
+# longer than the timeout, not another instance. Told apart by the transaction's age (``_replaceable``).
+TIMEOUT_FENCING = frozenset({"_FENCED", "PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH"})
 MAX_REPLACEMENTS = 5
 REPLACEMENT_WINDOW = 600.0
 
@@ -238,9 +242,23 @@ class ExactlyOnceLoop(LoopBase):
         self.consumer.seek_to_committed()
         self._needs_recovery = False
 
-    @staticmethod
-    def _replaceable(exc: KafkaFatalError) -> bool:
-        return exc.code_name not in NOT_REPLACEABLE and "fenced" not in str(exc).lower()
+    def _replaceable(self, exc: KafkaFatalError) -> bool:
+        """A fatal error a new producer with the same ``transactional.id`` gets past. Fencing is one only
+        when our own transaction had been open longer than its timeout: the coordinator aborted it and
+        bumped the epoch (a broker outage longer than the timeout does that), so no other instance is
+        involved. A transaction fenced younger than that was fenced by another instance: the loop ends."""
+        if exc.code_name not in NOT_REPLACEABLE and "fenced" not in str(exc).lower():
+            return True
+        began = self.producer.began_at
+        timed_out = began is not None and time.monotonic() - began >= self.producer.transaction_timeout
+        if timed_out and exc.code_name in TIMEOUT_FENCING:
+            log.warning(
+                "transaction fenced after outliving its timeout (aborted by the coordinator); "
+                "replacing the producer",
+                extra={"service": self.service, "error": str(exc)[:300]},
+            )
+            return True
+        return False
 
     def _replace_producer(self, cause: KafkaFatalError) -> None:
         """A fatal, non-fencing producer error (e.g. INVALID_TXN_STATE after a broker restart): start a new
