@@ -31,7 +31,8 @@ class RestoreError(RuntimeError):
 
 
 # How long a restore waits for the group's offsets to become stable. A previous owner's open transaction
-# settles within its transaction timeout (60 s by default); a wait beyond that is retried by the loop.
+# settles within its transaction timeout (`*_TRANSACTION_TIMEOUT_MS`, 30 s by default for plg's services);
+# a wait beyond that is retried by the loop.
 STABLE_OFFSETS_TIMEOUT = 60.0
 
 
