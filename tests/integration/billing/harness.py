@@ -213,6 +213,29 @@ class Billing:
         self.reporters.append(api)
         return api
 
+    def start_reporter_with_webhooks(self, **overrides: Any) -> RunningApi:
+        """A reporter that the emulator's webhooks reach, signed with ``WEBHOOK_SECRET`` as Stripe's are."""
+        reporter = self.start_reporter(**overrides)
+        self.double.webhooks.url = f"{reporter.url}/v1/stripe/webhooks"
+        self.double.webhooks.secret = WEBHOOK_SECRET
+        self.double.webhooks.start()
+        return reporter
+
+    def complete_checkout(
+        self, reporter: RunningApi, customer_id: str, plan: str, key: dict[str, str]
+    ) -> dict[str, Any]:
+        """plg's checkout route for ``plan``, then the customer paying on the emulator's page (``key``: the
+        emulator's API key header): the completed Checkout Session."""
+        with reporter.client() as rep:
+            answer = rep.post(f"/v1/checkout/{customer_id}", json={"plan": plan})
+        assert answer.status_code == 200, answer.text
+        session = self.double.billing.sessions[answer.json()["session_id"]]
+        status, done, _, _ = self.double.handle(
+            "POST", f"/_emulator/checkout/sessions/{session['id']}/complete", {}, {}, key
+        )
+        assert status == 200, done
+        return done
+
     def cli_env(self, monkeypatch: pytest.MonkeyPatch, **more: str) -> None:
         """The environment ``plg billing ...`` runs with against this world (its database, topics and
         Stripe) and the harness reporter's timing, so reconciliation knows what is due at Stripe."""

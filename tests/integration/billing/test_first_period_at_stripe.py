@@ -18,7 +18,7 @@ import pytest
 from services.cli.__main__ import main as plg
 from services.plans.periods import billing_period
 from tests.integration.billing.conftest import Clock
-from tests.integration.billing.harness import HOUR, MINUTE, WEBHOOK_SECRET, Billing
+from tests.integration.billing.harness import HOUR, MINUTE, Billing
 from tests.integration.metering.harness import now_ms, wait_for
 from tests.stripe_double import StripeDouble
 
@@ -29,10 +29,7 @@ def test_usage_before_the_checkout_in_its_period_is_charged_on_stripes_first_inv
     clocked: Billing, clock: Clock
 ) -> None:
     billing, double = clocked, clocked.double
-    reporter = billing.start_reporter(close_check_seconds=3600.0)
-    double.webhooks.url = f"{reporter.url}/v1/stripe/webhooks"
-    double.webhooks.secret = WEBHOOK_SECRET
-    double.webhooks.start()
+    reporter = billing.start_reporter_with_webhooks(close_check_seconds=3600.0)
     # An anchor day that puts today mid-period (so the test never straddles a period's start).
     anchor = (datetime.now(UTC).day + 13) % 28 + 1
     c = billing.customer("free", stripe=False, anchor_day=anchor)
@@ -48,14 +45,7 @@ def test_usage_before_the_checkout_in_its_period_is_charged_on_stripes_first_inv
     wait_for(lambda: billing.period_total(c) == 51_000, 60, what="the period total in the ledger")
 
     # Checkout to pro; the subscription begins now, its first period ends with plg's.
-    with reporter.client() as rep:
-        answer = rep.post(f"/v1/checkout/{c}", json={"plan": "pro"})
-    assert answer.status_code == 200, answer.text
-    session = double.billing.sessions[answer.json()["session_id"]]
-    status, done, _, _ = double.handle(
-        "POST", f"/_emulator/checkout/sessions/{session['id']}/complete", {}, {}, KEY
-    )
-    assert status == 200, done
+    done = billing.complete_checkout(reporter, c, "pro", KEY)
     sub = double.billing.subscriptions[done["subscription"]]
     assert sub["start_date"] * 1000 > window  # the usage is from before the subscription
     wait_for(
@@ -84,10 +74,7 @@ def test_a_customer_linked_to_stripe_at_signup_is_charged_its_early_usage_on_str
     its usage went to Stripe at once, dated before the subscription, and Stripe's first invoice charged
     neither the requests nor the storage level (unchanged after the start) that plg's invoice billed."""
     billing, double = clocked, clocked.double
-    reporter = billing.start_reporter(close_check_seconds=3600.0)
-    double.webhooks.url = f"{reporter.url}/v1/stripe/webhooks"
-    double.webhooks.secret = WEBHOOK_SECRET
-    double.webhooks.start()
+    reporter = billing.start_reporter_with_webhooks(close_check_seconds=3600.0)
     anchor = (datetime.now(UTC).day + 13) % 28 + 1  # today mid-period (see the test above)
     c = f"c-{uuid.uuid4().hex[:12]}"
     billing.cli_env(monkeypatch)
@@ -126,14 +113,7 @@ def test_a_customer_linked_to_stripe_at_signup_is_charged_its_early_usage_on_str
     assert billing.ledger(c) == []
     assert [e for e in double.events if e["payload"]["stripe_customer_id"] == stripe_customer] == []
 
-    with reporter.client() as rep:
-        answer = rep.post(f"/v1/checkout/{c}", json={"plan": "pro"})
-    assert answer.status_code == 200, answer.text
-    session = double.billing.sessions[answer.json()["session_id"]]
-    status, done, _, _ = double.handle(
-        "POST", f"/_emulator/checkout/sessions/{session['id']}/complete", {}, {}, KEY
-    )
-    assert status == 200, done
+    done = billing.complete_checkout(reporter, c, "pro", KEY)
     assert done["customer"] == stripe_customer  # the customer linked at sign-up
     sub = double.billing.subscriptions[done["subscription"]]
     wait_for(

@@ -17,7 +17,7 @@ from typing import Any
 
 from services.plans.periods import billing_period
 from tests.integration.billing.conftest import Clock
-from tests.integration.billing.harness import HOUR, MINUTE, WEBHOOK_SECRET, Billing, signed, stripe_event
+from tests.integration.billing.harness import HOUR, MINUTE, Billing, signed, stripe_event
 from tests.integration.metering.harness import now_ms, wait_for
 
 KEY = {"authorization": "Bearer sk_test_billing"}
@@ -27,10 +27,8 @@ def test_a_change_of_plan_during_the_close_grace_leaves_the_ended_period_on_the_
     clocked: Billing, clock: Clock
 ) -> None:
     billing, double = clocked, clocked.double
-    reporter = billing.start_reporter(close_check_seconds=3600.0)  # syncs the catalog; periods closed here
-    double.webhooks.url = f"{reporter.url}/v1/stripe/webhooks"
-    double.webhooks.secret = WEBHOOK_SECRET
-    double.webhooks.start()
+    # Syncs the catalog; periods are closed by the test.
+    reporter = billing.start_reporter_with_webhooks(close_check_seconds=3600.0)
     anchor = (datetime.now(UTC).day + 13) % 28 + 1  # today mid-period: the test never straddles a start
     period = billing_period(now_ms(), anchor)
     # Three pro customers (49.00; 50 000 requests included, 0.001 each beyond), 60 000 requests each.
@@ -107,10 +105,7 @@ def test_a_change_of_plan_inside_a_period_bills_its_base_on_the_plan_at_its_star
     at once: discarded). plg's final invoice: the base of the plan at the start, usage on the plan at the
     end — the same money as Stripe's lines for the period."""
     billing, double = clocked, clocked.double
-    reporter = billing.start_reporter(close_check_seconds=3600.0)
-    double.webhooks.url = f"{reporter.url}/v1/stripe/webhooks"
-    double.webhooks.secret = WEBHOOK_SECRET
-    double.webhooks.start()
+    reporter = billing.start_reporter_with_webhooks(close_check_seconds=3600.0)
     anchor = (datetime.now(UTC).day + 13) % 28 + 1
     period = billing_period(now_ms(), anchor)
     # (customer, Stripe customer, subscription) per case; pro, 60 000 requests each.

@@ -21,7 +21,7 @@ import pytest
 
 from services.plans.periods import billing_period
 from tests.integration.billing.conftest import Clock
-from tests.integration.billing.harness import HOUR, MINUTE, WEBHOOK_SECRET, Billing
+from tests.integration.billing.harness import HOUR, MINUTE, Billing
 from tests.integration.metering.harness import now_ms, wait_for
 
 KEY = {"authorization": "Bearer sk_test_billing"}
@@ -31,10 +31,8 @@ def test_usage_before_a_cancel_in_the_gap_and_after_resubscribing_is_billed_once
     clocked: Billing, clock: Clock, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     billing, double = clocked, clocked.double
-    reporter = billing.start_reporter(close_check_seconds=3600.0)  # syncs the catalog; periods closed here
-    double.webhooks.url = f"{reporter.url}/v1/stripe/webhooks"
-    double.webhooks.secret = WEBHOOK_SECRET
-    double.webhooks.start()
+    # Syncs the catalog; periods are closed by the test.
+    reporter = billing.start_reporter_with_webhooks(close_check_seconds=3600.0)
     anchor = (datetime.now(UTC).day + 13) % 28 + 1  # today mid-period: the test never straddles a start
     start = now_ms()
     period = billing_period(start, anchor)
@@ -92,14 +90,7 @@ def test_usage_before_a_cancel_in_the_gap_and_after_resubscribing_is_billed_once
     assert [r for r in billing.ledger(c) if r[1] == gap] == [], "usage no subscription covers went out"
 
     # 4. A new checkout to pro in the same period: a second subscription, its first period ends with plg's.
-    with reporter.client() as rep:
-        answer = rep.post(f"/v1/checkout/{c}", json={"plan": "pro"})
-    assert answer.status_code == 200, answer.text
-    session = double.billing.sessions[answer.json()["session_id"]]
-    status, done, _, _ = double.handle(
-        "POST", f"/_emulator/checkout/sessions/{session['id']}/complete", {}, {}, KEY
-    )
-    assert status == 200, done
+    done = billing.complete_checkout(reporter, c, "pro", KEY)
     assert done["customer"] == stripe_customer
     second = double.billing.subscriptions[done["subscription"]]
     assert second["id"] != first
